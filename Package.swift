@@ -1,0 +1,43 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "Warden",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "warden", targets: ["warden"]),
+        .library(name: "WardenCore", targets: ["WardenCore"]),
+        .library(name: "DiskImage", targets: ["DiskImage"]),
+        .library(name: "Partitions", targets: ["Partitions"]),
+        .library(name: "GuestFS", targets: ["GuestFS"]),
+        .library(name: "WardenCommands", targets: ["WardenCommands"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+        .target(name: "WardenCore"),
+        .target(name: "DiskImage", dependencies: ["WardenCore", "CZlib", "CZstd"]),
+        .target(name: "Partitions", dependencies: ["WardenCore", "DiskImage"]),
+        .target(name: "GuestFS", dependencies: [
+            "WardenCore", "DiskImage", "Partitions",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .target(name: "WardenCommands", dependencies: [
+            "WardenCore", "DiskImage", "Partitions", "GuestFS",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "warden", dependencies: ["WardenCommands"]),
+        .target(name: "WardenTestSupport", dependencies: ["WardenCore"], path: "Tests/WardenTestSupport"),
+        .testTarget(name: "WardenCoreTests", dependencies: ["WardenCore"]),
+        .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,56 @@
+import WardenCore
+
+/// A read-only, random-access view of a guest-visible virtual disk.
+///
+/// Implementations (raw files, qcow2, VMDK, slices of other devices) must
+/// throw ``WardenError`` rather than trap on any input, and must never read
+/// beyond `size`: a read that crosses the end throws `.invalidArgument`.
+public protocol BlockDevice: AnyObject, Sendable {
+    /// The guest-visible size in bytes.
+    var size: UInt64 { get }
+    /// Fills `buffer` with the bytes at `offset ..< offset + buffer.count`.
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
+    /// Describes how the bytes in `offset ..< offset+length` are stored, in
+    /// order, so copiers can skip holes. Default: one `.data` extent.
+    func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent]
+}
+
+/// How a run of guest bytes is stored.
+public struct BlockExtent: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// Reads as zeros and takes no space (unallocated, zero cluster, sparse hole).
+        case zero
+        /// Holds data (which may still happen to be zeros).
+        case data
+    }
+    public var offset: UInt64
+    public var length: UInt64
+    public var kind: Kind
+    public init(offset: UInt64, length: UInt64, kind: Kind) {
+        self.offset = offset
+        self.length = length
+        self.kind = kind
+    }
+}
+
+extension BlockDevice {
+    public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
+        [BlockExtent(offset: offset, length: length, kind: .data)]
+    }
+
+    /// Reads `count` bytes at `offset` into a new array.
+    public func read(at offset: UInt64, count: Int) throws -> [UInt8] {
+        guard count >= 0 else { throw WardenError(.invalidArgument, "negative read length") }
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(at: offset, into: $0) }
+        return out
+    }
+
+    /// Throws unless `offset ..< offset+count` lies inside the device.
+    public func checkRange(_ offset: UInt64, _ count: Int) throws {
+        let (end, o) = offset.addingReportingOverflow(UInt64(count))
+        guard !o, end <= size else {
+            throw WardenError(.invalidArgument, "read of \(count) bytes at \(hex(offset)) is beyond the end of the \(size)-byte device")
+        }
+    }
+}

@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import WardenCore
+
+/// An open host file read with `pread(2)`; the lowest layer under every image format.
+///
+/// The file is opened read-only and `O_CLOEXEC`. All errors name the path.
+public final class ImageFile: @unchecked Sendable {
+    public let path: String
+    public let fd: Int32
+    /// The file's length in bytes at open time.
+    public let length: UInt64
+    /// Bytes actually allocated on the host (st_blocks * 512).
+    public let allocatedBytes: UInt64
+    /// Device and inode, used to detect backing-chain cycles through links.
+    public let identity: FileIdentity
+
+    public struct FileIdentity: Hashable, Sendable {
+        public let device: UInt64
+        public let inode: UInt64
+    }
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let e = errno
+            throw WardenError(e == ENOENT ? .notFound : .io, "cannot open: \(String(cString: strerror(e)))", file: path)
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw WardenError(.io, "cannot stat: \(String(cString: strerror(e)))", file: path)
+        }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            close(fd)
+            throw WardenError(.invalidArgument, "is a directory, not a disk image", file: path)
+        }
+        var length = UInt64(max(0, st.st_size))
+        if (st.st_mode & S_IFMT) == S_IFBLK {
+            let end = lseek(fd, 0, SEEK_END)
+            if end > 0 { length = UInt64(end) }
+        }
+        self.fd = fd
+        self.length = length
+        self.allocatedBytes = UInt64(max(0, st.st_blocks)) &* 512
+        self.identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
+    deinit { close(fd) }
+
+    /// Reads exactly `buffer.count` bytes at `offset`; throws if the file is shorter.
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let (pos, o) = offset.addingReportingOverflow(UInt64(done))
+            guard !o, pos <= UInt64(Int64.max) else {
+                throw WardenError.corrupt("offset \(hex(offset)) is out of range", file: path)
+            }
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(pos))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw WardenError(.io, "read failed at \(hex(pos)): \(String(cString: strerror(errno)))", file: path)
+            }
+            if n == 0 {
+                throw WardenError.corrupt("read of \(buffer.count) bytes at \(hex(offset)) runs past the end of the file (\(length) bytes)", file: path, offset: offset)
+            }
+            done += n
+        }
+    }
+
+    /// Reads `count` bytes at `offset`. `what` names the structure for the error message.
+    public func read(at offset: UInt64, count: Int, what: String = "data") throws -> [UInt8] {
+        guard count >= 0 else { throw WardenError(.internal, "negative read length") }
+        let (end, o) = offset.addingReportingOverflow(UInt64(count))
+        guard !o, end <= length else {
+            throw WardenError.corrupt("\(what) at offset \(hex(offset)) lies beyond the end of the file", file: path, offset: offset)
+        }
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(at: offset, into: $0) }
+        return out
+    }
+
+    /// Reads up to `count` bytes at `offset`, returning fewer at end of file.
+    public func readPrefix(at offset: UInt64, count: Int) throws -> [UInt8] {
+        guard offset < length else { return [] }
+        let n = Int(min(UInt64(count), length - offset))
+        return try read(at: offset, count: n)
+    }
+}
+
+/// A disk that is the file itself: the raw format.
+public final class RawDevice: BlockDevice, @unchecked Sendable {
+    public let file: ImageFile
+    public let size: UInt64
+
+    public init(file: ImageFile) {
+        self.file = file
+        self.size = file.length
+    }
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(offset, buffer.count)
+        try file.read(at: offset, into: buffer)
+    }
+
+    public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
+        try SparseMap.holes(fd: file.fd, offset: offset, length: length)
+    }
+}
+
+/// A window `[start, start+size)` onto another device: a partition or a volume.
+public final class SliceDevice: BlockDevice, @unchecked Sendable {
+    public let base: any BlockDevice
+    public let start: UInt64
+    public let size: UInt64
+
+    public init(base: any BlockDevice, start: UInt64, size: UInt64) throws {
+        let (end, o) = start.addingReportingOverflow(size)
+        guard !o, end <= base.size else {
+            throw WardenError.corrupt("slice \(hex(start))+\(size) lies beyond the end of the \(base.size)-byte disk")
+        }
+        self.base = base
+        self.start = start
+        self.size = size
+    }
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(offset, buffer.count)
+        try base.read(at: start + offset, into: buffer)
+    }
+
+    public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
+        try base.mapping(at: start + offset, length: length).map {
+            BlockExtent(offset: $0.offset - start, length: $0.length, kind: $0.kind)
+        }
+    }
+}
+
+/// Finds holes in a host file with `SEEK_DATA`/`SEEK_HOLE`.
+enum SparseMap {
+    static func holes(fd: Int32, offset: UInt64, length: UInt64) throws -> [BlockExtent] {
+        var out: [BlockExtent] = []
+        let end = offset + length
+        var pos = offset
+        while pos < end {
+            let data = lseek(fd, off_t(pos), 3 /* SEEK_DATA */)
+            if data < 0 {
+                if errno == ENXIO { // no more data: rest is a hole
+                    out.append(BlockExtent(offset: pos, length: end - pos, kind: .zero))
+                    break
+                }
+                // Filesystem without SEEK_DATA support: all data.
+                out.append(BlockExtent(offset: pos, length: end - pos, kind: .data))
+                break
+            }
+            let dataStart = min(UInt64(data), end)
+            if dataStart > pos {
+                out.append(BlockExtent(offset: pos, length: dataStart - pos, kind: .zero))
+                pos = dataStart
+                if pos >= end { break }
+            }
+            let hole = lseek(fd, off_t(pos), 4 /* SEEK_HOLE */)
+            let dataEnd = hole < 0 ? end : min(UInt64(hole), end)
+            out.append(BlockExtent(offset: pos, length: dataEnd - pos, kind: .data))
+            pos = dataEnd
+        }
+        return out
+    }
+}

@@ -1,0 +1,3 @@
+import WardenCommands
+
+Warden.main()
