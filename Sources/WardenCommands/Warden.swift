@@ -1,4 +1,9 @@
 import ArgumentParser
+import Foundation
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The `warden` command line: a thin layer over the library modules.
 public struct Warden: ParsableCommand {
@@ -6,7 +11,35 @@ public struct Warden: ParsableCommand {
         commandName: "warden",
         abstract: "Security and management layer beside the hypervisor.",
         version: "0.1.0",
-        subcommands: []
+        subcommands: [ImageCommand.self]
     )
     public init() {}
+
+    /// Parses `arguments`, runs the command and exits with Warden's exit codes:
+    /// 0 ok, 1 a check found something, 2 bad input or usage, 3 denied by policy, 4 internal error.
+    public static func runMain(_ arguments: [String]? = nil) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Output.stdout.flush()
+            Glibc.exit(0)
+        } catch let e as WardenError {
+            Output.stdout.flush()
+            Output.error(e.description)
+            Glibc.exit(e.exitCode)
+        } catch let e as ExitCode {
+            Output.stdout.flush()
+            Glibc.exit(e.rawValue)
+        } catch {
+            Output.stdout.flush()
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            // Usage errors are bad input (2), not EX_USAGE (64).
+            Glibc.exit(code == .validationFailure ? 2 : (code.rawValue == 0 ? 4 : 2))
+        }
+    }
 }

@@ -1,3 +1,3 @@
 import WardenCommands
 
-Warden.main()
+Warden.runMain()

@@ -1,0 +1,79 @@
+import ArgumentParser
+import WardenCore
+import DiskImage
+import Partitions
+import GuestFS
+
+/// `warden image …`: read disk images offline.
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Read VM disk images offline (raw, qcow2, VMDK; MBR/GPT; ext2/3/4).",
+        subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self]
+    )
+}
+
+/// Options shared by every command that opens an image.
+struct ImageOptions: ParsableArguments {
+    @Argument(help: "The disk image (raw, qcow2 or VMDK; detected by content).")
+    var image: String
+
+    @Option(help: "Force the image format instead of detecting it: raw, qcow2 or vmdk.")
+    var format: ImageFormat?
+
+    @Flag(help: "Detect the format of backing files that do not declare one (off: read them as raw).")
+    var probeBacking = false
+
+    @Option(help: "Deepest backing chain accepted.")
+    var maxBackingDepth = 16
+
+    func open(snapshot: String? = nil) throws -> OpenedImage {
+        try ImageOpener.open(image, options: OpenOptions(format: format, snapshot: snapshot,
+                                                         maxBackingDepth: maxBackingDepth,
+                                                         probeBacking: probeBacking))
+    }
+
+    func validate() throws {
+        guard maxBackingDepth >= 0 && maxBackingDepth <= 1000 else {
+            throw ValidationError("--max-backing-depth must be between 0 and 1000")
+        }
+    }
+}
+
+extension ImageFormat: ExpressibleByArgument {}
+
+/// Options for commands that look inside a filesystem.
+struct VolumeOptions: ParsableArguments {
+    @Option(name: .long, help: "Partition number to read (Linux numbering; 0 for a disk without a table). Default: the largest Linux filesystem.")
+    var partition: Int?
+
+    @Option(name: .long, help: "Read the disk as it was at this internal snapshot (name or id).")
+    var snapshot: String?
+}
+
+/// An opened guest filesystem, with the image it came from.
+struct OpenedGuest {
+    var image: OpenedImage
+    var volume: GuestVolume
+    var fs: any FileSystem
+
+    /// Opens `image` (at `volume.snapshot`) and its selected filesystem.
+    /// `announce` names an automatically chosen volume on stderr.
+    static func open(_ image: ImageOptions, _ volume: VolumeOptions, announce: Bool = true) throws -> OpenedGuest {
+        let img = try image.open(snapshot: volume.snapshot)
+        do {
+            let layout = try GuestDisk.layout(of: img.device)
+            let v = try GuestDisk.select(layout, partition: volume.partition)
+            if volume.partition == nil && announce && layout.table.scheme != .none {
+                let fs = v.filesystem
+                let desc = [fs?.type, fs?.label.map { "label \($0)" }, fs?.uuid.map { "uuid \($0)" }]
+                    .compactMap { $0 }.joined(separator: ", ")
+                Output.note("using \(v.displayName) (\(desc))")
+            }
+            let fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: v, on: img.device))
+            return OpenedGuest(image: img, volume: v, fs: fs)
+        } catch let e as WardenError {
+            throw e.inFile(image.image)
+        }
+    }
+}

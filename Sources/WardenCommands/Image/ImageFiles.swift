@@ -1,0 +1,168 @@
+import ArgumentParser
+import Foundation
+import WardenCore
+import DiskImage
+import GuestFS
+
+/// `warden image ls [-l] IMAGE [PATH]`
+struct ImageLs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List a directory inside the guest filesystem (no mounting, no booting)."
+    )
+
+    @OptionGroup var image: ImageOptions
+    @Argument(help: "Guest path (symlinks resolve inside the guest root).")
+    var path: String = "/"
+    @OptionGroup var volume: VolumeOptions
+    @Flag(name: .shortAndLong, help: "Long listing: type and mode, links, uid, gid, size, mtime, name.")
+    var long = false
+    @Flag(help: "Print JSON (schema: docs/json-schemas/image-ls.v1.json).")
+    var json = false
+
+    struct Entry: Encodable {
+        var name: String
+        var type: String
+        var mode: String
+        var uid: UInt32
+        var gid: UInt32
+        var size: UInt64
+        var links: UInt32
+        var mtime: Int64
+        var inode: UInt64
+        var target: String?
+    }
+
+    struct Report: Encodable {
+        var schema = "warden.image.ls/v1"
+        var path: String
+        var entries: [Entry]
+    }
+
+    func run() throws {
+        let guest = try OpenedGuest.open(image, volume)
+        do {
+            let resolver = GuestPathResolver(guest.fs)
+            let target = try resolver.resolve(path, followFinal: true)
+            var rows: [(name: [UInt8], stat: FileStat)] = []
+            if target.stat.type == .directory {
+                for e in try guest.fs.readDirectory(target.inode) {
+                    rows.append((e.nameBytes, try guest.fs.stat(e.inode)))
+                }
+                rows.sort { $0.name.lexicographicallyPrecedes($1.name) }
+            } else {
+                rows = [(Array(path.utf8), target.stat)]
+            }
+            let entries = try rows.map { r -> Entry in
+                Entry(name: ManifestEscaping.escape(r.name), type: r.stat.type.rawValue,
+                      mode: octal(r.stat.permissions), uid: r.stat.uid, gid: r.stat.gid,
+                      size: r.stat.size, links: r.stat.links, mtime: r.stat.mtime, inode: r.stat.inode,
+                      target: r.stat.type == .symlink ? ManifestEscaping.escape(try guest.fs.readLink(r.stat.inode)) : nil)
+            }
+            if json {
+                Output.stdout.line(try Output.json(Report(path: path, entries: entries)))
+            } else if long {
+                Output.stdout.line(table(entries.map { e in
+                    [modeString(e), "\(e.links)", "\(e.uid)", "\(e.gid)", "\(e.size)", formatDate(UInt64(max(0, e.mtime))),
+                     e.name + (e.target.map { " -> \($0)" } ?? "")]
+                }))
+            } else {
+                for e in entries { Output.stdout.line(e.name) }
+            }
+        } catch let e as WardenError {
+            throw e.inFile(image.image)
+        }
+    }
+
+    private func modeString(_ e: Entry) -> String {
+        let t: Character = e.type == "f" ? "-" : Character(e.type)
+        let perm = UInt32(e.mode, radix: 8) ?? 0
+        var s = String(t)
+        let chars: [Character] = ["r", "w", "x"]
+        for i in 0..<9 {
+            let bit = UInt32(1) << UInt32(8 - i)
+            s.append(perm & bit != 0 ? chars[i % 3] : "-")
+        }
+        var a = Array(s)
+        if perm & 0o4000 != 0 { a[3] = a[3] == "x" ? "s" : "S" }
+        if perm & 0o2000 != 0 { a[6] = a[6] == "x" ? "s" : "S" }
+        if perm & 0o1000 != 0 { a[9] = a[9] == "x" ? "t" : "T" }
+        return String(a)
+    }
+}
+
+func octal(_ perm: UInt32) -> String {
+    let s = String(perm, radix: 8)
+    return s.count < 4 ? String(repeating: "0", count: 4 - s.count) + s : s
+}
+
+/// `warden image cat IMAGE PATH`
+struct ImageCat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cat",
+        abstract: "Print a file from inside the guest filesystem."
+    )
+
+    @OptionGroup var image: ImageOptions
+    @Argument(help: "Guest path of a regular file (symlinks resolve inside the guest root).")
+    var path: String
+    @OptionGroup var volume: VolumeOptions
+
+    func run() throws {
+        let guest = try OpenedGuest.open(image, volume)
+        do {
+            let target = try GuestPathResolver(guest.fs).resolve(path, followFinal: true)
+            guard target.stat.type == .regular else {
+                throw WardenError(.invalidArgument, "\(path) is a \(describe(target.stat.type)), not a regular file")
+            }
+            try guest.fs.forEachChunk(target.inode, chunkSize: 1 << 20) { try Output.stdout.write($0) }
+        } catch let e as WardenError {
+            throw e.inFile(image.image)
+        }
+    }
+}
+
+func describe(_ t: FileType) -> String {
+    switch t {
+    case .regular: return "regular file"
+    case .directory: return "directory"
+    case .symlink: return "symbolic link"
+    case .characterDevice: return "character device"
+    case .blockDevice: return "block device"
+    case .fifo: return "fifo"
+    case .socket: return "socket"
+    }
+}
+
+/// `warden image manifest IMAGE`
+struct ImageManifest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "manifest",
+        abstract: "List every filesystem entry with type, mode, owner, size and sha256, sorted by path.",
+        discussion: """
+        One line per entry: TYPE<TAB>MODE<TAB>UID<TAB>GID<TAB>SIZE<TAB>DIGEST<TAB>PATH
+        TYPE is one of f d l c b p s; MODE the permission bits in octal; SIZE the byte size
+        for f and l (0 otherwise); DIGEST the sha256 of a file, the target of a symlink, or -.
+        Names are escaped: \\\\ \\t \\n \\r and \\xNN for control and non-UTF-8 bytes.
+        """
+    )
+
+    @OptionGroup var image: ImageOptions
+    @OptionGroup var volume: VolumeOptions
+
+    func run() throws {
+        let guest = try OpenedGuest.open(image, volume, announce: true)
+        var builder = ManifestBuilder(guest.fs)
+        do {
+            try builder.build { Output.stdout.line($0.line) }
+        } catch let e as WardenError {
+            throw e.inFile(image.image)
+        }
+        Output.stdout.flush()
+        if !builder.errors.isEmpty {
+            for e in builder.errors.prefix(20) { Output.error(e.inFile(image.image).description) }
+            if builder.errors.count > 20 { Output.error("\(image.image): \(builder.errors.count - 20) more errors") }
+            throw ExitCode(2)
+        }
+    }
+}
