@@ -68,17 +68,22 @@ extension QCOW2 {
         /// of at most `limit` bytes (limit > 0) that is stored the same way.
         func resolve(_ offset: UInt64, limit: UInt64) throws -> (Run, UInt64) {
             let clusterIndex = offset >> UInt64(clusterBits)
-            let l1Index = Int(clusterIndex >> UInt64(l2Bits)) // < l1.count, checked below
-            guard l1Index < l1.count else {
-                throw WardenError(.internal, "guest offset \(hex(offset)) is beyond the L1 table", file: file.path)
-            }
+            let l1Index64 = clusterIndex >> UInt64(l2Bits)
             let l2Span = UInt64(1) << UInt64(clusterBits + l2Bits)
+            guard l1Index64 < UInt64(l1.count) else {
+                // Past a (snapshot's) short L1 table: unallocated.
+                return (.unallocated, limit)
+            }
+            let l1Index = Int(l1Index64)
             let l2Offset = l1[l1Index] & QCOW2.offsetMask
             if l2Offset == 0 {
                 // Unallocated L2 table: extend across following empty L1 entries.
                 var end = (UInt64(l1Index) + 1) * l2Span
                 var next = l1Index + 1
-                while end - offset < limit, next < l1.count, l1[next] & QCOW2.offsetMask == 0 {
+                // (Past the end of the table everything is unallocated too.)
+                while end - offset < limit {
+                    if next >= l1.count { return (.unallocated, limit) }
+                    if l1[next] & QCOW2.offsetMask != 0 { break }
                     end += l2Span
                     next += 1
                 }

@@ -66,7 +66,8 @@ public enum QCOW2 {
             details["snapshot_name"] = snap.info.name
             details["current_virtual_size"] = String(header.size)
         }
-        let l1 = try readL1(file: file, header: header, offset: l1Offset, entries: l1Size, virtualSize: virtualSize)
+        let l1 = try readL1(file: file, header: header, offset: l1Offset, entries: l1Size, virtualSize: virtualSize,
+                            allowShort: context.options.snapshot != nil)
 
         // Backing chain: resolve relative names against this image's directory.
         var backing: OpenedImage?
@@ -90,17 +91,22 @@ public enum QCOW2 {
     }
 
     /// Reads and validates an L1 table, returning host-endian entries.
-    static func readL1(file: ImageFile, header: Header, offset: UInt64, entries: UInt32, virtualSize: UInt64) throws -> [UInt64] {
+    ///
+    /// The active L1 table must cover the virtual size. A snapshot's table may
+    /// be shorter (QEMU reads guest clusters past it as unallocated), so
+    /// `allowShort` accepts that; ``Device`` treats missing entries as unallocated.
+    static func readL1(file: ImageFile, header: Header, offset: UInt64, entries: UInt32, virtualSize: UInt64,
+                       allowShort: Bool = false) throws -> [UInt64] {
         let needed = l1EntriesNeeded(size: virtualSize, header: header)
         let bytes = UInt64(entries) * 8
         guard bytes <= maxL1Bytes else {
             throw WardenError.limit("L1 table of \(entries) entries is larger than the \(maxL1Bytes >> 20) MiB limit", file: file.path)
         }
-        guard needed <= UInt64(entries) else {
+        guard needed <= UInt64(entries) || allowShort else {
             throw WardenError.corrupt("L1 table has \(entries) entries, too few for a virtual size of \(virtualSize) bytes (needs \(needed))", file: file.path)
         }
         // Only the entries that map the virtual disk matter; the rest (VM state) is never read.
-        let count = Int(needed) // <= entries <= 4Mi
+        let count = Int(min(needed, UInt64(entries))) // <= entries <= 4Mi
         if count == 0 { return [] }
         guard offset & UInt64(header.clusterSize - 1) == 0 else {
             throw WardenError.corrupt("L1 table offset \(hex(offset)) is not aligned to a cluster", file: file.path, offset: offset)
