@@ -18,12 +18,13 @@ enum Q {
     static func oracle(_ image: String, snapshot: String? = nil) throws -> [UInt8] {
         let out = image + (snapshot.map { ".snap-\($0)" } ?? "") + ".oracle.raw"
         if !FileManager.default.fileExists(atPath: out) {
-            let tmp = out + ".tmp-\(getpid())"
+            let tmp = out + ".tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
             var args = ["qemu-img", "convert", "-U"]
             if let snapshot { args += ["-l", "snapshot.name=\(snapshot)"] }
             args += ["-O", "raw", image, tmp]
             try Tool.run(args)
-            try FileManager.default.moveItem(atPath: tmp, toPath: out)
+            // rename(2) replaces atomically if a concurrent test got there first.
+            guard rename(tmp, out) == 0 else { throw WardenError(.io, "cannot rename \(tmp)") }
         }
         return try Fixtures.read(out)
     }
