@@ -66,7 +66,9 @@ extension QCOW2 {
 
         /// Returns the storage of the guest bytes at `offset`, for the longest run
         /// of at most `limit` bytes (limit > 0) that is stored the same way.
-        func resolve(_ offset: UInt64, limit: UInt64) throws -> (Run, UInt64) {
+        /// `work` grows by the number of L1 entries and allocation units examined.
+        func resolve(_ offset: UInt64, limit: UInt64, work: inout UInt64) throws -> (Run, UInt64) {
+            work += 1
             let clusterIndex = offset >> UInt64(clusterBits)
             let l1Index64 = clusterIndex >> UInt64(l2Bits)
             let l2Span = UInt64(1) << UInt64(clusterBits + l2Bits)
@@ -86,6 +88,7 @@ extension QCOW2 {
                     if l1[next] & QCOW2.offsetMask != 0 { break }
                     end += l2Span
                     next += 1
+                    work += 1
                 }
                 return (.unallocated, min(limit, end - offset))
             }
@@ -105,6 +108,7 @@ extension QCOW2 {
             if case .data(let host) = first { expectedHost = host + unitSize }
             unit += 1
             while length < limit && unit < unitsPerTable {
+                work += 1
                 let next = try classify(table: table, unit: Int(unit), l2Offset: l2Offset)
                 switch (first, next) {
                 case (.zero, .zero), (.unallocated, .unallocated): break
@@ -277,9 +281,10 @@ extension QCOW2 {
             // Whole compressed clusters found along the way are decompressed
             // afterwards, in parallel when there are several.
             var pending: [(entry: UInt64, at: Int)] = []
+            var work: UInt64 = 0
             while done < buffer.count {
                 let pos = offset + UInt64(done)
-                let (run, len64) = try resolve(pos, limit: UInt64(buffer.count - done))
+                let (run, len64) = try resolve(pos, limit: UInt64(buffer.count - done), work: &work)
                 let len = Int(len64)
                 let dst = UnsafeMutableRawBufferPointer(start: base + done, count: len)
                 switch run {
@@ -345,6 +350,16 @@ extension QCOW2 {
             }
         }
 
+        /// Allocation units examined per `mapping` call before giving up on detail.
+        static let mappingWorkLimit: UInt64 = 1 << 27
+        /// Extents returned per `mapping` call at most (plus one final `.data`).
+        static let mappingExtentLimit = 1 << 20
+
+        /// Describes the range as `.zero` (zero clusters/subclusters, and
+        /// unallocated ranges without a backing file or past its end) and `.data`
+        /// runs; unallocated ranges take the backing device's mapping. Adjacent
+        /// runs of one kind are merged. Very large or very fragmented ranges may
+        /// end in one conservative `.data` extent (see `mappingWorkLimit`).
         public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
             let (end, o) = offset.addingReportingOverflow(length)
             guard !o, end <= size else {
@@ -361,8 +376,17 @@ extension QCOW2 {
                 }
             }
             var pos = offset
+            var work: UInt64 = 0
             while pos < end {
-                let (run, len) = try resolve(pos, limit: end - pos)
+                // Hostile images can point many L1 entries at one L2 table, so a
+                // small file can describe a huge, finely fragmented map. Bound the
+                // work and the output; past either bound, report the rest as
+                // `.data`, which is always correct (it is simply read).
+                if work > Device.mappingWorkLimit || out.count >= Device.mappingExtentLimit {
+                    add(pos, end - pos, .data)
+                    break
+                }
+                let (run, len) = try resolve(pos, limit: end - pos, work: &work)
                 switch run {
                 case .zero:
                     add(pos, len, .zero)

@@ -162,6 +162,34 @@ import WardenTestSupport
         }
     }
 
+    @Test func sharedL2TablesCannotBlowUpMapping() throws {
+        // 1 PiB, 2 MiB clusters: 2048 L1 entries, all pointing at one L2 table
+        // whose entries alternate data/unallocated: 2^38 guest clusters of
+        // alternating kinds described by a few MiB of file.
+        try Fixtures.withTemporaryDirectory { dir in
+            try Tool.sh("qemu-img create -q -f qcow2 -o cluster_size=2M huge.qcow2 1P", cwd: dir)
+            var bytes = try Fixtures.read(dir + "/huge.qcow2")
+            let cluster = 2 << 20
+            let l1 = Int(Q.readBE64(bytes, 40))
+            let l1Size = Int(Q.readBE64(bytes, 32) & 0xffff_ffff)
+            let l2 = (bytes.count + cluster - 1) / cluster * cluster
+            bytes += [UInt8](repeating: 0, count: l2 + cluster - bytes.count)
+            for i in stride(from: 0, to: cluster / 8, by: 2) {
+                bytes.replaceSubrange(l2 + 8 * i..<l2 + 8 * i + 8, with: Q.be64(UInt64(cluster)))
+            }
+            for i in 0..<l1Size {
+                bytes.replaceSubrange(l1 + 8 * i..<l1 + 8 * i + 8, with: Q.be64(UInt64(l2)))
+            }
+            try Fixtures.write(bytes, to: dir + "/shared.qcow2")
+            let img = try ImageOpener.open(dir + "/shared.qcow2")
+            let map = try img.device.mapping(at: 0, length: img.device.size)
+            #expect(map.count <= QCOW2.Device.mappingExtentLimit + 1)
+            #expect(map.last?.kind == .data)
+            #expect(map.last.map { $0.offset + $0.length } == img.device.size)
+            #expect(map.prefix(3).map(\.kind) == [.data, .zero, .data])
+        }
+    }
+
     @Test func featureBitsAndEncryption() throws {
         let crypt = try damaged([(32, Q.be32(1))])
         #expect(crypt?.code == .unsupported)
