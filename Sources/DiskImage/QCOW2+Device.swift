@@ -141,6 +141,8 @@ extension QCOW2 {
             }
             let host = entry & QCOW2.offsetMask
             if !extendedL2 {
+                // Bit 0 "reads as zeros" is defined for v3; like QEMU, it is honoured
+                // in v2 images too (where the spec says it is always 0).
                 if entry & 1 != 0 { return .zero }
                 if host == 0 { return .unallocated }
                 try checkAligned(host, entryIndex: clusterInTable, l2Offset: l2Offset)
@@ -316,7 +318,7 @@ extension QCOW2 {
                 for p in pending { try decompressCluster(entry: p.entry, into: base + p.at) }
                 return
             }
-            let workers = 2
+            let workers = min(pending.count, Device.decompressionWorkers)
             let firstError = Locked<WardenError?>(nil)
             let sendableBase = UInt(bitPattern: base)
             DispatchQueue.concurrentPerform(iterations: workers) { w in
@@ -349,6 +351,9 @@ extension QCOW2 {
                 memset(b + covered, 0, dst.count - covered)
             }
         }
+
+        /// Threads decompressing the whole clusters of one large read.
+        static let decompressionWorkers = max(2, min(8, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
         /// Allocation units examined per `mapping` call before giving up on detail.
         static let mappingWorkLimit: UInt64 = 1 << 27
