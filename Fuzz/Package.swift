@@ -1,0 +1,26 @@
+// swift-tools-version: 6.0
+// libFuzzer targets for Warden's parsers. Built and linked by Fuzz/run with
+// -sanitize=fuzzer,address; not part of the main package build.
+import PackageDescription
+
+let package = Package(
+    name: "WardenFuzz",
+    dependencies: [.package(name: "Warden", path: "..")],
+    targets: [
+        .target(name: "FuzzSupport", dependencies: [
+            .product(name: "DiskImage", package: "Warden"),
+            .product(name: "WardenCore", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzQCOW2", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
+        .executableTarget(name: "FuzzVMDK", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
+        .executableTarget(name: "FuzzPartitions", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"),
+            .product(name: "Partitions", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzEXT4", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"),
+            .product(name: "GuestFS", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
+        ]),
+    ],
+    swiftLanguageModes: [.v6]
+)
