@@ -63,7 +63,7 @@ extension EXT4 {
         public init(_ b: [UInt8], deviceSize: UInt64) throws {
             guard b.count == 1024 else { throw EXT4.corrupt("superblock is truncated (\(b.count) of 1024 bytes)") }
             raw = b
-            var r = ByteReader(b, context: "ext4 superblock")
+            let r = ByteReader(b, context: "ext4 superblock")
             let magic: UInt16 = try r.le(at: 0x38)
             guard magic == EXT4.magic else {
                 throw EXT4.corrupt("bad superblock magic \(hex(magic)) (expected 0xef53)")
