@@ -82,7 +82,7 @@ enum EXT4Fixture {
         Variant(name: "ext4-noextent", mkfs: ["mkfs.ext4", "-O", "^extent,^64bit"]),
         Variant(name: "ext4-metabg", mkfs: ["mkfs.ext4", "-O", "meta_bg,^resize_inode"]),
         Variant(name: "ext4-csumseed", mkfs: ["mkfs.ext4", "-O", "metadata_csum_seed"]),
-        Variant(name: "ext4-64k", mkfs: ["mkfs.ext4", "-b", "65536"], size: "160M"),
+        Variant(name: "ext4-64k", mkfs: ["mkfs.ext4", "-b", "65536", "-N", "8192"], size: "160M"),
         Variant(name: "ext3", mkfs: ["mkfs.ext3"]),
         Variant(name: "ext2", mkfs: ["mkfs.ext2"], streamHuge: true),
     ]
