@@ -193,7 +193,22 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
         guard ino.fileType != nil else {
             throw EXT4.corrupt("inode \(n) has unknown file type in mode 0o\(String(ino.mode, radix: 8))")
         }
+        if ino.fileType == .regular || ino.fileType == .directory {
+            let maxSize = maxFileSize(ino)
+            guard ino.size <= maxSize else {
+                throw EXT4.corrupt("inode \(n) claims \(ino.size) bytes, more than its block map can address (\(maxSize))")
+            }
+        }
         return ino
+    }
+
+    /// The largest size the inode's mapping scheme can address.
+    func maxFileSize(_ ino: EXT4.Inode) -> UInt64 {
+        let bs = UInt64(sb.blockSize)
+        if ino.has(EXT4.InodeFlags.inlineData) { return UInt64(ino.raw.count) + 60 }
+        if ino.has(EXT4.InodeFlags.extents) { return (UInt64(1) << 32) * bs }
+        let p = bs / 4
+        return (12 + p + p * p + p * p * p) * bs
     }
 
     private func refuseEncrypted(_ ino: EXT4.Inode) throws {
@@ -341,16 +356,19 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
         let fromBlock = offset / bs
         let toBlock = (end - 1) / bs + 1
         for run in try runs(ino, from: fromBlock, to: toBlock) {
+            // Runs never start past `end`, but their end may not be representable in bytes.
             let runStart = run.logical * bs
-            let runEnd = (run.logical + run.count) * bs
+            let (runEndRaw, overflow) = (run.logical + run.count).multipliedReportingOverflow(by: bs)
+            let runEnd = overflow ? UInt64.max : runEndRaw
             let lo = max(runStart, offset), hi = min(runEnd, end)
             guard lo < hi else { continue }
             let dst = UnsafeMutableRawBufferPointer(rebasing: buf[Int(lo - offset)..<Int(hi - offset)])
             if let p = run.physical {
-                let devOff = p * bs + (lo - runStart)
-                guard p + run.count <= sb.blocksCount else {
-                    throw EXT4.corrupt("inode \(ino.number) block \(p + run.count - 1) lies beyond the end of the \(sb.blocksCount)-block volume")
+                let (last, o) = p.addingReportingOverflow(run.count)
+                guard !o, last <= sb.blocksCount else {
+                    throw EXT4.corrupt("inode \(ino.number) block \(p) (+\(run.count)) lies beyond the end of the \(sb.blocksCount)-block volume")
                 }
+                let devOff = p * bs + (lo - runStart)
                 try device.read(at: devOff, into: dst)
             } else {
                 dst.initializeMemory(as: UInt8.self, repeating: 0)

@@ -8,6 +8,7 @@ import DiskImage
 /// Damaged and hostile ext4 images: everything must end in a WardenError, never a trap or a hang.
 @Suite struct EXT4DamageTests {
     /// Copies the small fixture image, lets `patch` edit its bytes, and runs `body` on the copy's path.
+    @discardableResult
     func withPatched<T>(_ patch: (inout [UInt8], String) throws -> Void, _ body: (String) throws -> T) throws -> T {
         let original = try EXT4Fixture.small()
         return try Fixtures.withTemporaryDirectory { dir in
@@ -256,6 +257,46 @@ import DiskImage
         }) { path in
             #expect(throws: WardenError.self) { _ = try EXT4Fixture.open(path) }
         }
+    }
+
+    @Test func hostileFileSizes() throws {
+        // A size beyond what the extent tree can address is refused.
+        try withPatched({ b, image in
+            let ino = try Self.inodeOffset(image, "/a")
+            Self.putLE32(0xFFFF_FFFF, &b, at: ino + 0x04)
+            Self.putLE32(0xFFFF_FFFF, &b, at: ino + 0x6C)
+        }) { path in
+            let fs = try EXT4Fixture.open(path)
+            let a = try entry(fs, fs.rootInode, "a")
+            #expect(throws: WardenError.self) { _ = try fs.read(a, at: UInt64.max - 100, count: 50) }
+            #expect(throws: WardenError.self) { _ = try fs.stat(a) }
+        }
+        // The largest addressable size reads as data then zeros, right up to the end, without overflow.
+        try withPatched({ b, image in
+            let ino = try Self.inodeOffset(image, "/a")
+            Self.putLE32(0, &b, at: ino + 0x04)
+            Self.putLE32(1 << 10, &b, at: ino + 0x6C)  // 2^42 bytes = 2^32 blocks of 1 KiB
+        }) { path in
+            let fs = try EXT4Fixture.open(path)
+            let a = try entry(fs, fs.rootInode, "a")
+            #expect(try fs.stat(a).size == 1 << 42)
+            #expect(try fs.read(a, at: 0, count: 6) == Array("hello\n".utf8))
+            #expect(try fs.read(a, at: (1 << 42) - 10, count: 50) == [UInt8](repeating: 0, count: 10))
+            #expect(throws: WardenError.self) { _ = try fs.read(a, at: 0, count: Int.max) }
+        }
+    }
+
+    @Test func timesPast2038UseEpochBits() throws {
+        let fs = try EXT4Fixture.open(try EXT4Fixture.small())
+        var raw = [UInt8](repeating: 0, count: 256)
+        raw[0] = 0xA4; raw[1] = 0x81  // 0o100644
+        Self.putLE32(0xF555_C526, &raw, at: 0x10)
+        Self.putLE16(32, &raw, at: 0x80)
+        Self.putLE32(1, &raw, at: 0x88)
+        let ino = try EXT4.Inode(number: 12, raw: raw, sb: fs.sb, warn: { _ in })
+        #expect(ino.mtime == 4_116_038_950)
+        Self.putLE32(0, &raw, at: 0x88)
+        #expect(try EXT4.Inode(number: 12, raw: raw, sb: fs.sb, warn: { _ in }).mtime == -178_928_346)
     }
 
     @Test func checksumMismatchesAreWarnings() throws {
