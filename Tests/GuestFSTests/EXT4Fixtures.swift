@@ -70,6 +70,8 @@ enum EXT4Fixture {
         var size: String = "96M"
         /// Whether to stream the 5 GiB sparse file fully.
         var streamHuge = false
+        /// Run `e2fsck -fyD` afterwards (rebuilds directories as htrees).
+        var reindex = false
         var description: String { name }
     }
 
@@ -83,6 +85,7 @@ enum EXT4Fixture {
         Variant(name: "ext4-metabg", mkfs: ["mkfs.ext4", "-O", "meta_bg,^resize_inode"]),
         Variant(name: "ext4-csumseed", mkfs: ["mkfs.ext4", "-O", "metadata_csum_seed"]),
         Variant(name: "ext4-64k", mkfs: ["mkfs.ext4", "-b", "65536", "-N", "8192"], size: "160M"),
+        Variant(name: "ext4-htree", mkfs: ["mkfs.ext4"], reindex: true),
         Variant(name: "ext3", mkfs: ["mkfs.ext3"]),
         Variant(name: "ext2", mkfs: ["mkfs.ext2"], streamHuge: true),
     ]
@@ -90,9 +93,14 @@ enum EXT4Fixture {
     /// Path of the image for `v`, built on first use.
     static func image(_ v: Variant) throws -> (image: String, tree: String) {
         let tree = try tree()
-        let recipe = treeScript + "\n" + v.mkfs.joined(separator: " ") + " " + v.size
+        let recipe = treeScript + "\n" + v.mkfs.joined(separator: " ") + " " + v.size + (v.reindex ? " +e2fsck -fyD" : "")
         let dir = try Fixtures.cached("ext4-img-\(v.name)", recipe: recipe) { dir in
             try Tool.run(v.mkfs + ["-q", "-F", "-d", tree + "/tree", dir + "/fs.img", v.size])
+            if v.reindex {
+                // Exit status 1 means "errors corrected" (the directories were rewritten).
+                let r = try Tool.run(["e2fsck", "-fyD", dir + "/fs.img"], check: false)
+                if r.status > 1 { throw WardenError(.internal, "e2fsck -fyD exited \(r.status): \(r.stderr)") }
+            }
         }
         return (dir + "/fs.img", tree)
     }

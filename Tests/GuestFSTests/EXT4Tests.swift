@@ -205,6 +205,32 @@ func compareContent(_ fs: any FileSystem, _ ino: UInt64, source: String) throws 
         }
     }
 
+    @Test func htreeDirectoriesAreIndexedAndListed() throws {
+        let v = try #require(EXT4Fixture.variants.first { $0.name == "ext4-htree" })
+        let (image, _) = try EXT4Fixture.image(v)
+        let fs = try EXT4Fixture.open(image)
+        let many = try #require(try fs.readDirectory(fs.rootInode).first { $0.name == "many" })
+        #expect(try fs.inode(many.inode).has(EXT4.InodeFlags.indexDir))
+        // debugfs agrees the directory is an htree.
+        let htree = try EXT4Fixture.debugfs(image, ["htree /many"])
+        #expect(htree.contains("Root node dump"))
+        let names = try fs.readDirectory(many.inode).map(\.name)
+        #expect(names.count == 5000)
+        #expect(Set(names).count == 5000)
+        #expect(fs.warnings.isEmpty, "\(fs.warnings)")
+    }
+
+    @Test func probeRecognisesTheMagic() throws {
+        let (image, _) = try EXT4Fixture.image(EXT4Fixture.variants[0])
+        #expect(EXT4.probe(RawDevice(file: try ImageFile(path: image))))
+        try Fixtures.withTemporaryDirectory { dir in
+            try Fixtures.write([UInt8](repeating: 0, count: 4096), to: dir + "/zero.img")
+            #expect(!EXT4.probe(RawDevice(file: try ImageFile(path: dir + "/zero.img"))))
+            try Fixtures.write([UInt8](repeating: 0, count: 1000), to: dir + "/tiny.img")
+            #expect(!EXT4.probe(RawDevice(file: try ImageFile(path: dir + "/tiny.img"))))
+        }
+    }
+
     @Test func forEachChunkDispatchesThroughProtocol() throws {
         let (image, tree) = try EXT4Fixture.image(EXT4Fixture.variants[0])
         let fs: any FileSystem = try EXT4Fixture.open(image)
