@@ -121,7 +121,37 @@ extension EXT4Volume {
             }
         } else if !inode.has(EXT4.InodeFlags.indexDir) {
             warn("ext4: directory inode \(inode.number) block \(logical) has no checksum tail")
+        } else {
+            verifyDxBlock(block, inode: inode, logical: logical)
         }
-        // htree index blocks carry a dx tail instead; they hold no names, so they are not verified.
+    }
+
+    /// Verifies the dx_tail checksum of an htree root or interior node block.
+    private func verifyDxBlock(_ block: [UInt8], inode: EXT4.Inode, logical: UInt64) {
+        let bs = block.count
+        guard let firstRec = try? block.le(4) as UInt16 else { return }
+        let countOffset: Int
+        if logical == 0 {
+            countOffset = 32  // ".", "..", dx_root_info
+        } else if (try? block.le(0) as UInt32) == 0 && (Int(firstRec) == bs || (bs == 65536 && (firstRec == 0 || firstRec == 65535))) {
+            countOffset = 8  // fake empty dirent
+        } else {
+            warn("ext4: directory inode \(inode.number) block \(logical) has no checksum tail")
+            return
+        }
+        guard let limit = try? block.le(countOffset) as UInt16, let count = try? block.le(countOffset + 2) as UInt16 else { return }
+        let tail = countOffset + Int(limit) * 8
+        guard count <= limit, tail + 8 <= bs else {
+            warn("ext4: directory inode \(inode.number) htree block \(logical) has count \(count) / limit \(limit) that leave no room for its checksum")
+            return
+        }
+        let crc = CRC32.castagnoli
+        var c = crc.update(inodeSeed(inode), block[0..<(countOffset + Int(count) * 8)])
+        c = crc.update(c, block[tail..<(tail + 4)])
+        c = crc.update(c, [0, 0, 0, 0] as [UInt8])
+        let stored = (try? block.le(tail + 4) as UInt32) ?? 0
+        if stored != c {
+            warn("ext4: directory inode \(inode.number) htree block \(logical) checksum mismatch (stored \(hex(stored)), computed \(hex(c)))")
+        }
     }
 }

@@ -76,18 +76,18 @@ enum EXT4Fixture {
     }
 
     static let variants: [Variant] = [
-        Variant(name: "ext4", mkfs: ["mkfs.ext4", "-L", "warden-ext4"], streamHuge: true),
-        Variant(name: "ext4-32bit", mkfs: ["mkfs.ext4", "-O", "^64bit"]),
+        Variant(name: "ext4", mkfs: ["mkfs.ext4", "-b", "4096", "-L", "warden-ext4"], streamHuge: true),
+        Variant(name: "ext4-32bit", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "^64bit"]),
         Variant(name: "ext4-1k", mkfs: ["mkfs.ext4", "-b", "1024", "-L", "one-k"]),
-        Variant(name: "ext4-nocsum", mkfs: ["mkfs.ext4", "-O", "^metadata_csum"]),
-        Variant(name: "ext4-inline", mkfs: ["mkfs.ext4", "-O", "inline_data"]),
-        Variant(name: "ext4-noextent", mkfs: ["mkfs.ext4", "-O", "^extent,^64bit"]),
-        Variant(name: "ext4-metabg", mkfs: ["mkfs.ext4", "-O", "meta_bg,^resize_inode"]),
-        Variant(name: "ext4-csumseed", mkfs: ["mkfs.ext4", "-O", "metadata_csum_seed"]),
+        Variant(name: "ext4-nocsum", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "^metadata_csum"]),
+        Variant(name: "ext4-inline", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "inline_data"]),
+        Variant(name: "ext4-noextent", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "^extent,^64bit"]),
+        Variant(name: "ext4-metabg", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "meta_bg,^resize_inode"]),
+        Variant(name: "ext4-csumseed", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "metadata_csum_seed"]),
         Variant(name: "ext4-64k", mkfs: ["mkfs.ext4", "-b", "65536", "-N", "8192"], size: "160M"),
-        Variant(name: "ext4-htree", mkfs: ["mkfs.ext4"], reindex: true),
-        Variant(name: "ext3", mkfs: ["mkfs.ext3"]),
-        Variant(name: "ext2", mkfs: ["mkfs.ext2"], streamHuge: true),
+        Variant(name: "ext4-htree", mkfs: ["mkfs.ext4", "-b", "4096"], reindex: true),
+        Variant(name: "ext3", mkfs: ["mkfs.ext3", "-b", "4096"]),
+        Variant(name: "ext2", mkfs: ["mkfs.ext2", "-b", "1024"], streamHuge: true),
     ]
 
     /// Path of the image for `v`, built on first use.

@@ -220,6 +220,24 @@ func compareContent(_ fs: any FileSystem, _ ino: UInt64, source: String) throws 
         #expect(fs.warnings.isEmpty, "\(fs.warnings)")
     }
 
+    @Test func htreeChecksumMismatchIsAWarning() throws {
+        let v = try #require(EXT4Fixture.variants.first { $0.name == "ext4-htree" })
+        let (image, _) = try EXT4Fixture.image(v)
+        let stat = try EXT4Fixture.debugfs(image, ["stat /many"])
+        let r = try #require(stat.range(of: "(0):") ?? stat.range(of: "(0-") .flatMap { x in stat[x.upperBound...].range(of: "):") })
+        let block = try #require(Int(stat[r.upperBound...].prefix { $0.isNumber }))
+        try Fixtures.withTemporaryDirectory { dir in
+            var bytes = try Fixtures.read(image)
+            let bs = try EXT4Fixture.open(image).sb.blockSize
+            bytes[block * bs + 0x2C] ^= 0x55  // inside the dx root's entries
+            try Fixtures.write(bytes, to: dir + "/fs.img")
+            let fs = try EXT4Fixture.open(dir + "/fs.img")
+            let many = try #require(try fs.readDirectory(fs.rootInode).first { $0.name == "many" })
+            #expect(try fs.readDirectory(many.inode).count == 5000)
+            #expect(fs.warnings.contains { $0.contains("directory inode \(many.inode) htree block 0 checksum mismatch") }, "\(fs.warnings)")
+        }
+    }
+
     @Test func probeRecognisesTheMagic() throws {
         let (image, _) = try EXT4Fixture.image(EXT4Fixture.variants[0])
         #expect(EXT4.probe(RawDevice(file: try ImageFile(path: image))))
