@@ -82,7 +82,7 @@ enum EXT4Fixture {
         Variant(name: "ext4-nocsum", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "^metadata_csum"]),
         Variant(name: "ext4-inline", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "inline_data"]),
         Variant(name: "ext4-noextent", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "^extent,^64bit"]),
-        Variant(name: "ext4-metabg", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "meta_bg,^resize_inode"]),
+        Variant(name: "ext4-metabg", mkfs: ["mkfs.ext4", "-b", "1024", "-O", "meta_bg,^resize_inode"], size: "200M"),
         Variant(name: "ext4-csumseed", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "metadata_csum_seed"]),
         Variant(name: "ext4-64k", mkfs: ["mkfs.ext4", "-b", "65536", "-N", "8192"], size: "160M"),
         Variant(name: "ext4-htree", mkfs: ["mkfs.ext4", "-b", "4096"], reindex: true),
