@@ -92,12 +92,19 @@ public protocol FileSystem: AnyObject, Sendable {
     func read(_ inode: UInt64, at offset: UInt64, count: Int) throws -> [UInt8]
     /// The target of a symbolic link, as stored.
     func readLink(_ inode: UInt64) throws -> [UInt8]
+    /// Streams a whole regular file in chunks of at most `chunkSize` bytes (default
+    /// implementation below; filesystems override it with a faster path).
+    func forEachChunk(_ inode: UInt64, chunkSize: Int, _ body: ([UInt8]) throws -> Void) throws
 }
 
 extension FileSystem {
-    /// Streams a whole regular file in chunks of at most `chunkSize` bytes.
-    /// Implementations may override this with a faster path.
-    public func forEachChunk(_ inode: UInt64, chunkSize: Int = 1 << 20, _ body: ([UInt8]) throws -> Void) throws {
+    /// Streams a whole regular file in 1 MiB chunks (dispatches to the filesystem's implementation).
+    public func forEachChunk(_ inode: UInt64, _ body: ([UInt8]) throws -> Void) throws {
+        try forEachChunk(inode, chunkSize: 1 << 20, body)
+    }
+
+    /// Default implementation: `stat` plus repeated `read` calls.
+    public func forEachChunk(_ inode: UInt64, chunkSize: Int, _ body: ([UInt8]) throws -> Void) throws {
         let st = try stat(inode)
         var off: UInt64 = 0
         while off < st.size {
