@@ -89,6 +89,14 @@ public enum DebugfsOracle {
             let dump = tmp + "/dump"
             try FileManager.default.createDirectory(atPath: dump, withIntermediateDirectories: true)
             try Tool.run(["debugfs", "-R", "rdump / \(dump)", fs])
+            // debugfs 1.47 dumps the whole 60-byte inline area of an inline_data file, ignoring
+            // i_size; the inode size from `ls -p` is authoritative, so cut the dump to it.
+            for e in entries where e.mode & 0o170000 == 0o100000 {
+                if let size = UInt64(e.size), let attrs = try? FileManager.default.attributesOfItem(atPath: dump + e.path),
+                   let actual = (attrs[.size] as? NSNumber)?.uint64Value, actual > size {
+                    _ = truncate(dump + e.path, off_t(size))
+                }
+            }
             var sums: [String: String] = [:]
             let files = entries.filter { $0.mode & 0o170000 == 0o100000 }.map { dump + $0.path }
             if !files.isEmpty {
