@@ -29,8 +29,11 @@ struct ImageExport: ParsableCommand {
 
     func run() throws {
         let img = try image.open(snapshot: snapshot)
+        // Like `qemu-img convert -l snapshot.name=S`, a snapshot exports at the image's
+        // current virtual size: cut if the snapshot was larger, zero-padded if smaller.
+        let outSize = img.info.details["current_virtual_size"].flatMap(UInt64.init) ?? img.device.size
         if output == "-" {
-            try copy(img.device, to: 1, sparse: false, name: "standard output")
+            try copy(img.device, to: 1, sparse: false, name: "standard output", outSize: outSize)
             return
         }
         if FileManager.default.fileExists(atPath: output) {
@@ -50,10 +53,10 @@ struct ImageExport: ParsableCommand {
             close(fd)
             if !ok { unlink(tmp) }
         }
-        guard ftruncate(fd, off_t(img.device.size)) == 0 else {
+        guard outSize <= UInt64(Int64.max), ftruncate(fd, off_t(outSize)) == 0 else {
             throw WardenError(.io, "cannot size the output: \(String(cString: strerror(errno)))", file: output)
         }
-        try copy(img.device, to: fd, sparse: true, name: output)
+        try copy(img.device, to: fd, sparse: true, name: output, outSize: outSize)
         guard fsync(fd) == 0, rename(tmp, output) == 0 else {
             throw WardenError(.io, "cannot finish writing: \(String(cString: strerror(errno)))", file: output)
         }
@@ -65,14 +68,14 @@ struct ImageExport: ParsableCommand {
     }
 
     /// Copies the device to `fd`. With `sparse`, zero extents (and all-zero data chunks) become holes.
-    private func copy(_ dev: any BlockDevice, to fd: Int32, sparse: Bool, name: String) throws {
+    private func copy(_ dev: any BlockDevice, to fd: Int32, sparse: Bool, name: String, outSize: UInt64) throws {
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunk, alignment: 4096)
         defer { buf.deallocate() }
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunk, alignment: 4096)
         zeros.initializeMemory(as: UInt8.self, repeating: 0)
         defer { zeros.deallocate() }
         var pos: UInt64 = 0
-        let size = dev.size
+        let size = min(dev.size, outSize)
         // Map in windows so a huge sparse disk never builds a huge extent list.
         let window: UInt64 = 1 << 30
         while pos < size {
@@ -99,6 +102,14 @@ struct ImageExport: ParsableCommand {
                 }
             }
             pos += len
+        }
+        // Zero padding up to the output size (sparse files are already sized by ftruncate).
+        if !sparse {
+            while pos < outSize {
+                let n = Int(min(UInt64(Self.chunk), outSize - pos))
+                try Output.writeAll(fd: fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), name: name)
+                pos += UInt64(n)
+            }
         }
     }
 

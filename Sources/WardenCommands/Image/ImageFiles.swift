@@ -149,6 +149,8 @@ struct ImageManifest: ParsableCommand {
 
     @OptionGroup var image: ImageOptions
     @OptionGroup var volume: VolumeOptions
+    @Flag(help: "List every unreadable entry on stderr (default: one summary line).")
+    var allErrors = false
 
     func run() throws {
         let guest = try OpenedGuest.open(image, volume, announce: true)
@@ -159,9 +161,15 @@ struct ImageManifest: ParsableCommand {
             throw e.inFile(image.image)
         }
         Output.stdout.flush()
-        if !builder.errors.isEmpty {
-            for e in builder.errors.prefix(20) { Output.error(e.inFile(image.image).description) }
-            if builder.errors.count > 20 { Output.error("\(image.image): \(builder.errors.count - 20) more errors") }
+        let errors = builder.errors
+        if let first = errors.first {
+            if allErrors {
+                for e in errors { Output.error(e.inFile(image.image).description) }
+            } else if errors.count == 1 {
+                Output.error(first.inFile(image.image).description)
+            } else {
+                Output.error("\(image.image): \(errors.count) entries could not be read; first: \(first.message) (--all-errors lists them)")
+            }
             throw ExitCode(2)
         }
     }
