@@ -58,13 +58,15 @@ struct OpenedGuest {
     var fs: any FileSystem
 
     /// Opens `image` (at `volume.snapshot`) and its selected filesystem.
-    /// `announce` names an automatically chosen volume on stderr.
-    static func open(_ image: ImageOptions, _ volume: VolumeOptions, announce: Bool = true) throws -> OpenedGuest {
+    /// An automatically chosen volume is named on stderr when `announce` is set, or when
+    /// more than one Linux filesystem could have been chosen.
+    static func open(_ image: ImageOptions, _ volume: VolumeOptions, announce: Bool = false) throws -> OpenedGuest {
         let img = try image.open(snapshot: volume.snapshot)
         do {
             let layout = try GuestDisk.layout(of: img.device)
             let v = try GuestDisk.select(layout, partition: volume.partition)
-            if volume.partition == nil && announce && layout.table.scheme != .none {
+            let candidates = layout.volumes.filter { $0.filesystem?.isLinuxFilesystem == true }.count
+            if volume.partition == nil && (announce || candidates > 1) {
                 let fs = v.filesystem
                 let desc = [fs?.type, fs?.label.map { "label \($0)" }, fs?.uuid.map { "uuid \($0)" }]
                     .compactMap { $0 }.joined(separator: ", ")

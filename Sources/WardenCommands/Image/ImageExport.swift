@@ -57,7 +57,9 @@ struct ImageExport: ParsableCommand {
             throw WardenError(.io, "cannot size the output: \(String(cString: strerror(errno)))", file: output)
         }
         try copy(img.device, to: fd, sparse: true, name: output, outSize: outSize)
-        guard fsync(fd) == 0, rename(tmp, output) == 0 else {
+        // No fsync: like qemu-img convert, durability is left to the page cache; the
+        // rename still guarantees that OUTPUT is never seen half-written.
+        guard rename(tmp, output) == 0 else {
             throw WardenError(.io, "cannot finish writing: \(String(cString: strerror(errno)))", file: output)
         }
         ok = true
