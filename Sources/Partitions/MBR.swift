@@ -79,6 +79,7 @@ enum MBR {
                                  next: &nextLogical, warn: { table.warnings.append($0) }, add: add)
             }
         }
+        table.partitions.sort { $0.index < $1.index }
         return table
     }
 
