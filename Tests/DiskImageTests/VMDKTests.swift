@@ -323,6 +323,35 @@ enum VMDKFixture {
         }
     }
 
+    /// Real multi-extent split files: qemu cuts twoGbMaxExtent* disks into 2 GiB extents.
+    @Test(arguments: ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"])
+    func largeSplitDiskAcrossExtentBoundaries(_ subformat: String) throws {
+        let recipe = """
+        truncate -s 4700000256 src.raw
+        qemu-io -f raw -c 'write -P 0x31 0 64k' -c 'write -P 0x32 2147450000 70000' \\
+            -c 'write -P 0x33 4294900000 200000' -c 'write -P 0x34 4699999000 1256' src.raw >/dev/null
+        qemu-img convert -f raw -O vmdk -o subformat=\(subformat) src.raw disk.vmdk
+        qemu-img convert -f vmdk -O raw disk.vmdk oracle.raw
+        rm src.raw
+        """
+        let dir = try Fixtures.cached("vmdk-large-\(subformat)", recipe: recipe) { try Tool.sh(recipe, cwd: $0) }
+        let img = try ImageOpener.open(dir + "/disk.vmdk")
+        #expect(img.info.details["extents"] == "3")
+        #expect(img.device.size == (try VMDKFixture.virtualSize(dir + "/disk.vmdk")))
+        let oracle = try ImageFile(path: dir + "/oracle.raw")
+        #expect(oracle.length == img.device.size)
+        let windows: [(UInt64, Int)] = [(0, 70000), (2147450000 - 1000, 80000), (2147483648 - 300, 600),
+                                        (4294967296 - 70000, 140000), (img.device.size - 5000, 5000), (3000000000, 100000)]
+        for (off, n) in windows {
+            #expect(VMDKFixture.same(try img.device.read(at: off, count: n), try oracle.read(at: off, count: n)) == "same", "window \(off)")
+        }
+        let map = try img.device.mapping(at: 0, length: img.device.size)
+        #expect(map.reduce(0) { $0 + $1.length } == img.device.size)
+        if subformat.hasSuffix("Sparse") {
+            #expect(map.filter { $0.kind == .data }.reduce(0) { $0 + $1.length } < 4 << 20)
+        }
+    }
+
     @Test func readsRefusePastEnd() throws {
         let dir = try VMDKFixture.converted("monolithicSparse")
         let img = try ImageOpener.open(dir + "/disk.vmdk")
