@@ -42,8 +42,10 @@ public enum FilesystemProbe {
         func str(_ off: Int, _ len: Int) -> String? {
             guard off + len <= head.count else { return nil }
             var bytes = Array(head[off..<off + len])
-            while let last = bytes.last, last == 0 || last == 0x20 { bytes.removeLast() }
-            let s = String(decoding: bytes, as: UTF8.self)
+            if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
+            while let last = bytes.last, last == 0x20 { bytes.removeLast() }
+            // Labels are guest-controlled: escape control and invalid bytes so they print on one line.
+            let s = ManifestEscaping.escape(bytes)
             return s.isEmpty ? nil : s
         }
         func uuid(_ off: Int) -> String? {

@@ -52,13 +52,12 @@ final class Output: @unchecked Sendable {
 
     /// Writes `warden: message` on stderr, on one line.
     static func error(_ message: String) {
-        let oneLine = message.split(whereSeparator: \.isNewline).joined(separator: " ")
-        FileHandle.standardError.write(Data("warden: \(oneLine)\n".utf8))
+        FileHandle.standardError.write(Data("warden: \(oneLine(message))\n".utf8))
     }
 
     /// Writes a note on stderr (progress, chosen volume).
     static func note(_ message: String) {
-        FileHandle.standardError.write(Data("warden: \(message)\n".utf8))
+        FileHandle.standardError.write(Data("warden: \(oneLine(message))\n".utf8))
     }
 
     /// Encodes `value` as pretty, sorted-key JSON with snake_case keys.

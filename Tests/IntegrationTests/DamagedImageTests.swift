@@ -9,7 +9,7 @@ import WardenTestSupport
 
     /// An 8 MiB GPT disk with a small ext4 partition, as raw and zlib-compressed qcow2.
     static func smallDisk() throws -> String {
-        try Fixtures.cached("small-disk", recipe: "small-v1") { dir in
+        try Fixtures.cached("small-disk", recipe: "small-v1 tree-\(FixtureTrees.standardVersion)") { dir in
             let root = dir + "/root"
             try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
             try FixtureTrees.standard(at: root, wide: 40)

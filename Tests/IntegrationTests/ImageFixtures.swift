@@ -21,7 +21,7 @@ enum ImageFixtures {
 
     /// A directory holding `fs.img` (a bare filesystem) for `variant`.
     static func filesystem(_ variant: Variant, wide: Int = 5000) throws -> String {
-        try Fixtures.cached("fs-\(variant.name)", recipe: "tree-v1 wide=\(wide) \(variant.mkfs)") { dir in
+        try Fixtures.cached("fs-\(variant.name)", recipe: "tree-\(FixtureTrees.standardVersion) wide=\(wide) \(variant.mkfs)") { dir in
             let root = dir + "/root"
             try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
             try FixtureTrees.standard(at: root, wide: wide)

@@ -46,15 +46,15 @@ struct ImageInfoCommand: ParsableCommand {
         out.line("virtual size: \(humanSize(info.virtualSize)) (\(info.virtualSize) bytes)")
         out.line("disk size: \(humanSize(info.allocatedSize))")
         for key in info.details.keys.sorted() {
-            out.line("\(key): \(info.details[key] ?? "")")
+            out.line("\(key): \(oneLine(info.details[key] ?? ""))")
         }
         if let backing = info.backingFile {
-            out.line("backing file: \(backing)" + (info.backingFormat.map { " (format: \($0))" } ?? ""))
+            out.line(oneLine("backing file: \(backing)" + (info.backingFormat.map { " (format: \($0))" } ?? "")))
         }
         if img.chain.count > 1 {
             out.line("backing chain:")
             for (i, link) in img.chain.enumerated() {
-                out.line("  \(i): \(link.path) (\(link.format.rawValue), \(humanSize(link.virtualSize)))")
+                out.line(oneLine("  \(i): \(link.path) (\(link.format.rawValue), \(humanSize(link.virtualSize)))"))
             }
         }
         if !info.snapshots.isEmpty {
@@ -65,7 +65,7 @@ struct ImageInfoCommand: ParsableCommand {
         }
         let t = layout.table
         out.line("partition table: \(t.scheme.rawValue)" + (t.diskID.map { " (disk id \($0))" } ?? ""))
-        for w in t.warnings { out.line("  warning: \(w)") }
+        for w in t.warnings { out.line(oneLine("  warning: \(w)")) }
         if !t.partitions.isEmpty {
             out.line(table([["#", "TYPE", "START", "SIZE", "NAME"]] + t.partitions.map { p in
                 ["\(p.index)", "\(p.typeName) (\(p.typeCode))", "\(p.start)", "\(p.size) (\(humanSize(p.size)))", p.name ?? ""]
@@ -84,6 +84,8 @@ struct ImageInfoCommand: ParsableCommand {
 /// Left-aligned columns separated by two spaces; no trailing spaces.
 func table(_ rows: [[String]], indent: String = "") -> String {
     guard let cols = rows.map(\.count).max() else { return "" }
+    // Cells may hold guest-controlled text (labels, partition names): keep each on one line.
+    let rows = rows.map { $0.map(oneLine) }
     var widths = [Int](repeating: 0, count: cols)
     for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
     return rows.map { r in
@@ -110,4 +112,18 @@ func formatClock(_ ns: UInt64) -> String {
     let ms = total % 1000, s = (total / 1000) % 60, m = (total / 60_000) % 60, h = total / 3_600_000
     func p(_ v: UInt64, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
     return "\(p(h, 4)):\(p(m, 2)):\(p(s, 2)).\(p(ms, 3))"
+}
+
+/// Replaces control characters with `\xNN` so guest-controlled text cannot break lines.
+func oneLine(_ s: String) -> String {
+    guard s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return s }
+    var out = ""
+    for u in s.unicodeScalars {
+        if u.value < 0x20 || u.value == 0x7F {
+            out += "\\x" + (u.value < 0x10 ? "0" : "") + String(u.value, radix: 16)
+        } else {
+            out.unicodeScalars.append(u)
+        }
+    }
+    return out
 }
