@@ -18,7 +18,7 @@ public enum RawExport {
     /// Writes `device` to the seekable file `fd`, which must already be `outSize` bytes
     /// long and read as zeros (fresh `ftruncate`). Bytes past the device read as zeros.
     public static func toFile(_ device: any BlockDevice, fd: Int32, outSize: UInt64, name: String,
-                              workers: Int = max(2, min(8, System.activeProcessorCount * 2))) throws {
+                              workers: Int = max(2, min(8, System.activeProcessorCount))) throws {
         let size = min(device.size, outSize)
         let window: UInt64 = 1 << 30
         var pos: UInt64 = 0

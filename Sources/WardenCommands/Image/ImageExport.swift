@@ -24,6 +24,12 @@ struct ImageExport: ParsableCommand {
     var output: String
     @Flag(help: "Overwrite an existing output file.")
     var force = false
+    @Option(help: "Parallel read/write workers for file output (default: one per CPU, 2 to 8).")
+    var jobs: Int?
+
+    func validate() throws {
+        if let jobs, !(1...64).contains(jobs) { throw ValidationError("--jobs must be between 1 and 64") }
+    }
 
     func run() throws {
         let img = try image.open(snapshot: snapshot)
@@ -54,7 +60,8 @@ struct ImageExport: ParsableCommand {
         guard outSize <= UInt64(Int64.max), ftruncate(fd, off_t(outSize)) == 0 else {
             throw WardenError(.io, "cannot size the output: \(String(cString: strerror(errno)))", file: output)
         }
-        try RawExport.toFile(img.device, fd: fd, outSize: outSize, name: output)
+        try RawExport.toFile(img.device, fd: fd, outSize: outSize, name: output,
+                             workers: jobs ?? max(2, min(8, System.activeProcessorCount)))
         // No fsync: like qemu-img convert, durability is left to the page cache; the
         // rename still guarantees that OUTPUT is never seen half-written.
         guard rename(tmp, output) == 0 else {
