@@ -159,3 +159,32 @@ import WardenTestSupport
         }
     }
 }
+
+@Suite struct ChecksumWarningTests {
+    /// A directory block whose metadata_csum tail is wrong still lists, with exit 0 and
+    /// one warning line on stderr that names the image.
+    @Test func directoryChecksumMismatchIsReported() throws {
+        let dir = try DamagedImageTests.smallDisk()
+        try Fixtures.withTemporaryDirectory { tmp in
+            let path = tmp + "/csum.img"
+            try Tool.run(["cp", dir + "/fs.img", path])
+            let bs = try Tool.sh("dumpe2fs -h \"\(path)\" 2>/dev/null | awk -F: '/^Block size/ {gsub(/ /, \"\", $2); print $2}'").stdoutText
+            let blockSize = try #require(Int(bs.trimmingCharacters(in: .whitespacesAndNewlines)))
+            let bmap = try Tool.run(["debugfs", "-R", "bmap /etc 0", path]).stdoutText
+            let block = try #require(Int(bmap.trimmingCharacters(in: .whitespacesAndNewlines)))
+            var bytes = try Fixtures.read(path)
+            // The dirent tail's crc32c is the block's last 4 bytes.
+            bytes[block * blockSize + blockSize - 1] ^= 0xFF
+            try Fixtures.write(bytes, to: path)
+            let fsck = try Tool.run(["e2fsck", "-fn", path], check: false)
+            #expect(fsck.status != 0, "e2fsck should see the damage too")
+            let r = try WardenRun.run(["image", "ls", path, "/etc"])
+            #expect(r.status == 0)
+            #expect(r.stdoutText.split(separator: "\n") == ["hostname", "os-release", "ssh"])
+            let lines = r.stderr.split(separator: "\n")
+            #expect(lines.count == 1)
+            #expect(lines.first?.contains("csum.img: warning:") == true)
+            #expect(r.stderr.lowercased().contains("checksum"))
+        }
+    }
+}

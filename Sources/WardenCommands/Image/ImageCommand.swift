@@ -78,4 +78,16 @@ struct OpenedGuest {
             throw e.inFile(image.image)
         }
     }
+
+    /// Prints the filesystem's non-fatal findings (e.g. metadata checksum mismatches) on
+    /// stderr, as one line naming the image. They do not change the exit code.
+    func reportWarnings(_ imagePath: String) {
+        let w = fs.warnings
+        guard let first = w.first else { return }
+        if w.count == 1 {
+            Output.note("\(imagePath): warning: \(first)")
+        } else {
+            Output.note("\(imagePath): warning: \(w.count) problems found; first: \(first)")
+        }
+    }
 }

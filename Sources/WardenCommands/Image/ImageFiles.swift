@@ -69,6 +69,8 @@ struct ImageLs: ParsableCommand {
             } else {
                 for e in entries { Output.stdout.line(e.name) }
             }
+            Output.stdout.flush()
+            guest.reportWarnings(image.image)
         } catch let e as WardenError {
             throw e.inFile(image.image)
         }
@@ -116,6 +118,8 @@ struct ImageCat: ParsableCommand {
                 throw WardenError(.invalidArgument, "\(path) is a \(describe(target.stat.type)), not a regular file")
             }
             try guest.fs.forEachChunk(target.inode, chunkSize: 1 << 20) { try Output.stdout.write($0) }
+            Output.stdout.flush()
+            guest.reportWarnings(image.image)
         } catch let e as WardenError {
             throw e.inFile(image.image)
         }
@@ -172,5 +176,6 @@ struct ImageManifest: ParsableCommand {
             }
             throw ExitCode(2)
         }
+        guest.reportWarnings(image.image)
     }
 }
