@@ -129,7 +129,8 @@ import DiskImage
             #expect(b["core.nlinkv2"] == String(st.links), "\(v) \(path) nlink")
             #expect(st.mtime > 1_600_000_000)
         }
-        #expect(fs.warnings.isEmpty, "\(fs.warnings)")
+        // mkfs.xfs -p 6.1 writes headerless v5 remote symlink blocks: the only warnings allowed.
+        #expect(fs.warnings.allSatisfy { $0.contains("lacks its XSLM header") }, "\(fs.warnings)")
     }
 
     @Test(arguments: XFSFixture.variants)
@@ -168,7 +169,7 @@ import DiskImage
         #expect(throws: WardenError.self) { try fs.read(file, at: 0, count: -1) }
         #expect(throws: WardenError.self) { try fs.stat(0) }
         #expect(throws: WardenError.self) { try fs.stat(UInt64.max) }
-        // An unused inode slot next to the root is free.
-        #expect(throws: WardenError.self) { try fs.stat(fs.rootInode + 63) }
+        // Block 1 of AG 0 holds a btree root, not inodes.
+        #expect(throws: WardenError.self) { try fs.stat(UInt64(1) << UInt64(fs.sb.inodesPerBlockLog)) }
     }
 }
