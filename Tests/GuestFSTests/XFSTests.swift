@@ -173,3 +173,40 @@ import DiskImage
         #expect(throws: WardenError.self) { try fs.stat(UInt64(1) << UInt64(fs.sb.inodesPerBlockLog)) }
     }
 }
+
+/// Holes and unwritten extents, made with `xfs_db -x` (mkfs.xfs -p fills holes in with zeros).
+@Suite struct XFSHoleTests {
+    @Test func holesAndUnwrittenExtentsReadAsZeros() throws {
+        let v = XFSFixture.variants[0]
+        let image = try XFSFixture.image(v)
+        let fs0 = try XFSFixture.open(image)
+        let sparseIno = try XFSTests.lookup(fs0, "/size_65536")
+        let unwrittenIno = try XFSTests.lookup(fs0, "/size_4097")
+        let cmds = ["inode \(sparseIno)", "write u3.bmx[0].startoff 100", "write core.size 10000000",
+                    "inode \(unwrittenIno)", "write u3.bmx[0].extentflag 1"]
+        let dir = try Fixtures.cached("xfs-holes", recipe: image + cmds.joined(separator: ";")) { dir in
+            try Tool.run(["cp", "--sparse=always", image, dir + "/fs.img"])
+            _ = try XFSFixture.xfsDB(dir + "/fs.img", cmds, expert: true)
+        }
+        let patched = dir + "/fs.img"
+        // Oracle: xfs_db's own view of the two maps.
+        let bmap1 = try XFSFixture.xfsDB(patched, ["inode \(sparseIno)", "bmap"])
+        #expect(bmap1.contains("data offset 100 "), "\(bmap1)")
+        let bmap2 = try XFSFixture.xfsDB(patched, ["inode \(unwrittenIno)", "bmap"])
+        #expect(bmap2.contains("flag 1"), "\(bmap2)")
+
+        let fs = try XFSFixture.open(patched)
+        let src = try XFSFixture.sources()
+        let data = try Fixtures.read(src + "/size_65536")
+        var want = [UInt8](repeating: 0, count: 10_000_000)
+        want.replaceSubrange(409_600..<(409_600 + data.count), with: data)
+        #expect(try fs.stat(sparseIno).size == 10_000_000)
+        var got: [UInt8] = []
+        try fs.forEachChunk(sparseIno, chunkSize: 1 << 20) { got += $0 }
+        #expect(got == want)
+        #expect(try fs.read(sparseIno, at: 409_590, count: 20) == Array(want[409_590..<409_610]))
+        #expect(try fs.read(sparseIno, at: 9_999_990, count: 100) == [UInt8](repeating: 0, count: 10))
+        #expect(try fs.read(unwrittenIno, at: 0, count: 5000) == [UInt8](repeating: 0, count: 4097))
+        #expect(fs.warnings.isEmpty, "\(fs.warnings)")
+    }
+}
