@@ -94,10 +94,17 @@ struct LVM2DamageTests {
     @Test func truncatedPV() throws {
         let a = try Self.pv(1), b = try Self.pv(2)
         #expect(Self.pipeline(a, b))
-        for n in [0, 1, 100, 511, 512, 600, 1024, 2047, 4096, 4097, 4608, 5000, 8192, 100_000, 1 << 20, (1 << 20) + 1, 10 << 20, (64 << 20) - 1] {
-            #expect(!Self.pipeline(Array(a[0..<n]), b), "pv1 truncated to \(n)")
-            #expect(!Self.pipeline(a, Array(b[0..<n])), "pv2 truncated to \(n)")
+        // Every LV ends within the first 40 MiB of each PV; shorter PVs must fail.
+        for n in [0, 1, 100, 511, 512, 600, 1024, 2047, 4096, 4097, 4608, 5000, 8192, 100_000, 1 << 20, (1 << 20) + 1, 10 << 20] {
+            let okA = Self.pipeline(Array(a[0..<n]), b)
+            #expect(!okA, "pv1 truncated to \(n)")
+            let okB = Self.pipeline(a, Array(b[0..<n]))
+            #expect(!okB, "pv2 truncated to \(n)")
         }
+        // Cut past the last extent used: still readable, with a size warning.
+        let short = Array(a[0..<((64 << 20) - 1)])
+        let pv = try LVM2.readPhysicalVolume(MemoryDevice(short))
+        #expect(pv.warnings.contains { $0.contains("claims") })
     }
 
     @Test func checksumMismatchesWarn() throws {
