@@ -47,8 +47,15 @@ struct VolumeOptions: ParsableArguments {
     @Option(name: .long, help: "Partition number to read (Linux numbering; 0 for a disk without a table). Default: the largest Linux filesystem.")
     var partition: Int?
 
+    @Option(name: .long, help: "LVM logical volume to read: VG/LV, VG-LV or /dev/mapper/VG-LV.")
+    var lv: String?
+
     @Option(name: .long, help: "Read the disk as it was at this internal snapshot (name or id).")
     var snapshot: String?
+
+    func validate() throws {
+        if partition != nil && lv != nil { throw ValidationError("give --partition or --lv, not both") }
+    }
 }
 
 /// An opened guest filesystem, with the image it came from.
@@ -64,15 +71,15 @@ struct OpenedGuest {
         let img = try image.open(snapshot: volume.snapshot)
         do {
             let layout = try GuestDisk.layout(of: img.device)
-            let v = try GuestDisk.select(layout, partition: volume.partition)
+            let v = try GuestDisk.select(layout, partition: volume.partition, logicalVolume: volume.lv)
             let candidates = layout.volumes.filter { $0.filesystem?.isLinuxFilesystem == true }.count
-            if volume.partition == nil && (announce || candidates > 1) {
+            if volume.partition == nil && volume.lv == nil && (announce || candidates > 1) {
                 let fs = v.filesystem
                 let desc = [fs?.type, fs?.label.map { "label \($0)" }, fs?.uuid.map { "uuid \($0)" }]
                     .compactMap { $0 }.joined(separator: ", ")
                 Output.note("using \(v.displayName) (\(desc))")
             }
-            let fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: v, on: img.device))
+            let fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: v, in: layout, on: img.device))
             return OpenedGuest(image: img, volume: v, fs: fs)
         } catch let e as WardenError {
             throw e.inFile(image.image)

@@ -27,6 +27,7 @@ struct ImageInfoCommand: ParsableCommand {
         var backingChain: [ImageInfo]
         var partitionTable: PartitionTable
         var volumes: [GuestVolume]
+        var warnings: [String]
     }
 
     func run() throws {
@@ -34,7 +35,7 @@ struct ImageInfoCommand: ParsableCommand {
         let layout: GuestDiskLayout
         do { layout = try GuestDisk.layout(of: img.device) } catch let e as WardenError { throw e.inFile(image.image) }
         let report = Report(image: img.info, backingChain: Array(img.chain.dropFirst()),
-                            partitionTable: layout.table, volumes: layout.volumes)
+                            partitionTable: layout.table, volumes: layout.volumes, warnings: layout.warnings)
         if json {
             Output.stdout.line(try Output.json(report))
             return
@@ -71,6 +72,7 @@ struct ImageInfoCommand: ParsableCommand {
                 ["\(p.index)", "\(p.typeName) (\(p.typeCode))", "\(p.start)", "\(p.size) (\(humanSize(p.size)))", p.name ?? ""]
             }, indent: "  "))
         }
+        for w in layout.warnings { out.line(oneLine("warning: \(w)")) }
         let found = layout.volumes.filter { $0.filesystem != nil }
         out.line("filesystems:" + (found.isEmpty ? " none found" : ""))
         if !found.isEmpty {
