@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "DiskImage", targets: ["DiskImage"]),
         .library(name: "Partitions", targets: ["Partitions"]),
         .library(name: "GuestFS", targets: ["GuestFS"]),
+        .library(name: "Inspection", targets: ["Inspection"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
     ],
     dependencies: [
@@ -27,8 +28,12 @@ let package = Package(
             "WardenCore", "DiskImage", "Partitions",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        .target(name: "Inspection", dependencies: [
+            "WardenCore", "GuestFS",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "WardenCommands", dependencies: [
-            "WardenCore", "DiskImage", "Partitions", "GuestFS",
+            "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "warden", dependencies: ["WardenCommands"]),
@@ -37,6 +42,7 @@ let package = Package(
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "WardenTestSupport"]),
         .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
     ],
     swiftLanguageModes: [.v6]
