@@ -9,6 +9,7 @@ let package = Package(
     targets: [
         .target(name: "FuzzSupport", dependencies: [
             .product(name: "DiskImage", package: "Warden"),
+            .product(name: "GuestFS", package: "Warden"),
             .product(name: "WardenCore", package: "Warden"),
         ]),
         .executableTarget(name: "FuzzQCOW2", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
@@ -20,6 +21,15 @@ let package = Package(
         .executableTarget(name: "FuzzEXT4", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"),
             .product(name: "GuestFS", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzXFS", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzFAT", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzLVM2", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "Partitions", package: "Warden"),
         ]),
     ],
     swiftLanguageModes: [.v6]

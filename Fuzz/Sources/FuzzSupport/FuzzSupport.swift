@@ -44,3 +44,26 @@ public enum FuzzSupport {
         return s
     }
 }
+
+/// The input bytes followed by zeros up to `virtualSize`: lets a fuzzer mutate the
+/// metadata at the front of a filesystem whose real image would be far too large.
+public final class PaddedDevice: BlockDevice, @unchecked Sendable {
+    let bytes: [UInt8]
+    public let size: UInt64
+
+    public init(_ bytes: [UInt8], virtualSize: UInt64) {
+        self.bytes = bytes
+        self.size = max(UInt64(bytes.count), virtualSize)
+    }
+
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(offset, buffer.count)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        guard offset < UInt64(bytes.count) else { return }
+        let start = Int(offset)
+        let n = min(buffer.count, bytes.count - start)
+        bytes.withUnsafeBytes { src in
+            UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]).copyMemory(from: UnsafeRawBufferPointer(rebasing: src[start..<start + n]))
+        }
+    }
+}
