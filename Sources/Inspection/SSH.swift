@@ -113,7 +113,8 @@ extension Inspection {
             return .unknown(reason: "\(context): not an OpenSSH public key line")
         }
         do {
-            return .known(try SSHKeyParser.parse(keyType: parts.keyType, base64: parts.base64, comment: parts.comment))
+            return .known(try SSHKeyParser.parse(keyType: parts.keyType, base64: parts.base64, comment: parts.comment,
+                                                       leadingField: parts.optionsField))
         } catch {
             return .unknown(reason: "\(context): \(error)")
         }
@@ -145,7 +146,8 @@ extension Inspection {
                         continue
                     }
                     do {
-                        let key = try SSHKeyParser.parse(keyType: parts.keyType, base64: parts.base64, comment: parts.comment)
+                        let key = try SSHKeyParser.parse(keyType: parts.keyType, base64: parts.base64, comment: parts.comment,
+                                                       leadingField: parts.optionsField)
                         file.keys.append(AuthorizedKey(line: i + 1, key: key, options: parts.options,
                                                        hasCommand: parts.options.contains { $0.name == "command" },
                                                        hasFrom: parts.options.contains { $0.name == "from" }))

@@ -41,7 +41,9 @@ public enum SSHKeyParser {
     public static func isKeyType(_ s: Substring) -> Bool { typeLabels[String(s)] != nil }
 
     /// Parses `type base64 [comment]` (no options). Throws on malformed input.
-    public static func parse(keyType: String, base64: Substring, comment: String) throws -> SSHPublicKey {
+    /// `leadingField` is the options (or known_hosts host) field before the key, if any:
+    /// `ssh-keygen -l` shows it in place of a missing comment, and so does ``SSHPublicKey/fingerprintLine``.
+    public static func parse(keyType: String, base64: Substring, comment: String, leadingField: String? = nil) throws -> SSHPublicKey {
         guard let label = typeLabels[keyType] else { throw WardenError.unsupported("unknown SSH key type") }
         guard base64.utf8.count <= maxBlob * 4 / 3 + 4, let blob = decodeBase64(base64) else {
             throw WardenError.corrupt("invalid base64 in SSH key")
@@ -78,7 +80,7 @@ public enum SSHKeyParser {
         var b64 = encodeBase64(Array(digest))
         while b64.hasSuffix("=") { b64.removeLast() }
         let fp = "SHA256:" + b64
-        let shown = comment.isEmpty ? "no comment" : comment
+        let shown = !comment.isEmpty && !comment.hasPrefix("#") ? comment : (leadingField ?? "no comment")
         return SSHPublicKey(keyType: keyType, type: label, bits: bits, fingerprint: fp, comment: comment,
                             fingerprintLine: "\(bits) \(fp) \(shown) (\(label))")
     }
@@ -164,11 +166,12 @@ public struct SSHKeyOption: Codable, Sendable, Equatable {
 
 /// Splits an authorized_keys line into options, key type, base64 and comment.
 enum AuthorizedKeysLine {
-    struct Parts { var options: [SSHKeyOption]; var keyType: String; var base64: Substring; var comment: String }
+    struct Parts { var options: [SSHKeyOption]; var optionsField: String?; var keyType: String; var base64: Substring; var comment: String }
 
     static func split(_ line: String) -> Parts? {
         var rest = Substring(line)
         var options: [SSHKeyOption] = []
+        var optionsField: String?
         let firstWord = rest.prefix(while: { $0 != " " && $0 != "\t" })
         if !SSHKeyParser.isKeyType(firstWord) {
             // Options: up to the first unquoted whitespace.
@@ -186,6 +189,7 @@ enum AuthorizedKeysLine {
             }
             guard !inQuote else { return nil }
             options = parseOptions(rest[rest.startIndex..<i])
+            optionsField = String(rest[rest.startIndex..<i])
             rest = rest[i...].drop(while: { $0 == " " || $0 == "\t" })
         }
         let type = rest.prefix(while: { $0 != " " && $0 != "\t" })
@@ -194,7 +198,7 @@ enum AuthorizedKeysLine {
         let b64 = rest.prefix(while: { $0 != " " && $0 != "\t" })
         guard !b64.isEmpty else { return nil }
         let comment = rest[b64.endIndex...].drop(while: { $0 == " " || $0 == "\t" })
-        return Parts(options: options, keyType: String(type), base64: b64, comment: String(comment))
+        return Parts(options: options, optionsField: optionsField, keyType: String(type), base64: b64, comment: String(comment))
     }
 
     static func parseOptions(_ s: Substring) -> [SSHKeyOption] {
