@@ -113,6 +113,17 @@ extension Inspection {
         case .failed(let r): accountsFact = .unknown(reason: r)
         case .bytes(let b):
             var list: [Account] = []
+            // Indexes so hostile sizes stay linear: gid -> name, user -> supplementary groups.
+            var gidName: [UInt32: String] = [:]
+            var memberOfIndex: [String: [String]] = [:]
+            for gr in groups {
+                if gidName[gr.gid] == nil { gidName[gr.gid] = gr.name }
+                for m in gr.members where (memberOfIndex[m]?.count ?? 0) < 1024 { memberOfIndex[m, default: []].append(gr.name) }
+            }
+            let gidsByName = Dictionary(groups.map { ($0.name, $0.gid) }, uniquingKeysWith: { a, _ in a })
+            // Total sudo rule/user comparisons allowed, so many rules times many users cannot stall.
+            var sudoBudget = 20_000_000
+            var budgetWarned = false
             for (i, line) in boundedLines(String(decoding: b, as: UTF8.self)).enumerated() {
                 if line.isEmpty || line.hasPrefix("#") { continue }
                 let f = line.split(separator: ":", omittingEmptySubsequences: false)
@@ -132,13 +143,20 @@ extension Inspection {
                 let shellBase = shell.split(separator: "/").last.map(String.init) ?? ""
                 let loginShell = !["nologin", "false"].contains(shellBase)
                 var memberOf: [String] = []
-                if let primary = groups.first(where: { $0.gid == gid }) { memberOf.append(primary.name) }
-                for gr in groups where gr.members.contains(name) && !memberOf.contains(gr.name) { memberOf.append(gr.name) }
+                if let primary = gidName[gid] { memberOf.append(primary) }
+                for gname in memberOfIndex[name] ?? [] where !memberOf.contains(gname) { memberOf.append(gname) }
+                let memberGids = memberOf.compactMap { gidsByName[$0] }
                 var via: [String] = []
                 if uid == 0 { via.append("uid 0") }
                 for gname in memberOf where adminGroups.contains(gname) { via.append("group:" + gname) }
                 var nopasswd = false
-                for rule in sudo.rules where SudoersScan.matches(rule, user: name, uid: uid, groups: memberOf, gids: groups.filter { memberOf.contains($0.name) }.map(\.gid)) {
+                for rule in sudo.rules {
+                    sudoBudget -= rule.expandedUsers.count + 1
+                    if sudoBudget < 0 {
+                        if !budgetWarned { warnings.append("sudoers: too many rules x accounts; sudo rights not evaluated for the remaining accounts"); budgetWarned = true }
+                        break
+                    }
+                    guard SudoersScan.matches(rule, user: name, uid: uid, groups: memberOf, gids: memberGids) else { continue }
                     if rule.allCommands { via.append("sudoers:" + rule.source) }
                     if rule.noPassword { nopasswd = true }
                 }
@@ -300,7 +318,7 @@ struct SudoersScan {
         default:
             if first.hasPrefix("Defaults") { return }
         }
-        guard let eq = body.firstIndex(of: "="), rules.count < TextLimits.maxEntries else { return }
+        guard let eq = body.firstIndex(of: "="), rules.count < 10_000 else { return }
         // LHS: user list and host list, separated by whitespace not adjacent to a comma.
         let lhs = Self.squeezeCommas(body[..<eq])
         let lw = lhs.split(whereSeparator: { $0 == " " || $0 == "\t" })

@@ -246,7 +246,8 @@ struct SSHDConfigScan {
             }
             if inMatch { continue }
             if Self.tracked.contains(kw), values[kw] == nil, words.count >= 2 {
-                values[kw] = (words[1], "\(path):\(i + 1)")
+                // sshd compares these values case-insensitively; report them lowercased.
+                values[kw] = (words[1].lowercased(), "\(path):\(i + 1)")
             }
         }
     }
