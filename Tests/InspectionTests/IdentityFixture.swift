@@ -189,3 +189,28 @@ enum IdentityFixture {
         return String(decoding: try enc.encode(v), as: UTF8.self)
     }
 }
+
+extension IdentityFixture {
+    /// Hostile and broken inputs: loops, deep includes, wrong file types, garbage keys.
+    static let hostile = """
+    set -euo pipefail
+    cd "$DIR"
+    R=root
+    mkdir -p $R/etc/ssh $R/etc/hostname $R/bin $R/usr/bin $R/etc/sudoers.d $R/home/u/.ssh $R/var/lib/dbus
+    ln -s sh $R/bin/sh
+    printf 'hello' > $R/usr/bin/sh
+    printf 'ID="unterminated\\nVERSION_ID=1\\n' > $R/etc/os-release
+    printf 'XYZ\\n' > $R/etc/machine-id
+    ln -s /var/lib/dbus/machine-id $R/var/lib/dbus/machine-id
+    printf 'Include a0\\n' > $R/etc/ssh/sshd_config
+    for i in $(seq 0 30); do printf 'Include a%d\\n' $((i+1)) > $R/etc/ssh/a$i; done
+    printf 'PermitRootLogin YES\\n' > $R/etc/ssh/a31
+    printf 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP garbage\\n' > $R/etc/ssh/ssh_host_bad_key.pub
+    printf 'u:x:5:5::/home/u:/bin/sh\\nv:x:notanumber:5::/:/bin/sh\\nw:x:6:6::relative:/bin/sh\\n' > $R/etc/passwd
+    printf 'u:!:1::::::\\n' > $R/etc/shadow
+    { printf 'u ALL=(ALL) NOPASSWD: /bin/a'; for i in $(seq 1 3000); do printf ', \\\\\\n /bin/x%d' $i; done; printf '\\n#includedir /etc/sudoers.d\\n'; } > $R/etc/sudoers
+    printf '#includedir /etc/sudoers.d\\n' > $R/etc/sudoers.d/loop
+    printf 'from="a" ssh-ed25519\\n"unbalanced ssh-rsa AAAA\\n' > $R/home/u/.ssh/authorized_keys
+    truncate -s 8M fs.img && mkfs.ext4 -q -F -d $R fs.img
+    """
+}

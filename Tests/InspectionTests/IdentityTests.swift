@@ -319,3 +319,34 @@ import GuestFS
         #expect(globMatch("[0-9]?-*", "10-x") && !globMatch("[!0-9]*", "1x"))
     }
 }
+
+@Suite struct HostileInputTests {
+    @Test func brokenGuestYieldsUnknownsNotErrors() throws {
+        let dir = try IdentityFixture.build("identity-hostile", IdentityFixture.hostile)
+        let g = try IdentityFixture.open(dir)
+        let r = Inspection.identityReport(g)
+        #expect(r.os.id.value == nil)                       // unterminated quote: skipped
+        #expect(r.os.versionId == .known("1"))
+        #expect(r.os.family.value == nil)
+        #expect(r.os.architecture.value == nil)             // /bin/sh loops, /usr/bin/sh is not ELF
+        #expect(r.os.architecture.unknownReason?.contains("symbolic links") == true)
+        #expect(r.os.initSystem.value == nil)
+        #expect(r.identity.hostname.value == nil)           // /etc/hostname is a directory
+        #expect(r.identity.machineId.unknownReason?.contains("32 lowercase") == true)
+        #expect(r.identity.dbusMachineId.value == nil)
+        // 32-deep include chain: stopped at the depth cap with a warning, default applies.
+        #expect(r.ssh.sshd.permitRootLogin.value?.isDefault == true)
+        #expect(r.ssh.sshd.warnings.contains { $0.contains("depth") })
+        #expect(r.ssh.hostKeys.first?.publicKey.value == nil)
+        let acc = try #require(r.accounts.accounts.value)
+        #expect(acc.map(\.name) == ["u", "w"])
+        #expect(acc[0].passwordState == "locked" && !acc[0].canLogIn)
+        #expect(acc[0].sudoNoPassword && !acc[0].isAdmin)
+        let rule = try #require(r.accounts.sudoRules.first)
+        #expect(rule.commands.count <= 1000)
+        #expect(r.accounts.warnings.contains { $0.contains("include loop") })
+        let ak = try #require(r.ssh.authorizedKeys.first)
+        #expect(ak.keys.isEmpty && ak.invalidLines.count == 2)
+        _ = try IdentityFixture.json(r)
+    }
+}
