@@ -1,0 +1,40 @@
+/// A fact about the guest, or an explicit unknown with the reason it could not be established.
+///
+/// Encodes as the bare value when known, and as `{"unknown": "reason"}` otherwise.
+public enum Fact<T: Codable & Sendable>: Codable, Sendable {
+    case known(T)
+    case unknown(reason: String)
+
+    public var value: T? {
+        if case .known(let v) = self { return v }
+        return nil
+    }
+
+    public var unknownReason: String? {
+        if case .unknown(let r) = self { return r }
+        return nil
+    }
+
+    private enum CodingKeys: String, CodingKey { case unknown }
+
+    public init(from decoder: any Decoder) throws {
+        if let c = try? decoder.container(keyedBy: CodingKeys.self),
+           let reason = try? c.decode(String.self, forKey: .unknown), c.allKeys.count == 1 {
+            self = .unknown(reason: reason)
+            return
+        }
+        self = .known(try T(from: decoder))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .known(let v):
+            try v.encode(to: encoder)
+        case .unknown(let reason):
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(reason, forKey: .unknown)
+        }
+    }
+}
+
+extension Fact: Equatable where T: Equatable {}
