@@ -54,7 +54,7 @@ public enum KernelLimits {
 
 extension Inspection {
     static let kernelImagePrefixes = ["vmlinuz-", "vmlinux-", "bzImage-", "kernel-"]
-    static let kernelImageBareNames: Set<String> = ["vmlinuz", "vmlinux", "bzImage"]
+    static let kernelImageBareNames: Set<String> = ["vmlinuz", "vmlinux", "bzImage", "vmlinuz.old", "vmlinux.old"]
 
     /// Installed kernels. Missing directories yield empty lists; unreadable ones a
     /// warning. Throws only for internal errors.
@@ -131,16 +131,21 @@ extension Inspection {
             byRelease[m.release] = k
         }
         for img in inv.images {
-            guard let s = img.suffix else { continue }
-            if s.first?.isNumber ?? false {
-                var k = byRelease[s] ?? InstalledKernel(release: s, images: [], modulesPath: nil)
-                k.images.append(img.path)
-                byRelease[s] = k
-            } else {
-                for r in byRelease.keys where r.hasSuffix("-" + s) {
-                    byRelease[r]!.images.append(img.path)
-                }
+            guard let s = img.suffix, s.first?.isNumber ?? false else { continue }
+            byRelease[s, default: InstalledKernel(release: s, images: [], modulesPath: nil)].images.append(img.path)
+        }
+        for img in inv.images {
+            guard let s = img.suffix, !(s.first?.isNumber ?? false) else { continue }
+            for r in byRelease.keys where r.hasSuffix("-" + s) {
+                byRelease[r]!.images.append(img.path)
             }
+        }
+        // Bare links (`/boot/vmlinuz` → `vmlinuz-<release>`) attach to a release already known.
+        for img in inv.images where img.suffix == nil {
+            guard let t = img.linkTarget, let base = t.split(separator: "/").last.map(String.init),
+                  let p = kernelImagePrefixes.first(where: { base.hasPrefix($0) }) else { continue }
+            let r = String(base.dropFirst(p.count))
+            if byRelease[r] != nil { byRelease[r]!.images.append(img.path) }
         }
         inv.kernels = byRelease.values.map { var k = $0; k.images.sort(); return k }.sorted { $0.release < $1.release }
         inv.images.sort { $0.path < $1.path }

@@ -49,7 +49,7 @@ public enum ApkInstalled {
     static func parse(_ bytes: [UInt8], into inv: inout PackageInventory, warnings w: inout WarningList) {
         var parser = StanzaParser()
         parser.continuations = false
-        parser.parse(bytes, warnings: &w) { fields, index in
+        parser.parse(bytes, warnings: &w) { fields, index, w in
             guard inv.packages.count < PackageLimits.maxPackages else {
                 w.add("more than \(PackageLimits.maxPackages) packages; the rest ignored")
                 return false

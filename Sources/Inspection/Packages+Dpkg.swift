@@ -138,7 +138,7 @@ public enum DpkgStatus {
 
     /// Parses a whole status file (or one `status.d` file) into `inv`.
     static func parse(_ bytes: [UInt8], into inv: inout PackageInventory, warnings w: inout WarningList, statusOptional: Bool) {
-        StanzaParser().parse(bytes, warnings: &w) { fields, index in
+        StanzaParser().parse(bytes, warnings: &w) { fields, index, w in
             guard inv.packages.count + inv.incomplete.count < PackageLimits.maxPackages else {
                 w.add("more than \(PackageLimits.maxPackages) packages; the rest ignored")
                 return false

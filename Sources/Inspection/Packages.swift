@@ -192,7 +192,7 @@ struct StanzaParser {
     /// are not recognised (apk has none).
     var continuations = true
 
-    func parse(_ bytes: [UInt8], warnings: inout WarningList, _ body: ([StanzaField], Int) -> Bool) {
+    func parse(_ bytes: [UInt8], warnings: inout WarningList, _ body: ([StanzaField], Int, inout WarningList) -> Bool) {
         var fields: [StanzaField] = []
         var curName: [UInt8] = []
         var curValue: [UInt8] = []
@@ -227,7 +227,7 @@ struct StanzaParser {
                 return true
             }
             guard !fields.isEmpty else { return true }
-            let keep = body(fields, stanzaIndex)
+            let keep = body(fields, stanzaIndex, &warnings)
             stanzaIndex += 1
             return keep
         }
