@@ -95,6 +95,8 @@ extension Inspection {
                 if name.hasSuffix(".wants") { dependency = "wants" }
                 else if name.hasSuffix(".requires") { dependency = "requires" }
                 else {
+                    // Only symlinks can mask; skip the lookup for entries known to be something else.
+                    if let t = entry.type, t != .symlink { continue }
                     if local, let t = try guarded(path, { try g.readLink(path) }), t == "/dev/null" {
                         guard count < ServiceLimits.maxEntries else { break }
                         count += 1
