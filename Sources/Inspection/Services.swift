@@ -1,13 +1,14 @@
 import WardenCore
 import GuestFS
 
-/// A systemd unit enabled through a `<target>.wants/` or `<target>.requires/` symlink.
+/// A systemd unit enabled through a `<target>.wants/`, `<target>.requires/` or
+/// `<target>.upholds/` symlink.
 public struct EnabledUnit: Codable, Sendable, Hashable {
     /// The link's name: the unit that is pulled in (`ssh.service`, `getty@tty1.service`).
     public var unit: String
     /// The unit whose `.wants`/`.requires` directory holds the link (`multi-user.target`).
     public var wantedBy: String
-    /// `wants` or `requires`.
+    /// `wants`, `requires` or `upholds`.
     public var dependency: String
     /// Guest path of the symlink.
     public var path: String
@@ -94,6 +95,7 @@ extension Inspection {
                 let dependency: String
                 if name.hasSuffix(".wants") { dependency = "wants" }
                 else if name.hasSuffix(".requires") { dependency = "requires" }
+                else if name.hasSuffix(".upholds") { dependency = "upholds" }
                 else {
                     // Only symlinks can mask; skip the lookup for entries known to be something else.
                     if let t = entry.type, t != .symlink { continue }
@@ -104,7 +106,7 @@ extension Inspection {
                     }
                     continue
                 }
-                let wantedBy = String(name.dropLast(dependency == "wants" ? 6 : 9))
+                let wantedBy = String(name.dropLast(dependency.count + 1))
                 guard let links = try guarded("cannot list \(path)", { try g.list(path) }) else { continue }
                 for link in links {
                     let lp = path + "/" + link.name

@@ -171,6 +171,22 @@ Architecture: amd64
         #expect(dist.packages[1].upstreamVersion == "3.0.11" && dist.packages[1].revision == "1~deb12u2")
     }
 
+    /// A database that exists but cannot be read is reported with a reason, never as empty.
+    @Test func unreadableDatabasesHaveAReason() throws {
+        let script = #"""
+        mkdir -p var/lib/dpkg/status.d var/lib/dpkg/status lib/apk/db
+        printf 'P:musl\nV:1.2.4-r2\n' > lib/apk/db/installed
+        head -c 5000 /dev/zero | tr '\0' 'x' >> lib/apk/db/installed
+        """#
+        var (g, _) = try PkgFixture.guest("pkg-unreadable", size: "8M", script: script)
+        g.maxFileSize = 1000
+        let invs = try Inspection.packages(g)
+        try #require(invs.map(\.source) == ["/var/lib/dpkg/status", "/var/lib/dpkg/status.d", "/lib/apk/db/installed"])
+        #expect(invs[0].unknownReason?.contains("not a regular file") == true)
+        #expect(invs[1].unknownReason == nil && invs[1].packages.isEmpty)
+        #expect(invs[2].unknownReason?.contains("larger than") == true && invs[2].packages.isEmpty)
+    }
+
     @Test func noDatabasesMeansNoInventories() throws {
         let (g, _) = try PkgFixture.guest("pkg-none", size: "8M", script: "mkdir -p etc var/lib")
         #expect(try Inspection.packages(g) == [])

@@ -14,6 +14,8 @@ import GuestFS
     ln -s /lib/systemd/system/ssh.service multi-user.target.wants/ssh.service
     ln -s /lib/systemd/system/cron.service multi-user.target.wants/cron.service
     ln -s /lib/systemd/system/ssh.socket sockets.target.wants/ssh.socket
+    mkdir multi-user.target.upholds
+    ln -s /lib/systemd/system/watchdog.service multi-user.target.upholds/watchdog.service
     ln -s /lib/systemd/system/getty@.service getty.target.wants/getty@tty1.service
     ln -s ../../../usr/lib/systemd/system/systemd-remount-fs.service sysinit.target.requires/systemd-remount-fs.service
     echo not-a-link > multi-user.target.wants/stray.conf
@@ -51,6 +53,7 @@ import GuestFS
             u("cron.service", "multi-user.target", "wants", etc, "/lib/systemd/system/cron.service", true),
             u("getty.target", "multi-user.target", "wants", usr, "../getty.target", false),
             u("ssh.service", "multi-user.target", "wants", etc, "/lib/systemd/system/ssh.service", true),
+            u("watchdog.service", "multi-user.target", "upholds", etc, "/lib/systemd/system/watchdog.service", true),
             u("ssh.socket", "sockets.target", "wants", etc, "/lib/systemd/system/ssh.socket", true),
             u("systemd-remount-fs.service", "sysinit.target", "requires", etc,
               "../../../usr/lib/systemd/system/systemd-remount-fs.service", true),
