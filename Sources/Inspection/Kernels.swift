@@ -60,7 +60,7 @@ extension Inspection {
     /// warning. Throws only for internal errors.
     public static func kernels(_ g: GuestFiles) throws -> KernelInventory {
         var inv = KernelInventory(kernels: [], images: [], modules: [], warnings: [])
-        var w = WarningList()
+        var w = CappedWarnings()
 
         func guarded<T>(_ what: String, _ body: () throws -> T?) rethrows -> T? {
             do { return try body() } catch let e as WardenError where e.code != .internal {
@@ -76,7 +76,7 @@ extension Inspection {
             var size: UInt64?
             if l.type == .symlink {
                 link = try guarded(path, { try g.readLink(path) })
-                if let st = try guarded(path, { try g.stat(path) }) {
+                if let st = try guarded(path, { try g.statFollowing(path) }) {
                     guard st.type == .regular else { return }
                     size = st.size
                 }
@@ -103,7 +103,7 @@ extension Inspection {
 
         var walked = Set<String>()
         for base in ["/lib/modules", "/usr/lib/modules"] {
-            guard let canon = try guarded(base, { try g.canonicalPath(base) }), walked.insert(canon).inserted,
+            guard let canon = try guarded(base, { try g.canonicalGuestPath(base) }), walked.insert(canon).inserted,
                   let entries = try guarded("cannot list \(base)", { try g.list(base) }) else { continue }
             for e in entries {
                 guard inv.modules.count < KernelLimits.maxEntries else {
@@ -111,7 +111,7 @@ extension Inspection {
                     break
                 }
                 let path = base + "/" + e.name
-                guard let st = try guarded(path, { try g.stat(path) }), st.type == .directory else { continue }
+                guard let st = try guarded(path, { try g.statFollowing(path) }), st.type == .directory else { continue }
                 inv.modules.append(KernelModules(release: e.name, path: path))
                 // Fedora/BLS layout keeps the image inside the module directory.
                 for img in ["vmlinuz", "vmlinux"] {

@@ -26,7 +26,7 @@ extension Inspection {
             return PackageInventory(manager: .apk, source: apkInstalledPath, unknownReason: "cannot read \(apkInstalledPath): \(e.message)")
         }
         var inv = PackageInventory(manager: .apk, source: apkInstalledPath)
-        var w = WarningList()
+        var w = CappedWarnings()
         ApkInstalled.parse(bytes, into: &inv, warnings: &w)
         inv.warnings = w.all
         inv.packages.sort { ($0.name, $0.architecture, $0.version) < ($1.name, $1.architecture, $1.version) }
@@ -46,7 +46,7 @@ public enum ApkInstalled {
         return (v, nil)
     }
 
-    static func parse(_ bytes: [UInt8], into inv: inout PackageInventory, warnings w: inout WarningList) {
+    static func parse(_ bytes: [UInt8], into inv: inout PackageInventory, warnings w: inout CappedWarnings) {
         var parser = StanzaParser()
         parser.continuations = false
         parser.parse(bytes, warnings: &w) { fields, index, w in

@@ -26,7 +26,7 @@ extension Inspection {
             return PackageInventory(manager: .dpkg, source: dpkgStatusPath, unknownReason: "cannot read \(dpkgStatusPath): \(e.message)")
         }
         var inv = PackageInventory(manager: .dpkg, source: dpkgStatusPath)
-        var w = WarningList()
+        var w = CappedWarnings()
         DpkgStatus.parse(bytes, into: &inv, warnings: &w, statusOptional: false)
         inv.warnings = w.all
         DpkgStatus.sort(&inv)
@@ -43,7 +43,7 @@ extension Inspection {
             return PackageInventory(manager: .dpkg, source: dpkgStatusDirPath, unknownReason: "cannot list \(dpkgStatusDirPath): \(e.message)")
         }
         var inv = PackageInventory(manager: .dpkg, source: dpkgStatusDirPath)
-        var w = WarningList()
+        var w = CappedWarnings()
         var files = entries.map(\.name).filter { !$0.hasSuffix(".md5sums") && !$0.hasPrefix(".") }.sorted()
         if files.count > PackageLimits.maxStatusDirFiles {
             w.add("\(dpkgStatusDirPath) has \(files.count) files; only the first \(PackageLimits.maxStatusDirFiles) read")
@@ -53,7 +53,7 @@ extension Inspection {
             let path = dpkgStatusDirPath + "/" + name
             do {
                 // Non-regular entries (directories, dangling links) are skipped.
-                guard let st = try g.stat(path), st.type == .regular, let b = try g.read(path) else { continue }
+                guard let st = try g.statFollowing(path), st.type == .regular, let b = try g.read(path) else { continue }
                 DpkgStatus.parse(b, into: &inv, warnings: &w, statusOptional: true)
             } catch let e as WardenError where e.code != .internal {
                 w.add("cannot read \(path): \(e.message)")
@@ -101,12 +101,12 @@ public enum DpkgStatus {
     /// Parses `Source: name (version)` into name and optional version.
     public static func splitSource(_ s: String) -> (name: String, version: String?) {
         guard let open = s.firstIndex(of: "(") else {
-            return (s.trimmingSpaces(), nil)
+            return (s.trimmedBlanks(), nil)
         }
-        let name = s[..<open].trimmingSpaces()
+        let name = s[..<open].trimmedBlanks()
         let after = s[s.index(after: open)...]
         let close = after.firstIndex(of: ")") ?? after.endIndex
-        let version = after[..<close].trimmingSpaces()
+        let version = after[..<close].trimmedBlanks()
         return (name, version.isEmpty ? nil : version)
     }
 
@@ -137,7 +137,7 @@ public enum DpkgStatus {
     }
 
     /// Parses a whole status file (or one `status.d` file) into `inv`.
-    static func parse(_ bytes: [UInt8], into inv: inout PackageInventory, warnings w: inout WarningList, statusOptional: Bool) {
+    static func parse(_ bytes: [UInt8], into inv: inout PackageInventory, warnings w: inout CappedWarnings, statusOptional: Bool) {
         StanzaParser().parse(bytes, warnings: &w) { fields, index, w in
             guard inv.packages.count + inv.incomplete.count < PackageLimits.maxPackages else {
                 w.add("more than \(PackageLimits.maxPackages) packages; the rest ignored")
@@ -162,7 +162,7 @@ public enum DpkgStatus {
 }
 
 extension StringProtocol {
-    func trimmingSpaces() -> String {
+    func trimmedBlanks() -> String {
         var s = self[...]
         while let c = s.first, c == " " || c == "\t" { s = s.dropFirst() }
         while let c = s.last, c == " " || c == "\t" { s = s.dropLast() }

@@ -134,7 +134,7 @@ extension Inspection {
         var seen = Set<UInt64>()
         for path in rpmDatabasePaths {
             let st: FileStat?
-            do { st = try g.stat(path) } catch let e as WardenError where e.code != .internal {
+            do { st = try g.statFollowing(path) } catch let e as WardenError where e.code != .internal {
                 out.append(PackageInventory(manager: .rpm, source: path, unknownReason: "cannot read \(path): \(e.message)"))
                 continue
             }
@@ -149,21 +149,21 @@ extension Inspection {
 
 extension GuestFiles {
     /// `stat` following symlinks, or nil if the path does not exist.
-    func stat(_ path: String) throws -> FileStat? {
+    func statFollowing(_ path: String) throws -> FileStat? {
         do { return try GuestPathResolver(fs).resolve(path).stat } catch let e as WardenError where e.code == .notFound {
             return nil
         }
     }
 
     /// The canonical guest path of `path` (symlinks followed), or nil if it does not exist.
-    func canonicalPath(_ path: String) throws -> String? {
+    func canonicalGuestPath(_ path: String) throws -> String? {
         do { return String(decoding: try GuestPathResolver(fs).resolve(path).canonicalPath, as: UTF8.self) }
         catch let e as WardenError where e.code == .notFound { return nil }
     }
 }
 
 /// Collects warnings up to a cap, counting the rest.
-struct WarningList {
+struct CappedWarnings {
     var items: [String] = []
     var dropped = 0
     mutating func add(_ s: String) {
@@ -192,7 +192,7 @@ struct StanzaParser {
     /// are not recognised (apk has none).
     var continuations = true
 
-    func parse(_ bytes: [UInt8], warnings: inout WarningList, _ body: ([StanzaField], Int, inout WarningList) -> Bool) {
+    func parse(_ bytes: [UInt8], warnings: inout CappedWarnings, _ body: ([StanzaField], Int, inout CappedWarnings) -> Bool) {
         var fields: [StanzaField] = []
         var curName: [UInt8] = []
         var curValue: [UInt8] = []

@@ -73,7 +73,7 @@ extension Inspection {
     /// for internal errors.
     public static func services(_ g: GuestFiles) throws -> ServiceInventory {
         var inv = ServiceInventory(defaultTarget: nil, enabled: [], masked: [], openrc: [], warnings: [])
-        var w = WarningList()
+        var w = CappedWarnings()
         var count = 0
         // Directories already walked, by canonical path (`/lib` is often a link to `/usr/lib`).
         var walked = Set<String>()
@@ -86,7 +86,7 @@ extension Inspection {
         }
 
         for dir in systemdUnitDirs {
-            guard let canon = try guarded(dir, { try g.canonicalPath(dir) }), walked.insert(canon).inserted,
+            guard let canon = try guarded(dir, { try g.canonicalGuestPath(dir) }), walked.insert(canon).inserted,
                   let entries = try guarded("cannot list \(dir)", { try g.list(dir) }) else { continue }
             let local = dir == "/etc/systemd/system"
             for entry in entries.sorted(by: { $0.nameBytes.lexicographicallyPrecedes($1.nameBytes) }) {

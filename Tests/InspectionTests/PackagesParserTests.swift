@@ -21,7 +21,7 @@ import WardenCore
             let n = Int.random(in: 0...4000, using: &rng)
             let bytes = (0..<n).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }
             var inv = PackageInventory(manager: .dpkg, source: "x")
-            var w = WarningList()
+            var w = CappedWarnings()
             DpkgStatus.parse(bytes, into: &inv, warnings: &w, statusOptional: round % 2 == 0)
             var apk = PackageInventory(manager: .apk, source: "y")
             ApkInstalled.parse(bytes, into: &apk, warnings: &w)
@@ -35,7 +35,7 @@ import WardenCore
         for _ in 0..<20_000 { text += " continuation line of some length\n" }
         text += "Status: install ok installed\nVersion: 1\nArchitecture: all\n"
         var inv = PackageInventory(manager: .dpkg, source: "x")
-        var w = WarningList()
+        var w = CappedWarnings()
         DpkgStatus.parse(Array(text.utf8), into: &inv, warnings: &w, statusOptional: false)
         #expect(inv.packages.map(\.name) == ["p"])
         #expect(inv.packages.first?.version == "1")
@@ -48,7 +48,7 @@ import WardenCore
         text += "Description: d\n" + String(repeating: line, count: (PackageLimits.maxStanzaBytes / 1000) + 10)
         text += "\nPackage: small\nStatus: install ok installed\nVersion: 2\n"
         var inv = PackageInventory(manager: .dpkg, source: "x")
-        var w = WarningList()
+        var w = CappedWarnings()
         DpkgStatus.parse(Array(text.utf8), into: &inv, warnings: &w, statusOptional: false)
         #expect(inv.packages.map(\.name) == ["small"])
         #expect(w.items.contains { $0.contains("larger than") })
