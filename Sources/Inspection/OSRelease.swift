@@ -3,7 +3,7 @@ import GuestFS
 
 /// Broad distribution family, used to pick package and configuration conventions.
 public enum OSFamily: String, Codable, Sendable, Equatable {
-    case debian, rhel, suse, alpine, arch
+    case debian, rhel, suse, alpine, arch, windows
 }
 
 public enum InitSystem: String, Codable, Sendable, Equatable {

@@ -1,0 +1,132 @@
+import ArgumentParser
+import Foundation
+import WardenCore
+import DiskImage
+import GuestFS
+import Inspection
+
+/// `warden inspect IMAGE… [--json]`: what is inside a guest, read offline.
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Inspect guests offline: OS, identity, accounts, SSH keys, packages, services.",
+        discussion: "Reads each image without booting or mounting it. JSON schema: docs/json-schemas/inspect.v1.json."
+    )
+
+    @Argument(help: "Disk images (raw, qcow2 or VMDK).")
+    var images: [String]
+
+    @Option(help: "Force the image format instead of detecting it: raw, qcow2 or vmdk.")
+    var format: ImageFormat?
+
+    @Option(help: "Inspect the disk as it was at this internal snapshot (name or id).")
+    var snapshot: String?
+
+    @Flag(help: "Print JSON: one inventory per image, in an array.")
+    var json = false
+
+    func validate() throws {
+        if images.isEmpty { throw ValidationError("name at least one image") }
+    }
+
+    /// Inspects one image; Windows (NTFS without a Linux root) is recognised, not read.
+    static func inventory(_ path: String, format: ImageFormat?, snapshot: String?) throws -> Inventory {
+        do {
+            let img = try ImageOpener.open(path, options: OpenOptions(format: format, snapshot: snapshot))
+            let layout = try GuestDisk.layout(of: img.device)
+            let view: GuestView
+            do {
+                view = try GuestView.assemble(disk: img.device, layout: layout)
+            } catch let e as WardenError where e.code == .notFound {
+                if let ntfs = layout.volumes.first(where: { $0.filesystem?.type == "ntfs" }) {
+                    throw WindowsGuest(volume: ntfs.displayName)
+                }
+                throw e
+            }
+            return Inspection.inspect(view: view, image: path)
+        } catch let e as WardenError {
+            throw e.inFile(path)
+        }
+    }
+
+    struct WindowsGuest: Error { var volume: String }
+
+    func run() throws {
+        var results: [Inventory] = []
+        var failures: [WardenError] = []
+        var windows: [(String, String)] = []
+        for path in images {
+            do {
+                results.append(try Self.inventory(path, format: format, snapshot: snapshot))
+            } catch let w as WindowsGuest {
+                windows.append((path, w.volume))
+            } catch let e as WardenError {
+                failures.append(e)
+            }
+        }
+        if json {
+            var docs: [String] = try results.map { try Output.json($0) }
+            for (path, vol) in windows {
+                docs.append(try Output.json(WindowsInventory(image: path, os: Inspection.windowsOS(volume: vol))))
+            }
+            Output.stdout.line("[\n" + docs.joined(separator: ",\n") + "\n]")
+        } else {
+            for inv in results { Self.printHuman(inv) }
+            for (path, vol) in windows { Output.stdout.line("\(path): Windows (NTFS on \(vol)); not inspected further") }
+        }
+        Output.stdout.flush()
+        for e in failures { Output.error(e.description) }
+        if !failures.isEmpty { throw ExitCode(2) }
+    }
+
+    struct WindowsInventory: Encodable {
+        var schema = "warden.inspect/v1"
+        var image: String
+        var os: OSInfo
+    }
+
+    static func printHuman(_ inv: Inventory) {
+        let out = Output.stdout
+        func show<T>(_ f: Fact<T>, _ render: (T) -> String = { "\($0)" }) -> String {
+            switch f {
+            case .known(let v): return oneLine(render(v))
+            case .unknown(let reason): return "unknown (\(oneLine(reason)))"
+            }
+        }
+        out.line("image: \(oneLine(inv.image))")
+        out.line("mounts:")
+        for m in inv.mounts {
+            out.line(oneLine("  \(m.path)  \(m.type)  \(m.volume.displayName)  \(m.volume.filesystem?.uuid ?? "")"))
+        }
+        for p in inv.unassembled { out.line(oneLine("  not mounted: line \(p.line) \(p.spec) \(p.mountPoint): \(p.reason)")) }
+        out.line("os: \(show(inv.os.prettyName)); id \(show(inv.os.id)) \(show(inv.os.versionId)); family \(show(inv.os.family) { $0.rawValue })")
+        out.line("architecture: \(show(inv.os.architecture) { $0.name }); init: \(show(inv.os.initSystem) { $0.rawValue })")
+        out.line("hostname: \(show(inv.identity.hostname))")
+        out.line("machine-id: \(show(inv.identity.machineId))")
+        out.line("random seed: \(inv.identity.randomSeed.present ? "present" : "absent")")
+        out.line("cloud-init instance-id: \(show(inv.identity.cloudInitInstanceId))")
+        for k in inv.ssh.hostKeys {
+            out.line("ssh host key: \(show(k.publicKey) { $0.fingerprintLine })")
+        }
+        if let accounts = inv.accounts.accounts.value {
+            let login = accounts.filter(\.canLogIn)
+            out.line("accounts: \(accounts.count), \(login.count) can log in: \(oneLine(login.map(\.name).joined(separator: ", ")))")
+            let admins = accounts.filter(\.isAdmin)
+            if !admins.isEmpty {
+                out.line("admins: " + oneLine(admins.map { $0.name + ($0.sudoNoPassword ? " (NOPASSWD)" : "") }.joined(separator: ", ")))
+            }
+        } else {
+            out.line("accounts: \(show(inv.accounts.accounts) { "\($0.count)" })")
+        }
+        let sshd = inv.ssh.sshd
+        func setting(_ f: Fact<SSHDSetting>) -> String {
+            show(f) { $0.value + ($0.isDefault ? " (default)" : "") }
+        }
+        out.line("sshd: PermitRootLogin \(setting(sshd.permitRootLogin)), PasswordAuthentication \(setting(sshd.passwordAuthentication)), PermitEmptyPasswords \(setting(sshd.permitEmptyPasswords))")
+        out.line("packages: \(show(inv.packages) { invs in invs.map { "\($0.manager.rawValue) \($0.packages.count)" + ($0.unknownReason.map { " (\($0))" } ?? "") }.joined(separator: ", ") })")
+        out.line("kernels: \(show(inv.kernels) { $0.kernels.map(\.release).joined(separator: ", ") })")
+        out.line("services: \(show(inv.services) { "\($0.enabled.count) enabled systemd units, \($0.masked.count) masked, \($0.openrc.count) OpenRC" })")
+        for w in inv.filesystemWarnings.prefix(5) { out.line(oneLine("warning: \(w)")) }
+        out.line("")
+    }
+}
