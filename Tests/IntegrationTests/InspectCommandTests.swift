@@ -63,3 +63,33 @@ import WardenTestSupport
         }
     }
 }
+
+/// The documented JSON schemas validate what the commands print (python3-jsonschema as the validator).
+@Suite struct JSONSchemaTests {
+    static let schemas = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("docs/json-schemas").path
+
+    func validate(_ output: Data, schema: String) throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            try output.write(to: URL(fileURLWithPath: tmp + "/doc.json"))
+            let r = try Tool.run(["python3", "-c", """
+            import json, sys, jsonschema
+            schema = json.load(open(sys.argv[1])); doc = json.load(open(sys.argv[2]))
+            jsonschema.Draft202012Validator.check_schema(schema)
+            jsonschema.validate(doc, schema)
+            """, Self.schemas + "/" + schema, tmp + "/doc.json"], check: false)
+            #expect(r.status == 0, "\(schema): \(r.stderr.suffix(600))")
+        }
+    }
+
+    @Test func inspectOutputMatchesSchema() throws {
+        let r = try WardenRun.run(["inspect", "--json", try SharedFixtures.guestViewDisk() + "/disk.qcow2"])
+        try validate(r.stdout, schema: "inspect.v1.json")
+    }
+
+    @Test func imageInfoAndLsOutputMatchSchemas() throws {
+        let img = try SharedFixtures.guestViewDisk() + "/disk.qcow2"
+        try validate(try WardenRun.run(["image", "info", "--json", img]).stdout, schema: "image-info.v1.json")
+        try validate(try WardenRun.run(["image", "ls", "--json", "--partition", "2", img, "/etc"]).stdout, schema: "image-ls.v1.json")
+    }
+}
