@@ -70,6 +70,7 @@ public final class ImageFile: @unchecked Sendable {
                 throw WardenError.corrupt("read of \(buffer.count) bytes at \(hex(offset)) runs past the end of the file (\(length) bytes)", file: path, offset: offset)
             }
             done += n
+            IOStatistics.shared.add(n)
         }
     }
 
@@ -170,5 +171,29 @@ enum SparseMap {
             pos = dataEnd
         }
         return out
+    }
+}
+
+/// Bytes read from image files by this process (all `ImageFile`s), for `--io-stats`.
+public final class IOStatistics: @unchecked Sendable {
+    public static let shared = IOStatistics()
+    private var lock = pthread_mutex_t()
+    private var bytes: UInt64 = 0
+    private var calls: UInt64 = 0
+
+    init() { pthread_mutex_init(&lock, nil) }
+
+    func add(_ n: Int) {
+        pthread_mutex_lock(&lock)
+        bytes &+= UInt64(n)
+        calls &+= 1
+        pthread_mutex_unlock(&lock)
+    }
+
+    /// (bytes read, read calls) so far.
+    public var snapshot: (bytes: UInt64, reads: UInt64) {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        return (bytes, calls)
     }
 }

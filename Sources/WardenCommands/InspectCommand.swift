@@ -25,6 +25,9 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Print JSON: one inventory per image, in an array.")
     var json = false
 
+    @Flag(help: "Print on stderr how many bytes were read from each image, against its allocated size.")
+    var ioStats = false
+
     func validate() throws {
         if images.isEmpty { throw ValidationError("name at least one image") }
     }
@@ -56,6 +59,17 @@ struct InspectCommand: ParsableCommand {
         var failures: [WardenError] = []
         var windows: [(String, String)] = []
         for path in images {
+            let before = IOStatistics.shared.snapshot
+            defer {
+                if ioStats {
+                    let after = IOStatistics.shared.snapshot
+                    let read = after.bytes - before.bytes
+                    let chain = (try? ImageOpener.open(path, options: OpenOptions(format: format)).chain) ?? []
+                    let allocated = chain.reduce(UInt64(0)) { $0 + $1.allocatedSize }
+                    let share = allocated > 0 ? Double(read) / Double(allocated) * 100 : 0
+                    Output.note("\(path): read \(read) bytes in \(after.reads - before.reads) reads; \(allocated) bytes allocated (\(String(format: "%.2f", share))%)")
+                }
+            }
             do {
                 results.append(try Self.inventory(path, format: format, snapshot: snapshot))
             } catch let w as WindowsGuest {
