@@ -21,6 +21,7 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "WardenCore"),
         .target(name: "DiskImage", dependencies: ["WardenCore", "CZlib", "CZstd"]),
         .target(name: "Partitions", dependencies: ["WardenCore", "DiskImage"]),
@@ -29,7 +30,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Inspection", dependencies: [
-            "WardenCore", "GuestFS",
+            "WardenCore", "GuestFS", "CSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "WardenCommands", dependencies: [
