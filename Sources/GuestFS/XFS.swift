@@ -132,20 +132,9 @@ public enum XFS {
         ]
     }
 
-    /// Names the bits of an incompat mask, "unknown 0x200" for unknown ones.
+    /// Names the bits of an incompat mask, "unknown 0x…" for unknown ones.
     static func incompatNames(_ mask: UInt32) -> String {
-        var parts: [String] = []
-        var rest = mask
-        for (bit, name) in Incompat.names where mask & bit != 0 {
-            parts.append(name)
-            rest &= ~bit
-        }
-        var bit: UInt32 = 1
-        while bit != 0 {
-            if rest & bit != 0 { parts.append("unknown " + hex(bit)) }
-            bit = bit << 1
-        }
-        return parts.joined(separator: ", ")
+        describeFeatureBits(mask, names: Incompat.names)
     }
 
     // MARK: Inode flags
