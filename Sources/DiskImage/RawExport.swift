@@ -53,11 +53,11 @@ public enum RawExport {
                 while off < end {
                     let n = Int(min(UInt64(chunkSize), end - off))
                     if ext.kind == .zero {
-                        try writeAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), name: name)
+                        try FileDescriptorIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), name: name)
                     } else {
                         let slice = UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
                         try device.read(at: off, into: slice)
-                        try writeAll(fd, UnsafeRawBufferPointer(slice), name: name)
+                        try FileDescriptorIO.writeAll(fd, UnsafeRawBufferPointer(slice), name: name)
                     }
                     off += UInt64(n)
                 }
@@ -66,7 +66,7 @@ public enum RawExport {
         }
         while pos < outSize {
             let n = Int(min(UInt64(chunkSize), outSize - pos))
-            try writeAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), name: name)
+            try FileDescriptorIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), name: name)
             pos += UInt64(n)
         }
     }
@@ -116,13 +116,13 @@ public enum RawExport {
             let zero = isZero(UnsafeRawBufferPointer(rebasing: buf[i..<i + n]))
             if !zero && runStart < 0 { runStart = i }
             if zero && runStart >= 0 {
-                try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[runStart..<i]), at: offset + UInt64(runStart), name: name)
+                try FileDescriptorIO.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[runStart..<i]), at: offset + UInt64(runStart), name: name)
                 runStart = -1
             }
             i += n
         }
         if runStart >= 0 {
-            try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[runStart..<buf.count]), at: offset + UInt64(runStart), name: name)
+            try FileDescriptorIO.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[runStart..<buf.count]), at: offset + UInt64(runStart), name: name)
         }
     }
 
@@ -136,30 +136,6 @@ public enum RawExport {
         }
         for j in (words * 8)..<b.count where b[j] != 0 { return false }
         return true
-    }
-
-    static func pwriteAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, at offset: UInt64, name: String) throws {
-        var done = 0
-        while done < buf.count {
-            let n = pwrite(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + UInt64(done)))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw WardenError(.io, "write failed: \(String(cString: strerror(errno)))", file: name)
-            }
-            done += n
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
-        var done = 0
-        while done < buf.count {
-            let n = write(fd, buf.baseAddress! + done, buf.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw WardenError(.io, "write failed: \(String(cString: strerror(errno)))", file: name)
-            }
-            done += n
-        }
     }
 }
 

@@ -26,7 +26,7 @@ final class Output: @unchecked Sendable {
     func write(_ bytes: [UInt8]) throws {
         if buffer.count + bytes.count > limit { flush() }
         if bytes.count >= limit {
-            try bytes.withUnsafeBytes { try Output.writeAll(fd: fd, $0, name: "standard output") }
+            try bytes.withUnsafeBytes { try FileDescriptorIO.writeAll(fd, $0, name: "standard output") }
         } else {
             buffer.append(contentsOf: bytes)
         }
@@ -34,20 +34,8 @@ final class Output: @unchecked Sendable {
 
     func flush() {
         guard !buffer.isEmpty else { return }
-        _ = try? buffer.withUnsafeBytes { try Output.writeAll(fd: fd, $0, name: "standard output") }
+        _ = try? buffer.withUnsafeBytes { try FileDescriptorIO.writeAll(fd, $0, name: "standard output") }
         buffer.removeAll(keepingCapacity: true)
-    }
-
-    static func writeAll(fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
-        var done = 0
-        while done < buf.count {
-            let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw WardenError(.io, "cannot write: \(String(cString: strerror(errno)))", file: name)
-            }
-            done += n
-        }
     }
 
     /// Writes `warden: message` on stderr, on one line.

@@ -1,0 +1,37 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Complete writes to file descriptors, retrying short writes and `EINTR`.
+/// Errors name `name` (a path, or "standard output"), never the data.
+public enum FileDescriptorIO {
+    public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
+        guard let base = buf.baseAddress else { return }
+        var done = 0
+        while done < buf.count {
+            let n = write(fd, base + done, buf.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw WardenError(.io, "cannot write: \(String(cString: strerror(errno)))", file: name)
+            }
+            done += n
+        }
+    }
+
+    public static func pwriteAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, at offset: UInt64, name: String) throws {
+        guard let base = buf.baseAddress else { return }
+        var done = 0
+        while done < buf.count {
+            let (pos, o) = offset.addingReportingOverflow(UInt64(done))
+            guard !o, pos <= UInt64(Int64.max) else { throw WardenError(.io, "write offset out of range", file: name) }
+            let n = pwrite(fd, base + done, buf.count - done, off_t(pos))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw WardenError(.io, "cannot write: \(String(cString: strerror(errno)))", file: name)
+            }
+            done += n
+        }
+    }
+}
