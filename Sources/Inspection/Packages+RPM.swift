@@ -84,6 +84,11 @@ public enum RPMDatabase {
 
     /// Reads `rpmdb.sqlite` bytes. Throws if the file is not a readable rpm sqlite database.
     static func readSQLite(_ bytes: [UInt8], name: String, into inv: inout PackageInventory, warnings w: inout CappedWarnings) throws {
+        // rpm keeps rpmdb.sqlite in WAL mode (header bytes 18/19 = 2), which an in-memory
+        // deserialized database cannot open; mark the in-memory copy as a rollback-journal
+        // database (1/1), which reads the same main file content.
+        var bytes = bytes
+        if bytes.count >= 100, bytes[18] == 2, bytes[19] == 2 { bytes[18] = 1; bytes[19] = 1 }
         let db = try SQLiteMemory(bytes: bytes, name: name)
         var stop = false
         try db.query("SELECT hnum, blob FROM Packages") { row in
