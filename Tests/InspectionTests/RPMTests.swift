@@ -64,8 +64,7 @@ enum RPMFixture {
     sqlite3 "$DB/rpmdb.sqlite" "SELECT lower(hex(blob)) FROM Packages ORDER BY hnum" > ../blobs.hex
     NEXT=$(sqlite3 "$DB/rpmdb.sqlite" "SELECT max(hnum) + 1 FROM Packages")
     # db_load dump format: one key line then one value line, each a space and hex bytes.
-    # $1/$2: SQL expressions giving a number's 4 bytes as hex, in file byte order.
-    mkdump() { # $1 big|little $2 page size $3 out
+    mkdump() { # $1 key byte order (big|little), $2 page size, $3 output file
       if [ "$1" = big ]; then k="printf('%08x', N)"; else k="printf('%02x%02x%02x%02x', N & 255, (N >> 8) & 255, (N >> 16) & 255, (N >> 24) & 255)"; fi
       { printf 'VERSION=3\nformat=bytevalue\ntype=hash\ndb_pagesize=%s\nHEADER=END\n' "$2"
         sqlite3 "$DB/rpmdb.sqlite" "SELECT ' 00000000' UNION ALL SELECT ' ' || ${k//N/$NEXT}"
