@@ -100,9 +100,9 @@ public enum PackageLimits {
 
 extension Inspection {
     /// Every package database found in the guest: dpkg (`/var/lib/dpkg/status`,
-    /// `/var/lib/dpkg/status.d/`), apk (`/lib/apk/db/installed`), and rpm databases,
-    /// which are detected and reported with an ``PackageInventory/unknownReason`` (rpm
-    /// parsing is not implemented yet).
+    /// `/var/lib/dpkg/status.d/`), apk (`/lib/apk/db/installed`), and rpm databases
+    /// (`rpmdb.sqlite` and BerkeleyDB `Packages` are read; ndb `Packages.db` is reported
+    /// with an ``PackageInventory/unknownReason``).
     ///
     /// A missing database is simply absent from the result. A present but unreadable
     /// one is reported with an unknown reason. Throws only for internal errors.
@@ -125,9 +125,9 @@ extension Inspection {
         "/var/lib/rpm/Packages",
     ]
 
-    /// rpm databases are detected but not parsed: each one present is reported as an
-    /// inventory with an unknown reason, so an rpm guest never looks package-free.
-    /// Paths that resolve to the same file (e.g. `/var/lib/rpm` linked to
+    /// Every rpm database present, read (see `Packages+RPM.swift`): sqlite and
+    /// BerkeleyDB hash databases are parsed, ndb ones are reported with an unknown
+    /// reason. Paths that resolve to the same file (e.g. `/var/lib/rpm` linked to
     /// `/usr/lib/sysimage/rpm`) are reported once.
     static func rpmDatabases(_ g: GuestFiles) throws -> [PackageInventory] {
         var out: [PackageInventory] = []
@@ -139,9 +139,7 @@ extension Inspection {
                 continue
             }
             guard let st, st.type == .regular, seen.insert(st.inode).inserted else { continue }
-            let format = path.hasSuffix(".sqlite") ? "sqlite" : path.hasSuffix(".db") ? "ndb" : "BerkeleyDB"
-            out.append(PackageInventory(manager: .rpm, source: path,
-                                        unknownReason: "rpm database reading not implemented yet (\(format) format)"))
+            out.append(try rpmDatabase(g, path: path))
         }
         return out
     }
