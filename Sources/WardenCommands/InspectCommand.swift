@@ -175,6 +175,17 @@ struct InspectCommand: ParsableCommand {
         out.line("packages: \(show(inv.packages) { invs in invs.map { "\($0.manager.rawValue) \($0.packages.count)" + ($0.unknownReason.map { " (\($0))" } ?? "") }.joined(separator: ", ") })")
         out.line("kernels: \(show(inv.kernels) { $0.kernels.map(\.release).joined(separator: ", ") })")
         out.line("services: \(show(inv.services) { "\($0.enabled.count) enabled systemd units, \($0.masked.count) masked, \($0.openrc.count) OpenRC" })")
+        let sec = inv.secrets
+        out.line("secrets at rest: \(sec.findings.count) files" + (sec.truncated ? " (search truncated: \(oneLine(sec.truncatedReason ?? ""))" : ""))
+        for f in sec.findings.prefix(50) {
+            let what: String
+            switch f.kind {
+            case .privateKey(let fmt, let p): what = "private key (\(fmt.rawValue)\(p.map { $0 ? ", passphrase" : ", no passphrase" } ?? ""))"
+            case .cloudCredentials(let prov): what = "credentials (\(prov.rawValue))"
+            case .shellHistory(let sh): what = "history (\(oneLine(sh)))"
+            }
+            out.line(oneLine("  \(f.path)  \(what)  uid \(f.uid) mode \(f.mode)"))
+        }
         for w in inv.filesystemWarnings.prefix(5) { out.line(oneLine("warning: \(w)")) }
         out.line("")
     }
