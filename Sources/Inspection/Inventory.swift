@@ -20,6 +20,8 @@ public struct Inventory: Codable, Sendable {
     public var packages: Fact<[PackageInventory]>
     public var services: Fact<ServiceInventory>
     public var kernels: Fact<KernelInventory>
+    /// Secrets at rest (private keys, credential files, shell histories), by path and kind only.
+    public var secrets: SecretsReport
     /// Non-fatal findings from the filesystem readers (checksum mismatches and the like).
     public var filesystemWarnings: [String]
 }
@@ -48,6 +50,7 @@ extension Inspection {
                          packages: fact("package databases") { try packages(g) },
                          services: fact("services") { try services(g) },
                          kernels: fact("kernels") { try kernels(g) },
+                         secrets: secrets(g),
                          filesystemWarnings: fsWarnings)
     }
 

@@ -6,6 +6,8 @@ import GuestFS
 import Inspection
 
 /// `warden inspect IMAGE… [--json]`: what is inside a guest, read offline.
+extension SBOM.Format: ExpressibleByArgument {}
+
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
@@ -28,8 +30,40 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Print on stderr how many bytes were read from each image, against its allocated size.")
     var ioStats = false
 
+    @Option(help: ArgumentHelp("Print a software bill of materials instead: cyclonedx (CycloneDX 1.5 JSON) or spdx (SPDX 2.3 JSON). One image only; SOURCE_DATE_EPOCH fixes the timestamp.",
+                               valueName: "cyclonedx|spdx"))
+    var sbom: SBOM.Format?
+
     func validate() throws {
         if images.isEmpty { throw ValidationError("name at least one image") }
+        if sbom != nil {
+            if images.count != 1 { throw ValidationError("--sbom writes one document for one image; \(images.count) images given") }
+            if json { throw ValidationError("--sbom and --json cannot be combined") }
+        }
+    }
+
+    /// The SBOM timestamp: `SOURCE_DATE_EPOCH` (seconds since the epoch) when set, else now.
+    static func sbomDate() throws -> Date {
+        guard let raw = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"] else { return Date() }
+        guard let secs = Int64(raw.trimmingCharacters(in: .whitespaces)), secs >= 0, secs < 253_402_300_800 else {
+            throw WardenError(.invalidArgument, "SOURCE_DATE_EPOCH must be a non-negative integer number of seconds, not \(raw)")
+        }
+        return Date(timeIntervalSince1970: TimeInterval(secs))
+    }
+
+    func runSBOM(_ format: SBOM.Format, path: String) throws {
+        do {
+            let created = try Self.sbomDate()
+            let inv = try Self.inventory(path, format: self.format, snapshot: snapshot)
+            try Output.stdout.write(try SBOM.document(inv, format: format, created: created))
+            Output.stdout.flush()
+        } catch is WindowsGuest {
+            Output.error("\(path): Windows guests are recognised but not inspected; no SBOM can be written")
+            throw ExitCode(2)
+        } catch let e as WardenError {
+            Output.error(e.inFile(path).description)
+            throw ExitCode(2)
+        }
     }
 
     /// Inspects one image; Windows (NTFS without a Linux root) is recognised, not read.
@@ -55,6 +89,7 @@ struct InspectCommand: ParsableCommand {
     struct WindowsGuest: Error { var volume: String }
 
     func run() throws {
+        if let sbom, let path = images.first { return try runSBOM(sbom, path: path) }
         var results: [Inventory] = []
         var failures: [WardenError] = []
         var windows: [(String, String)] = []
@@ -140,6 +175,17 @@ struct InspectCommand: ParsableCommand {
         out.line("packages: \(show(inv.packages) { invs in invs.map { "\($0.manager.rawValue) \($0.packages.count)" + ($0.unknownReason.map { " (\($0))" } ?? "") }.joined(separator: ", ") })")
         out.line("kernels: \(show(inv.kernels) { $0.kernels.map(\.release).joined(separator: ", ") })")
         out.line("services: \(show(inv.services) { "\($0.enabled.count) enabled systemd units, \($0.masked.count) masked, \($0.openrc.count) OpenRC" })")
+        let sec = inv.secrets
+        out.line("secrets at rest: \(sec.findings.count) files" + (sec.truncated ? " (search truncated: \(oneLine(sec.truncatedReason ?? ""))" : ""))
+        for f in sec.findings.prefix(50) {
+            let what: String
+            switch f.kind {
+            case .privateKey(let fmt, let p): what = "private key (\(fmt.rawValue)\(p.map { $0 ? ", passphrase" : ", no passphrase" } ?? ""))"
+            case .cloudCredentials(let prov): what = "credentials (\(prov.rawValue))"
+            case .shellHistory(let sh): what = "history (\(oneLine(sh)))"
+            }
+            out.line(oneLine("  \(f.path)  \(what)  uid \(f.uid) mode \(f.mode)"))
+        }
         for w in inv.filesystemWarnings.prefix(5) { out.line(oneLine("warning: \(w)")) }
         out.line("")
     }
