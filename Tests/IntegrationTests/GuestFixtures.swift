@@ -227,7 +227,7 @@ enum GuestFixtures {
         let dir = try Fixtures.cached("virt-inspector", recipe: "v1 sha256=\(digest)") { dir in
             try Tool.sh("""
             set -eu
-            LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg virt-inspector -a "\(image)" --format=\(image.hasSuffix(".qcow2") ? "qcow2" : "raw") > "\(dir)/inspect.xml"
+            LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg virt-inspector --format=\(image.hasSuffix(".qcow2") ? "qcow2" : "raw") -a "\(image)" > "\(dir)/inspect.xml"
             python3 - "\(dir)/inspect.xml" > "\(dir)/inspect.json" <<'PY'
             import json, sys, xml.etree.ElementTree as ET
             oses = []
