@@ -31,6 +31,7 @@ let package = Package(
         .executableTarget(name: "FuzzLVM2", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "Partitions", package: "Warden"),
         ]),
+        .executableTarget(name: "FuzzPackages", dependencies: [.product(name: "Inspection", package: "Warden")]),
     ],
     swiftLanguageModes: [.v6]
 )
