@@ -3,16 +3,7 @@ import WardenCore
 extension EXT4 {
     /// The file type byte of a directory entry (filetype feature), low 4 bits.
     static func direntType(_ byte: UInt8) -> FileType? {
-        switch byte & 0x0F {
-        case 1: return .regular
-        case 2: return .directory
-        case 3: return .characterDevice
-        case 4: return .blockDevice
-        case 5: return .fifo
-        case 6: return .socket
-        case 7: return .symlink
-        default: return nil
-        }
+        FileType(direntCode: byte & 0x0F)
     }
 
     /// Finds the value of the in-inode extended attribute `index`/`name`

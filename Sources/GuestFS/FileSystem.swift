@@ -11,6 +11,21 @@ public enum FileType: String, Sendable, Codable {
     case fifo = "p"
     case socket = "s"
 
+    /// From the file type code that ext2/3/4 and XFS store in directory entries
+    /// (1 regular, 2 directory, 3 char, 4 block, 5 fifo, 6 socket, 7 symlink).
+    public init?(direntCode: UInt8) {
+        switch direntCode {
+        case 1: self = .regular
+        case 2: self = .directory
+        case 3: self = .characterDevice
+        case 4: self = .blockDevice
+        case 5: self = .fifo
+        case 6: self = .socket
+        case 7: self = .symlink
+        default: return nil
+        }
+    }
+
     /// From the `S_IFMT` bits of a POSIX mode.
     public init?(mode: UInt32) {
         switch mode & 0o170000 {

@@ -160,16 +160,7 @@ public enum XFS {
 
     /// The file type stored in directory entries when ftype is enabled.
     static func entryType(_ t: UInt8) -> FileType? {
-        switch t {
-        case 1: return .regular
-        case 2: return .directory
-        case 3: return .characterDevice
-        case 4: return .blockDevice
-        case 5: return .fifo
-        case 6: return .socket
-        case 7: return .symlink
-        default: return nil
-        }
+        FileType(direntCode: t)
     }
 
     /// Standard crc32c of `bytes` with the 4 bytes at `crcOffset` counted as zeros, as XFS

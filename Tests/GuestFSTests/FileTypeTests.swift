@@ -13,3 +13,12 @@ import Testing
         #expect(FileType(mode: 0o000644) == nil)
     }
 }
+
+@Suite struct DirentCodeTests {
+    @Test func direntCodesMatchModeTypes() {
+        let pairs: [(UInt8, UInt32)] = [(1, 0o100000), (2, 0o040000), (3, 0o020000), (4, 0o060000),
+                                        (5, 0o010000), (6, 0o140000), (7, 0o120000)]
+        for (code, mode) in pairs { #expect(FileType(direntCode: code) == FileType(mode: mode)) }
+        for code: UInt8 in [0, 8, 15, 255] { #expect(FileType(direntCode: code) == nil) }
+    }
+}
