@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Partitions", targets: ["Partitions"]),
         .library(name: "GuestFS", targets: ["GuestFS"]),
         .library(name: "Inspection", targets: ["Inspection"]),
+        .library(name: "Advisories", targets: ["Advisories"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
     ],
     dependencies: [
@@ -33,8 +34,9 @@ let package = Package(
             "WardenCore", "GuestFS", "CSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        .target(name: "Advisories", dependencies: ["WardenCore", "Inspection"]),
         .target(name: "WardenCommands", dependencies: [
-            "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection",
+            "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "warden", dependencies: ["WardenCommands"]),
@@ -44,6 +46,7 @@ let package = Package(
         .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
     ],
     swiftLanguageModes: [.v6]
