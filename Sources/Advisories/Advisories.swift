@@ -1,4 +1,5 @@
-import WardenCore
-
-/// Advisories: version ordering per package manager, advisory import, and matching.
+/// Advisory matching: deciding whether an installed package version is affected.
+///
+/// Version ordering follows each package manager exactly: ``DebianVersion`` (dpkg),
+/// ``RPMVersion`` (rpmvercmp) and ``APKVersion`` (apk-tools), behind ``VersionScheme``.
 public enum Advisories {}
