@@ -2,8 +2,10 @@ import WardenCore
 
 /// A Debian version, `[epoch:]upstream[-revision]`, ordered as `dpkg --compare-versions`.
 ///
-/// Parsing follows dpkg: surrounding whitespace is ignored; empty versions, embedded
-/// whitespace, an empty, non-numeric or too large (> 2147483647) epoch, nothing after the
+/// Parsing follows dpkg: surrounding whitespace is ignored; empty versions (which
+/// `dpkg --compare-versions` would read as the blank version), embedded
+/// whitespace, an empty, non-numeric, negative or too large (> 2147483647) epoch (read like
+/// C `strtol`, so a leading `+` is accepted), nothing after the
 /// colon, an empty upstream part or an empty revision are errors. Like dpkg, an upstream part
 /// not starting with a digit and unusual characters are accepted (dpkg only warns) and ordered.
 public struct DebianVersion: Sendable, Equatable, Comparable, CustomStringConvertible {
@@ -25,13 +27,21 @@ public struct DebianVersion: Sendable, Equatable, Comparable, CustomStringConver
         if body.contains(where: isSpace) { throw fail("version string has embedded spaces") }
         var epoch = 0
         if let colon = body.firstIndex(of: 0x3A) {
-            let digits = body[body.startIndex..<colon]
+            var digits = body[body.startIndex..<colon]
             if digits.isEmpty { throw fail("epoch in version is empty") }
+            // dpkg reads the epoch with strtol: one sign is accepted, "-0" is zero.
+            var negative = false
+            if let sign = digits.first, sign == 0x2B || sign == 0x2D {
+                negative = sign == 0x2D
+                digits = digits.dropFirst()
+                if digits.isEmpty { throw fail("epoch in version is not number") }
+            }
             guard digits.allSatisfy(isASCIIDigit) else { throw fail("epoch in version is not number") }
             for d in digits {
                 epoch = epoch * 10 + Int(d - 0x30)
                 if epoch > Int(Int32.max) { throw fail("epoch in version is too big") }
             }
+            if negative && epoch != 0 { throw fail("epoch in version is negative") }
             body = body[(colon + 1)...]
             if body.isEmpty { throw fail("nothing after colon in version number") }
         }
