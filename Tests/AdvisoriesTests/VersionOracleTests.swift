@@ -100,7 +100,7 @@ let longDigits = "123456789012345678901234567890"   // beyond 64 bits
             do { mine = try VersionScheme.deb.compare(a, b).rawValue } catch { mine = "!" }
             if mine != answers[i] { bad.append("\(a) \(b): dpkg \(answers[i]), warden \(mine)") }
         }
-        #expect(bad.isEmpty, mismatchReport(bad))
+        #expect(bad.count == 0, mismatchReport(bad))
     }
 
     @Test func errorsAndParts() throws {
@@ -163,7 +163,7 @@ let longDigits = "123456789012345678901234567890"   // beyond 64 bits
             let mine = (try? VersionScheme.rpm.compare(a, b).rawValue) ?? "!"
             if mine != answers[i] { bad.append("\(a) \(b): rpm \(answers[i]), warden \(mine)") }
         }
-        #expect(bad.isEmpty, mismatchReport(bad))
+        #expect(bad.count == 0, mismatchReport(bad))
     }
 
     @Test func errorsAndParts() throws {
@@ -218,7 +218,7 @@ let longDigits = "123456789012345678901234567890"   // beyond 64 bits
             let mine = (try? VersionScheme.apk.compare(a, b).rawValue) ?? "!"
             if mine != answers[i] { bad.append("\(a) \(b): apk \(answers[i]), warden \(mine)") }
         }
-        #expect(bad.isEmpty, mismatchReport(bad))
+        #expect(bad.count == 0, mismatchReport(bad))
 
         var versions = Self.curated
         for (a, b) in all.prefix(1500) { versions.append(a); versions.append(b) }
@@ -228,7 +228,7 @@ let longDigits = "123456789012345678901234567890"   // beyond 64 bits
             let mine = APKVersion(v).isValid ? "1" : "0"
             if mine != valid[i] { badValid.append("\(v): apk \(valid[i]), warden \(mine)") }
         }
-        #expect(badValid.isEmpty, mismatchReport(badValid))
+        #expect(badValid.count == 0, mismatchReport(badValid))
     }
 }
 
