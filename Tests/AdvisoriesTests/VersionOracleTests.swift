@@ -3,18 +3,6 @@ import Testing
 import WardenTestSupport
 @testable import Advisories
 
-/// Seeded generator (SplitMix64) so every run checks the same random versions.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Runs an oracle once over all pairs: writes `a b` lines to a file and runs `script`
 /// with the file as $PAIRS; the script prints one answer per line.

@@ -297,7 +297,7 @@ import WardenTestSupport
 
     @Test func randomByteFlipsInMetadataNeverTrap() throws {
         let dir = try small()
-        var rng = SplitMix(seed: 42)
+        var rng = SeededRandom(seed: 42)
         for name in ["img.qcow2", "zlib.qcow2"] {
             let bytes = try Fixtures.read(dir + "/" + name)
             let l1 = Int(Q.readBE64(bytes, 40))

@@ -116,7 +116,7 @@ enum Q {
     /// Small reads at awkward offsets agree with the oracle.
     static func expectRandomReads(_ dev: any BlockDevice, _ expected: [UInt8],
                                   sourceLocation: SourceLocation = #_sourceLocation) throws {
-        var rng = SplitMix(seed: UInt64(expected.count))
+        var rng = SeededRandom(seed: UInt64(expected.count))
         for _ in 0..<200 where !expected.isEmpty {
             let off = Int(rng.next() % UInt64(expected.count))
             let n = min(Int(rng.next() % 200_000) + 1, expected.count - off)
@@ -191,14 +191,3 @@ enum Q {
     }
 }
 
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -108,7 +108,7 @@ let singleFixtures: [String: String] = [
         let expected = try Q.oracle(path)
         let failures = Locked(0)
         DispatchQueue.concurrentPerform(iterations: 8) { t in
-            var rng = SplitMix(seed: UInt64(t))
+            var rng = SeededRandom(seed: UInt64(t))
             for _ in 0..<100 {
                 let off = Int(rng.next() % UInt64(expected.count))
                 let n = min(Int(rng.next() % 300_000) + 1, expected.count - off)

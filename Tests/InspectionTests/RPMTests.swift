@@ -103,17 +103,6 @@ enum RPMFixture {
     }
 }
 
-/// A small deterministic generator for damage tests (SplitMix64).
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// The `rpm -qa` line for a package as this reader sees it.
 func rpmQALine(_ p: InstalledPackage) -> String {
@@ -229,7 +218,7 @@ func rpmQALine(_ p: InstalledPackage) -> String {
             #expect(throws: WardenError.self) { try RPMHeader.parse(Array(b[0..<n])) }
         }
         // Random byte damage: either an error or a header, never a trap.
-        var rng = SplitMix(state: 42)
+        var rng = SeededRandom(seed: 42)
         for _ in 0..<2000 {
             var x = b
             for _ in 0..<Int.random(in: 1...8, using: &rng) {
@@ -268,7 +257,7 @@ func rpmQALine(_ p: InstalledPackage) -> String {
         try RPMDatabase.readBerkeley(loop, into: &inv, warnings: &w)
         #expect(inv.packages.count == 3 && w.all.count == 1)
         // Random damage anywhere: errors and warnings only.
-        var rng = SplitMix(state: 7)
+        var rng = SeededRandom(seed: 7)
         for _ in 0..<300 {
             var x = good
             for _ in 0..<Int.random(in: 1...32, using: &rng) {
@@ -294,7 +283,7 @@ func rpmQALine(_ p: InstalledPackage) -> String {
     @Test func damagedSQLiteNeverTraps() throws {
         let (_, dir) = try RPMFixture.guest()
         let good = try Fixtures.read(try exportedFile(dir, "usr/lib/sysimage/rpm/rpmdb.sqlite"))
-        var rng = SplitMix(state: 9)
+        var rng = SeededRandom(seed: 9)
         for _ in 0..<100 {
             var x = good
             for _ in 0..<Int.random(in: 1...64, using: &rng) {
