@@ -12,11 +12,16 @@ let package = Package(
         .library(name: "GuestFS", targets: ["GuestFS"]),
         .library(name: "Inspection", targets: ["Inspection"]),
         .library(name: "Advisories", targets: ["Advisories"]),
+        .library(name: "Ledger", targets: ["Ledger"]),
+        .library(name: "Policy", targets: ["Policy"]),
+        .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -34,9 +39,25 @@ let package = Package(
             "WardenCore", "GuestFS", "CSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .target(name: "Advisories", dependencies: ["WardenCore", "Inspection"]),
+        .target(name: "Advisories", dependencies: ["WardenCore", "Inspection", "CZlib"]),
+        .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", pkgConfig: "libvirt",
+                       providers: [.apt(["libvirt-dev"])]),
+        .target(name: "Ledger", dependencies: [
+            "WardenCore", "Inspection", "Advisories",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .target(name: "Policy", dependencies: [
+            "WardenCore", "Ledger", "Advisories",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .target(name: "Hypervisor", dependencies: [
+            "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt",
+        ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
+            "Ledger", "Policy", "Hypervisor",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "warden", dependencies: ["WardenCommands"]),
@@ -47,6 +68,9 @@ let package = Package(
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
     ],
     swiftLanguageModes: [.v6]

@@ -21,6 +21,12 @@ public struct WardenError: Error, Sendable, CustomStringConvertible, Equatable {
         public static let io = Code("io")
         /// A limit (size, depth, count) that protects Warden was exceeded.
         public static let limitExceeded = Code("limit-exceeded")
+        /// A policy decision refused the operation (exit 3).
+        public static let denied = Code("denied")
+        /// Something Warden needs is not reachable: the network, a database, a daemon.
+        public static let unavailable = Code("unavailable")
+        /// The operation conflicts with current state (a VM already running, a name taken).
+        public static let conflict = Code("conflict")
         /// A bug in Warden.
         public static let `internal` = Code("internal")
         public var description: String { raw }
@@ -49,7 +55,8 @@ public struct WardenError: Error, Sendable, CustomStringConvertible, Equatable {
     /// The process exit code for this error (see ARCHITECTURE.md: 2 bad input, 4 internal).
     public var exitCode: Int32 {
         switch code {
-        case .internal: return 4
+        case .internal, .unavailable: return 4
+        case .denied: return 3
         default: return 2
         }
     }

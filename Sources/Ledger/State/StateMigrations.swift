@@ -1,0 +1,6 @@
+import GRDB
+
+/// State a rollback cannot rewind: monotonic counters served to guests.
+enum StateMigrations {
+    static let all: [WardenSchema.Migration] = []
+}

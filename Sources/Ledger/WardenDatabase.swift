@@ -1,0 +1,127 @@
+import Foundation
+import GRDB
+import WardenCore
+
+/// Where Warden's database lives, and how it is opened.
+///
+/// The path is, in order: an explicit `--db`, `$WARDEN_DB`, `$WARDEN_HOME/warden.db`,
+/// then `~/.local/share/warden/warden.db`. The database is SQLite in WAL mode; every
+/// component's schema is a list of named, append-only migrations (``WardenSchema``).
+public final class WardenDatabase: Sendable {
+    /// The database file.
+    public let path: String
+    /// The GRDB connection pool (one writer, concurrent readers).
+    public let pool: DatabasePool
+
+    /// Resolves the database path from an explicit option and the environment.
+    public static func defaultPath(explicit: String? = nil,
+                                   environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let explicit, !explicit.isEmpty { return explicit }
+        if let db = environment["WARDEN_DB"], !db.isEmpty { return db }
+        if let home = environment["WARDEN_HOME"], !home.isEmpty { return home + "/warden.db" }
+        let userHome = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
+        return userHome + "/.local/share/warden/warden.db"
+    }
+
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    ///
+    /// - Parameter create: when false, a missing database is an error instead of being created
+    ///   (read-only commands and the policy hook must fail closed, not invent an empty fleet).
+    public init(path: String, create: Bool = true, readOnly: Bool = false) throws {
+        self.path = path
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: path) {
+            guard create, !readOnly else {
+                throw WardenError(.unavailable, "no Warden database (run a command that registers something first, or pass --db)", file: path)
+            }
+            let dir = (path as NSString).deletingLastPathComponent
+            if !dir.isEmpty {
+                do {
+                    try fm.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                           attributes: [.posixPermissions: 0o700])
+                } catch {
+                    throw WardenError(.io, "cannot create the database folder: \(error.localizedDescription)", file: dir)
+                }
+            }
+        }
+        var config = Configuration()
+        config.readonly = readOnly
+        config.busyMode = .timeout(10)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
+            if !readOnly { try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            if !readOnly {
+                try WardenSchema.migrator.migrate(pool)
+            } else {
+                let pending = try pool.read { try WardenSchema.migrator.hasCompletedMigrations($0) }
+                if !pending {
+                    throw WardenError(.unavailable, "the database schema is older than this warden; open it once read-write to migrate", file: path)
+                }
+            }
+        } catch let e as WardenError {
+            throw e
+        } catch let e as DatabaseError {
+            throw WardenError(.unavailable, "cannot open the database: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
+        } catch {
+            throw WardenError(.unavailable, "cannot open the database: \(error)", file: path)
+        }
+        // The database holds host keys' fingerprints, owners and history: keep it private.
+        _ = chmod(path, 0o600)
+    }
+
+    /// Runs `body` in a write transaction; SQLite errors become ``WardenError``s naming the file.
+    public func write<T>(_ body: (Database) throws -> T) throws -> T {
+        do { return try pool.write(body) } catch { throw Self.wrap(error, path: path) }
+    }
+
+    /// Runs `body` in a read transaction (a consistent snapshot).
+    public func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do { return try pool.read(body) } catch { throw Self.wrap(error, path: path) }
+    }
+
+    static func wrap(_ error: Error, path: String) -> Error {
+        if let e = error as? WardenError { return e }
+        if let e = error as? DatabaseError {
+            if e.resultCode == .SQLITE_CONSTRAINT {
+                return WardenError(.conflict, "database constraint: \(e.message ?? "violated")", file: path)
+            }
+            return WardenError(.unavailable, "database error: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
+        }
+        return error
+    }
+}
+
+/// Every component's named migrations, in the one order they are applied.
+///
+/// Migrations are append-only: once a release has shipped one, it is never edited or
+/// reordered; new schema changes are new migrations at the end of their group, and new
+/// groups go at the end of ``groups``.
+public enum WardenSchema {
+    /// A named migration.
+    public struct Migration: Sendable {
+        public let name: String
+        public let apply: @Sendable (Database) throws -> Void
+        public init(_ name: String, _ apply: @escaping @Sendable (Database) throws -> Void) {
+            self.name = name
+            self.apply = apply
+        }
+    }
+
+    /// The groups, in order. Each group's own list lives next to its store.
+    static var groups: [[Migration]] {
+        [LedgerMigrations.all, AdvisoryMigrations.all, StateMigrations.all]
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        for group in groups {
+            for mig in group {
+                m.registerMigration(mig.name) { db in try mig.apply(db) }
+            }
+        }
+        return m
+    }
+}
