@@ -1,0 +1,181 @@
+import Foundation
+import WardenCore
+
+// The ledger's value types. Storage is behind ``LedgerStore``; these types carry no I/O.
+
+/// Where a VM is in its life.
+public enum VMState: String, Codable, Sendable, CaseIterable {
+    case registered, discovered, stopped, running, retired
+}
+
+/// A VM: identity, owner, labels, state, disks, and the current generation id.
+public struct VMRecord: Codable, Sendable, Equatable {
+    public var id: VMID
+    public var name: String
+    public var owner: String
+    public var labels: [String: String]
+    public var state: VMState
+    /// Changes on clone, copy, rollback and restore (becomes the QEMU vmgenid GUID).
+    public var generation: UUID
+    /// The VM this one was cloned or copied from, if any.
+    public var parent: VMID?
+    /// The generation of `parent` at the time of the clone or copy.
+    public var parentGeneration: UUID?
+    public var createdAt: Date
+    public var updatedAt: Date
+    /// A MAC address for the VM's network card, if the ledger assigned one.
+    public var mac: String?
+
+    public init(id: VMID = VMID(), name: String, owner: String, labels: [String: String] = [:],
+                state: VMState = .registered, generation: UUID = UUID(), parent: VMID? = nil,
+                parentGeneration: UUID? = nil, createdAt: Date = Date(), updatedAt: Date = Date(), mac: String? = nil) {
+        self.id = id; self.name = name; self.owner = owner; self.labels = labels; self.state = state
+        self.generation = generation; self.parent = parent; self.parentGeneration = parentGeneration
+        self.createdAt = createdAt; self.updatedAt = updatedAt; self.mac = mac
+    }
+}
+
+/// One disk of a VM.
+public struct DiskRecord: Codable, Sendable, Equatable {
+    public var vm: VMID
+    /// Position in the VM's disk list (0 = boot disk).
+    public var index: Int
+    /// Absolute path of the top image.
+    public var path: String
+    /// `raw`, `qcow2`, `vmdk`.
+    public var format: String
+    /// Backing files, nearest first (absolute paths).
+    public var backingChain: [String]
+    /// Content identity of the guest-visible disk (see ``DiskFingerprint`` in the ledger docs).
+    public var fingerprint: Digest?
+
+    public init(vm: VMID, index: Int, path: String, format: String, backingChain: [String] = [], fingerprint: Digest? = nil) {
+        self.vm = vm; self.index = index; self.path = path; self.format = format
+        self.backingChain = backingChain; self.fingerprint = fingerprint
+    }
+}
+
+/// A host: name, labels and its Ed25519 public key (raw 32 bytes, base64 in JSON).
+public struct HostRecord: Codable, Sendable, Equatable {
+    public var name: HostName
+    public var labels: [String: String]
+    public var publicKey: Data?
+    public var addedAt: Date
+    public init(name: HostName, labels: [String: String] = [:], publicKey: Data? = nil, addedAt: Date = Date()) {
+        self.name = name; self.labels = labels; self.publicKey = publicKey; self.addedAt = addedAt
+    }
+}
+
+/// Ran-on or stored-on: a VM's residency on a host over an interval.
+public struct ResidencyRecord: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case ran, stored }
+    public var vm: VMID
+    public var host: HostName
+    public var kind: Kind
+    public var from: Date
+    /// nil while the residency is open.
+    public var to: Date?
+    public init(vm: VMID, host: HostName, kind: Kind, from: Date, to: Date? = nil) {
+        self.vm = vm; self.host = host; self.kind = kind; self.from = from; self.to = to
+    }
+}
+
+/// A named snapshot of a VM, with the generation it captured.
+public struct SnapshotRecord: Codable, Sendable, Equatable {
+    public var vm: VMID
+    public var name: String
+    public var generation: UUID
+    public var createdAt: Date
+    /// The stored inventory of the disk as of the snapshot, if it was inspected.
+    public var inventoryKey: Digest?
+    public init(vm: VMID, name: String, generation: UUID, createdAt: Date = Date(), inventoryKey: Digest? = nil) {
+        self.vm = vm; self.name = name; self.generation = generation; self.createdAt = createdAt; self.inventoryKey = inventoryKey
+    }
+}
+
+/// What happened.
+public enum EventKind: String, Codable, Sendable, CaseIterable {
+    case registered, discovered, created, cloned, copied, snapshotted
+    case rolledBack = "rolled-back"
+    case started, stopped, migrated
+    case movedStorage = "moved-storage"
+    case exported
+    case ownershipTransferred = "ownership-transferred"
+    case scanned, patched, retired
+    case policyDecision = "policy-decision"
+}
+
+/// An event to append. The store assigns its sequence number and time if not given.
+public struct NewEvent: Sendable {
+    public var kind: EventKind
+    public var vm: VMID?
+    /// `user@host` of whoever caused it.
+    public var actor: String
+    public var host: HostName
+    public var time: Date
+    public var generationBefore: UUID?
+    public var generationAfter: UUID?
+    /// Event-specific details as a JSON object (sorted keys when stored). Never secrets.
+    public var payload: [String: JSONValue]
+    /// True when an external tool reported it through `warden event record`.
+    public var reportedByCaller: Bool
+
+    public init(kind: EventKind, vm: VMID?, actor: String = NewEvent.defaultActor, host: HostName = .current,
+                time: Date = Date(), generationBefore: UUID? = nil, generationAfter: UUID? = nil,
+                payload: [String: JSONValue] = [:], reportedByCaller: Bool = false) {
+        self.kind = kind; self.vm = vm; self.actor = actor; self.host = host; self.time = time
+        self.generationBefore = generationBefore; self.generationAfter = generationAfter
+        self.payload = payload; self.reportedByCaller = reportedByCaller
+    }
+
+    /// `$USER@hostname`.
+    public static var defaultActor: String {
+        let user = ProcessInfo.processInfo.environment["USER"] ?? ProcessInfo.processInfo.environment["LOGNAME"] ?? "uid\(getuid())"
+        return "\(user)@\(HostName.current)"
+    }
+}
+
+/// A stored event: a leaf of the ledger's Merkle log.
+public struct EventRecord: Codable, Sendable, Equatable {
+    /// 1-based, dense: the leaf index is `seq - 1`.
+    public var seq: Int64
+    public var kind: EventKind
+    public var vm: VMID?
+    public var actor: String
+    public var host: HostName
+    public var time: Date
+    public var generationBefore: UUID?
+    public var generationAfter: UUID?
+    public var payload: [String: JSONValue]
+    public var reportedByCaller: Bool
+    /// SHA-256 of the canonical entry bytes (the leaf hash is `SHA-256(0x00 ‖ entry)`).
+    public var leafHash: Data
+}
+
+/// A JSON value, for event payloads.
+public enum JSONValue: Codable, Sendable, Equatable, Hashable {
+    case string(String), number(Double), bool(Bool), null
+    case array([JSONValue]), object([String: JSONValue])
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let n = try? c.decode(Double.self) { self = .number(n) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .string(let s): try c.encode(s)
+        case .number(let n): try c.encode(n)
+        case .bool(let b): try c.encode(b)
+        case .null: try c.encodeNil()
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+    public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+}

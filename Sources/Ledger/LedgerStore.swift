@@ -1,0 +1,55 @@
+import Foundation
+import WardenCore
+
+/// All ledger storage goes through this protocol, so that a PostgreSQL backend can follow
+/// the SQLite one (``SQLiteLedger``) for multi-host fleets. Implementations are `Sendable`
+/// and safe to share between threads; every mutating call is one transaction that also
+/// appends its event(s) to the Merkle log, so an acknowledged event is never lost.
+///
+/// VM references given by users (`VM` arguments) resolve through ``resolveVM(_:)``:
+/// a full UUID, a unique UUID prefix (≥ 4 hex digits), or a unique name.
+public protocol LedgerStore: Sendable {
+    // MARK: VMs
+    /// Creates a VM with its disks and appends `event` (registered, discovered, cloned, copied…)
+    /// in the same transaction. The event's `vm` and `generationAfter` are filled in.
+    func createVM(_ vm: VMRecord, disks: [DiskRecord], event: NewEvent) throws -> (VMRecord, EventRecord)
+    func vm(_ id: VMID) throws -> VMRecord?
+    func resolveVM(_ reference: String) throws -> VMRecord
+    func listVMs() throws -> [VMRecord]
+    func disks(of vm: VMID) throws -> [DiskRecord]
+    /// Applies `change` to the VM and appends `event` atomically; returns the updated VM and event.
+    /// Set `vm.generation` in `change` to rotate the generation (the event records before/after).
+    func updateVM(_ id: VMID, event: NewEvent, _ change: (inout VMRecord) throws -> Void) throws -> (VMRecord, EventRecord)
+    func replaceDisks(of vm: VMID, with disks: [DiskRecord]) throws
+
+    // MARK: Hosts and residency
+    func addHost(_ host: HostRecord) throws
+    func host(_ name: HostName) throws -> HostRecord?
+    func listHosts() throws -> [HostRecord]
+    /// Opens a residency interval (no-op if the same one is already open).
+    func openResidency(vm: VMID, host: HostName, kind: ResidencyRecord.Kind, at: Date) throws
+    /// Closes the open interval of that kind, if any.
+    func closeResidency(vm: VMID, host: HostName, kind: ResidencyRecord.Kind, at: Date) throws
+    func residency(of vm: VMID) throws -> [ResidencyRecord]
+
+    // MARK: Snapshots
+    func addSnapshot(_ snapshot: SnapshotRecord) throws
+    func snapshots(of vm: VMID) throws -> [SnapshotRecord]
+
+    // MARK: Events and the log
+    /// Appends one event (its own transaction). Returns it with its sequence number.
+    func append(_ event: NewEvent) throws -> EventRecord
+    func events(of vm: VMID) throws -> [EventRecord]
+    func event(seq: Int64) throws -> EventRecord?
+    /// The number of events (the Merkle tree size).
+    func eventCount() throws -> Int64
+
+    // MARK: Queries
+    /// The VM's descendants by clone/copy lineage (children, grandchildren…), not including itself.
+    func descendants(of vm: VMID) throws -> [VMRecord]
+    /// Live (not retired) VMs in the same lineage family as `vm` (its root ancestor and all
+    /// descendants), including itself. Policy counts replicas with this.
+    func liveReplicas(of vm: VMID) throws -> [VMRecord]
+    /// The time of the VM's most recent `scanned` event, if any.
+    func lastScan(of vm: VMID) throws -> Date?
+}

@@ -1,0 +1,134 @@
+import Foundation
+
+/// A VM's stable identity: a UUID, printed lower-case.
+public struct VMID: Hashable, Comparable, Codable, Sendable, CustomStringConvertible {
+    public let uuid: UUID
+    public init(_ uuid: UUID = UUID()) { self.uuid = uuid }
+    /// Parses a full UUID string (any case).
+    public init?(_ string: String) {
+        guard let u = UUID(uuidString: string) else { return nil }
+        uuid = u
+    }
+    public var description: String { uuid.uuidString.lowercased() }
+    public static func < (a: VMID, b: VMID) -> Bool { a.description < b.description }
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let u = UUID(uuidString: s) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a UUID"))
+        }
+        uuid = u
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
+/// A content digest, `algorithm:hex` (e.g. `sha256:9f86…`).
+public struct Digest: Hashable, Codable, Sendable, CustomStringConvertible {
+    public let algorithm: String
+    public let hex: String
+    public init(algorithm: String = "sha256", hex: String) {
+        self.algorithm = algorithm
+        self.hex = hex.lowercased()
+    }
+    /// Parses `algorithm:hex`.
+    public init?(_ string: String) {
+        guard let colon = string.firstIndex(of: ":") else { return nil }
+        let alg = String(string[..<colon]), h = String(string[string.index(after: colon)...])
+        guard !alg.isEmpty, !h.isEmpty, h.allSatisfy(\.isHexDigit) else { return nil }
+        self.init(algorithm: alg, hex: h)
+    }
+    public var description: String { "\(algorithm):\(hex)" }
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let d = Digest(s) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a digest"))
+        }
+        self = d
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
+/// How bad a finding is. Ordered: unknown < negligible < low < medium < high < critical.
+///
+/// Distro urgencies map onto it (Debian `unimportant` → negligible, `not yet assigned` → unknown);
+/// CVSS base scores map by the CVSS v3 bands (0.1–3.9 low, 4.0–6.9 medium, 7.0–8.9 high, 9.0–10 critical).
+public enum Severity: Int, Comparable, Codable, Sendable, CaseIterable, CustomStringConvertible {
+    case unknown = 0, negligible, low, medium, high, critical
+
+    public static func < (a: Severity, b: Severity) -> Bool { a.rawValue < b.rawValue }
+    public var description: String {
+        switch self {
+        case .unknown: "unknown"
+        case .negligible: "negligible"
+        case .low: "low"
+        case .medium: "medium"
+        case .high: "high"
+        case .critical: "critical"
+        }
+    }
+    /// Parses a severity or urgency word (case-insensitive): `low`, `moderate`, `important`, `unimportant`…
+    public init?(word: String) {
+        switch word.lowercased().trimmingCharacters(in: .whitespaces) {
+        case "critical": self = .critical
+        case "high", "important": self = .high
+        case "medium", "moderate": self = .medium
+        case "low": self = .low
+        case "negligible", "unimportant", "none": self = .negligible
+        case "unknown", "not yet assigned", "": self = .unknown
+        default: return nil
+        }
+    }
+    /// The CVSS v3 qualitative band of a base score.
+    public init(cvssScore score: Double) {
+        switch score {
+        case 9.0...: self = .critical
+        case 7.0..<9.0: self = .high
+        case 4.0..<7.0: self = .medium
+        case 0.1..<4.0: self = .low
+        default: self = .negligible
+        }
+    }
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let v = Severity(word: s) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a severity"))
+        }
+        self = v
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
+/// A host's name as the ledger knows it: one non-empty token without whitespace or `/`.
+public struct HostName: Hashable, Comparable, Codable, Sendable, CustomStringConvertible {
+    public let value: String
+    public init?(_ value: String) {
+        guard !value.isEmpty, value.count <= 253,
+              !value.contains(where: { $0.isWhitespace || $0 == "/" || $0.isNewline }) else { return nil }
+        self.value = value
+    }
+    /// This machine's host name (from `gethostname`), or `localhost`.
+    public static var current: HostName {
+        HostName(ProcessInfo.processInfo.hostName) ?? HostName("localhost")!
+    }
+    public var description: String { value }
+    public static func < (a: HostName, b: HostName) -> Bool { a.value < b.value }
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let h = HostName(s) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a host name"))
+        }
+        self = h
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(value)
+    }
+}
