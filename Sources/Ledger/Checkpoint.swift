@@ -54,7 +54,7 @@ public struct SignedCheckpoint: Codable, Sendable, Equatable {
 
     /// The JSON form used by the witness file and `warden ledger checkpoint --json`.
     public struct JSONForm: Codable, Sendable {
-        public var version: Int
+        public var schema: String
         public var treeSize: Int64
         public var rootHex: String
         public var time: String
@@ -66,7 +66,7 @@ public struct SignedCheckpoint: Codable, Sendable, Equatable {
     }
 
     public func jsonForm(publicKey: Data? = nil) -> JSONForm {
-        JSONForm(version: 1, treeSize: treeSize, rootHex: root.hexEncoded, time: LedgerTime.rfc3339(timeMicros),
+        JSONForm(schema: "warden.ledger.checkpoint/v1", treeSize: treeSize, rootHex: root.hexEncoded, time: LedgerTime.rfc3339(timeMicros),
                  timeMicros: timeMicros, host: host.value, signatureHex: signature.hexEncoded, signedText: signedText,
                  publicKeyHex: publicKey?.hexEncoded)
     }
@@ -124,22 +124,29 @@ public struct HostKey: Sendable {
             throw WardenError(.io, "cannot create the keys folder", file: directory)
         }
         let file = path(directory: directory, host: host)
-        let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if fd < 0 {
-            if errno == EEXIST, let k = try load(directory: directory, host: host) { return k }
+        // Written whole to a temporary file, synced, then linked into place: a crash never
+        // leaves a half-written key, and of two racing writers exactly one key wins.
+        let tmp = file + ".tmp-\(getpid())"
+        unlink(tmp)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
             throw WardenError(.io, "cannot create the signing key: \(String(cString: strerror(errno)))", file: file)
         }
+        defer { unlink(tmp) }
         let key = Curve25519.Signing.PrivateKey()
         let text = Array((key.rawRepresentation.base64EncodedString() + "\n").utf8)
-        defer { close(fd) }
         do {
+            defer { close(fd) }
             _ = fchmod(fd, 0o600)
             try text.withUnsafeBytes { try FileDescriptorIO.writeAll(fd, $0, name: file) }
             guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync the signing key", file: file) }
-        } catch {
-            unlink(file)
-            throw error
         }
+        if link(tmp, file) != 0 {
+            if errno == EEXIST, let k = try load(directory: directory, host: host) { return k }
+            throw WardenError(.io, "cannot create the signing key: \(String(cString: strerror(errno)))", file: file)
+        }
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
         return HostKey(host: host, key: key)
     }
 

@@ -1,9 +1,6 @@
 import Crypto
 import Foundation
 import WardenCore
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Times in the ledger: integer microseconds since the Unix epoch, UTC.
 public enum LedgerTime {
@@ -20,18 +17,10 @@ public enum LedgerTime {
 
     /// RFC 3339 with exactly six fractional digits and `Z`: `2026-11-26T18:43:46.123456Z`.
     public static func rfc3339(_ micros: Int64) -> String {
-        var secs = micros / 1_000_000
-        var frac = micros % 1_000_000
-        if frac < 0 { frac += 1_000_000; secs -= 1 }
-        var t = time_t(secs)
-        var tm = Glibc.tm()
-        gmtime_r(&t, &tm)
-        func pad(_ v: Int, _ w: Int) -> String {
-            let s = String(v)
-            return s.count >= w ? s : String(repeating: "0", count: w - s.count) + s
-        }
-        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
-            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(Int(frac), 6))Z"
+        var o: [UInt8] = []
+        o.reserveCapacity(27)
+        LedgerEntry.writeTime(micros, into: &o)
+        return String(decoding: o, as: UTF8.self)
     }
 }
 
@@ -74,19 +63,75 @@ public enum LedgerEntry {
                               reported: Bool) -> [UInt8] {
         var o: [UInt8] = []
         o.reserveCapacity(256 + payloadText.utf8.count)
+        encode(into: &o, seq: seq, kind: kind.utf8, vm: vm?.utf8, actor: actor.utf8, host: host.utf8, timeMicros: timeMicros,
+               generationBefore: generationBefore?.utf8, generationAfter: generationAfter?.utf8,
+               payloadText: payloadText.utf8, reported: reported)
+        return o
+    }
+
+    /// The one definition of the entry layout, over any byte sequences (column bytes as
+    /// SQLite returns them, or Swift strings' UTF-8).
+    @inlinable
+    static func encode<B: Sequence<UInt8>>(into o: inout [UInt8], seq: Int64, kind: B, vm: B?, actor: B, host: B,
+                                           timeMicros: Int64, generationBefore: B?, generationAfter: B?,
+                                           payloadText: B, reported: Bool) {
         o.append(contentsOf: #"{"actor":"#.utf8); writeString(actor, into: &o)
         o.append(contentsOf: #","generation_after":"#.utf8); writeOptional(generationAfter, into: &o)
         o.append(contentsOf: #","generation_before":"#.utf8); writeOptional(generationBefore, into: &o)
         o.append(contentsOf: #","host":"#.utf8); writeString(host, into: &o)
         o.append(contentsOf: #","kind":"#.utf8); writeString(kind, into: &o)
-        o.append(contentsOf: #","payload":"#.utf8); o.append(contentsOf: payloadText.utf8)
+        o.append(contentsOf: #","payload":"#.utf8); o.append(contentsOf: payloadText)
         o.append(contentsOf: #","reported_by_caller":"#.utf8); o.append(contentsOf: (reported ? "true" : "false").utf8)
-        o.append(contentsOf: #","seq":"#.utf8); o.append(contentsOf: String(seq).utf8)
-        o.append(contentsOf: #","time":""#.utf8); o.append(contentsOf: LedgerTime.rfc3339(timeMicros).utf8)
-        o.append(contentsOf: #"","v":"#.utf8); o.append(contentsOf: String(version).utf8)
+        o.append(contentsOf: #","seq":"#.utf8); writeInt(seq, into: &o)
+        o.append(contentsOf: #","time":""#.utf8); writeTime(timeMicros, into: &o)
+        o.append(contentsOf: #"","v":"#.utf8); writeInt(Int64(version), into: &o)
         o.append(contentsOf: #","vm":"#.utf8); writeOptional(vm, into: &o)
         o.append(0x7D)
-        return o
+    }
+
+    @usableFromInline
+    static func writeInt(_ v: Int64, into o: inout [UInt8]) {
+        if v == 0 { o.append(0x30); return }
+        var x = v.magnitude
+        var tmp: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                  UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        withUnsafeMutableBytes(of: &tmp) { buf in
+            while x > 0 { buf[n] = UInt8(x % 10) + 0x30; x /= 10; n += 1 }
+            if v < 0 { o.append(0x2D) }
+            while n > 0 { n -= 1; o.append(buf[n]) }
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (the RFC 3339 form of ``LedgerTime/rfc3339(_:)``), without allocating.
+    @usableFromInline
+    static func writeTime(_ micros: Int64, into o: inout [UInt8]) {
+        var secs = micros / 1_000_000
+        var frac = micros % 1_000_000
+        if frac < 0 { frac += 1_000_000; secs -= 1 }
+        // Civil date from days since the epoch (Howard Hinnant's algorithm).
+        var days = secs / 86_400
+        var sod = secs % 86_400
+        if sod < 0 { sod += 86_400; days -= 1 }
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func digits(_ v: Int64, _ w: Int) {
+            var div: Int64 = 1
+            for _ in 1..<w { div *= 10 }
+            var v = v
+            if v < 0 { o.append(0x2D); v = -v }
+            while div > 0 { o.append(UInt8((v / div) % 10) + 0x30); div /= 10 }
+        }
+        digits(y, 4); o.append(0x2D); digits(m, 2); o.append(0x2D); digits(d, 2); o.append(0x54)
+        digits(sod / 3600, 2); o.append(0x3A); digits(sod / 60 % 60, 2); o.append(0x3A); digits(sod % 60, 2)
+        o.append(0x2E); digits(frac, 6); o.append(0x5A)
     }
 
     /// The entry bytes of a stored event.
@@ -99,15 +144,19 @@ public enum LedgerEntry {
 
     static func uuidText(_ u: UUID) -> String { u.uuidString.lowercased() }
 
-    private static func writeOptional(_ s: String?, into o: inout [UInt8]) {
+    @usableFromInline
+    static func writeOptional<B: Sequence<UInt8>>(_ s: B?, into o: inout [UInt8]) {
         if let s { writeString(s, into: &o) } else { o.append(contentsOf: "null".utf8) }
     }
 
-    private static let hexDigits = Array("0123456789abcdef".utf8)
+    @usableFromInline
+    static func writeString(_ s: String, into o: inout [UInt8]) { writeString(s.utf8, into: &o) }
 
-    static func writeString(_ s: String, into o: inout [UInt8]) {
+    @usableFromInline
+    static func writeString<B: Sequence<UInt8>>(_ s: B, into o: inout [UInt8]) {
+        let hexDigits: StaticString = "0123456789abcdef"
         o.append(0x22)
-        for b in s.utf8 {
+        for b in s {
             switch b {
             case 0x22: o.append(0x5C); o.append(0x22)
             case 0x5C: o.append(0x5C); o.append(0x5C)
@@ -118,7 +167,7 @@ public enum LedgerEntry {
             case 0x0C: o.append(0x5C); o.append(0x66)
             case 0..<0x20:
                 o.append(contentsOf: #"\u00"#.utf8)
-                o.append(hexDigits[Int(b >> 4)]); o.append(hexDigits[Int(b & 15)])
+                hexDigits.withUTF8Buffer { h in o.append(h[Int(b >> 4)]); o.append(h[Int(b & 15)]) }
             default: o.append(b)
             }
         }

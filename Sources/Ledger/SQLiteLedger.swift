@@ -556,3 +556,16 @@ enum Rows {
         }
     }
 }
+
+extension SQLiteLedger {
+    /// Makes this host's key (if needed), records it in the hosts table, signs a checkpoint of
+    /// the log as it is, and writes the witness: what `warden ledger init` does.
+    public func initialize() throws -> SignedCheckpoint {
+        let key = try signingKey()
+        let cp = try database.write { db in
+            try LogAppender(db: db, file: database.path).checkpoint(db, key: key)
+        }
+        try witness.advance(to: cp, publicKey: key.publicKey)
+        return cp
+    }
+}

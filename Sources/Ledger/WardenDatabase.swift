@@ -49,7 +49,9 @@ public final class WardenDatabase: Sendable {
         config.busyMode = .timeout(10)
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA foreign_keys = ON")
-            if !readOnly { try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+            // FULL: a commit is on disk (WAL fsynced) before it returns, so an acknowledged
+            // ledger event survives a power cut, not only a crash of the process.
+            if !readOnly { try db.execute(sql: "PRAGMA synchronous = FULL") }
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
@@ -64,7 +66,8 @@ public final class WardenDatabase: Sendable {
         } catch let e as WardenError {
             throw e
         } catch let e as DatabaseError {
-            throw WardenError(.unavailable, "cannot open the database: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
+            throw WardenError(Self.isDamage(e) ? .corrupt : .unavailable,
+                              "cannot open the database: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
         } catch {
             throw WardenError(.unavailable, "cannot open the database: \(error)", file: path)
         }
@@ -88,9 +91,15 @@ public final class WardenDatabase: Sendable {
             if e.resultCode == .SQLITE_CONSTRAINT {
                 return WardenError(.conflict, "database constraint: \(e.message ?? "violated")", file: path)
             }
-            return WardenError(.unavailable, "database error: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
+            return WardenError(isDamage(e) ? .corrupt : .unavailable,
+                               "database error: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
         }
         return error
+    }
+
+    /// SQLite reports a damaged or truncated file (not a busy or missing one).
+    static func isDamage(_ e: DatabaseError) -> Bool {
+        e.resultCode == .SQLITE_CORRUPT || e.resultCode == .SQLITE_NOTADB || e.extendedResultCode == .SQLITE_IOERR_SHORT_READ
     }
 }
 

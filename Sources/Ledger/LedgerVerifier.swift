@@ -1,0 +1,288 @@
+import Crypto
+import Foundation
+import GRDB
+import WardenCore
+
+/// What `warden ledger verify` found.
+public struct VerifyReport: Codable, Sendable {
+    /// One thing that is wrong.
+    public struct Problem: Codable, Sendable, Equatable {
+        /// `edited`, `reordered`, `missing`, `inserted`, `unsigned`, `subtree`, `checkpoint`,
+        /// `signature`, `key`, `witness`, `damaged`.
+        public var kind: String
+        /// The first entry (seq) concerned, when one can be named.
+        public var seq: Int64?
+        /// The last entry concerned, when only a range can be named.
+        public var lastSeq: Int64?
+        public var message: String
+
+        public init(kind: String, seq: Int64?, lastSeq: Int64?, message: String) {
+            self.kind = kind; self.seq = seq; self.lastSeq = lastSeq; self.message = message
+        }
+    }
+
+    public var ok: Bool { problems.isEmpty }
+    /// Entries in the log (the largest seq read).
+    public var treeSize: Int64 = 0
+    /// The root recomputed from every entry.
+    public var rootHex: String = Merkle.emptyRoot.hexEncoded
+    public var entriesChecked: Int64 = 0
+    public var checkpointsChecked = 0
+    public var subtreesChecked = 0
+    public var witnessTreeSize: Int64?
+    /// The first bad entry, when one can be named.
+    public var firstBad: Problem?
+    public var problems: [Problem] = []
+
+    public static let schema = "warden.ledger.verify/v1"
+
+    enum CodingKeys: String, CodingKey {
+        case schema, ok, treeSize, rootHex, entriesChecked, checkpointsChecked, subtreesChecked, witnessTreeSize, firstBad, problems
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(Self.schema, forKey: .schema)
+        try c.encode(ok, forKey: .ok)
+        try c.encode(treeSize, forKey: .treeSize)
+        try c.encode(rootHex, forKey: .rootHex)
+        try c.encode(entriesChecked, forKey: .entriesChecked)
+        try c.encode(checkpointsChecked, forKey: .checkpointsChecked)
+        try c.encode(subtreesChecked, forKey: .subtreesChecked)
+        try c.encode(witnessTreeSize, forKey: .witnessTreeSize)
+        try c.encode(firstBad, forKey: .firstBad)
+        try c.encode(problems, forKey: .problems)
+    }
+    public init() {}
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        treeSize = try c.decode(Int64.self, forKey: .treeSize)
+        rootHex = try c.decode(String.self, forKey: .rootHex)
+        entriesChecked = try c.decode(Int64.self, forKey: .entriesChecked)
+        checkpointsChecked = try c.decode(Int.self, forKey: .checkpointsChecked)
+        subtreesChecked = try c.decode(Int.self, forKey: .subtreesChecked)
+        witnessTreeSize = try c.decodeIfPresent(Int64.self, forKey: .witnessTreeSize)
+        firstBad = try c.decodeIfPresent(Problem.self, forKey: .firstBad)
+        problems = try c.decode([Problem].self, forKey: .problems)
+    }
+
+    mutating func add(_ kind: String, seq: Int64? = nil, lastSeq: Int64? = nil, _ message: String) {
+        let p = Problem(kind: kind, seq: seq, lastSeq: lastSeq, message: message)
+        if problems.count < 100 { problems.append(p) }
+        if let s = seq, s < (firstBad?.seq ?? .max) { firstBad = p }
+    }
+}
+
+/// Recomputes the whole log: every leaf from its entry, every stored subtree, the root at
+/// every checkpoint, every checkpoint signature, and the witness outside the database.
+///
+/// The first problem in the entries stops the entry walk (every later position is moot);
+/// checkpoints and the witness are still checked, so deletions at the end are found too.
+public struct LedgerVerifier {
+    public let database: WardenDatabase
+    public let keysDirectory: String
+    public let witness: Witness
+    /// Entries read per read transaction.
+    var chunk: Int64 = 1 << 16
+
+    public init(database: WardenDatabase, keysDirectory: String? = nil) {
+        self.database = database
+        self.keysDirectory = keysDirectory ?? HostKey.directory(databasePath: database.path)
+        self.witness = Witness(keysDirectory: self.keysDirectory, databasePath: database.path)
+    }
+
+    struct CheckpointRow { var id: Int64; var cp: SignedCheckpoint }
+
+    public func verify(progress: ((Int64, Int64) -> Void)? = nil) throws -> VerifyReport {
+        var report = VerifyReport()
+        // Everything the entries are checked against, read first.
+        let (checkpoints, hostKeys, maxSeq) = try database.read { db -> ([CheckpointRow], [String: Data], Int64) in
+            var cps: [CheckpointRow] = []
+            for r in try Row.fetchAll(db, sql: "SELECT * FROM checkpoints ORDER BY tree_size, id") {
+                guard let host = HostName(r["host"] as String) else {
+                    report.add("checkpoint", "checkpoint #\(r["id"] as Int64) names a malformed host"); continue
+                }
+                cps.append(CheckpointRow(id: r["id"], cp: SignedCheckpoint(treeSize: r["tree_size"], root: r["root"],
+                                                                        timeMicros: r["time_us"], host: host, signature: r["signature"])))
+            }
+            var keys: [String: Data] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT name, public_key FROM hosts WHERE public_key IS NOT NULL") {
+                keys[r[0]] = r[1]
+            }
+            return (cps, keys, try Rows.treeSize(db))
+        }
+        let witnessCP: SignedCheckpoint?
+        do { witnessCP = try witness.read() } catch let e as WardenError {
+            report.add("witness", e.message + " (" + witness.path + ")"); witnessCP = nil
+        }
+        report.witnessTreeSize = witnessCP?.treeSize
+
+        // Signatures: by the host's key in the hosts table, and that key must be the one in the
+        // key file for hosts whose key file is here.
+        var localKeys: [String: Data] = [:]
+        for host in Set(checkpoints.map(\.cp.host.value) + (witnessCP.map { [$0.host.value] } ?? [])) {
+            guard let h = HostName(host) else { continue }
+            if let k = try? HostKey.load(directory: keysDirectory, host: h) { localKeys[host] = k.publicKey }
+        }
+        for (host, pk) in localKeys where hostKeys[host] != nil && hostKeys[host] != pk {
+            report.add("key", "the hosts table holds a different public key for \(host) than its key file")
+        }
+        func keyFor(_ host: HostName) -> Data? { localKeys[host.value] ?? hostKeys[host.value] }
+        for c in checkpoints {
+            report.checkpointsChecked += 1
+            guard let pk = keyFor(c.cp.host) else {
+                report.add("signature", seq: nil, "checkpoint #\(c.id) (size \(c.cp.treeSize)) is signed by \(c.cp.host), whose key is unknown")
+                continue
+            }
+            if !c.cp.isValid(publicKey: pk) {
+                report.add("signature", "checkpoint #\(c.id) (size \(c.cp.treeSize)) has an invalid signature: it was forged or edited")
+            }
+        }
+        if let w = witnessCP {
+            if let pk = keyFor(w.host) {
+                if !w.isValid(publicKey: pk) { report.add("witness", "the witness checkpoint has an invalid signature") }
+            } else {
+                report.add("witness", "the witness is signed by \(w.host), whose key is unknown")
+            }
+        } else if maxSeq > 0, report.problems.allSatisfy({ $0.kind != "witness" }) {
+            report.add("witness", "there is no witness file (\(witness.path)) although the log has \(maxSeq) entries")
+        }
+
+        // The walk over the entries.
+        var cpIndex = 0
+        while cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == 0 {
+            if checkpoints[cpIndex].cp.root != Merkle.emptyRoot {
+                report.add("checkpoint", "checkpoint #\(checkpoints[cpIndex].id) of the empty log has a wrong root")
+            }
+            cpIndex += 1
+        }
+        var frontier = Merkle.Frontier()
+        var lastGoodCheckpoint: Int64 = 0
+        var stopped = false
+        var rootAtWitness: Data? = witnessCP?.treeSize == 0 ? Merkle.emptyRoot : nil
+        var start: Int64 = 0
+        walk: while start < maxSeq {
+            let end = min(start + chunk, maxSeq)
+            do { try database.read { db in
+                let stmt = try db.makeStatement(sql: """
+                    SELECT seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
+                    FROM events WHERE seq > ? AND seq <= ? ORDER BY seq
+                    """)
+                let nodeStmt = try db.makeStatement(sql: "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?")
+                let rows = try Row.fetchCursor(stmt, arguments: [start, end])
+                var entry: [UInt8] = []
+                entry.reserveCapacity(1024)
+                while let r = try rows.next() {
+                    let seq: Int64 = r[0]
+                    let expected = frontier.size + 1
+                    if seq != expected {
+                        report.add("missing", seq: expected, lastSeq: seq - 1,
+                                   expected == seq - 1 ? "entry \(expected) is missing (deleted)"
+                                                       : "entries \(expected)…\(seq - 1) are missing (deleted)")
+                        stopped = true; return
+                    }
+                    entry.removeAll(keepingCapacity: true)
+                    Self.encodeRow(r, seq: seq, into: &entry)
+                    let leaf = LedgerEntry.leafHash(entry)
+                    let stored = r.dataNoCopy(atIndex: 10)
+                    if stored != leaf {
+                        report.add(Self.explainMismatch(r, seq: seq, stored: stored))
+                        stopped = true; return
+                    }
+                    var nodeProblem: VerifyReport.Problem?
+                    try frontier.append(leaf: leaf) { level, index, hash in
+                        guard level >= LogAppender.storedLevel else { return }
+                        report.subtreesChecked += 1
+                        let h = try Data.fetchOne(nodeStmt, arguments: [level, index])
+                        if h != hash, nodeProblem == nil {
+                            let first = index << Int64(level) + 1, last = (index + 1) << Int64(level)
+                            nodeProblem = .init(kind: "subtree", seq: first, lastSeq: last,
+                                                message: h == nil ? "the stored hash of entries \(first)…\(last) is missing"
+                                                    : "entries \(first)…\(last) do not match their stored subtree hash: one of them was changed together with its leaf hash")
+                        }
+                    }
+                    report.entriesChecked += 1
+                    if let p = nodeProblem { report.add(p); stopped = true; return }
+                    if seq == witnessCP?.treeSize { rootAtWitness = frontier.root }
+                    if cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == seq {
+                        let root = frontier.root
+                        while cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == seq {
+                            let c = checkpoints[cpIndex]
+                            if c.cp.root != root {
+                                report.add("checkpoint", seq: lastGoodCheckpoint + 1, lastSeq: seq,
+                                           "the tree of entries 1…\(seq) does not match signed checkpoint #\(c.id): an entry in \(lastGoodCheckpoint + 1)…\(seq) was changed together with its leaf hash")
+                                stopped = true; return
+                            }
+                            cpIndex += 1
+                        }
+                        lastGoodCheckpoint = seq
+                    }
+                }
+            } } catch let e as WardenError where e.code == .corrupt {
+                report.add("damaged", seq: frontier.size + 1,
+                           "entries from \(frontier.size + 1) on cannot be read: the database file is damaged or truncated (\(e.message))")
+                stopped = true
+            }
+            progress?(frontier.size, maxSeq)
+            if stopped { break walk }
+            start = end
+        }
+        report.treeSize = stopped ? maxSeq : frontier.size
+        if !stopped { report.rootHex = frontier.root.hexEncoded }
+
+        // Entries beyond what was signed, and checkpoints beyond the end of the log.
+        if !stopped {
+            let size = frontier.size
+            let signed = checkpoints.last?.cp.treeSize ?? 0
+            if size > signed {
+                report.add("unsigned", seq: signed + 1, lastSeq: size,
+                           "entries \(signed + 1)…\(size) are not covered by any signed checkpoint (added outside warden)")
+            }
+            if let c = checkpoints.last, c.cp.treeSize > size {
+                report.add("missing", seq: size + 1, lastSeq: c.cp.treeSize,
+                           "the log ends at entry \(size) but signed checkpoint #\(c.id) covers \(c.cp.treeSize): entries \(size + 1)…\(c.cp.treeSize) were deleted (truncated)")
+            }
+            if let w = witnessCP {
+                if w.treeSize > size {
+                    report.add("missing", seq: size + 1, lastSeq: w.treeSize,
+                               "the log ends at entry \(size) but the witness checkpoint covers \(w.treeSize): entries \(size + 1)…\(w.treeSize) were deleted (truncated)")
+                } else if let r = rootAtWitness, r != w.root {
+                    report.add("witness", seq: 1, lastSeq: w.treeSize,
+                               "the tree of entries 1…\(w.treeSize) does not match the witness checkpoint: the log was rewritten")
+                }
+            }
+        }
+        return report
+    }
+
+    /// The canonical entry of an events row (columns in the order of the verifier's SELECT).
+    static func encodeRow(_ r: Row, seq: Int64, into entry: inout [UInt8]) {
+        let empty = Data()
+        LedgerEntry.encode(into: &entry, seq: seq, kind: r.dataNoCopy(atIndex: 1) ?? empty, vm: r.dataNoCopy(atIndex: 2),
+                           actor: r.dataNoCopy(atIndex: 3) ?? empty, host: r.dataNoCopy(atIndex: 4) ?? empty,
+                           timeMicros: r[5], generationBefore: r.dataNoCopy(atIndex: 6), generationAfter: r.dataNoCopy(atIndex: 7),
+                           payloadText: r.dataNoCopy(atIndex: 8) ?? empty, reported: (r[9] as Int64) != 0)
+    }
+
+    /// Says why a row's entry does not match its leaf hash: moved from another position, or edited.
+    static func explainMismatch(_ r: Row, seq: Int64, stored: Data?) -> VerifyReport.Problem {
+        if let stored {
+            var entry: [UInt8] = []
+            for delta in 1...64 {
+                for other in [seq - Int64(delta), seq + Int64(delta)] where other >= 1 {
+                    entry.removeAll(keepingCapacity: true)
+                    encodeRow(r, seq: other, into: &entry)
+                    if LedgerEntry.leafHash(entry) == stored {
+                        return .init(kind: "reordered", seq: seq, lastSeq: nil,
+                                     message: "entry \(seq) holds the event that was recorded as entry \(other): the log was reordered")
+                    }
+                }
+            }
+        }
+        return .init(kind: "edited", seq: seq, lastSeq: nil,
+                     message: "entry \(seq) does not match its leaf hash: it was edited")
+    }
+}
+
+extension VerifyReport {
+    mutating func add(_ p: Problem) { add(p.kind, seq: p.seq, lastSeq: p.lastSeq, p.message) }
+}

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import Ledger
+import WardenCore
+
+/// `warden dev …`: tools for developers and benchmarks (not for production ledgers).
+struct DevCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Developer tools: synthetic fleets for benchmarks.",
+        subcommands: [DevSynth.self, DevAppendLoop.self, DevBenchProof.self]
+    )
+}
+
+struct DevSynth: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synth",
+        abstract: "Generate a realistic synthetic fleet (lineage, residency, snapshots, every event kind) in bulk.",
+        discussion: "Appends to the ledger at --db like any other writer (one signed checkpoint per batch). The same --seed gives the same fleet.")
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "VMs to create.") var vms: Int
+    @Option(help: "Events in total, including one creation event per VM.") var events: Int
+    @Option(help: "Seed for the generator.") var seed: UInt64 = 1
+    @Option(help: "Hosts to spread the fleet over.") var hosts: Int = 16
+    @Option(help: "Events per transaction and checkpoint.") var batch: Int = 20_000
+    @Flag(help: "Print the summary as JSON.") var json = false
+
+    func validate() throws {
+        guard vms >= 1, events >= vms else { throw ValidationError("--events must be at least --vms (each VM has a creation event)") }
+        guard hosts >= 2, hosts <= 10_000 else { throw ValidationError("--hosts must be 2…10000") }
+        guard batch >= 1, batch <= 1_000_000 else { throw ValidationError("--batch must be 1…1000000") }
+    }
+
+    func run() throws {
+        let ledger = try options.open(create: true)
+        var o = LedgerSynth.Options(vms: vms, events: events)
+        o.seed = seed; o.hosts = hosts; o.batch = batch
+        let tty = isatty(2) == 1
+        let summary = try LedgerSynth(ledger: ledger, options: o).run { done, total in
+            if tty { FileHandle.standardError.write(Data("\rwarden: \(done) of \(total) events".utf8)) }
+        }
+        if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if json {
+            Output.stdout.line(try Output.json(summary))
+        } else {
+            Output.stdout.line("synthesized \(summary.vms) VMs and \(summary.events) events on \(summary.hosts) hosts in \(String(format: "%.1f", summary.seconds)) s (\(Int(summary.eventsPerSecond)) events/s)")
+            Output.stdout.line("snapshots: \(summary.snapshots), residency intervals: \(summary.residencyIntervals), deepest lineage: \(summary.maxLineageDepth)")
+            Output.stdout.line("events: " + summary.kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        }
+    }
+}
+
+/// Appends events one transaction at a time and prints each acknowledged seq after its commit
+/// (for the crash test: kill -9 at any point, and every printed seq must survive).
+struct DevAppendLoop: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "append-loop",
+        abstract: "Append events one commit at a time, printing each acknowledged seq (crash testing).",
+        shouldDisplay: false)
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "Stop after this many commits (default: never).") var count: Int?
+
+    func run() throws {
+        let ledger = try options.open(create: true)
+        var n = 0
+        var vm: VMID?
+        while count.map({ n < $0 }) ?? true {
+            let rec: EventRecord
+            switch (n % 5, vm) {
+            case (0, _), (_, nil):
+                // A VM row, its disk and its event in one transaction.
+                let (v, e) = try ledger.createVM(VMRecord(name: "crash-\(n)", owner: "crash"),
+                                                 disks: [DiskRecord(vm: VMID(), index: 0, path: "/dev/null", format: "raw")],
+                                                 event: NewEvent(kind: .registered, vm: nil, payload: ["n": .number(Double(n))]))
+                vm = v.id; rec = e
+            case (1, let v?), (3, let v?):
+                rec = try ledger.updateVM(v, event: NewEvent(kind: n % 5 == 1 ? .started : .stopped, vm: v)) {
+                    $0.state = n % 5 == 1 ? .running : .stopped
+                }.1
+            default:
+                let evs = try ledger.append([NewEvent(kind: .scanned, vm: vm, payload: ["n": .number(Double(n))]),
+                                             NewEvent(kind: .patched, vm: vm, payload: ["n": .number(Double(n))])])
+                rec = evs[1]
+            }
+            // Unbuffered: the line is written only after the commit returned.
+            let line = Array("ack \(rec.seq)\n".utf8)
+            try line.withUnsafeBytes { try FileDescriptorIO.writeAll(1, $0, name: "standard output") }
+            n += 1
+        }
+    }
+}
+
+/// Times inclusion and consistency proofs in-process (scripts/bench-ledger), so process
+/// start-up is not counted.
+struct DevBenchProof: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-proof",
+        abstract: "Time random inclusion and consistency proofs against the latest checkpoint.",
+        shouldDisplay: false)
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "Proofs of each kind.") var count: Int = 1000
+    @Option(help: "Seed for the random events.") var seed: UInt64 = 7
+
+    func run() throws {
+        let ledger = try options.open(create: false, readOnly: true)
+        guard let cp = try ledger.latestCheckpoint(), cp.treeSize > 0 else {
+            throw WardenError(.notFound, "the ledger has no signed checkpoint of a non-empty log", file: ledger.database.path)
+        }
+        var state = seed
+        func rand(_ n: Int64) -> Int64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return Int64((z ^ (z >> 31)) % UInt64(n))
+        }
+        func measure(_ body: () throws -> Void) rethrows -> [Double] {
+            var t: [Double] = []
+            for _ in 0..<count {
+                let s = DispatchTime.now().uptimeNanoseconds
+                try body()
+                t.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
+            }
+            return t.sorted()
+        }
+        let inclusion = try measure {
+            let seq = 1 + rand(cp.treeSize)
+            let p = try ledger.inclusionProof(seq: seq, treeSize: cp.treeSize)
+            guard Merkle.rootFromInclusion(index: seq - 1, size: cp.treeSize, leaf: p.leafHash, path: p.path) == cp.root else {
+                throw WardenError(.corrupt, "proof of \(seq) does not verify", file: ledger.database.path)
+            }
+        }
+        let consistency = try measure {
+            let m = 1 + rand(cp.treeSize)
+            let p = try ledger.consistencyProof(from: m, to: cp.treeSize)
+            guard Merkle.verifyConsistency(from: m, to: cp.treeSize, oldRoot: p.oldRoot, newRoot: cp.root, proof: p.proof) else {
+                throw WardenError(.corrupt, "consistency proof from \(m) does not verify", file: ledger.database.path)
+            }
+        }
+        func line(_ name: String, _ t: [Double]) -> String {
+            let mean = t.reduce(0, +) / Double(t.count)
+            return "\(name): \(t.count) proofs in a tree of \(cp.treeSize): mean \(String(format: "%.3f", mean)) ms, median \(String(format: "%.3f", t[t.count / 2])) ms, p99 \(String(format: "%.3f", t[min(t.count - 1, t.count * 99 / 100)])) ms, max \(String(format: "%.3f", t.last!)) ms"
+        }
+        Output.stdout.line(line("inclusion", inclusion))
+        Output.stdout.line(line("consistency", consistency))
+    }
+}

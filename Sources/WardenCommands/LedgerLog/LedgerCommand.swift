@@ -1,0 +1,247 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import Ledger
+import WardenCore
+
+/// `--db` for the `ledger` and `dev` commands.
+struct LedgerLogOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The Warden database (default: $WARDEN_DB, else $WARDEN_HOME/warden.db, else ~/.local/share/warden/warden.db). Keys and the witness live in keys/ beside it unless $WARDEN_KEYS is set.",
+                               valueName: "path"))
+    var db: String?
+
+    var path: String { WardenDatabase.defaultPath(explicit: db) }
+
+    func open(create: Bool, readOnly: Bool = false) throws -> SQLiteLedger {
+        SQLiteLedger(database: try WardenDatabase(path: path, create: create, readOnly: readOnly))
+    }
+}
+
+/// `warden ledger …`: the tamper-evident log.
+struct LedgerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ledger",
+        abstract: "The ledger's tamper-evident log: verify it, prove inclusion and consistency, export it.",
+        subcommands: [LedgerInit.self, LedgerVerify.self, LedgerProof.self, LedgerConsistency.self,
+                      LedgerCheckpoint.self, LedgerExport.self]
+    )
+}
+
+/// The JSON form of a checkpoint with the signer's public key.
+struct CheckpointJSON: Encodable {
+    var checkpoint: SignedCheckpoint.JSONForm
+    init(_ cp: SignedCheckpoint, key: Data?) { checkpoint = cp.jsonForm(publicKey: key) }
+    func encode(to encoder: Encoder) throws { try checkpoint.encode(to: encoder) }
+}
+
+struct LedgerInit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init",
+        abstract: "Create the database and this host's signing key, and sign a first checkpoint.")
+    @OptionGroup var options: LedgerLogOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let ledger = try options.open(create: true)
+        let cp = try ledger.initialize()
+        let key = try ledger.signingKey()
+        if json {
+            struct Out: Encodable {
+                var database: String; var keyFile: String; var host: String; var publicKeyHex: String
+                var checkpoint: SignedCheckpoint.JSONForm
+            }
+            Output.stdout.line(try Output.json(Out(database: ledger.database.path,
+                                                   keyFile: HostKey.path(directory: ledger.keysDirectory, host: key.host),
+                                                   host: key.host.value, publicKeyHex: key.publicKey.hexEncoded,
+                                                   checkpoint: cp.jsonForm(publicKey: key.publicKey))))
+        } else {
+            Output.stdout.line("database: \(ledger.database.path)")
+            Output.stdout.line("host: \(key.host)")
+            Output.stdout.line("signing key: \(HostKey.path(directory: ledger.keysDirectory, host: key.host))")
+            Output.stdout.line("public key: \(key.publicKey.hexEncoded)")
+            Output.stdout.line("checkpoint: size \(cp.treeSize), root \(cp.root.hexEncoded)")
+        }
+    }
+}
+
+struct LedgerVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Recompute every leaf, subtree and checkpoint root, check every signature and the witness.",
+        discussion: "Exit 0 when the log is intact, 1 when it was tampered with (the first bad entry is named).")
+    @OptionGroup var options: LedgerLogOptions
+    @Flag(help: "Print the report as JSON (docs/json-schemas/ledger-verify.v1.json).") var json = false
+
+    func run() throws {
+        let path = options.path
+        var report: VerifyReport
+        do {
+            let db = try WardenDatabase(path: path, create: false, readOnly: true)
+            let showProgress = isatty(2) == 1
+            var last = Date()
+            report = try LedgerVerifier(database: db).verify { done, total in
+                guard showProgress, Date().timeIntervalSince(last) > 0.5 else { return }
+                last = Date()
+                FileHandle.standardError.write(Data("\rwarden: verified \(done) of \(total) entries".utf8))
+            }
+            if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        } catch let e as WardenError where e.code == .corrupt {
+            report = VerifyReport()
+            report.problems = [.init(kind: "damaged", seq: nil, lastSeq: nil, message: "the database file is damaged or truncated: \(e.message)")]
+        }
+        if json {
+            Output.stdout.line(try Output.json(report))
+        } else if report.ok {
+            Output.stdout.line("ledger intact: \(report.treeSize) entries, root \(report.rootHex)")
+            Output.stdout.line("checked: \(report.entriesChecked) entries, \(report.subtreesChecked) stored subtrees, \(report.checkpointsChecked) signed checkpoints, witness at size \(report.witnessTreeSize.map(String.init) ?? "none")")
+        } else {
+            Output.stdout.line("ledger TAMPERED: \(report.problems.count) problem(s)")
+            for p in report.problems { Output.stdout.line("  \(p.kind): \(p.message)") }
+        }
+        if !report.ok {
+            Output.stdout.flush()
+            let first = report.firstBad.map { "first bad entry: \($0.seq!): \($0.message)" } ?? report.problems[0].message
+            Output.error("\(path): the ledger was tampered with; \(first)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct LedgerProof: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proof",
+        abstract: "Print an RFC 9162 inclusion proof of one event against the latest signed checkpoint.")
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "The event's sequence number.") var event: Int64
+    @Flag(help: "Print JSON (docs/json-schemas/ledger-proof.v1.json).") var json = false
+
+    struct Out: Encodable {
+        var schema = "warden.ledger.proof/v1"
+        var seq: Int64
+        var leafIndex: Int64
+        var treeSize: Int64
+        var entry: String
+        var leafHashHex: String
+        var pathHex: [String]
+        var rootHex: String
+        var checkpoint: SignedCheckpoint.JSONForm
+    }
+
+    func run() throws {
+        let ledger = try options.open(create: false, readOnly: true)
+        guard let cp = try ledger.latestCheckpoint() else {
+            throw WardenError(.notFound, "the ledger has no signed checkpoint yet", file: ledger.database.path)
+        }
+        guard event >= 1, event <= cp.treeSize else {
+            throw WardenError(.notFound, "event \(event) is not covered by the latest checkpoint (size \(cp.treeSize))", file: ledger.database.path)
+        }
+        let p = try ledger.inclusionProof(seq: event, treeSize: cp.treeSize)
+        guard p.root == cp.root else {
+            throw WardenError(.corrupt, "the tree does not match the latest checkpoint; run warden ledger verify", file: ledger.database.path)
+        }
+        let out = Out(seq: p.seq, leafIndex: p.seq - 1, treeSize: p.treeSize, entry: String(decoding: p.entry, as: UTF8.self),
+                      leafHashHex: p.leafHash.hexEncoded, pathHex: p.path.map(\.hexEncoded), rootHex: p.root.hexEncoded,
+                      checkpoint: cp.jsonForm(publicKey: try ledger.publicKey(of: cp.host)))
+        if json {
+            Output.stdout.line(try Output.json(out))
+        } else {
+            Output.stdout.line("event \(out.seq) (leaf \(out.leafIndex)) in the tree of \(out.treeSize) entries")
+            Output.stdout.line("entry: \(oneLine(out.entry))")
+            Output.stdout.line("leaf hash: \(out.leafHashHex)")
+            for (i, h) in out.pathHex.enumerated() { Output.stdout.line("path[\(i)]: \(h)") }
+            Output.stdout.line("root: \(out.rootHex) (signed by \(cp.host) at \(out.checkpoint.time))")
+        }
+    }
+}
+
+struct LedgerConsistency: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "consistency",
+        abstract: "Print an RFC 9162 consistency proof between two tree sizes.")
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "The older tree size.") var from: Int64
+    @Option(help: "The newer tree size (default: the latest checkpoint's).") var to: Int64?
+    @Flag(help: "Print JSON (docs/json-schemas/ledger-consistency.v1.json).") var json = false
+
+    struct Out: Encodable {
+        var schema = "warden.ledger.consistency/v1"
+        var from: Int64
+        var to: Int64
+        var oldRootHex: String
+        var newRootHex: String
+        var proofHex: [String]
+        var oldCheckpoint: SignedCheckpoint.JSONForm?
+        var newCheckpoint: SignedCheckpoint.JSONForm?
+    }
+
+    func run() throws {
+        let ledger = try options.open(create: false, readOnly: true)
+        let latest = try ledger.latestCheckpoint()
+        guard let to = to ?? latest?.treeSize else {
+            throw WardenError(.notFound, "the ledger has no signed checkpoint yet; give --to", file: ledger.database.path)
+        }
+        let p = try ledger.consistencyProof(from: from, to: to)
+        func signed(_ size: Int64, _ root: Data) throws -> SignedCheckpoint.JSONForm? {
+            guard let cp = try ledger.checkpoint(treeSize: size) else { return nil }
+            guard cp.root == root else {
+                throw WardenError(.corrupt, "the tree of \(size) entries does not match its signed checkpoint; run warden ledger verify", file: ledger.database.path)
+            }
+            return cp.jsonForm(publicKey: try ledger.publicKey(of: cp.host))
+        }
+        let out = Out(from: p.from, to: p.to, oldRootHex: p.oldRoot.hexEncoded, newRootHex: p.newRoot.hexEncoded,
+                      proofHex: p.proof.map(\.hexEncoded), oldCheckpoint: try signed(p.from, p.oldRoot),
+                      newCheckpoint: try signed(p.to, p.newRoot))
+        if json {
+            Output.stdout.line(try Output.json(out))
+        } else {
+            Output.stdout.line("consistency of the tree of \(out.from) entries with the tree of \(out.to)")
+            Output.stdout.line("old root: \(out.oldRootHex)\(out.oldCheckpoint == nil ? " (no checkpoint of this size)" : " (signed)")")
+            Output.stdout.line("new root: \(out.newRootHex)\(out.newCheckpoint == nil ? " (no checkpoint of this size)" : " (signed)")")
+            for (i, h) in out.proofHex.enumerated() { Output.stdout.line("proof[\(i)]: \(h)") }
+        }
+    }
+}
+
+struct LedgerCheckpoint: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint",
+        abstract: "Print the latest signed checkpoint.")
+    @OptionGroup var options: LedgerLogOptions
+    @Flag(help: "Print JSON (docs/json-schemas/ledger-checkpoint.v1.json).") var json = false
+
+    func run() throws {
+        let ledger = try options.open(create: false, readOnly: true)
+        guard let cp = try ledger.latestCheckpoint() else {
+            throw WardenError(.notFound, "the ledger has no signed checkpoint yet", file: ledger.database.path)
+        }
+        let key = try ledger.publicKey(of: cp.host)
+        if json {
+            Output.stdout.line(try Output.json(cp.jsonForm(publicKey: key)))
+        } else {
+            Output.stdout.line("tree size: \(cp.treeSize)")
+            Output.stdout.line("root: \(cp.root.hexEncoded)")
+            Output.stdout.line("time: \(LedgerTime.rfc3339(cp.timeMicros))")
+            Output.stdout.line("host: \(cp.host)")
+            Output.stdout.line("public key: \(key?.hexEncoded ?? "unknown")")
+            Output.stdout.line("signature: \(cp.signature.hexEncoded)")
+        }
+    }
+}
+
+struct LedgerExport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write every event as an in-toto Statement v1, one JSON object per line.",
+        discussion: "Subjects: the VM (uri urn:uuid:…, digest sha256 of that URI) and its disks' content fingerprints. Predicate type \(LedgerExporter.predicateType).")
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "Only this VM's events.") var vm: String?
+    @Option(help: "Only events from this sequence number on.") var fromSeq: Int64 = 1
+
+    func run() throws {
+        let ledger = try options.open(create: false, readOnly: true)
+        let only = try vm.map { try ledger.resolveVM($0).id }
+        try LedgerExporter(ledger: ledger).export(vm: only, fromSeq: fromSeq) { line in
+            try Output.stdout.write(line)
+        }
+    }
+}
