@@ -194,7 +194,8 @@ public struct LedgerVerifier {
                         report.subtreesChecked += 1
                         let h = try Data.fetchOne(nodeStmt, arguments: [level, index])
                         if h != hash, nodeProblem == nil {
-                            let first = index << Int64(level) + 1, last = (index + 1) << Int64(level)
+                            // Entries up to the last verified checkpoint are known good.
+                            let first = max(index << Int64(level) + 1, lastGoodCheckpoint + 1), last = (index + 1) << Int64(level)
                             nodeProblem = .init(kind: "subtree", seq: first, lastSeq: last,
                                                 message: h == nil ? "the stored hash of entries \(first)…\(last) is missing"
                                                     : "entries \(first)…\(last) do not match their stored subtree hash: one of them was changed together with its leaf hash")

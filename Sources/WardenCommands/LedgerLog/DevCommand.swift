@@ -62,6 +62,7 @@ struct DevAppendLoop: ParsableCommand {
 
     func run() throws {
         let ledger = try options.open(create: true)
+        try Array("ready\n".utf8).withUnsafeBytes { try FileDescriptorIO.writeAll(1, $0, name: "standard output") }
         var n = 0
         var vm: VMID?
         while count.map({ n < $0 }) ?? true {
