@@ -46,7 +46,7 @@ let package = Package(
         .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
         .target(name: "Ledger", dependencies: [
-            "WardenCore", "Inspection", "Advisories",
+            "WardenCore", "Inspection", "Advisories", "CSQLite",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),

@@ -1,3 +1,4 @@
+import CSQLite
 import Crypto
 import Foundation
 import GRDB
@@ -83,6 +84,8 @@ public struct LedgerVerifier {
     public let witness: Witness
     /// Entries read per read transaction.
     var chunk: Int64 = 1 << 16
+    /// Read transactions hashing leaves at the same time.
+    var workers = max(1, min(4, ProcessInfo.processInfo.activeProcessorCount))
 
     public init(database: WardenDatabase, keysDirectory: String? = nil) {
         self.database = database
@@ -160,72 +163,102 @@ public struct LedgerVerifier {
         var stopped = false
         var rootAtWitness: Data? = witnessCP?.treeSize == 0 ? Merkle.emptyRoot : nil
         var start: Int64 = 0
+        let nodeLookup = { (level: Int, index: Int64) throws -> Data? in
+            try database.read { db in
+                try Data.fetchOne(db.cachedStatement(sql: "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?"), arguments: [level, index])
+            }
+        }
         walk: while start < maxSeq {
-            let end = min(start + chunk, maxSeq)
-            do { try database.read { db in
-                let stmt = try db.makeStatement(sql: """
-                    SELECT seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
-                    FROM events WHERE seq > ? AND seq <= ? ORDER BY seq
-                    """)
-                let nodeStmt = try db.makeStatement(sql: "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?")
-                let rows = try Row.fetchCursor(stmt, arguments: [start, end])
-                var entry: [UInt8] = []
-                entry.reserveCapacity(1024)
-                while let r = try rows.next() {
-                    let seq: Int64 = r[0]
-                    let expected = frontier.size + 1
-                    if seq != expected {
-                        report.add("missing", seq: expected, lastSeq: seq - 1,
-                                   expected == seq - 1 ? "entry \(expected) is missing (deleted)"
-                                                       : "entries \(expected)…\(seq - 1) are missing (deleted)")
-                        stopped = true; return
-                    }
-                    entry.removeAll(keepingCapacity: true)
-                    Self.encodeRow(r, seq: seq, into: &entry)
-                    let leaf = LedgerEntry.leafHash(entry)
-                    let stored = r.dataNoCopy(atIndex: 10)
-                    if stored != leaf {
-                        report.add(Self.explainMismatch(r, seq: seq, stored: stored))
-                        stopped = true; return
-                    }
-                    var nodeProblem: VerifyReport.Problem?
-                    try frontier.append(leaf: leaf) { level, index, hash in
-                        guard level >= LogAppender.storedLevel else { return }
-                        report.subtreesChecked += 1
-                        let h = try Data.fetchOne(nodeStmt, arguments: [level, index])
-                        if h != hash, nodeProblem == nil {
-                            // Entries up to the last verified checkpoint are known good.
-                            let first = max(index << Int64(level) + 1, lastGoodCheckpoint + 1), last = (index + 1) << Int64(level)
-                            nodeProblem = .init(kind: "subtree", seq: first, lastSeq: last,
-                                                message: h == nil ? "the stored hash of entries \(first)…\(last) is missing"
-                                                    : "entries \(first)…\(last) do not match their stored subtree hash: one of them was changed together with its leaf hash")
-                        }
-                    }
-                    report.entriesChecked += 1
-                    if let p = nodeProblem { report.add(p); stopped = true; return }
-                    if seq == witnessCP?.treeSize { rootAtWitness = frontier.root }
-                    if cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == seq {
-                        let root = frontier.root
-                        while cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == seq {
-                            let c = checkpoints[cpIndex]
-                            if c.cp.root != root {
-                                report.add("checkpoint", seq: lastGoodCheckpoint + 1, lastSeq: seq,
-                                           "the tree of entries 1…\(seq) does not match signed checkpoint #\(c.id): an entry in \(lastGoodCheckpoint + 1)…\(seq) was changed together with its leaf hash")
-                                stopped = true; return
+            // Leaf hashes of the next chunks, computed in parallel (one read transaction each);
+            // then folded into the tree in order here.
+            var ranges: [(Int64, Int64)] = []
+            var s0 = start
+            for _ in 0..<workers where s0 < maxSeq {
+                ranges.append((s0, min(s0 + chunk, maxSeq))); s0 = min(s0 + chunk, maxSeq)
+            }
+            let batches = LeafBatches(count: ranges.count)
+            let database = self.database
+            let work = ranges
+            DispatchQueue.concurrentPerform(iterations: work.count) { i in
+                batches.set(i, Result { try database.read { db in try Self.leaves(db, from: work[i].0, to: work[i].1) } })
+            }
+            for i in ranges.indices {
+                let batch: LeafBatch
+                do { batch = try batches.get(i) } catch let e as WardenError where e.code == .corrupt {
+                    report.add("damaged", seq: frontier.size + 1,
+                               "entries from \(frontier.size + 1) on cannot be read: the database file is damaged or truncated (\(e.message))")
+                    stopped = true; break walk
+                }
+                var nodeProblem: VerifyReport.Problem?
+                var checkpointProblem = false
+                batch.leaves.withUnsafeBytes { all in
+                    for k in 0..<batch.count {
+                        let leaf = Data(all[k * 32 ..< k * 32 + 32])
+                        let seq = frontier.size + 1
+                        frontier.append(leaf: leaf) { level, index, hash in
+                            guard level >= LogAppender.storedLevel, nodeProblem == nil else { return }
+                            report.subtreesChecked += 1
+                            let h: Data?
+                            do { h = try nodeLookup(level, index) } catch { h = nil }
+                            if h != hash {
+                                // Entries up to the last verified checkpoint are known good.
+                                let first = max(index << Int64(level) + 1, lastGoodCheckpoint + 1), last = (index + 1) << Int64(level)
+                                nodeProblem = .init(kind: "subtree", seq: first, lastSeq: last,
+                                                    message: h == nil ? "the stored hash of entries \(first)…\(last) is missing"
+                                                        : "entries \(first)…\(last) do not match their stored subtree hash: one of them was changed together with its leaf hash")
                             }
-                            cpIndex += 1
                         }
-                        lastGoodCheckpoint = seq
+                        report.entriesChecked += 1
+                        if nodeProblem != nil { return }
+                        if seq == witnessCP?.treeSize { rootAtWitness = frontier.root }
+                        if cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == seq {
+                            let root = frontier.root
+                            while cpIndex < checkpoints.count, checkpoints[cpIndex].cp.treeSize == seq {
+                                let c = checkpoints[cpIndex]
+                                if c.cp.root != root {
+                                    report.add("checkpoint", seq: lastGoodCheckpoint + 1, lastSeq: seq,
+                                               "the tree of entries 1…\(seq) does not match signed checkpoint #\(c.id): an entry in \(lastGoodCheckpoint + 1)…\(seq) was changed together with its leaf hash")
+                                    checkpointProblem = true
+                                    return
+                                }
+                                cpIndex += 1
+                            }
+                            lastGoodCheckpoint = seq
+                        }
                     }
                 }
-            } } catch let e as WardenError where e.code == .corrupt {
-                report.add("damaged", seq: frontier.size + 1,
-                           "entries from \(frontier.size + 1) on cannot be read: the database file is damaged or truncated (\(e.message))")
-                stopped = true
+                if let p = nodeProblem { report.add(p); stopped = true; break walk }
+                if checkpointProblem { stopped = true; break walk }
+                if let bad = batch.badSeq {
+                    if bad.missing {
+                        let expected = bad.seq
+                        report.add("missing", seq: expected, lastSeq: bad.nextPresent - 1,
+                                   expected == bad.nextPresent - 1 ? "entry \(expected) is missing (deleted)"
+                                                                   : "entries \(expected)…\(bad.nextPresent - 1) are missing (deleted)")
+                    } else {
+                        let problem = try database.read { db -> VerifyReport.Problem in
+                            guard let r = try Row.fetchOne(db, sql: """
+                                SELECT seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
+                                FROM events WHERE seq = ?
+                                """, arguments: [bad.seq]) else {
+                                return .init(kind: "missing", seq: bad.seq, lastSeq: nil, message: "entry \(bad.seq) is missing (deleted)")
+                            }
+                            return Self.explainMismatch(r, seq: bad.seq, stored: r.dataNoCopy(atIndex: 10))
+                        }
+                        report.add(problem)
+                    }
+                    stopped = true; break walk
+                }
+                if batch.count < Int(ranges[i].1 - ranges[i].0) {
+                    // Rows missing at the end of the chunk.
+                    let expected = frontier.size + 1
+                    report.add("missing", seq: expected, lastSeq: ranges[i].1,
+                               "entries \(expected)…\(ranges[i].1) are missing (deleted)")
+                    stopped = true; break walk
+                }
             }
+            start = ranges.last!.1
             progress?(frontier.size, maxSeq)
-            if stopped { break walk }
-            start = end
         }
         report.treeSize = stopped ? maxSeq : frontier.size
         if !stopped { report.rootHex = frontier.root.hexEncoded }
@@ -286,4 +319,79 @@ public struct LedgerVerifier {
 
 extension VerifyReport {
     mutating func add(_ p: Problem) { add(p.kind, seq: p.seq, lastSeq: p.lastSeq, p.message) }
+}
+
+/// Leaf hashes of a run of entries, and where the run first went wrong.
+struct LeafBatch: Sendable {
+    struct Bad: Sendable { var seq: Int64; var missing: Bool; var nextPresent: Int64 }
+    /// 32 bytes per leaf, in seq order.
+    var leaves: [UInt8] = []
+    var count = 0
+    var badSeq: Bad?
+}
+
+/// Results of parallel leaf hashing, by chunk.
+final class LeafBatches: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [Result<LeafBatch, Error>?]
+    init(count: Int) { results = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ r: Result<LeafBatch, Error>) { lock.withLock { results[i] = r } }
+    func get(_ i: Int) throws -> LeafBatch { try lock.withLock { results[i]! }.get() }
+}
+
+extension LedgerVerifier {
+    /// Recomputes the leaf hashes of entries (from, to] straight from SQLite's column bytes (no
+    /// copies), stopping at the first gap or the first row whose entry does not match its leaf hash.
+    static func leaves(_ db: Database, from: Int64, to: Int64) throws -> LeafBatch {
+        let stmt = try db.makeStatement(sql: """
+            SELECT seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
+            FROM events WHERE seq > ? AND seq <= ? ORDER BY seq
+            """)
+        try stmt.setArguments([from, to])
+        let h = stmt.sqliteStatement
+        var batch = LeafBatch()
+        batch.leaves.reserveCapacity(Int(to - from) * 32)
+        var entry: [UInt8] = []
+        entry.reserveCapacity(1024)
+        var expected = from + 1
+        func col(_ i: Int32) -> UnsafeRawBufferPointer? {
+            if sqlite3_column_type(h, i) == SQLITE_NULL { return nil }
+            let p = sqlite3_column_blob(h, i)
+            let n = Int(sqlite3_column_bytes(h, i))
+            return UnsafeRawBufferPointer(start: n == 0 ? UnsafeRawPointer(bitPattern: 1) : p, count: n)
+        }
+        let empty = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: 1), count: 0)
+        defer { sqlite3_reset(h) }
+        while true {
+            let rc = sqlite3_step(h)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else {
+                throw DatabaseError(resultCode: ResultCode(rawValue: rc), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
+            }
+            let seq = sqlite3_column_int64(h, 0)
+            if seq != expected {
+                batch.badSeq = .init(seq: expected, missing: true, nextPresent: seq)
+                break
+            }
+            entry.removeAll(keepingCapacity: true)
+            LedgerEntry.encode(into: &entry, seq: seq, kind: col(1) ?? empty, vm: col(2), actor: col(3) ?? empty,
+                               host: col(4) ?? empty, timeMicros: sqlite3_column_int64(h, 5),
+                               generationBefore: col(6), generationAfter: col(7), payloadText: col(8) ?? empty,
+                               reported: sqlite3_column_int64(h, 9) != 0)
+            var hasher = SHA256()
+            hasher.update(data: [0x00] as [UInt8])
+            entry.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+            let digest = hasher.finalize()
+            let stored = col(10)
+            let matches = digest.withUnsafeBytes { d in stored.map { $0.count == 32 && memcmp(d.baseAddress!, $0.baseAddress!, 32) == 0 } ?? false }
+            if !matches {
+                batch.badSeq = .init(seq: seq, missing: false, nextPresent: seq)
+                break
+            }
+            digest.withUnsafeBytes { batch.leaves.append(contentsOf: $0) }
+            batch.count += 1
+            expected += 1
+        }
+        return batch
+    }
 }
