@@ -3,14 +3,7 @@ import Foundation
 import Ledger
 import WardenCore
 
-/// `warden dev …`: tools for developers and benchmarks (not for production ledgers).
-struct DevCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "dev",
-        abstract: "Developer tools: synthetic fleets for benchmarks.",
-        subcommands: [DevSynth.self, DevAppendLoop.self, DevBenchProof.self]
-    )
-}
+// `warden dev synth`, `append-loop` and `bench-proof` (registered in ../DevCommand.swift).
 
 struct DevSynth: ParsableCommand {
     static let configuration = CommandConfiguration(
