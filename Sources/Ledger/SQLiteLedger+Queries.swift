@@ -1,0 +1,97 @@
+import Foundation
+import GRDB
+import WardenCore
+
+/// The query primitives of ``LedgerQueries`` in SQL. The algorithms (exposure, lineage, census)
+/// are shared by every backend and live in LedgerQueries.swift.
+extension SQLiteLedger: LedgerQueries {
+    public func residencies(on host: HostName, overlapping from: Date, _ to: Date, now: Date) throws -> [ResidencyRecord] {
+        let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), nowUs = LedgerTime.micros(now)
+        // residency_by_host (host, from_us, to_us) covers the range; open intervals end at `now`.
+        return try database.read { db in
+            let s = try db.cachedStatement(sql: """
+                SELECT vm, host, kind, from_us, to_us FROM residency
+                WHERE host = ? AND from_us <= ?
+                  AND ((to_us IS NOT NULL AND to_us > ? AND to_us > from_us) OR (to_us IS NULL AND ? > ? AND ? > from_us))
+                """)
+            return try Row.fetchAll(s, arguments: [host.value, t2, t1, nowUs, t1, nowUs]).map(Rows.residency)
+        }
+    }
+
+    /// Children without their labels (the queries do not need them).
+    public func children(of parents: [VMID]) throws -> [VMRecord] {
+        guard !parents.isEmpty else { return [] }
+        let file = database.path
+        return try database.read { db in
+            var out: [VMRecord] = []
+            for start in stride(from: 0, to: parents.count, by: 500) {
+                let batch = parents[start..<min(start + 500, parents.count)]
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let s = try db.cachedStatement(sql: """
+                    SELECT id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac
+                    FROM vms WHERE parent IN (\(marks))
+                    """)
+                for r in try Row.fetchAll(s, arguments: StatementArguments(batch.map(\.description))) {
+                    out.append(try Rows.vm(r, file: file))
+                }
+            }
+            return out
+        }
+    }
+
+    public func censusFacts() throws -> [CensusFacts] {
+        try database.read { db in
+            var os: [String: String] = [:]
+            // The bare json_extract takes its value from the row with max(seq) (SQLite's min/max rule).
+            for r in try Row.fetchAll(db, sql: """
+                SELECT vm, json_extract(payload, '$.os') AS os, max(seq) FROM events
+                WHERE vm IS NOT NULL AND kind IN ('registered', 'discovered', 'copied', 'cloned', 'scanned')
+                  AND json_type(payload, '$.os') = 'text'
+                GROUP BY vm
+                """) {
+                os[r["vm"]] = r["os"]
+            }
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT v.id, v.name, v.owner, v.state, v.created_us, e.retired, e.started, e.scanned
+                FROM vms v LEFT JOIN (
+                    SELECT vm,
+                           max(CASE WHEN kind = 'retired' THEN time_us END) AS retired,
+                           max(CASE WHEN kind = 'started' THEN time_us END) AS started,
+                           max(CASE WHEN kind = 'scanned' THEN time_us END) AS scanned
+                    FROM events WHERE vm IS NOT NULL AND kind IN ('retired', 'started', 'scanned')
+                    GROUP BY vm
+                ) e ON e.vm = v.id
+                """)
+            return try rows.map { r in
+                let idText: String = r["id"]
+                guard let id = VMID(idText), let state = VMState(rawValue: r["state"]) else {
+                    throw WardenError(.corrupt, "a VM row is malformed", file: database.path)
+                }
+                let retired: Int64? = r["retired"], started: Int64? = r["started"], scanned: Int64? = r["scanned"]
+                return CensusFacts(id: id, name: r["name"], owner: r["owner"], state: state,
+                                   createdAt: LedgerTime.date(r["created_us"]),
+                                   retiredAt: retired.map(LedgerTime.date), lastStarted: started.map(LedgerTime.date),
+                                   lastScan: scanned.map(LedgerTime.date), os: os[idText])
+            }
+        }
+    }
+
+    public func disks(withFingerprint fingerprint: Digest) throws -> [DiskRecord] {
+        try database.read { db in
+            let vms = try String.fetchAll(db, sql: "SELECT DISTINCT vm FROM disks WHERE fingerprint = ?",
+                                          arguments: [fingerprint.description])
+            return try vms.compactMap(VMID.init).flatMap { try Rows.fetchDisks(db, $0) }
+                .filter { $0.fingerprint == fingerprint }
+        }
+    }
+
+    public func disk(atPath path: String) throws -> DiskRecord? {
+        try database.read { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT vm, idx FROM disks WHERE path = ? ORDER BY vm, idx LIMIT 1",
+                                           arguments: [path]),
+                  let vm = VMID(r["vm"] as String) else { return nil }
+            let idx: Int = r["idx"]
+            return try Rows.fetchDisks(db, vm).first { $0.index == idx }
+        }
+    }
+}
