@@ -156,11 +156,17 @@ struct DiscoverCommand: ParsableCommand {
                 guard try Self.isImage(path) else { continue }
                 examined.append(try ExaminedDisk.examine(path))
             } catch let e as WardenError {
-                problems.append(Problem(path: path, error: e.inFile(path).description))
+                // A problem in a backing file is reported under the image that needs it.
+                let text = e.file == nil || e.file == path ? e.inFile(path).description : "\(path): \(e.description)"
+                problems.append(Problem(path: path, error: text))
             }
         }
         // Images without a backing file first, so a base is seen before its overlays.
-        examined.sort { ($0.backingChain.isEmpty ? 0 : 1, Array($0.path.utf8)) < ($1.backingChain.isEmpty ? 0 : 1, Array($1.path.utf8)) }
+        examined.sort { a, b in
+            let (ka, kb) = (a.backingChain.isEmpty ? 0 : 1, b.backingChain.isEmpty ? 0 : 1)
+            if ka != kb { return ka < kb }
+            return Array(a.path.utf8).lexicographicallyPrecedes(Array(b.path.utf8))
+        }
         var images: [Image] = []
         var copies: [Copy] = []
         var firstWithContent: [Digest: Int] = [:]

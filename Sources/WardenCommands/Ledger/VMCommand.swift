@@ -590,7 +590,8 @@ struct VMLineage: ParsableCommand {
                 switch ch {
                 case "\"": r += "\\\""
                 case "\\": r += "\\\\"
-                case "\n", "\r": r += " "
+                case "\n": r += "\\n"
+                case "\r": r += " "
                 default: r += ch.value < 0x20 ? " " : String(ch)
                 }
             }
