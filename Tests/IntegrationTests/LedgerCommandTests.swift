@@ -108,9 +108,10 @@ struct LedgerCLI {
             #expect(nodes[1]["parent_generation"] as? String == vm["generation"] as? String)
             let dot = try l.run(["vm", "lineage", "web", "--dot"]).stdoutText
             #expect(dot.hasPrefix("digraph lineage {") && dot.contains("\"\(id)\" -> \"\(copyID)\""))
-            if FileManager.default.isExecutableFile(atPath: "/usr/bin/dot") {
-                try Tool.run(["dot", "-Tsvg", "-o", "/dev/null"], stdin: Data(dot.utf8))
-            }
+            // Graphviz parses it (scripts/install-deps installs it).
+            let svg = try Tool.run(["dot", "-Tsvg"], stdin: Data(dot.utf8)).stdoutText
+            #expect(svg.components(separatedBy: "class=\"node\"").count - 1 == 3)
+            #expect(svg.components(separatedBy: "class=\"edge\"").count - 1 == 2)
 
             // Residency from an orchestrator: started on h1, stopped two days later.
             try l.run(["host", "add", "h1", "--label", "dc=par"])
