@@ -12,8 +12,10 @@ public protocol LedgerQueries: LedgerStore {
     /// Residency intervals on `host` that overlap the closed window `[from, to]`:
     /// `interval.from <= to && (interval.to ?? now) > from`, empty intervals excluded.
     func residencies(on host: HostName, overlapping from: Date, _ to: Date, now: Date) throws -> [ResidencyRecord]
-    /// The VMs whose `parent` is one of `parents`.
+    /// The VMs whose `parent` is one of `parents` (labels need not be loaded).
     func children(of parents: [VMID]) throws -> [VMRecord]
+    /// The VMs with these ids, in any order; unknown ids are left out (labels need not be loaded).
+    func vms(withIDs ids: [VMID]) throws -> [VMRecord]
     /// One row of facts per VM, for the census.
     func censusFacts() throws -> [CensusFacts]
     /// Disks (of any VM) whose content fingerprint is `fingerprint`.
@@ -106,10 +108,11 @@ extension LedgerQueries {
             }
             frontier = next
         }
+        for r in try vms(withIDs: since.keys.filter { records[$0] == nil }) { records[r.id] = r }
         var out: [ExposedVM] = []
         out.reserveCapacity(since.count)
         for (id, start) in since {
-            guard let rec = try records[id] ?? vm(id) else { continue }
+            guard let rec = records[id] else { continue }
             let own = intervals[id] ?? []
             // A VM inherits only if the parent path is what made it earliest, or it has no interval.
             let parent = inheritedFrom[id]

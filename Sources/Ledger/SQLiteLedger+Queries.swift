@@ -20,16 +20,26 @@ extension SQLiteLedger: LedgerQueries {
 
     /// Children without their labels (the queries do not need them).
     public func children(of parents: [VMID]) throws -> [VMRecord] {
-        guard !parents.isEmpty else { return [] }
+        try vmsWhere("parent", in: parents)
+    }
+
+    public func vms(withIDs ids: [VMID]) throws -> [VMRecord] {
+        try vmsWhere("id", in: ids)
+    }
+
+    /// VM rows (without labels) whose `column` is one of `values`, in batches of 500 bound parameters.
+    private func vmsWhere(_ column: String, in values: [VMID]) throws -> [VMRecord] {
+        guard !values.isEmpty else { return [] }
+        precondition(column == "id" || column == "parent")
         let file = database.path
         return try database.read { db in
             var out: [VMRecord] = []
-            for start in stride(from: 0, to: parents.count, by: 500) {
-                let batch = parents[start..<min(start + 500, parents.count)]
+            for start in stride(from: 0, to: values.count, by: 500) {
+                let batch = values[start..<min(start + 500, values.count)]
                 let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
                 let s = try db.cachedStatement(sql: """
                     SELECT id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac
-                    FROM vms WHERE parent IN (\(marks))
+                    FROM vms WHERE \(column) IN (\(marks))
                     """)
                 for r in try Row.fetchAll(s, arguments: StatementArguments(batch.map(\.description))) {
                     out.append(try Rows.vm(r, file: file))

@@ -122,7 +122,9 @@ struct LedgerCLI {
             try l.run(["event", "record", "--vm", "web", "--kind", "stopped", "--host", "h1", "--at", "2026-01-12T00:00:00Z",
                        "--payload", "{\"reason\":\"maintenance\"}"])
             // The copies were made now, after web's exposure began: they inherit it.
-            let exp = try l.json(["exposure", "--host", "h1", "--from", "2026-01-11T00:00:00Z", "--to", "2026-01-11T12:00:00Z"])
+            // 2026-01-11T00:00:00Z, written with a zone offset; the end as seconds since the epoch.
+            let exp = try l.json(["exposure", "--host", "h1", "--from", "2026-01-11T01:00:00+01:00", "--to", "@1768132800"])
+            #expect(exp["to"] as? String == "2026-01-11T12:00:00.000000Z")
             let exposed = try #require(exp["vms"] as? [[String: Any]])
             #expect(exposed.map { $0["vm"] as? String } == [id, copyID, ovID])
             #expect(exposed.map { $0["how"] as? String } == ["direct", "inherited", "inherited"])
