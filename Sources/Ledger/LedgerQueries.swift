@@ -16,6 +16,13 @@ public protocol LedgerQueries: LedgerStore {
     func children(of parents: [VMID]) throws -> [VMRecord]
     /// The VMs with these ids, in any order; unknown ids are left out (labels need not be loaded).
     func vms(withIDs ids: [VMID]) throws -> [VMRecord]
+    /// The ancestors of `id` by `parent`, nearest first, at most `limit` (labels need not be loaded).
+    func ancestors(of id: VMID, limit: Int) throws -> [VMRecord]
+    /// For each VM, the events that set a new generation (its creation included), in log order;
+    /// `snapshot` holds the payload's `snapshot` when it is a string.
+    func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]]
+    /// The snapshots of these VMs.
+    func snapshots(ofVMs vms: [VMID]) throws -> [SnapshotRecord]
     /// One row of facts per VM, for the census.
     func censusFacts() throws -> [CensusFacts]
     /// Disks (of any VM) whose content fingerprint is `fingerprint`.
@@ -195,68 +202,65 @@ extension LedgerQueries {
     /// The tree of `id`'s ancestors and descendants, with snapshots and generation branches.
     public func lineage(of id: VMID, maxNodes: Int = 100_000) throws -> Lineage {
         guard let me = try vm(id) else { throw WardenError.notFound("no VM \(id)") }
-        // Ancestors, nearest first.
-        var chain: [VMRecord] = [me]
+        // Ancestors, nearest first (one query), then root first.
+        let up = try ancestors(of: id, limit: maxNodes)
+        if up.count >= maxNodes { throw WardenError.limit("VM \(id) has \(maxNodes) or more ancestors") }
         var seen: Set<VMID> = [id]
-        while let p = chain.last?.parent {
-            guard seen.insert(p).inserted else {
-                throw WardenError(.corrupt, "the lineage of \(id) has a cycle at \(p)")
-            }
-            guard let rec = try vm(p) else { break }   // parent not in this ledger
-            chain.append(rec)
-            if chain.count > maxNodes { throw WardenError.limit("more than \(maxNodes) ancestors") }
+        for a in up where !seen.insert(a.id).inserted {
+            throw WardenError(.corrupt, "the lineage of \(id) has a cycle at \(a.id)")
         }
-        chain.reverse()
+        let chain = [me] + up
+        let ordered = Array(chain.reversed())
         // Descendants, breadth first in batches.
         var kids: [VMID: [VMRecord]] = [:]
         var frontier = [id]
         var count = chain.count
         while !frontier.isEmpty {
             var next: [VMID] = []
-            for start in stride(from: 0, to: frontier.count, by: 500) {
-                let batch = Array(frontier[start..<min(start + 500, frontier.count)])
-                for c in try children(of: batch) {
-                    guard let p = c.parent, seen.insert(c.id).inserted else { continue }
-                    kids[p, default: []].append(c)
-                    next.append(c.id)
-                    count += 1
-                    if count > maxNodes { throw WardenError.limit("lineage has more than \(maxNodes) VMs") }
-                }
+            for c in try children(of: frontier) {
+                guard let p = c.parent, seen.insert(c.id).inserted else { continue }
+                kids[p, default: []].append(c)
+                next.append(c.id)
+                count += 1
+                if count > maxNodes { throw WardenError.limit("the lineage of \(id) has more than \(maxNodes) VMs") }
             }
             frontier = next
         }
-        var nodes: [LineageNode] = []
-        func node(_ r: VMRecord, role: LineageNode.Role, depth: Int) throws -> LineageNode {
-            let events = try self.events(of: r.id)
-            let snaps = try snapshots(of: r.id)
-            let relation = events.first(where: { $0.kind != .policyDecision })?.kind.rawValue ?? "unknown"
-            var steps: [GenerationStep] = []
+        let all = Array(seen)
+        var steps = try generationEvents(of: all)
+        var snaps: [VMID: [SnapshotRecord]] = [:]
+        for s in try snapshots(ofVMs: all) { snaps[s.vm, default: []].append(s) }
+        func node(_ r: VMRecord, role: LineageNode.Role, depth: Int) -> LineageNode {
+            let mine = (snaps[r.id] ?? []).sorted { ($0.createdAt, $0.name) < ($1.createdAt, $1.name) }
+            let events = steps.removeValue(forKey: r.id) ?? []
+            var out: [GenerationStep] = []
             for e in events {
-                guard let after = e.generationAfter, after != e.generationBefore else { continue }
-                var parentGen = e.generationBefore
-                let snapName = e.payload["snapshot"]?.stringValue
-                if e.kind == .rolledBack, let snapName, let s = snaps.last(where: { $0.name == snapName && $0.createdAt <= e.time }) ?? snaps.last(where: { $0.name == snapName }) {
-                    parentGen = s.generation
+                var step = e
+                if e.kind == .rolledBack, let name = e.snapshot,
+                   let s = mine.last(where: { $0.name == name && $0.createdAt <= e.time }) ?? mine.last(where: { $0.name == name }) {
+                    step.parentGeneration = s.generation
                 }
-                steps.append(GenerationStep(generation: after, parentGeneration: parentGen, kind: e.kind,
-                                            seq: e.seq, time: e.time, snapshot: e.kind == .rolledBack ? snapName : nil))
+                if e.kind != .rolledBack { step.snapshot = nil }
+                out.append(step)
             }
             return LineageNode(id: r.id, name: r.name, owner: r.owner, state: r.state, generation: r.generation,
                                parent: r.parent, parentGeneration: r.parentGeneration, createdAt: r.createdAt,
-                               role: role, depth: depth, relation: relation,
-                               snapshots: snaps.map { LineageSnapshot(name: $0.name, generation: $0.generation, createdAt: $0.createdAt) },
-                               generations: steps)
+                               role: role, depth: depth, relation: events.first?.kind.rawValue ?? "unknown",
+                               snapshots: mine.map { LineageSnapshot(name: $0.name, generation: $0.generation, createdAt: $0.createdAt) },
+                               generations: out)
         }
-        for (i, a) in chain.enumerated() {
-            nodes.append(try node(a, role: a.id == id ? .self : .ancestor, depth: i))
+        var nodes: [LineageNode] = []
+        nodes.reserveCapacity(count)
+        for (i, a) in ordered.enumerated() {
+            nodes.append(node(a, role: a.id == id ? .self : .ancestor, depth: i))
         }
         // Depth-first below `id`, siblings by creation time then id.
-        var stack: [(VMRecord, Int)] = (kids[id] ?? []).sorted(by: Self.older).reversed().map { ($0, chain.count) }
+        var stack: [(VMRecord, Int)] = (kids[id] ?? []).sorted(by: Self.older).reversed().map { ($0, ordered.count) }
         while let (r, d) = stack.popLast() {
-            nodes.append(try node(r, role: .descendant, depth: d))
+            nodes.append(node(r, role: .descendant, depth: d))
             for c in (kids[r.id] ?? []).sorted(by: Self.older).reversed() { stack.append((c, d + 1)) }
         }
-        return Lineage(vm: id, root: chain[0].id, nodes: nodes)
+        return Lineage(vm: id, root: ordered[0].id, nodes: nodes)
     }
 
     static func older(_ a: VMRecord, _ b: VMRecord) -> Bool { (a.createdAt, a.id) < (b.createdAt, b.id) }

@@ -27,6 +27,66 @@ extension SQLiteLedger: LedgerQueries {
         try vmsWhere("id", in: ids)
     }
 
+    public func ancestors(of id: VMID, limit: Int) throws -> [VMRecord] {
+        let file = database.path
+        return try database.read { db in
+            // Bounded by `limit`, so a (corrupt) parent cycle cannot loop forever.
+            let s = try db.cachedStatement(sql: """
+                WITH RECURSIVE up(id, n) AS (
+                    SELECT parent, 1 FROM vms WHERE id = ? AND parent IS NOT NULL
+                    UNION ALL
+                    SELECT v.parent, up.n + 1 FROM vms v JOIN up ON v.id = up.id WHERE v.parent IS NOT NULL AND up.n < ?
+                )
+                SELECT v.id, v.name, v.owner, v.state, v.generation, v.parent, v.parent_generation, v.created_us, v.updated_us, v.mac
+                FROM up JOIN vms v ON v.id = up.id ORDER BY up.n
+                """)
+            return try Row.fetchAll(s, arguments: [id.description, limit]).map { try Rows.vm($0, file: file) }
+        }
+    }
+
+    public func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]] {
+        let file = database.path
+        return try database.read { db in
+            var out: [VMID: [GenerationStep]] = [:]
+            for start in stride(from: 0, to: vms.count, by: 500) {
+                let batch = vms[start..<min(start + 500, vms.count)]
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let s = try db.cachedStatement(sql: """
+                    SELECT vm, seq, kind, time_us, generation_before, generation_after,
+                           CASE WHEN json_type(payload, '$.snapshot') = 'text' THEN json_extract(payload, '$.snapshot') END AS snapshot
+                    FROM events
+                    WHERE vm IN (\(marks)) AND generation_after IS NOT NULL AND generation_after IS NOT generation_before
+                    ORDER BY vm, seq
+                    """)
+                let rows = try Row.fetchCursor(s, arguments: StatementArguments(batch.map(\.description)))
+                while let r = try rows.next() {
+                    let seq: Int64 = r["seq"]
+                    guard let vm = VMID(r["vm"] as String), let kind = EventKind(rawValue: r["kind"]),
+                          let after = try Rows.uuid(r["generation_after"], "a generation") else {
+                        throw WardenError(.corrupt, "event \(seq) is malformed", file: file)
+                    }
+                    out[vm, default: []].append(GenerationStep(
+                        generation: after, parentGeneration: try Rows.uuid(r["generation_before"], "a generation"),
+                        kind: kind, seq: seq, time: LedgerTime.date(r["time_us"]), snapshot: r["snapshot"]))
+                }
+            }
+            return out
+        }
+    }
+
+    public func snapshots(ofVMs vms: [VMID]) throws -> [SnapshotRecord] {
+        try database.read { db in
+            var out: [SnapshotRecord] = []
+            for start in stride(from: 0, to: vms.count, by: 500) {
+                let batch = vms[start..<min(start + 500, vms.count)]
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let s = try db.cachedStatement(sql: "SELECT * FROM snapshots WHERE vm IN (\(marks)) ORDER BY vm, created_us, id")
+                out += try Row.fetchAll(s, arguments: StatementArguments(batch.map(\.description))).map { try Rows.snapshot($0) }
+            }
+            return out
+        }
+    }
+
     /// VM rows (without labels) whose `column` is one of `values`, in batches of 500 bound parameters.
     private func vmsWhere(_ column: String, in values: [VMID]) throws -> [VMRecord] {
         guard !values.isEmpty else { return [] }
