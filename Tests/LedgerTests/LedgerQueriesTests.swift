@@ -4,14 +4,6 @@ import WardenTestSupport
 @testable import Ledger
 import WardenCore
 
-/// A fresh SQLite ledger in a temporary folder (real GRDB, real signing keys).
-func withLedger<T>(_ body: (SQLiteLedger) throws -> T) throws -> T {
-    try Fixtures.withTemporaryDirectory { dir in
-        let ledger = SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db"), keysDirectory: dir + "/keys")
-        return try body(ledger)
-    }
-}
-
 /// Fixed times: day N of a test calendar starting 2026-01-05 (a Monday), UTC.
 func day(_ n: Double) -> Date { Date(timeIntervalSince1970: 1_767_571_200 + n * 86_400) }
 
@@ -39,7 +31,7 @@ extension SQLiteLedger {
 
 @Suite struct ExposureTests {
     @Test func windowEdgesAndInheritance() throws {
-        try withLedger { l in
+        try withLedger { l, _ in
             let t1 = day(10), t2 = day(20), now = day(40)
             // Left H exactly at T1 (intervals are half-open): not exposed. One second later: exposed.
             let leftAtT1 = try l.make("left-at-t1", at: day(0)); try l.ran(leftAtT1, day(1), t1)
@@ -109,7 +101,7 @@ extension SQLiteLedger {
 
 @Suite struct LineageTests {
     @Test func cloneOfCloneOfCopyWithSnapshotsAndRollbacks() throws {
-        try withLedger { l in
+        try withLedger { l, _ in
             let root = try l.make("root", at: day(0))
             // A snapshot of root at its first generation, then two rollbacks to it: two branches.
             _ = try l.append(NewEvent(kind: .snapshotted, vm: root.id, time: day(0.5), payload: ["snapshot": .string("s1")]))
@@ -150,7 +142,7 @@ extension SQLiteLedger {
     }
 
     @Test func manyGenerations() throws {
-        try withLedger { l in
+        try withLedger { l, _ in
             var chain = [try l.make("gen-0", at: day(0))]
             for i in 1..<150 {
                 chain.append(try l.make("gen-\(i)", at: day(Double(i) / 10), kind: i % 3 == 0 ? .copied : .cloned, parent: chain[i - 1]))
@@ -179,7 +171,7 @@ extension SQLiteLedger {
 
 @Suite struct CensusTests {
     @Test func constructedFleet() throws {
-        try withLedger { l in
+        try withLedger { l, _ in
             // now: Wednesday 2026-03-04 12:00 UTC (day 58.5 of the test calendar); ISO week 2026-W10.
             let now = day(58.5)
             // 2026-01-05 is Monday of 2026-W02.
