@@ -94,24 +94,15 @@ public enum QEMULauncher {
     /// QEMU's own message from `qemu.log`.
     public static func launch(binary: String, arguments: [String], run: RunDirectory) throws -> pid_t {
         unlink(run.pidFile)
-        FileManager.default.createFile(atPath: run.qemuLog, contents: nil, attributes: [.posixPermissions: 0o600])
-        guard let log = FileHandle(forWritingAtPath: run.qemuLog) else {
-            throw WardenError(.io, "cannot write the QEMU log", file: run.qemuLog)
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try resolve(binary))
-        p.arguments = arguments
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = log
-        p.standardError = log
-        do { try p.run() } catch {
-            throw WardenError(.unavailable, "cannot run \(binary): \(error.localizedDescription)")
-        }
-        p.waitUntilExit()
-        try? log.close()
-        if p.terminationStatus != 0 {
+        // posix_spawn + waitpid, not Foundation.Process: Process notices a child's exit when
+        // every copy of an inherited socket closes, and QEMU's daemon child would keep it open.
+        let child = try Spawn.spawn([try resolve(binary)] + arguments, log: run.qemuLog, newSession: false, truncate: true)
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        let exited = status & 0x7f == 0, code = (status >> 8) & 0xff
+        if !exited || code != 0 {
             let text = (try? String(contentsOfFile: run.qemuLog, encoding: .utf8)) ?? ""
-            let first = text.split(separator: "\n").first.map(String.init) ?? "exit status \(p.terminationStatus)"
+            let first = text.split(separator: "\n").first.map(String.init) ?? "exit status \(code)"
             throw WardenError(.unavailable, "QEMU did not start: \(first)", file: run.qemuLog)
         }
         guard let pid = RunDirectory.readPid(run.pidFile) else {
@@ -139,5 +130,38 @@ public enum QEMULauncher {
             usleep(50_000)
         } while Date() < deadline
         return !RunDirectory.processMentions(pid, qmpSocket)
+    }
+}
+
+/// posix_spawn with only stdin (/dev/null), stdout and stderr (a log file) passed on: every other
+/// descriptor of this process is closed in the child, so QEMU and the state server never hold
+/// Warden's database, lock or pipe descriptors.
+enum Spawn {
+    static func spawn(_ argv: [String], log: String, newSession: Bool, truncate: Bool = false) throws -> pid_t {
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        if newSession {
+            posix_spawnattr_setflags(&attr, Int16(0x80))  // POSIX_SPAWN_SETSID (glibc ≥ 2.26; a GNU macro Swift does not import)
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | (truncate ? O_TRUNC : O_APPEND), 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
+        for fd in fds where fd > 2 && fcntl(fd, F_GETFD) >= 0 {
+            posix_spawn_file_actions_addclose(&actions, fd)
+        }
+        var cargs = argv.map { strdup($0) }
+        cargs.append(nil)
+        defer { for p in cargs { free(p) } }
+        var pid: pid_t = 0
+        let r = posix_spawn(&pid, argv[0], &actions, &attr, cargs, environ)
+        guard r == 0 else {
+            throw WardenError(.unavailable, "cannot start \(argv[0]): \(String(cString: strerror(r)))")
+        }
+        return pid
     }
 }

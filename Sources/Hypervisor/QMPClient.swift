@@ -111,7 +111,7 @@ public final class QMPClient: @unchecked Sendable {
             if let job = jobs.first(where: { $0["id"] as? String == jobID }),
                let status = job["status"] as? String, status == "concluded" || status == "null" {
                 let error = job["error"] as? String
-                try? execute("job-dismiss", ["id": jobID])
+                _ = try? execute("job-dismiss", ["id": jobID])
                 if let error { throw CommandError(command: command, errorClass: "JobFailed", desc: error) }
                 return
             }

@@ -87,7 +87,7 @@ public struct RunDirectory: Sendable {
     }
 
     /// Whether `/proc/<pid>/cmdline` contains `text` (and the process is not a zombie).
-    static func processMentions(_ pid: pid_t, _ text: String) -> Bool {
+    public static func processMentions(_ pid: pid_t, _ text: String) -> Bool {
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
         if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
            let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].hasPrefix(" Z") {

@@ -75,15 +75,12 @@ public enum StateProtocol {
         }
     }
 
-    /// `n` bytes from the host kernel's CSPRNG (getrandom(2)).
+    /// `n` bytes from the host kernel's CSPRNG (`SystemRandomNumberGenerator` is getrandom(2) on Linux).
     static func randomBytes(_ n: Int) -> [UInt8]? {
-        var out = [UInt8](repeating: 0, count: n)
-        var got = 0
-        while got < n {
-            let r = out[got...].withUnsafeMutableBytes { getrandom($0.baseAddress, $0.count, 0) }
-            if r < 0 { if errno == EINTR { continue }; return nil }
-            got += r
-        }
-        return out
+        var g = SystemRandomNumberGenerator()
+        var out: [UInt8] = []
+        out.reserveCapacity(n + 8)
+        while out.count < n { withUnsafeBytes(of: g.next()) { out.append(contentsOf: $0) } }
+        return Array(out.prefix(n))
     }
 }

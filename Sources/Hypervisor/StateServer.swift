@@ -14,17 +14,17 @@ import Glibc
 /// A separate process rather than a thread of a supervisor: QEMU runs daemonized on its own
 /// (`-daemonize`), so a crash of the state server never takes the VM down, and `vm stop` or
 /// `kill -9` of QEMU ends the server by closing its socket.
-public struct StateServer {
+public struct StateServer: Sendable {
     public var vm: VMID
     public var socketPath: String
-    public var generation: () throws -> UUID
+    public var generation: @Sendable () throws -> UUID
     public var counters: CounterStore
     /// Send `GENERATION-CHANGED` with the current generation as soon as connected (after a rollback).
     public var announceAtStart: Bool
-    public var log: (String) -> Void
+    public var log: @Sendable (String) -> Void
 
-    public init(vm: VMID, socketPath: String, generation: @escaping () throws -> UUID, counters: CounterStore,
-                announceAtStart: Bool, log: @escaping (String) -> Void) {
+    public init(vm: VMID, socketPath: String, generation: @escaping @Sendable () throws -> UUID, counters: CounterStore,
+                announceAtStart: Bool, log: @escaping @Sendable (String) -> Void) {
         self.vm = vm; self.socketPath = socketPath; self.generation = generation
         self.counters = counters; self.announceAtStart = announceAtStart; self.log = log
     }
