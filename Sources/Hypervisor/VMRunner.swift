@@ -56,12 +56,17 @@ public struct VMRunner {
            let r = try? qmp.execute("query-status") as? [String: Any] {
             qemuStatus = r["status"] as? String
         }
-        let launch = try? loadLaunch(run)
+        // The accelerator QEMU really runs with (launch.json keeps what was asked, e.g. `auto`).
+        var accel: String?
+        if let pid, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") {
+            let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if let i = args.firstIndex(of: "-accel"), i + 1 < args.count { accel = args[i + 1] }
+        }
         return Status(vm: vm.id.description, name: vm.name,
                       state: pid != nil ? "running" : (run.isStale ? "stale" : "stopped"),
                       pid: pid, generation: vm.generation.uuidString.lowercased(), ledgerState: vm.state.rawValue,
                       stateServerPid: pid != nil ? run.stateServerPid : nil, runDirectory: run.path, serialLog: run.serialLog,
-                      accel: pid != nil ? launch?.accel : nil, qemuStatus: qemuStatus)
+                      accel: accel, qemuStatus: qemuStatus)
     }
 
     // MARK: Start
