@@ -11,7 +11,8 @@ public struct Warden: ParsableCommand {
         commandName: "warden",
         abstract: "Security and management layer beside the hypervisor.",
         version: "0.1.0",
-        subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self]
+        subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self,
+                      AdvisoriesCommand.self, ScanCommand.self, FleetCommand.self, DevCommand.self]
     )
     public init() {}
 
