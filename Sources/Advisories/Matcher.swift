@@ -188,7 +188,8 @@ public final class Matcher {
     /// Findings for `packages` of a guest in `ecosystem`, sorted by ``Finding/displayOrder``.
     public func findings(packages: [MatchPackage], ecosystem: GuestEcosystem) -> [Finding] {
         var out: [Finding] = []
-        var seen = Set<String>()
+        struct Seen: Hashable { var package: String; var version: String; var meta: Int }
+        var seen = Set<Seen>()
         for eco in ecosystem.names {
             guard let table = index.byEcosystem[eco] else { continue }
             for p in packages {
@@ -199,12 +200,13 @@ public final class Matcher {
                     guard let entries = table[name] else { continue }
                     let hits = hitsFor(eco: eco, name: name, version: version, entries: entries, scheme: ecosystem.scheme)
                     for h in hits {
+                        guard seen.insert(Seen(package: p.name, version: p.version, meta: h.entry.meta)).inserted else { continue }
                         let m = index.metas[h.entry.meta]
                         let f = Finding(package: p.name, installedVersion: p.version, sourcePackage: p.sourceName, matchedName: name,
                                         ecosystem: eco, advisory: m.id, source: m.source, aliases: m.aliases,
                                         severity: m.cvssScore != nil ? m.severity : (h.entry.severity.flatMap { $0 == .unknown ? nil : $0 } ?? m.severity),
                                         cvssScore: m.cvssScore, fixedVersion: h.fixed, status: h.status, summary: m.summary)
-                        if seen.insert(f.key).inserted { out.append(f) }
+                        out.append(f)
                     }
                 }
             }

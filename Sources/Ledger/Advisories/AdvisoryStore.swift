@@ -255,6 +255,30 @@ public struct AdvisoryStore: Sendable {
         }
     }
 
+    /// One inventory to store with ``storeInventories(_:at:)``.
+    public struct NewInventory: Sendable {
+        public var key: WardenCore.Digest
+        public var image: String
+        public var osID: String?
+        public var versionID: String?
+        public var packages: [MatchPackage]
+        public init(key: WardenCore.Digest, image: String, osID: String?, versionID: String?, packages: [MatchPackage]) {
+            self.key = key; self.image = image; self.osID = osID; self.versionID = versionID; self.packages = packages
+        }
+    }
+
+    /// Stores many inventories in one transaction.
+    public func storeInventories(_ items: [NewInventory], at now: Date = Date()) throws {
+        let blobs = items.map { Self.encodePackages($0.packages) }
+        try database.write { db in
+            for (i, blob) in zip(items, blobs) {
+                try InventoryRow(key: i.key.description, osId: i.osID, versionId: i.versionID, packageCount: i.packages.count,
+                                 packages: blob, inspectedAt: now).save(db)
+                try InventoryImageRow(path: i.image, inventory: i.key.description, scannedAt: now).save(db)
+            }
+        }
+    }
+
     static func encodePackages(_ packages: [MatchPackage]) -> Data {
         CompactLines.encode(packages.map { p in
             [p.name, p.version, p.sourceName == p.name ? "" : p.sourceName, p.sourceVersion == p.version ? "" : p.sourceVersion]
@@ -328,12 +352,19 @@ public struct AdvisoryStore: Sendable {
         }
     }
 
+    /// A digest of a finding set in the matcher's (deterministic) order: equal sets, equal hashes.
     static func findingsHash(_ findings: [Finding]) -> String {
-        var h = SHA256()
-        for f in findings.sorted(by: { $0.key < $1.key }) {
-            h.update(data: Data((f.key + "\u{1F}\(f.severity.rawValue)\u{1F}\(f.fixedVersion ?? "-")\u{1E}").utf8))
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(findings.count * 64)
+        for f in findings {
+            bytes += f.package.utf8; bytes.append(0x1F)
+            bytes += f.installedVersion.utf8; bytes.append(0x1F)
+            bytes += f.source.utf8; bytes.append(0x1F)
+            bytes += f.advisory.utf8; bytes.append(0x1F)
+            bytes.append(UInt8(f.severity.rawValue)); bytes.append(0x1F)
+            bytes += (f.fixedVersion ?? "").utf8; bytes.append(0x1E)
         }
-        return h.finalize().map { String(format: "%02x", $0) }.joined()
+        return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
 
     static func encodeFindings(_ findings: [Finding]) -> Data {

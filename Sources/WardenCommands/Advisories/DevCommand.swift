@@ -79,6 +79,7 @@ struct DevCommand: ParsableCommand {
         func run() throws {
             let store = AdvisoryStore(try database.open())
             var rng = Rng(state: seed)
+            var batch: [AdvisoryStore.NewInventory] = []
             for n in start..<(start + count) {
                 var chosen = Set<Int>()
                 while chosen.count < min(perInventory, packages) { chosen.insert(rng.below(packages)) }
@@ -88,9 +89,11 @@ struct DevCommand: ParsableCommand {
                 }
                 let digits = String(n, radix: 16)
                 let hex = String(repeating: "0", count: max(0, 64 - digits.count)) + digits
-                try store.storeInventory(key: WardenCore.Digest(algorithm: "synthetic", hex: hex), image: "/synthetic/vm\(n).qcow2",
-                                         osID: "debian", versionID: "12", packages: pk)
+                batch.append(.init(key: WardenCore.Digest(algorithm: "synthetic", hex: hex), image: "/synthetic/vm\(n).qcow2",
+                                   osID: "debian", versionID: "12", packages: pk))
+                if batch.count == 500 { try store.storeInventories(batch); batch.removeAll() }
             }
+            if !batch.isEmpty { try store.storeInventories(batch) }
             Output.stdout.line("\(count) synthetic inventories stored")
         }
     }
