@@ -106,4 +106,31 @@ import WardenCore
             #expect(try store.advisoriesImported(after: t1).isEmpty)
         }
     }
+
+    @Test func rescanNamesLedgerVMsAndScanAppendsScannedEvents() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let db = try WardenDatabase(path: tmp + "/w.db")
+            let store = AdvisoryStore(db)
+            let ledger = SQLiteLedger(database: db, signs: false)
+            let key = Digest(algorithm: "sha256", hex: String(repeating: "12", count: 32))
+            let (byPrint, _) = try ledger.createVM(VMRecord(name: "web1", owner: "ops"),
+                                                   disks: [DiskRecord(vm: VMID(), index: 0, path: "/elsewhere/web1.qcow2", format: "qcow2", fingerprint: key)],
+                                                   event: NewEvent(kind: .registered, vm: nil))
+            let (byPath, _) = try ledger.createVM(VMRecord(name: "db1", owner: "ops"),
+                                                  disks: [DiskRecord(vm: VMID(), index: 0, path: "/img/db1.qcow2", format: "qcow2")],
+                                                  event: NewEvent(kind: .registered, vm: nil))
+            try store.storeInventory(key: key, image: "/img/db1.qcow2", osID: "debian", versionID: "12",
+                                     packages: [MatchPackage(name: "tar", version: "1.0-1", sourceName: "tar", sourceVersion: "1.0-1")])
+            _ = try store.importRecords([record("T", modified: 1, fixed: "1.1-1", package: "tar")], file: "f")
+            let r = try store.rescan()
+            #expect(Set(r.changed.first?.vms.map(\.name) ?? []) == ["web1", "db1"])
+            let findings = try store.latestFindings(for: key)
+            let vms = try store.recordScan(ledger: ledger, image: "/img/db1.qcow2", key: key, findings: findings)
+            #expect(vms.count == 2)
+            #expect(try ledger.lastScan(of: byPrint.id) != nil)
+            #expect(try ledger.lastScan(of: byPath.id) != nil)
+            let ev = try #require(try ledger.events(of: byPath.id).last)
+            #expect(ev.kind == .scanned && ev.payload["vulnerable"] == .number(1) && ev.payload["max_severity"] == .string("high"))
+        }
+    }
 }

@@ -8,8 +8,8 @@ public struct InventoryChange: Codable, Sendable {
     public var inventory: String
     /// Image paths last scanned with this content.
     public var images: [String]
-    /// Ledger VMs whose disks have this content (empty until the VM store maps them).
-    public var vms: [String]
+    /// Ledger VMs with a disk of this content (by fingerprint) or at one of ``images``.
+    public var vms: [AffectedVM]
     public var ecosystem: String?
     /// True when the inventory had never been assessed (every finding is new).
     public var firstAssessment: Bool
@@ -71,7 +71,9 @@ extension AdvisoryStore {
             if d.added.isEmpty && d.removed.isEmpty { continue } // same findings (or none yet), new details
             report.newFindings += d.added.count
             report.goneFindings += d.removed.count
-            report.changed.append(InventoryChange(inventory: inv.key.description, images: images[inv.key.description] ?? [], vms: [],
+            let paths = images[inv.key.description] ?? []
+            let vms = try database.read { db in try Self.vms(db, key: inv.key.description, paths: paths) }
+            report.changed.append(InventoryChange(inventory: inv.key.description, images: paths, vms: vms,
                                                   ecosystem: eco.names.first, firstAssessment: prev == nil,
                                                   vulnerable: findings.count, newFindings: d.added, goneFindings: d.removed))
         }
@@ -88,5 +90,51 @@ extension AdvisoryStore {
         }
         report.seconds = Date().timeIntervalSince(start)
         return report
+    }
+}
+
+/// A ledger VM one of whose disks carries an inventory's content.
+public struct AffectedVM: Codable, Sendable, Hashable {
+    public var id: String
+    public var name: String
+    public var disk: String
+}
+
+extension AdvisoryStore {
+    /// Ledger VMs with a disk whose fingerprint is `key` or whose path is one of `paths`.
+    public func vms(withContent key: WardenCore.Digest, paths: [String]) throws -> [AffectedVM] {
+        try database.read { db in try Self.vms(db, key: key.description, paths: paths) }
+    }
+
+    static func vms(_ db: Database, key: String, paths: [String]) throws -> [AffectedVM] {
+        var sql = "SELECT d.vm, v.name, d.path FROM disks d JOIN vms v ON v.id = d.vm WHERE d.fingerprint = ?"
+        var args: [any DatabaseValueConvertible] = [key]
+        if !paths.isEmpty {
+            sql += " OR d.path IN (\(paths.map { _ in "?" }.joined(separator: ",")))"
+            args += paths.map { $0 as any DatabaseValueConvertible }
+        }
+        sql += " ORDER BY v.name, d.vm, d.idx"
+        var seen = Set<String>()
+        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { r in
+            let id: String = r[0]
+            guard seen.insert(id).inserted else { return nil }
+            return AffectedVM(id: id, name: r[1], disk: r[2])
+        }
+    }
+
+    /// Appends a `scanned` event to the ledger for every VM with a disk of this content or path.
+    /// Returns the VMs. The payload holds the image, the inventory key and counts, never findings' text.
+    @discardableResult
+    public func recordScan(ledger: any LedgerStore, image: String, key: WardenCore.Digest, findings: [Finding]) throws -> [AffectedVM] {
+        let vms = try vms(withContent: key, paths: [image])
+        let vuln = findings.filter { $0.status == .vulnerable }
+        for vm in vms {
+            guard let id = VMID(vm.id) else { continue }
+            var payload: [String: JSONValue] = ["image": .string(image), "inventory": .string(key.description),
+                                                "vulnerable": .number(Double(vuln.count))]
+            if let worst = vuln.map(\.severity).max() { payload["max_severity"] = .string(worst.description) }
+            _ = try ledger.append(NewEvent(kind: .scanned, vm: id, payload: payload))
+        }
+        return vms
     }
 }

@@ -36,7 +36,8 @@ struct FleetCommand: ParsableCommand {
             let out = Output.stdout
             out.line("rescanned \(report.inventories) inventories against \(report.advisoryEntries) advisory entries in \(String(format: "%.2f", report.seconds)) s: \(report.changed.count) changed, \(report.newFindings) new findings, \(report.goneFindings) gone, \(report.vulnerable) vulnerable in all")
             for c in report.changed {
-                let images = c.images.isEmpty ? "no image path" : c.images.joined(separator: ", ")
+                var images = c.images.isEmpty ? "no image path" : c.images.joined(separator: ", ")
+                if !c.vms.isEmpty { images += "; VMs " + c.vms.map { "\($0.name) \($0.id)" }.joined(separator: ", ") }
                 out.line(oneLine("\(c.inventory) (\(images))\(c.firstAssessment ? " first assessment" : ""): +\(c.newFindings.count) -\(c.goneFindings.count), \(c.vulnerable) vulnerable"))
                 for f in c.newFindings.prefix(limit) {
                     out.line(oneLine("  + \(f.severity) \(f.package) \(f.installedVersion) \(f.advisory) \(f.fixedVersion.map { "fixed in \($0)" } ?? "no fix yet")"))

@@ -47,6 +47,8 @@ struct ScanCommand: ParsableCommand {
         var vulnerable: Int
         var findings: [Finding]
         var problem: String?
+        /// Ledger VMs with this disk; each got a `scanned` event.
+        var vms: [AffectedVM] = []
     }
 
     static func summary(_ findings: [Finding]) -> [String: Int] {
@@ -60,7 +62,7 @@ struct ScanCommand: ParsableCommand {
     static func inspect(_ path: String, format: ImageFormat?) throws -> (WardenCore.Digest, Inventory?) {
         do {
             let img = try ImageOpener.open(path, options: OpenOptions(format: format))
-            let key = try ContentIdentity.of(img.device)
+            let key = try ContentFingerprint.of(img.device)
             let layout = try GuestDisk.layout(of: img.device)
             do {
                 let view = try GuestView.assemble(disk: img.device, layout: layout)
@@ -115,6 +117,7 @@ struct ScanCommand: ParsableCommand {
                 }
                 let findings = Matcher(index: index, includeResolved: all).findings(packages: packages, ecosystem: eco)
                 try store.saveAssessment(key, findings: findings)
+                r.vms = try store.recordScan(ledger: SQLiteLedger(database: db), image: path, key: key, findings: findings)
                 r.findings = findings
                 r.summary = Self.summary(findings)
                 r.vulnerable = findings.filter { $0.status == .vulnerable }.count

@@ -4,12 +4,8 @@ import WardenCore
 import Advisories
 import Ledger
 
-/// Hidden developer commands: synthetic advisories and inventories for benchmarks.
-struct DevCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "dev", abstract: "Developer tools (benchmarks).", shouldDisplay: false,
-        subcommands: [SynthAdvisories.self, SynthInventories.self]
-    )
+/// Hidden `warden dev synth-advisories|synth-inventories`: a synthetic fleet for scripts/bench-rescan.
+enum DevSynth {
 
     /// SplitMix64, so runs are reproducible from a seed.
     struct Rng {
@@ -28,7 +24,7 @@ struct DevCommand: ParsableCommand {
     /// Installed versions are 1.K-1 for K in 0..<5.
     static func installedVersion(_ k: Int) -> String { "1.\(k)-1" }
 
-    struct SynthAdvisories: ParsableCommand {
+    struct Advisories: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "synth-advisories",
             abstract: "Store N synthetic Debian:12 OSV-shaped advisories (most fixed below installed versions).")
         @OptionGroup var database: DatabaseOption
@@ -44,12 +40,12 @@ struct DevCommand: ParsableCommand {
             var total = ImportCounts()
             let modified = Date(timeIntervalSince1970: 1_700_000_000)
             for i in 0..<count {
-                let pkg = DevCommand.packageName(rng.below(packages))
+                let pkg = DevSynth.packageName(rng.below(packages))
                 var a = AffectedPackage(ecosystem: "Debian:12", package: pkg, severity: [.low, .medium, .high, .negligible][rng.below(4)])
                 let roll = rng.below(100)
                 switch roll {
                 case 0..<93: a.ranges = [[.introduced("0"), .fixed("0.\(rng.below(50))-\(1 + rng.below(3))")]]
-                case 93..<97: a.ranges = [[.introduced("0"), .fixed(DevCommand.installedVersion(1 + rng.below(5)))]]
+                case 93..<97: a.ranges = [[.introduced("0"), .fixed(DevSynth.installedVersion(1 + rng.below(5)))]]
                 case 97..<98: a.ranges = [[.introduced("1.2-1"), .lastAffected("1.3-1")]]
                 case 98..<99: a.versions = ["1.0-1", "1.4-1"]
                 default: a.ranges = [[.introduced("0")]]
@@ -66,7 +62,7 @@ struct DevCommand: ParsableCommand {
         }
     }
 
-    struct SynthInventories: ParsableCommand {
+    struct Inventories: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "synth-inventories",
             abstract: "Store N synthetic Debian 12 inventories of about M packages each.")
         @OptionGroup var database: DatabaseOption
@@ -84,8 +80,8 @@ struct DevCommand: ParsableCommand {
                 var chosen = Set<Int>()
                 while chosen.count < min(perInventory, packages) { chosen.insert(rng.below(packages)) }
                 let pk = chosen.sorted().map { i -> MatchPackage in
-                    let v = DevCommand.installedVersion(rng.below(5))
-                    return MatchPackage(name: DevCommand.packageName(i), version: v, sourceName: DevCommand.packageName(i), sourceVersion: v)
+                    let v = DevSynth.installedVersion(rng.below(5))
+                    return MatchPackage(name: DevSynth.packageName(i), version: v, sourceName: DevSynth.packageName(i), sourceVersion: v)
                 }
                 let digits = String(n, radix: 16)
                 let hex = String(repeating: "0", count: max(0, 64 - digits.count)) + digits
