@@ -11,8 +11,10 @@ public struct Warden: ParsableCommand {
         commandName: "warden",
         abstract: "Security and management layer beside the hypervisor.",
         version: "0.1.0",
-        subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self,
-                      AdvisoriesCommand.self, ScanCommand.self, FleetCommand.self, DevCommand.self]
+        subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self, DevCommand.self,
+                      VMCommand.self, HostCommand.self, EventCommand.self, ExposureCommand.self,
+                      CensusCommand.self, DiscoverCommand.self,
+                      AdvisoriesCommand.self, ScanCommand.self, FleetCommand.self]
     )
     public init() {}
 
