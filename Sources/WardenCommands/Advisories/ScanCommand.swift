@@ -164,7 +164,7 @@ struct ScanCommand: ParsableCommand {
         for row in rows { for (i, c) in row.enumerated() { widths[i] = min(max(widths[i], c.count), 40) } }
         func fmt(_ row: [String]) -> String {
             row.enumerated().map { i, c in i == row.count - 1 ? c : c.padding(toLength: max(widths[i], c.count), withPad: " ", startingAt: 0) }
-                .joined(separator: "  ")
+                .joined(separator: "  ").replacingOccurrences(of: #"\s+$"#, with: "", options: .regularExpression)
         }
         out.line("  " + fmt(header))
         for row in rows { out.line(oneLine("  " + fmt(row))) }
