@@ -50,6 +50,7 @@ let package = Package(
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories",
             .product(name: "Yams", package: "Yams"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt",
