@@ -6,7 +6,7 @@ import WardenCore
 ///
 /// | libvirt event | ledger |
 /// |---|---|
-/// | started/from-snapshot, stopped/from-snapshot (snapshot revert) | `rolled-back`, new generation id |
+/// | started/, stopped/ or defined/from-snapshot (snapshot revert) | `rolled-back`, new generation id (once per revert, see ``RevertDeduplicator``) |
 /// | started/restored (restore of a saved state) | `rolled-back` (`via: restore`), new generation id; residency opened |
 /// | stopped/saved (save) | `stopped` (`saved: true`); residency closed |
 /// | defined/added | an unknown domain is registered as `discovered` |
@@ -24,12 +24,31 @@ public enum LibvirtWatch {
 
     public static func action(for e: LibvirtLifecycleEvent) -> Action {
         switch (e.event, e.detail) {
-        case (2, 3), (5, 6): .rotate(via: "snapshot")   // started/from-snapshot, stopped/from-snapshot
+        case (2, 3), (5, 6), (0, 3): .rotate(via: "snapshot")   // started/, stopped/, defined/from-snapshot
         case (2, 2): .rotate(via: "restore")            // started/restored
         case (5, 4): .saved                             // stopped/saved
         case (0, 0), (0, 2): .defined                   // defined/added, defined/renamed
         case (1, _): .undefined
         default: .none
+        }
+    }
+
+    /// One snapshot revert produces several events (a running domain's revert restarts QEMU:
+    /// stopped/from-snapshot, started/from-snapshot, defined/from-snapshot, within about a second).
+    /// The generation is rotated on the first of them; further from-snapshot events of the same
+    /// domain within `window` seconds are part of the same revert.
+    public struct RevertDeduplicator: Sendable {
+        public var window: TimeInterval = 10
+        var last: [String: Date] = [:]
+        public init(window: TimeInterval = 10) { self.window = window }
+
+        /// Whether `event` starts a new revert (and remembers it).
+        public mutating func isNewRevert(_ event: LibvirtLifecycleEvent, at time: Date) -> Bool {
+            guard case .rotate(via: "snapshot") = LibvirtWatch.action(for: event) else { return true }
+            let key = event.uuid?.uuidString ?? event.domain
+            if let t = last[key], time.timeIntervalSince(t) < window, time >= t { return false }
+            last[key] = time
+            return true
         }
     }
 

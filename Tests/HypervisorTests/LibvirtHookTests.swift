@@ -117,3 +117,33 @@ import WardenTestSupport
         }
     }
 }
+
+@Suite struct LibvirtWatchTests {
+    @Test func actions() {
+        func a(_ e: Int32, _ d: Int32) -> LibvirtWatch.Action { LibvirtWatch.action(for: LibvirtLifecycleEvent(domain: "d", uuid: nil, event: e, detail: d)) }
+        #expect(a(2, 3) == .rotate(via: "snapshot"))
+        #expect(a(5, 6) == .rotate(via: "snapshot"))
+        #expect(a(0, 3) == .rotate(via: "snapshot"))
+        #expect(a(2, 2) == .rotate(via: "restore"))
+        #expect(a(5, 4) == .saved)
+        #expect(a(0, 0) == .defined)
+        #expect(a(1, 0) == .undefined)
+        #expect(a(2, 0) == .none)        // booted: the hook's business
+        #expect(a(4, 2) == .none)        // resumed/from-snapshot follows a restore; not a revert
+    }
+
+    /// What libvirt 9.0 emits for one revert of a running domain, then a second revert 20 s later.
+    @Test func oneRotationPerRevert() {
+        let u = UUID()
+        func e(_ ev: Int32, _ d: Int32) -> LibvirtLifecycleEvent { LibvirtLifecycleEvent(domain: "d", uuid: u, event: ev, detail: d) }
+        var dedup = LibvirtWatch.RevertDeduplicator()
+        let t0 = Date(timeIntervalSince1970: 1_000_000)
+        do { let r = dedup.isNewRevert(e(5, 6), at: t0); #expect(r) }
+        do { let r = dedup.isNewRevert(e(2, 3), at: t0.addingTimeInterval(1.1)); #expect(!r) }
+        do { let r = dedup.isNewRevert(e(4, 2), at: t0.addingTimeInterval(1.1)); #expect(r) }   // not a revert event: passes
+        do { let r = dedup.isNewRevert(e(0, 3), at: t0.addingTimeInterval(1.2)); #expect(!r) }
+        do { let r = dedup.isNewRevert(e(5, 6), at: t0.addingTimeInterval(20)); #expect(r) }
+        // Another domain is independent.
+        do { let r = dedup.isNewRevert(LibvirtLifecycleEvent(domain: "other", uuid: UUID(), event: 2, detail: 3), at: t0.addingTimeInterval(20.5)); #expect(r) }
+    }
+}
