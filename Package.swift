@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

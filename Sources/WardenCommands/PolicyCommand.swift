@@ -11,7 +11,7 @@ struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
         abstract: "Check, explain and test Warden policy (docs/policy.md).",
-        subcommands: [Lint.self, Test.self, BenchDecide.self]
+        subcommands: [Lint.self, Check.self, Test.self, BenchDecide.self]
     )
 
     struct Lint: ParsableCommand {

@@ -56,6 +56,10 @@ enum LibvirtFixture {
         if try Tool.run(["getent", "passwd", "libvirt-qemu"], check: false).status != 0 {
             try Tool.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "libvirt-qemu"])
         }
+        // A minimal image may lack the daemons' log and state folders.
+        for dir in ["/var/log/libvirt", "/var/lib/libvirt", "/run/libvirt", "/etc/libvirt"] {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
         var changed = false
         let confPath = "/etc/libvirt/qemu.conf"
         var conf = (try? String(contentsOfFile: confPath, encoding: .utf8)) ?? ""
@@ -76,10 +80,11 @@ enum LibvirtFixture {
             for _ in 0..<100 where kill(pid, 0) == 0 { usleep(100_000) }
         }
         if try Tool.run(["pgrep", "-x", "virtlogd"], check: false).status != 0 {
-            try Tool.run(["virtlogd", "-d"])
+            // Daemons must not inherit the test's pipes (Tool.run would wait for them to close).
+            try Tool.sh("virtlogd -d </dev/null >/dev/null 2>&1")
         }
         if !running || changed {
-            try Tool.run(["libvirtd", "-d"])
+            try Tool.sh("libvirtd -d </dev/null >/dev/null 2>&1")
         }
         for _ in 0..<100 {
             if try Tool.run(["virsh", "-c", uri, "version"], check: false).status == 0 { ready = true; return }
