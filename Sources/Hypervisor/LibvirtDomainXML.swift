@@ -39,6 +39,7 @@ public struct LibvirtDomain: Sendable, Equatable {
             let why = delegate.error ?? parser.parserError.map { "\($0.localizedDescription)" } ?? "malformed"
             throw WardenError.corrupt("domain XML: \(why)")
         }
+        guard delegate.rootClosed else { throw WardenError.corrupt("domain XML: truncated (no </domain>)") }
         guard let name = delegate.name?.trimmingCharacters(in: .whitespacesAndNewlines), !name.isEmpty else {
             throw WardenError.corrupt("domain XML has no <name>")
         }
@@ -65,6 +66,8 @@ private final class DomainXMLDelegate: NSObject, XMLParserDelegate {
     var diskIsDisk = false
     var diskSource: String?
     var depth = 0
+    var rootClosed = false
+    var roots = 0
 
     func parser(_ parser: XMLParser, didStartElement element: String, namespaceURI: String?, qualifiedName: String?,
                 attributes: [String: String] = [:]) {
@@ -72,7 +75,11 @@ private final class DomainXMLDelegate: NSObject, XMLParserDelegate {
         if depth > 64 { error = "nested deeper than 64 elements"; parser.abortParsing(); return }
         path.append(element)
         text = ""
-        if path == ["domain"] { type = attributes["type"] }
+        if path.count == 1 {
+            roots += 1
+            guard element == "domain", roots == 1 else { error = "the root element is not one <domain>"; parser.abortParsing(); return }
+            type = attributes["type"]
+        }
         if path == ["domain", "devices", "disk"] {
             inDisk = true
             diskIsDisk = (attributes["device"] ?? "disk") == "disk"
@@ -104,6 +111,7 @@ private final class DomainXMLDelegate: NSObject, XMLParserDelegate {
             }
             inDisk = false
         }
+        if path == ["domain"] { rootClosed = true }
         _ = path.popLast()
         depth -= 1
     }

@@ -147,3 +147,30 @@ import WardenTestSupport
         do { let r = dedup.isNewRevert(LibvirtLifecycleEvent(domain: "other", uuid: UUID(), event: 2, detail: 3), at: t0.addingTimeInterval(20.5)); #expect(r) }
     }
 }
+
+@Suite struct LibvirtHookFailClosedTests {
+    let xml = Data("<domain type='qemu'><name>db1</name><uuid>6f1c8a4e-3b1d-4c2a-9e0f-0123456789ab</uuid></domain>".utf8)
+
+    @Test func unreachableLedgerVetoes() {
+        let out = LibvirtHook.run(arguments: ["db1", "prepare", "begin", "-"], domainXML: xml, host: HostName("h1")!,
+                                  policy: .defaultDirectory,
+                                  openStore: { throw WardenError(.unavailable, "no Warden database", file: "/var/lib/warden/warden.db") })
+        #expect(out.status == 1)
+        #expect(out.message == "denied start of an unknown VM by Warden policy: failing closed: ledger unavailable: /var/lib/warden/warden.db: no Warden database")
+        // started also fails (libvirt then stops the domain); stopped does not.
+        #expect(LibvirtHook.run(arguments: ["db1", "started", "begin", "-"], domainXML: xml, policy: .defaultDirectory,
+                                openStore: { throw WardenError(.unavailable, "gone") }).status == 1)
+        #expect(LibvirtHook.run(arguments: ["db1", "stopped", "end", "-"], domainXML: xml, policy: .defaultDirectory,
+                                openStore: { throw WardenError(.unavailable, "gone") }).status == 0)
+        // Calls Warden does not handle never open the ledger.
+        #expect(LibvirtHook.run(arguments: ["db1", "reconnect", "begin", "-"], domainXML: Data(), policy: .defaultDirectory,
+                                openStore: { Issue.record("opened"); throw WardenError(.unavailable, "gone") }).status == 0)
+    }
+
+    @Test func malformedXMLVetoes() {
+        let out = LibvirtHook.run(arguments: ["db1", "restore", "begin", "-"], domainXML: Data("<domain><name>".utf8),
+                                  policy: .defaultDirectory, openStore: { throw WardenError(.unavailable, "gone") })
+        #expect(out.status == 1)
+        #expect(out.message?.hasPrefix("denied restore of an unknown VM by Warden policy: failing closed: db1: domain XML:") == true, "\(out.message ?? "")")
+    }
+}
