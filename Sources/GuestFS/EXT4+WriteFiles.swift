@@ -102,7 +102,9 @@ extension EXT4WritableVolume {
                 throw EXT4.limit("inode \(n) has more blocks than this writer handles")
             }
         }
+        var seen = Set<UInt64>()
         func walk(_ block: UInt64, level: Int, base: UInt64) throws {
+            guard seen.insert(block).inserted else { throw EXT4.corrupt("inode \(n) block map uses block \(block) twice") }
             m.meta.append(try checkBlock(block, n))
             let b = try readBlock(block)
             var span: UInt64 = 1
