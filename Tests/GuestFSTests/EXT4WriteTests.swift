@@ -10,7 +10,7 @@ import DiskImage
 enum EXT4WriteFixture {
     static let treeScript = #"""
     T="$1/tree"
-    mkdir -p "$T/etc/ssh" "$T/big" "$T/frag"
+    mkdir -p "$T/etc/ssh" "$T/big" "$T/frag" "$T/var/lib/cloud/instances/i-1/sem"
     cd "$T"
     echo old-host > etc/hostname
     printf '0123456789abcdef0123456789abcdef\n' > etc/machine-id
@@ -191,7 +191,18 @@ enum EXT4WriteFixture {
             for i in 0..<120 { try fs.unlink("/etc/ssh/a_rather_long_file_name_to_fill_directory_blocks_\(i)") }
             try F.fsck(img, "unlinking them again")
 
-            // 9. New filesystem UUID.
+            // 9. Removing empty directories (the parent loses a link), refusing non-empty ones.
+            let cloudLinks = try F.stat(img, "/var/lib/cloud/instances").links
+            #expect { try fs.removeDirectory("/var/lib/cloud/instances") } throws: { e in (e as? WardenError)?.code == .conflict }
+            #expect { try fs.removeDirectory("/etc/hostlink") } throws: { e in (e as? WardenError)?.code == .notFound }
+            try fs.removeDirectory("/var/lib/cloud/instances/i-1/sem")
+            try fs.removeDirectory("/var/lib/cloud/instances/i-1")
+            try F.fsck(img, "removeDirectory")
+            #expect(try F.stat(img, "/var/lib/cloud/instances").links == cloudLinks - 1)
+            #expect(try fs.readDirectory(try GuestPathResolver(fs).resolve("/var/lib/cloud/instances").inode).isEmpty)
+            #expect { try fs.removeDirectory("/big") } throws: { e in (e as? WardenError)?.code == .conflict }
+
+            // 10. New filesystem UUID.
             let u = UUID()
             try fs.setFilesystemUUID(u)
             try fs.commit()
