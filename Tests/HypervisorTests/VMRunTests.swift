@@ -59,7 +59,7 @@ import Glibc
         var options = LaunchOptions()
         options.kernel = guest.kernel
         options.initrd = guest.initrd
-        options.append = guest.append("warden.counter=otp")
+        options.append = guest.append("warden.counter=otp warden.probe=1")
         options.memoryMiB = 256
         options.accel = "tcg"
 
@@ -78,6 +78,10 @@ import Glibc
         func log() -> String { String(decoding: FileManager.default.contents(atPath: run.serialLog) ?? Data(), as: UTF8.self) }
         try Self.waitFor("two counter values from the guest") { Self.counterValues(Substring(log()), name: "otp").count >= 2 }
         #expect(log().contains("WARDEN-GUEST-READY"))
+        try Self.waitFor("the generation and random bytes from the state port") { log().contains("WARDEN-RANDOM ") }
+        #expect(log().contains("WARDEN-GEN \(vm0.generation.uuidString.lowercased())"))
+        let random = log().split(whereSeparator: \.isNewline).first { $0.hasPrefix("WARDEN-RANDOM ") }.map { $0.dropFirst(14) } ?? ""
+        #expect(random.count == 32 && random.allSatisfy(\.isHexDigit))
         #expect(!log().contains("virtual machine fork"))
 
         // Live snapshot through QMP, recorded with the generation.

@@ -14,6 +14,8 @@ import Foundation
 /// - prints `WARDEN-GUEST-READY` on the serial console, then `WARDEN-TICK <uptime>` every second;
 /// - with `warden.counter=NAME` on the kernel command line, asks the state port for the next
 ///   value of counter NAME every second and prints `WARDEN-COUNTER NAME=<value>`;
+/// - with `warden.probe=1`, prints `WARDEN-GEN <generation>` and `WARDEN-RANDOM <32 hex digits>`
+///   from the state port once (while the counter loop may hold the port: the client retries);
 /// - with `warden.bench=N`, times N counter round trips (busybox `adjtimex`, µs) and prints
 ///   `WARDEN-RTT-US <µs>` for each, then `WARDEN-BENCH-DONE`.
 ///
@@ -123,6 +125,9 @@ public struct TestGuest: Sendable {
                     else echo "WARDEN-COUNTER-ERROR $name"; fi
                     sleep 1
                 done) & ;;
+            warden.probe=1)
+                (echo "WARDEN-GEN $(warden-state generation)"
+                 echo "WARDEN-RANDOM $(warden-state random 16)") & ;;
             warden.bench=*)
                 n=${opt#warden.bench=}
                 usec() { adjtimex | awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {printf "%d%06d\n", s, u}'; }
