@@ -53,6 +53,7 @@ let package = Package(
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories",
             .product(name: "Yams", package: "Yams"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt", "GuestFS", "Inspection", "Advisories",
@@ -75,7 +76,7 @@ let package = Package(
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "Inspection", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]
 )
