@@ -13,7 +13,8 @@ struct DevCommand: ParsableCommand {
         commandName: "dev",
         abstract: "Commands for testing Warden itself.",
         shouldDisplay: false,
-        subcommands: [DevWriteTest.self, DevSynth.self, DevAppendLoop.self, DevBenchProof.self]
+        subcommands: [DevWriteTest.self, DevSynth.Advisories.self, DevSynth.Inventories.self,
+                      DevLedgerSynth.self, DevAppendLoop.self, DevBenchProof.self]
     )
 }
 

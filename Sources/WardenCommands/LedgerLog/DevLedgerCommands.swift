@@ -5,7 +5,7 @@ import WardenCore
 
 // `warden dev synth`, `append-loop` and `bench-proof` (registered in ../DevCommand.swift).
 
-struct DevSynth: ParsableCommand {
+struct DevLedgerSynth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "synth",
         abstract: "Generate a realistic synthetic fleet (lineage, residency, snapshots, every event kind) in bulk.",
