@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "GuestFS", targets: ["GuestFS"]),
         .library(name: "Inspection", targets: ["Inspection"]),
         .library(name: "Advisories", targets: ["Advisories"]),
+        .library(name: "Sysprep", targets: ["Sysprep"]),
         .library(name: "Ledger", targets: ["Ledger"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
@@ -40,6 +41,13 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Advisories", dependencies: ["WardenCore", "Inspection", "CZlib"]),
+        // Identity refresh (virt-sysprep parity): plans against a read-only guest view, applies
+        // through GuestFS's checked writes; generates SSH host keys (RSA needs _CryptoExtras).
+        .target(name: "Sysprep", dependencies: [
+            "WardenCore", "DiskImage", "GuestFS", "Inspection",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ]),
         .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
         .target(name: "Ledger", dependencies: [
@@ -56,7 +64,7 @@ let package = Package(
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Ledger", "Policy", "Hypervisor",
+            "Ledger", "Policy", "Hypervisor", "Sysprep",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -67,6 +75,7 @@ let package = Package(
         .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "SysprepTests", dependencies: ["Sysprep", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
