@@ -11,3 +11,12 @@ public protocol MutableFileSystem: FileSystem {
     func setFilesystemUUID(_ uuid: UUID) throws
     func commit() throws
 }
+
+import DiskImage
+import WardenCore
+extension Sysprep {
+    public static func applyImage(_ path: String, format: ImageFormat? = nil, operations: [any SysprepOperation],
+                                  options: SysprepOptions) throws -> SysprepReport {
+        throw WardenError.unsupported("writing needs the write path (branch writepath)")
+    }
+}
