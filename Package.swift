@@ -30,7 +30,10 @@ let package = Package(
                        providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "WardenCore"),
-        .target(name: "DiskImage", dependencies: ["WardenCore", "CZlib", "CZstd"]),
+        .target(name: "DiskImage", dependencies: [
+            "WardenCore", "CZlib", "CZstd",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "Partitions", dependencies: ["WardenCore", "DiskImage"]),
         .target(name: "GuestFS", dependencies: [
             "WardenCore", "DiskImage", "Partitions",

@@ -15,6 +15,27 @@ public protocol BlockDevice: AnyObject, Sendable {
     func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent]
 }
 
+/// A block device that can also be written: a raw file opened read-write, a
+/// writable qcow2 overlay (``QCOW2Overlay``), a slice of either, or memory.
+///
+/// A write never changes `size` and never reaches a backing file. A write that
+/// crosses the end throws `.invalidArgument`. ``flush()`` makes every write so
+/// far durable. Writers are single-threaded: one writer, no concurrent reads
+/// during a write.
+public protocol WritableBlockDevice: BlockDevice {
+    /// Writes `bytes` at `offset ..< offset + bytes.count`.
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws
+    /// Makes every completed write durable (fsync).
+    func flush() throws
+}
+
+extension WritableBlockDevice {
+    /// Writes `bytes` at `offset`.
+    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, at: offset) }
+    }
+}
+
 /// How a run of guest bytes is stored.
 public struct BlockExtent: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {

@@ -7,12 +7,16 @@ import WardenCore
 
 /// An open host file read with `pread(2)`; the lowest layer under every image format.
 ///
-/// The file is opened read-only and `O_CLOEXEC`. All errors name the path.
+/// The file is opened read-only (or, with `writable: true`, read-write) and
+/// `O_CLOEXEC`. All errors name the path. A writable file is meant for one
+/// writer: ``length`` grows as ``write(_:at:)`` extends the file, without a lock.
 public final class ImageFile: @unchecked Sendable {
     public let path: String
     public let fd: Int32
-    /// The file's length in bytes at open time.
-    public let length: UInt64
+    /// True when opened read-write.
+    public let writable: Bool
+    /// The file's length in bytes: at open time, grown by writes through this object.
+    public private(set) var length: UInt64
     /// Bytes actually allocated on the host (st_blocks * 512).
     public let allocatedBytes: UInt64
     /// Device and inode, used to detect backing-chain cycles through links.
@@ -23,9 +27,10 @@ public final class ImageFile: @unchecked Sendable {
         public let inode: UInt64
     }
 
-    public init(path: String) throws {
+    public init(path: String, writable: Bool = false) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        self.writable = writable
+        let fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
         guard fd >= 0 else {
             let e = errno
             throw WardenError(e == ENOENT ? .notFound : .io, "cannot open: \(String(cString: strerror(e)))", file: path)
@@ -86,6 +91,41 @@ public final class ImageFile: @unchecked Sendable {
         return out
     }
 
+    /// Writes all of `bytes` at `offset` (the file must be open writable), growing ``length``.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard writable else { throw WardenError(.internal, "write to a file opened read-only", file: path) }
+        try FileDescriptorIO.pwriteAll(fd, bytes, at: offset, name: path)
+        let end = offset + UInt64(bytes.count)
+        if end > length { length = end }
+    }
+
+    /// Writes `bytes` at `offset`.
+    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, at: offset) }
+    }
+
+    /// Sets the file's length (extending with zeros).
+    public func truncate(to newLength: UInt64) throws {
+        guard writable else { throw WardenError(.internal, "truncate of a file opened read-only", file: path) }
+        guard newLength <= UInt64(Int64.max) else { throw WardenError(.io, "length out of range", file: path) }
+        while ftruncate(fd, off_t(newLength)) != 0 {
+            if errno == EINTR { continue }
+            throw WardenError(.io, "cannot extend: \(String(cString: strerror(errno)))", file: path)
+        }
+        length = newLength
+    }
+
+    /// `fdatasync(2)`: a write barrier for crash ordering.
+    public func sync() throws {
+        guard writable else { return }
+        #if canImport(Glibc)
+        let r = fdatasync(fd)
+        #else
+        let r = fsync(fd)
+        #endif
+        if r != 0 { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+    }
+
     /// Reads up to `count` bytes at `offset`, returning fewer at end of file.
     public func readPrefix(at offset: UInt64, count: Int) throws -> [UInt8] {
         guard offset < length else { return [] }
@@ -95,7 +135,10 @@ public final class ImageFile: @unchecked Sendable {
 }
 
 /// A disk that is the file itself: the raw format.
-public final class RawDevice: BlockDevice, @unchecked Sendable {
+///
+/// Writable when its ``ImageFile`` was opened writable; a write never changes
+/// the size, and a write to a read-only file throws.
+public final class RawDevice: WritableBlockDevice, @unchecked Sendable {
     public let file: ImageFile
     public let size: UInt64
 
@@ -112,10 +155,22 @@ public final class RawDevice: BlockDevice, @unchecked Sendable {
     public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
         try SparseMap.holes(fd: file.fd, offset: offset, length: length)
     }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard file.writable else {
+            throw WardenError(.invalidArgument, "the image is open read-only", file: file.path)
+        }
+        try checkRange(offset, bytes.count)
+        try file.write(bytes, at: offset)
+    }
+
+    public func flush() throws { try file.sync() }
 }
 
 /// A window `[start, start+size)` onto another device: a partition or a volume.
-public final class SliceDevice: BlockDevice, @unchecked Sendable {
+///
+/// Writable when the base device is: writes are checked against the window.
+public final class SliceDevice: WritableBlockDevice, @unchecked Sendable {
     public let base: any BlockDevice
     public let start: UInt64
     public let size: UInt64
@@ -139,6 +194,21 @@ public final class SliceDevice: BlockDevice, @unchecked Sendable {
         try base.mapping(at: start + offset, length: length).map {
             BlockExtent(offset: $0.offset - start, length: $0.length, kind: $0.kind)
         }
+    }
+
+    /// True when writes reach the base device.
+    public var isWritable: Bool { base is any WritableBlockDevice }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard let w = base as? any WritableBlockDevice else {
+            throw WardenError(.invalidArgument, "the volume is open read-only")
+        }
+        try checkRange(offset, bytes.count)
+        try w.write(bytes, at: start + offset)
+    }
+
+    public func flush() throws {
+        if let w = base as? any WritableBlockDevice { try w.flush() }
     }
 }
 

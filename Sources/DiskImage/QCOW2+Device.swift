@@ -25,13 +25,14 @@ extension QCOW2 {
         /// log2 of the allocation unit: the cluster, or the subcluster with extended L2.
         let unitBits: Int
         let extendedL2: Bool
-        let l1: [UInt64]
+        /// The active L1 entries (host-endian). Only ``QCOW2Overlay`` changes them, as it writes them.
+        var l1: [UInt64]
         /// Bit position of the sector count in a compressed descriptor.
         let compressedShift: Int
 
-        private let l2Cache: Locked<L2Cache>
+        let l2Cache: Locked<L2Cache>
         private let decompressors: Locked<[Decompressor]>
-        private let lastCompressed: Locked<(entry: UInt64, data: [UInt8])?>
+        let lastCompressed: Locked<(entry: UInt64, data: [UInt8])?>
 
         init(file: ImageFile, header: Header, l1: [UInt64], size: UInt64, backing: (any BlockDevice)?) {
             self.file = file
@@ -170,6 +171,14 @@ extension QCOW2 {
                 throw WardenError.corrupt("L2 table at offset \(hex(l2Offset)) entry \(entryIndex) points at unaligned offset \(hex(host))", file: file.path, offset: l2Offset)
             }
         }
+
+        // MARK: Updates from the writer
+
+        /// Records an L1 entry the writer has just written to the file.
+        func noteL1(_ index: Int, _ entry: UInt64) { l1[index] = entry }
+
+        /// Records an L2 table the writer has just written (or changed) in the file.
+        func noteL2(_ offset: UInt64, _ table: [UInt64]) { l2Cache.withLock { $0.put(offset, table) } }
 
         // MARK: L2 cache
 
