@@ -148,7 +148,8 @@ public struct EventRecord: Codable, Sendable, Equatable {
     public var generationAfter: UUID?
     public var payload: [String: JSONValue]
     public var reportedByCaller: Bool
-    /// SHA-256 of the canonical entry bytes (the leaf hash is `SHA-256(0x00 ‖ entry)`).
+    /// The RFC 9162 leaf hash `SHA-256(0x00 ‖ entry)`, where `entry` is the canonical
+    /// encoding of this event (``LedgerEntry``).
     public var leafHash: Data
 }
 

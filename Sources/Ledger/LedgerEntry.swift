@@ -1,0 +1,169 @@
+import Crypto
+import Foundation
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Times in the ledger: integer microseconds since the Unix epoch, UTC.
+public enum LedgerTime {
+    /// `date` rounded to the nearest microsecond.
+    public static func micros(_ date: Date) -> Int64 {
+        let us = (date.timeIntervalSince1970 * 1_000_000).rounded()
+        guard us.isFinite, us > -9.0e15, us < 9.0e15 else { return 0 }
+        return Int64(us)
+    }
+
+    public static func date(_ micros: Int64) -> Date {
+        Date(timeIntervalSince1970: Double(micros) / 1_000_000)
+    }
+
+    /// RFC 3339 with exactly six fractional digits and `Z`: `2026-11-26T18:43:46.123456Z`.
+    public static func rfc3339(_ micros: Int64) -> String {
+        var secs = micros / 1_000_000
+        var frac = micros % 1_000_000
+        if frac < 0 { frac += 1_000_000; secs -= 1 }
+        var t = time_t(secs)
+        var tm = Glibc.tm()
+        gmtime_r(&t, &tm)
+        func pad(_ v: Int, _ w: Int) -> String {
+            let s = String(v)
+            return s.count >= w ? s : String(repeating: "0", count: w - s.count) + s
+        }
+        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
+            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(Int(frac), 6))Z"
+    }
+}
+
+/// The canonical byte encoding of a ledger event: the Merkle leaf's `entry`.
+///
+/// Compact JSON (no whitespace), keys sorted by byte order, every field present:
+///
+/// ```
+/// {"actor":"alice@h1","generation_after":"…"|null,"generation_before":"…"|null,"host":"h1",
+///  "kind":"cloned","payload":{…},"reported_by_caller":false,"seq":42,
+///  "time":"2026-11-26T18:43:46.123456Z","v":1,"vm":"…"|null}
+/// ```
+///
+/// Strings escape only `"`, `\` and control characters below 0x20 (as `\n`, `\r`, `\t`,
+/// `\b`, `\f` or `\u00xx`); everything else is raw UTF-8. UUIDs are lower case. Numbers in
+/// the payload are integers when integral and below 2^53 in magnitude, otherwise Swift's
+/// shortest round-trip form; non-finite numbers become `null`. The payload's own objects
+/// are sorted the same way. The leaf hash is `SHA-256(0x00 ‖ entry)` (RFC 9162).
+public enum LedgerEntry {
+    public static let version = 1
+
+    /// The canonical payload text (stored as-is in `events.payload`).
+    public static func payloadText(_ payload: [String: JSONValue]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        writeValue(.object(payload), into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Any JSON value in the canonical form.
+    public static func jsonText(_ value: JSONValue) -> String {
+        var out: [UInt8] = []
+        writeValue(value, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The entry bytes from stored column values; `payloadText` is embedded verbatim.
+    public static func encode(seq: Int64, kind: String, vm: String?, actor: String, host: String, timeMicros: Int64,
+                              generationBefore: String?, generationAfter: String?, payloadText: String,
+                              reported: Bool) -> [UInt8] {
+        var o: [UInt8] = []
+        o.reserveCapacity(256 + payloadText.utf8.count)
+        o.append(contentsOf: #"{"actor":"#.utf8); writeString(actor, into: &o)
+        o.append(contentsOf: #","generation_after":"#.utf8); writeOptional(generationAfter, into: &o)
+        o.append(contentsOf: #","generation_before":"#.utf8); writeOptional(generationBefore, into: &o)
+        o.append(contentsOf: #","host":"#.utf8); writeString(host, into: &o)
+        o.append(contentsOf: #","kind":"#.utf8); writeString(kind, into: &o)
+        o.append(contentsOf: #","payload":"#.utf8); o.append(contentsOf: payloadText.utf8)
+        o.append(contentsOf: #","reported_by_caller":"#.utf8); o.append(contentsOf: (reported ? "true" : "false").utf8)
+        o.append(contentsOf: #","seq":"#.utf8); o.append(contentsOf: String(seq).utf8)
+        o.append(contentsOf: #","time":""#.utf8); o.append(contentsOf: LedgerTime.rfc3339(timeMicros).utf8)
+        o.append(contentsOf: #"","v":"#.utf8); o.append(contentsOf: String(version).utf8)
+        o.append(contentsOf: #","vm":"#.utf8); writeOptional(vm, into: &o)
+        o.append(0x7D)
+        return o
+    }
+
+    /// The entry bytes of a stored event.
+    public static func encode(_ e: EventRecord) -> [UInt8] {
+        encode(seq: e.seq, kind: e.kind.rawValue, vm: e.vm?.description, actor: e.actor, host: e.host.value,
+               timeMicros: LedgerTime.micros(e.time), generationBefore: e.generationBefore.map(uuidText),
+               generationAfter: e.generationAfter.map(uuidText), payloadText: payloadText(e.payload),
+               reported: e.reportedByCaller)
+    }
+
+    static func uuidText(_ u: UUID) -> String { u.uuidString.lowercased() }
+
+    private static func writeOptional(_ s: String?, into o: inout [UInt8]) {
+        if let s { writeString(s, into: &o) } else { o.append(contentsOf: "null".utf8) }
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    static func writeString(_ s: String, into o: inout [UInt8]) {
+        o.append(0x22)
+        for b in s.utf8 {
+            switch b {
+            case 0x22: o.append(0x5C); o.append(0x22)
+            case 0x5C: o.append(0x5C); o.append(0x5C)
+            case 0x0A: o.append(0x5C); o.append(0x6E)
+            case 0x0D: o.append(0x5C); o.append(0x72)
+            case 0x09: o.append(0x5C); o.append(0x74)
+            case 0x08: o.append(0x5C); o.append(0x62)
+            case 0x0C: o.append(0x5C); o.append(0x66)
+            case 0..<0x20:
+                o.append(contentsOf: #"\u00"#.utf8)
+                o.append(hexDigits[Int(b >> 4)]); o.append(hexDigits[Int(b & 15)])
+            default: o.append(b)
+            }
+        }
+        o.append(0x22)
+    }
+
+    static func writeValue(_ v: JSONValue, into o: inout [UInt8]) {
+        switch v {
+        case .null: o.append(contentsOf: "null".utf8)
+        case .bool(let b): o.append(contentsOf: (b ? "true" : "false").utf8)
+        case .string(let s): writeString(s, into: &o)
+        case .number(let n):
+            if !n.isFinite {
+                o.append(contentsOf: "null".utf8)
+            } else if n == n.rounded(), abs(n) < 9_007_199_254_740_992 {
+                o.append(contentsOf: String(Int64(n)).utf8)
+            } else {
+                o.append(contentsOf: "\(n)".utf8)
+            }
+        case .array(let a):
+            o.append(0x5B)
+            for (i, x) in a.enumerated() {
+                if i > 0 { o.append(0x2C) }
+                writeValue(x, into: &o)
+            }
+            o.append(0x5D)
+        case .object(let d):
+            o.append(0x7B)
+            // Byte order of the UTF-8 keys (Swift's String < is by Unicode scalars, which for
+            // UTF-8 is the same order as bytes).
+            for (i, k) in d.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
+                if i > 0 { o.append(0x2C) }
+                writeString(k, into: &o)
+                o.append(0x3A)
+                writeValue(d[k]!, into: &o)
+            }
+            o.append(0x7D)
+        }
+    }
+
+    /// RFC 9162 leaf hash: `SHA-256(0x00 ‖ entry)`.
+    public static func leafHash(_ entry: [UInt8]) -> Data {
+        var h = SHA256()
+        h.update(data: [0x00])
+        h.update(data: entry)
+        return Data(h.finalize())
+    }
+}
