@@ -50,6 +50,7 @@ public enum Clone {
                             checkFilesystemUUIDs: Bool,
                             beforeCommit: (() throws -> Void)? = nil) throws -> Result {
         guard !sources.isEmpty else { throw WardenError(.invalidArgument, "the VM has no disks") }
+        let options = options.forgingKeys(for: operations)
         guard !name.isEmpty, !name.contains("/"), name != ".", name != "..", !name.hasPrefix("."),
               name.utf8.count <= 200 else {
             throw WardenError(.invalidArgument, "clone name \(name) cannot be a file name (one path component, not starting with '.')")

@@ -69,22 +69,44 @@ public struct OpenSSHKey: Sendable {
         return "SHA256:" + b64.replacingOccurrences(of: "=", with: "")
     }
 
+    /// The secret key material of one host key, before it is written in OpenSSH's format.
+    public enum Material: @unchecked Sendable {
+        case ed25519(Curve25519.Signing.PrivateKey)
+        case ecdsa(P256.Signing.PrivateKey)
+        case rsa(_RSA.Signing.PrivateKey)
+
+        /// New random material of `type` (RSA-3072 takes tens to hundreds of milliseconds).
+        public static func generate(_ type: KeyType) throws -> Material {
+            switch type {
+            case .ed25519: return .ed25519(Curve25519.Signing.PrivateKey())
+            case .ecdsa: return .ecdsa(P256.Signing.PrivateKey())
+            case .rsa: return .rsa(try _RSA.Signing.PrivateKey(keySize: .bits3072))
+            }
+        }
+    }
+
     /// Generates a new key of `type`. `comment` is stored in both files (OpenSSH uses `root@HOSTNAME`).
     public static func generate(_ type: KeyType, comment: String) throws -> OpenSSHKey {
+        try encode(try Material.generate(type), comment: comment)
+    }
+
+    /// Writes `material` as an OpenSSH key pair with `comment`.
+    public static func encode(_ material: Material, comment: String) throws -> OpenSSHKey {
         var pub = SSHWireWriter(), priv = SSHWireWriter()
-        switch type {
-        case .ed25519:
-            let key = Curve25519.Signing.PrivateKey()
+        let type: KeyType
+        switch material {
+        case .ed25519(let key):
+            type = .ed25519
             let pk = Array(key.publicKey.rawRepresentation)
             pub.string(type.sshName); pub.string(pk)
             priv.string(type.sshName); priv.string(pk); priv.string(Array(key.rawRepresentation) + pk)
-        case .ecdsa:
-            let key = P256.Signing.PrivateKey()
+        case .ecdsa(let key):
+            type = .ecdsa
             let q = Array(key.publicKey.x963Representation)
             pub.string(type.sshName); pub.string("nistp256"); pub.string(q)
             priv.string(type.sshName); priv.string("nistp256"); priv.string(q); priv.mpint(Array(key.rawRepresentation))
-        case .rsa:
-            let key = try _RSA.Signing.PrivateKey(keySize: .bits3072)
+        case .rsa(let key):
+            type = .rsa
             let f = try RSAPrivateKeyDER(Array(key.derRepresentation))
             pub.string(type.sshName); pub.mpint(f.e); pub.mpint(f.n)
             priv.string(type.sshName)
@@ -118,6 +140,42 @@ public struct OpenSSHKey: Sendable {
         }
         pem += "-----END OPENSSH PRIVATE KEY-----\n"
         return OpenSSHKey(type: type, comment: comment, publicBlob: pub.bytes, privateFile: Array(pem.utf8))
+    }
+}
+
+/// Generates host key material on background threads as soon as it is created, so the slow
+/// RSA prime search overlaps with creating the overlay and reading the guest. Keys of types
+/// the guest turns out not to need are discarded unused.
+public final class HostKeyForge: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var results: [OpenSSHKey.KeyType: Result<OpenSSHKey.Material, any Error>] = [:]
+
+    public init(types: [OpenSSHKey.KeyType] = OpenSSHKey.KeyType.allCases) {
+        self.types = Set(types)
+        for t in types {
+            Thread.detachNewThread { [self] in
+                let r = Result { try OpenSSHKey.Material.generate(t) }
+                lock.lock(); results[t] = r; lock.broadcast(); lock.unlock()
+            }
+        }
+    }
+    private let types: Set<OpenSSHKey.KeyType>
+    private var taken: Set<OpenSSHKey.KeyType> = []
+
+    /// The material of `type`: waits for its generation, or generates it now if it was not started.
+    /// Each call for a started type returns that type's one key; callers use it once.
+    public func material(_ type: OpenSSHKey.KeyType) throws -> OpenSSHKey.Material {
+        lock.lock()
+        guard types.contains(type), !taken.contains(type) else {
+            lock.unlock()
+            return try OpenSSHKey.Material.generate(type)
+        }
+        taken.insert(type)
+        while results[type] == nil { lock.wait() }
+        let r = results.removeValue(forKey: type)
+        lock.unlock()
+        guard let r else { return try OpenSSHKey.Material.generate(type) }
+        return try r.get()
     }
 }
 

@@ -129,7 +129,9 @@ struct SSHHostKeysOperation: SysprepOperation {
         let f = Self.find(g)
         let host = o.hostname ?? Inspection.identity(g).hostname.value ?? "localhost"
         // Generate first: nothing is removed if generation fails.
-        let keys = try f.generate.map { try OpenSSHKey.generate($0, comment: "root@" + host) }
+        let keys = try f.generate.map { t in
+            try OpenSSHKey.encode(try o.keys?.material(t) ?? OpenSSHKey.Material.generate(t), comment: "root@" + host)
+        }
         var changes: [Change] = []
         for p in f.existing {
             try w.remove(p)

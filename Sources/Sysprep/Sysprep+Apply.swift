@@ -11,6 +11,7 @@ extension Sysprep {
     public static func applyImage(_ path: String, format: ImageFormat? = nil, operations: [any SysprepOperation],
                                   options: SysprepOptions,
                                   durability: QCOW2Overlay.Durability = .barriers) throws -> SysprepReport {
+        let options = options.forgingKeys(for: operations)
         do {
             let img = try ImageOpener.openWritable(path, options: OpenOptions(format: format), durability: durability)
             let guest = try WritableGuestView.assemble(disk: img.device)

@@ -113,11 +113,24 @@ public struct SysprepOptions: Sendable {
     public var authorizedKeysUsers: [String]
     /// The MAC the ledger assigned to the VM (`vm clone`); nil for an image not in the ledger.
     public var ledgerMAC: String?
+    /// Where host key material comes from: a forge started early overlaps RSA generation with
+    /// the rest of the work; nil generates on demand.
+    public var keys: HostKeyForge?
 
-    public init(hostname: String? = nil, authorizedKeysUsers: [String] = [], ledgerMAC: String? = nil) {
+    public init(hostname: String? = nil, authorizedKeysUsers: [String] = [], ledgerMAC: String? = nil,
+                keys: HostKeyForge? = nil) {
         self.hostname = hostname
         self.authorizedKeysUsers = authorizedKeysUsers
         self.ledgerMAC = ledgerMAC
+        self.keys = keys
+    }
+
+    /// A copy with a key forge started for every host key type when `operations` will need keys.
+    public func forgingKeys(for operations: [any SysprepOperation]) -> SysprepOptions {
+        guard keys == nil, operations.contains(where: { $0.name == "ssh-hostkeys" }) else { return self }
+        var o = self
+        o.keys = HostKeyForge()
+        return o
     }
 
     /// Checks a hostname (RFC 1123: dot-separated labels of letters, digits and hyphens,
