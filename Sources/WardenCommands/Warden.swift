@@ -11,7 +11,7 @@ public struct Warden: ParsableCommand {
         commandName: "warden",
         abstract: "Security and management layer beside the hypervisor.",
         version: "0.1.0",
-        subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self]
+        subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self, DevCommand.self]
     )
     public init() {}
 
