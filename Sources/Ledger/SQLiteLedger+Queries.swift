@@ -1,0 +1,167 @@
+import Foundation
+import GRDB
+import WardenCore
+
+/// The query primitives of ``LedgerQueries`` in SQL. The algorithms (exposure, lineage, census)
+/// are shared by every backend and live in LedgerQueries.swift.
+extension SQLiteLedger: LedgerQueries {
+    public func residencies(on host: HostName, overlapping from: Date, _ to: Date, now: Date) throws -> [ResidencyRecord] {
+        let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), nowUs = LedgerTime.micros(now)
+        // residency_by_host (host, from_us, to_us) covers the range; open intervals end at `now`.
+        return try database.read { db in
+            let s = try db.cachedStatement(sql: """
+                SELECT vm, host, kind, from_us, to_us FROM residency
+                WHERE host = ? AND from_us <= ?
+                  AND ((to_us IS NOT NULL AND to_us > ? AND to_us > from_us) OR (to_us IS NULL AND ? > ? AND ? > from_us))
+                """)
+            return try Row.fetchAll(s, arguments: [host.value, t2, t1, nowUs, t1, nowUs]).map(Rows.residency)
+        }
+    }
+
+    /// Children without their labels (the queries do not need them).
+    public func children(of parents: [VMID]) throws -> [VMRecord] {
+        try vmsWhere("parent", in: parents)
+    }
+
+    public func vms(withIDs ids: [VMID]) throws -> [VMRecord] {
+        try vmsWhere("id", in: ids)
+    }
+
+    public func ancestors(of id: VMID, limit: Int) throws -> [VMRecord] {
+        let file = database.path
+        return try database.read { db in
+            // Bounded by `limit`, so a (corrupt) parent cycle cannot loop forever.
+            let s = try db.cachedStatement(sql: """
+                WITH RECURSIVE up(id, n) AS (
+                    SELECT parent, 1 FROM vms WHERE id = ? AND parent IS NOT NULL
+                    UNION ALL
+                    SELECT v.parent, up.n + 1 FROM vms v JOIN up ON v.id = up.id WHERE v.parent IS NOT NULL AND up.n < ?
+                )
+                SELECT v.id, v.name, v.owner, v.state, v.generation, v.parent, v.parent_generation, v.created_us, v.updated_us, v.mac
+                FROM up JOIN vms v ON v.id = up.id ORDER BY up.n
+                """)
+            return try Row.fetchAll(s, arguments: [id.description, limit]).map { try Rows.vm($0, file: file) }
+        }
+    }
+
+    public func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]] {
+        let file = database.path
+        return try database.read { db in
+            var out: [VMID: [GenerationStep]] = [:]
+            for start in stride(from: 0, to: vms.count, by: 500) {
+                let batch = vms[start..<min(start + 500, vms.count)]
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let s = try db.cachedStatement(sql: """
+                    SELECT vm, seq, kind, time_us, generation_before, generation_after,
+                           CASE WHEN json_type(payload, '$.snapshot') = 'text' THEN json_extract(payload, '$.snapshot') END AS snapshot
+                    FROM events
+                    WHERE vm IN (\(marks)) AND generation_after IS NOT NULL AND generation_after IS NOT generation_before
+                    ORDER BY vm, seq
+                    """)
+                let rows = try Row.fetchCursor(s, arguments: StatementArguments(batch.map(\.description)))
+                while let r = try rows.next() {
+                    let seq: Int64 = r["seq"]
+                    guard let vm = VMID(r["vm"] as String), let kind = EventKind(rawValue: r["kind"]),
+                          let after = try Rows.uuid(r["generation_after"], "a generation") else {
+                        throw WardenError(.corrupt, "event \(seq) is malformed", file: file)
+                    }
+                    out[vm, default: []].append(GenerationStep(
+                        generation: after, parentGeneration: try Rows.uuid(r["generation_before"], "a generation"),
+                        kind: kind, seq: seq, time: LedgerTime.date(r["time_us"]), snapshot: r["snapshot"]))
+                }
+            }
+            return out
+        }
+    }
+
+    public func snapshots(ofVMs vms: [VMID]) throws -> [SnapshotRecord] {
+        try database.read { db in
+            var out: [SnapshotRecord] = []
+            for start in stride(from: 0, to: vms.count, by: 500) {
+                let batch = vms[start..<min(start + 500, vms.count)]
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let s = try db.cachedStatement(sql: "SELECT * FROM snapshots WHERE vm IN (\(marks)) ORDER BY vm, created_us, id")
+                out += try Row.fetchAll(s, arguments: StatementArguments(batch.map(\.description))).map { try Rows.snapshot($0) }
+            }
+            return out
+        }
+    }
+
+    /// VM rows (without labels) whose `column` is one of `values`, in batches of 500 bound parameters.
+    private func vmsWhere(_ column: String, in values: [VMID]) throws -> [VMRecord] {
+        guard !values.isEmpty else { return [] }
+        precondition(column == "id" || column == "parent")
+        let file = database.path
+        return try database.read { db in
+            var out: [VMRecord] = []
+            for start in stride(from: 0, to: values.count, by: 500) {
+                let batch = values[start..<min(start + 500, values.count)]
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let s = try db.cachedStatement(sql: """
+                    SELECT id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac
+                    FROM vms WHERE \(column) IN (\(marks))
+                    """)
+                for r in try Row.fetchAll(s, arguments: StatementArguments(batch.map(\.description))) {
+                    out.append(try Rows.vm(r, file: file))
+                }
+            }
+            return out
+        }
+    }
+
+    public func censusFacts() throws -> [CensusFacts] {
+        try database.read { db in
+            var os: [String: String] = [:]
+            // The bare json_extract takes its value from the row with max(seq) (SQLite's min/max rule).
+            for r in try Row.fetchAll(db, sql: """
+                SELECT vm, json_extract(payload, '$.os') AS os, max(seq) FROM events
+                WHERE vm IS NOT NULL AND kind IN ('registered', 'discovered', 'copied', 'cloned', 'scanned')
+                  AND json_type(payload, '$.os') = 'text'
+                GROUP BY vm
+                """) {
+                os[r["vm"]] = r["os"]
+            }
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT v.id, v.name, v.owner, v.state, v.created_us, e.retired, e.started, e.scanned
+                FROM vms v LEFT JOIN (
+                    SELECT vm,
+                           max(CASE WHEN kind = 'retired' THEN time_us END) AS retired,
+                           max(CASE WHEN kind = 'started' THEN time_us END) AS started,
+                           max(CASE WHEN kind = 'scanned' THEN time_us END) AS scanned
+                    FROM events WHERE vm IS NOT NULL AND kind IN ('retired', 'started', 'scanned')
+                    GROUP BY vm
+                ) e ON e.vm = v.id
+                """)
+            return try rows.map { r in
+                let idText: String = r["id"]
+                guard let id = VMID(idText), let state = VMState(rawValue: r["state"]) else {
+                    throw WardenError(.corrupt, "a VM row is malformed", file: database.path)
+                }
+                let retired: Int64? = r["retired"], started: Int64? = r["started"], scanned: Int64? = r["scanned"]
+                return CensusFacts(id: id, name: r["name"], owner: r["owner"], state: state,
+                                   createdAt: LedgerTime.date(r["created_us"]),
+                                   retiredAt: retired.map(LedgerTime.date), lastStarted: started.map(LedgerTime.date),
+                                   lastScan: scanned.map(LedgerTime.date), os: os[idText])
+            }
+        }
+    }
+
+    public func disks(withFingerprint fingerprint: Digest) throws -> [DiskRecord] {
+        try database.read { db in
+            let vms = try String.fetchAll(db, sql: "SELECT DISTINCT vm FROM disks WHERE fingerprint = ?",
+                                          arguments: [fingerprint.description])
+            return try vms.compactMap(VMID.init).flatMap { try Rows.fetchDisks(db, $0) }
+                .filter { $0.fingerprint == fingerprint }
+        }
+    }
+
+    public func disk(atPath path: String) throws -> DiskRecord? {
+        try database.read { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT vm, idx FROM disks WHERE path = ? ORDER BY vm, idx LIMIT 1",
+                                           arguments: [path]),
+                  let vm = VMID(r["vm"] as String) else { return nil }
+            let idx: Int = r["idx"]
+            return try Rows.fetchDisks(db, vm).first { $0.index == idx }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+import ArgumentParser
+import Foundation
+import Ledger
+import WardenCore
+
+/// `warden exposure --host H --from T1 --to T2`: which VMs may have been backdoored by H's compromise.
+struct ExposureCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "exposure",
+        abstract: "VMs that ran or were stored on a host in a time window, and every copy made from them since.",
+        discussion: "Exact semantics: docs/ledger.md, section Exposure. JSON schema: docs/json-schemas/exposure.v1.json.")
+    @OptionGroup var database: DatabaseOptions
+    @Option(help: "The host.") var host: String
+    @Option(help: "Start of the window (RFC 3339 with a zone, a date, @EPOCH or now).") var from: String
+    @Option(help: "End of the window, included (default: now).") var to: String = "now"
+    @Flag(help: "Print JSON.") var json = false
+    @Flag(help: .hidden) var timing = false
+
+    func validate() throws {
+        guard HostName(host) != nil else { throw ValidationError("not a host name: \(oneLine(host))") }
+    }
+
+    func run() throws {
+        let now = Date()
+        let t1 = try TimeArgument.parse(from, now: now), t2 = try TimeArgument.parse(to, now: now)
+        guard t1 <= t2 else { throw WardenError(.invalidArgument, "--from is after --to") }
+        let store = try database.open(create: false)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let report = try store.exposure(host: HostName(host)!, from: t1, to: t2, now: now)
+        if timing {
+            Output.note(String(format: "exposure: %.3f ms, %d VMs", Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6, report.vms.count))
+        }
+        if json { Output.stdout.line(try Output.ledgerJSON(report)); return }
+        var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "VIA"]]
+        for v in report.vms {
+            let via = v.path.count > 1 ? v.path.dropLast().map(shortID).joined(separator: " → ") : "-"
+            rows.append([shortID(v.vm), oneLine(v.name), oneLine(v.owner), v.state.rawValue,
+                         TimeArgument.format(v.exposedSince), v.how, via])
+        }
+        for l in table(rows) { Output.stdout.line(l) }
+        Output.note("\(report.vms.count) VM\(report.vms.count == 1 ? "" : "s") exposed to \(host) between \(TimeArgument.format(t1)) and \(TimeArgument.format(t2))")
+    }
+}

@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import Ledger
+import WardenCore
+
+/// `--db`, shared by every command that reads or writes the ledger.
+struct DatabaseOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The Warden database (default: $WARDEN_DB, else $WARDEN_HOME/warden.db, else ~/.local/share/warden/warden.db).",
+                               valueName: "path"))
+    var db: String?
+
+    var path: String { WardenDatabase.defaultPath(explicit: db) }
+
+    /// Opens the ledger. Read commands pass `create: false` and fail closed on a missing database.
+    func open(create: Bool) throws -> SQLiteLedger {
+        try SQLiteLedger(path: path, create: create)
+    }
+}
+
+/// The one place where ledger operations will ask the policy engine (issue 6).
+///
+/// Every command that copies, transfers or retires a VM calls ``authorize(_:vm:store:detail:)``
+/// before changing anything. Today it allows everything; when policy enforcement arrives, a
+/// denial throws `WardenError(.denied, …)` (exit 3) and is recorded as a `policy-decision` event.
+enum LedgerPolicy {
+    enum Operation: String { case copy, transfer, retire }
+
+    static func authorize(_ operation: Operation, vm: VMRecord, store: any LedgerStore,
+                          detail: [String: JSONValue] = [:]) throws {
+        _ = (operation, vm, store, detail)
+    }
+}
+
+/// Times on the command line: `now`, RFC 3339 / ISO 8601 with a zone (`2026-11-26T18:00:00Z`,
+/// `…+01:00`, fractional seconds allowed), a date alone (`2026-11-26`, midnight UTC), or
+/// `@SECONDS` since the Unix epoch.
+enum TimeArgument {
+    static func parse(_ text: String, now: Date = Date()) throws -> Date {
+        let s = text.trimmingCharacters(in: .whitespaces)
+        if s == "now" { return now }
+        if s.hasPrefix("@"), let secs = Double(s.dropFirst()), secs.isFinite, abs(secs) < 1e11 {
+            return Date(timeIntervalSince1970: secs)
+        }
+        let full = ISO8601DateFormatter()
+        full.formatOptions = [.withInternetDateTime]
+        if let d = full.date(from: s) { return d }
+        full.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = full.date(from: s) { return d }
+        let day = ISO8601DateFormatter()
+        day.formatOptions = [.withFullDate]
+        day.timeZone = TimeZone(identifier: "UTC")
+        if s.count == 10, let d = day.date(from: s) { return d }
+        throw WardenError(.invalidArgument,
+                          "not a time: \(oneLine(s)) (use RFC 3339 with a zone, e.g. 2026-11-26T18:00:00Z, a date 2026-11-26, @EPOCH or now)")
+    }
+
+    /// RFC 3339 in UTC with microseconds, as the ledger stores times.
+    static func format(_ date: Date) -> String { LedgerTime.rfc3339(LedgerTime.micros(date)) }
+}
+
+/// `k=v` labels.
+enum LabelArgument {
+    static func parse(_ items: [String]) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for item in items {
+            guard let eq = item.firstIndex(of: "=") else {
+                throw ValidationError("a label is KEY=VALUE, not \(oneLine(item))")
+            }
+            let k = String(item[..<eq]), v = String(item[item.index(after: eq)...])
+            guard !k.isEmpty, k.count <= 128, v.count <= 1024,
+                  !k.contains(where: { $0.isWhitespace || $0.isNewline || $0 == "=" }),
+                  !v.contains(where: { $0.isNewline || ($0.asciiValue.map { $0 < 0x20 } ?? false) }) else {
+                throw ValidationError("bad label \(oneLine(item)): the key must be 1-128 characters without spaces, the value at most 1024 without control characters")
+            }
+            guard out[k] == nil else { throw ValidationError("label \(k) given twice") }
+            out[k] = v
+        }
+        return out
+    }
+}
+
+/// Names and owners: one line, non-empty, bounded.
+enum NameArgument {
+    static func check(_ value: String, what: String) throws -> String {
+        guard !value.isEmpty, value.count <= 256,
+              !value.contains(where: { $0.isNewline || ($0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false) }) else {
+            throw ValidationError("\(what) must be 1-256 characters without control characters")
+        }
+        return value
+    }
+}
+
+extension Output {
+    /// Sorted-key, snake_case JSON with times as RFC 3339 strings in UTC (microseconds).
+    static func ledgerJSON<T: Encodable>(_ value: T) throws -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        enc.dateEncodingStrategy = .custom { date, encoder in
+            var c = encoder.singleValueContainer()
+            try c.encode(TimeArgument.format(date))
+        }
+        return String(decoding: try enc.encode(value), as: UTF8.self)
+    }
+}
+
+/// `1a2b3c4d` for humans; JSON always has full ids.
+func shortID(_ id: VMID) -> String { String(id.description.prefix(8)) }
+
+/// Pads the columns of `rows` to a table.
+func table(_ rows: [[String]]) -> [String] {
+    guard let width = rows.map(\.count).max() else { return [] }
+    var widths = [Int](repeating: 0, count: width)
+    for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+    return rows.map { r in
+        r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }
+}

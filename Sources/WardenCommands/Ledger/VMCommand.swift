@@ -1,0 +1,624 @@
+import ArgumentParser
+import DiskImage
+import Foundation
+import GuestFS
+import Inspection
+import Ledger
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `warden vm …`: VMs as first-class objects in the ledger.
+struct VMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vm",
+        abstract: "Register, list, copy, transfer and retire VMs; show their history and lineage.",
+        subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMTransfer.self, VMRetire.self,
+                      VMHistory.self, VMLineage.self]
+    )
+}
+
+// MARK: - Disks
+
+/// What the ledger records about one disk image, read from the image itself.
+struct ExaminedDisk {
+    var path: String
+    var format: ImageFormat
+    var virtualSize: UInt64
+    var backingChain: [String]
+    var fingerprint: Digest
+    /// Guest facts when the disk could be inspected (nil otherwise).
+    var inventory: Inventory?
+
+    /// Opens `path` (format by content; backing files with their declared format), fingerprints
+    /// the guest-visible disk and, when `inspect`, reads the guest's identity.
+    static func examine(_ path: String, inspect: Bool = true) throws -> ExaminedDisk {
+        let abs = absolutePath(path)
+        let img = try ImageOpener.open(abs)
+        let fp = try ContentFingerprint.of(img.device)
+        var inv: Inventory?
+        if inspect {
+            inv = try? {
+                let layout = try GuestDisk.layout(of: img.device)
+                let view = try GuestView.assemble(disk: img.device, layout: layout)
+                return Inspection.inspect(view: view, image: abs)
+            }()
+        }
+        return ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
+                            backingChain: img.chain.dropFirst().map { absolutePath($0.path) },
+                            fingerprint: fp, inventory: inv)
+    }
+
+    func record(vm: VMID, index: Int) -> DiskRecord {
+        DiskRecord(vm: vm, index: index, path: path, format: format.rawValue, backingChain: backingChain, fingerprint: fingerprint)
+    }
+
+    var machineID: String? { inventory?.identity.machineId.value }
+    var hostKeys: [String] {
+        (inventory?.ssh.hostKeys ?? []).compactMap { $0.publicKey.value?.fingerprint }.sorted()
+    }
+    /// `debian 12`, `alpine 3.19`: os-release ID and VERSION_ID.
+    var os: String? {
+        guard let inv = inventory, let id = inv.os.id.value else { return nil }
+        if let v = inv.os.versionId.value { return "\(id) \(v)" }
+        return id
+    }
+}
+
+/// The payload of registered and discovered events: disks and what the guest said about itself.
+func diskPayload(_ disks: [ExaminedDisk]) -> [String: JSONValue] {
+    var p: [String: JSONValue] = [
+        "disks": .array(disks.map { d in
+            .object(["path": .string(d.path), "format": .string(d.format.rawValue),
+                     "fingerprint": .string(d.fingerprint.description),
+                     "backing_chain": .array(d.backingChain.map { .string($0) })])
+        }),
+    ]
+    if let os = disks.lazy.compactMap(\.os).first { p["os"] = .string(os) }
+    if let mid = disks.lazy.compactMap(\.machineID).first { p["machine_id"] = .string(mid) }
+    let keys = Array(Set(disks.flatMap(\.hostKeys))).sorted()
+    if !keys.isEmpty { p["ssh_host_keys"] = .array(keys.map { .string($0) }) }
+    return p
+}
+
+func absolutePath(_ path: String) -> String {
+    let url = URL(fileURLWithPath: path)
+    return url.standardizedFileURL.path
+}
+
+// MARK: - register
+
+struct VMRegister: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "register",
+        abstract: "Register a VM from its disk images; prints the new VM id.",
+        discussion: "Each image is opened (format by content), fingerprinted and, when possible, inspected; the VM is recorded as stored on this host (or --host)."
+    )
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM's disk images, boot disk first.") var images: [String]
+    @Option(help: "The VM's name.") var name: String
+    @Option(help: "Who is responsible for the VM.") var owner: String
+    @Option(name: .customLong("label"), help: ArgumentHelp("A label KEY=VALUE (repeatable).", valueName: "key=value"))
+    var labels: [String] = []
+    @Option(help: "The host the images are stored on (default: this host).") var host: String?
+
+    func validate() throws {
+        if images.isEmpty { throw ValidationError("name at least one disk image") }
+        _ = try NameArgument.check(name, what: "--name")
+        _ = try NameArgument.check(owner, what: "--owner")
+        _ = try LabelArgument.parse(labels)
+        if let host, HostName(host) == nil { throw ValidationError("not a host name: \(oneLine(host))") }
+    }
+
+    func run() throws {
+        let labels = try LabelArgument.parse(labels)
+        let host = host.flatMap(HostName.init) ?? .current
+        let disks = try images.map { try ExaminedDisk.examine($0) }
+        if Set(disks.map(\.path)).count != disks.count { throw WardenError(.invalidArgument, "the same image is given twice") }
+        let store = try database.open(create: true)
+        for d in disks {
+            if let existing = try store.disk(atPath: d.path) {
+                throw WardenError(.conflict, "already registered as disk \(existing.index) of VM \(existing.vm)", file: d.path)
+            }
+        }
+        let now = Date()
+        let vm = VMRecord(name: name, owner: owner, labels: labels, state: .registered, createdAt: now, updatedAt: now)
+        let (created, _) = try store.createVM(vm, disks: disks.enumerated().map { $1.record(vm: vm.id, index: $0) },
+                                              event: NewEvent(kind: .registered, vm: vm.id, host: host, time: now,
+                                                              payload: diskPayload(disks)))
+        try store.openResidency(vm: created.id, host: host, kind: .stored, at: now)
+        Output.stdout.line(created.id.description)
+    }
+}
+
+// MARK: - list / show
+
+/// A VM as JSON shows it (ids and generations as lower-case strings).
+struct VMJSON: Encodable {
+    var id: String
+    var name: String
+    var owner: String
+    var labels: [String: String]
+    var state: String
+    var generation: String
+    var parent: String?
+    var parentGeneration: String?
+    var createdAt: Date
+    var updatedAt: Date
+    var mac: String?
+    init(_ v: VMRecord) {
+        id = v.id.description; name = v.name; owner = v.owner; labels = v.labels; state = v.state.rawValue
+        generation = v.generation.uuidString.lowercased(); parent = v.parent?.description
+        parentGeneration = v.parentGeneration?.uuidString.lowercased()
+        createdAt = v.createdAt; updatedAt = v.updatedAt; mac = v.mac
+    }
+    func encode(to encoder: Encoder) throws {
+        enum K: String, CodingKey { case id, name, owner, labels, state, generation, parent, parentGeneration, createdAt, updatedAt, mac }
+        var c = encoder.container(keyedBy: K.self)
+        try c.encode(id, forKey: .id); try c.encode(name, forKey: .name); try c.encode(owner, forKey: .owner)
+        try c.encode(labels, forKey: .labels); try c.encode(state, forKey: .state)
+        try c.encode(generation, forKey: .generation)
+        try c.encode(parent, forKey: .parent); try c.encode(parentGeneration, forKey: .parentGeneration)
+        try c.encode(createdAt, forKey: .createdAt); try c.encode(updatedAt, forKey: .updatedAt)
+        try c.encode(mac, forKey: .mac)
+    }
+}
+
+struct DiskJSON: Encodable {
+    var index: Int
+    var path: String
+    var format: String
+    var backingChain: [String]
+    var fingerprint: String?
+    init(_ d: DiskRecord) {
+        index = d.index; path = d.path; format = d.format; backingChain = d.backingChain
+        fingerprint = d.fingerprint?.description
+    }
+    func encode(to encoder: Encoder) throws {
+        enum K: String, CodingKey { case index, path, format, backingChain, fingerprint }
+        var c = encoder.container(keyedBy: K.self)
+        try c.encode(index, forKey: .index); try c.encode(path, forKey: .path); try c.encode(format, forKey: .format)
+        try c.encode(backingChain, forKey: .backingChain); try c.encode(fingerprint, forKey: .fingerprint)
+    }
+}
+
+struct ResidencyJSON: Encodable {
+    var host: String
+    var kind: String
+    var from: Date
+    var to: Date?
+    init(_ r: ResidencyRecord) { host = r.host.value; kind = r.kind.rawValue; from = r.from; to = r.to }
+    func encode(to encoder: Encoder) throws {
+        enum K: String, CodingKey { case host, kind, from, to }
+        var c = encoder.container(keyedBy: K.self)
+        try c.encode(host, forKey: .host); try c.encode(kind, forKey: .kind)
+        try c.encode(from, forKey: .from); try c.encode(to, forKey: .to)
+    }
+}
+
+struct VMList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the VMs in the ledger.",
+                                                    aliases: ["ls"])
+    @OptionGroup var database: DatabaseOptions
+    @Flag(help: "Print JSON (docs/json-schemas/vm-list.v1.json).") var json = false
+
+    struct Doc: Encodable { var schema = "warden.vm-list/v1"; var vms: [VMJSON] }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let vms = try store.listVMs().sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+        if json {
+            Output.stdout.line(try Output.ledgerJSON(Doc(vms: vms.map(VMJSON.init))))
+            return
+        }
+        var rows = [["ID", "NAME", "OWNER", "STATE", "CREATED"]]
+        for v in vms {
+            rows.append([shortID(v.id), oneLine(v.name), oneLine(v.owner), v.state.rawValue, TimeArgument.format(v.createdAt)])
+        }
+        for l in table(rows) { Output.stdout.line(l) }
+    }
+}
+
+struct VMShow: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one VM: record, disks, residency and snapshots.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM: its id, a unique id prefix (4+ hex digits) or a unique name.") var vm: String
+    @Flag(help: "Print JSON (docs/json-schemas/vm-show.v1.json).") var json = false
+
+    struct SnapJSON: Encodable {
+        var name: String; var generation: String; var createdAt: Date
+    }
+    struct Doc: Encodable {
+        var schema = "warden.vm/v1"
+        var vm: VMJSON
+        var disks: [DiskJSON]
+        var residency: [ResidencyJSON]
+        var snapshots: [SnapJSON]
+        var events: Int
+        var lastScan: Date?
+        func encode(to encoder: Encoder) throws {
+            enum K: String, CodingKey { case schema, vm, disks, residency, snapshots, events, lastScan }
+            var c = encoder.container(keyedBy: K.self)
+            try c.encode(schema, forKey: .schema); try c.encode(vm, forKey: .vm); try c.encode(disks, forKey: .disks)
+            try c.encode(residency, forKey: .residency); try c.encode(snapshots, forKey: .snapshots)
+            try c.encode(events, forKey: .events); try c.encode(lastScan, forKey: .lastScan)
+        }
+    }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let v = try store.resolveVM(vm)
+        let disks = try store.disks(of: v.id)
+        let res = try store.residency(of: v.id).sorted { ($0.from, $0.host) < ($1.from, $1.host) }
+        let snaps = try store.snapshots(of: v.id)
+        let events = try store.events(of: v.id)
+        let doc = Doc(vm: VMJSON(v), disks: disks.map(DiskJSON.init), residency: res.map(ResidencyJSON.init),
+                      snapshots: snaps.map { SnapJSON(name: $0.name, generation: $0.generation.uuidString.lowercased(), createdAt: $0.createdAt) },
+                      events: events.count, lastScan: try store.lastScan(of: v.id))
+        if json { Output.stdout.line(try Output.ledgerJSON(doc)); return }
+        let o = Output.stdout
+        o.line("id:         \(v.id)")
+        o.line("name:       \(oneLine(v.name))")
+        o.line("owner:      \(oneLine(v.owner))")
+        o.line("state:      \(v.state.rawValue)")
+        o.line("generation: \(doc.vm.generation)")
+        if let p = v.parent { o.line("parent:     \(p) (generation \(doc.vm.parentGeneration ?? "?"))") }
+        o.line("created:    \(TimeArgument.format(v.createdAt))")
+        if !v.labels.isEmpty {
+            o.line("labels:     " + v.labels.sorted { $0.key < $1.key }.map { oneLine("\($0.key)=\($0.value)") }.joined(separator: " "))
+        }
+        o.line("disks:")
+        for d in disks {
+            o.line(oneLine("  \(d.index)  \(d.format)  \(d.path)  \(d.fingerprint?.description ?? "-")"))
+            for b in d.backingChain { o.line(oneLine("     backed by \(b)")) }
+        }
+        if !res.isEmpty {
+            o.line("residency:")
+            for r in res {
+                o.line(oneLine("  \(r.kind.rawValue) on \(r.host.value)  \(TimeArgument.format(r.from)) – \(r.to.map(TimeArgument.format) ?? "now")"))
+            }
+        }
+        if !snaps.isEmpty {
+            o.line("snapshots:")
+            for s in snaps { o.line(oneLine("  \(s.name)  \(TimeArgument.format(s.createdAt))  generation \(s.generation.uuidString.lowercased())")) }
+        }
+        o.line("events:     \(events.count)")
+    }
+}
+
+// MARK: - copy
+
+struct VMCopy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy", abstract: "Copy a VM's disks into a folder and record the copy with its lineage.",
+        discussion: """
+        A full copy duplicates each disk file byte for byte (sparse). --overlay instead creates a qcow2 \
+        overlay backed by each disk (qemu-img create -f qcow2 -b DISK -F FORMAT). The copy is a new VM \
+        whose parent is VM at its current generation; it gets a new generation of its own.
+        """)
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM to copy.") var vm: String
+    @Argument(help: "The folder for the new disk files (created if missing; existing files are never overwritten).") var dest: String
+    @Option(help: "The new VM's name (default: NAME-copy).") var name: String?
+    @Flag(help: "Create qcow2 overlays backed by the original disks instead of full copies.") var overlay = false
+    @Option(help: "The host the copy is stored on (default: this host).") var host: String?
+
+    func validate() throws {
+        if let name { _ = try NameArgument.check(name, what: "--name") }
+        if let host, HostName(host) == nil { throw ValidationError("not a host name: \(oneLine(host))") }
+    }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let src = try store.resolveVM(vm)
+        let host = host.flatMap(HostName.init) ?? .current
+        guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
+        let disks = try store.disks(of: src.id)
+        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to copy") }
+        try LedgerPolicy.authorize(.copy, vm: src, store: store,
+                                   detail: ["mode": .string(overlay ? "overlay" : "full"), "dest": .string(absolutePath(dest))])
+        let destDir = absolutePath(dest)
+        try FileManager.default.createDirectory(atPath: destDir, withIntermediateDirectories: true)
+        var targets: [String] = []
+        for d in disks {
+            var base = (d.path as NSString).lastPathComponent
+            if overlay { base = ((base as NSString).deletingPathExtension) + ".qcow2" }
+            let t = destDir + "/" + base
+            if targets.contains(t) { throw WardenError(.conflict, "two disks would be written to the same file", file: t) }
+            if FileManager.default.fileExists(atPath: t) { throw WardenError(.conflict, "already exists; not overwritten", file: t) }
+            targets.append(t)
+        }
+        var made: [String] = []
+        do {
+            for (d, t) in zip(disks, targets) {
+                if overlay {
+                    try Self.createOverlay(of: d, at: t)
+                } else {
+                    try Self.byteCopy(d.path, to: t)
+                    try Self.fixRelativeBacking(of: d, copy: t)
+                }
+                made.append(t)
+            }
+        } catch {
+            for t in made { unlink(t) }
+            throw error
+        }
+        let examined: [ExaminedDisk]
+        do { examined = try targets.map { try ExaminedDisk.examine($0) } } catch {
+            for t in made { unlink(t) }
+            throw error
+        }
+        let now = Date()
+        let new = VMRecord(name: name ?? src.name + "-copy", owner: src.owner, labels: src.labels, state: .stopped,
+                           generation: UUID(), parent: src.id, parentGeneration: src.generation, createdAt: now, updatedAt: now)
+        var payload = diskPayload(examined)
+        payload["source"] = .string(src.id.description)
+        payload["source_generation"] = .string(src.generation.uuidString.lowercased())
+        payload["mode"] = .string(overlay ? "overlay" : "full")
+        let (created, _) = try store.createVM(new, disks: examined.enumerated().map { $1.record(vm: new.id, index: $0) },
+                                              event: NewEvent(kind: .copied, vm: new.id, host: host, time: now,
+                                                              generationBefore: src.generation, generationAfter: new.generation,
+                                                              payload: payload))
+        try store.openResidency(vm: created.id, host: host, kind: .stored, at: now)
+        Output.stdout.line(created.id.description)
+    }
+
+    static func createOverlay(of d: DiskRecord, at target: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", d.path, "-F", d.format, target]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        do { try p.run() } catch {
+            throw WardenError(.unavailable, "cannot run qemu-img: \(error.localizedDescription)")
+        }
+        let msg = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            unlink(target)
+            throw WardenError(.io, "qemu-img create failed: \(oneLine(String(decoding: msg.prefix(300), as: UTF8.self)))", file: target)
+        }
+    }
+
+    /// A byte copy keeps the backing reference as written; a relative one is made absolute
+    /// (`qemu-img rebase -u`) so the copy still finds the same backing file from its new folder.
+    static func fixRelativeBacking(of d: DiskRecord, copy: String) throws {
+        guard d.format == "qcow2", let backing = d.backingChain.first else { return }
+        let img = try ImageOpener.open(copy, options: OpenOptions(maxBackingDepth: 0))
+        guard let written = img.info.backingFile, !written.hasPrefix("/") else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["qemu-img", "rebase", "-u", "-b", backing, "-F", img.info.backingFormat ?? "raw", copy]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw WardenError(.io, "qemu-img rebase failed", file: copy) }
+    }
+
+    /// Copies `src` to `dst` (created exclusively), leaving holes where the source reads as zeros.
+    static func byteCopy(_ src: String, to dst: String) throws {
+        let inFD = open(src, O_RDONLY | O_CLOEXEC)
+        guard inFD >= 0 else { throw WardenError(.io, "cannot open: \(String(cString: strerror(errno)))", file: src) }
+        defer { close(inFD) }
+        let outFD = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard outFD >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: dst) }
+        var ok = false
+        defer { close(outFD); if !ok { unlink(dst) } }
+        let chunk = 1 << 20
+        var buf = [UInt8](repeating: 0, count: chunk)
+        var offset: UInt64 = 0
+        while true {
+            let n = buf.withUnsafeMutableBytes { pread(inFD, $0.baseAddress, chunk, off_t(offset)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw WardenError(.io, "read failed: \(String(cString: strerror(errno)))", file: src)
+            }
+            if n == 0 { break }
+            let slice = buf[0..<n]
+            if slice.contains(where: { $0 != 0 }) {
+                try buf.withUnsafeBytes { try FileDescriptorIO.pwriteAll(outFD, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, name: dst) }
+            }
+            offset += UInt64(n)
+        }
+        guard ftruncate(outFD, off_t(offset)) == 0, fsync(outFD) == 0 else {
+            throw WardenError(.io, "cannot finish the copy: \(String(cString: strerror(errno)))", file: dst)
+        }
+        ok = true
+    }
+}
+
+// MARK: - transfer / retire
+
+struct VMTransfer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "transfer", abstract: "Give a VM to a new owner.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Option(help: "The new owner.") var to: String
+
+    func validate() throws { _ = try NameArgument.check(to, what: "--to") }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let v = try store.resolveVM(vm)
+        guard v.state != .retired else { throw WardenError(.conflict, "VM \(v.id) is retired") }
+        guard v.owner != to else { throw WardenError(.conflict, "VM \(v.id) already belongs to \(oneLine(to))") }
+        try LedgerPolicy.authorize(.transfer, vm: v, store: store, detail: ["to": .string(to)])
+        let (_, e) = try store.updateVM(v.id, event: NewEvent(kind: .ownershipTransferred, vm: v.id,
+                                                             payload: ["from": .string(v.owner), "to": .string(to)])) { $0.owner = to }
+        Output.stdout.line("VM \(v.id) now belongs to \(oneLine(to)) (event \(e.seq))")
+    }
+}
+
+struct VMRetire: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retire", abstract: "Retire a VM: it stays in the ledger, marked retired.",
+        discussion: "Closes the VM's open ran-on interval. Stored-on intervals stay open: retiring does not prove the disks are gone.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let v = try store.resolveVM(vm)
+        guard v.state != .retired else { throw WardenError(.conflict, "VM \(v.id) is already retired") }
+        try LedgerPolicy.authorize(.retire, vm: v, store: store)
+        let now = Date()
+        let (_, e) = try store.updateVM(v.id, event: NewEvent(kind: .retired, vm: v.id, time: now,
+                                                             payload: ["previous_state": .string(v.state.rawValue)])) { $0.state = .retired }
+        for r in try store.residency(of: v.id) where r.to == nil && r.kind == .ran {
+            try store.closeResidency(vm: v.id, host: r.host, kind: .ran, at: max(now, r.from))
+        }
+        Output.stdout.line("VM \(v.id) retired (event \(e.seq))")
+    }
+}
+
+// MARK: - history
+
+struct EventJSON: Encodable {
+    var seq: Int64
+    var kind: String
+    var vm: String?
+    var actor: String
+    var host: String
+    var time: Date
+    var generationBefore: String?
+    var generationAfter: String?
+    var payload: [String: JSONValue]
+    var reportedByCaller: Bool
+    init(_ e: EventRecord) {
+        seq = e.seq; kind = e.kind.rawValue; vm = e.vm?.description; actor = e.actor; host = e.host.value; time = e.time
+        generationBefore = e.generationBefore?.uuidString.lowercased(); generationAfter = e.generationAfter?.uuidString.lowercased()
+        payload = e.payload; reportedByCaller = e.reportedByCaller
+    }
+    func encode(to encoder: Encoder) throws {
+        enum K: String, CodingKey { case seq, kind, vm, actor, host, time, generationBefore, generationAfter, payload, reportedByCaller }
+        var c = encoder.container(keyedBy: K.self)
+        try c.encode(seq, forKey: .seq); try c.encode(kind, forKey: .kind); try c.encode(vm, forKey: .vm)
+        try c.encode(actor, forKey: .actor); try c.encode(host, forKey: .host); try c.encode(time, forKey: .time)
+        try c.encode(generationBefore, forKey: .generationBefore); try c.encode(generationAfter, forKey: .generationAfter)
+        try c.encode(payload, forKey: .payload); try c.encode(reportedByCaller, forKey: .reportedByCaller)
+    }
+}
+
+/// Compact one-line JSON of a payload for tables.
+func compactJSON(_ v: [String: JSONValue]) -> String {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return (try? String(decoding: enc.encode(v), as: UTF8.self)) ?? "{}"
+}
+
+struct VMHistory: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "history", abstract: "Who did what to a VM, when, on which host.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Flag(help: "Print JSON (docs/json-schemas/vm-history.v1.json).") var json = false
+
+    struct Doc: Encodable { var schema = "warden.vm-history/v1"; var vm: String; var events: [EventJSON] }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let v = try store.resolveVM(vm)
+        let events = try store.events(of: v.id)
+        if json {
+            Output.stdout.line(try Output.ledgerJSON(Doc(vm: v.id.description, events: events.map(EventJSON.init))))
+            return
+        }
+        var rows = [["SEQ", "TIME", "KIND", "ACTOR", "HOST", "GENERATION", "DETAILS"]]
+        for e in events {
+            var gen = "-"
+            if let a = e.generationAfter, a != e.generationBefore {
+                gen = (e.generationBefore.map { String($0.uuidString.lowercased().prefix(8)) } ?? "∅") + "→" + String(a.uuidString.lowercased().prefix(8))
+            }
+            let details = (e.reportedByCaller ? "(reported) " : "") + compactJSON(e.payload)
+            rows.append(["\(e.seq)", TimeArgument.format(e.time), e.kind.rawValue, oneLine(e.actor), e.host.value, gen,
+                         oneLine(String(details.prefix(200)))])
+        }
+        for l in table(rows) { Output.stdout.line(l) }
+    }
+}
+
+// MARK: - lineage
+
+struct VMLineage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lineage", abstract: "The tree of a VM's ancestors and descendants: clones, copies, snapshots, rollback branches.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Flag(help: "Print JSON (docs/json-schemas/lineage.v1.json).") var json = false
+    @Flag(help: "Print a Graphviz digraph.") var dot = false
+    @Flag(help: .hidden) var timing = false
+
+    func validate() throws { if json && dot { throw ValidationError("give --json or --dot, not both") } }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let v = try store.resolveVM(vm)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let tree = try store.lineage(of: v.id)
+        if timing {
+            Output.note(String(format: "lineage: %.3f ms, %d nodes", Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6, tree.nodes.count))
+        }
+        if json { Output.stdout.line(try Output.ledgerJSON(tree)); return }
+        if dot { for l in Self.dot(tree) { Output.stdout.line(l) }; return }
+        for l in Self.text(tree) { Output.stdout.line(l) }
+    }
+
+    static func text(_ t: Lineage) -> [String] {
+        var out: [String] = []
+        for n in t.nodes {
+            let indent = String(repeating: "  ", count: n.depth)
+            let mark = n.role == .self ? " ◀" : ""
+            let how = n.parent == nil ? n.relation : "\(n.relation) from \(shortID(n.parent!))"
+            out.append(oneLine("\(indent)\(n.depth == 0 ? "" : "└ ")\(n.name) (\(shortID(n.id))) \(n.state.rawValue), \(how) \(TimeArgument.format(n.createdAt))\(mark)"))
+            for s in n.snapshots {
+                out.append(oneLine("\(indent)    snapshot \(s.name) @ generation \(s.generation.uuidString.lowercased().prefix(8))"))
+            }
+            for g in n.generations where g.kind == .rolledBack {
+                out.append(oneLine("\(indent)    rolled back to \(g.snapshot ?? "?") → generation \(g.generation.uuidString.lowercased().prefix(8)) (branch of \(g.parentGeneration.map { String($0.uuidString.lowercased().prefix(8)) } ?? "?"))"))
+            }
+        }
+        return out
+    }
+
+    /// DOT with every label quoted and escaped; VM names are user text.
+    static func dot(_ t: Lineage) -> [String] {
+        func q(_ s: String) -> String {
+            var r = "\""
+            for ch in s.unicodeScalars {
+                switch ch {
+                case "\"": r += "\\\""
+                case "\\": r += "\\\\"
+                case "\n": r += "\\n"
+                case "\r": r += " "
+                default: r += ch.value < 0x20 ? " " : String(ch)
+                }
+            }
+            return r + "\""
+        }
+        var out = ["digraph lineage {", "  rankdir=TB;", "  node [shape=box];"]
+        for n in t.nodes {
+            let style = n.role == .self ? ", style=bold" : (n.state == .retired ? ", style=dashed" : "")
+            out.append("  \(q(n.id.description)) [label=\(q("\(n.name)\n\(shortID(n.id)) \(n.state.rawValue)"))\(style)];")
+            for s in n.snapshots {
+                let sid = "\(n.id)/snapshot/\(s.name)"
+                out.append("  \(q(sid)) [label=\(q("snapshot \(s.name)")), shape=ellipse];")
+                out.append("  \(q(n.id.description)) -> \(q(sid)) [style=dotted];")
+            }
+            for (i, g) in n.generations.enumerated() where g.kind == .rolledBack {
+                let gid = "\(n.id)/rollback/\(i)"
+                out.append("  \(q(gid)) [label=\(q("rollback to \(g.snapshot ?? "?")\n\(TimeArgument.format(g.time))")), shape=diamond];")
+                let from = g.snapshot.map { "\(n.id)/snapshot/\($0)" } ?? n.id.description
+                out.append("  \(q(from)) -> \(q(gid)) [style=dotted];")
+            }
+        }
+        for n in t.nodes {
+            if let p = n.parent, t.nodes.contains(where: { $0.id == p }) {
+                out.append("  \(q(p.description)) -> \(q(n.id.description)) [label=\(q(n.relation))];")
+            }
+        }
+        out.append("}")
+        return out
+    }
+}
