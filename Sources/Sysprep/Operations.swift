@@ -371,7 +371,7 @@ struct MACAddressOperation: SysprepOperation {
     func apply(_ w: GuestWriter, _ o: SysprepOptions, _ out: inout SysprepOutputs) throws -> [Change] { changes(o) }
 
     /// A random locally-administered unicast MAC in the 52:54:00 prefix QEMU and libvirt use.
-    public static func newMAC() -> String {
+    static func newMAC() -> String {
         var g = SystemRandomNumberGenerator()
         let tail = (0..<3).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &g)) }
         return (["52", "54", "00"] + tail).joined(separator: ":")

@@ -18,6 +18,9 @@ public enum Sysprep {
         CloudInitOperation(), MACAddressOperation(), FilesystemUUIDsOperation(), AuthorizedKeysOperation(),
     ]
 
+    /// A random MAC in the 52:54:00 prefix QEMU and libvirt use (what `mac-address` assigns).
+    public static func newMAC() -> String { MACAddressOperation.newMAC() }
+
     public static func operation(named name: String) -> (any SysprepOperation)? {
         operations.first { $0.name == name }
     }

@@ -4,6 +4,7 @@ import WardenCore
 import DiskImage
 import GuestFS
 import Sysprep
+import Ledger
 
 /// Options shared by `image sysprep` and `vm clone`: which operations, and their inputs.
 struct SysprepSelection: ParsableArguments {
@@ -67,6 +68,19 @@ struct SysprepSelection: ParsableArguments {
     }
 }
 
+extension ImageSysprep {
+    /// A disk of a VM in the ledger changes identity only through `vm clone`, which records it.
+    /// Without a ledger database there is nothing to check.
+    static func refuseLedgerDisk(_ image: String, _ database: DatabaseOptions) throws {
+        guard FileManager.default.fileExists(atPath: database.path) else { return }
+        let store = try database.open(create: false)
+        if let d = try store.disk(atPath: absolutePath(image)) {
+            throw WardenError(.conflict, "is disk \(d.index) of VM \(d.vm) in the ledger; refresh a copy with `warden vm clone` instead",
+                              file: image)
+        }
+    }
+}
+
 /// `warden image sysprep IMAGE`: refresh a guest's identity in place (an image not in the ledger).
 struct ImageSysprep: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -94,6 +108,8 @@ struct ImageSysprep: ParsableCommand {
     @Flag(help: "Print JSON (schema warden.sysprep/v1).")
     var json = false
 
+    @OptionGroup var database: DatabaseOptions
+
     func validate() throws {
         if image == nil && !selection.listOperations { throw ValidationError("name the image to refresh") }
     }
@@ -107,6 +123,7 @@ struct ImageSysprep: ParsableCommand {
         if dryRun {
             report = try Sysprep.planImage(image, format: format, operations: ops, options: options)
         } else {
+            try Self.refuseLedgerDisk(image, database)
             report = try Sysprep.applyImage(image, format: format, operations: ops, options: options)
         }
         if json {

@@ -23,7 +23,7 @@ struct DatabaseOptions: ParsableArguments {
 /// before changing anything. Today it allows everything; when policy enforcement arrives, a
 /// denial throws `WardenError(.denied, …)` (exit 3) and is recorded as a `policy-decision` event.
 enum LedgerPolicy {
-    enum Operation: String { case copy, transfer, retire }
+    enum Operation: String { case copy, clone, transfer, retire }
 
     static func authorize(_ operation: Operation, vm: VMRecord, store: any LedgerStore,
                           detail: [String: JSONValue] = [:]) throws {

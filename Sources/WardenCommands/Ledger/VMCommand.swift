@@ -14,7 +14,7 @@ struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
         abstract: "Register, list, copy, transfer and retire VMs; show their history and lineage.",
-        subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMTransfer.self, VMRetire.self,
+        subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMClone.self, VMTransfer.self, VMRetire.self,
                       VMHistory.self, VMLineage.self]
     )
 }
