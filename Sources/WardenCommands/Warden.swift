@@ -14,7 +14,7 @@ public struct Warden: ParsableCommand {
         subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self, DevCommand.self,
                       VMCommand.self, HostCommand.self, EventCommand.self, ExposureCommand.self,
                       CensusCommand.self, DiscoverCommand.self, PolicyCommand.self, LibvirtCommand.self,
-                      LibvirtHookCommand.self]
+                      LibvirtHookCommand.self, AdvisoriesCommand.self, ScanCommand.self, FleetCommand.self]
     )
     public init() {}
 
