@@ -61,9 +61,11 @@ let package = Package(
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories",
             .product(name: "Yams", package: "Yams"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Hypervisor", dependencies: [
-            "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt",
+            "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt", "GuestFS", "Inspection", "Advisories",
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
@@ -80,10 +82,10 @@ let package = Package(
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "SysprepTests", dependencies: ["Sysprep", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
-        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
-        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "Inspection", "WardenTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]
 )
