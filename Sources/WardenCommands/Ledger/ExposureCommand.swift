@@ -31,9 +31,9 @@ struct ExposureCommand: ParsableCommand {
             Output.note(String(format: "exposure: %.3f ms, %d VMs", Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6, report.vms.count))
         }
         if json { Output.stdout.line(try Output.ledgerJSON(report)); return }
-        var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "VIA"]]
+        var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "FROM"]]
         for v in report.vms {
-            let via = v.path.count > 1 ? v.path.dropLast().map(shortID).joined(separator: " → ") : "-"
+            let via = v.steps == 0 ? "-" : "\(shortID(v.source)) +\(v.steps)"
             rows.append([shortID(v.vm), oneLine(v.name), oneLine(v.owner), v.state.rawValue,
                          TimeArgument.format(v.exposedSince), v.how, via])
         }
