@@ -25,11 +25,8 @@ struct ExposureCommand: ParsableCommand {
         let t1 = try TimeArgument.parse(from, now: now), t2 = try TimeArgument.parse(to, now: now)
         guard t1 <= t2 else { throw WardenError(.invalidArgument, "--from is after --to") }
         let store = try database.open(create: false)
-        let start = DispatchTime.now().uptimeNanoseconds
-        let report = try store.exposure(host: HostName(host)!, from: t1, to: t2, now: now)
-        if timing {
-            Output.note(String(format: "exposure: %.3f ms, %d VMs", Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6, report.vms.count))
-        }
+        let (report, wall, cpu) = try timed { try store.exposure(host: HostName(host)!, from: t1, to: t2, now: now) }
+        if timing { Output.note(String(format: "exposure: %.3f ms wall, %.3f ms cpu, %d VMs", wall, cpu, report.vms.count)) }
         if json { Output.stdout.line(try Output.ledgerJSON(report)); return }
         var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "FROM"]]
         for v in report.vms {
