@@ -35,7 +35,7 @@ extension SQLiteLedger: LedgerQueries {
             let direct = try db.cachedStatement(sql: "SELECT vm, kind, from_us, to_us FROM residency WHERE \(overlap)")
             let rows = try Row.fetchCursor(direct, arguments: args)
             while let r = try rows.next() {
-                guard let vm = VMID(r[0] as String), let kind = ResidencyRecord.Kind(rawValue: r[1] as String) else {
+                guard let vm = FastUUID.vmid(r[0]), let kind = ResidencyRecord.Kind(rawValue: r[1] as String) else {
                     throw WardenError(.corrupt, "a residency row is malformed", file: file)
                 }
                 let end: Int64? = r[3]
@@ -63,13 +63,13 @@ extension SQLiteLedger: LedgerQueries {
             var records: [VMID: (String, String, VMState)] = [:]
             let found = try Row.fetchCursor(s, arguments: args)
             while let r = try found.next() {
-                guard let vm = VMID(r[0] as String), let state = VMState(rawValue: r[5] as String) else {
+                guard let vm = FastUUID.vmid(r[0]), let state = VMState(rawValue: r[5] as String) else {
                     throw WardenError(.corrupt, "a VM row is malformed", file: file)
                 }
                 let d: Int64? = r[1], i: Int64? = r[2]
                 let parentText: String? = r[6]
                 // Direct wins a tie, as in the reference.
-                if let i, d.map({ i < $0 }) ?? true, let p = parentText.flatMap(VMID.init) {
+                if let i, d.map({ i < $0 }) ?? true, let p = parentText.flatMap(FastUUID.vmid) {
                     since[vm] = LedgerTime.date(i)
                     inheritedFrom[vm] = p
                 } else if let d {

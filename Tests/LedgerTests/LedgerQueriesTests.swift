@@ -258,3 +258,23 @@ extension ExposureTests {
         }
     }
 }
+
+@Suite struct FastUUIDTests {
+    @Test func agreesWithFoundation() {
+        var rng = SeededRandom(seed: 7)
+        for _ in 0..<2000 {
+            let u = UUID(uuid: (UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng)))
+            #expect(FastUUID.text(u) == u.uuidString.lowercased())
+            #expect(FastUUID.parse(u.uuidString) == u && FastUUID.parse(u.uuidString.lowercased()) == u)
+        }
+        for bad in ["", "x", "0123456789abcdef0123456789abcdef0123", "01234567-89ab-cdef-0123-456789abcdeg",
+                    "01234567+89ab-cdef-0123-456789abcdef", "01234567-89ab-cdef-0123-456789abcdef0", "é1234567-89ab-cdef-0123-456789abcde"] {
+            #expect(FastUUID.parse(bad) == nil, "\(bad)")
+        }
+    }
+}
