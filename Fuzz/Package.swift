@@ -22,6 +22,9 @@ let package = Package(
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"),
             .product(name: "GuestFS", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
         ]),
+        .executableTarget(name: "FuzzEXT4Write", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
+        ]),
         .executableTarget(name: "FuzzXFS", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
         ]),

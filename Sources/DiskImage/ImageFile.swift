@@ -115,6 +115,27 @@ public final class ImageFile: @unchecked Sendable {
         length = newLength
     }
 
+    /// Throws `.conflict` when another process holds a QEMU image lock on this file
+    /// (a running VM, or qemu-img/qemu-io with the image open): QEMU takes open file
+    /// description locks on bytes 100-299 while it uses an image. Warden only probes
+    /// (`F_OFD_GETLK`) and takes no lock itself, so oracles like `qemu-img check` can
+    /// run while a writer is open.
+    public func refuseIfInUse() throws {
+        #if os(Linux)
+        var fl = flock()
+        fl.l_type = Int16(F_WRLCK)
+        fl.l_whence = Int16(SEEK_SET)
+        fl.l_start = 100
+        fl.l_len = 200
+        fl.l_pid = 0
+        let F_OFD_GETLK: Int32 = 36
+        guard fcntl(fd, F_OFD_GETLK, &fl) == 0 else { return }   // locks unsupported here: nothing to learn
+        if fl.l_type != Int16(F_UNLCK) {
+            throw WardenError(.conflict, "the image is in use by another process (QEMU holds a lock on it); refusing to write", file: path)
+        }
+        #endif
+    }
+
     /// `fdatasync(2)`: a write barrier for crash ordering.
     public func sync() throws {
         guard writable else { return }

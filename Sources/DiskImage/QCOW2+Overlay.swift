@@ -91,6 +91,7 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
             throw WardenError(.invalidArgument, "an internal snapshot cannot be opened for writing")
         }
         let file = try ImageFile(path: path, writable: true)
+        try file.refuseIfInUse()
         guard try ImageOpener.detect(file) == .qcow2 else {
             throw WardenError(.invalidArgument, "not a qcow2 image", file: path)
         }
@@ -627,6 +628,7 @@ extension ImageOpener {
                 throw WardenError(.invalidArgument, "raw images have no internal snapshots", file: path)
             }
             let file = try ImageFile(path: path, writable: true)
+            try file.refuseIfInUse()
             let dev = RawDevice(file: file)
             return WritableOpenedImage(device: dev, chain: [ImageInfo(
                 path: path, format: .raw, virtualSize: dev.size, fileSize: file.length, allocatedSize: file.allocatedBytes)])

@@ -51,7 +51,7 @@ extension EXT4WritableVolume {
         return m
     }
 
-    private func checkBlock(_ b: UInt64, _ n: UInt64) throws -> UInt64 {
+    func checkBlock(_ b: UInt64, _ n: UInt64) throws -> UInt64 {
         guard b > UInt64(sb.firstDataBlock) || (sb.firstDataBlock == 0 && b > 0), b < sb.blocksCount else {
             throw EXT4.corrupt("inode \(n) points at block \(b), outside the filesystem")
         }
@@ -102,7 +102,9 @@ extension EXT4WritableVolume {
                 throw EXT4.limit("inode \(n) has more blocks than this writer handles")
             }
         }
+        var seen = Set<UInt64>()
         func walk(_ block: UInt64, level: Int, base: UInt64) throws {
+            guard seen.insert(block).inserted else { throw EXT4.corrupt("inode \(n) block map uses block \(block) twice") }
             m.meta.append(try checkBlock(block, n))
             let b = try readBlock(block)
             var span: UInt64 = 1
@@ -146,7 +148,7 @@ extension EXT4WritableVolume {
         return b
     }
 
-    private func extentHeader(entries: Int, max: Int, depth: Int) -> [UInt8] {
+    func extentHeader(entries: Int, max: Int, depth: Int) -> [UInt8] {
         var h = [UInt8](repeating: 0, count: 12)
         Self.put16(&h, 0, EXT4.extentMagic)
         Self.put16(&h, 2, UInt16(entries))
@@ -469,8 +471,59 @@ extension EXT4WritableVolume {
         try finish()
     }
 
+    public func removeDirectory(_ path: String) throws {
+        let (parent, name) = try parentAndName(path)
+        guard let n = try findEntry(dir: parent, name: name) else {
+            throw WardenError.notFound("ext4: \(path): no such file or directory in the guest")
+        }
+        var raw = try readInodeRaw(n)
+        guard Self.get16(raw, 0x00) & 0o170000 == 0o040000 else {
+            throw WardenError(.invalidArgument, "ext4: \(path) is not a directory")
+        }
+        guard n != EXT4.rootInode, n != parent else { throw WardenError(.invalidArgument, "ext4: \(path) is the root directory") }
+        guard try reader.readDirectory(n).isEmpty else {
+            throw WardenError(.conflict, "ext4: \(path) is not empty")
+        }
+        try checkRewritable(n, raw)
+        var parentRaw = try readInodeRaw(parent)
+        try checkRewritable(parent, parentRaw)
+        let m = try mapping(n, raw)
+        let aclBlock = UInt64(Self.get32(raw, 0x68)) | (is64 ? UInt64(Self.get16(raw, 0x76)) << 32 : 0)
+        try removeEntry(dir: parent, name: name)
+        // The parent loses the ".." link (a count of 1 means "too many to count", dir_nlink).
+        parentRaw = try readInodeRaw(parent)
+        let plinks = Self.get16(parentRaw, 0x1A)
+        if plinks > 2 {
+            Self.put16(&parentRaw, 0x1A, plinks - 1)
+            try writeInodeRaw(parent, parentRaw)
+        }
+        let now = UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970))
+        Self.put16(&raw, 0x1A, 0)
+        Self.put32(&raw, 0x14, now)
+        Self.put32(&raw, 0x0C, now)
+        Self.put32(&raw, 0x20, Self.get32(raw, 0x20) & ~Self.indexFlag)
+        setSize(&raw, 0)
+        try setBlockCount(&raw, blocks: 0)
+        if Self.get32(raw, 0x20) & Self.extentsFlag != 0 {
+            var root = [UInt8](repeating: 0, count: 60)
+            root.replaceSubrange(0..<12, with: extentHeader(entries: 0, max: 4, depth: 0))
+            raw.replaceSubrange(0x28..<0x64, with: root)
+        } else {
+            raw.replaceSubrange(0x28..<0x64, with: [UInt8](repeating: 0, count: 60))
+        }
+        if aclBlock != 0 {
+            Self.put32(&raw, 0x68, 0)
+            if is64 { Self.put16(&raw, 0x76, 0) }
+        }
+        try writeInodeRaw(n, raw)
+        try freeMapping(m)
+        if aclBlock != 0 { try releaseXattrBlock(try checkBlock(aclBlock, n)) }
+        try freeInode(n, directory: true)
+        try finish()
+    }
+
     /// Drops one reference to an extended-attribute block, freeing it at zero.
-    private func releaseXattrBlock(_ b: UInt64) throws {
+    func releaseXattrBlock(_ b: UInt64) throws {
         var blk = try readBlock(b)
         guard Self.get32(blk, 0) == 0xEA02_0000 else { throw EXT4.corrupt("xattr block \(b) has a bad magic") }
         let refs = Self.get32(blk, 4)

@@ -21,6 +21,8 @@ public protocol MutableFileSystem: FileSystem {
     /// Removes the directory entry at `path` (not a directory); frees the inode
     /// and its blocks when its link count drops to zero.
     func unlink(_ path: String) throws
+    /// Removes the empty directory at `path` (a final symlink is not followed).
+    func removeDirectory(_ path: String) throws
     /// Sets the filesystem UUID.
     func setFilesystemUUID(_ uuid: UUID) throws
     /// Flushes every write to the device.

@@ -163,6 +163,37 @@ import WardenTestSupport
         }
     }
 
+    /// An image QEMU has open (here qemu-io, as a running VM would) is not written.
+    @Test func refusesImagesInUse() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            for fmt in ["qcow2", "raw"] {
+                let img = dir + "/busy." + fmt
+                try Tool.run(["qemu-img", "create", "-q", "-f", fmt, img, "1M"])
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-io")
+                p.arguments = ["-f", fmt, "-c", "sleep 20000", img]
+                p.standardOutput = FileHandle.nullDevice
+                p.standardError = FileHandle.nullDevice
+                try p.run()
+                defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+                let sum = try Self.sha(img)
+                var refused = false
+                for _ in 0..<100 {   // wait until qemu-io has the image open
+                    do {
+                        _ = try ImageOpener.openWritable(img)
+                        usleep(50_000)
+                    } catch let e as WardenError {
+                        #expect(e.code == .conflict && "\(e)".contains("in use"))
+                        refused = true
+                        break
+                    }
+                }
+                #expect(refused, "\(fmt): the writer did not notice qemu-io holding the image")
+                #expect(try Self.sha(img) == sum)
+            }
+        }
+    }
+
     @Test func rawWritableAndReadOnlyRefusal() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let img = dir + "/d.raw"

@@ -10,7 +10,7 @@ import DiskImage
 enum EXT4WriteFixture {
     static let treeScript = #"""
     T="$1/tree"
-    mkdir -p "$T/etc/ssh" "$T/big" "$T/frag"
+    mkdir -p "$T/etc/ssh" "$T/big" "$T/frag" "$T/var/lib/cloud/instances/i-1/sem"
     cd "$T"
     echo old-host > etc/hostname
     printf '0123456789abcdef0123456789abcdef\n' > etc/machine-id
@@ -35,6 +35,7 @@ enum EXT4WriteFixture {
         Variant(name: "ext4-4k", mkfs: ["mkfs.ext4", "-b", "4096"]),
         Variant(name: "ext4-1k", mkfs: ["mkfs.ext4", "-b", "1024"]),
         Variant(name: "ext4-nocsum", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "^metadata_csum"]),
+        Variant(name: "ext4-gdtcsum-1k", mkfs: ["mkfs.ext4", "-b", "1024", "-O", "^metadata_csum,uninit_bg"]),
         Variant(name: "ext4-32bit-1k", mkfs: ["mkfs.ext4", "-b", "1024", "-O", "^64bit"]),
         Variant(name: "ext4-csumseed", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "metadata_csum_seed"]),
         Variant(name: "ext3", mkfs: ["mkfs.ext3", "-b", "4096"], extents: false),
@@ -129,27 +130,42 @@ enum EXT4WriteFixture {
             try F.fsck(img, "200 unlinks")
             #expect(try fs.readDirectory(try GuestPathResolver(fs).resolve("/frag").inode).count == 200)
 
-            // 5. A file growing across many fragmented blocks (extent tree depth 1 / indirect blocks).
+
+            // Holes next to where the writer allocates: 300 one-block files, every other one unlinked.
+            for i in 0..<300 { try fs.createFile("/frag/n\(i)", contents: [UInt8(i & 0xff)], mode: 0o644, uid: 0, gid: 0) }
+            for i in stride(from: 0, to: 300, by: 2) { try fs.unlink("/frag/n\(i)") }
+            try F.fsck(img, "300 creates and 150 unlinks")
+
+            // 5. A file (next to the holes) growing across many fragmented blocks (extent tree depth 1 / indirect blocks).
             let bs = fs.sb.blockSize
             let grow = random(bs * 150 + 123)
-            try fs.replaceContents(of: "/grow", with: grow)
+            try fs.replaceContents(of: "/frag/grow", with: grow)
             try F.fsck(img, "a 150-block fragmented file")
-            #expect(try F.cat(img, "/grow") == grow)
+            #expect(try F.cat(img, "/frag/grow") == grow)
+            if v.extents {
+                // 151 blocks into one-block holes: more than 4 extents, so a depth-1 tree with a leaf block.
+                let ex = try Tool.run(["debugfs", "-R", "ex /frag/grow", img]).stdoutText
+                #expect(ex.contains(" 1/ 1 "), "expected a depth-1 extent tree: \(ex.split(separator: "\n").prefix(4))")
+            } else {
+                let text = try Tool.run(["debugfs", "-R", "blocks /frag/grow", img]).stdoutText
+                let blocks = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).count
+                #expect(blocks == 152, "block-mapped file has \(blocks) blocks (151 data + 1 indirect expected): \(text.prefix(100))")
+            }
             let bigger = random(bs * 700 + 1)
-            try fs.replaceContents(of: "/grow", with: bigger)
+            try fs.replaceContents(of: "/frag/grow", with: bigger)
             try F.fsck(img, "growing to 700 blocks")
-            #expect(try F.cat(img, "/grow") == bigger)
-            let gi = try GuestPathResolver(fs).resolve("/grow").inode
+            #expect(try F.cat(img, "/frag/grow") == bigger)
+            let gi = try GuestPathResolver(fs).resolve("/frag/grow").inode
             #expect(try fs.read(gi, at: 0, count: bigger.count) == bigger)
 
             // 6. Truncate down, then up (the new part reads as zeros).
-            try fs.truncate("/grow", to: 1000)
+            try fs.truncate("/frag/grow", to: 1000)
             try F.fsck(img, "truncate down")
-            #expect(try F.cat(img, "/grow") == Array(bigger[0..<1000]))
-            try fs.truncate("/grow", to: UInt64(bs * 5 + 7))
+            #expect(try F.cat(img, "/frag/grow") == Array(bigger[0..<1000]))
+            try fs.truncate("/frag/grow", to: UInt64(bs * 5 + 7))
             try F.fsck(img, "truncate up")
-            #expect(try F.cat(img, "/grow") == Array(bigger[0..<1000]) + [UInt8](repeating: 0, count: bs * 5 + 7 - 1000))
-            try fs.replaceContents(of: "/grow", with: [])
+            #expect(try F.cat(img, "/frag/grow") == Array(bigger[0..<1000]) + [UInt8](repeating: 0, count: bs * 5 + 7 - 1000))
+            try fs.replaceContents(of: "/frag/grow", with: [])
             try F.fsck(img, "replace with nothing")
 
             // 7. Unlink with hard links: the link count drops, then the inode goes.
@@ -175,7 +191,18 @@ enum EXT4WriteFixture {
             for i in 0..<120 { try fs.unlink("/etc/ssh/a_rather_long_file_name_to_fill_directory_blocks_\(i)") }
             try F.fsck(img, "unlinking them again")
 
-            // 9. New filesystem UUID.
+            // 9. Removing empty directories (the parent loses a link), refusing non-empty ones.
+            let cloudLinks = try F.stat(img, "/var/lib/cloud/instances").links
+            #expect { try fs.removeDirectory("/var/lib/cloud/instances") } throws: { e in (e as? WardenError)?.code == .conflict }
+            #expect { try fs.removeDirectory("/etc/hostlink") } throws: { e in (e as? WardenError)?.code == .notFound }
+            try fs.removeDirectory("/var/lib/cloud/instances/i-1/sem")
+            try fs.removeDirectory("/var/lib/cloud/instances/i-1")
+            try F.fsck(img, "removeDirectory")
+            #expect(try F.stat(img, "/var/lib/cloud/instances").links == cloudLinks - 1)
+            #expect(try fs.readDirectory(try GuestPathResolver(fs).resolve("/var/lib/cloud/instances").inode).isEmpty)
+            #expect { try fs.removeDirectory("/big") } throws: { e in (e as? WardenError)?.code == .conflict }
+
+            // 10. New filesystem UUID.
             let u = UUID()
             try fs.setFilesystemUUID(u)
             try fs.commit()
@@ -187,6 +214,36 @@ enum EXT4WriteFixture {
             let fresh = try EXT4.open(RawDevice(file: try ImageFile(path: img)))
             _ = try fresh.readDirectory(try GuestPathResolver(fresh).resolve("/big").inode)
             #expect(fresh.warnings.isEmpty, "\(fresh.warnings.prefix(3))")
+        }
+    }
+
+    /// Writes that must reach BLOCK_UNINIT and INODE_UNINIT groups (small groups, few inodes).
+    @Test(arguments: [["mkfs.ext4", "-b", "1024"], ["mkfs.ext4", "-b", "1024", "-O", "^metadata_csum,uninit_bg"],
+                      ["mkfs.ext4", "-b", "4096", "-g", "2048"]])
+    func uninitialisedGroups(_ mkfs: [String]) throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let img = dir + "/fs.img"
+            try FileManager.default.createDirectory(atPath: dir + "/tree/d", withIntermediateDirectories: true)
+            try Tool.run(mkfs + ["-q", "-F", "-N", "256", "-d", dir + "/tree", img, "48M"])
+            func uninit() throws -> (blocks: Int, inodes: Int) {
+                let out = try Tool.run(["dumpe2fs", img]).stdoutText
+                return (out.components(separatedBy: "BLOCK_UNINIT").count - 1, out.components(separatedBy: "INODE_UNINIT").count - 1)
+            }
+            let before = try uninit()
+            #expect(before.blocks > 0 && before.inodes > 0, "the fixture has no uninitialised groups: \(before)")
+            let fs = try EXT4.openWritable(try ImageOpener.openWritable(img).device)
+            var rng = SeededRandom(seed: 99)
+            let big = (0..<(30 << 20)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            try fs.replaceContents(of: "/big", with: big)
+            try EXT4WriteFixture.fsck(img, "a 30 MiB file across uninitialised block groups")
+            #expect(try EXT4WriteFixture.cat(img, "/big") == big)
+            for i in 0..<120 { try fs.createFile("/d/f\(i)", contents: [UInt8(i)], mode: 0o644, uid: 0, gid: 0) }
+            try EXT4WriteFixture.fsck(img, "inodes in uninitialised inode groups")
+            let after = try uninit()
+            #expect(after.blocks < before.blocks && after.inodes < before.inodes, "\(before) -> \(after)")
+            try fs.unlink("/big")
+            for i in 0..<120 { try fs.unlink("/d/f\(i)") }
+            try EXT4WriteFixture.fsck(img, "freeing it all again")
         }
     }
 
