@@ -55,7 +55,8 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "Hypervisor", dependencies: [
-            "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt",
+            "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt", "GuestFS", "Inspection", "Advisories",
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
@@ -73,7 +74,7 @@ let package = Package(
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
-        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "WardenTestSupport"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
     ],
     swiftLanguageModes: [.v6]

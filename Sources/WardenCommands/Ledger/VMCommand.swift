@@ -15,7 +15,8 @@ struct VMCommand: ParsableCommand {
         commandName: "vm",
         abstract: "Register, list, copy, transfer and retire VMs; show their history and lineage.",
         subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMTransfer.self, VMRetire.self,
-                      VMHistory.self, VMLineage.self]
+                      VMHistory.self, VMLineage.self,
+                      VMStart.self, VMStop.self, VMStatus.self, VMConsole.self, VMSnapshot.self, VMRollback.self, VMStateServer.self]
     )
 }
 

@@ -1,0 +1,220 @@
+import ArgumentParser
+import Foundation
+import DiskImage
+import Hypervisor
+import Ledger
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// `warden vm start|stop|status|console|snapshot|rollback|state-server`: running ledger VMs on
+// QEMU on this host. The work is in `Hypervisor.VMRunner`; these are thin wrappers.
+
+/// Builds the runner for commands: the ledger, the counters, the policy gate, the state server.
+enum VMRun {
+    static func runner(_ store: SQLiteLedger, reexposure: [RollbackImpact.Vulnerability]? = nil) -> VMRunner {
+        VMRunner(store: store, counters: CounterStore(database: store.database),
+                 gate: { operation, vm, _ in
+                     // The one policy call site for VM lifecycle operations; the policy engine is wired
+                     // here when it reaches main (issue 6).
+                     _ = (operation, vm, reexposure)
+                 },
+                 stateServerCommand: { vm, announce in
+                     var argv = [selfExecutable, "vm", "state-server", vm.description, "--db", store.database.path]
+                     if announce { argv.append("--announce") }
+                     return argv
+                 })
+    }
+
+    /// Advisory matches for an inventory (nil until the advisory store has data).
+    static func vulnerabilityLookup(_ store: SQLiteLedger) -> RollbackImpact.VulnerabilityLookup? {
+        nil
+    }
+
+    /// This warden binary (the state server runs as `warden vm state-server`).
+    static var selfExecutable: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}
+
+struct VMStart: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "start",
+        abstract: "Start a VM on QEMU in the background (vmgenid = the ledger's generation, virtio-rng, state port, -sandbox on).")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM (id, unique id prefix, or name).") var vm: String
+    @Option(help: "Memory in MiB.") var memory: Int = 512
+    @Option(help: "Virtual CPUs.") var cpus: Int = 1
+    @Option(help: "Direct kernel boot: the kernel image.") var kernel: String?
+    @Option(help: "Direct kernel boot: the initrd.") var initrd: String?
+    @Option(help: "Direct kernel boot: the kernel command line.") var append: String?
+    @Option(help: "Accelerator: auto (KVM when /dev/kvm works, else TCG), kvm, tcg.") var accel: String = "auto"
+
+    func validate() throws {
+        guard (16...1 << 20).contains(memory) else { throw ValidationError("--memory must be 16 to 1048576 MiB") }
+        guard (1...64).contains(cpus) else { throw ValidationError("--cpus must be 1 to 64") }
+        if append != nil && kernel == nil { throw ValidationError("--append needs --kernel") }
+        if initrd != nil && kernel == nil { throw ValidationError("--initrd needs --kernel") }
+    }
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        var o = LaunchOptions()
+        o.memoryMiB = memory; o.cpus = cpus; o.accel = accel
+        for (path, what) in [(kernel, "kernel"), (initrd, "initrd")] {
+            if let path, !FileManager.default.isReadableFile(atPath: path) {
+                throw WardenError(.notFound, "the \(what) cannot be read", file: path)
+            }
+        }
+        o.kernel = kernel.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        o.initrd = initrd.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        o.append = append
+        let r = try VMRun.runner(store).start(record, options: o)
+        if r.recoveredStale { Output.note("\(record.name): recovered a stale run (its QEMU had died); recorded it as stopped") }
+        Output.stdout.line("started \(record.name) (pid \(r.pid), \(r.accel), generation \(record.generation.uuidString.lowercased()))")
+    }
+}
+
+struct VMStop: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stop", abstract: "Stop a VM: ACPI powerdown, wait, then QMP quit, then SIGKILL.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Option(help: "Seconds to wait for the guest to power down before quitting QEMU.") var timeout: Double = 30
+    func validate() throws { guard timeout >= 0 && timeout <= 3600 else { throw ValidationError("--timeout must be 0 to 3600") } }
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        let r = try VMRun.runner(store).stop(record, timeout: timeout)
+        Output.stdout.line(r.how == "stale" ? "\(record.name) was not running (stale run recovered)" : "stopped \(record.name) (\(r.how))")
+    }
+}
+
+struct VMStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Whether a VM runs here, its pid and generation.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Flag(help: "JSON output (schema: docs/vm-lifecycle.md).") var json = false
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        let s = VMRun.runner(store).status(record)
+        if json {
+            struct Doc: Encodable { var schema = "warden.vm-status/v1"; var status: VMRunner.Status }
+            Output.stdout.line(try Output.json(Doc(status: s)))
+            return
+        }
+        Output.stdout.line("vm:          \(s.name) (\(s.vm))")
+        Output.stdout.line("state:       \(s.state)" + (s.pid.map { " (pid \($0))" } ?? "") + (s.qemuStatus.map { ", QEMU \($0)" } ?? ""))
+        Output.stdout.line("generation:  \(s.generation)")
+        if let a = s.accel { Output.stdout.line("accel:       \(a)") }
+        if let p = s.stateServerPid { Output.stdout.line("state port:  served (pid \(p))") }
+        Output.stdout.line("console log: \(s.serialLog)")
+    }
+}
+
+struct VMConsole: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "console", abstract: "Print the VM's serial console log.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Flag(name: .shortAndLong, help: "Keep printing new output while the VM runs.") var follow = false
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        let run = RunDirectory(vm: record.id)
+        guard let fh = FileHandle(forReadingAtPath: run.serialLog) else {
+            throw WardenError(.notFound, "no console log (the VM was never started here)", file: run.serialLog)
+        }
+        while true {
+            let data = fh.readData(ofLength: 1 << 16)
+            if !data.isEmpty {
+                // Guest output is hostile: escape control characters except newline and tab.
+                let text = String(decoding: data, as: UTF8.self).unicodeScalars.map { u -> String in
+                    if u.value == 0x0A || u.value == 0x09 { return String(u) }
+                    if u.value < 0x20 || u.value == 0x7F { return u.value == 0x0D ? "" : String(format: "\\x%02x", u.value) }
+                    return String(u)
+                }.joined()
+                try Output.stdout.write(Array(text.utf8))
+                Output.stdout.flush()
+                continue
+            }
+            if !follow || run.livePid == nil { break }
+            usleep(200_000)
+        }
+    }
+}
+
+struct VMSnapshot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot", abstract: "Take an internal qcow2 snapshot (live through QMP, or with qemu-img while stopped).")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Argument(help: "The snapshot name.") var name: String
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        let s = try VMRun.runner(store).snapshot(record, name: name)
+        Output.stdout.line("snapshot \(s.name) of \(record.name) taken (generation \(s.generation.uuidString.lowercased()))")
+    }
+}
+
+/// `warden vm state-server VM`: the host end of the state port (started by `vm start`; not for users).
+struct VMStateServer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "state-server", abstract: "Serve a running VM's state port (started by vm start).", shouldDisplay: false)
+    @OptionGroup var database: DatabaseOptions
+    @Argument var vm: String
+    @Flag var announce = false
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        let run = RunDirectory(vm: record.id)
+        try "\(getpid())\n".write(toFile: run.stateServerPidFile, atomically: true, encoding: .utf8)
+        let id = record.id
+        let server = StateServer(vm: id, socketPath: run.stateSocket,
+                                 generation: { guard let v = try store.vm(id) else { throw WardenError(.notFound, "VM gone") }; return v.generation },
+                                 counters: CounterStore(database: store.database), announceAtStart: announce,
+                                 log: { FileHandle.standardError.write(Data("\(Date()) \($0)\n".utf8)) })
+        try server.run()
+    }
+}
+
+struct VMRollback: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rollback",
+        abstract: "Roll a VM back to a snapshot: impact report, policy, new generation, restart with the new vmgenid.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Argument(help: "The snapshot name.") var name: String
+    @Flag(help: "Only print the impact report.") var dryRun = false
+    @Flag(help: "JSON output (the impact report; schema in docs/vm-lifecycle.md).") var json = false
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        guard let boot = try store.disks(of: record.id).min(by: { $0.index < $1.index }) else {
+            throw WardenError(.invalidArgument, "VM \(record.name) has no disks")
+        }
+        var impact: RollbackImpact?
+        do {
+            impact = try RollbackImpact.compute(disk: boot.path, format: ImageFormat(rawValue: boot.format), snapshot: name,
+                                                vulnerabilities: VMRun.vulnerabilityLookup(store))
+        } catch let e as WardenError {
+            if dryRun { throw e }
+            // Fail closed in policy: without a report, a `reexposes` rule sees "unknown".
+            Output.note("no rollback impact report: \(e.description)")
+        }
+        if let impact {
+            if json { Output.stdout.line(try Output.json(impact)) } else { impact.lines.forEach { Output.stdout.line($0) } }
+            Output.stdout.flush()
+        }
+        if dryRun { return }
+        let reexposure = impact.map(\.reexposedVulnerabilities)
+        let r = try VMRun.runner(store, reexposure: reexposure).rollback(record, name: name)
+        let line = "rolled back \(record.name) to \(name): generation \(r.oldGeneration.uuidString.lowercased()) -> \(r.newGeneration.uuidString.lowercased())"
+            + (r.restarted ? " (QEMU restarted with the new vmgenid)" : "")
+        if json { Output.note(line) } else { Output.stdout.line(line) }
+    }
+}

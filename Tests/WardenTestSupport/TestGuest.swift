@@ -1,0 +1,199 @@
+import Foundation
+
+/// A tiny bootable test guest for real-QEMU tests (software emulation is enough):
+/// Debian's own kernel from the host's `/boot` (package linux-image-amd64, which has
+/// `CONFIG_VMGENID=y`) and a busybox initramfs built at test time.
+///
+/// The initramfs carries the virtio modules the kernel needs (virtio_pci, virtio_console,
+/// virtio_rng, virtio_blk and their dependencies, resolved from `modules.dep`), the guest
+/// state-port client (`share/guest/warden-state.sh` as `/bin/warden-state`) and an init
+/// script that:
+/// - loads the modules, mounts proc, sys and dev;
+/// - reads `/dev/random` once, so the crng is initialised (the kernel's
+///   `crng reseeded due to virtual machine fork` appears only after that);
+/// - prints `WARDEN-GUEST-READY` on the serial console, then `WARDEN-TICK <uptime>` every second;
+/// - with `warden.counter=NAME` on the kernel command line, asks the state port for the next
+///   value of counter NAME every second and prints `WARDEN-COUNTER NAME=<value>`;
+/// - with `warden.probe=1`, prints `WARDEN-GEN <generation>` and `WARDEN-RANDOM <32 hex digits>`
+///   from the state port once (while the counter loop may hold the port: the client retries);
+/// - with `warden.bench=N`, times N counter round trips (busybox `adjtimex`, µs) and prints
+///   `WARDEN-RTT-US <µs>` for each, then `WARDEN-BENCH-DONE`.
+///
+/// The kernel logs at `loglevel=6`, so notices (the reseed message) reach the serial console.
+public struct TestGuest: Sendable {
+    public var kernel: String
+    public var initrd: String
+    public var kernelVersion: String
+
+    /// The kernel command line for `--append`; `extra` adds `warden.*` options.
+    public func append(_ extra: String = "") -> String {
+        "console=ttyS0 loglevel=6 panic=-1 " + extra
+    }
+
+    /// The modules the guest loads (module names as `modprobe` spells them).
+    public static let wantedModules = ["virtio_pci", "virtio_console", "virtio_rng", "virtio_blk"]
+
+    /// Why a test guest cannot be built here, or nil when it can.
+    public static var unavailableReason: String? {
+        for tool in ["/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-img", "/usr/bin/cpio"] where !FileManager.default.isExecutableFile(atPath: tool) {
+            return "\(tool) is not installed (scripts/install-deps)"
+        }
+        if busybox == nil { return "no static busybox (package busybox-static)" }
+        if (try? findKernel()) == nil { return "no Debian kernel with modules in /boot and /lib/modules (package linux-image-amd64)" }
+        return nil
+    }
+
+    static var busybox: String? {
+        for p in ["/bin/busybox", "/usr/bin/busybox"] where FileManager.default.isExecutableFile(atPath: p) {
+            if let r = try? Tool.run(["file", "-L", p], check: false), r.stdoutText.contains("dynamically") { continue }
+            return p
+        }
+        return nil
+    }
+
+    /// The newest `/boot/vmlinuz-VER` with `/lib/modules/VER/modules.dep` and `CONFIG_VMGENID=y`.
+    static func findKernel() throws -> (path: String, version: String) {
+        let fm = FileManager.default
+        let names = (try? fm.contentsOfDirectory(atPath: "/boot")) ?? []
+        let versions = names.filter { $0.hasPrefix("vmlinuz-") }.map { String($0.dropFirst("vmlinuz-".count)) }.sorted()
+        for v in versions.reversed() {
+            guard fm.fileExists(atPath: "/lib/modules/\(v)/modules.dep") else { continue }
+            if let config = try? String(contentsOfFile: "/boot/config-\(v)", encoding: .utf8), !config.contains("CONFIG_VMGENID=y") { continue }
+            return ("/boot/vmlinuz-\(v)", v)
+        }
+        throw TestGuestError("no usable kernel in /boot")
+    }
+
+    /// Resolves `wanted` and their dependencies from a `modules.dep` text, in load order
+    /// (dependencies first). Module names compare with `-` and `_` equal, as modprobe does.
+    public static func resolveModules(_ wanted: [String], modulesDep: String) throws -> [String] {
+        func norm(_ s: String) -> String { s.replacingOccurrences(of: "-", with: "_") }
+        func moduleName(_ path: String) -> String {
+            var base = (path as NSString).lastPathComponent
+            for ext in [".xz", ".zst", ".gz"] where base.hasSuffix(ext) { base = String(base.dropLast(ext.count)) }
+            if base.hasSuffix(".ko") { base = String(base.dropLast(3)) }
+            return norm(base)
+        }
+        var deps: [String: [String]] = [:]
+        var pathOf: [String: String] = [:]
+        for line in modulesDep.split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let path = String(line[..<colon])
+            let d = line[line.index(after: colon)...].split(separator: " ").map(String.init)
+            pathOf[moduleName(path)] = path
+            deps[path] = d
+        }
+        var order: [String] = []
+        var seen = Set<String>()
+        func visit(_ path: String) {
+            guard seen.insert(path).inserted else { return }
+            // modules.dep lists a module's dependencies so that the last one loads first.
+            for d in (deps[path] ?? []).reversed() { visit(d) }
+            order.append(path)
+        }
+        for w in wanted {
+            guard let p = pathOf[norm(w)] else { throw TestGuestError("module \(w) is not in modules.dep") }
+            visit(p)
+        }
+        return order
+    }
+
+    /// The repository's `share/guest/warden-state.sh`.
+    public static var stateClientPath: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("share/guest/warden-state.sh").path
+    }
+
+    static let initScript = #"""
+    #!/bin/busybox sh
+    /bin/busybox --install -s /bin
+    export PATH=/bin
+    mount -t proc proc /proc
+    mount -t sysfs sys /sys
+    mount -t devtmpfs dev /dev
+    while read -r m; do insmod "/lib/modules/$m" || echo "WARDEN-GUEST-ERROR insmod $m"; done < /lib/modules/load-order
+    # Initialise the crng: the vmgenid reseed only happens once it is.
+    dd if=/dev/random of=/dev/null bs=16 count=1 2>/dev/null
+    echo "WARDEN-GUEST-READY $(cat /proc/sys/kernel/random/boot_id)"
+    (n=0; while :; do n=$((n + 1)); echo "WARDEN-TICK $n $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &
+    for opt in $(cat /proc/cmdline); do
+        case "$opt" in
+            warden.counter=*)
+                name=${opt#warden.counter=}
+                (while :; do
+                    if v=$(timeout 10 warden-state counter "$name"); then echo "WARDEN-COUNTER $name=$v"
+                    else echo "WARDEN-COUNTER-ERROR $name"; fi
+                    sleep 1
+                done) & ;;
+            warden.probe=1)
+                (echo "WARDEN-GEN $(warden-state generation)"
+                 echo "WARDEN-RANDOM $(warden-state random 16)") & ;;
+            warden.bench=*)
+                n=${opt#warden.bench=}
+                usec() { adjtimex | awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {printf "%d%06d\n", s, u}'; }
+                i=0
+                while [ "$i" -lt "$n" ]; do
+                    a=$(usec); warden-state counter bench >/dev/null; b=$(usec)
+                    echo "WARDEN-RTT-US $((b - a))"; i=$((i + 1))
+                done
+                echo "WARDEN-BENCH-DONE" ;;
+        esac
+    done
+    while :; do sleep 3600; done
+    """#
+
+    /// Builds (or finds in the fixture cache) the kernel and initramfs.
+    public static func build() throws -> TestGuest {
+        if let why = unavailableReason { throw TestGuestError(why) }
+        let (kernel, version) = try findKernel()
+        let bb = busybox!
+        let client = try String(contentsOfFile: stateClientPath, encoding: .utf8)
+        let modulesDep = try String(contentsOfFile: "/lib/modules/\(version)/modules.dep", encoding: .utf8)
+        let modules = try resolveModules(wantedModules, modulesDep: modulesDep)
+        let bbSize = (try? FileManager.default.attributesOfItem(atPath: bb)[.size] as? Int) ?? 0
+        let recipe = [version, "\(bbSize)", modules.joined(separator: ","), initScript, client].joined(separator: "\u{1}")
+        let dir = try Fixtures.cached("test-guest", recipe: recipe) { dir in
+            let root = dir + "/root"
+            let fm = FileManager.default
+            for d in ["bin", "dev", "proc", "sys", "run", "lib/modules", "etc"] {
+                try fm.createDirectory(atPath: root + "/" + d, withIntermediateDirectories: true)
+            }
+            try fm.copyItem(atPath: bb, toPath: root + "/bin/busybox")
+            var order: [String] = []
+            for m in modules {
+                let src = "/lib/modules/\(version)/\(m)"
+                var name = (m as NSString).lastPathComponent
+                if name.hasSuffix(".xz") {
+                    name = String(name.dropLast(3))
+                    let r = try Tool.run(["xz", "-dc", src])
+                    try r.stdout.write(to: URL(fileURLWithPath: root + "/lib/modules/" + name))
+                } else if name.hasSuffix(".zst") {
+                    name = String(name.dropLast(4))
+                    let r = try Tool.run(["zstd", "-dcq", src])
+                    try r.stdout.write(to: URL(fileURLWithPath: root + "/lib/modules/" + name))
+                } else {
+                    try fm.copyItem(atPath: src, toPath: root + "/lib/modules/" + name)
+                }
+                order.append(name)
+            }
+            try (order.joined(separator: "\n") + "\n").write(toFile: root + "/lib/modules/load-order", atomically: true, encoding: .utf8)
+            try initScript.write(toFile: root + "/init", atomically: true, encoding: .utf8)
+            try client.write(toFile: root + "/bin/warden-state", atomically: true, encoding: .utf8)
+            try Tool.run(["chmod", "0755", root + "/init", root + "/bin/warden-state"])
+            try Tool.sh("cd '\(root)' && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz")
+            try fm.copyItem(atPath: kernel, toPath: dir + "/vmlinuz")
+            try fm.removeItem(atPath: root)
+        }
+        return TestGuest(kernel: dir + "/vmlinuz", initrd: dir + "/initrd.gz", kernelVersion: version)
+    }
+
+    /// Creates a small empty qcow2 data disk at `path`.
+    public static func makeDataDisk(_ path: String, size: String = "16M") throws {
+        try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", path, size])
+    }
+}
+
+public struct TestGuestError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
