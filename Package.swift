@@ -53,6 +53,7 @@ let package = Package(
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories",
             .product(name: "Yams", package: "Yams"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt", "GuestFS", "Inspection", "Advisories",
@@ -72,10 +73,10 @@ let package = Package(
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
-        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "Inspection", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

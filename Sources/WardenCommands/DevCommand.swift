@@ -13,7 +13,7 @@ struct DevCommand: ParsableCommand {
         commandName: "dev",
         abstract: "Commands for testing Warden itself.",
         shouldDisplay: false,
-        subcommands: [DevWriteTest.self]
+        subcommands: [DevWriteTest.self, DevSynth.Advisories.self, DevSynth.Inventories.self]
     )
 }
 

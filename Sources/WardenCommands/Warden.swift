@@ -13,7 +13,8 @@ public struct Warden: ParsableCommand {
         version: "0.1.0",
         subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self, DevCommand.self,
                       VMCommand.self, HostCommand.self, EventCommand.self, ExposureCommand.self,
-                      CensusCommand.self, DiscoverCommand.self]
+                      CensusCommand.self, DiscoverCommand.self, PolicyCommand.self, LibvirtCommand.self,
+                      LibvirtHookCommand.self, AdvisoriesCommand.self, ScanCommand.self, FleetCommand.self]
     )
     public init() {}
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Ledger
+import Policy
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -25,12 +26,19 @@ struct DatabaseOptions: ParsableArguments {
 /// Every command that copies, transfers or retires a VM calls ``authorize(_:vm:store:detail:)``
 /// before changing anything. Today it allows everything; when policy enforcement arrives, a
 /// denial throws `WardenError(.denied, …)` (exit 3) and is recorded as a `policy-decision` event.
+/// The policy door for the ledger's VM-changing commands: every call decides through
+/// ``PolicyGate`` (policy from $WARDEN_POLICY, $WARDEN_HOME/policy, …; docs/policy.md), records
+/// the decision in the ledger, and throws `WardenError(.denied)` (exit 3) on deny.
 enum LedgerPolicy {
     enum Operation: String { case copy, transfer, retire }
 
     static func authorize(_ operation: Operation, vm: VMRecord, store: any LedgerStore,
                           detail: [String: JSONValue] = [:]) throws {
-        _ = (operation, vm, store, detail)
+        guard let op = VMOperation(rawValue: operation.rawValue) else {
+            throw WardenError(.internal, "no policy operation \(operation.rawValue)")
+        }
+        let decision = try PolicyGate.check(PolicyRequest(operation: op, destination: detail["dest"]?.stringValue), vm: vm, store: store)
+        if decision.effect == .quarantine { Output.note(decision.summary) }
     }
 }
 

@@ -1,0 +1,137 @@
+import Foundation
+import Ledger
+import Policy
+import WardenCore
+
+/// libvirt's qemu hook protocol (`/etc/libvirt/hooks/qemu` or `/etc/libvirt/hooks/qemu.d/*`).
+///
+/// libvirtd runs the hook with four arguments — domain name, operation, sub-operation, extra —
+/// and the domain XML on standard input, and waits for it. For the vetoable calls a non-zero
+/// exit aborts the operation and libvirt puts the hook's standard error into its error message,
+/// which virsh prints. Warden decides on:
+///
+/// | arguments | Warden does |
+/// |---|---|
+/// | `prepare begin -`, `start begin -` | decide `start` (both are recorded) |
+/// | `restore begin -` | decide `restore` |
+/// | `migrate begin -` (on the destination) | decide `migrate` |
+/// | `started begin -` | open a `ran` residency on this host |
+/// | `stopped end -`, `release end -` | close it |
+///
+/// Everything else exits 0 without touching the ledger.
+public enum LibvirtHook {
+    public enum Action: Equatable, Sendable {
+        case decide(VMOperation)
+        case openResidency
+        case closeResidency
+        case ignore
+    }
+
+    /// The pure part: what to do for these arguments.
+    public static func action(operation: String, subOperation: String) -> Action {
+        switch (operation, subOperation) {
+        case ("prepare", "begin"), ("start", "begin"): .decide(.start)
+        case ("restore", "begin"): .decide(.restore)
+        case ("migrate", "begin"): .decide(.migrate)
+        case ("started", "begin"): .openResidency
+        case ("stopped", "end"), ("release", "end"): .closeResidency
+        default: .ignore
+        }
+    }
+
+    /// The outcome of one hook run: the exit status and the one line for standard error.
+    public struct Outcome: Sendable, Equatable {
+        public var status: Int32
+        public var message: String?
+        public var decision: Decision?
+    }
+
+    /// The owner recorded for domains Warden first sees through libvirt.
+    public static let discoveredOwner = "unknown"
+
+    /// Runs the hook: `openStore` is called only when the action needs the ledger, and its
+    /// failure fails closed for vetoable operations.
+    public static func run(arguments: [String], domainXML: Data, host: HostName = .current, time: Date = Date(),
+                           policy: PolicyGate.Source, openStore: () throws -> any LedgerStore,
+                           findVM: ((any LedgerStore, LibvirtDomain) throws -> VMRecord?)? = nil) -> Outcome {
+        guard arguments.count >= 2 else {
+            return Outcome(status: 2, message: "libvirt-hook: expected arguments DOMAIN OPERATION SUB-OPERATION EXTRA")
+        }
+        let action = action(operation: arguments[1], subOperation: arguments.count > 2 ? arguments[2] : "-")
+        if action == .ignore { return Outcome(status: 0) }
+        let vetoable: Bool
+        let operation: VMOperation
+        if case .decide(let op) = action { vetoable = true; operation = op } else { vetoable = false; operation = .start }
+        // Residency after `started` also fails closed: libvirt stops a domain whose started hook fails,
+        // so no VM runs that the ledger does not know is running.
+        let failStatus: Int32 = (vetoable || action == .openResidency) ? 1 : 0
+        let domain: LibvirtDomain
+        do { domain = try LibvirtDomain.parse(domainXML) } catch let e as WardenError {
+            return failed(operation, vm: nil, host: host, time: time, status: failStatus, vetoable: vetoable,
+                          reason: "\(arguments[0]): \(e.message)")
+        } catch {
+            return failed(operation, vm: nil, host: host, time: time, status: failStatus, vetoable: vetoable, reason: "\(error)")
+        }
+        let store: any LedgerStore
+        do { store = try openStore() } catch {
+            return failed(operation, vm: nil, host: host, time: time, status: failStatus, vetoable: vetoable,
+                          reason: "ledger unavailable: " + ((error as? WardenError)?.description ?? "\(error)"))
+        }
+        let vm: VMRecord
+        do {
+            vm = try resolveOrDiscover(domain, store: store, host: host, time: time, findVM: findVM)
+        } catch {
+            return failed(operation, vm: nil, host: host, time: time, status: failStatus, vetoable: vetoable,
+                          reason: "cannot map domain \(domain.name) to a ledger VM: " + ((error as? WardenError)?.description ?? "\(error)"))
+        }
+        switch action {
+        case .decide(let op):
+            let request = PolicyRequest(operation: op, host: host, time: time)
+            do {
+                let d = try PolicyGate.check(request, vm: vm, store: store, source: policy)
+                return Outcome(status: 0, message: d.effect == .quarantine ? d.summary : nil, decision: d)
+            } catch let e as WardenError {
+                return Outcome(status: 1, message: e.message)
+            } catch {
+                return Outcome(status: 1, message: "denied by Warden policy: \(error)")
+            }
+        case .openResidency:
+            do {
+                try store.openResidency(vm: vm.id, host: host, kind: .ran, at: time)
+                return Outcome(status: 0)
+            } catch {
+                return Outcome(status: 1, message: "cannot record that \(domain.name) runs on \(host): \((error as? WardenError)?.description ?? "\(error)")")
+            }
+        case .closeResidency:
+            do {
+                try store.closeResidency(vm: vm.id, host: host, kind: .ran, at: time)
+                return Outcome(status: 0)
+            } catch {
+                return Outcome(status: 0, message: "cannot record that \(domain.name) stopped on \(host): \((error as? WardenError)?.description ?? "\(error)")")
+            }
+        case .ignore:
+            return Outcome(status: 0)
+        }
+    }
+
+    static func failed(_ op: VMOperation, vm: VMRecord?, host: HostName, time: Date, status: Int32, vetoable: Bool, reason: String) -> Outcome {
+        guard vetoable else { return Outcome(status: status, message: reason) }
+        let d = PolicyEngine.failClosed(op, vm: vm, reason: reason,
+                                        context: PolicyContext(time: time, host: .known(HostFacts(name: host.value, labels: [:]))))
+        return Outcome(status: status, message: d.summary, decision: d)
+    }
+
+    /// The ledger VM for a domain: by UUID (a VM registered from libvirt has the domain's UUID
+    /// as its id), then by disk path; an unknown domain is registered as `discovered`.
+    public static func resolveOrDiscover(_ domain: LibvirtDomain, store: any LedgerStore, host: HostName, time: Date,
+                                         findVM: ((any LedgerStore, LibvirtDomain) throws -> VMRecord?)?) throws -> VMRecord {
+        if let uuid = domain.uuid, let vm = try store.vm(VMID(uuid)) { return vm }
+        if let findVM, let vm = try findVM(store, domain) { return vm }
+        let id = domain.uuid.map { VMID($0) } ?? VMID()
+        let record = VMRecord(id: id, name: domain.name, owner: discoveredOwner, state: .discovered, createdAt: time, updatedAt: time)
+        let disks = domain.diskPaths.enumerated().map { DiskRecord(vm: id, index: $0.offset, path: $0.element, format: domain.diskFormats[$0.offset]) }
+        let event = NewEvent(kind: .discovered, vm: id, host: host, time: time,
+                             payload: ["source": .string("libvirt-hook"), "domain": .string(domain.name)])
+        return try store.createVM(record, disks: disks, event: event).0
+    }
+}

@@ -1,0 +1,140 @@
+import Foundation
+import GRDB
+import WardenCore
+import Advisories
+
+/// What changed for one inventory in a fleet rescan.
+public struct InventoryChange: Codable, Sendable {
+    public var inventory: String
+    /// Image paths last scanned with this content.
+    public var images: [String]
+    /// Ledger VMs with a disk of this content (by fingerprint) or at one of ``images``.
+    public var vms: [AffectedVM]
+    public var ecosystem: String?
+    /// True when the inventory had never been assessed (every finding is new).
+    public var firstAssessment: Bool
+    public var vulnerable: Int
+    public var newFindings: [Finding]
+    public var goneFindings: [Finding]
+}
+
+/// The result of re-matching every stored inventory against the current advisories.
+public struct RescanReport: Codable, Sendable {
+    public var schema = "warden.rescan/v1"
+    public var assessedAt: Date
+    public var inventories: Int
+    /// Inventories whose OS no advisory feed covers.
+    public var unassessable: [String]
+    public var advisoryEntries: Int
+    public var changed: [InventoryChange]
+    public var newFindings: Int
+    public var goneFindings: Int
+    public var vulnerable: Int
+    public var seconds: Double
+}
+
+extension AdvisoryStore {
+    /// Re-matches every stored inventory against the advisories now in the database, stores
+    /// the new assessments, and reports the differences from the previous ones. No image is read.
+    ///
+    /// The index holds only the ecosystems of stored inventories; each (ecosystem, package,
+    /// version) is matched once for the whole fleet; an assessment is rewritten only when its
+    /// finding set changed (compared by hash).
+    public func rescan(at now: Date = Date()) throws -> RescanReport {
+        let start = Date()
+        let invs = try inventories()
+        var ecosystems = Set<String>()
+        for i in invs { if let e = i.ecosystem { ecosystems.formUnion(e.names) } }
+        let index = try loadIndex(ecosystems: ecosystems)
+        let matcher = Matcher(index: index)
+        let previous: [String: (hash: String, assessedAt: Date)] = try database.read { db in
+            var out: [String: (String, Date)] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT inventory, findings_hash, assessed_at FROM assessment") {
+                out[r[0]] = (r[1], Date(timeIntervalSince1970: r[2]))
+            }
+            return out
+        }
+        let images = try imagesByInventory()
+        var report = RescanReport(assessedAt: now, inventories: invs.count, unassessable: [], advisoryEntries: index.entryCount,
+                                  changed: [], newFindings: 0, goneFindings: 0, vulnerable: 0, seconds: 0)
+        var writes: [(String, String, Int, Data)] = []
+        for inv in invs {
+            guard let eco = inv.ecosystem else { report.unassessable.append(inv.key.description); continue }
+            let findings = matcher.findings(packages: inv.packages, ecosystem: eco)
+            report.vulnerable += findings.count
+            let hash = Self.findingsHash(findings)
+            let prev = previous[inv.key.description]
+            if prev?.hash == hash { continue }
+            let old: [Finding] = prev == nil ? [] : try assessment(of: inv.key)?.findings ?? []
+            let d = Matcher.diff(old: old, new: findings)
+            writes.append((inv.key.description, hash, findings.count, Self.encodeFindings(findings)))
+            if d.added.isEmpty && d.removed.isEmpty { continue } // same findings (or none yet), new details
+            report.newFindings += d.added.count
+            report.goneFindings += d.removed.count
+            let paths = images[inv.key.description] ?? []
+            let vms = try database.read { db in try Self.vms(db, key: inv.key.description, paths: paths) }
+            report.changed.append(InventoryChange(inventory: inv.key.description, images: paths, vms: vms,
+                                                  ecosystem: eco.names.first, firstAssessment: prev == nil,
+                                                  vulnerable: findings.count, newFindings: d.added, goneFindings: d.removed))
+        }
+        if !writes.isEmpty {
+            try database.write { db in
+                for w in writes {
+                    try AssessmentRow(inventory: w.0, assessedAt: now, findingsHash: w.1, vulnerable: w.2, findings: w.3).save(db)
+                }
+            }
+        }
+        // Unchanged assessments are re-dated so "last assessed" means "last checked".
+        try database.write { db in
+            try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [now.timeIntervalSince1970])
+        }
+        report.seconds = Date().timeIntervalSince(start)
+        return report
+    }
+}
+
+/// A ledger VM one of whose disks carries an inventory's content.
+public struct AffectedVM: Codable, Sendable, Hashable {
+    public var id: String
+    public var name: String
+    public var disk: String
+}
+
+extension AdvisoryStore {
+    /// Ledger VMs with a disk whose fingerprint is `key` or whose path is one of `paths`.
+    public func vms(withContent key: WardenCore.Digest, paths: [String]) throws -> [AffectedVM] {
+        try database.read { db in try Self.vms(db, key: key.description, paths: paths) }
+    }
+
+    static func vms(_ db: Database, key: String, paths: [String]) throws -> [AffectedVM] {
+        var sql = "SELECT d.vm, v.name, d.path FROM disks d JOIN vms v ON v.id = d.vm WHERE d.fingerprint = ?"
+        var args: [any DatabaseValueConvertible] = [key]
+        if !paths.isEmpty {
+            sql += " OR d.path IN (\(paths.map { _ in "?" }.joined(separator: ",")))"
+            args += paths.map { $0 as any DatabaseValueConvertible }
+        }
+        sql += " ORDER BY v.name, d.vm, d.idx"
+        var seen = Set<String>()
+        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { r in
+            let id: String = r[0]
+            guard seen.insert(id).inserted else { return nil }
+            return AffectedVM(id: id, name: r[1], disk: r[2])
+        }
+    }
+
+    /// Appends a `scanned` event to the ledger for every VM with a disk of this content or path.
+    /// Returns the VMs. The payload holds the image, the inventory key and counts, never findings' text.
+    @discardableResult
+    public func recordScan(ledger: any LedgerStore, image: String, key: WardenCore.Digest, findings: [Finding]) throws -> [AffectedVM] {
+        let vms = try vms(withContent: key, paths: [image])
+        let vuln = findings.filter { $0.status == .vulnerable }
+        for vm in vms {
+            guard let id = VMID(vm.id) else { continue }
+            var payload: [String: JSONValue] = ["image": .string(image), "inventory": .string(key.description),
+                                                "vulnerable": .number(Double(vuln.count))]
+            if let worst = vuln.map(\.severity).max() { payload["max_severity"] = .string(worst.description) }
+            _ = try ledger.append(NewEvent(kind: .scanned, vm: id, payload: payload))
+        }
+        return vms
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import Ledger
+import WardenCore
+
+/// Where the engine's facts come from. Each call may fail; a failure makes that fact unknown,
+/// and an unknown fact fails closed in every rule that needs it.
+public protocol PolicyFacts {
+    /// The host's labels; nil when the ledger does not know the host.
+    func hostLabels(_ host: HostName) throws -> [String: String]?
+    /// Live (not retired) members of the VM's lineage family, itself included.
+    func liveReplicaCount(of vm: VMID) throws -> Int
+    /// The VM's last scan, nil if never scanned.
+    func lastScan(of vm: VMID) throws -> Date?
+    /// Open findings of the VM's latest scan, per severity.
+    func openFindings(of vm: VMID) throws -> [Severity: Int]
+    /// Advisories imported after `date`.
+    func advisoriesImported(after date: Date) throws -> Int
+    /// Whether the VM's owner is recorded and present.
+    func ownerPresent(_ vm: VMRecord) throws -> Bool
+}
+
+/// What the caller knows about the operation besides the VM.
+public struct PolicyRequest: Sendable {
+    public var operation: VMOperation
+    public var host: HostName
+    public var time: Date
+    /// The destination path (export, copy, clone).
+    public var destination: String?
+    /// Findings the rollback target would re-open; nil when not computed.
+    public var reexposure: [ReexposedFinding]?
+    public var decisionID: UUID
+
+    public init(operation: VMOperation, host: HostName = .current, time: Date = Date(), destination: String? = nil,
+                reexposure: [ReexposedFinding]? = nil, decisionID: UUID = UUID()) {
+        self.operation = operation; self.host = host; self.time = time; self.destination = destination
+        self.reexposure = reexposure; self.decisionID = decisionID
+    }
+}
+
+extension PolicySet {
+    /// Which facts the rules applying to this operation and VM need (so the hook queries only those).
+    public func neededFacts(_ operation: VMOperation, vm: VMRecord) -> Set<String> {
+        var need = Set<String>()
+        for i in rulesByOperation[operation] ?? [] {
+            let r = rules[i]
+            guard PolicyEngine.matches(r.match, vm) else { continue }
+            let c = r.conditions
+            if c.host != nil { need.insert("host") }
+            if c.maxReplicas != nil { need.insert("replicas") }
+            if c.scanAge != nil || c.scanCurrent != nil { need.insert("lastScan") }
+            if c.scanCurrent != nil { need.insert("advisories") }
+            if c.findings != nil { need.insert("findings") }
+            if c.ownerPresent != nil { need.insert("owner") }
+            if c.destination != nil { need.insert("destination") }
+        }
+        return need
+    }
+
+    /// Gathers the facts this set needs for `request` on `vm`. Query failures become unknown facts.
+    public func gather(_ request: PolicyRequest, vm: VMRecord, facts: PolicyFacts,
+                       probe: DestinationProbe = DestinationProbe()) -> PolicyContext {
+        let need = neededFacts(request.operation, vm: vm)
+        var ctx = PolicyContext(decisionID: request.decisionID, time: request.time)
+        func attempt<T>(_ what: String, _ body: () throws -> T) -> Fact<T> {
+            do { return .known(try body()) } catch let e as WardenError { return .unknown("\(what) unavailable: \(e.description)") }
+            catch { return .unknown("\(what) unavailable: \(error)") }
+        }
+        if need.contains("host") {
+            switch attempt("host labels", { try facts.hostLabels(request.host) }) {
+            case .known(let labels?): ctx.host = .known(HostFacts(name: request.host.value, labels: labels))
+            case .known(nil): ctx.host = .known(HostFacts(name: request.host.value, labels: [:]))
+            case .unknown(let why): ctx.host = .unknown(why)
+            }
+        } else {
+            ctx.host = .known(HostFacts(name: request.host.value, labels: [:]))
+        }
+        if need.contains("replicas") { ctx.replicas = attempt("replica count") { try facts.liveReplicaCount(of: vm.id) } }
+        if need.contains("lastScan") { ctx.lastScan = attempt("scan history") { try facts.lastScan(of: vm.id) } }
+        if need.contains("advisories") {
+            if case .known(let last?) = ctx.lastScan {
+                ctx.advisoriesSinceScan = attempt("advisory store") { try facts.advisoriesImported(after: last) }
+            }
+        }
+        if need.contains("findings") { ctx.openFindings = attempt("findings") { try facts.openFindings(of: vm.id) } }
+        if need.contains("owner") { ctx.ownerPresent = attempt("owner") { try facts.ownerPresent(vm) } }
+        if let r = request.reexposure { ctx.reexposure = .known(r) } else { ctx.reexposure = .unknown("not computed for this operation") }
+        if let dest = request.destination { ctx.destination = probe.probe(dest) }
+        return ctx
+    }
+}
+
+/// Facts from the ledger. Findings and advisories come from closures so that the advisory
+/// store can provide them; without one they are unknown (and fail closed where needed).
+public struct LedgerPolicyFacts: PolicyFacts {
+    public let store: any LedgerStore
+    public var findings: (@Sendable (VMID) throws -> [Severity: Int])?
+    public var advisoriesAfter: (@Sendable (Date) throws -> Int)?
+
+    public init(store: any LedgerStore, findings: (@Sendable (VMID) throws -> [Severity: Int])? = nil,
+                advisoriesAfter: (@Sendable (Date) throws -> Int)? = nil) {
+        self.store = store; self.findings = findings; self.advisoriesAfter = advisoriesAfter
+    }
+
+    public func hostLabels(_ host: HostName) throws -> [String: String]? { try store.host(host)?.labels }
+    public func liveReplicaCount(of vm: VMID) throws -> Int { try store.liveReplicas(of: vm).count }
+    public func lastScan(of vm: VMID) throws -> Date? { try store.lastScan(of: vm) }
+    public func openFindings(of vm: VMID) throws -> [Severity: Int] {
+        guard let findings else { throw WardenError(.unavailable, "no advisory store in this build") }
+        return try findings(vm)
+    }
+    public func advisoriesImported(after date: Date) throws -> Int {
+        guard let advisoriesAfter else { throw WardenError(.unavailable, "no advisory store in this build") }
+        return try advisoriesAfter(date)
+    }
+    /// Present: the VM has a recorded owner (not empty, not `unknown`), and the VM is not retired.
+    public func ownerPresent(_ vm: VMRecord) throws -> Bool {
+        let o = vm.owner.trimmingCharacters(in: .whitespaces)
+        return !o.isEmpty && o != "unknown" && vm.state != .retired
+    }
+}

@@ -1,0 +1,136 @@
+import ArgumentParser
+import Foundation
+import Hypervisor
+import Ledger
+import Policy
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Opens the ledger for the hook and the watcher: the database must already exist (a hook that
+/// invented an empty fleet would allow everything).
+func openExistingLedger(_ path: String) throws -> SQLiteLedger {
+    SQLiteLedger(database: try WardenDatabase(path: path, create: false))
+}
+
+/// The ledger VM with a disk at one of the domain's disk paths, if exactly one VM has it.
+func vmByDiskPath(_ store: any LedgerStore, _ domain: LibvirtDomain) throws -> VMRecord? {
+    guard let ledger = store as? SQLiteLedger else { return nil }
+    for path in domain.diskPaths {
+        let vms = try ledger.vms(withDiskPath: path).filter { $0.state != .retired }
+        if vms.count == 1 { return vms[0] }
+        if vms.count > 1 {
+            throw WardenError(.conflict, "disk \(path) belongs to \(vms.count) VMs in the ledger (\(vms.map(\.name).joined(separator: ", ")))")
+        }
+    }
+    return nil
+}
+
+/// `warden libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA`: libvirt's qemu hook.
+struct LibvirtHookCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "libvirt-hook",
+        abstract: "libvirt's qemu hook: decide on prepare/start/restore/migrate, record residency (docs/libvirt.md).",
+        discussion: "Installed by `warden libvirt install-hook`; libvirtd passes the domain XML on standard input."
+    )
+    @Option(help: "The ledger database (must exist).") var db: String?
+    @Option(help: "The policy directory.") var policy: String?
+    @Argument(parsing: .captureForPassthrough, help: "DOMAIN OPERATION SUB-OPERATION EXTRA, as libvirt passes them.")
+    var hookArguments: [String] = []
+
+    func run() throws {
+        // Read all of standard input (libvirt writes the XML and may fail on a closed pipe).
+        var input = Data()
+        while let chunk = try FileHandle.standardInput.read(upToCount: 1 << 16), !chunk.isEmpty {
+            input.append(chunk)
+            if input.count > LibvirtDomain.maxSize + 1 { break }
+        }
+        let dbPath = WardenDatabase.defaultPath(explicit: db)
+        let source: PolicyGate.Source = policy.map { .explicit($0) } ?? .defaultDirectory
+        let outcome = LibvirtHook.run(arguments: hookArguments, domainXML: input, policy: source,
+                                      openStore: { try openExistingLedger(dbPath) }, findVM: vmByDiskPath)
+        if let message = outcome.message {
+            FileHandle.standardError.write(Data("warden: \(message.replacingOccurrences(of: "\n", with: " "))\n".utf8))
+        }
+        if outcome.status != 0 { throw ExitCode(outcome.status) }
+    }
+}
+
+/// `warden libvirt install-hook|watch`.
+struct LibvirtCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "libvirt",
+        abstract: "Enforce policy in libvirt and follow its domain events (docs/libvirt.md).",
+        subcommands: [InstallHook.self, Watch.self]
+    )
+
+    struct InstallHook: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "install-hook",
+            abstract: "Install `warden libvirt-hook` as libvirt's qemu hook (idempotent).",
+            discussion: """
+            Writes DIR/qemu.d/NAME (libvirt ≥ 6.5 runs every executable in qemu.d/), or DIR/qemu with \
+            --single-file (never over a hook Warden did not write). libvirtd looks for hooks when it \
+            starts: restart it after the first installation.
+            """
+        )
+        @Option(help: "libvirt's hooks directory.") var dir = "/etc/libvirt/hooks"
+        @Flag(help: "Install as DIR/qemu instead of DIR/qemu.d/NAME.") var singleFile = false
+        @Option(help: "The file name in qemu.d/.") var name = "50-warden"
+        @Option(help: "The ledger database the hook uses (default: the usual path resolution, made absolute).") var db: String?
+        @Option(help: "The policy directory the hook uses (default: $WARDEN_POLICY, $WARDEN_HOME/policy…).") var policy: String?
+
+        func validate() throws {
+            guard !name.isEmpty, !name.contains("/"), !name.hasPrefix(".") else { throw ValidationError("--name must be a plain file name") }
+        }
+
+        func run() throws {
+            let cwd = FileManager.default.currentDirectoryPath
+            func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : cwd + "/" + p }
+            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            let r = try LibvirtHookInstaller.install(hooksDirectory: absolute(dir), form: singleFile ? .file : .directory,
+                                                     warden: absolute(exe), database: absolute(WardenDatabase.defaultPath(explicit: db)),
+                                                     policy: absolute(PolicySet.defaultDirectory(explicit: policy)), name: name)
+            Output.stdout.line(r.changed ? "installed \(r.path) (restart libvirtd if this hook is new)" : "\(r.path) is up to date")
+        }
+    }
+
+    struct Watch: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Follow libvirt domain events; record snapshot reverts, save/restore and define/undefine.",
+            discussion: "Prints one line per recorded event. Runs until killed; every event is committed as it arrives."
+        )
+        @Option(help: "libvirt connection URI.") var uri = "qemu:///system"
+        @Option(help: "The ledger database (must exist).") var db: String?
+
+        func run() throws {
+            // A parent may have spawned us with signals blocked; SIGTERM and SIGINT must stop the watch.
+            var unblock = sigset_t()
+            sigemptyset(&unblock)
+            sigaddset(&unblock, SIGTERM)
+            sigaddset(&unblock, SIGINT)
+            pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+            let store = try openExistingLedger(WardenDatabase.defaultPath(explicit: db))
+            let host = HostName.current
+            let watcher = LibvirtEventWatcher()
+            var reverts = LibvirtWatch.RevertDeduplicator()
+            // Each event is handled on the event-loop thread; failures are reported and the watch goes on.
+            try watcher.run(uri: uri, ready: {
+                Output.stdout.line("watching \(uri)")
+                Output.stdout.flush()
+            }, handler: { event in
+                let now = Date()
+                guard reverts.isNewRevert(event, at: now) else { return }
+                do {
+                    if let line = try LibvirtWatch.record(event, domainXML: event.xml, store: store, host: host, time: now, findVM: vmByDiskPath) {
+                        Output.stdout.line(line)
+                    }
+                } catch {
+                    Output.error("\(event.domain): \(event.name): \((error as? WardenError)?.description ?? "\(error)")")
+                }
+                Output.stdout.flush()
+            })
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import Foundation
+import Testing
+import WardenTestSupport
+@testable import Ledger
+import Advisories
+import WardenCore
+
+@Suite struct AdvisoryStoreTests {
+    func withStore<T>(_ body: (AdvisoryStore) throws -> T) throws -> T {
+        try Fixtures.withTemporaryDirectory { tmp in try body(AdvisoryStore(try WardenDatabase(path: tmp + "/w.db"))) }
+    }
+
+    func record(_ id: String, modified: TimeInterval?, fixed: String, package: String = "openssl", eco: String = "Debian:12",
+                withdrawn: Bool = false) -> AdvisoryRecord {
+        AdvisoryRecord(id: id, source: "osv", modified: modified.map { Date(timeIntervalSince1970: $0) },
+                       withdrawn: withdrawn ? Date(timeIntervalSince1970: 1) : nil, aliases: ["CVE-\(id)"], severity: .high,
+                       affected: [AffectedPackage(ecosystem: eco, package: package, ranges: [[.introduced("0"), .fixed(fixed)]])])
+    }
+
+    @Test func importIsIdempotentAndNewerReplacesOlder() throws {
+        try withStore { store in
+            let a = record("A", modified: 100, fixed: "1.0-2")
+            var c = try store.importRecords([a, record("B", modified: 100, fixed: "2.0-1", package: "zlib")], file: "f")
+            #expect(c.added == 2 && c.seen == 2)
+            c = try store.importRecords([a], file: "f")
+            #expect(c.unchanged == 1 && c.added == 0)
+            #expect(try store.advisoryCount() == 2)
+            // Newer replaces, older is ignored.
+            c = try store.importRecords([record("A", modified: 200, fixed: "1.0-3")], file: "f")
+            #expect(c.replaced == 1)
+            c = try store.importRecords([record("A", modified: 150, fixed: "1.0-9")], file: "f")
+            #expect(c.older == 1)
+            let idx = try store.loadIndex(ecosystems: ["Debian:12"])
+            let f = Matcher(index: idx).findings(packages: [MatchPackage(name: "libssl3", version: "1.0-2", sourceName: "openssl", sourceVersion: "1.0-2")],
+                                                 ecosystem: GuestEcosystem.from(osID: "debian", versionID: "12")!)
+            #expect(f.map { "\($0.advisory) \($0.fixedVersion ?? "-")" } == ["A 1.0-3"])
+            #expect(try store.database.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM advisory_affected") } == 2,
+                    "replaced affected rows are deleted, not duplicated")
+        }
+    }
+
+    @Test func withdrawnAndOtherEcosystemsAreNotLoaded() throws {
+        try withStore { store in
+            _ = try store.importRecords([record("W", modified: 1, fixed: "9-1", withdrawn: true),
+                                         record("X", modified: 1, fixed: "9-1", eco: "Debian:11"),
+                                         record("Y", modified: 1, fixed: "9-1", eco: "Red Hat:enterprise_linux:9::baseos")], file: "f")
+            #expect(try store.loadIndex(ecosystems: ["Debian:12"]).entryCount == 0)
+            #expect(try store.loadIndex(ecosystems: ["Debian:11"]).entryCount == 1)
+            #expect(try store.loadIndex(ecosystems: ["Red Hat:9"]).ecosystems == ["Red Hat:9"])
+            #expect(try store.loadIndex().entryCount == 2)
+        }
+    }
+
+    @Test func controlCharactersInFeedsAreRefused() throws {
+        try withStore { store in
+            #expect(throws: WardenError.self) {
+                _ = try store.importRecords([record("A", modified: 1, fixed: "1\u{1F}2")], file: "f")
+            }
+        }
+    }
+
+    @Test func inventoriesRoundTripWithHostileNames() throws {
+        try withStore { store in
+            let key = Digest(algorithm: "sha256", hex: String(repeating: "ab", count: 32))
+            let pk = [MatchPackage(name: "a\tb", version: "1\\2", sourceName: "src\nx", sourceVersion: "1\\2"),
+                      MatchPackage(name: "plain", version: "1.0-1", sourceName: "plain", sourceVersion: "1.0-1")]
+            try store.storeInventory(key: key, image: "/img/a.qcow2", osID: "debian", versionID: "12", packages: pk)
+            let back = try #require(try store.inventory(key))
+            #expect(back.packages == pk)
+            #expect(back.ecosystem?.names == ["Debian:12"])
+            #expect(try store.imagesByInventory()[key.description] == ["/img/a.qcow2"])
+        }
+    }
+
+    @Test func rescanReportsNewAndGoneFindingsAndStoresAssessments() throws {
+        try withStore { store in
+            let key = Digest(algorithm: "sha256", hex: String(repeating: "cd", count: 32))
+            try store.storeInventory(key: key, image: "/img/b.qcow2", osID: "debian", versionID: "12",
+                                     packages: [MatchPackage(name: "libssl3", version: "1.0-1", sourceName: "openssl", sourceVersion: "1.0-1"),
+                                                MatchPackage(name: "tar", version: "1.34-1", sourceName: "tar", sourceVersion: "1.34-1")])
+            let unassessable = Digest(algorithm: "sha256", hex: String(repeating: "ef", count: 32))
+            try store.storeInventory(key: unassessable, image: "/img/win.qcow2", osID: nil, versionID: nil, packages: [])
+            let t0 = Date(timeIntervalSince1970: 1_000)
+            _ = try store.importRecords([record("A", modified: 1, fixed: "1.0-2")], at: t0, file: "f")
+            var r = try store.rescan(at: Date(timeIntervalSince1970: 2_000))
+            #expect(r.changed.count == 1 && r.newFindings == 1 && r.changed.first?.firstAssessment == true)
+            #expect(r.changed.first?.images == ["/img/b.qcow2"])
+            #expect(r.unassessable == [unassessable.description])
+            r = try store.rescan()
+            #expect(r.changed.isEmpty && r.newFindings == 0 && r.vulnerable == 1)
+            // A new advisory for tar, and A now fixed below the installed version.
+            let t1 = Date(timeIntervalSince1970: 3_000)
+            _ = try store.importRecords([record("T", modified: 1, fixed: "1.35-1", package: "tar"),
+                                         record("A", modified: 2, fixed: "0.9-1")], at: t1, file: "f")
+            r = try store.rescan(at: Date(timeIntervalSince1970: 4_000))
+            #expect(r.changed.count == 1)
+            let c = try #require(r.changed.first)
+            #expect(c.newFindings.map(\.advisory) == ["T"] && c.goneFindings.map(\.advisory) == ["A"])
+            #expect(c.newFindings.first?.aliases == ["CVE-T"])
+            #expect(c.firstAssessment == false)
+            // The module API the policy engine uses.
+            #expect(try store.latestFindings(for: key).map(\.advisory) == ["T"])
+            #expect(try store.latestFindings(for: key).first?.aliases == ["CVE-T"])
+            #expect(try store.lastAssessmentTime(of: key) == Date(timeIntervalSince1970: 4_000))
+            #expect(try store.advisoriesImported(after: Date(timeIntervalSince1970: 2_500)).map(\.id) == ["A", "T"])
+            #expect(try store.advisoriesImported(after: t1).isEmpty)
+        }
+    }
+
+    @Test func rescanNamesLedgerVMsAndScanAppendsScannedEvents() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let db = try WardenDatabase(path: tmp + "/w.db")
+            let store = AdvisoryStore(db)
+            let ledger = SQLiteLedger(database: db, signs: false)
+            let key = Digest(algorithm: "sha256", hex: String(repeating: "12", count: 32))
+            let (byPrint, _) = try ledger.createVM(VMRecord(name: "web1", owner: "ops"),
+                                                   disks: [DiskRecord(vm: VMID(), index: 0, path: "/elsewhere/web1.qcow2", format: "qcow2", fingerprint: key)],
+                                                   event: NewEvent(kind: .registered, vm: nil))
+            let (byPath, _) = try ledger.createVM(VMRecord(name: "db1", owner: "ops"),
+                                                  disks: [DiskRecord(vm: VMID(), index: 0, path: "/img/db1.qcow2", format: "qcow2")],
+                                                  event: NewEvent(kind: .registered, vm: nil))
+            try store.storeInventory(key: key, image: "/img/db1.qcow2", osID: "debian", versionID: "12",
+                                     packages: [MatchPackage(name: "tar", version: "1.0-1", sourceName: "tar", sourceVersion: "1.0-1")])
+            _ = try store.importRecords([record("T", modified: 1, fixed: "1.1-1", package: "tar")], file: "f")
+            let r = try store.rescan()
+            #expect(Set(r.changed.first?.vms.map(\.name) ?? []) == ["web1", "db1"])
+            let findings = try store.latestFindings(for: key)
+            let vms = try store.recordScan(ledger: ledger, image: "/img/db1.qcow2", key: key, findings: findings)
+            #expect(vms.count == 2)
+            #expect(try ledger.lastScan(of: byPrint.id) != nil)
+            #expect(try ledger.lastScan(of: byPath.id) != nil)
+            let ev = try #require(try ledger.events(of: byPath.id).last)
+            #expect(ev.kind == .scanned && ev.payload["vulnerable"] == .number(1) && ev.payload["max_severity"] == .string("high"))
+        }
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import Ledger
+import Testing
+import WardenCore
+import WardenTestSupport
+@testable import Policy
+
+/// PolicyGate on the real SQLite ledger: facts from lineage, decisions recorded, fail closed.
+@Suite struct PolicyGateTests {
+    func withLedger<T>(_ body: (SQLiteLedger, String) throws -> T) throws -> T {
+        try Fixtures.withTemporaryDirectory { dir in
+            let ledger = SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db"), host: HostName("h1")!)
+            return try body(ledger, dir)
+        }
+    }
+
+    func child(of parent: VMRecord, _ name: String, kind: EventKind = .copied, in l: SQLiteLedger) throws -> VMRecord {
+        let vm = VMRecord(name: name, owner: "alice", labels: parent.labels, state: .stopped, parent: parent.id,
+                          parentGeneration: parent.generation)
+        return try l.createVM(vm, disks: [], event: NewEvent(kind: kind, vm: vm.id, host: HostName("h1")!)).0
+    }
+
+    static let twoCopies = """
+    apiVersion: warden/v1
+    kind: Policy
+    rules:
+      - name: at-most-two-live-copies
+        match: { labels: { sensitivity: high } }
+        on: [copy, clone]
+        require: { maxReplicas: 2 }
+    """
+
+    /// Replicas are the live members of the whole family: from any member, retired ones excluded.
+    @Test func replicasAreCountedAcrossLineage() throws {
+        try withLedger { l, _ in
+            let set = try PolicySet.parse(Self.twoCopies)
+            let root = try l.createVM(VMRecord(name: "db", owner: "alice", labels: ["sensitivity": "high"], state: .stopped),
+                                      disks: [], event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!)).0
+            func decide(_ vm: VMRecord) -> Effect {
+                PolicyGate.decide(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: vm, policy: .success(set),
+                                  facts: LedgerPolicyFacts(store: l)).effect
+            }
+            #expect(decide(root) == .allow)                    // 1 live, 2 after the copy
+            let a = try child(of: root, "db-a", in: l)
+            #expect(decide(root) == .deny)                     // 2 live, 3 after
+            #expect(decide(a) == .deny)                        // counted from the child too
+            let grandchild = try child(of: a, "db-a-1", kind: .cloned, in: l)
+            #expect(decide(grandchild) == .deny)
+            // Retire two: one live member left.
+            for vm in [a, grandchild] {
+                _ = try l.updateVM(vm.id, event: NewEvent(kind: .retired, vm: vm.id, host: HostName("h1")!)) { $0.state = .retired }
+            }
+            #expect(decide(root) == .allow)
+            // An unrelated VM does not count.
+            _ = try l.createVM(VMRecord(name: "other", owner: "bob", labels: ["sensitivity": "high"], state: .stopped),
+                               disks: [], event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!))
+            #expect(decide(root) == .allow)
+            let d = PolicyGate.decide(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: grandchild, policy: .success(set),
+                                      facts: LedgerPolicyFacts(store: l))
+            #expect(d.reasons == ["rule at-most-two-live-copies: 2 live copies in the lineage after this copy, at most 2 allowed"])
+        }
+    }
+
+    @Test func decisionsAreRecorded() throws {
+        try withLedger { l, dir in
+            let policyDir = dir + "/policy"
+            try FileManager.default.createDirectory(atPath: policyDir, withIntermediateDirectories: true)
+            try Self.twoCopies.write(toFile: policyDir + "/p.yaml", atomically: true, encoding: .utf8)
+            let root = try l.createVM(VMRecord(name: "db", owner: "alice", labels: ["sensitivity": "high"], state: .stopped),
+                                      disks: [], event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!)).0
+            let ok = try PolicyGate.check(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: root, store: l, source: .explicit(policyDir))
+            #expect(ok.effect == .allow)
+            _ = try child(of: root, "db-a", in: l)
+            #expect(throws: WardenError(.denied, "denied copy of db by Warden policy: rule at-most-two-live-copies: 3 live copies in the lineage after this copy, at most 2 allowed")) {
+                try PolicyGate.check(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: root, store: l, source: .explicit(policyDir))
+            }
+            let events = try l.events(of: root.id).filter { $0.kind == .policyDecision }
+            #expect(events.map { $0.payload["effect"] } == [.string("allow"), .string("deny")])
+            let revision = try PolicySet.load(directory: policyDir).revision
+            #expect(events.allSatisfy { $0.payload["revision"] == .string(revision) && $0.payload["op"] == .string("copy") })
+            #expect(events.last?.payload["rules"] == .array([.string("at-most-two-live-copies")]))
+            #expect(events.first?.payload["decision"] == .string(ok.id.uuidString.lowercased()))
+            // An invalid policy denies, and the denial is recorded with the reason.
+            try "apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: x\n    on: [copy]\n    require: { scanAge: soon }\n"
+                .write(toFile: policyDir + "/p.yaml", atomically: true, encoding: .utf8)
+            #expect(throws: WardenError.self) {
+                try PolicyGate.check(PolicyRequest(operation: .transfer, host: HostName("h1")!), vm: root, store: l, source: .explicit(policyDir))
+            }
+            let last = try #require(try l.events(of: root.id).last)
+            #expect(last.kind == .policyDecision && last.payload["effect"] == .string("deny") && last.payload["failed_closed"] == .bool(true))
+            #expect(last.payload["reasons"] == .array([.string("failing closed: policy unavailable: \(policyDir)/p.yaml: line 6: rule 'x': require.scanAge: 'soon' is not a duration like 7d, 12h, 1d12h, 90m")]))
+            // No default directory: no policy, allowed, still recorded.
+            let none = try PolicyGate.load(.defaultDirectory, environment: ["WARDEN_HOME": dir + "/nowhere"])
+            #expect(none.rules.isEmpty)
+        }
+    }
+
+    /// A database that breaks under the gate: facts the rules need are unknown and the decision
+    /// cannot be recorded, so the operation is denied with a reason.
+    @Test func unreachableDatabaseDenies() throws {
+        try withLedger { l, dir in
+            let set = try PolicySet.parse(Self.twoCopies)
+            let root = try l.createVM(VMRecord(name: "db", owner: "alice", labels: ["sensitivity": "high"], state: .stopped),
+                                      disks: [], event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!)).0
+            // A ledger that can be read but not written (read-only): the decision cannot be recorded.
+            let readOnly = SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db", readOnly: true), host: HostName("h1")!)
+            // And a ledger that does not know the VM: the replica count is unknown, so it denies.
+            let d = PolicyGate.decide(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: root, policy: .success(set),
+                                      facts: LedgerPolicyFacts(store: SQLiteLedger(database: try WardenDatabase(path: dir + "/other.db"), host: HostName("h1")!)))
+            #expect(d.effect == .deny && d.reasons.first?.contains("unknown: replica count") == true)
+            var thrown: WardenError?
+            do {
+                try PolicyGate.check(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: root, store: readOnly, source: .loaded(set))
+            } catch let e as WardenError { thrown = e }
+            #expect(thrown?.code == .denied)
+            #expect(thrown?.message.contains("failing closed: cannot record the decision in the ledger") == true, "\(String(describing: thrown))")
+        }
+        // A database that cannot be opened at all (the hook and `policy check` open it with create: false).
+        #expect(throws: WardenError.self) { try WardenDatabase(path: "/nonexistent/warden.db", create: false) }
+    }
+}
