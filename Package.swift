@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "GuestFS", targets: ["GuestFS"]),
         .library(name: "Inspection", targets: ["Inspection"]),
         .library(name: "Advisories", targets: ["Advisories"]),
+        .library(name: "Sysprep", targets: ["Sysprep"]),
         .library(name: "Ledger", targets: ["Ledger"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
@@ -43,6 +44,13 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Advisories", dependencies: ["WardenCore", "Inspection", "CZlib"]),
+        // Identity refresh (virt-sysprep parity): plans against a read-only guest view, applies
+        // through GuestFS's checked writes; generates SSH host keys (RSA needs _CryptoExtras).
+        .target(name: "Sysprep", dependencies: [
+            "WardenCore", "DiskImage", "GuestFS", "Inspection",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ]),
         .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
         .target(name: "Ledger", dependencies: [
@@ -61,7 +69,7 @@ let package = Package(
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Ledger", "Policy", "Hypervisor",
+            "Ledger", "Policy", "Hypervisor", "Sysprep",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -72,6 +80,7 @@ let package = Package(
         .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "SysprepTests", dependencies: ["Sysprep", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),

@@ -29,6 +29,10 @@ public protocol LedgerQueries: LedgerStore {
     func disks(withFingerprint fingerprint: Digest) throws -> [DiskRecord]
     /// The disk registered at exactly `path`, if any.
     func disk(atPath path: String) throws -> DiskRecord?
+    /// Every VM exposed to a compromise of `host` during the closed window `[from, to]`
+    /// (docs/ledger.md, section Exposure). A backend may answer in one query; the default is
+    /// ``referenceExposure(host:from:to:now:)``.
+    func exposure(host: HostName, from: Date, to: Date, now: Date) throws -> ExposureReport
 }
 
 // MARK: - Exposure
@@ -54,10 +58,14 @@ public struct ExposedVM: Codable, Sendable, Equatable {
     public var how: String
     /// Its own intervals on the host that overlap the window (empty when inherited only).
     public var residencies: [ExposureInterval]
-    /// The exposed parent it was cloned or copied from after that parent's exposure began.
+    /// The exposed parent it was cloned or copied from after that parent's exposure began
+    /// (nil when that is not what made it exposed earliest).
     public var inheritedFrom: VMID?
-    /// The VMs from the directly exposed ancestor down to this one (just itself when direct).
-    public var path: [VMID]
+    /// The directly exposed VM this exposure comes from: itself when direct, else the end of the
+    /// `inherited_from` chain.
+    public var source: VMID
+    /// Clone/copy steps from `source` (0 when direct).
+    public var steps: Int
 }
 
 /// `warden exposure --host H --from T1 --to T2`.
@@ -73,10 +81,17 @@ public struct ExposureReport: Codable, Sendable, Equatable {
 }
 
 extension LedgerQueries {
+    public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
+        try referenceExposure(host: host, from: from, to: to, now: now)
+    }
+
+    /// The exposure query computed from the primitives alone: the reference every backend's
+    /// ``exposure(host:from:to:now:)`` must agree with (the tests compare them).
+    ///
     /// Every VM with a ran-on or stored-on interval on `host` overlapping the closed window
     /// `[from, to]`, plus, transitively, every VM cloned or copied from an exposed VM at or
     /// after the moment that VM's exposure began.
-    public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
+    public func referenceExposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
         guard from <= to else {
             throw WardenError(.invalidArgument, "the window's start is after its end")
         }
@@ -116,12 +131,41 @@ extension LedgerQueries {
             frontier = next
         }
         for r in try vms(withIDs: since.keys.filter { records[$0] == nil }) { records[r.id] = r }
+        let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) {
+            records[$0].map { ($0.name, $0.owner, $0.state) }
+        }
+        return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+    }
+}
+
+/// Turns exposure starts into report entries; shared by every implementation.
+enum ExposureAssembly {
+    static func assemble(since: [VMID: Date], inheritedFrom: [VMID: VMID], intervals: [VMID: [ExposureInterval]],
+                         record: (VMID) -> (name: String, owner: String, state: VMState)?) throws -> [ExposedVM] {
+        // The directly exposed ancestor each exposure comes from, and how many steps away (memoized).
+        var source: [VMID: (VMID, Int)] = [:]
+        func origin(_ id: VMID) throws -> (VMID, Int) {
+            if let known = source[id] { return known }
+            var chain: [VMID] = []
+            var cursor = id
+            while let p = inheritedFrom[cursor], source[cursor] == nil {
+                chain.append(cursor)
+                cursor = p
+                if chain.count > 1_000_000 { throw WardenError(.corrupt, "exposure: lineage cycle at \(id)") }
+            }
+            var base = source[cursor] ?? (cursor, 0)
+            source[cursor] = base
+            for v in chain.reversed() {
+                base = (base.0, base.1 + 1)
+                source[v] = base
+            }
+            return source[id]!
+        }
         var out: [ExposedVM] = []
         out.reserveCapacity(since.count)
         for (id, start) in since {
-            guard let rec = records[id] else { continue }
+            guard let rec = record(id) else { continue }
             let own = intervals[id] ?? []
-            // A VM inherits only if the parent path is what made it earliest, or it has no interval.
             let parent = inheritedFrom[id]
             let how: String
             switch (own.isEmpty, parent == nil) {
@@ -129,20 +173,16 @@ extension LedgerQueries {
             case (true, false): how = "inherited"
             default: how = "direct+inherited"
             }
-            var path = [id]
-            var cursor = parent
-            var guardCount = 0
-            while let p = cursor, guardCount < 100_000 {
-                path.insert(p, at: 0)
-                cursor = inheritedFrom[p]
-                guardCount += 1
-            }
+            let (src, steps) = try origin(id)
             out.append(ExposedVM(vm: id, name: rec.name, owner: rec.owner, state: rec.state, exposedSince: start,
                                  how: how, residencies: own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) },
-                                 inheritedFrom: parent, path: path))
+                                 inheritedFrom: parent, source: src, steps: steps))
         }
-        out.sort { ($0.exposedSince, $0.vm) < ($1.exposedSince, $1.vm) }
-        return ExposureReport(host: host, from: from, to: to, now: now, vms: out)
+        // Sort keys computed once: VMID's `<` builds two strings per comparison, and thousands of
+        // direct exposures share one start (the window's).
+        return out.map { ($0, FastUUID.text($0.vm.uuid)) }
+            .sorted { ($0.0.exposedSince, $0.1) < ($1.0.exposedSince, $1.1) }
+            .map(\.0)
     }
 }
 
@@ -450,13 +490,13 @@ extension LedgerQueries {
 func lowerUUID(_ u: UUID?) -> String? { u.map { $0.uuidString.lowercased() } }
 
 extension ExposedVM {
-    enum CodingKeys: String, CodingKey { case vm, name, owner, state, exposedSince, how, residencies, inheritedFrom, path }
+    enum CodingKeys: String, CodingKey { case vm, name, owner, state, exposedSince, how, residencies, inheritedFrom, source, steps }
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(vm, forKey: .vm); try c.encode(name, forKey: .name); try c.encode(owner, forKey: .owner)
         try c.encode(state, forKey: .state); try c.encode(exposedSince, forKey: .exposedSince); try c.encode(how, forKey: .how)
         try c.encode(residencies, forKey: .residencies); try c.encode(inheritedFrom, forKey: .inheritedFrom)
-        try c.encode(path, forKey: .path)
+        try c.encode(source, forKey: .source); try c.encode(steps, forKey: .steps)
     }
 }
 

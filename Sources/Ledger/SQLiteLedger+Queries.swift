@@ -18,6 +18,72 @@ extension SQLiteLedger: LedgerQueries {
         }
     }
 
+    /// Exposure in two SQL statements: the direct intervals, then one recursive query over
+    /// `vms(parent)` that carries each VM's exposure start down the lineage. Same semantics as
+    /// ``referenceExposure(host:from:to:now:)`` (the tests compare them on the same fleets).
+    public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
+        guard from <= to else { throw WardenError(.invalidArgument, "the window's start is after its end") }
+        let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), nowUs = LedgerTime.micros(now)
+        let file = database.path
+        let overlap = """
+            host = :host AND from_us <= :t2
+            AND ((to_us IS NOT NULL AND to_us > :t1 AND to_us > from_us) OR (to_us IS NULL AND :now > :t1 AND :now > from_us))
+            """
+        let args: StatementArguments = ["host": host.value, "t1": t1, "t2": t2, "now": nowUs]
+        return try database.read { db in
+            var intervals: [VMID: [ExposureInterval]] = [:]
+            let direct = try db.cachedStatement(sql: "SELECT vm, kind, from_us, to_us FROM residency WHERE \(overlap)")
+            let rows = try Row.fetchCursor(direct, arguments: args)
+            while let r = try rows.next() {
+                guard let vm = FastUUID.vmid(r[0]), let kind = ResidencyRecord.Kind(rawValue: r[1] as String) else {
+                    throw WardenError(.corrupt, "a residency row is malformed", file: file)
+                }
+                let end: Int64? = r[3]
+                intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(r[2]), to: end.map(LedgerTime.date)))
+            }
+            // exposed(vm, since, direct): a direct row per directly exposed VM, and an inherited row
+            // (since = creation) for every VM created at or after some exposure start of its parent.
+            // Lineage is a forest, so each VM has at most those two rows and the recursion ends.
+            let s = try db.cachedStatement(sql: """
+                WITH RECURSIVE
+                  direct(vm, since) AS (
+                    SELECT vm, max(min(from_us), :t1) FROM residency WHERE \(overlap) GROUP BY vm),
+                  exposed(vm, since, direct) AS (
+                    SELECT vm, since, 1 FROM direct
+                    UNION
+                    SELECT v.id, v.created_us, 0 FROM vms v JOIN exposed e ON v.parent = e.vm WHERE v.created_us >= e.since)
+                SELECT e.vm, min(CASE WHEN e.direct = 1 THEN e.since END) AS dsince,
+                       min(CASE WHEN e.direct = 0 THEN e.since END) AS isince,
+                       v.name, v.owner, v.state, v.parent
+                FROM exposed e JOIN vms v ON v.id = e.vm
+                GROUP BY e.vm
+                """)
+            var since: [VMID: Date] = [:]
+            var inheritedFrom: [VMID: VMID] = [:]
+            var records: [VMID: (String, String, VMState)] = [:]
+            let found = try Row.fetchCursor(s, arguments: args)
+            while let r = try found.next() {
+                guard let vm = FastUUID.vmid(r[0]), let state = VMState(rawValue: r[5] as String) else {
+                    throw WardenError(.corrupt, "a VM row is malformed", file: file)
+                }
+                let d: Int64? = r[1], i: Int64? = r[2]
+                let parentText: String? = r[6]
+                // Direct wins a tie, as in the reference.
+                if let i, d.map({ i < $0 }) ?? true, let p = parentText.flatMap(FastUUID.vmid) {
+                    since[vm] = LedgerTime.date(i)
+                    inheritedFrom[vm] = p
+                } else if let d {
+                    since[vm] = LedgerTime.date(d)
+                } else {
+                    continue
+                }
+                records[vm] = (r[3], r[4], state)
+            }
+            let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
+            return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+        }
+    }
+
     /// Children without their labels (the queries do not need them).
     public func children(of parents: [VMID]) throws -> [VMRecord] {
         try vmsWhere("parent", in: parents)

@@ -156,6 +156,39 @@ struct LedgerCLI {
         }
     }
 
+    @Test func eventRecordMovesResidency() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let l = LedgerCLI(db: tmp + "/w.db")
+            try Tool.run(["cp", try LedgerFixtures.guests() + "/base.qcow2", tmp + "/d.qcow2"])
+            try l.run(["vm", "register", tmp + "/d.qcow2", "--name", "m", "--owner", "o", "--host", "h0"])
+            try l.run(["event", "record", "--vm", "m", "--kind", "started", "--host", "h1", "--at", "2027-01-01T00:00:00Z"])
+            let mig = try l.run(["event", "record", "--vm", "m", "--kind", "migrated", "--host", "h2", "--at", "2027-01-02T00:00:00Z"])
+            try l.run(["event", "record", "--vm", "m", "--kind", "moved-storage", "--host", "h3", "--at", "2027-01-03T00:00:00Z"])
+            try l.run(["event", "record", "--vm", "m", "--kind", "stopped", "--at", "2027-01-04T00:00:00Z"])
+            // Closing an interval before it began is refused.
+            try l.run(["event", "record", "--vm", "m", "--kind", "moved-storage", "--host", "h4", "--at", "2027-01-02T00:00:00Z"], expect: 2)
+            let show = try l.json(["vm", "show", "m"])
+            #expect((show["vm"] as? [String: Any])?["state"] as? String == "stopped")
+            let res = try #require(show["residency"] as? [[String: Any]]).map {
+                [$0["kind"] as? String ?? "", $0["host"] as? String ?? "", ($0["from"] as? String ?? "").prefix(10).description,
+                 ($0["to"] as? String)?.prefix(10).description ?? "open"]
+            }
+            #expect(res.count == 4)
+            #expect(res.contains(["ran", "h1", "2027-01-01", "2027-01-02"]))
+            #expect(res.contains(["ran", "h2", "2027-01-02", "2027-01-04"]))
+            #expect(res.contains(["stored", "h3", "2027-01-03", "open"]))
+            #expect(res.contains { $0[0] == "stored" && $0[1] == "h0" && $0[3] == "2027-01-03" })
+            // migrated names where it came from.
+            let seq = mig.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            let hist = try #require(try l.json(["vm", "history", "m"])["events"] as? [[String: Any]])
+            let migrated = try #require(hist.first { "\($0["seq"] as? Int ?? 0)" == seq })
+            #expect(migrated["kind"] as? String == "migrated" && (migrated["payload"] as? [String: String]) == ["from": "h1"])
+            // Exposure of h2 over the migration day: m, directly.
+            let exp = try l.json(["exposure", "--host", "h2", "--from", "2027-01-02T12:00:00Z", "--to", "2027-01-02T13:00:00Z"])
+            #expect((exp["vms"] as? [[String: Any]])?.map { $0["name"] as? String } == ["m"])
+        }
+    }
+
     @Test func badInputIsOneLineAndExitTwo() throws {
         try Fixtures.withTemporaryDirectory { tmp in
             let l = LedgerCLI(db: tmp + "/w.db")

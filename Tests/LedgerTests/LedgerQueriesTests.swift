@@ -67,6 +67,8 @@ extension SQLiteLedger {
             try l.make("old-clone", at: day(9), kind: .cloned, parent: old)
 
             let r = try l.exposure(host: hostH, from: t1, to: t2, now: now)
+            // The SQL implementation agrees with the reference built from the primitives.
+            #expect(r == (try l.referenceExposure(host: hostH, from: t1, to: t2, now: now)))
             let got = Dictionary(uniqueKeysWithValues: r.vms.map { ($0.name, $0) })
             #expect(Set(got.keys) == ["left-after-t1", "arrived-at-t2", "open", "c", "c-clone", "c-clone-copy",
                                       "c-clone-late", "c-clone-at-start", "p", "g"])
@@ -77,13 +79,14 @@ extension SQLiteLedger {
             #expect(got["c"]?.how == "direct")
             #expect(got["c-clone"]?.how == "inherited")
             #expect(got["c-clone"]?.exposedSince == day(13))
-            #expect(got["c-clone-copy"]?.path == [c.id, cClone.id, cCloneCopy.id])
+            #expect(got["c-clone-copy"]?.source == c.id && got["c-clone-copy"]?.steps == 2)
             #expect(got["c-clone-copy"]?.inheritedFrom == cClone.id)
             #expect(got["c-clone-late"]?.exposedSince == day(25))
             #expect(got["c-clone-at-start"]?.inheritedFrom == c.id)
             #expect(got["g"]?.how == "direct+inherited")
             #expect(got["g"]?.exposedSince == day(16))
-            #expect(got["g"]?.path == [p.id, g.id])
+            #expect(got["g"]?.source == p.id && got["g"]?.steps == 1)
+            #expect(got["c"]?.source == c.id && got["c"]?.steps == 0)
             // Ordered by exposure start.
             #expect(r.vms.map(\.exposedSince) == r.vms.map(\.exposedSince).sorted())
             _ = (leftAtT1, leftBefore, afterT2, empty, cLate, cAtStart)
@@ -95,6 +98,43 @@ extension SQLiteLedger {
             let future = try l.exposure(host: hostH, from: day(50), to: day(60), now: now)
             #expect(future.vms.isEmpty)
             #expect(throws: WardenError.self) { try l.exposure(host: hostH, from: t2, to: t1, now: now) }
+        }
+    }
+}
+
+extension ExposureTests {
+    /// Random fleets (seeded): the SQL exposure equals the reference for many windows.
+    @Test func sqlAgreesWithReferenceOnRandomFleets() throws {
+        for seed in UInt64(1)...2 {
+            try withLedger { l, _ in
+                var rng = SeededRandom(seed: seed)
+                var vms: [VMRecord] = []
+                let hosts = [hostH, hostOther]
+                for i in 0..<200 {
+                    let at = day(Double(i) / 5)
+                    let parent = vms.isEmpty || Int.random(in: 0..<3, using: &rng) != 0 ? nil : vms[Int.random(in: 0..<vms.count, using: &rng)]
+                    let v = try l.make("v\(i)", at: at, kind: parent == nil ? .registered : (Bool.random(using: &rng) ? .cloned : .copied), parent: parent)
+                    vms.append(v)
+                    for _ in 0..<Int.random(in: 0...3, using: &rng) {
+                        let from = at.addingTimeInterval(Double(Int.random(in: 0..<(2 * 86_400), using: &rng)))
+                        let len = Double(Int.random(in: 0..<(8 * 86_400), using: &rng))
+                        let open = Int.random(in: 0..<8, using: &rng) == 0
+                        try l.ran(v, on: hosts[Int.random(in: 0..<2, using: &rng)], from, open ? nil : from.addingTimeInterval(len),
+                                  kind: Bool.random(using: &rng) ? .ran : .stored)
+                    }
+                }
+                var seen = (direct: 0, inherited: 0)
+                defer { #expect(seen.direct > 20 && seen.inherited > 20, "seed \(seed): the windows hit too little: \(seen)") }
+                for _ in 0..<12 {
+                    let a = day(Double(Int.random(in: 0..<40, using: &rng)))
+                    let b = a.addingTimeInterval(Double(Int.random(in: 0..<(6 * 86_400), using: &rng)))
+                    let sql = try l.exposure(host: hostH, from: a, to: b, now: day(50))
+                    let ref = try l.referenceExposure(host: hostH, from: a, to: b, now: day(50))
+                    #expect(sql == ref, "seed \(seed), window \(a)…\(b)")
+                    seen.direct += sql.vms.filter { $0.how != "inherited" }.count
+                    seen.inherited += sql.vms.filter { $0.how != "direct" }.count
+                }
+            }
         }
     }
 }
@@ -215,6 +255,26 @@ extension SQLiteLedger {
             #expect(census.staleScans.truncated == false)
             let cut = try l.census(now: now, weeks: 4, dormantDays: 30, staleScanDays: 7, limit: 1)
             #expect(cut.staleScans.vms.count == 1 && cut.staleScans.truncated)
+        }
+    }
+}
+
+@Suite struct FastUUIDTests {
+    @Test func agreesWithFoundation() {
+        var rng = SeededRandom(seed: 7)
+        for _ in 0..<2000 {
+            let u = UUID(uuid: (UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng),
+                                UInt8.random(in: 0...255, using: &rng)))
+            #expect(FastUUID.text(u) == u.uuidString.lowercased())
+            #expect(FastUUID.parse(u.uuidString) == u && FastUUID.parse(u.uuidString.lowercased()) == u)
+        }
+        for bad in ["", "x", "0123456789abcdef0123456789abcdef0123", "01234567-89ab-cdef-0123-456789abcdeg",
+                    "01234567+89ab-cdef-0123-456789abcdef", "01234567-89ab-cdef-0123-456789abcdef0", "é1234567-89ab-cdef-0123-456789abcde"] {
+            #expect(FastUUID.parse(bad) == nil, "\(bad)")
         }
     }
 }

@@ -9,7 +9,8 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Read VM disk images offline (raw, qcow2, VMDK; MBR/GPT; ext2/3/4).",
-        subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self, ImageFingerprint.self]
+        subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self, ImageFingerprint.self,
+                      ImageSysprep.self]
     )
 }
 

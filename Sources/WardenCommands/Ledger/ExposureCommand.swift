@@ -25,15 +25,12 @@ struct ExposureCommand: ParsableCommand {
         let t1 = try TimeArgument.parse(from, now: now), t2 = try TimeArgument.parse(to, now: now)
         guard t1 <= t2 else { throw WardenError(.invalidArgument, "--from is after --to") }
         let store = try database.open(create: false)
-        let start = DispatchTime.now().uptimeNanoseconds
-        let report = try store.exposure(host: HostName(host)!, from: t1, to: t2, now: now)
-        if timing {
-            Output.note(String(format: "exposure: %.3f ms, %d VMs", Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6, report.vms.count))
-        }
+        let (report, wall, cpu) = try timed { try store.exposure(host: HostName(host)!, from: t1, to: t2, now: now) }
+        if timing { Output.note(String(format: "exposure: %.3f ms wall, %.3f ms cpu, %d VMs", wall, cpu, report.vms.count)) }
         if json { Output.stdout.line(try Output.ledgerJSON(report)); return }
-        var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "VIA"]]
+        var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "FROM"]]
         for v in report.vms {
-            let via = v.path.count > 1 ? v.path.dropLast().map(shortID).joined(separator: " → ") : "-"
+            let via = v.steps == 0 ? "-" : "\(shortID(v.source)) +\(v.steps)"
             rows.append([shortID(v.vm), oneLine(v.name), oneLine(v.owner), v.state.rawValue,
                          TimeArgument.format(v.exposedSince), v.how, via])
         }

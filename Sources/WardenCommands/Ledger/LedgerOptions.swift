@@ -3,6 +3,9 @@ import Foundation
 import Ledger
 import Policy
 import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `--db`, shared by every command that reads or writes the ledger.
 struct DatabaseOptions: ParsableArguments {
@@ -27,7 +30,7 @@ struct DatabaseOptions: ParsableArguments {
 /// ``PolicyGate`` (policy from $WARDEN_POLICY, $WARDEN_HOME/policy, …; docs/policy.md), records
 /// the decision in the ledger, and throws `WardenError(.denied)` (exit 3) on deny.
 enum LedgerPolicy {
-    enum Operation: String { case copy, transfer, retire }
+    enum Operation: String { case copy, clone, transfer, retire }
 
     static func authorize(_ operation: Operation, vm: VMRecord, store: any LedgerStore,
                           detail: [String: JSONValue] = [:]) throws {
@@ -124,4 +127,17 @@ func table(_ rows: [[String]]) -> [String] {
         r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
             .joined(separator: "  ")
     }
+}
+
+/// Wall and process CPU time of `body`, for the hidden `--timing` flags of the query commands
+/// (CPU time separates the query's own cost from waiting on a busy machine).
+func timed<T>(_ body: () throws -> T) rethrows -> (T, wallMs: Double, cpuMs: Double) {
+    func cpu() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) * 1e3 + Double(ts.tv_nsec) / 1e6
+    }
+    let w0 = DispatchTime.now().uptimeNanoseconds, c0 = cpu()
+    let r = try body()
+    return (r, Double(DispatchTime.now().uptimeNanoseconds - w0) / 1e6, cpu() - c0)
 }

@@ -14,7 +14,7 @@ struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
         abstract: "Register, list, copy, transfer and retire VMs; show their history and lineage.",
-        subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMTransfer.self, VMRetire.self,
+        subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMClone.self, VMTransfer.self, VMRetire.self,
                       VMHistory.self, VMLineage.self,
                       VMStart.self, VMStop.self, VMStatus.self, VMConsole.self, VMSnapshot.self, VMRollback.self, VMStateServer.self]
     )
@@ -556,11 +556,8 @@ struct VMLineage: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let v = try store.resolveVM(vm)
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        let tree = try store.lineage(of: v.id)
-        if timing {
-            Output.note(String(format: "lineage: %.3f ms, %d nodes", Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6, tree.nodes.count))
-        }
+        let (tree, wall, cpu) = try timed { try store.lineage(of: v.id) }
+        if timing { Output.note(String(format: "lineage: %.3f ms wall, %.3f ms cpu, %d nodes", wall, cpu, tree.nodes.count)) }
         if json { Output.stdout.line(try Output.ledgerJSON(tree)); return }
         if dot { for l in Self.dot(tree) { Output.stdout.line(l) }; return }
         for l in Self.text(tree) { Output.stdout.line(l) }

@@ -3,6 +3,7 @@ import Foundation
 import DiskImage
 import Hypervisor
 import Ledger
+import Policy
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -16,9 +17,11 @@ enum VMRun {
     static func runner(_ store: SQLiteLedger, reexposure: [RollbackImpact.Vulnerability]? = nil) -> VMRunner {
         VMRunner(store: store, counters: CounterStore(database: store.database),
                  gate: { operation, vm, _ in
-                     // The one policy call site for VM lifecycle operations; the policy engine is wired
-                     // here when it reaches main (issue 6).
-                     _ = (operation, vm, reexposure)
+                     // The one policy call site for VM lifecycle operations (start, snapshot, rollback;
+                     // the policy model has no `stop` operation). Denials throw WardenError(.denied): exit 3.
+                     guard let op = VMOperation(rawValue: operation) else { return }
+                     let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
+                     try PolicyGate.check(PolicyRequest(operation: op, reexposure: findings), vm: vm, store: store)
                  },
                  stateServerCommand: { vm, announce in
                      var argv = [selfExecutable, "vm", "state-server", vm.description, "--db", store.database.path]

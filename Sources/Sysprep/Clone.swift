@@ -1,0 +1,136 @@
+import Foundation
+import WardenCore
+import DiskImage
+import GuestFS
+import Inspection
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Offline clones: an overlay (or a full flattened copy) per disk, the identity refreshed in
+/// the boot disk, and the result verified against the source before it is put in place.
+///
+/// Order (the commit point is the rename; see docs/sysprep.md):
+/// 1. each disk is created under a hidden temporary name in the destination folder
+///    (`.NAME.qcow2.warden-PID`): a qcow2 overlay backed by the source disk, or a sparse
+///    raw copy of the guest-visible disk with `full`;
+/// 2. the operations run on the boot disk (index 0) through the write path; the source is
+///    opened read-only and never written;
+/// 3. both guests are re-inspected and compared (``IdentityCheck``);
+/// 4. only when that passes is each file linked to its final name (never replacing an
+///    existing file) and the temporary name removed. A kill before step 4 leaves only a
+///    hidden temporary file; a kill during it leaves complete, verified images.
+public enum Clone {
+    public struct Source: Sendable {
+        public var path: String
+        public var format: String
+        public init(path: String, format: String) { self.path = path; self.format = format }
+    }
+
+    public struct Result: Sendable {
+        /// Final paths, one per source disk.
+        public var paths: [String]
+        public var formats: [String]
+        public var report: SysprepReport
+        public var collisions: [IdentityCollision]
+    }
+
+    /// The final file name of disk `index` of a clone named `name`.
+    public static func fileName(name: String, index: Int, count: Int, full: Bool) -> String {
+        let ext = full ? "raw" : "qcow2"
+        return count == 1 ? "\(name).\(ext)" : "\(name)-disk\(index).\(ext)"
+    }
+
+    /// Creates, refreshes and verifies the clone; links the files into place only when the
+    /// verification passes. On any failure the temporary files are removed. When the
+    /// verification finds a shared identity field, nothing is linked and the result carries
+    /// the collisions (the caller records them and fails).
+    public static func make(sources: [Source], into dir: String, name: String, full: Bool,
+                            operations: [any SysprepOperation], options: SysprepOptions,
+                            checkFilesystemUUIDs: Bool,
+                            beforeCommit: (() throws -> Void)? = nil) throws -> Result {
+        guard !sources.isEmpty else { throw WardenError(.invalidArgument, "the VM has no disks") }
+        let options = options.forgingKeys(for: operations)
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != "..", !name.hasPrefix("."),
+              name.utf8.count <= 200 else {
+            throw WardenError(.invalidArgument, "clone name \(name) cannot be a file name (one path component, not starting with '.')")
+        }
+        let finals = sources.indices.map { dir + "/" + fileName(name: name, index: $0, count: sources.count, full: full) }
+        for f in finals where FileManager.default.fileExists(atPath: f) {
+            throw WardenError(.conflict, "already exists; not overwritten", file: f)
+        }
+        let temps = finals.map { f -> String in
+            let base = (f as NSString).lastPathComponent
+            return dir + "/." + base + ".warden-\(getpid())"
+        }
+        var made: [String] = []
+        do {
+            for (s, t) in zip(sources, temps) {
+                unlink(t)
+                if full {
+                    try fullCopy(s, to: t)
+                } else {
+                    try QCOW2Overlay.create(at: t, backing: s.path, backingFormat: s.format)
+                }
+                made.append(t)
+            }
+            // Refresh the boot disk.
+            let img = try ImageOpener.openWritable(temps[0], options: OpenOptions(format: full ? .raw : .qcow2))
+            let guest = try WritableGuestView.assemble(disk: img.device)
+            let report: SysprepReport
+            do {
+                report = try Sysprep.apply(GuestWriter(writable: guest), operations: operations, options: options, image: finals[0])
+                try guest.commit()
+                try img.device.flush()
+            } catch let e as WardenError {
+                throw e.inFile(finals[0])
+            }
+            // Verify against the source, both opened read-only.
+            let (_, srcView) = try Sysprep.readOnlyGuest(sources[0].path, format: ImageFormat(rawValue: sources[0].format))
+            let (_, cloneView) = try Sysprep.readOnlyGuest(temps[0], format: full ? .raw : .qcow2)
+            let collisions = IdentityCheck.compare(source: GuestFiles(view: srcView), clone: GuestFiles(view: cloneView),
+                                                   expectedHostname: options.hostname,
+                                                   checkFilesystemUUIDs: checkFilesystemUUIDs)
+            if !collisions.isEmpty {
+                for t in made { unlink(t) }
+                return Result(paths: [], formats: [], report: report, collisions: collisions)
+            }
+            try beforeCommit?()
+            // Commit point: link each file to its final name (never replacing one), then drop the temporary name.
+            var linked: [String] = []
+            for (t, f) in zip(temps, finals) {
+                guard link(t, f) == 0 else {
+                    let err = String(cString: strerror(errno))
+                    for l in linked { unlink(l) }
+                    throw WardenError(errno == EEXIST ? .conflict : .io, "cannot create: \(err)", file: f)
+                }
+                linked.append(f)
+            }
+            for t in temps { unlink(t) }
+            syncDirectory(dir)
+            return Result(paths: finals, formats: Array(repeating: full ? "raw" : "qcow2", count: finals.count),
+                          report: report, collisions: [])
+        } catch {
+            for t in made { unlink(t) }
+            throw error
+        }
+    }
+
+    /// A sparse raw copy of the guest-visible disk (the whole backing chain flattened).
+    static func fullCopy(_ s: Source, to path: String) throws {
+        let img = try ImageOpener.open(s.path, options: OpenOptions(format: ImageFormat(rawValue: s.format)))
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: path) }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(img.device.size)) == 0 else {
+            throw WardenError(.io, "cannot size: \(String(cString: strerror(errno)))", file: path)
+        }
+        try RawExport.toFile(img.device, fd: fd, outSize: img.device.size, name: path)
+        guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+    }
+
+    static func syncDirectory(_ dir: String) {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { fsync(fd); close(fd) }
+    }
+}
