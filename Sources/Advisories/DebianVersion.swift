@@ -12,6 +12,9 @@ public struct DebianVersion: Sendable, Equatable, Comparable, CustomStringConver
     public let epoch: Int
     public let upstream: String
     public let revision: String
+    /// The bytes of ``upstream`` and ``revision``, kept for comparisons.
+    private let upstreamBytes: [UInt8]
+    private let revisionBytes: [UInt8]
 
     public init(_ text: String) throws {
         let bytes = Array(text.utf8)
@@ -55,6 +58,8 @@ public struct DebianVersion: Sendable, Equatable, Comparable, CustomStringConver
         self.epoch = epoch
         self.upstream = String(decoding: body, as: UTF8.self)
         self.revision = String(decoding: revision, as: UTF8.self)
+        self.upstreamBytes = Array(self.upstream.utf8)
+        self.revisionBytes = Array(self.revision.utf8)
     }
 
     public var description: String {
@@ -63,9 +68,9 @@ public struct DebianVersion: Sendable, Equatable, Comparable, CustomStringConver
 
     public func compare(to other: DebianVersion) -> VersionOrder {
         if epoch != other.epoch { return epoch < other.epoch ? .less : .greater }
-        let u = Self.compareParts(Array(upstream.utf8), Array(other.upstream.utf8))
+        let u = Self.compareParts(upstreamBytes, other.upstreamBytes)
         if u != .equal { return u }
-        return Self.compareParts(Array(revision.utf8), Array(other.revision.utf8))
+        return Self.compareParts(revisionBytes, other.revisionBytes)
     }
 
     public static func < (a: DebianVersion, b: DebianVersion) -> Bool { a.compare(to: b) == .less }

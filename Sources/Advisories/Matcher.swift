@@ -81,8 +81,13 @@ public final class AdvisoryIndex: @unchecked Sendable {
         }
     }
 
+    /// The entries of one package name in one ecosystem (a class, so matchers can memoise per list).
+    final class Entries {
+        var list: [Entry] = []
+    }
+
     public private(set) var metas: [Meta] = []
-    var byEcosystem: [String: [String: [Entry]]] = [:]
+    var byEcosystem: [String: [String: Entries]] = [:]
     public private(set) var entryCount = 0
 
     public init() {}
@@ -112,8 +117,15 @@ public final class AdvisoryIndex: @unchecked Sendable {
     public func addEntry(meta: Int, ecosystem: String, package: String, status: AffectedStatus, severity: Severity?,
                          rangesText: String, versionsText: String) {
         let eco = GuestEcosystem.normalise(ecosystem)
-        byEcosystem[eco, default: [:]][package, default: []].append(
-            Entry(meta: meta, status: status, severity: severity, rangesText: rangesText, versionsText: versionsText))
+        let entry = Entry(meta: meta, status: status, severity: severity, rangesText: rangesText, versionsText: versionsText)
+        if let list = byEcosystem[eco]?[package] {
+            list.list.append(entry)
+        } else {
+            // (A class value through `[key, default:]` would only be read, never stored.)
+            let list = Entries()
+            list.list.append(entry)
+            byEcosystem[eco, default: [:]][package] = list
+        }
         entryCount += 1
     }
 
@@ -175,8 +187,19 @@ public final class Matcher {
     /// Whether to report `fixed` and `not-affected` findings too (scan `--all`); rescans only need `vulnerable`.
     public let includeResolved: Bool
 
-    struct Hit { var entry: AdvisoryIndex.Entry; var status: FindingStatus; var fixed: String? }
-    private var memo: [String: [String: [String: [Hit]]]] = [:]
+    struct Hit {
+        var entry: AdvisoryIndex.Entry; var status: FindingStatus; var fixed: String?
+        /// Copied from the entry, so the compact path reads no class instance.
+        var meta: Int; var entrySeverity: Severity?
+        init(entry: AdvisoryIndex.Entry, status: FindingStatus, fixed: String?) {
+            self.entry = entry; self.status = status; self.fixed = fixed
+            meta = entry.meta; entrySeverity = entry.severity
+        }
+    }
+    /// Hits per entry list (one package name in one ecosystem) and installed version.
+    private var memo: [ObjectIdentifier: [String: [Hit]]] = [:]
+    /// Scratch space of ``compactFindings(packages:ecosystem:)``, one slot per advisory, all zero between calls.
+    var firstOfMeta: [Int32] = []
     /// Advisory versions the scheme could not parse (such ranges are skipped).
     public private(set) var unparseableVersions = 0
 
@@ -198,7 +221,7 @@ public final class Matcher {
                 if !ecosystem.bySourceOnly, p.sourceName != p.name, !p.sourceName.isEmpty { names.append(p.sourceName) }
                 for name in names {
                     guard let entries = table[name] else { continue }
-                    let hits = hitsFor(eco: eco, name: name, version: version, entries: entries, scheme: ecosystem.scheme)
+                    let hits = hitsFor(version: version, entries: entries, scheme: ecosystem.scheme)
                     for h in hits {
                         guard seen.insert(Seen(package: p.name, version: p.version, meta: h.entry.meta)).inserted else { continue }
                         let m = index.metas[h.entry.meta]
@@ -238,8 +261,10 @@ public final class Matcher {
         return (new.filter { !oldKeys.contains($0.key) }, old.filter { !newKeys.contains($0.key) })
     }
 
-    private func hitsFor(eco: String, name: String, version: String, entries: [AdvisoryIndex.Entry], scheme: VersionScheme) -> [Hit] {
-        if let h = memo[eco]?[name]?[version] { return h }
+    func hitsFor(version: String, entries list: AdvisoryIndex.Entries, scheme: VersionScheme) -> [Hit] {
+        let id = ObjectIdentifier(list)
+        if let h = memo[id]?[version] { return h }
+        let entries = list.list
         var hits: [Hit] = []
         let installed = ParsedVersion(version, scheme: scheme)
         for e in entries {
@@ -279,7 +304,7 @@ public final class Matcher {
                 hits.append(Hit(entry: e, status: .fixed, fixed: text))
             }
         }
-        memo[eco, default: [:]][name, default: [:]][version] = hits
+        memo[id, default: [:]][version] = hits
         return hits
     }
 

@@ -104,13 +104,22 @@ struct AssessmentRow: AdvisoryTableRecord {
 /// lists and finding sets (much faster to read back than JSON for a whole fleet).
 enum CompactLines {
     static func escape(_ s: String, into out: inout [UInt8]) {
-        for b in s.utf8 {
-            switch b {
-            case 0x5C: out += [0x5C, 0x5C]
-            case 0x09: out += [0x5C, 0x74]
-            case 0x0A: out += [0x5C, 0x6E]
-            default: out.append(b)
+        let done: Void? = s.utf8.withContiguousStorageIfAvailable { bytes in
+            if !bytes.contains(where: { $0 == 0x5C || $0 == 0x09 || $0 == 0x0A }) {
+                out.append(contentsOf: bytes)
+            } else {
+                for b in bytes { escapeByte(b, into: &out) }
             }
+        }
+        if done == nil { for b in s.utf8 { escapeByte(b, into: &out) } }
+    }
+
+    @inline(__always) static func escapeByte(_ b: UInt8, into out: inout [UInt8]) {
+        switch b {
+        case 0x5C: out += [0x5C, 0x5C]
+        case 0x09: out += [0x5C, 0x74]
+        case 0x0A: out += [0x5C, 0x6E]
+        default: out.append(b)
         }
     }
 

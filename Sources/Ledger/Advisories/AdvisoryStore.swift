@@ -206,14 +206,12 @@ public struct AdvisoryStore: Sendable {
                 wanted = list.map { _ in "?" }.joined(separator: ",")
                 args = StatementArguments(list)
             }
-            var sql = """
-                SELECT f.advisory, f.ecosystem, f.package, f.status, f.severity, f.ranges, f.versions
-                FROM advisory_affected f JOIN advisory a ON a.pk = f.advisory
-                WHERE a.withdrawn IS NULL
-                """
+            // Entries first (through the (ecosystem, package) index, no join), then the metadata
+            // of the non-withdrawn advisories they belong to.
+            var sql = "SELECT advisory, ecosystem, package, status, severity, ranges, versions FROM advisory_affected"
             if let wanted {
-                sql += " AND (f.ecosystem IN (\(wanted))"
-                if ecosystems!.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR f.ecosystem LIKE 'Red Hat:%'" }
+                sql += " WHERE (ecosystem IN (\(wanted))"
+                if ecosystems!.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR ecosystem LIKE 'Red Hat:%'" }
                 sql += ")"
             }
             var pending: [(Int64, String, String, String, Int?, String, String)] = []
@@ -352,6 +350,15 @@ public struct AdvisoryStore: Sendable {
         }
     }
 
+    /// Lower-case hex of `bytes`.
+    static func hex<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0x0F)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// A digest of a finding set in the matcher's (deterministic) order: equal sets, equal hashes.
     static func findingsHash(_ findings: [Finding]) -> String {
         var bytes: [UInt8] = []
@@ -367,15 +374,59 @@ public struct AdvisoryStore: Sendable {
         return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
 
+    /// The stored form of a finding set: ``CompactLines``, one line of 11 fields per finding.
     static func encodeFindings(_ findings: [Finding]) -> Data {
+        var out: [UInt8] = []
+        out.reserveCapacity(findings.count * 112)
+        let severities = (0...5).map { Array(String($0).utf8) }
+        var cvssText: [Double: [UInt8]] = [:]
+        for f in findings {
+            CompactLines.escape(f.package, into: &out); out.append(0x09)
+            CompactLines.escape(f.installedVersion, into: &out); out.append(0x09)
+            CompactLines.escape(f.sourcePackage, into: &out); out.append(0x09)
+            CompactLines.escape(f.matchedName, into: &out); out.append(0x09)
+            CompactLines.escape(f.ecosystem, into: &out); out.append(0x09)
+            CompactLines.escape(f.source, into: &out); out.append(0x09)
+            CompactLines.escape(f.advisory, into: &out); out.append(0x09)
+            let sev = f.severity.rawValue
+            if sev >= 0 && sev < severities.count { out += severities[sev] } else { out += String(sev).utf8 }
+            out.append(0x09)
+            if let c = f.cvssScore {
+                if let t = cvssText[c] { out += t } else { let t = Array(String(c).utf8); cvssText[c] = t; out += t }
+            }
+            out.append(0x09)
+            if let v = f.fixedVersion { CompactLines.escape(v, into: &out) }
+            out.append(0x09)
+            CompactLines.escape(f.status.rawValue, into: &out)
+            out.append(0x0A)
+        }
+        return Data(out)
+    }
+
+    /// ``encodeFindings(_:)`` as first written, through rows of strings: the reference the tests compare with.
+    static func encodeFindingsPlain(_ findings: [Finding]) -> Data {
         CompactLines.encode(findings.map { f in
             [f.package, f.installedVersion, f.sourcePackage, f.matchedName, f.ecosystem, f.source, f.advisory,
              String(f.severity.rawValue), f.cvssScore.map { String($0) } ?? "", f.fixedVersion ?? "", f.status.rawValue]
         })
     }
 
+    /// Inventory `key`'s stored findings, or nil when it was never assessed. Aliases and summaries
+    /// are joined from the advisory table only when `details` is set.
+    func storedFindings(of key: WardenCore.Digest, db: Database, details: Bool) throws -> [Finding]? {
+        guard let data = try Data.fetchOne(db, sql: "SELECT findings FROM assessment WHERE inventory = ?",
+                                           arguments: [key.description]) else { return nil }
+        let found = Self.decodeFindingsWithoutDetails(data)
+        return details ? try Self.addDetails(found, db: db) : found
+    }
+
     /// Decodes stored findings, joining aliases and summaries from the advisory table.
     static func decodeFindings(_ data: Data, db: Database) throws -> [Finding] {
+        try addDetails(decodeFindingsWithoutDetails(data), db: db)
+    }
+
+    /// Decodes stored findings; aliases stay empty and summaries nil.
+    static func decodeFindingsWithoutDetails(_ data: Data) -> [Finding] {
         var out: [Finding] = []
         CompactLines.decode(data) { f in
             guard f.count == 11 else { return }
@@ -384,6 +435,12 @@ public struct AdvisoryStore: Sendable {
                                cvssScore: Double(f[8]), fixedVersion: f[9].isEmpty ? nil : f[9],
                                status: FindingStatus(rawValue: f[10]) ?? .vulnerable, summary: nil))
         }
+        return out
+    }
+
+    /// `findings` with the aliases and summaries of their advisories, from the advisory table.
+    static func addDetails(_ findings: [Finding], db: Database) throws -> [Finding] {
+        var out = findings
         let stmt = try db.cachedStatement(sql: "SELECT aliases, summary FROM advisory WHERE source = ? AND id = ?")
         for i in out.indices {
             if let row = try Row.fetchOne(stmt, arguments: [out[i].source, out[i].advisory]) {
@@ -393,5 +450,29 @@ public struct AdvisoryStore: Sendable {
             }
         }
         return out
+    }
+}
+
+/// ``AdvisoryStore/findingsHash(_:)`` of compact findings, without building ``Finding`` values:
+/// the same bytes are hashed. Keeps its buffer between inventories.
+struct FindingsHasher {
+    private var bytes: [UInt8] = []
+
+    mutating func hash(_ compact: [Matcher.CompactFinding], packages: [MatchPackage], metas: [AdvisoryIndex.Meta]) -> String {
+        bytes.removeAll(keepingCapacity: true)
+        metas.withUnsafeBufferPointer { metas in
+            packages.withUnsafeBufferPointer { packages in
+                for c in compact {
+                    bytes += packages[c.package].name.utf8; bytes.append(0x1F)
+                    bytes += packages[c.package].version.utf8; bytes.append(0x1F)
+                    bytes += metas[c.advisory].source.utf8; bytes.append(0x1F)
+                    bytes += metas[c.advisory].id.utf8; bytes.append(0x1F)
+                    bytes.append(UInt8(truncatingIfNeeded: c.severity.rawValue)); bytes.append(0x1F)
+                    if let f = c.fixedVersion { bytes += f.utf8 }
+                    bytes.append(0x1E)
+                }
+            }
+        }
+        return AdvisoryStore.hex(SHA256.hash(data: bytes))
     }
 }

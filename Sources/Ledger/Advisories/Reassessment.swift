@@ -40,43 +40,62 @@ extension AdvisoryStore {
     /// The index holds only the ecosystems of stored inventories; each (ecosystem, package,
     /// version) is matched once for the whole fleet; an assessment is rewritten only when its
     /// finding set changed (compared by hash).
-    public func rescan(at now: Date = Date()) throws -> RescanReport {
+    ///
+    /// `phase` (when given) is called after each step with its name, for `--timing`.
+    public func rescan(at now: Date = Date(), phase: ((String) -> Void)? = nil) throws -> RescanReport {
         let start = Date()
         let invs = try inventories()
+        phase?("read inventories")
         var ecosystems = Set<String>()
         for i in invs { if let e = i.ecosystem { ecosystems.formUnion(e.names) } }
         let index = try loadIndex(ecosystems: ecosystems)
         let matcher = Matcher(index: index)
-        let previous: [String: (hash: String, assessedAt: Date)] = try database.read { db in
-            var out: [String: (String, Date)] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT inventory, findings_hash, assessed_at FROM assessment") {
-                out[r[0]] = (r[1], Date(timeIntervalSince1970: r[2]))
-            }
+        phase?("load advisory index")
+        let previous: [String: String] = try database.read { db in
+            var out: [String: String] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT inventory, findings_hash FROM assessment") { out[r[0]] = r[1] }
             return out
         }
         let images = try imagesByInventory()
+        phase?("read assessments and images")
         var report = RescanReport(assessedAt: now, inventories: invs.count, unassessable: [], advisoryEntries: index.entryCount,
                                   changed: [], newFindings: 0, goneFindings: 0, vulnerable: 0, seconds: 0)
         var writes: [(String, String, Int, Data)] = []
+        var hasher = FindingsHasher()
+        var changedKeys: [(key: String, paths: [String])] = []
         for inv in invs {
             guard let eco = inv.ecosystem else { report.unassessable.append(inv.key.description); continue }
-            let findings = matcher.findings(packages: inv.packages, ecosystem: eco)
-            report.vulnerable += findings.count
-            let hash = Self.findingsHash(findings)
+            // Fast path: compact findings and their hash; `Finding` values only when something changed.
+            let compact = matcher.compactFindings(packages: inv.packages, ecosystem: eco)
+            report.vulnerable += compact.count
+            let hash = hasher.hash(compact, packages: inv.packages, metas: index.metas)
             let prev = previous[inv.key.description]
-            if prev?.hash == hash { continue }
-            let old: [Finding] = prev == nil ? [] : try assessment(of: inv.key)?.findings ?? []
-            let d = Matcher.diff(old: old, new: findings)
+            if prev == hash { continue }
+            let findings = compact.map { matcher.finding($0, packages: inv.packages, ecosystem: eco) }
+            let d: (added: [Finding], removed: [Finding])
+            if prev == nil {
+                d = (findings, [])
+            } else {
+                let old = try database.read { db in try self.storedFindings(of: inv.key, db: db, details: false) } ?? []
+                var diff = Matcher.diff(old: old, new: findings)
+                if !diff.removed.isEmpty { diff.removed = try database.read { db in try Self.addDetails(diff.removed, db: db) } }
+                d = diff
+            }
             writes.append((inv.key.description, hash, findings.count, Self.encodeFindings(findings)))
             if d.added.isEmpty && d.removed.isEmpty { continue } // same findings (or none yet), new details
             report.newFindings += d.added.count
             report.goneFindings += d.removed.count
             let paths = images[inv.key.description] ?? []
-            let vms = try database.read { db in try Self.vms(db, key: inv.key.description, paths: paths) }
-            report.changed.append(InventoryChange(inventory: inv.key.description, images: paths, vms: vms,
+            changedKeys.append((inv.key.description, paths))
+            report.changed.append(InventoryChange(inventory: inv.key.description, images: paths, vms: [],
                                                   ecosystem: eco.names.first, firstAssessment: prev == nil,
                                                   vulnerable: findings.count, newFindings: d.added, goneFindings: d.removed))
         }
+        if !changedKeys.isEmpty {
+            let vms = try database.read { db in try changedKeys.map { try Self.vms(db, key: $0.key, paths: $0.paths) } }
+            for i in report.changed.indices { report.changed[i].vms = vms[i] }
+        }
+        phase?("match and compare")
         if !writes.isEmpty {
             try database.write { db in
                 for w in writes {
@@ -88,6 +107,7 @@ extension AdvisoryStore {
         try database.write { db in
             try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [now.timeIntervalSince1970])
         }
+        phase?("write assessments")
         report.seconds = Date().timeIntervalSince(start)
         return report
     }

@@ -25,10 +25,13 @@ struct FleetCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
         @Option(help: ArgumentHelp("Findings listed per changed inventory in human output.", valueName: "n"))
         var limit: Int = 20
+        @Flag(help: .hidden) var timing = false
 
         func run() throws {
             let store = AdvisoryStore(try database.open())
-            let report = try store.rescan()
+            var phases = PhaseClock()
+            let report = try store.rescan(phase: timing ? { phases.lap($0) } : nil)
+            if timing { phases.lap("done"); for l in phases.lines { Output.note(l) } }
             if json {
                 Output.stdout.line(try Output.json(report))
                 return
@@ -49,6 +52,26 @@ struct FleetCommand: ParsableCommand {
                 if c.goneFindings.count > limit { out.line("  - … \(c.goneFindings.count - limit) more") }
             }
             for u in report.unassessable.prefix(limit) { out.line("not assessable (no advisory feed for its OS): \(u)") }
+            if timing { phases.lap("print"); Output.note(phases.lines.last ?? "") }
         }
+    }
+}
+
+/// Wall and process CPU time between successive laps, for hidden `--timing` flags.
+struct PhaseClock {
+    private var wall0 = DispatchTime.now().uptimeNanoseconds
+    private var cpu0 = PhaseClock.cpu()
+    private(set) var lines: [String] = []
+
+    static func cpu() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) * 1e3 + Double(ts.tv_nsec) / 1e6
+    }
+
+    mutating func lap(_ name: String) {
+        let w = DispatchTime.now().uptimeNanoseconds, c = Self.cpu()
+        lines.append(name + String(format: ": %.1f ms wall, %.1f ms cpu", Double(w - wall0) / 1e6, c - cpu0))
+        wall0 = w; cpu0 = c
     }
 }
