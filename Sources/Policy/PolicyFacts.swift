@@ -137,7 +137,7 @@ public struct LedgerPolicyFacts: PolicyFacts {
                                 version: $0.installedVersion, fixedVersion: $0.fixedVersion)
                 }
             },
-            advisoriesAfter: { date in try advisories.advisoriesImported(after: date).count })
+            advisoriesAfter: { date in try advisories.advisoryCountImported(after: date) })
     }
 
     public func hostLabels(_ host: HostName) throws -> [String: String]? { try store.host(host)?.labels }

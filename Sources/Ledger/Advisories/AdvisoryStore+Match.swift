@@ -72,6 +72,13 @@ extension AdvisoryStore {
         }
     }
 
+    /// How many advisories were stored (added, or replaced by a changed record) after `time`.
+    public func advisoryCountImported(after time: Date) throws -> Int {
+        try database.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM advisory WHERE imported_at > ?", arguments: [time.timeIntervalSince1970]) ?? 0
+        }
+    }
+
     /// Whether any advisory entry is stored for one of these ecosystems (without one, "no
     /// findings" would mean "no data", so callers that fail closed ask this first).
     public func hasAdvisories(ecosystems: [String]) throws -> Bool {
@@ -118,6 +125,8 @@ extension AdvisoryStore {
         var problems: [String] = []
         for disk in disks.sorted(by: { $0.index < $1.index }) {
             guard let inv = try inventory(forDisk: disk) else { continue }
+            // A data disk (no OS, no packages) has nothing to match.
+            if inv.osID == nil && inv.packages.isEmpty { continue }
             guard let eco = inv.ecosystem else {
                 problems.append("disk \(disk.index) (\(inv.osID ?? "unknown OS") \(inv.versionID ?? "")): no advisory feed covers its OS")
                 continue
