@@ -79,6 +79,13 @@ extension AdvisoryStore {
         }
     }
 
+    /// When an advisory was last stored (added or replaced); nil when there are none.
+    public func lastAdvisoryImport() throws -> Date? {
+        try database.read { db in
+            try Double.fetchOne(db, sql: "SELECT max(imported_at) FROM advisory").map { Date(timeIntervalSince1970: $0) }
+        }
+    }
+
     /// Whether any advisory entry is stored for one of these ecosystems (without one, "no
     /// findings" would mean "no data", so callers that fail closed ask this first).
     public func hasAdvisories(ecosystems: [String]) throws -> Bool {
@@ -115,7 +122,8 @@ extension AdvisoryStore {
     }
 
     /// The VM's open findings: each scanned disk's stored inventory matched against the
-    /// advisories now in the store. Throws `.unavailable` (so policy fails closed) when no disk
+    /// advisories now in the store (its stored assessment when that is newer than the last
+    /// import, which gives the same findings without matching). Throws `.unavailable` (so policy fails closed) when no disk
     /// of the VM was ever scanned, when its OS has no advisory ecosystem, or when no advisory
     /// for that ecosystem was imported (no data is not "no findings").
     public func openFindings(disks: [DiskRecord]) throws -> VMFindings {
@@ -123,6 +131,7 @@ extension AdvisoryStore {
         var all: [Finding] = []
         var seen = Set<String>()
         var problems: [String] = []
+        let lastImport = try lastAdvisoryImport()
         for disk in disks.sorted(by: { $0.index < $1.index }) {
             guard let inv = try inventory(forDisk: disk) else { continue }
             // A data disk (no OS, no packages) has nothing to match.
@@ -136,7 +145,15 @@ extension AdvisoryStore {
                 continue
             }
             used.append(inv.key.description)
-            for f in try match(packages: inv.packages, ecosystem: eco) where seen.insert(f.key).inserted { all.append(f) }
+            // A stored assessment made after the last advisory import is exactly what matching
+            // now would give (scan and fleet rescan store them): read it instead of matching.
+            let found: [Finding]
+            if let a = try assessment(of: inv.key), let last = lastImport, a.assessedAt >= last {
+                found = a.findings.filter { $0.status == .vulnerable }
+            } else {
+                found = try match(packages: inv.packages, ecosystem: eco)
+            }
+            for f in found where seen.insert(f.key).inserted { all.append(f) }
         }
         if used.isEmpty {
             if let p = problems.first { throw WardenError(.unavailable, p) }
