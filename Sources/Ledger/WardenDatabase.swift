@@ -58,8 +58,15 @@ public final class WardenDatabase: Sendable {
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
-            if !readOnly {
+            // `PRAGMA user_version` holds ``WardenSchema/stamp`` once every migration of this
+            // build is applied: then the migration walk (reading grdb_migrations, a write
+            // barrier) is skipped, which the libvirt hook's start-up budget needs.
+            let current = try pool.read { try Int32.fetchOne($0, sql: "PRAGMA user_version") } == WardenSchema.stamp
+            if current {
+                // Nothing to migrate.
+            } else if !readOnly {
                 try WardenSchema.migrator.migrate(pool)
+                try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA user_version = \(WardenSchema.stamp)") }
             } else {
                 let pending = try pool.read { try WardenSchema.migrator.hasCompletedMigrations($0) }
                 if !pending {
@@ -126,6 +133,19 @@ public enum WardenSchema {
     static var groups: [[Migration]] {
         [LedgerMigrations.all, AdvisoryMigrations.all, StateMigrations.all]
     }
+
+    /// A non-zero 31-bit FNV-1a hash of every migration name in order: what
+    /// `PRAGMA user_version` holds when a database has exactly this build's migrations.
+    /// Any added migration changes it, so an older database is walked and migrated as before.
+    public static let stamp: Int32 = {
+        var h: UInt32 = 2_166_136_261
+        for group in groups {
+            for mig in group {
+                for byte in mig.name.utf8 + [0] { h = (h ^ UInt32(byte)) &* 16_777_619 }
+            }
+        }
+        return Int32(bitPattern: h & 0x7FFF_FFFF) | 1
+    }()
 
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
