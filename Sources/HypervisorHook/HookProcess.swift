@@ -86,8 +86,10 @@ public enum LibvirtHookProcess {
         } catch { return 2 }
         let dbPath = WardenDatabase.defaultPath(explicit: options.db, environment: environment)
         let source: PolicyGate.Source = options.policy.map { .explicit($0) } ?? .defaultDirectory
-        let outcome = LibvirtHook.run(arguments: options.hookArguments, domainXML: Data(input), policy: source,
-                                      openStore: { try LibvirtHook.openLedger(dbPath) }, findVM: LibvirtHook.vmByDiskPath)
+        // The host name is looked up once (it is a resolver call) and used for everything.
+        let host = HostName.current
+        let outcome = LibvirtHook.run(arguments: options.hookArguments, domainXML: Data(input), host: host, policy: source,
+                                      openStore: { try LibvirtHook.openLedger(dbPath, host: host) }, findVM: LibvirtHook.vmByDiskPath)
         if let message = outcome.message { writeError(message) }
         return outcome.status
     }

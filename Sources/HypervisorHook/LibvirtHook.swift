@@ -53,8 +53,9 @@ public enum LibvirtHook {
     /// empty fleet would allow everything). No signing key is loaded and no checkpoint is
     /// signed: the hook's events get their Merkle leaves now and are covered by the next signed
     /// checkpoint (any later `warden` write, or `warden ledger checkpoint`; docs/ledger-log.md).
-    public static func openLedger(_ path: String) throws -> SQLiteLedger {
-        SQLiteLedger(database: try WardenDatabase(path: path, create: false), signs: false)
+    /// The WAL is left in place when the hook exits (``WardenDatabase/init(path:create:readOnly:checkpointOnClose:)``).
+    public static func openLedger(_ path: String, host: HostName = .current) throws -> SQLiteLedger {
+        SQLiteLedger(database: try WardenDatabase(path: path, create: false, checkpointOnClose: false), signs: false, host: host)
     }
 
     /// The ledger VM with a disk at one of the domain's disk paths, if exactly one live VM has it.
@@ -109,7 +110,7 @@ public enum LibvirtHook {
         case .decide(let op):
             let request = PolicyRequest(operation: op, host: host, time: time)
             do {
-                let d = try PolicyGate.check(request, vm: vm, store: store, source: policy, actor: NewEvent.hookActor)
+                let d = try PolicyGate.check(request, vm: vm, store: store, source: policy, actor: NewEvent.hookActor(host))
                 return Outcome(status: 0, message: d.effect == .quarantine ? d.summary : nil, decision: d)
             } catch let e as WardenError {
                 return Outcome(status: 1, message: e.message)
@@ -151,7 +152,7 @@ public enum LibvirtHook {
         let id = domain.uuid.map { VMID($0) } ?? VMID()
         let record = VMRecord(id: id, name: domain.name, owner: discoveredOwner, state: .discovered, createdAt: time, updatedAt: time)
         let disks = domain.diskPaths.enumerated().map { DiskRecord(vm: id, index: $0.offset, path: $0.element, format: domain.diskFormats[$0.offset]) }
-        let event = NewEvent(kind: .discovered, vm: id, actor: NewEvent.hookActor, host: host, time: time,
+        let event = NewEvent(kind: .discovered, vm: id, actor: NewEvent.hookActor(host), host: host, time: time,
                              payload: ["source": .string("libvirt-hook"), "domain": .string(domain.name)])
         return try store.createVM(record, disks: disks, event: event).0
     }

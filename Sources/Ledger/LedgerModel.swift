@@ -131,7 +131,7 @@ public struct NewEvent: Sendable {
     /// The actor of events the libvirt hook records: `libvirt-hook@hostname`. The hook does
     /// not sign checkpoints; `warden ledger verify` accepts a tail of unsigned entries only when
     /// every one of them has this actor prefix (docs/ledger-log.md, "Entries the hook records").
-    public static var hookActor: String { hookActorPrefix + HostName.current.value }
+    public static func hookActor(_ host: HostName = .current) -> String { hookActorPrefix + host.value }
     public static let hookActorPrefix = "libvirt-hook@"
 
     /// `$USER@hostname`.

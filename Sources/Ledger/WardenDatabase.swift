@@ -1,3 +1,4 @@
+import CSQLite
 import Foundation
 import GRDB
 import WardenCore
@@ -27,7 +28,12 @@ public final class WardenDatabase: Sendable {
     ///
     /// - Parameter create: when false, a missing database is an error instead of being created
     ///   (read-only commands and the policy hook must fail closed, not invent an empty fleet).
-    public init(path: String, create: Bool = true, readOnly: Bool = false) throws {
+    /// - Parameter checkpointOnClose: when false, closing the connections leaves the WAL as it
+    ///   is (no checkpoint, no deletion). The libvirt hook opens the ledger once per VM start;
+    ///   checkpointing on every exit, and then re-creating (and fsyncing) a fresh WAL on the
+    ///   next open, cost more than the decision itself. SQLite still checkpoints automatically
+    ///   once the WAL passes 1000 pages, in whichever process commits then.
+    public init(path: String, create: Bool = true, readOnly: Bool = false, checkpointOnClose: Bool = true) throws {
         self.path = path
         let fm = FileManager.default
         if !fm.fileExists(atPath: path) {
@@ -48,6 +54,9 @@ public final class WardenDatabase: Sendable {
         config.readonly = readOnly
         config.busyMode = .timeout(10)
         config.prepareDatabase { db in
+            if !checkpointOnClose, let c = db.sqliteConnection {
+                _ = warden_sqlite_no_checkpoint_on_close(c)
+            }
             try db.execute(sql: "PRAGMA foreign_keys = ON")
             // FULL: a commit is on disk (WAL fsynced) before it returns, so an acknowledged
             // ledger event survives a power cut, not only a crash of the process.
