@@ -137,6 +137,22 @@ import WardenTestSupport
         }
     }
 
+    /// A database is stamped with the schema when migrated; an unstamped one (an older warden's)
+    /// is walked and stamped on the next read-write open, and still opens read-only meanwhile.
+    @Test func schemaStamp() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let db = dir + "/s.db"
+            _ = try WardenDatabase(path: db)
+            func version() throws -> String { try Tool.run(["sqlite3", db, "PRAGMA user_version"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) }
+            #expect(try version() == "\(WardenSchema.stamp)")
+            try Tool.run(["sqlite3", db, "PRAGMA user_version = 0"])
+            _ = try WardenDatabase(path: db, create: false, readOnly: true)
+            #expect(try version() == "0")
+            _ = try WardenDatabase(path: db, create: false)
+            #expect(try version() == "\(WardenSchema.stamp)")
+        }
+    }
+
     @Test func installHookInstallsTheLeanHook() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let (db, policy, uuid) = try fleet(dir, zone: "secure")
