@@ -81,6 +81,20 @@ extension Matcher {
         return out
     }
 
+    /// Whether ``deduplicated(_:)`` could fold any of these findings: some advisory's id is also
+    /// another advisory's id or an alias. Then the compact findings are not the plain ones, and
+    /// the caller must use ``findings(packages:ecosystem:)`` for this guest.
+    public func mayDeduplicate(_ compact: [CompactFinding]) -> Bool {
+        guard compact.count > 1 else { return false }
+        if sharedIdentifiers.count != index.metas.count {
+            var idCount: [String: Int] = [:]
+            var aliases = Set<String>()
+            for m in index.metas { idCount[m.id, default: 0] += 1; aliases.formUnion(m.aliases) }
+            sharedIdentifiers = index.metas.map { idCount[$0.id, default: 0] > 1 || aliases.contains($0.id) }
+        }
+        return compact.contains { sharedIdentifiers[$0.advisory] }
+    }
+
     /// The ``Finding`` a compact finding stands for (`packages` and `ecosystem` as matched).
     public func finding(_ c: CompactFinding, packages: [MatchPackage], ecosystem: GuestEcosystem) -> Finding {
         let p = packages[c.package]

@@ -200,6 +200,8 @@ public final class Matcher {
     private var memo: [ObjectIdentifier: [String: [Hit]]] = [:]
     /// Scratch space of ``compactFindings(packages:ecosystem:)``, one slot per advisory, all zero between calls.
     var firstOfMeta: [Int32] = []
+    /// Per advisory: its id is another advisory's id or alias (see ``mayDeduplicate(_:)``).
+    var sharedIdentifiers: [Bool] = []
     /// Advisory versions the scheme could not parse (such ranges are skipped).
     public private(set) var unparseableVersions = 0
 
@@ -235,7 +237,8 @@ public final class Matcher {
             }
         }
         out.sort(by: Finding.displayOrder)
-        return out
+        // The same vulnerability through two feeds (a DSA and the tracker's CVE) is one finding.
+        return Self.deduplicated(out)
     }
 
     /// Findings of a stored inventory's packages.

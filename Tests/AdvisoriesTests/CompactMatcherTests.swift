@@ -90,6 +90,7 @@ struct GeneratedFleet {
                 let pk = gen.packages(10 + g, scheme: eco.scheme)
                 let plain = shared.findings(packages: pk, ecosystem: eco)
                 let compact = shared.compactFindings(packages: pk, ecosystem: eco)
+                #expect(!shared.mayDeduplicate(compact), "generated ids and aliases do not overlap")
                 #expect(compact.count == plain.count)
                 let fast = compact.map { shared.finding($0, packages: pk, ecosystem: eco) }
                 #expect(fast == plain, "seed \(seed) guest \(g)")
@@ -122,5 +123,20 @@ struct GeneratedFleet {
         #expect(plain.map(\.package) == ["tar", "tar-doc"])
         #expect(compact.map { m.finding($0, packages: pk, ecosystem: eco) } == plain)
         #expect(plain.allSatisfy { $0.ecosystem == "Ubuntu:22.04:LTS" })
+        #expect(!m.mayDeduplicate(compact))
+    }
+
+    @Test func overlappingFeedsSendTheCallerToThePlainPath() throws {
+        // A DSA with alias CVE-1 and the tracker's CVE-1: `findings` folds them; the compact path cannot.
+        let dsa = AdvisoryRecord(id: "DSA-1", source: "osv", aliases: ["CVE-1"], severity: .high, affected: [
+            AffectedPackage(ecosystem: "Debian:12", package: "tar", ranges: [[.introduced("0"), .fixed("2.0-1")]])])
+        let cve = AdvisoryRecord(id: "CVE-1", source: "debian-tracker", severity: .medium, affected: [
+            AffectedPackage(ecosystem: "Debian:12", package: "tar", ranges: [[.introduced("0"), .fixed("2.0-1")]])])
+        let m = Matcher(index: AdvisoryIndex(records: [dsa, cve]))
+        let eco = GuestEcosystem.from(osID: "debian", versionID: "12")!
+        let pk = [MatchPackage(name: "tar", version: "1.0-1", sourceName: "tar", sourceVersion: "1.0-1")]
+        let compact = m.compactFindings(packages: pk, ecosystem: eco)
+        #expect(compact.count == 2 && m.findings(packages: pk, ecosystem: eco).count == 1)
+        #expect(m.mayDeduplicate(compact))
     }
 }

@@ -67,11 +67,13 @@ extension AdvisoryStore {
             guard let eco = inv.ecosystem else { report.unassessable.append(inv.key.description); continue }
             // Fast path: compact findings and their hash; `Finding` values only when something changed.
             let compact = matcher.compactFindings(packages: inv.packages, ecosystem: eco)
-            report.vulnerable += compact.count
-            let hash = hasher.hash(compact, packages: inv.packages, metas: index.metas)
+            // Where two feeds may name the same vulnerability, the plain path (which folds them).
+            let plain = matcher.mayDeduplicate(compact) ? matcher.findings(packages: inv.packages, ecosystem: eco) : nil
+            report.vulnerable += plain?.count ?? compact.count
+            let hash = plain.map { Self.findingsHash($0) } ?? hasher.hash(compact, packages: inv.packages, metas: index.metas)
             let prev = previous[inv.key.description]
             if prev == hash { continue }
-            let findings = compact.map { matcher.finding($0, packages: inv.packages, ecosystem: eco) }
+            let findings = plain ?? compact.map { matcher.finding($0, packages: inv.packages, ecosystem: eco) }
             let d: (added: [Finding], removed: [Finding])
             if prev == nil {
                 d = (findings, [])
