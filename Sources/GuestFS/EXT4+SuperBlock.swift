@@ -159,6 +159,26 @@ extension EXT4 {
             }
         }
 
+        /// Where group `g`'s descriptor lives: the block and the byte offset in it. Without
+        /// meta_bg (or below `s_first_meta_bg`) the table follows the primary superblock's
+        /// block (block 1 with 1 KiB blocks, else 0), as the kernel reads it; with meta_bg each
+        /// descriptor block sits at the start of the first group it describes, after that
+        /// group's superblock backup if it has one.
+        func descriptorLocation(ofGroup g: UInt64) throws -> (block: UInt64, offset: Int) {
+            guard g < groupCount else { throw EXT4.corrupt("block group \(g) is beyond the \(groupCount) groups") }
+            let perBlock = UInt64(descriptorsPerBlock)
+            let descBlock = g / perBlock
+            let block: UInt64
+            if hasIncompat(Incompat.metaBG) && descBlock >= UInt64(firstMetaBG) {
+                let firstGroup = descBlock * perBlock
+                let groupStart = try Checked.add(try Checked.mul(firstGroup, UInt64(blocksPerGroup)), UInt64(firstDataBlock))
+                block = groupStart + (groupHasSuper(firstGroup) ? 1 : 0)
+            } else {
+                block = (blockSize == 1024 ? 1 : 0) + 1 + descBlock
+            }
+            return (block, Int(g % perBlock) * descSize)
+        }
+
         /// Whether `group` holds a superblock backup (and so, without meta_bg, a GDT copy).
         func groupHasSuper(_ group: UInt64) -> Bool {
             if group == 0 { return true }

@@ -445,14 +445,22 @@ extension EXT4WritableVolume {
         default: hasBlocks = false
         }
         if hasBlocks { m = try mapping(n, raw) }
+        try release(n, &raw, mapping: hasBlocks ? m : nil, aclBlock: aclBlock, directory: false)
+    }
+
+    /// Frees inode `n` whose last name is gone: the inode is marked deleted (no links,
+    /// dtime, empty size and block map) and written first, then its blocks, its
+    /// extended-attribute block and the inode itself are released, then the counts.
+    private func release(_ n: UInt64, _ raw: inout [UInt8], mapping m: Mapping?, aclBlock: UInt64, directory: Bool) throws {
         let now = UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970))
         Self.put16(&raw, 0x1A, 0)
         Self.put32(&raw, 0x14, now)   // dtime
         Self.put32(&raw, 0x0C, now)
+        if directory { Self.put32(&raw, 0x20, Self.get32(raw, 0x20) & ~Self.indexFlag) }
         setSize(&raw, 0)
         try setBlockCount(&raw, blocks: 0)
-        if hasBlocks {
-            if flags & Self.extentsFlag != 0 {
+        if m != nil {
+            if Self.get32(raw, 0x20) & Self.extentsFlag != 0 {
                 var root = [UInt8](repeating: 0, count: 60)
                 root.replaceSubrange(0..<12, with: extentHeader(entries: 0, max: 4, depth: 0))
                 raw.replaceSubrange(0x28..<0x64, with: root)
@@ -465,9 +473,9 @@ extension EXT4WritableVolume {
             if is64 { Self.put16(&raw, 0x76, 0) }
         }
         try writeInodeRaw(n, raw)
-        if hasBlocks { try freeMapping(m) }
+        if let m { try freeMapping(m) }
         if aclBlock != 0 { try releaseXattrBlock(try checkBlock(aclBlock, n)) }
-        try freeInode(n, directory: false)
+        try freeInode(n, directory: directory)
         try finish()
     }
 
@@ -497,29 +505,7 @@ extension EXT4WritableVolume {
             Self.put16(&parentRaw, 0x1A, plinks - 1)
             try writeInodeRaw(parent, parentRaw)
         }
-        let now = UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970))
-        Self.put16(&raw, 0x1A, 0)
-        Self.put32(&raw, 0x14, now)
-        Self.put32(&raw, 0x0C, now)
-        Self.put32(&raw, 0x20, Self.get32(raw, 0x20) & ~Self.indexFlag)
-        setSize(&raw, 0)
-        try setBlockCount(&raw, blocks: 0)
-        if Self.get32(raw, 0x20) & Self.extentsFlag != 0 {
-            var root = [UInt8](repeating: 0, count: 60)
-            root.replaceSubrange(0..<12, with: extentHeader(entries: 0, max: 4, depth: 0))
-            raw.replaceSubrange(0x28..<0x64, with: root)
-        } else {
-            raw.replaceSubrange(0x28..<0x64, with: [UInt8](repeating: 0, count: 60))
-        }
-        if aclBlock != 0 {
-            Self.put32(&raw, 0x68, 0)
-            if is64 { Self.put16(&raw, 0x76, 0) }
-        }
-        try writeInodeRaw(n, raw)
-        try freeMapping(m)
-        if aclBlock != 0 { try releaseXattrBlock(try checkBlock(aclBlock, n)) }
-        try freeInode(n, directory: true)
-        try finish()
+        try release(n, &raw, mapping: m, aclBlock: aclBlock, directory: true)
     }
 
     /// Drops one reference to an extended-attribute block, freeing it at zero.

@@ -161,18 +161,7 @@ public final class EXT4WritableVolume: MutableFileSystem, @unchecked Sendable {
     }
 
     func gdLocation(_ g: UInt64) throws -> (block: UInt64, offset: Int) {
-        guard g < sb.groupCount else { throw EXT4.corrupt("block group \(g) is beyond the \(sb.groupCount) groups") }
-        let perBlock = UInt64(sb.descriptorsPerBlock)
-        let descBlock = g / perBlock
-        let block: UInt64
-        if sb.hasIncompat(EXT4.Incompat.metaBG) && descBlock >= UInt64(sb.firstMetaBG) {
-            let firstGroup = descBlock * perBlock
-            let groupStart = try Checked.add(try Checked.mul(firstGroup, UInt64(sb.blocksPerGroup)), UInt64(sb.firstDataBlock))
-            block = groupStart + (sb.groupHasSuper(firstGroup) ? 1 : 0)
-        } else {
-            block = UInt64(sb.firstDataBlock) + 1 + descBlock
-        }
-        return (block, Int(g % perBlock) * sb.descSize)
+        try sb.descriptorLocation(ofGroup: g)
     }
 
     func readGD(_ g: UInt64) throws -> GD {

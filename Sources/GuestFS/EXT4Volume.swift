@@ -23,7 +23,6 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
     var extentCache: [UInt64: [EXT4.Extent]] = [:]
     private let fsSeed: UInt32
     /// Block number of the primary superblock: 1 for 1 KiB blocks, else 0.
-    private let sbBlock: UInt64
 
     public var warnings: [String] { lock.withLock { _warnings } }
 
@@ -46,7 +45,6 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
             uuid = [c[0..<8], c[8..<12], c[12..<16], c[16..<20], c[20..<32]].map { String($0) }.joined(separator: "-")
         }
         fsSeed = sb.checksumSeed
-        sbBlock = sb.blockSize == 1024 ? 1 : 0
 
         if sb.hasMetadataCsum && sb.storedChecksum != sb.computedChecksum {
             warn("ext4: superblock checksum mismatch (stored \(hex(sb.storedChecksum)), computed \(hex(sb.computedChecksum)))")
@@ -96,21 +94,8 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
     // MARK: Group descriptors
 
     func groupDescriptor(_ g: UInt64) throws -> EXT4.GroupDescriptor {
-        guard g < sb.groupCount else {
-            throw EXT4.corrupt("block group \(g) is beyond the \(sb.groupCount) groups")
-        }
-        let perBlock = UInt64(sb.descriptorsPerBlock)
-        let descBlock = g / perBlock
-        let block: UInt64
-        if sb.hasIncompat(EXT4.Incompat.metaBG) && descBlock >= UInt64(sb.firstMetaBG) {
-            let firstGroup = descBlock * perBlock
-            let groupStart = try Checked.add(try Checked.mul(firstGroup, UInt64(sb.blocksPerGroup)), UInt64(sb.firstDataBlock))
-            block = groupStart + (sb.groupHasSuper(firstGroup) ? 1 : 0)
-        } else {
-            block = sbBlock + 1 + descBlock
-        }
+        let (block, off) = try sb.descriptorLocation(ofGroup: g)
         let bytes = try cachedBlock(block, what: "group descriptor block")
-        let off = Int(g % perBlock) * sb.descSize
         let slice = bytes[off..<(off + sb.descSize)]
         let gd = try EXT4.GroupDescriptor(slice, descSize: sb.descSize)
         let first = lock.withLock { checkedGroups.count < 65536 ? checkedGroups.insert(g).inserted : false }

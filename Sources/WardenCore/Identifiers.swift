@@ -1,7 +1,28 @@
 import Foundation
 
+/// A value that JSON holds as its `description` string and reads back with a failable
+/// parser; a string the parser refuses is a decoding error naming `codedKind`.
+public protocol StringCoded: Codable, CustomStringConvertible {
+    static func parse(codedString: String) -> Self?
+    static var codedKind: String { get }
+}
+
+extension StringCoded {
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let v = Self.parse(codedString: s) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not \(Self.codedKind)"))
+        }
+        self = v
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
 /// A VM's stable identity: a UUID, printed lower-case.
-public struct VMID: Hashable, Comparable, Codable, Sendable, CustomStringConvertible {
+public struct VMID: Hashable, Comparable, StringCoded, Sendable {
     public let uuid: UUID
     public init(_ uuid: UUID = UUID()) { self.uuid = uuid }
     /// Parses a full UUID string (any case).
@@ -11,21 +32,12 @@ public struct VMID: Hashable, Comparable, Codable, Sendable, CustomStringConvert
     }
     public var description: String { uuid.uuidString.lowercased() }
     public static func < (a: VMID, b: VMID) -> Bool { a.description < b.description }
-    public init(from decoder: Decoder) throws {
-        let s = try decoder.singleValueContainer().decode(String.self)
-        guard let u = UUID(uuidString: s) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a UUID"))
-        }
-        uuid = u
-    }
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
+    public static func parse(codedString s: String) -> Self? { Self(s) }
+    public static var codedKind: String { "a UUID" }
 }
 
 /// A content digest, `algorithm:hex` (e.g. `sha256:9f86…`).
-public struct Digest: Hashable, Codable, Sendable, CustomStringConvertible {
+public struct Digest: Hashable, StringCoded, Sendable {
     public let algorithm: String
     public let hex: String
     public init(algorithm: String = "sha256", hex: String) {
@@ -40,24 +52,15 @@ public struct Digest: Hashable, Codable, Sendable, CustomStringConvertible {
         self.init(algorithm: alg, hex: h)
     }
     public var description: String { "\(algorithm):\(hex)" }
-    public init(from decoder: Decoder) throws {
-        let s = try decoder.singleValueContainer().decode(String.self)
-        guard let d = Digest(s) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a digest"))
-        }
-        self = d
-    }
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
+    public static func parse(codedString s: String) -> Self? { Self(s) }
+    public static var codedKind: String { "a digest" }
 }
 
 /// How bad a finding is. Ordered: unknown < negligible < low < medium < high < critical.
 ///
 /// Distro urgencies map onto it (Debian `unimportant` → negligible, `not yet assigned` → unknown);
 /// CVSS base scores map by the CVSS v3 bands (0.1–3.9 low, 4.0–6.9 medium, 7.0–8.9 high, 9.0–10 critical).
-public enum Severity: Int, Comparable, Codable, Sendable, CaseIterable, CustomStringConvertible {
+public enum Severity: Int, Comparable, StringCoded, Sendable, CaseIterable {
     case unknown = 0, negligible, low, medium, high, critical
 
     public static func < (a: Severity, b: Severity) -> Bool { a.rawValue < b.rawValue }
@@ -83,6 +86,8 @@ public enum Severity: Int, Comparable, Codable, Sendable, CaseIterable, CustomSt
         default: return nil
         }
     }
+    public static func parse(codedString s: String) -> Self? { Self(word: s) }
+    public static var codedKind: String { "a severity" }
     /// The CVSS v3 qualitative band of a base score.
     public init(cvssScore score: Double) {
         switch score {
@@ -93,21 +98,10 @@ public enum Severity: Int, Comparable, Codable, Sendable, CaseIterable, CustomSt
         default: self = .negligible
         }
     }
-    public init(from decoder: Decoder) throws {
-        let s = try decoder.singleValueContainer().decode(String.self)
-        guard let v = Severity(word: s) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a severity"))
-        }
-        self = v
-    }
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
 }
 
 /// A host's name as the ledger knows it: one non-empty token without whitespace or `/`.
-public struct HostName: Hashable, Comparable, Codable, Sendable, CustomStringConvertible {
+public struct HostName: Hashable, Comparable, StringCoded, Sendable {
     public let value: String
     public init?(_ value: String) {
         guard !value.isEmpty, value.count <= 253,
@@ -120,15 +114,6 @@ public struct HostName: Hashable, Comparable, Codable, Sendable, CustomStringCon
     }
     public var description: String { value }
     public static func < (a: HostName, b: HostName) -> Bool { a.value < b.value }
-    public init(from decoder: Decoder) throws {
-        let s = try decoder.singleValueContainer().decode(String.self)
-        guard let h = HostName(s) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a host name"))
-        }
-        self = h
-    }
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(value)
-    }
+    public static func parse(codedString s: String) -> Self? { Self(s) }
+    public static var codedKind: String { "a host name" }
 }

@@ -152,9 +152,21 @@ import WardenTestSupport
                 withKnownIssue("acknowledged ext4 file writes can read back empty after a SIGKILL", isIntermittent: true) {
                     for (slot, e) in lastDone where !uncertain.contains(slot) {
                         let want = (0..<e.length).map { UInt8(truncatingIfNeeded: e.index &* 131 &+ $0) }
-                        let got = [UInt8](try Tool.run(["debugfs", "-R", "cat /warden-crash-\(slot)", dir + "/out.raw"]).stdout)
+                        let cat = try Tool.run(["debugfs", "-R", "cat /warden-crash-\(slot)", dir + "/out.raw"])
+                        let got = [UInt8](cat.stdout)
                         let same = got == want
-                        #expect(same, "round \(round): /warden-crash-\(slot) (write \(e.index)) does not read back (\(got.count) bytes, want \(want.count))")
+                        if !same {
+                            // Keep what is needed to diagnose it next time: debugfs's view of the
+                            // inode, e2fsck's findings, and the tail of the writer's log.
+                            let stat = try Tool.run(["debugfs", "-R", "stat /warden-crash-\(slot)", dir + "/out.raw"], check: false)
+                            let fsck = try Tool.run(["e2fsck", "-fn", dir + "/out.raw"], check: false)
+                            let tail = String(decoding: (try? Fixtures.read(log)) ?? [], as: UTF8.self).split(separator: "\n").suffix(8).joined(separator: " | ")
+                            #expect(same, """
+                                round \(round): /warden-crash-\(slot) (write \(e.index)) does not read back (\(got.count) bytes, want \(want.count)); \
+                                debugfs: \(cat.stderr.prefix(300)) stat: \(stat.stdoutText.prefix(600)) \(stat.stderr.prefix(200)) \
+                                e2fsck: \(fsck.stdoutText.suffix(800)) log: \(tail) uncertain: \(uncertain.sorted())
+                                """)
+                        }
                     }
                 }
             }

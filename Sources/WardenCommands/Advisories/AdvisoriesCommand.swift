@@ -4,16 +4,6 @@ import WardenCore
 import Advisories
 import Ledger
 
-/// `--db PATH`, shared by every command that uses Warden's database.
-struct DatabaseOption: ParsableArguments {
-    @Option(help: ArgumentHelp("Warden's database (default: $WARDEN_DB, $WARDEN_HOME/warden.db, ~/.local/share/warden/warden.db).", valueName: "path"))
-    var db: String?
-
-    func open() throws -> WardenDatabase {
-        try WardenDatabase(path: WardenDatabase.defaultPath(explicit: db))
-    }
-}
-
 /// `warden advisories import|update|status`.
 struct AdvisoriesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

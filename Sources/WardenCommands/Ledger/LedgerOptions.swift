@@ -7,19 +7,30 @@ import WardenCore
 import Glibc
 #endif
 
-/// `--db`, shared by every command that reads or writes the ledger.
+/// `--db`, shared by every command that reads or writes Warden's database (the ledger,
+/// the advisory store, assessments). The ledger's keys and witness live in keys/ beside it
+/// unless $WARDEN_KEYS is set.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The Warden database (default: $WARDEN_DB, else $WARDEN_HOME/warden.db, else ~/.local/share/warden/warden.db).",
+    @Option(help: ArgumentHelp("The Warden database (default: $WARDEN_DB, else $WARDEN_HOME/warden.db, else ~/.local/share/warden/warden.db). Keys and the witness live in keys/ beside it unless $WARDEN_KEYS is set.",
                                valueName: "path"))
     var db: String?
 
     var path: String { WardenDatabase.defaultPath(explicit: db) }
 
     /// Opens the ledger. Read commands pass `create: false` and fail closed on a missing database.
-    func open(create: Bool) throws -> SQLiteLedger {
-        try SQLiteLedger(path: path, create: create)
+    func open(create: Bool, readOnly: Bool = false) throws -> SQLiteLedger {
+        try SQLiteLedger(path: path, create: create, readOnly: readOnly)
+    }
+
+    /// Opens the database itself (advisory store, assessments), creating it if needed.
+    func open() throws -> WardenDatabase {
+        try WardenDatabase(path: path)
     }
 }
+
+/// The names the advisory and ledger-log commands use for the same option group.
+typealias DatabaseOption = DatabaseOptions
+typealias LedgerLogOptions = DatabaseOptions
 
 /// The one place where ledger operations will ask the policy engine (issue 6).
 ///

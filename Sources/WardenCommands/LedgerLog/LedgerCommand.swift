@@ -4,19 +4,6 @@ import Foundation
 import Ledger
 import WardenCore
 
-/// `--db` for the `ledger` and `dev` commands.
-struct LedgerLogOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The Warden database (default: $WARDEN_DB, else $WARDEN_HOME/warden.db, else ~/.local/share/warden/warden.db). Keys and the witness live in keys/ beside it unless $WARDEN_KEYS is set.",
-                               valueName: "path"))
-    var db: String?
-
-    var path: String { WardenDatabase.defaultPath(explicit: db) }
-
-    func open(create: Bool, readOnly: Bool = false) throws -> SQLiteLedger {
-        SQLiteLedger(database: try WardenDatabase(path: path, create: create, readOnly: readOnly))
-    }
-}
-
 /// `warden ledger …`: the tamper-evident log.
 struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
