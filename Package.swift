@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "warden", targets: ["warden"]),
+        // The libvirt qemu hook alone: no libvirt, FoundationXML or ArgumentParser (docs/libvirt.md).
+        .executable(name: "warden-hook", targets: ["warden-hook"]),
         .library(name: "WardenCore", targets: ["WardenCore"]),
         .library(name: "DiskImage", targets: ["DiskImage"]),
         .library(name: "Partitions", targets: ["Partitions"]),
@@ -63,8 +65,11 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The libvirt hook protocol and the domain XML reader, shared by `warden libvirt-hook`
+        // and the lean `warden-hook` executable; deliberately without CLibvirt and FoundationXML.
+        .target(name: "HypervisorHook", dependencies: ["WardenCore", "Ledger", "Policy"]),
         .target(name: "Hypervisor", dependencies: [
-            "WardenCore", "DiskImage", "Ledger", "Policy", "CLibvirt", "GuestFS", "Inspection", "Advisories",
+            "WardenCore", "DiskImage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "WardenCommands", dependencies: [
@@ -74,6 +79,17 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "warden", dependencies: ["WardenCommands"]),
+        // libvirtd runs the hook before every start and waits for it: the Swift runtime and
+        // Foundation are linked statically so start-up does not resolve a dozen shared libraries
+        // (unsafeFlags are allowed in the root package; docs/decisions.md).
+        // The modules were compiled against the shared Foundation, whose autolink entries name
+        // only libFoundation; the static archives it needs are listed here.
+        .executableTarget(name: "warden-hook", dependencies: ["HypervisorHook"],
+                          linkerSettings: [.unsafeFlags([
+                              "-static-stdlib", "-lCoreFoundation", "-l_FoundationICU", "-l_FoundationCShims",
+                              "-l_FoundationCollections", "-lFoundationEssentials", "-lFoundationInternationalization",
+                              "-lswiftSynchronization",
+                          ])]),
         .target(name: "WardenTestSupport", dependencies: ["WardenCore"], path: "Tests/WardenTestSupport"),
         .testTarget(name: "WardenCoreTests", dependencies: ["WardenCore"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "WardenTestSupport"]),
@@ -84,7 +100,7 @@ let package = Package(
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
-        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Ledger", "Inspection", "WardenTestSupport"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,7 +1,8 @@
 import Foundation
 import WardenCore
 
-/// Installs `warden libvirt-hook` as libvirt's qemu hook.
+/// Installs the lean `warden-hook` executable (or, without one, `warden libvirt-hook`) as
+/// libvirt's qemu hook.
 ///
 /// Two forms: the folder form, `HOOKS/qemu.d/50-warden` (libvirt ≥ 6.5 runs every executable
 /// in `qemu.d/`, in name order, and stops at the first failure), which coexists with other
@@ -23,19 +24,25 @@ public enum LibvirtHookInstaller {
 
     static func shellQuote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
-    public static func script(warden: String, database: String, policy: String) -> String {
-        """
+    /// The hook file. With `lean` the binary is `warden-hook` (no subcommand, `--` before
+    /// libvirt's arguments); otherwise it is `warden` and runs `warden libvirt-hook`.
+    public static func script(warden: String, database: String, policy: String, lean: Bool = false) -> String {
+        let command = lean ? "\(shellQuote(warden)) --db \(shellQuote(database)) --policy \(shellQuote(policy)) --"
+                           : "\(shellQuote(warden)) libvirt-hook --db \(shellQuote(database)) --policy \(shellQuote(policy))"
+        return """
         #!/bin/sh
         \(marker); run it again to change this file.
         # libvirt calls: qemu DOMAIN OPERATION SUB-OPERATION EXTRA, with the domain XML on stdin.
-        exec \(shellQuote(warden)) libvirt-hook --db \(shellQuote(database)) --policy \(shellQuote(policy)) "$@"
+        exec \(command) "$@"
 
         """
     }
 
+    /// Installs the hook. `warden` is the executable the hook file runs: the lean `warden-hook`
+    /// when `lean` is true, else `warden` itself.
     public static func install(hooksDirectory: String, form: Form, warden: String, database: String, policy: String,
-                               name: String = "50-warden") throws -> Result {
-        for (what, p) in [("warden binary", warden), ("database", database), ("policy directory", policy)] where !p.hasPrefix("/") {
+                               name: String = "50-warden", lean: Bool = false) throws -> Result {
+        for (what, p) in [(lean ? "warden-hook binary" : "warden binary", warden), ("database", database), ("policy directory", policy)] where !p.hasPrefix("/") {
             throw WardenError(.invalidArgument, "the \(what) must be an absolute path (libvirtd runs hooks from /)", file: p)
         }
         let fm = FileManager.default
@@ -53,7 +60,7 @@ public enum LibvirtHookInstaller {
             }
             path = hooksDirectory + "/qemu"
         }
-        let text = script(warden: warden, database: database, policy: policy)
+        let text = script(warden: warden, database: database, policy: policy, lean: lean)
         if let existing = try? String(contentsOfFile: path, encoding: .utf8) {
             if form == .file && !existing.contains(marker) {
                 throw WardenError(.conflict, "a qemu hook that Warden did not write is already installed; use the qemu.d folder form, or move it into qemu.d/", file: path)

@@ -128,6 +128,12 @@ public struct NewEvent: Sendable {
         self.payload = payload; self.reportedByCaller = reportedByCaller
     }
 
+    /// The actor of events the libvirt hook records: `libvirt-hook@hostname`. The hook does
+    /// not sign checkpoints; `warden ledger verify` accepts a tail of unsigned entries only when
+    /// every one of them has this actor prefix (docs/ledger-log.md, "Entries the hook records").
+    public static func hookActor(_ host: HostName = .current) -> String { hookActorPrefix + host.value }
+    public static let hookActorPrefix = "libvirt-hook@"
+
     /// `$USER@hostname`.
     public static var defaultActor: String {
         let user = ProcessInfo.processInfo.environment["USER"] ?? ProcessInfo.processInfo.environment["LOGNAME"] ?? "uid\(getuid())"

@@ -618,6 +618,20 @@ enum Rows {
 }
 
 extension SQLiteLedger {
+    /// Entries after the latest signed checkpoint: how many, and how many of them were not
+    /// recorded by the libvirt hook (which records without signing; docs/ledger-log.md).
+    public func unsignedTail() throws -> (entries: Int64, notByHook: Int64) {
+        try database.read { db in
+            let signed = try Int64.fetchOne(db, sql: "SELECT max(tree_size) FROM checkpoints") ?? 0
+            let size = try Rows.treeSize(db)
+            guard size > signed else { return (0, 0) }
+            let prefix = NewEvent.hookActorPrefix
+            let others = try Int64.fetchOne(db, sql: "SELECT count(*) FROM events WHERE seq > ? AND substr(actor, 1, ?) <> ?",
+                                            arguments: [signed, prefix.utf8.count, prefix]) ?? 0
+            return (size - signed, others)
+        }
+    }
+
     /// Makes this host's key (if needed), records it in the hosts table, signs a checkpoint of
     /// the log as it is, and writes the witness: what `warden ledger init` does.
     public func initialize() throws -> SignedCheckpoint {

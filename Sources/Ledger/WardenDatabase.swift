@@ -1,3 +1,4 @@
+import CSQLite
 import Foundation
 import GRDB
 import WardenCore
@@ -27,7 +28,12 @@ public final class WardenDatabase: Sendable {
     ///
     /// - Parameter create: when false, a missing database is an error instead of being created
     ///   (read-only commands and the policy hook must fail closed, not invent an empty fleet).
-    public init(path: String, create: Bool = true, readOnly: Bool = false) throws {
+    /// - Parameter checkpointOnClose: when false, closing the connections leaves the WAL as it
+    ///   is (no checkpoint, no deletion). The libvirt hook opens the ledger once per VM start;
+    ///   checkpointing on every exit, and then re-creating (and fsyncing) a fresh WAL on the
+    ///   next open, cost more than the decision itself. SQLite still checkpoints automatically
+    ///   once the WAL passes 1000 pages, in whichever process commits then.
+    public init(path: String, create: Bool = true, readOnly: Bool = false, checkpointOnClose: Bool = true) throws {
         self.path = path
         let fm = FileManager.default
         if !fm.fileExists(atPath: path) {
@@ -48,6 +54,9 @@ public final class WardenDatabase: Sendable {
         config.readonly = readOnly
         config.busyMode = .timeout(10)
         config.prepareDatabase { db in
+            if !checkpointOnClose, let c = db.sqliteConnection {
+                _ = warden_sqlite_no_checkpoint_on_close(c)
+            }
             try db.execute(sql: "PRAGMA foreign_keys = ON")
             // FULL: a commit is on disk (WAL fsynced) before it returns, so an acknowledged
             // ledger event survives a power cut, not only a crash of the process.
@@ -62,8 +71,15 @@ public final class WardenDatabase: Sendable {
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
-            if !readOnly {
+            // `PRAGMA user_version` holds ``WardenSchema/stamp`` once every migration of this
+            // build is applied: then the migration walk (reading grdb_migrations, a write
+            // barrier) is skipped, which the libvirt hook's start-up budget needs.
+            let current = try pool.read { try Int32.fetchOne($0, sql: "PRAGMA user_version") } == WardenSchema.stamp
+            if current {
+                // Nothing to migrate.
+            } else if !readOnly {
                 try WardenSchema.migrator.migrate(pool)
+                try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA user_version = \(WardenSchema.stamp)") }
             } else {
                 let pending = try pool.read { try WardenSchema.migrator.hasCompletedMigrations($0) }
                 if !pending {
@@ -130,6 +146,19 @@ public enum WardenSchema {
     static var groups: [[Migration]] {
         [LedgerMigrations.all, AdvisoryMigrations.all, StateMigrations.all]
     }
+
+    /// A non-zero 31-bit FNV-1a hash of every migration name in order: what
+    /// `PRAGMA user_version` holds when a database has exactly this build's migrations.
+    /// Any added migration changes it, so an older database is walked and migrated as before.
+    public static let stamp: Int32 = {
+        var h: UInt32 = 2_166_136_261
+        for group in groups {
+            for mig in group {
+                for byte in mig.name.utf8 + [0] { h = (h ^ UInt32(byte)) &* 16_777_619 }
+            }
+        }
+        return Int32(bitPattern: h & 0x7FFF_FFFF) | 1
+    }()
 
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()

@@ -61,11 +61,12 @@ public enum PolicyGate {
     /// Decide and record, without throwing: a decision that cannot be recorded becomes a
     /// fail-closed deny. Returns the decision and the recorded event's sequence number.
     public static func evaluate(_ request: PolicyRequest, vm: VMRecord, store: any LedgerStore,
-                                source: Source = .defaultDirectory, facts: PolicyFacts? = nil) -> (Decision, Int64?) {
+                                source: Source = .defaultDirectory, facts: PolicyFacts? = nil,
+                                actor: String = NewEvent.defaultActor) -> (Decision, Int64?) {
         let policy = Result { try load(source) }
         var decision = decide(request, vm: vm, policy: policy, facts: facts ?? LedgerPolicyFacts(store: store))
         do {
-            let event = try record(decision, store: store, host: request.host)
+            let event = try record(decision, store: store, host: request.host, actor: actor)
             return (decision, event.seq)
         } catch {
             let why = (error as? WardenError)?.description ?? "\(error)"
@@ -81,8 +82,9 @@ public enum PolicyGate {
     /// the caller records the network restriction). Returns the decision.
     @discardableResult
     public static func check(_ request: PolicyRequest, vm: VMRecord, store: any LedgerStore,
-                             source: Source = .defaultDirectory, facts: PolicyFacts? = nil) throws -> Decision {
-        let (decision, _) = evaluate(request, vm: vm, store: store, source: source, facts: facts)
+                             source: Source = .defaultDirectory, facts: PolicyFacts? = nil,
+                             actor: String = NewEvent.defaultActor) throws -> Decision {
+        let (decision, _) = evaluate(request, vm: vm, store: store, source: source, facts: facts, actor: actor)
         if decision.effect == .deny {
             throw WardenError(.denied, decision.summary)
         }

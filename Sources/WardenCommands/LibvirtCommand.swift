@@ -8,31 +8,19 @@ import WardenCore
 import Glibc
 #endif
 
-/// Opens the ledger for the hook and the watcher: the database must already exist (a hook that
-/// invented an empty fleet would allow everything).
+/// Opens the ledger for the watcher: the database must already exist.
 func openExistingLedger(_ path: String) throws -> SQLiteLedger {
     SQLiteLedger(database: try WardenDatabase(path: path, create: false))
 }
 
-/// The ledger VM with a disk at one of the domain's disk paths, if exactly one VM has it.
-func vmByDiskPath(_ store: any LedgerStore, _ domain: LibvirtDomain) throws -> VMRecord? {
-    guard let ledger = store as? SQLiteLedger else { return nil }
-    for path in domain.diskPaths {
-        let vms = try ledger.vms(withDiskPath: path).filter { $0.state != .retired }
-        if vms.count == 1 { return vms[0] }
-        if vms.count > 1 {
-            throw WardenError(.conflict, "disk \(path) belongs to \(vms.count) VMs in the ledger (\(vms.map(\.name).joined(separator: ", ")))")
-        }
-    }
-    return nil
-}
-
-/// `warden libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA`: libvirt's qemu hook.
+/// `warden libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA`: libvirt's qemu hook, the same
+/// code as the lean `warden-hook` executable (``LibvirtHookProcess``), which is what
+/// `warden libvirt install-hook` installs.
 struct LibvirtHookCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "libvirt-hook",
         abstract: "libvirt's qemu hook: decide on prepare/start/restore/migrate, record residency (docs/libvirt.md).",
-        discussion: "Installed by `warden libvirt install-hook`; libvirtd passes the domain XML on standard input."
+        discussion: "`warden libvirt install-hook` installs the lean `warden-hook` executable, which runs the same code; libvirtd passes the domain XML on standard input."
     )
     @Option(help: "The ledger database (must exist).") var db: String?
     @Option(help: "The policy directory.") var policy: String?
@@ -40,20 +28,11 @@ struct LibvirtHookCommand: ParsableCommand {
     var hookArguments: [String] = []
 
     func run() throws {
-        // Read all of standard input (libvirt writes the XML and may fail on a closed pipe).
-        var input = Data()
-        while let chunk = try FileHandle.standardInput.read(upToCount: 1 << 16), !chunk.isEmpty {
-            input.append(chunk)
-            if input.count > LibvirtDomain.maxSize + 1 { break }
-        }
-        let dbPath = WardenDatabase.defaultPath(explicit: db)
-        let source: PolicyGate.Source = policy.map { .explicit($0) } ?? .defaultDirectory
-        let outcome = LibvirtHook.run(arguments: hookArguments, domainXML: input, policy: source,
-                                      openStore: { try openExistingLedger(dbPath) }, findVM: vmByDiskPath)
-        if let message = outcome.message {
-            FileHandle.standardError.write(Data("warden: \(message.replacingOccurrences(of: "\n", with: " "))\n".utf8))
-        }
-        if outcome.status != 0 { throw ExitCode(outcome.status) }
+        var args: [String] = []
+        if let db { args += ["--db", db] }
+        if let policy { args += ["--policy", policy] }
+        let status = LibvirtHookProcess.main(args + ["--"] + hookArguments)
+        if status != 0 { throw ExitCode(status) }
     }
 }
 
@@ -68,7 +47,7 @@ struct LibvirtCommand: ParsableCommand {
     struct InstallHook: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "install-hook",
-            abstract: "Install `warden libvirt-hook` as libvirt's qemu hook (idempotent).",
+            abstract: "Install the lean `warden-hook` as libvirt's qemu hook (idempotent).",
             discussion: """
             Writes DIR/qemu.d/NAME (libvirt ≥ 6.5 runs every executable in qemu.d/), or DIR/qemu with \
             --single-file (never over a hook Warden did not write). libvirtd looks for hooks when it \
@@ -80,6 +59,7 @@ struct LibvirtCommand: ParsableCommand {
         @Option(help: "The file name in qemu.d/.") var name = "50-warden"
         @Option(help: "The ledger database the hook uses (default: the usual path resolution, made absolute).") var db: String?
         @Option(help: "The policy directory the hook uses (default: $WARDEN_POLICY, $WARDEN_HOME/policy…).") var policy: String?
+        @Option(help: "The lean hook executable (default: warden-hook beside this warden).") var hook: String?
 
         func validate() throws {
             guard !name.isEmpty, !name.contains("/"), !name.hasPrefix(".") else { throw ValidationError("--name must be a plain file name") }
@@ -89,9 +69,18 @@ struct LibvirtCommand: ParsableCommand {
             let cwd = FileManager.default.currentDirectoryPath
             func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : cwd + "/" + p }
             let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            // The lean hook: --hook, else `warden-hook` beside this warden.
+            let lean = hook.map(absolute) ?? (absolute(exe) as NSString).deletingLastPathComponent + "/warden-hook"
+            let useLean = FileManager.default.isExecutableFile(atPath: lean)
+            if hook != nil && !useLean {
+                throw WardenError(.notFound, "not an executable file", file: lean)
+            }
+            if !useLean {
+                Output.note("\(lean) not found; installing `warden libvirt-hook`, which starts several times slower")
+            }
             let r = try LibvirtHookInstaller.install(hooksDirectory: absolute(dir), form: singleFile ? .file : .directory,
-                                                     warden: absolute(exe), database: absolute(WardenDatabase.defaultPath(explicit: db)),
-                                                     policy: absolute(PolicySet.defaultDirectory(explicit: policy)), name: name)
+                                                     warden: useLean ? lean : absolute(exe), database: absolute(WardenDatabase.defaultPath(explicit: db)),
+                                                     policy: absolute(PolicySet.defaultDirectory(explicit: policy)), name: name, lean: useLean)
             Output.stdout.line(r.changed ? "installed \(r.path) (restart libvirtd if this hook is new)" : "\(r.path) is up to date")
         }
     }
@@ -123,7 +112,7 @@ struct LibvirtCommand: ParsableCommand {
                 let now = Date()
                 guard reverts.isNewRevert(event, at: now) else { return }
                 do {
-                    if let line = try LibvirtWatch.record(event, domainXML: event.xml, store: store, host: host, time: now, findVM: vmByDiskPath) {
+                    if let line = try LibvirtWatch.record(event, domainXML: event.xml, store: store, host: host, time: now, findVM: LibvirtHook.vmByDiskPath) {
                         Output.stdout.line(line)
                     }
                 } catch {

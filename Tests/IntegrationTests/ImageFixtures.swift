@@ -61,12 +61,12 @@ struct WardenRun {
     var maxRSSKiB: Int
     var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
 
-    static func run(_ args: [String], timeoutSeconds: Int = 60) throws -> WardenRun {
+    static func run(_ args: [String], timeoutSeconds: Int = 60, stdin: Data? = nil) throws -> WardenRun {
         let r = try Fixtures.withTemporaryDirectory { tmp -> (ToolResult, Int) in
             let rssFile = tmp + "/rss"
             let res = try Tool.run(["timeout", "-s", "KILL", "\(timeoutSeconds)",
                                     "/usr/bin/time", "-q", "-f", "%M", "-o", rssFile,
-                                    Fixtures.wardenBinary] + args, check: false)
+                                    Fixtures.wardenBinary] + args, stdin: stdin, check: false)
             let rssText = (try? String(contentsOfFile: rssFile, encoding: .utf8)) ?? ""
             let rss = rssText.split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.last ?? -1
             return (res, rss)

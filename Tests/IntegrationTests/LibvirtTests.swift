@@ -62,6 +62,12 @@ import WardenTestSupport
         try LibvirtFixture.virsh(["destroy", "warden-t-allowed"])
         let closed = try ledger.residency(of: VMID(uuid))
         #expect(closed.count == 1 && closed.first?.to != nil)
+        // libvirtd ran the lean hook; its decisions are pending a checkpoint, and verify passes.
+        let hookFile = try String(contentsOfFile: "/etc/libvirt/hooks/qemu.d/50-warden-test", encoding: .utf8)
+        #expect(hookFile.contains("/warden-hook' --db"), "\(hookFile)")
+        #expect(try ledger.events(of: VMID(uuid)).filter { $0.kind == .policyDecision }.allSatisfy { $0.actor.hasPrefix("libvirt-hook@") })
+        let verify = try WardenRun.run(["ledger", "verify", "--db", LibvirtFixture.database])
+        #expect(verify.status == 0 && verify.stdoutText.contains("pending: the last 2 entries"), "\(verify.stdoutText) \(verify.stderr)")
     }
 
     @Test func deniedStartsShowTheReasonInVirsh() throws {

@@ -81,6 +81,9 @@ struct LedgerVerify: ParsableCommand {
         } else if report.ok {
             Output.stdout.line("ledger intact: \(report.treeSize) entries, root \(report.rootHex)")
             Output.stdout.line("checked: \(report.entriesChecked) entries, \(report.subtreesChecked) stored subtrees, \(report.checkpointsChecked) signed checkpoints, witness at size \(report.witnessTreeSize.map(String.init) ?? "none")")
+            if report.pendingEntries > 0 {
+                Output.stdout.line("pending: the last \(report.pendingEntries) entries were recorded by the libvirt hook and await a signed checkpoint (warden ledger checkpoint signs them)")
+            }
         } else {
             Output.stdout.line("ledger TAMPERED: \(report.problems.count) problem(s)")
             for p in report.problems { Output.stdout.line("  \(p.kind): \(p.message)") }
@@ -192,12 +195,23 @@ struct LedgerConsistency: ParsableCommand {
 struct LedgerCheckpoint: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
-        abstract: "Print the latest signed checkpoint.")
+        abstract: "Sign a checkpoint over entries not yet covered by one (the libvirt hook's), then print the latest.",
+        discussion: "The libvirt hook records its decisions without signing (docs/ledger-log.md); this, or any later warden write, signs them. With nothing pending it only reads.")
     @OptionGroup var options: LedgerLogOptions
     @Flag(help: "Print JSON (docs/json-schemas/ledger-checkpoint.v1.json).") var json = false
 
     func run() throws {
-        let ledger = try options.open(create: false, readOnly: true)
+        var ledger = try options.open(create: false, readOnly: true)
+        if try ledger.unsignedTail().entries > 0 {
+            // Entries recorded without a checkpoint (the hook's): sign them now, but never
+            // entries that something else added (verify reports those as tampering).
+            ledger = try options.open(create: false)
+            let tail = try ledger.unsignedTail()
+            if tail.notByHook > 0 {
+                throw WardenError(.corrupt, "\(tail.notByHook) unsigned entries were not recorded by warden; run warden ledger verify", file: ledger.database.path)
+            }
+            if tail.entries > 0 { _ = try ledger.initialize() }
+        }
         guard let cp = try ledger.latestCheckpoint() else {
             throw WardenError(.notFound, "the ledger has no signed checkpoint yet", file: ledger.database.path)
         }

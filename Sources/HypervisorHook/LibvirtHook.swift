@@ -49,6 +49,28 @@ public enum LibvirtHook {
     /// The owner recorded for domains Warden first sees through libvirt.
     public static let discoveredOwner = "unknown"
 
+    /// Opens the ledger for the hook: the database must already exist (a hook that invented an
+    /// empty fleet would allow everything). No signing key is loaded and no checkpoint is
+    /// signed: the hook's events get their Merkle leaves now and are covered by the next signed
+    /// checkpoint (any later `warden` write, or `warden ledger checkpoint`; docs/ledger-log.md).
+    /// The WAL is left in place when the hook exits (``WardenDatabase/init(path:create:readOnly:checkpointOnClose:)``).
+    public static func openLedger(_ path: String, host: HostName = .current) throws -> SQLiteLedger {
+        SQLiteLedger(database: try WardenDatabase(path: path, create: false, checkpointOnClose: false), signs: false, host: host)
+    }
+
+    /// The ledger VM with a disk at one of the domain's disk paths, if exactly one live VM has it.
+    public static func vmByDiskPath(_ store: any LedgerStore, _ domain: LibvirtDomain) throws -> VMRecord? {
+        guard let ledger = store as? SQLiteLedger else { return nil }
+        for path in domain.diskPaths {
+            let vms = try ledger.vms(withDiskPath: path).filter { $0.state != .retired }
+            if vms.count == 1 { return vms[0] }
+            if vms.count > 1 {
+                throw WardenError(.conflict, "disk \(path) belongs to \(vms.count) VMs in the ledger (\(vms.map(\.name).joined(separator: ", ")))")
+            }
+        }
+        return nil
+    }
+
     /// Runs the hook: `openStore` is called only when the action needs the ledger, and its
     /// failure fails closed for vetoable operations.
     public static func run(arguments: [String], domainXML: Data, host: HostName = .current, time: Date = Date(),
@@ -88,7 +110,7 @@ public enum LibvirtHook {
         case .decide(let op):
             let request = PolicyRequest(operation: op, host: host, time: time)
             do {
-                let d = try PolicyGate.check(request, vm: vm, store: store, source: policy)
+                let d = try PolicyGate.check(request, vm: vm, store: store, source: policy, actor: NewEvent.hookActor(host))
                 return Outcome(status: 0, message: d.effect == .quarantine ? d.summary : nil, decision: d)
             } catch let e as WardenError {
                 return Outcome(status: 1, message: e.message)
@@ -130,7 +152,7 @@ public enum LibvirtHook {
         let id = domain.uuid.map { VMID($0) } ?? VMID()
         let record = VMRecord(id: id, name: domain.name, owner: discoveredOwner, state: .discovered, createdAt: time, updatedAt: time)
         let disks = domain.diskPaths.enumerated().map { DiskRecord(vm: id, index: $0.offset, path: $0.element, format: domain.diskFormats[$0.offset]) }
-        let event = NewEvent(kind: .discovered, vm: id, host: host, time: time,
+        let event = NewEvent(kind: .discovered, vm: id, actor: NewEvent.hookActor(host), host: host, time: time,
                              payload: ["source": .string("libvirt-hook"), "domain": .string(domain.name)])
         return try store.createVM(record, disks: disks, event: event).0
     }
