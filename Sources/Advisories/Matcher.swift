@@ -212,7 +212,8 @@ public final class Matcher {
             }
         }
         out.sort(by: Finding.displayOrder)
-        return out
+        // The same vulnerability through two feeds (a DSA and the tracker's CVE) is one finding.
+        return Self.deduplicated(out)
     }
 
     /// Findings of a stored inventory's packages.

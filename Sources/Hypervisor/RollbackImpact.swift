@@ -33,13 +33,19 @@ public struct RollbackImpact: Codable, Sendable, Equatable {
     public var advisoriesChecked: Bool
 
     public struct Vulnerability: Codable, Sendable, Equatable, Hashable {
+        /// The advisory id (`DSA-5678-1`, `CVE-2024-1234`).
         public var id: String
+        /// Other ids of the same vulnerability (CVE ids of a DSA; ids of folded duplicates).
+        public var aliases: [String]
         public var severity: Severity
         public var package: String
+        /// The installed version in the snapshot.
         public var versionThen: String?
+        /// The installed version now (nil: the package is not installed now).
         public var versionNow: String?
-        public init(id: String, severity: Severity, package: String, versionThen: String? = nil, versionNow: String? = nil) {
-            self.id = id; self.severity = severity; self.package = package; self.versionThen = versionThen; self.versionNow = versionNow
+        public init(id: String, severity: Severity, package: String, aliases: [String] = [], versionThen: String? = nil, versionNow: String? = nil) {
+            self.id = id; self.aliases = aliases; self.severity = severity; self.package = package
+            self.versionThen = versionThen; self.versionNow = versionNow
         }
     }
     public struct PackageChange: Codable, Sendable, Equatable {
@@ -205,7 +211,8 @@ public struct RollbackImpact: Codable, Sendable, Equatable {
         var out = ["rollback of \(disk) to snapshot \(snapshot) would bring back:"]
         if isEmpty { out.append("  nothing that Warden checks (vulnerabilities\(advisoriesChecked ? "" : " not checked: no advisory data"), accounts, SSH keys, sshd settings)") }
         for v in reexposedVulnerabilities {
-            out.append("  vulnerability \(v.id) (\(v.severity)) in \(v.package) \(v.versionThen ?? "?") (now \(v.versionNow ?? "removed"))")
+            let aka = v.aliases.isEmpty ? "" : " [\(v.aliases.prefix(4).joined(separator: ", "))\(v.aliases.count > 4 ? ", …" : "")]"
+            out.append("  vulnerability \(v.id)\(aka) (\(v.severity)) in \(v.package) \(v.versionThen ?? "?") (now \(v.versionNow ?? "removed"))")
         }
         for p in downgradedPackages { out.append("  package \(p.name) \(p.then) (now \(p.now ?? "not installed"))") }
         for a in accounts { out.append("  account \(a.name): \(a.change) (now \(a.now); then \(a.then))") }

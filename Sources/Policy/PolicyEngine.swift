@@ -41,6 +41,25 @@ public struct ReexposedFinding: Sendable, Equatable, Codable {
     public init(id: String, severity: Severity, package: String? = nil) { self.id = id; self.severity = severity; self.package = package }
 }
 
+/// An open finding of the VM (named in the `findings` condition's reason).
+public struct OpenFinding: Sendable, Equatable, Codable {
+    public var id: String
+    public var aliases: [String]
+    public var severity: Severity
+    public var package: String
+    public var version: String?
+    public var fixedVersion: String?
+    public init(id: String, aliases: [String] = [], severity: Severity, package: String, version: String? = nil, fixedVersion: String? = nil) {
+        self.id = id; self.aliases = aliases; self.severity = severity; self.package = package
+        self.version = version; self.fixedVersion = fixedVersion
+    }
+    /// `DSA-5678-1 (CVE-2024-1234) in openssl 3.0.11-1~deb12u2`.
+    public var label: String {
+        id + (aliases.isEmpty ? "" : " (\(aliases.prefix(3).joined(separator: ", "))\(aliases.count > 3 ? ", …" : ""))")
+            + " in \(package)" + (version.map { " \($0)" } ?? "")
+    }
+}
+
 /// Everything a decision depends on besides the rule set and the VM. Gathered beforehand
 /// (``PolicyFacts``), so that ``PolicyEngine/decide(_:vm:context:)`` is pure.
 public struct PolicyContext: Sendable {
@@ -56,6 +75,8 @@ public struct PolicyContext: Sendable {
     public var lastScan: Fact<Date?>
     /// Open findings of the VM's latest inventory, counted per severity.
     public var openFindings: Fact<[Severity: Int]>
+    /// The open findings themselves when the facts name them (empty otherwise).
+    public var openFindingList: [OpenFinding] = []
     /// How many advisories were imported after the VM's last scan.
     public var advisoriesSinceScan: Fact<Int>
     /// Findings the rollback target would re-open (rollback only; the caller computes it).
@@ -290,7 +311,9 @@ public enum PolicyEngine {
             case .unknown(let why): out.append(.unknown("open findings: \(why)"))
             case .known(let counts):
                 let n = counts.filter { $0.key >= f.severity }.reduce(0) { $0 + $1.value }
-                let text = "\(n) open finding\(n == 1 ? "" : "s") at or above \(f.severity)"
+                let named = context.openFindingList.filter { $0.severity >= f.severity }
+                let list = named.isEmpty ? "" : ": " + named.prefix(5).map(\.label).joined(separator: "; ") + (named.count > 5 ? "; …" : "")
+                let text = "\(n) open finding\(n == 1 ? "" : "s") at or above \(f.severity)" + list
                 out.append(n >= f.count ? .yes(text) : .no(text))
             }
         }

@@ -13,10 +13,16 @@ public protocol PolicyFacts {
     func lastScan(of vm: VMID) throws -> Date?
     /// Open findings of the VM's latest scan, per severity.
     func openFindings(of vm: VMID) throws -> [Severity: Int]
+    /// The open findings themselves (to name them in reasons); nil when the source only counts.
+    func openFindingList(of vm: VMID) throws -> [OpenFinding]?
     /// Advisories imported after `date`.
     func advisoriesImported(after date: Date) throws -> Int
     /// Whether the VM's owner is recorded and present.
     func ownerPresent(_ vm: VMRecord) throws -> Bool
+}
+
+extension PolicyFacts {
+    public func openFindingList(of vm: VMID) throws -> [OpenFinding]? { nil }
 }
 
 /// What the caller knows about the operation besides the VM.
@@ -81,7 +87,17 @@ extension PolicySet {
                 ctx.advisoriesSinceScan = attempt("advisory store") { try facts.advisoriesImported(after: last) }
             }
         }
-        if need.contains("findings") { ctx.openFindings = attempt("findings") { try facts.openFindings(of: vm.id) } }
+        if need.contains("findings") {
+            switch attempt("findings", { try facts.openFindingList(of: vm.id) }) {
+            case .known(let list?):
+                var counts: [Severity: Int] = [:]
+                for f in list { counts[f.severity, default: 0] += 1 }
+                ctx.openFindings = .known(counts)
+                ctx.openFindingList = list
+            case .known(nil): ctx.openFindings = attempt("findings") { try facts.openFindings(of: vm.id) }
+            case .unknown(let why): ctx.openFindings = .unknown(why)
+            }
+        }
         if need.contains("owner") { ctx.ownerPresent = attempt("owner") { try facts.ownerPresent(vm) } }
         if let r = request.reexposure { ctx.reexposure = .known(r) } else { ctx.reexposure = .unknown("not computed for this operation") }
         if let dest = request.destination { ctx.destination = probe.probe(dest) }
@@ -91,25 +107,55 @@ extension PolicySet {
 
 /// Facts from the ledger. Findings and advisories come from closures so that the advisory
 /// store can provide them; without one they are unknown (and fail closed where needed).
+/// ``wired(_:)`` connects them to the advisory store in the same database.
 public struct LedgerPolicyFacts: PolicyFacts {
     public let store: any LedgerStore
     public var findings: (@Sendable (VMID) throws -> [Severity: Int])?
+    public var findingList: (@Sendable (VMID) throws -> [OpenFinding])?
     public var advisoriesAfter: (@Sendable (Date) throws -> Int)?
 
     public init(store: any LedgerStore, findings: (@Sendable (VMID) throws -> [Severity: Int])? = nil,
+                findingList: (@Sendable (VMID) throws -> [OpenFinding])? = nil,
                 advisoriesAfter: (@Sendable (Date) throws -> Int)? = nil) {
-        self.store = store; self.findings = findings; self.advisoriesAfter = advisoriesAfter
+        self.store = store; self.findings = findings; self.findingList = findingList; self.advisoriesAfter = advisoriesAfter
+    }
+
+    /// Ledger facts with findings and advisory imports from the ``AdvisoryStore`` in the
+    /// ledger's own database (every Warden command and the libvirt hook decide with these).
+    /// A VM's open findings are its stored inventories (the last `warden scan` of its disks)
+    /// matched against the advisories stored now. A store that is not the SQLite ledger has
+    /// no advisory store: those facts stay unknown and fail closed.
+    public static func wired(_ store: any LedgerStore) -> LedgerPolicyFacts {
+        guard let ledger = store as? SQLiteLedger else { return LedgerPolicyFacts(store: store) }
+        let advisories = AdvisoryStore(ledger.database)
+        return LedgerPolicyFacts(
+            store: store,
+            findingList: { vm in
+                let disks = try ledger.disks(of: vm)
+                return try advisories.openFindings(disks: disks).findings.map {
+                    OpenFinding(id: $0.advisory, aliases: $0.aliases, severity: $0.severity, package: $0.package,
+                                version: $0.installedVersion, fixedVersion: $0.fixedVersion)
+                }
+            },
+            advisoriesAfter: { date in try advisories.advisoryCountImported(after: date) })
     }
 
     public func hostLabels(_ host: HostName) throws -> [String: String]? { try store.host(host)?.labels }
     public func liveReplicaCount(of vm: VMID) throws -> Int { try store.liveReplicas(of: vm).count }
     public func lastScan(of vm: VMID) throws -> Date? { try store.lastScan(of: vm) }
     public func openFindings(of vm: VMID) throws -> [Severity: Int] {
-        guard let findings else { throw WardenError(.unavailable, "no advisory store in this build") }
-        return try findings(vm)
+        if let findings { return try findings(vm) }
+        guard let findingList else { throw WardenError(.unavailable, "no advisory store for this ledger") }
+        var counts: [Severity: Int] = [:]
+        for f in try findingList(vm) { counts[f.severity, default: 0] += 1 }
+        return counts
+    }
+    public func openFindingList(of vm: VMID) throws -> [OpenFinding]? {
+        guard findings == nil, let findingList else { return nil }
+        return try findingList(vm)
     }
     public func advisoriesImported(after date: Date) throws -> Int {
-        guard let advisoriesAfter else { throw WardenError(.unavailable, "no advisory store in this build") }
+        guard let advisoriesAfter else { throw WardenError(.unavailable, "no advisory store for this ledger") }
         return try advisoriesAfter(date)
     }
     /// Present: the VM has a recorded owner (not empty, not `unknown`), and the VM is not retired.

@@ -58,13 +58,33 @@ public enum PolicyGate {
                                   payload: decision.ledgerPayload))
     }
 
+    /// Records that a denied `decision` was overridden by an operator (`warden vm stop --force`):
+    /// a second `policy-decision` event with effect allow, `override: true` and the id of the
+    /// denied decision. It throws when the override cannot be recorded (no unrecorded override).
+    @discardableResult
+    public static func recordOverride(_ decision: Decision, store: any LedgerStore, host: HostName, why: String,
+                                      actor: String = NewEvent.defaultActor) throws -> EventRecord {
+        var p: [String: JSONValue] = [
+            "decision": .string(UUID().uuidString.lowercased()),
+            "op": .string(decision.operation.rawValue),
+            "effect": .string(Effect.allow.rawValue),
+            "override": .bool(true),
+            "overrides": .string(decision.id.uuidString.lowercased()),
+            "rules": .array(decision.rules.map { .string($0) }),
+            "reasons": .array([.string("denial overridden: \(why)")] + decision.reasons.map { .string($0) }),
+            "revision": .string(decision.revision),
+        ]
+        p["on_host"] = .string(host.value)
+        return try store.append(NewEvent(kind: .policyDecision, vm: decision.vm, actor: actor, host: host, payload: p))
+    }
+
     /// Decide and record, without throwing: a decision that cannot be recorded becomes a
     /// fail-closed deny. Returns the decision and the recorded event's sequence number.
     public static func evaluate(_ request: PolicyRequest, vm: VMRecord, store: any LedgerStore,
                                 source: Source = .defaultDirectory, facts: PolicyFacts? = nil,
                                 actor: String = NewEvent.defaultActor) -> (Decision, Int64?) {
         let policy = Result { try load(source) }
-        var decision = decide(request, vm: vm, policy: policy, facts: facts ?? LedgerPolicyFacts(store: store))
+        var decision = decide(request, vm: vm, policy: policy, facts: facts ?? LedgerPolicyFacts.wired(store))
         do {
             let event = try record(decision, store: store, host: request.host, actor: actor)
             return (decision, event.seq)

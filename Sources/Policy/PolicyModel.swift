@@ -6,7 +6,7 @@ import WardenCore
 
 /// An operation on a VM that policy decides.
 public enum VMOperation: String, Codable, Sendable, CaseIterable, Comparable {
-    case start, clone, copy, export, migrate, snapshot, rollback, restore, transfer, retire
+    case start, stop, clone, copy, export, migrate, snapshot, rollback, restore, transfer, retire
     public static func < (a: VMOperation, b: VMOperation) -> Bool { a.rawValue < b.rawValue }
 }
 

@@ -88,6 +88,19 @@ public enum Severity: Int, Comparable, StringCoded, Sendable, CaseIterable {
     }
     public static func parse(codedString s: String) -> Self? { Self(word: s) }
     public static var codedKind: String { "a severity" }
+    // Explicit: for an Int-backed enum, the standard library's RawRepresentable coding (a number)
+    // would otherwise win over StringCoded's (the word), and JSON would carry 4 for "high".
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let v = Self.parse(codedString: s) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not \(Self.codedKind)"))
+        }
+        self = v
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
     /// The CVSS v3 qualitative band of a base score.
     public init(cvssScore score: Double) {
         switch score {

@@ -43,6 +43,34 @@ import WardenCore
         #expect(elevenOld.first?.fixedVersion == "1.1.1w-0+deb11u1")
     }
 
+    @Test func sameCVEFromOSVAndTheTrackerIsOneFinding() throws {
+        let tracker = try records(FeedFixtures.tracker)
+        let osv = try records(FeedFixtures.dsaOpenSSL)
+        let installed = [pkg("openssl", "3.0.11-1~deb12u1"), pkg("libssl3", "3.0.11-1~deb12u1", source: "openssl")]
+        // Each feed alone finds it.
+        #expect(Matcher(index: AdvisoryIndex(records: tracker)).findings(packages: installed, ecosystem: debian12)
+            .filter { $0.package == "openssl" }.map(\.advisory) == ["CVE-2023-5363"])
+        // Both: one finding per package, the DSA (its ids include the CVE), in either import order.
+        for recs in [osv + tracker, tracker + osv] {
+            let f = Matcher(index: AdvisoryIndex(records: recs)).findings(packages: installed, ecosystem: debian12)
+            #expect(f.map { "\($0.package) \($0.advisory)" } == ["libssl3 DSA-5532-1", "openssl DSA-5532-1"])
+            #expect(f.allSatisfy { $0.aliases == ["CVE-2023-5363"] && $0.severity == .high })
+        }
+        // Only overlapping ids: both kept.
+        var a = Finding(package: "p", installedVersion: "1", sourcePackage: "p", matchedName: "p", ecosystem: "Debian:12", advisory: "DSA-1",
+                        source: "osv", aliases: ["CVE-1", "CVE-2"], severity: .medium, cvssScore: nil, fixedVersion: "2", status: .vulnerable, summary: nil)
+        var b = a
+        b.advisory = "CVE-3"; b.aliases = ["CVE-2"]; b.source = "debian-tracker"
+        #expect(Matcher.deduplicated([a, b]).count == 2)
+        // Contained, weaker record first: dropped, and its severity kept if higher.
+        b.advisory = "CVE-1"; b.aliases = []; b.severity = .critical
+        let d = Matcher.deduplicated([b, a])
+        #expect(d.count == 1 && d[0].advisory == "DSA-1" && d[0].severity == .critical)
+        // Equal id sets: the stronger stays.
+        a.aliases = []; a.advisory = "CVE-9"; b.advisory = "CVE-9"; b.severity = .low
+        #expect(Matcher.deduplicated([b, a]).map(\.severity) == [.medium])
+    }
+
     @Test func binNMUsUseTheSourceVersion() throws {
         let idx = AdvisoryIndex(records: try records(FeedFixtures.dsaOpenSSL))
         // binary 3.0.11-1~deb12u2+b1 of source 3.0.11-1~deb12u2: fixed.

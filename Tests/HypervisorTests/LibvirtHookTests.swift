@@ -3,6 +3,8 @@ import Testing
 import WardenCore
 import WardenTestSupport
 @testable import Hypervisor
+import Ledger
+import Advisories
 
 @Suite struct LibvirtDomainXMLTests {
     let xml = """
@@ -172,5 +174,55 @@ import WardenTestSupport
                                   policy: .defaultDirectory, openStore: { throw WardenError(.unavailable, "gone") })
         #expect(out.status == 1)
         #expect(out.message?.hasPrefix("denied restore of an unknown VM by Warden policy: failing closed: db1: domain XML:") == true, "\(out.message ?? "")")
+    }
+}
+
+/// The hook decides `findings` rules from the advisory store in the ledger's database.
+@Suite struct LibvirtHookAdvisoryTests {
+    @Test func startIsVetoedOnOpenFindingsFromTheAdvisoryStore() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let uuid = UUID(uuidString: "6f1c8a4e-3b1d-4c2a-9e0f-0123456789ab")!
+            let xml = Data("<domain type='qemu'><name>db1</name><uuid>\(uuid.uuidString)</uuid></domain>".utf8)
+            let db = try WardenDatabase(path: dir + "/w.db")
+            let ledger = SQLiteLedger(database: db, host: HostName("h1")!)
+            let id = VMID(uuid)
+            _ = try ledger.createVM(VMRecord(id: id, name: "db1", owner: "alice", state: .stopped),
+                                    disks: [DiskRecord(vm: id, index: 0, path: dir + "/db1.qcow2", format: "qcow2")],
+                                    event: NewEvent(kind: .registered, vm: id, host: HostName("h1")!))
+            try FileManager.default.createDirectory(atPath: dir + "/policy", withIntermediateDirectories: true)
+            try """
+            apiVersion: warden/v1
+            kind: Policy
+            rules:
+              - name: no-criticals-online
+                on: [start]
+                deny: { findings: { severity: critical } }
+            """.write(toFile: dir + "/policy/p.yaml", atomically: true, encoding: .utf8)
+            func hook() -> LibvirtHook.Outcome {
+                LibvirtHook.run(arguments: ["db1", "prepare", "begin", "-"], domainXML: xml, host: HostName("h1")!,
+                                policy: .explicit(dir + "/policy"), openStore: { ledger })
+            }
+            // Never scanned: unknown, so the deny rule fails closed.
+            var out = hook()
+            #expect(out.status == 1 && out.message?.contains("never scanned") == true, "\(out)")
+            // An inventory of the disk and an advisory it is vulnerable to.
+            let store = AdvisoryStore(db)
+            _ = try store.importRecords([AdvisoryRecord(id: "DSA-77-1", source: "osv", aliases: ["CVE-2026-77"], severity: .critical,
+                                                        affected: [AffectedPackage(ecosystem: "Debian:12", package: "openssl",
+                                                                                   ranges: [[.introduced("0"), .fixed("3.0.13-1")]])])], file: "t")
+            try store.storeInventory(key: WardenCore.Digest(hex: String(repeating: "ab", count: 32)), image: dir + "/db1.qcow2",
+                                     osID: "debian", versionID: "12",
+                                     packages: [MatchPackage(name: "libssl3", version: "3.0.11-1", sourceName: "openssl", sourceVersion: "3.0.11-1")])
+            out = hook()
+            #expect(out.status == 1, "\(out)")
+            #expect(out.message?.contains("rule no-criticals-online: 1 open finding at or above critical: DSA-77-1 (CVE-2026-77) in libssl3 3.0.11-1") == true,
+                    "\(out.message ?? "")")
+            // Fixed in the store (a newer record): allowed, and recorded.
+            _ = try store.importRecords([AdvisoryRecord(id: "DSA-77-1", source: "osv", modified: Date(), aliases: ["CVE-2026-77"], severity: .critical,
+                                                        affected: [AffectedPackage(ecosystem: "Debian:12", package: "openssl",
+                                                                                   ranges: [[.introduced("0"), .fixed("3.0.10-1")]])])], file: "t")
+            out = hook()
+            #expect(out.status == 0 && out.decision?.effect == .allow, "\(out)")
+        }
     }
 }

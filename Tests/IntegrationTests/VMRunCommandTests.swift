@@ -83,8 +83,29 @@ import Glibc
         let history = try Self.warden(["vm", "history", "tg", "--json"], home: home).stdoutText
         #expect(history.contains("rolled-back") && history.contains(gen1))
 
-        let stop = try Self.warden(["vm", "stop", "tg", "--timeout", "1"], home: home)
+        // Stop is policy-checked: denied, it exits 3 and the VM keeps running; --force stops it
+        // and records the override (docs/decisions.md).
+        try FileManager.default.createDirectory(atPath: home + "/policy", withIntermediateDirectories: true)
+        try """
+        apiVersion: warden/v1
+        kind: Policy
+        rules:
+          - name: keep-running
+            on: [stop]
+            deny: {}
+        """.write(toFile: home + "/policy/p.yaml", atomically: true, encoding: .utf8)
+        let deniedStop = try Self.warden(["vm", "stop", "tg", "--timeout", "1"], home: home, check: false)
+        #expect(deniedStop.status == 3 && deniedStop.stderr.contains("rule keep-running"), "\(deniedStop.stderr)")
+        let stillRunning = try JSONSerialization.jsonObject(with: Self.warden(["vm", "status", "tg", "--json"], home: home).stdout) as? [String: Any]
+        #expect((stillRunning?["status"] as? [String: Any])?["state"] as? String == "running")
+        let stop = try Self.warden(["vm", "stop", "tg", "--timeout", "1", "--force"], home: home)
         #expect(stop.stdoutText.hasPrefix("stopped tg ("))
+        #expect(stop.stderr.contains("override recorded"))
+        let stopHistory = try JSONSerialization.jsonObject(with: Self.warden(["vm", "history", "tg", "--json"], home: home).stdout) as? [String: Any]
+        let payloads = ((stopHistory?["events"] as? [[String: Any]]) ?? []).compactMap { $0["payload"] as? [String: Any] }
+        #expect(payloads.contains { $0["op"] as? String == "stop" && $0["effect"] as? String == "deny" })
+        #expect(payloads.contains { $0["op"] as? String == "stop" && $0["override"] as? Bool == true && $0["effect"] as? String == "allow" })
+        try FileManager.default.removeItem(atPath: home + "/policy")
         let st3 = try #require((try JSONSerialization.jsonObject(with: Self.warden(["vm", "status", "tg", "--json"], home: home).stdout)
                                 as? [String: Any])?["status"] as? [String: Any])
         #expect(st3["state"] as? String == "stopped" && st3["ledger_state"] as? String == "stopped")
@@ -110,8 +131,55 @@ import Glibc
         let doc = try #require(try JSONSerialization.jsonObject(with: json) as? [String: Any])
         #expect(doc["schema"] as? String == "warden.rollback-impact/v1")
         #expect((doc["accounts"] as? [[String: Any]])?.contains { $0["name"] as? String == "alice" && $0["change"] as? String == "re-enabled" } == true)
+        // No advisories imported yet: vulnerabilities were not checked (and the report says so).
+        #expect(doc["advisories_checked"] as? Bool == false)
+        #expect(human.contains("vulnerabilities not checked"))
         // --dry-run changed nothing: no rolled-back event, the image still has the new state.
         #expect(!(try Self.warden(["vm", "history", "old"], home: home).stdoutText.contains("rolled-back")))
         #expect(try Self.warden(["vm", "rollback", "old", "missing", "--dry-run"], home: home, check: false).status == 2)
+
+        // The same vulnerability from two feeds: OSV's DSA (alias CVE-2024-5678, high) and the
+        // Debian Security Tracker's CVE-2024-5678 (medium). It is listed once, as the DSA.
+        try """
+        {"schema_version": "1.6.0", "id": "DSA-5678-1", "modified": "2024-06-01T00:00:00Z", "aliases": ["CVE-2024-5678"],
+         "summary": "openssl - security update", "database_specific": {"severity": "high"},
+         "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssl"},
+                       "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "\(RollbackFixtures.fixedIn)"}]}]}]}
+        """.write(toFile: home + "/DSA-5678-1.json", atomically: true, encoding: .utf8)
+        try """
+        {"openssl": {"CVE-2024-5678": {"description": "openssl flaw", "releases": {"bookworm": {"status": "resolved",
+          "repositories": {"bookworm": "\(RollbackFixtures.newSSL)"}, "fixed_version": "\(RollbackFixtures.fixedIn)", "urgency": "medium"}}}}}
+        """.write(toFile: home + "/tracker.json", atomically: true, encoding: .utf8)
+        _ = try Self.warden(["advisories", "import", home + "/DSA-5678-1.json", home + "/tracker.json"], home: home)
+        let withAdvisories = try Self.warden(["vm", "rollback", "old", "old", "--dry-run", "--json"], home: home).stdout
+        try JSONSchemaTests().validate(withAdvisories, schema: "rollback-impact.v1.json")
+        let doc2 = try #require(try JSONSerialization.jsonObject(with: withAdvisories) as? [String: Any])
+        #expect(doc2["advisories_checked"] as? Bool == true)
+        let vulns = try #require(doc2["reexposed_vulnerabilities"] as? [[String: Any]])
+        #expect(vulns.count == 1, "\(vulns)")
+        #expect(vulns.first?["id"] as? String == "DSA-5678-1")
+        #expect(vulns.first?["aliases"] as? [String] == ["CVE-2024-5678"])
+        #expect(vulns.first?["severity"] as? String == "high" && vulns.first?["package"] as? String == "openssl")
+        #expect(vulns.first?["version_then"] as? String == RollbackFixtures.oldSSL && vulns.first?["version_now"] as? String == RollbackFixtures.newSSL)
+        #expect((doc2["accounts"] as? [[String: Any]])?.contains { $0["name"] as? String == "alice" && $0["change"] as? String == "re-enabled" } == true)
+        let human2 = try Self.warden(["vm", "rollback", "old", "old", "--dry-run"], home: home).stdoutText
+        #expect(human2.contains("vulnerability DSA-5678-1 [CVE-2024-5678] (high) in openssl \(RollbackFixtures.oldSSL) (now \(RollbackFixtures.newSSL))"))
+
+        // Policy denies the rollback on the report; nothing changes.
+        try FileManager.default.createDirectory(atPath: home + "/policy", withIntermediateDirectories: true)
+        try """
+        apiVersion: warden/v1
+        kind: Policy
+        rules:
+          - name: rollback-must-not-reexpose
+            on: [rollback]
+            deny: { reexposes: { severity: high } }
+        """.write(toFile: home + "/policy/p.yaml", atomically: true, encoding: .utf8)
+        let denied = try Self.warden(["vm", "rollback", "old", "old"], home: home, check: false)
+        #expect(denied.status == 3)
+        #expect(denied.stderr.contains("rollback-must-not-reexpose") && denied.stderr.contains("DSA-5678-1"), "\(denied.stderr)")
+        #expect(!(try Self.warden(["vm", "history", "old"], home: home).stdoutText.contains("rolled-back")))
+        let stillNew = try Self.warden(["vm", "rollback", "old", "old", "--dry-run", "--json"], home: home).stdout
+        #expect(((try JSONSerialization.jsonObject(with: stillNew) as? [String: Any])?["reexposed_vulnerabilities"] as? [Any])?.count == 1)
     }
 }

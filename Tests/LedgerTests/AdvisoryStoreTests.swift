@@ -133,4 +133,36 @@ import WardenCore
             #expect(ev.kind == .scanned && ev.payload["vulnerable"] == .number(1) && ev.payload["max_severity"] == .string("high"))
         }
     }
+
+    @Test func openFindingsOfAVMsDisksFailClosedWithoutData() throws {
+        try withStore { store in
+            let vm = VMID()
+            let boot = DiskRecord(vm: vm, index: 0, path: "/vms/a.qcow2", format: "qcow2")
+            let data = DiskRecord(vm: vm, index: 1, path: "/vms/a-data.qcow2", format: "qcow2",
+                                  fingerprint: WardenCore.Digest(hex: String(repeating: "cd", count: 32)))
+            func message(_ disks: [DiskRecord]) -> String? {
+                do { _ = try store.openFindings(disks: disks); return nil } catch let e as WardenError { return e.message } catch { return "\(error)" }
+            }
+            #expect(message([boot, data])?.contains("never scanned") == true)
+            let ssl = MatchPackage(name: "libssl3", version: "1.0-1", sourceName: "openssl", sourceVersion: "1.0-1")
+            try store.storeInventory(key: WardenCore.Digest(hex: String(repeating: "ab", count: 32)), image: boot.path,
+                                     osID: "debian", versionID: "12", packages: [ssl])
+            #expect(message([boot])?.contains("no advisories imported for Debian:12") == true)
+            _ = try store.importRecords([record("A", modified: 1, fixed: "1.0-2"), record("B", modified: 1, fixed: "0.9-1")], file: "f")
+            // The data disk, found by its fingerprint: no OS and no packages, so nothing to match.
+            try store.storeInventory(key: data.fingerprint!, image: "/elsewhere/copy.qcow2", osID: nil, versionID: nil, packages: [])
+            let f = try store.openFindings(disks: [boot, data])
+            #expect(f.findings.map(\.advisory) == ["A"])
+            #expect(f.inventories.count == 1)
+            // Only the rows of these package names are read.
+            #expect(try store.loadIndex(ecosystems: ["Debian:12"], packages: ["zlib"]).entryCount == 0)
+            #expect(try store.loadIndex(ecosystems: ["Debian:12"], packages: ["openssl"]).entryCount == 2)
+            // An inventory of an OS without a feed: unknown.
+            try store.storeInventory(key: WardenCore.Digest(hex: String(repeating: "ef", count: 32)), image: "/vms/b.qcow2",
+                                     osID: "plan9", versionID: "4", packages: [ssl])
+            #expect(message([DiskRecord(vm: vm, index: 0, path: "/vms/b.qcow2", format: "qcow2")])?.contains("no advisory feed covers its OS") == true)
+            #expect(try store.advisoryCountImported(after: Date(timeIntervalSince1970: 0)) == 2)
+            #expect(try store.advisoryCountImported(after: Date().addingTimeInterval(60)) == 0)
+        }
+    }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Advisories
 import DiskImage
 import Hypervisor
 import Ledger
@@ -14,14 +15,25 @@ import Glibc
 
 /// Builds the runner for commands: the ledger, the counters, the policy gate, the state server.
 enum VMRun {
-    static func runner(_ store: SQLiteLedger, reexposure: [RollbackImpact.Vulnerability]? = nil) -> VMRunner {
+    static func runner(_ store: SQLiteLedger, reexposure: [RollbackImpact.Vulnerability]? = nil, forceStop: Bool = false) -> VMRunner {
         VMRunner(store: store, counters: CounterStore(database: store.database),
                  gate: { operation, vm, _ in
-                     // The one policy call site for VM lifecycle operations (start, snapshot, rollback;
-                     // the policy model has no `stop` operation). Denials throw WardenError(.denied): exit 3.
+                     // The one policy call site for VM lifecycle operations (start, stop, snapshot,
+                     // rollback). Denials throw WardenError(.denied): exit 3. `reexposure` is nil when
+                     // the impact report could not check advisories, so a `reexposes` rule fails closed.
                      guard let op = VMOperation(rawValue: operation) else { return }
                      let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
-                     try PolicyGate.check(PolicyRequest(operation: op, reexposure: findings), vm: vm, store: store)
+                     let request = PolicyRequest(operation: op, reexposure: op == .rollback ? findings : nil)
+                     if op == .stop && forceStop {
+                         // docs/decisions.md: a denied stop goes ahead with --force, and the override is recorded first.
+                         let (decision, _) = PolicyGate.evaluate(request, vm: vm, store: store)
+                         guard decision.effect == .deny else { return }
+                         try PolicyGate.recordOverride(decision, store: store, host: .current, why: "vm stop --force")
+                         Output.note("warning: \(decision.summary); stopping anyway (--force), override recorded in the ledger")
+                         return
+                     }
+                     let decision = try PolicyGate.check(request, vm: vm, store: store)
+                     if decision.effect == .quarantine { Output.note(decision.summary) }
                  },
                  stateServerCommand: { vm, announce in
                      var argv = [selfExecutable, "vm", "state-server", vm.description, "--db", store.database.path]
@@ -30,9 +42,19 @@ enum VMRun {
                  })
     }
 
-    /// Advisory matches for an inventory (nil until the advisory store has data).
+    /// Advisory matches for an inventory read from a disk image, against the advisory store in
+    /// the ledger's database (the same matcher as `warden scan`, findings folded by alias).
+    /// nil (the report says "not checked") when the guest's OS has no advisory feed or no
+    /// advisory for its ecosystem was imported.
     static func vulnerabilityLookup(_ store: SQLiteLedger) -> RollbackImpact.VulnerabilityLookup? {
-        nil
+        let advisories = AdvisoryStore(store.database)
+        return { inventory in
+            guard let eco = Matcher.ecosystem(of: inventory), try advisories.hasAdvisories(ecosystems: eco.names) else { return nil }
+            let findings = try advisories.match(packages: Matcher.packages(of: inventory), ecosystem: eco)
+            return Matcher.deduplicated(findings).map {
+                RollbackImpact.Vulnerability(id: $0.advisory, severity: $0.severity, package: $0.package, aliases: $0.aliases)
+            }
+        }
     }
 
     /// This warden binary (the state server runs as `warden vm state-server`).
@@ -82,15 +104,16 @@ struct VMStart: ParsableCommand {
 
 struct VMStop: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "stop", abstract: "Stop a VM: ACPI powerdown, wait, then QMP quit, then SIGKILL.")
+        commandName: "stop", abstract: "Stop a VM (policy-checked): ACPI powerdown, wait, then QMP quit, then SIGKILL.")
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @Option(help: "Seconds to wait for the guest to power down before quitting QEMU.") var timeout: Double = 30
+    @Flag(help: "Stop even when policy denies it; the override is recorded in the ledger (docs/policy.md).") var force = false
     func validate() throws { guard timeout >= 0 && timeout <= 3600 else { throw ValidationError("--timeout must be 0 to 3600") } }
     func run() throws {
         let store = try database.open(create: false)
         let record = try store.resolveVM(vm)
-        let r = try VMRun.runner(store).stop(record, timeout: timeout)
+        let r = try VMRun.runner(store, forceStop: force).stop(record, timeout: timeout)
         Output.stdout.line(r.how == "stale" ? "\(record.name) was not running (stale run recovered)" : "stopped \(record.name) (\(r.how))")
     }
 }
@@ -214,7 +237,8 @@ struct VMRollback: ParsableCommand {
             Output.stdout.flush()
         }
         if dryRun { return }
-        let reexposure = impact.map(\.reexposedVulnerabilities)
+        // Without advisory data the re-exposure is unknown (nil), never "none".
+        let reexposure = impact.flatMap { $0.advisoriesChecked ? $0.reexposedVulnerabilities : nil }
         let r = try VMRun.runner(store, reexposure: reexposure).rollback(record, name: name)
         let line = "rolled back \(record.name) to \(name): generation \(r.oldGeneration.uuidString.lowercased()) -> \(r.newGeneration.uuidString.lowercased())"
             + (r.restarted ? " (QEMU restarted with the new vmgenid)" : "")
