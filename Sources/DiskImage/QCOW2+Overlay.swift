@@ -488,8 +488,13 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
     /// read-only, with `backingFormat` forced, to learn its virtual size. The new
     /// file is written under a temporary name, synced, and linked into place, so
     /// `path` is either absent or a complete image; an existing `path` is refused.
+    ///
+    /// With `durable` false the file and its directory are not synced: for a caller that
+    /// creates the overlay under a temporary name and syncs it before its own commit point
+    /// (``Clone``), where a second pair of syncs buys nothing. The file still appears whole
+    /// or not at all to other processes.
     public static func create(at path: String, backing: String, backingFormat: String,
-                              clusterSize: Int = 65536) throws {
+                              clusterSize: Int = 65536, durable: Bool = true) throws {
         guard let format = ImageFormat(rawValue: backingFormat) else {
             throw WardenError(.invalidArgument, "backing format '\(QCOW2.printable(backingFormat))' is not one of raw, qcow2, vmdk")
         }
@@ -504,7 +509,7 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         let base = try ImageOpener.open(resolved, options: OpenOptions(format: format))
         let bytes = try image(size: base.device.size, backing: nameBytes, format: Array(backingFormat.utf8),
                               clusterBits: clusterSize.trailingZeroBitCount)
-        try writeNewFile(path, bytes)
+        try writeNewFile(path, bytes, durable: durable)
     }
 
     /// The bytes of a new, empty qcow2 v3 image.
@@ -573,9 +578,9 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         return out
     }
 
-    /// Writes `bytes` to a temporary file beside `path`, syncs it, and links it into
-    /// place (failing if `path` exists).
-    static func writeNewFile(_ path: String, _ bytes: [UInt8]) throws {
+    /// Writes `bytes` to a temporary file beside `path`, syncs it (when `durable`), and links
+    /// it into place (failing if `path` exists), then syncs the directory (when `durable`).
+    static func writeNewFile(_ path: String, _ bytes: [UInt8], durable: Bool = true) throws {
         let tmp = path + ".warden-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
@@ -587,13 +592,16 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
             if !ok { unlink(tmp) }
         }
         try bytes.withUnsafeBytes { try FileDescriptorIO.pwriteAll(fd, $0, at: 0, name: path) }
-        guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+        if durable {
+            guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+        }
         guard link(tmp, path) == 0 else {
             let e = errno
             throw WardenError(e == EEXIST ? .conflict : .io, e == EEXIST ? "already exists" : "cannot create: \(String(cString: strerror(e)))", file: path)
         }
         ok = true
         unlink(tmp)
+        guard durable else { return }
         let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let dfd = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dfd >= 0 { _ = fsync(dfd); close(dfd) }

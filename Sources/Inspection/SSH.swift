@@ -82,6 +82,13 @@ extension Inspection {
         return SSHPrivateKeyFile(path: path, present: true, mode: octalMode(st.permissions), uid: st.uid, gid: st.gid)
     }
 
+    /// The SSH host keys in /etc/ssh alone (what ``ssh(_:accounts:)`` reports as `hostKeys`),
+    /// without reading accounts, authorized keys or sshd_config.
+    public static func sshHostKeys(_ g: GuestFiles) -> [SSHHostKey] {
+        var warnings: [String] = []
+        return sshHostKeys(g, &warnings)
+    }
+
     static func sshHostKeys(_ g: GuestFiles, _ warnings: inout [String]) -> [SSHHostKey] {
         let names = g.names(in: "/etc/ssh", limit: 4096)
         let nameSet = Set(names)

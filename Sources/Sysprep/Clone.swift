@@ -15,11 +15,15 @@ import Glibc
 ///    (`.NAME.qcow2.warden-PID`): a qcow2 overlay backed by the source disk, or a sparse
 ///    raw copy of the guest-visible disk with `full`;
 /// 2. the operations run on the boot disk (index 0) through the write path; the source is
-///    opened read-only and never written;
+///    opened read-only and never written. The temporary files are written without write
+///    barriers (``QCOW2Overlay/Durability/processCrashOnly``): no name points at them yet,
+///    so ordering their writes against power loss would protect nothing; each is synced
+///    once, whole, before step 4;
 /// 3. both guests are re-inspected and compared (``IdentityCheck``);
 /// 4. only when that passes is each file linked to its final name (never replacing an
-///    existing file) and the temporary name removed. A kill before step 4 leaves only a
-///    hidden temporary file; a kill during it leaves complete, verified images.
+///    existing file), the temporary name removed and the directory synced. A kill before
+///    step 4 leaves only a hidden temporary file; a kill during it leaves complete, verified
+///    images.
 public enum Clone {
     public struct Source: Sendable {
         public var path: String
@@ -64,37 +68,48 @@ public enum Clone {
             return dir + "/." + base + ".warden-\(getpid())"
         }
         var made: [String] = []
+        let timer = PhaseTimer.shared
+        timer.lap("clone-prepare")
         do {
             for (s, t) in zip(sources, temps) {
                 unlink(t)
                 if full {
                     try fullCopy(s, to: t)
                 } else {
-                    try QCOW2Overlay.create(at: t, backing: s.path, backingFormat: s.format)
+                    try QCOW2Overlay.create(at: t, backing: s.path, backingFormat: s.format, durable: false)
                 }
                 made.append(t)
             }
+            timer.lap("overlay-create")
             // Refresh the boot disk.
-            let img = try ImageOpener.openWritable(temps[0], options: OpenOptions(format: full ? .raw : .qcow2))
+            let img = try ImageOpener.openWritable(temps[0], options: OpenOptions(format: full ? .raw : .qcow2),
+                                                   durability: .processCrashOnly)
             let guest = try WritableGuestView.assemble(disk: img.device)
+            timer.lap("open-writable-guest")
             let report: SysprepReport
             do {
                 report = try Sysprep.apply(GuestWriter(writable: guest), operations: operations, options: options, image: finals[0])
                 try guest.commit()
+                timer.lap("fs-commit")
                 try img.device.flush()
+                timer.lap("image-flush")
             } catch let e as WardenError {
                 throw e.inFile(finals[0])
             }
             // Verify against the source, both opened read-only.
             let (_, srcView) = try Sysprep.readOnlyGuest(sources[0].path, format: ImageFormat(rawValue: sources[0].format))
             let (_, cloneView) = try Sysprep.readOnlyGuest(temps[0], format: full ? .raw : .qcow2)
+            timer.lap("verify-open")
             let collisions = IdentityCheck.compare(source: GuestFiles(view: srcView), clone: GuestFiles(view: cloneView),
                                                    expectedHostname: options.hostname,
                                                    checkFilesystemUUIDs: checkFilesystemUUIDs)
+            timer.lap("verify-compare")
             if !collisions.isEmpty {
                 for t in made { unlink(t) }
                 return Result(paths: [], formats: [], report: report, collisions: collisions)
             }
+            // The boot disk was synced after its writes; the others (untouched overlays) now.
+            for t in temps.dropFirst() { try syncFile(t) }
             try beforeCommit?()
             // Commit point: link each file to its final name (never replacing one), then drop the temporary name.
             var linked: [String] = []
@@ -108,6 +123,7 @@ public enum Clone {
             }
             for t in temps { unlink(t) }
             syncDirectory(dir)
+            timer.lap("link-commit")
             return Result(paths: finals, formats: Array(repeating: full ? "raw" : "qcow2", count: finals.count),
                           report: report, collisions: [])
         } catch {
@@ -126,6 +142,13 @@ public enum Clone {
             throw WardenError(.io, "cannot size: \(String(cString: strerror(errno)))", file: path)
         }
         try RawExport.toFile(img.device, fd: fd, outSize: img.device.size, name: path)
+        guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+    }
+
+    static func syncFile(_ path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw WardenError(.io, "cannot open: \(String(cString: strerror(errno)))", file: path) }
+        defer { close(fd) }
         guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
     }
 

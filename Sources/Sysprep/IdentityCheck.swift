@@ -77,7 +77,7 @@ public enum IdentityCheck {
     /// half stored in each unencrypted openssh-key-v1 private key file.
     public static func hostKeyFingerprints(_ g: GuestFiles) -> [String] {
         var out: Set<String> = []
-        for k in Inspection.ssh(g).hostKeys {
+        for k in Inspection.sshHostKeys(g) {
             if let pk = k.publicKey.value { out.insert(pk.fingerprint) }
             if k.privateKey.present, let b = g.small(k.privateKey.path, maxBytes: 64 * 1024),
                let blob = OpenSSHKey.publicBlob(ofPrivateKeyFile: b) {

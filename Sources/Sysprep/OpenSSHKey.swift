@@ -154,7 +154,9 @@ public final class HostKeyForge: @unchecked Sendable {
         self.types = Set(types)
         for t in types {
             Thread.detachNewThread { [self] in
+                let t0 = PhaseTimer.now(), c0 = PhaseTimer.threadCPU()
                 let r = Result { try OpenSSHKey.Material.generate(t) }
+                PhaseTimer.shared.record("keygen \(t.rawValue) (own thread)", wall: PhaseTimer.now() - t0, cpu: PhaseTimer.threadCPU() - c0)
                 lock.lock(); results[t] = r; lock.broadcast(); lock.unlock()
             }
         }
@@ -171,7 +173,9 @@ public final class HostKeyForge: @unchecked Sendable {
             return try OpenSSHKey.Material.generate(type)
         }
         taken.insert(type)
+        let t0 = PhaseTimer.now()
         while results[type] == nil { lock.wait() }
+        PhaseTimer.shared.record("keygen \(type.rawValue) waited for", wall: PhaseTimer.now() - t0, cpu: 0)
         let r = results.removeValue(forKey: type)
         lock.unlock()
         guard let r else { return try OpenSSHKey.Material.generate(type) }

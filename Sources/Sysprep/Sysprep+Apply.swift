@@ -15,10 +15,13 @@ extension Sysprep {
         do {
             let img = try ImageOpener.openWritable(path, options: OpenOptions(format: format), durability: durability)
             let guest = try WritableGuestView.assemble(disk: img.device)
+            PhaseTimer.shared.lap("open-writable-guest")
             let writer = GuestWriter(writable: guest)
             let report = try apply(writer, operations: operations, options: options, image: path)
             try guest.commit()
+            PhaseTimer.shared.lap("fs-commit")
             try img.device.flush()
+            PhaseTimer.shared.lap("image-flush")
             return report
         } catch let e as WardenError {
             throw e.inFile(path)

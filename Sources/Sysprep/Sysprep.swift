@@ -79,6 +79,7 @@ public enum Sysprep {
         for op in ops {
             do {
                 report.operations.append(OperationResult(op, changes: try op.apply(writer, options, &outputs)))
+                PhaseTimer.shared.lap("op " + op.name)
             } catch let e as WardenError {
                 throw WardenError(e.code, "\(op.name): \(e.message)", file: e.file, offset: e.offset)
             }

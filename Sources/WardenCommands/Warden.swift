@@ -22,10 +22,14 @@ public struct Warden: ParsableCommand {
     /// Parses `arguments`, runs the command and exits with Warden's exit codes:
     /// 0 ok, 1 a check found something, 2 bad input or usage, 3 denied by policy, 4 internal error.
     public static func runMain(_ arguments: [String]? = nil) -> Never {
+        let timer = PhaseTimer.shared // the lap origin: main entered
         do {
             var command = try parseAsRoot(arguments)
+            timer.lap("parse-arguments")
             try command.run()
             Output.stdout.flush()
+            timer.lap("output")
+            timer.report()
             Glibc.exit(0)
         } catch let e as WardenError {
             Output.stdout.flush()

@@ -118,12 +118,15 @@ struct ImageSysprep: ParsableCommand {
         if selection.listOperations { return SysprepSelection.printOperations() }
         guard let image else { return }
         let ops = try selection.selected()
-        let options = SysprepOptions(hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys)
+        var options = SysprepOptions(hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys)
         let report: SysprepReport
+        // Start RSA generation before the ledger check, so the two overlap.
+        if !dryRun { options = options.forgingKeys(for: ops) }
         if dryRun {
             report = try Sysprep.planImage(image, format: format, operations: ops, options: options)
         } else {
             try Self.refuseLedgerDisk(image, database)
+            PhaseTimer.shared.lap("ledger-check")
             report = try Sysprep.applyImage(image, format: format, operations: ops, options: options)
         }
         if json {

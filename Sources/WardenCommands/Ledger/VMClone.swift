@@ -51,7 +51,13 @@ struct VMClone: ParsableCommand {
     }
 
     func run() throws {
+        let timer = PhaseTimer.shared
+        let ops = try selection.selected()
+        // RSA-3072 generation is the longest step: start it now, so it overlaps the ledger and
+        // policy work as well as the overlay (keys are discarded if the clone does not happen).
+        let forge = ops.contains { $0.name == "ssh-hostkeys" } ? HostKeyForge() : nil
         let store = try database.open(create: false)
+        timer.lap("ledger-open")
         let src = try store.resolveVM(vm)
         guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
         let all = try store.listVMs()
@@ -64,27 +70,29 @@ struct VMClone: ParsableCommand {
         // The hostname: --hostname, else the clone's name when it is a valid hostname.
         var hostname = selection.hostname
         if hostname == nil, SysprepOptions.validHostname(name) { hostname = name }
-        let ops = try selection.selected()
         // A MAC no other VM in the ledger has.
         let used = Set(all.compactMap { $0.mac?.lowercased() })
         var mac = Sysprep.newMAC()
         for _ in 0..<64 where used.contains(mac) { mac = Sysprep.newMAC() }
         let refreshMAC = ops.contains { $0.name == "mac-address" }
         let options = SysprepOptions(hostname: hostname, authorizedKeysUsers: selection.removeAuthorizedKeys,
-                                     ledgerMAC: refreshMAC ? mac : nil)
+                                     ledgerMAC: refreshMAC ? mac : nil, keys: forge)
         let destDir = absolutePath(dir ?? (disks[0].path as NSString).deletingLastPathComponent)
+        timer.lap("ledger-read")
 
         // Policy check: the one call site for clone decisions (exit 3 when denied).
         try LedgerPolicy.authorize(.clone, vm: src, store: store,
                                    detail: ["mode": .string(full ? "full" : "overlay"), "name": .string(name),
                                             "dest": .string(destDir), "operations": .array(ops.map { .string($0.name) })])
 
+        timer.lap("policy-decision")
         try FileManager.default.createDirectory(atPath: destDir, withIntermediateDirectories: true)
         let result = try Clone.make(sources: disks.map { Clone.Source(path: $0.path, format: $0.format) },
                                     into: destDir, name: name, full: full, operations: ops, options: options,
                                     checkFilesystemUUIDs: ops.contains { $0.name == "fs-uuids" },
                                     beforeCommit: Self.testHookBeforeCommit)
         let now = Date()
+        timer.lap("clone-make")
         if !result.collisions.isEmpty {
             // Record the refused clone on the source VM, then fail loudly.
             _ = try store.append(NewEvent(kind: .policyDecision, vm: src.id, time: now, payload: [
@@ -130,6 +138,7 @@ struct VMClone: ParsableCommand {
                                               event: NewEvent(kind: .cloned, vm: new.id, time: now,
                                                               generationBefore: src.generation, generationAfter: new.generation,
                                                               payload: payload))
+        timer.lap("ledger-append-cloned")
         if json {
             Output.stdout.line(try Output.json(Report(
                 vm: created.id.description, name: created.name, parent: src.id.description,
