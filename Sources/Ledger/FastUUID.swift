@@ -9,25 +9,28 @@ enum FastUUID {
     /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case); nil for anything else.
     static func parse(_ text: String) -> UUID? {
         var text = text
-        return text.withUTF8 { b -> UUID? in
-            guard b.count == 36 else { return nil }
-            var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-            let ok = withUnsafeMutableBytes(of: &bytes) { out -> Bool in
-                var j = 0, i = 0
-                while i < 36 {
-                    if i == 8 || i == 13 || i == 18 || i == 23 {
-                        guard b[i] == UInt8(ascii: "-") else { return false }
-                        i += 1
-                        continue
-                    }
-                    guard let hi = nibble(b[i]), let lo = nibble(b[i + 1]) else { return false }
-                    out[j] = hi << 4 | lo
-                    j += 1; i += 2
+        return text.withUTF8 { parse(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Parses UUID text from raw bytes (a SQLite column).
+    static func parse(_ b: UnsafeRawBufferPointer) -> UUID? {
+        guard b.count == 36 else { return nil }
+        var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        let ok = withUnsafeMutableBytes(of: &bytes) { out -> Bool in
+            var j = 0, i = 0
+            while i < 36 {
+                if i == 8 || i == 13 || i == 18 || i == 23 {
+                    guard b[i] == UInt8(ascii: "-") else { return false }
+                    i += 1
+                    continue
                 }
-                return true
+                guard let hi = nibble(b[i]), let lo = nibble(b[i + 1]) else { return false }
+                out[j] = hi << 4 | lo
+                j += 1; i += 2
             }
-            return ok ? UUID(uuid: bytes) : nil
+            return true
         }
+        return ok ? UUID(uuid: bytes) : nil
     }
 
     static func vmid(_ text: String) -> VMID? { parse(text).map { VMID($0) } }
@@ -43,6 +46,16 @@ enum FastUUID {
                     o += 2
                 }
                 return o
+            }
+        }
+    }
+
+    /// Appends the lower-case text of `u` to `o`.
+    static func write(_ u: UUID, into o: inout [UInt8]) {
+        withUnsafeBytes(of: u.uuid) { raw in
+            for (k, byte) in raw.enumerated() {
+                if k == 4 || k == 6 || k == 8 || k == 10 { o.append(UInt8(ascii: "-")) }
+                o.append(hexDigits[Int(byte >> 4)]); o.append(hexDigits[Int(byte & 0xF)])
             }
         }
     }

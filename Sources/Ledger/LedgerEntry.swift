@@ -142,7 +142,7 @@ public enum LedgerEntry {
                reported: e.reportedByCaller)
     }
 
-    static func uuidText(_ u: UUID) -> String { u.uuidString.lowercased() }
+    static func uuidText(_ u: UUID) -> String { FastUUID.text(u) }
 
     @usableFromInline
     static func writeOptional<B: Sequence<UInt8>>(_ s: B?, into o: inout [UInt8]) {

@@ -128,5 +128,17 @@ enum LedgerMigrations {
                 CREATE INDEX checkpoints_by_size ON checkpoints(tree_size);
                 """)
         },
+        .init("ledger-7-covering-indexes") { db in
+            // Exposure reads (vm, kind) of every interval on a host in a window, and walks
+            // vms(parent) reading created_us and id: covering indexes answer both from the index
+            // alone (no random row lookups). They replace the narrower indexes with the same
+            // prefix, so appends maintain no more indexes than before.
+            try db.execute(sql: """
+                CREATE INDEX residency_by_host_cover ON residency(host, from_us, to_us, vm, kind);
+                DROP INDEX residency_by_host;
+                CREATE INDEX vms_by_parent_cover ON vms(parent, created_us, id);
+                DROP INDEX vms_by_parent;
+                """)
+        },
     ]
 }

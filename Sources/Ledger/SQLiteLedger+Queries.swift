@@ -7,7 +7,7 @@ import WardenCore
 extension SQLiteLedger: LedgerQueries {
     public func residencies(on host: HostName, overlapping from: Date, _ to: Date, now: Date) throws -> [ResidencyRecord] {
         let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), nowUs = LedgerTime.micros(now)
-        // residency_by_host (host, from_us, to_us) covers the range; open intervals end at `now`.
+        // residency_by_host_cover (host, from_us, to_us, vm, kind) covers the range; open intervals end at `now`.
         return try database.read { db in
             let s = try db.cachedStatement(sql: """
                 SELECT vm, host, kind, from_us, to_us FROM residency
@@ -32,18 +32,23 @@ extension SQLiteLedger: LedgerQueries {
         let args: StatementArguments = ["host": host.value, "t1": t1, "t2": t2, "now": nowUs]
         return try database.read { db in
             var intervals: [VMID: [ExposureInterval]] = [:]
+            // The covering index residency_by_host_cover answers this scan without row lookups.
             let direct = try db.cachedStatement(sql: "SELECT vm, kind, from_us, to_us FROM residency WHERE \(overlap)")
-            let rows = try Row.fetchCursor(direct, arguments: args)
-            while let r = try rows.next() {
-                guard let vm = FastUUID.vmid(r[0]), let kind = ResidencyRecord.Kind(rawValue: r[1] as String) else {
+            let rows = try RawCursor(direct, args, db: db)
+            while try rows.next() {
+                let kind: ResidencyRecord.Kind
+                if rows.equals(1, "ran") { kind = .ran } else if rows.equals(1, "stored") { kind = .stored } else {
                     throw WardenError(.corrupt, "a residency row is malformed", file: file)
                 }
-                let end: Int64? = r[3]
-                intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(r[2]), to: end.map(LedgerTime.date)))
+                guard let vm = rows.uuid(0) else { throw WardenError(.corrupt, "a residency row is malformed", file: file) }
+                let end = rows.int64OrNil(3)
+                intervals[VMID(vm), default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(rows.int64(2)),
+                                                                         to: end.map(LedgerTime.date)))
             }
             // exposed(vm, since, direct): a direct row per directly exposed VM, and an inherited row
             // (since = creation) for every VM created at or after some exposure start of its parent.
             // Lineage is a forest, so each VM has at most those two rows and the recursion ends.
+            // vms_by_parent_cover (parent, created_us, id) serves the recursive step from the index.
             let s = try db.cachedStatement(sql: """
                 WITH RECURSIVE
                   direct(vm, since) AS (
@@ -61,26 +66,33 @@ extension SQLiteLedger: LedgerQueries {
             var since: [VMID: Date] = [:]
             var inheritedFrom: [VMID: VMID] = [:]
             var records: [VMID: (String, String, VMState)] = [:]
-            let found = try Row.fetchCursor(s, arguments: args)
-            while let r = try found.next() {
-                guard let vm = FastUUID.vmid(r[0]), let state = VMState(rawValue: r[5] as String) else {
+            since.reserveCapacity(intervals.count * 2); records.reserveCapacity(intervals.count * 2)
+            let found = try RawCursor(s, args, db: db)
+            while try found.next() {
+                guard let vm = found.uuid(0).map(VMID.init), let state = VMState(rawValue: found.string(5)) else {
                     throw WardenError(.corrupt, "a VM row is malformed", file: file)
                 }
-                let d: Int64? = r[1], i: Int64? = r[2]
-                let parentText: String? = r[6]
+                let d = found.int64OrNil(1), i = found.int64OrNil(2)
                 // Direct wins a tie, as in the reference.
-                if let i, d.map({ i < $0 }) ?? true, let p = parentText.flatMap(FastUUID.vmid) {
+                if let i, d.map({ i < $0 }) ?? true, let p = found.uuid(6) {
                     since[vm] = LedgerTime.date(i)
-                    inheritedFrom[vm] = p
+                    inheritedFrom[vm] = VMID(p)
                 } else if let d {
                     since[vm] = LedgerTime.date(d)
                 } else {
                     continue
                 }
-                records[vm] = (r[3], r[4], state)
+                records[vm] = (found.string(3), found.string(4), state)
             }
             let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
             return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+        }
+    }
+
+    /// The ids of up to `limit` VMs, oldest rows first (benchmarks pick from them).
+    public func vmIDs(limit: Int) throws -> [VMID] {
+        try database.read { db in
+            try String.fetchAll(db, sql: "SELECT id FROM vms ORDER BY rowid LIMIT ?", arguments: [limit]).compactMap(FastUUID.vmid)
         }
     }
 

@@ -1,3 +1,4 @@
+import CSQLite
 import Foundation
 import GRDB
 import WardenCore
@@ -52,6 +53,7 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         let result = try database.write { db -> T in
             var log = try LogAppender(db: db, file: database.path)
             let r = try body(db, &log)
+            try log.flushNodes(db)
             if log.appended > 0, let key {
                 checkpoint = try log.checkpoint(db, key: key)
             }
@@ -322,10 +324,35 @@ struct LogAppender {
     var frontier: Merkle.Frontier
     var appended = 0
     let file: String
+    /// The event insert, prepared once per transaction and bound through SQLite directly
+    /// (GRDB's argument arrays cost an allocation per column).
+    let insertEvent: Statement
+    /// Completed subtrees not yet written; written in one multi-row INSERT per ``nodeBatch``
+    /// and before the transaction commits (``flushNodes(_:)``).
+    var pendingNodes: [(level: Int, index: Int64, hash: Data)] = []
+    static let nodeBatch = 64
 
     init(db: Database, file: String) throws {
         self.file = file
         frontier = try Self.loadFrontier(db, size: Rows.treeSize(db), file: file)
+        insertEvent = try db.cachedStatement(sql: """
+            INSERT INTO events (seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+    }
+
+    /// Writes the completed subtree hashes gathered so far (the caller's transaction commits them
+    /// together with the events).
+    mutating func flushNodes(_ db: Database) throws {
+        guard !pendingNodes.isEmpty else { return }
+        let sql = "INSERT INTO merkle_nodes (level, idx, hash) VALUES "
+            + Array(repeating: "(?, ?, ?)", count: pendingNodes.count).joined(separator: ", ")
+        var args: [DatabaseValueConvertible?] = []
+        args.reserveCapacity(pendingNodes.count * 3)
+        for n in pendingNodes { args.append(n.level); args.append(n.index); args.append(n.hash) }
+        let s = pendingNodes.count == Self.nodeBatch ? try db.cachedStatement(sql: sql) : try db.makeStatement(sql: sql)
+        try s.execute(arguments: StatementArguments(args))
+        pendingNodes.removeAll(keepingCapacity: true)
     }
 
     /// Rebuilds the right edge of the tree of `size` leaves from stored nodes and the tail's leaves.
@@ -364,29 +391,60 @@ struct LogAppender {
         let seq = frontier.size + 1
         let time = LedgerTime.micros(e.time)
         let payload = LedgerEntry.payloadText(e.payload)
-        let vm = e.vm?.description
-        let gb = e.generationBefore.map(LedgerEntry.uuidText)
-        let ga = e.generationAfter.map(LedgerEntry.uuidText)
+        let vm = e.vm.map { FastUUID.text($0.uuid) }
+        let gb = e.generationBefore.map { FastUUID.text($0) }
+        let ga = e.generationAfter.map { FastUUID.text($0) }
         let entry = LedgerEntry.encode(seq: seq, kind: e.kind.rawValue, vm: vm, actor: e.actor, host: e.host.value,
                                        timeMicros: time, generationBefore: gb, generationAfter: ga,
                                        payloadText: payload, reported: e.reportedByCaller)
         let leaf = LedgerEntry.leafHash(entry)
-        let stmt = try db.cachedStatement(sql: """
-            INSERT INTO events (seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """)
-        try stmt.execute(arguments: [seq, e.kind.rawValue, vm, e.actor, e.host.value, time, gb, ga, payload,
-                                     e.reportedByCaller ? 1 : 0, leaf])
-        try frontier.append(leaf: leaf) { level, index, hash in
-            if level >= Self.storedLevel {
-                let s = try db.cachedStatement(sql: "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)")
-                try s.execute(arguments: [level, index, hash])
-            }
+        try insert(db, seq: seq, kind: e.kind.rawValue, vm: vm, actor: e.actor, host: e.host.value, time: time,
+                   gb: gb, ga: ga, payload: payload, reported: e.reportedByCaller, leaf: leaf)
+        var completed: [(level: Int, index: Int64, hash: Data)] = []   // allocates only when a stored subtree completes
+        frontier.append(leaf: leaf) { level, index, hash in
+            if level >= Self.storedLevel { completed.append((level, index, hash)) }
+        }
+        if !completed.isEmpty {
+            pendingNodes += completed
+            if pendingNodes.count >= Self.nodeBatch { try flushNodes(db) }
         }
         appended += 1
         return EventRecord(seq: seq, kind: e.kind, vm: e.vm, actor: e.actor, host: e.host, time: LedgerTime.date(time),
                            generationBefore: e.generationBefore, generationAfter: e.generationAfter,
                            payload: e.payload, reportedByCaller: e.reportedByCaller, leafHash: leaf)
+    }
+
+    /// Binds and steps the prepared event insert through the SQLite C API.
+    private func insert(_ db: Database, seq: Int64, kind: String, vm: String?, actor: String, host: String, time: Int64,
+                        gb: String?, ga: String?, payload: String, reported: Bool, leaf: Data) throws {
+        let h = insertEvent.sqliteStatement
+        sqlite3_reset(h)
+        // SQLITE_TRANSIENT: SQLite copies the bytes before the bind call returns.
+        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        func text(_ i: Int32, _ s: String?) -> Int32 {
+            guard var s else { return sqlite3_bind_null(h, i) }
+            return s.withUTF8 { b in
+                guard let base = b.baseAddress, b.count > 0 else { return sqlite3_bind_text(h, i, "", 0, transient) }
+                return base.withMemoryRebound(to: CChar.self, capacity: b.count) { sqlite3_bind_text(h, i, $0, Int32(b.count), transient) }
+            }
+        }
+        var rc = sqlite3_bind_int64(h, 1, seq)
+        if rc == SQLITE_OK { rc = text(2, kind) }
+        if rc == SQLITE_OK { rc = text(3, vm) }
+        if rc == SQLITE_OK { rc = text(4, actor) }
+        if rc == SQLITE_OK { rc = text(5, host) }
+        if rc == SQLITE_OK { rc = sqlite3_bind_int64(h, 6, time) }
+        if rc == SQLITE_OK { rc = text(7, gb) }
+        if rc == SQLITE_OK { rc = text(8, ga) }
+        if rc == SQLITE_OK { rc = text(9, payload) }
+        if rc == SQLITE_OK { rc = sqlite3_bind_int64(h, 10, reported ? 1 : 0) }
+        if rc == SQLITE_OK { rc = leaf.withUnsafeBytes { sqlite3_bind_blob(h, 11, $0.baseAddress, Int32($0.count), transient) } }
+        if rc == SQLITE_OK { rc = sqlite3_step(h) }
+        defer { sqlite3_reset(h) }
+        guard rc == SQLITE_DONE else {
+            let message = String(cString: sqlite3_errmsg(db.sqliteConnection))
+            throw DatabaseError(resultCode: ResultCode(rawValue: rc), message: message)
+        }
     }
 
     /// Signs and stores a checkpoint of the tree as it is now.
@@ -432,15 +490,17 @@ enum Rows {
             INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
-        try s.execute(arguments: [v.id.description, v.name, v.owner, v.state.rawValue, LedgerEntry.uuidText(v.generation),
-                                  v.parent?.description, v.parentGeneration.map(LedgerEntry.uuidText),
+        try s.execute(arguments: [FastUUID.text(v.id.uuid), v.name, v.owner, v.state.rawValue, LedgerEntry.uuidText(v.generation),
+                                  v.parent.map { FastUUID.text($0.uuid) }, v.parentGeneration.map(LedgerEntry.uuidText),
                                   LedgerTime.micros(v.createdAt), LedgerTime.micros(v.updatedAt), v.mac])
         try insertLabels(db, v)
     }
 
     static func insertLabels(_ db: Database, _ v: VMRecord) throws {
         let s = try db.cachedStatement(sql: "INSERT INTO vm_labels (vm, key, value) VALUES (?, ?, ?)")
-        for (k, val) in v.labels { try s.execute(arguments: [v.id.description, k, val]) }
+        guard !v.labels.isEmpty else { return }
+        let id = FastUUID.text(v.id.uuid)
+        for (k, val) in v.labels { try s.execute(arguments: [id, k, val]) }
     }
 
     static func updateVM(_ db: Database, _ v: VMRecord, labelsChanged: Bool) throws {
@@ -458,7 +518,7 @@ enum Rows {
 
     static func insertDisk(_ db: Database, _ d: DiskRecord) throws {
         let s = try db.cachedStatement(sql: "INSERT INTO disks (vm, idx, path, format, backing_chain, fingerprint) VALUES (?, ?, ?, ?, ?, ?)")
-        try s.execute(arguments: [d.vm.description, d.index, d.path, d.format,
+        try s.execute(arguments: [FastUUID.text(d.vm.uuid), d.index, d.path, d.format,
                                   LedgerEntry.jsonText(.array(d.backingChain.map { .string($0) })),
                                   d.fingerprint?.description])
     }

@@ -64,6 +64,10 @@ public final class WardenDatabase: Sendable {
             // 64 MiB of page cache per connection (SQLite's default is 2 MiB): appends touch
             // the event indexes at random places, and misses cost a pread each.
             try db.execute(sql: "PRAGMA cache_size = -65536")
+            // Readers map the file (up to 16 GiB of address space, not memory): queries that
+            // touch tens of thousands of random pages (exposure) then read them in place
+            // instead of copying each with pread. The writer keeps pread.
+            if db.configuration.readonly { try db.execute(sql: "PRAGMA mmap_size = 17179869184") }
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)

@@ -278,3 +278,35 @@ extension ExposureTests {
         }
     }
 }
+
+extension ExposureTests {
+    /// The hand-written exposure JSON is byte for byte what JSONEncoder writes with the CLI's
+    /// settings (pretty, sorted keys, snake_case, RFC 3339 times), including empty arrays, nulls,
+    /// inherited VMs and names that need escaping; chunked output concatenates to the same bytes.
+    @Test func handWrittenJSONMatchesJSONEncoder() throws {
+        try withLedger { l, _ in
+            let odd = try l.make("quote\" back\\ nl\n tab\t ctl\u{1}\u{1F} del\u{7F} é/ü \u{2028}", at: day(0), owner: "o/wn\"er")
+            try l.ran(odd, day(1), day(3)); try l.ran(odd, day(2), nil, kind: .stored)
+            let plain = try l.make("plain", at: day(0)); try l.ran(plain, day(2), day(2.5))
+            let clone = try l.make("clone", at: day(4), kind: .cloned, parent: odd)
+            try l.make("clone-of-clone", at: day(5), kind: .copied, parent: clone)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            enc.dateEncodingStrategy = .custom { date, encoder in
+                var c = encoder.singleValueContainer()
+                try c.encode(LedgerTime.rfc3339(LedgerTime.micros(date)))
+            }
+            for (a, b) in [(day(1.5), day(2.2)), (day(30), day(31))] {
+                let report = try l.exposure(host: hostH, from: a, to: b, now: day(40))
+                var bytes: [UInt8] = []
+                var chunks = 0
+                try report.writeJSON { bytes += $0; chunks += 1 }
+                let expected = Array(try enc.encode(report)) + [0x0A]
+                #expect(chunks >= 1)
+                #expect(bytes == expected, "\(String(decoding: bytes, as: UTF8.self))\n---\n\(String(decoding: expected, as: UTF8.self))")
+            }
+            #expect(try l.exposure(host: hostH, from: day(1.5), to: day(2.2), now: day(40)).vms.count == 4)
+        }
+    }
+}

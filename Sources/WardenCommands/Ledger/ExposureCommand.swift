@@ -27,7 +27,16 @@ struct ExposureCommand: ParsableCommand {
         let store = try database.open(create: false)
         let (report, wall, cpu) = try timed { try store.exposure(host: HostName(host)!, from: t1, to: t2, now: now) }
         if timing { Output.note(String(format: "exposure: %.3f ms wall, %.3f ms cpu, %d VMs", wall, cpu, report.vms.count)) }
-        if json { Output.stdout.line(try Output.ledgerJSON(report)); return }
+        if json {
+            // Written by hand and streamed (the same bytes as Output.ledgerJSON): JSONEncoder
+            // took seconds for an answer of 20,000 VMs.
+            let (_, jwall, jcpu) = try timed {
+                try report.writeJSON { try Output.stdout.write($0) }
+                Output.stdout.flush()
+            }
+            if timing { Output.note(String(format: "exposure json: %.3f ms wall, %.3f ms cpu", jwall, jcpu)) }
+            return
+        }
         var rows = [["VM", "NAME", "OWNER", "STATE", "EXPOSED SINCE", "HOW", "FROM"]]
         for v in report.vms {
             let via = v.steps == 0 ? "-" : "\(shortID(v.source)) +\(v.steps)"

@@ -3,7 +3,7 @@ import Foundation
 import Ledger
 import WardenCore
 
-// `warden dev synth`, `append-loop` and `bench-proof` (registered in ../DevCommand.swift).
+// `warden dev synth`, `append-loop`, `bench-proof` and `bench-append` (registered in ../DevCommand.swift).
 
 struct DevLedgerSynth: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,18 +16,20 @@ struct DevLedgerSynth: ParsableCommand {
     @Option(help: "Seed for the generator.") var seed: UInt64 = 1
     @Option(help: "Hosts to spread the fleet over.") var hosts: Int = 16
     @Option(help: "Events per transaction and checkpoint.") var batch: Int = 20_000
+    @Option(help: "SQLite page cache while synthesizing, in MiB.") var cacheMib: Int = 1024
     @Flag(help: "Print the summary as JSON.") var json = false
 
     func validate() throws {
         guard vms >= 1, events >= vms else { throw ValidationError("--events must be at least --vms (each VM has a creation event)") }
         guard hosts >= 2, hosts <= 10_000 else { throw ValidationError("--hosts must be 2…10000") }
         guard batch >= 1, batch <= 1_000_000 else { throw ValidationError("--batch must be 1…1000000") }
+        guard cacheMib >= 2, cacheMib <= 65_536 else { throw ValidationError("--cache-mib must be 2…65536") }
     }
 
     func run() throws {
         let ledger = try options.open(create: true)
         var o = LedgerSynth.Options(vms: vms, events: events)
-        o.seed = seed; o.hosts = hosts; o.batch = batch
+        o.seed = seed; o.hosts = hosts; o.batch = batch; o.cacheMiB = cacheMib
         let tty = isatty(2) == 1
         let summary = try LedgerSynth(ledger: ledger, options: o).run { done, total in
             if tty { FileHandle.standardError.write(Data("\rwarden: \(done) of \(total) events".utf8)) }
@@ -137,5 +139,56 @@ struct DevBenchProof: ParsableCommand {
         }
         Output.stdout.line(line("inclusion", inclusion))
         Output.stdout.line(line("consistency", consistency))
+    }
+}
+
+/// Times appends through the public API (``SQLiteLedger/append(_:)-([NewEvent])``: one
+/// transaction, Merkle update and signed checkpoint per batch) on an existing ledger, so the
+/// append rate is measured at the ledger's size (scripts/bench-ledger).
+struct DevBenchAppend: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-append",
+        abstract: "Append scan events to random VMs of an existing ledger in batches, and time it.",
+        shouldDisplay: false)
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: "Events to append.") var events: Int = 200_000
+    @Option(help: "Events per append call (one transaction and checkpoint each).") var batch: Int = 1000
+    @Option(help: "Seed for the VM choice.") var seed: UInt64 = 11
+
+    func validate() throws {
+        guard events >= 1, batch >= 1, batch <= 1_000_000 else { throw ValidationError("--events and --batch must be positive") }
+    }
+
+    func run() throws {
+        let ledger = try options.open(create: false)
+        let ids = try ledger.vmIDs(limit: 100_000)
+        guard !ids.isEmpty else { throw WardenError(.notFound, "the ledger has no VMs", file: ledger.database.path) }
+        let before = try ledger.eventCount()
+        var state = seed
+        func rand(_ n: Int) -> Int {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return Int((z ^ (z >> 31)) % UInt64(n))
+        }
+        var done = 0
+        let (_, wall, cpu) = try timed {
+            while done < events {
+                let n = min(batch, events - done)
+                var evs: [NewEvent] = []
+                evs.reserveCapacity(n)
+                for _ in 0..<n {
+                    evs.append(NewEvent(kind: .scanned, vm: ids[rand(ids.count)], actor: "bench@synth-host-00",
+                                        host: HostName("synth-host-00")!,
+                                        payload: ["findings": .number(Double(rand(40))), "critical": .number(Double(rand(3)))]))
+                }
+                _ = try ledger.append(evs)
+                done += n
+            }
+        }
+        Output.stdout.line(String(format: "append: %d events in batches of %d onto a log of %lld: %.0f events/s wall (%.2f s), %.0f events per CPU second (%.2f s)",
+                                  events, batch, before, Double(events) / (wall / 1000), wall / 1000,
+                                  Double(events) / (cpu / 1000), cpu / 1000))
     }
 }
