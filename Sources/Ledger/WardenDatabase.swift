@@ -71,6 +71,9 @@ public final class WardenDatabase: Sendable {
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
+            // GRDB sets `synchronous = NORMAL` on the writer when it turns WAL on, after
+            // `prepareDatabase` ran: set FULL again, or commits are not fsynced.
+            if !readOnly { try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") } }
             // `PRAGMA user_version` holds ``WardenSchema/stamp`` once every migration of this
             // build is applied: then the migration walk (reading grdb_migrations, a write
             // barrier) is skipped, which the libvirt hook's start-up budget needs.

@@ -19,6 +19,9 @@ import WardenCore
         let db = try WardenDatabase(path: path)
         let mode = try db.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         #expect(mode == "wal")
+        // The writer fsyncs every commit (2 = FULL): GRDB's WAL set-up must not leave NORMAL.
+        let sync = try db.pool.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") }
+        #expect(sync == 2)
         let attrs = try FileManager.default.attributesOfItem(atPath: path)
         #expect((attrs[.posixPermissions] as? Int) == 0o600)
     }
