@@ -77,11 +77,5 @@ enum JSONInput {
     }
 }
 
-/// Replaces control characters so a value from a feed stays on one output line.
-func oneLine(_ s: String) -> String {
-    var out = ""
-    for u in s.unicodeScalars {
-        if u.value < 0x20 || u.value == 0x7F { out += String(format: "\\x%02x", u.value) } else { out.unicodeScalars.append(u) }
-    }
-    return out
-}
+/// A feed value on one terminal-safe line (``TerminalText/line(_:)``).
+func oneLine(_ s: String) -> String { TerminalText.line(s) }

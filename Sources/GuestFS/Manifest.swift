@@ -4,8 +4,9 @@ import WardenCore
 /// Escapes guest bytes (names, link targets) for one-line, tab-separated output.
 ///
 /// Valid UTF-8 is kept, except that `\` becomes `\\`, tab `\t`, newline `\n`,
-/// carriage return `\r`, and any other control byte or invalid UTF-8 byte
-/// becomes `\xNN`. The result never contains a tab or a newline.
+/// carriage return `\r`, and any other control byte, invalid UTF-8 byte or byte of a C1 or
+/// bidirectional control character (``TerminalText/isUnsafe(_:)``) becomes `\xNN`. The result
+/// never contains a tab or a newline.
 public enum ManifestEscaping {
     public static func escape(_ bytes: [UInt8]) -> String {
         // Fast path: plain printable ASCII.
@@ -31,7 +32,12 @@ public enum ManifestEscaping {
                 let seq = Array(bytes[i..<i + len])
                 if seq.dropFirst().allSatisfy({ $0 & 0xC0 == 0x80 }),
                    let s = String(validating: seq, as: UTF8.self) {
-                    out += s
+                    // C1 and bidi controls are valid UTF-8 but act on terminals: their bytes as \xNN.
+                    if s.unicodeScalars.contains(where: TerminalText.isUnsafe) {
+                        for byte in seq { out += hexByte(byte) }
+                    } else {
+                        out += s
+                    }
                     i += len
                     continue
                 }

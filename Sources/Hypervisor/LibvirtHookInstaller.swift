@@ -24,11 +24,12 @@ public enum LibvirtHookInstaller {
 
     static func shellQuote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
-    /// The hook file. With `lean` the binary is `warden-hook` (no subcommand, `--` before
-    /// libvirt's arguments); otherwise it is `warden` and runs `warden libvirt-hook`.
+    /// The hook file. With `lean` the binary is `warden-hook` (no subcommand); otherwise it is
+    /// `warden` and runs `warden libvirt-hook`. Both put `--` before libvirt's arguments, so a
+    /// domain named like an option (`--db`) stays a domain name.
     public static func script(warden: String, database: String, policy: String, lean: Bool = false) -> String {
         let command = lean ? "\(shellQuote(warden)) --db \(shellQuote(database)) --policy \(shellQuote(policy)) --"
-                           : "\(shellQuote(warden)) libvirt-hook --db \(shellQuote(database)) --policy \(shellQuote(policy))"
+                           : "\(shellQuote(warden)) libvirt-hook --db \(shellQuote(database)) --policy \(shellQuote(policy)) --"
         return """
         #!/bin/sh
         \(marker); run it again to change this file.

@@ -1,6 +1,7 @@
 import Foundation
 import WardenCore
 import Ledger
+import Policy
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,12 +18,12 @@ public struct VMRunner {
     public let home: String
     public let host: HostName
     /// Called with the operation and VM before anything changes; throws to refuse (the policy gate).
-    public var gate: (_ operation: String, _ vm: VMRecord, _ detail: [String: String]) throws -> Void
+    public var gate: (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void
     /// How to start the state server: argv of a `warden vm state-server` process (nil = no state server).
     public var stateServerCommand: ((_ vm: VMID, _ announce: Bool) -> [String])?
 
     public init(store: any LedgerStore, counters: CounterStore?, home: String = RunDirectory.home(), host: HostName = .current,
-                gate: @escaping (_ operation: String, _ vm: VMRecord, _ detail: [String: String]) throws -> Void = { _, _, _ in },
+                gate: @escaping (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void,
                 stateServerCommand: ((_ vm: VMID, _ announce: Bool) -> [String])? = nil) {
         self.store = store; self.counters = counters; self.home = home; self.host = host
         self.gate = gate; self.stateServerCommand = stateServerCommand
@@ -88,7 +89,7 @@ public struct VMRunner {
         let recovered = try recoverStaleIfNeeded(vm, run: run)
         let disks = try launchDisks(vm)
         let accel = try QEMULauncher.accelerator(options.accel)
-        try gate("start", vm, ["accel": accel])
+        try gate(.start, vm, ["accel": accel])
         var saved = options
         saved.accel = options.accel
         try saveLaunch(saved, run)
@@ -180,7 +181,7 @@ public struct VMRunner {
             if try recoverStaleIfNeeded(vm, run: run) { return StopResult(how: "stale") }
             throw WardenError(.conflict, "VM \(vm.name) is not running")
         }
-        try gate("stop", vm, [:])
+        try gate(.stop, vm, [:])
         let how = terminate(pid: pid, run: run, powerdownTimeout: timeout)
         run.cleanRuntimeFiles()
         let now = Date()
@@ -231,7 +232,7 @@ public struct VMRunner {
         if try store.snapshots(of: vm.id).contains(where: { $0.name == name }) {
             throw WardenError(.conflict, "VM \(vm.name) already has a snapshot named \(name)")
         }
-        try gate("snapshot", vm, ["snapshot": name])
+        try gate(.snapshot, vm, ["snapshot": name])
         let live = run.livePid != nil
         if live {
             let qmp = try QMPClient(path: run.qmpSocket, timeout: 10)
@@ -278,7 +279,7 @@ public struct VMRunner {
             throw WardenError(.notFound, "VM \(vm.name) has no snapshot named \(name) on every disk")
         }
         let recorded = try store.snapshots(of: vm.id).last { $0.name == name }
-        try gate("rollback", vm, detail.merging(["snapshot": name]) { a, _ in a })
+        try gate(.rollback, vm, detail.merging(["snapshot": name]) { a, _ in a })
         let pid = run.livePid
         if pid == nil { try recoverStaleIfNeeded(vm, run: run) }
         let newGen = UUID()

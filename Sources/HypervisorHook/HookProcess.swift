@@ -96,7 +96,8 @@ public enum LibvirtHookProcess {
 
     /// One line on standard error, newlines flattened (libvirt shows it in virsh's error).
     public static func writeError(_ message: String) {
-        let line = Array(("warden: " + message.replacingOccurrences(of: "\n", with: " ") + "\n").utf8)
+        // Domain names and reasons reach virsh's terminal: one sanitised line.
+        let line = Array(("warden: " + TerminalText.line(message) + "\n").utf8)
         var off = 0
         while off < line.count {
             let n = line[off...].withUnsafeBytes { write(2, $0.baseAddress, $0.count) }

@@ -103,8 +103,9 @@ struct DomainCollector: DomainXMLReader.Handler {
     }
 
     mutating func end(_ element: String) throws {
-        if path.count == 2, path[1] == "name" { name = text }
-        if path.count == 2, path[1] == "uuid" { uuid = text }
+        // The first <name> and <uuid> count, as libvirt's own parser takes them.
+        if path.count == 2, path[1] == "name", name == nil { name = text }
+        if path.count == 2, path[1] == "uuid", uuid == nil { uuid = text }
         if path.count == 3, path[1] == "devices", element == "disk" {
             if diskIsDisk, let s = diskSource, s.hasPrefix("/"), disks.count < LibvirtDomain.maxDisks {
                 disks.append(s)

@@ -60,9 +60,8 @@ public enum LibvirtHook {
 
     /// The ledger VM with a disk at one of the domain's disk paths, if exactly one live VM has it.
     public static func vmByDiskPath(_ store: any LedgerStore, _ domain: LibvirtDomain) throws -> VMRecord? {
-        guard let ledger = store as? SQLiteLedger else { return nil }
         for path in domain.diskPaths {
-            let vms = try ledger.vms(withDiskPath: path).filter { $0.state != .retired }
+            let vms = try store.vms(withDisk: path, file: DiskRecord.FileID.of(path: path)).filter { $0.state != .retired }
             if vms.count == 1 { return vms[0] }
             if vms.count > 1 {
                 throw WardenError(.conflict, "disk \(path) belongs to \(vms.count) VMs in the ledger (\(vms.map(\.name).joined(separator: ", ")))")
@@ -76,10 +75,13 @@ public enum LibvirtHook {
     public static func run(arguments: [String], domainXML: Data, host: HostName = .current, time: Date = Date(),
                            policy: PolicyGate.Source, openStore: () throws -> any LedgerStore,
                            findVM: ((any LedgerStore, LibvirtDomain) throws -> VMRecord?)? = nil) -> Outcome {
-        guard arguments.count >= 2 else {
-            return Outcome(status: 2, message: "libvirt-hook: expected arguments DOMAIN OPERATION SUB-OPERATION EXTRA")
+        // Exactly libvirt's layout, or deny: a domain named like an option, a missing or extra
+        // argument, or a shell wrapper without `--` must never turn into an ignored call.
+        guard arguments.count == 4 else {
+            return failed(.start, vm: nil, host: host, time: time, status: 1, vetoable: true,
+                          reason: "libvirt-hook: expected exactly DOMAIN OPERATION SUB-OPERATION EXTRA, got \(arguments.count) argument(s)")
         }
-        let action = action(operation: arguments[1], subOperation: arguments.count > 2 ? arguments[2] : "-")
+        let action = action(operation: arguments[1], subOperation: arguments[2])
         if action == .ignore { return Outcome(status: 0) }
         let vetoable: Bool
         let operation: VMOperation
@@ -93,6 +95,11 @@ public enum LibvirtHook {
                           reason: "\(arguments[0]): \(e.message)")
         } catch {
             return failed(operation, vm: nil, host: host, time: time, status: failStatus, vetoable: vetoable, reason: "\(error)")
+        }
+        // The XML must describe the domain libvirt names in the arguments.
+        guard domain.name == arguments[0] else {
+            return failed(operation, vm: nil, host: host, time: time, status: failStatus, vetoable: vetoable,
+                          reason: "the domain XML names \(domain.name), the arguments \(arguments[0])")
         }
         let store: any LedgerStore
         do { store = try openStore() } catch {
@@ -149,7 +156,11 @@ public enum LibvirtHook {
                                          findVM: ((any LedgerStore, LibvirtDomain) throws -> VMRecord?)?) throws -> VMRecord {
         if let uuid = domain.uuid, let vm = try store.vm(VMID(uuid)) { return vm }
         if let findVM, let vm = try findVM(store, domain) { return vm }
-        let id = domain.uuid.map { VMID($0) } ?? VMID()
+        // A domain without a UUID would be a new VM on every call: never register one.
+        guard let uuid = domain.uuid else {
+            throw WardenError(.invalidArgument, "the domain XML has no <uuid> and no registered disk")
+        }
+        let id = VMID(uuid)
         let record = VMRecord(id: id, name: domain.name, owner: discoveredOwner, state: .discovered, createdAt: time, updatedAt: time)
         let disks = domain.diskPaths.enumerated().map { DiskRecord(vm: id, index: $0.offset, path: $0.element, format: domain.diskFormats[$0.offset]) }
         let event = NewEvent(kind: .discovered, vm: id, actor: NewEvent.hookActor(host), host: host, time: time,

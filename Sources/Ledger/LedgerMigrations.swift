@@ -140,5 +140,27 @@ enum LedgerMigrations {
                 DROP INDEX vms_by_parent;
                 """)
         },
+        .init("ledger-8-one-live-vm-per-disk") { db in
+            // One live (not retired) VM per disk file, by path and by device and inode (a
+            // hard link or a second spelling of the same file is the same disk). Enforced by
+            // the database, so no interleaving of concurrent registrations can record a disk
+            // twice; the services check first to give a clear message (docs/decisions.md).
+            // Existing duplicates are left as they are (the hook reports them).
+            try db.execute(sql: """
+                ALTER TABLE disks ADD COLUMN device INTEGER;
+                ALTER TABLE disks ADD COLUMN inode INTEGER;
+                CREATE INDEX disks_by_file ON disks(device, inode) WHERE device IS NOT NULL;
+                CREATE TRIGGER disks_one_live_vm BEFORE INSERT ON disks
+                WHEN EXISTS (
+                    SELECT 1 FROM disks d JOIN vms v ON v.id = d.vm
+                    WHERE v.state != 'retired' AND d.vm != NEW.vm
+                      AND (d.path = NEW.path
+                           OR (NEW.device IS NOT NULL AND d.device = NEW.device AND d.inode = NEW.inode))
+                )
+                BEGIN
+                    SELECT RAISE(ABORT, 'disk already belongs to a live VM');
+                END;
+                """)
+        },
     ]
 }

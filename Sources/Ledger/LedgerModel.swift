@@ -48,10 +48,27 @@ public struct DiskRecord: Codable, Sendable, Equatable {
     public var backingChain: [String]
     /// Content identity of the guest-visible disk (see ``DiskFingerprint`` in the ledger docs).
     public var fingerprint: Digest?
+    /// The file's device and inode when it was recorded on this host (one live VM per file).
+    public var file: FileID?
 
-    public init(vm: VMID, index: Int, path: String, format: String, backingChain: [String] = [], fingerprint: Digest? = nil) {
+    /// A file's identity on its host: `stat`'s device and inode.
+    public struct FileID: Codable, Sendable, Equatable, Hashable {
+        public var device: UInt64
+        public var inode: UInt64
+        public init(device: UInt64, inode: UInt64) { self.device = device; self.inode = inode }
+
+        /// The device and inode of the file at `path` (following links), or nil.
+        public static func of(path: String) -> FileID? {
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }
+            return FileID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        }
+    }
+
+    public init(vm: VMID, index: Int, path: String, format: String, backingChain: [String] = [], fingerprint: Digest? = nil,
+                file: FileID? = nil) {
         self.vm = vm; self.index = index; self.path = path; self.format = format
-        self.backingChain = backingChain; self.fingerprint = fingerprint
+        self.backingChain = backingChain; self.fingerprint = fingerprint; self.file = file
     }
 }
 

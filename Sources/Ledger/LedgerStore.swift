@@ -9,6 +9,15 @@ import WardenCore
 /// VM references given by users (`VM` arguments) resolve through ``resolveVM(_:)``:
 /// a full UUID, a unique UUID prefix (≥ 4 hex digits), or a unique name.
 public protocol LedgerStore: Sendable {
+    // MARK: Transactions
+    /// Runs `body` so that every call it makes on this store is one transaction: a decision
+    /// that reads ledger state (a replica count, a disk-path uniqueness check) commits
+    /// together with the change it allows, or neither does. Concurrent callers touching the
+    /// same lineage `family` (the root ancestor, or the VM itself) are serialised; `nil`
+    /// serialises against every writer. SQLite holds its one write lock (`BEGIN IMMEDIATE`);
+    /// a PostgreSQL store holds an advisory lock on the family for the transaction.
+    func atomically<T>(family: VMID?, _ body: () throws -> T) throws -> T
+
     // MARK: VMs
     /// Creates a VM with its disks and appends `event` (registered, discovered, cloned, copied…)
     /// in the same transaction. The event's `vm` and `generationAfter` are filled in.
@@ -21,6 +30,8 @@ public protocol LedgerStore: Sendable {
     /// Set `vm.generation` in `change` to rotate the generation (the event records before/after).
     func updateVM(_ id: VMID, event: NewEvent, _ change: (inout VMRecord) throws -> Void) throws -> (VMRecord, EventRecord)
     func replaceDisks(of vm: VMID, with disks: [DiskRecord]) throws
+    /// The VMs (live and retired) with a disk at `path`, or at the same file (device and inode).
+    func vms(withDisk path: String, file: DiskRecord.FileID?) throws -> [VMRecord]
 
     // MARK: Hosts and residency
     func addHost(_ host: HostRecord) throws

@@ -60,7 +60,37 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
             return r
         }
         if let checkpoint, let key {
+            // Inside ``atomically(family:_:)`` the commit is still ahead: the witness follows it.
+            if let pending = Self.pendingWitness {
+                pending.checkpoint = checkpoint
+                pending.key = key
+                return result
+            }
             do { try witness.advance(to: checkpoint, publicKey: key.publicKey) } catch let e as WardenError {
+                throw WardenError(e.code, "the event was recorded, but the witness file was not updated: \(e.message)", file: e.file)
+            }
+        }
+        return result
+    }
+
+    /// The checkpoint to advance the witness to once the transaction commits.
+    final class PendingWitness: @unchecked Sendable {
+        // @unchecked: used only by the thread that runs the transaction body.
+        var checkpoint: SignedCheckpoint?
+        var key: HostKey?
+    }
+    @TaskLocal static var pendingWitness: PendingWitness?
+
+    /// One SQLite write transaction (`BEGIN IMMEDIATE`) around `body`: every store call in it
+    /// reads and writes on the transaction's connection, and either all of it commits or none.
+    /// SQLite has one write lock per database, so `family` is not needed to serialise here;
+    /// a PostgreSQL store takes a lock per lineage family instead.
+    public func atomically<T>(family: VMID?, _ body: () throws -> T) throws -> T {
+        if database.inTransaction { return try body() }
+        let pending = PendingWitness()
+        let result = try Self.$pendingWitness.withValue(pending) { try database.transaction(body) }
+        if let cp = pending.checkpoint, let key = pending.key {
+            do { try witness.advance(to: cp, publicKey: key.publicKey) } catch let e as WardenError {
                 throw WardenError(e.code, "the event was recorded, but the witness file was not updated: \(e.message)", file: e.file)
             }
         }
@@ -517,10 +547,11 @@ enum Rows {
     }
 
     static func insertDisk(_ db: Database, _ d: DiskRecord) throws {
-        let s = try db.cachedStatement(sql: "INSERT INTO disks (vm, idx, path, format, backing_chain, fingerprint) VALUES (?, ?, ?, ?, ?, ?)")
+        let s = try db.cachedStatement(sql: "INSERT INTO disks (vm, idx, path, format, backing_chain, fingerprint, device, inode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         try s.execute(arguments: [FastUUID.text(d.vm.uuid), d.index, d.path, d.format,
                                   LedgerEntry.jsonText(.array(d.backingChain.map { .string($0) })),
-                                  d.fingerprint?.description])
+                                  d.fingerprint?.description,
+                                  d.file.map { Int64(bitPattern: $0.device) }, d.file.map { Int64(bitPattern: $0.inode) }])
     }
 
     static func vm(_ r: Row, file: String) throws -> VMRecord {
@@ -556,8 +587,11 @@ enum Rows {
                 throw WardenError(.corrupt, "a disk's backing chain is not a JSON list")
             }
             let fp: String? = r["fingerprint"]
+            let dev: Int64? = r["device"], ino: Int64? = r["inode"]
+            var file: DiskRecord.FileID?
+            if let dev, let ino { file = DiskRecord.FileID(device: UInt64(bitPattern: dev), inode: UInt64(bitPattern: ino)) }
             return DiskRecord(vm: vm, index: r["idx"], path: r["path"], format: r["format"], backingChain: chain,
-                              fingerprint: fp.flatMap(Digest.init))
+                              fingerprint: fp.flatMap(Digest.init), file: file)
         }
     }
 

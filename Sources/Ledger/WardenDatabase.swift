@@ -52,7 +52,10 @@ public final class WardenDatabase: Sendable {
         }
         var config = Configuration()
         config.readonly = readOnly
-        config.busyMode = .timeout(10)
+        // Decisions and the changes they allow commit in one write transaction
+        // (``transaction(_:)``), so writers queue behind each other: wait long enough for a
+        // storm of concurrent copies to drain rather than failing.
+        config.busyMode = .timeout(60)
         config.prepareDatabase { db in
             if !checkpointOnClose, let c = db.sqliteConnection {
                 _ = warden_sqlite_no_checkpoint_on_close(c)
@@ -81,8 +84,12 @@ public final class WardenDatabase: Sendable {
             if current {
                 // Nothing to migrate.
             } else if !readOnly {
-                try WardenSchema.migrator.migrate(pool)
-                try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA user_version = \(WardenSchema.stamp)") }
+                // Serialised across processes: eight first commands on a fresh database must
+                // not each try to create the tables.
+                try MigrationLock.holding(databasePath: path) {
+                    try WardenSchema.migrator.migrate(pool)
+                    try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA user_version = \(WardenSchema.stamp)") }
+                }
             } else {
                 let pending = try pool.read { try WardenSchema.migrator.hasCompletedMigrations($0) }
                 if !pending {
@@ -102,13 +109,64 @@ public final class WardenDatabase: Sendable {
     }
 
     /// Runs `body` in a write transaction; SQLite errors become ``WardenError``s naming the file.
+    /// Inside ``transaction(_:)`` it runs on that transaction's connection, in a savepoint.
     public func write<T>(_ body: (Database) throws -> T) throws -> T {
+        if let db = boundConnection {
+            do {
+                var result: T?
+                try db.inSavepoint { result = try body(db); return .commit }
+                return result!
+            } catch { throw Self.wrap(error, path: path) }
+        }
         do { return try pool.write(body) } catch { throw Self.wrap(error, path: path) }
     }
 
-    /// Runs `body` in a read transaction (a consistent snapshot).
+    /// Runs `body` in a read transaction (a consistent snapshot). Inside ``transaction(_:)``
+    /// it reads on that transaction's connection (seeing its uncommitted changes).
     public func read<T>(_ body: (Database) throws -> T) throws -> T {
+        if let db = boundConnection {
+            do { return try body(db) } catch { throw Self.wrap(error, path: path) }
+        }
         do { return try pool.read(body) } catch { throw Self.wrap(error, path: path) }
+    }
+
+    /// The connection of the ``transaction(_:)`` this thread is inside, for this database.
+    private var boundConnection: Database? {
+        guard let b = Self.bound, b.owner == ObjectIdentifier(self) else { return nil }
+        return b.db
+    }
+
+    /// Whether the caller is inside ``transaction(_:)`` on this database.
+    public var inTransaction: Bool { boundConnection != nil }
+
+    private final class Bound: @unchecked Sendable {
+        // @unchecked: the connection is used only by the thread that runs the transaction body.
+        let db: Database
+        let owner: ObjectIdentifier
+        init(db: Database, owner: ObjectIdentifier) { self.db = db; self.owner = owner }
+    }
+    @TaskLocal private static var bound: Bound?
+
+    /// Runs `body` as one write transaction (`BEGIN IMMEDIATE`: it holds SQLite's write lock
+    /// from the start, so no other process or thread commits between what `body` reads and
+    /// what it writes). Every ``read(_:)`` and ``write(_:)`` on this database that `body`
+    /// makes, directly or through a store, joins the transaction; if `body` throws, all of
+    /// it is rolled back. Nested calls join the outer transaction.
+    ///
+    /// This is how a decision that depends on ledger state (a replica count, a uniqueness
+    /// check) commits together with the change it allows (docs/decisions.md).
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        if inTransaction { return try body() }
+        do {
+            return try pool.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.immediate) {
+                    result = try Self.$bound.withValue(Bound(db: db, owner: ObjectIdentifier(self))) { try body() }
+                    return .commit
+                }
+                return result!
+            }
+        } catch { throw Self.wrap(error, path: path) }
     }
 
     static func wrap(_ error: Error, path: String) -> Error {
@@ -126,6 +184,23 @@ public final class WardenDatabase: Sendable {
     /// SQLite reports a damaged or truncated file (not a busy or missing one).
     static func isDamage(_ e: DatabaseError) -> Bool {
         e.resultCode == .SQLITE_CORRUPT || e.resultCode == .SQLITE_NOTADB || e.extendedResultCode == .SQLITE_IOERR_SHORT_READ
+    }
+}
+
+/// An exclusive `flock` on the database's folder while migrations run, so concurrent first
+/// uses of a new database apply them once (the others wait, then find them applied).
+enum MigrationLock {
+    static func holding<T>(databasePath: String, _ body: () throws -> T) throws -> T {
+        var dir = (databasePath as NSString).deletingLastPathComponent
+        if dir.isEmpty { dir = "." }
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return try body() }
+        defer { close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR { return try body() }
+        }
+        defer { _ = flock(fd, LOCK_UN) }
+        return try body()
     }
 }
 

@@ -13,7 +13,9 @@ public enum PolicyGate {
     public enum Source: Sendable {
         /// An explicit directory (`--policy`): it must exist.
         case explicit(String)
-        /// The default directory; when it does not exist there is no policy (everything is allowed).
+        /// The default directory: `$WARDEN_POLICY` (which must exist), else `$WARDEN_HOME/policy`
+        /// or `~/.local/share/warden/policy`; when that implied default does not exist there is no
+        /// policy (everything is allowed).
         case defaultDirectory
         /// An already loaded set.
         case loaded(PolicySet)
@@ -30,6 +32,11 @@ public enum PolicyGate {
         case .explicit(let dir):
             return try PolicySet.load(directory: dir)
         case .defaultDirectory:
+            // $WARDEN_POLICY is an explicit choice: a misspelt or missing location must not
+            // turn policy off, so it has to exist. Only the implied default may be absent.
+            if let named = environment["WARDEN_POLICY"], !named.isEmpty {
+                return try PolicySet.load(directory: named)
+            }
             let dir = PolicySet.defaultDirectory(environment: environment)
             if !FileManager.default.fileExists(atPath: dir) { return emptySet }
             return try PolicySet.load(directory: dir)

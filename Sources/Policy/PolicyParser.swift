@@ -135,6 +135,7 @@ public enum PolicyParser {
     /// and all diagnostics; a document with errors must not be used for decisions.
     public static func parse(_ text: String, file: String) -> (PolicyDocument?, [PolicyDiagnostic]) {
         var r = NodeReader(file: file)
+        if let deep = YAMLNesting.tooDeep(text, file: file) { return (nil, [deep]) }
         let root: Node
         do {
             guard let n = try Yams.compose(yaml: text) else {

@@ -113,6 +113,7 @@ public enum PolicyTestRunner {
         var r = NodeReader(file: file)
         let root: Node
         do {
+            if let deep = YAMLNesting.tooDeep(text, file: file) { return (nil, [], [deep]) }
             guard let n = try Yams.compose(yaml: text) else { r.error(nil, "the file is empty"); return (nil, [], r.diagnostics) }
             root = n
         } catch let e as YamlError {

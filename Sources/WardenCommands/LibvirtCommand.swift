@@ -31,6 +31,9 @@ struct LibvirtHookCommand: ParsableCommand {
         var args: [String] = []
         if let db { args += ["--db", db] }
         if let policy { args += ["--policy", policy] }
+        // `warden libvirt-hook --db D -- DOMAIN …`: the parser keeps the `--` in the capture.
+        var hookArguments = hookArguments
+        if hookArguments.first == "--" { hookArguments.removeFirst() }
         let status = LibvirtHookProcess.main(args + ["--"] + hookArguments)
         if status != 0 { throw ExitCode(status) }
     }

@@ -42,7 +42,7 @@ struct PolicyCommand: ParsableCommand {
                 Output.stdout.line(try Output.json(Report(directory: directory, files: files, rules: docs.reduce(0) { $0 + $1.rules.count },
                                                           revision: set?.revision, defaultEffect: set?.defaultEffect.rawValue, ok: ok, diagnostics: diags)))
             } else {
-                for d in diags { Output.stdout.line(d.description) }
+                for d in diags { Output.stdout.line(oneLine(d.description)) }
                 if let set {
                     Output.stdout.line("\(files.count) file\(files.count == 1 ? "" : "s"), \(set.rules.count) rule\(set.rules.count == 1 ? "" : "s"), default \(set.defaultEffect.rawValue), revision \(set.revision)")
                 }
@@ -79,14 +79,14 @@ struct PolicyCommand: ParsableCommand {
                 Output.stdout.line(try Output.json(Report(directory: directory, revision: revision, passed: results.count - failed,
                                                           failed: failed, results: results, diagnostics: diags)))
             } else {
-                for d in diags { Output.stdout.line(d.description) }
+                for d in diags { Output.stdout.line(oneLine(d.description)) }
                 for r in results {
                     let where_ = "\((r.file as NSString).lastPathComponent):\(r.line)"
                     if r.passed {
-                        Output.stdout.line("PASS \(where_) \(r.name)")
+                        Output.stdout.line(oneLine("PASS \(where_) \(r.name)"))
                     } else {
-                        Output.stdout.line("FAIL \(where_) \(r.name): \(r.failure ?? "")")
-                        for reason in r.reasons { Output.stdout.line("     \(reason)") }
+                        Output.stdout.line(oneLine("FAIL \(where_) \(r.name): \(r.failure ?? "")"))
+                        for reason in r.reasons { Output.stdout.line(oneLine("     \(reason)")) }
                     }
                 }
                 Output.stdout.line("\(results.count - failed) passed, \(failed) failed")

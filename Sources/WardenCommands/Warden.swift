@@ -19,6 +19,14 @@ public struct Warden: ParsableCommand {
     )
     public init() {}
 
+    /// The exit status for an error that is neither a ``WardenError`` nor an `ExitCode`:
+    /// usage errors (the argument parser's validation failures) are bad input, 2; anything
+    /// else is a failure Warden did not foresee, an internal error, 4.
+    static func exitStatus(forUnexpected error: Error, parserCode: ExitCode) -> Int32 {
+        if error is ValidationError || parserCode == .validationFailure { return 2 }
+        return 4
+    }
+
     /// Parses `arguments`, runs the command and exits with Warden's exit codes:
     /// 0 ok, 1 a check found something, 2 bad input or usage, 3 denied by policy, 4 internal error.
     public static func runMain(_ arguments: [String]? = nil) -> Never {
@@ -46,8 +54,7 @@ public struct Warden: ParsableCommand {
                 Glibc.exit(0)
             }
             FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            // Usage errors are bad input (2), not EX_USAGE (64).
-            Glibc.exit(code == .validationFailure ? 2 : (code.rawValue == 0 ? 4 : 2))
+            Glibc.exit(exitStatus(forUnexpected: error, parserCode: code))
         }
     }
 }

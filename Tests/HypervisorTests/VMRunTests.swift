@@ -54,7 +54,7 @@ import Glibc
                                           disks: [DiskRecord(vm: VMID(), index: 0, path: disk, format: "qcow2")],
                                           event: NewEvent(kind: .registered, vm: nil))
         var gateCalls: [String] = []
-        let runner = VMRunner(store: store, counters: counters, home: home, gate: { op, _, _ in gateCalls.append(op) })
+        let runner = VMRunner(store: store, counters: counters, home: home, gate: { op, _, _ in gateCalls.append(op.rawValue) })
         let run = runner.runDirectory(vm0.id)
         var options = LaunchOptions()
         options.kernel = guest.kernel

@@ -284,6 +284,8 @@ struct UnreachableStore: LedgerStore {
     func disks(of vm: VMID) throws -> [DiskRecord] { throw fail() }
     func updateVM(_ id: VMID, event: NewEvent, _ change: (inout VMRecord) throws -> Void) throws -> (VMRecord, EventRecord) { throw fail() }
     func replaceDisks(of vm: VMID, with disks: [DiskRecord]) throws { throw fail() }
+    func vms(withDisk path: String, file: DiskRecord.FileID?) throws -> [VMRecord] { throw fail() }
+    func atomically<T>(family: VMID?, _ body: () throws -> T) throws -> T { throw fail() }
     func addHost(_ host: HostRecord) throws { throw fail() }
     func host(_ name: HostName) throws -> HostRecord? { throw fail() }
     func listHosts() throws -> [HostRecord] { throw fail() }

@@ -116,16 +116,5 @@ func formatClock(_ ns: UInt64) -> String {
     return "\(p(h, 4)):\(p(m, 2)):\(p(s, 2)).\(p(ms, 3))"
 }
 
-/// Replaces control characters with `\xNN` so guest-controlled text cannot break lines.
-func oneLine(_ s: String) -> String {
-    guard s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return s }
-    var out = ""
-    for u in s.unicodeScalars {
-        if u.value < 0x20 || u.value == 0x7F {
-            out += "\\x" + (u.value < 0x10 ? "0" : "") + String(u.value, radix: 16)
-        } else {
-            out.unicodeScalars.append(u)
-        }
-    }
-    return out
-}
+/// Guest-, feed- and user-controlled text on one terminal-safe line (``TerminalText/line(_:)``).
+func oneLine(_ s: String) -> String { TerminalText.line(s) }

@@ -21,7 +21,7 @@ enum VMRun {
                      // The one policy call site for VM lifecycle operations (start, stop, snapshot,
                      // rollback). Denials throw WardenError(.denied): exit 3. `reexposure` is nil when
                      // the impact report could not check advisories, so a `reexposes` rule fails closed.
-                     guard let op = VMOperation(rawValue: operation) else { return }
+                     let op = operation
                      let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
                      let request = PolicyRequest(operation: op, reexposure: op == .rollback ? findings : nil)
                      if op == .stop && forceStop {
