@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "Ledger", targets: ["Ledger"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
+        .library(name: "WardenServices", targets: ["WardenServices"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
     ],
     dependencies: [
@@ -72,9 +73,13 @@ let package = Package(
             "WardenCore", "DiskImage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
+        .target(name: "WardenServices", dependencies: [
+            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Ledger", "Policy", "Sysprep",
+        ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Ledger", "Policy", "Hypervisor", "Sysprep",
+            "Ledger", "Policy", "Hypervisor", "Sysprep", "WardenServices",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

@@ -34,6 +34,11 @@ public struct ZipArchive {
         /// Largest uncompressed/compressed ratio accepted for entries over 1 MiB.
         public static let maxRatio: UInt64 = 200
         public static let maxCentralDirectoryBytes: UInt64 = 512 << 20
+        /// The most all entries together may expand to.
+        public static let maxTotalBytes: UInt64 = 8 << 30
+        /// Largest ratio of all entries' uncompressed bytes to the archive's size, once the
+        /// total passes 64 MiB (real feeds compress JSON about 10:1).
+        public static let maxTotalRatio: UInt64 = 200
     }
 
     public let file: String
@@ -156,7 +161,43 @@ public struct ZipArchive {
                                  uncompressedSize: usize, localHeaderOffset: local))
             at = next
         }
+        try checkLayout(entries, directoryOffset: cdOffset, archiveSize: size, file: file)
         return entries
+    }
+
+    /// Every entry's local header and data lie before the central directory, and no two
+    /// entries share or overlap them: an archive whose directory points many entries at one
+    /// compressed record (a zip bomb that multiplies one record) is refused, and so is one
+    /// whose entries together expand past ``Limits/maxTotalBytes`` or ``Limits/maxTotalRatio``.
+    static func checkLayout(_ entries: [Entry], directoryOffset: UInt64, archiveSize: UInt64, file: String) throws {
+        var total: UInt64 = 0
+        for e in entries {
+            let (t, o) = total.addingReportingOverflow(e.uncompressedSize)
+            guard !o, t <= Limits.maxTotalBytes else {
+                throw WardenError.limit("zip entries expand to more than \(Limits.maxTotalBytes) bytes in all", file: file)
+            }
+            total = t
+        }
+        if total > 64 << 20, total / max(archiveSize, 1) > Limits.maxTotalRatio {
+            throw WardenError.limit("zip entries expand \(archiveSize) bytes to \(total) (ratio over \(Limits.maxTotalRatio)); refused as a possible zip bomb", file: file)
+        }
+        let byOffset = entries.indices.sorted { entries[$0].localHeaderOffset < entries[$1].localHeaderOffset }
+        var previousEnd: UInt64 = 0
+        var previous: Int?
+        for i in byOffset {
+            let e = entries[i]
+            // The least an entry occupies: its 30-byte local header and its compressed data.
+            let (span, o) = e.compressedSize.addingReportingOverflow(30)
+            let (end, o2) = e.localHeaderOffset.addingReportingOverflow(span)
+            guard !o, !o2, end <= directoryOffset else {
+                throw WardenError.corrupt("zip entry \(oneLine(e.name)) at \(hex(e.localHeaderOffset)) runs into the central directory", file: file)
+            }
+            if let previous, e.localHeaderOffset < previousEnd {
+                throw WardenError.corrupt("zip entries \(oneLine(entries[previous].name)) and \(oneLine(e.name)) share or overlap their data at \(hex(e.localHeaderOffset))", file: file)
+            }
+            previousEnd = end
+            previous = i
+        }
     }
 
     /// The uncompressed bytes of `entry`, checked against its size and CRC-32.

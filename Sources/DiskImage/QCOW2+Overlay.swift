@@ -578,11 +578,28 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         return out
     }
 
+    /// Removes the temporary files ``writeNewFile(_:_:durable:)`` may have left beside `path`.
+    public static func removeWriterTemps(of path: String) {
+        let slash = path.lastIndex(of: "/")
+        let dir = slash.map { String(path[..<$0]) } ?? "."
+        let base = (slash.map { String(path[path.index(after: $0)...]) } ?? path) + ".warden-tmp-"
+        guard let d = opendir(dir.isEmpty ? "/" : dir) else { return }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name.hasPrefix(base) { names.append(name) }
+        }
+        for n in names { unlink((dir.isEmpty ? "" : dir) + "/" + n) }
+    }
+
     /// Writes `bytes` to a temporary file beside `path`, syncs it (when `durable`), and links
     /// it into place (failing if `path` exists), then syncs the directory (when `durable`).
     static func writeNewFile(_ path: String, _ bytes: [UInt8], durable: Bool = true) throws {
         let tmp = path + ".warden-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: path)
         }

@@ -31,6 +31,14 @@ public struct GuestPathResolver: Sendable {
         guard path.count <= Self.maxPathLength else {
             throw WardenError(.invalidArgument, "guest path is longer than \(Self.maxPathLength) bytes")
         }
+        // As in POSIX, a trailing slash names a directory (following a final link to it).
+        if path.count > 1, path.last == 0x2F {
+            let r = try resolve(Array(path.dropLast()), followFinal: true)
+            guard r.stat.type == .directory else {
+                throw WardenError.notFound("\(String(decoding: path, as: UTF8.self)): not a directory")
+            }
+            return r
+        }
         var linksFollowed = 0
         // Stack of (name, inode) from the root; the root is the empty stack.
         var stack: [([UInt8], UInt64)] = []

@@ -182,6 +182,12 @@ public final class GuestView: @unchecked Sendable {
 
     /// Resolves `path` across mount points. Symlinks resolve inside the guest root; at most 40 are followed.
     public func resolve(_ path: String, followFinal: Bool = true) throws -> Resolved {
+        // As in POSIX, a trailing slash names a directory (following a final link to it).
+        if path.utf8.count > 1, path.hasSuffix("/") {
+            let r = try resolve(String(path.dropLast()), followFinal: true)
+            guard r.stat.type == .directory else { throw WardenError.notFound("\(path): not a directory") }
+            return r
+        }
         var links = 0
         var stack: [(name: [UInt8], fs: any FileSystem, inode: UInt64)] = []
         var pending = Array(path.utf8).split(separator: 0x2F).map(Array.init)

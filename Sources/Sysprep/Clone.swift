@@ -12,7 +12,7 @@ import Glibc
 ///
 /// Order (the commit point is the rename; see docs/sysprep.md):
 /// 1. each disk is created under a hidden temporary name in the destination folder
-///    (`.NAME.qcow2.warden-PID`): a qcow2 overlay backed by the source disk, or a sparse
+///    (the caller's; `vm clone` uses `.NAME.qcow2.warden-VMID`, WardenServices.Staging): a qcow2 overlay backed by the source disk, or a sparse
 ///    raw copy of the guest-visible disk with `full`;
 /// 2. the operations run on the boot disk (index 0) through the write path; the source is
 ///    opened read-only and never written. The temporary files are written without write
@@ -49,23 +49,31 @@ public enum Clone {
     /// verification passes. On any failure the temporary files are removed. When the
     /// verification finds a shared identity field, nothing is linked and the result carries
     /// the collisions (the caller records them and fails).
-    public static func make(sources: [Source], into dir: String, name: String, full: Bool,
-                            operations: [any SysprepOperation], options: SysprepOptions,
-                            checkFilesystemUUIDs: Bool,
-                            beforeCommit: (() throws -> Void)? = nil) throws -> Result {
-        guard !sources.isEmpty else { throw WardenError(.invalidArgument, "the VM has no disks") }
-        let options = options.forgingKeys(for: operations)
+    /// Checks that `name` can be a file name of a clone.
+    public static func checkName(_ name: String) throws {
         guard !name.isEmpty, !name.contains("/"), name != ".", name != "..", !name.hasPrefix("."),
               name.utf8.count <= 200 else {
             throw WardenError(.invalidArgument, "clone name \(name) cannot be a file name (one path component, not starting with '.')")
         }
-        let finals = sources.indices.map { dir + "/" + fileName(name: name, index: $0, count: sources.count, full: full) }
+    }
+
+    /// `finals[i]` is where disk `i` ends up, `temps[i]` the hidden name it is written under.
+    /// `commit` is the commit point: it links the temporary files into place (and records the
+    /// clone); it is called only when verification passed. Without `commit` the files are
+    /// linked here, never replacing one.
+    public static func make(sources: [Source], finals: [String], temps: [String], full: Bool,
+                            operations: [any SysprepOperation], options: SysprepOptions,
+                            checkFilesystemUUIDs: Bool,
+                            beforeCommit: (() throws -> Void)? = nil,
+                            commit: (() throws -> Void)? = nil) throws -> Result {
+        guard !sources.isEmpty else { throw WardenError(.invalidArgument, "the VM has no disks") }
+        guard finals.count == sources.count, temps.count == sources.count else {
+            throw WardenError(.internal, "clone: one final and one temporary name per disk")
+        }
+        let options = options.forgingKeys(for: operations)
+        let dir = ((finals[0] as NSString).deletingLastPathComponent)
         for f in finals where FileManager.default.fileExists(atPath: f) {
             throw WardenError(.conflict, "already exists; not overwritten", file: f)
-        }
-        let temps = finals.map { f -> String in
-            let base = (f as NSString).lastPathComponent
-            return dir + "/." + base + ".warden-\(getpid())"
         }
         var made: [String] = []
         let timer = PhaseTimer.shared
@@ -111,18 +119,22 @@ public enum Clone {
             // The boot disk was synced after its writes; the others (untouched overlays) now.
             for t in temps.dropFirst() { try syncFile(t) }
             try beforeCommit?()
-            // Commit point: link each file to its final name (never replacing one), then drop the temporary name.
-            var linked: [String] = []
-            for (t, f) in zip(temps, finals) {
-                guard link(t, f) == 0 else {
-                    let err = String(cString: strerror(errno))
-                    for l in linked { unlink(l) }
-                    throw WardenError(errno == EEXIST ? .conflict : .io, "cannot create: \(err)", file: f)
+            if let commit {
+                try commit()
+            } else {
+                // Commit point: link each file to its final name (never replacing one), then drop the temporary name.
+                var linked: [String] = []
+                for (t, f) in zip(temps, finals) {
+                    guard link(t, f) == 0 else {
+                        let err = String(cString: strerror(errno))
+                        for l in linked { unlink(l) }
+                        throw WardenError(errno == EEXIST ? .conflict : .io, "cannot create: \(err)", file: f)
+                    }
+                    linked.append(f)
                 }
-                linked.append(f)
+                for t in temps { unlink(t) }
+                syncDirectory(dir)
             }
-            for t in temps { unlink(t) }
-            syncDirectory(dir)
             timer.lap("link-commit")
             return Result(paths: finals, formats: Array(repeating: full ? "raw" : "qcow2", count: finals.count),
                           report: report, collisions: [])

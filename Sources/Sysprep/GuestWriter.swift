@@ -53,11 +53,23 @@ public final class GuestWriter: @unchecked Sendable {
         if touched[id] == nil { touched[id] = fs; touchedOrder.append(id) }
     }
 
-    /// Replaces a file's contents, keeping its mode and owner.
+    /// Replaces a file's contents, keeping its mode and owner. A symbolic link is refused:
+    /// writing through it would change whatever file the guest pointed it at (`/etc/shadow`).
     public func replace(_ path: String, with data: [UInt8]) throws {
+        try refuseLink(path)
         let t = try target(path)
         note(t.fs)
         try t.fs.replaceContents(of: t.path, with: data)
+    }
+
+    /// Throws if `path` is a symbolic link (its final component), naming where it points.
+    func refuseLink(_ path: String) throws {
+        guard let e = files.entry(path), e.type == .symlink else { return }
+        let to = (try? files.readLink(path)) ?? nil
+        let resolved = files.canonicalPath(path)
+        throw WardenError(.invalidArgument, "\(path) is a symbolic link" + (to.map { " to \($0)" } ?? "")
+                          + (resolved.map { ", resolving to \($0)" } ?? ", which does not resolve")
+                          + "; Warden does not write through links in a guest")
     }
 
     /// Creates a regular file (the path must not exist).

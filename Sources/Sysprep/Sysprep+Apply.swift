@@ -12,6 +12,11 @@ extension Sysprep {
                                   options: SysprepOptions,
                                   durability: QCOW2Overlay.Durability = .barriers) throws -> SysprepReport {
         let options = options.forgingKeys(for: operations)
+        // All or nothing: every operation first runs against a throwaway overlay of the image.
+        // Only when all of them succeed there is the image itself written (the same code, the
+        // same keys); a guest that makes any step fail (a dangling link, a link to a file the
+        // operation did not mean to change, a full filesystem) is left exactly as it was.
+        try trialRun(path, format: format, operations: operations, options: options)
         do {
             let img = try ImageOpener.openWritable(path, options: OpenOptions(format: format), durability: durability)
             let guest = try WritableGuestView.assemble(disk: img.device)
@@ -25,6 +30,33 @@ extension Sysprep {
             return report
         } catch let e as WardenError {
             throw e.inFile(path)
+        }
+    }
+}
+
+extension Sysprep {
+    /// Applies `operations` to a temporary qcow2 overlay backed by `path` (beside it, or in the
+    /// temporary folder when that folder is not writable), then deletes the overlay.
+    static func trialRun(_ path: String, format: ImageFormat?, operations: [any SysprepOperation], options: SysprepOptions) throws {
+        let detected = try format ?? ImageOpener.open(path, options: OpenOptions(maxBackingDepth: 0)).info.format
+        let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        let name = "." + (abs as NSString).lastPathComponent + ".warden-trial-" + UUID().uuidString.lowercased()
+        var trial = (abs as NSString).deletingLastPathComponent + "/" + name
+        if access((abs as NSString).deletingLastPathComponent, W_OK) != 0 { trial = NSTemporaryDirectory() + "/" + name }
+        defer {
+            unlink(trial)
+            QCOW2Overlay.removeWriterTemps(of: trial)
+        }
+        do {
+            try QCOW2Overlay.create(at: trial, backing: abs, backingFormat: detected.rawValue, durable: false)
+            let img = try ImageOpener.openWritable(trial, options: OpenOptions(format: .qcow2), durability: .processCrashOnly)
+            let guest = try WritableGuestView.assemble(disk: img.device)
+            _ = try apply(GuestWriter(writable: guest), operations: operations, options: options, image: path)
+        } catch let e as WardenError {
+            var e = e
+            e.file = path
+            e.message = "nothing was changed: " + e.message
+            throw e
         }
     }
 }

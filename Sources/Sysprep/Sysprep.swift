@@ -60,7 +60,8 @@ public enum Sysprep {
         var report = SysprepReport(image: image, dryRun: true)
         for op in ops {
             do {
-                report.operations.append(OperationResult(op, changes: try op.plan(guest, options)))
+                let changes = try op.plan(guest, options).map { annotateLink($0, guest) }
+                report.operations.append(OperationResult(op, changes: changes))
             } catch let e as WardenError {
                 throw WardenError(e.code, "\(op.name): \(e.message)", file: e.file, offset: e.offset)
             }
@@ -68,6 +69,18 @@ public enum Sysprep {
         report.hostname = options.hostname
         report.mac = options.ledgerMAC
         return report
+    }
+
+    /// A change that would write a file which is a symbolic link says where the link points
+    /// and that it will be refused (``GuestWriter`` never writes through links).
+    static func annotateLink(_ c: Change, _ guest: GuestFiles) -> Change {
+        guard c.action == .replace || c.action == .edit, let p = c.path, let e = guest.entry(p), e.type == .symlink else { return c }
+        var c = c
+        let to = (try? guest.readLink(p)) ?? nil
+        let resolved = guest.canonicalPath(p)
+        c.detail += " [a symbolic link" + (to.map { " to \($0)" } ?? "") + (resolved.map { ", resolving to \($0)" } ?? ", not resolving")
+            + ": refused, links are not written through]"
+        return c
     }
 
     /// Applies `operations` through `writer`, then commits every written filesystem.

@@ -31,6 +31,10 @@ public struct Warden: ParsableCommand {
     /// 0 ok, 1 a check found something, 2 bad input or usage, 3 denied by policy, 4 internal error.
     public static func runMain(_ arguments: [String]? = nil) -> Never {
         let timer = PhaseTimer.shared // the lap origin: main entered
+        // Whatever the caller's umask, what Warden creates is private: disks, exports, overlays
+        // and folders hold guest data (host keys, /etc/shadow clusters). Modes that must be
+        // wider (the libvirt hook file) are set explicitly (docs/decisions.md).
+        umask(0o077)
         do {
             var command = try parseAsRoot(arguments)
             timer.lap("parse-arguments")

@@ -48,7 +48,7 @@ struct ImageExport: ParsableCommand {
         }
         let dir = (output as NSString).deletingLastPathComponent
         let tmp = (dir.isEmpty ? "." : dir) + "/.\((output as NSString).lastPathComponent).warden-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: output)
         }

@@ -5,6 +5,7 @@ import DiskImage
 import GuestFS
 import Sysprep
 import Ledger
+import WardenServices
 
 /// Options shared by `image sysprep` and `vm clone`: which operations, and their inputs.
 struct SysprepSelection: ParsableArguments {

@@ -4,6 +4,7 @@ import Foundation
 import GuestFS
 import Ledger
 import WardenCore
+import WardenServices
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -32,24 +32,24 @@ struct DatabaseOptions: ParsableArguments {
 typealias DatabaseOption = DatabaseOptions
 typealias LedgerLogOptions = DatabaseOptions
 
-/// The one place where ledger operations will ask the policy engine (issue 6).
-///
-/// Every command that copies, transfers or retires a VM calls ``authorize(_:vm:store:detail:)``
-/// before changing anything. Today it allows everything; when policy enforcement arrives, a
-/// denial throws `WardenError(.denied, …)` (exit 3) and is recorded as a `policy-decision` event.
-/// The policy door for the ledger's VM-changing commands: every call decides through
-/// ``PolicyGate`` (policy from $WARDEN_POLICY, $WARDEN_HOME/policy, …; docs/policy.md), records
-/// the decision in the ledger, and throws `WardenError(.denied)` (exit 3) on deny.
-enum LedgerPolicy {
-    enum Operation: String { case copy, clone, transfer, retire }
+/// `--policy DIR`, shared by every command that decides (copy, clone, transfer, retire, the
+/// lifecycle commands, `policy check`). Without it the policy is `$WARDEN_POLICY` (which must
+/// exist), else `$WARDEN_HOME/policy` or `~/.local/share/warden/policy` (docs/policy.md).
+struct PolicyOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The policy directory or file (must exist; default: $WARDEN_POLICY, which must exist too, else $WARDEN_HOME/policy, else ~/.local/share/warden/policy).",
+                               valueName: "dir"))
+    var policy: String?
 
-    static func authorize(_ operation: Operation, vm: VMRecord, store: any LedgerStore,
-                          detail: [String: JSONValue] = [:]) throws {
-        guard let op = VMOperation(rawValue: operation.rawValue) else {
-            throw WardenError(.internal, "no policy operation \(operation.rawValue)")
-        }
-        let decision = try PolicyGate.check(PolicyRequest(operation: op, destination: detail["dest"]?.stringValue), vm: vm, store: store)
-        if decision.effect == .quarantine { Output.note(decision.summary) }
+    var source: PolicyGate.Source { policy.map { .explicit($0) } ?? .defaultDirectory }
+}
+
+/// Test-only pauses at commit points, so crash tests can kill a process there
+/// deterministically: `NAME=SECONDS`, honoured only with `WARDEN_TEST_HOOKS=1`.
+enum TestHooks {
+    static func pause(_ name: String) -> (() throws -> Void)? {
+        let env = ProcessInfo.processInfo.environment
+        guard env["WARDEN_TEST_HOOKS"] == "1", let s = env[name].flatMap(Double.init), s > 0, s < 60 else { return nil }
+        return { Thread.sleep(forTimeInterval: s) }
     }
 }
 

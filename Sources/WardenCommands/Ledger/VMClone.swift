@@ -4,6 +4,7 @@ import WardenCore
 import DiskImage
 import Ledger
 import Sysprep
+import WardenServices
 
 /// `warden vm clone VM --name NAME`: a new VM whose disks are overlays of VM's, with a fresh identity.
 struct VMClone: ParsableCommand {
@@ -25,6 +26,7 @@ struct VMClone: ParsableCommand {
     @Flag(help: "Full copies (sparse raw, backing chain flattened) instead of qcow2 overlays.") var full = false
     @Option(help: "Folder for the new disk files, created if missing (default: the folder of the source's boot disk).") var dir: String?
     @OptionGroup var selection: SysprepSelection
+    @OptionGroup var policyOptions: PolicyOptions
     @Flag(help: "Print JSON (schema warden.vm.clone/v1, docs/sysprep.md).") var json = false
 
     func validate() throws {
@@ -51,94 +53,18 @@ struct VMClone: ParsableCommand {
     }
 
     func run() throws {
-        let timer = PhaseTimer.shared
-        let ops = try selection.selected()
-        // RSA-3072 generation is the longest step: start it now, so it overlaps the ledger and
-        // policy work as well as the overlay (keys are discarded if the clone does not happen).
-        let forge = ops.contains { $0.name == "ssh-hostkeys" } ? HostKeyForge() : nil
-        let store = try database.open(create: false)
-        timer.lap("ledger-open")
-        let src = try store.resolveVM(vm)
-        guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
-        let all = try store.listVMs()
-        if all.contains(where: { $0.name == name && $0.state != .retired }) {
-            throw WardenError(.conflict, "a VM named \(name) already exists")
-        }
-        let disks = try store.disks(of: src.id).sorted { $0.index < $1.index }
-        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to clone") }
-
-        // The hostname: --hostname, else the clone's name when it is a valid hostname.
-        var hostname = selection.hostname
-        if hostname == nil, SysprepOptions.validHostname(name) { hostname = name }
-        // A MAC no other VM in the ledger has.
-        let used = Set(all.compactMap { $0.mac?.lowercased() })
-        var mac = Sysprep.newMAC()
-        for _ in 0..<64 where used.contains(mac) { mac = Sysprep.newMAC() }
-        let refreshMAC = ops.contains { $0.name == "mac-address" }
-        let options = SysprepOptions(hostname: hostname, authorizedKeysUsers: selection.removeAuthorizedKeys,
-                                     ledgerMAC: refreshMAC ? mac : nil, keys: forge)
-        let destDir = absolutePath(dir ?? (disks[0].path as NSString).deletingLastPathComponent)
-        timer.lap("ledger-read")
-
-        // Policy check: the one call site for clone decisions (exit 3 when denied).
-        try LedgerPolicy.authorize(.clone, vm: src, store: store,
-                                   detail: ["mode": .string(full ? "full" : "overlay"), "name": .string(name),
-                                            "dest": .string(destDir), "operations": .array(ops.map { .string($0.name) })])
-
-        timer.lap("policy-decision")
-        try FileManager.default.createDirectory(atPath: destDir, withIntermediateDirectories: true)
-        let result = try Clone.make(sources: disks.map { Clone.Source(path: $0.path, format: $0.format) },
-                                    into: destDir, name: name, full: full, operations: ops, options: options,
-                                    checkFilesystemUUIDs: ops.contains { $0.name == "fs-uuids" },
-                                    beforeCommit: Self.testHookBeforeCommit)
-        let now = Date()
-        timer.lap("clone-make")
+        let service = VMService(store: try database.open(create: false), policy: policyOptions.source, note: { Output.note($0) })
+        PhaseTimer.shared.lap("ledger-open")
+        let result = try service.clone(.init(vm: vm, name: name, full: full, directory: dir, operations: try selection.selected(),
+                                             hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys),
+                                       beforeCommit: Self.testHookBeforeCommit)
+        let src = result.source
         if !result.collisions.isEmpty {
-            // Record the refused clone on the source VM, then fail loudly.
-            _ = try store.append(NewEvent(kind: .policyDecision, vm: src.id, time: now, payload: [
-                "decision": .string("deny"), "rule": .string("clone-identity-verification"),
-                "clone_name": .string(name),
-                "collisions": .array(result.collisions.map { c -> JSONValue in .object(["field": .string(c.field), "detail": .string(c.detail)]) }),
-            ]))
             for c in result.collisions { Output.error("\(name): identity shared with \(src.name): \(c.field): \(c.detail)") }
             Output.error("clone \(name) of \(src.name) still shares \(result.collisions.count) identity field(s) with its source; nothing was created (recorded as a policy-decision event)")
             throw ExitCode(1)
         }
-
-        let new = VMRecord(name: name, owner: src.owner, labels: src.labels, state: .stopped, generation: UUID(),
-                           parent: src.id, parentGeneration: src.generation, createdAt: now, updatedAt: now,
-                           mac: refreshMAC ? mac : src.mac)
-        let r = result.report
-        var payload: [String: JSONValue] = [
-            "parent": .string(src.id.description),
-            "parent_generation": .string(src.generation.uuidString.lowercased()),
-            "mode": .string(full ? "full" : "overlay"),
-            "disks": .array(zip(result.paths, disks).map { p, d -> JSONValue in
-                .object(["path": .string(p), "format": .string(full ? "raw" : "qcow2"), "source": .string(d.path)])
-            }),
-            "operations": .array(r.operations.map { op -> JSONValue in
-                .object(["name": .string(op.name), "changed": .bool(op.changedSomething)])
-            }),
-            // As in registered/discovered events: the fingerprints, sorted; plus which file holds each.
-            "ssh_host_keys": .array(r.hostKeys.map { $0.fingerprint }.sorted().map { JSONValue.string($0) }),
-            "ssh_host_key_files": .array(r.hostKeys.map { k -> JSONValue in
-                .object(["type": .string(k.type), "path": .string(k.path), "fingerprint": .string(k.fingerprint)])
-            }),
-            "verification": .object(["passed": .bool(true)]),
-        ]
-        if let m = r.machineId { payload["machine_id"] = .string(m) }
-        if let h = hostname, ops.contains(where: { $0.name == "hostname" }) { payload["hostname"] = .string(h) }
-        if let m = new.mac { payload["mac"] = .string(m) }
-        if !r.filesystemUUIDs.isEmpty { payload["filesystem_uuids"] = .object(r.filesystemUUIDs.mapValues { JSONValue.string($0) }) }
-        let records = result.paths.enumerated().map { i, p in
-            DiskRecord(vm: new.id, index: i, path: p, format: result.formats[i],
-                       backingChain: full ? [] : [disks[i].path] + disks[i].backingChain)
-        }
-        let (created, _) = try store.createVM(new, disks: records,
-                                              event: NewEvent(kind: .cloned, vm: new.id, time: now,
-                                                              generationBefore: src.generation, generationAfter: new.generation,
-                                                              payload: payload))
-        timer.lap("ledger-append-cloned")
+        let created = result.vm, r = result.report
         if json {
             Output.stdout.line(try Output.json(Report(
                 vm: created.id.description, name: created.name, parent: src.id.description,
@@ -157,9 +83,5 @@ struct VMClone: ParsableCommand {
 
     /// `WARDEN_TEST_CLONE_PAUSE=SECONDS` sleeps just before the commit point, so crash tests can
     /// kill the process there deterministically. Only honoured with `WARDEN_TEST_HOOKS=1`.
-    static var testHookBeforeCommit: (() throws -> Void)? {
-        let env = ProcessInfo.processInfo.environment
-        guard env["WARDEN_TEST_HOOKS"] == "1", let s = env["WARDEN_TEST_CLONE_PAUSE"].flatMap(Double.init), s > 0, s < 60 else { return nil }
-        return { Thread.sleep(forTimeInterval: s) }
-    }
+    static var testHookBeforeCommit: (() throws -> Void)? { TestHooks.pause("WARDEN_TEST_CLONE_PAUSE") }
 }

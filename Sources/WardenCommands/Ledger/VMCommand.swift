@@ -4,7 +4,9 @@ import Foundation
 import GuestFS
 import Inspection
 import Ledger
+import Policy
 import WardenCore
+import WardenServices
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,73 +22,8 @@ struct VMCommand: ParsableCommand {
     )
 }
 
-// MARK: - Disks
-
-/// What the ledger records about one disk image, read from the image itself.
-struct ExaminedDisk {
-    var path: String
-    var format: ImageFormat
-    var virtualSize: UInt64
-    var backingChain: [String]
-    var fingerprint: Digest
-    /// Guest facts when the disk could be inspected (nil otherwise).
-    var inventory: Inventory?
-
-    /// Opens `path` (format by content; backing files with their declared format), fingerprints
-    /// the guest-visible disk and, when `inspect`, reads the guest's identity.
-    static func examine(_ path: String, inspect: Bool = true) throws -> ExaminedDisk {
-        let abs = absolutePath(path)
-        let img = try ImageOpener.open(abs)
-        let fp = try ContentFingerprint.of(img.device)
-        var inv: Inventory?
-        if inspect {
-            inv = try? {
-                let layout = try GuestDisk.layout(of: img.device)
-                let view = try GuestView.assemble(disk: img.device, layout: layout)
-                return Inspection.inspect(view: view, image: abs)
-            }()
-        }
-        return ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
-                            backingChain: img.chain.dropFirst().map { absolutePath($0.path) },
-                            fingerprint: fp, inventory: inv)
-    }
-
-    func record(vm: VMID, index: Int) -> DiskRecord {
-        DiskRecord(vm: vm, index: index, path: path, format: format.rawValue, backingChain: backingChain, fingerprint: fingerprint)
-    }
-
-    var machineID: String? { inventory?.identity.machineId.value }
-    var hostKeys: [String] {
-        (inventory?.ssh.hostKeys ?? []).compactMap { $0.publicKey.value?.fingerprint }.sorted()
-    }
-    /// `debian 12`, `alpine 3.19`: os-release ID and VERSION_ID.
-    var os: String? {
-        guard let inv = inventory, let id = inv.os.id.value else { return nil }
-        if let v = inv.os.versionId.value { return "\(id) \(v)" }
-        return id
-    }
-}
-
-/// The payload of registered and discovered events: disks and what the guest said about itself.
-func diskPayload(_ disks: [ExaminedDisk]) -> [String: JSONValue] {
-    var p: [String: JSONValue] = [
-        "disks": .array(disks.map { d in
-            .object(["path": .string(d.path), "format": .string(d.format.rawValue),
-                     "fingerprint": .string(d.fingerprint.description),
-                     "backing_chain": .array(d.backingChain.map { .string($0) })])
-        }),
-    ]
-    if let os = disks.lazy.compactMap(\.os).first { p["os"] = .string(os) }
-    if let mid = disks.lazy.compactMap(\.machineID).first { p["machine_id"] = .string(mid) }
-    let keys = Array(Set(disks.flatMap(\.hostKeys))).sorted()
-    if !keys.isEmpty { p["ssh_host_keys"] = .array(keys.map { .string($0) }) }
-    return p
-}
-
-func absolutePath(_ path: String) -> String {
-    let url = URL(fileURLWithPath: path)
-    return url.standardizedFileURL.path
-}
+/// The event payload of registered and discovered VMs (``ExaminedDisk/payload(_:)``).
+func diskPayload(_ disks: [ExaminedDisk]) -> [String: JSONValue] { ExaminedDisk.payload(disks) }
 
 // MARK: - register
 
@@ -113,22 +50,9 @@ struct VMRegister: ParsableCommand {
     }
 
     func run() throws {
-        let labels = try LabelArgument.parse(labels)
-        let host = host.flatMap(HostName.init) ?? .current
-        let disks = try images.map { try ExaminedDisk.examine($0) }
-        if Set(disks.map(\.path)).count != disks.count { throw WardenError(.invalidArgument, "the same image is given twice") }
         let store = try database.open(create: true)
-        for d in disks {
-            if let existing = try store.disk(atPath: d.path) {
-                throw WardenError(.conflict, "already registered as disk \(existing.index) of VM \(existing.vm)", file: d.path)
-            }
-        }
-        let now = Date()
-        let vm = VMRecord(name: name, owner: owner, labels: labels, state: .registered, createdAt: now, updatedAt: now)
-        let (created, _) = try store.createVM(vm, disks: disks.enumerated().map { $1.record(vm: vm.id, index: $0) },
-                                              event: NewEvent(kind: .registered, vm: vm.id, host: host, time: now,
-                                                              payload: diskPayload(disks)))
-        try store.openResidency(vm: created.id, host: host, kind: .stored, at: now)
+        let created = try VMService(store: store, host: host.flatMap(HostName.init) ?? .current)
+            .register(.init(images: images, name: name, owner: owner, labels: try LabelArgument.parse(labels)))
         Output.stdout.line(created.id.description)
     }
 }
@@ -304,6 +228,7 @@ struct VMCopy: ParsableCommand {
     @Option(help: "The new VM's name (default: NAME-copy).") var name: String?
     @Flag(help: "Create qcow2 overlays backed by the original disks instead of full copies.") var overlay = false
     @Option(help: "The host the copy is stored on (default: this host).") var host: String?
+    @OptionGroup var policyOptions: PolicyOptions
 
     func validate() throws {
         if let name { _ = try NameArgument.check(name, what: "--name") }
@@ -312,122 +237,10 @@ struct VMCopy: ParsableCommand {
 
     func run() throws {
         let store = try database.open(create: false)
-        let src = try store.resolveVM(vm)
-        let host = host.flatMap(HostName.init) ?? .current
-        guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
-        let disks = try store.disks(of: src.id)
-        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to copy") }
-        try LedgerPolicy.authorize(.copy, vm: src, store: store,
-                                   detail: ["mode": .string(overlay ? "overlay" : "full"), "dest": .string(absolutePath(dest))])
-        let destDir = absolutePath(dest)
-        try FileManager.default.createDirectory(atPath: destDir, withIntermediateDirectories: true)
-        var targets: [String] = []
-        for d in disks {
-            var base = (d.path as NSString).lastPathComponent
-            if overlay { base = ((base as NSString).deletingPathExtension) + ".qcow2" }
-            let t = destDir + "/" + base
-            if targets.contains(t) { throw WardenError(.conflict, "two disks would be written to the same file", file: t) }
-            if FileManager.default.fileExists(atPath: t) { throw WardenError(.conflict, "already exists; not overwritten", file: t) }
-            targets.append(t)
-        }
-        var made: [String] = []
-        do {
-            for (d, t) in zip(disks, targets) {
-                if overlay {
-                    try Self.createOverlay(of: d, at: t)
-                } else {
-                    try Self.byteCopy(d.path, to: t)
-                    try Self.fixRelativeBacking(of: d, copy: t)
-                }
-                made.append(t)
-            }
-        } catch {
-            for t in made { unlink(t) }
-            throw error
-        }
-        let examined: [ExaminedDisk]
-        do { examined = try targets.map { try ExaminedDisk.examine($0) } } catch {
-            for t in made { unlink(t) }
-            throw error
-        }
-        let now = Date()
-        let new = VMRecord(name: name ?? src.name + "-copy", owner: src.owner, labels: src.labels, state: .stopped,
-                           generation: UUID(), parent: src.id, parentGeneration: src.generation, createdAt: now, updatedAt: now)
-        var payload = diskPayload(examined)
-        payload["source"] = .string(src.id.description)
-        payload["source_generation"] = .string(src.generation.uuidString.lowercased())
-        payload["mode"] = .string(overlay ? "overlay" : "full")
-        let (created, _) = try store.createVM(new, disks: examined.enumerated().map { $1.record(vm: new.id, index: $0) },
-                                              event: NewEvent(kind: .copied, vm: new.id, host: host, time: now,
-                                                              generationBefore: src.generation, generationAfter: new.generation,
-                                                              payload: payload))
-        try store.openResidency(vm: created.id, host: host, kind: .stored, at: now)
+        let created = try VMService(store: store, policy: policyOptions.source, note: { Output.note($0) })
+            .copy(.init(vm: vm, destination: dest, name: name, overlay: overlay, host: host.flatMap(HostName.init)),
+                  testPause: TestHooks.pause("WARDEN_TEST_COPY_PAUSE"))
         Output.stdout.line(created.id.description)
-    }
-
-    static func createOverlay(of d: DiskRecord, at target: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", d.path, "-F", d.format, target]
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
-        do { try p.run() } catch {
-            throw WardenError(.unavailable, "cannot run qemu-img: \(error.localizedDescription)")
-        }
-        let msg = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            unlink(target)
-            throw WardenError(.io, "qemu-img create failed: \(oneLine(String(decoding: msg.prefix(300), as: UTF8.self)))", file: target)
-        }
-    }
-
-    /// A byte copy keeps the backing reference as written; a relative one is made absolute
-    /// (`qemu-img rebase -u`) so the copy still finds the same backing file from its new folder.
-    static func fixRelativeBacking(of d: DiskRecord, copy: String) throws {
-        guard d.format == "qcow2", let backing = d.backingChain.first else { return }
-        let img = try ImageOpener.open(copy, options: OpenOptions(maxBackingDepth: 0))
-        guard let written = img.info.backingFile, !written.hasPrefix("/") else { return }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["qemu-img", "rebase", "-u", "-b", backing, "-F", img.info.backingFormat ?? "raw", copy]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw WardenError(.io, "qemu-img rebase failed", file: copy) }
-    }
-
-    /// Copies `src` to `dst` (created exclusively), leaving holes where the source reads as zeros.
-    static func byteCopy(_ src: String, to dst: String) throws {
-        let inFD = open(src, O_RDONLY | O_CLOEXEC)
-        guard inFD >= 0 else { throw WardenError(.io, "cannot open: \(String(cString: strerror(errno)))", file: src) }
-        defer { close(inFD) }
-        let outFD = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard outFD >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: dst) }
-        var ok = false
-        defer { close(outFD); if !ok { unlink(dst) } }
-        let chunk = 1 << 20
-        var buf = [UInt8](repeating: 0, count: chunk)
-        var offset: UInt64 = 0
-        while true {
-            let n = buf.withUnsafeMutableBytes { pread(inFD, $0.baseAddress, chunk, off_t(offset)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw WardenError(.io, "read failed: \(String(cString: strerror(errno)))", file: src)
-            }
-            if n == 0 { break }
-            let slice = buf[0..<n]
-            if slice.contains(where: { $0 != 0 }) {
-                try buf.withUnsafeBytes { try FileDescriptorIO.pwriteAll(outFD, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, name: dst) }
-            }
-            offset += UInt64(n)
-        }
-        guard ftruncate(outFD, off_t(offset)) == 0, fsync(outFD) == 0 else {
-            throw WardenError(.io, "cannot finish the copy: \(String(cString: strerror(errno)))", file: dst)
-        }
-        ok = true
     }
 }
 
@@ -439,16 +252,13 @@ struct VMTransfer: ParsableCommand {
     @Argument(help: "The VM.") var vm: String
     @Option(help: "The new owner.") var to: String
 
+    @OptionGroup var policyOptions: PolicyOptions
+
     func validate() throws { _ = try NameArgument.check(to, what: "--to") }
 
     func run() throws {
         let store = try database.open(create: false)
-        let v = try store.resolveVM(vm)
-        guard v.state != .retired else { throw WardenError(.conflict, "VM \(v.id) is retired") }
-        guard v.owner != to else { throw WardenError(.conflict, "VM \(v.id) already belongs to \(oneLine(to))") }
-        try LedgerPolicy.authorize(.transfer, vm: v, store: store, detail: ["to": .string(to)])
-        let (_, e) = try store.updateVM(v.id, event: NewEvent(kind: .ownershipTransferred, vm: v.id,
-                                                             payload: ["from": .string(v.owner), "to": .string(to)])) { $0.owner = to }
+        let (v, e) = try VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }).transfer(vm, to: to)
         Output.stdout.line("VM \(v.id) now belongs to \(oneLine(to)) (event \(e.seq))")
     }
 }
@@ -459,18 +269,11 @@ struct VMRetire: ParsableCommand {
         discussion: "Closes the VM's open ran-on interval. Stored-on intervals stay open: retiring does not prove the disks are gone.")
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
+    @OptionGroup var policyOptions: PolicyOptions
 
     func run() throws {
         let store = try database.open(create: false)
-        let v = try store.resolveVM(vm)
-        guard v.state != .retired else { throw WardenError(.conflict, "VM \(v.id) is already retired") }
-        try LedgerPolicy.authorize(.retire, vm: v, store: store)
-        let now = Date()
-        let (_, e) = try store.updateVM(v.id, event: NewEvent(kind: .retired, vm: v.id, time: now,
-                                                             payload: ["previous_state": .string(v.state.rawValue)])) { $0.state = .retired }
-        for r in try store.residency(of: v.id) where r.to == nil && r.kind == .ran {
-            try store.closeResidency(vm: v.id, host: r.host, kind: .ran, at: max(now, r.from))
-        }
+        let (v, e) = try VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }).retire(vm)
         Output.stdout.line("VM \(v.id) retired (event \(e.seq))")
     }
 }

@@ -1,0 +1,80 @@
+import DiskImage
+import Foundation
+import GuestFS
+import Inspection
+import Ledger
+import WardenCore
+
+/// What the ledger records about one disk image, read from the image itself: the one
+/// "open image → layout → guest view → inventory" pipeline the services share.
+public struct ExaminedDisk: Sendable {
+    public var path: String
+    public var format: ImageFormat
+    public var virtualSize: UInt64
+    public var backingChain: [String]
+    public var fingerprint: Digest
+    /// Guest facts when the disk could be inspected (nil otherwise).
+    public var inventory: Inventory?
+    /// The file's device and inode (one live VM per file).
+    public var file: DiskRecord.FileID?
+
+    /// Opens `path` (format by content; backing files with their declared format), fingerprints
+    /// the guest-visible disk and, when `inspect`, reads the guest's identity.
+    public static func examine(_ path: String, inspect: Bool = true) throws -> ExaminedDisk {
+        let abs = absolutePath(path)
+        let img = try ImageOpener.open(abs)
+        let fp = try ContentFingerprint.of(img.device)
+        var inv: Inventory?
+        if inspect { inv = try? GuestPipeline.inventory(of: img.device, image: abs) }
+        return ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
+                            backingChain: img.chain.dropFirst().map { absolutePath($0.path) },
+                            fingerprint: fp, inventory: inv, file: DiskRecord.FileID.of(path: abs))
+    }
+
+    public func record(vm: VMID, index: Int) -> DiskRecord {
+        DiskRecord(vm: vm, index: index, path: path, format: format.rawValue, backingChain: backingChain,
+                   fingerprint: fingerprint, file: file)
+    }
+
+    public var machineID: String? { inventory?.identity.machineId.value }
+    public var hostKeys: [String] {
+        (inventory?.ssh.hostKeys ?? []).compactMap { $0.publicKey.value?.fingerprint }.sorted()
+    }
+    /// `debian 12`, `alpine 3.19`: os-release ID and VERSION_ID.
+    public var os: String? {
+        guard let inv = inventory, let id = inv.os.id.value else { return nil }
+        if let v = inv.os.versionId.value { return "\(id) \(v)" }
+        return id
+    }
+
+    /// The payload of registered and discovered events: disks and what the guest said about itself.
+    public static func payload(_ disks: [ExaminedDisk]) -> [String: JSONValue] {
+        var p: [String: JSONValue] = [
+            "disks": .array(disks.map { d in
+                .object(["path": .string(d.path), "format": .string(d.format.rawValue),
+                         "fingerprint": .string(d.fingerprint.description),
+                         "backing_chain": .array(d.backingChain.map { .string($0) })])
+            }),
+        ]
+        if let os = disks.lazy.compactMap(\.os).first { p["os"] = .string(os) }
+        if let mid = disks.lazy.compactMap(\.machineID).first { p["machine_id"] = .string(mid) }
+        let keys = Array(Set(disks.flatMap(\.hostKeys))).sorted()
+        if !keys.isEmpty { p["ssh_host_keys"] = .array(keys.map { .string($0) }) }
+        return p
+    }
+}
+
+/// Opening a guest for inspection.
+public enum GuestPipeline {
+    /// The guest's inventory from its guest-visible disk: layout, fstab-assembled view, inspection.
+    public static func inventory(of device: any BlockDevice, image: String) throws -> Inventory {
+        let layout = try GuestDisk.layout(of: device)
+        let view = try GuestView.assemble(disk: device, layout: layout)
+        return Inspection.inspect(view: view, image: image)
+    }
+}
+
+/// `path` made absolute and normalised (`.` and `..` folded; links are not followed).
+public func absolutePath(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.path
+}

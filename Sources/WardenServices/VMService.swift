@@ -1,0 +1,341 @@
+import DiskImage
+import Foundation
+import Ledger
+import Policy
+import Sysprep
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The VM workflows that the CLI, the libvirt hook and (later) the fleet server share:
+/// register, copy, clone, transfer and retire, each deciding through policy and committing the
+/// decision together with the change it allows (``LedgerStore/atomically(family:_:)``).
+///
+/// A decision that depends on ledger state is therefore never stale: twenty concurrent copies
+/// under `maxReplicas: 2` are serialised, each counts the replicas the earlier ones created, and
+/// the third and later are denied (docs/decisions.md, "Atomic decisions").
+public struct VMService: Sendable {
+    public let store: any LedgerStore
+    /// Where the policy comes from (`--policy`, else the default directory).
+    public let policy: PolicyGate.Source
+    public let host: HostName
+    /// Where notes go (quarantine summaries, warnings).
+    public var note: @Sendable (String) -> Void
+
+    public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
+                note: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.store = store; self.policy = policy; self.host = host; self.note = note
+    }
+
+    // MARK: - Decisions
+
+    /// Decides `request` without recording, to fail early before expensive work. The decision
+    /// that counts is the one made again inside the commit (``decideAndApply(_:vm:family:apply:)``).
+    public func preview(_ request: PolicyRequest, vm: VMRecord) -> Decision {
+        PolicyGate.decide(request, vm: vm, policy: Result { try PolicyGate.load(policy) }, facts: LedgerPolicyFacts.wired(store))
+    }
+
+    /// Decides, records the decision and, when allowed, runs `apply`, all in one ledger
+    /// transaction. A denial is recorded (the transaction commits without the change) and then
+    /// thrown as `WardenError(.denied)`. If `apply` throws, nothing of it is committed.
+    public func decideAndApply<T>(_ request: PolicyRequest, vm: VMRecord, family: VMID?,
+                                  apply: () throws -> T) throws -> (Decision, T) {
+        let (decision, result): (Decision, T?) = try store.atomically(family: family) {
+            let (decision, _) = PolicyGate.evaluate(request, vm: vm, store: store, source: policy)
+            guard decision.effect != .deny else { return (decision, nil) }
+            return (decision, try apply())
+        }
+        guard let result, decision.effect != .deny else { throw WardenError(.denied, decision.summary) }
+        if decision.effect == .quarantine { note(decision.summary) }
+        return (decision, result)
+    }
+
+    /// Decides and records a decision that changes nothing else (transfer, retire gates).
+    public func authorize(_ request: PolicyRequest, vm: VMRecord) throws -> Decision {
+        try decideAndApply(request, vm: vm, family: vm.id) { () }.0
+    }
+
+    // MARK: - register
+
+    public struct RegisterRequest: Sendable {
+        public var images: [String]
+        public var name: String
+        public var owner: String
+        public var labels: [String: String]
+        public init(images: [String], name: String, owner: String, labels: [String: String] = [:]) {
+            self.images = images; self.name = name; self.owner = owner; self.labels = labels
+        }
+    }
+
+    /// Registers a VM from its disk images. The check that no live VM has any of the disks
+    /// (by path, or by device and inode) and the registration commit together; the database
+    /// enforces the same with a trigger.
+    public func register(_ r: RegisterRequest) throws -> VMRecord {
+        let disks = try r.images.map { try ExaminedDisk.examine($0) }
+        if Set(disks.map(\.path)).count != disks.count { throw WardenError(.invalidArgument, "the same image is given twice") }
+        if Set(disks.compactMap(\.file)).count != disks.compactMap(\.file).count {
+            throw WardenError(.invalidArgument, "two of the images are the same file")
+        }
+        let now = Date()
+        let vm = VMRecord(name: r.name, owner: r.owner, labels: r.labels, state: .registered, createdAt: now, updatedAt: now)
+        return try store.atomically(family: nil) {
+            try checkUnregistered(disks.map { ($0.path, $0.file) })
+            let (created, _) = try store.createVM(vm, disks: disks.enumerated().map { $1.record(vm: vm.id, index: $0) },
+                                                  event: NewEvent(kind: .registered, vm: vm.id, host: host, time: now,
+                                                                  payload: ExaminedDisk.payload(disks)))
+            try store.openResidency(vm: created.id, host: host, kind: .stored, at: now)
+            return created
+        }
+    }
+
+    /// Throws `.conflict` if a live VM already has a disk at one of these files.
+    func checkUnregistered(_ files: [(path: String, file: DiskRecord.FileID?)]) throws {
+        for (path, file) in files {
+            if let owner = try store.vms(withDisk: path, file: file).first(where: { $0.state != .retired }) {
+                throw WardenError(.conflict, "already registered to VM \(owner.id) (\(owner.name))", file: path)
+            }
+        }
+    }
+
+    // MARK: - copy
+
+    public struct CopyRequest: Sendable {
+        public var vm: String
+        public var destination: String
+        public var name: String?
+        public var overlay: Bool
+        public var host: HostName?
+        public init(vm: String, destination: String, name: String? = nil, overlay: Bool = false, host: HostName? = nil) {
+            self.vm = vm; self.destination = destination; self.name = name; self.overlay = overlay; self.host = host
+        }
+    }
+
+    /// Copies a VM's disks into a folder (full sparse copies, or qcow2 overlays) and records the
+    /// copy with its lineage. Files are staged under hidden names and linked into place in the
+    /// same transaction as the decision and the `copied` event (``Staging``).
+    public func copy(_ r: CopyRequest, testPause: (() throws -> Void)? = nil) throws -> VMRecord {
+        let src = try store.resolveVM(r.vm)
+        let host = r.host ?? self.host
+        guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
+        let disks = try store.disks(of: src.id)
+        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to copy") }
+        let destDir = absolutePath(r.destination)
+        let request = PolicyRequest(operation: .copy, host: host, destination: destDir)
+        if preview(request, vm: src).effect == .deny {
+            _ = try decideAndApply(request, vm: src, family: src.id) { () }   // records the denial, throws
+        }
+        try PrivateDirectory.make(destDir)
+        let newID = VMID()
+        let staging = try Staging(directory: destDir, token: newID, store: store)
+        var temps: [String] = []
+        for d in disks {
+            var base = (d.path as NSString).lastPathComponent
+            if r.overlay { base = ((base as NSString).deletingPathExtension) + ".qcow2" }
+            temps.append(try staging.add(final: destDir + "/" + base))
+        }
+        do {
+            for (d, t) in zip(disks, temps) {
+                if r.overlay {
+                    try QCOW2Overlay.create(at: t, backing: d.path, backingFormat: d.format)
+                } else {
+                    try DiskCopy.sparseCopy(d.path, to: t)
+                    try DiskCopy.fixRelativeBacking(of: d, copy: t)
+                }
+            }
+            var examined = try temps.map { try ExaminedDisk.examine($0) }
+            for (i, f) in staging.files.enumerated() { examined[i].path = f.final }
+            try testPause?()
+            let now = Date()
+            let new = VMRecord(id: newID, name: r.name ?? src.name + "-copy", owner: src.owner, labels: src.labels, state: .stopped,
+                               generation: UUID(), parent: src.id, parentGeneration: src.generation, createdAt: now, updatedAt: now)
+            var payload = ExaminedDisk.payload(examined)
+            payload["source"] = .string(src.id.description)
+            payload["source_generation"] = .string(src.generation.uuidString.lowercased())
+            payload["mode"] = .string(r.overlay ? "overlay" : "full")
+            let (_, created) = try decideAndApply(request, vm: src, family: src.id) { () -> VMRecord in
+                try staging.link()
+                do {
+                    let (created, _) = try store.createVM(new, disks: examined.enumerated().map { $1.record(vm: new.id, index: $0) },
+                                                          event: NewEvent(kind: .copied, vm: new.id, host: host, time: now,
+                                                                          generationBefore: src.generation, generationAfter: new.generation,
+                                                                          payload: payload))
+                    try store.openResidency(vm: created.id, host: host, kind: .stored, at: now)
+                    return created
+                } catch {
+                    staging.unlinkFinals()
+                    throw error
+                }
+            }
+            staging.finish()
+            return created
+        } catch {
+            staging.discard()
+            throw error
+        }
+    }
+
+    // MARK: - clone
+
+    public struct CloneRequest: Sendable {
+        public var vm: String
+        public var name: String
+        public var full: Bool
+        public var directory: String?
+        public var operations: [any SysprepOperation]
+        public var hostname: String?
+        public var authorizedKeysUsers: [String]
+        public init(vm: String, name: String, full: Bool = false, directory: String? = nil, operations: [any SysprepOperation],
+                    hostname: String? = nil, authorizedKeysUsers: [String] = []) {
+            self.vm = vm; self.name = name; self.full = full; self.directory = directory; self.operations = operations
+            self.hostname = hostname; self.authorizedKeysUsers = authorizedKeysUsers
+        }
+    }
+
+    public struct CloneResult: Sendable {
+        public var vm: VMRecord
+        public var source: VMRecord
+        public var paths: [String]
+        public var report: SysprepReport
+        /// Identity fields the clone still shared with its source (then nothing was created).
+        public var collisions: [IdentityCollision]
+    }
+
+    /// Clones a VM offline: overlays (or full copies) with a fresh identity, verified against the
+    /// source, linked into place and recorded in one transaction with the policy decision.
+    public func clone(_ r: CloneRequest, beforeCommit: (() throws -> Void)? = nil) throws -> CloneResult {
+        let timer = PhaseTimer.shared
+        let ops = r.operations
+        // RSA-3072 generation is the longest step: start it now, so it overlaps the ledger and
+        // policy work as well as the overlay (keys are discarded if the clone does not happen).
+        let forge = ops.contains { $0.name == "ssh-hostkeys" } ? HostKeyForge() : nil
+        try Clone.checkName(r.name)
+        let src = try store.resolveVM(r.vm)
+        guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
+        let all = try store.listVMs()
+        if all.contains(where: { $0.name == r.name && $0.state != .retired }) {
+            throw WardenError(.conflict, "a VM named \(r.name) already exists")
+        }
+        let disks = try store.disks(of: src.id).sorted { $0.index < $1.index }
+        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to clone") }
+        var hostname = r.hostname
+        if hostname == nil, SysprepOptions.validHostname(r.name) { hostname = r.name }
+        let used = Set(all.compactMap { $0.mac?.lowercased() })
+        var mac = Sysprep.newMAC()
+        for _ in 0..<64 where used.contains(mac) { mac = Sysprep.newMAC() }
+        let refreshMAC = ops.contains { $0.name == "mac-address" }
+        let options = SysprepOptions(hostname: hostname, authorizedKeysUsers: r.authorizedKeysUsers,
+                                     ledgerMAC: refreshMAC ? mac : nil, keys: forge)
+        let destDir = absolutePath(r.directory ?? (disks[0].path as NSString).deletingLastPathComponent)
+        timer.lap("ledger-read")
+        let request = PolicyRequest(operation: .clone, host: host, destination: destDir)
+        if preview(request, vm: src).effect == .deny {
+            _ = try decideAndApply(request, vm: src, family: src.id) { () }   // records the denial, throws
+        }
+        timer.lap("policy-decision")
+        try PrivateDirectory.make(destDir)
+        let newID = VMID()
+        let staging = try Staging(directory: destDir, token: newID, store: store)
+        let finals = disks.indices.map { destDir + "/" + Clone.fileName(name: r.name, index: $0, count: disks.count, full: r.full) }
+        let temps = try finals.map { try staging.add(final: $0) }
+        var created: VMRecord?
+        do {
+            // The caller links (below, in the decision's transaction): Clone.make only prepares and verifies.
+            let result = try Clone.make(
+                sources: disks.map { Clone.Source(path: $0.path, format: $0.format) }, finals: finals, temps: temps, full: r.full,
+                operations: ops, options: options, checkFilesystemUUIDs: ops.contains { $0.name == "fs-uuids" },
+                beforeCommit: beforeCommit, commit: {})
+            if !result.collisions.isEmpty {
+                // Record the refused clone on the source VM; nothing was linked.
+                _ = try store.append(NewEvent(kind: .policyDecision, vm: src.id, time: Date(), payload: [
+                    "decision": .string("deny"), "rule": .string("clone-identity-verification"),
+                    "clone_name": .string(r.name),
+                    "collisions": .array(result.collisions.map { c -> JSONValue in .object(["field": .string(c.field), "detail": .string(c.detail)]) }),
+                ]))
+                staging.discard()
+                return CloneResult(vm: src, source: src, paths: [], report: result.report, collisions: result.collisions)
+            }
+            let now = Date()
+            let new = VMRecord(id: newID, name: r.name, owner: src.owner, labels: src.labels, state: .stopped, generation: UUID(),
+                               parent: src.id, parentGeneration: src.generation, createdAt: now, updatedAt: now,
+                               mac: refreshMAC ? mac : src.mac)
+            let rep = result.report
+            var payload: [String: JSONValue] = [
+                "parent": .string(src.id.description),
+                "parent_generation": .string(src.generation.uuidString.lowercased()),
+                "mode": .string(r.full ? "full" : "overlay"),
+                "disks": .array(zip(finals, disks).map { p, d -> JSONValue in
+                    .object(["path": .string(p), "format": .string(r.full ? "raw" : "qcow2"), "source": .string(d.path)])
+                }),
+                "operations": .array(rep.operations.map { op -> JSONValue in
+                    .object(["name": .string(op.name), "changed": .bool(op.changedSomething)])
+                }),
+                "ssh_host_keys": .array(rep.hostKeys.map { $0.fingerprint }.sorted().map { JSONValue.string($0) }),
+                "ssh_host_key_files": .array(rep.hostKeys.map { k -> JSONValue in
+                    .object(["type": .string(k.type), "path": .string(k.path), "fingerprint": .string(k.fingerprint)])
+                }),
+                "verification": .object(["passed": .bool(true)]),
+            ]
+            if let m = rep.machineId { payload["machine_id"] = .string(m) }
+            if let h = hostname, ops.contains(where: { $0.name == "hostname" }) { payload["hostname"] = .string(h) }
+            if let m = new.mac { payload["mac"] = .string(m) }
+            if !rep.filesystemUUIDs.isEmpty { payload["filesystem_uuids"] = .object(rep.filesystemUUIDs.mapValues { JSONValue.string($0) }) }
+            let records = finals.enumerated().map { i, p in
+                DiskRecord(vm: new.id, index: i, path: p, format: result.formats.indices.contains(i) ? result.formats[i] : (r.full ? "raw" : "qcow2"),
+                           backingChain: r.full ? [] : [disks[i].path] + disks[i].backingChain,
+                           file: DiskRecord.FileID.of(path: temps[i]))
+            }
+            let (_, made) = try decideAndApply(request, vm: src, family: src.id) { () -> VMRecord in
+                if let clash = try store.listVMs().first(where: { $0.name == r.name && $0.state != .retired }) {
+                    throw WardenError(.conflict, "a VM named \(r.name) already exists (\(clash.id))")
+                }
+                try staging.link()
+                do {
+                    let (made, _) = try store.createVM(new, disks: records,
+                                                       event: NewEvent(kind: .cloned, vm: new.id, host: host, time: now,
+                                                                       generationBefore: src.generation, generationAfter: new.generation,
+                                                                       payload: payload))
+                    return made
+                } catch {
+                    staging.unlinkFinals()
+                    throw error
+                }
+            }
+            created = made
+            staging.finish()
+            timer.lap("ledger-append-cloned")
+            return CloneResult(vm: made, source: src, paths: finals, report: rep, collisions: [])
+        } catch {
+            if created == nil { staging.discard() }
+            throw error
+        }
+    }
+
+    // MARK: - transfer / retire
+
+    /// Gives a VM to a new owner (policy-checked; the decision and the change commit together).
+    public func transfer(_ reference: String, to owner: String) throws -> (VMRecord, EventRecord) {
+        let v = try store.resolveVM(reference)
+        guard v.state != .retired else { throw WardenError(.conflict, "VM \(v.id) is retired") }
+        guard v.owner != owner else { throw WardenError(.conflict, "VM \(v.id) already belongs to \(owner)") }
+        return try decideAndApply(PolicyRequest(operation: .transfer, host: host), vm: v, family: v.id) {
+            try store.updateVM(v.id, event: NewEvent(kind: .ownershipTransferred, vm: v.id,
+                                                     payload: ["from": .string(v.owner), "to": .string(owner)])) { $0.owner = owner }
+        }.1
+    }
+
+    /// Retires a VM: it stays in the ledger, marked retired; its open ran-on interval is closed.
+    public func retire(_ reference: String) throws -> (VMRecord, EventRecord) {
+        let v = try store.resolveVM(reference)
+        guard v.state != .retired else { throw WardenError(.conflict, "VM \(v.id) is already retired") }
+        let now = Date()
+        return try decideAndApply(PolicyRequest(operation: .retire, host: host), vm: v, family: v.id) {
+            let r = try store.updateVM(v.id, event: NewEvent(kind: .retired, vm: v.id, time: now,
+                                                             payload: ["previous_state": .string(v.state.rawValue)])) { $0.state = .retired }
+            for res in try store.residency(of: v.id) where res.to == nil && res.kind == .ran {
+                try store.closeResidency(vm: v.id, host: res.host, kind: .ran, at: max(now, res.from))
+            }
+            return r
+        }.1
+    }
+}
