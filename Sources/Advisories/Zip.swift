@@ -170,17 +170,6 @@ public struct ZipArchive {
     /// compressed record (a zip bomb that multiplies one record) is refused, and so is one
     /// whose entries together expand past ``Limits/maxTotalBytes`` or ``Limits/maxTotalRatio``.
     static func checkLayout(_ entries: [Entry], directoryOffset: UInt64, archiveSize: UInt64, file: String) throws {
-        var total: UInt64 = 0
-        for e in entries {
-            let (t, o) = total.addingReportingOverflow(e.uncompressedSize)
-            guard !o, t <= Limits.maxTotalBytes else {
-                throw WardenError.limit("zip entries expand to more than \(Limits.maxTotalBytes) bytes in all", file: file)
-            }
-            total = t
-        }
-        if total > 64 << 20, total / max(archiveSize, 1) > Limits.maxTotalRatio {
-            throw WardenError.limit("zip entries expand \(archiveSize) bytes to \(total) (ratio over \(Limits.maxTotalRatio)); refused as a possible zip bomb", file: file)
-        }
         let byOffset = entries.indices.sorted { entries[$0].localHeaderOffset < entries[$1].localHeaderOffset }
         var previousEnd: UInt64 = 0
         var previous: Int?
@@ -197,6 +186,17 @@ public struct ZipArchive {
             }
             previousEnd = end
             previous = i
+        }
+        var total: UInt64 = 0
+        for e in entries {
+            let (t, o) = total.addingReportingOverflow(e.uncompressedSize)
+            guard !o, t <= Limits.maxTotalBytes else {
+                throw WardenError.limit("zip entries expand to more than \(Limits.maxTotalBytes) bytes in all", file: file)
+            }
+            total = t
+        }
+        if total > 64 << 20, total / max(archiveSize, 1) > Limits.maxTotalRatio {
+            throw WardenError.limit("zip entries expand \(archiveSize) bytes to \(total) (ratio over \(Limits.maxTotalRatio)); refused as a possible zip bomb", file: file)
         }
     }
 

@@ -78,7 +78,7 @@ public enum LibvirtHook {
         // Exactly libvirt's layout, or deny: a domain named like an option, a missing or extra
         // argument, or a shell wrapper without `--` must never turn into an ignored call.
         guard arguments.count == 4 else {
-            return failed(.start, vm: nil, host: host, time: time, status: 1, vetoable: true,
+            return failed(.start, vm: nil, host: host, time: time, status: 2, vetoable: true,
                           reason: "libvirt-hook: expected exactly DOMAIN OPERATION SUB-OPERATION EXTRA, got \(arguments.count) argument(s)")
         }
         let action = action(operation: arguments[1], subOperation: arguments[2])

@@ -40,15 +40,22 @@ extension Sysprep {
     static func trialRun(_ path: String, format: ImageFormat?, operations: [any SysprepOperation], options: SysprepOptions) throws {
         let detected = try format ?? ImageOpener.open(path, options: OpenOptions(maxBackingDepth: 0)).info.format
         let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        let name = "." + (abs as NSString).lastPathComponent + ".warden-trial-" + UUID().uuidString.lowercased()
-        var trial = (abs as NSString).deletingLastPathComponent + "/" + name
-        if access((abs as NSString).deletingLastPathComponent, W_OK) != 0 { trial = NSTemporaryDirectory() + "/" + name }
+        let prefix = "." + (abs as NSString).lastPathComponent + ".warden-trial-"
+        var dir = (abs as NSString).deletingLastPathComponent
+        if access(dir, W_OK) != 0 { dir = NSTemporaryDirectory() }
+        removeStaleTrials(in: dir, prefix: prefix)
+        let trial = dir + "/" + prefix + UUID().uuidString.lowercased()
+        var lockFD: Int32 = -1
         defer {
             unlink(trial)
             QCOW2Overlay.removeWriterTemps(of: trial)
+            if lockFD >= 0 { close(lockFD) }
         }
         do {
             try QCOW2Overlay.create(at: trial, backing: abs, backingFormat: detected.rawValue, durable: false)
+            // Held while the trial runs, so another run's clean-up never removes it.
+            lockFD = open(trial, O_RDONLY | O_CLOEXEC)
+            if lockFD >= 0 { _ = flock(lockFD, LOCK_EX) }
             let img = try ImageOpener.openWritable(trial, options: OpenOptions(format: .qcow2), durability: .processCrashOnly)
             let guest = try WritableGuestView.assemble(disk: img.device)
             _ = try apply(GuestWriter(writable: guest), operations: operations, options: options, image: path)
@@ -57,6 +64,23 @@ extension Sysprep {
             e.file = path
             e.message = "nothing was changed: " + e.message
             throw e
+        }
+    }
+}
+
+extension Sysprep {
+    /// Removes trial overlays (and their writer temporaries) that a killed run left in `dir`;
+    /// one still locked by a running trial is kept.
+    static func removeStaleTrials(in dir: String, prefix: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(prefix) {
+            let p = dir + "/" + name
+            if name.contains(".warden-tmp-") { continue }
+            let fd = open(p, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            unlink(p)
+            QCOW2Overlay.removeWriterTemps(of: p)
         }
     }
 }

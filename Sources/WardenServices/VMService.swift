@@ -114,7 +114,7 @@ public struct VMService: Sendable {
     /// Copies a VM's disks into a folder (full sparse copies, or qcow2 overlays) and records the
     /// copy with its lineage. Files are staged under hidden names and linked into place in the
     /// same transaction as the decision and the `copied` event (``Staging``).
-    public func copy(_ r: CopyRequest, testPause: (() throws -> Void)? = nil) throws -> VMRecord {
+    public func copy(_ r: CopyRequest, testPause: (() throws -> Void)? = nil, afterLink: (() throws -> Void)? = nil) throws -> VMRecord {
         let src = try store.resolveVM(r.vm)
         let host = r.host ?? self.host
         guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
@@ -156,6 +156,7 @@ public struct VMService: Sendable {
             let (_, created) = try decideAndApply(request, vm: src, family: src.id) { () -> VMRecord in
                 try staging.link()
                 do {
+                    try afterLink?()
                     let (created, _) = try store.createVM(new, disks: examined.enumerated().map { $1.record(vm: new.id, index: $0) },
                                                           event: NewEvent(kind: .copied, vm: new.id, host: host, time: now,
                                                                           generationBefore: src.generation, generationAfter: new.generation,
@@ -203,7 +204,7 @@ public struct VMService: Sendable {
 
     /// Clones a VM offline: overlays (or full copies) with a fresh identity, verified against the
     /// source, linked into place and recorded in one transaction with the policy decision.
-    public func clone(_ r: CloneRequest, beforeCommit: (() throws -> Void)? = nil) throws -> CloneResult {
+    public func clone(_ r: CloneRequest, beforeCommit: (() throws -> Void)? = nil, afterLink: (() throws -> Void)? = nil) throws -> CloneResult {
         let timer = PhaseTimer.shared
         let ops = r.operations
         // RSA-3072 generation is the longest step: start it now, so it overlaps the ledger and
@@ -291,6 +292,7 @@ public struct VMService: Sendable {
                 }
                 try staging.link()
                 do {
+                    try afterLink?()
                     let (made, _) = try store.createVM(new, disks: records,
                                                        event: NewEvent(kind: .cloned, vm: new.id, host: host, time: now,
                                                                        generationBefore: src.generation, generationAfter: new.generation,
@@ -337,5 +339,18 @@ public struct VMService: Sendable {
             }
             return r
         }.1
+    }
+}
+
+/// Upkeep that the next run does by itself and `warden doctor` does on demand.
+public enum Maintenance {
+    /// Recovers staging leftovers (``Staging/recover(directory:store:)``) in `directories`, and
+    /// in every folder that holds a disk of a VM in the ledger.
+    public static func recoverLeftovers(store: any LedgerStore, directories: [String] = []) throws -> [Staging.Leftover] {
+        var dirs = Set(directories.map(absolutePath))
+        for vm in try store.listVMs() {
+            for d in try store.disks(of: vm.id) { dirs.insert((d.path as NSString).deletingLastPathComponent) }
+        }
+        return dirs.sorted().flatMap { Staging.recover(directory: $0, store: store) }
     }
 }

@@ -127,7 +127,7 @@ import WardenTestSupport
             let usage = try hook(["--frobnicate", "web1", "prepare", "begin", "-"], stdin: xml)
             #expect(usage.status == 2 && usage.stderr.contains("unknown option --frobnicate"), "\(usage.stderr)")
             let short = try hook(["--db", db], stdin: xml)
-            #expect(short.status == 2, "\(short.stderr)")
+            #expect(short.status == 2 && short.stderr.contains("expected exactly DOMAIN OPERATION SUB-OPERATION EXTRA"), "\(short.stderr)")
             // Not vetoable: stopped without a database exits 0 (libvirt ignores it anyway).
             let stopped = try hook(["--db", dir + "/missing.db", "web1", "stopped", "end", "-"], stdin: xml)
             #expect(stopped.status == 0, "\(stopped.stderr)")

@@ -57,7 +57,7 @@ struct VMClone: ParsableCommand {
         PhaseTimer.shared.lap("ledger-open")
         let result = try service.clone(.init(vm: vm, name: name, full: full, directory: dir, operations: try selection.selected(),
                                              hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys),
-                                       beforeCommit: Self.testHookBeforeCommit)
+                                       beforeCommit: Self.testHookBeforeCommit, afterLink: TestHooks.pause("WARDEN_TEST_CLONE_LINKED_PAUSE"))
         let src = result.source
         if !result.collisions.isEmpty {
             for c in result.collisions { Output.error("\(name): identity shared with \(src.name): \(c.field): \(c.detail)") }

@@ -239,7 +239,7 @@ struct VMCopy: ParsableCommand {
         let store = try database.open(create: false)
         let created = try VMService(store: store, policy: policyOptions.source, note: { Output.note($0) })
             .copy(.init(vm: vm, destination: dest, name: name, overlay: overlay, host: host.flatMap(HostName.init)),
-                  testPause: TestHooks.pause("WARDEN_TEST_COPY_PAUSE"))
+                  testPause: TestHooks.pause("WARDEN_TEST_COPY_PAUSE"), afterLink: TestHooks.pause("WARDEN_TEST_COPY_LINKED_PAUSE"))
         Output.stdout.line(created.id.description)
     }
 }

@@ -66,7 +66,7 @@ struct DevAppendLoop: ParsableCommand {
             case (0, _), (_, nil):
                 // A VM row, its disk and its event in one transaction.
                 let (v, e) = try ledger.createVM(VMRecord(name: "crash-\(n)", owner: "crash"),
-                                                 disks: [DiskRecord(vm: VMID(), index: 0, path: "/dev/null", format: "raw")],
+                                                 disks: [DiskRecord(vm: VMID(), index: 0, path: "/dev/null/crash-\(n)", format: "raw")],
                                                  event: NewEvent(kind: .registered, vm: nil, payload: ["n": .number(Double(n))]))
                 vm = v.id; rec = e
             case (1, let v?), (3, let v?):

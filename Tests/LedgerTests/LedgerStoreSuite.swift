@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+import WardenTestSupport
+import Ledger
+import WardenCore
+
+/// A ledger backend for the shared store suite: makes a fresh, empty store and tears it down.
+/// SQLite today; the PostgreSQL store joins this list when it lands.
+struct StoreBackend: Sendable, CustomTestStringConvertible {
+    let name: String
+    let make: @Sendable () throws -> (store: any LedgerStore, tearDown: @Sendable () -> Void)
+    var testDescription: String { name }
+
+    static let all: [StoreBackend] = [
+        StoreBackend(name: "sqlite") {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("warden-store-\(UUID().uuidString)").path
+            let store = SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db"), host: HostName("test-host")!)
+            return (store, { try? FileManager.default.removeItem(atPath: dir) })
+        },
+    ]
+
+    func with<T>(_ body: (any LedgerStore) throws -> T) throws -> T {
+        let (store, tearDown) = try make()
+        defer { tearDown() }
+        return try body(store)
+    }
+}
+
+struct StoreTestError: Error {}
+
+/// The one suite every ``LedgerStore`` backend passes: the guarantees the services and the
+/// policy gate build on.
+@Suite struct LedgerStoreSuite {
+    func vm(_ name: String, parent: VMID? = nil) -> VMRecord { VMRecord(name: name, owner: "o", state: .stopped, parent: parent) }
+    func register(_ s: any LedgerStore, _ v: VMRecord, disk: String? = nil, file: DiskRecord.FileID? = nil) throws -> VMRecord {
+        let disks = disk.map { [DiskRecord(vm: v.id, index: 0, path: $0, format: "qcow2", file: file)] } ?? []
+        return try s.createVM(v, disks: disks, event: NewEvent(kind: .registered, vm: v.id)).0
+    }
+
+    @Test(arguments: StoreBackend.all) func atomicallyCommitsEverythingOrNothing(_ b: StoreBackend) throws {
+        try b.with { s in
+            let a = try register(s, vm("a"))
+            #expect(throws: StoreTestError.self) {
+                try s.atomically(family: a.id) {
+                    _ = try register(s, vm("b", parent: a.id))
+                    _ = try s.append(NewEvent(kind: .policyDecision, vm: a.id))
+                    throw StoreTestError()
+                }
+            }
+            #expect(try s.listVMs().map(\.name) == ["a"])
+            #expect(try s.eventCount() == 1)
+            let n = try s.atomically(family: a.id) { () -> Int in
+                _ = try register(s, vm("b", parent: a.id))
+                // Reads inside see the transaction's own writes.
+                return try s.liveReplicas(of: a.id).count
+            }
+            #expect(n == 2)
+            #expect(try s.eventCount() == 2)
+            // Nested calls join the outer transaction.
+            try s.atomically(family: nil) { try s.atomically(family: nil) { _ = try register(s, vm("c")) } }
+            #expect(try s.listVMs().count == 3)
+        }
+    }
+
+    @Test(arguments: StoreBackend.all) func oneLiveVMPerDiskFile(_ b: StoreBackend) throws {
+        try b.with { s in
+            let id = DiskRecord.FileID(device: 7, inode: 42)
+            let a = try register(s, vm("a"), disk: "/images/a.qcow2", file: id)
+            // Same path, or the same file under another path: refused by the store itself.
+            #expect(throws: WardenError.self) { _ = try register(s, vm("b"), disk: "/images/a.qcow2") }
+            #expect(throws: WardenError.self) { _ = try register(s, vm("c"), disk: "/images/link.qcow2", file: id) }
+            #expect(try s.vms(withDisk: "/images/other-name.qcow2", file: id).map(\.id) == [a.id])
+            #expect(try s.vms(withDisk: "/images/a.qcow2", file: nil).map(\.id) == [a.id])
+            // Once the owner is retired, the disk may belong to a new VM.
+            _ = try s.updateVM(a.id, event: NewEvent(kind: .retired, vm: a.id)) { $0.state = .retired }
+            let d = try register(s, vm("d"), disk: "/images/a.qcow2", file: id)
+            #expect(try s.vms(withDisk: "/images/a.qcow2", file: id).map(\.id).sorted { $0.description < $1.description }
+                    == [a.id, d.id].sorted { $0.description < $1.description })
+        }
+    }
+
+    @Test(arguments: StoreBackend.all) func liveReplicasCountTheWholeFamily(_ b: StoreBackend) throws {
+        try b.with { s in
+            let root = try register(s, vm("root"))
+            let child = try register(s, vm("child", parent: root.id))
+            let grandchild = try register(s, vm("gc", parent: child.id))
+            #expect(try s.liveReplicas(of: grandchild.id).count == 3)
+            _ = try s.updateVM(child.id, event: NewEvent(kind: .retired, vm: child.id)) { $0.state = .retired }
+            #expect(try s.liveReplicas(of: root.id).count == 2)
+        }
+    }
+}
