@@ -43,7 +43,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Inspection", dependencies: [
-            "WardenCore", "GuestFS", "CSQLite",
+            "WardenCore", "DiskImage", "GuestFS", "CSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Advisories", dependencies: ["WardenCore", "Inspection", "CZlib"]),
@@ -75,7 +75,7 @@ let package = Package(
         ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
-            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Ledger", "Policy", "Sysprep",
+            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Ledger", "Policy", "Sysprep",
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",

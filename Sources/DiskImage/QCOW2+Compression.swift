@@ -8,32 +8,6 @@ import CZstd
 import WardenCore
 
 extension QCOW2 {
-    /// A small mutual-exclusion lock around some state (pthread based, so it
-    /// works wherever the package builds).
-    final class Locked<State>: @unchecked Sendable {
-        private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-        private var state: State
-
-        init(_ state: State) {
-            self.state = state
-            mutex = .allocate(capacity: 1)
-            mutex.initialize(to: pthread_mutex_t())
-            pthread_mutex_init(mutex, nil)
-        }
-
-        deinit {
-            pthread_mutex_destroy(mutex)
-            mutex.deinitialize(count: 1)
-            mutex.deallocate()
-        }
-
-        func withLock<R>(_ body: (inout State) throws -> R) rethrows -> R {
-            pthread_mutex_lock(mutex)
-            defer { pthread_mutex_unlock(mutex) }
-            return try body(&state)
-        }
-    }
-
     /// Reusable decompression state for one thread at a time: a raw-deflate
     /// stream, a zstd context and an input buffer big enough for the largest
     /// compressed cluster, all allocated once.

@@ -73,7 +73,7 @@ extension VMDK {
         let gtEntries: Int
 
         // Caches, guarded by `lock`.
-        private let lock = Lock()
+        private let lock = Locked<Void>()
         private var gtCache: [Int: [UInt32]] = [:]
         private var gtOrder: [Int] = []
         private var grainCache: [UInt64: [UInt8]] = [:]

@@ -118,26 +118,6 @@ public enum VMDK {
     }
 }
 
-extension VMDK {
-    /// A small mutex for the caches (pthread-based, usable on every platform).
-    final class Lock: @unchecked Sendable {
-        private let m: UnsafeMutablePointer<pthread_mutex_t>
-        init() {
-            m = .allocate(capacity: 1)
-            m.initialize(to: pthread_mutex_t())
-            pthread_mutex_init(m, nil)
-        }
-        deinit {
-            pthread_mutex_destroy(m)
-            m.deallocate()
-        }
-        func withLock<T>(_ body: () throws -> T) rethrows -> T {
-            pthread_mutex_lock(m)
-            defer { pthread_mutex_unlock(m) }
-            return try body()
-        }
-    }
-}
 
 #if canImport(Glibc)
 import Glibc

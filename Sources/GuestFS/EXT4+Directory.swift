@@ -101,11 +101,11 @@ extension EXT4Volume {
     func verifyDirBlock(_ block: [UInt8], inode: EXT4.Inode, logical: UInt64) {
         let bs = block.count
         guard bs >= 12 else { return }
-        let tailIno = (try? block.le(bs - 12) as UInt32) ?? 1
-        let tailRec = (try? block.le(bs - 8) as UInt16) ?? 0
+        let tailIno = block.peekLE(bs - 12, as: UInt32.self) ?? 1
+        let tailRec = block.peekLE(bs - 8, as: UInt16.self) ?? 0
         let isTail = tailIno == 0 && tailRec == 12 && block[bs - 6] == 0 && block[bs - 5] == 0xDE
         if isTail {
-            let stored = (try? block.le(bs - 4) as UInt32) ?? 0
+            let stored = block.peekLE(bs - 4, as: UInt32.self) ?? 0
             let computed = CRC32.castagnoli.update(inodeSeed(inode), block[0..<(bs - 12)])
             if stored != computed {
                 warn("ext4: directory inode \(inode.number) block \(logical) checksum mismatch (stored \(hex(stored)), computed \(hex(computed)))")
@@ -124,7 +124,7 @@ extension EXT4Volume {
         let countOffset: Int
         if logical == 0 {
             countOffset = 32  // ".", "..", dx_root_info
-        } else if (try? block.le(0) as UInt32) == 0 && (Int(firstRec) == bs || (bs == 65536 && (firstRec == 0 || firstRec == 65535))) {
+        } else if block.peekLE(0, as: UInt32.self) == 0 && (Int(firstRec) == bs || (bs == 65536 && (firstRec == 0 || firstRec == 65535))) {
             countOffset = 8  // fake empty dirent
         } else {
             warn("ext4: directory inode \(inode.number) block \(logical) has no checksum tail")
@@ -140,7 +140,7 @@ extension EXT4Volume {
         var c = crc.update(inodeSeed(inode), block[0..<(countOffset + Int(count) * 8)])
         c = crc.update(c, block[tail..<(tail + 4)])
         c = crc.update(c, [0, 0, 0, 0] as [UInt8])
-        let stored = (try? block.le(tail + 4) as UInt32) ?? 0
+        let stored = block.peekLE(tail + 4, as: UInt32.self) ?? 0
         if stored != c {
             warn("ext4: directory inode \(inode.number) htree block \(logical) checksum mismatch (stored \(hex(stored)), computed \(hex(c)))")
         }

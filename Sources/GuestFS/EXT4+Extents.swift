@@ -44,7 +44,7 @@ extension EXT4Volume {
 
     /// Collects every leaf extent of `inode`'s extent tree, in logical order.
     func extents(of inode: EXT4.Inode) throws -> [EXT4.Extent] {
-        if let cached = lock.withLock({ extentCache[inode.number] }) { return cached }
+        if let cached = extentCache[inode.number] { return cached }
         var out: [EXT4.Extent] = []
         var visited = Set<UInt64>()
         try walkExtentNode(Array(inode.iBlock), block: nil, expectedDepth: nil, inode: inode, out: &out, visited: &visited)
@@ -55,10 +55,7 @@ extension EXT4Volume {
             }
             end = e.logical + e.count
         }
-        lock.withLock {
-            if extentCache.count >= 64 { extentCache.removeAll() }
-            extentCache[inode.number] = out
-        }
+        extentCache.put(inode.number, out)
         return out
     }
 

@@ -15,16 +15,15 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
     public var rootInode: UInt64 { EXT4.rootInode }
 
     let lock = NSLock()
-    private var _warnings: [String] = []
-    private var warningSet = Set<String>()
-    private var blockCache: [UInt64: [UInt8]] = [:]
-    private var inodeCache: [UInt64: EXT4.Inode] = [:]
+    private let warningLog = WarningLog(limit: EXT4.Limits.maxWarnings, suppressedLine: "ext4: further warnings suppressed")
+    private let blockCache = BoundedCache<UInt64, [UInt8]>(capacity: 256)
+    private let inodeCache = BoundedCache<UInt64, EXT4.Inode>(capacity: 1024)
     private var checkedGroups = Set<UInt64>()
-    var extentCache: [UInt64: [EXT4.Extent]] = [:]
+    let extentCache = BoundedCache<UInt64, [EXT4.Extent]>(capacity: 64)
     private let fsSeed: UInt32
     /// Block number of the primary superblock: 1 for 1 KiB blocks, else 0.
 
-    public var warnings: [String] { lock.withLock { _warnings } }
+    public var warnings: [String] { warningLog.all }
 
     init(device: any BlockDevice) throws {
         self.device = device
@@ -58,17 +57,7 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
 
     // MARK: Warnings
 
-    func warn(_ message: String) {
-        lock.withLock {
-            guard !warningSet.contains(message) else { return }
-            if _warnings.count < EXT4.Limits.maxWarnings {
-                warningSet.insert(message)
-                _warnings.append(message)
-            } else if _warnings.count == EXT4.Limits.maxWarnings {
-                _warnings.append("ext4: further warnings suppressed")
-            }
-        }
-    }
+    func warn(_ message: String) { warningLog.warn(message) }
 
     // MARK: Blocks
 
@@ -82,12 +71,9 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
 
     /// Like ``readBlock(_:what:)`` but kept in a small cache (metadata only).
     func cachedBlock(_ n: UInt64, what: String) throws -> [UInt8] {
-        if let b = lock.withLock({ blockCache[n] }) { return b }
+        if let b = blockCache[n] { return b }
         let b = try readBlock(n, what: what)
-        lock.withLock {
-            if blockCache.count >= 256 { blockCache.removeAll(keepingCapacity: true) }
-            blockCache[n] = b
-        }
+        blockCache.put(n, b)
         return b
     }
 
@@ -146,7 +132,7 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
         guard n >= 1, n <= UInt64(sb.inodesCount) else {
             throw EXT4.corrupt("inode \(n) is out of range (the filesystem has inodes 1...\(sb.inodesCount))")
         }
-        if let i = lock.withLock({ inodeCache[n] }) { return i }
+        if let i = inodeCache[n] { return i }
         let ipg = UInt64(sb.inodesPerGroup)
         let group = (n - 1) / ipg
         let index = (n - 1) % ipg
@@ -164,10 +150,7 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
                 warn("ext4: inode \(n) checksum mismatch (stored \(hex(stored)), computed \(hex(computed)))")
             }
         }
-        lock.withLock {
-            if inodeCache.count >= 1024 { inodeCache.removeAll(keepingCapacity: true) }
-            inodeCache[n] = ino
-        }
+        inodeCache.put(n, ino)
         return ino
     }
 

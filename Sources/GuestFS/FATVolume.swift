@@ -8,7 +8,7 @@ import DiskImage
 /// inode is the byte offset (within the volume) of its 32-byte short directory entry.
 /// Modes are fixed like a default vfat mount: directories 0755, files 0644, uid/gid 0.
 ///
-/// Thread-safe: the FAT sector cache, the chain cache and the warnings sit behind one lock;
+/// Thread-safe: the FAT sector and chain caches are ``BoundedCache``s, the warnings a ``WarningLog``;
 /// device reads happen outside it.
 public final class FATVolume: FileSystem, @unchecked Sendable {
     public let device: any BlockDevice
@@ -31,13 +31,11 @@ public final class FATVolume: FileSystem, @unchecked Sendable {
         var isDirectory: Bool { attributes & 0x10 != 0 }
     }
 
-    let lock = NSLock()
-    private var _warnings: [String] = []
-    private var warningSet = Set<String>()
-    private var fatCache: [UInt64: [UInt8]] = [:]
-    private var chainCache: [UInt64: [Run]] = [:]
+    private let warningLog = WarningLog(limit: FAT.Limits.maxWarnings, suppressedLine: "vfat: further warnings suppressed")
+    private let fatCache = BoundedCache<UInt64, [UInt8]>(capacity: 512)
+    private let chainCache = BoundedCache<UInt64, [Run]>(capacity: 256)
 
-    public var warnings: [String] { lock.withLock { _warnings } }
+    public var warnings: [String] { warningLog.all }
 
     init(device: any BlockDevice) throws {
         self.device = device
@@ -72,17 +70,7 @@ public final class FATVolume: FileSystem, @unchecked Sendable {
 
     // MARK: Warnings
 
-    func warn(_ message: String) {
-        lock.withLock {
-            guard !warningSet.contains(message) else { return }
-            if _warnings.count < FAT.Limits.maxWarnings {
-                warningSet.insert(message)
-                _warnings.append(message)
-            } else if _warnings.count == FAT.Limits.maxWarnings {
-                _warnings.append("vfat: further warnings suppressed")
-            }
-        }
-    }
+    func warn(_ message: String) { warningLog.warn(message) }
 
     private func checkFSInfo() {
         let s = boot.fsInfoSector
@@ -92,9 +80,9 @@ public final class FATVolume: FileSystem, @unchecked Sendable {
             warn("vfat: FSInfo sector \(s) is outside the \(boot.reservedSectors) reserved sectors")
             return
         }
-        let lead = (try? b.le(0, UInt32.self)) ?? 0
-        let strucSig = (try? b.le(484, UInt32.self)) ?? 0
-        let trail = (try? b.le(508, UInt32.self)) ?? 0
+        let lead = b.peekLE(0, as: UInt32.self) ?? 0
+        let strucSig = b.peekLE(484, as: UInt32.self) ?? 0
+        let trail = b.peekLE(508, as: UInt32.self) ?? 0
         if lead != 0x4161_5252 || strucSig != 0x6141_7272 || trail != 0xAA55_0000 {
             warn("vfat: FSInfo sector \(s) has bad signatures (\(hex(lead)), \(hex(strucSig)), \(hex(trail)))")
         }
@@ -133,13 +121,10 @@ public final class FATVolume: FileSystem, @unchecked Sendable {
     }
 
     private func fatSector(_ s: UInt64) throws -> [UInt8] {
-        if let b = lock.withLock({ fatCache[s] }) { return b }
+        if let b = fatCache[s] { return b }
         let off = try Checked.add(boot.fatOffset, try Checked.mul(s, boot.bytesPerSector, "FAT sector offset"), "FAT sector offset")
         let b = try device.read(at: off, count: Int(boot.bytesPerSector))
-        lock.withLock {
-            if fatCache.count >= 512 { fatCache.removeAll(keepingCapacity: true) }
-            fatCache[s] = b
-        }
+        fatCache.put(s, b)
         return b
     }
 
@@ -155,7 +140,7 @@ public final class FATVolume: FileSystem, @unchecked Sendable {
     /// clusters are followed; a longer chain is a loop or damage and throws.
     /// With `exact` set, the chain must have exactly `maxClusters` clusters.
     func chain(_ first: UInt64, maxClusters: UInt64, exact: Bool, what: String) throws -> [Run] {
-        if let r = lock.withLock({ chainCache[first] }) {
+        if let r = chainCache[first] {
             let n = r.reduce(UInt64(0)) { $0 + $1.count }
             if n <= maxClusters && (!exact || n == maxClusters) { return r }
         }
@@ -188,10 +173,7 @@ public final class FATVolume: FileSystem, @unchecked Sendable {
         if exact && n != maxClusters {
             throw FAT.corrupt("\(what): cluster chain from \(first) has \(n) clusters, the size needs \(maxClusters)")
         }
-        lock.withLock {
-            if chainCache.count >= 256 { chainCache.removeAll(keepingCapacity: true) }
-            chainCache[first] = runs
-        }
+        chainCache.put(first, runs)
         return runs
     }
 

@@ -57,9 +57,9 @@ public enum FilesystemProbe {
 
         // ext2/3/4: superblock at 1024, magic 0xEF53 at +56.
         if at(1024 + 56, [0x53, 0xEF]) {
-            let compat: UInt32 = (try? head.le(1024 + 92)) ?? 0
-            let incompat: UInt32 = (try? head.le(1024 + 96)) ?? 0
-            let roCompat: UInt32 = (try? head.le(1024 + 100)) ?? 0
+            let compat: UInt32 = head.peekLE(1024 + 92) ?? 0
+            let incompat: UInt32 = head.peekLE(1024 + 96) ?? 0
+            let roCompat: UInt32 = head.peekLE(1024 + 100) ?? 0
             let hasJournal = compat & 0x4 != 0
             // ext4-only features: extents, 64bit, flex_bg, inline_data, mmp, ea_inode, csum_seed, largedir,
             // and ro_compat huge_file, gdt_csum, dir_nlink, extra_isize, metadata_csum, quota, bigalloc.
@@ -78,14 +78,14 @@ public enum FilesystemProbe {
             return FilesystemSignature(type: "btrfs", label: str(0x10000 + 0x12B, 256), uuid: uuid(0x10000 + 0x20))
         }
         if at(3, Array("NTFS    ".utf8)) {
-            let serial: UInt64 = (try? head.le(0x48)) ?? 0
+            let serial: UInt64 = head.peekLE(0x48) ?? 0
             return FilesystemSignature(type: "ntfs", uuid: serial == 0 ? nil : hexUpper(serial, digits: 16))
         }
         if at(510, [0x55, 0xAA]) && (at(82, Array("FAT32   ".utf8)) || at(54, Array("FAT12   ".utf8)) || at(54, Array("FAT16   ".utf8)) || at(54, Array("FAT     ".utf8))) {
             let is32 = at(82, Array("FAT32   ".utf8))
             let serialOff = is32 ? 67 : 39
             let labelOff = is32 ? 71 : 43
-            let serial: UInt32 = (try? head.le(serialOff)) ?? 0
+            let serial: UInt32 = head.peekLE(serialOff) ?? 0
             let s = hexUpper(UInt64(serial), digits: 8)
             let label = str(labelOff, 11).flatMap { $0 == "NO NAME" ? nil : $0 }
             return FilesystemSignature(type: "vfat", label: label,

@@ -35,7 +35,7 @@ extension XFS {
 extension XFSVolume {
     /// Every extent of the inode's data fork, sorted, validated and non-overlapping.
     func extents(_ ino: XFS.Inode) throws -> [XFS.Extent] {
-        if let e = lock.withLock({ extentCache[ino.number] }) { return e }
+        if let e = extentCache[ino.number] { return e }
         var out: [XFS.Extent] = []
         switch ino.forkFormat {
         case .extents:
@@ -54,10 +54,7 @@ extension XFSVolume {
         if ino.nextents != UInt64(out.count) {
             warn("xfs: inode \(ino.number) records \(ino.nextents) extents but its map holds \(out.count)")
         }
-        lock.withLock {
-            if extentCache.count >= 64 { extentCache.removeAll(keepingCapacity: true) }
-            extentCache[ino.number] = out
-        }
+        extentCache.put(ino.number, out)
         return out
     }
 

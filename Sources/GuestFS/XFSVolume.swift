@@ -4,7 +4,7 @@ import DiskImage
 
 /// A read-only XFS filesystem on a ``BlockDevice``. Create with ``XFS/open(_:)``.
 ///
-/// Thread-safe: the caches and the warning list sit behind one lock; device reads
+/// Thread-safe: the caches are ``BoundedCache``s and the warnings a ``WarningLog``; device reads
 /// happen outside it.
 public final class XFSVolume: FileSystem, @unchecked Sendable {
     public let device: any BlockDevice
@@ -14,13 +14,11 @@ public final class XFSVolume: FileSystem, @unchecked Sendable {
     public let uuid: String?
     public var rootInode: UInt64 { sb.rootInode }
 
-    let lock = NSLock()
-    private var _warnings: [String] = []
-    private var warningSet = Set<String>()
-    private var inodeCache: [UInt64: XFS.Inode] = [:]
-    var extentCache: [UInt64: [XFS.Extent]] = [:]
+    private let warningLog = WarningLog(limit: XFS.Limits.maxWarnings, suppressedLine: "xfs: further warnings suppressed")
+    private let inodeCache = BoundedCache<UInt64, XFS.Inode>(capacity: 1024)
+    let extentCache = BoundedCache<UInt64, [XFS.Extent]>(capacity: 64)
 
-    public var warnings: [String] { lock.withLock { _warnings } }
+    public var warnings: [String] { warningLog.all }
 
     init(device: any BlockDevice) throws {
         self.device = device
@@ -62,17 +60,7 @@ public final class XFSVolume: FileSystem, @unchecked Sendable {
 
     // MARK: Warnings
 
-    func warn(_ message: String) {
-        lock.withLock {
-            guard !warningSet.contains(message) else { return }
-            if _warnings.count < XFS.Limits.maxWarnings {
-                warningSet.insert(message)
-                _warnings.append(message)
-            } else if _warnings.count == XFS.Limits.maxWarnings {
-                _warnings.append("xfs: further warnings suppressed")
-            }
-        }
-    }
+    func warn(_ message: String) { warningLog.warn(message) }
 
     // MARK: Blocks
 
@@ -105,7 +93,7 @@ public final class XFSVolume: FileSystem, @unchecked Sendable {
 
     /// Reads and parses inode `n`.
     public func inode(_ n: UInt64) throws -> XFS.Inode {
-        if let i = lock.withLock({ inodeCache[n] }) { return i }
+        if let i = inodeCache[n] { return i }
         let off = try inodeOffset(n)
         let raw = try device.read(at: off, count: sb.inodeSize)
         let ino = try XFS.Inode(number: n, raw: raw, sb: sb, warn: { self.warn($0) })
@@ -115,10 +103,7 @@ public final class XFSVolume: FileSystem, @unchecked Sendable {
                 warn("xfs: inode \(n) checksum mismatch (stored \(hex(stored)), computed \(hex(computed)))")
             }
         }
-        lock.withLock {
-            if inodeCache.count >= 1024 { inodeCache.removeAll(keepingCapacity: true) }
-            inodeCache[n] = ino
-        }
+        inodeCache.put(n, ino)
         return ino
     }
 

@@ -86,10 +86,9 @@ public struct RollbackImpact: Codable, Sendable, Equatable {
 
     static func side(disk: String, format: ImageFormat?, snapshot: String?) throws -> Side {
         do {
-            let img = try ImageOpener.open(disk, options: OpenOptions(format: format, snapshot: snapshot))
-            let layout = try GuestDisk.layout(of: img.device)
-            let view = try GuestView.assemble(disk: img.device, layout: layout)
-            let inv = Inspection.inspect(view: view, image: disk)
+            let guest = try OpenedGuest.open(disk, format: format, snapshot: snapshot)
+            let view = guest.view
+            let inv = guest.inventory()
             var digests: [String: String] = [:]
             if let shadow = try? GuestFiles(view: view).text("/etc/shadow") {
                 for line in shadow.split(separator: "\n") {

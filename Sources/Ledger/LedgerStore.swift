@@ -63,4 +63,18 @@ public protocol LedgerStore: Sendable {
     func liveReplicas(of vm: VMID) throws -> [VMRecord]
     /// The time of the VM's most recent `scanned` event, if any.
     func lastScan(of vm: VMID) throws -> Date?
+
+    // MARK: Advisory facts
+    /// The advisory store that shares this ledger's database (findings of stored inventories,
+    /// advisory imports), or nil when the backend has none: policy facts that need it are then
+    /// unknown, and rules that need them fail closed.
+    var advisoryFacts: (any AdvisoryFacts)? { get }
+}
+
+/// What policy asks of the advisory store: the open findings of a VM's disks (their stored
+/// inventories matched against the advisories stored now) and how many advisories were
+/// imported after a time.
+public protocol AdvisoryFacts: Sendable {
+    func openFindings(disks: [DiskRecord]) throws -> VMFindings
+    func advisoryCountImported(after time: Date) throws -> Int
 }

@@ -72,7 +72,7 @@ public struct LedgerSynth {
     }
 
     public func run(progress: ((Int, Int) -> Void)? = nil) throws -> Summary {
-        var rng = SplitMix(state: o.seed)
+        var rng = SeededRandom(seed: o.seed)
         var summary = Summary()
         let began = Date()
         let hostNames = (0..<o.hosts).map { HostName(String(format: "synth-host-%02d", $0))! }
@@ -319,18 +319,3 @@ public struct LedgerSynth {
     }
 }
 
-/// SplitMix64, the generator behind `--seed`.
-struct SplitMix {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in 0..<n (n ≥ 1), by multiply-shift.
-    mutating func below(_ n: Int) -> Int {
-        Int(next().multipliedFullWidth(by: UInt64(n)).high)
-    }
-}

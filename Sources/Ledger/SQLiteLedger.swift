@@ -97,6 +97,9 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         return result
     }
 
+    /// The advisory store in the same database.
+    public var advisoryFacts: (any AdvisoryFacts)? { AdvisoryStore(database) }
+
     // MARK: - VMs
 
     public func createVM(_ vm: VMRecord, disks: [DiskRecord], event: NewEvent) throws -> (VMRecord, EventRecord) {

@@ -173,10 +173,10 @@ public final class WardenDatabase: Sendable {
         if let e = error as? WardenError { return e }
         if let e = error as? DatabaseError {
             if e.resultCode == .SQLITE_CONSTRAINT {
-                return WardenError(.conflict, "database constraint: \(e.message ?? "violated")", file: path)
+                return WardenError(.conflict, "database constraint: \(e.message ?? "violated")", file: path, cause: e)
             }
             return WardenError(isDamage(e) ? .corrupt : .unavailable,
-                               "database error: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path)
+                               "database error: \(e.message ?? "SQLite error \(e.resultCode.rawValue)")", file: path, cause: e)
         }
         return error
     }

@@ -2,15 +2,8 @@ import Foundation
 import Ledger
 import WardenCore
 
-/// A fact the engine may need: known, or unknown with the reason (which fails closed).
-public enum Fact<T: Sendable>: Sendable {
-    case known(T)
-    case unknown(String)
-
-    public var value: T? { if case .known(let v) = self { return v } else { return nil } }
-}
-
-extension Fact: Equatable where T: Equatable {}
+// A fact the engine may need is a WardenCore `Fact`: known, or unknown with the reason
+// (which fails closed).
 
 /// What the engine knows about the host the operation runs on (for migrate: the destination).
 public struct HostFacts: Sendable, Equatable {

@@ -126,12 +126,11 @@ public struct LedgerPolicyFacts: PolicyFacts {
     /// matched against the advisories stored now. A store that is not the SQLite ledger has
     /// no advisory store: those facts stay unknown and fail closed.
     public static func wired(_ store: any LedgerStore) -> LedgerPolicyFacts {
-        guard let ledger = store as? SQLiteLedger else { return LedgerPolicyFacts(store: store) }
-        let advisories = AdvisoryStore(ledger.database)
+        guard let advisories = store.advisoryFacts else { return LedgerPolicyFacts(store: store) }
         return LedgerPolicyFacts(
             store: store,
             findingList: { vm in
-                let disks = try ledger.disks(of: vm)
+                let disks = try store.disks(of: vm)
                 return try advisories.openFindings(disks: disks).findings.map {
                     OpenFinding(id: $0.advisory, aliases: $0.aliases, severity: $0.severity, package: $0.package,
                                 version: $0.installedVersion, fixedVersion: $0.fixedVersion)

@@ -8,11 +8,12 @@ extension Sysprep {
     /// Opens `path` read-only and assembles its guest (root plus fstab mounts).
     public static func readOnlyGuest(_ path: String, format: ImageFormat? = nil) throws -> (OpenedImage, GuestView) {
         do {
-            let img = try ImageOpener.open(path, options: OpenOptions(format: format))
-            let layout = try GuestDisk.layout(of: img.device)
-            return (img, try GuestView.assemble(disk: img.device, layout: layout))
+            let guest = try OpenedGuest.open(path, format: format)
+            return (guest.image, guest.view)
         } catch let e as WardenError {
             throw e.inFile(path)
+        } catch is OpenedGuest.WindowsGuest {
+            throw WardenError.unsupported("a Windows guest (NTFS only): Warden writes only ext2/3/4", file: path)
         }
     }
 

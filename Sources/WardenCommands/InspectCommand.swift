@@ -68,25 +68,10 @@ struct InspectCommand: ParsableCommand {
 
     /// Inspects one image; Windows (NTFS without a Linux root) is recognised, not read.
     static func inventory(_ path: String, format: ImageFormat?, snapshot: String?) throws -> Inventory {
-        do {
-            let img = try ImageOpener.open(path, options: OpenOptions(format: format, snapshot: snapshot))
-            let layout = try GuestDisk.layout(of: img.device)
-            let view: GuestView
-            do {
-                view = try GuestView.assemble(disk: img.device, layout: layout)
-            } catch let e as WardenError where e.code == .notFound {
-                if let ntfs = layout.volumes.first(where: { $0.filesystem?.type == "ntfs" }) {
-                    throw WindowsGuest(volume: ntfs.displayName)
-                }
-                throw e
-            }
-            return Inspection.inspect(view: view, image: path)
-        } catch let e as WardenError {
-            throw e.inFile(path)
-        }
+        try OpenedGuest.open(path, format: format, snapshot: snapshot).inventory()
     }
 
-    struct WindowsGuest: Error { var volume: String }
+    typealias WindowsGuest = OpenedGuest.WindowsGuest
 
     func run() throws {
         if let sbom, let path = images.first { return try runSBOM(sbom, path: path) }

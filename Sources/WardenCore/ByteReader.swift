@@ -119,7 +119,22 @@ extension Array where Element == UInt8 {
     }
 }
 
+extension Array where Element == UInt8 {
+    /// Little-endian value at `offset`, or nil when the array is too short: a non-throwing
+    /// probe (like swift-nio's `getInteger(at:)`) for optional fields and magic checks.
+    @inlinable
+    public func peekLE<T: FixedWidthInteger & UnsignedInteger>(_ offset: Int, as _: T.Type = T.self) -> T? {
+        try? ByteReader.le(self, at: offset)
+    }
+}
+
 extension ArraySlice where Element == UInt8 {
+    /// Little-endian value at `offset` relative to the slice start, or nil when too short.
+    @inlinable
+    public func peekLE<T: FixedWidthInteger & UnsignedInteger>(_ offset: Int, as _: T.Type = T.self) -> T? {
+        try? ByteReader.le(self, at: offset)
+    }
+
     /// Little-endian read at `offset` relative to the slice start; throws on short input.
     @inlinable
     public func le<T: FixedWidthInteger & UnsignedInteger>(_ offset: Int, _: T.Type = T.self) throws -> T {

@@ -38,12 +38,22 @@ public struct WardenError: Error, Sendable, CustomStringConvertible, Equatable {
     public var file: String?
     /// The byte offset inside `file` the problem is at, if known.
     public var offset: UInt64?
+    /// The underlying error (an SQLite, Foundation or system error), kept as it is rather than
+    /// flattened into `message`, for logs and for callers that inspect it. Not part of
+    /// ``description`` and not compared by `==`.
+    public var cause: (any Error & Sendable)?
 
-    public init(_ code: Code, _ message: String, file: String? = nil, offset: UInt64? = nil) {
+    public init(_ code: Code, _ message: String, file: String? = nil, offset: UInt64? = nil,
+                cause: (any Error & Sendable)? = nil) {
         self.code = code
         self.message = message
         self.file = file
         self.offset = offset
+        self.cause = cause
+    }
+
+    public static func == (a: WardenError, b: WardenError) -> Bool {
+        a.code == b.code && a.message == b.message && a.file == b.file && a.offset == b.offset
     }
 
     /// One line: `file: message`.

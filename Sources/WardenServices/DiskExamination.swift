@@ -25,7 +25,7 @@ public struct ExaminedDisk: Sendable {
         let img = try ImageOpener.open(abs)
         let fp = try ContentFingerprint.of(img.device)
         var inv: Inventory?
-        if inspect { inv = try? GuestPipeline.inventory(of: img.device, image: abs) }
+        if inspect { inv = try? OpenedGuest(image: img, path: abs).inventory() }
         return ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
                             backingChain: img.chain.dropFirst().map { absolutePath($0.path) },
                             fingerprint: fp, inventory: inv, file: DiskRecord.FileID.of(path: abs))
@@ -61,16 +61,6 @@ public struct ExaminedDisk: Sendable {
         let keys = Array(Set(disks.flatMap(\.hostKeys))).sorted()
         if !keys.isEmpty { p["ssh_host_keys"] = .array(keys.map { .string($0) }) }
         return p
-    }
-}
-
-/// Opening a guest for inspection.
-public enum GuestPipeline {
-    /// The guest's inventory from its guest-visible disk: layout, fstab-assembled view, inspection.
-    public static func inventory(of device: any BlockDevice, image: String) throws -> Inventory {
-        let layout = try GuestDisk.layout(of: device)
-        let view = try GuestView.assemble(disk: device, layout: layout)
-        return Inspection.inspect(view: view, image: image)
     }
 }
 

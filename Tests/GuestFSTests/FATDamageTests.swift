@@ -7,8 +7,6 @@ import DiskImage
 
 /// Damaged and hostile FAT images: everything must end in a WardenError, never a trap or a hang.
 @Suite struct FATDamageTests {
-    /// Small deterministic RNG (xorshift) so failures reproduce.
-    struct RNG { var s: UInt64; mutating func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s } }
 
     /// Runs `body`, recording any error that is not a WardenError. Returns true on success.
     @discardableResult
@@ -147,7 +145,7 @@ import DiskImage
         let good = try Self.image(bits)
         let fs = try FAT.open(MemoryDevice(good))
         let metaEnd = Int(fs.boot.dataOffset) + 64 * 1024
-        var rng = RNG(s: 0x9E37_79B9_7F4A_7C15 &+ UInt64(bits))
+        var rng = SeededRandom(seed: 0x9E37_79B9_7F4A_7C15 &+ UInt64(bits))
         for round in 0..<60 {
             var b = good
             let hits = 1 + Int(rng.next() % 40)

@@ -5,17 +5,8 @@ import WardenCore
 
 /// Direct tests of the stanza parsers on byte strings: hostile input must never trap.
 @Suite struct PackagesParserTests {
-    /// Deterministic xorshift generator, so failures reproduce.
-    struct XorShift: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            return state
-        }
-    }
-
     @Test func randomInputNeverTraps() {
-        var rng = XorShift(state: 0x9E37_79B9_7F4A_7C15)
+        var rng = SeededRandom(seed: 0x9E37_79B9_7F4A_7C15)
         let alphabet: [UInt8] = Array("Package: Status install ok installed Source: ( ) Version: 1:2-3 P:V:o:A:\n\n\r\t -".utf8) + [0, 0xFF, 0xC3]
         for round in 0..<300 {
             let n = Int.random(in: 0...4000, using: &rng)

@@ -286,6 +286,7 @@ struct UnreachableStore: LedgerStore {
     func replaceDisks(of vm: VMID, with disks: [DiskRecord]) throws { throw fail() }
     func vms(withDisk path: String, file: DiskRecord.FileID?) throws -> [VMRecord] { throw fail() }
     func atomically<T>(family: VMID?, _ body: () throws -> T) throws -> T { throw fail() }
+    var advisoryFacts: (any AdvisoryFacts)? { nil }
     func addHost(_ host: HostRecord) throws { throw fail() }
     func host(_ name: HostName) throws -> HostRecord? { throw fail() }
     func listHosts() throws -> [HostRecord] { throw fail() }

@@ -164,3 +164,5 @@ extension AdvisoryStore {
         return VMFindings(inventories: used, findings: Matcher.deduplicated(all))
     }
 }
+
+extension AdvisoryStore: AdvisoryFacts {}

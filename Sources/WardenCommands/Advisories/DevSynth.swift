@@ -7,15 +7,15 @@ import Ledger
 /// Hidden `warden dev synth-advisories|synth-inventories`: a synthetic fleet for scripts/bench-rescan.
 enum DevSynth {
 
-    /// SplitMix64, so runs are reproducible from a seed.
+    /// The seeded stream (``SeededRandom``), drawing below `n` by remainder as these synthetic
+    /// fleets always have, so a seed gives the same fleet as before.
     struct Rng {
         var state: UInt64
         mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
+            var r = SeededRandom(seed: state)
+            let v = r.next()
+            state = r.state
+            return v
         }
         mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
     }

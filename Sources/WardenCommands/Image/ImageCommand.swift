@@ -59,8 +59,8 @@ struct VolumeOptions: ParsableArguments {
     }
 }
 
-/// An opened guest filesystem, with the image it came from.
-struct OpenedGuest {
+/// One opened guest filesystem (the selected volume), with the image it came from.
+struct OpenedVolume {
     var image: OpenedImage
     var volume: GuestVolume
     var fs: any FileSystem
@@ -68,7 +68,7 @@ struct OpenedGuest {
     /// Opens `image` (at `volume.snapshot`) and its selected filesystem.
     /// An automatically chosen volume is named on stderr when `announce` is set, or when
     /// more than one Linux filesystem could have been chosen.
-    static func open(_ image: ImageOptions, _ volume: VolumeOptions, announce: Bool = false) throws -> OpenedGuest {
+    static func open(_ image: ImageOptions, _ volume: VolumeOptions, announce: Bool = false) throws -> OpenedVolume {
         let img = try image.open(snapshot: volume.snapshot)
         do {
             let layout = try GuestDisk.layout(of: img.device)
@@ -81,7 +81,7 @@ struct OpenedGuest {
                 Output.note("using \(v.displayName) (\(desc))")
             }
             let fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: v, in: layout, on: img.device))
-            return OpenedGuest(image: img, volume: v, fs: fs)
+            return OpenedVolume(image: img, volume: v, fs: fs)
         } catch let e as WardenError {
             throw e.inFile(image.image)
         }

@@ -40,7 +40,7 @@ struct ImageLs: ParsableCommand {
     }
 
     func run() throws {
-        let guest = try OpenedGuest.open(image, volume)
+        let guest = try OpenedVolume.open(image, volume)
         do {
             let resolver = GuestPathResolver(guest.fs)
             let target = try resolver.resolve(path, followFinal: true)
@@ -111,7 +111,7 @@ struct ImageCat: ParsableCommand {
     @OptionGroup var volume: VolumeOptions
 
     func run() throws {
-        let guest = try OpenedGuest.open(image, volume)
+        let guest = try OpenedVolume.open(image, volume)
         do {
             let target = try GuestPathResolver(guest.fs).resolve(path, followFinal: true)
             guard target.stat.type == .regular else {
@@ -157,7 +157,7 @@ struct ImageManifest: ParsableCommand {
     var allErrors = false
 
     func run() throws {
-        let guest = try OpenedGuest.open(image, volume, announce: true)
+        let guest = try OpenedVolume.open(image, volume, announce: true)
         var builder = ManifestBuilder(guest.fs)
         do {
             try builder.build { Output.stdout.line($0.line) }

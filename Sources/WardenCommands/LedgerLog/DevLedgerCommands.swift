@@ -65,8 +65,10 @@ struct DevAppendLoop: ParsableCommand {
             switch (n % 5, vm) {
             case (0, _), (_, nil):
                 // A VM row, its disk and its event in one transaction.
-                let (v, e) = try ledger.createVM(VMRecord(name: "crash-\(n)", owner: "crash"),
-                                                 disks: [DiskRecord(vm: VMID(), index: 0, path: "/dev/null/crash-\(n)", format: "raw")],
+                let record = VMRecord(name: "crash-\(n)", owner: "crash")
+                // One live VM per disk: each VM gets a disk path of its own.
+                let (v, e) = try ledger.createVM(record,
+                                                 disks: [DiskRecord(vm: record.id, index: 0, path: "/dev/null/crash-\(record.id)", format: "raw")],
                                                  event: NewEvent(kind: .registered, vm: nil, payload: ["n": .number(Double(n))]))
                 vm = v.id; rec = e
             case (1, let v?), (3, let v?):

@@ -1,0 +1,51 @@
+import DiskImage
+import GuestFS
+import WardenCore
+
+/// A guest opened for reading: the one "open image → layout → guest view" pipeline that
+/// inspection, scanning, registration, rollback reports and sysprep share.
+public struct OpenedGuest {
+    public let image: OpenedImage
+    public let layout: GuestDiskLayout
+    public let view: GuestView
+    /// The image path as given (named in errors and in the inventory).
+    public let path: String
+
+    /// A disk whose only filesystems are NTFS: a Windows guest, recognised but not read.
+    public struct WindowsGuest: Error, Sendable {
+        public var volume: String
+    }
+
+    /// Lays out `image` and assembles its guest from `/etc/fstab`. Throws ``WindowsGuest``
+    /// when no Linux root exists but an NTFS volume does; other errors name `path`.
+    public init(image: OpenedImage, path: String) throws {
+        do {
+            let layout = try GuestDisk.layout(of: image.device)
+            do {
+                view = try GuestView.assemble(disk: image.device, layout: layout)
+            } catch let e as WardenError where e.code == .notFound {
+                if let ntfs = layout.volumes.first(where: { $0.filesystem?.type == "ntfs" }) {
+                    throw WindowsGuest(volume: ntfs.displayName)
+                }
+                throw e
+            }
+            self.layout = layout
+        } catch let e as WardenError {
+            throw e.inFile(path)
+        }
+        self.image = image
+        self.path = path
+    }
+
+    /// Opens the image at `path` (format by content unless given; a snapshot if named).
+    public static func open(_ path: String, format: ImageFormat? = nil, snapshot: String? = nil) throws -> OpenedGuest {
+        let image: OpenedImage
+        do { image = try ImageOpener.open(path, options: OpenOptions(format: format, snapshot: snapshot)) } catch let e as WardenError {
+            throw e.inFile(path)
+        }
+        return try OpenedGuest(image: image, path: path)
+    }
+
+    /// What the guest says about itself.
+    public func inventory() -> Inventory { Inspection.inspect(view: view, image: path) }
+}

@@ -1,0 +1,17 @@
+/// A seeded SplitMix64 generator: the one deterministic random stream for tests, benchmarks
+/// and the synthetic fleets of `warden dev` (runs reproduce from their seed).
+public struct SeededRandom: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in 0..<n (n ≥ 1), by multiply-shift.
+    public mutating func below(_ n: Int) -> Int {
+        Int(next().multipliedFullWidth(by: UInt64(n)).high)
+    }
+}

@@ -1,0 +1,117 @@
+import Advisories
+import DiskImage
+import Foundation
+import Inspection
+import Ledger
+import WardenCore
+
+/// `scan`: inspect each image, store its inventory under its content identity, match it
+/// against the advisory store, save the assessment and record a `scanned` event on every
+/// ledger VM that has the disk. The CLI renders the outcome; the server will do the same.
+public struct ScanService {
+    public let database: WardenDatabase
+    public init(database: WardenDatabase) { self.database = database }
+
+    /// One image's result (JSON shape: docs/advisories.md, `warden.scan/v1`).
+    public struct ImageResult: Encodable, Sendable {
+        public var image: String
+        public var inventory: String
+        public var osId: String?
+        public var versionId: String?
+        public var ecosystems: [String]
+        public var packages: Int
+        public var summary: [String: Int]
+        public var vulnerable: Int
+        public var findings: [Finding]
+        public var problem: String?
+        /// Ledger VMs with this disk; each got a `scanned` event.
+        public var vms: [AffectedVM] = []
+    }
+
+    public struct Outcome: Sendable {
+        public var results: [ImageResult] = []
+        /// Images that could not be read at all (each names its file).
+        public var failures: [WardenError] = []
+        /// Images read but not assessable (one line each: no feed, no advisories, unreadable packages).
+        public var unassessable: [String] = []
+
+        /// Whether a vulnerable finding at or above `threshold` was found.
+        public func meets(_ threshold: Severity) -> Bool {
+            results.contains { $0.findings.contains { $0.status == .vulnerable && $0.severity >= threshold } }
+        }
+    }
+
+    /// Vulnerable findings by severity word, every severity present.
+    public static func summary(_ findings: [Finding]) -> [String: Int] {
+        var s: [String: Int] = [:]
+        for sev in Severity.allCases { s[sev.description] = 0 }
+        for f in findings where f.status == .vulnerable { s[f.severity.description, default: 0] += 1 }
+        return s
+    }
+
+    /// Opens, fingerprints and inspects one image (nil inventory: a Windows guest).
+    public static func inspect(_ path: String, format: ImageFormat?) throws -> (Digest, Inventory?) {
+        let img: OpenedImage
+        do { img = try ImageOpener.open(path, options: OpenOptions(format: format)) } catch let e as WardenError {
+            throw e.inFile(path)
+        }
+        let key: Digest
+        do { key = try ContentFingerprint.of(img.device) } catch let e as WardenError { throw e.inFile(path) }
+        do {
+            return (key, try OpenedGuest(image: img, path: path).inventory())
+        } catch is OpenedGuest.WindowsGuest {
+            return (key, nil)
+        }
+    }
+
+    public func scan(images: [String], format: ImageFormat? = nil, includeResolved: Bool = false) throws -> Outcome {
+        let store = AdvisoryStore(database)
+        let ledger = SQLiteLedger(database: database)
+        var out = Outcome()
+        var indexes: [String: AdvisoryIndex] = [:]
+        for path in images {
+            do {
+                let (key, inventory) = try Self.inspect(path, format: format)
+                guard let inv = inventory else {
+                    out.unassessable.append("\(path): Windows guests are recognised but not inspected; no advisories matched")
+                    out.results.append(ImageResult(image: path, inventory: key.description, ecosystems: [], packages: 0,
+                                                   summary: Self.summary([]), vulnerable: 0, findings: [], problem: "windows guest not inspected"))
+                    continue
+                }
+                let packages = Matcher.packages(of: inv)
+                let osID = inv.os.id.value, versionID = inv.os.versionId.value
+                try store.storeInventory(key: key, image: path, osID: osID, versionID: versionID, packages: packages)
+                var r = ImageResult(image: path, inventory: key.description, osId: osID, versionId: versionID, ecosystems: [],
+                                    packages: packages.count, summary: Self.summary([]), vulnerable: 0, findings: [])
+                if let reason = inv.packages.unknownReason {
+                    r.problem = "packages unknown: \(reason)"
+                    out.unassessable.append("\(path): package databases could not be read: \(reason)")
+                }
+                guard let eco = GuestEcosystem.from(osID: osID ?? "", versionID: versionID) else {
+                    r.problem = "no advisory ecosystem for os \(osID ?? "unknown") \(versionID ?? "")"
+                    out.unassessable.append("\(path): no advisory feed covers os-release ID \(osID ?? "unknown") VERSION_ID \(versionID ?? "unknown")")
+                    out.results.append(r)
+                    continue
+                }
+                r.ecosystems = eco.names
+                let cacheKey = eco.names.joined(separator: "\u{1F}")
+                let index = try indexes[cacheKey] ?? store.loadIndex(ecosystems: Set(eco.names))
+                indexes[cacheKey] = index
+                if index.entryCount == 0 {
+                    r.problem = "no advisories imported for \(eco.names.joined(separator: ", "))"
+                    out.unassessable.append("\(path): no advisories imported for \(eco.names.joined(separator: " or ")); run warden advisories import or update")
+                }
+                let findings = Matcher(index: index, includeResolved: includeResolved).findings(packages: packages, ecosystem: eco)
+                try store.saveAssessment(key, findings: findings)
+                r.vms = try store.recordScan(ledger: ledger, image: path, key: key, findings: findings)
+                r.findings = findings
+                r.summary = Self.summary(findings)
+                r.vulnerable = findings.filter { $0.status == .vulnerable }.count
+                out.results.append(r)
+            } catch let e as WardenError {
+                out.failures.append(e.inFile(path))
+            }
+        }
+        return out
+    }
+}
