@@ -165,6 +165,12 @@ public enum LibvirtHook {
         let disks = domain.diskPaths.enumerated().map { DiskRecord(vm: id, index: $0.offset, path: $0.element, format: domain.diskFormats[$0.offset]) }
         let event = NewEvent(kind: .discovered, vm: id, actor: NewEvent.hookActor(host), host: host, time: time,
                              payload: ["source": .string("libvirt-hook"), "domain": .string(domain.name)])
-        return try store.createVM(record, disks: disks, event: event).0
+        do {
+            return try store.createVM(record, disks: disks, event: event).0
+        } catch let e as WardenError where e.code == .conflict {
+            // Another hook run registered the same domain at the same moment: use its record.
+            if let vm = try store.vm(id) { return vm }
+            throw e
+        }
     }
 }
