@@ -431,6 +431,21 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
         }
     }
 
+    /// A rule name with raw ESC (a quoted YAML string can hold one) reaches `policy lint` and
+    /// `policy test` output escaped.
+    @Test func controlCharactersInRuleNamesAreEscaped() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            // YAML escapes put ESC, U+009B and U+202E into the rule name.
+            let text = "apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: \"evil\\e[2J\\x9bx\\u202Ey\"\n    on: [start]\n    require: {maxReplicas: 1}\n  - name: \"evil\\e[2J\\x9bx\\u202Ey\"\n    on: [start]\n    require: {maxReplicas: 1}\n"
+            let policy = try AdversarialPolicy.write(text, in: dir)
+            let lint = try WardenRun.run(["policy", "lint", policy])
+            #expect(lint.status == 2, "\(lint.stdoutText)")
+            #expect(lint.stdoutText.contains("must be letters, digits"), "\(lint.stdoutText)")
+            for bad in ["\u{1B}", "\u{9B}", "\u{202E}"] { #expect(!lint.stdoutText.contains(bad) && !lint.stderr.contains(bad)) }
+            #expect(lint.stdoutText.contains("evil\\x1b[2J\\u{009b}x\\u{202e}y"), "\(lint.stdoutText)")
+        }
+    }
+
     @Test func aMisspeltWardenPolicyDenies() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let db = dir + "/w.db"
