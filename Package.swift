@@ -76,6 +76,7 @@ let package = Package(
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
             "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Ledger", "Policy", "Sysprep",
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
@@ -106,6 +107,7 @@ let package = Package(
         .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Ledger", "Inspection", "WardenTestSupport"]),
+        .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]

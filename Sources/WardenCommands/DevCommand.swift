@@ -73,14 +73,8 @@ struct DevWriteTest: ParsableCommand {
             }
             fs = try GuestDisk.openMutableFileSystem(w)
         }
-        var state = seed
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var rng = SeededRandom(seed: seed)
+        func next() -> UInt64 { rng.next() }
         for i in 0..<(start + writes) {
             let offset = next() % dev.size
             let length = Int(min(UInt64(max(1, maxLength)), dev.size - offset, next() % UInt64(max(1, maxLength)) + 1))

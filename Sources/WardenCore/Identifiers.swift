@@ -8,14 +8,19 @@ public protocol StringCoded: Codable, CustomStringConvertible {
 }
 
 extension StringCoded {
-    public init(from decoder: Decoder) throws {
+    public init(from decoder: Decoder) throws { self = try Self.decodeCoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeCoded(to: encoder) }
+
+    /// The string coding itself, for types whose own `init(from:)`/`encode(to:)` must call it
+    /// explicitly (an Int-backed enum would otherwise get the standard number coding).
+    public static func decodeCoded(from decoder: Decoder) throws -> Self {
         let s = try decoder.singleValueContainer().decode(String.self)
         guard let v = Self.parse(codedString: s) else {
             throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not \(Self.codedKind)"))
         }
-        self = v
+        return v
     }
-    public func encode(to encoder: Encoder) throws {
+    public func encodeCoded(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
         try c.encode(description)
     }
@@ -90,17 +95,8 @@ public enum Severity: Int, Comparable, StringCoded, Sendable, CaseIterable {
     public static var codedKind: String { "a severity" }
     // Explicit: for an Int-backed enum, the standard library's RawRepresentable coding (a number)
     // would otherwise win over StringCoded's (the word), and JSON would carry 4 for "high".
-    public init(from decoder: Decoder) throws {
-        let s = try decoder.singleValueContainer().decode(String.self)
-        guard let v = Self.parse(codedString: s) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not \(Self.codedKind)"))
-        }
-        self = v
-    }
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(description)
-    }
+    public init(from decoder: Decoder) throws { self = try Self.decodeCoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeCoded(to: encoder) }
     /// The CVSS v3 qualitative band of a base score.
     public init(cvssScore score: Double) {
         switch score {

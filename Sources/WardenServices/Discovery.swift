@@ -16,22 +16,13 @@ public enum Discovery {
         public var virtualSize: UInt64
         public var backingChain: [String]
         public var fingerprint: String
-        public var os: String?
-        public var machineId: String?
+        @ExplicitNull public var os: String?
+        @ExplicitNull public var machineId: String?
         public var sshHostKeys: [String]
         /// The VM this image is a disk of (after --register, the new VM).
-        public var vm: String?
+        @ExplicitNull public var vm: String?
         /// `known` (already a registered disk), `registered` (by this run), `unregistered`.
         public var status: String
-        public func encode(to encoder: Encoder) throws {
-            enum K: String, CodingKey { case path, format, virtualSize, backingChain, fingerprint, os, machineId, sshHostKeys, vm, status }
-            var c = encoder.container(keyedBy: K.self)
-            try c.encode(path, forKey: .path); try c.encode(format, forKey: .format)
-            try c.encode(virtualSize, forKey: .virtualSize); try c.encode(backingChain, forKey: .backingChain)
-            try c.encode(fingerprint, forKey: .fingerprint); try c.encode(os, forKey: .os)
-            try c.encode(machineId, forKey: .machineId); try c.encode(sshHostKeys, forKey: .sshHostKeys)
-            try c.encode(vm, forKey: .vm); try c.encode(status, forKey: .status)
-        }
     }
     public struct Guest: Encodable {
         public var fingerprint: String
@@ -48,15 +39,9 @@ public enum Discovery {
         public var path: String
         public var fingerprint: String
         /// The registered VM whose disk has the same content, if any.
-        public var ofVm: String?
+        @ExplicitNull public var ofVm: String?
         /// That disk's path (or the first scanned image with the same content).
         public var ofPath: String
-        public func encode(to encoder: Encoder) throws {
-            enum K: String, CodingKey { case path, fingerprint, ofVm, ofPath }
-            var c = encoder.container(keyedBy: K.self)
-            try c.encode(path, forKey: .path); try c.encode(fingerprint, forKey: .fingerprint)
-            try c.encode(ofVm, forKey: .ofVm); try c.encode(ofPath, forKey: .ofPath)
-        }
     }
     public struct Backing: Encodable {
         public var path: String

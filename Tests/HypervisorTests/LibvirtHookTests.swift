@@ -190,15 +190,7 @@ import Advisories
             _ = try ledger.createVM(VMRecord(id: id, name: "db1", owner: "alice", state: .stopped),
                                     disks: [DiskRecord(vm: id, index: 0, path: dir + "/db1.qcow2", format: "qcow2")],
                                     event: NewEvent(kind: .registered, vm: id, host: HostName("h1")!))
-            try FileManager.default.createDirectory(atPath: dir + "/policy", withIntermediateDirectories: true)
-            try """
-            apiVersion: warden/v1
-            kind: Policy
-            rules:
-              - name: no-criticals-online
-                on: [start]
-                deny: { findings: { severity: critical } }
-            """.write(toFile: dir + "/policy/p.yaml", atomically: true, encoding: .utf8)
+            try PolicyFiles.write(PolicyFiles.noCriticalsOnline, in: dir)
             func hook() -> LibvirtHook.Outcome {
                 LibvirtHook.run(arguments: ["db1", "prepare", "begin", "-"], domainXML: xml, host: HostName("h1")!,
                                 policy: .explicit(dir + "/policy"), openStore: { ledger })

@@ -28,34 +28,6 @@ enum Storm {
     }
 }
 
-/// Policy files for the suite.
-enum AdversarialPolicy {
-    static func write(_ text: String, in dir: String, name: String = "p.yaml") throws -> String {
-        let pdir = dir + "/policy"
-        try FileManager.default.createDirectory(atPath: pdir, withIntermediateDirectories: true)
-        try text.write(toFile: pdir + "/" + name, atomically: true, encoding: .utf8)
-        return pdir
-    }
-
-    static func maxReplicas(_ n: Int) -> String {
-        """
-        apiVersion: warden/v1
-        kind: Policy
-        rules:
-          - name: at-most-\(n)
-            on: [copy, clone]
-            require: {maxReplicas: \(n)}
-        """
-    }
-
-    static let denyAll = """
-    apiVersion: warden/v1
-    kind: Policy
-    defaultEffect: deny
-    rules: []
-    """
-}
-
 /// The ledger after a storm: live VMs, the files they own, and `ledger verify`.
 struct LedgerState {
     var live: [[String: Any]]
@@ -107,7 +79,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
     @Test func maxReplicasHoldsUnderTwentyConcurrentCopies() throws {
         try Fixtures.withTemporaryDirectory { tmp in
             let db = try fleet(tmp)
-            let policy = try AdversarialPolicy.write(AdversarialPolicy.maxReplicas(3), in: tmp)
+            let policy = try PolicyFiles.write(PolicyFiles.maxReplicas(3), in: tmp)
             let cmds = (0..<20).map { i in
                 [Fixtures.wardenBinary, "vm", "copy", "web", tmp + "/r\(i)", "--overlay", "--name", "r\(i)", "--db", db, "--policy", policy]
             }
@@ -126,7 +98,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
     @Test func maxReplicasHoldsUnderTwentyConcurrentClonesAndCopies() throws {
         try Fixtures.withTemporaryDirectory { tmp in
             let db = try fleet(tmp)
-            let policy = try AdversarialPolicy.write(AdversarialPolicy.maxReplicas(3), in: tmp)
+            let policy = try PolicyFiles.write(PolicyFiles.maxReplicas(3), in: tmp)
             let cmds = (0..<20).map { i -> [String] in
                 i % 2 == 0
                     ? [Fixtures.wardenBinary, "vm", "clone", "web", "--name", "c\(i)", "--dir", tmp + "/clones", "--db", db, "--policy", policy]
@@ -293,7 +265,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
     func setUp(_ dir: String) throws -> (db: String, policy: String) {
         let db = dir + "/w.db"
         #expect(try WardenRun.run(["ledger", "init", "--db", db]).status == 0)
-        return (db, try AdversarialPolicy.write(AdversarialPolicy.denyAll, in: dir))
+        return (db, try PolicyFiles.write(PolicyFiles.denyAll, in: dir))
     }
 
     func decisions(_ db: String) throws -> Int {
@@ -346,8 +318,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
     @Test func anythingButLibvirtsLayoutIsDenied() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let (db, _) = try setUp(dir)
-            let allow = try AdversarialPolicy.write("apiVersion: warden/v1\nkind: Policy\nrules: []\n", in: dir, name: "../allow.yaml")
-            _ = allow
+            try PolicyFiles.writeFile(PolicyFiles.allowAll, at: dir + "/allow.yaml")
             let shapes: [[String]] = [[], ["web"], ["web", "prepare"], ["web", "prepare", "begin"],
                                       ["web", "prepare", "begin", "-", "extra"], ["web", "stopped", "end", "-", "x"]]
             for s in shapes {
@@ -384,7 +355,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
     @Test func firstNameAndUUIDCountAndUUIDlessDomainsAreNeverRegistered() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let (db, _) = try setUp(dir)
-            try "apiVersion: warden/v1\nkind: Policy\nrules: []\n".write(toFile: dir + "/allow.yaml", atomically: true, encoding: .utf8)
+            try PolicyFiles.writeFile(PolicyFiles.allowAll, at: dir + "/allow.yaml")
             let first = UUID(), second = UUID()
             let dup = Data("<domain type='qemu'><name>web</name><uuid>\(first.uuidString)</uuid><name>other</name><uuid>\(second.uuidString)</uuid><devices/></domain>".utf8)
             let r = try Tool.run([hookBinary, "--db", db, "--policy", dir + "/allow.yaml", "--", "web", "prepare", "begin", "-"], stdin: dup, check: false)
@@ -409,13 +380,13 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
     @Test func deeplyNestedPolicyIsRefusedBeforeParsing() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let deep = "apiVersion: warden/v1\nkind: Policy\nrules: " + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000) + "\n"
-            let policy = try AdversarialPolicy.write(deep, in: dir)
+            let policy = try PolicyFiles.write(deep, in: dir)
             let lint = try WardenRun.run(["policy", "lint", policy])
             #expect(lint.status == 2, "\(lint.stderr) \(lint.stdoutText)")
             #expect(lint.stdoutText.contains("p.yaml:3:") && lint.stdoutText.contains("nested deeper than 64"), "\(lint.stdoutText)")
             #expect(lint.stderr.utf8.count < 400)
             let block = "apiVersion: warden/v1\nkind: Policy\nrules:\n" + (0..<200).map { String(repeating: " ", count: $0 + 1) + "- " }.joined(separator: "\n") + "x\n"
-            let p2 = try AdversarialPolicy.write(block, in: dir + "/b")
+            let p2 = try PolicyFiles.write(block, in: dir + "/b")
             #expect(try WardenRun.run(["policy", "lint", p2]).status == 2)
             // The deciding paths fail closed with one line.
             let db = dir + "/w.db"
@@ -437,7 +408,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
         try Fixtures.withTemporaryDirectory { dir in
             // YAML escapes put ESC, U+009B and U+202E into the rule name.
             let text = "apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: \"evil\\e[2J\\x9bx\\u202Ey\"\n    on: [start]\n    require: {maxReplicas: 1}\n  - name: \"evil\\e[2J\\x9bx\\u202Ey\"\n    on: [start]\n    require: {maxReplicas: 1}\n"
-            let policy = try AdversarialPolicy.write(text, in: dir)
+            let policy = try PolicyFiles.write(text, in: dir)
             let lint = try WardenRun.run(["policy", "lint", policy])
             #expect(lint.status == 2, "\(lint.stdoutText)")
             #expect(lint.stdoutText.contains("must be letters, digits"), "\(lint.stdoutText)")
@@ -456,7 +427,7 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
             #expect(r.status == 3, "\(r.stderr)")
             #expect(r.stderr.contains("no such policy directory"), "\(r.stderr)")
             // Every deciding command takes --policy.
-            let allow = try AdversarialPolicy.write("apiVersion: warden/v1\nkind: Policy\nrules: []\n", in: dir)
+            let allow = try PolicyFiles.write(PolicyFiles.allowAll, in: dir)
             for args in [["vm", "copy", "web", dir + "/c", "--overlay"], ["vm", "clone", "web", "--name", "cl", "--dir", dir + "/cl"],
                          ["vm", "transfer", "web", "--to", "bob"], ["vm", "retire", "web"]] {
                 let ok = try WardenRun.run(args + ["--policy", allow, "--db", db])

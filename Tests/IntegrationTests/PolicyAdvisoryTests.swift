@@ -36,14 +36,7 @@ import WardenTestSupport
             let critical = home + "/critical", current = home + "/current"
             try FileManager.default.createDirectory(atPath: critical, withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: current, withIntermediateDirectories: true)
-            try """
-            apiVersion: warden/v1
-            kind: Policy
-            rules:
-              - name: no-criticals-online
-                on: [start]
-                deny: { findings: { severity: critical } }
-            """.write(toFile: critical + "/p.yaml", atomically: true, encoding: .utf8)
+            try PolicyFiles.writeFile(PolicyFiles.noCriticalsOnline, at: critical + "/p.yaml")
             try """
             apiVersion: warden/v1
             kind: Policy

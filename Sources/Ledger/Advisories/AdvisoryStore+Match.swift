@@ -25,7 +25,7 @@ extension AdvisoryStore {
         let ecoList = Array(ecosystems).sorted()
         let names = Array(packages).sorted()
         return try database.read { db in
-            var pending: [(Int64, String, String, String, Int?, String, String)] = []
+            var pending: [PendingEntry] = []
             var needed = Set<Int64>()
             var start = 0
             while start < names.count {
@@ -56,18 +56,9 @@ extension AdvisoryStore {
                     SELECT pk, source, id, aliases, severity, cvss_score, summary FROM advisory
                     WHERE pk IN (\(chunk.map { _ in "?" }.joined(separator: ","))) ORDER BY pk
                     """, arguments: StatementArguments(chunk))
-                while let m = try rows.next() {
-                    let aliases: String = m[3]
-                    metaOf[m[0]] = index.addMeta(AdvisoryIndex.Meta(
-                        id: m[2], source: m[1], aliases: aliases.isEmpty ? [] : aliases.split(separator: "\u{1F}").map(String.init),
-                        severity: Severity(rawValue: m[4]) ?? .unknown, cvssScore: m[5], summary: m[6]))
-                }
+                while let m = try rows.next() { metaOf[m[0]] = Self.addMeta(m, to: index) }
             }
-            for p in pending {
-                guard let meta = metaOf[p.0] else { continue }
-                index.addEntry(meta: meta, ecosystem: p.1, package: p.2, status: AffectedStatus(rawValue: p.3) ?? .affected,
-                               severity: p.4.flatMap { Severity(rawValue: $0) }, rangesText: p.5, versionsText: p.6)
-            }
+            Self.addEntries(pending, metaOf: metaOf, to: index)
             return index
         }
     }

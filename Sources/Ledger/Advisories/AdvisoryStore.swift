@@ -214,7 +214,7 @@ public struct AdvisoryStore: Sendable {
                 if ecosystems!.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR ecosystem LIKE 'Red Hat:%'" }
                 sql += ")"
             }
-            var pending: [(Int64, String, String, String, Int?, String, String)] = []
+            var pending: [PendingEntry] = []
             let rows = try Row.fetchCursor(db, sql: sql, arguments: args)
             var needed = Set<Int64>()
             while let r = try rows.next() {
@@ -226,17 +226,32 @@ public struct AdvisoryStore: Sendable {
             while let m = try metas.next() {
                 let pk: Int64 = m[0]
                 guard needed.contains(pk) else { continue }
-                let aliases: String = m[3]
-                metaOf[pk] = index.addMeta(AdvisoryIndex.Meta(
-                    id: m[2], source: m[1], aliases: aliases.isEmpty ? [] : aliases.split(separator: "\u{1F}").map(String.init),
-                    severity: Severity(rawValue: m[4]) ?? .unknown, cvssScore: m[5], summary: m[6]))
+                metaOf[pk] = Self.addMeta(m, to: index)
             }
-            for p in pending {
-                guard let meta = metaOf[p.0] else { continue }
-                index.addEntry(meta: meta, ecosystem: p.1, package: p.2, status: AffectedStatus(rawValue: p.3) ?? .affected,
-                               severity: p.4.flatMap { Severity(rawValue: $0) }, rangesText: p.5, versionsText: p.6)
-            }
+            Self.addEntries(pending, metaOf: metaOf, to: index)
             return index
+        }
+    }
+
+    /// One `advisory_affected` row, as the index loaders read it:
+    /// (advisory pk, ecosystem, package, status, severity, ranges, versions).
+    typealias PendingEntry = (Int64, String, String, String, Int?, String, String)
+
+    /// Adds the advisory row `m` (pk, source, id, aliases, severity, cvss_score, summary) to
+    /// `index`; returns its meta index.
+    static func addMeta(_ m: Row, to index: AdvisoryIndex) -> Int {
+        let aliases: String = m[3]
+        return index.addMeta(AdvisoryIndex.Meta(
+            id: m[2], source: m[1], aliases: aliases.isEmpty ? [] : aliases.split(separator: "\u{1F}").map(String.init),
+            severity: Severity(rawValue: m[4]) ?? .unknown, cvssScore: m[5], summary: m[6]))
+    }
+
+    /// Adds the entries whose advisory was loaded (`metaOf`) to `index`.
+    static func addEntries(_ pending: [PendingEntry], metaOf: [Int64: Int], to index: AdvisoryIndex) {
+        for p in pending {
+            guard let meta = metaOf[p.0] else { continue }
+            index.addEntry(meta: meta, ecosystem: p.1, package: p.2, status: AffectedStatus(rawValue: p.3) ?? .affected,
+                           severity: p.4.flatMap { Severity(rawValue: $0) }, rangesText: p.5, versionsText: p.6)
         }
     }
 

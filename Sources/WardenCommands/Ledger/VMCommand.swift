@@ -67,26 +67,16 @@ struct VMJSON: Encodable {
     var labels: [String: String]
     var state: String
     var generation: String
-    var parent: String?
-    var parentGeneration: String?
+    @ExplicitNull var parent: String?
+    @ExplicitNull var parentGeneration: String?
     var createdAt: Date
     var updatedAt: Date
-    var mac: String?
+    @ExplicitNull var mac: String?
     init(_ v: VMRecord) {
         id = v.id.description; name = v.name; owner = v.owner; labels = v.labels; state = v.state.rawValue
         generation = v.generation.uuidString.lowercased(); parent = v.parent?.description
         parentGeneration = v.parentGeneration?.uuidString.lowercased()
         createdAt = v.createdAt; updatedAt = v.updatedAt; mac = v.mac
-    }
-    func encode(to encoder: Encoder) throws {
-        enum K: String, CodingKey { case id, name, owner, labels, state, generation, parent, parentGeneration, createdAt, updatedAt, mac }
-        var c = encoder.container(keyedBy: K.self)
-        try c.encode(id, forKey: .id); try c.encode(name, forKey: .name); try c.encode(owner, forKey: .owner)
-        try c.encode(labels, forKey: .labels); try c.encode(state, forKey: .state)
-        try c.encode(generation, forKey: .generation)
-        try c.encode(parent, forKey: .parent); try c.encode(parentGeneration, forKey: .parentGeneration)
-        try c.encode(createdAt, forKey: .createdAt); try c.encode(updatedAt, forKey: .updatedAt)
-        try c.encode(mac, forKey: .mac)
     }
 }
 
@@ -95,16 +85,10 @@ struct DiskJSON: Encodable {
     var path: String
     var format: String
     var backingChain: [String]
-    var fingerprint: String?
+    @ExplicitNull var fingerprint: String?
     init(_ d: DiskRecord) {
         index = d.index; path = d.path; format = d.format; backingChain = d.backingChain
         fingerprint = d.fingerprint?.description
-    }
-    func encode(to encoder: Encoder) throws {
-        enum K: String, CodingKey { case index, path, format, backingChain, fingerprint }
-        var c = encoder.container(keyedBy: K.self)
-        try c.encode(index, forKey: .index); try c.encode(path, forKey: .path); try c.encode(format, forKey: .format)
-        try c.encode(backingChain, forKey: .backingChain); try c.encode(fingerprint, forKey: .fingerprint)
     }
 }
 
@@ -112,14 +96,8 @@ struct ResidencyJSON: Encodable {
     var host: String
     var kind: String
     var from: Date
-    var to: Date?
+    @ExplicitNull var to: Date?
     init(_ r: ResidencyRecord) { host = r.host.value; kind = r.kind.rawValue; from = r.from; to = r.to }
-    func encode(to encoder: Encoder) throws {
-        enum K: String, CodingKey { case host, kind, from, to }
-        var c = encoder.container(keyedBy: K.self)
-        try c.encode(host, forKey: .host); try c.encode(kind, forKey: .kind)
-        try c.encode(from, forKey: .from); try c.encode(to, forKey: .to)
-    }
 }
 
 struct VMList: ParsableCommand {
@@ -161,14 +139,7 @@ struct VMShow: ParsableCommand {
         var residency: [ResidencyJSON]
         var snapshots: [SnapJSON]
         var events: Int
-        var lastScan: Date?
-        func encode(to encoder: Encoder) throws {
-            enum K: String, CodingKey { case schema, vm, disks, residency, snapshots, events, lastScan }
-            var c = encoder.container(keyedBy: K.self)
-            try c.encode(schema, forKey: .schema); try c.encode(vm, forKey: .vm); try c.encode(disks, forKey: .disks)
-            try c.encode(residency, forKey: .residency); try c.encode(snapshots, forKey: .snapshots)
-            try c.encode(events, forKey: .events); try c.encode(lastScan, forKey: .lastScan)
-        }
+        @ExplicitNull var lastScan: Date?
     }
 
     func run() throws {
@@ -283,26 +254,18 @@ struct VMRetire: ParsableCommand {
 struct EventJSON: Encodable {
     var seq: Int64
     var kind: String
-    var vm: String?
+    @ExplicitNull var vm: String?
     var actor: String
     var host: String
     var time: Date
-    var generationBefore: String?
-    var generationAfter: String?
+    @ExplicitNull var generationBefore: String?
+    @ExplicitNull var generationAfter: String?
     var payload: [String: JSONValue]
     var reportedByCaller: Bool
     init(_ e: EventRecord) {
         seq = e.seq; kind = e.kind.rawValue; vm = e.vm?.description; actor = e.actor; host = e.host.value; time = e.time
         generationBefore = e.generationBefore?.uuidString.lowercased(); generationAfter = e.generationAfter?.uuidString.lowercased()
         payload = e.payload; reportedByCaller = e.reportedByCaller
-    }
-    func encode(to encoder: Encoder) throws {
-        enum K: String, CodingKey { case seq, kind, vm, actor, host, time, generationBefore, generationAfter, payload, reportedByCaller }
-        var c = encoder.container(keyedBy: K.self)
-        try c.encode(seq, forKey: .seq); try c.encode(kind, forKey: .kind); try c.encode(vm, forKey: .vm)
-        try c.encode(actor, forKey: .actor); try c.encode(host, forKey: .host); try c.encode(time, forKey: .time)
-        try c.encode(generationBefore, forKey: .generationBefore); try c.encode(generationAfter, forKey: .generationAfter)
-        try c.encode(payload, forKey: .payload); try c.encode(reportedByCaller, forKey: .reportedByCaller)
     }
 }
 

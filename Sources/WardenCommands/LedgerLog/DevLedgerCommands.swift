@@ -104,14 +104,8 @@ struct DevBenchProof: ParsableCommand {
         guard let cp = try ledger.latestCheckpoint(), cp.treeSize > 0 else {
             throw WardenError(.notFound, "the ledger has no signed checkpoint of a non-empty log", file: ledger.database.path)
         }
-        var state = seed
-        func rand(_ n: Int64) -> Int64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return Int64((z ^ (z >> 31)) % UInt64(n))
-        }
+        var rng = SeededRandom(seed: seed)
+        func rand(_ n: Int64) -> Int64 { Int64(rng.next() % UInt64(n)) }
         func measure(_ body: () throws -> Void) rethrows -> [Double] {
             var t: [Double] = []
             for _ in 0..<count {
@@ -166,14 +160,8 @@ struct DevBenchAppend: ParsableCommand {
         let ids = try ledger.vmIDs(limit: 100_000)
         guard !ids.isEmpty else { throw WardenError(.notFound, "the ledger has no VMs", file: ledger.database.path) }
         let before = try ledger.eventCount()
-        var state = seed
-        func rand(_ n: Int) -> Int {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return Int((z ^ (z >> 31)) % UInt64(n))
-        }
+        var rng = SeededRandom(seed: seed)
+        func rand(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
         var done = 0
         let (_, wall, cpu) = try timed {
             while done < events {

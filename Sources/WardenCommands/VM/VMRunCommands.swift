@@ -4,6 +4,7 @@ import Advisories
 import DiskImage
 import Hypervisor
 import Ledger
+import WardenServices
 import Policy
 import WardenCore
 #if canImport(Glibc)
@@ -42,19 +43,8 @@ enum VMRun {
                  })
     }
 
-    /// Advisory matches for an inventory read from a disk image, against the advisory store in
-    /// the ledger's database (the same matcher as `warden scan`, findings folded by alias).
-    /// nil (the report says "not checked") when the guest's OS has no advisory feed or no
-    /// advisory for its ecosystem was imported.
     static func vulnerabilityLookup(_ store: SQLiteLedger) -> RollbackImpact.VulnerabilityLookup? {
-        let advisories = AdvisoryStore(store.database)
-        return { inventory in
-            guard let eco = Matcher.ecosystem(of: inventory), try advisories.hasAdvisories(ecosystems: eco.names) else { return nil }
-            let findings = try advisories.match(packages: Matcher.packages(of: inventory), ecosystem: eco)
-            return Matcher.deduplicated(findings).map {
-                RollbackImpact.Vulnerability(id: $0.advisory, severity: $0.severity, package: $0.package, aliases: $0.aliases)
-            }
-        }
+        RollbackImpact.advisoryLookup(AdvisoryStore(store.database))
     }
 
     /// This warden binary (the state server runs as `warden vm state-server`).

@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import Advisories
+import WardenServices
 import Hypervisor
 import Inspection
 import WardenCore

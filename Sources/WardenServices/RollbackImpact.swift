@@ -5,6 +5,7 @@ import GuestFS
 import Inspection
 import WardenCore
 import Advisories
+import Ledger
 
 /// What a rollback to an internal snapshot would bring back, found offline: the VM's boot disk
 /// is inspected as of the snapshot (`OpenOptions(snapshot:)`) and as it is now, and compared.
@@ -221,5 +222,21 @@ public struct RollbackImpact: Codable, Sendable, Equatable {
         if !advisoriesChecked && !isEmpty { out.append("  (vulnerabilities not checked: no advisory data)") }
         for u in unknowns { out.append("  unknown: \(u)") }
         return out
+    }
+}
+
+extension RollbackImpact {
+    /// Advisory matches for an inventory read from a disk image, against `advisories` (the
+    /// same matcher as `warden scan`, findings folded by alias). The lookup answers nil (the
+    /// report says "not checked") when the guest's OS has no advisory feed or no advisory for
+    /// its ecosystem was imported.
+    public static func advisoryLookup(_ advisories: AdvisoryStore) -> VulnerabilityLookup {
+        { inventory in
+            guard let eco = Matcher.ecosystem(of: inventory), try advisories.hasAdvisories(ecosystems: eco.names) else { return nil }
+            let findings = try advisories.match(packages: Matcher.packages(of: inventory), ecosystem: eco)
+            return Matcher.deduplicated(findings).map {
+                Vulnerability(id: $0.advisory, severity: $0.severity, package: $0.package, aliases: $0.aliases)
+            }
+        }
     }
 }
