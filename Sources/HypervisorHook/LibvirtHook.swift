@@ -55,7 +55,7 @@ public enum LibvirtHook {
     /// checkpoint (any later `warden` write, or `warden ledger checkpoint`; docs/ledger-log.md).
     /// The WAL is left in place when the hook exits (``WardenDatabase/init(path:create:readOnly:checkpointOnClose:)``).
     public static func openLedger(_ path: String, host: HostName = .current) throws -> SQLiteLedger {
-        SQLiteLedger(database: try WardenDatabase(path: path, create: false, checkpointOnClose: false), signs: false, host: host)
+        try SQLiteLedger.open(path, .hook, host: host)
     }
 
     /// The ledger VM with a disk at one of the domain's disk paths, if exactly one live VM has it.

@@ -34,6 +34,30 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         self.init(database: try WardenDatabase(path: path, create: create, readOnly: readOnly))
     }
 
+    /// How a command opens the ledger.
+    public enum Opening: Sendable {
+        /// Create the database if it does not exist (commands that register something).
+        case create
+        /// The database must exist (commands that read or change existing VMs; fail closed).
+        case existing
+        /// Read-only: never migrates, never writes.
+        case readOnly
+        /// The libvirt hook: must exist; no signing key is loaded (its events are signed by
+        /// the next writer); the WAL is kept on close (docs/ledger-log.md).
+        case hook
+    }
+
+    /// The one way to open the ledger at `path`.
+    public static func open(_ path: String, _ how: Opening, host: HostName = .current) throws -> SQLiteLedger {
+        switch how {
+        case .create: return SQLiteLedger(database: try WardenDatabase(path: path, create: true), host: host)
+        case .existing: return SQLiteLedger(database: try WardenDatabase(path: path, create: false), host: host)
+        case .readOnly: return SQLiteLedger(database: try WardenDatabase(path: path, create: false, readOnly: true), host: host)
+        case .hook:
+            return SQLiteLedger(database: try WardenDatabase(path: path, create: false, checkpointOnClose: false), signs: false, host: host)
+        }
+    }
+
     /// This host's signing key, made on first use.
     public func signingKey() throws -> HostKey {
         lock.lock(); defer { lock.unlock() }

@@ -10,7 +10,7 @@ import Glibc
 
 /// Opens the ledger for the watcher: the database must already exist.
 func openExistingLedger(_ path: String) throws -> SQLiteLedger {
-    SQLiteLedger(database: try WardenDatabase(path: path, create: false))
+    try SQLiteLedger.open(path, .existing)
 }
 
 /// `warden libvirt-hook DOMAIN OPERATION SUB-OPERATION EXTRA`: libvirt's qemu hook, the same

@@ -49,7 +49,7 @@ extension PolicyCommand {
             var decision: Decision
             var seq: Int64? = nil
             do {
-                let store = SQLiteLedger(database: try WardenDatabase(path: WardenDatabase.defaultPath(explicit: db), create: false))
+                let store = try SQLiteLedger.open(WardenDatabase.defaultPath(explicit: db), .existing)
                 let record = try store.resolveVM(vm)
                 (decision, seq) = PolicyGate.evaluate(request, vm: record, store: store, source: source)
             } catch let e as WardenError where e.code == .unavailable || e.code == .io {

@@ -46,7 +46,9 @@ public struct WardenError: Error, Sendable, CustomStringConvertible, Equatable {
     public init(_ code: Code, _ message: String, file: String? = nil, offset: UInt64? = nil,
                 cause: (any Error & Sendable)? = nil) {
         self.code = code
-        self.message = message
+        // Neutralised when built, not only when printed: a message quotes guest names,
+        // domain names and feed text, and reaches logs, JSON and libvirt's error line.
+        self.message = TerminalText.line(message)
         self.file = file
         self.offset = offset
         self.cause = cause

@@ -13,12 +13,7 @@ import Glibc
 /// stale-run recovery after `kill -9`. One boot plus one restore, to keep CI time modest.
 @Suite(.serialized) struct VMRunTests {
     static func waitFor(_ what: String, timeout: TimeInterval = 240, _ check: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try check() { return }
-            usleep(250_000)
-        }
-        throw TestGuestError("timed out after \(Int(timeout)) s waiting for \(what)")
+        try waitUntil(what, timeout: timeout, check)
     }
 
     static func counterValues(_ text: Substring, name: String) -> [Int64] {

@@ -16,12 +16,7 @@ import Glibc
     }
 
     static func waitFor(_ what: String, timeout: TimeInterval = 240, _ check: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try check() { return }
-            usleep(250_000)
-        }
-        throw TestGuestError("timed out after \(Int(timeout)) s waiting for \(what)")
+        try waitUntil(what, timeout: timeout, check)
     }
 
     static func counters(_ text: String) -> [Int64] {

@@ -19,7 +19,7 @@ struct DatabaseOptions: ParsableArguments {
 
     /// Opens the ledger. Read commands pass `create: false` and fail closed on a missing database.
     func open(create: Bool, readOnly: Bool = false) throws -> SQLiteLedger {
-        try SQLiteLedger(path: path, create: create, readOnly: readOnly)
+        try SQLiteLedger.open(path, readOnly ? .readOnly : (create ? .create : .existing))
     }
 
     /// Opens the database itself (advisory store, assessments), creating it if needed.
