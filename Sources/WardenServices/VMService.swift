@@ -56,6 +56,30 @@ public struct VMService: Sendable {
         try decideAndApply(request, vm: vm, family: vm.id) { () }.0
     }
 
+    // MARK: - The lifecycle gate
+
+    /// The policy gate for VM lifecycle operations (start, stop, snapshot, rollback) that
+    /// `Hypervisor.VMRunner` calls before acting: decide, record, and throw
+    /// `WardenError(.denied)` (exit 3) unless allowed. `reexposure` is what a rollback would
+    /// re-open (nil when the impact report could not check advisories, so a `reexposes` rule
+    /// fails closed). With `forceStop`, a denied stop goes ahead, the override recorded first
+    /// (docs/decisions.md).
+    public func lifecycleGate(reexposure: [ReexposedFinding]?, forceStop: Bool)
+        -> (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void {
+        { [self] op, vm, _ in
+            let request = PolicyRequest(operation: op, host: host, reexposure: op == .rollback ? reexposure : nil)
+            if op == .stop && forceStop {
+                let (decision, _) = PolicyGate.evaluate(request, vm: vm, store: store, source: policy)
+                guard decision.effect == .deny else { return }
+                try PolicyGate.recordOverride(decision, store: store, host: host, why: "vm stop --force")
+                note("warning: \(decision.summary); stopping anyway (--force), override recorded in the ledger")
+                return
+            }
+            let decision = try PolicyGate.check(request, vm: vm, store: store, source: policy)
+            if decision.effect == .quarantine { note(decision.summary) }
+        }
+    }
+
     // MARK: - register
 
     public struct RegisterRequest: Sendable {

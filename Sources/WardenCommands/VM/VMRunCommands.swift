@@ -16,26 +16,12 @@ import Glibc
 
 /// Builds the runner for commands: the ledger, the counters, the policy gate, the state server.
 enum VMRun {
-    static func runner(_ store: SQLiteLedger, reexposure: [RollbackImpact.Vulnerability]? = nil, forceStop: Bool = false) -> VMRunner {
-        VMRunner(store: store, counters: CounterStore(database: store.database),
-                 gate: { operation, vm, _ in
-                     // The one policy call site for VM lifecycle operations (start, stop, snapshot,
-                     // rollback). Denials throw WardenError(.denied): exit 3. `reexposure` is nil when
-                     // the impact report could not check advisories, so a `reexposes` rule fails closed.
-                     let op = operation
-                     let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
-                     let request = PolicyRequest(operation: op, reexposure: op == .rollback ? findings : nil)
-                     if op == .stop && forceStop {
-                         // docs/decisions.md: a denied stop goes ahead with --force, and the override is recorded first.
-                         let (decision, _) = PolicyGate.evaluate(request, vm: vm, store: store)
-                         guard decision.effect == .deny else { return }
-                         try PolicyGate.recordOverride(decision, store: store, host: .current, why: "vm stop --force")
-                         Output.note("warning: \(decision.summary); stopping anyway (--force), override recorded in the ledger")
-                         return
-                     }
-                     let decision = try PolicyGate.check(request, vm: vm, store: store)
-                     if decision.effect == .quarantine { Output.note(decision.summary) }
-                 },
+    static func runner(_ store: SQLiteLedger, policy: PolicyGate.Source = .defaultDirectory,
+                       reexposure: [RollbackImpact.Vulnerability]? = nil, forceStop: Bool = false) -> VMRunner {
+        let service = VMService(store: store, policy: policy, note: { Output.note($0) })
+        let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
+        return VMRunner(store: store, counters: CounterStore(database: store.database),
+                 gate: service.lifecycleGate(reexposure: findings, forceStop: forceStop),
                  stateServerCommand: { vm, announce in
                      var argv = [selfExecutable, "vm", "state-server", vm.description, "--db", store.database.path]
                      if announce { argv.append("--announce") }
@@ -58,6 +44,7 @@ struct VMStart: ParsableCommand {
         commandName: "start",
         abstract: "Start a VM on QEMU in the background (vmgenid = the ledger's generation, virtio-rng, state port, -sandbox on).")
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM (id, unique id prefix, or name).") var vm: String
     @Option(help: "Memory in MiB.") var memory: Int = 512
     @Option(help: "Virtual CPUs.") var cpus: Int = 1
@@ -86,7 +73,7 @@ struct VMStart: ParsableCommand {
         o.kernel = kernel.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         o.initrd = initrd.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         o.append = append
-        let r = try VMRun.runner(store).start(record, options: o)
+        let r = try VMRun.runner(store, policy: policyOptions.source).start(record, options: o)
         if r.recoveredStale { Output.note("\(record.name): recovered a stale run (its QEMU had died); recorded it as stopped") }
         Output.stdout.line("started \(record.name) (pid \(r.pid), \(r.accel), generation \(record.generation.uuidString.lowercased()))")
     }
@@ -96,6 +83,7 @@ struct VMStop: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stop", abstract: "Stop a VM (policy-checked): ACPI powerdown, wait, then QMP quit, then SIGKILL.")
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
     @Option(help: "Seconds to wait for the guest to power down before quitting QEMU.") var timeout: Double = 30
     @Flag(help: "Stop even when policy denies it; the override is recorded in the ledger (docs/policy.md).") var force = false
@@ -103,7 +91,7 @@ struct VMStop: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let record = try store.resolveVM(vm)
-        let r = try VMRun.runner(store, forceStop: force).stop(record, timeout: timeout)
+        let r = try VMRun.runner(store, policy: policyOptions.source, forceStop: force).stop(record, timeout: timeout)
         Output.stdout.line(r.how == "stale" ? "\(record.name) was not running (stale run recovered)" : "stopped \(record.name) (\(r.how))")
     }
 }
@@ -166,12 +154,13 @@ struct VMSnapshot: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "snapshot", abstract: "Take an internal qcow2 snapshot (live through QMP, or with qemu-img while stopped).")
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
     @Argument(help: "The snapshot name.") var name: String
     func run() throws {
         let store = try database.open(create: false)
         let record = try store.resolveVM(vm)
-        let s = try VMRun.runner(store).snapshot(record, name: name)
+        let s = try VMRun.runner(store, policy: policyOptions.source).snapshot(record, name: name)
         Output.stdout.line("snapshot \(s.name) of \(record.name) taken (generation \(s.generation.uuidString.lowercased()))")
     }
 }
@@ -202,6 +191,7 @@ struct VMRollback: ParsableCommand {
         commandName: "rollback",
         abstract: "Roll a VM back to a snapshot: impact report, policy, new generation, restart with the new vmgenid.")
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
     @Argument(help: "The snapshot name.") var name: String
     @Flag(help: "Only print the impact report.") var dryRun = false
@@ -229,7 +219,7 @@ struct VMRollback: ParsableCommand {
         if dryRun { return }
         // Without advisory data the re-exposure is unknown (nil), never "none".
         let reexposure = impact.flatMap { $0.advisoriesChecked ? $0.reexposedVulnerabilities : nil }
-        let r = try VMRun.runner(store, reexposure: reexposure).rollback(record, name: name)
+        let r = try VMRun.runner(store, policy: policyOptions.source, reexposure: reexposure).rollback(record, name: name)
         let line = "rolled back \(record.name) to \(name): generation \(r.oldGeneration.uuidString.lowercased()) -> \(r.newGeneration.uuidString.lowercased())"
             + (r.restarted ? " (QEMU restarted with the new vmgenid)" : "")
         if json { Output.note(line) } else { Output.stdout.line(line) }

@@ -1,0 +1,153 @@
+import Foundation
+import WardenCore
+
+// MARK: - Exposure
+
+/// A residency interval as reported by exposure (`to` nil while open).
+public struct ExposureInterval: Codable, Sendable, Equatable {
+    public var kind: ResidencyRecord.Kind
+    public var from: Date
+    public var to: Date?
+}
+
+/// One VM that may have been tampered with by whoever controlled the host in the window.
+public struct ExposedVM: Codable, Sendable, Equatable {
+    public var vm: VMID
+    public var name: String
+    public var owner: String
+    public var state: VMState
+    /// When this VM's exposure began: the earliest of its own residency in the window
+    /// (clipped to the window's start) and the creation of the VM from an exposed parent.
+    public var exposedSince: Date
+    /// `direct` when the VM itself was on the host in the window, `inherited` when only
+    /// an exposed ancestor was, `direct+inherited` when both.
+    public var how: String
+    /// Its own intervals on the host that overlap the window (empty when inherited only).
+    public var residencies: [ExposureInterval]
+    /// The exposed parent it was cloned or copied from after that parent's exposure began
+    /// (nil when that is not what made it exposed earliest).
+    public var inheritedFrom: VMID?
+    /// The directly exposed VM this exposure comes from: itself when direct, else the end of the
+    /// `inherited_from` chain.
+    public var source: VMID
+    /// Clone/copy steps from `source` (0 when direct).
+    public var steps: Int
+}
+
+/// `warden exposure --host H --from T1 --to T2`.
+public struct ExposureReport: Codable, Sendable, Equatable {
+    public var schema = "warden.exposure/v1"
+    public var host: HostName
+    public var from: Date
+    public var to: Date
+    /// The time open intervals were taken to end at.
+    public var now: Date
+    /// Exposed VMs, ordered by `exposed_since`, then id.
+    public var vms: [ExposedVM]
+}
+
+extension LedgerQueries {
+    public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
+        try referenceExposure(host: host, from: from, to: to, now: now)
+    }
+
+    /// The exposure query computed from the primitives alone: the reference every backend's
+    /// ``exposure(host:from:to:now:)`` must agree with (the tests compare them).
+    ///
+    /// Every VM with a ran-on or stored-on interval on `host` overlapping the closed window
+    /// `[from, to]`, plus, transitively, every VM cloned or copied from an exposed VM at or
+    /// after the moment that VM's exposure began.
+    public func referenceExposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
+        guard from <= to else {
+            throw WardenError(.invalidArgument, "the window's start is after its end")
+        }
+        let direct = try residencies(on: host, overlapping: from, to, now: now)
+        var since: [VMID: Date] = [:]
+        var intervals: [VMID: [ExposureInterval]] = [:]
+        for r in direct {
+            let end = r.to ?? now
+            guard r.from <= to, end > from, end > r.from else { continue }   // the backend's contract, re-checked
+            let start = max(r.from, from)
+            since[r.vm] = min(since[r.vm] ?? start, start)
+            intervals[r.vm, default: []].append(ExposureInterval(kind: r.kind, from: r.from, to: r.to))
+        }
+        var inheritedFrom: [VMID: VMID] = [:]
+        var records: [VMID: VMRecord] = [:]
+        // Propagate down the lineage. A VM's start only ever decreases, so re-visit a VM
+        // whenever it gets earlier; lineage is a forest (one parent each), so this ends.
+        var frontier = Array(since.keys)
+        var rounds = 0
+        while !frontier.isEmpty {
+            rounds += 1
+            if rounds > 100_000 { throw WardenError(.internal, "lineage deeper than 100000 generations") }
+            var next: [VMID] = []
+            var seen = Set<VMID>()
+            for chunk in stride(from: 0, to: frontier.count, by: 500) {
+                let parents = Array(frontier[chunk..<min(chunk + 500, frontier.count)])
+                for child in try children(of: parents) {
+                    guard let parent = child.parent, let parentSince = since[parent] else { continue }
+                    records[child.id] = child
+                    guard child.createdAt >= parentSince else { continue }
+                    if let old = since[child.id], old <= child.createdAt { continue }
+                    since[child.id] = child.createdAt
+                    inheritedFrom[child.id] = parent
+                    if seen.insert(child.id).inserted { next.append(child.id) }
+                }
+            }
+            frontier = next
+        }
+        for r in try vms(withIDs: since.keys.filter { records[$0] == nil }) { records[r.id] = r }
+        let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) {
+            records[$0].map { ($0.name, $0.owner, $0.state) }
+        }
+        return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+    }
+}
+
+/// Turns exposure starts into report entries; shared by every implementation.
+enum ExposureAssembly {
+    static func assemble(since: [VMID: Date], inheritedFrom: [VMID: VMID], intervals: [VMID: [ExposureInterval]],
+                         record: (VMID) -> (name: String, owner: String, state: VMState)?) throws -> [ExposedVM] {
+        // The directly exposed ancestor each exposure comes from, and how many steps away (memoized).
+        var source: [VMID: (VMID, Int)] = [:]
+        func origin(_ id: VMID) throws -> (VMID, Int) {
+            if let known = source[id] { return known }
+            var chain: [VMID] = []
+            var cursor = id
+            while let p = inheritedFrom[cursor], source[cursor] == nil {
+                chain.append(cursor)
+                cursor = p
+                if chain.count > 1_000_000 { throw WardenError(.corrupt, "exposure: lineage cycle at \(id)") }
+            }
+            var base = source[cursor] ?? (cursor, 0)
+            source[cursor] = base
+            for v in chain.reversed() {
+                base = (base.0, base.1 + 1)
+                source[v] = base
+            }
+            return source[id]!
+        }
+        var out: [ExposedVM] = []
+        out.reserveCapacity(since.count)
+        for (id, start) in since {
+            guard let rec = record(id) else { continue }
+            let own = intervals[id] ?? []
+            let parent = inheritedFrom[id]
+            let how: String
+            switch (own.isEmpty, parent == nil) {
+            case (false, true): how = "direct"
+            case (true, false): how = "inherited"
+            default: how = "direct+inherited"
+            }
+            let (src, steps) = try origin(id)
+            out.append(ExposedVM(vm: id, name: rec.name, owner: rec.owner, state: rec.state, exposedSince: start,
+                                 how: how, residencies: own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) },
+                                 inheritedFrom: parent, source: src, steps: steps))
+        }
+        // Sort keys computed once: VMID's `<` builds two strings per comparison, and thousands of
+        // direct exposures share one start (the window's).
+        return out.map { ($0, FastUUID.text($0.vm.uuid)) }
+            .sorted { ($0.0.exposedSince, $0.1) < ($1.0.exposedSince, $1.1) }
+            .map(\.0)
+    }
+}
