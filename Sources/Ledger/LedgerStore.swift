@@ -12,10 +12,11 @@ public protocol LedgerStore: Sendable {
     // MARK: Transactions
     /// Runs `body` so that every call it makes on this store is one transaction: a decision
     /// that reads ledger state (a replica count, a disk-path uniqueness check) commits
-    /// together with the change it allows, or neither does. Concurrent callers touching the
-    /// same lineage `family` (the root ancestor, or the VM itself) are serialised; `nil`
-    /// serialises against every writer. SQLite holds its one write lock (`BEGIN IMMEDIATE`);
-    /// a PostgreSQL store holds an advisory lock on the family for the transaction.
+    /// together with the change it allows, or neither does. `family` is any VM of the lineage
+    /// family the decision reads (the store resolves the family's root itself, so callers
+    /// starting from different members still meet on one lock); `nil` serialises against
+    /// every writer. SQLite holds its one write lock (`BEGIN IMMEDIATE`); a PostgreSQL store
+    /// holds an advisory lock on the family's root for the transaction.
     func atomically<T>(family: VMID?, _ body: () throws -> T) throws -> T
 
     // MARK: VMs

@@ -95,6 +95,22 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
         }
     }
 
+    @Test func maxReplicasHoldsUnderTwentyConcurrentClones() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let db = try fleet(tmp)
+            let policy = try PolicyFiles.write(PolicyFiles.maxReplicas(3), in: tmp)
+            let cmds = (0..<20).map { i in
+                [Fixtures.wardenBinary, "vm", "clone", "web", "--name", "c\(i)", "--dir", tmp + "/clones", "--db", db, "--policy", policy]
+            }
+            let rc = try Storm.run(cmds, cwd: tmp)
+            #expect(rc.filter { $0 == 0 }.count == 2, "exit codes \(rc)")
+            #expect(rc.filter { $0 == 3 }.count == 18, "exit codes \(rc)")
+            let state = try LedgerState.read(db: db)
+            #expect(state.live.count == 3)
+            #expect(strayFiles(in: tmp, owned: state.diskPaths) == [])
+        }
+    }
+
     @Test func maxReplicasHoldsUnderTwentyConcurrentClonesAndCopies() throws {
         try Fixtures.withTemporaryDirectory { tmp in
             let db = try fleet(tmp)
@@ -303,6 +319,13 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
                 }
             }
         }
+    }
+
+    /// The README's install path builds the lean hook, so `install-hook` never has to fall back.
+    @Test func theDemoBuildsTheLeanHook() throws {
+        let demo = try String(contentsOfFile: (#filePath as NSString).deletingLastPathComponent + "/../../scripts/demo", encoding: .utf8)
+        #expect(demo.contains("--product warden-hook"))
+        #expect(FileManager.default.isExecutableFile(atPath: LeanHookTests.hookBinary))
     }
 
     @Test func theFormDocsSuggestIsDenied() throws {
