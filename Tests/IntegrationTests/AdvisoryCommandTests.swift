@@ -79,17 +79,25 @@ import WardenTestSupport
 
     @Test func updateFailsQuicklyOffline() throws {
         try Fixtures.withTemporaryDirectory { tmp in
-            let start = Date()
             let r = try Self.warden(["advisories", "update", "--db", tmp + "/w.db", "--source", "debian", "--timeout", "5"],
                                     env: ["WARDEN_DEBIAN_TRACKER_URL": "http://127.0.0.1:9/json"])
             #expect(r.status == 4)
             #expect(r.stderr.hasPrefix("warden: cannot fetch http://127.0.0.1:9/json: "), "\(r.stderr)")
             #expect(r.stderr.split(separator: "\n").count == 1)
-            // The real feed: this machine has no route to it, so it must fail within the timeout.
-            let real = try Self.warden(["advisories", "update", "--db", tmp + "/w.db", "--source", "osv:Debian", "--timeout", "5"])
-            #expect(real.status == 0 || real.status == 4)
-            if real.status == 4 { #expect(real.stderr.contains("cannot fetch https://osv-vulnerabilities.storage.googleapis.com/Debian/all.zip")) }
-            #expect(Date().timeIntervalSince(start) < 30)
+            // A server that accepts connections and never answers (a listening socket on
+            // loopback that is never accepted): --timeout ends the fetch with exit 4. Tests send
+            // no traffic beyond loopback, so the real feeds are never asked.
+            let hung = try Tool.run(["timeout", "-s", "KILL", "60", "python3", "-c", """
+            import socket, subprocess, sys
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+            port = s.getsockname()[1]
+            env = {"WARDEN_DEBIAN_TRACKER_URL": "http://127.0.0.1:%d/json" % port, "PATH": "/usr/bin:/bin"}
+            r = subprocess.run([sys.argv[1], "advisories", "update", "--db", sys.argv[2], "--source", "debian", "--timeout", "2"],
+                               env=env, capture_output=True, text=True)
+            print(r.returncode); print(r.stderr.strip())
+            """, Fixtures.wardenBinary, tmp + "/w.db"]).stdoutText.split(separator: "\n")
+            #expect(hung.first == "4", "\(hung)")
+            #expect(hung.dropFirst().first?.hasPrefix("warden: cannot fetch http://127.0.0.1:") == true, "\(hung)")
             let bad = try Self.warden(["advisories", "update", "--db", tmp + "/w.db", "--source", "nonsense"])
             #expect(bad.status == 2)
         }
