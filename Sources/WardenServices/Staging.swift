@@ -155,8 +155,12 @@ public final class Staging {
                 continue
             }
             var ts = stat(), fs = stat()
-            if !name.contains(".warden-tmp-"), stat(temp, &ts) == 0, lstat(final, &fs) == 0,
-               ts.st_dev == fs.st_dev, ts.st_ino == fs.st_ino {
+            // The final name goes only when it is our staged file itself: the same regular
+            // file (device and inode) as the hidden name, owned by this user. A look-alike
+            // hidden name linked to someone else's file does not make recovery remove it.
+            if !name.contains(".warden-tmp-"), lstat(temp, &ts) == 0, lstat(final, &fs) == 0,
+               ts.st_mode & S_IFMT == S_IFREG, fs.st_mode & S_IFMT == S_IFREG,
+               ts.st_dev == fs.st_dev, ts.st_ino == fs.st_ino, ts.st_uid == getuid() {
                 unlink(final)
             }
             unlink(temp)
