@@ -113,9 +113,15 @@ import WardenTestSupport
     @Test func truncatedFeedsNeverTrap() throws {
         for text in [FeedFixtures.dsaOpenSSL, FeedFixtures.tracker, FeedFixtures.secdb] {
             let bytes = Array(text.utf8)
-            for n in stride(from: 0, to: bytes.count, by: 7) {
-                do { _ = try AdvisoryImporter.decode(Data(bytes[0..<n]), file: "t.json") } catch is WardenError {}
+            var cuts = Rejections(.corrupt, .unsupported)
+            var n = 0
+            while n < bytes.count {
+                cuts.feed { try AdvisoryImporter.decode(Data(bytes[0..<n]), file: "t.json") }
+                n += 7
             }
+            // Every proper prefix of a JSON document is refused (at most one that ends in the
+            // document's trailing whitespace is whole).
+            #expect(cuts.accepted <= 1 && cuts.rejected >= (bytes.count + 6) / 7 - 1, "\(cuts.accepted) prefixes accepted")
         }
     }
 

@@ -284,6 +284,7 @@ func rpmQALine(_ p: InstalledPackage) -> String {
         let (_, dir) = try RPMFixture.guest()
         let good = try Fixtures.read(try exportedFile(dir, "usr/lib/sysimage/rpm/rpmdb.sqlite"))
         var rng = SeededRandom(seed: 9)
+        var inputs = Rejections(.corrupt, .limitExceeded)
         for _ in 0..<100 {
             var x = good
             for _ in 0..<Int.random(in: 1...64, using: &rng) {
@@ -291,8 +292,9 @@ func rpmQALine(_ p: InstalledPackage) -> String {
             }
             var inv = PackageInventory(manager: .rpm, source: "x")
             var w = CappedWarnings()
-            _ = try? RPMDatabase.readSQLite(x, name: "x", into: &inv, warnings: &w)
+            inputs.feed { try RPMDatabase.readSQLite(x, name: "x", into: &inv, warnings: &w) }
         }
+        #expect(inputs.accepted + inputs.rejected == 100)
     }
 
     /// Garbage under every rpm path: unknown reasons, never a crash.
