@@ -36,7 +36,8 @@ public final class WardenDatabase: Sendable {
     public init(path: String, create: Bool = true, readOnly: Bool = false, checkpointOnClose: Bool = true) throws {
         self.path = path
         let fm = FileManager.default
-        if !fm.fileExists(atPath: path) {
+        let fresh = !fm.fileExists(atPath: path)
+        if fresh {
             guard create, !readOnly else {
                 throw WardenError(.unavailable, "no Warden database (run a command that registers something first, or pass --db)", file: path)
             }
@@ -73,7 +74,12 @@ public final class WardenDatabase: Sendable {
             if db.configuration.readonly { try db.execute(sql: "PRAGMA mmap_size = 17179869184") }
         }
         do {
-            pool = try DatabasePool(path: path, configuration: config)
+            // A new database is created, switched to WAL and migrated by one process at a
+            // time (the others wait on the folder's lock, then find it ready): switching the
+            // journal mode is refused, not waited for, while another connection holds the file.
+            let lock = fresh && !readOnly ? MigrationLock.acquire(databasePath: path) : nil
+            defer { lock?.release() }
+            pool = try Self.openPool(path: path, configuration: config)
             // GRDB sets `synchronous = NORMAL` on the writer when it turns WAL on, after
             // `prepareDatabase` ran: set FULL again, or commits are not fsynced.
             if !readOnly { try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") } }
@@ -86,10 +92,11 @@ public final class WardenDatabase: Sendable {
             } else if !readOnly {
                 // Serialised across processes: eight first commands on a fresh database must
                 // not each try to create the tables.
-                try MigrationLock.holding(databasePath: path) {
+                let migrate = { [pool] in
                     try WardenSchema.migrator.migrate(pool)
                     try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA user_version = \(WardenSchema.stamp)") }
                 }
+                if lock != nil { try migrate() } else { try MigrationLock.holding(databasePath: path, migrate) }
             } else {
                 let pending = try pool.read { try WardenSchema.migrator.hasCompletedMigrations($0) }
                 if !pending {
@@ -106,6 +113,22 @@ public final class WardenDatabase: Sendable {
         }
         // The database holds host keys' fingerprints, owners and history: keep it private.
         _ = chmod(path, 0o600)
+    }
+
+    /// Opens the pool, retrying (bounded: 100 × 50 ms) while another process holds a lock
+    /// that SQLite refuses at once instead of waiting for (the WAL switch of a database that
+    /// another process is creating).
+    static func openPool(path: String, configuration: Configuration) throws -> DatabasePool {
+        var attempt = 0
+        while true {
+            do {
+                return try DatabasePool(path: path, configuration: configuration)
+            } catch let e as DatabaseError where e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED {
+                attempt += 1
+                if attempt >= 100 { throw e }
+                usleep(50_000)
+            }
+        }
     }
 
     /// Runs `body` in a write transaction; SQLite errors become ``WardenError``s naming the file.
@@ -190,6 +213,25 @@ public final class WardenDatabase: Sendable {
 /// An exclusive `flock` on the database's folder while migrations run, so concurrent first
 /// uses of a new database apply them once (the others wait, then find them applied).
 enum MigrationLock {
+    /// A held lock; ``release()`` (or the end of the process) lets the next one in.
+    final class Held {
+        let fd: Int32
+        init(fd: Int32) { self.fd = fd }
+        func release() { _ = flock(fd, LOCK_UN); close(fd) }
+    }
+
+    /// Takes the lock (waiting for it); nil when the folder cannot be opened or locked.
+    static func acquire(databasePath: String) -> Held? {
+        var dir = (databasePath as NSString).deletingLastPathComponent
+        if dir.isEmpty { dir = "." }
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR { close(fd); return nil }
+        }
+        return Held(fd: fd)
+    }
+
     static func holding<T>(databasePath: String, _ body: () throws -> T) throws -> T {
         var dir = (databasePath as NSString).deletingLastPathComponent
         if dir.isEmpty { dir = "." }

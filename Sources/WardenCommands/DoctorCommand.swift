@@ -29,10 +29,11 @@ struct DoctorCommand: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let found = try Maintenance.recoverLeftovers(store: store, directories: folders)
-        if json { Output.stdout.line(try Output.json(Doc(leftovers: found))); return }
-        if found.isEmpty { Output.stdout.line("no leftovers"); return }
-        for l in found {
-            Output.stdout.line(oneLine("\(l.action == "committed" ? "removed staging name" : "rolled back") \(l.temp)\(l.action == "committed" ? "" : " (and \(l.final) if it was linked)")"))
+        try Output.render(Doc(leftovers: found), json: json) {
+            if found.isEmpty { Output.stdout.line("no leftovers"); return }
+            for l in found {
+                Output.stdout.line(oneLine("\(l.action == "committed" ? "removed staging name" : "rolled back") \(l.temp)\(l.action == "committed" ? "" : " (and \(l.final) if it was linked)")"))
+            }
         }
     }
 }

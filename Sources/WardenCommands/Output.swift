@@ -48,6 +48,22 @@ final class Output: @unchecked Sendable {
         FileHandle.standardError.write(Data("warden: \(oneLine(message))\n".utf8))
     }
 
+    /// How a document is written as JSON: `plain` (``json(_:)``) or `ledger` (``ledgerJSON(_:)``:
+    /// times as RFC 3339 strings in UTC with microseconds).
+    enum JSONStyle { case plain, ledger }
+
+    /// The one output path of a command: with `json`, `doc` as JSON on standard output (its
+    /// documented schema); otherwise `human` writes the table or text.
+    static func render<T: Encodable>(_ doc: @autoclosure () throws -> T, json: Bool, style: JSONStyle = .plain,
+                                     human: () throws -> Void) throws {
+        if json {
+            let d = try doc()
+            stdout.line(try style == .ledger ? ledgerJSON(d) : Output.json(d))
+        } else {
+            try human()
+        }
+    }
+
     /// Encodes `value` as pretty, sorted-key JSON with snake_case keys.
     static func json<T: Encodable>(_ value: T) throws -> String {
         let enc = JSONEncoder()

@@ -58,13 +58,11 @@ extension PolicyCommand {
                                                                           host: .known(HostFacts(name: request.host.value, labels: [:]))))
             }
             let time = ISO8601DateFormatter().string(from: decision.time)
-            if json {
-                Output.stdout.line(try Output.json(Report(decision: decision.id.uuidString.lowercased(), operation: op.rawValue,
-                                                          vm: decision.vm?.description, vmName: decision.vmName, host: decision.host,
-                                                          time: time, effect: decision.effect.rawValue, reasons: decision.reasons,
-                                                          rules: decision.rules, outcomes: decision.outcomes, revision: decision.revision,
-                                                          failedClosed: decision.failedClosed, recordedSeq: seq)))
-            } else {
+            try Output.render(Report(decision: decision.id.uuidString.lowercased(), operation: op.rawValue,
+                                                      vm: decision.vm?.description, vmName: decision.vmName, host: decision.host,
+                                                      time: time, effect: decision.effect.rawValue, reasons: decision.reasons,
+                                                      rules: decision.rules, outcomes: decision.outcomes, revision: decision.revision,
+                                                      failedClosed: decision.failedClosed, recordedSeq: seq), json: json) {
                 let who = decision.vmName ?? vm
                 Output.stdout.line("\(decision.effect.rawValue)  \(op.rawValue) \(who) on \(decision.host ?? request.host.value) at \(time)  (revision \(decision.revision))")
                 for r in decision.reasons { Output.stdout.line("  \(r)") }

@@ -38,10 +38,8 @@ struct PolicyCommand: ParsableCommand {
             let (docs, diags) = try PolicySet.lint(directory: directory)
             let ok = !diags.contains { $0.level == .error }
             let set = ok ? PolicySet(documents: docs, origin: directory) : nil
-            if json {
-                Output.stdout.line(try Output.json(Report(directory: directory, files: files, rules: docs.reduce(0) { $0 + $1.rules.count },
-                                                          revision: set?.revision, defaultEffect: set?.defaultEffect.rawValue, ok: ok, diagnostics: diags)))
-            } else {
+            try Output.render(Report(directory: directory, files: files, rules: docs.reduce(0) { $0 + $1.rules.count },
+                                                      revision: set?.revision, defaultEffect: set?.defaultEffect.rawValue, ok: ok, diagnostics: diags), json: json) {
                 for d in diags { Output.stdout.line(oneLine(d.description)) }
                 if let set {
                     Output.stdout.line("\(files.count) file\(files.count == 1 ? "" : "s"), \(set.rules.count) rule\(set.rules.count == 1 ? "" : "s"), default \(set.defaultEffect.rawValue), revision \(set.revision)")
@@ -75,10 +73,8 @@ struct PolicyCommand: ParsableCommand {
         func run() throws {
             let (results, diags, revision) = try PolicyTestRunner.run(directory: directory)
             let failed = results.filter { !$0.passed }.count
-            if json {
-                Output.stdout.line(try Output.json(Report(directory: directory, revision: revision, passed: results.count - failed,
-                                                          failed: failed, results: results, diagnostics: diags)))
-            } else {
+            try Output.render(Report(directory: directory, revision: revision, passed: results.count - failed,
+                                                      failed: failed, results: results, diagnostics: diags), json: json) {
                 for d in diags { Output.stdout.line(oneLine(d.description)) }
                 for r in results {
                     let where_ = "\((r.file as NSString).lastPathComponent):\(r.line)"

@@ -66,10 +66,8 @@ struct AdvisoriesCommand: ParsableCommand {
                     failures.append(e.inFile(p))
                 }
             }
-            if json {
-                struct Doc: Encodable { var schema = "warden.advisories-import/v1"; var imports: [ImportResult]; var advisories: Int }
-                Output.stdout.line(try Output.json(Doc(imports: results, advisories: try store.advisoryCount())))
-            } else {
+            struct Doc: Encodable { var schema = "warden.advisories-import/v1"; var imports: [ImportResult]; var advisories: Int }
+            try Output.render(Doc(imports: results, advisories: try store.advisoryCount()), json: json) {
                 results.forEach(AdvisoriesCommand.printImport)
             }
             Output.stdout.flush()
@@ -88,26 +86,24 @@ struct AdvisoriesCommand: ParsableCommand {
             let sources = try store.sources()
             let ecos = try store.ecosystemCounts()
             let total = try store.advisoryCount()
-            if json {
-                struct Eco: Encodable { var ecosystem: String; var advisories: Int }
-                struct Doc: Encodable {
-                    var schema = "warden.advisories-status/v1"
-                    var advisories: Int
-                    var sources: [AdvisorySourceStatus]
-                    var ecosystems: [Eco]
-                    var inventories: Int
+            struct Eco: Encodable { var ecosystem: String; var advisories: Int }
+            struct Doc: Encodable {
+                var schema = "warden.advisories-status/v1"
+                var advisories: Int
+                var sources: [AdvisorySourceStatus]
+                var ecosystems: [Eco]
+                var inventories: Int
+            }
+            try Output.render(Doc(advisories: total, sources: sources, ecosystems: ecos.map { Eco(ecosystem: $0.0, advisories: $0.1) },
+                                                   inventories: try store.inventoryCount()), json: json) {
+                Output.stdout.line("advisories: \(total)")
+                if sources.isEmpty { Output.stdout.line("no sources imported (warden advisories import PATH, or warden advisories update)") }
+                let fmt = ISO8601DateFormatter()
+                for s in sources {
+                    Output.stdout.line(oneLine("source \(s.name) (\(s.format)): \(s.records) records, \(s.withdrawn) withdrawn; imported \(fmt.string(from: s.importedAt)) from \(s.location)"))
                 }
-                Output.stdout.line(try Output.json(Doc(advisories: total, sources: sources, ecosystems: ecos.map { Eco(ecosystem: $0.0, advisories: $0.1) },
-                                                       inventories: try store.inventoryCount())))
-                return
+                for e in ecos { Output.stdout.line(oneLine("ecosystem \(e.0): \(e.1) advisories")) }
             }
-            Output.stdout.line("advisories: \(total)")
-            if sources.isEmpty { Output.stdout.line("no sources imported (warden advisories import PATH, or warden advisories update)") }
-            let fmt = ISO8601DateFormatter()
-            for s in sources {
-                Output.stdout.line(oneLine("source \(s.name) (\(s.format)): \(s.records) records, \(s.withdrawn) withdrawn; imported \(fmt.string(from: s.importedAt)) from \(s.location)"))
-            }
-            for e in ecos { Output.stdout.line(oneLine("ecosystem \(e.0): \(e.1) advisories")) }
         }
     }
 }

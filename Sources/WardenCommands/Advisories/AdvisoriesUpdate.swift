@@ -127,10 +127,8 @@ extension AdvisoriesCommand {
                     failures.append(e)
                 }
             }
-            if json {
-                struct Doc: Encodable { var schema = "warden.advisories-import/v1"; var imports: [ImportResult]; var advisories: Int; var failed: [String] }
-                Output.stdout.line(try Output.json(Doc(imports: results, advisories: try store.advisoryCount(), failed: failures.map(\.description))))
-            } else {
+            struct Doc: Encodable { var schema = "warden.advisories-import/v1"; var imports: [ImportResult]; var advisories: Int; var failed: [String] }
+            try Output.render(Doc(imports: results, advisories: try store.advisoryCount(), failed: failures.map(\.description)), json: json) {
                 results.forEach(AdvisoriesCommand.printImport)
             }
             Output.stdout.flush()

@@ -32,27 +32,25 @@ struct FleetCommand: ParsableCommand {
             var phases = PhaseClock()
             let report = try store.rescan(phase: timing ? { phases.lap($0) } : nil)
             if timing { phases.lap("done"); for l in phases.lines { Output.note(l) } }
-            if json {
-                Output.stdout.line(try Output.json(report))
-                return
-            }
-            let out = Output.stdout
-            out.line("rescanned \(report.inventories) inventories against \(report.advisoryEntries) advisory entries in \(String(format: "%.2f", report.seconds)) s: \(report.changed.count) changed, \(report.newFindings) new findings, \(report.goneFindings) gone, \(report.vulnerable) vulnerable in all")
-            for c in report.changed {
-                var images = c.images.isEmpty ? "no image path" : c.images.joined(separator: ", ")
-                if !c.vms.isEmpty { images += "; VMs " + c.vms.map { "\($0.name) \($0.id)" }.joined(separator: ", ") }
-                out.line(oneLine("\(c.inventory) (\(images))\(c.firstAssessment ? " first assessment" : ""): +\(c.newFindings.count) -\(c.goneFindings.count), \(c.vulnerable) vulnerable"))
-                for f in c.newFindings.prefix(limit) {
-                    out.line(oneLine("  + \(f.severity) \(f.package) \(f.installedVersion) \(f.advisory) \(f.fixedVersion.map { "fixed in \($0)" } ?? "no fix yet")"))
+            try Output.render(report, json: json) {
+                let out = Output.stdout
+                out.line("rescanned \(report.inventories) inventories against \(report.advisoryEntries) advisory entries in \(String(format: "%.2f", report.seconds)) s: \(report.changed.count) changed, \(report.newFindings) new findings, \(report.goneFindings) gone, \(report.vulnerable) vulnerable in all")
+                for c in report.changed {
+                    var images = c.images.isEmpty ? "no image path" : c.images.joined(separator: ", ")
+                    if !c.vms.isEmpty { images += "; VMs " + c.vms.map { "\($0.name) \($0.id)" }.joined(separator: ", ") }
+                    out.line(oneLine("\(c.inventory) (\(images))\(c.firstAssessment ? " first assessment" : ""): +\(c.newFindings.count) -\(c.goneFindings.count), \(c.vulnerable) vulnerable"))
+                    for f in c.newFindings.prefix(limit) {
+                        out.line(oneLine("  + \(f.severity) \(f.package) \(f.installedVersion) \(f.advisory) \(f.fixedVersion.map { "fixed in \($0)" } ?? "no fix yet")"))
+                    }
+                    if c.newFindings.count > limit { out.line("  + … \(c.newFindings.count - limit) more") }
+                    for f in c.goneFindings.prefix(limit) {
+                        out.line(oneLine("  - \(f.severity) \(f.package) \(f.installedVersion) \(f.advisory)"))
+                    }
+                    if c.goneFindings.count > limit { out.line("  - … \(c.goneFindings.count - limit) more") }
                 }
-                if c.newFindings.count > limit { out.line("  + … \(c.newFindings.count - limit) more") }
-                for f in c.goneFindings.prefix(limit) {
-                    out.line(oneLine("  - \(f.severity) \(f.package) \(f.installedVersion) \(f.advisory)"))
-                }
-                if c.goneFindings.count > limit { out.line("  - … \(c.goneFindings.count - limit) more") }
+                for u in report.unassessable.prefix(limit) { out.line("not assessable (no advisory feed for its OS): \(u)") }
+                if timing { phases.lap("print"); Output.note(phases.lines.last ?? "") }
             }
-            for u in report.unassessable.prefix(limit) { out.line("not assessable (no advisory feed for its OS): \(u)") }
-            if timing { phases.lap("print"); Output.note(phases.lines.last ?? "") }
         }
     }
 }

@@ -42,15 +42,13 @@ struct ScanCommand: ParsableCommand {
     func run() throws {
         let outcome = try ScanService(database: try database.open()).scan(images: images, format: format, includeResolved: all)
         let met = failOn.map(outcome.meets) ?? false
-        if json {
-            struct Doc: Encodable {
-                var schema = "warden.scan/v1"
-                var images: [ImageResult]
-                var failOn: String?
-                var failed: Bool
-            }
-            Output.stdout.line(try Output.json(Doc(images: outcome.results, failOn: failOn?.description, failed: met)))
-        } else {
+        struct Doc: Encodable {
+            var schema = "warden.scan/v1"
+            var images: [ImageResult]
+            var failOn: String?
+            var failed: Bool
+        }
+        try Output.render(Doc(images: outcome.results, failOn: failOn?.description, failed: met), json: json) {
             for r in outcome.results { Self.printHuman(r) }
         }
         Output.stdout.flush()

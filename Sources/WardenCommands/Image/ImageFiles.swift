@@ -59,15 +59,15 @@ struct ImageLs: ParsableCommand {
                       size: r.stat.size, links: r.stat.links, mtime: r.stat.mtime, inode: r.stat.inode,
                       target: r.stat.type == .symlink ? ManifestEscaping.escape(try guest.fs.readLink(r.stat.inode)) : nil)
             }
-            if json {
-                Output.stdout.line(try Output.json(Report(path: path, entries: entries)))
-            } else if long {
-                Output.stdout.line(table(entries.map { e in
-                    [modeString(e), "\(e.links)", "\(e.uid)", "\(e.gid)", "\(e.size)", formatDate(UInt64(max(0, e.mtime))),
-                     e.name + (e.target.map { " -> \($0)" } ?? "")]
-                }))
-            } else {
-                for e in entries { Output.stdout.line(e.name) }
+            try Output.render(Report(path: path, entries: entries), json: json) {
+                if long {
+                    Output.stdout.line(table(entries.map { e in
+                        [modeString(e), "\(e.links)", "\(e.uid)", "\(e.gid)", "\(e.size)", formatDate(UInt64(max(0, e.mtime))),
+                         e.name + (e.target.map { " -> \($0)" } ?? "")]
+                    }))
+                } else {
+                    for e in entries { Output.stdout.line(e.name) }
+                }
             }
             Output.stdout.flush()
             guest.reportWarnings(image.image)

@@ -36,49 +36,47 @@ struct ImageInfoCommand: ParsableCommand {
         do { layout = try GuestDisk.layout(of: img.device) } catch let e as WardenError { throw e.inFile(image.image) }
         let report = Report(image: img.info, backingChain: Array(img.chain.dropFirst()),
                             partitionTable: layout.table, volumes: layout.volumes, warnings: layout.warnings)
-        if json {
-            Output.stdout.line(try Output.json(report))
-            return
-        }
-        let out = Output.stdout
-        let info = img.info
-        out.line("image: \(info.path)")
-        out.line("file format: \(info.format.rawValue)")
-        out.line("virtual size: \(humanSize(info.virtualSize)) (\(info.virtualSize) bytes)")
-        out.line("disk size: \(humanSize(info.allocatedSize))")
-        for key in info.details.keys.sorted() {
-            out.line("\(key): \(oneLine(info.details[key] ?? ""))")
-        }
-        if let backing = info.backingFile {
-            out.line(oneLine("backing file: \(backing)" + (info.backingFormat.map { " (format: \($0))" } ?? "")))
-        }
-        if img.chain.count > 1 {
-            out.line("backing chain:")
-            for (i, link) in img.chain.enumerated() {
-                out.line(oneLine("  \(i): \(link.path) (\(link.format.rawValue), \(humanSize(link.virtualSize)))"))
+        try Output.render(report, json: json) {
+            let out = Output.stdout
+            let info = img.info
+            out.line("image: \(info.path)")
+            out.line("file format: \(info.format.rawValue)")
+            out.line("virtual size: \(humanSize(info.virtualSize)) (\(info.virtualSize) bytes)")
+            out.line("disk size: \(humanSize(info.allocatedSize))")
+            for key in info.details.keys.sorted() {
+                out.line("\(key): \(oneLine(info.details[key] ?? ""))")
             }
-        }
-        if !info.snapshots.isEmpty {
-            out.line("snapshots:")
-            out.line(table([["ID", "TAG", "VM SIZE", "DATE", "VM CLOCK"]] + info.snapshots.map { s in
-                [s.id, s.name, humanSize(s.vmStateSize), formatDate(s.dateSeconds), formatClock(s.vmClockNanoseconds)]
-            }, indent: "  "))
-        }
-        let t = layout.table
-        out.line("partition table: \(t.scheme.rawValue)" + (t.diskID.map { " (disk id \($0))" } ?? ""))
-        for w in t.warnings { out.line(oneLine("  warning: \(w)")) }
-        if !t.partitions.isEmpty {
-            out.line(table([["#", "TYPE", "START", "SIZE", "NAME"]] + t.partitions.map { p in
-                ["\(p.index)", "\(p.typeName) (\(p.typeCode))", "\(p.start)", "\(p.size) (\(humanSize(p.size)))", p.name ?? ""]
-            }, indent: "  "))
-        }
-        for w in layout.warnings { out.line(oneLine("warning: \(w)")) }
-        let found = layout.volumes.filter { $0.filesystem != nil }
-        out.line("filesystems:" + (found.isEmpty ? " none found" : ""))
-        if !found.isEmpty {
-            out.line(table([["VOLUME", "TYPE", "LABEL", "UUID"]] + found.map { v in
-                [v.displayName, v.filesystem?.type ?? "", v.filesystem?.label ?? "", v.filesystem?.uuid ?? ""]
-            }, indent: "  "))
+            if let backing = info.backingFile {
+                out.line(oneLine("backing file: \(backing)" + (info.backingFormat.map { " (format: \($0))" } ?? "")))
+            }
+            if img.chain.count > 1 {
+                out.line("backing chain:")
+                for (i, link) in img.chain.enumerated() {
+                    out.line(oneLine("  \(i): \(link.path) (\(link.format.rawValue), \(humanSize(link.virtualSize)))"))
+                }
+            }
+            if !info.snapshots.isEmpty {
+                out.line("snapshots:")
+                out.line(table([["ID", "TAG", "VM SIZE", "DATE", "VM CLOCK"]] + info.snapshots.map { s in
+                    [s.id, s.name, humanSize(s.vmStateSize), formatDate(s.dateSeconds), formatClock(s.vmClockNanoseconds)]
+                }, indent: "  "))
+            }
+            let t = layout.table
+            out.line("partition table: \(t.scheme.rawValue)" + (t.diskID.map { " (disk id \($0))" } ?? ""))
+            for w in t.warnings { out.line(oneLine("  warning: \(w)")) }
+            if !t.partitions.isEmpty {
+                out.line(table([["#", "TYPE", "START", "SIZE", "NAME"]] + t.partitions.map { p in
+                    ["\(p.index)", "\(p.typeName) (\(p.typeCode))", "\(p.start)", "\(p.size) (\(humanSize(p.size)))", p.name ?? ""]
+                }, indent: "  "))
+            }
+            for w in layout.warnings { out.line(oneLine("warning: \(w)")) }
+            let found = layout.volumes.filter { $0.filesystem != nil }
+            out.line("filesystems:" + (found.isEmpty ? " none found" : ""))
+            if !found.isEmpty {
+                out.line(table([["VOLUME", "TYPE", "LABEL", "UUID"]] + found.map { v in
+                    [v.displayName, v.filesystem?.type ?? "", v.filesystem?.label ?? "", v.filesystem?.uuid ?? ""]
+                }, indent: "  "))
+            }
         }
     }
 }

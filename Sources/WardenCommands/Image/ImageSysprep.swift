@@ -130,9 +130,7 @@ struct ImageSysprep: ParsableCommand {
             PhaseTimer.shared.lap("ledger-check")
             report = try Sysprep.applyImage(image, format: format, operations: ops, options: options)
         }
-        if json {
-            Output.stdout.line(try Output.json(report))
-        } else {
+        try Output.render(report, json: json) {
             SysprepSelection.printReport(report)
         }
         Output.stdout.flush()

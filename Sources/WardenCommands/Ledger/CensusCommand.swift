@@ -27,30 +27,31 @@ struct CensusCommand: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let c = try store.census(now: Date(), weeks: weeks, dormantDays: dormantDays, staleScanDays: staleScanDays, limit: limit)
-        if json { Output.stdout.line(try Output.ledgerJSON(c)); return }
-        let o = Output.stdout
-        o.line("VMs: \(c.total) (\(c.live) live)")
-        func counts(_ title: String, _ m: [String: Int]) {
-            o.line("\(title):")
-            for (k, v) in m.sorted(by: { ($1.value, $0.key) < ($0.value, $1.key) }) where v > 0 { o.line(oneLine("  \(k)  \(v)")) }
-        }
-        counts("by state", c.byState)
-        counts("by owner (live)", c.byOwner)
-        counts("by OS (live)", c.byOs)
-        o.line("per week:")
-        for l in table([["WEEK", "APPEARED", "GONE", "LIVE AT END"]] + c.weeks.map { [$0.week, "\($0.appeared)", "\($0.disappeared)", "\($0.liveAtEnd)"] }) {
-            o.line("  " + l)
-        }
-        let pct = c.growth.percentPerWeek.map { String(format: " (%+.2f%% per week)", $0) } ?? ""
-        o.line(String(format: "growth: %+.2f VMs per week over %d weeks", c.growth.netPerWeek, c.growth.weeks) + pct)
-        func list(_ title: String, _ l: CensusList, _ event: String) {
-            o.line("\(title): \(l.count) (\(l.never) never \(event))")
-            for v in l.vms {
-                o.line(oneLine("  \(shortID(v.id))  \(v.name)  \(v.owner)  \(v.state.rawValue)  last \(event): \(v.last.map(TimeArgument.format) ?? "never")"))
+        try Output.render(c, json: json, style: .ledger) {
+            let o = Output.stdout
+            o.line("VMs: \(c.total) (\(c.live) live)")
+            func counts(_ title: String, _ m: [String: Int]) {
+                o.line("\(title):")
+                for (k, v) in m.sorted(by: { ($1.value, $0.key) < ($0.value, $1.key) }) where v > 0 { o.line(oneLine("  \(k)  \(v)")) }
             }
-            if l.truncated { o.line("  … \(l.count - l.vms.count) more (--limit)") }
+            counts("by state", c.byState)
+            counts("by owner (live)", c.byOwner)
+            counts("by OS (live)", c.byOs)
+            o.line("per week:")
+            for l in table([["WEEK", "APPEARED", "GONE", "LIVE AT END"]] + c.weeks.map { [$0.week, "\($0.appeared)", "\($0.disappeared)", "\($0.liveAtEnd)"] }) {
+                o.line("  " + l)
+            }
+            let pct = c.growth.percentPerWeek.map { String(format: " (%+.2f%% per week)", $0) } ?? ""
+            o.line(String(format: "growth: %+.2f VMs per week over %d weeks", c.growth.netPerWeek, c.growth.weeks) + pct)
+            func list(_ title: String, _ l: CensusList, _ event: String) {
+                o.line("\(title): \(l.count) (\(l.never) never \(event))")
+                for v in l.vms {
+                    o.line(oneLine("  \(shortID(v.id))  \(v.name)  \(v.owner)  \(v.state.rawValue)  last \(event): \(v.last.map(TimeArgument.format) ?? "never")"))
+                }
+                if l.truncated { o.line("  … \(l.count - l.vms.count) more (--limit)") }
+            }
+            list("dormant (not started for \(dormantDays) days)", c.dormant, "started")
+            list("stale scans (older than \(staleScanDays) days)", c.staleScans, "scanned")
         }
-        list("dormant (not started for \(dormantDays) days)", c.dormant, "started")
-        list("stale scans (older than \(staleScanDays) days)", c.staleScans, "scanned")
     }
 }

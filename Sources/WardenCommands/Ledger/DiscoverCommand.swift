@@ -40,9 +40,7 @@ struct DiscoverCommand: ParsableCommand {
         let store = try database.open(create: register)
         let report = try Discovery.discover(store: store, paths: paths, maxFiles: maxFiles,
                                             register: register ? .init(owner: owner, host: host.flatMap(HostName.init) ?? .current) : nil)
-        if json {
-            Output.stdout.line(try Output.ledgerJSON(report))
-        } else {
+        try Output.render(report, json: json, style: .ledger) {
             Self.printHuman(report)
         }
         Output.stdout.flush()

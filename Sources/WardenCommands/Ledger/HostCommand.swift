@@ -53,17 +53,15 @@ struct HostList: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let hosts = try store.listHosts().sorted { $0.name < $1.name }
-        if json {
-            let doc = Doc(hosts: hosts.map { HostJSON(name: $0.name.value, labels: $0.labels,
-                                                      publicKey: $0.publicKey?.base64EncodedString(), addedAt: $0.addedAt) })
-            Output.stdout.line(try Output.ledgerJSON(doc))
-            return
+        let doc = Doc(hosts: hosts.map { HostJSON(name: $0.name.value, labels: $0.labels,
+                                                  publicKey: $0.publicKey?.base64EncodedString(), addedAt: $0.addedAt) })
+        try Output.render(doc, json: json, style: .ledger) {
+            var rows = [["NAME", "ADDED", "KEY", "LABELS"]]
+            for h in hosts {
+                rows.append([h.name.value, TimeArgument.format(h.addedAt), h.publicKey == nil ? "-" : "ed25519",
+                             oneLine(h.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))])
+            }
+            for l in table(rows) { Output.stdout.line(l) }
         }
-        var rows = [["NAME", "ADDED", "KEY", "LABELS"]]
-        for h in hosts {
-            rows.append([h.name.value, TimeArgument.format(h.addedAt), h.publicKey == nil ? "-" : "ed25519",
-                         oneLine(h.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))])
-        }
-        for l in table(rows) { Output.stdout.line(l) }
     }
 }

@@ -65,13 +65,11 @@ struct VMClone: ParsableCommand {
             throw ExitCode(1)
         }
         let created = result.vm, r = result.report
-        if json {
-            Output.stdout.line(try Output.json(Report(
-                vm: created.id.description, name: created.name, parent: src.id.description,
-                parentGeneration: src.generation.uuidString.lowercased(),
-                generation: created.generation.uuidString.lowercased(), mac: created.mac, disks: result.paths,
-                sysprep: r, verification: Verification(passed: true, collisions: []))))
-        } else {
+        try Output.render(Report(
+            vm: created.id.description, name: created.name, parent: src.id.description,
+            parentGeneration: src.generation.uuidString.lowercased(),
+            generation: created.generation.uuidString.lowercased(), mac: created.mac, disks: result.paths,
+            sysprep: r, verification: Verification(passed: true, collisions: [])), json: json) {
             Output.stdout.line("\(created.id) \(oneLine(created.name)) (clone of \(oneLine(src.name)), generation \(created.generation.uuidString.lowercased()))")
             for p in result.paths { Output.stdout.line(oneLine("disk: \(p)")) }
             if let m = created.mac { Output.stdout.line("mac: \(m)") }

@@ -111,15 +111,13 @@ struct VMList: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let vms = try store.listVMs().sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
-        if json {
-            Output.stdout.line(try Output.ledgerJSON(Doc(vms: vms.map(VMJSON.init))))
-            return
+        try Output.render(Doc(vms: vms.map(VMJSON.init)), json: json, style: .ledger) {
+            var rows = [["ID", "NAME", "OWNER", "STATE", "CREATED"]]
+            for v in vms {
+                rows.append([shortID(v.id), oneLine(v.name), oneLine(v.owner), v.state.rawValue, TimeArgument.format(v.createdAt)])
+            }
+            for l in table(rows) { Output.stdout.line(l) }
         }
-        var rows = [["ID", "NAME", "OWNER", "STATE", "CREATED"]]
-        for v in vms {
-            rows.append([shortID(v.id), oneLine(v.name), oneLine(v.owner), v.state.rawValue, TimeArgument.format(v.createdAt)])
-        }
-        for l in table(rows) { Output.stdout.line(l) }
     }
 }
 
@@ -152,34 +150,35 @@ struct VMShow: ParsableCommand {
         let doc = Doc(vm: VMJSON(v), disks: disks.map(DiskJSON.init), residency: res.map(ResidencyJSON.init),
                       snapshots: snaps.map { SnapJSON(name: $0.name, generation: $0.generation.uuidString.lowercased(), createdAt: $0.createdAt) },
                       events: events.count, lastScan: try store.lastScan(of: v.id))
-        if json { Output.stdout.line(try Output.ledgerJSON(doc)); return }
-        let o = Output.stdout
-        o.line("id:         \(v.id)")
-        o.line("name:       \(oneLine(v.name))")
-        o.line("owner:      \(oneLine(v.owner))")
-        o.line("state:      \(v.state.rawValue)")
-        o.line("generation: \(doc.vm.generation)")
-        if let p = v.parent { o.line("parent:     \(p) (generation \(doc.vm.parentGeneration ?? "?"))") }
-        o.line("created:    \(TimeArgument.format(v.createdAt))")
-        if !v.labels.isEmpty {
-            o.line("labels:     " + v.labels.sorted { $0.key < $1.key }.map { oneLine("\($0.key)=\($0.value)") }.joined(separator: " "))
-        }
-        o.line("disks:")
-        for d in disks {
-            o.line(oneLine("  \(d.index)  \(d.format)  \(d.path)  \(d.fingerprint?.description ?? "-")"))
-            for b in d.backingChain { o.line(oneLine("     backed by \(b)")) }
-        }
-        if !res.isEmpty {
-            o.line("residency:")
-            for r in res {
-                o.line(oneLine("  \(r.kind.rawValue) on \(r.host.value)  \(TimeArgument.format(r.from)) – \(r.to.map(TimeArgument.format) ?? "now")"))
+        try Output.render(doc, json: json, style: .ledger) {
+            let o = Output.stdout
+            o.line("id:         \(v.id)")
+            o.line("name:       \(oneLine(v.name))")
+            o.line("owner:      \(oneLine(v.owner))")
+            o.line("state:      \(v.state.rawValue)")
+            o.line("generation: \(doc.vm.generation)")
+            if let p = v.parent { o.line("parent:     \(p) (generation \(doc.vm.parentGeneration ?? "?"))") }
+            o.line("created:    \(TimeArgument.format(v.createdAt))")
+            if !v.labels.isEmpty {
+                o.line("labels:     " + v.labels.sorted { $0.key < $1.key }.map { oneLine("\($0.key)=\($0.value)") }.joined(separator: " "))
             }
+            o.line("disks:")
+            for d in disks {
+                o.line(oneLine("  \(d.index)  \(d.format)  \(d.path)  \(d.fingerprint?.description ?? "-")"))
+                for b in d.backingChain { o.line(oneLine("     backed by \(b)")) }
+            }
+            if !res.isEmpty {
+                o.line("residency:")
+                for r in res {
+                    o.line(oneLine("  \(r.kind.rawValue) on \(r.host.value)  \(TimeArgument.format(r.from)) – \(r.to.map(TimeArgument.format) ?? "now")"))
+                }
+            }
+            if !snaps.isEmpty {
+                o.line("snapshots:")
+                for s in snaps { o.line(oneLine("  \(s.name)  \(TimeArgument.format(s.createdAt))  generation \(s.generation.uuidString.lowercased())")) }
+            }
+            o.line("events:     \(events.count)")
         }
-        if !snaps.isEmpty {
-            o.line("snapshots:")
-            for s in snaps { o.line(oneLine("  \(s.name)  \(TimeArgument.format(s.createdAt))  generation \(s.generation.uuidString.lowercased())")) }
-        }
-        o.line("events:     \(events.count)")
     }
 }
 
@@ -288,21 +287,19 @@ struct VMHistory: ParsableCommand {
         let store = try database.open(create: false)
         let v = try store.resolveVM(vm)
         let events = try store.events(of: v.id)
-        if json {
-            Output.stdout.line(try Output.ledgerJSON(Doc(vm: v.id.description, events: events.map(EventJSON.init))))
-            return
-        }
-        var rows = [["SEQ", "TIME", "KIND", "ACTOR", "HOST", "GENERATION", "DETAILS"]]
-        for e in events {
-            var gen = "-"
-            if let a = e.generationAfter, a != e.generationBefore {
-                gen = (e.generationBefore.map { String($0.uuidString.lowercased().prefix(8)) } ?? "∅") + "→" + String(a.uuidString.lowercased().prefix(8))
+        try Output.render(Doc(vm: v.id.description, events: events.map(EventJSON.init)), json: json, style: .ledger) {
+            var rows = [["SEQ", "TIME", "KIND", "ACTOR", "HOST", "GENERATION", "DETAILS"]]
+            for e in events {
+                var gen = "-"
+                if let a = e.generationAfter, a != e.generationBefore {
+                    gen = (e.generationBefore.map { String($0.uuidString.lowercased().prefix(8)) } ?? "∅") + "→" + String(a.uuidString.lowercased().prefix(8))
+                }
+                let details = (e.reportedByCaller ? "(reported) " : "") + compactJSON(e.payload)
+                rows.append(["\(e.seq)", TimeArgument.format(e.time), e.kind.rawValue, oneLine(e.actor), e.host.value, gen,
+                             oneLine(String(details.prefix(200)))])
             }
-            let details = (e.reportedByCaller ? "(reported) " : "") + compactJSON(e.payload)
-            rows.append(["\(e.seq)", TimeArgument.format(e.time), e.kind.rawValue, oneLine(e.actor), e.host.value, gen,
-                         oneLine(String(details.prefix(200)))])
+            for l in table(rows) { Output.stdout.line(l) }
         }
-        for l in table(rows) { Output.stdout.line(l) }
     }
 }
 
@@ -324,9 +321,10 @@ struct VMLineage: ParsableCommand {
         let v = try store.resolveVM(vm)
         let (tree, wall, cpu) = try timed { try store.lineage(of: v.id) }
         if timing { Output.note(String(format: "lineage: %.3f ms wall, %.3f ms cpu, %d nodes", wall, cpu, tree.nodes.count)) }
-        if json { Output.stdout.line(try Output.ledgerJSON(tree)); return }
-        if dot { for l in Self.dot(tree) { Output.stdout.line(l) }; return }
-        for l in Self.text(tree) { Output.stdout.line(l) }
+        try Output.render(tree, json: json, style: .ledger) {
+            if dot { for l in Self.dot(tree) { Output.stdout.line(l) }; return }
+            for l in Self.text(tree) { Output.stdout.line(l) }
+        }
     }
 
     static func text(_ t: Lineage) -> [String] {

@@ -35,9 +35,7 @@ struct DevLedgerSynth: ParsableCommand {
             if tty { FileHandle.standardError.write(Data("\rwarden: \(done) of \(total) events".utf8)) }
         }
         if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-        if json {
-            Output.stdout.line(try Output.json(summary))
-        } else {
+        try Output.render(summary, json: json) {
             Output.stdout.line("synthesized \(summary.vms) VMs and \(summary.events) events on \(summary.hosts) hosts in \(String(format: "%.1f", summary.seconds)) s (\(Int(summary.eventsPerSecond)) events/s)")
             Output.stdout.line("snapshots: \(summary.snapshots), residency intervals: \(summary.residencyIntervals), deepest lineage: \(summary.maxLineageDepth)")
             Output.stdout.line("events: " + summary.kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))

@@ -32,16 +32,14 @@ struct LedgerInit: ParsableCommand {
         let ledger = try options.open(create: true)
         let cp = try ledger.initialize()
         let key = try ledger.signingKey()
-        if json {
-            struct Out: Encodable {
-                var database: String; var keyFile: String; var host: String; var publicKeyHex: String
-                var checkpoint: SignedCheckpoint.JSONForm
-            }
-            Output.stdout.line(try Output.json(Out(database: ledger.database.path,
-                                                   keyFile: HostKey.path(directory: ledger.keysDirectory, host: key.host),
-                                                   host: key.host.value, publicKeyHex: key.publicKey.hexEncoded,
-                                                   checkpoint: cp.jsonForm(publicKey: key.publicKey))))
-        } else {
+        struct Out: Encodable {
+            var database: String; var keyFile: String; var host: String; var publicKeyHex: String
+            var checkpoint: SignedCheckpoint.JSONForm
+        }
+        try Output.render(Out(database: ledger.database.path,
+                                               keyFile: HostKey.path(directory: ledger.keysDirectory, host: key.host),
+                                               host: key.host.value, publicKeyHex: key.publicKey.hexEncoded,
+                                               checkpoint: cp.jsonForm(publicKey: key.publicKey)), json: json) {
             Output.stdout.line("database: \(ledger.database.path)")
             Output.stdout.line("host: \(key.host)")
             Output.stdout.line("signing key: \(HostKey.path(directory: ledger.keysDirectory, host: key.host))")
@@ -76,17 +74,17 @@ struct LedgerVerify: ParsableCommand {
             report = VerifyReport()
             report.problems = [.init(kind: "damaged", seq: nil, lastSeq: nil, message: "the database file is damaged or truncated: \(e.message)")]
         }
-        if json {
-            Output.stdout.line(try Output.json(report))
-        } else if report.ok {
-            Output.stdout.line("ledger intact: \(report.treeSize) entries, root \(report.rootHex)")
-            Output.stdout.line("checked: \(report.entriesChecked) entries, \(report.subtreesChecked) stored subtrees, \(report.checkpointsChecked) signed checkpoints, witness at size \(report.witnessTreeSize.map(String.init) ?? "none")")
-            if report.pendingEntries > 0 {
-                Output.stdout.line("pending: the last \(report.pendingEntries) entries were recorded by the libvirt hook and await a signed checkpoint (warden ledger checkpoint signs them)")
+        try Output.render(report, json: json) {
+            if report.ok {
+                Output.stdout.line("ledger intact: \(report.treeSize) entries, root \(report.rootHex)")
+                Output.stdout.line("checked: \(report.entriesChecked) entries, \(report.subtreesChecked) stored subtrees, \(report.checkpointsChecked) signed checkpoints, witness at size \(report.witnessTreeSize.map(String.init) ?? "none")")
+                if report.pendingEntries > 0 {
+                    Output.stdout.line("pending: the last \(report.pendingEntries) entries were recorded by the libvirt hook and await a signed checkpoint (warden ledger checkpoint signs them)")
+                }
+            } else {
+                Output.stdout.line("ledger TAMPERED: \(report.problems.count) problem(s)")
+                for p in report.problems { Output.stdout.line("  \(p.kind): \(p.message)") }
             }
-        } else {
-            Output.stdout.line("ledger TAMPERED: \(report.problems.count) problem(s)")
-            for p in report.problems { Output.stdout.line("  \(p.kind): \(p.message)") }
         }
         if !report.ok {
             Output.stdout.flush()
@@ -132,9 +130,7 @@ struct LedgerProof: ParsableCommand {
         let out = Out(seq: p.seq, leafIndex: p.seq - 1, treeSize: p.treeSize, entry: String(decoding: p.entry, as: UTF8.self),
                       leafHashHex: p.leafHash.hexEncoded, pathHex: p.path.map(\.hexEncoded), rootHex: p.root.hexEncoded,
                       checkpoint: cp.jsonForm(publicKey: try ledger.publicKey(of: cp.host)))
-        if json {
-            Output.stdout.line(try Output.json(out))
-        } else {
+        try Output.render(out, json: json) {
             Output.stdout.line("event \(out.seq) (leaf \(out.leafIndex)) in the tree of \(out.treeSize) entries")
             Output.stdout.line("entry: \(oneLine(out.entry))")
             Output.stdout.line("leaf hash: \(out.leafHashHex)")
@@ -181,9 +177,7 @@ struct LedgerConsistency: ParsableCommand {
         let out = Out(from: p.from, to: p.to, oldRootHex: p.oldRoot.hexEncoded, newRootHex: p.newRoot.hexEncoded,
                       proofHex: p.proof.map(\.hexEncoded), oldCheckpoint: try signed(p.from, p.oldRoot),
                       newCheckpoint: try signed(p.to, p.newRoot))
-        if json {
-            Output.stdout.line(try Output.json(out))
-        } else {
+        try Output.render(out, json: json) {
             Output.stdout.line("consistency of the tree of \(out.from) entries with the tree of \(out.to)")
             Output.stdout.line("old root: \(out.oldRootHex)\(out.oldCheckpoint == nil ? " (no checkpoint of this size)" : " (signed)")")
             Output.stdout.line("new root: \(out.newRootHex)\(out.newCheckpoint == nil ? " (no checkpoint of this size)" : " (signed)")")
@@ -216,9 +210,7 @@ struct LedgerCheckpoint: ParsableCommand {
             throw WardenError(.notFound, "the ledger has no signed checkpoint yet", file: ledger.database.path)
         }
         let key = try ledger.publicKey(of: cp.host)
-        if json {
-            Output.stdout.line(try Output.json(cp.jsonForm(publicKey: key)))
-        } else {
+        try Output.render(cp.jsonForm(publicKey: key), json: json) {
             Output.stdout.line("tree size: \(cp.treeSize)")
             Output.stdout.line("root: \(cp.root.hexEncoded)")
             Output.stdout.line("time: \(LedgerTime.rfc3339(cp.timeMicros))")

@@ -105,17 +105,15 @@ struct VMStatus: ParsableCommand {
         let store = try database.open(create: false)
         let record = try store.resolveVM(vm)
         let s = VMRun.runner(store).status(record)
-        if json {
-            struct Doc: Encodable { var schema = "warden.vm-status/v1"; var status: VMRunner.Status }
-            Output.stdout.line(try Output.json(Doc(status: s)))
-            return
+        struct Doc: Encodable { var schema = "warden.vm-status/v1"; var status: VMRunner.Status }
+        try Output.render(Doc(status: s), json: json) {
+            Output.stdout.line("vm:          \(s.name) (\(s.vm))")
+            Output.stdout.line("state:       \(s.state)" + (s.pid.map { " (pid \($0))" } ?? "") + (s.qemuStatus.map { ", QEMU \($0)" } ?? ""))
+            Output.stdout.line("generation:  \(s.generation)")
+            if let a = s.accel { Output.stdout.line("accel:       \(a)") }
+            if let p = s.stateServerPid { Output.stdout.line("state port:  served (pid \(p))") }
+            Output.stdout.line("console log: \(s.serialLog)")
         }
-        Output.stdout.line("vm:          \(s.name) (\(s.vm))")
-        Output.stdout.line("state:       \(s.state)" + (s.pid.map { " (pid \($0))" } ?? "") + (s.qemuStatus.map { ", QEMU \($0)" } ?? ""))
-        Output.stdout.line("generation:  \(s.generation)")
-        if let a = s.accel { Output.stdout.line("accel:       \(a)") }
-        if let p = s.stateServerPid { Output.stdout.line("state port:  served (pid \(p))") }
-        Output.stdout.line("console log: \(s.serialLog)")
     }
 }
 
