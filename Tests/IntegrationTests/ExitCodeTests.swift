@@ -19,6 +19,24 @@ import WardenTestSupport
             #expect(try WardenRun.run(["image", "info", tmp + "/missing.qcow2"]).status == 2)       // bad input
             #expect(try WardenRun.run(["vm", "list", "--no-such-flag"]).status == 2)               // usage
             #expect(try WardenRun.run(["vm", "list", "--db", tmp + "/none.db"]).status == 4)       // unavailable: internal
+            // A ledger with one VM, and a deny-all policy: each documented code from real commands.
+            let db = tmp + "/w.db"
+            try Tool.run(["cp", try LedgerFixtures.guests() + "/base.qcow2", tmp + "/b.qcow2"])
+            #expect(try WardenRun.run(["vm", "register", tmp + "/b.qcow2", "--name", "web", "--owner", "o", "--db", db]).status == 0)
+            let deny = try PolicyFiles.write(PolicyFiles.denyAll, in: tmp)
+            let table: [([String], Int32)] = [
+                (["vm", "show", "nosuch", "--db", db], 2),                          // not found: bad input
+                (["image", "cat", tmp + "/b.qcow2", "/nonexistent"], 2),           // no such guest file
+                (["image", "info", tmp + "/b.qcow2", "--format", "vmdk"], 2),      // forced wrong format
+                (["ledger", "verify", "--db", tmp + "/missing.db"], 4),            // no database: unavailable
+                (["vm", "retire", "web", "--policy", deny, "--db", db], 3),        // denied by policy
+                (["policy", "check", "--op", "start", "web", "--policy", deny, "--db", db], 3),
+            ]
+            for (args, code) in table {
+                let r = try WardenRun.run(args)
+                #expect(r.status == code, "warden \(args.joined(separator: " ")): \(r.status) \(r.stderr)")
+                #expect(r.stderr.isEmpty || r.stderr.hasPrefix("warden: "), "\(r.stderr)")
+            }
             try "garbage".write(toFile: tmp + "/bad.db", atomically: true, encoding: .utf8)
             let corrupt = try WardenRun.run(["vm", "list", "--db", tmp + "/bad.db"])
             #expect(corrupt.status == 2 || corrupt.status == 4, "\(corrupt.stderr)")
