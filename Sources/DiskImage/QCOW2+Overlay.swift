@@ -619,9 +619,7 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         ok = true
         unlink(tmp)
         guard durable else { return }
-        let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-        let dfd = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+        FileDescriptorIO.syncDirectory(path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ".")
     }
 }
 

@@ -233,15 +233,8 @@ enum MigrationLock {
     }
 
     static func holding<T>(databasePath: String, _ body: () throws -> T) throws -> T {
-        var dir = (databasePath as NSString).deletingLastPathComponent
-        if dir.isEmpty { dir = "." }
-        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return try body() }
-        defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            if errno != EINTR { return try body() }
-        }
-        defer { _ = flock(fd, LOCK_UN) }
+        let held = acquire(databasePath: databasePath)
+        defer { held?.release() }
         return try body()
     }
 }

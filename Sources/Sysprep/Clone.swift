@@ -133,7 +133,7 @@ public enum Clone {
                     linked.append(f)
                 }
                 for t in temps { unlink(t) }
-                syncDirectory(dir)
+                FileDescriptorIO.syncDirectory(dir)
             }
             timer.lap("link-commit")
             return Result(paths: finals, formats: Array(repeating: full ? "raw" : "qcow2", count: finals.count),
@@ -162,10 +162,5 @@ public enum Clone {
         guard fd >= 0 else { throw WardenError(.io, "cannot open: \(String(cString: strerror(errno)))", file: path) }
         defer { close(fd) }
         guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
-    }
-
-    static func syncDirectory(_ dir: String) {
-        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 { fsync(fd); close(fd) }
     }
 }

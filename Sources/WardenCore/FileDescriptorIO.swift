@@ -7,6 +7,13 @@ import Darwin
 /// Complete writes to file descriptors, retrying short writes and `EINTR`.
 /// Errors name `name` (a path, or "standard output"), never the data.
 public enum FileDescriptorIO {
+    /// fsyncs the folder `dir` (after creating, linking or removing names in it); best effort:
+    /// a folder that cannot be opened is left as it is.
+    public static func syncDirectory(_ dir: String) {
+        let fd = open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { _ = fsync(fd); close(fd) }
+    }
+
     public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
         guard let base = buf.baseAddress else { return }
         var done = 0

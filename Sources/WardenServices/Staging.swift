@@ -76,7 +76,7 @@ public final class Staging {
             }
             linked.append(f)
         }
-        Self.syncDirectory(directory)
+        FileDescriptorIO.syncDirectory(directory)
     }
 
     /// Undoes ``link()`` (the ledger transaction did not commit).
@@ -90,7 +90,7 @@ public final class Staging {
         for (t, _) in files { unlink(t) }
         files.removeAll()
         linked.removeAll()
-        Self.syncDirectory(directory)
+        FileDescriptorIO.syncDirectory(directory)
     }
 
     /// Removes every staged file, temporary and (if linked) final.
@@ -102,11 +102,6 @@ public final class Staging {
             QCOW2Overlay.removeWriterTemps(of: t)
         }
         files.removeAll()
-    }
-
-    static func syncDirectory(_ dir: String) {
-        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 { fsync(fd); close(fd) }
     }
 
     /// What recovery did with one leftover.
@@ -166,7 +161,7 @@ public final class Staging {
             unlink(temp)
             out.append(Leftover(temp: temp, final: final, action: committed ? "committed" : "rolled-back"))
         }
-        if !out.isEmpty { syncDirectory(directory) }
+        if !out.isEmpty { FileDescriptorIO.syncDirectory(directory) }
         return out
     }
 }

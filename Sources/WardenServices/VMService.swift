@@ -51,6 +51,14 @@ public struct VMService: Sendable {
         return (decision, result)
     }
 
+    /// Before expensive work (copying, refreshing a clone): when the preview denies, records
+    /// the denial (the decision is made again, inside its transaction) and throws it.
+    func refuseEarly(_ request: PolicyRequest, vm: VMRecord) throws {
+        if preview(request, vm: vm).effect == .deny {
+            _ = try decideAndApply(request, vm: vm, family: vm.id) { () }
+        }
+    }
+
     /// Decides and records a decision that changes nothing else (transfer, retire gates).
     public func authorize(_ request: PolicyRequest, vm: VMRecord) throws -> Decision {
         try decideAndApply(request, vm: vm, family: vm.id) { () }.0
@@ -146,9 +154,7 @@ public struct VMService: Sendable {
         guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to copy") }
         let destDir = absolutePath(r.destination)
         let request = PolicyRequest(operation: .copy, host: host, destination: destDir)
-        if preview(request, vm: src).effect == .deny {
-            _ = try decideAndApply(request, vm: src, family: src.id) { () }   // records the denial, throws
-        }
+        try refuseEarly(request, vm: src)
         try PrivateDirectory.make(destDir)
         let newID = VMID()
         let staging = try Staging(directory: destDir, token: newID, store: store)
@@ -254,9 +260,7 @@ public struct VMService: Sendable {
         let destDir = absolutePath(r.directory ?? (disks[0].path as NSString).deletingLastPathComponent)
         timer.lap("ledger-read")
         let request = PolicyRequest(operation: .clone, host: host, destination: destDir)
-        if preview(request, vm: src).effect == .deny {
-            _ = try decideAndApply(request, vm: src, family: src.id) { () }   // records the denial, throws
-        }
+        try refuseEarly(request, vm: src)
         timer.lap("policy-decision")
         try PrivateDirectory.make(destDir)
         let newID = VMID()

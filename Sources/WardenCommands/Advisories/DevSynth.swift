@@ -10,13 +10,9 @@ enum DevSynth {
     /// The seeded stream (``SeededRandom``), drawing below `n` by remainder as these synthetic
     /// fleets always have, so a seed gives the same fleet as before.
     struct Rng {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            var r = SeededRandom(seed: state)
-            let v = r.next()
-            state = r.state
-            return v
-        }
+        private var random: SeededRandom
+        init(state: UInt64) { random = SeededRandom(seed: state) }
+        mutating func next() -> UInt64 { random.next() }
         mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
     }
 
