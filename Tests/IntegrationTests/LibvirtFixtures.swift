@@ -98,6 +98,17 @@ enum LibvirtFixture {
             }
             if !started { try Tool.sh("libvirtd -d </dev/null >/dev/null 2>&1") }
         }
+        // The daemons are stopped when the test process exits, passed or failed (they keep no
+        // state the next run needs: it starts them again).
+        atexit {
+            for pidFile in ["/run/libvirtd.pid", "/run/virtlogd.pid"] {
+                guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+                      let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else { continue }
+                kill(pid, SIGTERM)
+                for _ in 0..<100 where kill(pid, 0) == 0 { usleep(50_000) }
+                if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+            }
+        }
         for _ in 0..<100 {
             if try Tool.run(["virsh", "-c", uri, "version"], check: false).status == 0 { ready = true; return }
             usleep(200_000)

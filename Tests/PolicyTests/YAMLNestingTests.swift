@@ -1,4 +1,5 @@
 import Testing
+import WardenCore
 @testable import Policy
 
 @Suite struct YAMLNestingTests {
@@ -37,5 +38,22 @@ import Testing
         let (doc, diags) = PolicyParser.parse(text, file: "deep.yaml")
         #expect(doc == nil)
         #expect(diags.first?.message.contains("nested deeper than") == true)
+    }
+
+    /// Truncated at every length and garbled: the scanner answers (passes or TooDeep), never traps.
+    @Test func truncatedAndGarbledTextNeverTraps() {
+        let text = "rules:\n  - name: 'it''s'\n    on: [copy, \"clone\\\"\"]\n    when: {a: [b, {c: d}]}  # x\n" + String(repeating: "[", count: 80)
+        let bytes = Array(text.utf8)
+        var refused = 0
+        for n in 0...bytes.count {
+            if (try? YAMLNesting.check(String(decoding: bytes[0..<n], as: UTF8.self))) == nil { refused += 1 }
+        }
+        #expect(refused > 0 && refused < bytes.count)
+        var rng = SeededRandom(seed: 3)
+        let alphabet = Array("[]{}'\"\\#- ?:\n\tab".utf8)
+        for _ in 0..<2000 {
+            let t = (0..<Int(rng.below(200))).map { _ in alphabet[rng.below(alphabet.count)] }
+            _ = try? YAMLNesting.check(String(decoding: t, as: UTF8.self))
+        }
     }
 }
