@@ -15,6 +15,8 @@ let package = Package(
         .library(name: "Inspection", targets: ["Inspection"]),
         .library(name: "Advisories", targets: ["Advisories"]),
         .library(name: "Sysprep", targets: ["Sysprep"]),
+        .library(name: "Storage", targets: ["Storage"]),
+        .library(name: "AdvisoryStorage", targets: ["AdvisoryStorage"]),
         .library(name: "Ledger", targets: ["Ledger"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
@@ -56,31 +58,43 @@ let package = Package(
         ]),
         .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
+        // The database file, its plumbing and its one schema (every component's migrations,
+        // in one order), and the guest counters a rollback cannot rewind (docs/decisions.md).
+        .target(name: "Storage", dependencies: [
+            "WardenCore", "CSQLite",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        // Advisories, inventories and assessments, stored beside the ledger in the same database.
+        .target(name: "AdvisoryStorage", dependencies: [
+            "WardenCore", "Inspection", "Advisories", "Storage",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "Ledger", dependencies: [
-            "WardenCore", "Inspection", "Advisories", "CSQLite",
+            "WardenCore", "Inspection", "Advisories", "CSQLite", "Storage", "AdvisoryStorage",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Policy", dependencies: [
-            "WardenCore", "Ledger", "Advisories",
+            "WardenCore", "Ledger", "Advisories", "AdvisoryStorage",
             .product(name: "Yams", package: "Yams"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The libvirt hook protocol and the domain XML reader, shared by `warden libvirt-hook`
         // and the lean `warden-hook` executable; deliberately without CLibvirt and FoundationXML.
-        .target(name: "HypervisorHook", dependencies: ["WardenCore", "Ledger", "Policy"]),
+        .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy"]),
         .target(name: "Hypervisor", dependencies: [
-            "WardenCore", "DiskImage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
+            "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
-            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Ledger", "Policy", "Sysprep",
+            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Ledger", "Policy", "Hypervisor", "Sysprep", "WardenServices",
+            "Storage", "AdvisoryStorage", "Ledger", "Policy", "Hypervisor", "Sysprep", "WardenServices",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -104,11 +118,11 @@ let package = Package(
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "SysprepTests", dependencies: ["Sysprep", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
-        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "WardenCore", "Advisories", "WardenTestSupport"]),
-        .testTarget(name: "PolicyTests", dependencies: ["Policy", "Ledger", "WardenTestSupport"]),
-        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Ledger", "Inspection", "WardenTestSupport"]),
-        .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "WardenCore", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Ledger", "WardenCore"]),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "Storage", "AdvisoryStorage", "WardenCore", "Advisories", "WardenTestSupport"]),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "Storage", "AdvisoryStorage", "Ledger", "WardenTestSupport"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
+        .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,6 +3,7 @@ import WardenCore
 import Ledger
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// The state port's line protocol (docs/guest-protocol.md). Pure: a request line in,

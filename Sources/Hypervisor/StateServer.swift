@@ -3,6 +3,7 @@ import WardenCore
 import Ledger
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// The host end of the state port: a small background process (`warden vm state-server`)

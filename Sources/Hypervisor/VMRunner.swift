@@ -4,6 +4,7 @@ import Ledger
 import Policy
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// Runs ledger VMs on QEMU on this host: start, stop, status, snapshot and rollback.

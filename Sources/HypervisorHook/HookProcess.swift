@@ -4,6 +4,7 @@ import Policy
 import WardenCore
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// The whole hook process, shared by the lean `warden-hook` executable and `warden libvirt-hook`:

@@ -2,6 +2,7 @@ import Foundation
 import Ledger
 import Policy
 import WardenCore
+import Storage
 
 /// libvirt's qemu hook protocol (`/etc/libvirt/hooks/qemu` or `/etc/libvirt/hooks/qemu.d/*`).
 ///

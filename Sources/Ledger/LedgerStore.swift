@@ -1,5 +1,6 @@
 import Foundation
 import WardenCore
+import AdvisoryStorage
 
 /// All ledger storage goes through this protocol, so that a PostgreSQL backend can follow
 /// the SQLite one (``SQLiteLedger``) for multi-host fleets. Implementations are `Sendable`
@@ -70,12 +71,4 @@ public protocol LedgerStore: Sendable {
     /// advisory imports), or nil when the backend has none: policy facts that need it are then
     /// unknown, and rules that need them fail closed.
     var advisoryFacts: (any AdvisoryFacts)? { get }
-}
-
-/// What policy asks of the advisory store: the open findings of a VM's disks (their stored
-/// inventories matched against the advisories stored now) and how many advisories were
-/// imported after a time.
-public protocol AdvisoryFacts: Sendable {
-    func openFindings(disks: [DiskRecord]) throws -> VMFindings
-    func advisoryCountImported(after time: Date) throws -> Int
 }

@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import GRDB
 import WardenCore
+import Storage
 
 /// What `warden ledger verify` found.
 public struct VerifyReport: Codable, Sendable {

@@ -2,6 +2,8 @@ import CSQLite
 import Foundation
 import GRDB
 import WardenCore
+import Storage
+import AdvisoryStorage
 
 /// The SQLite ledger (through GRDB, WAL): every ``LedgerStore`` call is one transaction, and a
 /// call that appends events also extends the Merkle log, stores its new subtree hashes and a

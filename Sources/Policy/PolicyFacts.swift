@@ -1,6 +1,7 @@
 import Foundation
 import Ledger
 import WardenCore
+import AdvisoryStorage
 
 /// Where the engine's facts come from. Each call may fail; a failure makes that fact unknown,
 /// and an unknown fact fails closed in every rule that needs it.

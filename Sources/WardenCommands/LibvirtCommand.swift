@@ -6,6 +6,7 @@ import Policy
 import WardenCore
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// Opens the ledger for the watcher: the database must already exist.

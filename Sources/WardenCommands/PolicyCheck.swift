@@ -3,6 +3,7 @@ import Foundation
 import Ledger
 import Policy
 import WardenCore
+import Storage
 
 extension PolicyCommand {
     struct Check: ParsableCommand {

@@ -6,6 +6,7 @@ import Inspection
 import WardenCore
 import Advisories
 import Ledger
+import AdvisoryStorage
 
 /// What a rollback to an internal snapshot would bring back, found offline: the VM's boot disk
 /// is inspected as of the snapshot (`OpenOptions(snapshot:)`) and as it is now, and compared.

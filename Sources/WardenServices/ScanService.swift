@@ -4,6 +4,8 @@ import Foundation
 import Inspection
 import Ledger
 import WardenCore
+import Storage
+import AdvisoryStorage
 
 /// `scan`: inspect each image, store its inventory under its content identity, match it
 /// against the advisory store, save the assessment and record a `scanned` event on every

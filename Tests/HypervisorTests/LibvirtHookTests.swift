@@ -5,6 +5,8 @@ import WardenTestSupport
 @testable import Hypervisor
 import Ledger
 import Advisories
+import Storage
+import AdvisoryStorage
 
 @Suite struct LibvirtDomainXMLTests {
     let xml = """

@@ -4,6 +4,7 @@ import Hypervisor
 import Ledger
 import WardenCore
 import WardenTestSupport
+import Storage
 
 @Suite struct StateProtocolTests {
     @Test func parsesRequests() throws {

@@ -6,6 +6,7 @@ import WardenCore
 import WardenTestSupport
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// A real QEMU (software emulation) running the test guest: start, live snapshot, rollback

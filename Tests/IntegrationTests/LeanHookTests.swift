@@ -3,6 +3,7 @@ import Ledger
 import Testing
 import WardenCore
 import WardenTestSupport
+import Storage
 
 /// The lean `warden-hook` executable as libvirtd runs it: arguments, the domain XML on stdin,
 /// the exit status and one stderr line. Its decisions are recorded unsigned and signed later.

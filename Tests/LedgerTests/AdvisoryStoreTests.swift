@@ -4,6 +4,8 @@ import WardenTestSupport
 @testable import Ledger
 import Advisories
 import WardenCore
+import Storage
+@testable import AdvisoryStorage
 
 @Suite struct AdvisoryStoreTests {
     func withStore<T>(_ body: (AdvisoryStore) throws -> T) throws -> T {

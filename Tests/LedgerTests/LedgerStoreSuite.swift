@@ -3,6 +3,7 @@ import Testing
 import WardenTestSupport
 import Ledger
 import WardenCore
+import Storage
 
 /// A ledger backend for the shared store suite: makes a fresh, empty store and tears it down.
 /// SQLite today; the PostgreSQL store joins this list when it lands.

@@ -5,6 +5,8 @@ import WardenTestSupport
 @testable import Ledger
 import Advisories
 import WardenCore
+import Storage
+@testable import AdvisoryStorage
 
 /// The rescan's fast path (compact findings, their hash, direct encoding) against the plain path
 /// (`Matcher.findings`, `findingsHash`, encoding through rows of strings) on generated data.

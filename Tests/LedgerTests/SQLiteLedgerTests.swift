@@ -5,6 +5,7 @@ import Testing
 import WardenTestSupport
 @testable import Ledger
 import WardenCore
+import Storage
 
 /// A ledger on a fresh database in a temporary folder (keys beside it).
 func withLedger<T>(signs: Bool = true, _ body: (SQLiteLedger, String) throws -> T) throws -> T {

@@ -3,6 +3,7 @@ import Testing
 import WardenTestSupport
 @testable import Ledger
 import WardenCore
+@testable import Storage
 
 @Suite struct WardenDatabaseTests {
     @Test func pathResolutionOrder() {

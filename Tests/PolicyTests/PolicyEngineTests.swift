@@ -3,6 +3,7 @@ import Ledger
 import Testing
 import WardenCore
 @testable import Policy
+import AdvisoryStorage
 
 /// Parses an RFC 3339 time for tests.
 func t(_ s: String) -> Date {

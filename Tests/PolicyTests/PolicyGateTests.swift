@@ -4,6 +4,7 @@ import Testing
 import WardenCore
 import WardenTestSupport
 @testable import Policy
+import Storage
 
 /// PolicyGate on the real SQLite ledger: facts from lineage, decisions recorded, fail closed.
 @Suite struct PolicyGateTests {

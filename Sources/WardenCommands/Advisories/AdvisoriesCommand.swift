@@ -3,6 +3,7 @@ import Foundation
 import WardenCore
 import Advisories
 import Ledger
+import AdvisoryStorage
 
 /// `warden advisories import|update|status`.
 struct AdvisoriesCommand: ParsableCommand {

@@ -3,6 +3,7 @@ import Foundation
 import WardenCore
 import Advisories
 import Ledger
+import AdvisoryStorage
 
 extension AdvisoriesCommand {
     /// `warden advisories update`: fetch the canonical feeds and import them.

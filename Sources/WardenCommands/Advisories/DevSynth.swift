@@ -3,6 +3,7 @@ import Foundation
 import WardenCore
 import Advisories
 import Ledger
+import AdvisoryStorage
 
 /// Hidden `warden dev synth-advisories|synth-inventories`: a synthetic fleet for scripts/bench-rescan.
 enum DevSynth {

@@ -3,6 +3,7 @@ import Foundation
 import WardenCore
 import Advisories
 import Ledger
+import AdvisoryStorage
 
 /// `warden fleet rescan`: re-assess every stored inventory without reading any image.
 struct FleetCommand: ParsableCommand {

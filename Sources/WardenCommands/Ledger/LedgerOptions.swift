@@ -5,6 +5,7 @@ import Policy
 import WardenCore
 #if canImport(Glibc)
 import Glibc
+import Storage
 #endif
 
 /// `--db`, shared by every command that reads or writes Warden's database (the ledger,

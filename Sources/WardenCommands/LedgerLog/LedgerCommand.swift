@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import Ledger
 import WardenCore
+import Storage
 
 /// `warden ledger …`: the tamper-evident log.
 struct LedgerCommand: ParsableCommand {

@@ -9,6 +9,8 @@ import Policy
 import WardenCore
 #if canImport(Glibc)
 import Glibc
+import Storage
+import AdvisoryStorage
 #endif
 
 // `warden vm start|stop|status|console|snapshot|rollback|state-server`: running ledger VMs on

@@ -4,6 +4,7 @@ import Crypto
 
 import WardenCore
 import Advisories
+import Storage
 
 /// Counts of one import.
 public struct ImportCounts: Codable, Sendable, Equatable {

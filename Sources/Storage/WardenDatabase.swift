@@ -192,7 +192,7 @@ public final class WardenDatabase: Sendable {
         } catch { throw Self.wrap(error, path: path) }
     }
 
-    static func wrap(_ error: Error, path: String) -> Error {
+    package static func wrap(_ error: Error, path: String) -> Error {
         if let e = error as? WardenError { return e }
         if let e = error as? DatabaseError {
             if e.resultCode == .SQLITE_CONSTRAINT {
@@ -205,7 +205,7 @@ public final class WardenDatabase: Sendable {
     }
 
     /// SQLite reports a damaged or truncated file (not a busy or missing one).
-    static func isDamage(_ e: DatabaseError) -> Bool {
+    package static func isDamage(_ e: DatabaseError) -> Bool {
         e.resultCode == .SQLITE_CORRUPT || e.resultCode == .SQLITE_NOTADB || e.extendedResultCode == .SQLITE_IOERR_SHORT_READ
     }
 }

@@ -12,6 +12,23 @@ public struct VMFindings: Sendable {
     public var findings: [Finding]
 }
 
+/// A VM disk as the advisory store looks it up: its place among the VM's disks, its path
+/// (the key of the last scan of that path) and its recorded content fingerprint. The ledger's
+/// disk record conforms; the advisory store needs nothing else of the ledger.
+public protocol AdvisoryDisk {
+    var index: Int { get }
+    var path: String { get }
+    var fingerprint: WardenCore.Digest? { get }
+}
+
+/// What policy asks of the advisory store: the open findings of a VM's disks (their stored
+/// inventories matched against the advisories stored now) and how many advisories were
+/// imported after a time.
+public protocol AdvisoryFacts: Sendable {
+    func openFindings(disks: [any AdvisoryDisk]) throws -> VMFindings
+    func advisoryCountImported(after time: Date) throws -> Int
+}
+
 extension AdvisoryStore {
     /// How many package names one `IN (…)` query binds (well under SQLite's variable limit).
     static let packageChunk = 400
@@ -101,7 +118,7 @@ extension AdvisoryStore {
 
     /// The stored inventory for a VM disk: the last scan of the disk's path, else the inventory
     /// whose content key is the disk's recorded fingerprint; nil when neither was ever scanned.
-    public func inventory(forDisk disk: DiskRecord) throws -> StoredInventory? {
+    public func inventory(forDisk disk: any AdvisoryDisk) throws -> StoredInventory? {
         let key: String? = try database.read { db in
             if let k = try String.fetchOne(db, sql: "SELECT inventory FROM inventory_image WHERE path = ?", arguments: [disk.path]) { return k }
             if let fp = disk.fingerprint?.description,
@@ -117,7 +134,7 @@ extension AdvisoryStore {
     /// import, which gives the same findings without matching). Throws `.unavailable` (so policy fails closed) when no disk
     /// of the VM was ever scanned, when its OS has no advisory ecosystem, or when no advisory
     /// for that ecosystem was imported (no data is not "no findings").
-    public func openFindings(disks: [DiskRecord]) throws -> VMFindings {
+    public func openFindings(disks: [any AdvisoryDisk]) throws -> VMFindings {
         var used: [String] = []
         var all: [Finding] = []
         var seen = Set<String>()
