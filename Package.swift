@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "AdvisoryStorage", targets: ["AdvisoryStorage"]),
         .library(name: "Ledger", targets: ["Ledger"]),
+        .library(name: "LedgerPostgres", targets: ["LedgerPostgres"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
@@ -28,6 +29,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -75,6 +79,15 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The fleet's ledger on PostgreSQL (postgres-nio): the same LedgerStore protocol and
+        // store suite as the SQLite ledger. Never linked into warden-hook.
+        .target(name: "LedgerPostgres", dependencies: [
+            "WardenCore", "Ledger", "AdvisoryStorage",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories", "AdvisoryStorage",
             .product(name: "Yams", package: "Yams"),
@@ -118,7 +131,7 @@ let package = Package(
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "SysprepTests", dependencies: ["Sysprep", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
-        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "Storage", "AdvisoryStorage", "WardenCore", "Advisories", "WardenTestSupport"]),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "LedgerPostgres", "Storage", "AdvisoryStorage", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Storage", "AdvisoryStorage", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),

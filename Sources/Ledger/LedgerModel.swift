@@ -174,6 +174,14 @@ public struct EventRecord: Codable, Sendable, Equatable {
     /// The RFC 9162 leaf hash `SHA-256(0x00 ‖ entry)`, where `entry` is the canonical
     /// encoding of this event (``LedgerEntry``).
     public var leafHash: Data
+
+    public init(seq: Int64, kind: EventKind, vm: VMID?, actor: String, host: HostName, time: Date,
+                generationBefore: UUID?, generationAfter: UUID?, payload: [String: JSONValue],
+                reportedByCaller: Bool, leafHash: Data) {
+        self.seq = seq; self.kind = kind; self.vm = vm; self.actor = actor; self.host = host; self.time = time
+        self.generationBefore = generationBefore; self.generationAfter = generationAfter
+        self.payload = payload; self.reportedByCaller = reportedByCaller; self.leafHash = leafHash
+    }
 }
 
 /// A JSON value, for event payloads.

@@ -21,6 +21,11 @@ public struct GenerationStep: Codable, Sendable, Equatable {
     public var time: Date
     /// The snapshot rolled back to, when the payload names one.
     public var snapshot: String?
+
+    public init(generation: UUID, parentGeneration: UUID?, kind: EventKind, seq: Int64, time: Date, snapshot: String?) {
+        self.generation = generation; self.parentGeneration = parentGeneration; self.kind = kind
+        self.seq = seq; self.time = time; self.snapshot = snapshot
+    }
 }
 
 /// One VM in a lineage tree.

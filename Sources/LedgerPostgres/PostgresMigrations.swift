@@ -1,0 +1,182 @@
+import Foundation
+import PostgresNIO
+import WardenCore
+import Ledger
+
+/// The PostgreSQL schema as named, append-only migrations (the same rule as the SQLite
+/// schema in Storage: never edit a merged one; add a new one at the end).
+///
+/// Column conventions follow the SQLite ledger (docs/ledger.md): ids are lower-case UUID text,
+/// times are BIGINT microseconds since the Unix epoch, label maps and payloads are the exact
+/// JSON text that was hashed into the Merkle leaf (TEXT, not JSONB: the bytes must survive).
+enum PostgresMigrations {
+    struct Migration: Sendable {
+        let name: String
+        let statements: [String]
+    }
+
+    /// Advisory-lock keys (one namespace: small constants; per-row keys are hashes).
+    enum LockKey {
+        static let migrations: Int64 = 0x5741_5244_454E_0001   // "WARDEN" + 1
+        static let log: Int64 = 0x5741_5244_454E_0002
+        static let writers: Int64 = 0x5741_5244_454E_0003
+    }
+
+    static let all: [Migration] = [
+        Migration(name: "pg-ledger-1", statements: [
+            """
+            CREATE TABLE vms (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('registered','discovered','stopped','running','retired')),
+                generation TEXT NOT NULL,
+                parent TEXT REFERENCES vms(id),
+                parent_generation TEXT,
+                created_us BIGINT NOT NULL,
+                updated_us BIGINT NOT NULL,
+                mac TEXT,
+                seq BIGSERIAL NOT NULL
+            )
+            """,
+            "CREATE INDEX vms_by_name ON vms(name)",
+            "CREATE INDEX vms_by_owner ON vms(owner)",
+            "CREATE INDEX vms_by_parent_cover ON vms(parent, created_us, id)",
+            """
+            CREATE TABLE vm_labels (
+                vm TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                PRIMARY KEY (vm, key)
+            )
+            """,
+            "CREATE INDEX vm_labels_by_key ON vm_labels(key, value)",
+            """
+            CREATE TABLE disks (
+                vm TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+                idx INTEGER NOT NULL CHECK (idx >= 0),
+                path TEXT NOT NULL,
+                format TEXT NOT NULL,
+                backing_chain TEXT NOT NULL DEFAULT '[]',
+                fingerprint TEXT,
+                device BIGINT,
+                inode BIGINT,
+                PRIMARY KEY (vm, idx)
+            )
+            """,
+            "CREATE INDEX disks_by_fingerprint ON disks(fingerprint)",
+            "CREATE INDEX disks_by_path ON disks(path)",
+            "CREATE INDEX disks_by_file ON disks(device, inode) WHERE device IS NOT NULL",
+            // One live VM per disk file, enforced by the database. Concurrent inserts of the
+            // same path or file serialise on a transaction-level advisory lock taken before
+            // the check, so two transactions cannot both pass it (READ COMMITTED gives each
+            // statement in the function a fresh snapshot, taken after the lock).
+            """
+            CREATE FUNCTION warden_disk_one_live_vm() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_advisory_xact_lock(hashtextextended('disk-path:' || NEW.path, 0));
+                IF NEW.device IS NOT NULL THEN
+                    PERFORM pg_advisory_xact_lock(hashtextextended('disk-file:' || NEW.device || ':' || NEW.inode, 0));
+                END IF;
+                IF EXISTS (
+                    SELECT 1 FROM disks d JOIN vms v ON v.id = d.vm
+                    WHERE v.state <> 'retired' AND d.vm <> NEW.vm
+                      AND (d.path = NEW.path
+                           OR (NEW.device IS NOT NULL AND d.device = NEW.device AND d.inode = NEW.inode))
+                ) THEN
+                    RAISE EXCEPTION 'disk already belongs to a live VM' USING ERRCODE = 'WDN01';
+                END IF;
+                RETURN NEW;
+            END $$
+            """,
+            "CREATE TRIGGER disks_one_live_vm BEFORE INSERT ON disks FOR EACH ROW EXECUTE FUNCTION warden_disk_one_live_vm()",
+            """
+            CREATE TABLE hosts (
+                name TEXT PRIMARY KEY,
+                labels TEXT NOT NULL DEFAULT '{}',
+                public_key BYTEA CHECK (public_key IS NULL OR length(public_key) = 32),
+                added_us BIGINT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE residency (
+                id BIGSERIAL PRIMARY KEY,
+                vm TEXT NOT NULL REFERENCES vms(id),
+                host TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('ran','stored')),
+                from_us BIGINT NOT NULL,
+                to_us BIGINT CHECK (to_us IS NULL OR to_us >= from_us)
+            )
+            """,
+            "CREATE INDEX residency_by_host_cover ON residency(host, from_us, to_us, vm, kind)",
+            "CREATE INDEX residency_by_vm ON residency(vm, kind, host)",
+            """
+            CREATE TABLE snapshots (
+                id BIGSERIAL PRIMARY KEY,
+                vm TEXT NOT NULL REFERENCES vms(id),
+                name TEXT NOT NULL,
+                generation TEXT NOT NULL,
+                created_us BIGINT NOT NULL,
+                inventory_key TEXT
+            )
+            """,
+            "CREATE INDEX snapshots_by_vm ON snapshots(vm, created_us)",
+            // No foreign key on vm: the log is append-only evidence (as on SQLite).
+            """
+            CREATE TABLE events (
+                seq BIGINT PRIMARY KEY CHECK (seq >= 1),
+                kind TEXT NOT NULL,
+                vm TEXT,
+                actor TEXT NOT NULL,
+                host TEXT NOT NULL,
+                time_us BIGINT NOT NULL,
+                generation_before TEXT,
+                generation_after TEXT,
+                payload TEXT NOT NULL DEFAULT '{}',
+                reported BOOLEAN NOT NULL DEFAULT false,
+                leaf_hash BYTEA NOT NULL CHECK (length(leaf_hash) = 32)
+            )
+            """,
+            "CREATE INDEX events_by_vm ON events(vm, seq)",
+            "CREATE INDEX events_by_kind ON events(kind, vm)",
+            """
+            CREATE TABLE merkle_nodes (
+                level INTEGER NOT NULL,
+                idx BIGINT NOT NULL,
+                hash BYTEA NOT NULL CHECK (length(hash) = 32),
+                PRIMARY KEY (level, idx)
+            )
+            """,
+            """
+            CREATE TABLE checkpoints (
+                id BIGSERIAL PRIMARY KEY,
+                tree_size BIGINT NOT NULL CHECK (tree_size >= 0),
+                root BYTEA NOT NULL CHECK (length(root) = 32),
+                time_us BIGINT NOT NULL,
+                host TEXT NOT NULL,
+                signature BYTEA NOT NULL CHECK (length(signature) = 64)
+            )
+            """,
+            "CREATE INDEX checkpoints_by_size ON checkpoints(tree_size)",
+        ]),
+    ]
+
+    /// Applies the pending migrations in one transaction, under an advisory lock so that
+    /// several servers starting at once apply each exactly once.
+    static func apply(_ db: PostgresStore) throws {
+        try db.transaction {
+            try db.query("SELECT pg_advisory_xact_lock(\(LockKey.migrations))")
+            try db.query("CREATE TABLE IF NOT EXISTS warden_migrations (name TEXT PRIMARY KEY, applied_us BIGINT NOT NULL)")
+            let done = Set(try db.query("SELECT name FROM warden_migrations").map { try $0.decode(String.self) })
+            let known = Set(all.map(\.name))
+            if let unknown = done.subtracting(known).sorted().first {
+                throw WardenError(.unavailable, "the database has migration \(unknown), which this warden does not know: it is newer than this build", file: db.location)
+            }
+            for m in all where !done.contains(m.name) {
+                for s in m.statements { try db.query(PostgresQuery(unsafeSQL: s)) }
+                let now = LedgerTime.micros(Date())
+                try db.query("INSERT INTO warden_migrations (name, applied_us) VALUES (\(m.name), \(now))")
+            }
+        }
+    }
+}
