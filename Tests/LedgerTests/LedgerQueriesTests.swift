@@ -10,7 +10,7 @@ func day(_ n: Double) -> Date { Date(timeIntervalSince1970: 1_767_571_200 + n * 
 let hostH = HostName("h1")!
 let hostOther = HostName("h2")!
 
-extension SQLiteLedger {
+extension LedgerQueries {
     /// A VM created at `at`, as `kind` (registered, or cloned/copied from `parent`).
     @discardableResult
     func make(_ name: String, at: Date, kind: EventKind = .registered, parent: VMRecord? = nil, owner: String = "alice",
@@ -30,8 +30,8 @@ extension SQLiteLedger {
 }
 
 @Suite struct ExposureTests {
-    @Test func windowEdgesAndInheritance() throws {
-        try withLedger { l, _ in
+    @Test(arguments: StoreBackend.all) func windowEdgesAndInheritance(_ b: StoreBackend) throws {
+        try b.with { l in
             let t1 = day(10), t2 = day(20), now = day(40)
             // Left H exactly at T1 (intervals are half-open): not exposed. One second later: exposed.
             let leftAtT1 = try l.make("left-at-t1", at: day(0)); try l.ran(leftAtT1, day(1), t1)
@@ -104,9 +104,9 @@ extension SQLiteLedger {
 
 extension ExposureTests {
     /// Random fleets (seeded): the SQL exposure equals the reference for many windows.
-    @Test func sqlAgreesWithReferenceOnRandomFleets() throws {
+    @Test(arguments: StoreBackend.all) func sqlAgreesWithReferenceOnRandomFleets(_ b: StoreBackend) throws {
         for seed in UInt64(1)...2 {
-            try withLedger { l, _ in
+            try b.with { l in
                 var rng = SeededRandom(seed: seed)
                 var vms: [VMRecord] = []
                 let hosts = [hostH, hostOther]
@@ -140,8 +140,8 @@ extension ExposureTests {
 }
 
 @Suite struct LineageTests {
-    @Test func cloneOfCloneOfCopyWithSnapshotsAndRollbacks() throws {
-        try withLedger { l, _ in
+    @Test(arguments: StoreBackend.all) func cloneOfCloneOfCopyWithSnapshotsAndRollbacks(_ b: StoreBackend) throws {
+        try b.with { l in
             let root = try l.make("root", at: day(0))
             // A snapshot of root at its first generation, then two rollbacks to it: two branches.
             _ = try l.append(NewEvent(kind: .snapshotted, vm: root.id, time: day(0.5), payload: ["snapshot": .string("s1")]))
@@ -181,8 +181,8 @@ extension ExposureTests {
         }
     }
 
-    @Test func manyGenerations() throws {
-        try withLedger { l, _ in
+    @Test(arguments: StoreBackend.all) func manyGenerations(_ b: StoreBackend) throws {
+        try b.with { l in
             var chain = [try l.make("gen-0", at: day(0))]
             for i in 1..<150 {
                 chain.append(try l.make("gen-\(i)", at: day(Double(i) / 10), kind: i % 3 == 0 ? .copied : .cloned, parent: chain[i - 1]))
@@ -210,8 +210,8 @@ extension ExposureTests {
 }
 
 @Suite struct CensusTests {
-    @Test func constructedFleet() throws {
-        try withLedger { l, _ in
+    @Test(arguments: StoreBackend.all) func constructedFleet(_ b: StoreBackend) throws {
+        try b.with { l in
             // now: Wednesday 2026-03-04 12:00 UTC (day 58.5 of the test calendar); ISO week 2026-W10.
             let now = day(58.5)
             // 2026-01-05 is Monday of 2026-W02.
@@ -283,8 +283,8 @@ extension ExposureTests {
     /// The hand-written exposure JSON is byte for byte what JSONEncoder writes with the CLI's
     /// settings (pretty, sorted keys, snake_case, RFC 3339 times), including empty arrays, nulls,
     /// inherited VMs and names that need escaping; chunked output concatenates to the same bytes.
-    @Test func handWrittenJSONMatchesJSONEncoder() throws {
-        try withLedger { l, _ in
+    @Test(arguments: StoreBackend.all) func handWrittenJSONMatchesJSONEncoder(_ b: StoreBackend) throws {
+        try b.with { l in
             let odd = try l.make("quote\" back\\ nl\n tab\t ctl\u{1}\u{1F} del\u{7F} é/ü \u{2028}", at: day(0), owner: "o/wn\"er")
             try l.ran(odd, day(1), day(3)); try l.ran(odd, day(2), nil, kind: .stored)
             let plain = try l.make("plain", at: day(0)); try l.ran(plain, day(2), day(2.5))

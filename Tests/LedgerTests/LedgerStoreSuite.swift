@@ -10,7 +10,7 @@ import LedgerPostgres
 /// SQLite, and PostgreSQL on a private server the test support starts (``PostgresServer``).
 struct StoreBackend: Sendable, CustomTestStringConvertible {
     let name: String
-    let make: @Sendable () throws -> (store: any LedgerStore, tearDown: @Sendable () -> Void)
+    let make: @Sendable () throws -> (store: any LedgerQueries, tearDown: @Sendable () -> Void)
     var testDescription: String { name }
 
     static let all: [StoreBackend] = [
@@ -33,7 +33,7 @@ struct StoreBackend: Sendable, CustomTestStringConvertible {
         },
     ]
 
-    func with<T>(_ body: (any LedgerStore) throws -> T) throws -> T {
+    func with<T>(_ body: (any LedgerQueries) throws -> T) throws -> T {
         let (store, tearDown) = try make()
         defer { tearDown() }
         return try body(store)
