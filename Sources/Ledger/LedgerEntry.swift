@@ -216,3 +216,18 @@ public enum LedgerEntry {
         return Data(h.finalize())
     }
 }
+
+/// The one JSON style for ledger documents, on the command line and over HTTP: sorted keys,
+/// snake_case, RFC 3339 UTC times with microseconds, slashes unescaped.
+public enum LedgerJSON {
+    public static func encoder(pretty: Bool = true) -> JSONEncoder {
+        let enc = JSONEncoder()
+        enc.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        enc.dateEncodingStrategy = .custom { date, encoder in
+            var c = encoder.singleValueContainer()
+            try c.encode(LedgerTime.rfc3339(LedgerTime.micros(date)))
+        }
+        return enc
+    }
+}

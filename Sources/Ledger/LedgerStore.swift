@@ -56,6 +56,11 @@ public protocol LedgerStore: Sendable {
     func event(seq: Int64) throws -> EventRecord?
     /// The number of events (the Merkle tree size).
     func eventCount() throws -> Int64
+    /// Appends the events a host reported, in order, each under the id the host gave it (its
+    /// agent's outbox id), in one transaction: an id already recorded for that host is not
+    /// appended again, and its first sequence number is returned. Every event is recorded as
+    /// from `host`, whatever its `host` field says.
+    func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome]
 
     // MARK: Queries
     /// The VM's descendants by clone/copy lineage (children, grandchildren…), not including itself.
@@ -71,4 +76,27 @@ public protocol LedgerStore: Sendable {
     /// advisory imports), or nil when the backend has none: policy facts that need it are then
     /// unknown, and rules that need them fail closed.
     var advisoryFacts: (any AdvisoryFacts)? { get }
+}
+
+/// An event a host reports, with the id that makes reporting it again harmless.
+public struct IngestedEvent: Sendable {
+    /// 1–128 characters of `A–Z a–z 0–9 . _ : -`, unique per host.
+    public var id: String
+    public var event: NewEvent
+    public init(id: String, event: NewEvent) { self.id = id; self.event = event }
+
+    public static func isValidID(_ id: String) -> Bool {
+        let b = Array(id.utf8)
+        return (1...128).contains(b.count) && b.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x3A || c == 0x2D
+        }
+    }
+}
+
+/// What became of one reported event: its place in the log, and whether it was already there.
+public struct IngestOutcome: Codable, Sendable, Equatable {
+    public var id: String
+    public var seq: Int64
+    public var duplicate: Bool
+    public init(id: String, seq: Int64, duplicate: Bool) { self.id = id; self.seq = seq; self.duplicate = duplicate }
 }

@@ -316,6 +316,24 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         try logWrite { db, log in try events.map { try log.append(db, $0) } }
     }
 
+    public func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome] {
+        if let bad = events.first(where: { !IngestedEvent.isValidID($0.id) }) {
+            throw WardenError(.invalidArgument, "event id \(TerminalText.line(String(bad.id.prefix(64)))) is not 1-128 of A-Z a-z 0-9 . _ : -")
+        }
+        return try logWrite { db, log in
+            try events.map { item in
+                if let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM ingested WHERE host = ? AND id = ?", arguments: [host.value, item.id]) {
+                    return IngestOutcome(id: item.id, seq: seq, duplicate: true)
+                }
+                var e = item.event
+                e.host = host
+                let rec = try log.append(db, e)
+                try db.execute(sql: "INSERT INTO ingested (host, id, seq) VALUES (?, ?, ?)", arguments: [host.value, item.id, rec.seq])
+                return IngestOutcome(id: item.id, seq: rec.seq, duplicate: false)
+            }
+        }
+    }
+
     public func events(of vm: VMID) throws -> [EventRecord] {
         try database.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM events WHERE vm = ? ORDER BY seq", arguments: [vm.description])

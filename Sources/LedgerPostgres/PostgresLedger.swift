@@ -334,6 +334,26 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         try logWrite { log in try events.map { try log.append($0) } }
     }
 
+    public func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome] {
+        if let bad = events.first(where: { !IngestedEvent.isValidID($0.id) }) {
+            throw WardenError(.invalidArgument, "event id \(TerminalText.line(String(bad.id.prefix(64)))) is not 1-128 of A-Z a-z 0-9 . _ : -")
+        }
+        return try logWrite { log in
+            try events.map { item in
+                // Under the log lock: a concurrent report of the same id waits, then finds it.
+                if let seq = try store.query("SELECT seq FROM ingested WHERE host = \(host.value) AND id = \(item.id)")
+                    .first.map({ try $0.decode(Int64.self) }) {
+                    return IngestOutcome(id: item.id, seq: seq, duplicate: true)
+                }
+                var e = item.event
+                e.host = host
+                let rec = try log.append(e)
+                try store.query("INSERT INTO ingested (host, id, seq) VALUES (\(host.value), \(item.id), \(rec.seq))")
+                return IngestOutcome(id: item.id, seq: rec.seq, duplicate: false)
+            }
+        }
+    }
+
     public func events(of vm: VMID) throws -> [EventRecord] {
         try store.query("SELECT * FROM events WHERE vm = \(vm.description) ORDER BY seq").map { try PGRows.event($0, location) }
     }

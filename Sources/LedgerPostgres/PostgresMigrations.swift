@@ -159,6 +159,9 @@ enum PostgresMigrations {
             """,
             "CREATE INDEX checkpoints_by_size ON checkpoints(tree_size)",
         ]),
+        Migration(name: "pg-ledger-2-ingested", statements: [
+            "CREATE TABLE ingested (host TEXT NOT NULL, id TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (host, id))",
+        ]),
     ]
 
     /// Applies the pending migrations in one transaction, under an advisory lock so that

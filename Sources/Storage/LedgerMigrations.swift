@@ -162,5 +162,17 @@ enum LedgerMigrations {
                 END;
                 """)
         },
+        .init("ledger-9-ingested") { db in
+            // The ids hosts gave the events they reported (at-least-once delivery from an
+            // agent's outbox): a second report of the same (host, id) is answered from here.
+            try db.execute(sql: """
+                CREATE TABLE ingested (
+                    host TEXT NOT NULL,
+                    id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    PRIMARY KEY (host, id)
+                ) WITHOUT ROWID
+                """)
+        },
     ]
 }

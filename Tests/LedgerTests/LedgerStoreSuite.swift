@@ -104,3 +104,30 @@ struct StoreTestError: Error {}
         }
     }
 }
+
+extension LedgerStoreSuite {
+    @Test(arguments: StoreBackend.all) func ingestIsIdempotentPerHost(_ b: StoreBackend) throws {
+        try b.with { s in
+            let v = try register(s, vm("a"))
+            let h1 = HostName("h1")!, h2 = HostName("h2")!
+            func ev(_ id: String, claimedHost: HostName = HostName("elsewhere")!) -> IngestedEvent {
+                IngestedEvent(id: id, event: NewEvent(kind: .started, vm: v.id, host: claimedHost))
+            }
+            let first = try s.ingest([ev("e1"), ev("e2"), ev("e1")], from: h1)
+            #expect(first.map(\.duplicate) == [false, false, true])
+            #expect(first[2].seq == first[0].seq)
+            // Delivered again (the agent did not see the answer): nothing new is appended.
+            let again = try s.ingest([ev("e1"), ev("e2")], from: h1)
+            #expect(again == first.prefix(2).map { IngestOutcome(id: $0.id, seq: $0.seq, duplicate: true) })
+            // The same id from another host is another event; the claimed host is ignored.
+            let other = try s.ingest([ev("e1")], from: h2)
+            #expect(other[0].duplicate == false)
+            #expect(try s.eventCount() == 4)
+            #expect(try s.event(seq: first[0].seq)?.host == h1)
+            #expect(try s.event(seq: other[0].seq)?.host == h2)
+            // A malformed id is refused before anything is written.
+            #expect(throws: WardenError.self) { _ = try s.ingest([ev("e3"), ev("bad id\n")], from: h1) }
+            #expect(try s.eventCount() == 4)
+        }
+    }
+}

@@ -297,6 +297,7 @@ struct UnreachableStore: LedgerStore {
     func addSnapshot(_ snapshot: SnapshotRecord) throws { throw fail() }
     func snapshots(of vm: VMID) throws -> [SnapshotRecord] { throw fail() }
     func append(_ event: NewEvent) throws -> EventRecord { throw fail() }
+    func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome] { throw fail() }
     func events(of vm: VMID) throws -> [EventRecord] { throw fail() }
     func event(seq: Int64) throws -> EventRecord? { throw fail() }
     func eventCount() throws -> Int64 { throw fail() }

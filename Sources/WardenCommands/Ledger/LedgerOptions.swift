@@ -116,14 +116,7 @@ enum NameArgument {
 extension Output {
     /// Sorted-key, snake_case JSON with times as RFC 3339 strings in UTC (microseconds).
     static func ledgerJSON<T: Encodable>(_ value: T) throws -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        enc.keyEncodingStrategy = .convertToSnakeCase
-        enc.dateEncodingStrategy = .custom { date, encoder in
-            var c = encoder.singleValueContainer()
-            try c.encode(TimeArgument.format(date))
-        }
-        return String(decoding: try enc.encode(value), as: UTF8.self)
+        String(decoding: try LedgerJSON.encoder().encode(value), as: UTF8.self)
     }
 }
 
