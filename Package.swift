@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "AdvisoryStorage", targets: ["AdvisoryStorage"]),
         .library(name: "Ledger", targets: ["Ledger"]),
         .library(name: "LedgerPostgres", targets: ["LedgerPostgres"]),
+        .library(name: "Server", targets: ["Server"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
@@ -32,6 +33,9 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -88,6 +92,19 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // `warden serve`: the fleet API (Hummingbird 2) over a LedgerStore, bearer-token roles,
+        // Prometheus metrics (docs/fleet.md). Never linked into warden-hook.
+        .target(name: "Server", dependencies: [
+            "WardenCore", "Ledger", "LedgerPostgres",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories", "AdvisoryStorage",
             .product(name: "Yams", package: "Yams"),
@@ -107,7 +124,8 @@ let package = Package(
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Storage", "AdvisoryStorage", "Ledger", "Policy", "Hypervisor", "Sysprep", "WardenServices",
+            "Storage", "AdvisoryStorage", "Ledger", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

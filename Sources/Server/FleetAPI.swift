@@ -1,0 +1,294 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Ledger
+import NIOCore
+import NIOPosix
+import WardenCore
+
+/// The request context: the principal the auth middleware found.
+public struct WardenRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public var principal: Principal?
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        principal = nil
+    }
+    /// Request bodies larger than this are refused with 413 (docs/fleet.md, "Limits").
+    public var maxUploadSize: Int { FleetAPI.maxBodyBytes }
+}
+
+/// An error answer: `{"error": {"status": 403, "message": "…"}}`.
+struct APIError: Error, HTTPResponseError {
+    var status: HTTPResponse.Status
+    var message: String
+    init(_ status: HTTPResponse.Status, _ message: String) { self.status = status; self.message = message }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        let data = try JSONEncoder().encode(APIErrorBody(error: .init(status: status.code, message: TerminalText.line(message))))
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// The answer for a store error: bad input 400, unknown 404, conflicts 409, the rest 503 —
+    /// never a 500 for something a caller sent.
+    static func from(_ e: WardenError) -> APIError {
+        switch e.code {
+        case .invalidArgument, .unsupported, .limitExceeded: return APIError(.badRequest, e.message)
+        case .notFound: return APIError(.notFound, e.message)
+        case .conflict: return APIError(.conflict, e.message)
+        case .denied: return APIError(.forbidden, e.message)
+        default: return APIError(.serviceUnavailable, e.message)
+        }
+    }
+}
+
+struct APIErrorBody: Encodable {
+    struct Inner: Encodable { var status: Int; var message: String }
+    var error: Inner
+}
+
+/// The fleet API (docs/openapi.yaml): every route, its permission, and its answer.
+public struct FleetAPI: Sendable {
+    public static let maxBodyBytes = 1 << 20
+    /// Events one ingest request may carry.
+    public static let maxEventsPerRequest = 1000
+
+    let store: any LedgerQueries
+    let metrics: ServerMetrics
+
+    /// Runs blocking store work on the thread pool, never on an event loop (docs/decisions.md).
+    func blocking<T: Sendable>(_ body: @escaping @Sendable (any LedgerQueries) throws -> T) async throws -> T {
+        let store = self.store
+        do {
+            return try await NIOThreadPool.singleton.runIfActive { try body(store) }
+        } catch let e as WardenError {
+            throw APIError.from(e)
+        }
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
+        let data = try LedgerJSON.encoder(pretty: false).encode(value)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// The routes with the permission each needs. The OpenAPI document lists exactly these
+    /// (a test compares them).
+    public static let routes: [(method: String, path: String, allowed: Set<Role>)] = [
+        ("GET", "/v1/vms", [.admin, .operator, .auditor]),
+        ("GET", "/v1/vms/{ref}", [.admin, .operator, .auditor]),
+        ("GET", "/v1/vms/{ref}/events", [.admin, .operator, .auditor]),
+        ("GET", "/v1/vms/{ref}/lineage", [.admin, .operator, .auditor]),
+        ("GET", "/v1/vms/{ref}/residency", [.admin, .operator, .auditor]),
+        ("POST", "/v1/vms/{ref}/retire", [.admin, .operator]),
+        ("GET", "/v1/hosts", [.admin, .operator, .auditor]),
+        ("POST", "/v1/hosts/{host}/events", [.admin, .host]),
+        ("GET", "/v1/events", [.admin, .auditor]),
+        ("GET", "/v1/exposure", [.admin, .operator, .auditor]),
+        ("GET", "/v1/census", [.admin, .operator, .auditor]),
+        ("GET", "/metrics", [.admin, .auditor]),
+    ]
+
+    static func allowed(_ method: String, _ path: String) -> Set<Role> {
+        routes.first { $0.method == method && $0.path == path }?.allowed ?? []
+    }
+
+    func add(to router: Router<WardenRequestContext>) {
+        router.get("/healthz") { _, _ in try Self.json(["status": "ok"]) }
+        router.get("/v1/vms") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/vms"))
+            return try Self.json(try await blocking { try $0.listVMs() })
+        }
+        router.get("/v1/vms/:ref") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/vms/{ref}"))
+            let ref = try ctx.reference()
+            struct Page: Encodable { var vm: VMRecord; var disks: [DiskRecord]; var residency: [ResidencyRecord]; var snapshots: [SnapshotRecord] }
+            return try Self.json(try await blocking { s in
+                let vm = try s.resolveVM(ref)
+                return Page(vm: vm, disks: try s.disks(of: vm.id), residency: try s.residency(of: vm.id), snapshots: try s.snapshots(of: vm.id))
+            })
+        }
+        router.get("/v1/vms/:ref/events") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/vms/{ref}/events"))
+            let ref = try ctx.reference()
+            return try Self.json(try await blocking { s in try s.events(of: try s.resolveVM(ref).id) })
+        }
+        router.get("/v1/vms/:ref/lineage") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/vms/{ref}/lineage"))
+            let ref = try ctx.reference()
+            return try Self.json(try await blocking { s in try s.lineage(of: try s.resolveVM(ref).id) })
+        }
+        router.get("/v1/vms/:ref/residency") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/vms/{ref}/residency"))
+            let ref = try ctx.reference()
+            return try Self.json(try await blocking { s in try s.residency(of: try s.resolveVM(ref).id) })
+        }
+        router.post("/v1/vms/:ref/retire") { _, ctx in
+            try ctx.require(Self.allowed("POST", "/v1/vms/{ref}/retire"))
+            let ref = try ctx.reference()
+            let who = ctx.principal!
+            return try Self.json(try await blocking { s in
+                try s.atomically(family: nil) {
+                    let vm = try s.resolveVM(ref)
+                    // An operator acts only on the VMs it owns.
+                    if who.role == .operator, vm.owner != who.owner {
+                        throw WardenError(.denied, "\(who.name) may act only on VMs owned by \(who.owner ?? "")")
+                    }
+                    if vm.state == .retired { throw WardenError(.conflict, "VM \(vm.name) is already retired") }
+                    return try s.updateVM(vm.id, event: NewEvent(kind: .retired, vm: vm.id, actor: "api:\(who.name)")) { $0.state = .retired }.0
+                }
+            })
+        }
+        router.get("/v1/hosts") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/hosts"))
+            return try Self.json(try await blocking { try $0.listHosts() })
+        }
+        router.post("/v1/hosts/:host/events") { request, ctx in
+            try ctx.require(Self.allowed("POST", "/v1/hosts/{host}/events"))
+            guard let raw = ctx.parameters.get("host"), let host = HostName(raw) else { throw APIError(.badRequest, "malformed host name") }
+            let who = ctx.principal!
+            // A host reports its own events only.
+            if who.role == .host, who.host != host {
+                throw APIError(.forbidden, "\(who.name) may report events of host \(who.host?.value ?? "?") only")
+            }
+            let batch = try await IngestBatch.decode(request, limit: Self.maxBodyBytes)
+            let events = try batch.events.map { try $0.ingested(actorFallback: "agent@\(host.value)") }
+            let started = ContinuousClock.now
+            let outcomes = try await blocking { try $0.ingest(events, from: host) }
+            metrics.ingested(host: host, count: outcomes.filter { !$0.duplicate }.count,
+                             newest: batch.events.compactMap(\.time).max(), took: ContinuousClock.now - started)
+            return try Self.json(["results": outcomes])
+        }
+        router.get("/v1/events") { request, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/events"))
+            let after = try request.uri.queryParameters.get("after").map { v -> Int64 in
+                guard let n = Int64(v), n >= 0 else { throw APIError(.badRequest, "after must be a sequence number ≥ 0") }
+                return n
+            } ?? 0
+            let limit = try request.uri.queryParameters.get("limit").map { v -> Int64 in
+                guard let n = Int64(v), (1...10_000).contains(n) else { throw APIError(.badRequest, "limit must be 1-10000") }
+                return n
+            } ?? 1000
+            return try Self.json(try await blocking { s in
+                let size = try s.eventCount()
+                var out: [EventRecord] = []
+                var seq = after + 1
+                while seq <= size, Int64(out.count) < limit {
+                    if let e = try s.event(seq: seq) { out.append(e) }
+                    seq += 1
+                }
+                return out
+            })
+        }
+        router.get("/v1/exposure") { request, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/exposure"))
+            let q = request.uri.queryParameters
+            guard let hostText = q.get("host"), let host = HostName(hostText) else { throw APIError(.badRequest, "host= is required") }
+            let from = try Self.time(q.get("from"), "from"), to = try Self.time(q.get("to"), "to")
+            return try Self.json(try await blocking { s in try s.exposure(host: host, from: from, to: to, now: Date()) })
+        }
+        router.get("/v1/census") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/census"))
+            return try Self.json(try await blocking { s in try s.census(now: Date()) })
+        }
+        router.get("/metrics") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/metrics"))
+            let size = try await blocking { try $0.eventCount() }
+            metrics.ledgerSize(size)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
+        }
+    }
+
+    /// An RFC 3339 time (`2026-12-01T00:00:00Z`, fractions allowed) or a date (`2026-12-01`).
+    static func time(_ text: String?, _ name: String) throws -> Date {
+        guard let text else { throw APIError(.badRequest, "\(name)= is required (RFC 3339 time)") }
+        let f = ISO8601DateFormatter()
+        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime], [.withFullDate]] {
+            f.formatOptions = options
+            if let d = f.date(from: text) { return d }
+        }
+        throw APIError(.badRequest, "\(name)= is not an RFC 3339 time")
+    }
+}
+
+extension WardenRequestContext {
+    /// Refuses the request unless the caller's role is one of `roles` (401 without a caller).
+    func require(_ roles: Set<Role>) throws {
+        guard let p = principal else { throw APIError(.unauthorized, "a bearer token is required") }
+        guard roles.contains(p.role) else { throw APIError(.forbidden, "role \(p.role.rawValue) may not do this") }
+    }
+
+    /// The `{ref}` path parameter, percent-decoded and bounded.
+    func reference() throws -> String {
+        guard let raw = parameters.get("ref"), let ref = raw.removingPercentEncoding, (1...256).contains(ref.utf8.count) else {
+            throw APIError(.badRequest, "malformed VM reference")
+        }
+        return ref
+    }
+}
+
+/// The body of `POST /v1/hosts/{host}/events`.
+struct IngestBatch: Decodable {
+    struct Event: Decodable {
+        var id: String
+        var kind: String
+        var vm: String?
+        var actor: String?
+        var time: Date?
+        var generationBefore: String?
+        var generationAfter: String?
+        var payload: [String: JSONValue]?
+
+        func ingested(actorFallback: String) throws -> IngestedEvent {
+            guard IngestedEvent.isValidID(id) else { throw APIError(.badRequest, "event id is not 1-128 of A-Z a-z 0-9 . _ : -") }
+            guard let k = EventKind(rawValue: kind) else { throw APIError(.badRequest, "event \(id): unknown kind") }
+            var vmid: VMID?
+            if let vm { guard let v = VMID(vm) else { throw APIError(.badRequest, "event \(id): vm is not a UUID") }; vmid = v }
+            func gen(_ s: String?) throws -> UUID? {
+                guard let s else { return nil }
+                guard let u = UUID(uuidString: s) else { throw APIError(.badRequest, "event \(id): a generation is not a UUID") }
+                return u
+            }
+            if let actor, !(1...256).contains(actor.utf8.count) { throw APIError(.badRequest, "event \(id): actor must be 1-256 bytes") }
+            return IngestedEvent(id: id, event: NewEvent(kind: k, vm: vmid, actor: actor ?? actorFallback, time: time ?? Date(),
+                                                         generationBefore: try gen(generationBefore), generationAfter: try gen(generationAfter),
+                                                         payload: payload ?? [:]))
+        }
+    }
+    var events: [Event]
+
+    static func decode(_ request: Request, limit: Int) async throws -> IngestBatch {
+        var request = request
+        let body: ByteBuffer
+        do { body = try await request.collectBody(upTo: limit) } catch {
+            throw APIError(.contentTooLarge, "the body is larger than \(limit) bytes")
+        }
+        let dec = JSONDecoder()
+        dec.keyDecodingStrategy = .convertFromSnakeCase
+        dec.dateDecodingStrategy = .custom { d in
+            let s = try d.singleValueContainer().decode(String.self)
+            return try FleetAPI.time(s, "time")
+        }
+        let batch: IngestBatch
+        do { batch = try dec.decode(IngestBatch.self, from: Data(buffer: body)) } catch let e as APIError {
+            throw e
+        } catch {
+            throw APIError(.badRequest, "the body is not an event batch: \(Self.describe(error))")
+        }
+        guard batch.events.count <= FleetAPI.maxEventsPerRequest else {
+            throw APIError(.contentTooLarge, "at most \(FleetAPI.maxEventsPerRequest) events per request")
+        }
+        return batch
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let k, _): return "missing \(k.stringValue)"
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c):
+            return "wrong type at \(c.codingPath.map(\.stringValue).joined(separator: "."))"
+        case DecodingError.dataCorrupted(let c):
+            return c.codingPath.isEmpty ? "malformed JSON" : "bad value at \(c.codingPath.map(\.stringValue).joined(separator: "."))"
+        default: return "malformed JSON"
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Ledger
+import Logging
+import NIOCore
+import Prometheus
+import WardenCore
+
+/// Prometheus metrics of the server (docs/fleet.md, "Metrics").
+public final class ServerMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    let ledgerEvents: Gauge
+    let latency: DurationHistogram
+
+    init() {
+        ledgerEvents = registry.makeGauge(descriptor: .init(metricName: "warden_ledger", unitName: "events", helpText: "Events in the ledger (the Merkle tree size)"))
+        latency = registry.makeDurationHistogram(descriptor: .init(metricName: "warden_http_request_duration", unitName: "seconds",
+                                                                     helpText: "Time from request to response"),
+                                                 buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                                                           .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(1000),
+                                                           .seconds(5)])
+    }
+
+    func request(method: String, status: Int, took: Duration) {
+        registry.makeCounter(descriptor: .init(metricName: "warden_http_requests", unitName: "total", helpText: "HTTP requests answered"),
+                             labels: [("method", method), ("status", String(status))]).increment()
+        latency.record(took)
+    }
+
+    func ingested(host: HostName, count: Int, newest: Date?, took: Duration) {
+        registry.makeCounter(descriptor: .init(metricName: "warden_ingest_events", unitName: "total", helpText: "Events hosts reported that were new"),
+                             labels: [("host", host.value)]).increment(by: Int64(count))
+        if let newest {
+            registry.makeGauge(descriptor: .init(metricName: "warden_ingest_lag", unitName: "seconds",
+                                                  helpText: "Age of the newest event in a host's last report when it arrived"),
+                               labels: [("host", host.value)])
+                .set(to: max(0, Date().timeIntervalSince(newest)))
+        }
+    }
+
+    func ledgerSize(_ n: Int64) { ledgerEvents.set(to: Double(n)) }
+}
+
+/// Finds the caller from `Authorization: Bearer …`, times and counts every request, and turns
+/// unforeseen errors into a 500 that says nothing of the internals (logged with the request id).
+struct AuthAndMetricsMiddleware: RouterMiddleware {
+    typealias Context = WardenRequestContext
+    let tokens: TokenStore
+    let metrics: ServerMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        if let auth = request.headers[.authorization] {
+            let parts = auth.split(separator: " ", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "bearer" {
+                context.principal = tokens.principal(forToken: String(parts[1]))
+                if context.principal == nil {
+                    let r = try APIError(.unauthorized, "unknown or revoked token").response(from: request, context: context)
+                    metrics.request(method: request.method.rawValue, status: 401, took: .zero)
+                    return r
+                }
+            }
+        }
+        let start = ContinuousClock.now
+        do {
+            let response = try await next(request, context)
+            metrics.request(method: request.method.rawValue, status: response.status.code, took: ContinuousClock.now - start)
+            return response
+        } catch let e as HTTPResponseError {
+            metrics.request(method: request.method.rawValue, status: e.status.code, took: ContinuousClock.now - start)
+            throw e
+        } catch let e as WardenError {
+            let api = APIError.from(e)
+            metrics.request(method: request.method.rawValue, status: api.status.code, took: ContinuousClock.now - start)
+            throw api
+        } catch {
+            context.logger.error("internal error", metadata: ["error": "\(type(of: error))"])
+            metrics.request(method: request.method.rawValue, status: 500, took: ContinuousClock.now - start)
+            throw APIError(.internalServerError, "internal error (request \(context.id))")
+        }
+    }
+}
+
+/// `warden serve`: the fleet API over one ledger store.
+public struct FleetServer: Sendable {
+    public struct Configuration: Sendable {
+        public var host = "127.0.0.1"
+        public var port = 8480
+        public var tokensFile: String
+        public var logLevel: Logger.Level = .info
+        public init(host: String = "127.0.0.1", port: Int = 8480, tokensFile: String, logLevel: Logger.Level = .info) {
+            self.host = host; self.port = port; self.tokensFile = tokensFile; self.logLevel = logLevel
+        }
+    }
+
+    public let configuration: Configuration
+    public let store: any LedgerQueries
+    public let metrics = ServerMetrics()
+
+    public init(configuration: Configuration, store: any LedgerQueries) {
+        self.configuration = configuration
+        self.store = store
+    }
+
+    public func router() -> Router<WardenRequestContext> {
+        let router = Router(context: WardenRequestContext.self)
+        router.add(middleware: AuthAndMetricsMiddleware(tokens: TokenStore(path: configuration.tokensFile), metrics: metrics))
+        FleetAPI(store: store, metrics: metrics).add(to: router)
+        return router
+    }
+
+    /// The application; `onRunning` gets the bound port (useful with port 0).
+    public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+        var logger = Logger(label: "warden.serve")
+        logger.logLevel = configuration.logLevel
+        return Application(router: router(),
+                           configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "warden"),
+                           onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+                           logger: logger)
+    }
+}

@@ -1,0 +1,157 @@
+import ArgumentParser
+import Foundation
+import Ledger
+import Logging
+import Server
+import Storage
+import WardenCore
+import Yams
+import Policy
+
+/// `warden serve`: the fleet API over the ledger (docs/fleet.md).
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve", abstract: "Serve the fleet API over the ledger (SQLite here, or PostgreSQL).",
+        discussion: """
+        Settings come from --config (YAML: listen, database, db, tokens, log_level), then the
+        environment ($WARDEN_DATABASE_URL; the PostgreSQL password from $PGPASSWORD), then flags.
+        Stops gracefully on SIGTERM or SIGINT.
+        """,
+        subcommands: [ServeRun.self, ServeToken.self], defaultSubcommand: ServeRun.self)
+}
+
+/// What `warden serve` reads from its config file; every key is optional.
+struct ServeSettings: Decodable {
+    var listen: String?
+    var database: String?
+    var db: String?
+    var tokens: String?
+    var logLevel: String?
+    enum CodingKeys: String, CodingKey { case listen, database, db, tokens, logLevel = "log_level" }
+
+    static func load(_ path: String?) throws -> ServeSettings {
+        guard let path else { return ServeSettings() }
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw WardenError(.invalidArgument, "cannot read the config file", file: path)
+        }
+        guard text.utf8.count <= 1 << 20 else { throw WardenError(.invalidArgument, "the config file is larger than 1 MiB", file: path) }
+        do { try YAMLNesting.check(text) } catch {
+            throw WardenError(.invalidArgument, "the config file nests deeper than \(YAMLNesting.maxDepth) levels", file: path)
+        }
+        do { return try YAMLDecoder().decode(ServeSettings.self, from: text) } catch {
+            throw WardenError(.invalidArgument, "the config file is not a warden serve configuration (listen, database, db, tokens, log_level)", file: path)
+        }
+    }
+    init() {}
+}
+
+/// Where the server keeps its token list unless told otherwise: `server/tokens.json` beside the database.
+func defaultTokensPath(db: String?) -> String {
+    let dir = (WardenDatabase.defaultPath(explicit: db) as NSString).deletingLastPathComponent
+    return (dir.isEmpty ? "." : dir) + "/server/tokens.json"
+}
+
+struct ServeRun: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the server (the default).")
+    @Option(help: ArgumentHelp("A YAML config file.", valueName: "path")) var config: String?
+    @Option(help: ArgumentHelp("Address and port to listen on (default 127.0.0.1:8480).", valueName: "host:port")) var listen: String?
+    @Option(help: ArgumentHelp("A postgres:// URL; without it the SQLite database at --db is the ledger.", valueName: "url"))
+    var database: String?
+    @Option(help: ArgumentHelp("The SQLite database (default as for every command).", valueName: "path")) var db: String?
+    @Option(help: ArgumentHelp("The token list (default: server/tokens.json beside the database).", valueName: "path")) var tokens: String?
+    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level")) var logLevel: String?
+
+    func run() throws {
+        let file = try ServeSettings.load(config)
+        let env = ProcessInfo.processInfo.environment
+        let listenText = listen ?? file.listen ?? "127.0.0.1:8480"
+        guard let colon = listenText.lastIndex(of: ":"), let port = Int(listenText[listenText.index(after: colon)...]),
+              (0...65535).contains(port), colon > listenText.startIndex else {
+            throw ValidationError("--listen takes host:port, e.g. 127.0.0.1:8480")
+        }
+        let levelText = logLevel ?? file.logLevel ?? "info"
+        guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(oneLine(levelText))") }
+        let dbPath = WardenDatabase.defaultPath(explicit: db ?? file.db)
+        let url = database ?? file.database ?? env["WARDEN_DATABASE_URL"]
+        let store = try FleetStores.open(database: url, path: dbPath, keysDirectory: nil)
+        let server = FleetServer(configuration: .init(host: String(listenText[..<colon]), port: port,
+                                                      tokensFile: tokens ?? file.tokens ?? defaultTokensPath(db: db ?? file.db),
+                                                      logLevel: level),
+                                 store: store)
+        let app = server.application { port in
+            // One line when the server is up, for scripts and tests (the port matters with :0).
+            Output.stdout.line("warden serve: listening on \(listenText[..<colon]):\(port)")
+        }
+        // The command is synchronous; the server runs on its event loops until a signal stops it.
+        let done = DispatchSemaphore(value: 0)
+        let failure = Locked<Error?>(nil)
+        Task {
+            do { try await app.runService() } catch { failure.withLock { $0 = error } }
+            done.signal()
+        }
+        done.wait()
+        if let e = failure.withLock({ $0 }) {
+            throw WardenError(.unavailable, "the server stopped: \(e)")
+        }
+    }
+}
+
+struct ServeToken: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Make, list and revoke the server's bearer tokens.",
+        subcommands: [ServeTokenAdd.self, ServeTokenList.self, ServeTokenRevoke.self])
+}
+
+struct TokenFileOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The token list (default: server/tokens.json beside the database).", valueName: "path")) var tokens: String?
+    @Option(help: ArgumentHelp("The database whose folder holds the default token list.", valueName: "path")) var db: String?
+    var store: TokenStore { TokenStore(path: tokens ?? defaultTokensPath(db: db)) }
+}
+
+struct ServeTokenAdd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add", abstract: "Make a token and print it once (only its hash is kept).")
+    @OptionGroup var file: TokenFileOptions
+    @Argument(help: "A name for the token (who or what uses it).") var name: String
+    @Option(help: "admin, operator, auditor or host.") var role: String
+    @Option(help: "For operator tokens: the owner whose VMs it may act on.") var owner: String?
+    @Option(help: "For host tokens: the host whose events it may report.") var host: String?
+
+    func run() throws {
+        guard let r = Role(rawValue: role) else { throw ValidationError("--role is admin, operator, auditor or host") }
+        var hostName: HostName?
+        if let host { guard let h = HostName(host) else { throw ValidationError("not a host name: \(oneLine(host))") }; hostName = h }
+        let token = try file.store.add(name: name, role: r, owner: owner, host: hostName)
+        Output.stdout.line(token)
+    }
+}
+
+struct ServeTokenList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the tokens (names and roles, never secrets).", aliases: ["ls"])
+    @OptionGroup var file: TokenFileOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Doc: Encodable { var schema = "warden.token-list/v1"; var tokens: [TokenStore.Listed] }
+
+    func run() throws {
+        let list = try file.store.list()
+        try Output.render(Doc(tokens: list), json: json, style: .ledger) {
+            var rows = [["NAME", "ROLE", "OWNER", "HOST", "STATE"]]
+            for t in list {
+                rows.append([t.name, t.role.rawValue, t.owner ?? "-", t.host ?? "-", t.revoked == nil ? "live" : "revoked"])
+            }
+            for line in table(rows) { Output.stdout.line(line) }
+        }
+    }
+}
+
+struct ServeTokenRevoke: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a token; the server refuses it from the next request on.")
+    @OptionGroup var file: TokenFileOptions
+    @Argument(help: "The token's name.") var name: String
+    func run() throws {
+        try file.store.revoke(name: name)
+        Output.stdout.line("revoked \(name)")
+    }
+}
