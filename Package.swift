@@ -142,6 +142,14 @@ let package = Package(
                               "-lswiftSynchronization",
                           ])]),
         .target(name: "WardenTestSupport", dependencies: ["WardenCore"], path: "Tests/WardenTestSupport"),
+        // The ledger backends every store test runs over (SQLite, and PostgreSQL on a private server).
+        .target(name: "StoreTestSupport", dependencies: ["WardenTestSupport", "Ledger", "LedgerPostgres", "Storage", "WardenCore"],
+                path: "Tests/StoreTestSupport"),
+        .testTarget(name: "ServerTests", dependencies: [
+            "Server", "Ledger", "WardenCore", "StoreTestSupport", "WardenTestSupport",
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
         .testTarget(name: "WardenCoreTests", dependencies: ["WardenCore"]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "WardenTestSupport"]),
         .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
@@ -149,7 +157,7 @@ let package = Package(
         .testTarget(name: "InspectionTests", dependencies: ["Inspection", "GuestFS", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "SysprepTests", dependencies: ["Sysprep", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AdvisoriesTests", dependencies: ["Advisories", "WardenTestSupport"]),
-        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "LedgerPostgres", "Storage", "AdvisoryStorage", "WardenCore", "Advisories", "WardenTestSupport"]),
+        .testTarget(name: "LedgerTests", dependencies: ["Ledger", "LedgerPostgres", "StoreTestSupport", "Storage", "AdvisoryStorage", "WardenCore", "Advisories", "WardenTestSupport"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Storage", "AdvisoryStorage", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),

@@ -3,6 +3,7 @@ import Testing
 import WardenTestSupport
 @testable import Ledger
 import WardenCore
+import StoreTestSupport
 
 /// Fixed times: day N of a test calendar starting 2026-01-05 (a Monday), UTC.
 func day(_ n: Double) -> Date { Date(timeIntervalSince1970: 1_767_571_200 + n * 86_400) }

@@ -5,6 +5,7 @@ import Testing
 import WardenTestSupport
 @testable import Ledger
 import WardenCore
+import StoreTestSupport
 import Storage
 
 /// A ledger on a fresh database in a temporary folder (keys beside it).
