@@ -61,6 +61,14 @@ public protocol LedgerStore: Sendable {
     /// appended again, and its first sequence number is returned. Every event is recorded as
     /// from `host`, whatever its `host` field says.
     func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome]
+    /// Up to `limit` events after `seq`, in log order.
+    func events(after seq: Int64, limit: Int) throws -> [EventRecord]
+    /// Records a VM as another ledger holds it (an agent's push, a server's pull), without an
+    /// event: the events travel through ``ingest(_:from:)``. Inserts it when unknown, else
+    /// replaces its fields and labels. Its parent must be known.
+    func upsertVM(_ vm: VMRecord) throws
+    /// Replaces the residency intervals of `vm` on `host` (what that host reports of itself).
+    func replaceResidency(vm: VMID, host: HostName, with intervals: [ResidencyRecord]) throws
 
     // MARK: Queries
     /// The VM's descendants by clone/copy lineage (children, grandchildren…), not including itself.

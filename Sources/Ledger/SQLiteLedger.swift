@@ -334,6 +334,38 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         }
     }
 
+    public func events(after seq: Int64, limit: Int) throws -> [EventRecord] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [seq, max(0, limit)])
+                .map { try Rows.event($0, file: database.path) }
+        }
+    }
+
+    public func upsertVM(_ vm: VMRecord) throws {
+        try database.write { db in
+            if let p = vm.parent, try !Rows.vmExists(db, p) {
+                throw WardenError(.conflict, "parent VM \(p) is not in the ledger yet", file: database.path)
+            }
+            if try Rows.vmExists(db, vm.id) {
+                try Rows.updateVM(db, vm, labelsChanged: true)
+            } else {
+                try Rows.insertVM(db, vm)
+            }
+        }
+    }
+
+    public func replaceResidency(vm: VMID, host: HostName, with intervals: [ResidencyRecord]) throws {
+        try database.write { db in
+            guard try Rows.vmExists(db, vm) else { throw WardenError(.notFound, "no VM with id \(vm)") }
+            try db.execute(sql: "DELETE FROM residency WHERE vm = ? AND host = ?", arguments: [vm.description, host.value])
+            for r in intervals.sorted(by: { $0.from < $1.from }) where r.vm == vm && r.host == host {
+                try db.execute(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us) VALUES (?, ?, ?, ?, ?)",
+                               arguments: [vm.description, host.value, r.kind.rawValue, LedgerTime.micros(r.from),
+                                           r.to.map { max(LedgerTime.micros($0), LedgerTime.micros(r.from)) }])
+            }
+        }
+    }
+
     public func events(of vm: VMID) throws -> [EventRecord] {
         try database.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM events WHERE vm = ? ORDER BY seq", arguments: [vm.description])

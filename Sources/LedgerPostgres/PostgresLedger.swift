@@ -354,6 +354,45 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         }
     }
 
+    public func events(after seq: Int64, limit: Int) throws -> [EventRecord] {
+        try store.query("SELECT * FROM events WHERE seq > \(seq) ORDER BY seq LIMIT \(max(0, limit))").map { try PGRows.event($0, location) }
+    }
+
+    public func upsertVM(_ vm: VMRecord) throws {
+        try store.transaction {
+            if let p = vm.parent, try !vmExists(p) {
+                throw WardenError(.conflict, "parent VM \(p) is not in the ledger yet", file: location)
+            }
+            if try vmExists(vm.id) {
+                try store.query("""
+                    UPDATE vms SET name = \(vm.name), owner = \(vm.owner), state = \(vm.state.rawValue),
+                        generation = \(PGRows.text(vm.generation)), parent = \(vm.parent?.description),
+                        parent_generation = \(vm.parentGeneration.map(PGRows.text)), created_us = \(LedgerTime.micros(vm.createdAt)),
+                        updated_us = \(LedgerTime.micros(vm.updatedAt)), mac = \(vm.mac)
+                    WHERE id = \(vm.id.description)
+                    """)
+                try store.query("DELETE FROM vm_labels WHERE vm = \(vm.id.description)")
+                try insertLabels(vm)
+            } else {
+                try insertVM(vm)
+            }
+        }
+    }
+
+    public func replaceResidency(vm: VMID, host: HostName, with intervals: [ResidencyRecord]) throws {
+        try store.transaction {
+            guard try vmExists(vm) else { throw WardenError(.notFound, "no VM with id \(vm)") }
+            try store.query("DELETE FROM residency WHERE vm = \(vm.description) AND host = \(host.value)")
+            for r in intervals.sorted(by: { $0.from < $1.from }) where r.vm == vm && r.host == host {
+                let from = LedgerTime.micros(r.from)
+                try store.query("""
+                    INSERT INTO residency (vm, host, kind, from_us, to_us)
+                    VALUES (\(vm.description), \(host.value), \(r.kind.rawValue), \(from), \(r.to.map { max(LedgerTime.micros($0), from) }))
+                    """)
+            }
+        }
+    }
+
     public func events(of vm: VMID) throws -> [EventRecord] {
         try store.query("SELECT * FROM events WHERE vm = \(vm.description) ORDER BY seq").map { try PGRows.event($0, location) }
     }

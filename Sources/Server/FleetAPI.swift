@@ -168,16 +168,7 @@ public struct FleetAPI: Sendable {
                 guard let n = Int64(v), (1...10_000).contains(n) else { throw APIError(.badRequest, "limit must be 1-10000") }
                 return n
             } ?? 1000
-            return try Self.json(try await blocking { s in
-                let size = try s.eventCount()
-                var out: [EventRecord] = []
-                var seq = after + 1
-                while seq <= size, Int64(out.count) < limit {
-                    if let e = try s.event(seq: seq) { out.append(e) }
-                    seq += 1
-                }
-                return out
-            })
+            return try Self.json(try await blocking { s in try s.events(after: after, limit: Int(limit)) })
         }
         router.get("/v1/exposure") { request, ctx in
             try ctx.require(Self.allowed("GET", "/v1/exposure"))

@@ -98,3 +98,42 @@ extension LedgerStoreSuite {
         }
     }
 }
+
+extension LedgerStoreSuite {
+    @Test(arguments: StoreBackend.all) func upsertAndHostResidencyMirrorAnotherLedger(_ b: StoreBackend) throws {
+        try b.with { s in
+            let t0 = LedgerTime.date(LedgerTime.micros(Date(timeIntervalSince1970: 1_790_000_000)))
+            let parent = VMRecord(name: "base", owner: "alice", labels: ["tier": "web"], state: .registered, createdAt: t0, updatedAt: t0)
+            var child = VMRecord(name: "child", owner: "alice", state: .stopped, parent: parent.id, parentGeneration: parent.generation,
+                                 createdAt: t0, updatedAt: t0)
+            // A child before its parent is refused (the agent pushes in creation order).
+            #expect(throws: WardenError.self) { try s.upsertVM(child) }
+            try s.upsertVM(parent)
+            try s.upsertVM(child)
+            #expect(try s.vm(child.id) == child)
+            #expect(try s.vm(parent.id)?.labels == ["tier": "web"])
+            child.state = .running; child.labels = ["moved": "yes"]; child.generation = UUID()
+            try s.upsertVM(child)
+            #expect(try s.vm(child.id) == child)
+            #expect(try s.eventCount() == 0)
+            let h1 = HostName("h1")!, h2 = HostName("h2")!
+            try s.replaceResidency(vm: child.id, host: h1, with: [
+                ResidencyRecord(vm: child.id, host: h1, kind: .ran, from: t0, to: t0.addingTimeInterval(60)),
+                // Intervals of another host are not this host's to report.
+                ResidencyRecord(vm: child.id, host: h2, kind: .ran, from: t0, to: nil),
+            ])
+            try s.replaceResidency(vm: child.id, host: h2, with: [ResidencyRecord(vm: child.id, host: h2, kind: .ran, from: t0.addingTimeInterval(60))])
+            // Reported again, h1's interval is replaced, not doubled.
+            try s.replaceResidency(vm: child.id, host: h1, with: [ResidencyRecord(vm: child.id, host: h1, kind: .ran, from: t0, to: t0.addingTimeInterval(60))])
+            let res = try s.residency(of: child.id)
+            #expect(res.count == 2)
+            #expect(res.contains(ResidencyRecord(vm: child.id, host: h2, kind: .ran, from: t0.addingTimeInterval(60), to: nil)))
+            let page = try s.events(after: 0, limit: 10)
+            #expect(page.isEmpty)
+            _ = try s.append(NewEvent(kind: .started, vm: child.id))
+            _ = try s.append(NewEvent(kind: .stopped, vm: child.id))
+            #expect(try s.events(after: 1, limit: 10).map(\.seq) == [2])
+            #expect(try s.events(after: 0, limit: 1).map(\.seq) == [1])
+        }
+    }
+}
