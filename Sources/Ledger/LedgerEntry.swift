@@ -217,6 +217,30 @@ public enum LedgerEntry {
     }
 }
 
+extension LedgerTime {
+    /// An RFC 3339 time with a zone (`2026-12-01T10:00:00Z`, `…T10:00:00.123456+01:00`) or a
+    /// date (`2026-12-01`, midnight UTC), to the microsecond (Foundation's formatter alone
+    /// keeps milliseconds).
+    public static func parse(_ text: String) -> Date? {
+        guard text.utf8.count <= 64 else { return nil }
+        let f = ISO8601DateFormatter()
+        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime], [.withFullDate]] {
+            f.formatOptions = options
+            guard let date = f.date(from: text) else { continue }
+            if let dot = text.firstIndex(of: ".") {
+                let digits = text[text.index(after: dot)...].prefix { $0.isASCII && $0.isNumber }
+                if !digits.isEmpty, let us = Int64(String(digits.prefix(6)).padding(toLength: 6, withPad: "0", startingAt: 0)) {
+                    let micros = micros(date)
+                    let whole = micros - ((micros % 1_000_000) + 1_000_000) % 1_000_000
+                    return LedgerTime.date(whole + us)
+                }
+            }
+            return date
+        }
+        return nil
+    }
+}
+
 /// The one JSON style for ledger documents, on the command line and over HTTP: sorted keys,
 /// snake_case, RFC 3339 UTC times with microseconds, slashes unescaped.
 public enum LedgerJSON {
@@ -229,5 +253,19 @@ public enum LedgerJSON {
             try c.encode(LedgerTime.rfc3339(LedgerTime.micros(date)))
         }
         return enc
+    }
+
+    /// Reads what ``encoder(pretty:)`` writes (times: RFC 3339, fractions optional).
+    public static func decoder() -> JSONDecoder {
+        let dec = JSONDecoder()
+        dec.keyDecodingStrategy = .convertFromSnakeCase
+        dec.dateDecodingStrategy = .custom { d in
+            let c = try d.singleValueContainer()
+            guard let date = LedgerTime.parse(try c.decode(String.self)) else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 time")
+            }
+            return date
+        }
+        return dec
     }
 }

@@ -74,7 +74,7 @@ public struct FleetAPI: Sendable {
     /// The routes with the permission each needs. The OpenAPI document lists exactly these
     /// (a test compares them).
     public static let routes: [(method: String, path: String, allowed: Set<Role>)] = [
-        ("GET", "/v1/vms", [.admin, .operator, .auditor]),
+        ("GET", "/v1/vms", [.admin, .operator, .auditor, .host]),
         ("GET", "/v1/vms/{ref}", [.admin, .operator, .auditor]),
         ("GET", "/v1/vms/{ref}/events", [.admin, .operator, .auditor]),
         ("GET", "/v1/vms/{ref}/lineage", [.admin, .operator, .auditor]),
@@ -82,6 +82,7 @@ public struct FleetAPI: Sendable {
         ("POST", "/v1/vms/{ref}/retire", [.admin, .operator]),
         ("GET", "/v1/hosts", [.admin, .operator, .auditor]),
         ("POST", "/v1/hosts/{host}/events", [.admin, .host]),
+        ("PUT", "/v1/hosts/{host}/vms", [.admin, .host]),
         ("GET", "/v1/events", [.admin, .auditor]),
         ("GET", "/v1/exposure", [.admin, .operator, .auditor]),
         ("GET", "/v1/census", [.admin, .operator, .auditor]),
@@ -144,12 +145,7 @@ public struct FleetAPI: Sendable {
         }
         router.post("/v1/hosts/:host/events") { request, ctx in
             try ctx.require(Self.allowed("POST", "/v1/hosts/{host}/events"))
-            guard let raw = ctx.parameters.get("host"), let host = HostName(raw) else { throw APIError(.badRequest, "malformed host name") }
-            let who = ctx.principal!
-            // A host reports its own events only.
-            if who.role == .host, who.host != host {
-                throw APIError(.forbidden, "\(who.name) may report events of host \(who.host?.value ?? "?") only")
-            }
+            let host = try ctx.reportingHost()
             let batch = try await IngestBatch.decode(request, limit: Self.maxBodyBytes)
             let events = try batch.events.map { try $0.ingested(actorFallback: "agent@\(host.value)") }
             let started = ContinuousClock.now
@@ -157,6 +153,12 @@ public struct FleetAPI: Sendable {
             metrics.ingested(host: host, count: outcomes.filter { !$0.duplicate }.count,
                              newest: batch.events.compactMap(\.time).max(), took: ContinuousClock.now - started)
             return try Self.json(["results": outcomes])
+        }
+        router.put("/v1/hosts/:host/vms") { request, ctx in
+            try ctx.require(Self.allowed("PUT", "/v1/hosts/{host}/vms"))
+            let host = try ctx.reportingHost()
+            let report = try await HostReport.decode(request, limit: Self.maxBodyBytes)
+            return try Self.json(try await blocking { s in try report.apply(to: s, host: host) })
         }
         router.get("/v1/events") { request, ctx in
             try ctx.require(Self.allowed("GET", "/v1/events"))
@@ -193,11 +195,7 @@ public struct FleetAPI: Sendable {
     /// An RFC 3339 time (`2026-12-01T00:00:00Z`, fractions allowed) or a date (`2026-12-01`).
     static func time(_ text: String?, _ name: String) throws -> Date {
         guard let text else { throw APIError(.badRequest, "\(name)= is required (RFC 3339 time)") }
-        let f = ISO8601DateFormatter()
-        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime], [.withFullDate]] {
-            f.formatOptions = options
-            if let d = f.date(from: text) { return d }
-        }
+        if let d = LedgerTime.parse(text) { return d }
         throw APIError(.badRequest, "\(name)= is not an RFC 3339 time")
     }
 }
@@ -207,6 +205,16 @@ extension WardenRequestContext {
     func require(_ roles: Set<Role>) throws {
         guard let p = principal else { throw APIError(.unauthorized, "a bearer token is required") }
         guard roles.contains(p.role) else { throw APIError(.forbidden, "role \(p.role.rawValue) may not do this") }
+    }
+
+    /// The `{host}` path parameter; a host principal may speak only for itself.
+    func reportingHost() throws -> HostName {
+        guard let raw = parameters.get("host"), let host = HostName(raw) else { throw APIError(.badRequest, "malformed host name") }
+        let who = principal!
+        if who.role == .host, who.host != host {
+            throw APIError(.forbidden, "\(who.name) may report for host \(who.host?.value ?? "?") only")
+        }
+        return host
     }
 
     /// The `{ref}` path parameter, percent-decoded and bounded.
@@ -281,5 +289,62 @@ struct IngestBatch: Decodable {
             return c.codingPath.isEmpty ? "malformed JSON" : "bad value at \(c.codingPath.map(\.stringValue).joined(separator: "."))"
         default: return "malformed JSON"
         }
+    }
+}
+
+/// The body of `PUT /v1/hosts/{host}/vms`: the VMs a host holds and its residency intervals.
+struct HostReport: Decodable {
+    var vms: [VMRecord]
+    var residency: [ResidencyRecord]
+
+    /// What became of the report: VMs recorded, and VMs refused with the reason.
+    struct Outcome: Encodable, Sendable {
+        var recorded: [VMID]
+        var refused: [Refusal]
+        struct Refusal: Encodable, Sendable { var vm: VMID; var reason: String }
+    }
+
+    /// Records each VM in order (parents first) and this host's intervals of it. The host that
+    /// holds a VM speaks for it: a VM already known with an open interval on another host only
+    /// is not changed by this host's report (its residency on this host still is).
+    func apply(to s: any LedgerQueries, host: HostName) throws -> Outcome {
+        var out = Outcome(recorded: [], refused: [])
+        let mine = Dictionary(grouping: residency.filter { $0.host == host }, by: \.vm)
+        for vm in vms.sorted(by: { $0.createdAt < $1.createdAt }) {
+            do {
+                if let existing = try s.vm(vm.id) {
+                    let open = try s.residency(of: vm.id).filter { $0.to == nil }
+                    let heldElsewhere = !open.isEmpty && !open.contains { $0.host == host } && !(mine[vm.id] ?? []).contains { $0.to == nil }
+                    if heldElsewhere {
+                        if existing != vm { out.refused.append(.init(vm: vm.id, reason: "held by another host")) }
+                    } else if existing != vm {
+                        try s.upsertVM(vm)
+                    }
+                } else {
+                    try s.upsertVM(vm)
+                }
+                try s.replaceResidency(vm: vm.id, host: host, with: mine[vm.id] ?? [])
+                out.recorded.append(vm.id)
+            } catch let e as WardenError {
+                out.refused.append(.init(vm: vm.id, reason: e.message))
+            }
+        }
+        return out
+    }
+
+    static func decode(_ request: Request, limit: Int) async throws -> HostReport {
+        var request = request
+        let body: ByteBuffer
+        do { body = try await request.collectBody(upTo: limit) } catch {
+            throw APIError(.contentTooLarge, "the body is larger than \(limit) bytes")
+        }
+        let report: HostReport
+        do { report = try LedgerJSON.decoder().decode(HostReport.self, from: Data(buffer: body)) } catch {
+            throw APIError(.badRequest, "the body is not a host report: \(IngestBatch.describe(error))")
+        }
+        guard report.vms.count <= 10_000, report.residency.count <= 100_000 else {
+            throw APIError(.contentTooLarge, "at most 10000 VMs and 100000 intervals per report")
+        }
+        return report
     }
 }

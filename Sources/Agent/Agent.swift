@@ -1,0 +1,240 @@
+import AsyncHTTPClient
+import Foundation
+import Ledger
+import NIOCore
+import NIOFoundationCompat
+import WardenCore
+
+/// How an agent reaches its server: written by `warden agent enrol`, 0600 in a 0700 folder
+/// (it holds the host's token).
+public struct AgentConfiguration: Codable, Sendable, Equatable {
+    /// `http://server:8480` (no trailing slash).
+    public var server: String
+    /// The host this agent speaks for.
+    public var host: String
+    /// The host's bearer token.
+    public var token: String
+
+    public init(server: String, host: HostName, token: String) throws {
+        var s = server
+        while s.hasSuffix("/") { s.removeLast() }
+        guard let u = URL(string: s), u.scheme == "http" || u.scheme == "https", u.host != nil else {
+            throw WardenError(.invalidArgument, "the server URL must be http(s)://host:port")
+        }
+        guard token.hasPrefix("wdn_"), token.utf8.count <= 128 else { throw WardenError(.invalidArgument, "not a Warden token") }
+        self.server = s; self.host = host.value; self.token = token
+    }
+
+    /// `agent/` beside the database.
+    public static func directory(databasePath: String) -> String {
+        let dir = (databasePath as NSString).deletingLastPathComponent
+        return (dir.isEmpty ? "." : dir) + "/agent"
+    }
+
+    public static func load(directory: String) throws -> AgentConfiguration {
+        let path = directory + "/agent.json"
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw WardenError(.unavailable, "this host is not enrolled (run warden agent enrol URL --token T)", file: path)
+        }
+        var st = stat()
+        if stat(path, &st) == 0, st.st_mode & 0o077 != 0 {
+            throw WardenError(.denied, "the agent file is readable by others; chmod 600 it", file: path)
+        }
+        do { return try JSONDecoder().decode(AgentConfiguration.self, from: data) } catch {
+            throw WardenError(.corrupt, "the agent file is not an agent configuration", file: path)
+        }
+    }
+
+    public func save(directory: String) throws {
+        try AgentFiles.store(try JSONEncoder().encode(self), to: directory + "/agent.json", directory: directory)
+    }
+}
+
+/// Small files the agent keeps, written whole (temporary file, fsync, rename), 0600 in 0700.
+enum AgentFiles {
+    static func store(_ data: Data, to path: String, directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let tmp = path + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw WardenError(.io, "cannot write", file: path) }
+        let ok = data.withUnsafeBytes { b in b.count == 0 || write(fd, b.baseAddress, b.count) == b.count } && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(tmp, path) == 0 else { unlink(tmp); throw WardenError(.io, "cannot write", file: path) }
+        FileDescriptorIO.syncDirectory(directory)
+    }
+}
+
+/// `warden agent`: ships this host's ledger to the server and brings back the fleet's VMs.
+///
+/// **At least once, idempotent, in order.** The outbox is the local SQLite ledger itself: the
+/// agent remembers the last local sequence number the server acknowledged (`agent/state.json`),
+/// sends the events after it in log order, each under the id `ev:<leaf hash>` (stable: the
+/// leaf hash covers the event's sequence number, time and content), and advances the mark only
+/// after the server answered for all of them. A crash or a lost answer means the same events are
+/// sent again, and the server records them once. Nothing acknowledged locally is lost while the
+/// server is unreachable: the events stay in the local ledger until they drain.
+public final class Agent: Sendable {
+    public let local: any LedgerStore
+    public let configuration: AgentConfiguration
+    public let directory: String
+    let client: HTTPClient
+    /// Events per request.
+    public static let batch = 500
+
+    public init(local: any LedgerStore, configuration: AgentConfiguration, directory: String) {
+        self.local = local
+        self.configuration = configuration
+        self.directory = directory
+        var c = HTTPClient.Configuration()
+        c.timeout = .init(connect: .seconds(5), read: .seconds(30))
+        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+    }
+
+    public func shutdown() async { try? await client.shutdown() }
+
+    /// What one round did.
+    public struct Round: Codable, Sendable, Equatable {
+        public var eventsSent = 0
+        public var eventsNew = 0
+        public var vmsReported = 0
+        public var vmsRefused = 0
+        public var vmsPulled = 0
+        public var acked: Int64 = 0
+        public var pending: Int64 = 0
+    }
+
+    var statePath: String { directory + "/state.json" }
+
+    /// The last local sequence number the server acknowledged.
+    public func acked() -> Int64 {
+        struct S: Codable { var ackedSeq: Int64 }
+        guard let d = FileManager.default.contents(atPath: statePath), let s = try? JSONDecoder().decode(S.self, from: d) else { return 0 }
+        return max(0, s.ackedSeq)
+    }
+
+    func setAcked(_ seq: Int64) throws {
+        struct S: Codable { var ackedSeq: Int64 }
+        try AgentFiles.store(try JSONEncoder().encode(S(ackedSeq: seq)), to: statePath, directory: directory)
+    }
+
+    /// One round: push the events after the mark, push the VMs this host holds with its
+    /// residency, pull the fleet's VMs this ledger does not hold.
+    public func syncOnce() async throws -> Round {
+        var round = Round()
+        // 1. Events, in order, in batches; the mark moves after each answered batch.
+        var mark = acked()
+        while true {
+            let events = try local.events(after: mark, limit: Self.batch)
+            if events.isEmpty { break }
+            struct Wire: Encodable {
+                var id: String; var kind: String; var vm: VMID?; var actor: String; var time: Date
+                var generationBefore: UUID?; var generationAfter: UUID?; var payload: [String: JSONValue]
+            }
+            struct Batch: Encodable { var events: [Wire] }
+            let body = Batch(events: events.map {
+                Wire(id: "ev:" + $0.leafHash.map { String(format: "%02x", $0) }.joined(), kind: $0.kind.rawValue, vm: $0.vm,
+                     actor: $0.actor, time: $0.time, generationBefore: $0.generationBefore, generationAfter: $0.generationAfter,
+                     payload: $0.payload)
+            })
+            struct Answer: Decodable { var results: [IngestOutcome] }
+            let answer: Answer = try await call(.POST, "/v1/hosts/\(configuration.host)/events", body: body)
+            guard answer.results.count == events.count else {
+                throw WardenError(.unavailable, "the server answered for \(answer.results.count) of \(events.count) events")
+            }
+            round.eventsSent += events.count
+            round.eventsNew += answer.results.filter { !$0.duplicate }.count
+            mark = events.last!.seq
+            try setAcked(mark)
+        }
+        round.acked = mark
+        // 2. The VMs this host holds (an open interval here), parents first, with its intervals.
+        guard let me = HostName(configuration.host) else { throw WardenError(.invalidArgument, "the agent file names a malformed host") }
+        var held: [VMRecord] = []
+        var intervals: [ResidencyRecord] = []
+        let all = try local.listVMs()
+        let byID = Dictionary(uniqueKeysWithValues: all.map { ($0.id, $0) })
+        var include = Set<VMID>()
+        for vm in all {
+            let res = try local.residency(of: vm.id).filter { $0.host == me }
+            guard !res.isEmpty else { continue }
+            intervals += res
+            // The ancestors travel too (a clone's parent must be known first).
+            var v: VMRecord? = vm
+            var steps = 0
+            while let cur = v, steps < 10_000, include.insert(cur.id).inserted {
+                v = cur.parent.flatMap { byID[$0] }; steps += 1
+            }
+        }
+        held = all.filter { include.contains($0.id) }.sorted { $0.createdAt < $1.createdAt }
+        if !held.isEmpty {
+            struct Report: Encodable { var vms: [VMRecord]; var residency: [ResidencyRecord] }
+            struct Outcome: Decodable { var recorded: [VMID]; var refused: [Refusal]; struct Refusal: Decodable { var vm: VMID; var reason: String } }
+            let outcome: Outcome = try await call(.PUT, "/v1/hosts/\(configuration.host)/vms", body: Report(vms: held, residency: intervals))
+            round.vmsReported = outcome.recorded.count
+            round.vmsRefused = outcome.refused.count
+        }
+        // 3. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
+        // without the network); known ones this host does not hold follow the server.
+        let fleet: [VMRecord] = try await call(.GET, "/v1/vms", body: Optional<Int>.none)
+        for vm in fleet.sorted(by: { $0.createdAt < $1.createdAt }) {
+            if let mine = byID[vm.id] {
+                if mine == vm || include.contains(vm.id) { continue }
+            }
+            do { try local.upsertVM(vm); round.vmsPulled += 1 } catch let e as WardenError where e.code == .conflict { continue }
+        }
+        round.pending = try local.eventCount() - mark
+        return round
+    }
+
+    /// Rounds every `interval` until cancelled; a failed round (server or network down) is
+    /// retried with backoff up to `interval × 8`, and `report` hears of every round.
+    public func run(interval: Duration, report: @Sendable (Result<Round, Error>) -> Void) async {
+        var delay = interval
+        while !Task.isCancelled {
+            do {
+                report(.success(try await syncOnce()))
+                delay = interval
+            } catch {
+                report(.failure(error))
+                delay = min(delay * 2, interval * 8)
+            }
+            try? await Task.sleep(for: delay)
+        }
+    }
+
+    enum Method { case GET, POST, PUT }
+
+    func call<B: Encodable, R: Decodable>(_ method: Method, _ path: String, body: B?) async throws -> R {
+        var req = HTTPClientRequest(url: configuration.server + path)
+        switch method {
+        case .GET: req.method = .GET
+        case .POST: req.method = .POST
+        case .PUT: req.method = .PUT
+        }
+        req.headers.add(name: "Authorization", value: "Bearer \(configuration.token)")
+        if let body {
+            req.headers.add(name: "Content-Type", value: "application/json")
+            req.body = .bytes(ByteBuffer(data: try LedgerJSON.encoder(pretty: false).encode(body)))
+        }
+        let response: HTTPClientResponse
+        do { response = try await client.execute(req, timeout: .seconds(30)) } catch {
+            throw WardenError(.unavailable, "cannot reach the server \(configuration.server): \(error)", cause: error)
+        }
+        let bytes = try await response.body.collect(upTo: 64 << 20)
+        guard (200..<300).contains(response.status.code) else {
+            let message = (try? JSONDecoder().decode(ServerError.self, from: Data(buffer: bytes)))?.error.message ?? "HTTP \(response.status.code)"
+            let code: WardenError.Code = response.status.code == 401 || response.status.code == 403 ? .denied
+                : response.status.code >= 500 ? .unavailable : .invalidArgument
+            throw WardenError(code, "the server refused \(path): \(message)")
+        }
+        do { return try LedgerJSON.decoder().decode(R.self, from: Data(buffer: bytes)) } catch {
+            throw WardenError(.unavailable, "the server's answer to \(path) is not what this agent expects")
+        }
+    }
+}
+
+/// The server's error body.
+struct ServerError: Decodable {
+    struct Inner: Decodable { var message: String }
+    var error: Inner
+}

@@ -1,0 +1,128 @@
+import Agent
+import ArgumentParser
+import Foundation
+import Ledger
+import WardenCore
+
+/// `warden agent`: this host's link to the fleet server (docs/fleet.md).
+struct AgentCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent", abstract: "Ship this host's ledger to the fleet server and pull the fleet's VMs.",
+        subcommands: [AgentEnrol.self, AgentRun.self, AgentStatus.self])
+}
+
+struct AgentEnrol: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "enrol", abstract: "Set this host up to report to a server.",
+        discussion: "The token is a host token made on the server (warden serve token add NAME --role host --host HOST). Pass it in $WARDEN_AGENT_TOKEN rather than --token to keep it out of the process list.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The server, e.g. http://fleet.example:8480.") var url: String
+    @Option(help: "The host token (default: $WARDEN_AGENT_TOKEN).") var token: String?
+    @Option(help: "The name this host reports as (default: this host's name).") var host: String?
+
+    func run() throws {
+        guard let token = token ?? ProcessInfo.processInfo.environment["WARDEN_AGENT_TOKEN"] else {
+            throw ValidationError("give the host token with --token or $WARDEN_AGENT_TOKEN")
+        }
+        let name = try host.map { h -> HostName in
+            guard let n = HostName(h) else { throw ValidationError("not a host name: \(oneLine(h))") }
+            return n
+        } ?? .current
+        let config = try AgentConfiguration(server: url, host: name, token: token)
+        try config.save(directory: AgentConfiguration.directory(databasePath: database.path))
+        Output.stdout.line("enrolled \(name) with \(config.server)")
+    }
+}
+
+/// Bridges the synchronous command to the agent's async work.
+func runAsync<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let done = DispatchSemaphore(value: 0)
+    let result = Locked<Result<T, Error>?>(nil)
+    Task {
+        let r: Result<T, Error>
+        do { r = .success(try await body()) } catch { r = .failure(error) }
+        result.withLock { $0 = r }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
+
+struct AgentRun: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run", abstract: "Sync with the server: once, or every --interval seconds until stopped.")
+    @OptionGroup var database: DatabaseOptions
+    @Flag(help: "One round, then exit (non-zero when the server could not be reached).") var once = false
+    @Option(help: "Seconds between rounds.") var interval: Double = 10
+    @Flag(help: "Print each round as JSON.") var json = false
+
+    func validate() throws {
+        guard interval >= 0.1, interval <= 86_400 else { throw ValidationError("--interval is 0.1 to 86400 seconds") }
+    }
+
+    func run() throws {
+        let dir = AgentConfiguration.directory(databasePath: database.path)
+        let config = try AgentConfiguration.load(directory: dir)
+        let local = try database.open(create: true)
+        let agent = Agent(local: local, configuration: config, directory: dir)
+        let json = self.json
+        @Sendable func show(_ r: Agent.Round) {
+            if json, let text = try? Output.ledgerJSON(r) {
+                Output.stdout.line(text.replacingOccurrences(of: "\n", with: "").replacingOccurrences(of: "  ", with: ""))
+            } else {
+                Output.stdout.line("sent \(r.eventsSent) events (\(r.eventsNew) new), reported \(r.vmsReported) VMs (\(r.vmsRefused) refused), pulled \(r.vmsPulled); acknowledged up to \(r.acked), \(r.pending) pending")
+            }
+        }
+        if once {
+            let r = try runAsync { defer { Task { await agent.shutdown() } }; return try await agent.syncOnce() }
+            show(r)
+            return
+        }
+        let seconds = interval
+        try runAsync {
+            // SIGTERM/SIGINT end the loop after the current round.
+            let stop = Locked(false)
+            signal(SIGTERM, SIG_IGN); signal(SIGINT, SIG_IGN)
+            let sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
+                let s = DispatchSource.makeSignalSource(signal: sig)
+                s.setEventHandler { stop.withLock { $0 = true } }
+                s.resume()
+                return s
+            }
+            defer { sources.forEach { $0.cancel() } }
+            while !stop.withLock({ $0 }) {
+                do { show(try await agent.syncOnce()) } catch let e as WardenError {
+                    Output.note("agent: \(e.message)")
+                } catch {
+                    Output.note("agent: \(error)")
+                }
+                var waited = 0.0
+                while waited < seconds, !stop.withLock({ $0 }) {
+                    try await Task.sleep(for: .milliseconds(100)); waited += 0.1
+                }
+            }
+            await agent.shutdown()
+        }
+    }
+}
+
+struct AgentStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the server, the host and what is still to send.")
+    @OptionGroup var database: DatabaseOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Doc: Encodable { var schema = "warden.agent-status/v1"; var server: String; var host: String; var acked: Int64; var pending: Int64 }
+
+    func run() throws {
+        let dir = AgentConfiguration.directory(databasePath: database.path)
+        let config = try AgentConfiguration.load(directory: dir)
+        let local = try database.open(create: false, readOnly: true)
+        let agent = Agent(local: local, configuration: config, directory: dir)
+        defer { try? runAsync { await agent.shutdown() } }
+        let acked = agent.acked()
+        let doc = Doc(server: config.server, host: config.host, acked: acked, pending: max(0, try local.eventCount() - acked))
+        try Output.render(doc, json: json, style: .ledger) {
+            Output.stdout.line("server:   \(doc.server)\nhost:     \(doc.host)\nacked:    \(doc.acked)\npending:  \(doc.pending)")
+        }
+    }
+}
