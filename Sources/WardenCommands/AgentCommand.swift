@@ -69,7 +69,9 @@ struct AgentRun: ParsableCommand {
         @Sendable func show(_ r: Agent.Round) {
             if json, let text = try? Output.ledgerJSON(r) {
                 Output.stdout.line(text.replacingOccurrences(of: "\n", with: "").replacingOccurrences(of: "  ", with: ""))
+                Output.stdout.flush()
             } else {
+                defer { Output.stdout.flush() }
                 Output.stdout.line("sent \(r.eventsSent) events (\(r.eventsNew) new), reported \(r.vmsReported) VMs (\(r.vmsRefused) refused), pulled \(r.vmsPulled); acknowledged up to \(r.acked), \(r.pending) pending")
             }
         }

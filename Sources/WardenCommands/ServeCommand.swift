@@ -82,6 +82,7 @@ struct ServeRun: ParsableCommand {
         let app = server.application { port in
             // One line when the server is up, for scripts and tests (the port matters with :0).
             Output.stdout.line("warden serve: listening on \(listenText[..<colon]):\(port)")
+            Output.stdout.flush()
         }
         // The command is synchronous; the server runs on its event loops until a signal stops it.
         let done = DispatchSemaphore(value: 0)

@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+import WardenCore
+import WardenTestSupport
+
+/// Hosts in network namespaces on one machine: a bridge in the test's own namespace holds the
+/// server's address; each host is a namespace with a veth into the bridge. Everything is
+/// removed by ``destroy()``, which the tests call in a `defer` (so also on failure).
+final class FleetNet: @unchecked Sendable {
+    let tag: String
+    let subnet: Int
+    let bridge: String
+    var hosts: [String: (ns: String, veth: String, address: String)] = [:]
+    var serverAddress: String { "10.\(subnet).0.1" }
+
+    static var available: Bool {
+        getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/sbin/ip")
+    }
+
+    init(hosts names: [String]) throws {
+        tag = String(UUID().uuidString.prefix(6)).lowercased()
+        subnet = Int.random(in: 100...250)
+        bridge = "wbr\(tag)"
+        do {
+            try Tool.run(["ip", "link", "add", bridge, "type", "bridge"])
+            try Tool.run(["ip", "addr", "add", "\(serverAddress)/24", "dev", bridge])
+            try Tool.run(["ip", "link", "set", bridge, "up"])
+            for (i, name) in names.enumerated() {
+                let ns = "w\(name)\(tag)", outside = "wv\(i)\(tag)", inside = "wi\(i)\(tag)"
+                let address = "10.\(subnet).0.\(i + 2)"
+                try Tool.run(["ip", "netns", "add", ns])
+                hosts[name] = (ns, outside, address)
+                try Tool.run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside])
+                try Tool.run(["ip", "link", "set", inside, "netns", ns])
+                try Tool.run(["ip", "link", "set", outside, "master", bridge])
+                try Tool.run(["ip", "link", "set", outside, "up"])
+                try Tool.run(["ip", "-n", ns, "addr", "add", "\(address)/24", "dev", inside])
+                try Tool.run(["ip", "-n", ns, "link", "set", inside, "up"])
+                try Tool.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            }
+        } catch {
+            destroy()
+            throw error
+        }
+    }
+
+    /// Cuts (or restores) a host's link, as `ip link set … down` on its cable.
+    func link(_ host: String, up: Bool) throws {
+        try Tool.run(["ip", "link", "set", hosts[host]!.veth, up ? "up" : "down"])
+    }
+
+    func destroy() {
+        for (_, h) in hosts {
+            _ = try? Tool.run(["ip", "netns", "del", h.ns], check: false)
+            _ = try? Tool.run(["ip", "link", "del", h.veth], check: false)
+        }
+        _ = try? Tool.run(["ip", "link", "del", bridge], check: false)
+    }
+}
+
+/// A `warden serve` process (SIGKILLed when the test ends), with its own folder and tokens.
+final class ServeProcess: @unchecked Sendable {
+    let dir: String
+    let listen: String
+    let database: String?
+    let environment: [String: String]
+    private(set) var process: Process?
+    private(set) var port = 0
+
+    init(dir: String, listen: String, database: String?, environment: [String: String] = [:]) {
+        self.dir = dir; self.listen = listen; self.database = database; self.environment = environment
+    }
+
+    /// Makes a token with the CLI (as an operator would on the server).
+    func token(_ name: String, role: String, host: String? = nil) throws -> String {
+        var args = [Fixtures.wardenBinary, "serve", "token", "add", name, "--role", role, "--db", dir + "/warden.db"]
+        if let host { args += ["--host", host] }
+        return try Tool.run(args).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Starts the server (on the same port as before when restarted) and waits until it listens.
+    func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Fixtures.wardenBinary)
+        let bind = port == 0 ? listen : listen.replacingOccurrences(of: ":0", with: ":\(port)")
+        var args = ["serve", "--listen", bind, "--db", dir + "/warden.db", "--log-level", "error"]
+        if let database { args += ["--database", database] }
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        let log = dir + "/serve-\(UUID().uuidString.prefix(4)).log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: log)
+        p.standardError = FileHandle(forWritingAtPath: log)
+        try p.run()
+        process = p
+        // Killed when starting fails, too (the caller's defer is not set up yet).
+        var started = false
+        defer { if !started { kill9() } }
+        do {
+            try waitUntil("warden serve listens", timeout: 60) {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if !p.isRunning { throw ServeFailed(log: text) }
+                guard let line = text.split(separator: "\n").first(where: { $0.contains("listening on") }),
+                      let n = Int(line.split(separator: ":").last ?? "") else { return false }
+                port = n
+                return true
+            }
+        } catch let e as ServeFailed {
+            throw e
+        } catch {
+            throw ServeFailed(log: "\(error); log: " + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""))
+        }
+        started = true
+    }
+
+    struct ServeFailed: Error, CustomStringConvertible { var log: String; var description: String { "warden serve exited: \(log)" } }
+
+    var url: String { "http://\(listen.split(separator: ":").first!):\(port)" }
+
+    /// SIGKILL, no goodbye (a crash).
+    func kill9() {
+        guard let p = process else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// GETs `path` with `token` (curl, from the test's namespace) and decodes JSON.
+    func get(_ path: String, token: String) throws -> Any {
+        let r = try Tool.run(["curl", "-sS", "--max-time", "20", "-H", "Authorization: Bearer \(token)", url + path])
+        return try JSONSerialization.jsonObject(with: r.stdout)
+    }
+}
+
+/// Runs warden inside a host's namespace with its own home.
+func wardenOn(_ net: FleetNet?, _ host: String, home: String, _ args: [String], env: [String: String] = [:], check: Bool = true) throws -> ToolResult {
+    var prefix: [String] = []
+    if let net { prefix = ["ip", "netns", "exec", net.hosts[host]!.ns] }
+    var environment = ["WARDEN_HOME": home, "WARDEN_POLICY": home + "/policy"]
+    for (k, v) in env { environment[k] = v }
+    return try Tool.run(prefix + [Fixtures.wardenBinary] + args, environment: environment, check: check, timeout: 120)
+}

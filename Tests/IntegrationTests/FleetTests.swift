@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+import WardenCore
+import WardenTestSupport
+
+/// Two hosts in network namespaces, each with its own local ledger and `warden agent`, and one
+/// `warden serve` on PostgreSQL: one history and one lineage across a migration, and no event
+/// lost or doubled when a host's link is cut while it records.
+@Suite(.serialized) struct FleetTests {
+    @Test(.enabled(if: FleetNet.available, "needs root and iproute2 (network namespaces)"))
+    func oneLineageAcrossAMigrationAndACutLink() throws {
+        let net = try FleetNet(hosts: ["h1", "h2"])
+        defer { net.destroy() }
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("warden-fleet-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        for d in ["srv", "h1/policy", "h2/policy"] { try FileManager.default.createDirectory(atPath: "\(tmp)/\(d)", withIntermediateDirectories: true) }
+        let pg = try PostgresServer.shared()
+        let dbName = try pg.createDatabase()
+        defer { pg.dropDatabase(dbName) }
+        let server = ServeProcess(dir: tmp + "/srv", listen: "\(net.serverAddress):0", database: pg.url(dbName), environment: pg.environment)
+        let t1 = try server.token("agent-h1", role: "host", host: "h1")
+        let t2 = try server.token("agent-h2", role: "host", host: "h2")
+        let auditor = try server.token("audit", role: "auditor")
+        try server.start()
+        defer { server.kill9() }
+        let h1 = tmp + "/h1", h2 = tmp + "/h2"
+
+        // h1 registers a base image and copies it; the copy runs on h1.
+        try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", h1 + "/base.qcow2", "16M"])
+        _ = try wardenOn(net, "h1", home: h1, ["vm", "register", "--name", "base", "--owner", "alice", "--host", "h1", h1 + "/base.qcow2"])
+        _ = try wardenOn(net, "h1", home: h1, ["vm", "copy", "base", h1 + "/child.qcow2", "--name", "child", "--host", "h1"])
+        _ = try wardenOn(net, "h1", home: h1, ["event", "record", "--vm", "child", "--kind", "started", "--host", "h1"])
+        _ = try wardenOn(net, "h1", home: h1, ["agent", "enrol", server.url, "--host", "h1"], env: ["WARDEN_AGENT_TOKEN": t1])
+        _ = try wardenOn(net, "h2", home: h2, ["agent", "enrol", server.url, "--host", "h2"], env: ["WARDEN_AGENT_TOKEN": t2])
+        _ = try wardenOn(net, "h1", home: h1, ["agent", "run", "--once"])
+        // h2 learns the fleet's VMs from the server (its hook will decide on them offline).
+        _ = try wardenOn(net, "h2", home: h2, ["agent", "run", "--once"])
+        let onH2 = try wardenOn(net, "h2", home: h2, ["vm", "list", "--json"]).stdoutText
+        #expect(onH2.contains("\"child\"") && onH2.contains("\"base\""), "\(onH2)")
+
+        // The migration: h1 sees the VM leave, h2 sees it arrive and run.
+        _ = try wardenOn(net, "h1", home: h1, ["event", "record", "--vm", "child", "--kind", "migrated", "--host", "h2"])
+        _ = try wardenOn(net, "h2", home: h2, ["event", "record", "--vm", "child", "--kind", "started", "--host", "h2"])
+        _ = try wardenOn(net, "h1", home: h1, ["agent", "run", "--once"])
+        _ = try wardenOn(net, "h2", home: h2, ["agent", "run", "--once"])
+
+        // One history on the server: h1's and h2's events of the VM, in one log.
+        let events = try #require(try server.get("/v1/vms/child/events", token: auditor) as? [[String: Any]])
+        let byHost = events.map { "\($0["host"] ?? "")/\($0["kind"] ?? "")" }
+        #expect(byHost == ["h1/copied", "h1/started", "h1/migrated", "h2/started"], "\(byHost)")
+        // Residency closed on h1 and open on h2.
+        let residency = try #require(try server.get("/v1/vms/child/residency", token: auditor) as? [[String: Any]])
+        let ran = residency.filter { $0["kind"] as? String == "ran" }
+        #expect(ran.contains { $0["host"] as? String == "h1" && $0["to"] != nil })
+        #expect(ran.contains { $0["host"] as? String == "h2" && $0["to"] == nil })
+        // One lineage: base → child, whichever host reported what.
+        let lineage = try #require(try server.get("/v1/vms/child/lineage", token: auditor) as? [String: Any])
+        let nodes = try #require(lineage["nodes"] as? [[String: Any]])
+        #expect(nodes.map { "\($0["name"] ?? "")/\($0["role"] ?? "")" } == ["base/ancestor", "child/self"], "\(nodes)")
+        // Exposure of h1 names the copy that now runs on h2.
+        let exposure = try #require(try server.get("/v1/exposure?host=h1&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z", token: auditor) as? [String: Any])
+        let exposed = try #require(exposure["vms"] as? [[String: Any]]).compactMap { $0["name"] as? String }
+        #expect(exposed.contains("child"), "\(exposure)")
+
+        // A cut link: h2 keeps recording; its agent cannot reach the server; nothing is lost.
+        try net.link("h2", up: false)
+        for kind in ["stopped", "started", "stopped", "started"] {
+            _ = try wardenOn(net, "h2", home: h2, ["event", "record", "--vm", "child", "--kind", kind, "--host", "h2"])
+        }
+        let cut = try wardenOn(net, "h2", home: h2, ["agent", "run", "--once"], check: false)
+        #expect(cut.status != 0)
+        let status = try wardenOn(net, "h2", home: h2, ["agent", "status", "--json"]).stdoutText
+        #expect(status.contains("\"pending\" : 4"), "\(status)")
+        try net.link("h2", up: true)
+        _ = try wardenOn(net, "h2", home: h2, ["agent", "run", "--once"])
+        // Sent once more (as if the answer had been lost): still recorded once.
+        try Tool.run(["rm", "-f", h2 + "/agent/state.json"])
+        _ = try wardenOn(net, "h2", home: h2, ["agent", "run", "--once"])
+        let all = try #require(try server.get("/v1/events?limit=10000", token: auditor) as? [[String: Any]])
+        let h2Local = try #require(try JSONSerialization.jsonObject(with: Data(try wardenOn(net, "h2", home: h2, ["agent", "status", "--json"]).stdout)) as? [String: Any])
+        let fromH2 = all.filter { $0["host"] as? String == "h2" }
+        #expect(fromH2.count == (h2Local["acked"] as? Int ?? -1), "h2 reported \(fromH2.count), its ledger has \(h2Local["acked"] ?? "?")")
+        #expect(fromH2.count == 5)
+        let fromH1 = all.filter { $0["host"] as? String == "h1" }
+        let h1Local = try #require(try JSONSerialization.jsonObject(with: Data(try wardenOn(net, "h1", home: h1, ["agent", "status", "--json"]).stdout)) as? [String: Any])
+        #expect(fromH1.count == (h1Local["acked"] as? Int ?? -1) && (h1Local["pending"] as? Int) == 0)
+        // Every event on the server once: its ids are unique per host (the ingested table's key).
+        #expect(all.count == fromH1.count + fromH2.count)
+    }
+}
