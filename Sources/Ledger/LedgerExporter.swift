@@ -25,6 +25,16 @@ public struct LedgerExporter {
     public let ledger: SQLiteLedger
     public init(ledger: SQLiteLedger) { self.ledger = ledger }
 
+    /// The canonical entry of an events row (columns: seq, kind, vm, actor, host, time_us,
+    /// generation_before, generation_after, payload, reported, leaf_hash), from the stored bytes.
+    static func encodeRow(_ r: Row, seq: Int64, into entry: inout [UInt8]) {
+        let empty = Data()
+        LedgerEntry.encode(into: &entry, seq: seq, kind: r.dataNoCopy(atIndex: 1) ?? empty, vm: r.dataNoCopy(atIndex: 2),
+                           actor: r.dataNoCopy(atIndex: 3) ?? empty, host: r.dataNoCopy(atIndex: 4) ?? empty,
+                           timeMicros: r[5], generationBefore: r.dataNoCopy(atIndex: 6), generationAfter: r.dataNoCopy(atIndex: 7),
+                           payloadText: r.dataNoCopy(atIndex: 8) ?? empty, reported: (r[9] as Int64) != 0)
+    }
+
     public func export(vm: VMID? = nil, fromSeq: Int64 = 1, line: ([UInt8]) throws -> Void) throws {
         var subjects: [String: [UInt8]] = [:]
         var start = max(fromSeq, 1) - 1
@@ -43,7 +53,7 @@ public struct LedgerExporter {
                 while let r = try rows.next() {
                     let seq: Int64 = r[0]
                     entry.removeAll(keepingCapacity: true)
-                    LedgerVerifier.encodeRow(r, seq: seq, into: &entry)
+                    Self.encodeRow(r, seq: seq, into: &entry)
                     let leaf: Data = r[10]
                     let vmText: String? = r[2]
                     var o: [UInt8] = []

@@ -37,116 +37,72 @@ public struct ConsistencyProof: Sendable, Equatable {
     public var proof: [Data]
 }
 
-extension SQLiteLedger: LedgerLog {
-    public func latestCheckpoint() throws -> SignedCheckpoint? {
-        try database.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM checkpoints ORDER BY tree_size DESC, id DESC LIMIT 1").map(Self.checkpoint)
-        }
-    }
+/// Every log storage answers checkpoints and proofs (LogStorage.swift).
+extension SQLiteLedger: LedgerLog {}
 
-    public func checkpoint(treeSize: Int64) throws -> SignedCheckpoint? {
-        try database.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM checkpoints WHERE tree_size = ? ORDER BY id DESC LIMIT 1",
-                             arguments: [treeSize]).map(Self.checkpoint)
-        }
-    }
+extension SQLiteLedger: LogStorage {
+    public var logLocation: String { database.path }
 
-    public func publicKey(of host: HostName) throws -> Data? {
-        try database.read { db in
-            try Data.fetchOne(db, sql: "SELECT public_key FROM hosts WHERE name = ?", arguments: [host.value])
-        }
-    }
+    public func logTreeSize() throws -> Int64 { try database.read { db in try Rows.treeSize(db) } }
 
-    static func checkpoint(_ r: Row) throws -> SignedCheckpoint {
-        guard let host = HostName(r["host"] as String) else { throw WardenError(.corrupt, "a checkpoint names a malformed host") }
-        return SignedCheckpoint(treeSize: r["tree_size"], root: r["root"], timeMicros: r["time_us"], host: host, signature: r["signature"])
-    }
-
-    public func inclusionProof(seq: Int64, treeSize: Int64) throws -> InclusionProof {
+    public func logCheckpoints() throws -> (checkpoints: [(id: Int64, checkpoint: SignedCheckpoint)], malformed: [Int64]) {
         try database.read { db in
-            let size = try Rows.treeSize(db)
-            guard treeSize >= 1, treeSize <= size else {
-                throw WardenError(.invalidArgument, "the log has \(size) entries; there is no tree of \(treeSize)")
+            var out: [(id: Int64, checkpoint: SignedCheckpoint)] = []
+            var malformed: [Int64] = []
+            for r in try Row.fetchAll(db, sql: "SELECT * FROM checkpoints ORDER BY tree_size, id") {
+                guard let host = HostName(r["host"] as String) else { malformed.append(r["id"]); continue }
+                out.append((r["id"], SignedCheckpoint(treeSize: r["tree_size"], root: r["root"], timeMicros: r["time_us"],
+                                                      host: host, signature: r["signature"])))
             }
-            guard seq >= 1, seq <= treeSize else {
-                throw WardenError(.notFound, "there is no event \(seq) in the tree of \(treeSize) entries")
-            }
-            guard let row = try Row.fetchOne(db, sql: """
-                SELECT seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
+            return (out, malformed)
+        }
+    }
+
+    public func logHostKeys() throws -> [String: Data] {
+        try database.read { db in
+            var keys: [String: Data] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT name, public_key FROM hosts WHERE public_key IS NOT NULL") { keys[r[0]] = r[1] }
+            return keys
+        }
+    }
+
+    public func logLeaves(from: Int64, to: Int64) throws -> LeafBatch {
+        try database.read { db in try LedgerVerifier.leaves(db, from: from, to: to) }
+    }
+
+    public func logNode(level: Int, index: Int64) throws -> Data? {
+        try database.read { db in
+            try Data.fetchOne(db.cachedStatement(sql: "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?"), arguments: [level, index])
+        }
+    }
+
+    public func logStoredLeaves(from: Int64, to: Int64) throws -> [(seq: Int64, hash: Data)] {
+        try database.read { db in
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT seq, leaf_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"),
+                             arguments: [from, to]).map { (seq: $0[0], hash: $0[1]) }
+        }
+    }
+
+    public func logEntry(seq: Int64) throws -> StoredEntry? {
+        try database.read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
                 FROM events WHERE seq = ?
-                """, arguments: [seq]) else {
-                throw WardenError(.corrupt, "event \(seq) is missing from the log; run warden ledger verify", file: database.path)
+                """, arguments: [seq]).map { r in
+                // Text columns as stored bytes (a BLOB where text belongs still re-encodes).
+                func text(_ i: Int) -> String? { r.dataNoCopy(atIndex: i).map { String(decoding: $0, as: UTF8.self) } }
+                return StoredEntry(kind: text(0) ?? "", vm: text(1), actor: text(2) ?? "", host: text(3) ?? "", timeMicros: r[4],
+                                   generationBefore: text(5), generationAfter: text(6), payloadText: text(7) ?? "",
+                                   reported: (r[8] as Int64) != 0, leafHash: r.dataNoCopy(atIndex: 9) ?? Data())
             }
-            var entry: [UInt8] = []
-            LedgerVerifier.encodeRow(row, seq: seq, into: &entry)
-            let leaf = LedgerEntry.leafHash(entry)
-            guard leaf == row.dataNoCopy(atIndex: 10) else {
-                throw WardenError(.corrupt, "event \(seq) does not match its leaf hash; run warden ledger verify", file: database.path)
-            }
-            var tree = SubtreeReader(db: db, file: database.path)
-            let path = try Merkle.inclusionProof(index: seq - 1, size: treeSize) { try tree.hash($0, $1) }
-            let root = try Merkle.rangeHash(0, treeSize) { try tree.hash($0, $1) }
-            return InclusionProof(seq: seq, treeSize: treeSize, entry: entry, leafHash: leaf, path: path, root: root)
         }
     }
 
-    public func consistencyProof(from m: Int64, to n: Int64) throws -> ConsistencyProof {
-        try database.read { db in
-            let size = try Rows.treeSize(db)
-            guard m >= 1, m <= n, n <= size else {
-                throw WardenError(.invalidArgument, "a consistency proof needs 1 ≤ from ≤ to ≤ \(size) (the log's size); got \(m) and \(n)")
-            }
-            var tree = SubtreeReader(db: db, file: database.path)
-            let proof = try Merkle.consistencyProof(from: m, to: n) { try tree.hash($0, $1) }
-            return ConsistencyProof(from: m, to: n, oldRoot: try Merkle.rangeHash(0, m) { try tree.hash($0, $1) },
-                                    newRoot: try Merkle.rangeHash(0, n) { try tree.hash($0, $1) }, proof: proof)
+    public func logEntriesNotByHook(after seq: Int64) throws -> Int64 {
+        let prefix = NewEvent.hookActorPrefix
+        return try database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT count(*) FROM events WHERE seq > ? AND substr(actor, 1, ?) <> ?",
+                               arguments: [seq, prefix.utf8.count, prefix]) ?? 0
         }
-    }
-}
-
-/// Complete-subtree hashes: stored ones from `merkle_nodes`, smaller ones from the leaves of
-/// one 256-leaf block (cached per block).
-struct SubtreeReader {
-    let db: Database
-    let file: String
-    var blocks: [Int64: [Data]] = [:]
-
-    init(db: Database, file: String) { self.db = db; self.file = file }
-
-    mutating func hash(_ level: Int, _ index: Int64) throws -> Data {
-        let stored = LogAppender.storedLevel
-        if level >= stored {
-            guard let h = try Data.fetchOne(db.cachedStatement(sql: "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?"),
-                                            arguments: [level, index]) else {
-                throw WardenError(.corrupt, "the Merkle log lacks the node at level \(level) index \(index); run warden ledger verify", file: file)
-            }
-            return h
-        }
-        let first = index << Int64(level)
-        let block = first >> Int64(stored)
-        if blocks[block] == nil {
-            let lo = block << Int64(stored)
-            let rows = try Row.fetchAll(db.cachedStatement(sql: "SELECT seq, leaf_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"),
-                                        arguments: [lo, lo + (1 << Int64(stored))])
-            var leaves: [Data] = []
-            for (i, r) in rows.enumerated() {
-                guard (r[0] as Int64) == lo + Int64(i) + 1 else {
-                    throw WardenError(.corrupt, "the event log is not contiguous at seq \(lo + Int64(i) + 1); run warden ledger verify", file: file)
-                }
-                leaves.append(r[1])
-            }
-            blocks[block] = leaves
-        }
-        let leaves = blocks[block]!
-        let off = Int(first - (block << Int64(stored)))
-        let width = 1 << level
-        guard off + width <= leaves.count else {
-            throw WardenError(.corrupt, "the event log ends inside a subtree it should hold; run warden ledger verify", file: file)
-        }
-        var level0 = Array(leaves[off ..< off + width])
-        while level0.count > 1 {
-            level0 = stride(from: 0, to: level0.count, by: 2).map { Merkle.nodeHash(level0[$0], level0[$0 + 1]) }
-        }
-        return level0[0]
     }
 }

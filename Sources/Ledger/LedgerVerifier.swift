@@ -86,18 +86,26 @@ public struct VerifyReport: Codable, Sendable {
 /// The first problem in the entries stops the entry walk (every later position is moot);
 /// checkpoints and the witness are still checked, so deletions at the end are found too.
 public struct LedgerVerifier {
-    public let database: WardenDatabase
+    public let storage: any LogStorage
     public let keysDirectory: String
-    public let witness: Witness
+    /// The witness file outside the database, when there is one (a host's SQLite ledger);
+    /// a server's log has its checkpoints only.
+    public let witness: Witness?
     /// Entries read per read transaction.
     var chunk: Int64 = 1 << 16
     /// Read transactions hashing leaves at the same time.
     var workers = max(1, min(4, ProcessInfo.processInfo.activeProcessorCount))
 
     public init(database: WardenDatabase, keysDirectory: String? = nil) {
-        self.database = database
-        self.keysDirectory = keysDirectory ?? HostKey.directory(databasePath: database.path)
-        self.witness = Witness(keysDirectory: self.keysDirectory, databasePath: database.path)
+        let keys = keysDirectory ?? HostKey.directory(databasePath: database.path)
+        self.init(storage: SQLiteLedger(database: database, keysDirectory: keys), keysDirectory: keys,
+                  witness: Witness(keysDirectory: keys, databasePath: database.path))
+    }
+
+    public init(storage: any LogStorage, keysDirectory: String, witness: Witness?) {
+        self.storage = storage
+        self.keysDirectory = keysDirectory
+        self.witness = witness
     }
 
     struct CheckpointRow { var id: Int64; var cp: SignedCheckpoint }
@@ -105,24 +113,16 @@ public struct LedgerVerifier {
     public func verify(progress: ((Int64, Int64) -> Void)? = nil) throws -> VerifyReport {
         var report = VerifyReport()
         // Everything the entries are checked against, read first.
-        let (checkpoints, hostKeys, maxSeq) = try database.read { db -> ([CheckpointRow], [String: Data], Int64) in
-            var cps: [CheckpointRow] = []
-            for r in try Row.fetchAll(db, sql: "SELECT * FROM checkpoints ORDER BY tree_size, id") {
-                guard let host = HostName(r["host"] as String) else {
-                    report.add("checkpoint", "checkpoint #\(r["id"] as Int64) names a malformed host"); continue
-                }
-                cps.append(CheckpointRow(id: r["id"], cp: SignedCheckpoint(treeSize: r["tree_size"], root: r["root"],
-                                                                        timeMicros: r["time_us"], host: host, signature: r["signature"])))
+        let stored = try storage.logCheckpoints()
+        for id in stored.malformed { report.add("checkpoint", "checkpoint #\(id) names a malformed host") }
+        let checkpoints = stored.checkpoints.map { CheckpointRow(id: $0.id, cp: $0.checkpoint) }
+        let hostKeys = try storage.logHostKeys()
+        let maxSeq = try storage.logTreeSize()
+        var witnessCP: SignedCheckpoint?
+        if let witness {
+            do { witnessCP = try witness.read() } catch let e as WardenError {
+                report.add("witness", e.message + " (" + witness.path + ")"); witnessCP = nil
             }
-            var keys: [String: Data] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT name, public_key FROM hosts WHERE public_key IS NOT NULL") {
-                keys[r[0]] = r[1]
-            }
-            return (cps, keys, try Rows.treeSize(db))
-        }
-        let witnessCP: SignedCheckpoint?
-        do { witnessCP = try witness.read() } catch let e as WardenError {
-            report.add("witness", e.message + " (" + witness.path + ")"); witnessCP = nil
         }
         report.witnessTreeSize = witnessCP?.treeSize
 
@@ -153,7 +153,7 @@ public struct LedgerVerifier {
             } else {
                 report.add("witness", "the witness is signed by \(w.host), whose key is unknown")
             }
-        } else if maxSeq > 0, report.problems.allSatisfy({ $0.kind != "witness" }) {
+        } else if let witness, maxSeq > 0, report.problems.allSatisfy({ $0.kind != "witness" }) {
             report.add("witness", "there is no witness file (\(witness.path)) although the log has \(maxSeq) entries")
         }
 
@@ -170,11 +170,8 @@ public struct LedgerVerifier {
         var stopped = false
         var rootAtWitness: Data? = witnessCP?.treeSize == 0 ? Merkle.emptyRoot : nil
         var start: Int64 = 0
-        let nodeLookup = { (level: Int, index: Int64) throws -> Data? in
-            try database.read { db in
-                try Data.fetchOne(db.cachedStatement(sql: "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?"), arguments: [level, index])
-            }
-        }
+        let storage = self.storage
+        let nodeLookup = { (level: Int, index: Int64) throws -> Data? in try storage.logNode(level: level, index: index) }
         walk: while start < maxSeq {
             // Leaf hashes of the next chunks, computed in parallel (one read transaction each);
             // then folded into the tree in order here.
@@ -184,10 +181,9 @@ public struct LedgerVerifier {
                 ranges.append((s0, min(s0 + chunk, maxSeq))); s0 = min(s0 + chunk, maxSeq)
             }
             let batches = LeafBatches(count: ranges.count)
-            let database = self.database
             let work = ranges
             DispatchQueue.concurrentPerform(iterations: work.count) { i in
-                batches.set(i, Result { try database.read { db in try Self.leaves(db, from: work[i].0, to: work[i].1) } })
+                batches.set(i, Result { try storage.logLeaves(from: work[i].0, to: work[i].1) })
             }
             for i in ranges.indices {
                 let batch: LeafBatch
@@ -243,14 +239,11 @@ public struct LedgerVerifier {
                                    expected == bad.nextPresent - 1 ? "entry \(expected) is missing (deleted)"
                                                                    : "entries \(expected)…\(bad.nextPresent - 1) are missing (deleted)")
                     } else {
-                        let problem = try database.read { db -> VerifyReport.Problem in
-                            guard let r = try Row.fetchOne(db, sql: """
-                                SELECT seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash
-                                FROM events WHERE seq = ?
-                                """, arguments: [bad.seq]) else {
-                                return .init(kind: "missing", seq: bad.seq, lastSeq: nil, message: "entry \(bad.seq) is missing (deleted)")
-                            }
-                            return Self.explainMismatch(r, seq: bad.seq, stored: r.dataNoCopy(atIndex: 10))
+                        let problem: VerifyReport.Problem
+                        if let row = try storage.logEntry(seq: bad.seq) {
+                            problem = Self.explainMismatch(row, seq: bad.seq)
+                        } else {
+                            problem = .init(kind: "missing", seq: bad.seq, lastSeq: nil, message: "entry \(bad.seq) is missing (deleted)")
                         }
                         report.add(problem)
                     }
@@ -277,11 +270,7 @@ public struct LedgerVerifier {
             if size > signed {
                 // The libvirt hook records without signing (docs/ledger-log.md): a tail made only
                 // of its entries is pending, anything else unsigned was added outside warden.
-                let prefix = NewEvent.hookActorPrefix
-                let others = try database.read { db in
-                    try Int64.fetchOne(db, sql: "SELECT count(*) FROM events WHERE seq > ? AND substr(actor, 1, ?) <> ?",
-                                       arguments: [signed, prefix.utf8.count, prefix]) ?? 0
-                }
+                let others = try storage.logEntriesNotByHook(after: signed)
                 if others == 0 {
                     report.pendingEntries = size - signed
                 } else {
@@ -306,24 +295,12 @@ public struct LedgerVerifier {
         return report
     }
 
-    /// The canonical entry of an events row (columns in the order of the verifier's SELECT).
-    static func encodeRow(_ r: Row, seq: Int64, into entry: inout [UInt8]) {
-        let empty = Data()
-        LedgerEntry.encode(into: &entry, seq: seq, kind: r.dataNoCopy(atIndex: 1) ?? empty, vm: r.dataNoCopy(atIndex: 2),
-                           actor: r.dataNoCopy(atIndex: 3) ?? empty, host: r.dataNoCopy(atIndex: 4) ?? empty,
-                           timeMicros: r[5], generationBefore: r.dataNoCopy(atIndex: 6), generationAfter: r.dataNoCopy(atIndex: 7),
-                           payloadText: r.dataNoCopy(atIndex: 8) ?? empty, reported: (r[9] as Int64) != 0)
-    }
-
     /// Says why a row's entry does not match its leaf hash: moved from another position, or edited.
-    static func explainMismatch(_ r: Row, seq: Int64, stored: Data?) -> VerifyReport.Problem {
-        if let stored {
-            var entry: [UInt8] = []
+    static func explainMismatch(_ r: StoredEntry, seq: Int64) -> VerifyReport.Problem {
+        if r.leafHash.count == 32 {
             for delta in 1...64 {
                 for other in [seq - Int64(delta), seq + Int64(delta)] where other >= 1 {
-                    entry.removeAll(keepingCapacity: true)
-                    encodeRow(r, seq: other, into: &entry)
-                    if LedgerEntry.leafHash(entry) == stored {
+                    if LedgerEntry.leafHash(r.entry(seq: other)) == r.leafHash {
                         return .init(kind: "reordered", seq: seq, lastSeq: nil,
                                      message: "entry \(seq) holds the event that was recorded as entry \(other): the log was reordered")
                     }
@@ -337,15 +314,6 @@ public struct LedgerVerifier {
 
 extension VerifyReport {
     mutating func add(_ p: Problem) { add(p.kind, seq: p.seq, lastSeq: p.lastSeq, p.message) }
-}
-
-/// Leaf hashes of a run of entries, and where the run first went wrong.
-struct LeafBatch: Sendable {
-    struct Bad: Sendable { var seq: Int64; var missing: Bool; var nextPresent: Int64 }
-    /// 32 bytes per leaf, in seq order.
-    var leaves: [UInt8] = []
-    var count = 0
-    var badSeq: Bad?
 }
 
 /// Results of parallel leaf hashing, by chunk.

@@ -137,3 +137,56 @@ extension LedgerStoreSuite {
         }
     }
 }
+
+extension LedgerStoreSuite {
+    /// `ledger verify` and RFC 9162 proofs over each backend's log.
+    @Test(arguments: StoreBackend.all) func verifyAndProofsOverEveryBackend(_ b: StoreBackend) throws {
+        try b.with { s in
+            let log = try #require(s as? any LogStorage & LedgerLog)
+            let v = try register(s, vm("a"))
+            // 600 events: more than two stored 256-leaf subtrees, in batches of different sizes.
+            for i in 0..<599 { _ = try s.append(NewEvent(kind: i % 2 == 0 ? .started : .stopped, vm: v.id, payload: ["i": .number(Double(i))])) }
+            #expect(try s.eventCount() == 600)
+            let report = try LedgerVerifier(storage: log, keysDirectory: "/nonexistent", witness: nil).verify()
+            #expect(report.problems.isEmpty, "\(report.problems)")
+            #expect(report.entriesChecked == 600 && report.subtreesChecked >= 2)
+            let cp = try #require(try log.latestCheckpoint())
+            #expect(cp.treeSize == 600 && report.rootHex == cp.root.hexEncoded)
+            #expect(cp.isValid(publicKey: try #require(try log.publicKey(of: cp.host))))
+            for seq: Int64 in [1, 256, 257, 600] {
+                let p = try log.inclusionProof(seq: seq, treeSize: 600)
+                #expect(Merkle.rootFromInclusion(index: seq - 1, size: 600, leaf: p.leafHash, path: p.path) == cp.root)
+            }
+            let c = try log.consistencyProof(from: 300, to: 600)
+            #expect(Merkle.verifyConsistency(from: 300, to: 600, oldRoot: c.oldRoot, newRoot: c.newRoot, proof: c.proof))
+            #expect(c.newRoot == cp.root)
+        }
+    }
+}
+
+/// Tampering with the PostgreSQL log is found, as on SQLite (LedgerLogTests).
+@Suite struct PostgresTamperTests {
+    @Test func editsAndDeletionsAreFound() throws {
+        let server = try PostgresServer.shared()
+        let name = try server.createDatabase()
+        defer { server.dropDatabase(name) }
+        let db = try PostgresStore(url: server.urlWithPassword(name))
+        defer { db.close() }
+        let keys = FileManager.default.temporaryDirectory.appendingPathComponent("warden-pgkeys-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        let ledger = PostgresLedger(store: db, keysDirectory: keys, host: HostName("srv")!)
+        let v = VMRecord(name: "a", owner: "o")
+        _ = try ledger.createVM(v, disks: [], event: NewEvent(kind: .registered, vm: v.id))
+        _ = try ledger.append((0..<299).map { NewEvent(kind: .started, vm: v.id, payload: ["i": .number(Double($0))]) })
+        func verify() throws -> VerifyReport { try LedgerVerifier(storage: ledger, keysDirectory: keys, witness: nil).verify() }
+        #expect(try verify().problems.isEmpty)
+        try server.psql(#"UPDATE events SET payload = '{"i":9999}' WHERE seq = 10"#, database: name)
+        #expect(try verify().firstBad?.kind == "edited")
+        #expect(try verify().firstBad?.seq == 10)
+        try server.psql(#"UPDATE events SET payload = '{"i":8}' WHERE seq = 10"#, database: name)
+        #expect(try verify().problems.isEmpty)
+        try server.psql("DELETE FROM events WHERE seq = 300", database: name)
+        let cut = try verify()
+        #expect(cut.problems.contains { $0.kind == "missing" }, "\(cut.problems)")
+    }
+}
