@@ -134,7 +134,7 @@ let package = Package(
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Storage", "AdvisoryStorage", "Ledger", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent",
+            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

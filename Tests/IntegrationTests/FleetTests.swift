@@ -87,4 +87,61 @@ import WardenTestSupport
         // Every event on the server once: its ids are unique per host (the ingested table's key).
         #expect(all.count == fromH1.count + fromH2.count)
     }
+
+    /// kill -9 of the server in the middle of an ingest, then PostgreSQL stopped for 30 s:
+    /// afterwards every event the host recorded is on the server exactly once, and
+    /// `warden ledger verify` passes on the PostgreSQL ledger.
+    @Test func serverCrashAndDatabaseOutageLoseNothing() throws {
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("warden-faults-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        for d in ["srv", "h1/policy"] { try FileManager.default.createDirectory(atPath: "\(tmp)/\(d)", withIntermediateDirectories: true) }
+        // A cluster of its own: this test stops it.
+        let pg = try PostgresServer(durable: true)
+        let dbName = try pg.createDatabase()
+        let server = ServeProcess(dir: tmp + "/srv", listen: "127.0.0.1:0", database: pg.url(dbName), environment: pg.environment)
+        let token = try server.token("agent-h1", role: "host", host: "h1")
+        let auditor = try server.token("audit", role: "auditor")
+        try server.start()
+        defer { server.kill9() }
+        let h1 = tmp + "/h1"
+        let total = 20_000
+        _ = try wardenOn(nil, "h1", home: h1, ["dev", "synth", "--vms", "200", "--events", "\(total)", "--hosts", "2", "--seed", "7"])
+        _ = try wardenOn(nil, "h1", home: h1, ["agent", "enrol", server.url, "--host", "h1"], env: ["WARDEN_AGENT_TOKEN": token])
+        let agent = Process()
+        agent.executableURL = URL(fileURLWithPath: Fixtures.wardenBinary)
+        agent.arguments = ["agent", "run", "--interval", "0.2"]
+        var env = ProcessInfo.processInfo.environment
+        env["WARDEN_HOME"] = h1
+        agent.environment = env
+        agent.standardOutput = FileHandle.nullDevice
+        agent.standardError = FileHandle.nullDevice
+        try agent.run()
+        defer { kill(agent.processIdentifier, SIGKILL); agent.waitUntilExit() }
+        func onServer() -> Int {
+            guard let all = try? server.get("/v1/events?after=0&limit=10000", token: auditor) as? [[String: Any]] else { return -1 }
+            if all.count < 10_000 { return all.count }
+            let rest = (try? server.get("/v1/events?after=10000&limit=10000", token: auditor) as? [[String: Any]])?.count ?? 0
+            return 10_000 + rest
+        }
+        // Mid-ingest: some of the events are in, most are not.
+        try waitUntil("the server has some of the events", timeout: 120, interval: 0.05) { onServer() >= 1_000 }
+        server.kill9()
+        #expect(onServer() == -1)
+        try server.start()
+        // PostgreSQL away for 30 s while the agent keeps trying.
+        try waitUntil("the server has more events", timeout: 120, interval: 0.05) { onServer() >= 3_000 }
+        try pg.stop()
+        Thread.sleep(forTimeInterval: 30)
+        try pg.start()
+        try waitUntil("the agent drained", timeout: 300, interval: 0.5) {
+            let status = try wardenOn(nil, "h1", home: h1, ["agent", "status", "--json"]).stdoutText
+            return status.contains("\"pending\" : 0")
+        }
+        #expect(onServer() == total)
+        let verify = try Tool.run([Fixtures.wardenBinary, "ledger", "verify", "--database", pg.url(dbName), "--json"],
+                                  environment: pg.environment, check: false)
+        #expect(verify.status == 0, "\(verify.stdoutText.prefix(2000)) \(verify.stderr)")
+        #expect(verify.stdoutText.contains("\"entries_checked\" : \(total)"))
+        try? pg.stop()
+    }
 }

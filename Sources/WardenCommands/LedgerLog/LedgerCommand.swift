@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import Foundation
 import Ledger
+import LedgerPostgres
 import WardenCore
 import Storage
 
@@ -56,16 +57,28 @@ struct LedgerVerify: ParsableCommand {
         abstract: "Recompute every leaf, subtree and checkpoint root, check every signature and the witness.",
         discussion: "Exit 0 when the log is intact, 1 when it was tampered with (the first bad entry is named).")
     @OptionGroup var options: LedgerLogOptions
+    @Option(help: ArgumentHelp("Verify the fleet ledger on PostgreSQL at this postgres:// URL instead (password from $PGPASSWORD); checkpoints are checked against the hosts table's keys.", valueName: "url"))
+    var database: String?
     @Flag(help: "Print the report as JSON (docs/json-schemas/ledger-verify.v1.json).") var json = false
 
     func run() throws {
-        let path = options.path
+        var path = options.path
         var report: VerifyReport
         do {
-            let db = try WardenDatabase(path: path, create: false, readOnly: true)
+            let verifier: LedgerVerifier
+            var pg: PostgresStore?
+            defer { pg?.close() }
+            if let database {
+                let store = try PostgresStore(url: database, migrate: false)
+                pg = store
+                path = store.location
+                verifier = LedgerVerifier(storage: PostgresLedger(store: store, keysDirectory: nil), keysDirectory: "/nonexistent", witness: nil)
+            } else {
+                verifier = LedgerVerifier(database: try WardenDatabase(path: path, create: false, readOnly: true))
+            }
             let showProgress = isatty(2) == 1
             var last = Date()
-            report = try LedgerVerifier(database: db).verify { done, total in
+            report = try verifier.verify { done, total in
                 guard showProgress, Date().timeIntervalSince(last) > 0.5 else { return }
                 last = Date()
                 FileHandle.standardError.write(Data("\rwarden: verified \(done) of \(total) entries".utf8))
