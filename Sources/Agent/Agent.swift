@@ -77,7 +77,7 @@ public final class Agent: Sendable {
     public let local: any LedgerStore
     public let configuration: AgentConfiguration
     public let directory: String
-    let client: HTTPClient
+    let client: FleetClient
     /// Events per request.
     public static let batch = 500
 
@@ -85,12 +85,10 @@ public final class Agent: Sendable {
         self.local = local
         self.configuration = configuration
         self.directory = directory
-        var c = HTTPClient.Configuration()
-        c.timeout = .init(connect: .seconds(5), read: .seconds(30))
-        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+        self.client = FleetClient(server: configuration.server, token: configuration.token)
     }
 
-    public func shutdown() async { try? await client.shutdown() }
+    public func shutdown() async { await client.shutdown() }
 
     /// What one round did.
     public struct Round: Codable, Sendable, Equatable {
@@ -137,7 +135,7 @@ public final class Agent: Sendable {
                      payload: $0.payload)
             })
             struct Answer: Decodable { var results: [IngestOutcome] }
-            let answer: Answer = try await call(.POST, "/v1/hosts/\(configuration.host)/events", body: body)
+            let answer: Answer = try await client.call(.POST, "/v1/hosts/\(configuration.host)/events", body: body)
             guard answer.results.count == events.count else {
                 throw WardenError(.unavailable, "the server answered for \(answer.results.count) of \(events.count) events")
             }
@@ -169,13 +167,13 @@ public final class Agent: Sendable {
         if !held.isEmpty {
             struct Report: Encodable { var vms: [VMRecord]; var residency: [ResidencyRecord] }
             struct Outcome: Decodable { var recorded: [VMID]; var refused: [Refusal]; struct Refusal: Decodable { var vm: VMID; var reason: String } }
-            let outcome: Outcome = try await call(.PUT, "/v1/hosts/\(configuration.host)/vms", body: Report(vms: held, residency: intervals))
+            let outcome: Outcome = try await client.call(.PUT, "/v1/hosts/\(configuration.host)/vms", body: Report(vms: held, residency: intervals))
             round.vmsReported = outcome.recorded.count
             round.vmsRefused = outcome.refused.count
         }
         // 3. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
         // without the network); known ones this host does not hold follow the server.
-        let fleet: [VMRecord] = try await call(.GET, "/v1/vms", body: Optional<Int>.none)
+        let fleet: [VMRecord] = try await client.call(.GET, "/v1/vms", body: Optional<Int>.none)
         for vm in fleet.sorted(by: { $0.createdAt < $1.createdAt }) {
             if let mine = byID[vm.id] {
                 if mine == vm || include.contains(vm.id) { continue }
@@ -201,24 +199,49 @@ public final class Agent: Sendable {
             try? await Task.sleep(for: delay)
         }
     }
+}
 
-    enum Method { case GET, POST, PUT }
+/// The server's error body.
+struct ServerError: Decodable {
+    struct Inner: Decodable { var message: String }
+    var error: Inner
+}
 
-    func call<B: Encodable, R: Decodable>(_ method: Method, _ path: String, body: B?) async throws -> R {
-        var req = HTTPClientRequest(url: configuration.server + path)
+/// A client of the fleet API with a bearer token (the agent's, or a person's for the CLI).
+public struct FleetClient: Sendable {
+    public let server: String
+    let token: String
+    let http: HTTPClient
+
+    public init(server: String, token: String) {
+        var s = server
+        while s.hasSuffix("/") { s.removeLast() }
+        self.server = s
+        self.token = token
+        var c = HTTPClient.Configuration()
+        c.timeout = .init(connect: .seconds(5), read: .seconds(30))
+        self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+    }
+
+    public func shutdown() async { try? await http.shutdown() }
+
+    public enum Method: Sendable { case GET, POST, PUT }
+
+    public func call<B: Encodable, R: Decodable>(_ method: Method, _ path: String, body: B?) async throws -> R {
+        var req = HTTPClientRequest(url: server + path)
         switch method {
         case .GET: req.method = .GET
         case .POST: req.method = .POST
         case .PUT: req.method = .PUT
         }
-        req.headers.add(name: "Authorization", value: "Bearer \(configuration.token)")
+        req.headers.add(name: "Authorization", value: "Bearer \(token)")
         if let body {
             req.headers.add(name: "Content-Type", value: "application/json")
             req.body = .bytes(ByteBuffer(data: try LedgerJSON.encoder(pretty: false).encode(body)))
         }
         let response: HTTPClientResponse
-        do { response = try await client.execute(req, timeout: .seconds(30)) } catch {
-            throw WardenError(.unavailable, "cannot reach the server \(configuration.server): \(error)", cause: error)
+        do { response = try await http.execute(req, timeout: .seconds(30)) } catch {
+            throw WardenError(.unavailable, "cannot reach the server \(server): \(error)", cause: error)
         }
         let bytes = try await response.body.collect(upTo: 64 << 20)
         guard (200..<300).contains(response.status.code) else {
@@ -231,10 +254,4 @@ public final class Agent: Sendable {
             throw WardenError(.unavailable, "the server's answer to \(path) is not what this agent expects")
         }
     }
-}
-
-/// The server's error body.
-struct ServerError: Decodable {
-    struct Inner: Decodable { var message: String }
-    var error: Inner
 }

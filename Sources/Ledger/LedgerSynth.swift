@@ -242,13 +242,11 @@ public struct LedgerSynth {
                             summary.snapshots += 1
                             try event(.snapshotted, v, before: gen, payload: ["snapshot": .string("snap-\(vms[v].snapshots)"), "live": .bool(true)])
                         case 48..<65:
-                            try event(.scanned, v, before: gen, payload: ["findings": .number(Double(rng.below(40))), "critical": .number(Double(rng.below(3)))])
+                            try event(.scanned, v, before: gen, payload: Self.scanPayload(vulnerable: rng.below(40), worst: rng.below(5)))
                         case 65..<75:
                             try event(.patched, v, before: gen, payload: ["packages": .number(Double(1 + rng.below(30)))])
                         case 75..<88:
-                            try event(.policyDecision, v, before: gen, payload: ["operation": .string(["start", "migrate", "copy", "export"][rng.below(4)]),
-                                                                                "decision": .string(rng.below(10) == 0 ? "deny" : "allow"),
-                                                                                "rule": .string("rule-\(rng.below(12))")])
+                            try event(.policyDecision, v, before: gen, payload: Self.decisionPayload(op: ["start", "migrate", "copy", "export"][rng.below(4)], effect: rng.below(10) == 0 ? "deny" : "allow", rule: "rule-\(rng.below(12))"))
                         case 88..<93:
                             try event(.exported, v, before: gen, payload: ["destination": .string("s3://backups/\(vms[v].id)")])
                         case 93..<96:
@@ -257,7 +255,7 @@ public struct LedgerSynth {
                             try save(v)
                             try event(.ownershipTransferred, v, before: gen, payload: ["from": .string("team-\(from)"), "to": .string("team-\(vms[v].owner)")])
                         default:
-                            try event(.scanned, v, before: gen, payload: ["findings": .number(0)])
+                            try event(.scanned, v, before: gen, payload: Self.scanPayload(vulnerable: 0, worst: 0))
                         }
                     } else {
                         switch r {
@@ -278,10 +276,10 @@ public struct LedgerSynth {
                                 try save(v)
                                 try event(.rolledBack, v, before: gen, payload: ["snapshot": .string("snap-\(1 + rng.below(vms[v].snapshots))")])
                             } else {
-                                try event(.scanned, v, before: gen, payload: ["findings": .number(Double(rng.below(40)))])
+                                try event(.scanned, v, before: gen, payload: Self.scanPayload(vulnerable: rng.below(40), worst: rng.below(4)))
                             }
                         case 56..<68:
-                            try event(.scanned, v, before: gen, payload: ["findings": .number(Double(rng.below(40))), "critical": .number(Double(rng.below(3)))])
+                            try event(.scanned, v, before: gen, payload: Self.scanPayload(vulnerable: rng.below(40), worst: rng.below(5)))
                         case 68..<74:
                             try event(.patched, v, before: gen, payload: ["packages": .number(Double(1 + rng.below(30))), "offline": .bool(true)])
                         case 74..<80:
@@ -299,12 +297,10 @@ public struct LedgerSynth {
                             try save(v)
                             try event(.ownershipTransferred, v, before: gen, payload: ["from": .string("team-\(from)"), "to": .string("team-\(vms[v].owner)")])
                         case 88..<95:
-                            try event(.policyDecision, v, before: gen, payload: ["operation": .string("start"),
-                                                                                "decision": .string(rng.below(5) == 0 ? "deny" : "allow"),
-                                                                                "rule": .string("rule-\(rng.below(12))")])
+                            try event(.policyDecision, v, before: gen, payload: Self.decisionPayload(op: "start", effect: rng.below(5) == 0 ? "deny" : "allow", rule: "rule-\(rng.below(12))"))
                         default: // 95..<100
                             if live.count > 1 || summary.vms == o.vms { try retire(v) }
-                            else { try event(.scanned, v, before: gen, payload: ["findings": .number(0)]) }
+                            else { try event(.scanned, v, before: gen, payload: Self.scanPayload(vulnerable: 0, worst: 0)) }
                         }
                     }
                     step += 1
@@ -317,5 +313,17 @@ public struct LedgerSynth {
         summary.eventsPerSecond = summary.seconds > 0 ? Double(summary.events) / summary.seconds : 0
         return summary
     }
-}
 
+    /// A `scanned` payload as `warden scan` writes it (counts and the worst severity, never findings' text).
+    static func scanPayload(vulnerable: Int, worst: Int) -> [String: JSONValue] {
+        var p: [String: JSONValue] = ["image": .string("/var/lib/libvirt/images/synth.qcow2"), "vulnerable": .number(Double(vulnerable))]
+        if vulnerable > 0 { p["max_severity"] = .string(["low", "medium", "high", "critical", "medium"][worst % 5]) }
+        return p
+    }
+
+    /// A `policy-decision` payload as the policy gate writes it.
+    static func decisionPayload(op: String, effect: String, rule: String) -> [String: JSONValue] {
+        ["op": .string(op), "effect": .string(effect), "rules": .array([.string(rule)]),
+         "reasons": .array([.string(effect == "deny" ? "\(rule) denies \(op)" : "no rule denies \(op)")])]
+    }
+}

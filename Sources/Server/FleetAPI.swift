@@ -87,6 +87,7 @@ public struct FleetAPI: Sendable {
         ("GET", "/v1/exposure", [.admin, .operator, .auditor]),
         ("GET", "/v1/census", [.admin, .operator, .auditor]),
         ("GET", "/metrics", [.admin, .auditor]),
+        ("POST", "/v1/login-links", [.admin, .operator, .auditor]),
     ]
 
     static func allowed(_ method: String, _ path: String) -> Set<Role> {

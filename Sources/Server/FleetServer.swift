@@ -48,9 +48,17 @@ struct AuthAndMetricsMiddleware: RouterMiddleware {
     typealias Context = WardenRequestContext
     let tokens: TokenStore
     let metrics: ServerMetrics
+    let sessions: Sessions
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
+        // Dashboard pages take the session cookie; the API takes bearer tokens only (a cookie
+        // must not carry a browser into changing anything).
+        let path = request.uri.path
+        if !path.hasPrefix("/v1/"), path != "/metrics", let session = Dashboard.sessionCookie(request),
+           let p = sessions.principal(session: session), tokens.isLive(name: p.name) {
+            context.principal = p
+        }
         if let auth = request.headers[.authorization] {
             let parts = auth.split(separator: " ", maxSplits: 1)
             if parts.count == 2, parts[0].lowercased() == "bearer" {
@@ -97,24 +105,27 @@ public struct FleetServer: Sendable {
     public let configuration: Configuration
     public let store: any LedgerQueries
     public let metrics = ServerMetrics()
+    public let sessions = Sessions()
 
     public init(configuration: Configuration, store: any LedgerQueries) {
         self.configuration = configuration
         self.store = store
     }
 
-    public func router() -> Router<WardenRequestContext> {
+    public func router() throws -> Router<WardenRequestContext> {
         let router = Router(context: WardenRequestContext.self)
-        router.add(middleware: AuthAndMetricsMiddleware(tokens: TokenStore(path: configuration.tokensFile), metrics: metrics))
-        FleetAPI(store: store, metrics: metrics).add(to: router)
+        router.add(middleware: AuthAndMetricsMiddleware(tokens: TokenStore(path: configuration.tokensFile), metrics: metrics, sessions: sessions))
+        let api = FleetAPI(store: store, metrics: metrics)
+        api.add(to: router)
+        try Dashboard(api: api, sessions: sessions).add(to: router)
         return router
     }
 
     /// The application; `onRunning` gets the bound port (useful with port 0).
-    public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+    public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         var logger = Logger(label: "warden.serve")
         logger.logLevel = configuration.logLevel
-        return Application(router: router(),
+        return Application(router: try router(),
                            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "warden"),
                            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
                            logger: logger)

@@ -60,6 +60,12 @@ public final class TokenStore: Sendable {
         return Principal(name: e.name, role: e.role, owner: e.owner, host: e.host.flatMap(HostName.init))
     }
 
+    /// Whether a live (not revoked) token named `name` exists: sessions opened with a token end
+    /// when it is revoked.
+    public func isLive(name: String) -> Bool {
+        current().values.contains { $0.name == name && $0.revoked == nil }
+    }
+
     /// The file's entries, re-read when it changed (a missing or unreadable file: no tokens at all).
     private func current() -> [String: Entry] {
         var st = stat()

@@ -6,6 +6,7 @@ import Server
 import Storage
 import WardenCore
 import Yams
+import Agent
 import Policy
 
 /// `warden serve`: the fleet API over the ledger (docs/fleet.md).
@@ -17,7 +18,7 @@ struct ServeCommand: ParsableCommand {
         environment ($WARDEN_DATABASE_URL; the PostgreSQL password from $PGPASSWORD), then flags.
         Stops gracefully on SIGTERM or SIGINT.
         """,
-        subcommands: [ServeRun.self, ServeToken.self], defaultSubcommand: ServeRun.self)
+        subcommands: [ServeRun.self, ServeToken.self, ServeLoginLink.self], defaultSubcommand: ServeRun.self)
 }
 
 /// What `warden serve` reads from its config file; every key is optional.
@@ -79,7 +80,7 @@ struct ServeRun: ParsableCommand {
                                                       tokensFile: tokens ?? file.tokens ?? defaultTokensPath(db: db ?? file.db),
                                                       logLevel: level),
                                  store: store)
-        let app = server.application { port in
+        let app = try server.application { port in
             // One line when the server is up, for scripts and tests (the port matters with :0).
             Output.stdout.line("warden serve: listening on \(listenText[..<colon]):\(port)")
             Output.stdout.flush()
@@ -154,5 +155,26 @@ struct ServeTokenRevoke: ParsableCommand {
     func run() throws {
         try file.store.revoke(name: name)
         Output.stdout.line("revoked \(name)")
+    }
+}
+
+struct ServeLoginLink: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "login-link", abstract: "Print a one-time dashboard link (valid 60 s) for the token in $WARDEN_TOKEN.")
+    @Option(help: ArgumentHelp("The server, e.g. http://127.0.0.1:8480.", valueName: "url")) var server: String
+    @Option(help: ArgumentHelp("The page to open after signing in.", valueName: "path")) var next: String = "/"
+
+    func run() throws {
+        guard let token = ProcessInfo.processInfo.environment["WARDEN_TOKEN"], !token.isEmpty else {
+            throw ValidationError("set $WARDEN_TOKEN to an admin, operator or auditor token")
+        }
+        let client = FleetClient(server: server, token: token)
+        struct Link: Decodable { var path: String }
+        let link: Link = try runAsync {
+            defer { Task { await client.shutdown() } }
+            return try await client.call(.POST, "/v1/login-links", body: Optional<Int>.none)
+        }
+        let nextParam = next.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "/-_.~"))) ?? "/"
+        Output.stdout.line(client.server + link.path + "&next=" + nextParam)
     }
 }

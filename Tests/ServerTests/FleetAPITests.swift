@@ -56,7 +56,8 @@ import Yams
             + (path == "/v1/exposure" ? "?host=h1&from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z" : "")
         let body = method == "POST" && path.hasSuffix("/events")
             ? ByteBuffer(string: #"{"events":[{"id":"matrix-\#(UUID().uuidString)","kind":"started"}]}"#) : nil
-        return (method == "POST" ? .post : .get, uri, body)
+        let put = method == "PUT" ? ByteBuffer(string: #"{"vms":[],"residency":[]}"#) : nil
+        return (method == "POST" ? .post : method == "PUT" ? .put : .get, uri, body ?? put)
     }
 
     /// Every role × every endpoint: no token or a bad one is 401, a role the route does not
