@@ -339,18 +339,28 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             throw WardenError(.invalidArgument, "event id \(TerminalText.line(String(bad.id.prefix(64)))) is not 1-128 of A-Z a-z 0-9 . _ : -")
         }
         return try logWrite { log in
-            try events.map { item in
-                // Under the log lock: a concurrent report of the same id waits, then finds it.
-                if let seq = try store.query("SELECT seq FROM ingested WHERE host = \(host.value) AND id = \(item.id)")
-                    .first.map({ try $0.decode(Int64.self) }) {
-                    return IngestOutcome(id: item.id, seq: seq, duplicate: true)
-                }
+            // Under the log lock: a concurrent report of the same ids waits, then finds them.
+            var known: [String: Int64] = [:]
+            for r in try store.query("SELECT id, seq FROM ingested WHERE host = \(host.value) AND id = ANY(\(events.map(\.id)))") {
+                let (id, seq) = try r.decode((String, Int64).self)
+                known[id] = seq
+            }
+            var newIDs: [String] = [], newSeqs: [Int64] = []
+            let out = try events.map { item -> IngestOutcome in
+                if let seq = known[item.id] { return IngestOutcome(id: item.id, seq: seq, duplicate: true) }
                 var e = item.event
                 e.host = host
                 let rec = try log.append(e)
-                try store.query("INSERT INTO ingested (host, id, seq) VALUES (\(host.value), \(item.id), \(rec.seq))")
+                known[item.id] = rec.seq
+                newIDs.append(item.id); newSeqs.append(rec.seq)
                 return IngestOutcome(id: item.id, seq: rec.seq, duplicate: false)
             }
+            if !newIDs.isEmpty {
+                try store.query("""
+                    INSERT INTO ingested (host, id, seq) SELECT \(host.value), i, s FROM unnest(\(newIDs)::text[], \(newSeqs)::bigint[]) AS t(i, s)
+                    """)
+            }
+            return out
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Ledger
+import NIOCore
 import PostgresNIO
 import WardenCore
 
@@ -16,6 +17,17 @@ struct PGLogAppender {
     var frontier: Merkle.Frontier
     var appended = 0
     var pendingNodes: [(level: Int, index: Int64, hash: Data)] = []
+    /// Event rows not yet inserted: written in one multi-row statement per ``eventBatch`` and
+    /// before the transaction commits (a round trip per event costs more than the event).
+    var pending = PendingEvents()
+    static let eventBatch = 2000
+
+    struct PendingEvents {
+        var seq: [Int64] = [], kind: [String] = [], vm: [String] = [], actor: [String] = [], host: [String] = []
+        var time: [Int64] = [], gb: [String] = [], ga: [String] = [], payload: [String] = [], reported: [Bool] = []
+        var leaf: [ByteBuffer] = []
+        var isEmpty: Bool { seq.isEmpty }
+    }
 
     init(_ ledger: PostgresLedger, cached: Merkle.Frontier?) throws {
         self.ledger = ledger
@@ -74,11 +86,11 @@ struct PGLogAppender {
                                        timeMicros: time, generationBefore: gb, generationAfter: ga,
                                        payloadText: payload, reported: e.reportedByCaller)
         let leaf = LedgerEntry.leafHash(entry)
-        try ledger.store.query("""
-            INSERT INTO events (seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash)
-            VALUES (\(seq), \(e.kind.rawValue), \(vm), \(e.actor), \(e.host.value), \(time), \(gb), \(ga), \(payload),
-                    \(e.reportedByCaller), \(leaf))
-            """)
+        pending.seq.append(seq); pending.kind.append(e.kind.rawValue); pending.vm.append(vm ?? "")
+        pending.actor.append(e.actor); pending.host.append(e.host.value); pending.time.append(time)
+        pending.gb.append(gb ?? ""); pending.ga.append(ga ?? ""); pending.payload.append(payload)
+        pending.reported.append(e.reportedByCaller); pending.leaf.append(ByteBuffer(bytes: leaf))
+        if pending.seq.count >= Self.eventBatch { try flushEvents() }
         var completed: [(level: Int, index: Int64, hash: Data)] = []
         frontier.append(leaf: leaf) { level, index, hash in
             if level >= Self.storedLevel { completed.append((level, index, hash)) }
@@ -90,8 +102,24 @@ struct PGLogAppender {
                            payload: e.payload, reportedByCaller: e.reportedByCaller, leafHash: leaf)
     }
 
-    /// Writes the completed subtree hashes (one per 256 events at most).
+    /// Inserts the buffered events in one statement (ids and generations are never empty
+    /// strings, so '' stands for NULL in the arrays).
+    mutating func flushEvents() throws {
+        guard !pending.isEmpty else { return }
+        let p = pending
+        try ledger.store.query("""
+            INSERT INTO events (seq, kind, vm, actor, host, time_us, generation_before, generation_after, payload, reported, leaf_hash)
+            SELECT s, k, NULLIF(v, ''), a, h, t, NULLIF(gb, ''), NULLIF(ga, ''), p, r, l
+            FROM unnest(\(p.seq)::bigint[], \(p.kind)::text[], \(p.vm)::text[], \(p.actor)::text[], \(p.host)::text[],
+                        \(p.time)::bigint[], \(p.gb)::text[], \(p.ga)::text[], \(p.payload)::text[], \(p.reported)::boolean[],
+                        \(p.leaf)::bytea[]) AS x(s, k, v, a, h, t, gb, ga, p, r, l)
+            """)
+        pending = PendingEvents()
+    }
+
+    /// Writes the buffered events and the completed subtree hashes (one per 256 events at most).
     mutating func flushNodes() throws {
+        try flushEvents()
         guard !pendingNodes.isEmpty else { return }
         for n in pendingNodes {
             try ledger.store.query("INSERT INTO merkle_nodes (level, idx, hash) VALUES (\(n.level), \(n.index), \(n.hash))")
