@@ -13,6 +13,7 @@ struct DevIngestLoad: ParsableCommand {
     @Option(help: "Concurrent simulated agents (each reports as host load-N).") var agents: Int = 100
     @Option(help: "Events per agent.") var events: Int = 2000
     @Option(help: "Events per request.") var batch: Int = 500
+    @Option(help: "Total events per second to offer, paced evenly over the agents (0: as fast as the server answers).") var rate: Double = 0
 
     func validate() throws {
         guard (1...1000).contains(agents), (1...10_000_000).contains(events), (1...FleetAPI.maxEventsPerRequest).contains(batch) else {
@@ -27,7 +28,9 @@ struct DevIngestLoad: ParsableCommand {
 
     func run() throws {
         guard let token = ProcessInfo.processInfo.environment["WARDEN_TOKEN"] else { throw ValidationError("set $WARDEN_TOKEN to an admin token") }
-        let (agents, events, batch, server) = (self.agents, self.events, self.batch, self.server)
+        let (agents, events, batch, server, rate) = (self.agents, self.events, self.batch, self.server, self.rate)
+        // Paced: each agent sends one batch every agents × batch / rate seconds, starting spread out.
+        let period: Double = rate > 0 ? Double(agents * batch) / rate : 0
         let result: Result = try runAsync {
             let client = FleetClient(server: server, token: token)
             let start = ContinuousClock.now
@@ -36,7 +39,13 @@ struct DevIngestLoad: ParsableCommand {
                     group.addTask {
                         var lat: [Double] = []
                         var sent = 0
+                        let begin = ContinuousClock.now + .milliseconds(Int(period * 1000 * Double(a) / Double(agents)))
+                        var round = 0
                         while sent < events {
+                            if period > 0 {
+                                try await Task.sleep(until: begin + .milliseconds(Int(period * 1000 * Double(round))), clock: .continuous)
+                                round += 1
+                            }
                             let n = min(batch, events - sent)
                             struct E: Encodable { var id: String; var kind = "started"; var payload: [String: Int] }
                             struct B: Encodable { var events: [E] }
