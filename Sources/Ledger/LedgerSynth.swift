@@ -299,7 +299,8 @@ public struct LedgerSynth {
                         case 88..<95:
                             try event(.policyDecision, v, before: gen, payload: Self.decisionPayload(op: "start", effect: rng.below(5) == 0 ? "deny" : "allow", rule: "rule-\(rng.below(12))"))
                         default: // 95..<100
-                            if live.count > 1 || summary.vms == o.vms { try retire(v) }
+                            // The last live VM is never retired (the rest of the run needs one).
+                            if live.count > 1 { try retire(v) }
                             else { try event(.scanned, v, before: gen, payload: Self.scanPayload(vulnerable: 0, worst: 0)) }
                         }
                     }

@@ -75,6 +75,7 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
     /// signed checkpoint is stored in the same transaction and the witness advanced after commit.
     func logWrite<T>(_ body: (Database, inout LogAppender) throws -> T) throws -> T {
         let key = signs ? try signingKey() : nil
+        if let key { try ensureWitness(key: key) }
         var checkpoint: SignedCheckpoint?
         let result = try database.write { db -> T in
             var log = try LogAppender(db: db, file: database.path)
@@ -97,6 +98,20 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
             }
         }
         return result
+    }
+
+    /// Writes a witness of the log as it is before the first signed write: a crash between a
+    /// commit and the witness update then leaves a witness that lags (which verify accepts and
+    /// the next write advances), never none at all (which verify must report, as a deleted
+    /// witness would hide a rewritten log).
+    func ensureWitness(key: HostKey) throws {
+        guard !FileManager.default.fileExists(atPath: witness.path) else { return }
+        let cp = try database.read { db -> SignedCheckpoint in
+            let size = try Rows.treeSize(db)
+            let frontier = try LogAppender.loadFrontier(db, size: size, file: database.path)
+            return try SignedCheckpoint.sign(treeSize: size, root: frontier.root, timeMicros: LedgerTime.micros(Date()), key: key)
+        }
+        try witness.advance(to: cp, publicKey: key.publicKey)
     }
 
     /// The checkpoint to advance the witness to once the transaction commits.
