@@ -89,9 +89,11 @@ let package = Package(
         // The fleet's ledger on PostgreSQL (postgres-nio): the same LedgerStore protocol and
         // store suite as the SQLite ledger. Never linked into warden-hook.
         .target(name: "LedgerPostgres", dependencies: [
-            "WardenCore", "Ledger", "AdvisoryStorage",
+            "WardenCore", "Ledger", "AdvisoryStorage", "Storage",
             .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOFoundationCompat", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),

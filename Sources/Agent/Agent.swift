@@ -14,8 +14,10 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var host: String
     /// The host's bearer token.
     public var token: String
+    /// Seconds the pulled fleet facts stay good on this host (default 300).
+    public var maxStalenessSeconds: Double?
 
-    public init(server: String, host: HostName, token: String) throws {
+    public init(server: String, host: HostName, token: String, maxStalenessSeconds: Double? = nil) throws {
         var s = server
         while s.hasSuffix("/") { s.removeLast() }
         guard let u = URL(string: s), u.scheme == "http" || u.scheme == "https", u.host != nil else {
@@ -23,13 +25,14 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         }
         guard token.hasPrefix("wdn_"), token.utf8.count <= 128 else { throw WardenError(.invalidArgument, "not a Warden token") }
         self.server = s; self.host = host.value; self.token = token
+        if let m = maxStalenessSeconds, !(m >= 1 && m <= 30 * 86_400) {
+            throw WardenError(.invalidArgument, "the staleness bound is 1 s to 30 days")
+        }
+        self.maxStalenessSeconds = maxStalenessSeconds
     }
 
     /// `agent/` beside the database.
-    public static func directory(databasePath: String) -> String {
-        let dir = (databasePath as NSString).deletingLastPathComponent
-        return (dir.isEmpty ? "." : dir) + "/agent"
-    }
+    public static func directory(databasePath: String) -> String { FleetSyncState.directory(databasePath: databasePath) }
 
     public static func load(directory: String) throws -> AgentConfiguration {
         let path = directory + "/agent.json"
@@ -104,15 +107,13 @@ public final class Agent: Sendable {
     var statePath: String { directory + "/state.json" }
 
     /// The last local sequence number the server acknowledged.
-    public func acked() -> Int64 {
-        struct S: Codable { var ackedSeq: Int64 }
-        guard let d = FileManager.default.contents(atPath: statePath), let s = try? JSONDecoder().decode(S.self, from: d) else { return 0 }
-        return max(0, s.ackedSeq)
-    }
+    public func acked() -> Int64 { max(0, FleetSyncState.read(directory: directory)?.ackedSeq ?? 0) }
 
-    func setAcked(_ seq: Int64) throws {
-        struct S: Codable { var ackedSeq: Int64 }
-        try AgentFiles.store(try JSONEncoder().encode(S(ackedSeq: seq)), to: statePath, directory: directory)
+    func saveState(acked: Int64, pulledAt: Date?) throws {
+        let old = FleetSyncState.read(directory: directory)
+        let state = FleetSyncState(ackedSeq: acked, lastPullUs: pulledAt.map(LedgerTime.micros) ?? old?.lastPullUs,
+                                   maxStalenessSeconds: configuration.maxStalenessSeconds)
+        try AgentFiles.store(try JSONEncoder().encode(state), to: statePath, directory: directory)
     }
 
     /// One round: push the events after the mark, push the VMs this host holds with its
@@ -142,7 +143,7 @@ public final class Agent: Sendable {
             round.eventsSent += events.count
             round.eventsNew += answer.results.filter { !$0.duplicate }.count
             mark = events.last!.seq
-            try setAcked(mark)
+            try saveState(acked: mark, pulledAt: nil)
         }
         round.acked = mark
         // 2. The VMs this host holds (an open interval here), parents first, with its intervals.
@@ -173,6 +174,7 @@ public final class Agent: Sendable {
         }
         // 3. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
         // without the network); known ones this host does not hold follow the server.
+        let pulledAt = Date()
         let fleet: [VMRecord] = try await client.call(.GET, "/v1/vms", body: Optional<Int>.none)
         for vm in fleet.sorted(by: { $0.createdAt < $1.createdAt }) {
             if let mine = byID[vm.id] {
@@ -180,6 +182,8 @@ public final class Agent: Sendable {
             }
             do { try local.upsertVM(vm); round.vmsPulled += 1 } catch let e as WardenError where e.code == .conflict { continue }
         }
+        // The pull is complete: decisions on this host may count the fleet's replicas again.
+        try saveState(acked: mark, pulledAt: pulledAt)
         round.pending = try local.eventCount() - mark
         return round
     }

@@ -79,6 +79,12 @@ public protocol LedgerStore: Sendable {
     /// The time of the VM's most recent `scanned` event, if any.
     func lastScan(of vm: VMID) throws -> Date?
 
+    // MARK: Fleet facts
+    /// How fresh this host's copy of the fleet's facts is, when the ledger is one host's of a
+    /// fleet (an enrolled agent beside it); nil when it is the whole truth (a lone host, or the
+    /// fleet's own ledger on the server).
+    func fleetFreshness() throws -> FleetFreshness?
+
     // MARK: Advisory facts
     /// The advisory store that shares this ledger's database (findings of stored inventories,
     /// advisory imports), or nil when the backend has none: policy facts that need it are then

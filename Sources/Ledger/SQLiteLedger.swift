@@ -138,6 +138,16 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         return result
     }
 
+    /// Enrolled when `agent/agent.json` sits beside the database (only its presence is read:
+    /// the file holds the host's token).
+    public func fleetFreshness() throws -> FleetFreshness? {
+        let dir = FleetSyncState.directory(databasePath: database.path)
+        guard FileManager.default.fileExists(atPath: dir + "/agent.json") else { return nil }
+        let state = FleetSyncState.read(directory: dir)
+        return FleetFreshness(lastPull: state?.lastPullUs.map(LedgerTime.date),
+                              bound: state?.maxStalenessSeconds ?? FleetSyncState.defaultMaxStaleness)
+    }
+
     /// The advisory store in the same database.
     public var advisoryFacts: (any AdvisoryFacts)? { AdvisoryStore(database) }
 

@@ -92,6 +92,9 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         return result
     }
 
+    /// The fleet's own ledger is the whole truth.
+    public func fleetFreshness() throws -> FleetFreshness? { nil }
+
     /// The advisory store is not on PostgreSQL yet: policy facts that need findings are
     /// unknown, and rules that need them fail closed (docs/fleet.md).
     public var advisoryFacts: (any AdvisoryFacts)? { nil }

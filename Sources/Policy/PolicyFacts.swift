@@ -141,7 +141,12 @@ public struct LedgerPolicyFacts: PolicyFacts {
     }
 
     public func hostLabels(_ host: HostName) throws -> [String: String]? { try store.host(host)?.labels }
-    public func liveReplicaCount(of vm: VMID) throws -> Int { try store.liveReplicas(of: vm).count }
+    /// On a host of a fleet, the count includes the fleet's VMs the agent pulled; when that copy
+    /// is older than its bound the count is unknown (and `maxReplicas` fails closed, saying why).
+    public func liveReplicaCount(of vm: VMID) throws -> Int {
+        if let fleet = try store.fleetFreshness() { try fleet.requireFresh() }
+        return try store.liveReplicas(of: vm).count
+    }
     public func lastScan(of vm: VMID) throws -> Date? { try store.lastScan(of: vm) }
     public func openFindings(of vm: VMID) throws -> [Severity: Int] {
         if let findings { return try findings(vm) }

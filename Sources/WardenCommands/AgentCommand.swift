@@ -19,6 +19,7 @@ struct AgentEnrol: ParsableCommand {
     @Argument(help: "The server, e.g. http://fleet.example:8480.") var url: String
     @Option(help: "The host token (default: $WARDEN_AGENT_TOKEN).") var token: String?
     @Option(help: "The name this host reports as (default: this host's name).") var host: String?
+    @Option(help: "Seconds the fleet's facts pulled here stay good; older, maxReplicas fails closed (default 300).") var maxStaleness: Double?
 
     func run() throws {
         guard let token = token ?? ProcessInfo.processInfo.environment["WARDEN_AGENT_TOKEN"] else {
@@ -28,7 +29,7 @@ struct AgentEnrol: ParsableCommand {
             guard let n = HostName(h) else { throw ValidationError("not a host name: \(oneLine(h))") }
             return n
         } ?? .current
-        let config = try AgentConfiguration(server: url, host: name, token: token)
+        let config = try AgentConfiguration(server: url, host: name, token: token, maxStalenessSeconds: maxStaleness)
         try config.save(directory: AgentConfiguration.directory(databasePath: database.path))
         Output.stdout.line("enrolled \(name) with \(config.server)")
     }
@@ -113,7 +114,11 @@ struct AgentStatus: ParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "Print JSON.") var json = false
 
-    struct Doc: Encodable { var schema = "warden.agent-status/v1"; var server: String; var host: String; var acked: Int64; var pending: Int64 }
+    struct Doc: Encodable {
+        var schema = "warden.agent-status/v1"; var server: String; var host: String; var acked: Int64; var pending: Int64
+        @ExplicitNull var lastPull: Date?
+        var factsFresh: Bool
+    }
 
     func run() throws {
         let dir = AgentConfiguration.directory(databasePath: database.path)
@@ -122,9 +127,13 @@ struct AgentStatus: ParsableCommand {
         let agent = Agent(local: local, configuration: config, directory: dir)
         defer { try? runAsync { await agent.shutdown() } }
         let acked = agent.acked()
-        let doc = Doc(server: config.server, host: config.host, acked: acked, pending: max(0, try local.eventCount() - acked))
+        let fleet = try local.fleetFreshness()
+        let fresh = fleet.map { f in (try? f.requireFresh()) != nil } ?? false
+        let doc = Doc(server: config.server, host: config.host, acked: acked, pending: max(0, try local.eventCount() - acked),
+                      lastPull: fleet?.lastPull, factsFresh: fresh)
         try Output.render(doc, json: json, style: .ledger) {
             Output.stdout.line("server:   \(doc.server)\nhost:     \(doc.host)\nacked:    \(doc.acked)\npending:  \(doc.pending)")
+            Output.stdout.line("pulled:   \(doc.lastPull.map { LedgerTime.rfc3339(LedgerTime.micros($0)) } ?? "never")\(fresh ? "" : " (stale: maxReplicas fails closed here)")")
         }
     }
 }

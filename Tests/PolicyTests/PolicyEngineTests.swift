@@ -300,6 +300,7 @@ struct UnreachableStore: LedgerStore {
     func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome] { throw fail() }
     func events(after seq: Int64, limit: Int) throws -> [EventRecord] { throw fail() }
     func upsertVM(_ vm: VMRecord) throws { throw fail() }
+    func fleetFreshness() throws -> FleetFreshness? { throw fail() }
     func replaceResidency(vm: VMID, host: HostName, with intervals: [ResidencyRecord]) throws { throw fail() }
     func events(of vm: VMID) throws -> [EventRecord] { throw fail() }
     func event(seq: Int64) throws -> EventRecord? { throw fail() }

@@ -31,6 +31,39 @@ import Storage
         require: { maxReplicas: 2 }
     """
 
+    /// On a host enrolled in a fleet, the replica count includes the VMs the agent pulled; when
+    /// that copy is older than its bound (or was never pulled), maxReplicas fails closed and
+    /// says why. A lone host (no agent) decides from its own ledger as before.
+    @Test func staleFleetFactsFailMaxReplicasClosed() throws {
+        try withLedger { l, dir in
+            let set = try PolicySet.parse(Self.twoCopies)
+            let root = try l.createVM(VMRecord(name: "db", owner: "alice", labels: ["sensitivity": "high"], state: .stopped),
+                                      disks: [], event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!)).0
+            func decide() -> Decision {
+                PolicyGate.decide(PolicyRequest(operation: .copy, host: HostName("h1")!), vm: root, policy: .success(set),
+                                  facts: LedgerPolicyFacts(store: l))
+            }
+            #expect(decide().effect == .allow)
+            let agent = dir + "/agent"
+            try FileManager.default.createDirectory(atPath: agent, withIntermediateDirectories: true)
+            try Data("{}".utf8).write(to: URL(fileURLWithPath: agent + "/agent.json"))
+            // Enrolled, never pulled.
+            #expect(decide().effect == .deny)
+            #expect(decide().reasons.joined().contains("never pulled"), "\(decide().reasons)")
+            func pulled(_ ago: TimeInterval, bound: Double?) throws {
+                let s = FleetSyncState(ackedSeq: 0, lastPullUs: LedgerTime.micros(Date().addingTimeInterval(-ago)), maxStalenessSeconds: bound)
+                try JSONEncoder().encode(s).write(to: URL(fileURLWithPath: agent + "/state.json"))
+            }
+            try pulled(10, bound: nil)
+            #expect(decide().effect == .allow)
+            try pulled(400, bound: nil)        // the default bound is 300 s
+            #expect(decide().effect == .deny)
+            #expect(decide().reasons.joined().contains("400 s old"), "\(decide().reasons)")
+            try pulled(400, bound: 600)
+            #expect(decide().effect == .allow)
+        }
+    }
+
     /// Replicas are the live members of the whole family: from any member, retired ones excluded.
     @Test func replicasAreCountedAcrossLineage() throws {
         try withLedger { l, _ in

@@ -12,7 +12,7 @@ struct LedgerCommand: ParsableCommand {
         commandName: "ledger",
         abstract: "The ledger's tamper-evident log: verify it, prove inclusion and consistency, export it.",
         subcommands: [LedgerInit.self, LedgerVerify.self, LedgerProof.self, LedgerConsistency.self,
-                      LedgerCheckpoint.self, LedgerExport.self]
+                      LedgerCheckpoint.self, LedgerExport.self, LedgerCopy.self]
     )
 }
 
@@ -249,6 +249,31 @@ struct LedgerExport: ParsableCommand {
         let only = try vm.map { try ledger.resolveVM($0).id }
         try LedgerExporter(ledger: ledger).export(vm: only, fromSeq: fromSeq) { line in
             try Output.stdout.write(line)
+        }
+    }
+}
+
+/// `warden ledger copy --database postgres://…`: a one-machine ledger moves to PostgreSQL.
+struct LedgerCopy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy",
+        abstract: "Copy this SQLite ledger, as it is, into an empty PostgreSQL ledger (events, proofs and checkpoints included).",
+        discussion: "The password comes from $PGPASSWORD. Afterwards `warden ledger verify --database URL` checks the copy.")
+    @OptionGroup var options: LedgerLogOptions
+    @Option(help: ArgumentHelp("The PostgreSQL ledger, postgres://user@host:port/database (empty).", valueName: "url")) var database: String
+    @Flag(help: "Print the counts as JSON.") var json = false
+
+    func run() throws {
+        let source = try WardenDatabase(path: options.path, create: false, readOnly: true)
+        let store = try PostgresStore(url: database)
+        defer { store.close() }
+        let showProgress = isatty(2) == 1
+        let counts = try PostgresImport.copy(from: source, to: PostgresLedger(store: store, keysDirectory: nil)) { table, n in
+            if showProgress { FileHandle.standardError.write(Data("\rwarden: \(table): \(n) rows\u{1B}[K".utf8)) }
+        }
+        if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        try Output.render(counts, json: json) {
+            Output.stdout.line("copied \(counts.vms) VMs, \(counts.events) events, \(counts.checkpoints) checkpoints to \(store.location)")
         }
     }
 }
