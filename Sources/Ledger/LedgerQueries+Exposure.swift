@@ -8,6 +8,7 @@ public struct ExposureInterval: Codable, Sendable, Equatable {
     public var kind: ResidencyRecord.Kind
     public var from: Date
     public var to: Date?
+    package init(kind: ResidencyRecord.Kind, from: Date, to: Date?) { self.kind = kind; self.from = from; self.to = to }
 }
 
 /// One VM that may have been tampered with by whoever controlled the host in the window.
@@ -44,6 +45,9 @@ public struct ExposureReport: Codable, Sendable, Equatable {
     public var now: Date
     /// Exposed VMs, ordered by `exposed_since`, then id.
     public var vms: [ExposedVM]
+    package init(host: HostName, from: Date, to: Date, now: Date, vms: [ExposedVM]) {
+        self.host = host; self.from = from; self.to = to; self.now = now; self.vms = vms
+    }
 }
 
 extension LedgerQueries {
@@ -105,8 +109,8 @@ extension LedgerQueries {
 }
 
 /// Turns exposure starts into report entries; shared by every implementation.
-enum ExposureAssembly {
-    static func assemble(since: [VMID: Date], inheritedFrom: [VMID: VMID], intervals: [VMID: [ExposureInterval]],
+package enum ExposureAssembly {
+    package static func assemble(since: [VMID: Date], inheritedFrom: [VMID: VMID], intervals: [VMID: [ExposureInterval]],
                          record: (VMID) -> (name: String, owner: String, state: VMState)?) throws -> [ExposedVM] {
         // The directly exposed ancestor each exposure comes from, and how many steps away (memoized).
         var source: [VMID: (VMID, Int)] = [:]

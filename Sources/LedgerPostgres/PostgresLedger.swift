@@ -460,6 +460,60 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             """).map { try PGRows.residency($0, location) }
     }
 
+    /// Exposure in two statements, as on SQLite: the direct intervals, then one recursive query
+    /// over `vms(parent)` carrying each VM's exposure start down the lineage. Same semantics as
+    /// ``referenceExposure(host:from:to:now:)`` (the store suite compares them).
+    public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
+        guard from <= to else { throw WardenError(.invalidArgument, "the window's start is after its end") }
+        let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), n = LedgerTime.micros(now)
+        var intervals: [VMID: [ExposureInterval]] = [:]
+        for r in try store.query("""
+            SELECT vm, kind, from_us, to_us FROM residency
+            WHERE host = \(host.value) AND from_us <= \(t2)
+              AND ((to_us IS NOT NULL AND to_us > \(t1) AND to_us > from_us) OR (to_us IS NULL AND \(n) > \(t1) AND \(n) > from_us))
+            """) {
+            let c = Cells(r, "residency", location)
+            guard let kind = ResidencyRecord.Kind(rawValue: try c.get("kind")) else { throw c.bad("kind") }
+            intervals[try c.vmid("vm"), default: []].append(ExposureInterval(kind: kind, from: try c.time("from_us"), to: try c.optionalTime("to_us")))
+        }
+        var since: [VMID: Date] = [:]
+        var inheritedFrom: [VMID: VMID] = [:]
+        var records: [VMID: (String, String, VMState)] = [:]
+        for r in try store.query("""
+            WITH RECURSIVE
+              direct(vm, since) AS (
+                SELECT vm, GREATEST(min(from_us), \(t1)) FROM residency
+                WHERE host = \(host.value) AND from_us <= \(t2)
+                  AND ((to_us IS NOT NULL AND to_us > \(t1) AND to_us > from_us) OR (to_us IS NULL AND \(n) > \(t1) AND \(n) > from_us))
+                GROUP BY vm),
+              exposed(vm, since, direct) AS (
+                SELECT vm, since, 1 FROM direct
+                UNION
+                SELECT v.id, v.created_us, 0 FROM vms v JOIN exposed e ON v.parent = e.vm WHERE v.created_us >= e.since)
+            SELECT e.vm, min(CASE WHEN e.direct = 1 THEN e.since END) AS dsince,
+                   min(CASE WHEN e.direct = 0 THEN e.since END) AS isince, v.name, v.owner, v.state, v.parent
+            FROM exposed e JOIN vms v ON v.id = e.vm
+            GROUP BY e.vm, v.id
+            """) {
+            let c = Cells(r, "vms", location)
+            let vm = try c.vmid("vm")
+            guard let state = VMState(rawValue: try c.get("state")) else { throw c.bad("state") }
+            let d = try c.optional("dsince", Int64.self), i = try c.optional("isince", Int64.self)
+            // Direct wins a tie, as in the reference.
+            if let i, d.map({ i < $0 }) ?? true, let p = try c.optionalVMID("parent") {
+                since[vm] = LedgerTime.date(i)
+                inheritedFrom[vm] = p
+            } else if let d {
+                since[vm] = LedgerTime.date(d)
+            } else {
+                continue
+            }
+            records[vm] = (try c.get("name"), try c.get("owner"), state)
+        }
+        let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
+        return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+    }
+
     public func children(of parents: [VMID]) throws -> [VMRecord] {
         guard !parents.isEmpty else { return [] }
         return try store.query("SELECT \(unescaped: PGRows.vmColumns) FROM vms WHERE parent = ANY(\(parents.map(\.description)))")
