@@ -160,8 +160,7 @@ let package = Package(
         .target(name: "StoreTestSupport", dependencies: ["WardenTestSupport", "Ledger", "LedgerPostgres", "Storage", "WardenCore"],
                 path: "Tests/StoreTestSupport"),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server", "Ledger", "WardenCore", "StoreTestSupport", "WardenTestSupport",
-            .product(name: "HummingbirdTesting", package: "hummingbird"),
+            "Server",
             .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "WardenCoreTests", dependencies: ["WardenCore"]),
@@ -175,7 +174,7 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Storage", "AdvisoryStorage", "Ledger", "WardenTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server"]),
     ],
     swiftLanguageModes: [.v6]
 )

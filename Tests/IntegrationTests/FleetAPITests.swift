@@ -1,0 +1,188 @@
+import Foundation
+import Server
+import Testing
+import WardenCore
+import WardenTestSupport
+
+/// The fleet API against a `warden serve` process (real HTTP on loopback, curl as the client)
+/// over each ledger backend. A separate process and a synchronous client: the server's async
+/// handlers never wait for this test process's two cooperative threads, which blocking tests
+/// elsewhere in the run may hold.
+@Suite struct FleetAPITests {
+    enum Backend: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case sqlite, postgres
+        var testDescription: String { rawValue }
+    }
+
+    struct Fixture {
+        let server: ServeProcess
+        var tokens: [String: String]
+        let tmp: String
+
+        /// One request: status and body.
+        func call(_ method: String, _ path: String, as who: String?, body: String? = nil) throws -> (status: Int, body: String) {
+            var args = ["curl", "-sS", "--max-time", "60", "-o", tmp + "/body", "-w", "%{http_code}", "-X", method]
+            if let who, let t = tokens[who] { args += ["-H", "Authorization: Bearer \(t)"] }
+            if let body {
+                try Data(body.utf8).write(to: URL(fileURLWithPath: tmp + "/request"))
+                args += ["-H", "Content-Type: application/json", "--data-binary", "@" + tmp + "/request"]
+            }
+            let r = try Tool.run(args + [server.url + path])
+            let text = (try? String(contentsOfFile: tmp + "/body", encoding: .utf8)) ?? ""
+            return (Int(r.stdoutText) ?? -1, text)
+        }
+
+        func eventCount() throws -> Int {
+            let r = try call("GET", "/v1/events?limit=10000", as: "admin")
+            return (try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [Any])?.count ?? -1
+        }
+    }
+
+    /// A server over a fresh ledger of `backend`, with a VM `web` owned by alice and tokens for
+    /// every role (and one revoked).
+    func withServer(_ backend: Backend, _ body: (Fixture) throws -> Void) throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let home = tmp + "/srv"
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            // The VM is registered in the host ledger and, for PostgreSQL, copied there.
+            try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", tmp + "/web.qcow2", "16M"])
+            try Tool.run([Fixtures.wardenBinary, "vm", "register", "--name", "web", "--owner", "alice", "--host", "h1",
+                          tmp + "/web.qcow2", "--db", home + "/warden.db"])
+            var database: String?
+            var env: [String: String] = [:]
+            var dropped: (() -> Void)?
+            if backend == .postgres {
+                let pg = try PostgresServer.shared()
+                let name = try pg.createDatabase()
+                dropped = { pg.dropDatabase(name) }
+                database = pg.url(name)
+                env = pg.environment
+                try Tool.run([Fixtures.wardenBinary, "ledger", "copy", "--db", home + "/warden.db", "--database", pg.url(name)], environment: env)
+            }
+            defer { dropped?() }
+            let server = ServeProcess(dir: home, listen: "127.0.0.1:0", database: database, environment: env)
+            var tokens: [String: String] = [:]
+            tokens["admin"] = try server.token("root", role: "admin")
+            tokens["operator-alice"] = try Tool.run([Fixtures.wardenBinary, "serve", "token", "add", "alice", "--role", "operator", "--owner", "alice",
+                                                     "--db", home + "/warden.db"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            tokens["operator-bob"] = try Tool.run([Fixtures.wardenBinary, "serve", "token", "add", "bob", "--role", "operator", "--owner", "bob",
+                                                   "--db", home + "/warden.db"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            tokens["auditor"] = try server.token("audit", role: "auditor")
+            tokens["host-h1"] = try server.token("agent-h1", role: "host", host: "h1")
+            tokens["revoked"] = try server.token("old", role: "admin")
+            try Tool.run([Fixtures.wardenBinary, "serve", "token", "revoke", "old", "--db", home + "/warden.db"])
+            tokens["forged"] = "wdn_" + String(repeating: "A", count: 43)
+            try server.start()
+            defer { server.kill9() }
+            try body(Fixture(server: server, tokens: tokens, tmp: tmp))
+        }
+    }
+
+    static let callers = ["none", "admin", "operator-alice", "auditor", "host-h1", "revoked", "forged"]
+
+    /// The concrete request for each route of the API.
+    static func request(_ method: String, _ path: String) -> (String, String, String?) {
+        let uri = path.replacingOccurrences(of: "{ref}", with: "web").replacingOccurrences(of: "{host}", with: "h1")
+            + (path == "/v1/exposure" ? "?host=h1&from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z" : "")
+        var body: String?
+        if method == "POST", path.hasSuffix("/events") { body = #"{"events":[{"id":"matrix-\#(UUID().uuidString)","kind":"started"}]}"# }
+        if method == "PUT" { body = #"{"vms":[],"residency":[]}"# }
+        return (method, uri, body)
+    }
+
+    /// Every role × every endpoint: no token or a bad one is 401, a role the route does not
+    /// allow is 403, an allowed one is answered (never 401/403, never 5xx).
+    @Test(arguments: Backend.allCases) func authorisationMatrix(_ b: Backend) throws {
+        try withServer(b) { f in
+            for route in FleetAPI.routes {
+                for who in Self.callers {
+                    let (method, uri, body) = Self.request(route.method, route.path)
+                    let r = try f.call(method, uri, as: who == "none" ? nil : who, body: body)
+                    let role = ["admin": Role.admin, "operator-alice": .operator, "auditor": .auditor, "host-h1": .host][who]
+                    let expected = role.map { route.allowed.contains($0) ? "answered" : "403" } ?? "401"
+                    let got = r.status == 401 ? "401" : r.status == 403 ? "403" : (r.status > 0 && r.status < 500 ? "answered" : "\(r.status)")
+                    #expect(got == expected, "\(who) \(route.method) \(route.path): \(r.status) \(r.body.prefix(200))")
+                }
+            }
+        }
+    }
+
+    /// A host cannot report another host's events; an operator cannot act on another owner's
+    /// VM; nothing is written by either attempt.
+    @Test(arguments: Backend.allCases) func hostsAndOperatorsStayInTheirLane(_ b: Backend) throws {
+        try withServer(b) { f in
+            let before = try f.eventCount()
+            #expect(try f.call("POST", "/v1/hosts/h2/events", as: "host-h1", body: #"{"events":[{"id":"x1","kind":"started"}]}"#).status == 403)
+            #expect(try f.call("POST", "/v1/vms/web/retire", as: "operator-bob").status == 403)
+            #expect(try f.eventCount() == before)
+            #expect(try f.call("GET", "/v1/vms/web", as: "auditor").body.contains(#""state":"registered""#))
+            // The owner may; the event names the token, not a person it claims to be.
+            #expect(try f.call("POST", "/v1/vms/web/retire", as: "operator-alice").status == 200)
+            let events = try f.call("GET", "/v1/vms/web/events", as: "auditor").body
+            #expect(events.contains(#""actor":"api:alice""#) && events.contains(#""kind":"retired""#))
+            // The host's own report is recorded as from h1, whatever the body claims.
+            #expect(try f.call("POST", "/v1/hosts/h1/events", as: "host-h1", body: #"{"events":[{"id":"x1","kind":"started","actor":"root@h2"}]}"#).status == 200)
+            let all = try f.call("GET", "/v1/events?after=\(before + 1)", as: "auditor").body
+            #expect(all.contains(#""host":"h1""#) && !all.contains(#""host":"h2""#), "\(all.prefix(400))")
+        }
+    }
+
+    /// Bad input on every endpoint that takes any: 4xx with a JSON error naming the problem,
+    /// never 5xx, and nothing written.
+    @Test(arguments: Backend.allCases) func badInputIsRefusedWithNothingWritten(_ b: Backend) throws {
+        try withServer(b) { f in
+            let before = try f.eventCount()
+            let huge = String(repeating: "x", count: FleetAPI.maxBodyBytes + 1)
+            let tooMany = "{\"events\":[" + (0...FleetAPI.maxEventsPerRequest).map { #"{"id":"m\#($0)","kind":"started"}"# }.joined(separator: ",") + "]}"
+            let posts: [(String, Int)] = [
+                ("", 400), ("{", 400), ("[]", 400), ("null", 400), (#"{"events":{}}"#, 400), (#"{"events":[{"kind":"started"}]}"#, 400),
+                (#"{"events":[{"id":"a","kind":5}]}"#, 400), (#"{"events":[{"id":"a","kind":"no-such-kind"}]}"#, 400),
+                (#"{"events":[{"id":"a b","kind":"started"}]}"#, 400), (#"{"events":[{"id":"a","kind":"started","vm":"not-a-uuid"}]}"#, 400),
+                (#"{"events":[{"id":"a","kind":"started","time":"yesterday"}]}"#, 400),
+                (#"{"events":[{"id":"ok1","kind":"started"},{"id":"a","kind":"started","generation_after":"zz"}]}"#, 400),
+                ("{\"events\":[{\"id\":\"a\",\"kind\":\"started\",\"payload\":\(String(repeating: "[", count: 100_000))}]}", 400),
+                (huge, 413), (tooMany, 413),
+            ]
+            for (body, status) in posts {
+                let r = try f.call("POST", "/v1/hosts/h1/events", as: "admin", body: body)
+                #expect(r.status == status, "\(body.prefix(80)): \(r.status) \(r.body.prefix(200))")
+                let json = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]
+                let error = json?["error"] as? [String: Any]
+                #expect(error?["status"] as? Int == r.status, "\(body.prefix(80)): \(r.body.prefix(200))")
+                #expect((error?["message"] as? String)?.contains("\n") == false)
+            }
+            let puts: [(String, Int)] = [("{", 400), (#"{"vms":5,"residency":[]}"#, 400), (#"{"vms":[{"id":"x"}],"residency":[]}"#, 400), (huge, 413)]
+            for (body, status) in puts {
+                let r = try f.call("PUT", "/v1/hosts/h1/vms", as: "admin", body: body)
+                #expect(r.status == status, "PUT \(body.prefix(80)): \(r.status) \(r.body.prefix(200))")
+            }
+            let gets: [(String, Int)] = [
+                ("/v1/events?after=-1", 400), ("/v1/events?limit=0", 400), ("/v1/events?limit=x", 400),
+                ("/v1/exposure", 400), ("/v1/exposure?host=h1&from=now&to=2030-01-01T00:00:00Z", 400),
+                ("/v1/exposure?host=h1&from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z", 400),
+                ("/v1/exposure?host=bad%20host&from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z", 400),
+                ("/v1/vms/no-such-vm", 404), ("/v1/vms/" + String(repeating: "a", count: 300), 400), ("/v1/vms/%ff%fe", 400),
+                ("/v1/no-such-route", 404),
+            ]
+            for (uri, status) in gets {
+                let r = try f.call("GET", uri, as: "admin")
+                #expect(r.status == status, "\(uri): \(r.status) \(r.body.prefix(200))")
+            }
+            #expect(try f.eventCount() == before)
+        }
+    }
+
+    /// Reports are idempotent over HTTP too: the same batch three times appends once.
+    @Test(arguments: Backend.allCases) func repeatedReportsAppendOnce(_ b: Backend) throws {
+        try withServer(b) { f in
+            let before = try f.eventCount()
+            for _ in 0..<3 {
+                #expect(try f.call("POST", "/v1/hosts/h1/events", as: "host-h1", body: #"{"events":[{"id":"r1","kind":"started"},{"id":"r2","kind":"stopped"}]}"#).status == 200)
+            }
+            #expect(try f.eventCount() == before + 2)
+            let text = try f.call("GET", "/metrics", as: "auditor").body
+            #expect(text.contains(#"warden_ingest_events_total{host="h1"} 2"#), "\(text.prefix(2000))")
+            #expect(text.contains("warden_ledger_events \(before + 2)"))
+        }
+    }
+}
