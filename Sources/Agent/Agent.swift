@@ -57,13 +57,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
 enum AgentFiles {
     static func store(_ data: Data, to path: String, directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw WardenError(.io, "cannot write", file: path) }
-        let ok = data.withUnsafeBytes { b in b.count == 0 || write(fd, b.baseAddress, b.count) == b.count } && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else { unlink(tmp); throw WardenError(.io, "cannot write", file: path) }
-        FileDescriptorIO.syncDirectory(directory)
+        try FileDescriptorIO.replaceFile(path, with: Array(data))
     }
 }
 

@@ -99,6 +99,13 @@ public struct IngestedEvent: Sendable {
     public var event: NewEvent
     public init(id: String, event: NewEvent) { self.id = id; self.event = event }
 
+    /// Throws `.invalidArgument` naming the first malformed id (stores check before writing anything).
+    public static func requireValidIDs(_ events: [IngestedEvent]) throws {
+        if let bad = events.first(where: { !isValidID($0.id) }) {
+            throw WardenError(.invalidArgument, "event id \(TerminalText.line(String(bad.id.prefix(64)))) is not 1-128 of A-Z a-z 0-9 . _ : -")
+        }
+    }
+
     public static func isValidID(_ id: String) -> Bool {
         let b = Array(id.utf8)
         return (1...128).contains(b.count) && b.allSatisfy { c in

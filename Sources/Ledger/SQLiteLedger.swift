@@ -342,9 +342,7 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
     }
 
     public func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome] {
-        if let bad = events.first(where: { !IngestedEvent.isValidID($0.id) }) {
-            throw WardenError(.invalidArgument, "event id \(TerminalText.line(String(bad.id.prefix(64)))) is not 1-128 of A-Z a-z 0-9 . _ : -")
-        }
+        try IngestedEvent.requireValidIDs(events)
         return try logWrite { db, log in
             try events.map { item in
                 if let seq = try Int64.fetchOne(db, sql: "SELECT seq FROM ingested WHERE host = ? AND id = ?", arguments: [host.value, item.id]) {

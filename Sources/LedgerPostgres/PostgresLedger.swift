@@ -338,9 +338,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
     }
 
     public func ingest(_ events: [IngestedEvent], from host: HostName) throws -> [IngestOutcome] {
-        if let bad = events.first(where: { !IngestedEvent.isValidID($0.id) }) {
-            throw WardenError(.invalidArgument, "event id \(TerminalText.line(String(bad.id.prefix(64)))) is not 1-128 of A-Z a-z 0-9 . _ : -")
-        }
+        try IngestedEvent.requireValidIDs(events)
         return try logWrite { log in
             // Under the log lock: a concurrent report of the same ids waits, then finds them.
             var known: [String: Int64] = [:]

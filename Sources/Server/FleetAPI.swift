@@ -201,6 +201,21 @@ public struct FleetAPI: Sendable {
         }
     }
 
+    /// A request body of at most `limit` bytes decoded as `T` (snake_case keys, RFC 3339 times):
+    /// 413 when larger, 400 naming what is wrong otherwise.
+    static func body<T: Decodable>(_ type: T.Type, of request: Request, limit: Int, what: String) async throws -> T {
+        var request = request
+        let bytes: ByteBuffer
+        do { bytes = try await request.collectBody(upTo: limit) } catch {
+            throw APIError(.contentTooLarge, "the body is larger than \(limit) bytes")
+        }
+        do { return try LedgerJSON.decoder().decode(T.self, from: Data(buffer: bytes)) } catch let e as APIError {
+            throw e
+        } catch {
+            throw APIError(.badRequest, "the body is not \(what): \(IngestBatch.describe(error))")
+        }
+    }
+
     /// An RFC 3339 time (`2026-12-01T00:00:00Z`, fractions allowed) or a date (`2026-12-01`).
     static func time(_ text: String?, _ name: String) throws -> Date {
         guard let text else { throw APIError(.badRequest, "\(name)= is required (RFC 3339 time)") }
@@ -266,23 +281,7 @@ struct IngestBatch: Decodable {
     var events: [Event]
 
     static func decode(_ request: Request, limit: Int) async throws -> IngestBatch {
-        var request = request
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: limit) } catch {
-            throw APIError(.contentTooLarge, "the body is larger than \(limit) bytes")
-        }
-        let dec = JSONDecoder()
-        dec.keyDecodingStrategy = .convertFromSnakeCase
-        dec.dateDecodingStrategy = .custom { d in
-            let s = try d.singleValueContainer().decode(String.self)
-            return try FleetAPI.time(s, "time")
-        }
-        let batch: IngestBatch
-        do { batch = try dec.decode(IngestBatch.self, from: Data(buffer: body)) } catch let e as APIError {
-            throw e
-        } catch {
-            throw APIError(.badRequest, "the body is not an event batch: \(Self.describe(error))")
-        }
+        let batch = try await FleetAPI.body(IngestBatch.self, of: request, limit: limit, what: "an event batch")
         guard batch.events.count <= FleetAPI.maxEventsPerRequest else {
             throw APIError(.contentTooLarge, "at most \(FleetAPI.maxEventsPerRequest) events per request")
         }
@@ -342,15 +341,7 @@ struct HostReport: Decodable {
     }
 
     static func decode(_ request: Request, limit: Int) async throws -> HostReport {
-        var request = request
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: limit) } catch {
-            throw APIError(.contentTooLarge, "the body is larger than \(limit) bytes")
-        }
-        let report: HostReport
-        do { report = try LedgerJSON.decoder().decode(HostReport.self, from: Data(buffer: body)) } catch {
-            throw APIError(.badRequest, "the body is not a host report: \(IngestBatch.describe(error))")
-        }
+        let report = try await FleetAPI.body(HostReport.self, of: request, limit: limit, what: "a host report")
         guard report.vms.count <= 10_000, report.residency.count <= 100_000 else {
             throw APIError(.contentTooLarge, "at most 10000 VMs and 100000 intervals per report")
         }

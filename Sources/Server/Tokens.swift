@@ -169,15 +169,6 @@ public final class TokenStore: Sendable {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.dateEncodingStrategy = .iso8601
-        let data = try enc.encode(file)
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw WardenError(.io, "cannot write the token file", file: path) }
-        let ok = data.withUnsafeBytes { b in write(fd, b.baseAddress, b.count) == b.count } && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw WardenError(.io, "cannot write the token file", file: path)
-        }
+        try FileDescriptorIO.replaceFile(path, with: Array(try enc.encode(file)))
     }
 }

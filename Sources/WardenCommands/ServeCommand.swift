@@ -86,15 +86,8 @@ struct ServeRun: ParsableCommand {
             Output.stdout.flush()
         }
         // The command is synchronous; the server runs on its event loops until a signal stops it.
-        let done = DispatchSemaphore(value: 0)
-        let failure = Locked<Error?>(nil)
-        Task {
-            do { try await app.runService() } catch { failure.withLock { $0 = error } }
-            done.signal()
-        }
-        done.wait()
-        if let e = failure.withLock({ $0 }) {
-            throw WardenError(.unavailable, "the server stopped: \(e)")
+        do { try runAsync { try await app.runService() } } catch {
+            throw WardenError(.unavailable, "the server stopped: \(error)")
         }
     }
 }

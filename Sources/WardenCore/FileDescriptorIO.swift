@@ -14,6 +14,30 @@ public enum FileDescriptorIO {
         if fd >= 0 { _ = fsync(fd); close(fd) }
     }
 
+    /// Replaces the file at `path` with `bytes`, whole or not at all: a temporary file beside it
+    /// (created with `mode`), written, fsynced, renamed over `path`, and the folder synced unless
+    /// `syncFolder` is false (a caller on a hot path whose file may lag after a crash).
+    public static func replaceFile(_ path: String, with bytes: [UInt8], mode: mode_t = 0o600, syncFolder: Bool = true) throws {
+        let tmp = path + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw WardenError(.io, "cannot write: \(String(cString: strerror(errno)))", file: path) }
+        do {
+            try bytes.withUnsafeBytes { try writeAll(fd, $0, name: path) }
+            guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+            close(fd)
+        } catch {
+            close(fd); unlink(tmp); throw error
+        }
+        guard rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw WardenError(.io, "cannot replace: \(String(cString: strerror(errno)))", file: path)
+        }
+        guard syncFolder else { return }
+        var dir = path
+        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]) } else { dir = "." }
+        syncDirectory(dir)
+    }
+
     public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
         guard let base = buf.baseAddress else { return }
         var done = 0
