@@ -186,3 +186,34 @@ import WardenTestSupport
         }
     }
 }
+
+/// Hostile configuration and token files: one line naming the file and the problem, a non-zero
+/// exit, and no server started.
+@Suite struct ServeFilesTests {
+    @Test func garbledConfigAndTokenFilesAreRefused() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let configs = ["listen: [", String(repeating: "[", count: 10_000), "listen: 5\ndatabase: {a: b}", "\u{0}\u{1}\u{2}binary"]
+            for (i, text) in configs.enumerated() {
+                let path = tmp + "/serve-\(i).yaml"
+                try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+                let r = try Tool.run([Fixtures.wardenBinary, "serve", "--config", path, "--db", tmp + "/w.db", "--listen", "127.0.0.1:0"],
+                                     check: false, timeout: 60)
+                #expect(r.status != 0 && !r.stdoutText.contains("listening"), "config \(i): \(r.stdoutText)")
+                let lines = r.stderr.split(separator: "\n")
+                #expect(lines.count == 1 && lines[0].contains(path), "config \(i): \(r.stderr)")
+            }
+            let tokens = tmp + "/tokens.json"
+            for (i, text) in ["{", #"{"tokens": 5}"#, String(repeating: "x", count: 1000)].enumerated() {
+                try Data(text.utf8).write(to: URL(fileURLWithPath: tokens))
+                let r = try Tool.run([Fixtures.wardenBinary, "serve", "token", "list", "--tokens", tokens], check: false)
+                #expect(r.status != 0, "token file \(i)")
+                let lines = r.stderr.split(separator: "\n")
+                #expect(lines.count == 1 && lines[0].contains(tokens), "token file \(i): \(r.stderr)")
+                // Adding to a garbled list refuses too, and leaves the file as it was.
+                let add = try Tool.run([Fixtures.wardenBinary, "serve", "token", "add", "x", "--role", "auditor", "--tokens", tokens], check: false)
+                #expect(add.status != 0 && add.stdoutText.isEmpty)
+                #expect(try String(contentsOfFile: tokens, encoding: .utf8) == text)
+            }
+        }
+    }
+}
