@@ -1,34 +1,44 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
+import NIOSSL
+import X509
 import Ledger
 import NIOCore
 import NIOFoundationCompat
 import WardenCore
 
-/// How an agent reaches its server: written by `warden agent enrol`, 0600 in a 0700 folder
-/// (it holds the host's token).
+/// How an agent reaches its server: written by `warden agent enrol`, 0600 in a 0700 folder.
+/// The host's identity is its client certificate beside it (`host.key`, `host.pem`), issued by
+/// the server's CA (`ca.pem`) at enrolment (docs/fleet.md, "Hosts and mutual TLS").
 public struct AgentConfiguration: Codable, Sendable, Equatable {
-    /// `http://server:8480` (no trailing slash).
+    /// `https://server:8480` (no trailing slash).
     public var server: String
     /// The host this agent speaks for.
     public var host: String
-    /// The host's bearer token.
-    public var token: String
     /// Seconds the pulled fleet facts stay good on this host (default 300).
     public var maxStalenessSeconds: Double?
 
-    public init(server: String, host: HostName, token: String, maxStalenessSeconds: Double? = nil) throws {
-        var s = server
-        while s.hasSuffix("/") { s.removeLast() }
-        guard let u = URL(string: s), u.scheme == "http" || u.scheme == "https", u.host != nil else {
-            throw WardenError(.invalidArgument, "the server URL must be http(s)://host:port")
-        }
-        guard token.hasPrefix("wdn_"), token.utf8.count <= 128 else { throw WardenError(.invalidArgument, "not a Warden token") }
-        self.server = s; self.host = host.value; self.token = token
+    public init(server: String, host: HostName, maxStalenessSeconds: Double? = nil) throws {
+        self.server = try Self.serverURL(server)
+        self.host = host.value
         if let m = maxStalenessSeconds, !(m >= 1 && m <= 30 * 86_400) {
             throw WardenError(.invalidArgument, "the staleness bound is 1 s to 30 days")
         }
         self.maxStalenessSeconds = maxStalenessSeconds
+    }
+
+    /// An https URL with a host and no path, without trailing slashes.
+    static func serverURL(_ text: String) throws -> String {
+        var s = text
+        while s.hasSuffix("/") { s.removeLast() }
+        guard let u = URL(string: s), u.host != nil, u.path.isEmpty, u.query == nil else {
+            throw WardenError(.invalidArgument, "the server URL must be https://host:port")
+        }
+        guard u.scheme == "https" else {
+            throw WardenError(.invalidArgument, "hosts enrol and report over https only (mutual TLS); start the server with --tls")
+        }
+        return s
     }
 
     /// `agent/` beside the database.
@@ -37,11 +47,13 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public static func load(directory: String) throws -> AgentConfiguration {
         let path = directory + "/agent.json"
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw WardenError(.unavailable, "this host is not enrolled (run warden agent enrol URL --token T)", file: path)
+            throw WardenError(.unavailable, "this host is not enrolled (run warden agent enrol URL --token T --ca-file CA)", file: path)
         }
-        var st = stat()
-        if stat(path, &st) == 0, st.st_mode & 0o077 != 0 {
-            throw WardenError(.denied, "the agent file is readable by others; chmod 600 it", file: path)
+        for file in [path, directory + "/host.key"] {
+            var st = stat()
+            if stat(file, &st) == 0, st.st_mode & 0o077 != 0 {
+                throw WardenError(.denied, "the file is readable by others; chmod 600 it", file: file)
+            }
         }
         do { return try JSONDecoder().decode(AgentConfiguration.self, from: data) } catch {
             throw WardenError(.corrupt, "the agent file is not an agent configuration", file: path)
@@ -51,6 +63,60 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public func save(directory: String) throws {
         try AgentFiles.store(try JSONEncoder().encode(self), to: directory + "/agent.json", directory: directory)
     }
+
+    /// The TLS client configuration: trust only the fleet's CA, present the host's certificate.
+    public func tls(directory: String) throws -> TLSConfiguration {
+        var tls = try FleetClient.trusting(caFile: directory + "/ca.pem")
+        let certPath = directory + "/host.pem", keyPath = directory + "/host.key"
+        do {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certPath).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem))
+        } catch {
+            throw WardenError(.corrupt, "the host's certificate or key is unreadable (enrol again)", file: certPath)
+        }
+        return tls
+    }
+
+    /// Enrols this host: makes its key (which never leaves it), sends a certificate request
+    /// with the one-time token, and keeps the certificate the server issues. The server is
+    /// trusted only through `caFile`, the fleet CA an administrator handed over
+    /// (`warden serve ca`), never on first use.
+    public static func enrol(server: String, host: HostName, token: String, caFile: String, maxStalenessSeconds: Double?,
+                             directory: String) async throws -> AgentConfiguration {
+        guard token.hasPrefix("wdn_"), token.utf8.count <= 128 else { throw WardenError(.invalidArgument, "not a Warden token") }
+        let config = try AgentConfiguration(server: server, host: host, maxStalenessSeconds: maxStalenessSeconds)
+        let tls = try FleetClient.trusting(caFile: caFile)
+        let key = P256.Signing.PrivateKey()
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: try DistinguishedName { CommonName(String(host.value.prefix(64))) },
+            privateKey: .init(key), attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256)
+        let client = FleetClient(server: config.server, token: token, tls: tls)
+        let answer: EnrolReply
+        do {
+            struct Body: Encodable { var csr: String }
+            answer = try await client.call(.POST, "/v1/enrol", body: Body(csr: try csr.serializeAsPEM().pemString))
+            await client.shutdown()
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+        guard answer.host == host.value else {
+            throw WardenError(.denied, "the token was made for host \(answer.host), not \(host.value)")
+        }
+        let caPEM = (try? String(contentsOfFile: caFile, encoding: .utf8)) ?? ""
+        guard (try? Certificate(pemEncoded: answer.ca)) == (try? Certificate(pemEncoded: caPEM)),
+              let cert = try? Certificate(pemEncoded: answer.certificate),
+              cert.publicKey == Certificate.PublicKey(key.publicKey) else {
+            throw WardenError(.denied, "the server's answer does not match the CA file and this host's key")
+        }
+        try AgentFiles.store(Data(key.pemRepresentation.utf8), to: directory + "/host.key", directory: directory)
+        try AgentFiles.store(Data(answer.certificate.utf8), to: directory + "/host.pem", directory: directory)
+        try AgentFiles.store(Data(caPEM.utf8), to: directory + "/ca.pem", directory: directory)
+        try config.save(directory: directory)
+        return config
+    }
+
+    struct EnrolReply: Decodable { var host: String; var certificate: String; var ca: String }
 }
 
 /// Small files the agent keeps, written whole (temporary file, fsync, rename), 0600 in 0700.
@@ -78,11 +144,11 @@ public final class Agent: Sendable {
     /// Events per request.
     public static let batch = 500
 
-    public init(local: any LedgerStore, configuration: AgentConfiguration, directory: String) {
+    public init(local: any LedgerStore, configuration: AgentConfiguration, directory: String) throws {
         self.local = local
         self.configuration = configuration
         self.directory = directory
-        self.client = FleetClient(server: configuration.server, token: configuration.token)
+        self.client = FleetClient(server: configuration.server, token: nil, tls: try configuration.tls(directory: directory))
     }
 
     public func shutdown() async { await client.shutdown() }
@@ -205,18 +271,20 @@ struct ServerError: Decodable {
     var error: Inner
 }
 
-/// A client of the fleet API with a bearer token (the agent's, or a person's for the CLI).
+/// A client of the fleet API: with the host's client certificate (the agent), or a bearer token
+/// (a person's, for the CLI; a host's one-time token, to enrol).
 public struct FleetClient: Sendable {
     public let server: String
-    let token: String
+    let token: String?
     let http: HTTPClient
 
-    public init(server: String, token: String) {
+    public init(server: String, token: String?, tls: TLSConfiguration? = nil) {
         var s = server
         while s.hasSuffix("/") { s.removeLast() }
         self.server = s
         self.token = token
         var c = HTTPClient.Configuration()
+        if let tls { c.tlsConfiguration = tls }
         c.timeout = .init(connect: .seconds(5), read: .seconds(30))
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
     }
@@ -232,7 +300,7 @@ public struct FleetClient: Sendable {
         case .POST: req.method = .POST
         case .PUT: req.method = .PUT
         }
-        req.headers.add(name: "Authorization", value: "Bearer \(token)")
+        if let token { req.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let body {
             req.headers.add(name: "Content-Type", value: "application/json")
             req.body = .bytes(ByteBuffer(data: try LedgerJSON.encoder(pretty: false).encode(body)))
@@ -252,4 +320,21 @@ public struct FleetClient: Sendable {
             throw WardenError(.unavailable, "the server's answer to \(path) is not what this agent expects")
         }
     }
+}
+
+extension FleetClient {
+    /// A TLS client configuration that trusts only the CA in `caFile`.
+    public static func trusting(caFile: String) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        do {
+            let roots = try NIOSSLCertificate.fromPEMFile(caFile)
+            guard !roots.isEmpty else { throw WardenError(.corrupt, "no certificate in it") }
+            tls.trustRoots = .certificates(roots)
+        } catch {
+            throw WardenError(.invalidArgument, "not a PEM CA certificate", file: caFile)
+        }
+        return tls
+    }
+
 }

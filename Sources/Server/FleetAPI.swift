@@ -5,14 +5,18 @@ import Ledger
 import NIOCore
 import NIOPosix
 import WardenCore
+import X509
 
 /// The request context: the principal the auth middleware found.
 public struct WardenRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var principal: Principal?
+    /// The connection (for the peer's TLS certificate).
+    public let channel: any Channel
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         principal = nil
+        channel = source.channel
     }
     /// Request bodies larger than this are refused with 413 (docs/fleet.md, "Limits").
     public var maxUploadSize: Int { FleetAPI.maxBodyBytes }
@@ -55,6 +59,8 @@ public struct FleetAPI: Sendable {
 
     let store: any LedgerQueries
     let metrics: ServerMetrics
+    let tokens: TokenStore
+    let pki: FleetPKI?
 
     /// Runs blocking store work on the thread pool, never on an event loop (docs/decisions.md).
     func blocking<T: Sendable>(_ body: @escaping @Sendable (any LedgerQueries) throws -> T) async throws -> T {
@@ -88,6 +94,7 @@ public struct FleetAPI: Sendable {
         ("GET", "/v1/census", [.admin, .operator, .auditor]),
         ("GET", "/metrics", [.admin, .auditor]),
         ("POST", "/v1/login-links", [.admin, .operator, .auditor]),
+        ("POST", "/v1/enrol", [.host]),
     ]
 
     static func allowed(_ method: String, _ path: String) -> Set<Role> {
@@ -139,6 +146,26 @@ public struct FleetAPI: Sendable {
                     return try s.updateVM(vm.id, event: NewEvent(kind: .retired, vm: vm.id, actor: "api:\(who.name)")) { $0.state = .retired }.0
                 }
             })
+        }
+        router.post("/v1/enrol") { request, ctx in
+            try ctx.require(Self.allowed("POST", "/v1/enrol"))
+            guard let pki else { throw APIError(.badRequest, "this server runs without TLS: hosts cannot enrol (start it with --tls)") }
+            guard ctx.principal?.credential == .token, let token = request.headers[.authorization]?.split(separator: " ", maxSplits: 1).last else {
+                throw APIError(.forbidden, "enrolment takes the host's one-time token")
+            }
+            struct Body: Decodable { var csr: String }
+            let body = try await Self.body(Body.self, of: request, limit: 64 << 10, what: "an enrolment request")
+            // Checked before the token is spent: a bad request leaves the token usable.
+            let csr: CertificateSigningRequest
+            do { csr = try FleetPKI.request(body.csr) } catch let e as WardenError { throw APIError.from(e) }
+            let tokens = self.tokens
+            let issued = try await NIOThreadPool.singleton.runIfActive { () throws -> (String, FleetPKI.Issued)? in
+                guard let host = try tokens.spendEnrolment(token: String(token)) else { return nil }
+                return try pki.issue(host: host, csr: csr)
+            }
+            guard let issued else { throw APIError(.unauthorized, "unknown, revoked or spent token") }
+            let record = issued.1
+            return try Self.json(EnrolAnswer(host: record.host, certificate: issued.0, ca: pki.caPEM, serial: record.serial, notAfter: record.notAfter))
         }
         router.get("/v1/hosts") { _, ctx in
             try ctx.require(Self.allowed("GET", "/v1/hosts"))
@@ -227,7 +254,7 @@ public struct FleetAPI: Sendable {
 extension WardenRequestContext {
     /// Refuses the request unless the caller's role is one of `roles` (401 without a caller).
     func require(_ roles: Set<Role>) throws {
-        guard let p = principal else { throw APIError(.unauthorized, "a bearer token is required") }
+        guard let p = principal else { throw APIError(.unauthorized, "a bearer token (or a host's client certificate) is required") }
         guard roles.contains(p.role) else { throw APIError(.forbidden, "role \(p.role.rawValue) may not do this") }
     }
 
@@ -298,6 +325,15 @@ struct IngestBatch: Decodable {
         default: return "malformed JSON"
         }
     }
+}
+
+/// The answer to `POST /v1/enrol`: the host's certificate and the CA that issued it.
+public struct EnrolAnswer: Codable, Sendable {
+    public var host: String
+    public var certificate: String
+    public var ca: String
+    public var serial: String
+    public var notAfter: Date
 }
 
 /// The body of `PUT /v1/hosts/{host}/vms`: the VMs a host holds and its residency intervals.

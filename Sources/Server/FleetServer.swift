@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdTLS
 import Ledger
 import Logging
 import NIOCore
@@ -49,6 +50,9 @@ struct AuthAndMetricsMiddleware: RouterMiddleware {
     let tokens: TokenStore
     let metrics: ServerMetrics
     let sessions: Sessions
+    /// The CA whose host certificates identify hosts (nil: a plain-HTTP server, where no host
+    /// can report).
+    let pki: FleetPKI?
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
@@ -56,19 +60,31 @@ struct AuthAndMetricsMiddleware: RouterMiddleware {
         // must not carry a browser into changing anything).
         let path = request.uri.path
         if !path.hasPrefix("/v1/"), path != "/metrics", let session = Dashboard.sessionCookie(request),
-           let p = sessions.principal(session: session), tokens.isLive(name: p.name) {
+           var p = sessions.principal(session: session), tokens.isLive(name: p.name) {
+            p.credential = .session
             context.principal = p
+        }
+        func refuse(_ message: String) throws -> Response {
+            metrics.request(method: request.method.rawValue, status: 401, took: .zero)
+            return try APIError(.unauthorized, message).response(from: request, context: context)
         }
         if let auth = request.headers[.authorization] {
             let parts = auth.split(separator: " ", maxSplits: 1)
             if parts.count == 2, parts[0].lowercased() == "bearer" {
                 context.principal = tokens.principal(forToken: String(parts[1]))
-                if context.principal == nil {
-                    let r = try APIError(.unauthorized, "unknown or revoked token").response(from: request, context: context)
-                    metrics.request(method: request.method.rawValue, status: 401, took: .zero)
-                    return r
+                guard let p = context.principal else { return try refuse("unknown, revoked or spent token") }
+                // A host token is a one-time enrolment token: it buys a certificate, nothing else.
+                if p.role == .host, path != "/v1/enrol" {
+                    return try refuse("a host token only enrols the host (POST /v1/enrol); hosts then call with their client certificate")
                 }
             }
+        } else if let pki, let cert = try? await context.channel.nioSSL_peerCertificate().get() {
+            // Verified against the CA by the TLS handshake; the issued list says whose it is and
+            // whether it still stands.
+            guard let host = pki.host(forSerial: cert.serialNumber) else {
+                return try refuse("this client certificate is revoked, expired or unknown")
+            }
+            context.principal = Principal(name: "host:\(host.value)", role: .host, owner: nil, host: host, credential: .certificate)
         }
         let start = ContinuousClock.now
         do {
@@ -97,8 +113,14 @@ public struct FleetServer: Sendable {
         public var port = 8480
         public var tokensFile: String
         public var logLevel: Logger.Level = .info
-        public init(host: String = "127.0.0.1", port: Int = 8480, tokensFile: String, logLevel: Logger.Level = .info) {
+        /// Serve HTTPS with the server's own CA, and identify hosts by client certificate.
+        public var tls = false
+        /// The names the server's certificate is for (default ``FleetPKI/defaultNames(listenHost:)``).
+        public var tlsNames: [String] = []
+        public init(host: String = "127.0.0.1", port: Int = 8480, tokensFile: String, logLevel: Logger.Level = .info,
+                    tls: Bool = false, tlsNames: [String] = []) {
             self.host = host; self.port = port; self.tokensFile = tokensFile; self.logLevel = logLevel
+            self.tls = tls; self.tlsNames = tlsNames
         }
     }
 
@@ -106,16 +128,20 @@ public struct FleetServer: Sendable {
     public let store: any LedgerQueries
     public let metrics = ServerMetrics()
     public let sessions = Sessions()
+    /// The server's CA (with `tls`).
+    public let pki: FleetPKI?
 
-    public init(configuration: Configuration, store: any LedgerQueries) {
+    public init(configuration: Configuration, store: any LedgerQueries) throws {
         self.configuration = configuration
         self.store = store
+        pki = configuration.tls ? try FleetPKI(directory: FleetPKI.directory(tokensFile: configuration.tokensFile)) : nil
     }
 
     public func router() throws -> Router<WardenRequestContext> {
         let router = Router(context: WardenRequestContext.self)
-        router.add(middleware: AuthAndMetricsMiddleware(tokens: TokenStore(path: configuration.tokensFile), metrics: metrics, sessions: sessions))
-        let api = FleetAPI(store: store, metrics: metrics)
+        let tokens = TokenStore(path: configuration.tokensFile)
+        router.add(middleware: AuthAndMetricsMiddleware(tokens: tokens, metrics: metrics, sessions: sessions, pki: pki))
+        let api = FleetAPI(store: store, metrics: metrics, tokens: tokens, pki: pki)
         api.add(to: router)
         try Dashboard(api: api, sessions: sessions).add(to: router)
         return router
@@ -125,7 +151,9 @@ public struct FleetServer: Sendable {
     public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         var logger = Logger(label: "warden.serve")
         logger.logLevel = configuration.logLevel
-        return Application(router: try router(),
+        let names = configuration.tlsNames.isEmpty ? FleetPKI.defaultNames(listenHost: configuration.host) : configuration.tlsNames
+        let tls = try pki?.serverTLS(names: names)
+        return Application(router: try router(), server: try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
                            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "warden"),
                            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
                            logger: logger)

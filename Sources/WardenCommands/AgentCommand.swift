@@ -14,10 +14,17 @@ struct AgentCommand: ParsableCommand {
 struct AgentEnrol: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "enrol", abstract: "Set this host up to report to a server.",
-        discussion: "The token is a host token made on the server (warden serve token add NAME --role host --host HOST). Pass it in $WARDEN_AGENT_TOKEN rather than --token to keep it out of the process list.")
+        discussion: """
+        The token is a one-time host token made on the server (warden serve token add NAME --role host --host HOST); \
+        the CA file is the fleet CA printed by warden serve ca, handed over out of band. The host makes its key, \
+        sends a certificate request with the token, and keeps the client certificate the server issues (0600, in \
+        agent/ beside the database). Pass the token in $WARDEN_AGENT_TOKEN rather than --token to keep it out of \
+        the process list.
+        """)
     @OptionGroup var database: DatabaseOptions
-    @Argument(help: "The server, e.g. http://fleet.example:8480.") var url: String
-    @Option(help: "The host token (default: $WARDEN_AGENT_TOKEN).") var token: String?
+    @Argument(help: "The server, e.g. https://fleet.example:8480.") var url: String
+    @Option(help: "The one-time host token (default: $WARDEN_AGENT_TOKEN).") var token: String?
+    @Option(help: ArgumentHelp("The fleet CA's certificate (warden serve ca).", valueName: "path")) var caFile: String
     @Option(help: "The name this host reports as (default: this host's name).") var host: String?
     @Option(help: "Seconds the fleet's facts pulled here stay good; older, maxReplicas fails closed (default 300).") var maxStaleness: Double?
 
@@ -29,8 +36,11 @@ struct AgentEnrol: ParsableCommand {
             guard let n = HostName(h) else { throw ValidationError("not a host name: \(oneLine(h))") }
             return n
         } ?? .current
-        let config = try AgentConfiguration(server: url, host: name, token: token, maxStalenessSeconds: maxStaleness)
-        try config.save(directory: AgentConfiguration.directory(databasePath: database.path))
+        let dir = AgentConfiguration.directory(databasePath: database.path)
+        let (url, caFile, maxStaleness) = (self.url, self.caFile, self.maxStaleness)
+        let config = try runAsync {
+            try await AgentConfiguration.enrol(server: url, host: name, token: token, caFile: caFile, maxStalenessSeconds: maxStaleness, directory: dir)
+        }
         Output.stdout.line("enrolled \(name) with \(config.server)")
     }
 }
@@ -65,7 +75,7 @@ struct AgentRun: ParsableCommand {
         let dir = AgentConfiguration.directory(databasePath: database.path)
         let config = try AgentConfiguration.load(directory: dir)
         let local = try database.open(create: true)
-        let agent = Agent(local: local, configuration: config, directory: dir)
+        let agent = try Agent(local: local, configuration: config, directory: dir)
         let json = self.json
         @Sendable func show(_ r: Agent.Round) {
             if json, let text = try? Output.ledgerJSON(r) {
@@ -124,7 +134,7 @@ struct AgentStatus: ParsableCommand {
         let dir = AgentConfiguration.directory(databasePath: database.path)
         let config = try AgentConfiguration.load(directory: dir)
         let local = try database.open(create: false, readOnly: true)
-        let agent = Agent(local: local, configuration: config, directory: dir)
+        let agent = try Agent(local: local, configuration: config, directory: dir)
         defer { try? runAsync { await agent.shutdown() } }
         let acked = agent.acked()
         let fleet = try local.fleetFreshness()

@@ -14,11 +14,13 @@ struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve", abstract: "Serve the fleet API over the ledger (SQLite here, or PostgreSQL).",
         discussion: """
-        Settings come from --config (YAML: listen, database, db, tokens, log_level), then the
-        environment ($WARDEN_DATABASE_URL; the PostgreSQL password from $PGPASSWORD), then flags.
+        Settings come from --config (YAML: listen, database, db, tokens, log_level, tls,
+        tls_names), then the environment ($WARDEN_DATABASE_URL; the PostgreSQL password from
+        $PGPASSWORD), then flags. With --tls the server is its own CA: hosts enrol with a
+        one-time host token and then report with the client certificate it issues.
         Stops gracefully on SIGTERM or SIGINT.
         """,
-        subcommands: [ServeRun.self, ServeToken.self, ServeLoginLink.self], defaultSubcommand: ServeRun.self)
+        subcommands: [ServeRun.self, ServeToken.self, ServeCA.self, ServeCerts.self, ServeLoginLink.self], defaultSubcommand: ServeRun.self)
 }
 
 /// What `warden serve` reads from its config file; every key is optional.
@@ -28,7 +30,9 @@ struct ServeSettings: Decodable {
     var db: String?
     var tokens: String?
     var logLevel: String?
-    enum CodingKeys: String, CodingKey { case listen, database, db, tokens, logLevel = "log_level" }
+    var tls: Bool?
+    var tlsNames: [String]?
+    enum CodingKeys: String, CodingKey { case listen, database, db, tokens, logLevel = "log_level", tls, tlsNames = "tls_names" }
 
     static func load(_ path: String?) throws -> ServeSettings {
         guard let path else { return ServeSettings() }
@@ -41,7 +45,7 @@ struct ServeSettings: Decodable {
             throw WardenError(.invalidArgument, "the config file nests deeper than \(YAMLNesting.maxDepth) levels", file: path)
         }
         do { return try YAMLDecoder().decode(ServeSettings.self, from: text) } catch {
-            throw WardenError(.invalidArgument, "the config file is not a warden serve configuration (listen, database, db, tokens, log_level)", file: path)
+            throw WardenError(.invalidArgument, "the config file is not a warden serve configuration (listen, database, db, tokens, log_level, tls, tls_names)", file: path)
         }
     }
     init() {}
@@ -62,6 +66,9 @@ struct ServeRun: ParsableCommand {
     @Option(help: ArgumentHelp("The SQLite database (default as for every command).", valueName: "path")) var db: String?
     @Option(help: ArgumentHelp("The token list (default: server/tokens.json beside the database).", valueName: "path")) var tokens: String?
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level")) var logLevel: String?
+    @Flag(help: "Serve HTTPS as the fleet's CA; hosts enrol and report with client certificates (mutual TLS).") var tls = false
+    @Option(name: .customLong("tls-name"), help: ArgumentHelp("A DNS name or IP address for the server's certificate (repeatable; default: the listen address, this host's name, loopback).", valueName: "name"))
+    var tlsNames: [String] = []
 
     func run() throws {
         let file = try ServeSettings.load(config)
@@ -76,10 +83,16 @@ struct ServeRun: ParsableCommand {
         let dbPath = WardenDatabase.defaultPath(explicit: db ?? file.db)
         let url = database ?? file.database ?? env["WARDEN_DATABASE_URL"]
         let store = try FleetStores.open(database: url, path: dbPath, keysDirectory: nil)
-        let server = FleetServer(configuration: .init(host: String(listenText[..<colon]), port: port,
+        let server = try FleetServer(configuration: .init(host: String(listenText[..<colon]), port: port,
                                                       tokensFile: tokens ?? file.tokens ?? defaultTokensPath(db: db ?? file.db),
-                                                      logLevel: level),
+                                                      logLevel: level, tls: tls || (file.tls ?? false),
+                                                      tlsNames: tlsNames.isEmpty ? (file.tlsNames ?? []) : tlsNames),
                                  store: store)
+        if let pki = server.pki {
+            Output.stdout.line("warden serve: https with mutual TLS for hosts; CA \(pki.caFingerprint) (warden serve ca prints it)")
+        } else if !["127.0.0.1", "::1", "localhost"].contains(String(listenText[..<colon])) {
+            Output.note("warden serve: plain HTTP off loopback: tokens cross the network in clear, and no host can report (use --tls)")
+        }
         let app = try server.application { port in
             // One line when the server is up, for scripts and tests (the port matters with :0).
             Output.stdout.line("warden serve: listening on \(listenText[..<colon]):\(port)")
@@ -101,7 +114,8 @@ struct ServeToken: ParsableCommand {
 struct TokenFileOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The token list (default: server/tokens.json beside the database).", valueName: "path")) var tokens: String?
     @Option(help: ArgumentHelp("The database whose folder holds the default token list.", valueName: "path")) var db: String?
-    var store: TokenStore { TokenStore(path: tokens ?? defaultTokensPath(db: db)) }
+    var path: String { tokens ?? defaultTokensPath(db: db) }
+    var store: TokenStore { TokenStore(path: path) }
 }
 
 struct ServeTokenAdd: ParsableCommand {
@@ -111,7 +125,7 @@ struct ServeTokenAdd: ParsableCommand {
     @Argument(help: "A name for the token (who or what uses it).") var name: String
     @Option(help: "admin, operator, auditor or host.") var role: String
     @Option(help: "For operator tokens: the owner whose VMs it may act on.") var owner: String?
-    @Option(help: "For host tokens: the host whose events it may report.") var host: String?
+    @Option(help: "For host tokens (one-time enrolment tokens): the host it enrols.") var host: String?
 
     func run() throws {
         guard let r = Role(rawValue: role) else { throw ValidationError("--role is admin, operator, auditor or host") }
@@ -134,7 +148,7 @@ struct ServeTokenList: ParsableCommand {
         try Output.render(Doc(tokens: list), json: json, style: .ledger) {
             var rows = [["NAME", "ROLE", "OWNER", "HOST", "STATE"]]
             for t in list {
-                rows.append([t.name, t.role.rawValue, t.owner ?? "-", t.host ?? "-", t.revoked == nil ? "live" : "revoked"])
+                rows.append([t.name, t.role.rawValue, t.owner ?? "-", t.host ?? "-", t.revoked != nil ? "revoked" : t.used != nil ? "spent" : "live"])
             }
             for line in table(rows) { Output.stdout.line(line) }
         }
@@ -151,17 +165,65 @@ struct ServeTokenRevoke: ParsableCommand {
     }
 }
 
+struct ServeCA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca", abstract: "Print the fleet CA's certificate (PEM), to hand to hosts as their --ca-file; makes the CA if there is none.")
+    @OptionGroup var file: TokenFileOptions
+    @Flag(help: "Print only its SHA-256 fingerprint.") var fingerprint = false
+    func run() throws {
+        let pki = try FleetPKI(directory: FleetPKI.directory(tokensFile: file.path))
+        Output.stdout.line(fingerprint ? pki.caFingerprint : pki.caPEM.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}
+
+struct ServeCerts: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "certs", abstract: "List and revoke the host certificates the server issued.",
+        subcommands: [ServeCertsList.self, ServeCertsRevoke.self])
+}
+
+struct ServeCertsList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the host certificates issued.", aliases: ["ls"])
+    @OptionGroup var file: TokenFileOptions
+    @Flag(help: "Print JSON.") var json = false
+    struct Doc: Encodable { var schema = "warden.host-certificates/v1"; var certificates: [FleetPKI.Issued] }
+    func run() throws {
+        let list = try FleetPKI(directory: FleetPKI.directory(tokensFile: file.path), create: false).listIssued()
+        try Output.render(Doc(certificates: list), json: json, style: .ledger) {
+            var rows = [["HOST", "SERIAL", "NOT AFTER", "STATE"]]
+            for c in list {
+                rows.append([c.host, String(c.serial.prefix(16)), LedgerTime.rfc3339(LedgerTime.micros(c.notAfter)),
+                             c.revoked != nil ? "revoked" : c.notAfter < Date() ? "expired" : "live"])
+            }
+            for line in table(rows) { Output.stdout.line(line) }
+        }
+    }
+}
+
+struct ServeCertsRevoke: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "revoke", abstract: "Revoke every certificate of a host; the server refuses them from the next request on.")
+    @OptionGroup var file: TokenFileOptions
+    @Argument(help: "The host.") var host: String
+    func run() throws {
+        guard let h = HostName(host) else { throw ValidationError("not a host name: \(oneLine(host))") }
+        let n = try FleetPKI(directory: FleetPKI.directory(tokensFile: file.path), create: false).revoke(host: h)
+        Output.stdout.line("revoked \(n) certificate\(n == 1 ? "" : "s") of \(h)")
+    }
+}
+
 struct ServeLoginLink: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "login-link", abstract: "Print a one-time dashboard link (valid 60 s) for the token in $WARDEN_TOKEN.")
     @Option(help: ArgumentHelp("The server, e.g. http://127.0.0.1:8480.", valueName: "url")) var server: String
     @Option(help: ArgumentHelp("The page to open after signing in.", valueName: "path")) var next: String = "/"
+    @Option(help: ArgumentHelp("The CA to trust for an https server (warden serve ca); default: the system's.", valueName: "path")) var caFile: String?
 
     func run() throws {
         guard let token = ProcessInfo.processInfo.environment["WARDEN_TOKEN"], !token.isEmpty else {
             throw ValidationError("set $WARDEN_TOKEN to an admin, operator or auditor token")
         }
-        let client = FleetClient(server: server, token: token)
+        let client = FleetClient(server: server, token: token, tls: try caFile.map { try FleetClient.trusting(caFile: $0) })
         struct Link: Decodable { var path: String }
         let link: Link = try runAsync {
             defer { Task { await client.shutdown() } }

@@ -28,7 +28,7 @@ import WardenTestSupport
         _ = chmod(tmp, 0o755)
         try Tool.run([Fixtures.wardenBinary, "dev", "synth", "--db", tmp + "/srv/warden.db", "--vms", "80", "--events", "4000",
                       "--hosts", "4", "--seed", "3"])
-        let server = ServeProcess(dir: tmp + "/srv", listen: "127.0.0.1:0", database: nil)
+        let server = ServeProcess(dir: tmp + "/srv", listen: "127.0.0.1:0", database: nil, tls: false)
         let token = try server.token("viewer", role: "auditor")
         try server.start()
         defer { server.kill9() }

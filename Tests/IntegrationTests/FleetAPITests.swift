@@ -4,8 +4,9 @@ import Testing
 import WardenCore
 import WardenTestSupport
 
-/// The fleet API against a `warden serve` process (real HTTP on loopback, curl as the client)
-/// over each ledger backend. A separate process and a synchronous client: the server's async
+/// The fleet API against a `warden serve --tls` process (real HTTPS on loopback, curl as the
+/// client; the host calls with the client certificate it got at enrolment) over each ledger
+/// backend. A separate process and a synchronous client: the server's async
 /// handlers never wait for this test process's two cooperative threads, which blocking tests
 /// elsewhere in the run may hold.
 @Suite struct FleetAPITests {
@@ -19,15 +20,20 @@ import WardenTestSupport
         var tokens: [String: String]
         let tmp: String
 
-        /// One request: status and body.
+        /// Client certificates by caller: the agent's files after `warden agent enrol`.
+        var certificates: [String: (cert: String, key: String)] = [:]
+
+        /// One request: status and body (status 0 when the TLS handshake failed).
         func call(_ method: String, _ path: String, as who: String?, body: String? = nil) throws -> (status: Int, body: String) {
-            var args = ["curl", "-sS", "--max-time", "60", "-o", tmp + "/body", "-w", "%{http_code}", "-X", method]
+            try? FileManager.default.removeItem(atPath: tmp + "/body")
+            var args = ["curl", "-sS", "--max-time", "60", "-o", tmp + "/body", "-w", "%{http_code}", "-X", method] + server.curlTrust
             if let who, let t = tokens[who] { args += ["-H", "Authorization: Bearer \(t)"] }
+            if let who, let c = certificates[who] { args += ["--cert", c.cert, "--key", c.key] }
             if let body {
                 try Data(body.utf8).write(to: URL(fileURLWithPath: tmp + "/request"))
                 args += ["-H", "Content-Type: application/json", "--data-binary", "@" + tmp + "/request"]
             }
-            let r = try Tool.run(args + [server.url + path])
+            let r = try Tool.run(args + [server.url + path], check: false)
             let text = (try? String(contentsOfFile: tmp + "/body", encoding: .utf8)) ?? ""
             return (Int(r.stdoutText) ?? -1, text)
         }
@@ -68,17 +74,20 @@ import WardenTestSupport
             tokens["operator-bob"] = try Tool.run([Fixtures.wardenBinary, "serve", "token", "add", "bob", "--role", "operator", "--owner", "bob",
                                                    "--db", home + "/warden.db"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
             tokens["auditor"] = try server.token("audit", role: "auditor")
-            tokens["host-h1"] = try server.token("agent-h1", role: "host", host: "h1")
             tokens["revoked"] = try server.token("old", role: "admin")
             try Tool.run([Fixtures.wardenBinary, "serve", "token", "revoke", "old", "--db", home + "/warden.db"])
             tokens["forged"] = "wdn_" + String(repeating: "A", count: 43)
             try server.start()
             defer { server.kill9() }
-            try body(Fixture(server: server, tokens: tokens, tmp: tmp))
+            // Host h1 enrols as an agent would, and calls with its certificate.
+            try server.enrol(nil, "h1", home: tmp + "/h1")
+            var fixture = Fixture(server: server, tokens: tokens, tmp: tmp)
+            fixture.certificates["host-h1"] = (tmp + "/h1/agent/host.pem", tmp + "/h1/agent/host.key")
+            try body(fixture)
         }
     }
 
-    static let callers = ["none", "admin", "operator-alice", "auditor", "host-h1", "revoked", "forged"]
+    static let callers = ["none", "admin", "operator-alice", "auditor", "host-h1", "revoked", "forged", "enrol-token"]
 
     /// The concrete request for each route of the API.
     static func request(_ method: String, _ path: String) -> (String, String, String?) {
@@ -94,17 +103,78 @@ import WardenTestSupport
     /// allow is 403, an allowed one is answered (never 401/403, never 5xx).
     @Test(arguments: Backend.allCases) func authorisationMatrix(_ b: Backend) throws {
         try withServer(b) { f in
-            for route in FleetAPI.routes {
+            var f = f
+            // An unspent host token: good for enrolment only, refused on every other route.
+            f.tokens["enrol-token"] = try f.server.token("enrol-h9", role: "host", host: "h9")
+            for route in FleetAPI.routes where route.path != "/v1/enrol" {
                 for who in Self.callers {
                     let (method, uri, body) = Self.request(route.method, route.path)
                     let r = try f.call(method, uri, as: who == "none" ? nil : who, body: body)
                     let role = ["admin": Role.admin, "operator-alice": .operator, "auditor": .auditor, "host-h1": .host][who]
+                    // (a host token is no host: it only enrols)
                     let expected = role.map { route.allowed.contains($0) ? "answered" : "403" } ?? "401"
                     let got = r.status == 401 ? "401" : r.status == 403 ? "403" : (r.status > 0 && r.status < 500 ? "answered" : "\(r.status)")
                     #expect(got == expected, "\(who) \(route.method) \(route.path): \(r.status) \(r.body.prefix(200))")
                 }
             }
         }
+    }
+
+    /// Enrolment: a host token buys one certificate, once, for the host it was made for; no
+    /// other caller may enrol; a bad request leaves the token unspent; a revoked certificate
+    /// and one from another CA are refused.
+    @Test func enrolmentIsOneTimeAndCertificatesAreRevocable() throws {
+        try withServer(.sqlite) { f in
+            var f = f
+            let csr = try Self.certificateRequest(in: f.tmp, cn: "h2-claims-this")
+            f.tokens["enrol-h7"] = try f.server.token("enrol-h7", role: "host", host: "h7")
+            let body = try JSONSerialization.data(withJSONObject: ["csr": csr])
+            let json = String(decoding: body, as: UTF8.self)
+            // Nobody else enrols; the host's certificate cannot enrol again.
+            for who in ["none", "revoked", "forged"] { #expect(try f.call("POST", "/v1/enrol", as: who, body: json).status == 401, "\(who)") }
+            for who in ["admin", "operator-alice", "auditor", "host-h1"] { #expect(try f.call("POST", "/v1/enrol", as: who, body: json).status == 403, "\(who)") }
+            // Bad requests: 400 and the token stays good.
+            for bad in [#"{"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"}"#, "{", #"{"csr": 5}"#,
+                        #"{"csr": "\#(String(repeating: "A", count: 20_000))"}"#] {
+                let r = try f.call("POST", "/v1/enrol", as: "enrol-h7", body: bad)
+                #expect(r.status == 400 || r.status == 413, "\(bad.prefix(60)): \(r.status) \(r.body)")
+            }
+            let ok = try f.call("POST", "/v1/enrol", as: "enrol-h7", body: json)
+            #expect(ok.status == 200, "\(ok.body)")
+            let answer = try #require(try JSONSerialization.jsonObject(with: Data(ok.body.utf8)) as? [String: Any])
+            #expect(answer["host"] as? String == "h7")
+            // The certificate names the token's host, whatever the request asked.
+            try Data((answer["certificate"] as? String ?? "").utf8).write(to: URL(fileURLWithPath: f.tmp + "/h7.pem"))
+            let subject = try Tool.run(["openssl", "x509", "-in", f.tmp + "/h7.pem", "-noout", "-subject", "-ext", "extendedKeyUsage"]).stdoutText
+            #expect(subject.contains("CN = h7") && !subject.contains("h2-claims-this") && subject.contains("TLS Web Client Authentication"), "\(subject)")
+            let verify = try Tool.run(["openssl", "verify", "-CAfile", f.server.caFile, f.tmp + "/h7.pem"], check: false)
+            #expect(verify.status == 0, "\(verify.stdoutText)")
+            // Spent: the same token again is refused.
+            #expect(try f.call("POST", "/v1/enrol", as: "enrol-h7", body: json).status == 401)
+            // h7 reports with its certificate; after revocation it is refused from the next request.
+            f.certificates["h7"] = (f.tmp + "/h7.pem", f.tmp + "/h7.key")
+            #expect(try f.call("POST", "/v1/hosts/h7/events", as: "h7", body: #"{"events":[{"id":"e7","kind":"started"}]}"#).status == 200)
+            #expect(try f.call("POST", "/v1/hosts/h1/events", as: "h7", body: #"{"events":[{"id":"e8","kind":"started"}]}"#).status == 403)
+            let written = try f.eventCount()
+            try Tool.run([Fixtures.wardenBinary, "serve", "certs", "revoke", "h7", "--db", f.server.dir + "/warden.db"])
+            #expect(try f.call("POST", "/v1/hosts/h7/events", as: "h7", body: #"{"events":[{"id":"e9","kind":"started"}]}"#).status == 401)
+            // A certificate from another CA, for the same name, never gets in.
+            try Tool.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                          "-subj", "/CN=h1", "-keyout", f.tmp + "/rogue.key", "-out", f.tmp + "/rogue.pem"])
+            f.certificates["rogue"] = (f.tmp + "/rogue.pem", f.tmp + "/rogue.key")
+            let rogue = try f.call("POST", "/v1/hosts/h1/events", as: "rogue", body: #"{"events":[{"id":"e10","kind":"started"}]}"#)
+            #expect(rogue.status == 0 || rogue.status == 401, "\(rogue)")
+            let all = try f.call("GET", "/v1/events?limit=10000", as: "auditor").body
+            #expect(all.contains("\"host\":\"h7\""))
+            #expect(try f.eventCount() == written)
+        }
+    }
+
+    /// A P-256 key and certificate request made by openssl (another implementation than ours).
+    static func certificateRequest(in dir: String, cn: String) throws -> String {
+        try Tool.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                      "-subj", "/CN=\(cn)", "-keyout", dir + "/h7.key", "-out", dir + "/h7.csr"])
+        return try String(contentsOfFile: dir + "/h7.csr", encoding: .utf8)
     }
 
     /// A host cannot report another host's events; an operator cannot act on another owner's

@@ -58,18 +58,33 @@ final class FleetNet: @unchecked Sendable {
     }
 }
 
-/// A `warden serve` process (SIGKILLed when the test ends), with its own folder and tokens.
+/// A `warden serve` process (SIGKILLed when the test ends), with its own folder and tokens;
+/// with `tls`, HTTPS as the fleet's CA (hosts enrol and report with client certificates).
 final class ServeProcess: @unchecked Sendable {
     let dir: String
     let listen: String
     let database: String?
     let environment: [String: String]
+    let tls: Bool
     private(set) var process: Process?
     private(set) var port = 0
 
-    init(dir: String, listen: String, database: String?, environment: [String: String] = [:]) {
-        self.dir = dir; self.listen = listen; self.database = database; self.environment = environment
+    init(dir: String, listen: String, database: String?, environment: [String: String] = [:], tls: Bool = true) {
+        self.dir = dir; self.listen = listen; self.database = database; self.environment = environment; self.tls = tls
     }
+
+    /// The fleet CA's certificate, as an administrator hands it to hosts (`warden serve ca`).
+    var caFile: String { dir + "/fleet-ca.pem" }
+
+    /// Enrols `host` (its warden home `home`, in its namespace when `net` is given) with a
+    /// fresh one-time host token: the agent's key and certificate land in `home/agent/`.
+    func enrol(_ net: FleetNet?, _ host: String, home: String) throws {
+        let token = try self.token("enrol-\(host)-\(UUID().uuidString.prefix(6))", role: "host", host: host)
+        _ = try wardenOn(net, host, home: home, ["agent", "enrol", url, "--host", host, "--ca-file", caFile], env: ["WARDEN_AGENT_TOKEN": token])
+    }
+
+    /// curl's options to trust the fleet CA (https) — and nothing else.
+    var curlTrust: [String] { tls ? ["--cacert", caFile] : [] }
 
     /// Makes a token with the CLI (as an operator would on the server).
     func token(_ name: String, role: String, host: String? = nil) throws -> String {
@@ -85,6 +100,11 @@ final class ServeProcess: @unchecked Sendable {
         let bind = port == 0 ? listen : listen.replacingOccurrences(of: ":0", with: ":\(port)")
         var args = ["serve", "--listen", bind, "--db", dir + "/warden.db", "--log-level", "error"]
         if let database { args += ["--database", database] }
+        if tls {
+            args.append("--tls")
+            let ca = try Tool.run([Fixtures.wardenBinary, "serve", "ca", "--db", dir + "/warden.db"]).stdout
+            try ca.write(to: URL(fileURLWithPath: caFile))
+        }
         p.arguments = args
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
@@ -117,7 +137,7 @@ final class ServeProcess: @unchecked Sendable {
 
     struct ServeFailed: Error, CustomStringConvertible { var log: String; var description: String { "warden serve exited: \(log)" } }
 
-    var url: String { "http://\(listen.split(separator: ":").first!):\(port)" }
+    var url: String { "\(tls ? "https" : "http")://\(listen.split(separator: ":").first!):\(port)" }
 
     /// SIGKILL, no goodbye (a crash).
     func kill9() {
@@ -129,7 +149,7 @@ final class ServeProcess: @unchecked Sendable {
 
     /// GETs `path` with `token` (curl, from the test's namespace) and decodes JSON.
     func get(_ path: String, token: String) throws -> Any {
-        let r = try Tool.run(["curl", "-sS", "--max-time", "20", "-H", "Authorization: Bearer \(token)", url + path])
+        let r = try Tool.run(["curl", "-sS", "--max-time", "20"] + curlTrust + ["-H", "Authorization: Bearer \(token)", url + path])
         return try JSONSerialization.jsonObject(with: r.stdout)
     }
 }

@@ -18,8 +18,6 @@ import WardenTestSupport
         let dbName = try pg.createDatabase()
         defer { pg.dropDatabase(dbName) }
         let server = ServeProcess(dir: tmp + "/srv", listen: "\(net.serverAddress):0", database: pg.url(dbName), environment: pg.environment)
-        let t1 = try server.token("agent-h1", role: "host", host: "h1")
-        let t2 = try server.token("agent-h2", role: "host", host: "h2")
         let auditor = try server.token("audit", role: "auditor")
         try server.start()
         defer { server.kill9() }
@@ -30,8 +28,9 @@ import WardenTestSupport
         _ = try wardenOn(net, "h1", home: h1, ["vm", "register", "--name", "base", "--owner", "alice", "--host", "h1", h1 + "/base.qcow2"])
         _ = try wardenOn(net, "h1", home: h1, ["vm", "copy", "base", h1 + "/child.qcow2", "--name", "child", "--host", "h1"])
         _ = try wardenOn(net, "h1", home: h1, ["event", "record", "--vm", "child", "--kind", "started", "--host", "h1"])
-        _ = try wardenOn(net, "h1", home: h1, ["agent", "enrol", server.url, "--host", "h1"], env: ["WARDEN_AGENT_TOKEN": t1])
-        _ = try wardenOn(net, "h2", home: h2, ["agent", "enrol", server.url, "--host", "h2"], env: ["WARDEN_AGENT_TOKEN": t2])
+        // Each host enrols over TLS with a one-time token; from then on it is its certificate.
+        try server.enrol(net, "h1", home: h1)
+        try server.enrol(net, "h2", home: h2)
         _ = try wardenOn(net, "h1", home: h1, ["agent", "run", "--once"])
         // h2 learns the fleet's VMs from the server (its hook will decide on them offline).
         _ = try wardenOn(net, "h2", home: h2, ["agent", "run", "--once"])
@@ -99,14 +98,13 @@ import WardenTestSupport
         let pg = try PostgresServer(durable: true)
         let dbName = try pg.createDatabase()
         let server = ServeProcess(dir: tmp + "/srv", listen: "127.0.0.1:0", database: pg.url(dbName), environment: pg.environment)
-        let token = try server.token("agent-h1", role: "host", host: "h1")
         let auditor = try server.token("audit", role: "auditor")
         try server.start()
         defer { server.kill9() }
         let h1 = tmp + "/h1"
         let total = 20_000
         _ = try wardenOn(nil, "h1", home: h1, ["dev", "synth", "--vms", "200", "--events", "\(total)", "--hosts", "2", "--seed", "7"])
-        _ = try wardenOn(nil, "h1", home: h1, ["agent", "enrol", server.url, "--host", "h1"], env: ["WARDEN_AGENT_TOKEN": token])
+        try server.enrol(nil, "h1", home: h1)
         let agent = Process()
         agent.executableURL = URL(fileURLWithPath: Fixtures.wardenBinary)
         agent.arguments = ["agent", "run", "--interval", "0.2"]
