@@ -170,7 +170,9 @@ let package = Package(
         .target(name: "StoreTestSupport", dependencies: ["WardenTestSupport", "Ledger", "LedgerPostgres", "Storage", "WardenCore"],
                 path: "Tests/StoreTestSupport"),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server",
+            "Server", "WardenCore", "WardenTestSupport",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "WardenCoreTests", dependencies: ["WardenCore"]),
