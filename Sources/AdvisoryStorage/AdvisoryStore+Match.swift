@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import WardenCore
 import Advisories
 
@@ -30,81 +29,6 @@ public protocol AdvisoryFacts: Sendable {
 }
 
 extension AdvisoryStore {
-    /// How many package names one `IN (…)` query binds (well under SQLite's variable limit).
-    static let packageChunk = 400
-
-    /// The in-memory index of the non-withdrawn advisories' entries for these package names
-    /// in these ecosystems only (what matching one guest needs: a few hundred rows instead of
-    /// the whole feed). Red Hat product ecosystems are included when `Red Hat:N` is asked.
-    public func loadIndex(ecosystems: Set<String>, packages: Set<String>) throws -> AdvisoryIndex {
-        let index = AdvisoryIndex()
-        if ecosystems.isEmpty || packages.isEmpty { return index }
-        let ecoList = Array(ecosystems).sorted()
-        let names = Array(packages).sorted()
-        return try database.read { db in
-            var pending: [PendingEntry] = []
-            var needed = Set<Int64>()
-            var start = 0
-            while start < names.count {
-                let chunk = Array(names[start..<min(start + Self.packageChunk, names.count)])
-                start += Self.packageChunk
-                var sql = """
-                    SELECT f.advisory, f.ecosystem, f.package, f.status, f.severity, f.ranges, f.versions
-                    FROM advisory_affected f JOIN advisory a ON a.pk = f.advisory
-                    WHERE a.withdrawn IS NULL AND (f.ecosystem IN (\(ecoList.map { _ in "?" }.joined(separator: ",")))
-                    """
-                if ecoList.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR f.ecosystem LIKE 'Red Hat:%'" }
-                sql += ") AND f.package IN (\(chunk.map { _ in "?" }.joined(separator: ",")))"
-                let args = StatementArguments(ecoList) + StatementArguments(chunk)
-                let rows = try Row.fetchCursor(db, sql: sql, arguments: args)
-                while let r = try rows.next() {
-                    let adv: Int64 = r[0]
-                    needed.insert(adv)
-                    pending.append((adv, r[1], r[2], r[3], r[4], r[5], r[6]))
-                }
-            }
-            var metaOf: [Int64: Int] = [:]
-            let pks = needed.sorted()
-            start = 0
-            while start < pks.count {
-                let chunk = Array(pks[start..<min(start + Self.packageChunk, pks.count)])
-                start += Self.packageChunk
-                let rows = try Row.fetchCursor(db, sql: """
-                    SELECT pk, source, id, aliases, severity, cvss_score, summary FROM advisory
-                    WHERE pk IN (\(chunk.map { _ in "?" }.joined(separator: ","))) ORDER BY pk
-                    """, arguments: StatementArguments(chunk))
-                while let m = try rows.next() { metaOf[m[0]] = Self.addMeta(m, to: index) }
-            }
-            Self.addEntries(pending, metaOf: metaOf, to: index)
-            return index
-        }
-    }
-
-    /// How many advisories were stored (added, or replaced by a changed record) after `time`.
-    public func advisoryCountImported(after time: Date) throws -> Int {
-        try database.read { db in
-            try Int.fetchOne(db, sql: "SELECT count(*) FROM advisory WHERE imported_at > ?", arguments: [time.timeIntervalSince1970]) ?? 0
-        }
-    }
-
-    /// When an advisory was last stored (added or replaced); nil when there are none.
-    public func lastAdvisoryImport() throws -> Date? {
-        try database.read { db in
-            try Double.fetchOne(db, sql: "SELECT max(imported_at) FROM advisory").map { Date(timeIntervalSince1970: $0) }
-        }
-    }
-
-    /// Whether any advisory entry is stored for one of these ecosystems (without one, "no
-    /// findings" would mean "no data", so callers that fail closed ask this first).
-    public func hasAdvisories(ecosystems: [String]) throws -> Bool {
-        guard !ecosystems.isEmpty else { return false }
-        return try database.read { db in
-            var sql = "SELECT 1 FROM advisory_affected WHERE ecosystem IN (\(ecosystems.map { _ in "?" }.joined(separator: ",")))"
-            if ecosystems.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR ecosystem LIKE 'Red Hat:%'" }
-            return try Bool.fetchOne(db, sql: sql + " LIMIT 1", arguments: StatementArguments(ecosystems)) ?? false
-        }
-    }
-
     /// Vulnerable findings of `packages` of a guest in `ecosystem`, against the advisories stored
     /// now (only the rows for these package names are read).
     public func match(packages: [MatchPackage], ecosystem: GuestEcosystem) throws -> [Finding] {
@@ -119,13 +43,7 @@ extension AdvisoryStore {
     /// The stored inventory for a VM disk: the last scan of the disk's path, else the inventory
     /// whose content key is the disk's recorded fingerprint; nil when neither was ever scanned.
     public func inventory(forDisk disk: any AdvisoryDisk) throws -> StoredInventory? {
-        let key: String? = try database.read { db in
-            if let k = try String.fetchOne(db, sql: "SELECT inventory FROM inventory_image WHERE path = ?", arguments: [disk.path]) { return k }
-            if let fp = disk.fingerprint?.description,
-               try Bool.fetchOne(db, sql: "SELECT 1 FROM inventory WHERE key = ?", arguments: [fp]) == true { return fp }
-            return nil
-        }
-        guard let key, let digest = WardenCore.Digest(key) else { return nil }
+        guard let key = try inventoryKey(path: disk.path, fingerprint: disk.fingerprint), let digest = WardenCore.Digest(key) else { return nil }
         return try inventory(digest)
     }
 
@@ -173,4 +91,3 @@ extension AdvisoryStore {
     }
 }
 
-extension AdvisoryStore: AdvisoryFacts {}

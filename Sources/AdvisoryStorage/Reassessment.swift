@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import WardenCore
 import Advisories
 
@@ -51,16 +50,12 @@ extension AdvisoryStore {
         let index = try loadIndex(ecosystems: ecosystems)
         let matcher = Matcher(index: index)
         phase?("load advisory index")
-        let previous: [String: String] = try database.read { db in
-            var out: [String: String] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT inventory, findings_hash FROM assessment") { out[r[0]] = r[1] }
-            return out
-        }
+        let previous = try assessmentHashes()
         let images = try imagesByInventory()
         phase?("read assessments and images")
         var report = RescanReport(assessedAt: now, inventories: invs.count, unassessable: [], advisoryEntries: index.entryCount,
                                   changed: [], newFindings: 0, goneFindings: 0, vulnerable: 0, seconds: 0)
-        var writes: [(String, String, Int, Data)] = []
+        var writes: [AssessmentWrite] = []
         var hasher = FindingsHasher()
         var changedKeys: [(key: String, paths: [String])] = []
         for inv in invs {
@@ -70,7 +65,7 @@ extension AdvisoryStore {
             // Where two feeds may name the same vulnerability, the plain path (which folds them).
             let plain = matcher.mayDeduplicate(compact) ? matcher.findings(packages: inv.packages, ecosystem: eco) : nil
             report.vulnerable += plain?.count ?? compact.count
-            let hash = plain.map { Self.findingsHash($0) } ?? hasher.hash(compact, packages: inv.packages, metas: index.metas)
+            let hash = plain.map { AdvisoryCoding.findingsHash($0) } ?? hasher.hash(compact, packages: inv.packages, metas: index.metas)
             let prev = previous[inv.key.description]
             if prev == hash { continue }
             let findings = plain ?? compact.map { matcher.finding($0, packages: inv.packages, ecosystem: eco) }
@@ -78,12 +73,13 @@ extension AdvisoryStore {
             if prev == nil {
                 d = (findings, [])
             } else {
-                let old = try database.read { db in try self.storedFindings(of: inv.key, db: db, details: false) } ?? []
+                let old = try storedFindings(of: inv.key) ?? []
                 var diff = Matcher.diff(old: old, new: findings)
-                if !diff.removed.isEmpty { diff.removed = try database.read { db in try Self.addDetails(diff.removed, db: db) } }
+                if !diff.removed.isEmpty { diff.removed = try withDetails(diff.removed) }
                 d = diff
             }
-            writes.append((inv.key.description, hash, findings.count, Self.encodeFindings(findings)))
+            writes.append(AssessmentWrite(inventory: inv.key.description, findingsHash: hash, vulnerable: findings.count,
+                                          findings: AdvisoryCoding.encodeFindings(findings)))
             if d.added.isEmpty && d.removed.isEmpty { continue } // same findings (or none yet), new details
             report.newFindings += d.added.count
             report.goneFindings += d.removed.count
@@ -94,21 +90,12 @@ extension AdvisoryStore {
                                                   vulnerable: findings.count, newFindings: d.added, goneFindings: d.removed))
         }
         if !changedKeys.isEmpty {
-            let vms = try database.read { db in try changedKeys.map { try Self.vms(db, key: $0.key, paths: $0.paths) } }
+            let vms = try changedKeys.map { try self.vms(withContent: $0.key, paths: $0.paths) }
             for i in report.changed.indices { report.changed[i].vms = vms[i] }
         }
         phase?("match and compare")
-        if !writes.isEmpty {
-            try database.write { db in
-                for w in writes {
-                    try AssessmentRow(inventory: w.0, assessedAt: now, findingsHash: w.1, vulnerable: w.2, findings: w.3).save(db)
-                }
-            }
-        }
         // Unchanged assessments are re-dated so "last assessed" means "last checked".
-        try database.write { db in
-            try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [now.timeIntervalSince1970])
-        }
+        try saveAssessments(writes, at: now, redateAll: true)
         phase?("write assessments")
         report.seconds = Date().timeIntervalSince(start)
         return report
@@ -120,27 +107,5 @@ public struct AffectedVM: Codable, Sendable, Hashable {
     public var id: String
     public var name: String
     public var disk: String
-}
-
-extension AdvisoryStore {
-    /// Ledger VMs with a disk whose fingerprint is `key` or whose path is one of `paths`.
-    public func vms(withContent key: WardenCore.Digest, paths: [String]) throws -> [AffectedVM] {
-        try database.read { db in try Self.vms(db, key: key.description, paths: paths) }
-    }
-
-    static func vms(_ db: Database, key: String, paths: [String]) throws -> [AffectedVM] {
-        var sql = "SELECT d.vm, v.name, d.path FROM disks d JOIN vms v ON v.id = d.vm WHERE d.fingerprint = ?"
-        var args: [any DatabaseValueConvertible] = [key]
-        if !paths.isEmpty {
-            sql += " OR d.path IN (\(paths.map { _ in "?" }.joined(separator: ",")))"
-            args += paths.map { $0 as any DatabaseValueConvertible }
-        }
-        sql += " ORDER BY v.name, d.vm, d.idx"
-        var seen = Set<String>()
-        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { r in
-            let id: String = r[0]
-            guard seen.insert(id).inserted else { return nil }
-            return AffectedVM(id: id, name: r[1], disk: r[2])
-        }
-    }
+    public init(id: String, name: String, disk: String) { self.id = id; self.name = name; self.disk = disk }
 }

@@ -1,3 +1,4 @@
+import AdvisoryStorage
 import Foundation
 import WardenCore
 
@@ -9,6 +10,8 @@ import WardenCore
 
 /// The primitives the queries need beyond ``LedgerStore``.
 public protocol LedgerQueries: LedgerStore {
+    /// The advisory store in the same database (advisories, inventories, assessments).
+    var advisories: any AdvisoryStore { get }
     /// Residency intervals on `host` that overlap the closed window `[from, to]`:
     /// `interval.from <= to && (interval.to ?? now) > from`, empty intervals excluded.
     func residencies(on host: HostName, overlapping from: Date, _ to: Date, now: Date) throws -> [ResidencyRecord]

@@ -149,7 +149,8 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
     }
 
     /// The advisory store in the same database.
-    public var advisoryFacts: (any AdvisoryFacts)? { AdvisoryStore(database) }
+    public var advisoryFacts: (any AdvisoryFacts)? { SQLiteAdvisoryStore(database) }
+    public var advisories: any AdvisoryStore { SQLiteAdvisoryStore(database) }
 
     // MARK: - VMs
 

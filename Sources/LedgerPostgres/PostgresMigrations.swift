@@ -162,6 +162,83 @@ enum PostgresMigrations {
         Migration(name: "pg-ledger-2-ingested", statements: [
             "CREATE TABLE ingested (host TEXT NOT NULL, id TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (host, id))",
         ]),
+        // The advisory store (the SQLite one's tables, same checks; times are seconds as
+        // DOUBLE PRECISION like SQLite's REAL; package lists and finding sets are the same
+        // CompactLines bytes).
+        Migration(name: "pg-advisories-1", statements: [
+            """
+            CREATE TABLE advisory_source (
+                name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 200),
+                format TEXT NOT NULL CHECK (format IN ('osv', 'debian-tracker', 'alpine-secdb')),
+                location TEXT NOT NULL,
+                imported_at DOUBLE PRECISION NOT NULL,
+                last_seen BIGINT NOT NULL DEFAULT 0 CHECK (last_seen >= 0),
+                last_added BIGINT NOT NULL DEFAULT 0 CHECK (last_added >= 0),
+                last_replaced BIGINT NOT NULL DEFAULT 0 CHECK (last_replaced >= 0),
+                last_unchanged BIGINT NOT NULL DEFAULT 0 CHECK (last_unchanged >= 0),
+                last_older BIGINT NOT NULL DEFAULT 0 CHECK (last_older >= 0)
+            )
+            """,
+            """
+            CREATE TABLE advisory (
+                pk BIGSERIAL PRIMARY KEY,
+                source TEXT NOT NULL CHECK (length(source) BETWEEN 1 AND 200),
+                id TEXT NOT NULL CHECK (length(id) BETWEEN 1 AND 255),
+                modified DOUBLE PRECISION,
+                published DOUBLE PRECISION,
+                withdrawn DOUBLE PRECISION,
+                aliases TEXT NOT NULL DEFAULT '',
+                summary TEXT,
+                severity INTEGER NOT NULL CHECK (severity BETWEEN 0 AND 5),
+                cvss_score DOUBLE PRECISION CHECK (cvss_score IS NULL OR cvss_score BETWEEN 0 AND 10),
+                cvss_vector TEXT,
+                content_hash TEXT NOT NULL,
+                imported_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (source, id)
+            )
+            """,
+            "CREATE INDEX advisory_by_import ON advisory(imported_at)",
+            """
+            CREATE TABLE advisory_affected (
+                advisory BIGINT NOT NULL REFERENCES advisory(pk) ON DELETE CASCADE,
+                ecosystem TEXT NOT NULL CHECK (length(ecosystem) BETWEEN 1 AND 255),
+                package TEXT NOT NULL CHECK (length(package) BETWEEN 1 AND 1024),
+                status TEXT NOT NULL CHECK (status IN ('affected', 'not-affected')),
+                severity INTEGER CHECK (severity IS NULL OR severity BETWEEN 0 AND 5),
+                ranges TEXT NOT NULL,
+                versions TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX advisory_affected_by_package ON advisory_affected(ecosystem, package)",
+            "CREATE INDEX advisory_affected_by_advisory ON advisory_affected(advisory)",
+            """
+            CREATE TABLE inventory (
+                key TEXT PRIMARY KEY CHECK (key LIKE '%:%'),
+                os_id TEXT,
+                version_id TEXT,
+                package_count INTEGER NOT NULL CHECK (package_count >= 0),
+                packages BYTEA NOT NULL,
+                inspected_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE inventory_image (
+                path TEXT PRIMARY KEY CHECK (length(path) >= 1),
+                inventory TEXT NOT NULL REFERENCES inventory(key) ON DELETE CASCADE,
+                scanned_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX inventory_image_by_inventory ON inventory_image(inventory)",
+            """
+            CREATE TABLE assessment (
+                inventory TEXT PRIMARY KEY REFERENCES inventory(key) ON DELETE CASCADE,
+                assessed_at DOUBLE PRECISION NOT NULL,
+                findings_hash TEXT NOT NULL,
+                vulnerable INTEGER NOT NULL CHECK (vulnerable >= 0),
+                findings BYTEA NOT NULL
+            )
+            """,
+        ]),
     ]
 
     /// Applies the pending migrations in one transaction, under an advisory lock so that

@@ -67,7 +67,7 @@ public struct ScanService {
     }
 
     public func scan(images: [String], format: ImageFormat? = nil, includeResolved: Bool = false) throws -> Outcome {
-        let store = AdvisoryStore(database)
+        let store = SQLiteAdvisoryStore(database)
         let ledger = SQLiteLedger(database: database)
         var out = Outcome()
         var indexes: [String: AdvisoryIndex] = [:]

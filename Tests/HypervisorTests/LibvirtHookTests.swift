@@ -201,7 +201,7 @@ import AdvisoryStorage
             var out = hook()
             #expect(out.status == 1 && out.message?.contains("never scanned") == true, "\(out)")
             // An inventory of the disk and an advisory it is vulnerable to.
-            let store = AdvisoryStore(db)
+            let store = SQLiteAdvisoryStore(db)
             _ = try store.importRecords([AdvisoryRecord(id: "DSA-77-1", source: "osv", aliases: ["CVE-2026-77"], severity: .critical,
                                                         affected: [AffectedPackage(ecosystem: "Debian:12", package: "openssl",
                                                                                    ranges: [[.introduced("0"), .fixed("3.0.13-1")]])])], file: "t")

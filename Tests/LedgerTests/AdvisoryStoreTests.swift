@@ -6,10 +6,12 @@ import Advisories
 import WardenCore
 import Storage
 @testable import AdvisoryStorage
+import StoreTestSupport
 
+/// The advisory store suite, over every backend (SQLite, and PostgreSQL on a private server).
 @Suite struct AdvisoryStoreTests {
-    func withStore<T>(_ body: (AdvisoryStore) throws -> T) throws -> T {
-        try Fixtures.withTemporaryDirectory { tmp in try body(AdvisoryStore(try WardenDatabase(path: tmp + "/w.db"))) }
+    func withStore<T>(_ backend: StoreBackend, _ body: (any AdvisoryStore) throws -> T) throws -> T {
+        try backend.with { try body($0.advisories) }
     }
 
     func record(_ id: String, modified: TimeInterval?, fixed: String, package: String = "openssl", eco: String = "Debian:12",
@@ -19,8 +21,8 @@ import Storage
                        affected: [AffectedPackage(ecosystem: eco, package: package, ranges: [[.introduced("0"), .fixed(fixed)]])])
     }
 
-    @Test func importIsIdempotentAndNewerReplacesOlder() throws {
-        try withStore { store in
+    @Test(arguments: StoreBackend.all) func importIsIdempotentAndNewerReplacesOlder(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
             let a = record("A", modified: 100, fixed: "1.0-2")
             var c = try store.importRecords([a, record("B", modified: 100, fixed: "2.0-1", package: "zlib")], file: "f")
             #expect(c.added == 2 && c.seen == 2)
@@ -36,13 +38,12 @@ import Storage
             let f = Matcher(index: idx).findings(packages: [MatchPackage(name: "libssl3", version: "1.0-2", sourceName: "openssl", sourceVersion: "1.0-2")],
                                                  ecosystem: GuestEcosystem.from(osID: "debian", versionID: "12")!)
             #expect(f.map { "\($0.advisory) \($0.fixedVersion ?? "-")" } == ["A 1.0-3"])
-            #expect(try store.database.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM advisory_affected") } == 2,
-                    "replaced affected rows are deleted, not duplicated")
+            #expect(try store.loadIndex().entryCount == 2, "replaced affected rows are deleted, not duplicated")
         }
     }
 
-    @Test func withdrawnAndOtherEcosystemsAreNotLoaded() throws {
-        try withStore { store in
+    @Test(arguments: StoreBackend.all) func withdrawnAndOtherEcosystemsAreNotLoaded(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
             _ = try store.importRecords([record("W", modified: 1, fixed: "9-1", withdrawn: true),
                                          record("X", modified: 1, fixed: "9-1", eco: "Debian:11"),
                                          record("Y", modified: 1, fixed: "9-1", eco: "Red Hat:enterprise_linux:9::baseos")], file: "f")
@@ -53,16 +54,16 @@ import Storage
         }
     }
 
-    @Test func controlCharactersInFeedsAreRefused() throws {
-        try withStore { store in
+    @Test(arguments: StoreBackend.all) func controlCharactersInFeedsAreRefused(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
             #expect(throws: WardenError.self) {
                 _ = try store.importRecords([record("A", modified: 1, fixed: "1\u{1F}2")], file: "f")
             }
         }
     }
 
-    @Test func inventoriesRoundTripWithHostileNames() throws {
-        try withStore { store in
+    @Test(arguments: StoreBackend.all) func inventoriesRoundTripWithHostileNames(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
             let key = Digest(algorithm: "sha256", hex: String(repeating: "ab", count: 32))
             let pk = [MatchPackage(name: "a\tb", version: "1\\2", sourceName: "src\nx", sourceVersion: "1\\2"),
                       MatchPackage(name: "plain", version: "1.0-1", sourceName: "plain", sourceVersion: "1.0-1")]
@@ -74,8 +75,8 @@ import Storage
         }
     }
 
-    @Test func rescanReportsNewAndGoneFindingsAndStoresAssessments() throws {
-        try withStore { store in
+    @Test(arguments: StoreBackend.all) func rescanReportsNewAndGoneFindingsAndStoresAssessments(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
             let key = Digest(algorithm: "sha256", hex: String(repeating: "cd", count: 32))
             try store.storeInventory(key: key, image: "/img/b.qcow2", osID: "debian", versionID: "12",
                                      packages: [MatchPackage(name: "libssl3", version: "1.0-1", sourceName: "openssl", sourceVersion: "1.0-1"),
@@ -109,11 +110,9 @@ import Storage
         }
     }
 
-    @Test func rescanNamesLedgerVMsAndScanAppendsScannedEvents() throws {
-        try Fixtures.withTemporaryDirectory { tmp in
-            let db = try WardenDatabase(path: tmp + "/w.db")
-            let store = AdvisoryStore(db)
-            let ledger = SQLiteLedger(database: db, signs: false)
+    @Test(arguments: StoreBackend.all) func rescanNamesLedgerVMsAndScanAppendsScannedEvents(_ backend: StoreBackend) throws {
+        try backend.with { ledger in
+            let store = ledger.advisories
             let key = Digest(algorithm: "sha256", hex: String(repeating: "12", count: 32))
             let (byPrint, _) = try ledger.createVM(VMRecord(name: "web1", owner: "ops"),
                                                    disks: [DiskRecord(vm: VMID(), index: 0, path: "/elsewhere/web1.qcow2", format: "qcow2", fingerprint: key)],
@@ -136,8 +135,8 @@ import Storage
         }
     }
 
-    @Test func openFindingsOfAVMsDisksFailClosedWithoutData() throws {
-        try withStore { store in
+    @Test(arguments: StoreBackend.all) func openFindingsOfAVMsDisksFailClosedWithoutData(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
             let vm = VMID()
             let boot = DiskRecord(vm: vm, index: 0, path: "/vms/a.qcow2", format: "qcow2")
             let data = DiskRecord(vm: vm, index: 1, path: "/vms/a-data.qcow2", format: "qcow2",

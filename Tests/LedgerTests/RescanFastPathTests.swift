@@ -7,6 +7,7 @@ import Advisories
 import WardenCore
 import Storage
 @testable import AdvisoryStorage
+import StoreTestSupport
 
 /// The rescan's fast path (compact findings, their hash, direct encoding) against the plain path
 /// (`Matcher.findings`, `findingsHash`, encoding through rows of strings) on generated data.
@@ -63,19 +64,19 @@ import Storage
             let pk = gen.packages(25)
             let plain = m.findings(packages: pk, ecosystem: debian12)
             let compact = m.compactFindings(packages: pk, ecosystem: debian12)
-            #expect(hasher.hash(compact, packages: pk, metas: index.metas) == AdvisoryStore.findingsHash(plain))
-            #expect(AdvisoryStore.encodeFindings(plain) == AdvisoryStore.encodeFindingsPlain(plain))
-            #expect(AdvisoryStore.decodeFindingsWithoutDetails(AdvisoryStore.encodeFindings(plain))
+            #expect(hasher.hash(compact, packages: pk, metas: index.metas) == AdvisoryCoding.findingsHash(plain))
+            #expect(AdvisoryCoding.encodeFindings(plain) == AdvisoryCoding.encodeFindingsPlain(plain))
+            #expect(AdvisoryCoding.decodeFindingsWithoutDetails(AdvisoryCoding.encodeFindings(plain))
                     == plain.map { var f = $0; f.aliases = []; f.summary = nil; return f })
             if !plain.isEmpty { withFindings += 1 }
         }
         #expect(withFindings > 20)
-        #expect(hasher.hash([], packages: [], metas: []) == AdvisoryStore.findingsHash([]))
+        #expect(hasher.hash([], packages: [], metas: []) == AdvisoryCoding.findingsHash([]))
     }
 
-    @Test func rescanStoresAndReportsWhatThePlainPathGives() throws {
-        try Fixtures.withTemporaryDirectory { tmp in
-            let store = AdvisoryStore(try WardenDatabase(path: tmp + "/w.db"))
+    @Test(arguments: StoreBackend.all) func rescanStoresAndReportsWhatThePlainPathGives(_ backend: StoreBackend) throws {
+        try backend.with { ledger in
+            let store = ledger.advisories
             var gen = Gen(rng: SeededRandom(seed: 5))
             let originals = gen.advisories(400, prefix: "A")
             _ = try store.importRecords(originals + gen.advisories(50, prefix: "OLD", ecosystem: "Debian:11"), file: "gen")
@@ -96,10 +97,8 @@ import Storage
                 for (key, _) in inventories {
                     let want = try #require(expected[key])
                     #expect(try store.latestFindings(for: key) == want)
-                    let hash = try store.database.read { db in
-                        try String.fetchOne(db, sql: "SELECT findings_hash FROM assessment WHERE inventory = ?", arguments: [key.description])
-                    }
-                    #expect(hash == AdvisoryStore.findingsHash(want))
+                    let hash = try store.assessmentHashes()[key.description]
+                    #expect(hash == AdvisoryCoding.findingsHash(want))
                 }
             }
             let before = try plain()

@@ -57,7 +57,7 @@ struct AdvisoriesCommand: ParsableCommand {
         func validate() throws { if paths.isEmpty { throw ValidationError("name at least one file") } }
 
         func run() throws {
-            let store = AdvisoryStore(try database.open())
+            let store = SQLiteAdvisoryStore(try database.open())
             var results: [ImportResult] = []
             var failures: [WardenError] = []
             for p in paths {
@@ -83,7 +83,7 @@ struct AdvisoriesCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let store = AdvisoryStore(try database.open())
+            let store = SQLiteAdvisoryStore(try database.open())
             let sources = try store.sources()
             let ecos = try store.ecosystemCounts()
             let total = try store.advisoryCount()

@@ -108,7 +108,7 @@ extension AdvisoriesCommand {
         }
 
         func run() throws {
-            let store = AdvisoryStore(try database.open())
+            let store = SQLiteAdvisoryStore(try database.open())
             let specs = sources.isEmpty ? try Self.defaultFeeds(store) : sources
             let feeds = try specs.map(Self.feed)
             let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("warden-update-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path

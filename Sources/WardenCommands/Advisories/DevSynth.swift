@@ -31,7 +31,7 @@ enum DevSynth {
         @Option(help: "Id prefix (a new prefix adds new advisories).") var prefix = "SYNTH"
 
         func run() throws {
-            let store = AdvisoryStore(try database.open())
+            let store = SQLiteAdvisoryStore(try database.open())
             var rng = Rng(state: seed)
             var batch: [AdvisoryRecord] = []
             var total = ImportCounts()
@@ -70,9 +70,9 @@ enum DevSynth {
         @Option var start = 0
 
         func run() throws {
-            let store = AdvisoryStore(try database.open())
+            let store = SQLiteAdvisoryStore(try database.open())
             var rng = Rng(state: seed)
-            var batch: [AdvisoryStore.NewInventory] = []
+            var batch: [NewInventory] = []
             for n in start..<(start + count) {
                 var chosen = Set<Int>()
                 while chosen.count < min(perInventory, packages) { chosen.insert(rng.below(packages)) }

@@ -29,7 +29,7 @@ struct FleetCommand: ParsableCommand {
         @Flag(help: .hidden) var timing = false
 
         func run() throws {
-            let store = AdvisoryStore(try database.open())
+            let store = SQLiteAdvisoryStore(try database.open())
             var phases = PhaseClock()
             let report = try store.rescan(phase: timing ? { phases.lap($0) } : nil)
             if timing { phases.lap("done"); for l in phases.lines { Output.note(l) } }

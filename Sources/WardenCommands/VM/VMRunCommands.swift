@@ -32,7 +32,7 @@ enum VMRun {
     }
 
     static func vulnerabilityLookup(_ store: SQLiteLedger) -> RollbackImpact.VulnerabilityLookup? {
-        RollbackImpact.advisoryLookup(AdvisoryStore(store.database))
+        RollbackImpact.advisoryLookup(SQLiteAdvisoryStore(store.database))
     }
 
     /// This warden binary (the state server runs as `warden vm state-server`).

@@ -1,0 +1,168 @@
+import Crypto
+import Foundation
+import WardenCore
+import Advisories
+
+/// The stored forms every advisory-store backend shares: the same content hash, package list,
+/// finding set and index building, so SQLite and PostgreSQL hold byte-identical values.
+public enum AdvisoryCoding {
+    public static func validate(_ r: AdvisoryRecord, file: String) throws {
+        func check(_ s: String, _ what: String) throws {
+            guard RangeCoding.isClean(s) else {
+                throw WardenError(.corrupt, "advisory \(r.id.filter { !$0.isNewline }.prefix(80)): \(what) contains control characters", file: file)
+            }
+        }
+        try check(r.id, "the id")
+        for a in r.aliases { try check(a, "an alias") }
+        for a in r.affected {
+            try check(a.ecosystem, "an ecosystem"); try check(a.package, "a package name")
+            for v in a.versions { try check(v, "a version") }
+            for rg in a.ranges { for e in rg { try check(e.version, "a range version") } }
+        }
+    }
+
+    /// SHA-256 of the record's canonical JSON (sorted keys): equal content, equal hash.
+    public static func contentHash(_ r: AdvisoryRecord) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        enc.dateEncodingStrategy = .secondsSince1970
+        let data = (try? enc.encode(r)) ?? Data()
+        return SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func encodePackages(_ packages: [MatchPackage]) -> Data {
+        CompactLines.encode(packages.map { p in
+            [p.name, p.version, p.sourceName == p.name ? "" : p.sourceName, p.sourceVersion == p.version ? "" : p.sourceVersion]
+        })
+    }
+
+    public static func decodePackages(_ data: Data) -> [MatchPackage] {
+        var out: [MatchPackage] = []
+        CompactLines.decode(data) { f in
+            guard f.count == 4 else { return }
+            out.append(MatchPackage(name: f[0], version: f[1], sourceName: f[2].isEmpty ? f[0] : f[2],
+                                    sourceVersion: f[3].isEmpty ? f[1] : f[3]))
+        }
+        return out
+    }
+
+    /// One `advisory_affected` row, as the index loaders read it:
+    /// (advisory pk, ecosystem, package, status, severity, ranges, versions).
+    public typealias PendingEntry = (Int64, String, String, String, Int?, String, String)
+
+    /// Adds one advisory's metadata to `index`; returns its meta index.
+    public static func addMeta(source: String, id: String, aliases: String, severity: Int, cvssScore: Double?, summary: String?,
+                        to index: AdvisoryIndex) -> Int {
+        index.addMeta(AdvisoryIndex.Meta(
+            id: id, source: source, aliases: aliases.isEmpty ? [] : aliases.split(separator: "\u{1F}").map(String.init),
+            severity: Severity(rawValue: severity) ?? .unknown, cvssScore: cvssScore, summary: summary))
+    }
+
+    /// Adds the entries whose advisory was loaded (`metaOf`) to `index`.
+    public static func addEntries(_ pending: [PendingEntry], metaOf: [Int64: Int], to index: AdvisoryIndex) {
+        for p in pending {
+            guard let meta = metaOf[p.0] else { continue }
+            index.addEntry(meta: meta, ecosystem: p.1, package: p.2, status: AffectedStatus(rawValue: p.3) ?? .affected,
+                           severity: p.4.flatMap { Severity(rawValue: $0) }, rangesText: p.5, versionsText: p.6)
+        }
+    }
+
+    /// Lower-case hex of `bytes`.
+    public static func hex<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0x0F)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// A digest of a finding set in the matcher's (deterministic) order: equal sets, equal hashes.
+    public static func findingsHash(_ findings: [Finding]) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(findings.count * 64)
+        for f in findings {
+            bytes += f.package.utf8; bytes.append(0x1F)
+            bytes += f.installedVersion.utf8; bytes.append(0x1F)
+            bytes += f.source.utf8; bytes.append(0x1F)
+            bytes += f.advisory.utf8; bytes.append(0x1F)
+            bytes.append(UInt8(f.severity.rawValue)); bytes.append(0x1F)
+            bytes += (f.fixedVersion ?? "").utf8; bytes.append(0x1E)
+        }
+        return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The stored form of a finding set: ``CompactLines``, one line of 11 fields per finding.
+    public static func encodeFindings(_ findings: [Finding]) -> Data {
+        var out: [UInt8] = []
+        out.reserveCapacity(findings.count * 112)
+        let severities = (0...5).map { Array(String($0).utf8) }
+        var cvssText: [Double: [UInt8]] = [:]
+        for f in findings {
+            CompactLines.escape(f.package, into: &out); out.append(0x09)
+            CompactLines.escape(f.installedVersion, into: &out); out.append(0x09)
+            CompactLines.escape(f.sourcePackage, into: &out); out.append(0x09)
+            CompactLines.escape(f.matchedName, into: &out); out.append(0x09)
+            CompactLines.escape(f.ecosystem, into: &out); out.append(0x09)
+            CompactLines.escape(f.source, into: &out); out.append(0x09)
+            CompactLines.escape(f.advisory, into: &out); out.append(0x09)
+            let sev = f.severity.rawValue
+            if sev >= 0 && sev < severities.count { out += severities[sev] } else { out += String(sev).utf8 }
+            out.append(0x09)
+            if let c = f.cvssScore {
+                if let t = cvssText[c] { out += t } else { let t = Array(String(c).utf8); cvssText[c] = t; out += t }
+            }
+            out.append(0x09)
+            if let v = f.fixedVersion { CompactLines.escape(v, into: &out) }
+            out.append(0x09)
+            CompactLines.escape(f.status.rawValue, into: &out)
+            out.append(0x0A)
+        }
+        return Data(out)
+    }
+
+    /// ``encodeFindings(_:)`` as first written, through rows of strings: the reference the tests compare with.
+    public static func encodeFindingsPlain(_ findings: [Finding]) -> Data {
+        CompactLines.encode(findings.map { f in
+            [f.package, f.installedVersion, f.sourcePackage, f.matchedName, f.ecosystem, f.source, f.advisory,
+             String(f.severity.rawValue), f.cvssScore.map { String($0) } ?? "", f.fixedVersion ?? "", f.status.rawValue]
+        })
+    }
+
+    /// Decodes stored findings; aliases stay empty and summaries nil.
+    public static func decodeFindingsWithoutDetails(_ data: Data) -> [Finding] {
+        var out: [Finding] = []
+        CompactLines.decode(data) { f in
+            guard f.count == 11 else { return }
+            out.append(Finding(package: f[0], installedVersion: f[1], sourcePackage: f[2], matchedName: f[3], ecosystem: f[4],
+                               advisory: f[6], source: f[5], aliases: [], severity: Severity(rawValue: Int(f[7]) ?? 0) ?? .unknown,
+                               cvssScore: Double(f[8]), fixedVersion: f[9].isEmpty ? nil : f[9],
+                               status: FindingStatus(rawValue: f[10]) ?? .vulnerable, summary: nil))
+        }
+        return out
+    }
+
+}
+
+/// ``AdvisoryCoding/findingsHash(_:)`` of compact findings, without building ``Finding`` values:
+/// the same bytes are hashed. Keeps its buffer between inventories.
+struct FindingsHasher {
+    private var bytes: [UInt8] = []
+
+    mutating func hash(_ compact: [Matcher.CompactFinding], packages: [MatchPackage], metas: [AdvisoryIndex.Meta]) -> String {
+        bytes.removeAll(keepingCapacity: true)
+        metas.withUnsafeBufferPointer { metas in
+            packages.withUnsafeBufferPointer { packages in
+                for c in compact {
+                    bytes += packages[c.package].name.utf8; bytes.append(0x1F)
+                    bytes += packages[c.package].version.utf8; bytes.append(0x1F)
+                    bytes += metas[c.advisory].source.utf8; bytes.append(0x1F)
+                    bytes += metas[c.advisory].id.utf8; bytes.append(0x1F)
+                    bytes.append(UInt8(truncatingIfNeeded: c.severity.rawValue)); bytes.append(0x1F)
+                    if let f = c.fixedVersion { bytes += f.utf8 }
+                    bytes.append(0x1E)
+                }
+            }
+        }
+        return AdvisoryCoding.hex(SHA256.hash(data: bytes))
+    }
+}

@@ -1,0 +1,379 @@
+import Foundation
+import GRDB
+import Crypto
+
+import WardenCore
+import Advisories
+import Storage
+
+/// The advisory store in Warden's SQLite database (GRDB).
+///
+/// Import is idempotent: a record identical to the stored one (same source, id and content)
+/// changes nothing; a record with a newer `modified` replaces the older one; an older one is
+/// ignored. Every write is one transaction per batch; SQL uses bound parameters only.
+public struct SQLiteAdvisoryStore: AdvisoryStore {
+    public let database: WardenDatabase
+    public init(_ database: WardenDatabase) { self.database = database }
+
+    // MARK: Import
+
+    /// Stores a batch of records in one transaction and returns what happened to them.
+    public func importRecords(_ records: [AdvisoryRecord], at now: Date = Date(), file: String) throws -> ImportCounts {
+        var counts = ImportCounts()
+        let prepared = try records.map { r -> (AdvisoryRecord, String) in
+            try AdvisoryCoding.validate(r, file: file)
+            return (r, AdvisoryCoding.contentHash(r))
+        }
+        try database.write { db in
+            for (r, hash) in prepared {
+                counts.seen += 1
+                let existing = try Row.fetchOne(db, sql: "SELECT pk, modified, content_hash FROM advisory WHERE source = ? AND id = ?",
+                                                arguments: [r.source, r.id])
+                var row = AdvisoryRow(pk: nil, source: r.source, id: r.id, modified: r.modified, published: r.published,
+                                      withdrawn: r.withdrawn, aliases: r.aliases.joined(separator: "\u{1F}"), summary: r.summary,
+                                      severity: r.severity.rawValue, cvssScore: r.cvssScore, cvssVector: r.cvssVector,
+                                      contentHash: hash, importedAt: now)
+                if let existing {
+                    let pk: Int64 = existing["pk"]
+                    if (existing["content_hash"] as String) == hash { counts.unchanged += 1; continue }
+                    if let new = r.modified, let oldSecs = existing["modified"] as Double?,
+                       new.timeIntervalSince1970 < oldSecs {
+                        counts.older += 1; continue
+                    }
+                    row.pk = pk
+                    try row.update(db)
+                    try db.execute(sql: "DELETE FROM advisory_affected WHERE advisory = ?", arguments: [pk])
+                    counts.replaced += 1
+                } else {
+                    try row.insert(db)
+                    row.pk = db.lastInsertedRowID
+                    counts.added += 1
+                }
+                guard let pk = row.pk else { throw WardenError(.internal, "advisory row has no key after insert") }
+                for a in r.affected {
+                    try AffectedRow(advisory: pk, ecosystem: a.ecosystem, package: a.package, status: a.status.rawValue,
+                                    severity: a.severity?.rawValue, ranges: RangeCoding.encode(a.ranges),
+                                    versions: RangeCoding.encodeVersions(a.versions)).insert(db)
+                }
+            }
+        }
+        return counts
+    }
+
+    /// Records (or updates) a source's import time and counts.
+    public func recordSource(name: String, format: AdvisoryFormat, location: String, counts: ImportCounts, at now: Date = Date()) throws {
+        try database.write { db in
+            try AdvisorySourceRow(name: name, format: format.rawValue, location: location, importedAt: now,
+                                  lastSeen: counts.seen, lastAdded: counts.added, lastReplaced: counts.replaced,
+                                  lastUnchanged: counts.unchanged, lastOlder: counts.older).save(db)
+        }
+    }
+
+    // MARK: Status
+
+    public func sources() throws -> [AdvisorySourceStatus] {
+        try database.read { db in
+            var counts: [String: (Int, Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT source, count(*) AS n, count(withdrawn) AS w FROM advisory GROUP BY source") {
+                counts[row["source"]] = (row["n"], row["w"])
+            }
+            return try AdvisorySourceRow.order(Column("name")).fetchAll(db).map { s in
+                var c = ImportCounts()
+                c.seen = s.lastSeen; c.added = s.lastAdded; c.replaced = s.lastReplaced; c.unchanged = s.lastUnchanged; c.older = s.lastOlder
+                let n = counts[s.name] ?? (0, 0)
+                return AdvisorySourceStatus(name: s.name, format: s.format, location: s.location, importedAt: s.importedAt,
+                                            records: n.0, withdrawn: n.1, lastImport: c)
+            }
+        }
+    }
+
+    /// Distinct advisories per ecosystem.
+    public func ecosystemCounts() throws -> [(ecosystem: String, advisories: Int)] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT ecosystem, count(DISTINCT advisory) AS n FROM advisory_affected GROUP BY ecosystem ORDER BY ecosystem")
+                .map { ($0["ecosystem"], $0["n"]) }
+        }
+    }
+
+    public func advisoryCount() throws -> Int {
+        try database.read { db in try AdvisoryRow.fetchCount(db) }
+    }
+
+    /// Advisories stored (added or replaced) after `time`, oldest first.
+    public func advisoriesImported(after time: Date) throws -> [ImportedAdvisory] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT source, id, severity, imported_at FROM advisory WHERE imported_at > ? ORDER BY imported_at, source, id",
+                             arguments: [time.timeIntervalSince1970]).map {
+                ImportedAdvisory(source: $0["source"], id: $0["id"], severity: Severity(rawValue: $0["severity"]) ?? .unknown,
+                                 importedAt: Date(timeIntervalSince1970: $0["imported_at"]))
+            }
+        }
+    }
+
+    // MARK: Matching index
+
+    /// The in-memory index of every non-withdrawn advisory's entries in `ecosystems`
+    /// (all ecosystems when nil). Red Hat product ecosystems are loaded when `Red Hat:N` is asked.
+    public func loadIndex(ecosystems: Set<String>? = nil) throws -> AdvisoryIndex {
+        try database.read { db in
+            let index = AdvisoryIndex()
+            var metaOf: [Int64: Int] = [:]
+            var wanted: String? = nil
+            var args: StatementArguments = []
+            if let ecosystems {
+                let list = Array(ecosystems)
+                if list.isEmpty { return index }
+                wanted = list.map { _ in "?" }.joined(separator: ",")
+                args = StatementArguments(list)
+            }
+            // Entries first (through the (ecosystem, package) index, no join), then the metadata
+            // of the non-withdrawn advisories they belong to.
+            var sql = "SELECT advisory, ecosystem, package, status, severity, ranges, versions FROM advisory_affected"
+            if let wanted {
+                sql += " WHERE (ecosystem IN (\(wanted))"
+                if ecosystems!.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR ecosystem LIKE 'Red Hat:%'" }
+                sql += ")"
+            }
+            var pending: [AdvisoryCoding.PendingEntry] = []
+            let rows = try Row.fetchCursor(db, sql: sql, arguments: args)
+            var needed = Set<Int64>()
+            while let r = try rows.next() {
+                let adv: Int64 = r[0]
+                needed.insert(adv)
+                pending.append((adv, r[1], r[2], r[3], r[4], r[5], r[6]))
+            }
+            let metas = try Row.fetchCursor(db, sql: "SELECT pk, source, id, aliases, severity, cvss_score, summary FROM advisory WHERE withdrawn IS NULL")
+            while let m = try metas.next() {
+                let pk: Int64 = m[0]
+                guard needed.contains(pk) else { continue }
+                metaOf[pk] = Self.addMeta(m, to: index)
+            }
+            AdvisoryCoding.addEntries(pending, metaOf: metaOf, to: index)
+            return index
+        }
+    }
+
+    // MARK: Inventories
+
+    public func storeInventories(_ items: [NewInventory], at now: Date) throws {
+        let blobs = items.map { AdvisoryCoding.encodePackages($0.packages) }
+        try database.write { db in
+            for (i, blob) in zip(items, blobs) {
+                try InventoryRow(key: i.key.description, osId: i.osID, versionId: i.versionID, packageCount: i.packages.count,
+                                 packages: blob, inspectedAt: now).save(db)
+                try InventoryImageRow(path: i.image, inventory: i.key.description, scannedAt: now).save(db)
+            }
+        }
+    }
+
+    static func inventory(_ r: InventoryRow) -> StoredInventory? {
+        guard let key = WardenCore.Digest(r.key) else { return nil }
+        return StoredInventory(key: key, osID: r.osId, versionID: r.versionId, packages: AdvisoryCoding.decodePackages(r.packages), inspectedAt: r.inspectedAt)
+    }
+
+    public func inventory(_ key: WardenCore.Digest) throws -> StoredInventory? {
+        try database.read { db in try InventoryRow.fetchOne(db, key: key.description).flatMap(Self.inventory) }
+    }
+
+    public func inventories() throws -> [StoredInventory] {
+        try database.read { db in try InventoryRow.order(Column("key")).fetchAll(db).compactMap(Self.inventory) }
+    }
+
+    public func inventoryCount() throws -> Int {
+        try database.read { db in try InventoryRow.fetchCount(db) }
+    }
+
+    /// Image paths last seen with each inventory, by inventory key.
+    public func imagesByInventory() throws -> [String: [String]] {
+        try database.read { db in
+            var out: [String: [String]] = [:]
+            for r in try InventoryImageRow.order(Column("path")).fetchAll(db) { out[r.inventory, default: []].append(r.path) }
+            return out
+        }
+    }
+
+    // MARK: Assessments
+
+    /// The last assessment of inventory `key`, if any.
+    public func assessment(of key: WardenCore.Digest) throws -> Assessment? {
+        try database.read { db in
+            guard let row = try AssessmentRow.fetchOne(db, key: key.description) else { return nil }
+            return Assessment(inventory: key, assessedAt: row.assessedAt, findings: try Self.decodeFindings(row.findings, db: db))
+        }
+    }
+
+    /// When inventory `key` was last assessed.
+    public func lastAssessmentTime(of key: WardenCore.Digest) throws -> Date? {
+        try database.read { db in
+            try Date.fetchOne(db, sql: "SELECT assessed_at FROM assessment WHERE inventory = ?", arguments: [key.description])
+        }
+    }
+
+    /// Inventory `key`'s stored findings, or nil when it was never assessed. Aliases and summaries
+    /// are joined from the advisory table only when `details` is set.
+    func storedFindings(of key: WardenCore.Digest, db: Database, details: Bool) throws -> [Finding]? {
+        guard let data = try Data.fetchOne(db, sql: "SELECT findings FROM assessment WHERE inventory = ?",
+                                           arguments: [key.description]) else { return nil }
+        let found = AdvisoryCoding.decodeFindingsWithoutDetails(data)
+        return details ? try Self.addDetails(found, db: db) : found
+    }
+
+    /// Decodes stored findings, joining aliases and summaries from the advisory table.
+    static func decodeFindings(_ data: Data, db: Database) throws -> [Finding] {
+        try addDetails(AdvisoryCoding.decodeFindingsWithoutDetails(data), db: db)
+    }
+
+    /// `findings` with the aliases and summaries of their advisories, from the advisory table.
+    static func addDetails(_ findings: [Finding], db: Database) throws -> [Finding] {
+        var out = findings
+        let stmt = try db.cachedStatement(sql: "SELECT aliases, summary FROM advisory WHERE source = ? AND id = ?")
+        for i in out.indices {
+            if let row = try Row.fetchOne(stmt, arguments: [out[i].source, out[i].advisory]) {
+                let a: String = row["aliases"]
+                out[i].aliases = a.isEmpty ? [] : a.split(separator: "\u{1F}").map(String.init)
+                out[i].summary = row["summary"]
+            }
+        }
+        return out
+    }
+}
+
+
+extension SQLiteAdvisoryStore {
+    /// Adds the advisory row `m` (pk, source, id, aliases, severity, cvss_score, summary).
+    static func addMeta(_ m: Row, to index: AdvisoryIndex) -> Int {
+        AdvisoryCoding.addMeta(source: m[1], id: m[2], aliases: m[3], severity: m[4], cvssScore: m[5], summary: m[6], to: index)
+    }
+}
+
+extension SQLiteAdvisoryStore {
+    /// How many package names one `IN (…)` query binds (well under SQLite's variable limit).
+    static let packageChunk = 400
+
+    /// The in-memory index of the non-withdrawn advisories' entries for these package names
+    /// in these ecosystems only (what matching one guest needs: a few hundred rows instead of
+    /// the whole feed). Red Hat product ecosystems are included when `Red Hat:N` is asked.
+    public func loadIndex(ecosystems: Set<String>, packages: Set<String>) throws -> AdvisoryIndex {
+        let index = AdvisoryIndex()
+        if ecosystems.isEmpty || packages.isEmpty { return index }
+        let ecoList = Array(ecosystems).sorted()
+        let names = Array(packages).sorted()
+        return try database.read { db in
+            var pending: [AdvisoryCoding.PendingEntry] = []
+            var needed = Set<Int64>()
+            var start = 0
+            while start < names.count {
+                let chunk = Array(names[start..<min(start + Self.packageChunk, names.count)])
+                start += Self.packageChunk
+                var sql = """
+                    SELECT f.advisory, f.ecosystem, f.package, f.status, f.severity, f.ranges, f.versions
+                    FROM advisory_affected f JOIN advisory a ON a.pk = f.advisory
+                    WHERE a.withdrawn IS NULL AND (f.ecosystem IN (\(ecoList.map { _ in "?" }.joined(separator: ",")))
+                    """
+                if ecoList.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR f.ecosystem LIKE 'Red Hat:%'" }
+                sql += ") AND f.package IN (\(chunk.map { _ in "?" }.joined(separator: ",")))"
+                let args = StatementArguments(ecoList) + StatementArguments(chunk)
+                let rows = try Row.fetchCursor(db, sql: sql, arguments: args)
+                while let r = try rows.next() {
+                    let adv: Int64 = r[0]
+                    needed.insert(adv)
+                    pending.append((adv, r[1], r[2], r[3], r[4], r[5], r[6]))
+                }
+            }
+            var metaOf: [Int64: Int] = [:]
+            let pks = needed.sorted()
+            start = 0
+            while start < pks.count {
+                let chunk = Array(pks[start..<min(start + Self.packageChunk, pks.count)])
+                start += Self.packageChunk
+                let rows = try Row.fetchCursor(db, sql: """
+                    SELECT pk, source, id, aliases, severity, cvss_score, summary FROM advisory
+                    WHERE pk IN (\(chunk.map { _ in "?" }.joined(separator: ","))) ORDER BY pk
+                    """, arguments: StatementArguments(chunk))
+                while let m = try rows.next() { metaOf[m[0]] = Self.addMeta(m, to: index) }
+            }
+            AdvisoryCoding.addEntries(pending, metaOf: metaOf, to: index)
+            return index
+        }
+    }
+
+    /// How many advisories were stored (added, or replaced by a changed record) after `time`.
+    public func advisoryCountImported(after time: Date) throws -> Int {
+        try database.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM advisory WHERE imported_at > ?", arguments: [time.timeIntervalSince1970]) ?? 0
+        }
+    }
+
+    /// When an advisory was last stored (added or replaced); nil when there are none.
+    public func lastAdvisoryImport() throws -> Date? {
+        try database.read { db in
+            try Double.fetchOne(db, sql: "SELECT max(imported_at) FROM advisory").map { Date(timeIntervalSince1970: $0) }
+        }
+    }
+
+    /// Whether any advisory entry is stored for one of these ecosystems (without one, "no
+    /// findings" would mean "no data", so callers that fail closed ask this first).
+    public func hasAdvisories(ecosystems: [String]) throws -> Bool {
+        guard !ecosystems.isEmpty else { return false }
+        return try database.read { db in
+            var sql = "SELECT 1 FROM advisory_affected WHERE ecosystem IN (\(ecosystems.map { _ in "?" }.joined(separator: ",")))"
+            if ecosystems.contains(where: { $0.hasPrefix("Red Hat") }) { sql += " OR ecosystem LIKE 'Red Hat:%'" }
+            return try Bool.fetchOne(db, sql: sql + " LIMIT 1", arguments: StatementArguments(ecosystems)) ?? false
+        }
+    }
+
+    public func inventoryKey(path: String, fingerprint: WardenCore.Digest?) throws -> String? {
+        try database.read { db in
+            if let k = try String.fetchOne(db, sql: "SELECT inventory FROM inventory_image WHERE path = ?", arguments: [path]) { return k }
+            if let fp = fingerprint?.description,
+               try Bool.fetchOne(db, sql: "SELECT 1 FROM inventory WHERE key = ?", arguments: [fp]) == true { return fp }
+            return nil
+        }
+    }
+
+    public func assessmentHashes() throws -> [String: String] {
+        try database.read { db in
+            var out: [String: String] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT inventory, findings_hash FROM assessment") { out[r[0]] = r[1] }
+            return out
+        }
+    }
+
+    public func storedFindings(of key: WardenCore.Digest) throws -> [Finding]? {
+        try database.read { db in try storedFindings(of: key, db: db, details: false) }
+    }
+
+    public func withDetails(_ findings: [Finding]) throws -> [Finding] {
+        try database.read { db in try Self.addDetails(findings, db: db) }
+    }
+
+    public func saveAssessments(_ writes: [AssessmentWrite], at now: Date, redateAll: Bool) throws {
+        try database.write { db in
+            for w in writes {
+                try AssessmentRow(inventory: w.inventory, assessedAt: now, findingsHash: w.findingsHash, vulnerable: w.vulnerable,
+                                  findings: w.findings).save(db)
+            }
+            if redateAll { try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [now.timeIntervalSince1970]) }
+        }
+    }
+
+    public func vms(withContent key: String, paths: [String]) throws -> [AffectedVM] {
+        try database.read { db in try Self.vms(db, key: key, paths: paths) }
+    }
+
+    static func vms(_ db: Database, key: String, paths: [String]) throws -> [AffectedVM] {
+        var sql = "SELECT d.vm, v.name, d.path FROM disks d JOIN vms v ON v.id = d.vm WHERE d.fingerprint = ?"
+        var args: [any DatabaseValueConvertible] = [key]
+        if !paths.isEmpty {
+            sql += " OR d.path IN (\(paths.map { _ in "?" }.joined(separator: ",")))"
+            args += paths.map { $0 as any DatabaseValueConvertible }
+        }
+        sql += " ORDER BY v.name, d.vm, d.idx"
+        var seen = Set<String>()
+        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { r in
+            let id: String = r[0]
+            guard seen.insert(id).inserted else { return nil }
+            return AffectedVM(id: id, name: r[1], disk: r[2])
+        }
+    }
+}
