@@ -5,9 +5,18 @@ import WardenCore
 import WardenTestSupport
 @testable import Policy
 import Storage
+import StoreTestSupport
+import Advisories
+import AdvisoryStorage
 
-/// PolicyGate on the real SQLite ledger: facts from lineage, decisions recorded, fail closed.
+/// PolicyGate on the real ledgers (SQLite, and PostgreSQL where the test takes a backend):
+/// facts from lineage and findings, decisions recorded, fail closed.
 @Suite struct PolicyGateTests {
+    /// A store of `backend` and a folder for policy files.
+    func withStore<T>(_ backend: StoreBackend, _ body: (any LedgerQueries, String) throws -> T) throws -> T {
+        try Fixtures.withTemporaryDirectory { dir in try backend.with { try body($0, dir) } }
+    }
+
     func withLedger<T>(_ body: (SQLiteLedger, String) throws -> T) throws -> T {
         try Fixtures.withTemporaryDirectory { dir in
             let ledger = SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db"), host: HostName("h1")!)
@@ -15,7 +24,7 @@ import Storage
         }
     }
 
-    func child(of parent: VMRecord, _ name: String, kind: EventKind = .copied, in l: SQLiteLedger) throws -> VMRecord {
+    func child(of parent: VMRecord, _ name: String, kind: EventKind = .copied, in l: any LedgerStore) throws -> VMRecord {
         let vm = VMRecord(name: name, owner: "alice", labels: parent.labels, state: .stopped, parent: parent.id,
                           parentGeneration: parent.generation)
         return try l.createVM(vm, disks: [], event: NewEvent(kind: kind, vm: vm.id, host: HostName("h1")!)).0
@@ -65,8 +74,8 @@ import Storage
     }
 
     /// Replicas are the live members of the whole family: from any member, retired ones excluded.
-    @Test func replicasAreCountedAcrossLineage() throws {
-        try withLedger { l, _ in
+    @Test(arguments: StoreBackend.all) func replicasAreCountedAcrossLineage(_ backend: StoreBackend) throws {
+        try withStore(backend) { l, _ in
             let set = try PolicySet.parse(Self.twoCopies)
             let root = try l.createVM(VMRecord(name: "db", owner: "alice", labels: ["sensitivity": "high"], state: .stopped),
                                       disks: [], event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!)).0
@@ -95,8 +104,8 @@ import Storage
         }
     }
 
-    @Test func decisionsAreRecorded() throws {
-        try withLedger { l, dir in
+    @Test(arguments: StoreBackend.all) func decisionsAreRecorded(_ backend: StoreBackend) throws {
+        try withStore(backend) { l, dir in
             let policyDir = dir + "/policy"
             try FileManager.default.createDirectory(atPath: policyDir, withIntermediateDirectories: true)
             try Self.twoCopies.write(toFile: policyDir + "/p.yaml", atomically: true, encoding: .utf8)
@@ -126,6 +135,37 @@ import Storage
             // No default directory: no policy, allowed, still recorded.
             let none = try PolicyGate.load(.defaultDirectory, environment: ["WARDEN_HOME": dir + "/nowhere"])
             #expect(none.rules.isEmpty)
+        }
+    }
+
+    /// `findings` rules decide from the advisory store in the ledger's own database, on every
+    /// backend: unknown (never scanned) fails closed; a critical finding denies; fixed, allowed.
+    @Test(arguments: StoreBackend.all) func findingsComeFromTheAdvisoryStoreBesideTheLedger(_ backend: StoreBackend) throws {
+        try withStore(backend) { l, dir in
+            try PolicyFiles.write(PolicyFiles.noCriticalsOnline, in: dir)
+            let vm = try l.createVM(VMRecord(name: "db1", owner: "alice", state: .stopped),
+                                    disks: [DiskRecord(vm: VMID(), index: 0, path: dir + "/db1.qcow2", format: "qcow2")],
+                                    event: NewEvent(kind: .registered, vm: nil, host: HostName("h1")!)).0
+            func decide() -> Decision {
+                PolicyGate.decide(PolicyRequest(operation: .start, host: HostName("h1")!), vm: vm,
+                                  policy: .success(try! PolicySet.load(directory: dir + "/policy")), facts: LedgerPolicyFacts.wired(l))
+            }
+            var d = decide()
+            #expect(d.effect == .deny && d.reasons.joined().contains("never scanned"), "\(d.reasons)")
+            let advisory = AdvisoryRecord(id: "DSA-77-1", source: "osv", aliases: ["CVE-2026-77"], severity: .critical,
+                                          affected: [AffectedPackage(ecosystem: "Debian:12", package: "openssl",
+                                                                     ranges: [[.introduced("0"), .fixed("3.0.13-1")]])])
+            _ = try l.advisories.importRecords([advisory], file: "t")
+            let key = WardenCore.Digest(hex: String(repeating: "ab", count: 32))
+            try l.advisories.storeInventory(key: key, image: dir + "/db1.qcow2", osID: "debian", versionID: "12",
+                                            packages: [MatchPackage(name: "libssl3", version: "3.0.11-1", sourceName: "openssl", sourceVersion: "3.0.11-1")])
+            d = decide()
+            #expect(d.effect == .deny && d.reasons.joined().contains("DSA-77-1 (CVE-2026-77) in libssl3 3.0.11-1"), "\(d.reasons)")
+            try l.advisories.storeInventory(key: WardenCore.Digest(hex: String(repeating: "cd", count: 32)), image: dir + "/db1.qcow2",
+                                            osID: "debian", versionID: "12",
+                                            packages: [MatchPackage(name: "libssl3", version: "3.0.13-1", sourceName: "openssl", sourceVersion: "3.0.13-1")])
+            d = decide()
+            #expect(d.effect == .allow, "\(d.reasons)")
         }
     }
 
