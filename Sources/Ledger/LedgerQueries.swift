@@ -12,6 +12,8 @@ import WardenCore
 public protocol LedgerQueries: LedgerStore {
     /// The advisory store in the same database (advisories, inventories, assessments).
     var advisories: any AdvisoryStore { get }
+    /// The fleet's job queue in the same database.
+    var jobs: any JobQueue { get }
     /// Residency intervals on `host` that overlap the closed window `[from, to]`:
     /// `interval.from <= to && (interval.to ?? now) > from`, empty intervals excluded.
     func residencies(on host: HostName, overlapping from: Date, _ to: Date, now: Date) throws -> [ResidencyRecord]

@@ -150,6 +150,7 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
 
     /// The advisory store in the same database.
     public var advisoryFacts: (any AdvisoryFacts)? { SQLiteAdvisoryStore(database) }
+    public var jobs: any JobQueue { SQLiteJobQueue(database) }
     public var advisories: any AdvisoryStore { SQLiteAdvisoryStore(database) }
 
     // MARK: - VMs

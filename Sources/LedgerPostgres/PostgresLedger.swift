@@ -98,6 +98,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
     /// The advisory store is not on PostgreSQL yet: policy facts that need findings are
     /// unknown, and rules that need them fail closed (docs/fleet.md).
     public var advisoryFacts: (any AdvisoryFacts)? { PostgresAdvisoryStore(store: store) }
+    public var jobs: any JobQueue { PostgresJobQueue(store: store) }
     public var advisories: any AdvisoryStore { PostgresAdvisoryStore(store: store) }
 
     // MARK: - VMs

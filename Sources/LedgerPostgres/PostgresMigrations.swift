@@ -239,6 +239,27 @@ enum PostgresMigrations {
             )
             """,
         ]),
+        // The job queue (JobQueue): claimed with FOR UPDATE SKIP LOCKED, one open job per
+        // (kind, host, target).
+        Migration(name: "pg-jobs-1", statements: [
+            """
+            CREATE TABLE jobs (
+                id BIGSERIAL PRIMARY KEY,
+                kind TEXT NOT NULL CHECK (kind IN ('scan', 'rescan')),
+                host TEXT,
+                target TEXT NOT NULL CHECK (length(target) BETWEEN 1 AND 4096),
+                state TEXT NOT NULL CHECK (state IN ('queued', 'leased', 'done', 'failed')),
+                attempts INTEGER NOT NULL CHECK (attempts >= 0),
+                lease_owner TEXT,
+                lease_until_us BIGINT,
+                created_us BIGINT NOT NULL,
+                finished_us BIGINT,
+                result TEXT
+            )
+            """,
+            "CREATE INDEX jobs_open ON jobs(host, state, id) WHERE state IN ('queued', 'leased')",
+            "CREATE UNIQUE INDEX jobs_one_open ON jobs(kind, coalesce(host, ''), target) WHERE state IN ('queued', 'leased')",
+        ]),
     ]
 
     /// Applies the pending migrations in one transaction, under an advisory lock so that
