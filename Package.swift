@@ -42,6 +42,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.8.0"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -106,6 +107,8 @@ let package = Package(
             "WardenCore", "Ledger", "LedgerPostgres",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            "AdvisoryStorage", "Advisories",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -121,7 +124,7 @@ let package = Package(
         // `warden agent`: the local ledger's outbox to the server (at least once, idempotent, in
         // order) and the pull of the fleet's VMs (docs/fleet.md). Never linked into warden-hook.
         .target(name: "Agent", dependencies: [
-            "WardenCore", "Ledger",
+            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "X509", package: "swift-certificates"),

@@ -41,9 +41,10 @@ extension AdvisoryStore {
     /// finding set changed (compared by hash).
     ///
     /// `phase` (when given) is called after each step with its name, for `--timing`.
-    public func rescan(at now: Date = Date(), phase: ((String) -> Void)? = nil) throws -> RescanReport {
+    public func rescan(at now: Date = Date(), only keys: Set<String>? = nil, phase: ((String) -> Void)? = nil) throws -> RescanReport {
         let start = Date()
-        let invs = try inventories()
+        var invs = try inventories()
+        if let keys { invs = invs.filter { keys.contains($0.key.description) } }
         phase?("read inventories")
         var ecosystems = Set<String>()
         for i in invs { if let e = i.ecosystem { ecosystems.formUnion(e.names) } }
@@ -94,8 +95,9 @@ extension AdvisoryStore {
             for i in report.changed.indices { report.changed[i].vms = vms[i] }
         }
         phase?("match and compare")
-        // Unchanged assessments are re-dated so "last assessed" means "last checked".
-        try saveAssessments(writes, at: now, redateAll: true)
+        // Unchanged assessments are re-dated so "last assessed" means "last checked" (a rescan
+        // of some inventories re-dates only those it wrote).
+        try saveAssessments(writes, at: now, redateAll: keys == nil)
         phase?("write assessments")
         report.seconds = Date().timeIntervalSince(start)
         return report
@@ -108,4 +110,28 @@ public struct AffectedVM: Codable, Sendable, Hashable {
     public var name: String
     public var disk: String
     public init(id: String, name: String, disk: String) { self.id = id; self.name = name; self.disk = disk }
+}
+
+extension AdvisoryStore {
+    /// The inventories an advisory import touched: those whose OS ecosystem is one the
+    /// records name and that hold one of the packages they name (by binary or source name).
+    /// Only these need a rescan after the import; the others' findings cannot have changed.
+    public func inventoriesTouched(by records: [AdvisoryRecord]) throws -> [String] {
+        var names: [String: Set<String>] = [:]
+        for r in records { for a in r.affected { names[a.ecosystem, default: []].insert(a.package) } }
+        if names.isEmpty { return [] }
+        let redHat = names.keys.filter { $0.hasPrefix("Red Hat:") }
+        var out: [String] = []
+        for inv in try inventories() {
+            guard let eco = inv.ecosystem else { continue }
+            var wanted = Set<String>()
+            for e in eco.names { wanted.formUnion(names[e] ?? []) }
+            if eco.names.contains(where: { $0.hasPrefix("Red Hat") }) { for e in redHat { wanted.formUnion(names[e] ?? []) } }
+            if wanted.isEmpty { continue }
+            if inv.packages.contains(where: { wanted.contains($0.name) || wanted.contains($0.sourceName) }) {
+                out.append(inv.key.description)
+            }
+        }
+        return out
+    }
 }

@@ -1,3 +1,5 @@
+import AdvisoryStorage
+import Advisories
 import AsyncHTTPClient
 import Crypto
 import Foundation
@@ -144,10 +146,16 @@ public final class Agent: Sendable {
     /// Events per request.
     public static let batch = 500
 
-    public init(local: any LedgerStore, configuration: AgentConfiguration, directory: String) throws {
+    /// Inspects one image on this host for a scan job and returns its inventory (the command
+    /// layer gives ScanService; nil: this agent takes no scan jobs).
+    public typealias Scanner = @Sendable (String) throws -> NewInventory
+    let scanner: Scanner?
+
+    public init(local: any LedgerStore, configuration: AgentConfiguration, directory: String, scanner: Scanner? = nil) throws {
         self.local = local
         self.configuration = configuration
         self.directory = directory
+        self.scanner = scanner
         self.client = FleetClient(server: configuration.server, token: nil, tls: try configuration.tls(directory: directory))
     }
 
@@ -162,6 +170,8 @@ public final class Agent: Sendable {
         public var vmsPulled = 0
         public var acked: Int64 = 0
         public var pending: Int64 = 0
+        public var jobsDone = 0
+        public var jobsFailed = 0
     }
 
     var statePath: String { directory + "/state.json" }
@@ -176,11 +186,9 @@ public final class Agent: Sendable {
         try AgentFiles.store(try JSONEncoder().encode(state), to: statePath, directory: directory)
     }
 
-    /// One round: push the events after the mark, push the VMs this host holds with its
-    /// residency, pull the fleet's VMs this ledger does not hold.
-    public func syncOnce() async throws -> Round {
-        var round = Round()
-        // 1. Events, in order, in batches; the mark moves after each answered batch.
+    /// Sends the local events after the acknowledged mark, in order, in batches; the mark
+    /// moves after each answered batch. Returns the new mark.
+    func pushEvents(_ round: inout Round) async throws -> Int64 {
         var mark = acked()
         while true {
             let events = try local.events(after: mark, limit: Self.batch)
@@ -205,6 +213,15 @@ public final class Agent: Sendable {
             mark = events.last!.seq
             try saveState(acked: mark, pulledAt: nil)
         }
+        return mark
+    }
+
+    /// One round: push the events after the mark, push the VMs this host holds with its
+    /// residency, pull the fleet's VMs this ledger does not hold.
+    public func syncOnce() async throws -> Round {
+        var round = Round()
+        // 1. Events, in order, in batches; the mark moves after each answered batch.
+        var mark = try await pushEvents(&round)
         round.acked = mark
         // 2. The VMs this host holds (an open interval here), parents first, with its intervals.
         guard let me = HostName(configuration.host) else { throw WardenError(.invalidArgument, "the agent file names a malformed host") }
@@ -232,7 +249,14 @@ public final class Agent: Sendable {
             round.vmsReported = outcome.recorded.count
             round.vmsRefused = outcome.refused.count
         }
-        // 3. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
+        // 3. Scan jobs for this host's images: inspect, report the inventory, complete. The
+        // server's rescan then assesses it against the fleet's advisories.
+        if let scanner {
+            try await runScanJobs(scanner, round: &round)
+            // The scans' `scanned` events go now, so the server names the VMs at once.
+            if round.jobsDone > 0 { mark = try await pushEvents(&round); round.acked = mark }
+        }
+        // 4. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
         // without the network); known ones this host does not hold follow the server.
         let pulledAt = Date()
         let fleet: [VMRecord] = try await client.call(.GET, "/v1/vms", body: Optional<Int>.none)
@@ -246,6 +270,46 @@ public final class Agent: Sendable {
         try saveState(acked: mark, pulledAt: pulledAt)
         round.pending = try local.eventCount() - mark
         return round
+    }
+
+    /// Jobs a round claims at most, and how long it holds each.
+    public static let jobsPerRound = 5
+    public static let jobLease: Double = 900
+
+    func runScanJobs(_ scanner: Scanner, round: inout Round) async throws {
+        struct Claim: Encodable { var limit: Int; var leaseSeconds: Double }
+        let jobs: [Job] = try await client.call(.POST, "/v1/hosts/\(configuration.host)/jobs/claim",
+                                                body: Claim(limit: Self.jobsPerRound, leaseSeconds: Self.jobLease))
+        // Only images that are disks of VMs this host's ledger knows: the server cannot make
+        // an agent read an arbitrary file.
+        var known = Set<String>()
+        for vm in try local.listVMs() { for d in try local.disks(of: vm.id) { known.insert(d.path) } }
+        struct Outcome: Encodable { var result: String?; var reason: String? }
+        struct Upload: Encodable { var inventories: [Item] }
+        struct Item: Encodable { var key: String; var image: String; var osId: String?; var versionId: String?; var packages: [MatchPackage] }
+        struct Ack: Decodable { var id: Int64 }
+        for job in jobs {
+            let path = "/v1/hosts/\(configuration.host)/jobs/\(job.id)"
+            do {
+                guard job.kind == .scan else { throw WardenError(.invalidArgument, "this agent runs scan jobs only") }
+                guard known.contains(job.target) else {
+                    throw WardenError(.denied, "\(job.target) is not a disk of a VM in this host's ledger")
+                }
+                let inv = try scanner(job.target)
+                struct Stored: Decodable { var stored: Int }
+                let _: Stored = try await client.call(.PUT, "/v1/hosts/\(configuration.host)/inventories", body: Upload(inventories: [
+                    Item(key: inv.key.description, image: inv.image, osId: inv.osID, versionId: inv.versionID, packages: inv.packages),
+                ]))
+                let _: Ack = try await client.call(.POST, path + "/complete", body: Outcome(result: "inventory \(inv.key.description)"))
+                round.jobsDone += 1
+            } catch let e as WardenError where e.code != .unavailable {
+                // The image could not be scanned (or is not ours): the job goes back, and fails
+                // for good after its attempts. A lost server is not the job's fault: its lease
+                // ends and it is taken again.
+                let _: Ack? = try? await client.call(.POST, path + "/fail", body: Outcome(reason: e.message))
+                round.jobsFailed += 1
+            }
+        }
     }
 
     /// Rounds every `interval` until cancelled; a failed round (server or network down) is

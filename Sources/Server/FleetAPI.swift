@@ -95,7 +95,7 @@ public struct FleetAPI: Sendable {
         ("GET", "/metrics", [.admin, .auditor]),
         ("POST", "/v1/login-links", [.admin, .operator, .auditor]),
         ("POST", "/v1/enrol", [.host]),
-    ]
+    ] + assessmentRoutes
 
     static func allowed(_ method: String, _ path: String) -> Set<Role> {
         routes.first { $0.method == method && $0.path == path }?.allowed ?? []
@@ -103,6 +103,7 @@ public struct FleetAPI: Sendable {
 
     func add(to router: Router<WardenRequestContext>) {
         router.get("/healthz") { _, _ in try Self.json(["status": "ok"]) }
+        addAssessment(to: router)
         router.get("/v1/vms") { _, ctx in
             try ctx.require(Self.allowed("GET", "/v1/vms"))
             return try Self.json(try await blocking { try $0.listVMs() })
@@ -221,8 +222,9 @@ public struct FleetAPI: Sendable {
         }
         router.get("/metrics") { _, ctx in
             try ctx.require(Self.allowed("GET", "/metrics"))
-            let size = try await blocking { try $0.eventCount() }
+            let (size, depth) = try await blocking { (try $0.eventCount(), try $0.jobs.depth()) }
             metrics.ledgerSize(size)
+            metrics.queueDepth(depth)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                             body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
         }

@@ -6,6 +6,7 @@ import Ledger
 import Logging
 import NIOCore
 import Prometheus
+import ServiceLifecycle
 import WardenCore
 
 /// Prometheus metrics of the server (docs/fleet.md, "Metrics").
@@ -41,6 +42,19 @@ public final class ServerMetrics: Sendable {
     }
 
     func ledgerSize(_ n: Int64) { ledgerEvents.set(to: Double(n)) }
+
+    func queueDepth(_ depth: [Job.State: Int]) {
+        for state in Job.State.allCases {
+            registry.makeGauge(descriptor: .init(metricName: "warden_jobs", unitName: nil, helpText: "Jobs in the queue by state"),
+                               labels: [("state", state.rawValue)]).set(to: Double(depth[state] ?? 0))
+        }
+    }
+
+    func jobsRan(_ n: Int) {
+        guard n > 0 else { return }
+        registry.makeCounter(descriptor: .init(metricName: "warden_server_jobs", unitName: "total", helpText: "Jobs this server ran (rescans)"))
+            .increment(by: Int64(n))
+    }
 }
 
 /// Finds the caller from `Authorization: Bearer …`, times and counts every request, and turns
@@ -141,10 +155,23 @@ public struct FleetServer: Sendable {
         let router = Router(context: WardenRequestContext.self)
         let tokens = TokenStore(path: configuration.tokensFile)
         router.add(middleware: AuthAndMetricsMiddleware(tokens: tokens, metrics: metrics, sessions: sessions, pki: pki))
-        let api = FleetAPI(store: store, metrics: metrics, tokens: tokens, pki: pki)
+        let api = self.api(tokens: tokens)
         api.add(to: router)
         try Dashboard(api: api, sessions: sessions).add(to: router)
         return router
+    }
+
+    func api(tokens: TokenStore) -> FleetAPI { FleetAPI(store: store, metrics: metrics, tokens: tokens, pki: pki) }
+
+    /// The server's own work (rescans from the job queue), beside the HTTP server.
+    struct JobWorker: Service {
+        let api: FleetAPI
+        let worker: String
+        func run() async throws {
+            // A graceful stop cancels the loop between rounds; a leased job not finished is
+            // left to its lease, and another server (or this one, restarted) takes it.
+            try await cancelWhenGracefulShutdown { await api.runServerJobs(worker: worker) }
+        }
     }
 
     /// The application; `onRunning` gets the bound port (useful with port 0).
@@ -153,8 +180,11 @@ public struct FleetServer: Sendable {
         logger.logLevel = configuration.logLevel
         let names = configuration.tlsNames.isEmpty ? FleetPKI.defaultNames(listenHost: configuration.host) : configuration.tlsNames
         let tls = try pki?.serverTLS(names: names)
+        let worker = JobWorker(api: api(tokens: TokenStore(path: configuration.tokensFile)),
+                               worker: "serve:\(HostName.current.value):\(getpid())")
         return Application(router: try router(), server: try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
                            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "warden"),
+                           services: [worker],
                            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
                            logger: logger)
     }

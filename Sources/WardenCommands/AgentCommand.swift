@@ -1,4 +1,7 @@
 import Agent
+import WardenServices
+import Storage
+import AdvisoryStorage
 import ArgumentParser
 import Foundation
 import Ledger
@@ -75,7 +78,7 @@ struct AgentRun: ParsableCommand {
         let dir = AgentConfiguration.directory(databasePath: database.path)
         let config = try AgentConfiguration.load(directory: dir)
         let local = try database.open(create: true)
-        let agent = try Agent(local: local, configuration: config, directory: dir)
+        let agent = try Agent(local: local, configuration: config, directory: dir, scanner: Self.scanner(database))
         let json = self.json
         @Sendable func show(_ r: Agent.Round) {
             if json, let text = try? Output.ledgerJSON(r) {
@@ -83,7 +86,7 @@ struct AgentRun: ParsableCommand {
                 Output.stdout.flush()
             } else {
                 defer { Output.stdout.flush() }
-                Output.stdout.line("sent \(r.eventsSent) events (\(r.eventsNew) new), reported \(r.vmsReported) VMs (\(r.vmsRefused) refused), pulled \(r.vmsPulled); acknowledged up to \(r.acked), \(r.pending) pending")
+                Output.stdout.line("sent \(r.eventsSent) events (\(r.eventsNew) new), reported \(r.vmsReported) VMs (\(r.vmsRefused) refused), pulled \(r.vmsPulled), scan jobs \(r.jobsDone) done \(r.jobsFailed) failed; acknowledged up to \(r.acked), \(r.pending) pending")
             }
         }
         if once {
@@ -115,6 +118,23 @@ struct AgentRun: ParsableCommand {
                 }
             }
             await agent.shutdown()
+        }
+    }
+}
+
+extension AgentRun {
+    /// Scan jobs run the same scan as `warden scan` on this host (inventory and findings
+    /// stored here, `scanned` events in the local ledger, shipped next round).
+    static func scanner(_ database: DatabaseOptions) -> Agent.Scanner {
+        let path = database.path
+        return { image in
+            let db = try WardenDatabase(path: path)
+            let outcome = try ScanService(database: db).scan(images: [image])
+            if let failure = outcome.failures.first { throw failure }
+            guard let r = outcome.results.first, let key = Digest(r.inventory), let inv = try SQLiteAdvisoryStore(db).inventory(key) else {
+                throw WardenError(.internal, "the scan of \(image) stored no inventory")
+            }
+            return NewInventory(key: key, image: image, osID: inv.osID, versionID: inv.versionID, packages: inv.packages)
         }
     }
 }

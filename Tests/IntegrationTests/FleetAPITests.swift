@@ -92,6 +92,7 @@ import WardenTestSupport
     /// The concrete request for each route of the API.
     static func request(_ method: String, _ path: String) -> (String, String, String?) {
         let uri = path.replacingOccurrences(of: "{ref}", with: "web").replacingOccurrences(of: "{host}", with: "h1")
+            .replacingOccurrences(of: "{id}", with: "1")
             + (path == "/v1/exposure" ? "?host=h1&from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z" : "")
         var body: String?
         if method == "POST", path.hasSuffix("/events") { body = #"{"events":[{"id":"matrix-\#(UUID().uuidString)","kind":"started"}]}"# }
