@@ -108,7 +108,7 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            "AdvisoryStorage", "Advisories",
+            "AdvisoryStorage", "Advisories", "Policy",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -124,7 +124,7 @@ let package = Package(
         // `warden agent`: the local ledger's outbox to the server (at least once, idempotent, in
         // order) and the pull of the fleet's VMs (docs/fleet.md). Never linked into warden-hook.
         .target(name: "Agent", dependencies: [
-            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories",
+            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories", "Policy",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "X509", package: "swift-certificates"),

@@ -6,6 +6,21 @@ import Advisories
 /// The stored forms every advisory-store backend shares: the same content hash, package list,
 /// finding set and index building, so SQLite and PostgreSQL hold byte-identical values.
 public enum AdvisoryCoding {
+    /// One advisory rebuilt from its stored row and entries (the inverse of an import).
+    public static func record(source: String, id: String, modified: Double?, published: Double?, withdrawn: Double?,
+                              aliases: String, summary: String?, severity: Int, cvssScore: Double?, cvssVector: String?,
+                              affected: [(ecosystem: String, package: String, status: String, severity: Int?, ranges: String, versions: String)]) -> AdvisoryRecord {
+        AdvisoryRecord(id: id, source: source, modified: modified.map(Date.init(timeIntervalSince1970:)),
+                       published: published.map(Date.init(timeIntervalSince1970:)), withdrawn: withdrawn.map(Date.init(timeIntervalSince1970:)),
+                       aliases: aliases.isEmpty ? [] : aliases.split(separator: "\u{1F}").map(String.init), summary: summary,
+                       severity: Severity(rawValue: severity) ?? .unknown, cvssScore: cvssScore, cvssVector: cvssVector,
+                       affected: affected.map {
+                           AffectedPackage(ecosystem: $0.ecosystem, package: $0.package, status: AffectedStatus(rawValue: $0.status) ?? .affected,
+                                           ranges: RangeCoding.decode($0.ranges), versions: RangeCoding.decodeVersions($0.versions),
+                                           severity: $0.severity.flatMap { Severity(rawValue: $0) })
+                       })
+    }
+
     public static func validate(_ r: AdvisoryRecord, file: String) throws {
         func check(_ s: String, _ what: String) throws {
             guard RangeCoding.isClean(s) else {

@@ -76,6 +76,23 @@ public struct ImportedAdvisory: Codable, Sendable, Equatable {
     }
 }
 
+/// A position in a store's advisories (import time, then row key): opaque to clients, which
+/// hand back the text the server gave them.
+public struct AdvisoryCursor: Sendable, Equatable {
+    public var importedAt: Double
+    public var pk: Int64
+    public init(importedAt: Double, pk: Int64) { self.importedAt = importedAt; self.pk = pk }
+    /// `<seconds>:<row>`.
+    public var text: String { "\(importedAt.bitPattern):\(pk)" }
+    public init?(text: String) {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let bits = UInt64(parts[0]), let pk = Int64(parts[1]), pk >= 0 else { return nil }
+        let t = Double(bitPattern: bits)
+        guard t.isFinite else { return nil }
+        self.importedAt = t; self.pk = pk
+    }
+}
+
 /// One inventory to store with ``AdvisoryStore/storeInventories(_:at:)``.
 public struct NewInventory: Sendable {
     public var key: WardenCore.Digest
@@ -154,6 +171,12 @@ public protocol AdvisoryStore: AdvisoryFacts {
     func withDetails(_ findings: [Finding]) throws -> [Finding]
     /// Stores assessments, then (with `redateAll`) dates every assessment `now`, in one transaction.
     func saveAssessments(_ writes: [AssessmentWrite], at now: Date, redateAll: Bool) throws
+
+    // Export (agents pull the fleet's advisories)
+    /// Records stored after `cursor` in store order (import time, then row), at most `limit`,
+    /// rebuilt from the rows (withdrawn ones too, so a withdrawal travels), and the cursor after
+    /// the last one (nil when none were returned).
+    func advisoryRecords(after cursor: AdvisoryCursor?, limit: Int) throws -> (records: [AdvisoryRecord], next: AdvisoryCursor?)
 
     // The ledger beside it
     /// Ledger VMs with a disk whose fingerprint is `key` or whose path is one of `paths`.

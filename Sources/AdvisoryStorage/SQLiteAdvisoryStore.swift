@@ -377,3 +377,30 @@ extension SQLiteAdvisoryStore {
         }
     }
 }
+
+extension SQLiteAdvisoryStore {
+    public func advisoryRecords(after cursor: AdvisoryCursor?, limit: Int) throws -> (records: [AdvisoryRecord], next: AdvisoryCursor?) {
+        let n = max(1, min(limit, 5000))
+        return try database.read { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT pk, source, id, modified, published, withdrawn, aliases, summary, severity, cvss_score, cvss_vector, imported_at
+                FROM advisory WHERE (imported_at, pk) > (?, ?) ORDER BY imported_at, pk LIMIT ?
+                """, arguments: [cursor?.importedAt ?? -Double.greatestFiniteMagnitude, cursor?.pk ?? -1, n])
+            guard let last = rows.last else { return ([], nil) }
+            var affected: [Int64: [(ecosystem: String, package: String, status: String, severity: Int?, ranges: String, versions: String)]] = [:]
+            let pks: [Int64] = rows.map { $0["pk"] }
+            for r in try Row.fetchAll(db, sql: """
+                SELECT advisory, ecosystem, package, status, severity, ranges, versions FROM advisory_affected
+                WHERE advisory IN (\(pks.map { _ in "?" }.joined(separator: ","))) ORDER BY rowid
+                """, arguments: StatementArguments(pks)) {
+                affected[r["advisory"], default: []].append((r["ecosystem"], r["package"], r["status"], r["severity"], r["ranges"], r["versions"]))
+            }
+            let records = rows.map { r in
+                AdvisoryCoding.record(source: r["source"], id: r["id"], modified: r["modified"], published: r["published"], withdrawn: r["withdrawn"],
+                                      aliases: r["aliases"], summary: r["summary"], severity: r["severity"], cvssScore: r["cvss_score"],
+                                      cvssVector: r["cvss_vector"], affected: affected[r["pk"]] ?? [])
+            }
+            return (records, AdvisoryCursor(importedAt: last["imported_at"], pk: last["pk"]))
+        }
+    }
+}

@@ -4,6 +4,7 @@ import AsyncHTTPClient
 import Crypto
 import Foundation
 import NIOSSL
+import Policy
 import X509
 import Ledger
 import NIOCore
@@ -139,7 +140,7 @@ enum AgentFiles {
 /// sent again, and the server records them once. Nothing acknowledged locally is lost while the
 /// server is unreachable: the events stay in the local ledger until they drain.
 public final class Agent: Sendable {
-    public let local: any LedgerStore
+    public let local: any LedgerQueries
     public let configuration: AgentConfiguration
     public let directory: String
     let client: FleetClient
@@ -151,8 +152,14 @@ public final class Agent: Sendable {
     public typealias Scanner = @Sendable (String) throws -> NewInventory
     let scanner: Scanner?
 
-    public init(local: any LedgerStore, configuration: AgentConfiguration, directory: String, scanner: Scanner? = nil) throws {
+    /// Where the fleet's policy files are installed (the folder the libvirt hook reads); nil:
+    /// policy is not pulled.
+    let policyDirectory: String?
+
+    public init(local: any LedgerQueries, configuration: AgentConfiguration, directory: String, scanner: Scanner? = nil,
+                policyDirectory: String? = nil) throws {
         self.local = local
+        self.policyDirectory = policyDirectory
         self.configuration = configuration
         self.directory = directory
         self.scanner = scanner
@@ -172,6 +179,9 @@ public final class Agent: Sendable {
         public var pending: Int64 = 0
         public var jobsDone = 0
         public var jobsFailed = 0
+        public var advisoriesPulled = 0
+        public var policyRevision: String?
+        public var policyProblem: String?
     }
 
     var statePath: String { directory + "/state.json" }
@@ -179,10 +189,11 @@ public final class Agent: Sendable {
     /// The last local sequence number the server acknowledged.
     public func acked() -> Int64 { max(0, FleetSyncState.read(directory: directory)?.ackedSeq ?? 0) }
 
-    func saveState(acked: Int64, pulledAt: Date?) throws {
+    func saveState(acked: Int64, pulledAt: Date?, advisoryCursor: String? = nil, policyRevision: String? = nil) throws {
         let old = FleetSyncState.read(directory: directory)
         let state = FleetSyncState(ackedSeq: acked, lastPullUs: pulledAt.map(LedgerTime.micros) ?? old?.lastPullUs,
-                                   maxStalenessSeconds: configuration.maxStalenessSeconds)
+                                   maxStalenessSeconds: configuration.maxStalenessSeconds,
+                                   advisoryCursor: advisoryCursor ?? old?.advisoryCursor, policyRevision: policyRevision ?? old?.policyRevision)
         try AgentFiles.store(try JSONEncoder().encode(state), to: statePath, directory: directory)
     }
 
@@ -266,10 +277,74 @@ public final class Agent: Sendable {
             }
             do { try local.upsertVM(vm); round.vmsPulled += 1 } catch let e as WardenError where e.code == .conflict { continue }
         }
+        // 5. The fleet's advisories (into the local store the hook's findings rules read) and
+        // its policy (into the folder the hook reads).
+        try await pullAdvisories(&round, acked: mark)
+        if let policyDirectory {
+            // A policy that cannot be installed (the server's does not lint, or names unsafe
+            // files) leaves the last good one in place; the round says why.
+            do { try await pullPolicy(into: policyDirectory, round: &round, acked: mark) } catch let e as WardenError {
+                round.policyProblem = e.message
+            }
+        }
         // The pull is complete: decisions on this host may count the fleet's replicas again.
         try saveState(acked: mark, pulledAt: pulledAt)
         round.pending = try local.eventCount() - mark
         return round
+    }
+
+    /// Pages of the fleet's advisories after the saved cursor, imported into the local store
+    /// page by page (the cursor moves after each stored page).
+    func pullAdvisories(_ round: inout Round, acked: Int64) async throws {
+        struct Page: Decodable { var records: [AdvisoryRecord]; var next: String? }
+        var cursor = FleetSyncState.read(directory: directory)?.advisoryCursor
+        for _ in 0..<10_000 {
+            let query = cursor.map { "?limit=1000&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") } ?? "?limit=1000"
+            let page: Page = try await client.call(.GET, "/v1/advisories/records" + query, body: Optional<Int>.none)
+            guard let next = page.next, !page.records.isEmpty else { return }
+            _ = try local.advisories.importRecords(page.records, at: Date(), file: "the fleet server")
+            round.advisoriesPulled += page.records.count
+            cursor = next
+            try saveState(acked: acked, pulledAt: nil, advisoryCursor: next)
+        }
+    }
+
+    /// Prefix of the policy files the agent installs (and removes when the fleet drops them).
+    public static let policyPrefix = "fleet--"
+
+    /// The fleet's policy, when its revision changed: checked whole (names, size, lint) in a
+    /// staging folder first, then installed file by file (each an atomic replace) as
+    /// `fleet--NAME`; fleet files the server no longer has are removed. A bad set is refused
+    /// and the last good one stays.
+    func pullPolicy(into dir: String, round: inout Round, acked: Int64) async throws {
+        struct Files: Decodable { var revision: String; var files: [File]; struct File: Decodable { var name: String; var content: String } }
+        let policy: Files
+        do { policy = try await client.call(.GET, "/v1/policy", body: Optional<Int>.none) } catch let e as WardenError where e.code == .notFound {
+            return // the server serves no fleet policy: the host's own folder decides
+        }
+        round.policyRevision = policy.revision
+        if FleetSyncState.read(directory: directory)?.policyRevision == policy.revision { return }
+        guard policy.files.count <= 256, policy.files.allSatisfy({ PolicySet.isSafeFileName($0.name) && $0.content.utf8.count <= 1 << 20 }),
+              Set(policy.files.map(\.name)).count == policy.files.count else {
+            throw WardenError(.invalidArgument, "the server's policy has unsafe file names or oversized files; kept the installed one")
+        }
+        let staging = directory + "/policy-staging"
+        try? FileManager.default.removeItem(atPath: staging)
+        try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        for f in policy.files { try FileDescriptorIO.replaceFile(staging + "/" + f.name, with: Array(f.content.utf8), syncFolder: false) }
+        do { _ = try PolicySet.load(directory: staging) } catch let e as WardenError {
+            throw WardenError(.invalidArgument, "the server's policy does not lint here (\(e.message)); kept the installed one")
+        }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        let wanted = Set(policy.files.map { Self.policyPrefix + $0.name })
+        for f in policy.files {
+            try FileDescriptorIO.replaceFile(dir + "/" + Self.policyPrefix + f.name, with: Array(f.content.utf8), mode: 0o644)
+        }
+        for old in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where old.hasPrefix(Self.policyPrefix) && !wanted.contains(old) {
+            try? FileManager.default.removeItem(atPath: dir + "/" + old)
+        }
+        try saveState(acked: acked, pulledAt: nil, policyRevision: policy.revision)
     }
 
     /// Jobs a round claims at most, and how long it holds each.
@@ -377,7 +452,7 @@ public struct FleetClient: Sendable {
         guard (200..<300).contains(response.status.code) else {
             let message = (try? JSONDecoder().decode(ServerError.self, from: Data(buffer: bytes)))?.error.message ?? "HTTP \(response.status.code)"
             let code: WardenError.Code = response.status.code == 401 || response.status.code == 403 ? .denied
-                : response.status.code >= 500 ? .unavailable : .invalidArgument
+                : response.status.code == 404 ? .notFound : response.status.code >= 500 ? .unavailable : .invalidArgument
             throw WardenError(code, "the server refused \(path): \(message)")
         }
         do { return try LedgerJSON.decoder().decode(R.self, from: Data(buffer: bytes)) } catch {

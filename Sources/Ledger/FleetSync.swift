@@ -11,9 +11,15 @@ public struct FleetSyncState: Codable, Sendable, Equatable {
     public var lastPullUs: Int64?
     /// Seconds the pulled facts stay good (`warden agent enrol --max-staleness`).
     public var maxStalenessSeconds: Double?
+    /// Where the pull of the fleet's advisories stopped (the server's opaque cursor).
+    public var advisoryCursor: String?
+    /// The revision of the fleet policy installed here.
+    public var policyRevision: String?
 
-    public init(ackedSeq: Int64, lastPullUs: Int64? = nil, maxStalenessSeconds: Double? = nil) {
+    public init(ackedSeq: Int64, lastPullUs: Int64? = nil, maxStalenessSeconds: Double? = nil,
+                advisoryCursor: String? = nil, policyRevision: String? = nil) {
         self.ackedSeq = ackedSeq; self.lastPullUs = lastPullUs; self.maxStalenessSeconds = maxStalenessSeconds
+        self.advisoryCursor = advisoryCursor; self.policyRevision = policyRevision
     }
 
     public static let defaultMaxStaleness: Double = 300

@@ -385,6 +385,39 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
         }
     }
 
+    // MARK: Export
+
+    public func advisoryRecords(after cursor: AdvisoryCursor?, limit: Int) throws -> (records: [AdvisoryRecord], next: AdvisoryCursor?) {
+        let n = max(1, min(limit, 5000))
+        let rows = try store.query("""
+            SELECT pk, source, id, modified, published, withdrawn, aliases, summary, severity, cvss_score, cvss_vector, imported_at
+            FROM advisory WHERE (imported_at, pk) > (\(cursor?.importedAt ?? -Double.greatestFiniteMagnitude), \(cursor?.pk ?? -1))
+            ORDER BY imported_at, pk LIMIT \(n)
+            """)
+        guard let last = rows.last else { return ([], nil) }
+        var pks: [Int64] = []
+        for r in rows { pks.append(try Cells(r, "advisory", location).get("pk")) }
+        var affected: [Int64: [(ecosystem: String, package: String, status: String, severity: Int?, ranges: String, versions: String)]] = [:]
+        // ctid order is insertion order for rows never updated (entries are only inserted).
+        for r in try store.query("""
+            SELECT advisory, ecosystem, package, status, severity, ranges, versions FROM advisory_affected
+            WHERE advisory = ANY(\(pks)::bigint[]) ORDER BY advisory, ctid
+            """) {
+            let (adv, eco, pkg, status, sev, ranges, versions) = try r.decode((Int64, String, String, String, Int32?, String, String).self)
+            affected[adv, default: []].append((eco, pkg, status, sev.map(Int.init), ranges, versions))
+        }
+        let records = try rows.map { r in
+            let c = Cells(r, "advisory", location)
+            return AdvisoryCoding.record(source: try c.get("source"), id: try c.get("id"), modified: try c.optional("modified"),
+                                         published: try c.optional("published"), withdrawn: try c.optional("withdrawn"),
+                                         aliases: try c.get("aliases"), summary: try c.optional("summary"),
+                                         severity: Int(try c.get("severity", Int32.self)), cvssScore: try c.optional("cvss_score"),
+                                         cvssVector: try c.optional("cvss_vector"), affected: affected[try c.get("pk")] ?? [])
+        }
+        let lc = Cells(last, "advisory", location)
+        return (records, AdvisoryCursor(importedAt: try lc.get("imported_at"), pk: try lc.get("pk")))
+    }
+
     // MARK: The ledger beside it
 
     public func vms(withContent key: String, paths: [String]) throws -> [AffectedVM] {

@@ -158,6 +158,13 @@ public struct PolicySet: Sendable {
         return PolicySet(documents: [doc], origin: file, warnings: diags)
     }
 
+    /// Whether `name` is a policy file name safe to write into a policy folder from elsewhere
+    /// (the fleet server's set): letters, digits and `._-`, ending in .yaml or .yml, no leading dot.
+    public static func isSafeFileName(_ name: String) -> Bool {
+        (6...100).contains(name.utf8.count) && (name.hasSuffix(".yaml") || name.hasSuffix(".yml")) && !name.hasPrefix(".")
+            && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0) }
+    }
+
     /// The default policy directory: `$WARDEN_POLICY`, else `$WARDEN_HOME/policy`, else
     /// `~/.local/share/warden/policy` (beside the default database).
     public static func defaultDirectory(explicit: String? = nil,

@@ -6,6 +6,7 @@ import Hummingbird
 import Ledger
 import NIOCore
 import NIOPosix
+import Policy
 import WardenCore
 
 /// Fleet-wide assessment as work on the database (docs/fleet.md): advisories imported on the
@@ -20,6 +21,8 @@ extension FleetAPI {
     static let assessmentRoutes: [(method: String, path: String, allowed: Set<Role>)] = [
         ("POST", "/v1/advisories", [.admin]),
         ("GET", "/v1/advisories", [.admin, .operator, .auditor]),
+        ("GET", "/v1/advisories/records", [.admin, .operator, .auditor, .host]),
+        ("GET", "/v1/policy", [.admin, .operator, .auditor, .host]),
         ("PUT", "/v1/hosts/{host}/inventories", [.admin, .host]),
         ("GET", "/v1/findings", [.admin, .operator, .auditor]),
         ("POST", "/v1/jobs", [.admin]),
@@ -64,6 +67,28 @@ extension FleetAPI {
             return try Self.json(try await blocking { s in
                 Status(advisories: try s.advisories.advisoryCount(), sources: try s.advisories.sources(), lastImport: try s.advisories.lastAdvisoryImport())
             })
+        }
+        router.get("/v1/advisories/records") { request, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/advisories/records"))
+            let q = request.uri.queryParameters
+            let cursor = try q.get("after").map { t -> AdvisoryCursor in
+                guard let c = AdvisoryCursor(text: t) else { throw APIError(.badRequest, "after= is not a cursor this server gave") }
+                return c
+            }
+            let limit = try q.get("limit").map { t -> Int in
+                guard let n = Int(t), (1...5000).contains(n) else { throw APIError(.badRequest, "limit must be 1-5000") }
+                return n
+            } ?? 1000
+            struct Page: Encodable { var records: [AdvisoryRecord]; var next: String? }
+            return try Self.json(try await blocking { s in
+                let page = try s.advisories.advisoryRecords(after: cursor, limit: limit)
+                return Page(records: page.records, next: page.next?.text)
+            })
+        }
+        router.get("/v1/policy") { _, ctx in
+            try ctx.require(Self.allowed("GET", "/v1/policy"))
+            guard let dir = policyDirectory else { throw APIError(.notFound, "this server serves no fleet policy (start it with --policy DIR)") }
+            return try Self.json(try await NIOThreadPool.singleton.runIfActive { try FleetPolicy.read(directory: dir) })
         }
         router.put("/v1/hosts/:host/inventories") { request, ctx in
             try ctx.require(Self.allowed("PUT", "/v1/hosts/{host}/inventories"))
@@ -225,5 +250,30 @@ struct FindingsReport: Encodable {
         }
         out.inventories.sort { ($0.maxSeverity.flatMap(Severity.init(word:)) ?? .unknown, $0.vulnerable) > ($1.maxSeverity.flatMap(Severity.init(word:)) ?? .unknown, $1.vulnerable) }
         return out
+    }
+}
+
+/// The fleet's policy as the server hands it to agents: its files and their revision, served
+/// only when the set lints (a broken edit on the server never reaches the hosts; they keep
+/// the last good copy).
+public struct FleetPolicy: Codable, Sendable {
+    public struct File: Codable, Sendable { public var name: String; public var content: String }
+    public var revision: String
+    public var files: [File]
+
+    static func read(directory: String) throws -> FleetPolicy {
+        let set: PolicySet
+        do { set = try PolicySet.load(directory: directory) } catch let e as WardenError {
+            throw APIError(.serviceUnavailable, "the server's policy does not lint: \(e.message)")
+        }
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter(PolicySet.isSafeFileName).sorted()
+        guard names.count <= 256 else { throw APIError(.serviceUnavailable, "the server's policy has more than 256 files") }
+        var files: [File] = []
+        for n in names {
+            guard let d = FileManager.default.contents(atPath: directory + "/" + n), d.count <= 1 << 20,
+                  let text = String(data: d, encoding: .utf8) else { throw APIError(.serviceUnavailable, "policy file \(n) is unreadable or over 1 MiB") }
+            files.append(File(name: n, content: text))
+        }
+        return FleetPolicy(revision: set.revision, files: files)
     }
 }

@@ -61,6 +61,8 @@ public struct FleetAPI: Sendable {
     let metrics: ServerMetrics
     let tokens: TokenStore
     let pki: FleetPKI?
+    /// The fleet policy served to agents (`warden serve --policy DIR`).
+    let policyDirectory: String?
 
     /// Runs blocking store work on the thread pool, never on an event loop (docs/decisions.md).
     func blocking<T: Sendable>(_ body: @escaping @Sendable (any LedgerQueries) throws -> T) async throws -> T {

@@ -131,10 +131,12 @@ public struct FleetServer: Sendable {
         public var tls = false
         /// The names the server's certificate is for (default ``FleetPKI/defaultNames(listenHost:)``).
         public var tlsNames: [String] = []
+        /// The fleet policy agents pull (nil: none served).
+        public var policyDirectory: String?
         public init(host: String = "127.0.0.1", port: Int = 8480, tokensFile: String, logLevel: Logger.Level = .info,
-                    tls: Bool = false, tlsNames: [String] = []) {
+                    tls: Bool = false, tlsNames: [String] = [], policyDirectory: String? = nil) {
             self.host = host; self.port = port; self.tokensFile = tokensFile; self.logLevel = logLevel
-            self.tls = tls; self.tlsNames = tlsNames
+            self.tls = tls; self.tlsNames = tlsNames; self.policyDirectory = policyDirectory
         }
     }
 
@@ -161,7 +163,7 @@ public struct FleetServer: Sendable {
         return router
     }
 
-    func api(tokens: TokenStore) -> FleetAPI { FleetAPI(store: store, metrics: metrics, tokens: tokens, pki: pki) }
+    func api(tokens: TokenStore) -> FleetAPI { FleetAPI(store: store, metrics: metrics, tokens: tokens, pki: pki, policyDirectory: configuration.policyDirectory) }
 
     /// The server's own work (rescans from the job queue), beside the HTTP server.
     struct JobWorker: Service {

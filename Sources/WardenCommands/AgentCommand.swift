@@ -1,4 +1,5 @@
 import Agent
+import Policy
 import WardenServices
 import Storage
 import AdvisoryStorage
@@ -78,7 +79,8 @@ struct AgentRun: ParsableCommand {
         let dir = AgentConfiguration.directory(databasePath: database.path)
         let config = try AgentConfiguration.load(directory: dir)
         let local = try database.open(create: true)
-        let agent = try Agent(local: local, configuration: config, directory: dir, scanner: Self.scanner(database))
+        let agent = try Agent(local: local, configuration: config, directory: dir, scanner: Self.scanner(database),
+                              policyDirectory: PolicySet.defaultDirectory())
         let json = self.json
         @Sendable func show(_ r: Agent.Round) {
             if json, let text = try? Output.ledgerJSON(r) {

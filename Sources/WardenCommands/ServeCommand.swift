@@ -15,7 +15,7 @@ struct ServeCommand: ParsableCommand {
         commandName: "serve", abstract: "Serve the fleet API over the ledger (SQLite here, or PostgreSQL).",
         discussion: """
         Settings come from --config (YAML: listen, database, db, tokens, log_level, tls,
-        tls_names), then the environment ($WARDEN_DATABASE_URL; the PostgreSQL password from
+        tls_names, policy), then the environment ($WARDEN_DATABASE_URL; the PostgreSQL password from
         $PGPASSWORD), then flags. With --tls the server is its own CA: hosts enrol with a
         one-time host token and then report with the client certificate it issues.
         Stops gracefully on SIGTERM or SIGINT.
@@ -32,7 +32,8 @@ struct ServeSettings: Decodable {
     var logLevel: String?
     var tls: Bool?
     var tlsNames: [String]?
-    enum CodingKeys: String, CodingKey { case listen, database, db, tokens, logLevel = "log_level", tls, tlsNames = "tls_names" }
+    var policy: String?
+    enum CodingKeys: String, CodingKey { case listen, database, db, tokens, logLevel = "log_level", tls, tlsNames = "tls_names", policy }
 
     static func load(_ path: String?) throws -> ServeSettings {
         guard let path else { return ServeSettings() }
@@ -45,7 +46,7 @@ struct ServeSettings: Decodable {
             throw WardenError(.invalidArgument, "the config file nests deeper than \(YAMLNesting.maxDepth) levels", file: path)
         }
         do { return try YAMLDecoder().decode(ServeSettings.self, from: text) } catch {
-            throw WardenError(.invalidArgument, "the config file is not a warden serve configuration (listen, database, db, tokens, log_level, tls, tls_names)", file: path)
+            throw WardenError(.invalidArgument, "the config file is not a warden serve configuration (listen, database, db, tokens, log_level, tls, tls_names, policy)", file: path)
         }
     }
     init() {}
@@ -69,6 +70,7 @@ struct ServeRun: ParsableCommand {
     @Flag(help: "Serve HTTPS as the fleet's CA; hosts enrol and report with client certificates (mutual TLS).") var tls = false
     @Option(name: .customLong("tls-name"), help: ArgumentHelp("A DNS name or IP address for the server's certificate (repeatable; default: the listen address, this host's name, loopback).", valueName: "name"))
     var tlsNames: [String] = []
+    @Option(help: ArgumentHelp("The fleet policy folder agents pull (default: none served).", valueName: "dir")) var policy: String?
 
     func run() throws {
         let file = try ServeSettings.load(config)
@@ -86,7 +88,8 @@ struct ServeRun: ParsableCommand {
         let server = try FleetServer(configuration: .init(host: String(listenText[..<colon]), port: port,
                                                       tokensFile: tokens ?? file.tokens ?? defaultTokensPath(db: db ?? file.db),
                                                       logLevel: level, tls: tls || (file.tls ?? false),
-                                                      tlsNames: tlsNames.isEmpty ? (file.tlsNames ?? []) : tlsNames),
+                                                      tlsNames: tlsNames.isEmpty ? (file.tlsNames ?? []) : tlsNames,
+                                                      policyDirectory: policy ?? file.policy),
                                  store: store)
         if let pki = server.pki {
             Output.stdout.line("warden serve: https with mutual TLS for hosts; CA \(pki.caFingerprint) (warden serve ca prints it)")

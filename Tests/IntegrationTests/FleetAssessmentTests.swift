@@ -50,6 +50,10 @@ import WardenTestSupport
             let dbName = try pg.createDatabase()
             defer { pg.dropDatabase(dbName) }
             let server = ServeProcess(dir: tmp + "/srv", listen: "127.0.0.1:0", database: pg.url(dbName), environment: pg.environment)
+            // The fleet policy the agents install: no critical findings on a running VM.
+            try FileManager.default.createDirectory(atPath: tmp + "/srv/policy", withIntermediateDirectories: true)
+            try PolicyFiles.writeFile(PolicyFiles.noCriticalsOnline, at: tmp + "/srv/policy/criticals.yaml")
+            server.extraArguments = ["--policy", tmp + "/srv/policy"]
             let admin = try server.token("root", role: "admin")
             try server.start()
             defer { server.kill9() }
@@ -90,6 +94,21 @@ import WardenTestSupport
             let item = try #require((findings["inventories"] as? [[String: Any]])?.first)
             #expect((item["findings"] as? [[String: Any]])?.map { $0["advisory"] as? String } == ["DSA-77-1"])
             #expect((findings["by_severity"] as? [String: Int])?["critical"] == 1)
+
+            // The agent pulls the fleet's advisories and policy: the host decides offline (as
+            // its libvirt hook would) that the VM may not start, from its own scan and the
+            // fleet's advisory, under the fleet's rule.
+            let pulled = try Self.round(h1)
+            #expect(pulled["advisories_pulled"] as? Int == 2 && pulled["policy_revision"] != nil, "\(pulled)")
+            #expect(FileManager.default.fileExists(atPath: h1 + "/policy/fleet--criticals.yaml"))
+            let check = try wardenOn(nil, "h1", home: h1, ["policy", "check", "--op", "start", "web", "--json"], check: false)
+            #expect(check.status != 0 && check.stdoutText.contains("DSA-77-1"), "\(check.stdoutText) \(check.stderr)")
+            #expect(try Self.round(h1)["advisories_pulled"] as? Int == 0, "the cursor moved")
+            // A broken policy on the server never reaches the host: it keeps the last good one.
+            try "apiVersion: warden/v1\nkind: Policy\nrules: [oops".write(toFile: tmp + "/srv/policy/criticals.yaml", atomically: true, encoding: .utf8)
+            let broken = try Self.round(h1)
+            #expect((broken["policy_problem"] as? String)?.contains("does not lint") == true, "\(broken)")
+            #expect(try String(contentsOfFile: h1 + "/policy/fleet--criticals.yaml", encoding: .utf8).contains("no-criticals-online"))
 
             // An agent that dies holding a job: its lease (2 s) ends, the real agent takes the
             // job and completes it; the dead claimant's late answer is refused.

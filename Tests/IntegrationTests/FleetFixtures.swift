@@ -66,6 +66,8 @@ final class ServeProcess: @unchecked Sendable {
     let database: String?
     let environment: [String: String]
     let tls: Bool
+    /// More `warden serve` arguments.
+    var extraArguments: [String] = []
     private(set) var process: Process?
     private(set) var port = 0
 
@@ -100,6 +102,7 @@ final class ServeProcess: @unchecked Sendable {
         let bind = port == 0 ? listen : listen.replacingOccurrences(of: ":0", with: ":\(port)")
         var args = ["serve", "--listen", bind, "--db", dir + "/warden.db", "--log-level", "error"]
         if let database { args += ["--database", database] }
+        args += extraArguments
         if tls {
             args.append("--tls")
             let ca = try Tool.run([Fixtures.wardenBinary, "serve", "ca", "--db", dir + "/warden.db"]).stdout

@@ -166,4 +166,33 @@ import StoreTestSupport
             #expect(try store.advisoryCountImported(after: Date().addingTimeInterval(60)) == 0)
         }
     }
+
+    /// What agents pull: every record rebuilt byte for byte (same content hash), in pages, and
+    /// a replaced record comes again after the cursor.
+    @Test(arguments: StoreBackend.all) func recordsExportInPagesAndRebuildExactly(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
+            var a = record("A", modified: 100, fixed: "1.0-2")
+            a.summary = "openssl\tissue"; a.published = Date(timeIntervalSince1970: 50); a.cvssScore = 9.8; a.cvssVector = "CVSS:3.1/AV:N"
+            a.affected.append(AffectedPackage(ecosystem: "Debian:11", package: "openssl", status: .notAffected, versions: ["1.1", "1.2"], severity: .low))
+            let originals = [a, record("B", modified: 100, fixed: "2.0-1", package: "zlib"), record("W", modified: 1, fixed: "9", withdrawn: true)]
+            _ = try store.importRecords(originals, at: Date(timeIntervalSince1970: 1_000), file: "f")
+            var got: [AdvisoryRecord] = []
+            var cursor: AdvisoryCursor?
+            while true {
+                let page = try store.advisoryRecords(after: cursor, limit: 2)
+                if page.records.isEmpty { #expect(page.next == nil); break }
+                got += page.records
+                cursor = page.next
+                #expect(AdvisoryCursor(text: page.next!.text) == page.next)
+            }
+            #expect(got.count == 3)
+            let hashes = Dictionary(uniqueKeysWithValues: originals.map { ($0.id, AdvisoryCoding.contentHash($0)) })
+            for r in got { #expect(AdvisoryCoding.contentHash(r) == hashes[r.id], "\(r.id)") }
+            // A newer A: it comes again after the cursor, alone.
+            _ = try store.importRecords([record("A", modified: 200, fixed: "1.0-3")], at: Date(timeIntervalSince1970: 2_000), file: "f")
+            let again = try store.advisoryRecords(after: cursor, limit: 10)
+            #expect(again.records.map(\.id) == ["A"] && again.records.first?.affected.first?.ranges == [[.introduced("0"), .fixed("1.0-3")]])
+            #expect(AdvisoryCursor(text: "x:1") == nil && AdvisoryCursor(text: "\(Double.nan.bitPattern):1") == nil)
+        }
+    }
 }
