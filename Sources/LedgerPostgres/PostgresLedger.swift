@@ -466,13 +466,22 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
     public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
         guard from <= to else { throw WardenError(.invalidArgument, "the window's start is after its end") }
         let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), n = LedgerTime.micros(now)
+        let nested = store.inTransaction
         return try store.transaction {
         // The planner cannot estimate the recursion's size and hashes the whole vms table at
         // every level (388 ms at 100k VMs); index lookups per level take 44 ms. JIT would cost
-        // 20 ms of compilation on every call. Both settings last for this transaction only.
+        // 20 ms of compilation on every call. Both settings last for this transaction only —
+        // and when it is a caller's, they are put back before returning to it.
         try store.query("SET LOCAL jit = off")
         try store.query("SET LOCAL enable_hashjoin = off")
         try store.query("SET LOCAL enable_mergejoin = off")
+        defer {
+            if nested {
+                for setting in ["jit", "enable_hashjoin", "enable_mergejoin"] {
+                    _ = try? store.query(PostgresQuery(unsafeSQL: "SET LOCAL \(setting) TO DEFAULT"))
+                }
+            }
+        }
         var intervals: [VMID: [ExposureInterval]] = [:]
         for r in try store.query("""
             SELECT vm, kind, from_us, to_us FROM residency

@@ -59,6 +59,8 @@ struct Dashboard: Sendable {
             let link = sessions.link(for: ctx.principal!)
             return try FleetAPI.json(["path": "/login?once=\(link)", "expires_in_seconds": "\(Int(Sessions.linkLifetime))"])
         }
+        // Over TLS the session cookie is never sent in clear.
+        let secure = api.pki == nil ? "" : "; Secure"
         router.get("/login") { request, _ in
             guard let once = request.uri.queryParameters.get("once"), once.utf8.count == 64,
                   let session = sessions.redeem(once) else {
@@ -69,12 +71,12 @@ struct Dashboard: Sendable {
             if !next.hasPrefix("/") || next.hasPrefix("//") || next.contains("\\") { next = "/" }
             return Response(status: .seeOther, headers: [
                 .location: next,
-                .setCookie: "warden_session=\(session); Path=/; HttpOnly; SameSite=Strict; Max-Age=\(Int(Sessions.sessionLifetime))",
+                .setCookie: "warden_session=\(session); Path=/; HttpOnly; SameSite=Strict; Max-Age=\(Int(Sessions.sessionLifetime))\(secure)",
             ])
         }
         router.post("/logout") { request, ctx in
             if let s = Self.sessionCookie(request) { sessions.end(s) }
-            return Response(status: .seeOther, headers: [.location: "/", .setCookie: "warden_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"])
+            return Response(status: .seeOther, headers: [.location: "/", .setCookie: "warden_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0\(secure)"])
         }
         router.get("/") { _, ctx in
             _ = try requireViewer(ctx)

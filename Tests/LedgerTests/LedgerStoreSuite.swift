@@ -1,4 +1,5 @@
 import Foundation
+import PostgresNIO
 import Testing
 import WardenTestSupport
 import Ledger
@@ -188,5 +189,25 @@ extension LedgerStoreSuite {
         try server.psql("DELETE FROM events WHERE seq = 300", database: name)
         let cut = try verify()
         #expect(cut.problems.contains { $0.kind == "missing" }, "\(cut.problems)")
+    }
+
+    /// The exposure query's planner settings last for its own transaction; inside a caller's
+    /// transaction they are put back before it returns.
+    @Test func exposureSettingsDoNotLeakIntoACallersTransaction() throws {
+        let server = try PostgresServer.shared()
+        let name = try server.createDatabase()
+        defer { server.dropDatabase(name) }
+        let db = try PostgresStore(url: server.urlWithPassword(name))
+        defer { db.close() }
+        let ledger = PostgresLedger(store: db, keysDirectory: nil, host: HostName("srv")!)
+        func setting(_ n: String) throws -> String { try db.query(PostgresQuery(unsafeSQL: "SHOW \(n)")).first!.decode(String.self) }
+        let before = try setting("enable_hashjoin")
+        try db.transaction {
+            _ = try ledger.exposure(host: HostName("h1")!, from: Date(timeIntervalSince1970: 0), to: Date())
+            #expect(try setting("enable_hashjoin") == before)
+            #expect(try setting("enable_mergejoin") == "on")
+        }
+        _ = try ledger.exposure(host: HostName("h1")!, from: Date(timeIntervalSince1970: 0), to: Date())
+        #expect(try setting("enable_hashjoin") == before)
     }
 }
