@@ -103,20 +103,20 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
                 pkOf[try c.get("source", String.self) + "\u{1F}" + c.get("id", String.self)] = try c.get("pk")
             }
             var adv: [Int64] = [], eco: [String] = [], pkg: [String] = [], status: [String] = [], sev: [Int] = []
-            var ranges: [String] = [], versions: [String] = []
+            var ranges: [String] = [], versions: [String] = [], ord: [Int32] = []
             for (r, _, _) in rows {
                 guard let pk = pkOf[r.source + "\u{1F}" + r.id] else { throw WardenError(.internal, "advisory row has no key after insert") }
-                for a in r.affected {
-                    adv.append(pk); eco.append(a.ecosystem); pkg.append(a.package); status.append(a.status.rawValue)
+                for (i, a) in r.affected.enumerated() {
+                    ord.append(Int32(clamping: i)); adv.append(pk); eco.append(a.ecosystem); pkg.append(a.package); status.append(a.status.rawValue)
                     sev.append(a.severity?.rawValue ?? -1); ranges.append(RangeCoding.encode(a.ranges)); versions.append(RangeCoding.encodeVersions(a.versions))
                 }
             }
             if !adv.isEmpty {
                 try store.query("""
-                    INSERT INTO advisory_affected (advisory, ecosystem, package, status, severity, ranges, versions)
-                    SELECT a, e, p, st, NULLIF(sv, -1), r, v
+                    INSERT INTO advisory_affected (advisory, ecosystem, package, status, severity, ranges, versions, ord)
+                    SELECT a, e, p, st, NULLIF(sv, -1), r, v, o
                     FROM unnest(\(adv)::bigint[], \(eco)::text[], \(pkg)::text[], \(status)::text[], \(sev)::integer[],
-                                \(ranges)::text[], \(versions)::text[]) AS x(a, e, p, st, sv, r, v)
+                                \(ranges)::text[], \(versions)::text[], \(ord)::integer[]) AS x(a, e, p, st, sv, r, v, o)
                     """)
             }
         }
@@ -398,10 +398,10 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
         var pks: [Int64] = []
         for r in rows { pks.append(try Cells(r, "advisory", location).get("pk")) }
         var affected: [Int64: [(ecosystem: String, package: String, status: String, severity: Int?, ranges: String, versions: String)]] = [:]
-        // ctid order is insertion order for rows never updated (entries are only inserted).
+        // `ord` is each entry's place in its record, so the record is rebuilt in its order.
         for r in try store.query("""
             SELECT advisory, ecosystem, package, status, severity, ranges, versions FROM advisory_affected
-            WHERE advisory = ANY(\(pks)::bigint[]) ORDER BY advisory, ctid
+            WHERE advisory = ANY(\(pks)::bigint[]) ORDER BY advisory, ord
             """) {
             let (adv, eco, pkg, status, sev, ranges, versions) = try r.decode((Int64, String, String, String, Int32?, String, String).self)
             affected[adv, default: []].append((eco, pkg, status, sev.map(Int.init), ranges, versions))

@@ -206,7 +206,8 @@ enum PostgresMigrations {
                 status TEXT NOT NULL CHECK (status IN ('affected', 'not-affected')),
                 severity INTEGER CHECK (severity IS NULL OR severity BETWEEN 0 AND 5),
                 ranges TEXT NOT NULL,
-                versions TEXT NOT NULL
+                versions TEXT NOT NULL,
+                ord INTEGER NOT NULL DEFAULT 0
             )
             """,
             "CREATE INDEX advisory_affected_by_package ON advisory_affected(ecosystem, package)",
