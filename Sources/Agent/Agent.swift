@@ -180,6 +180,7 @@ public final class Agent: Sendable {
         public var jobsDone = 0
         public var jobsFailed = 0
         public var advisoriesPulled = 0
+        public var inventoriesReported = 0
         public var policyRevision: String?
         public var policyProblem: String?
     }
@@ -189,11 +190,13 @@ public final class Agent: Sendable {
     /// The last local sequence number the server acknowledged.
     public func acked() -> Int64 { max(0, FleetSyncState.read(directory: directory)?.ackedSeq ?? 0) }
 
-    func saveState(acked: Int64, pulledAt: Date?, advisoryCursor: String? = nil, policyRevision: String? = nil) throws {
+    func saveState(acked: Int64, pulledAt: Date?, advisoryCursor: String? = nil, policyRevision: String? = nil,
+                   inventoriesReportedUntil: Double? = nil) throws {
         let old = FleetSyncState.read(directory: directory)
-        let state = FleetSyncState(ackedSeq: acked, lastPullUs: pulledAt.map(LedgerTime.micros) ?? old?.lastPullUs,
+        var state = FleetSyncState(ackedSeq: acked, lastPullUs: pulledAt.map(LedgerTime.micros) ?? old?.lastPullUs,
                                    maxStalenessSeconds: configuration.maxStalenessSeconds,
                                    advisoryCursor: advisoryCursor ?? old?.advisoryCursor, policyRevision: policyRevision ?? old?.policyRevision)
+        state.inventoriesReportedUntil = inventoriesReportedUntil ?? old?.inventoriesReportedUntil
         try AgentFiles.store(try JSONEncoder().encode(state), to: statePath, directory: directory)
     }
 
@@ -260,14 +263,16 @@ public final class Agent: Sendable {
             round.vmsReported = outcome.recorded.count
             round.vmsRefused = outcome.refused.count
         }
-        // 3. Scan jobs for this host's images: inspect, report the inventory, complete. The
+        // 3. Inventories of this host's own scans (`warden scan`, a scan job) not reported yet.
+        try await pushInventories(&round, acked: mark)
+        // 4. Scan jobs for this host's images: inspect, report the inventory, complete. The
         // server's rescan then assesses it against the fleet's advisories.
         if let scanner {
-            try await runScanJobs(scanner, round: &round)
+            try await runScanJobs(scanner, round: &round, acked: mark)
             // The scans' `scanned` events go now, so the server names the VMs at once.
             if round.jobsDone > 0 { mark = try await pushEvents(&round); round.acked = mark }
         }
-        // 4. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
+        // 5. The fleet's VMs: unknown ones are recorded here (the libvirt hook decides on them
         // without the network); known ones this host does not hold follow the server.
         let pulledAt = Date()
         let fleet: [VMRecord] = try await client.call(.GET, "/v1/vms", body: Optional<Int>.none)
@@ -277,7 +282,7 @@ public final class Agent: Sendable {
             }
             do { try local.upsertVM(vm); round.vmsPulled += 1 } catch let e as WardenError where e.code == .conflict { continue }
         }
-        // 5. The fleet's advisories (into the local store the hook's findings rules read) and
+        // 6. The fleet's advisories (into the local store the hook's findings rules read) and
         // its policy (into the folder the hook reads).
         try await pullAdvisories(&round, acked: mark)
         if let policyDirectory {
@@ -291,6 +296,37 @@ public final class Agent: Sendable {
         try saveState(acked: mark, pulledAt: pulledAt)
         round.pending = try local.eventCount() - mark
         return round
+    }
+
+    /// Reports the inventories stored here since the last report (by their images' paths on
+    /// this host), 50 a request; the mark moves after each answered request.
+    func pushInventories(_ round: inout Round, acked: Int64) async throws {
+        let since = FleetSyncState.read(directory: directory)?.inventoriesReportedUntil ?? -1
+        let fresh = try local.advisories.inventories().filter { $0.inspectedAt.timeIntervalSince1970 > since }
+            .sorted { $0.inspectedAt < $1.inspectedAt }
+        guard !fresh.isEmpty else { return }
+        let images = try local.advisories.imagesByInventory()
+        struct Upload: Encodable { var inventories: [Item] }
+        struct Item: Encodable { var key: String; var image: String; var osId: String?; var versionId: String?; var packages: [MatchPackage] }
+        struct Stored: Decodable { var stored: Int }
+        var start = 0
+        while start < fresh.count {
+            let chunk = fresh[start..<min(start + 50, fresh.count)]
+            start += 50
+            let items = chunk.flatMap { inv in
+                (images[inv.key.description] ?? []).map {
+                    Item(key: inv.key.description, image: $0, osId: inv.osID, versionId: inv.versionID, packages: inv.packages)
+                }
+            }
+            if !items.isEmpty {
+                for part in stride(from: 0, to: items.count, by: 100) {
+                    let answer: Stored = try await client.call(.PUT, "/v1/hosts/\(configuration.host)/inventories",
+                                                               body: Upload(inventories: Array(items[part..<min(part + 100, items.count)])))
+                    round.inventoriesReported += answer.stored
+                }
+            }
+            try saveState(acked: acked, pulledAt: nil, inventoriesReportedUntil: chunk.last!.inspectedAt.timeIntervalSince1970)
+        }
     }
 
     /// Pages of the fleet's advisories after the saved cursor, imported into the local store
@@ -351,39 +387,40 @@ public final class Agent: Sendable {
     public static let jobsPerRound = 5
     public static let jobLease: Double = 900
 
-    func runScanJobs(_ scanner: Scanner, round: inout Round) async throws {
+    func runScanJobs(_ scanner: Scanner, round: inout Round, acked: Int64) async throws {
         struct Claim: Encodable { var limit: Int; var leaseSeconds: Double }
         let jobs: [Job] = try await client.call(.POST, "/v1/hosts/\(configuration.host)/jobs/claim",
                                                 body: Claim(limit: Self.jobsPerRound, leaseSeconds: Self.jobLease))
+        if jobs.isEmpty { return }
         // Only images that are disks of VMs this host's ledger knows: the server cannot make
         // an agent read an arbitrary file.
         var known = Set<String>()
         for vm in try local.listVMs() { for d in try local.disks(of: vm.id) { known.insert(d.path) } }
         struct Outcome: Encodable { var result: String?; var reason: String? }
-        struct Upload: Encodable { var inventories: [Item] }
-        struct Item: Encodable { var key: String; var image: String; var osId: String?; var versionId: String?; var packages: [MatchPackage] }
         struct Ack: Decodable { var id: Int64 }
+        var scanned: [(Job, NewInventory)] = []
         for job in jobs {
-            let path = "/v1/hosts/\(configuration.host)/jobs/\(job.id)"
             do {
                 guard job.kind == .scan else { throw WardenError(.invalidArgument, "this agent runs scan jobs only") }
                 guard known.contains(job.target) else {
                     throw WardenError(.denied, "\(job.target) is not a disk of a VM in this host's ledger")
                 }
-                let inv = try scanner(job.target)
-                struct Stored: Decodable { var stored: Int }
-                let _: Stored = try await client.call(.PUT, "/v1/hosts/\(configuration.host)/inventories", body: Upload(inventories: [
-                    Item(key: inv.key.description, image: inv.image, osId: inv.osID, versionId: inv.versionID, packages: inv.packages),
-                ]))
-                let _: Ack = try await client.call(.POST, path + "/complete", body: Outcome(result: "inventory \(inv.key.description)"))
-                round.jobsDone += 1
-            } catch let e as WardenError where e.code != .unavailable {
+                scanned.append((job, try scanner(job.target)))
+            } catch let e as WardenError {
                 // The image could not be scanned (or is not ours): the job goes back, and fails
-                // for good after its attempts. A lost server is not the job's fault: its lease
-                // ends and it is taken again.
-                let _: Ack? = try? await client.call(.POST, path + "/fail", body: Outcome(reason: e.message))
+                // for good after its attempts.
+                let _: Ack? = try? await client.call(.POST, "/v1/hosts/\(configuration.host)/jobs/\(job.id)/fail", body: Outcome(reason: e.message))
                 round.jobsFailed += 1
             }
+        }
+        guard !scanned.isEmpty else { return }
+        // The scans' inventories are reported before any job is completed: a job is done only
+        // when its result is on the server. (A lost server: the leases end, the jobs come back.)
+        try await pushInventories(&round, acked: acked)
+        for (job, inv) in scanned {
+            let _: Ack = try await client.call(.POST, "/v1/hosts/\(configuration.host)/jobs/\(job.id)/complete",
+                                               body: Outcome(result: "inventory \(inv.key.description)"))
+            round.jobsDone += 1
         }
     }
 

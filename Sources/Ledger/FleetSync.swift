@@ -15,6 +15,8 @@ public struct FleetSyncState: Codable, Sendable, Equatable {
     public var advisoryCursor: String?
     /// The revision of the fleet policy installed here.
     public var policyRevision: String?
+    /// Inventories stored here at or before this time (seconds) were reported to the server.
+    public var inventoriesReportedUntil: Double?
 
     public init(ackedSeq: Int64, lastPullUs: Int64? = nil, maxStalenessSeconds: Double? = nil,
                 advisoryCursor: String? = nil, policyRevision: String? = nil) {

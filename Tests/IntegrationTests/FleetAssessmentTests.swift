@@ -125,6 +125,18 @@ import WardenTestSupport
             #expect(job["attempts"] as? Int == 2)
             #expect(try c.callAs(nil, "POST", "/v1/hosts/h1/jobs/\(id)/complete", body: #"{"result":"late"}"#).status == 409)
             #expect(try jobs("done").first { $0["id"] as? Int == id }?["result"] as? String != "late")
+
+            // A scan made on the host by hand is reported too, and the server rescans it.
+            let copy = tmp + "/h1/web-copy.qcow2"
+            try FileManager.default.copyItem(atPath: image, toPath: copy)
+            _ = try wardenOn(nil, "h1", home: h1, ["scan", copy], check: false)
+            let reported = try Self.round(h1)
+            #expect(reported["inventories_reported"] as? Int ?? 0 >= 1, "\(reported)")
+            try waitUntil("the server lists the hand-made scan's image", timeout: 30) {
+                let f = (try c.callAs(admin, "GET", "/v1/findings").json as? [String: Any]) ?? [:]
+                return ((f["inventories"] as? [[String: Any]])?.first?["images"] as? [String])?.contains(copy) == true
+            }
+            #expect(try Self.round(h1)["inventories_reported"] as? Int == 0, "reported once")
         }
     }
 }
