@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "LedgerPostgres", targets: ["LedgerPostgres"]),
         .library(name: "Server", targets: ["Server"]),
         .library(name: "Agent", targets: ["Agent"]),
+        .library(name: "WardenNetwork", targets: ["WardenNetwork"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
@@ -132,6 +133,12 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOFoundationCompat", package: "swift-nio"),
         ]),
+        // `warden net`: network states (open, quarantined, shielded) in the ledger, enforced with
+        // nftables on the VM's host interfaces (docs/network.md).
+        .target(name: "WardenNetwork", dependencies: [
+            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories",
+            .product(name: "Yams", package: "Yams"),
+        ]),
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories", "AdvisoryStorage",
             .product(name: "Yams", package: "Yams"),
@@ -151,7 +158,7 @@ let package = Package(
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent",
+            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -120,6 +120,8 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     case ownershipTransferred = "ownership-transferred"
     case scanned, patched, retired
     case policyDecision = "policy-decision"
+    /// A VM's network state changed (open, quarantined, shielded), with the reason.
+    case networkState = "network-state"
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.

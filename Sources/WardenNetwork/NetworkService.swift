@@ -1,0 +1,150 @@
+import AdvisoryStorage
+import Advisories
+import Foundation
+import Ledger
+import WardenCore
+
+/// Network states recorded in the ledger and enforced with nftables (docs/network.md).
+///
+/// **Fail closed.** A change is applied to the kernel first (the whole rule set, one
+/// transaction) and recorded after; when the rules cannot be applied — no `nft`, a refused
+/// script, an unreadable network configuration for a quarantine — the command fails and the
+/// caller must not go on (a VM that should be quarantined is not started). When recording fails
+/// after the rules were applied, the rules are re-derived from the ledger, so the kernel never
+/// stays more open than the ledger says.
+public struct NetworkService: Sendable {
+    public let ledger: any LedgerStore
+    public let policyDirectory: String
+    public let nft: NFTables
+
+    public init(ledger: any LedgerStore, policyDirectory: String, nft: NFTables = NFTables()) {
+        self.ledger = ledger; self.policyDirectory = policyDirectory; self.nft = nft
+    }
+
+    /// Every VM's recorded network state (VMs never changed are open and left out).
+    public func states() throws -> [VMNetwork] {
+        var out: [VMNetwork] = []
+        for vm in try ledger.listVMs() {
+            guard let e = try ledger.events(of: vm.id).last(where: { $0.kind == .networkState }),
+                  let n = VMNetwork.from(e, name: vm.name) else { continue }
+            // A retired VM's rules go: it has no interface any more.
+            if vm.state == .retired { continue }
+            out.append(n)
+        }
+        return out
+    }
+
+    public func state(of vm: VMID) throws -> VMNetwork? { try states().first { $0.vm == vm } }
+
+    public func config() throws -> NetworkConfig { try NetworkConfig.load(policyDirectory: policyDirectory) }
+
+    /// Puts `vm` into `state`: derives the rules of every VM with this change, applies them as
+    /// one transaction, then records a `network-state` event with the reason.
+    @discardableResult
+    public func set(_ vm: VMRecord, to state: NetState, reason: String, interfaces: [String]?, ports: [ShieldedPort] = [],
+                    actor: String = NewEvent.defaultActor) throws -> VMNetwork {
+        guard (1...1000).contains(reason.utf8.count) else { throw WardenError(.invalidArgument, "a reason is 1-1000 bytes") }
+        let ifs = try (interfaces ?? (try self.state(of: vm.id))?.interfaces ?? []).map(Interface.check)
+        guard Set(ifs).count == ifs.count, ifs.count <= 32 else { throw WardenError(.invalidArgument, "interfaces repeat, or more than 32") }
+        if state != .open, ifs.isEmpty {
+            throw WardenError(.invalidArgument, "name the VM's host interface (--interface vnet0): a \(state.rawValue) VM needs one to enforce it on")
+        }
+        if state == .shielded, ports.isEmpty {
+            throw WardenError(.invalidArgument, "nothing to shield: no open finding at the shield severity maps to a service port")
+        }
+        var next = VMNetwork(vm: vm.id, name: vm.name, state: state, reason: reason, interfaces: ifs, ports: state == .shielded ? ports : [],
+                             since: Date(), seq: 0)
+        var all = try states().filter { $0.vm != vm.id }
+        // Another VM's rules on the same interface would fight over it.
+        if let clash = all.first(where: { $0.state != .open && !Set($0.interfaces).isDisjoint(with: ifs) }) {
+            throw WardenError(.conflict, "interface \(Set(clash.interfaces).intersection(ifs).sorted().joined(separator: ", ")) already carries VM \(clash.name)'s rules")
+        }
+        all.append(next)
+        let config = try self.config()
+        try nft.apply(NFTRules.script(all, config: config))
+        do {
+            let e = try ledger.append(NewEvent(kind: .networkState, vm: vm.id, actor: actor, payload: next.payload))
+            next.seq = e.seq; next.since = e.time
+        } catch {
+            _ = try? sync()
+            throw error
+        }
+        return next
+    }
+
+    /// Re-derives every VM's rules from the ledger and applies them as one transaction: rules
+    /// survive a restart this way, and rules of VMs that are gone (retired, or not in the
+    /// ledger) disappear.
+    public struct SyncReport: Codable, Sendable {
+        public var enforced: Int
+        public var interfaces: Int
+        public var rules: Int
+    }
+
+    @discardableResult
+    public func sync() throws -> SyncReport {
+        let all = try states().filter { $0.state != .open }
+        let script = NFTRules.script(all, config: try config())
+        try nft.apply(script)
+        return SyncReport(enforced: all.count, interfaces: all.reduce(0) { $0 + $1.interfaces.count },
+                          rules: script.split(separator: "\n").filter { $0.hasPrefix("    ") && !$0.contains("type filter hook") }.count)
+    }
+
+    /// The ports a shield closes for `vm`: its open findings at or above the configured
+    /// severity, mapped to their services' ports (built-in table plus `shield.servicePorts`).
+    public func shieldPorts(for vm: VMRecord, advisories: any AdvisoryFacts) throws -> [ShieldedPort] {
+        let config = try self.config()
+        let findings = try advisories.openFindings(disks: try ledger.disks(of: vm.id)).findings
+            .filter { $0.status == .vulnerable && $0.severity >= config.shieldSeverity }
+        var byPort: [String: ShieldedPort] = [:]
+        for f in findings {
+            for name in [f.package, f.sourcePackage] {
+                guard let ports = config.servicePorts[name] ?? ServicePorts.builtIn[name] else { continue }
+                for p in ports {
+                    for proto in NFTRules.udpServices.contains(p) ? ["tcp", "udp"] : ["tcp"] {
+                        let key = "\(proto)/\(p)"
+                        var entry = byPort[key] ?? ShieldedPort(port: p, proto: proto, package: name, findings: [])
+                        if !entry.findings.contains(f.advisory) { entry.findings.append(f.advisory) }
+                        byPort[key] = entry
+                    }
+                }
+            }
+        }
+        return byPort.values.sorted { ($0.port, $0.proto) < ($1.port, $1.proto) }
+    }
+
+    /// Per VM: its state, reason, interfaces, closed ports and what was dropped.
+    public struct Status: Codable, Sendable {
+        public var vm: String
+        public var name: String
+        public var state: NetState
+        public var reason: String
+        public var since: Date
+        public var interfaces: [String]
+        public var ports: [ShieldedPort]
+        /// Packets dropped from the VM and to it, per interface (nil when not enforced now).
+        public var dropped: [String: Dropped]
+        public struct Dropped: Codable, Sendable { public var fromVM: Int64; public var toVM: Int64 }
+        /// Whether the kernel holds the rules the ledger says it should.
+        public var enforced: Bool
+    }
+
+    public func status() throws -> [Status] {
+        let counters = nft.available ? ((try? nft.counters()) ?? [:]) : [:]
+        return try states().map { n in
+            var dropped: [String: Status.Dropped] = [:]
+            var enforced = n.state == .open
+            for iface in n.interfaces where n.state != .open {
+                let names = NFTRules.counterNames(n, iface)
+                if let a = counters[names.fromVM], let b = counters[names.toVM] {
+                    dropped[iface] = .init(fromVM: a, toVM: b)
+                    enforced = true
+                } else {
+                    enforced = false
+                }
+            }
+            return Status(vm: n.vm.description, name: n.name, state: n.state, reason: n.reason, since: n.since, interfaces: n.interfaces,
+                          ports: n.ports, dropped: dropped, enforced: enforced)
+        }
+    }
+}
