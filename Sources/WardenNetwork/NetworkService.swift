@@ -34,7 +34,11 @@ public struct NetworkService: Sendable {
         return out
     }
 
-    public func state(of vm: VMID) throws -> VMNetwork? { try states().first { $0.vm == vm } }
+    public func state(of vm: VMID) throws -> VMNetwork? {
+        guard let record = try ledger.vm(vm), record.state != .retired,
+              let e = try ledger.events(of: vm).last(where: { $0.kind == .networkState }) else { return nil }
+        return VMNetwork.from(e, name: record.name)
+    }
 
     public func config() throws -> NetworkConfig { try NetworkConfig.load(policyDirectory: policyDirectory) }
 
@@ -146,5 +150,35 @@ public struct NetworkService: Sendable {
             return Status(vm: n.vm.description, name: n.name, state: n.state, reason: n.reason, since: n.since, interfaces: n.interfaces,
                           ports: n.ports, dropped: dropped, enforced: enforced)
         }
+    }
+
+    // MARK: Driven by assessments
+
+    /// After a fresh assessment of `vm`: a quarantine is lifted when it has no open finding at
+    /// or above the shield severity (the assessment is the "fresh assessment" that may lift
+    /// it). Returns the new state, or nil when nothing changed.
+    @discardableResult
+    public func liftIfClean(_ vm: VMRecord, advisories: any AdvisoryFacts, actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
+        guard let current = try state(of: vm.id), current.state == .quarantined else { return nil }
+        let severity = try config().shieldSeverity
+        let open: [Finding]
+        do { open = try advisories.openFindings(disks: try ledger.disks(of: vm.id)).findings } catch let e as WardenError where e.code == .unavailable {
+            return nil   // unknown is not clean: it stays quarantined
+        }
+        let blocking = open.filter { $0.status == .vulnerable && $0.severity >= severity }
+        guard blocking.isEmpty else { return nil }
+        return try set(vm, to: .open, reason: "assessed: no open finding at or above \(severity)", interfaces: current.interfaces, actor: actor)
+    }
+
+    /// After a rescan found new findings: a running VM that is open and whose interfaces are
+    /// known (recorded before) is shielded from its services with findings at the shield
+    /// severity. Returns the new state, or nil when nothing changed.
+    @discardableResult
+    public func shieldIfExposed(_ vm: VMRecord, advisories: any AdvisoryFacts, actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
+        guard vm.state == .running, let current = try state(of: vm.id), current.state == .open, !current.interfaces.isEmpty else { return nil }
+        let ports = try shieldPorts(for: vm, advisories: advisories)
+        guard !ports.isEmpty else { return nil }
+        let reason = "new findings: " + ports.map { "\($0.port)/\($0.proto) (\($0.package): \($0.findings.joined(separator: ", ")))" }.joined(separator: "; ")
+        return try set(vm, to: .shielded, reason: String(reason.prefix(1000)), interfaces: current.interfaces, ports: ports, actor: actor)
     }
 }

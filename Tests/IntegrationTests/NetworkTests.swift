@@ -155,22 +155,38 @@ final class NetLab: @unchecked Sendable {
             _ = try Self.warden(lab, home: home, ["net", "sync"])
             #expect(try !lab.connects("vm", "client", 80))
 
-            // Shielded: openssh has a high finding, so inbound 22 is dropped; 80 stays open, and
-            // the VM reaches everything.
-            _ = try Self.warden(lab, home: home, ["advisories", "import", try Self.osv(in: home)])
+            // A scan with no advisory data for its OS is no fresh assessment: still quarantined.
             try Self.storeInventory(home: home, lab: lab)
-            let shield = try Self.warden(lab, home: home, ["net", "shield", "web", "--json"])
-            #expect(shield.stdoutText.contains("DSA-5555-1"), "\(shield.stdoutText)")
+            #expect(try lab.connects("vm", "mirror", 80) && !lab.connects("vm", "client", 80))
+            // With Debian 12 advisories that do not touch it, the scan lifts the quarantine.
+            _ = try Self.warden(lab, home: home, ["advisories", "import", try Self.osv(in: home, id: "DSA-1-1", package: "zlib")])
+            let lifted = try Self.warden(lab, home: home, ["scan", home + "/web.qcow2"], check: false)
+            #expect(lifted.stderr.contains("web: network open (assessed: no open finding at or above high)"), "\(lifted.stderr)")
+            #expect(try lab.connects("vm", "client", 80))
+
+            // The VM runs; an advisory for its openssh arrives; the fleet rescan shields it:
+            // inbound 22 is dropped, 80 stays open, and the VM reaches everything.
+            _ = try Self.warden(lab, home: home, ["event", "record", "--vm", "web", "--kind", "started"])
+            _ = try Self.warden(lab, home: home, ["advisories", "import", try Self.osv(in: home, id: "DSA-5555-1", package: "openssh")])
+            let rescan = try Self.warden(lab, home: home, ["fleet", "rescan"])
+            #expect(rescan.stderr.contains("web: network shielded (new findings: 22/tcp (openssh-server: DSA-5555-1))"), "\(rescan.stderr)")
             #expect(try !lab.connects("client", "vm", 22))
             #expect(try lab.connects("client", "vm", 80))
             #expect(try lab.connects("vm", "client", 8080))
+            let nwfilter = try Self.warden(lab, home: home, ["net", "nwfilter", "web"]).stdoutText
+            #expect(nwfilter.contains("<tcp dstportstart='22'/>") && nwfilter.contains("action='drop' direction='in'"), "\(nwfilter)")
 
-            // Open again, with a recorded reason: everything passes.
+            // Open again, with a recorded reason: everything passes. The explicit shield says
+            // which finding closed which port.
             _ = try Self.warden(lab, home: home, ["net", "open", "web", "--reason", "patched and rescanned"])
             #expect(try lab.connects("client", "vm", 22))
-            #expect(try lab.connects("vm", "client", 80))
+            let shield = try Self.warden(lab, home: home, ["net", "shield", "web", "--json"])
+            #expect(shield.stdoutText.contains("DSA-5555-1"), "\(shield.stdoutText)")
+            #expect(try !lab.connects("client", "vm", 22))
+            _ = try Self.warden(lab, home: home, ["net", "open", "web", "--reason", "accepted risk, ticket 42"])
+            #expect(try lab.connects("client", "vm", 22))
             let history = try Self.warden(lab, home: home, ["vm", "history", "web", "--json"]).stdoutText
-            #expect(history.components(separatedBy: "\"network-state\"").count - 1 == 3, "\(history.prefix(2000))")
+            #expect(history.components(separatedBy: "\"network-state\"").count - 1 == 6, "\(history.prefix(2000))")
         }
     }
 
@@ -205,12 +221,12 @@ final class NetLab: @unchecked Sendable {
         }
     }
 
-    static func osv(in dir: String) throws -> String {
-        let path = dir + "/ssh.json"
+    static func osv(in dir: String, id: String, package: String) throws -> String {
+        let path = dir + "/\(id).json"
         try """
-        {"schema_version": "1.6.0", "id": "DSA-5555-1", "modified": "2026-11-01T00:00:00Z", "aliases": ["CVE-2026-5555"],
-         "summary": "openssh - security update", "database_specific": {"severity": "high"},
-         "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssh"},
+        {"schema_version": "1.6.0", "id": "\(id)", "modified": "2026-11-01T00:00:00Z", "aliases": ["CVE-2026-5555"],
+         "summary": "\(package) - security update", "database_specific": {"severity": "high"},
+         "affected": [{"package": {"ecosystem": "Debian:12", "name": "\(package)"},
                        "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1:9.2p1-2+deb12u9"}]}]}]}
         """.write(toFile: path, atomically: true, encoding: .utf8)
         return path

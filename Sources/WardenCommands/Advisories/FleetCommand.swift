@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Policy
+import WardenNetwork
 import WardenCore
 import Advisories
 import Ledger
@@ -29,9 +31,23 @@ struct FleetCommand: ParsableCommand {
         @Flag(help: .hidden) var timing = false
 
         func run() throws {
-            let store = SQLiteAdvisoryStore(try database.open())
+            let db = try database.open()
+            let store = SQLiteAdvisoryStore(db)
             var phases = PhaseClock()
             let report = try store.rescan(phase: timing ? { phases.lap($0) } : nil)
+            // New findings at the shield severity shield the running VMs that carry them.
+            let ledger = SQLiteLedger(database: db)
+            let net = NetworkService(ledger: ledger, policyDirectory: PolicySet.defaultDirectory())
+            var shieldFailures = 0
+            for id in Set(report.changed.filter { !$0.newFindings.isEmpty }.flatMap { $0.vms.map(\.id) }).sorted() {
+                guard let vmid = VMID(id), let vm = try ledger.vm(vmid) else { continue }
+                do {
+                    if let n = try net.shieldIfExposed(vm, advisories: store) { Output.note("\(vm.name): network shielded (\(n.reason))") }
+                } catch let e as WardenError {
+                    shieldFailures += 1
+                    Output.error("\(vm.name): could not be shielded: \(e.message)")
+                }
+            }
             if timing { phases.lap("done"); for l in phases.lines { Output.note(l) } }
             try Output.render(report, json: json) {
                 let out = Output.stdout
@@ -52,6 +68,8 @@ struct FleetCommand: ParsableCommand {
                 for u in report.unassessable.prefix(limit) { out.line("not assessable (no advisory feed for its OS): \(u)") }
                 if timing { phases.lap("print"); Output.note(phases.lines.last ?? "") }
             }
+            // A VM that should be shielded and could not be: the command fails.
+            if shieldFailures > 0 { Output.stdout.flush(); throw ExitCode(5) }
         }
     }
 }

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import AdvisoryStorage
+import Policy
+import WardenNetwork
 import WardenCore
 import DiskImage
 import GuestFS
@@ -40,7 +43,19 @@ struct ScanCommand: ParsableCommand {
     typealias ImageResult = ScanService.ImageResult
 
     func run() throws {
-        let outcome = try ScanService(database: try database.open()).scan(images: images, format: format, includeResolved: all)
+        let db = try database.open()
+        let outcome = try ScanService(database: db).scan(images: images, format: format, includeResolved: all)
+        // A fresh assessment lifts a quarantine when nothing blocking is left (docs/network.md).
+        let ledger = SQLiteLedger(database: db)
+        let net = NetworkService(ledger: ledger, policyDirectory: PolicySet.defaultDirectory())
+        for id in Set(outcome.results.flatMap { $0.vms.map(\.id) }).sorted() {
+            guard let vmid = VMID(id), let vm = try ledger.vm(vmid) else { continue }
+            do {
+                if let n = try net.liftIfClean(vm, advisories: SQLiteAdvisoryStore(db)) { Output.note("\(vm.name): network \(n.state.rawValue) (\(n.reason))") }
+            } catch let e as WardenError {
+                Output.note("\(vm.name): stays quarantined: \(e.message)")
+            }
+        }
         let met = failOn.map(outcome.meets) ?? false
         struct Doc: Encodable {
             var schema = "warden.scan/v1"
