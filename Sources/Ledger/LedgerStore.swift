@@ -53,6 +53,8 @@ public protocol LedgerStore: Sendable {
     /// Appends one event (its own transaction). Returns it with its sequence number.
     func append(_ event: NewEvent) throws -> EventRecord
     func events(of vm: VMID) throws -> [EventRecord]
+    /// Each VM's latest event of `kind` (one per VM that has one), in any order.
+    func latestEvents(kind: EventKind) throws -> [EventRecord]
     func event(seq: Int64) throws -> EventRecord?
     /// The number of events (the Merkle tree size).
     func eventCount() throws -> Int64

@@ -398,6 +398,14 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         }
     }
 
+    public func latestEvents(kind: EventKind) throws -> [EventRecord] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT e.* FROM events e JOIN (SELECT max(seq) AS s FROM events WHERE kind = ? AND vm IS NOT NULL GROUP BY vm) m ON e.seq = m.s
+                """, arguments: [kind.rawValue]).map { try Rows.event($0, file: database.path) }
+        }
+    }
+
     public func event(seq: Int64) throws -> EventRecord? {
         try database.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM events WHERE seq = ?", arguments: [seq]).map { try Rows.event($0, file: database.path) }

@@ -410,6 +410,12 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         try store.query("SELECT * FROM events WHERE vm = \(vm.description) ORDER BY seq").map { try PGRows.event($0, location) }
     }
 
+    public func latestEvents(kind: EventKind) throws -> [EventRecord] {
+        try store.query("""
+            SELECT DISTINCT ON (vm) * FROM events WHERE kind = \(kind.rawValue) AND vm IS NOT NULL ORDER BY vm, seq DESC
+            """).map { try PGRows.event($0, location) }
+    }
+
     public func event(seq: Int64) throws -> EventRecord? {
         try store.query("SELECT * FROM events WHERE seq = \(seq)").first.map { try PGRows.event($0, location) }
     }

@@ -174,5 +174,9 @@ enum LedgerMigrations {
                 ) WITHOUT ROWID
                 """)
         },
+        .init("ledger-10-events-by-kind") { db in
+            // Each VM's latest event of one kind (its network state) without scanning the log.
+            try db.execute(sql: "CREATE INDEX events_by_kind ON events(kind, vm, seq)")
+        },
     ]
 }

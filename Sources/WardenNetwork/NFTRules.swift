@@ -29,15 +29,40 @@ public enum NFTRules {
         return ("drop_out_\(t)", "drop_in_\(t)")
     }
 
-    /// The whole script for `vms` (open ones contribute nothing).
-    public static func script(_ vms: [VMNetwork], config: NetworkConfig) -> String {
+    /// The whole script for `vms` (open ones contribute nothing). Interfaces for which
+    /// `present` is false (not on this host now: a stopped VM's vnet) are left out — a chain
+    /// cannot hang on a device that does not exist — and reported as not enforced.
+    public static func script(_ vms: [VMNetwork], config: NetworkConfig, present: (String) -> Bool = Interface.exists) -> String {
         var out = "table netdev \(table) {\n}\ndelete table netdev \(table)\ntable netdev \(table) {\n"
         for vm in vms.sorted(by: { $0.vm.description < $1.vm.description }) where vm.state != .open {
-            for iface in vm.interfaces where Interface.isValid(iface) {
+            for iface in vm.interfaces where Interface.isValid(iface) && present(iface) {
                 out += chains(vm, iface, config: config)
             }
         }
         out += "}\n"
+        return out
+    }
+
+    /// One VM's change as one transaction that leaves every other VM's rules alone: its old and
+    /// new interfaces' chains and counters are declared (so deleting them cannot fail) and
+    /// deleted, then its new rules are added.
+    public static func change(from old: VMNetwork?, to new: VMNetwork, config: NetworkConfig, present: (String) -> Bool = Interface.exists) -> String {
+        var out = "table netdev \(table) {\n}\n"
+        let ifaces = Set((old?.interfaces ?? []) + new.interfaces).filter { Interface.isValid($0) && present($0) }.sorted()
+        for iface in ifaces {
+            let t = tag(new, iface)
+            let (o, i) = counterNames(new, iface)
+            for (name, hook) in [("q_out_\(t)", "ingress"), ("q_in_\(t)", "egress"), ("s_in_\(t)", "egress")] {
+                out += "add chain netdev \(table) \(name) { type filter hook \(hook) device \"\(iface)\" priority -100; policy accept; }\n"
+                out += "delete chain netdev \(table) \(name)\n"
+            }
+            for c in [o, i] { out += "add counter netdev \(table) \(c)\ndelete counter netdev \(table) \(c)\n" }
+        }
+        if new.state != .open {
+            out += "table netdev \(table) {\n"
+            for iface in new.interfaces where Interface.isValid(iface) && present(iface) { out += chains(new, iface, config: config) }
+            out += "}\n"
+        }
         return out
     }
 

@@ -13,22 +13,23 @@ import WardenCore
 /// after the rules were applied, the rules are re-derived from the ledger, so the kernel never
 /// stays more open than the ledger says.
 public struct NetworkService: Sendable {
-    public let ledger: any LedgerStore
+    public let ledger: any LedgerQueries
     public let policyDirectory: String
     public let nft: NFTables
 
-    public init(ledger: any LedgerStore, policyDirectory: String, nft: NFTables = NFTables()) {
+    public init(ledger: any LedgerQueries, policyDirectory: String, nft: NFTables = NFTables()) {
         self.ledger = ledger; self.policyDirectory = policyDirectory; self.nft = nft
     }
 
     /// Every VM's recorded network state (VMs never changed are open and left out).
     public func states() throws -> [VMNetwork] {
         var out: [VMNetwork] = []
-        for vm in try ledger.listVMs() {
-            guard let e = try ledger.events(of: vm.id).last(where: { $0.kind == .networkState }),
-                  let n = VMNetwork.from(e, name: vm.name) else { continue }
+        let latest = try ledger.latestEvents(kind: .networkState)
+        guard !latest.isEmpty else { return [] }
+        let vms = Dictionary(uniqueKeysWithValues: try ledger.vms(withIDs: latest.compactMap(\.vm)).map { ($0.id, $0) })
+        for e in latest {
             // A retired VM's rules go: it has no interface any more.
-            if vm.state == .retired { continue }
+            guard let id = e.vm, let vm = vms[id], vm.state != .retired, let n = VMNetwork.from(e, name: vm.name) else { continue }
             out.append(n)
         }
         return out
@@ -58,14 +59,22 @@ public struct NetworkService: Sendable {
         }
         var next = VMNetwork(vm: vm.id, name: vm.name, state: state, reason: reason, interfaces: ifs, ports: state == .shielded ? ports : [],
                              since: Date(), seq: 0)
-        var all = try states().filter { $0.vm != vm.id }
+        let others = try states().filter { $0.vm != vm.id }
         // Another VM's rules on the same interface would fight over it.
-        if let clash = all.first(where: { $0.state != .open && !Set($0.interfaces).isDisjoint(with: ifs) }) {
+        if let clash = others.first(where: { $0.state != .open && !Set($0.interfaces).isDisjoint(with: ifs) }) {
             throw WardenError(.conflict, "interface \(Set(clash.interfaces).intersection(ifs).sorted().joined(separator: ", ")) already carries VM \(clash.name)'s rules")
         }
-        all.append(next)
         let config = try self.config()
-        try nft.apply(NFTRules.script(all, config: config))
+        if state != .open, let missing = ifs.first(where: { !Interface.exists($0) }) {
+            throw WardenError(.unavailable, "interface \(missing) does not exist on this host: the \(state.rawValue) state cannot be enforced")
+        }
+        // This VM's chains only, one transaction; if that fails (the table was lost, say), the
+        // whole table from the ledger plus this change.
+        do {
+            try nft.apply(NFTRules.change(from: try self.state(of: vm.id), to: next, config: config))
+        } catch {
+            try nft.apply(NFTRules.script(others + [next], config: config))
+        }
         do {
             let e = try ledger.append(NewEvent(kind: .networkState, vm: vm.id, actor: actor, payload: next.payload))
             next.seq = e.seq; next.since = e.time
@@ -139,6 +148,7 @@ public struct NetworkService: Sendable {
             var dropped: [String: Status.Dropped] = [:]
             var enforced = n.state == .open
             for iface in n.interfaces where n.state != .open {
+                // (an interface absent now has no chain: not enforced, and said so)
                 let names = NFTRules.counterNames(n, iface)
                 if let a = counters[names.fromVM], let b = counters[names.toVM] {
                     dropped[iface] = .init(fromVM: a, toVM: b)

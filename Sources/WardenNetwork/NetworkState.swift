@@ -82,6 +82,9 @@ public enum Interface {
             && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "_.-".unicodeScalars.contains($0) }
     }
 
+    /// Whether the interface exists in this network namespace now.
+    public static func exists(_ name: String) -> Bool { isValid(name) && if_nametoindex(name) != 0 }
+
     public static func check(_ name: String) throws -> String {
         guard isValid(name) else {
             throw WardenError(.invalidArgument, "not an interface name: \(TerminalText.line(String(name.prefix(40)))) (1-15 letters, digits, _ . -)")

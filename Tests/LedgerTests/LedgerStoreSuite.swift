@@ -44,6 +44,22 @@ struct StoreTestError: Error {}
         }
     }
 
+    /// Each VM's latest event of a kind, and only VMs that have one.
+    @Test(arguments: StoreBackend.all) func latestEventOfAKindPerVM(_ b: StoreBackend) throws {
+        try b.with { s in
+            let a = try s.createVM(VMRecord(name: "a", owner: "o"), disks: [], event: NewEvent(kind: .registered, vm: nil)).0
+            let c = try s.createVM(VMRecord(name: "c", owner: "o"), disks: [], event: NewEvent(kind: .registered, vm: nil)).0
+            _ = try s.createVM(VMRecord(name: "d", owner: "o"), disks: [], event: NewEvent(kind: .registered, vm: nil))
+            for (vm, n) in [(a, 1), (c, 2), (a, 3), (c, 4), (a, 5)] {
+                _ = try s.append(NewEvent(kind: .networkState, vm: vm.id, payload: ["n": .number(Double(n))]))
+                _ = try s.append(NewEvent(kind: .started, vm: vm.id))
+            }
+            let latest = try s.latestEvents(kind: .networkState)
+            #expect(Dictionary(uniqueKeysWithValues: latest.map { ($0.vm!, $0.payload["n"]) }) == [a.id: .number(5), c.id: .number(4)])
+            #expect(try s.latestEvents(kind: .retired).isEmpty)
+        }
+    }
+
     @Test(arguments: StoreBackend.all) func oneLiveVMPerDiskFile(_ b: StoreBackend) throws {
         try b.with { s in
             let id = DiskRecord.FileID(device: 7, inode: 42)
