@@ -43,7 +43,7 @@ public struct VMNetwork: Codable, Sendable, Equatable {
     }
 
     /// The event payload that records this state.
-    var payload: [String: JSONValue] {
+    public var payload: [String: JSONValue] {
         var p: [String: JSONValue] = ["state": .string(state.rawValue), "reason": .string(reason),
                                       "interfaces": .array(interfaces.map { .string($0) })]
         if !ports.isEmpty {
