@@ -146,7 +146,7 @@ let package = Package(
         ]),
         // The libvirt hook protocol and the domain XML reader, shared by `warden libvirt-hook`
         // and the lean `warden-hook` executable; deliberately without CLibvirt and FoundationXML.
-        .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy"]),
+        .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy", "WardenNetwork"]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
             .product(name: "Crypto", package: "swift-crypto"),

@@ -1,4 +1,5 @@
 import Foundation
+import WardenNetwork
 import WardenCore
 
 /// What Warden needs from a libvirt domain XML: its name, UUID and disk sources.
@@ -19,8 +20,13 @@ public struct LibvirtDomain: Sendable, Equatable {
     /// `<domain type=…>` (qemu, kvm).
     public var type: String?
 
-    public init(name: String, uuid: UUID?, diskPaths: [String], diskFormats: [String]? = nil, type: String? = nil) {
-        self.name = name; self.uuid = uuid; self.diskPaths = diskPaths; self.type = type
+    /// Host interface names of the domain's network devices (`<interface><target dev=…>`), as
+    /// libvirt reports them once they exist (at `started`); only names that are valid interface
+    /// names are kept.
+    public var interfaces: [String] = []
+
+    public init(name: String, uuid: UUID?, diskPaths: [String], diskFormats: [String]? = nil, type: String? = nil, interfaces: [String] = []) {
+        self.name = name; self.uuid = uuid; self.diskPaths = diskPaths; self.type = type; self.interfaces = interfaces
         self.diskFormats = diskFormats ?? diskPaths.map { _ in "unknown" }
     }
 
@@ -55,7 +61,8 @@ public struct LibvirtDomain: Sendable, Equatable {
             guard let parsed = UUID(uuidString: u) else { throw WardenError.corrupt("domain XML <uuid> is not a UUID") }
             uuid = parsed
         }
-        return LibvirtDomain(name: name, uuid: uuid, diskPaths: collector.disks, diskFormats: collector.formats, type: collector.type)
+        return LibvirtDomain(name: name, uuid: uuid, diskPaths: collector.disks, diskFormats: collector.formats, type: collector.type,
+                             interfaces: collector.interfaces)
     }
 }
 
@@ -71,6 +78,7 @@ struct DomainCollector: DomainXMLReader.Handler {
     var diskIsDisk = false
     var diskSource: String?
     var diskFormat: String?
+    var interfaces: [String] = []
 
     mutating func start(_ element: String, attributes: [(String, String)]) throws {
         path.append(element)
@@ -89,6 +97,9 @@ struct DomainCollector: DomainXMLReader.Handler {
                 diskFormat = t
             }
             if element == "source" { diskSource = attribute("file") ?? attribute("dev") }
+        } else if path.count == 4, path[1] == "devices", path[2] == "interface", element == "target",
+                  let dev = attribute("dev"), Interface.isValid(dev), interfaces.count < 64, !interfaces.contains(dev) {
+            interfaces.append(dev)
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import WardenNetwork
 import Ledger
 import Policy
 import WardenCore
@@ -128,9 +129,16 @@ public enum LibvirtHook {
         case .openResidency:
             do {
                 try store.openResidency(vm: vm.id, host: host, kind: .ran, at: time)
-                return Outcome(status: 0)
             } catch {
                 return Outcome(status: 1, message: "cannot record that \(domain.name) runs on \(host): \((error as? WardenError)?.description ?? "\(error)")")
+            }
+            // The guest's CPUs have not run yet (libvirt starts QEMU paused and resumes it after
+            // this hook): its network state goes on its interfaces now, or the start fails.
+            do {
+                let n = try enforceNetwork(vm: vm, domain: domain, store: store, policy: policy, host: host)
+                return Outcome(status: 0, message: n.map { "\(domain.name): network \($0.state.rawValue) on \($0.interfaces.joined(separator: ", "))" })
+            } catch {
+                return Outcome(status: 1, message: "\(domain.name) must not run: its network state cannot be enforced: \((error as? WardenError)?.message ?? "\(error)")")
             }
         case .closeResidency:
             do {
@@ -142,6 +150,35 @@ public enum LibvirtHook {
         case .ignore:
             return Outcome(status: 0)
         }
+    }
+
+    /// At `started`: a `quarantine` decision for this start (newer than the VM's last network
+    /// state) quarantines the domain's interfaces; a VM already quarantined or shielded gets its
+    /// state on this start's interfaces (their names change from start to start). Nil when the
+    /// VM's network stays open.
+    static func enforceNetwork(vm: VMRecord, domain: LibvirtDomain, store: any LedgerStore, policy: PolicyGate.Source,
+                               host: HostName) throws -> VMNetwork? {
+        let events = try store.events(of: vm.id)
+        let lastState = events.last { $0.kind == .networkState }
+        let lastStart = events.last { $0.kind == .policyDecision && $0.payload["op"] == .string("start") }
+        let dir: String
+        switch policy {
+        case .explicit(let d): dir = d
+        case .defaultDirectory, .loaded: dir = PolicySet.defaultDirectory()
+        }
+        let net = NetworkService(ledger: store, policyDirectory: dir)
+        if let d = lastStart, d.payload["effect"] == .string("quarantine"), d.seq > (lastState?.seq ?? 0) {
+            var reason = "quarantine decision"
+            if let id = d.payload["decision"]?.stringValue { reason += " " + id }
+            return try net.set(vm, to: .quarantined, reason: reason, interfaces: domain.interfaces, actor: NewEvent.hookActor(host))
+        }
+        guard let e = lastState, let current = VMNetwork.from(e, name: vm.name), current.state != .open else { return nil }
+        if Set(current.interfaces) == Set(domain.interfaces) {
+            try net.sync()
+            return current
+        }
+        return try net.set(vm, to: current.state, reason: current.reason, interfaces: domain.interfaces, ports: current.ports,
+                           actor: NewEvent.hookActor(host))
     }
 
     static func failed(_ op: VMOperation, vm: VMRecord?, host: HostName, time: Date, status: Int32, vetoable: Bool, reason: String) -> Outcome {

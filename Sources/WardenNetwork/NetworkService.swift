@@ -13,11 +13,11 @@ import WardenCore
 /// after the rules were applied, the rules are re-derived from the ledger, so the kernel never
 /// stays more open than the ledger says.
 public struct NetworkService: Sendable {
-    public let ledger: any LedgerQueries
+    public let ledger: any LedgerStore
     public let policyDirectory: String
     public let nft: NFTables
 
-    public init(ledger: any LedgerQueries, policyDirectory: String, nft: NFTables = NFTables()) {
+    public init(ledger: any LedgerStore, policyDirectory: String, nft: NFTables = NFTables()) {
         self.ledger = ledger; self.policyDirectory = policyDirectory; self.nft = nft
     }
 
@@ -26,7 +26,7 @@ public struct NetworkService: Sendable {
         var out: [VMNetwork] = []
         let latest = try ledger.latestEvents(kind: .networkState)
         guard !latest.isEmpty else { return [] }
-        let vms = Dictionary(uniqueKeysWithValues: try ledger.vms(withIDs: latest.compactMap(\.vm)).map { ($0.id, $0) })
+        let vms = Dictionary(uniqueKeysWithValues: try ledger.listVMs().map { ($0.id, $0) })
         for e in latest {
             // A retired VM's rules go: it has no interface any more.
             guard let id = e.vm, let vm = vms[id], vm.state != .retired, let n = VMNetwork.from(e, name: vm.name) else { continue }

@@ -54,7 +54,7 @@ public struct VMNetwork: Codable, Sendable, Equatable {
     }
 
     /// The state an event records; nil when the payload is not one Warden wrote.
-    static func from(_ e: EventRecord, name: String) -> VMNetwork? {
+    public static func from(_ e: EventRecord, name: String) -> VMNetwork? {
         guard e.kind == .networkState, let vm = e.vm, let s = e.payload["state"]?.stringValue, let state = NetState(rawValue: s),
               case .array(let ifs)? = e.payload["interfaces"] else { return nil }
         let interfaces = ifs.compactMap(\.stringValue).filter(Interface.isValid)

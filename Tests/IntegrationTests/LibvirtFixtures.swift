@@ -142,7 +142,7 @@ enum LibvirtFixture {
     }
 
     /// A domain definition: `type='qemu'`, Debian's kernel booted directly, one small qcow2 disk.
-    static func domainXML(name: String, uuid: UUID, disk: String) throws -> String {
+    static func domainXML(name: String, uuid: UUID, disk: String, tap: String? = nil) throws -> String {
         """
         <domain type='qemu'>
           <name>\(name)</name>
@@ -165,20 +165,20 @@ enum LibvirtFixture {
               <target dev='vda' bus='virtio'/>
             </disk>
             <serial type='pty'/>
-            <console type='pty'/>
+            <console type='pty'/>\(tap.map { "\n    <interface type='ethernet'><target dev='\($0)' managed='yes'/><model type='virtio'/></interface>" } ?? "")
           </devices>
         </domain>
         """
     }
 
     /// Defines a fresh domain (removing an old one of that name) with its own disk; returns its UUID.
-    static func define(_ name: String, uuid: UUID = UUID()) throws -> UUID {
+    static func define(_ name: String, uuid: UUID = UUID(), tap: String? = nil) throws -> UUID {
         try undefine(name)
         let disk = root + "/\(name).qcow2"
         try? FileManager.default.removeItem(atPath: disk)
         try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "16M"])
         let xmlPath = root + "/\(name).xml"
-        try domainXML(name: name, uuid: uuid, disk: disk).write(toFile: xmlPath, atomically: true, encoding: .utf8)
+        try domainXML(name: name, uuid: uuid, disk: disk, tap: tap).write(toFile: xmlPath, atomically: true, encoding: .utf8)
         try virsh(["define", xmlPath])
         return uuid
     }

@@ -70,6 +70,37 @@ import WardenTestSupport
         #expect(verify.status == 0 && verify.stdoutText.contains("pending: the last 2 entries"), "\(verify.stdoutText) \(verify.stderr)")
     }
 
+    /// A `quarantine` decision at start puts the domain's tap into quarantine at `started`,
+    /// before its CPUs run; a later start re-applies the state on that start's interface.
+    @Test func quarantineDecisionIsEnforcedOnTheDomainsTap() throws {
+        guard NetLab.available else { print("skipping: needs nftables"); return }
+        let policy = """
+        apiVersion: warden/v1
+        kind: Policy
+        rules:
+          - name: scanned-or-quarantined
+            on: [start]
+            require: { scanAge: 7d }
+            otherwise: quarantine
+        """
+        guard let ledger = try prepare(policy, hostLabels: [:]) else { return }
+        let tap = "wq" + String(UUID().uuidString.prefix(6)).lowercased()
+        let uuid = try LibvirtFixture.define("warden-t-quar", tap: tap)
+        defer {
+            try? LibvirtFixture.undefine("warden-t-quar")
+            _ = try? Tool.run(["nft", "delete", "table", "netdev", "warden"], check: false)
+        }
+        try register(ledger, "warden-t-quar", uuid: uuid, labels: [:], scanned: false)
+        try LibvirtFixture.virsh(["start", "warden-t-quar"])
+        #expect(try LibvirtFixture.state("warden-t-quar") == "running")
+        let table = try Tool.run(["nft", "list", "table", "netdev", "warden"]).stdoutText
+        #expect(table.contains("device \"\(tap)\"") && table.contains("hook ingress") && table.contains("hook egress"), "\(table)")
+        let states = try ledger.events(of: VMID(uuid)).filter { $0.kind == .networkState }
+        #expect(states.count == 1 && states.first?.payload["state"] == .string("quarantined") && states.first?.actor.hasPrefix("libvirt-hook@") == true)
+        #expect(states.first?.payload["reason"]?.stringValue?.hasPrefix("quarantine decision") == true)
+        try LibvirtFixture.virsh(["destroy", "warden-t-quar"])
+    }
+
     @Test func deniedStartsShowTheReasonInVirsh() throws {
         // Wrong host label.
         guard let ledger = try prepare(Self.secureZone, hostLabels: ["zone": "dmz"]) else { return }
