@@ -95,6 +95,25 @@ final class NetLab: @unchecked Sendable {
         return try Tool.run(["ip", "netns", "exec", ns[from]!, "python3", "-c", code]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "q"
     }
 
+    /// A DHCP exchange: busybox udhcpd in the mirror namespace, udhcpc in the VM's; true when
+    /// the VM got a lease.
+    func dhcpWorks(home: String) throws -> Bool {
+        let conf = home + "/udhcpd-\(tag).conf"
+        try "start \(ip(100))\nend \(ip(110))\ninterface eth0\nlease_file \(home)/leases-\(tag)\noption subnet 255.255.255.0\n"
+            .write(toFile: conf, atomically: true, encoding: .utf8)
+        FileManager.default.createFile(atPath: home + "/leases-\(tag)", contents: nil)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        server.arguments = ["netns", "exec", ns["mirror"]!, "busybox", "udhcpd", "-f", conf]
+        server.standardOutput = FileHandle.nullDevice; server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        Thread.sleep(forTimeInterval: 0.5)
+        let r = try Tool.run(["ip", "netns", "exec", ns["vm"]!, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "3", "-T", "1", "-s", "/bin/true"],
+                             check: false, timeout: 30)
+        return r.status == 0 && (r.stdoutText + r.stderr).contains("lease of \(ip(10).split(separator: ".").dropLast().joined(separator: "."))")
+    }
+
     func destroy() {
         for p in servers { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
         for (_, n) in ns { _ = try? Tool.run(["ip", "netns", "del", n], check: false) }
@@ -143,6 +162,8 @@ final class NetLab: @unchecked Sendable {
             #expect(try !lab.connects("vm", "client", 80))
             #expect(try !lab.udpEchoes("vm", "client", 53))
             #expect(try !lab.connects("client", "vm", 22))
+            // DHCP still works (busybox udhcpd in the mirror, udhcpc in the VM).
+            #expect(try lab.dhcpWorks(home: home), "a quarantined VM must still get an address")
             let status = try JSONSerialization.jsonObject(with: try Self.warden(lab, home: home, ["net", "status", "--json"]).stdout) as? [String: Any]
             let vm = try #require((status?["vms"] as? [[String: Any]])?.first)
             #expect(vm["state"] as? String == "quarantined" && vm["enforced"] as? Bool == true && vm["reason"] as? String == "dormant 120 days")
@@ -190,6 +211,54 @@ final class NetLab: @unchecked Sendable {
         }
     }
 
+    /// A flood of connection attempts to a blocked port while the state flips between
+    /// quarantined and shielded (both close 22): no connection completes at any moment, and the
+    /// counters saw the attempts. Bounded: 400 attempts, 50 ms each, to a namespace the test made.
+    @Test(.enabled(if: NetLab.available, "needs root, iproute2 and nftables"))
+    func noConnectionSlipsThroughDuringFlips() throws {
+        let lab = try NetLab()
+        defer { lab.destroy() }
+        try Fixtures.withTemporaryDirectory { home in
+            try FileManager.default.createDirectory(atPath: home + "/policy/network", withIntermediateDirectories: true)
+            try "apiVersion: warden/v1\nkind: Network\nshield:\n  servicePorts: { zlib: [22] }\n"
+                .write(toFile: home + "/policy/network/network.yaml", atomically: true, encoding: .utf8)
+            try Self.storeInventory(home: home, lab: lab, register: true)
+            _ = try Self.warden(lab, home: home, ["advisories", "import", try Self.osv(in: home, id: "DSA-5555-1", package: "openssh")])
+            _ = try Self.warden(lab, home: home, ["scan", home + "/web.qcow2"], check: false)
+            try lab.serve("vm", tcp: [22])
+            _ = try Self.warden(lab, home: home, ["net", "quarantine", "web", "--interface", lab.tap])
+            let flood = Process()
+            flood.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            flood.arguments = ["netns", "exec", lab.ns["client"]!, "python3", "-c", """
+            import socket
+            ok = 0
+            for i in range(400):
+                s = socket.socket(); s.settimeout(0.05)
+                try:
+                    s.connect(("\(lab.ip(10))", 22)); ok += 1
+                except Exception:
+                    pass
+                finally:
+                    s.close()
+            print(ok)
+            """]
+            let out = Pipe()
+            flood.standardOutput = out
+            try flood.run()
+            var flips = 0
+            while flood.isRunning && flips < 20 {
+                _ = try Self.warden(lab, home: home, ["net", flips % 2 == 0 ? "shield" : "quarantine", "web"])
+                flips += 1
+            }
+            flood.waitUntilExit()
+            let completed = Int(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(flips >= 4, "the state flipped while the flood ran")
+            #expect(completed == 0, "\(completed) connections to a blocked port completed during \(flips) flips")
+            let status = try Self.warden(lab, home: home, ["net", "status", "--json"]).stdoutText
+            #expect(status.contains("\"to_vm\""), "\(status)")
+        }
+    }
+
     /// Hostile input fails closed: a bad interface name, a malformed mirror, a missing nft — each
     /// a one-line error, non-zero, and nothing recorded or opened.
     @Test(.enabled(if: NetLab.available, "needs root, iproute2 and nftables"))
@@ -233,7 +302,7 @@ final class NetLab: @unchecked Sendable {
     }
 
     /// The VM's disk as `warden scan` would have stored it: Debian 12 with openssh-server.
-    static func storeInventory(home: String, lab: NetLab) throws {
+    static func storeInventory(home: String, lab: NetLab, register: Bool = false) throws {
         let root = home + "/guest"
         try Tool.sh("""
         mkdir -p '\(root)/etc' '\(root)/var/lib/dpkg'
@@ -242,6 +311,7 @@ final class NetLab: @unchecked Sendable {
         truncate -s 16M '\(home)/guest.raw' && mkfs.ext4 -q -F -d '\(root)' '\(home)/guest.raw'
         qemu-img convert -f raw -O qcow2 '\(home)/guest.raw' '\(home)/web.qcow2'
         """)
+        if register { _ = try warden(lab, home: home, ["vm", "register", "--name", "web", "--owner", "ops", home + "/web.qcow2"]) }
         _ = try warden(lab, home: home, ["scan", home + "/web.qcow2"], check: false)
     }
 }
