@@ -180,15 +180,25 @@ public struct NetworkService: Sendable {
         return try set(vm, to: .open, reason: "assessed: no open finding at or above \(severity)", interfaces: current.interfaces, actor: actor)
     }
 
-    /// After a rescan found new findings: a running VM that is open and whose interfaces are
-    /// known (recorded before) is shielded from its services with findings at the shield
-    /// severity. Returns the new state, or nil when nothing changed.
+    /// After a rescan found new findings: a VM running on this host (its state, or an open
+    /// `ran` interval here) that is open is shielded from its services with findings at the
+    /// shield severity, on its recorded interfaces or, when none were recorded, the ones
+    /// `discover` finds (libvirt's live domain). Returns the new state, or nil when nothing
+    /// changed.
     @discardableResult
-    public func shieldIfExposed(_ vm: VMRecord, advisories: any AdvisoryFacts, actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
-        guard vm.state == .running, let current = try state(of: vm.id), current.state == .open, !current.interfaces.isEmpty else { return nil }
+    public func shieldIfExposed(_ vm: VMRecord, advisories: any AdvisoryFacts, host: HostName = .current,
+                                discover: ((VMRecord) -> [String]?)? = nil, actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
+        let openHere = try ledger.residency(of: vm.id).contains { $0.kind == .ran && $0.to == nil && $0.host == host }
+        let runningHere = vm.state == .running || openHere
+        guard runningHere else { return nil }
+        let current = try state(of: vm.id)
+        guard current == nil || current?.state == .open else { return nil }
+        var interfaces = current?.interfaces ?? []
+        if interfaces.isEmpty { interfaces = discover?(vm) ?? [] }
+        guard !interfaces.isEmpty else { return nil }
         let ports = try shieldPorts(for: vm, advisories: advisories)
         guard !ports.isEmpty else { return nil }
         let reason = "new findings: " + ports.map { "\($0.port)/\($0.proto) (\($0.package): \($0.findings.joined(separator: ", ")))" }.joined(separator: "; ")
-        return try set(vm, to: .shielded, reason: String(reason.prefix(1000)), interfaces: current.interfaces, ports: ports, actor: actor)
+        return try set(vm, to: .shielded, reason: String(reason.prefix(1000)), interfaces: interfaces, ports: ports, actor: actor)
     }
 }

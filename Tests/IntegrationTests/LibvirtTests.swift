@@ -1,5 +1,7 @@
 import Foundation
 import Ledger
+import AdvisoryStorage
+import Advisories
 import Testing
 import WardenCore
 import WardenTestSupport
@@ -99,6 +101,39 @@ import WardenTestSupport
         #expect(states.count == 1 && states.first?.payload["state"] == .string("quarantined") && states.first?.actor.hasPrefix("libvirt-hook@") == true)
         #expect(states.first?.payload["reason"]?.stringValue?.hasPrefix("quarantine decision") == true)
         try LibvirtFixture.virsh(["destroy", "warden-t-quar"])
+    }
+
+    /// A rescan that finds a new finding for a running libvirt domain shields its tap, found in
+    /// libvirt's live XML (no state was recorded before).
+    @Test func rescanShieldsARunningDomainFoundThroughLibvirt() throws {
+        guard NetLab.available else { print("skipping: needs nftables"); return }
+        guard let ledger = try prepare(Self.secureZone, hostLabels: ["zone": "secure"]) else { return }
+        let tap = "ws" + String(UUID().uuidString.prefix(6)).lowercased()
+        let name = "warden-t-shield"
+        let uuid = try LibvirtFixture.define(name, tap: tap)
+        defer {
+            try? LibvirtFixture.undefine(name)
+            _ = try? Tool.run(["nft", "delete", "table", "netdev", "warden"], check: false)
+        }
+        let id = VMID(uuid)
+        let disk = LibvirtFixture.root + "/\(name).qcow2"
+        _ = try ledger.createVM(VMRecord(id: id, name: name, owner: "alice", labels: ["sensitivity": "high"], state: .stopped),
+                                disks: [DiskRecord(vm: id, index: 0, path: disk, format: "qcow2")], event: NewEvent(kind: .registered, vm: id))
+        _ = try ledger.append(NewEvent(kind: .scanned, vm: id))
+        let store = SQLiteAdvisoryStore(ledger.database)
+        try store.storeInventory(key: WardenCore.Digest(hex: String(repeating: "5e", count: 32)), image: disk, osID: "debian", versionID: "12",
+                                 packages: [MatchPackage(name: "openssh-server", version: "1:9.2p1-2+deb12u2", sourceName: "openssh",
+                                                         sourceVersion: "1:9.2p1-2+deb12u2")])
+        _ = try store.rescan()
+        try LibvirtFixture.virsh(["start", name])
+        _ = try store.importRecords([AdvisoryRecord(id: "DSA-5555-1", source: "osv", severity: .high,
+                                                    affected: [AffectedPackage(ecosystem: "Debian:12", package: "openssh",
+                                                                               ranges: [[.introduced("0"), .fixed("1:9.2p1-2+deb12u9")]])])], file: "t")
+        let r = try Tool.run([Fixtures.wardenBinary, "fleet", "rescan", "--db", LibvirtFixture.database], check: false)
+        #expect(r.status == 0 && r.stderr.contains("\(name): network shielded (new findings: 22/tcp"), "\(r.stderr)")
+        let table = try Tool.run(["nft", "list", "table", "netdev", "warden"]).stdoutText
+        #expect(table.contains("device \"\(tap)\"") && table.contains("tcp dport 22"), "\(table)")
+        try LibvirtFixture.virsh(["destroy", name])
     }
 
     @Test func deniedStartsShowTheReasonInVirsh() throws {
