@@ -158,6 +158,8 @@ public enum LibvirtHook {
     /// VM's network stays open.
     static func enforceNetwork(vm: VMRecord, domain: LibvirtDomain, store: any LedgerStore, policy: PolicyGate.Source,
                                host: HostName) throws -> VMNetwork? {
+        // A domain without network devices has nothing to enforce a network state on.
+        if domain.interfaces.isEmpty { return nil }
         let events = try store.events(of: vm.id)
         let lastState = events.last { $0.kind == .networkState }
         let lastStart = events.last { $0.kind == .policyDecision && $0.payload["op"] == .string("start") }
