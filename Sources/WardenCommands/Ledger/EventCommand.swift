@@ -45,6 +45,7 @@ struct EventRecord_: ParsableCommand {
             case .copied, .cloned: hint = "use `warden vm copy`"
             case .ownershipTransferred: hint = "use `warden vm transfer`"
             case .retired: hint = "use `warden vm retire`"
+            case .networkState: hint = "use `warden net quarantine|shield|open` (the rules are applied first)"
             default: hint = "only the policy engine records these"
             }
             throw ValidationError("\(kind.rawValue) events cannot be recorded here: \(hint)")
