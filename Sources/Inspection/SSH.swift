@@ -62,6 +62,10 @@ public struct SSHDSettings: Codable, Sendable, Equatable {
     /// True when `Match` blocks exist; they may override the global values for some connections.
     public var hasMatchBlocks: Bool
     public var warnings: [String]
+    /// The TCP ports sshd listens on, as sshd works them out: every `ListenAddress` with a port,
+    /// plus the `Port` values (default 22) for the addresses without one (or when there is no
+    /// `ListenAddress`). Empty when there is no sshd_config.
+    public var ports: [Int] = []
 }
 
 extension Inspection {
@@ -202,6 +206,9 @@ extension Inspection {
         settings.permitEmptyPasswords = setting("permitemptypasswords", "no")
         settings.filesRead = s.filesRead
         settings.hasMatchBlocks = s.sawMatch
+        var ports = Set(s.listenPorts)
+        if s.bareListen || s.listenPorts.isEmpty { ports.formUnion(s.portValues.isEmpty ? [22] : s.portValues) }
+        settings.ports = ports.sorted()
         settings.warnings = s.warnings
         return settings
     }
@@ -209,8 +216,29 @@ extension Inspection {
 
 /// Walks sshd_config and its includes in order, recording the first global value of each keyword.
 struct SSHDConfigScan {
+    /// The port of a `ListenAddress` value (`host:port`, `[v6]:port`), nil when it names none.
+    static func listenPort(_ value: String) -> Int? {
+        let tail: Substring
+        if value.hasPrefix("[") {
+            guard let close = value.firstIndex(of: "]") else { return nil }
+            let rest = value[value.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            tail = rest.dropFirst()
+        } else {
+            // A bare IPv6 address has several colons and no port.
+            guard value.filter({ $0 == ":" }).count == 1, let colon = value.lastIndex(of: ":") else { return nil }
+            tail = value[value.index(after: colon)...]
+        }
+        guard let p = Int(tail), (1...65535).contains(p) else { return nil }
+        return p
+    }
+
     static let tracked: Set<String> = ["permitrootlogin", "passwordauthentication", "permitemptypasswords"]
     var values: [String: (String, String)] = [:]
+    /// `Port` values (they add up) and `ListenAddress` ports.
+    var portValues: [Int] = []
+    var listenPorts: [Int] = []
+    var bareListen = false
     var filesRead: [String] = []
     var warnings: [String] = []
     var sawMatch = false
@@ -252,6 +280,12 @@ struct SSHDConfigScan {
                 continue
             }
             if inMatch { continue }
+            if kw == "port", words.count >= 2, portValues.count < 64, let p = Int(words[1]), (1...65535).contains(p) {
+                portValues.append(p)
+            }
+            if kw == "listenaddress", words.count >= 2, listenPorts.count < 64 {
+                if let p = Self.listenPort(words[1]) { listenPorts.append(p) } else { bareListen = true }
+            }
             if Self.tracked.contains(kw), values[kw] == nil, words.count >= 2 {
                 // sshd compares these values case-insensitively; report them lowercased.
                 values[kw] = (words[1].lowercased(), "\(path):\(i + 1)")

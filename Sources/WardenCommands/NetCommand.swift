@@ -4,6 +4,7 @@ import Ledger
 import WardenNetwork
 import Policy
 import WardenCore
+import WardenServices
 
 /// `warden net`: VM network states enforced with nftables (docs/network.md).
 struct NetCommand: ParsableCommand {
@@ -77,7 +78,7 @@ struct NetShield: ParsableCommand {
         let (svc, ledger) = try options.service()
         let vm = try ledger.resolveVM(vm)
         guard let facts = ledger.advisoryFacts else { throw WardenError(.unavailable, "this ledger has no advisory store") }
-        let ports = try svc.shieldPorts(for: vm, advisories: facts)
+        let ports = try svc.shieldPorts(for: vm, advisories: facts, guestPorts: GuestServicePorts.of(disks: try ledger.disks(of: vm.id)))
         let reason = "open findings: " + ports.map { "\($0.port)/\($0.proto) (\($0.package): \($0.findings.joined(separator: ", ")))" }.joined(separator: "; ")
         let n = try svc.set(vm, to: .shielded, reason: String(reason.prefix(1000)), interfaces: interfaces.isEmpty ? nil : interfaces, ports: ports)
         try Output.render(n, json: json, style: .ledger) {

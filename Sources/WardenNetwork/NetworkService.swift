@@ -104,15 +104,16 @@ public struct NetworkService: Sendable {
     }
 
     /// The ports a shield closes for `vm`: its open findings at or above the configured
-    /// severity, mapped to their services' ports (built-in table plus `shield.servicePorts`).
-    public func shieldPorts(for vm: VMRecord, advisories: any AdvisoryFacts) throws -> [ShieldedPort] {
+    /// severity, mapped to their services' ports — `shield.servicePorts` first, then what the
+    /// guest itself says (`guestPorts`: sshd's effective ports), then the built-in table.
+    public func shieldPorts(for vm: VMRecord, advisories: any AdvisoryFacts, guestPorts: [String: [UInt16]] = [:]) throws -> [ShieldedPort] {
         let config = try self.config()
         let findings = try advisories.openFindings(disks: try ledger.disks(of: vm.id)).findings
             .filter { $0.status == .vulnerable && $0.severity >= config.shieldSeverity }
         var byPort: [String: ShieldedPort] = [:]
         for f in findings {
             for name in [f.package, f.sourcePackage] {
-                guard let ports = config.servicePorts[name] ?? ServicePorts.builtIn[name] else { continue }
+                guard let ports = config.servicePorts[name] ?? guestPorts[name] ?? ServicePorts.builtIn[name] else { continue }
                 for p in ports {
                     for proto in NFTRules.udpServices.contains(p) ? ["tcp", "udp"] : ["tcp"] {
                         let key = "\(proto)/\(p)"
@@ -187,7 +188,8 @@ public struct NetworkService: Sendable {
     /// changed.
     @discardableResult
     public func shieldIfExposed(_ vm: VMRecord, advisories: any AdvisoryFacts, host: HostName = .current,
-                                discover: ((VMRecord) -> [String]?)? = nil, actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
+                                discover: ((VMRecord) -> [String]?)? = nil, guestPorts: ((VMRecord) -> [String: [UInt16]])? = nil,
+                                actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
         let openHere = try ledger.residency(of: vm.id).contains { $0.kind == .ran && $0.to == nil && $0.host == host }
         let runningHere = vm.state == .running || openHere
         guard runningHere else { return nil }
@@ -196,7 +198,7 @@ public struct NetworkService: Sendable {
         var interfaces = current?.interfaces ?? []
         if interfaces.isEmpty { interfaces = discover?(vm) ?? [] }
         guard !interfaces.isEmpty else { return nil }
-        let ports = try shieldPorts(for: vm, advisories: advisories)
+        let ports = try shieldPorts(for: vm, advisories: advisories, guestPorts: guestPorts?(vm) ?? [:])
         guard !ports.isEmpty else { return nil }
         let reason = "new findings: " + ports.map { "\($0.port)/\($0.proto) (\($0.package): \($0.findings.joined(separator: ", ")))" }.joined(separator: "; ")
         return try set(vm, to: .shielded, reason: String(reason.prefix(1000)), interfaces: interfaces, ports: ports, actor: actor)

@@ -123,8 +123,14 @@ enum IdentityFixture {
     Include /etc/ssh/sshd_config.d/*.conf
     PermitRootLogin yes
     PasswordAuthentication no
+    Port 2222
+    Port 22
+    ListenAddress 192.0.2.7:2200
+    ListenAddress [2001:db8::7]:2201
+    ListenAddress 0.0.0.0
     Match User alice
         PermitEmptyPasswords yes
+        Port 9999
     SSHD
     printf 'PermitRootLogin=no\\n' > $R/etc/ssh/sshd_config.d/10-root.conf
     printf 'Include sshd_config\\nInclude sshd_config.d/20-loop.conf\\n' > $R/etc/ssh/sshd_config.d/20-loop.conf

@@ -303,6 +303,9 @@ import GuestFS
         #expect(s.hasMatchBlocks)
         #expect(s.filesRead == ["/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/10-root.conf", "/etc/ssh/sshd_config.d/20-loop.conf"])
         #expect(s.warnings.contains { $0.contains("loop") })
+        // Ports: the ListenAddress ports, and Port values for the address without one.
+        #expect(s.ports == [22, 2200, 2201, 2222])
+        #expect(SSHDConfigScan.listenPort("::1") == nil && SSHDConfigScan.listenPort("[::1]:70000") == nil && SSHDConfigScan.listenPort("h:22") == 22)
     }
 
     @Test func keyParsingRejectsGarbage() {

@@ -148,7 +148,7 @@ final class NetLab: @unchecked Sendable {
             _ = try Self.warden(lab, home: home, ["vm", "register", "--name", "web", "--owner", "ops", home + "/web.qcow2"])
             try lab.serve("mirror", tcp: [80, 8080], udp: [53])
             try lab.serve("client", tcp: [80, 8080], udp: [53])
-            try lab.serve("vm", tcp: [22, 80])
+            try lab.serve("vm", tcp: [22, 80, 2222])
 
             // Open (no state yet): everything passes both ways.
             #expect(try lab.connects("vm", "client", 8080))
@@ -190,8 +190,11 @@ final class NetLab: @unchecked Sendable {
             _ = try Self.warden(lab, home: home, ["event", "record", "--vm", "web", "--kind", "started"])
             _ = try Self.warden(lab, home: home, ["advisories", "import", try Self.osv(in: home, id: "DSA-5555-1", package: "openssh")])
             let rescan = try Self.warden(lab, home: home, ["fleet", "rescan"])
-            #expect(rescan.stderr.contains("web: network shielded (new findings: 22/tcp (openssh-server: DSA-5555-1))"), "\(rescan.stderr)")
+            // The guest's sshd listens on 22 and 2222 (its sshd_config, read offline): both close.
+            #expect(rescan.stderr.contains("web: network shielded (new findings: 22/tcp (openssh-server: DSA-5555-1); 2222/tcp (openssh-server: DSA-5555-1))"),
+                    "\(rescan.stderr)")
             #expect(try !lab.connects("client", "vm", 22))
+            #expect(try !lab.connects("client", "vm", 2222))
             #expect(try lab.connects("client", "vm", 80))
             #expect(try lab.connects("vm", "client", 8080))
             let nwfilter = try Self.warden(lab, home: home, ["net", "nwfilter", "web"]).stdoutText
@@ -305,7 +308,8 @@ final class NetLab: @unchecked Sendable {
     static func storeInventory(home: String, lab: NetLab, register: Bool = false) throws {
         let root = home + "/guest"
         try Tool.sh("""
-        mkdir -p '\(root)/etc' '\(root)/var/lib/dpkg'
+        mkdir -p '\(root)/etc/ssh' '\(root)/var/lib/dpkg'
+        printf 'Port 22\\nPort 2222\\n' > '\(root)/etc/ssh/sshd_config'
         printf 'ID=debian\\nVERSION_ID="12"\\n' > '\(root)/etc/os-release'
         printf 'Package: openssh-server\\nStatus: install ok installed\\nSource: openssh\\nVersion: 1:9.2p1-2+deb12u2\\nArchitecture: amd64\\n\\nPackage: nginx\\nStatus: install ok installed\\nVersion: 1.22.1-9\\nArchitecture: amd64\\n\\n' > '\(root)/var/lib/dpkg/status'
         truncate -s 16M '\(home)/guest.raw' && mkfs.ext4 -q -F -d '\(root)' '\(home)/guest.raw'

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenServices
 import Hypervisor
 import Policy
 import WardenNetwork
@@ -43,7 +44,8 @@ struct FleetCommand: ParsableCommand {
             for id in Set(report.changed.filter { !$0.newFindings.isEmpty }.flatMap { $0.vms.map(\.id) }).sorted() {
                 guard let vmid = VMID(id), let vm = try ledger.vm(vmid) else { continue }
                 do {
-                    if let n = try net.shieldIfExposed(vm, advisories: store, discover: { LibvirtDomains.interfaces(uuid: $0.id.uuid) }) { Output.note("\(vm.name): network shielded (\(n.reason))") }
+                    if let n = try net.shieldIfExposed(vm, advisories: store, discover: { LibvirtDomains.interfaces(uuid: $0.id.uuid) },
+                                                       guestPorts: { GuestServicePorts.of(disks: (try? ledger.disks(of: $0.id)) ?? []) }) { Output.note("\(vm.name): network shielded (\(n.reason))") }
                 } catch let e as WardenError {
                     shieldFailures += 1
                     Output.error("\(vm.name): could not be shielded: \(e.message)")
