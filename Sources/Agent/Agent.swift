@@ -67,6 +67,14 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         try AgentFiles.store(try JSONEncoder().encode(self), to: directory + "/agent.json", directory: directory)
     }
 
+    /// When the host's certificate ends (re-enrol with a new host token before then); nil when
+    /// it cannot be read.
+    public static func certificateNotAfter(directory: String) -> Date? {
+        guard let data = FileManager.default.contents(atPath: directory + "/host.pem"), data.count <= 64 << 10,
+              let text = String(data: data, encoding: .utf8), let cert = try? Certificate(pemEncoded: text) else { return nil }
+        return cert.notValidAfter
+    }
+
     /// The TLS client configuration: trust only the fleet's CA, present the host's certificate.
     public func tls(directory: String) throws -> TLSConfiguration {
         var tls = try FleetClient.trusting(caFile: directory + "/ca.pem")

@@ -150,6 +150,10 @@ struct AgentStatus: ParsableCommand {
         var schema = "warden.agent-status/v1"; var server: String; var host: String; var acked: Int64; var pending: Int64
         @ExplicitNull var lastPull: Date?
         var factsFresh: Bool
+        /// When the host certificate ends (re-enrol before then).
+        @ExplicitNull var certificateNotAfter: Date?
+        /// The fleet policy revision installed here.
+        @ExplicitNull var policyRevision: String?
     }
 
     func run() throws {
@@ -161,11 +165,16 @@ struct AgentStatus: ParsableCommand {
         let acked = agent.acked()
         let fleet = try local.fleetFreshness()
         let fresh = fleet.map { f in (try? f.requireFresh()) != nil } ?? false
+        let notAfter = AgentConfiguration.certificateNotAfter(directory: dir)
         let doc = Doc(server: config.server, host: config.host, acked: acked, pending: max(0, try local.eventCount() - acked),
-                      lastPull: fleet?.lastPull, factsFresh: fresh)
+                      lastPull: fleet?.lastPull, factsFresh: fresh, certificateNotAfter: notAfter,
+                      policyRevision: FleetSyncState.read(directory: dir)?.policyRevision)
         try Output.render(doc, json: json, style: .ledger) {
             Output.stdout.line("server:   \(doc.server)\nhost:     \(doc.host)\nacked:    \(doc.acked)\npending:  \(doc.pending)")
             Output.stdout.line("pulled:   \(doc.lastPull.map { LedgerTime.rfc3339(LedgerTime.micros($0)) } ?? "never")\(fresh ? "" : " (stale: maxReplicas fails closed here)")")
+            Output.stdout.line("policy:   \(doc.policyRevision ?? "none from the server")")
+            let soon = notAfter.map { $0.timeIntervalSinceNow < 30 * 86_400 } ?? true
+            Output.stdout.line("cert:     \(notAfter.map { "good until " + LedgerTime.rfc3339(LedgerTime.micros($0)) } ?? "unreadable")\(soon ? " (re-enrol with a new host token)" : "")")
         }
     }
 }

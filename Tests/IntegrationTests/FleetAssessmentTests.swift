@@ -104,6 +104,9 @@ import WardenTestSupport
             let check = try wardenOn(nil, "h1", home: h1, ["policy", "check", "--op", "start", "web", "--json"], check: false)
             #expect(check.status != 0 && check.stdoutText.contains("DSA-77-1"), "\(check.stdoutText) \(check.stderr)")
             #expect(try Self.round(h1)["advisories_pulled"] as? Int == 0, "the cursor moved")
+            let status = try JSONSerialization.jsonObject(with: try wardenOn(nil, "h1", home: h1, ["agent", "status", "--json"]).stdout) as? [String: Any]
+            #expect(status?["policy_revision"] as? String == pulled["policy_revision"] as? String)
+            #expect((status?["certificate_not_after"] as? String)?.hasPrefix("20") == true, "\(String(describing: status))")
             // A broken policy on the server never reaches the host: it keeps the last good one.
             try "apiVersion: warden/v1\nkind: Policy\nrules: [oops".write(toFile: tmp + "/srv/policy/criticals.yaml", atomically: true, encoding: .utf8)
             let broken = try Self.round(h1)
