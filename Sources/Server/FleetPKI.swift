@@ -89,7 +89,7 @@ public final class FleetPKI: Sendable {
     public var caFingerprint: String {
         var s = DER.Serializer()
         _ = try? s.serialize(caCertificate)
-        return "sha256:" + SHA256.hash(data: s.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        return "sha256:" + Self.hex(SHA256.hash(data: s.serializedBytes))
     }
 
     // MARK: The server's own certificate
@@ -215,7 +215,7 @@ public final class FleetPKI: Sendable {
 
     // MARK: Helpers
 
-    static func hex<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
+    static func hex<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
         bytes.map { String(format: "%02x", $0) }.joined()
     }
 

@@ -49,7 +49,12 @@ public struct NetworkService: Sendable {
     public func set(_ vm: VMRecord, to state: NetState, reason: String, interfaces: [String]?, ports: [ShieldedPort] = [],
                     actor: String = NewEvent.defaultActor) throws -> VMNetwork {
         guard (1...1000).contains(reason.utf8.count) else { throw WardenError(.invalidArgument, "a reason is 1-1000 bytes") }
-        let ifs = try (interfaces ?? (try self.state(of: vm.id))?.interfaces ?? []).map(Interface.check)
+        // Every VM's state, read once: this VM's old one (its interfaces, the chains to replace)
+        // and the others' (interface clashes, the whole-table fallback).
+        let all = try states()
+        let old = all.first { $0.vm == vm.id }
+        let others = all.filter { $0.vm != vm.id }
+        let ifs = try (interfaces ?? old?.interfaces ?? []).map(Interface.check)
         guard Set(ifs).count == ifs.count, ifs.count <= 32 else { throw WardenError(.invalidArgument, "interfaces repeat, or more than 32") }
         if state != .open, ifs.isEmpty {
             throw WardenError(.invalidArgument, "name the VM's host interface (--interface vnet0): a \(state.rawValue) VM needs one to enforce it on")
@@ -59,7 +64,6 @@ public struct NetworkService: Sendable {
         }
         var next = VMNetwork(vm: vm.id, name: vm.name, state: state, reason: reason, interfaces: ifs, ports: state == .shielded ? ports : [],
                              since: Date(), seq: 0)
-        let others = try states().filter { $0.vm != vm.id }
         // Another VM's rules on the same interface would fight over it.
         if let clash = others.first(where: { $0.state != .open && !Set($0.interfaces).isDisjoint(with: ifs) }) {
             throw WardenError(.conflict, "interface \(Set(clash.interfaces).intersection(ifs).sorted().joined(separator: ", ")) already carries VM \(clash.name)'s rules")
@@ -71,7 +75,7 @@ public struct NetworkService: Sendable {
         // This VM's chains only, one transaction; if that fails (the table was lost, say), the
         // whole table from the ledger plus this change.
         do {
-            try nft.apply(NFTRules.change(from: try self.state(of: vm.id), to: next, config: config))
+            try nft.apply(NFTRules.change(from: old, to: next, config: config))
         } catch {
             try nft.apply(NFTRules.script(others + [next], config: config))
         }
