@@ -1,29 +1,38 @@
 import Foundation
 import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// Runs `nft` (from Debian's nftables): a script on standard input as one transaction, and the
-/// table's counters as JSON. Never through a shell; every name in a script was checked first.
+/// nftables in process, through Debian's libnftables (the library `nft` itself is built on): a
+/// script as one transaction, the table's counters as JSON, the table as text. Every name in a
+/// script was checked before it got there.
+///
+/// The library is opened at run time (`dlopen`), not linked: Warden inspects, scans and signs
+/// on hosts without nftables, and there a network command fails with one line saying what is
+/// missing, and fails closed (docs/decisions.md). In process, one VM's change costs a few
+/// milliseconds; running the `nft` binary costs 20-40 ms (its start and a fresh cache each time).
 public struct NFTables: Sendable {
-    public let binary: String
-    public init(binary: String? = nil) {
-        self.binary = binary ?? ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "nft"
-    }
+    /// Where to look for the library (nil: the loader's search path).
+    public let library: String?
 
-    public var available: Bool { FileManager.default.isExecutableFile(atPath: binary) }
+    public init(library: String? = nil) { self.library = library }
 
-    /// Applies `script` atomically (`nft -f -`).
+    public var available: Bool { (try? LibNFT.load(library)) != nil }
+
+    /// Applies `script` atomically: libnftables sends the whole script as one netlink batch.
     public func apply(_ script: String) throws {
-        _ = try run(["-f", "-"], input: script)
+        _ = try LibNFT.load(library).run(script, json: false)
     }
 
     /// Packets dropped per counter name in Warden's table (empty when the table does not exist).
     public func counters() throws -> [String: Int64] {
-        let out: Data
-        do { out = try run(["-j", "list", "counters", "table", "netdev", NFTRules.table], input: nil) } catch let e as WardenError where e.message.contains("No such file") {
+        let out: String
+        do { out = try LibNFT.load(library).run("list counters table netdev \(NFTRules.table)", json: true) } catch let e as WardenError where e.message.contains("No such file") {
             return [:]
         }
-        guard let doc = try? JSONSerialization.jsonObject(with: out) as? [String: Any], let items = doc["nftables"] as? [[String: Any]] else {
-            throw WardenError(.unavailable, "nft printed counters Warden cannot read")
+        guard let doc = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], let items = doc["nftables"] as? [[String: Any]] else {
+            throw WardenError(.unavailable, "nftables printed counters Warden cannot read")
         }
         var result: [String: Int64] = [:]
         for item in items {
@@ -33,32 +42,70 @@ public struct NFTables: Sendable {
         return result
     }
 
-    /// The script of the table as the kernel holds it (`nft list table`), for status.
+    /// The table as the kernel holds it (`nft list table`), for status; nil when there is none.
     public func listTable() throws -> String? {
-        do { return String(decoding: try run(["list", "table", "netdev", NFTRules.table], input: nil), as: UTF8.self) } catch let e as WardenError where e.message.contains("No such file") {
+        do { return try LibNFT.load(library).run("list table netdev \(NFTRules.table)", json: false) } catch let e as WardenError where e.message.contains("No such file") {
             return nil
         }
     }
+}
 
-    func run(_ args: [String], input: String?) throws -> Data {
-        guard available else {
-            throw WardenError(.unavailable, "nft is not installed (Debian: apt-get install nftables); network states cannot be enforced")
+/// The few libnftables entry points Warden uses, resolved once per process.
+final class LibNFT: @unchecked Sendable {
+    typealias CtxNew = @convention(c) (UInt32) -> OpaquePointer?
+    typealias CtxFree = @convention(c) (OpaquePointer?) -> Void
+    typealias CtxInt = @convention(c) (OpaquePointer?) -> Int32
+    typealias CtxString = @convention(c) (OpaquePointer?) -> UnsafePointer<CChar>?
+    typealias SetFlags = @convention(c) (OpaquePointer?, UInt32) -> Void
+    typealias Run = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Int32
+
+    let ctxNew: CtxNew, ctxFree: CtxFree, bufferOutput: CtxInt, bufferError: CtxInt
+    let outputBuffer: CtxString, errorBuffer: CtxString, setOutputFlags: SetFlags, runBuffer: Run
+    /// libnftables keeps some state per process (its symbol tables); one caller at a time.
+    let lock = NSLock()
+
+    static let soname = "libnftables.so.1"
+    static let jsonFlag: UInt32 = 1 << 4   // NFT_CTX_OUTPUT_JSON
+    nonisolated(unsafe) private static var loaded: [String: LibNFT] = [:]
+    private static let loadLock = NSLock()
+
+    static func load(_ path: String?) throws -> LibNFT {
+        let name = path ?? soname
+        loadLock.lock(); defer { loadLock.unlock() }
+        if let l = loaded[name] { return l }
+        let missing = WardenError(.unavailable, "nftables is not installed (\(name) cannot be loaded; Debian: apt-get install nftables); network states cannot be enforced")
+        guard let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL) else { throw missing }
+        func sym<T>(_ s: String, _: T.Type) throws -> T {
+            guard let p = dlsym(handle, s) else { throw missing }
+            return unsafeBitCast(p, to: T.self)
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
-        p.standardInput = stdin; p.standardOutput = stdout; p.standardError = stderr
-        do { try p.run() } catch { throw WardenError(.unavailable, "cannot run \(binary): \(error)") }
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try? stdin.fileHandleForWriting.close()
-        let out = stdout.fileHandleForReading.readDataToEndOfFile()
-        let err = stderr.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            let first = String(decoding: err, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "exit \(p.terminationStatus)"
-            throw WardenError(.unavailable, "nft refused the rules: \(TerminalText.line(String(first.prefix(300))))")
+        let l = LibNFT(ctxNew: try sym("nft_ctx_new", CtxNew.self), ctxFree: try sym("nft_ctx_free", CtxFree.self),
+                       bufferOutput: try sym("nft_ctx_buffer_output", CtxInt.self), bufferError: try sym("nft_ctx_buffer_error", CtxInt.self),
+                       outputBuffer: try sym("nft_ctx_get_output_buffer", CtxString.self), errorBuffer: try sym("nft_ctx_get_error_buffer", CtxString.self),
+                       setOutputFlags: try sym("nft_ctx_output_set_flags", SetFlags.self), runBuffer: try sym("nft_run_cmd_from_buffer", Run.self))
+        loaded[name] = l
+        return l
+    }
+
+    private init(ctxNew: CtxNew, ctxFree: CtxFree, bufferOutput: CtxInt, bufferError: CtxInt, outputBuffer: CtxString, errorBuffer: CtxString,
+                 setOutputFlags: SetFlags, runBuffer: Run) {
+        self.ctxNew = ctxNew; self.ctxFree = ctxFree; self.bufferOutput = bufferOutput; self.bufferError = bufferError
+        self.outputBuffer = outputBuffer; self.errorBuffer = errorBuffer; self.setOutputFlags = setOutputFlags; self.runBuffer = runBuffer
+    }
+
+    /// Runs `commands` (one transaction) and returns what they printed.
+    func run(_ commands: String, json: Bool) throws -> String {
+        lock.lock(); defer { lock.unlock() }
+        guard let ctx = ctxNew(0) else { throw WardenError(.unavailable, "libnftables could not start (out of memory?)") }
+        defer { ctxFree(ctx) }
+        guard bufferOutput(ctx) == 0, bufferError(ctx) == 0 else { throw WardenError(.unavailable, "libnftables could not buffer its output") }
+        if json { setOutputFlags(ctx, Self.jsonFlag) }
+        let rc = commands.withCString { runBuffer(ctx, $0) }
+        guard rc == 0 else {
+            let err = errorBuffer(ctx).map { String(cString: $0) } ?? ""
+            let first = err.split(separator: "\n").first.map(String.init) ?? "error \(rc)"
+            throw WardenError(.unavailable, "nftables refused the rules: \(TerminalText.line(String(first.prefix(300))))")
         }
-        return out
+        return outputBuffer(ctx).map { String(cString: $0) } ?? ""
     }
 }
