@@ -149,6 +149,7 @@ let package = Package(
         .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy", "WardenNetwork"]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
+            "WardenNetwork",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).

@@ -16,6 +16,8 @@ public struct LaunchOptions: Codable, Sendable, Equatable {
     /// `auto` (KVM when /dev/kvm really works, else TCG), `kvm` or `tcg`.
     public var accel: String = "auto"
     public var qemuBinary: String = "qemu-system-x86_64"
+    /// Network interfaces: taps on the host (nil or empty: the guest has no network).
+    public var nics: [NIC]?
     public init() {}
 }
 
@@ -77,6 +79,11 @@ public enum QEMULauncher {
             a += ["-blockdev", "driver=file,filename=\(escapeOption(d.path)),node-name=\(node)-file",
                   "-blockdev", "driver=\(d.format),file=\(node)-file,node-name=\(node)",
                   "-device", "virtio-blk-pci,drive=\(node)"]
+        }
+        for (i, nic) in (options.nics ?? []).enumerated() {
+            // Names and MAC were checked (NIC.validated): nothing here needs escaping.
+            a += ["-netdev", "tap,id=net\(i),ifname=\(nic.tap),script=no,downscript=no",
+                  "-device", "virtio-net-pci,netdev=net\(i),mac=\(nic.mac)"]
         }
         if let k = options.kernel { a += ["-kernel", k] }
         if let i = options.initrd { a += ["-initrd", i] }

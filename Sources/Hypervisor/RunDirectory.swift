@@ -42,6 +42,16 @@ public struct RunDirectory: Sendable {
     public var stateServerPidFile: String { path + "/state-server.pid" }
     public var stateServerLog: String { path + "/state-server.log" }
     public var launchFile: String { path + "/launch.json" }
+    /// The taps Warden made for this run (one name a line), removed when the VM stops.
+    public var tapsFile: String { path + "/taps" }
+
+    /// Removes the taps Warden made for this run, and the list.
+    public func removeCreatedTaps() {
+        if let text = try? String(contentsOfFile: tapsFile, encoding: .utf8) {
+            for name in text.split(separator: "\n") { Taps.remove(String(name)) }
+        }
+        unlink(tapsFile)
+    }
 
     /// Creates the directory (mode 0700).
     public func create() throws {

@@ -22,6 +22,10 @@ public struct VMRunner {
     public var gate: (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void
     /// How to start the state server: argv of a `warden vm state-server` process (nil = no state server).
     public var stateServerCommand: ((_ vm: VMID, _ announce: Bool) -> [String])?
+    /// Puts the VM's network state (quarantine after a `quarantine` decision, a recorded state)
+    /// on its taps before QEMU starts; throws when it cannot, and the VM does not start. Nil
+    /// refuses to start VMs with network interfaces (fail closed).
+    public var enforceNetwork: ((_ vm: VMRecord, _ interfaces: [String]) throws -> Void)?
 
     public init(store: any LedgerStore, counters: CounterStore?, home: String = RunDirectory.home(), host: HostName = .current,
                 gate: @escaping (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void,
@@ -90,12 +94,31 @@ public struct VMRunner {
         let recovered = try recoverStaleIfNeeded(vm, run: run)
         let disks = try launchDisks(vm)
         let accel = try QEMULauncher.accelerator(options.accel)
+        let nics = try (options.nics ?? []).map { try $0.validated() }
+        guard nics.isEmpty || enforceNetwork != nil else {
+            throw WardenError(.unavailable, "this runner cannot enforce network states, so it starts no VM with a network interface")
+        }
         try gate(.start, vm, ["accel": accel])
         var saved = options
         saved.accel = options.accel
         try saveLaunch(saved, run)
-        let pid = try launchQEMU(vm, generation: vm.generation, disks: disks, options: options, accel: accel, run: run,
+        // The taps exist and carry the VM's network state before QEMU opens them: the guest's
+        // first packet already meets its rules. Anything failing here stops the start.
+        let pid: pid_t
+        do {
+            run.removeCreatedTaps()
+            var created: [String] = []
+            for nic in nics where try Taps.prepare(nic) {
+                created.append(nic.tap)
+                try (created.joined(separator: "\n") + "\n").write(toFile: run.tapsFile, atomically: true, encoding: .utf8)
+            }
+            if !nics.isEmpty, let enforceNetwork { try enforceNetwork(vm, nics.map(\.tap)) }
+            pid = try launchQEMU(vm, generation: vm.generation, disks: disks, options: options, accel: accel, run: run,
                                  loadSnapshot: nil, announce: false)
+        } catch {
+            run.removeCreatedTaps()
+            throw error
+        }
         let now = Date()
         _ = try store.updateVM(vm.id, event: NewEvent(kind: .started, vm: vm.id, host: host, time: now,
                                                       payload: ["pid": .number(Double(pid)), "accel": .string(accel)])) {
@@ -155,6 +178,7 @@ public struct VMRunner {
         let oldPid = RunDirectory.readPid(run.pidFile)
         if let sp = run.stateServerPid { kill(sp, SIGTERM) }
         run.cleanRuntimeFiles()
+        run.removeCreatedTaps()
         let now = Date()
         var payload: [String: JSONValue] = ["reason": .string("stale")]
         if let oldPid { payload["pid"] = .number(Double(oldPid)) }
@@ -185,6 +209,7 @@ public struct VMRunner {
         try gate(.stop, vm, [:])
         let how = terminate(pid: pid, run: run, powerdownTimeout: timeout)
         run.cleanRuntimeFiles()
+        run.removeCreatedTaps()
         let now = Date()
         _ = try store.updateVM(vm.id, event: NewEvent(kind: .stopped, vm: vm.id, host: host, time: now,
                                                       payload: ["how": .string(how)])) {
@@ -316,6 +341,7 @@ public struct VMRunner {
                     $0.state = .stopped; $0.updatedAt = now
                 }
                 try? store.closeResidency(vm: vm.id, host: host, kind: .ran, at: now)
+                run.removeCreatedTaps()
                 throw error
             }
         } else {

@@ -152,35 +152,14 @@ public enum LibvirtHook {
         }
     }
 
-    /// At `started`: a `quarantine` decision for this start (newer than the VM's last network
-    /// state) quarantines the domain's interfaces; a VM already quarantined or shielded gets its
-    /// state on this start's interfaces (their names change from start to start). Nil when the
-    /// VM's network stays open.
+    /// At `started`: the VM's network state goes on this start's interfaces
+    /// (``NetworkService/enforceAtStart(_:interfaces:actor:)``). Nil when it stays open.
     static func enforceNetwork(vm: VMRecord, domain: LibvirtDomain, store: any LedgerStore, policy: PolicyGate.Source,
                                host: HostName) throws -> VMNetwork? {
         // A domain without network devices has nothing to enforce a network state on.
         if domain.interfaces.isEmpty { return nil }
-        let events = try store.events(of: vm.id)
-        let lastState = events.last { $0.kind == .networkState }
-        let lastStart = events.last { $0.kind == .policyDecision && $0.payload["op"] == .string("start") }
-        let dir: String
-        switch policy {
-        case .explicit(let d): dir = d
-        case .defaultDirectory, .loaded: dir = PolicySet.defaultDirectory()
-        }
-        let net = NetworkService(ledger: store, policyDirectory: dir)
-        if let d = lastStart, d.payload["effect"] == .string("quarantine"), d.seq > (lastState?.seq ?? 0) {
-            var reason = "quarantine decision"
-            if let id = d.payload["decision"]?.stringValue { reason += " " + id }
-            return try net.set(vm, to: .quarantined, reason: reason, interfaces: domain.interfaces, actor: NewEvent.hookActor(host))
-        }
-        guard let e = lastState, let current = VMNetwork.from(e, name: vm.name), current.state != .open else { return nil }
-        if Set(current.interfaces) == Set(domain.interfaces) {
-            try net.sync()
-            return current
-        }
-        return try net.set(vm, to: current.state, reason: current.reason, interfaces: domain.interfaces, ports: current.ports,
-                           actor: NewEvent.hookActor(host))
+        let net = NetworkService(ledger: store, policyDirectory: policy.directory)
+        return try net.enforceAtStart(vm, interfaces: domain.interfaces, actor: NewEvent.hookActor(host))
     }
 
     static func failed(_ op: VMOperation, vm: VMRecord?, host: HostName, time: Date, status: Int32, vetoable: Bool, reason: String) -> Outcome {

@@ -19,6 +19,13 @@ public enum PolicyGate {
         case defaultDirectory
         /// An already loaded set.
         case loaded(PolicySet)
+
+        /// The directory other policy-directory files come from (the network configuration):
+        /// the explicit one, else the default (a loaded set names none).
+        public var directory: String {
+            if case .explicit(let d) = self { return d }
+            return PolicySet.defaultDirectory()
+        }
     }
 
     /// The revision recorded when no policy directory exists.

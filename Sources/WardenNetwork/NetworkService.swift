@@ -167,6 +167,33 @@ public struct NetworkService: Sendable {
         }
     }
 
+    // MARK: Driven by starts
+
+    /// Before a VM's guest runs on `interfaces` (its tap, a libvirt domain's `vnetN`): a
+    /// `quarantine` decision for this start (newer than the VM's last network state)
+    /// quarantines them; a VM already quarantined or shielded gets its state on these
+    /// interfaces (their names change from start to start). Nil when the VM stays open. Throws
+    /// when the state cannot be enforced: the caller must not let the guest run.
+    @discardableResult
+    public func enforceAtStart(_ vm: VMRecord, interfaces: [String], actor: String = NewEvent.defaultActor) throws -> VMNetwork? {
+        guard !interfaces.isEmpty else { return nil }
+        let events = try ledger.events(of: vm.id)
+        let lastState = events.last { $0.kind == .networkState }
+        let lastStart = events.last { $0.kind == .policyDecision && $0.payload["op"] == .string("start") }
+        if let d = lastStart, d.payload["effect"] == .string("quarantine"), d.seq > (lastState?.seq ?? 0) {
+            var reason = "quarantine decision"
+            if let id = d.payload["decision"]?.stringValue { reason += " " + id }
+            return try set(vm, to: .quarantined, reason: reason, interfaces: interfaces, actor: actor)
+        }
+        guard let e = lastState, let current = VMNetwork.from(e, name: vm.name), current.state != .open else { return nil }
+        if Set(current.interfaces) == Set(interfaces) {
+            // The same interfaces (a libvirt restart keeps a fixed tap name): this VM's chains again.
+            try nft.apply(NFTRules.change(from: current, to: current, config: try config()))
+            return current
+        }
+        return try set(vm, to: current.state, reason: current.reason, interfaces: interfaces, ports: current.ports, actor: actor)
+    }
+
     // MARK: Driven by assessments
 
     /// After a fresh assessment of `vm`: a quarantine is lifted when it has no open finding at

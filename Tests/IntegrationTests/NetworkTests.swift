@@ -214,6 +214,112 @@ final class NetLab: @unchecked Sendable {
         }
     }
 
+    /// A real guest (QEMU, software emulation, the busybox test guest) started through
+    /// `warden vm start --bridge` after a `quarantine` decision: Warden makes its tap, puts the
+    /// quarantine on it before QEMU opens it, and the guest reaches the mirror's port 80 and
+    /// nothing else. Stopping the VM removes the tap Warden made.
+    @Test(.enabled(if: NetLab.available && TestGuest.unavailableReason == nil, "needs root, iproute2, nftables and the test guest"))
+    func quarantinedGuestOnATapReachesOnlyTheMirror() throws {
+        let lab = try NetLab()
+        let guest = try TestGuest.build()
+        let home = "/tmp/wng-\(lab.tag)"
+        try FileManager.default.createDirectory(atPath: home + "/policy/network", withIntermediateDirectories: true)
+        var qemuPid: pid_t?
+        defer {
+            if let qemuPid { kill(qemuPid, SIGKILL) }
+            lab.destroy()
+            try? FileManager.default.removeItem(atPath: home)
+        }
+        try """
+        apiVersion: warden/v1
+        kind: Network
+        quarantine:
+          mirrors:
+            - { address: \(lab.ip(20)), ports: [80] }
+        """.write(toFile: home + "/policy/network/network.yaml", atomically: true, encoding: .utf8)
+        // Never scanned, so the start is quarantined.
+        try PolicyFiles.write("""
+        apiVersion: warden/v1
+        kind: Policy
+        rules:
+          - name: scanned-or-quarantined
+            on: [start]
+            require: { scanAge: 7d }
+            otherwise: quarantine
+        """, in: home)
+        try lab.serve("mirror", tcp: [80, 8080])
+        try lab.serve("client", tcp: [80])
+        try TestGuest.makeDataDisk(home + "/data.qcow2")
+        let vm = try Self.warden(lab, home: home, ["vm", "register", "--name", "qg", "--owner", "ops", home + "/data.qcow2"])
+            .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let tap = "wg\(lab.tag)"
+        let urls = ["http://\(lab.ip(20)):80/", "http://\(lab.ip(20)):8080/", "http://\(lab.ip(30)):80/"]
+        let start = try Self.warden(lab, home: home, [
+            "vm", "start", "qg", "--kernel", guest.kernel, "--initrd", guest.initrd, "--memory", "256", "--accel", "tcg",
+            "--bridge", "br0", "--tap", tap,
+            "--append", guest.append("warden.net=\(lab.ip(40))/24 warden.fetch=\(urls.joined(separator: ","))"),
+        ])
+        qemuPid = (try? String(contentsOfFile: "\(home)/run/\(vm)/qemu.pid", encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        #expect(start.stderr.contains("qg: network quarantined on \(tap) (quarantine decision"), "\(start.stderr)")
+        // The tap is Warden's, on the bridge, with the VM's chains on it.
+        let link = try Tool.run(["ip", "-n", lab.ns["host"]!, "-d", "link", "show", tap]).stdoutText
+        #expect(link.contains("master br0") && link.contains("tun type tap"), "\(link)")
+        let table = try Tool.run(["ip", "netns", "exec", lab.ns["host"]!, "nft", "list", "table", "netdev", "warden"]).stdoutText
+        #expect(table.contains("device \"\(tap)\"") && table.contains("jump quarantine_from_vm"), "\(table)")
+
+        func console() throws -> String { try Self.warden(lab, home: home, ["vm", "console", "qg"]).stdoutText }
+        try waitUntil("the guest's fetches", timeout: 300) { try console().contains("WARDEN-FETCH-DONE") }
+        let out = try console()
+        #expect(out.contains("WARDEN-NET-UP \(lab.ip(40))/24"), "\(out.suffix(2000))")
+        #expect(out.contains("WARDEN-FETCH \(urls[0]) ok hi"), "\(out.suffix(2000))")
+        #expect(out.contains("WARDEN-FETCH \(urls[1]) fail") && out.contains("WARDEN-FETCH \(urls[2]) fail"), "\(out.suffix(2000))")
+        #expect(out.contains("WARDEN-GUEST-ERROR") == false, "\(out.suffix(2000))")
+        let status = try JSONSerialization.jsonObject(with: try Self.warden(lab, home: home, ["net", "status", "--json"]).stdout) as? [String: Any]
+        let st = try #require((status?["vms"] as? [[String: Any]])?.first)
+        #expect(st["state"] as? String == "quarantined" && st["enforced"] as? Bool == true)
+        #expect(((st["dropped"] as? [String: [String: Int]])?[tap]?["from_vm"] ?? 0) > 0, "\(st)")
+
+        _ = try Self.warden(lab, home: home, ["vm", "stop", "qg", "--timeout", "1"])
+        qemuPid = nil
+        #expect(try Tool.run(["ip", "-n", lab.ns["host"]!, "link", "show", tap], check: false).status != 0, "the tap Warden made is removed at stop")
+    }
+
+    /// A start that cannot be quarantined does not start: the bridge is missing, or the tap
+    /// name is hostile. Nothing runs and no tap is left behind.
+    @Test(.enabled(if: NetLab.available && TestGuest.unavailableReason == nil, "needs root, iproute2, nftables and the test guest"))
+    func aStartThatCannotBeEnforcedDoesNotStart() throws {
+        let lab = try NetLab()
+        defer { lab.destroy() }
+        let guest = try TestGuest.build()
+        try Fixtures.withTemporaryDirectory { home in
+            try FileManager.default.createDirectory(atPath: home + "/policy/network", withIntermediateDirectories: true)
+            try PolicyFiles.write("apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: q\n    on: [start]\n    require: { scanAge: 7d }\n    otherwise: quarantine\n", in: home)
+            try TestGuest.makeDataDisk(home + "/data.qcow2")
+            _ = try Self.warden(lab, home: home, ["vm", "register", "--name", "qg", "--owner", "ops", home + "/data.qcow2"])
+            let base = ["vm", "start", "qg", "--kernel", guest.kernel, "--initrd", guest.initrd, "--accel", "tcg"]
+            let cases: [([String], String)] = [
+                (["--bridge", "nosuchbr", "--tap", "wx\(lab.tag)"], "bridge nosuchbr does not exist"),
+                (["--bridge", "br0", "--tap", "t;reboot"], "not an interface name"),
+                (["--bridge", "br0", "--tap", "wx\(lab.tag)", "--mac", "01:00:5e:00:00:01"], "not a unicast MAC address"),
+                // An interface that is not a tap is not taken over.
+                (["--tap", "br0"], "exists and is not a tap device"),
+            ]
+            for (args, message) in cases {
+                let r = try Self.warden(lab, home: home, base + args, check: false)
+                // (the line before it is the quarantine decision's note)
+                #expect(r.status != 0 && r.stderr.split(separator: "\n").last?.contains(message) == true, "\(args): \(r.stderr)")
+            }
+            // The network configuration is unreadable: the quarantine cannot be built, the tap
+            // Warden made is removed again, and QEMU never ran.
+            try "quarantine: { mirrors: [ { address: 10.0.0.300 } ] }".write(toFile: home + "/policy/network/network.yaml", atomically: true, encoding: .utf8)
+            let r = try Self.warden(lab, home: home, base + ["--bridge", "br0", "--tap", "wx\(lab.tag)"], check: false)
+            #expect(r.status != 0 && r.stderr.contains("network.yaml"), "\(r.stderr)")
+            #expect(try Tool.run(["ip", "-n", lab.ns["host"]!, "link", "show", "wx\(lab.tag)"], check: false).status != 0)
+            let st = try Self.warden(lab, home: home, ["vm", "status", "qg", "--json"]).stdoutText
+            #expect(st.contains("\"state\" : \"stopped\"") || st.contains("\"state\":\"stopped\""), "\(st)")
+        }
+    }
+
     /// A flood of connection attempts to a blocked port while the state flips between
     /// quarantined and shielded (both close 22): no connection completes at any moment, and the
     /// counters saw the attempts. Bounded: 400 attempts, 50 ms each, to a namespace the test made.

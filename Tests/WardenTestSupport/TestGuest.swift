@@ -17,7 +17,11 @@ import Foundation
 /// - with `warden.probe=1`, prints `WARDEN-GEN <generation>` and `WARDEN-RANDOM <32 hex digits>`
 ///   from the state port once (while the counter loop may hold the port: the client retries);
 /// - with `warden.bench=N`, times N counter round trips (busybox `adjtimex`, µs) and prints
-///   `WARDEN-RTT-US <µs>` for each, then `WARDEN-BENCH-DONE`.
+///   `WARDEN-RTT-US <µs>` for each, then `WARDEN-BENCH-DONE`;
+/// - with `warden.net=ADDR/LEN`, brings up its NIC (virtio-net, `eth0`) with that address;
+/// - with `warden.fetch=URL,URL…` (after `warden.net`), fetches each URL with busybox wget (up to
+///   3 tries of 3 s: a fresh link may still be settling) and prints `WARDEN-FETCH <url> ok <body>` or `WARDEN-FETCH <url> fail <wget's error>`, then
+///   `WARDEN-FETCH-DONE`.
 ///
 /// The kernel logs at `loglevel=6`, so notices (the reseed message) reach the serial console.
 public struct TestGuest: Sendable {
@@ -31,7 +35,7 @@ public struct TestGuest: Sendable {
     }
 
     /// The modules the guest loads (module names as `modprobe` spells them).
-    public static let wantedModules = ["virtio_pci", "virtio_console", "virtio_rng", "virtio_blk"]
+    public static let wantedModules = ["virtio_pci", "virtio_console", "virtio_rng", "virtio_blk", "virtio_net"]
 
     /// Why a test guest cannot be built here, or nil when it can.
     public static var unavailableReason: String? {
@@ -137,6 +141,21 @@ public struct TestGuest: Sendable {
                     echo "WARDEN-RTT-US $((b - a))"; i=$((i + 1))
                 done
                 echo "WARDEN-BENCH-DONE" ;;
+            warden.net=*)
+                ip link set eth0 up && ip addr add "${opt#warden.net=}" dev eth0 && echo "WARDEN-NET-UP ${opt#warden.net=}" ;;
+            warden.fetch=*)
+                urls=${opt#warden.fetch=}
+                (sleep 1
+                 for u in $(echo "$urls" | tr ',' ' '); do
+                     r="fail"
+                     for try in 1 2 3; do
+                         # (not wget -T: Debian's static busybox crashes on it)
+                         if body=$(timeout 3 wget -q -O - "$u" 2>/run/wget.err); then r="ok $body"; break; fi
+                         r="fail $(tail -n 1 /run/wget.err)"
+                     done
+                     echo "WARDEN-FETCH $u $r"
+                 done
+                 echo "WARDEN-FETCH-DONE") & ;;
         esac
     done
     while :; do sleep 3600; done

@@ -7,6 +7,7 @@ import Ledger
 import WardenServices
 import Policy
 import WardenCore
+import WardenNetwork
 #if canImport(Glibc)
 import Glibc
 import Storage
@@ -22,13 +23,20 @@ enum VMRun {
                        reexposure: [RollbackImpact.Vulnerability]? = nil, forceStop: Bool = false) -> VMRunner {
         let service = VMService(store: store, policy: policy, note: { Output.note($0) })
         let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
-        return VMRunner(store: store, counters: CounterStore(database: store.database),
-                 gate: service.lifecycleGate(reexposure: findings, forceStop: forceStop),
-                 stateServerCommand: { vm, announce in
-                     var argv = [selfExecutable, "vm", "state-server", vm.description, "--db", store.database.path]
-                     if announce { argv.append("--announce") }
-                     return argv
-                 })
+        var runner = VMRunner(store: store, counters: CounterStore(database: store.database),
+                              gate: service.lifecycleGate(reexposure: findings, forceStop: forceStop),
+                              stateServerCommand: { vm, announce in
+                                  var argv = [selfExecutable, "vm", "state-server", vm.description, "--db", store.database.path]
+                                  if announce { argv.append("--announce") }
+                                  return argv
+                              })
+        let net = NetworkService(ledger: store, policyDirectory: policy.directory)
+        runner.enforceNetwork = { vm, interfaces in
+            if let n = try net.enforceAtStart(vm, interfaces: interfaces) {
+                Output.note("\(vm.name): network \(n.state.rawValue) on \(n.interfaces.joined(separator: ", ")) (\(n.reason))")
+            }
+        }
+        return runner
     }
 
     static func vulnerabilityLookup(_ store: SQLiteLedger) -> RollbackImpact.VulnerabilityLookup? {
@@ -54,8 +62,12 @@ struct VMStart: ParsableCommand {
     @Option(help: "Direct kernel boot: the initrd.") var initrd: String?
     @Option(help: "Direct kernel boot: the kernel command line.") var append: String?
     @Option(help: "Accelerator: auto (KVM when /dev/kvm works, else TCG), kvm, tcg.") var accel: String = "auto"
+    @Option(help: "Give the guest a NIC on a tap joined to this bridge (the tap is made when missing, removed at stop).") var bridge: String?
+    @Option(help: "The NIC's host tap device (default wv<8 hex digits of the VM id> when --bridge is given).") var tap: String?
+    @Option(help: "The NIC's MAC address (default 52:54:00 and bytes of the VM id).") var mac: String?
 
     func validate() throws {
+        if mac != nil && bridge == nil && tap == nil { throw ValidationError("--mac needs --bridge or --tap") }
         guard (16...1 << 20).contains(memory) else { throw ValidationError("--memory must be 16 to 1048576 MiB") }
         guard (1...64).contains(cpus) else { throw ValidationError("--cpus must be 1 to 64") }
         if append != nil && kernel == nil { throw ValidationError("--append needs --kernel") }
@@ -75,6 +87,9 @@ struct VMStart: ParsableCommand {
         o.kernel = kernel.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         o.initrd = initrd.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         o.append = append
+        if bridge != nil || tap != nil {
+            o.nics = [try NIC(tap: tap ?? NIC.defaultTap(for: record.id), bridge: bridge, mac: mac ?? NIC.mac(for: record.id)).validated()]
+        }
         let r = try VMRun.runner(store, policy: policyOptions.source).start(record, options: o)
         if r.recoveredStale { Output.note("\(record.name): recovered a stale run (its QEMU had died); recorded it as stopped") }
         Output.stdout.line("started \(record.name) (pid \(r.pid), \(r.accel), generation \(record.generation.uuidString.lowercased()))")
