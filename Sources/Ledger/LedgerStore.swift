@@ -53,8 +53,9 @@ public protocol LedgerStore: Sendable {
     /// Appends one event (its own transaction). Returns it with its sequence number.
     func append(_ event: NewEvent) throws -> EventRecord
     func events(of vm: VMID) throws -> [EventRecord]
-    /// Each VM's latest event of `kind` (one per VM that has one), in any order.
-    func latestEvents(kind: EventKind) throws -> [EventRecord]
+    /// Each VM's latest event of `kind` (one per VM that has one), in any order; with
+    /// `mentioning`, only those whose payload text contains it (a quoted name, say).
+    func latestEvents(kind: EventKind, mentioning: String?) throws -> [EventRecord]
     func event(seq: Int64) throws -> EventRecord?
     /// The number of events (the Merkle tree size).
     func eventCount() throws -> Int64
@@ -122,4 +123,9 @@ public struct IngestOutcome: Codable, Sendable, Equatable {
     public var seq: Int64
     public var duplicate: Bool
     public init(id: String, seq: Int64, duplicate: Bool) { self.id = id; self.seq = seq; self.duplicate = duplicate }
+}
+
+extension LedgerStore {
+    /// Each VM's latest event of `kind` (one per VM that has one), in any order.
+    public func latestEvents(kind: EventKind) throws -> [EventRecord] { try latestEvents(kind: kind, mentioning: nil) }
 }

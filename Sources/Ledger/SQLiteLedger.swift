@@ -398,11 +398,12 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         }
     }
 
-    public func latestEvents(kind: EventKind) throws -> [EventRecord] {
+    public func latestEvents(kind: EventKind, mentioning: String?) throws -> [EventRecord] {
         try database.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT e.* FROM events e JOIN (SELECT max(seq) AS s FROM events WHERE kind = ? AND vm IS NOT NULL GROUP BY vm) m ON e.seq = m.s
-                """, arguments: [kind.rawValue]).map { try Rows.event($0, file: database.path) }
+                WHERE ? IS NULL OR instr(e.payload, ?) > 0
+                """, arguments: [kind.rawValue, mentioning, mentioning]).map { try Rows.event($0, file: database.path) }
         }
     }
 

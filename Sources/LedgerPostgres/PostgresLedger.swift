@@ -410,9 +410,10 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         try store.query("SELECT * FROM events WHERE vm = \(vm.description) ORDER BY seq").map { try PGRows.event($0, location) }
     }
 
-    public func latestEvents(kind: EventKind) throws -> [EventRecord] {
+    public func latestEvents(kind: EventKind, mentioning: String?) throws -> [EventRecord] {
         try store.query("""
-            SELECT DISTINCT ON (vm) * FROM events WHERE kind = \(kind.rawValue) AND vm IS NOT NULL ORDER BY vm, seq DESC
+            SELECT * FROM (SELECT DISTINCT ON (vm) * FROM events WHERE kind = \(kind.rawValue) AND vm IS NOT NULL ORDER BY vm, seq DESC) l
+            WHERE \(mentioning)::text IS NULL OR strpos(l.payload, \(mentioning)::text) > 0
             """).map { try PGRows.event($0, location) }
     }
 

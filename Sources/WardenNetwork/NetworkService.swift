@@ -49,11 +49,9 @@ public struct NetworkService: Sendable {
     public func set(_ vm: VMRecord, to state: NetState, reason: String, interfaces: [String]?, ports: [ShieldedPort] = [],
                     actor: String = NewEvent.defaultActor) throws -> VMNetwork {
         guard (1...1000).contains(reason.utf8.count) else { throw WardenError(.invalidArgument, "a reason is 1-1000 bytes") }
-        // Every VM's state, read once: this VM's old one (its interfaces, the chains to replace)
-        // and the others' (interface clashes, the whole-table fallback).
-        let all = try states()
-        let old = all.first { $0.vm == vm.id }
-        let others = all.filter { $0.vm != vm.id }
+        // This VM's old state (its interfaces, the chains to replace); the other VMs' only when
+        // they name one of the same interfaces, so a change costs the same at any fleet size.
+        let old = try self.state(of: vm.id)
         let ifs = try (interfaces ?? old?.interfaces ?? []).map(Interface.check)
         guard Set(ifs).count == ifs.count, ifs.count <= 32 else { throw WardenError(.invalidArgument, "interfaces repeat, or more than 32") }
         if state != .open, ifs.isEmpty {
@@ -65,8 +63,14 @@ public struct NetworkService: Sendable {
         var next = VMNetwork(vm: vm.id, name: vm.name, state: state, reason: reason, interfaces: ifs, ports: state == .shielded ? ports : [],
                              since: Date(), seq: 0)
         // Another VM's rules on the same interface would fight over it.
-        if let clash = others.first(where: { $0.state != .open && !Set($0.interfaces).isDisjoint(with: ifs) }) {
-            throw WardenError(.conflict, "interface \(Set(clash.interfaces).intersection(ifs).sorted().joined(separator: ", ")) already carries VM \(clash.name)'s rules")
+        if state != .open {
+            for iface in ifs {
+                for e in try ledger.latestEvents(kind: .networkState, mentioning: "\"\(iface)\"") where e.vm != vm.id {
+                    guard let id = e.vm, let other = try ledger.vm(id), other.state != .retired,
+                          let n = VMNetwork.from(e, name: other.name), n.state != .open, n.interfaces.contains(iface) else { continue }
+                    throw WardenError(.conflict, "interface \(iface) already carries VM \(other.name)'s rules")
+                }
+            }
         }
         let config = try self.config()
         if state != .open, let missing = ifs.first(where: { !Interface.exists($0) }) {
@@ -77,7 +81,7 @@ public struct NetworkService: Sendable {
         do {
             try nft.apply(NFTRules.change(from: old, to: next, config: config))
         } catch {
-            try nft.apply(NFTRules.script(others + [next], config: config))
+            try nft.apply(NFTRules.script(try states().filter { $0.vm != vm.id } + [next], config: config))
         }
         do {
             let e = try ledger.append(NewEvent(kind: .networkState, vm: vm.id, actor: actor, payload: next.payload))

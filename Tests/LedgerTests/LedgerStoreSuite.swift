@@ -57,6 +57,11 @@ struct StoreTestError: Error {}
             let latest = try s.latestEvents(kind: .networkState)
             #expect(Dictionary(uniqueKeysWithValues: latest.map { ($0.vm!, $0.payload["n"]) }) == [a.id: .number(5), c.id: .number(4)])
             #expect(try s.latestEvents(kind: .retired).isEmpty)
+            // Filtered by payload text: only a VM whose *latest* event mentions it.
+            _ = try s.append(NewEvent(kind: .networkState, vm: c.id, payload: ["interfaces": .array([.string("vnet7")])]))
+            #expect(try s.latestEvents(kind: .networkState, mentioning: "\"vnet7\"").map(\.vm) == [c.id])
+            _ = try s.append(NewEvent(kind: .networkState, vm: c.id, payload: ["interfaces": .array([.string("vnet8")])]))
+            #expect(try s.latestEvents(kind: .networkState, mentioning: "\"vnet7\"").isEmpty)
         }
     }
 

@@ -303,7 +303,7 @@ struct UnreachableStore: LedgerStore {
     func fleetFreshness() throws -> FleetFreshness? { throw fail() }
     func replaceResidency(vm: VMID, host: HostName, with intervals: [ResidencyRecord]) throws { throw fail() }
     func events(of vm: VMID) throws -> [EventRecord] { throw fail() }
-    func latestEvents(kind: EventKind) throws -> [EventRecord] { throw fail() }
+    func latestEvents(kind: EventKind, mentioning: String?) throws -> [EventRecord] { throw fail() }
     func event(seq: Int64) throws -> EventRecord? { throw fail() }
     func eventCount() throws -> Int64 { throw fail() }
     func descendants(of vm: VMID) throws -> [VMRecord] { throw fail() }
