@@ -199,7 +199,7 @@ let package = Package(
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
-                                                          "AdvisoryStorage", "Advisories"]),
+                                                          "AdvisoryStorage", "Advisories", "WardenNetwork"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -72,6 +72,8 @@ public enum NFTRules {
             let keep = new.state != .open && new.interfaces.contains(iface) ? chains(new, iface) : []
             let (fromName, toName) = chainNames(new, iface)
             let (o, i) = counterNames(new, iface)
+            // Counters exist before the rules that name them, and go after the rules that did.
+            if !keep.isEmpty { for c in [o, i] { out += "add counter netdev \(table) \(c)\n" } }
             for (name, hook) in [(fromName, "ingress"), (toName, "egress")] {
                 out += "add chain netdev \(table) \(name) { type filter hook \(hook) device \"\(iface)\" priority -100; policy accept; }\n"
                 if let kept = keep.first(where: { $0.name == name }) {
@@ -81,10 +83,7 @@ public enum NFTRules {
                     out += "delete chain netdev \(table) \(name)\n"
                 }
             }
-            for c in [o, i] {
-                out += "add counter netdev \(table) \(c)\n"
-                if keep.isEmpty { out += "delete counter netdev \(table) \(c)\n" }
-            }
+            if keep.isEmpty { for c in [o, i] { out += "add counter netdev \(table) \(c)\ndelete counter netdev \(table) \(c)\n" } }
         }
         return out
     }

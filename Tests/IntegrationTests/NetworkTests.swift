@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WardenCore
 import WardenTestSupport
+import WardenNetwork
 
 /// A lab in network namespaces the test makes: a "host" namespace with a bridge (where Warden
 /// runs and its nftables table lives), a "vm" namespace on a veth whose host end stands for the
@@ -317,6 +318,44 @@ final class NetLab: @unchecked Sendable {
             #expect(try Tool.run(["ip", "-n", lab.ns["host"]!, "link", "show", "wx\(lab.tag)"], check: false).status != 0)
             let st = try Self.warden(lab, home: home, ["vm", "status", "qg", "--json"]).stdoutText
             #expect(st.contains("\"state\" : \"stopped\"") || st.contains("\"state\":\"stopped\""), "\(st)")
+        }
+    }
+
+    /// Every transition is one VM's change that the kernel takes as it is (Warden falls back to
+    /// rebuilding the whole table when a change is refused, which would hide a bad change and
+    /// cost the fleet-size price): applied with the real nft, in the lab's host namespace, one
+    /// after another, each leaving exactly the chains its state needs.
+    @Test(.enabled(if: NetLab.available, "needs root, iproute2 and nftables"))
+    func everyTransitionIsAChangeTheKernelTakes() throws {
+        let lab = try NetLab()
+        defer { lab.destroy() }
+        var config = NetworkConfig()
+        config.resolvers = [IPPrefix(lab.ip(20))!]
+        config.mirrors = [.init(address: IPPrefix(lab.ip(20))!, proto: "tcp", ports: [80, 443])]
+        let other = "whcli\(lab.tag)"
+        let vm = VMID()
+        func net(_ state: NetState, _ ifs: [String]) -> VMNetwork {
+            VMNetwork(vm: vm, name: "t", state: state, reason: "test", interfaces: ifs,
+                      ports: state == .shielded ? [ShieldedPort(port: 22, proto: "tcp", package: "openssh-server", findings: ["DSA-1"])] : [],
+                      since: Date(), seq: 0)
+        }
+        let steps: [(NetState, [String])] = [(.quarantined, [lab.tap]), (.shielded, [lab.tap]), (.quarantined, [lab.tap]),
+                                              (.quarantined, [other]), (.open, [other]), (.shielded, [lab.tap, other]), (.open, [lab.tap, other])]
+        var old: VMNetwork? = nil
+        try Fixtures.withTemporaryDirectory { dir in
+            for (i, (state, ifs)) in steps.enumerated() {
+                let next = net(state, ifs)
+                try NFTRules.change(from: old, to: next, config: config, present: { _ in true }).write(toFile: dir + "/c\(i).nft", atomically: true, encoding: .utf8)
+                let r = try Tool.run(["ip", "netns", "exec", lab.ns["host"]!, "nft", "-f", dir + "/c\(i).nft"], check: false)
+                #expect(r.status == 0, "step \(i) (\(state) on \(ifs)): \(r.stderr)")
+                let table = try Tool.run(["ip", "netns", "exec", lab.ns["host"]!, "nft", "list", "table", "netdev", "warden"]).stdoutText
+                for iface in [lab.tap, other] {
+                    let hooks = table.components(separatedBy: "device \"\(iface)\"").count - 1
+                    let want = !ifs.contains(iface) || state == .open ? 0 : state == .quarantined ? 2 : 1
+                    #expect(hooks == want, "step \(i): \(iface) has \(hooks) chains, wants \(want)\n\(table)")
+                }
+                old = next
+            }
         }
     }
 
