@@ -15,9 +15,14 @@ public struct LibvirtLifecycleEvent: Sendable, Equatable {
     public var detail: Int32
     /// The domain's XML at the time of the event (not for undefine).
     public var xml: String?
+    /// For ``deviceAdded``: the alias of the device libvirt attached (`net1`).
+    public var device: String?
 
-    public init(domain: String, uuid: UUID?, event: Int32, detail: Int32, xml: String? = nil) {
-        self.domain = domain; self.uuid = uuid; self.event = event; self.detail = detail; self.xml = xml
+    /// Not a lifecycle event: a device was hot-plugged (`VIR_DOMAIN_EVENT_ID_DEVICE_ADDED`).
+    public static let deviceAdded: Int32 = 100
+
+    public init(domain: String, uuid: UUID?, event: Int32, detail: Int32, xml: String? = nil, device: String? = nil) {
+        self.domain = domain; self.uuid = uuid; self.event = event; self.detail = detail; self.xml = xml; self.device = device
     }
 
     static let eventNames = ["defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown", "pmsuspended", "crashed"]
@@ -35,6 +40,7 @@ public struct LibvirtLifecycleEvent: Sendable, Equatable {
 
     /// `started/from-snapshot`.
     public var name: String {
+        if event == Self.deviceAdded { return "device-added/\(device ?? "?")" }
         let e = Int(event)
         let en = e >= 0 && e < Self.eventNames.count ? Self.eventNames[e] : "event-\(event)"
         let dn = Self.detailNames[event].flatMap { Int(detail) >= 0 && Int(detail) < $0.count ? $0[Int(detail)] : nil } ?? "detail-\(detail)"
@@ -72,9 +78,19 @@ public final class LibvirtEventWatcher: @unchecked Sendable {
         return "unknown libvirt error"
     }
 
-    /// Connects to `uri`, calls `ready` once the callback is registered, then delivers events to
-    /// `handler` until ``stop()`` is called or the connection closes.
-    public func run(uri: String, ready: () -> Void = {}, handler: @escaping Handler) throws {
+    /// Called for a hot-plugged device; false asks the watcher to pause the domain (its new
+    /// device could not be brought under its network state: fail closed).
+    public typealias DeviceHandler = (LibvirtLifecycleEvent) -> Bool
+
+    private final class DeviceBox {
+        let handler: DeviceHandler
+        init(_ handler: @escaping DeviceHandler) { self.handler = handler }
+    }
+
+    /// Connects to `uri`, calls `ready` once the callbacks are registered, then delivers events to
+    /// `handler` (and hot-plugged devices to `deviceAdded`) until ``stop()`` is called or the
+    /// connection closes.
+    public func run(uri: String, ready: () -> Void = {}, deviceAdded: DeviceHandler? = nil, handler: @escaping Handler) throws {
         _ = Self.registerLoop
         guard let conn = virConnectOpen(uri) else {
             throw WardenError(.unavailable, "cannot connect to libvirt at \(uri): \(Self.lastError())")
@@ -106,6 +122,35 @@ public final class LibvirtEventWatcher: @unchecked Sendable {
             throw WardenError(.unavailable, "cannot register for domain events: \(Self.lastError())")
         }
         defer { _ = virConnectDomainEventDeregisterAny(conn, id) }
+        var deviceID: Int32 = -1
+        if let deviceAdded {
+            let dOpaque = Unmanaged.passRetained(DeviceBox(deviceAdded)).toOpaque()
+            let dCallback: @convention(c) (virConnectPtr?, virDomainPtr?, UnsafePointer<CChar>?, UnsafeMutableRawPointer?) -> Void = { _, dom, alias, opaque in
+                guard let dom, let opaque else { return }
+                let box = Unmanaged<DeviceBox>.fromOpaque(opaque).takeUnretainedValue()
+                let name = virDomainGetName(dom).map { String(cString: $0) } ?? "?"
+                var buf = [CChar](repeating: 0, count: 64)
+                let uuid: UUID? = virDomainGetUUIDString(dom, &buf) == 0 ? UUID(uuidString: String(cString: buf)) : nil
+                var xml: String? = nil
+                if let p = virDomainGetXMLDesc(dom, 0) {
+                    xml = String(cString: p)
+                    Glibc.free(p)
+                }
+                let event = LibvirtLifecycleEvent(domain: name, uuid: uuid, event: LibvirtLifecycleEvent.deviceAdded, detail: 0, xml: xml,
+                                                  device: alias.map { String(cString: $0) })
+                if !box.handler(event) { _ = virDomainSuspend(dom) }
+            }
+            let dFree: @convention(c) (UnsafeMutableRawPointer?) -> Void = { p in
+                if let p { Unmanaged<DeviceBox>.fromOpaque(p).release() }
+            }
+            deviceID = virConnectDomainEventRegisterAny(conn, nil, Int32(VIR_DOMAIN_EVENT_ID_DEVICE_ADDED.rawValue),
+                                                        unsafeBitCast(dCallback, to: virConnectDomainEventGenericCallback.self), dOpaque, dFree)
+            guard deviceID >= 0 else {
+                Unmanaged<DeviceBox>.fromOpaque(dOpaque).release()
+                throw WardenError(.unavailable, "cannot register for device events: \(Self.lastError())")
+            }
+        }
+        defer { if deviceID >= 0 { _ = virConnectDomainEventDeregisterAny(conn, deviceID) } }
         // A periodic timer wakes the loop so that stop() is noticed.
         let tick: @convention(c) (Int32, UnsafeMutableRawPointer?) -> Void = { _, _ in }
         let timer = virEventAddTimeout(500, tick, nil, nil)

@@ -1,5 +1,6 @@
 import Foundation
 import Ledger
+import WardenNetwork
 import WardenCore
 
 /// What `warden libvirt watch` records for each lifecycle event: what the hook cannot see.
@@ -11,6 +12,7 @@ import WardenCore
 /// | stopped/saved (save) | `stopped` (`saved: true`); residency closed |
 /// | defined/added | an unknown domain is registered as `discovered` |
 /// | undefined | a note on the VM (the VM and its disks stay in the ledger) |
+/// | device-added (a hot-plugged NIC) | a quarantined or shielded VM's state extended to the new interface (``enforceOnHotplug(_:store:policyDirectory:host:)``) |
 ///
 /// Other events (boot, shutdown, pause) are the hook's business and are ignored here.
 public enum LibvirtWatch {
@@ -19,6 +21,7 @@ public enum LibvirtWatch {
         case saved
         case defined
         case undefined
+        case deviceAdded
         case none
     }
 
@@ -29,6 +32,7 @@ public enum LibvirtWatch {
         case (5, 4): .saved                             // stopped/saved
         case (0, 0), (0, 2): .defined                   // defined/added, defined/renamed
         case (1, _): .undefined
+        case (LibvirtLifecycleEvent.deviceAdded, _): .deviceAdded
         default: .none
         }
     }
@@ -87,8 +91,26 @@ public enum LibvirtWatch {
             return "\(event.domain): \(event.name): recorded"
         case .defined:
             return vm.state == .discovered ? "\(event.domain): \(event.name): VM \(vm.id) (discovered)" : nil
-        case .undefined, .none:
+        case .undefined, .deviceAdded, .none:
             return nil
         }
+    }
+
+    /// A device hot-plugged into a running domain (`virsh attach-interface`): when the VM is
+    /// quarantined or shielded and the domain now has interfaces its state does not cover, the
+    /// state is extended to all of them (one change, recorded). Returns a line saying what was
+    /// done (nil: nothing to do); throws when the state cannot be enforced, and the caller pauses
+    /// the domain. libvirt has no hook for attaching devices, so between the attach and this
+    /// event (milliseconds) the new interface carries no rules: docs/network.md.
+    public static func enforceOnHotplug(_ event: LibvirtLifecycleEvent, store: any LedgerStore, policyDirectory: String,
+                                        host: HostName) throws -> String? {
+        guard let xml = event.xml, let domain = try? LibvirtDomain.parse(Data(xml.utf8)), !domain.interfaces.isEmpty,
+              let uuid = event.uuid ?? domain.uuid, let vm = try store.vm(VMID(uuid)) else { return nil }
+        let net = NetworkService(ledger: store, policyDirectory: policyDirectory)
+        guard let current = try net.state(of: vm.id), current.state != .open,
+              !Set(domain.interfaces).isSubset(of: current.interfaces) else { return nil }
+        let n = try net.set(vm, to: current.state, reason: current.reason, interfaces: domain.interfaces, ports: current.ports,
+                            actor: "libvirt-watch@\(host.value)")
+        return "\(event.domain): \(event.name): network \(n.state.rawValue) on \(n.interfaces.joined(separator: ", "))"
     }
 }

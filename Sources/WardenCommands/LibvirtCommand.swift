@@ -96,6 +96,8 @@ struct LibvirtCommand: ParsableCommand {
         )
         @Option(help: "libvirt connection URI.") var uri = "qemu:///system"
         @Option(help: "The ledger database (must exist).") var db: String?
+        @Option(help: ArgumentHelp("The policy directory, for the network configuration (default: $WARDEN_POLICY, $WARDEN_HOME/policy…).", valueName: "dir"))
+        var policy: String?
 
         func run() throws {
             // A parent may have spawned us with signals blocked; SIGTERM and SIGINT must stop the watch.
@@ -109,9 +111,22 @@ struct LibvirtCommand: ParsableCommand {
             let watcher = LibvirtEventWatcher()
             var reverts = LibvirtWatch.RevertDeduplicator()
             // Each event is handled on the event-loop thread; failures are reported and the watch goes on.
+            let policyDirectory = PolicySet.defaultDirectory(explicit: policy)
             try watcher.run(uri: uri, ready: {
                 Output.stdout.line("watching \(uri)")
                 Output.stdout.flush()
+            }, deviceAdded: { event in
+                // A hot-plugged NIC of a quarantined or shielded VM gets its state, or the domain is paused.
+                defer { Output.stdout.flush() }
+                do {
+                    if let line = try LibvirtWatch.enforceOnHotplug(event, store: store, policyDirectory: policyDirectory, host: host) {
+                        Output.stdout.line(line)
+                    }
+                    return true
+                } catch {
+                    Output.error("\(event.domain): \(event.name): network state cannot be enforced, domain paused: \((error as? WardenError)?.message ?? "\(error)")")
+                    return false
+                }
             }, handler: { event in
                 let now = Date()
                 guard reverts.isNewRevert(event, at: now) else { return }

@@ -155,6 +155,7 @@ enum LibvirtFixture {
             <initrd>\(try initramfs())</initrd>
             <cmdline>console=ttyS0 quiet panic=-1</cmdline>
           </os>
+          <features><acpi/></features>
           <on_poweroff>destroy</on_poweroff>
           <on_crash>destroy</on_crash>
           <devices>

@@ -103,6 +103,49 @@ import WardenTestSupport
         try LibvirtFixture.virsh(["destroy", "warden-t-quar"])
     }
 
+    /// A NIC hot-plugged into a quarantined domain (`virsh attach-device`) gets the
+    /// quarantine too: `warden libvirt watch` sees libvirt's device-added event and extends the
+    /// VM's state to the new tap, recorded.
+    @Test func aHotPluggedNICOfAQuarantinedDomainIsQuarantined() throws {
+        guard NetLab.available else { print("skipping: needs nftables"); return }
+        let policy = "apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: q\n    on: [start]\n    require: { scanAge: 7d }\n    otherwise: quarantine\n"
+        guard let ledger = try prepare(policy, hostLabels: [:]) else { return }
+        let suffix = String(UUID().uuidString.prefix(6)).lowercased()
+        let (tap, plugged, name) = ("wq" + suffix, "wh" + suffix, "warden-t-hotplug")
+        let uuid = try LibvirtFixture.define(name, tap: tap)
+        let out = LibvirtFixture.root + "/watch-hotplug.out"
+        FileManager.default.createFile(atPath: out, contents: nil)
+        let watch = Process()
+        watch.executableURL = URL(fileURLWithPath: Fixtures.wardenBinary)
+        watch.arguments = ["libvirt", "watch", "--uri", LibvirtFixture.uri, "--db", LibvirtFixture.database, "--policy", LibvirtFixture.policy]
+        watch.standardOutput = FileHandle(forWritingAtPath: out)
+        watch.standardError = watch.standardOutput
+        try watch.run()
+        defer {
+            watch.terminate(); watch.waitUntilExit()
+            try? LibvirtFixture.undefine(name)
+            _ = try? Tool.run(["nft", "delete", "table", "netdev", "warden"], check: false)
+        }
+        func output() -> String { (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" }
+        for _ in 0..<100 where !output().contains("watching") { usleep(100_000) }
+        try register(ledger, name, uuid: uuid, labels: [:], scanned: false)
+        try LibvirtFixture.virsh(["start", name])
+        let nic = LibvirtFixture.root + "/hotplug-nic.xml"
+        try "<interface type='ethernet'><target dev='\(plugged)' managed='yes'/><model type='virtio'/></interface>\n"
+            .write(toFile: nic, atomically: true, encoding: .utf8)
+        try LibvirtFixture.virsh(["attach-device", name, nic, "--live"])
+        try waitUntil("the hot-plugged tap's quarantine", timeout: 30) {
+            try Tool.run(["nft", "list", "table", "netdev", "warden"]).stdoutText.contains("device \"\(plugged)\"")
+        }
+        let table = try Tool.run(["nft", "list", "table", "netdev", "warden"]).stdoutText
+        #expect(table.contains("device \"\(tap)\"") && table.components(separatedBy: "device \"\(plugged)\"").count - 1 == 2, "\(table)")
+        let last = try #require(try ledger.events(of: VMID(uuid)).last { $0.kind == .networkState })
+        #expect(last.payload["state"] == .string("quarantined") && last.actor.hasPrefix("libvirt-watch@"))
+        #expect(last.payload["interfaces"] == .array([.string(tap), .string(plugged)]), "\(last.payload)")
+        #expect(output().contains("device-added/"), "\(output())")
+        try LibvirtFixture.virsh(["destroy", name])
+    }
+
     /// A rescan that finds a new finding for a running libvirt domain shields its tap, found in
     /// libvirt's live XML (no state was recorded before).
     @Test func rescanShieldsARunningDomainFoundThroughLibvirt() throws {
