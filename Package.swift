@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "Server", targets: ["Server"]),
         .library(name: "Agent", targets: ["Agent"]),
         .library(name: "WardenNetwork", targets: ["WardenNetwork"]),
+        .library(name: "Vault", targets: ["Vault"]),
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
@@ -139,6 +140,11 @@ let package = Package(
             "WardenCore", "Ledger", "AdvisoryStorage", "Advisories",
             .product(name: "Yams", package: "Yams"),
         ]),
+        // Data keys wrapped by a key-encryption key, secrets for QEMU (docs/vault.md).
+        .target(name: "Vault", dependencies: [
+            "WardenCore", "Ledger",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "Policy", dependencies: [
             "WardenCore", "Ledger", "Advisories", "AdvisoryStorage",
             .product(name: "Yams", package: "Yams"),
@@ -149,7 +155,7 @@ let package = Package(
         .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy", "WardenNetwork"]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
-            "WardenNetwork",
+            "WardenNetwork", "Vault",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
@@ -159,7 +165,7 @@ let package = Package(
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork",
+            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork", "Vault",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -198,8 +204,9 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Storage", "AdvisoryStorage", "Ledger", "Advisories", "WardenTestSupport", "StoreTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "VaultTests", dependencies: ["Vault", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
-                                                          "AdvisoryStorage", "Advisories", "WardenNetwork"]),
+                                                          "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -25,7 +25,9 @@ public struct LaunchOptions: Codable, Sendable, Equatable {
 public struct LaunchDisk: Sendable, Equatable {
     public var path: String
     public var format: String
-    public init(path: String, format: String) { self.path = path; self.format = format }
+    /// For an encrypted qcow2: the file QEMU reads its LUKS passphrase from (base64).
+    public var secretFile: String?
+    public init(path: String, format: String, secretFile: String? = nil) { self.path = path; self.format = format; self.secretFile = secretFile }
     /// The block node name of disk `index` (QMP snapshot-save names nodes).
     public static func nodeName(_ index: Int) -> String { "disk\(index)" }
 }
@@ -76,8 +78,13 @@ public enum QEMULauncher {
         ]
         for (i, d) in disks.enumerated() {
             let node = LaunchDisk.nodeName(i)
+            var format = "driver=\(d.format),file=\(node)-file,node-name=\(node)"
+            if let secret = d.secretFile {
+                a += ["-object", "secret,id=\(node)-key,file=\(escapeOption(secret)),format=raw"]
+                format += ",encrypt.format=luks,encrypt.key-secret=\(node)-key"
+            }
             a += ["-blockdev", "driver=file,filename=\(escapeOption(d.path)),node-name=\(node)-file",
-                  "-blockdev", "driver=\(d.format),file=\(node)-file,node-name=\(node)",
+                  "-blockdev", format,
                   "-device", "virtio-blk-pci,drive=\(node)"]
         }
         for (i, nic) in (options.nics ?? []).enumerated() {

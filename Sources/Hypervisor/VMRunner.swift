@@ -2,6 +2,7 @@ import Foundation
 import WardenCore
 import Ledger
 import Policy
+import Vault
 #if canImport(Glibc)
 import Glibc
 import Storage
@@ -26,6 +27,9 @@ public struct VMRunner {
     /// on its taps before QEMU starts; throws when it cannot, and the VM does not start. Nil
     /// refuses to start VMs with network interfaces (fail closed).
     public var enforceNetwork: ((_ vm: VMRecord, _ interfaces: [String]) throws -> Void)?
+    /// Releases the data keys of the VM's encrypted disks (index → key) for one QEMU start,
+    /// after deciding `unlock` through policy; throws to refuse. Nil: no disk is unlocked.
+    public var unlock: ((_ vm: VMRecord, _ disks: [LaunchDisk]) throws -> [Int: SecretBytes])?
 
     public init(store: any LedgerStore, counters: CounterStore?, home: String = RunDirectory.home(), host: HostName = .current,
                 gate: @escaping (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void,
@@ -144,6 +148,19 @@ public struct VMRunner {
 
     func launchQEMU(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
                     run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> pid_t {
+        // Keys reach QEMU as 0600 files in the run directory, read while QEMU starts and
+        // overwritten and removed as soon as it has (or has failed to).
+        var disks = disks
+        var secretFiles: [String] = []
+        defer { secretFiles.forEach(SecretFile.destroy) }
+        if let unlock {
+            for (i, key) in try unlock(vm, disks).sorted(by: { $0.key < $1.key }) where disks.indices.contains(i) {
+                let path = run.path + "/secret-\(i)"
+                secretFiles.append(path)
+                try SecretFile.write(key.base64(), to: path)
+                disks[i].secretFile = path
+            }
+        }
         let args = QEMULauncher.arguments(vm: vm.id, name: vm.name, generation: generation, disks: disks, options: options,
                                           accel: accel, run: run, loadSnapshot: loadSnapshot)
         unlink(run.qmpSocket); unlink(run.stateSocket)

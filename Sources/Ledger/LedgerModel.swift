@@ -122,6 +122,10 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     case policyDecision = "policy-decision"
     /// A VM's network state changed (open, quarantined, shielded), with the reason.
     case networkState = "network-state"
+    /// A VM's disks were encrypted; the payload names each disk's key id (never a key).
+    case encrypted
+    /// Keys of a VM were destroyed (crypto-shredding): the ids, and the layers they opened.
+    case keysShredded = "keys-shredded"
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.

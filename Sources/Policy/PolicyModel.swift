@@ -7,6 +7,8 @@ import WardenCore
 /// An operation on a VM that policy decides.
 public enum VMOperation: String, Codable, Sendable, CaseIterable, Comparable {
     case start, stop, clone, copy, export, migrate, snapshot, rollback, restore, transfer, retire
+    /// Releasing a VM's data keys (each QEMU start of an encrypted VM): docs/vault.md.
+    case unlock
     public static func < (a: VMOperation, b: VMOperation) -> Bool { a.rawValue < b.rawValue }
 }
 
@@ -14,8 +16,7 @@ public enum VMOperation: String, Codable, Sendable, CaseIterable, Comparable {
 public enum Effect: String, Codable, Sendable, CaseIterable, Comparable {
     /// The operation goes ahead.
     case allow
-    /// The operation goes ahead, but the VM's network is restricted (recorded now; enforced
-    /// once the network layer exists).
+    /// The operation goes ahead, but the VM's network is restricted (docs/network.md).
     case quarantine
     /// The operation is refused.
     case deny

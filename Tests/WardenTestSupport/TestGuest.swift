@@ -18,6 +18,8 @@ import Foundation
 ///   from the state port once (while the counter loop may hold the port: the client retries);
 /// - with `warden.bench=N`, times N counter round trips (busybox `adjtimex`, µs) and prints
 ///   `WARDEN-RTT-US <µs>` for each, then `WARDEN-BENCH-DONE`;
+/// - with `warden.readdisk=1`, prints `WARDEN-DISK <the first 32 bytes of /dev/vda>` (bytes
+///   other than letters, digits and `-` as `.`);
 /// - with `warden.net=ADDR/LEN`, brings up its NIC (virtio-net, `eth0`) with that address;
 /// - with `warden.fetch=URL,URL…` (after `warden.net`), fetches each URL with busybox wget (up to
 ///   3 tries of 3 s: a fresh link may still be settling) and prints `WARDEN-FETCH <url> ok <body>` or `WARDEN-FETCH <url> fail <wget's error>`, then
@@ -141,6 +143,8 @@ public struct TestGuest: Sendable {
                     echo "WARDEN-RTT-US $((b - a))"; i=$((i + 1))
                 done
                 echo "WARDEN-BENCH-DONE" ;;
+            warden.readdisk=1)
+                echo "WARDEN-DISK $(head -c 32 /dev/vda | tr -c 'A-Za-z0-9-' '.')" ;;
             warden.net=*)
                 ip link set eth0 up && ip addr add "${opt#warden.net=}" dev eth0 && echo "WARDEN-NET-UP ${opt#warden.net=}" ;;
             warden.fetch=*)

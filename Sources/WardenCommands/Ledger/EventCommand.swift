@@ -46,6 +46,8 @@ struct EventRecord_: ParsableCommand {
             case .ownershipTransferred: hint = "use `warden vm transfer`"
             case .retired: hint = "use `warden vm retire`"
             case .networkState: hint = "use `warden net quarantine|shield|open` (the rules are applied first)"
+            case .encrypted: hint = "use `warden vm encrypt`"
+            case .keysShredded: hint = "use `warden vault shred`"
             default: hint = "only the policy engine records these"
             }
             throw ValidationError("\(kind.rawValue) events cannot be recorded here: \(hint)")

@@ -7,6 +7,8 @@ import Ledger
 import Policy
 import WardenCore
 import WardenServices
+import Vault
+import Hypervisor
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,7 +20,7 @@ struct VMCommand: ParsableCommand {
         abstract: "Register, list, copy, transfer and retire VMs; show their history and lineage.",
         subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMClone.self, VMTransfer.self, VMRetire.self,
                       VMHistory.self, VMLineage.self,
-                      VMStart.self, VMStop.self, VMStatus.self, VMConsole.self, VMSnapshot.self, VMRollback.self, VMStateServer.self]
+                      VMStart.self, VMStop.self, VMEncrypt.self, VMStatus.self, VMConsole.self, VMSnapshot.self, VMRollback.self, VMStateServer.self]
     )
 }
 
@@ -40,9 +42,11 @@ struct VMRegister: ParsableCommand {
     @Option(name: .customLong("label"), help: ArgumentHelp("A label KEY=VALUE (repeatable).", valueName: "key=value"))
     var labels: [String] = []
     @Option(help: "The host the images are stored on (default: this host).") var host: String?
+    @Flag(help: "Encrypt the disks right away (qcow2 with LUKS, keys in the vault; docs/vault.md), as `vm encrypt` does.") var encrypt = false
 
     func validate() throws {
         if images.isEmpty { throw ValidationError("name at least one disk image") }
+        if encrypt && host != nil { throw ValidationError("--encrypt works on this host's images only (no --host)") }
         _ = try NameArgument.check(name, what: "--name")
         _ = try NameArgument.check(owner, what: "--owner")
         _ = try LabelArgument.parse(labels)
@@ -53,6 +57,16 @@ struct VMRegister: ParsableCommand {
         let store = try database.open(create: true)
         let created = try VMService(store: store, host: host.flatMap(HostName.init) ?? .current)
             .register(.init(images: images, name: name, owner: owner, labels: try LabelArgument.parse(labels)))
+        if encrypt {
+            do {
+                for d in try VMRun.runner(store).encrypt(created, vault: VMRun.vault(store)) {
+                    Output.note("encrypted disk \(d.index) of \(created.name) (key \(d.key))")
+                }
+            } catch {
+                Output.note("VM \(created.id) is registered, but its disks are NOT encrypted: retry with `warden vm encrypt \(created.id)`")
+                throw error
+            }
+        }
         Output.stdout.line(created.id.description)
     }
 }
@@ -240,11 +254,18 @@ struct VMRetire: ParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @OptionGroup var policyOptions: PolicyOptions
+    @Flag(help: "Also destroy the VM's keys (crypto-shredding, docs/vault.md): its encrypted disks become unreadable for good.") var shred = false
 
     func run() throws {
         let store = try database.open(create: false)
+        if shred, VMRun.runner(store).status(try store.resolveVM(vm)).state == "running" {
+            throw WardenError(.conflict, "VM \(vm) is running: stop it before shredding its keys")
+        }
         let (v, e) = try VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }).retire(vm)
         Output.stdout.line("VM \(v.id) retired (event \(e.seq))")
+        if shred {
+            for k in try VMRun.vault(store).shred(vm: v, store: store) { Output.stdout.line("shredded key \(k.key) (\(k.layer)) of \(v.name)") }
+        }
     }
 }
 

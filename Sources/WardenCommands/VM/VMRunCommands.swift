@@ -8,6 +8,7 @@ import WardenServices
 import Policy
 import WardenCore
 import WardenNetwork
+import Vault
 #if canImport(Glibc)
 import Glibc
 import Storage
@@ -30,6 +31,29 @@ enum VMRun {
                                   if announce { argv.append("--announce") }
                                   return argv
                               })
+        let vault = Self.vault(store)
+        let gate = service.lifecycleGate(reexposure: nil, forceStop: false)
+        runner.unlock = { vm, disks in
+            // The disks that were encrypted (the ledger says so) or have a key: each start that
+            // needs one decides `unlock` through policy, recorded, before any key is unwrapped.
+            var need = Set(vault.layers(of: vm.id).keys.compactMap { $0.hasPrefix("disk") ? Int($0.dropFirst(4)) : nil })
+            for e in try store.events(of: vm.id) where e.kind == .encrypted {
+                if case .array(let list)? = e.payload["disks"] {
+                    for case .object(let d) in list { if case .number(let n)? = d["index"] { need.insert(Int(n)) } }
+                }
+            }
+            need = need.filter { disks.indices.contains($0) }
+            guard !need.isEmpty else { return [:] }
+            try gate(.unlock, vm, ["layers": need.sorted().map { Vault.diskLayer($0) }.joined(separator: ",")])
+            var out: [Int: SecretBytes] = [:]
+            for i in need {
+                guard let k = try vault.key(for: KeyContext(vm: vm.id, layer: Vault.diskLayer(i))) else {
+                    throw WardenError(.notFound, "disk \(i) of \(vm.name) is encrypted and its key is gone (shredded): its data cannot be read")
+                }
+                out[i] = k.key
+            }
+            return out
+        }
         let net = NetworkService(ledger: store, policyDirectory: policy.directory)
         runner.enforceNetwork = { vm, interfaces in
             if let n = try net.enforceAtStart(vm, interfaces: interfaces) {
@@ -41,6 +65,12 @@ enum VMRun {
 
     static func vulnerabilityLookup(_ store: SQLiteLedger) -> RollbackImpact.VulnerabilityLookup? {
         RollbackImpact.advisoryLookup(SQLiteAdvisoryStore(store.database))
+    }
+
+    /// The vault beside the database (`$WARDEN_VAULT` overrides): docs/vault.md.
+    static func vault(_ store: SQLiteLedger) -> Vault {
+        if let v = ProcessInfo.processInfo.environment["WARDEN_VAULT"], !v.isEmpty { return Vault(directory: v) }
+        return Vault(directory: (store.database.path as NSString).deletingLastPathComponent + "/vault")
     }
 
     /// This warden binary (the state server runs as `warden vm state-server`).

@@ -1,0 +1,105 @@
+import Foundation
+import Ledger
+import Vault
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension VMRunner {
+    /// One encrypted disk: its index, the key id recorded, and the format it had.
+    public struct EncryptedDisk: Codable, Sendable {
+        public var index: Int
+        public var key: String
+        public var formatBefore: String
+        public var path: String
+    }
+
+    /// Encrypts every disk of a stopped VM: each gets its own data key (made and wrapped by the
+    /// vault), and `qemu-img convert` writes it as qcow2 with LUKS (`encrypt.format=luks`) next
+    /// to the original, which it then replaces (rename, after fsync). A backing chain is folded
+    /// into the new image. The ledger gets the new disk records and an `encrypted` event with the
+    /// key ids — never a key. If anything fails, the new images and keys are removed and the
+    /// plaintext disks stay as they were.
+    ///
+    /// The plaintext's blocks are freed, not wiped: on a filesystem or SSD they may survive
+    /// until reused (docs/vault.md).
+    public func encrypt(_ vm: VMRecord, vault: Vault) throws -> [EncryptedDisk] {
+        let run = runDirectory(vm.id)
+        let lock = try run.lock()
+        defer { withExtendedLifetime(lock) {} }
+        guard run.livePid == nil else { throw WardenError(.conflict, "VM \(vm.name) is running: stop it before encrypting its disks") }
+        guard vm.state != .retired else { throw WardenError(.conflict, "VM \(vm.name) is retired") }
+        let disks = try store.disks(of: vm.id).sorted { $0.index < $1.index }
+        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(vm.name) has no disks") }
+        for d in disks {
+            guard ["raw", "qcow2"].contains(d.format) else {
+                throw WardenError(.unsupported, "warden vm encrypt takes raw and qcow2 disks, not \(d.format)", file: d.path)
+            }
+            if try vault.keys.get(KeyContext(vm: vm.id, layer: Vault.diskLayer(d.index))) != nil || (try QEMUImg.isEncrypted(d.path)) {
+                throw WardenError(.conflict, "disk \(d.index) of \(vm.name) is already encrypted", file: d.path)
+            }
+        }
+        var done: [(EncryptedDisk, String)] = []   // with the temporary output path
+        var made: [KeyContext] = []
+        func undo() {
+            for (_, tmp) in done { unlink(tmp) }
+            for c in made { _ = try? vault.keys.shred(c) }
+        }
+        let secretPath = run.path + "/encrypt-secret"
+        defer { SecretFile.destroy(secretPath) }
+        do {
+            for d in disks {
+                let context = KeyContext(vm: vm.id, layer: Vault.diskLayer(d.index))
+                let (id, key) = try vault.newKey(for: context)
+                made.append(context)
+                try SecretFile.write(key.base64(), to: secretPath)
+                let tmp = d.path + ".warden-encrypt"
+                unlink(tmp)
+                done.append((EncryptedDisk(index: d.index, key: id, formatBefore: d.format, path: d.path), tmp))
+                try QEMUImg.run(["convert", "-q", "--object", "secret,id=k0,file=\(QEMULauncher.escapeOption(secretPath)),format=raw",
+                                 "-f", d.format, "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=k0", d.path, tmp])
+                SecretFile.destroy(secretPath)
+                let fd = open(tmp, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0, fsync(fd) == 0 else {
+                    if fd >= 0 { close(fd) }
+                    throw WardenError(.io, "cannot sync the encrypted image", file: tmp)
+                }
+                close(fd)
+            }
+        } catch {
+            undo()
+            throw error
+        }
+        // Every image is written: swap them in, then record.
+        var records: [DiskRecord] = []
+        for (e, tmp) in done {
+            guard rename(tmp, e.path) == 0 else {
+                throw WardenError(.io, "cannot replace the disk with its encrypted image (\(String(cString: strerror(errno)))); the encrypted image is \(tmp)", file: e.path)
+            }
+            var st = stat()
+            let file: DiskRecord.FileID? = stat(e.path, &st) == 0 ? .init(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) : nil
+            let old = disks.first { $0.index == e.index }
+            records.append(DiskRecord(vm: vm.id, index: e.index, path: e.path, format: "qcow2", backingChain: [],
+                                      fingerprint: old?.fingerprint, file: file))
+        }
+        let result = done.map(\.0)
+        try store.atomically(family: vm.id) {
+            try store.replaceDisks(of: vm.id, with: records)
+            _ = try store.append(NewEvent(kind: .encrypted, vm: vm.id, host: host, payload: [
+                "disks": .array(result.map { .object(["index": .number(Double($0.index)), "key": .string($0.key),
+                                                       "format_before": .string($0.formatBefore), "cipher": .string("luks aes-256-xts-plain64")]) }),
+            ]))
+        }
+        return result
+    }
+}
+
+extension QEMUImg {
+    /// Whether `qemu-img info` says the image is encrypted.
+    public static func isEncrypted(_ path: String) throws -> Bool {
+        let out = try run(["info", "-U", "--output=json", path])
+        guard let doc = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { return false }
+        return doc["encrypted"] as? Bool ?? false
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import Ledger
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Per-VM, per-layer data keys, stored only wrapped by a key-encryption key (docs/vault.md).
+///
+/// A data key is 32 random bytes; QEMU gets it base64-encoded (text) as the LUKS passphrase of the
+/// layer's qcow2 (`encrypt.format=luks`). The vault never decides whether a key may be
+/// released: callers decide the `unlock` operation through policy first, and record it.
+public struct Vault: Sendable {
+    public let directory: String
+    public let keys: KeyStore
+    public let provider: any KeyProvider
+
+    public init(directory: String = Vault.defaultDirectory(), provider: (any KeyProvider)? = nil) {
+        self.directory = directory
+        self.keys = KeyStore(directory: directory)
+        self.provider = provider ?? LocalKEKProvider(directory: directory)
+    }
+
+    /// `$WARDEN_HOME/vault`, else `~/.local/share/warden/vault`.
+    public static func defaultDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let h = environment["WARDEN_HOME"], !h.isEmpty { return h + "/vault" }
+        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
+        return home + "/.local/share/warden/vault"
+    }
+
+    /// The layer name of a VM's disk.
+    public static func diskLayer(_ index: Int) -> String { "disk\(index)" }
+
+    /// Makes, wraps and stores a new data key for `context`; returns its id and the key.
+    public func newKey(for context: KeyContext) throws -> (id: String, key: SecretBytes) {
+        let id = "k-" + (0..<8).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        let key = SecretBytes(random: 32)
+        try keys.put(try provider.wrap(key, id: id, context: context), for: context)
+        return (id, key)
+    }
+
+    /// The data key of `context`, unwrapped; nil when it has none. Callers decide `unlock` first.
+    public func key(for context: KeyContext) throws -> (id: String, key: SecretBytes)? {
+        guard let wrapped = try keys.get(context) else { return nil }
+        return (wrapped.id, try provider.unwrap(wrapped, context: context))
+    }
+
+    /// Destroys every key of `vm` and records a `keys-shredded` event with their ids (the ledger
+    /// gets ids and layers, never keys). Returns (layer, key id) for each; throws `.notFound`
+    /// when the VM has no keys here.
+    @discardableResult
+    public func shred(vm: VMRecord, store: any LedgerStore, actor: String = NewEvent.defaultActor) throws -> [(layer: String, key: String)] {
+        var destroyed: [(layer: String, key: String)] = []
+        for layer in layers(of: vm.id).keys.sorted() {
+            if let id = try keys.shred(KeyContext(vm: vm.id, layer: layer)) { destroyed.append((layer, id)) }
+        }
+        guard !destroyed.isEmpty else { throw WardenError(.notFound, "VM \(vm.name) has no keys in this vault") }
+        _ = try store.append(NewEvent(kind: .keysShredded, vm: vm.id, actor: actor, payload: [
+            "keys": .array(destroyed.map { .object(["layer": .string($0.layer), "key": .string($0.key)]) }),
+        ]))
+        return destroyed
+    }
+
+    /// The layers of `vm` that have keys, with their wrapped keys.
+    public func layers(of vm: VMID) -> [String: WrappedKey] {
+        Dictionary(keys.list().filter { $0.vm == vm }.map { ($0.layer, $0.key) }) { a, _ in a }
+    }
+}
+
+/// A secret handed to QEMU as a file: 0600 in the VM's 0700 run directory, read by QEMU at
+/// start (`-object secret,file=…,format=raw`), then overwritten and removed — never on a
+/// command line.
+public enum SecretFile {
+    public static func write(_ secret: SecretBytes, to path: String) throws {
+        unlink(path)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw WardenError(.io, "cannot create the secret file: \(String(cString: strerror(errno)))", file: path) }
+        let ok = secret.withBytes { Glibc.write(fd, $0.baseAddress, $0.count) == $0.count }
+        close(fd)
+        guard ok else { destroy(path); throw WardenError(.io, "cannot write the secret file", file: path) }
+    }
+
+    /// Overwrites the file with zeros and removes it (quietly: it may be gone).
+    public static func destroy(_ path: String) {
+        let fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+        if fd >= 0 {
+            var st = stat()
+            if fstat(fd, &st) == 0, st.st_size > 0 {
+                let zeros = [UInt8](repeating: 0, count: Int(st.st_size))
+                _ = pwrite(fd, zeros, zeros.count, 0)
+                _ = fsync(fd)
+            }
+            close(fd)
+        }
+        unlink(path)
+    }
+}

@@ -1,0 +1,151 @@
+import Foundation
+import Testing
+import Vault
+import WardenCore
+import WardenTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `warden vm encrypt`, `vm start` of an encrypted VM through the `unlock` decision, and
+/// `vault shred`, with qemu-img as the oracle and a real guest under QEMU reading its disk.
+@Suite(.serialized) struct EncryptedVMTests {
+    static func warden(_ args: [String], home: String, check: Bool = true) throws -> ToolResult {
+        let r = try Tool.run(["timeout", "-s", "KILL", "600", Fixtures.wardenBinary] + args,
+                             environment: ["WARDEN_HOME": home, "WARDEN_DB": "", "WARDEN_POLICY": home + "/policy"], check: false)
+        if check && r.status != 0 { throw TestGuestError("warden \(args.joined(separator: " ")) exited \(r.status): \(r.stderr.prefix(500))") }
+        return r
+    }
+
+    static let marker = "WARDEN-PLAINTEXT-MARKER-0123456"
+
+    /// A 4 MiB raw disk that starts with the marker and carries it again further in.
+    static func plainDisk(_ path: String) throws {
+        try Tool.run(["truncate", "-s", "4M", path])
+        let fh = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        for offset in [0, 1 << 20, 3 << 20] { try fh.seek(toOffset: UInt64(offset)); fh.write(Data(marker.utf8)) }
+        try fh.close()
+    }
+
+    @Test func encryptedDisksDecryptWithQemuImgAndNowhereLeakTheKey() throws {
+        try Fixtures.withTemporaryDirectory { home in
+            try PolicyFiles.write(PolicyFiles.allowAll, in: home)
+            let disk = home + "/data.img"
+            try Self.plainDisk(disk)
+            try Tool.run(["cp", disk, home + "/original.img"])
+            let vm = try Self.warden(["vm", "register", "--name", "enc", "--owner", "ops", disk], home: home).stdoutText
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let out = try Self.warden(["vm", "encrypt", "enc", "--json"], home: home).stdoutText
+            let doc = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            let keyID = try #require((doc["disks"] as? [[String: Any]])?.first?["key"] as? String)
+            #expect(keyID.hasPrefix("k-"))
+            // qemu-img says it is encrypted LUKS, and the plaintext marker is gone from the file.
+            #expect(try QEMUImgInfo.encrypted(disk))
+            #expect(try Data(contentsOf: URL(fileURLWithPath: disk)).firstRange(of: Data(Self.marker.utf8)) == nil)
+            // Oracle: qemu-img with the key decrypts it byte for byte to the original.
+            let vault = Vault(directory: home + "/vault")
+            let vmID = try #require(VMID(vm))
+            let key = try #require(try vault.key(for: KeyContext(vm: vmID, layer: "disk0")))
+            #expect(key.id == keyID)
+            let secret = home + "/oracle-secret"
+            try SecretFile.write(key.key.base64(), to: secret)
+            defer { SecretFile.destroy(secret) }
+            try Tool.run(["qemu-img", "convert", "--object", "secret,id=s0,file=\(secret),format=raw",
+                          "--image-opts", "driver=qcow2,file.filename=\(disk),encrypt.key-secret=s0", "-O", "raw", home + "/decrypted.img"])
+            #expect(try Tool.run(["cmp", home + "/original.img", home + "/decrypted.img"], check: false).status == 0)
+            // The ledger records the key id and never the key (nor its base64).
+            let history = try Self.warden(["vm", "history", "enc", "--json"], home: home).stdoutText
+            #expect(history.contains("\"encrypted\"") && history.contains(keyID))
+            let b64 = key.key.base64().withBytes { Data($0) }
+            for f in (try FileManager.default.contentsOfDirectory(atPath: home)).filter({ $0.hasPrefix("warden.db") }) {
+                let data = try Data(contentsOf: URL(fileURLWithPath: home + "/" + f))
+                #expect(data.firstRange(of: b64) == nil && key.key.withBytes { data.firstRange(of: Data($0)) } == nil, "\(f)")
+            }
+            let status = try Self.warden(["vault", "status", "--json"], home: home).stdoutText
+            #expect(status.contains(keyID) && status.contains("\"layer\" : \"disk0\"") || status.contains("\"layer\":\"disk0\""), "\(status)")
+            // Encrypting twice is refused.
+            let again = try Self.warden(["vm", "encrypt", "enc"], home: home, check: false)
+            #expect(again.status != 0 && again.stderr.contains("already encrypted"), "\(again.stderr)")
+            // Retiring with --shred destroys the keys too.
+            let retired = try Self.warden(["vm", "retire", "enc", "--shred"], home: home).stdoutText
+            #expect(retired.contains("shredded key \(keyID) (disk0)"), "\(retired)")
+            #expect(try vault.key(for: KeyContext(vm: vmID, layer: "disk0")) == nil)
+            // Registered encrypted from the start.
+            try Self.plainDisk(home + "/second.img")
+            let second = try Self.warden(["vm", "register", "--name", "enc2", "--owner", "ops", "--encrypt", home + "/second.img"], home: home)
+            #expect(VMID(second.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) != nil && second.stderr.contains("encrypted disk 0 of enc2"))
+            #expect(try QEMUImgInfo.encrypted(home + "/second.img"))
+        }
+    }
+
+    /// A real guest reads its encrypted disk under `warden vm start` (the key released by an
+    /// `unlock` decision, through a 0600 file that is gone once QEMU has read it, never on a
+    /// command line); another host than the policy names is refused (exit 3, nothing started);
+    /// after `vault shred` nothing can start it.
+    @Test func anEncryptedGuestStartsOnlyWhenPolicyUnlocksIt() throws {
+        if let why = TestGuest.unavailableReason { print("skipped: \(why)"); return }
+        let guest = try TestGuest.build()
+        let home = "/tmp/wev-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        var vm = ""
+        defer {
+            if !vm.isEmpty, let pid = try? String(contentsOfFile: "\(home)/run/\(vm)/qemu.pid", encoding: .utf8),
+               let p = Int32(pid.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(p, SIGKILL) }
+            try? FileManager.default.removeItem(atPath: home)
+        }
+        func keysOnlyOn(_ host: String) throws {
+            try PolicyFiles.write("""
+            apiVersion: warden/v1
+            kind: Policy
+            rules:
+              - name: keys-only-on-the-key-host
+                on: [unlock]
+                require: { host: { names: [\(host)] } }
+            """, in: home)
+        }
+        try keysOnlyOn("some-other-host")
+        try Self.plainDisk(home + "/data.img")
+        vm = try Self.warden(["vm", "register", "--name", "enc", "--owner", "ops", home + "/data.img"], home: home).stdoutText
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = try Self.warden(["vm", "encrypt", "enc"], home: home)
+        let start = ["vm", "start", "enc", "--kernel", guest.kernel, "--initrd", guest.initrd, "--memory", "256", "--accel", "tcg",
+                     "--append", guest.append("warden.readdisk=1")]
+        // This is not the key host: unlock denied, exit 3, no QEMU, the decision recorded.
+        let denied = try Self.warden(start, home: home, check: false)
+        #expect(denied.status == 3 && denied.stderr.contains("keys-only-on-the-key-host"), "\(denied.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: "\(home)/run/\(vm)/qemu.pid"))
+        try keysOnlyOn(HostName.current.value)
+        let started = try Self.warden(start, home: home)
+        #expect(started.stdoutText.hasPrefix("started enc"))
+        func console() throws -> String { try Self.warden(["vm", "console", "enc"], home: home).stdoutText }
+        try waitUntil("the guest reading its disk", timeout: 240) { try console().contains("WARDEN-DISK") }
+        let seen = try console()
+        #expect(seen.contains("WARDEN-DISK \(Self.marker)"), "\(seen.suffix(1500))")
+        // The key file is gone, and no process's command line carries the key.
+        let runFiles = try FileManager.default.contentsOfDirectory(atPath: "\(home)/run/\(vm)")
+        #expect(!runFiles.contains { $0.hasPrefix("secret") }, "\(runFiles)")
+        let vmID = try #require(VMID(vm))
+        let key = try #require(try Vault(directory: home + "/vault").key(for: KeyContext(vm: vmID, layer: "disk0")))
+        let b64 = String(decoding: key.key.base64().withBytes { Array($0) }, as: UTF8.self)
+        let commandLines = try Tool.run(["ps", "-eo", "args"]).stdoutText
+        #expect(!commandLines.contains(b64))
+        _ = try Self.warden(["vm", "stop", "enc", "--timeout", "1"], home: home)
+
+        // Shredded: the data is unreadable, and the ledger says so.
+        let shred = try Self.warden(["vault", "shred", "enc", "--yes"], home: home)
+        #expect(shred.stdoutText.contains("shredded key \(key.id)"))
+        let after = try Self.warden(start, home: home, check: false)
+        #expect(after.status != 0 && after.stderr.contains("its key is gone (shredded)"), "\(after.stderr)")
+        let history = try Self.warden(["vm", "history", "enc", "--json"], home: home).stdoutText
+        #expect(history.contains("keys-shredded") && history.contains("\"op\" : \"unlock\"") || history.contains("\"op\":\"unlock\""), "\(history.prefix(3000))")
+        #expect(!FileManager.default.fileExists(atPath: "\(home)/vault/keys/\(vm)/disk0.json"))
+    }
+}
+
+enum QEMUImgInfo {
+    /// qemu-img's own answer: the image is encrypted with LUKS.
+    static func encrypted(_ path: String) throws -> Bool {
+        let info = try Tool.run(["qemu-img", "info", "--output=json", path]).stdoutText
+        return info.contains("\"encrypted\": true") && info.contains("\"format\": \"luks\"")
+    }
+}
