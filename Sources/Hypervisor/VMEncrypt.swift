@@ -7,6 +7,11 @@ import Glibc
 #endif
 
 extension VMRunner {
+    /// LUKS's PBKDF2 time per unlock, in milliseconds (QEMU's default is 2,000). Stretching
+    /// protects weak passphrases; Warden's are 256 random bits, so it would only add two
+    /// seconds to every start and every offline read (docs/decisions.md).
+    public static let luksIterTimeMs = 10
+
     /// One encrypted disk: its index, the key id recorded, and the format it had.
     public struct EncryptedDisk: Codable, Sendable {
         public var index: Int
@@ -39,6 +44,9 @@ extension VMRunner {
             if try vault.keys.get(KeyContext(vm: vm.id, layer: Vault.diskLayer(d.index))) != nil || (try QEMUImg.isEncrypted(d.path)) {
                 throw WardenError(.conflict, "disk \(d.index) of \(vm.name) is already encrypted", file: d.path)
             }
+            if d.format == "qcow2", !(try QEMUImg.snapshots(d.path)).isEmpty {
+                throw WardenError(.conflict, "disk \(d.index) of \(vm.name) has internal snapshots, which encrypting would drop (and leave readable in the old file): delete them first", file: d.path)
+            }
         }
         var done: [(EncryptedDisk, String)] = []   // with the temporary output path
         var made: [KeyContext] = []
@@ -57,8 +65,16 @@ extension VMRunner {
                 let tmp = d.path + ".warden-encrypt"
                 unlink(tmp)
                 done.append((EncryptedDisk(index: d.index, key: id, formatBefore: d.format, path: d.path), tmp))
-                try QEMUImg.run(["convert", "-q", "--object", "secret,id=k0,file=\(QEMULauncher.escapeOption(secretPath)),format=raw",
-                                 "-f", d.format, "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=k0", d.path, tmp])
+                let args = ["convert", "-q", "--object", "secret,id=k0,file=\(QEMULauncher.escapeOption(secretPath)),format=raw",
+                            "-f", d.format, "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=k0,encrypt.iter-time=\(Self.luksIterTimeMs)",
+                            d.path, tmp]
+                // QEMU times PBKDF2 with the thread's CPU clock to size LUKS's iterations; when
+                // its first probe measures 0 ms (a coarse clock) it gives up. Try again.
+                for attempt in 1... {
+                    do { try QEMUImg.run(args); break } catch let e as WardenError where e.message.contains("Unable to get accurate CPU usage") && attempt < 8 {
+                        unlink(tmp)
+                    }
+                }
                 SecretFile.destroy(secretPath)
                 let fd = open(tmp, O_RDONLY | O_CLOEXEC)
                 guard fd >= 0, fsync(fd) == 0 else {

@@ -148,8 +148,16 @@ public struct VMRunner {
 
     func launchQEMU(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
                     run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> pid_t {
-        // Keys reach QEMU as 0600 files in the run directory, read while QEMU starts and
-        // overwritten and removed as soon as it has (or has failed to).
+        try withUnlockedDisks(vm, disks, run: run) { disks in
+            try launchUnlocked(vm, generation: generation, disks: disks, options: options, accel: accel, run: run,
+                               loadSnapshot: loadSnapshot, announce: announce)
+        }
+    }
+
+    /// Runs `body` with the VM's encrypted disks unlocked: the `unlock` closure decides and
+    /// releases their keys, which reach QEMU or qemu-img as 0600 files in the run directory
+    /// (`LaunchDisk.secretFile`), overwritten and removed as soon as `body` returns or throws.
+    func withUnlockedDisks<T>(_ vm: VMRecord, _ disks: [LaunchDisk], run: RunDirectory, _ body: ([LaunchDisk]) throws -> T) throws -> T {
         var disks = disks
         var secretFiles: [String] = []
         defer { secretFiles.forEach(SecretFile.destroy) }
@@ -161,6 +169,11 @@ public struct VMRunner {
                 disks[i].secretFile = path
             }
         }
+        return try body(disks)
+    }
+
+    func launchUnlocked(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
+                        run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> pid_t {
         let args = QEMULauncher.arguments(vm: vm.id, name: vm.name, generation: generation, disks: disks, options: options,
                                           accel: accel, run: run, loadSnapshot: loadSnapshot)
         unlink(run.qmpSocket); unlink(run.stateSocket)
@@ -277,6 +290,11 @@ public struct VMRunner {
         }
         try gate(.snapshot, vm, ["snapshot": name])
         let live = run.livePid != nil
+        if live, try disks.contains(where: { try QEMUImg.isEncrypted($0.path) }) {
+            // QEMU 7.2 aborts (block/qcow2-threads.c: QEMU_IS_ALIGNED(len, sector_size)) when
+            // it saves a running VM's memory into an encrypted qcow2: the VM would die.
+            throw WardenError(.unsupported, "VM \(vm.name) has encrypted disks: QEMU cannot save a running VM's memory into them; stop it and take the snapshot stopped (disks only)")
+        }
         if live {
             let qmp = try QMPClient(path: run.qmpSocket, timeout: 10)
             let nodes = disks.indices.map { LaunchDisk.nodeName($0) }
@@ -289,7 +307,9 @@ public struct VMRunner {
             }
         } else {
             try recoverStaleIfNeeded(vm, run: run)
-            for d in disks { try QEMUImg.run(["snapshot", "-c", name, d.path]) }
+            try withUnlockedDisks(vm, disks, run: run) { disks in
+                for d in disks { try QEMUImg.snapshot("-c", name, d) }
+            }
         }
         let rec = SnapshotRecord(vm: vm.id, name: name, generation: vm.generation)
         try store.addSnapshot(rec)
@@ -347,7 +367,7 @@ public struct VMRunner {
             let options = (try? loadLaunch(run)) ?? LaunchOptions()
             let accel = try QEMULauncher.accelerator(options.accel)
             let withState = target.vmStateSize > 0
-            if !withState { for d in disks { try QEMUImg.run(["snapshot", "-a", name, d.path]) } }
+            if !withState { try withUnlockedDisks(vm, disks, run: run) { disks in for d in disks { try QEMUImg.snapshot("-a", name, d) } } }
             do {
                 _ = try launchQEMU(vm, generation: newGen, disks: disks, options: options, accel: accel, run: run,
                                    loadSnapshot: withState ? name : nil, announce: true)
@@ -362,7 +382,7 @@ public struct VMRunner {
                 throw error
             }
         } else {
-            for d in disks { try QEMUImg.run(["snapshot", "-a", name, d.path]) }
+            try withUnlockedDisks(vm, disks, run: run) { disks in for d in disks { try QEMUImg.snapshot("-a", name, d) } }
         }
         return RollbackResult(oldGeneration: vm.generation, newGeneration: newGen, restarted: pid != nil, event: event)
     }
@@ -405,6 +425,17 @@ public enum QEMUImg {
             throw WardenError(.unavailable, "qemu-img \(args.first ?? "") failed: \(line)", file: args.last)
         }
         return String(decoding: o, as: UTF8.self)
+    }
+
+    /// `qemu-img snapshot OP NAME` on a disk; an encrypted one is opened with its key
+    /// (`--object secret` from the disk's secret file, `--image-opts`).
+    public static func snapshot(_ op: String, _ name: String, _ disk: LaunchDisk) throws {
+        if let secret = disk.secretFile {
+            try run(["snapshot", "--object", "secret,id=k0,file=\(QEMULauncher.escapeOption(secret)),format=raw", "--image-opts", op, name,
+                     "driver=qcow2,file.filename=\(QEMULauncher.escapeOption(disk.path)),encrypt.format=luks,encrypt.key-secret=k0"])
+        } else {
+            try run(["snapshot", op, name, disk.path])
+        }
     }
 
     /// The internal snapshots of a qcow2 image (`qemu-img info --output=json`, `-U` so a running VM's image can be read).
