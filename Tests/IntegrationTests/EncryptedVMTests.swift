@@ -66,6 +66,9 @@ import Glibc
             // Encrypting twice is refused.
             let again = try Self.warden(["vm", "encrypt", "enc"], home: home, check: false)
             #expect(again.status != 0 && again.stderr.contains("already encrypted"), "\(again.stderr)")
+            // A copy would share the keys: refused until copies are re-encrypted (one line, the disk named).
+            let copy = try Self.warden(["vm", "copy", "enc", home + "/copies"], home: home, check: false)
+            #expect(copy.status != 0 && copy.stderr.contains("\(disk): VM enc has encrypted disks"), "\(copy.stderr)")
             // Retiring with --shred destroys the keys too.
             let retired = try Self.warden(["vm", "retire", "enc", "--shred"], home: home).stdoutText
             #expect(retired.contains("shredded key \(keyID) (disk0)"), "\(retired)")
