@@ -51,10 +51,13 @@ let package = Package(
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        // OpenSSL's libcrypto for the bulk cipher of LUKS volumes (AES-XTS), which swift-crypto lacks.
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "WardenCore"),
         .target(name: "DiskImage", dependencies: [
-            "WardenCore", "CZlib", "CZstd",
+            "WardenCore", "CZlib", "CZstd", "COpenSSL",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
         ]),
         .target(name: "Partitions", dependencies: ["WardenCore", "DiskImage"]),
         .target(name: "GuestFS", dependencies: [

@@ -76,12 +76,16 @@ public struct OpenOptions: Sendable {
     /// Probe the format of backing files whose format the image does not declare.
     /// Off by default: an undeclared backing file is read as raw (format probing is a CVE class).
     public var probeBacking: Bool
+    /// The passphrase of the image the user named, when it is an encrypted qcow2 (LUKS).
+    public var passphrase: SecretBytes?
 
-    public init(format: ImageFormat? = nil, snapshot: String? = nil, maxBackingDepth: Int = 16, probeBacking: Bool = false) {
+    public init(format: ImageFormat? = nil, snapshot: String? = nil, maxBackingDepth: Int = 16, probeBacking: Bool = false,
+                passphrase: SecretBytes? = nil) {
         self.format = format
         self.snapshot = snapshot
         self.maxBackingDepth = maxBackingDepth
         self.probeBacking = probeBacking
+        self.passphrase = passphrase
     }
 }
 

@@ -34,7 +34,12 @@ extension QCOW2 {
         private let decompressors: Locked<[Decompressor]>
         let lastCompressed: Locked<(entry: UInt64, data: [UInt8])?>
 
-        init(file: ImageFile, header: Header, l1: [UInt64], size: UInt64, backing: (any BlockDevice)?) {
+        /// The data cipher of an encrypted image (LUKS's master key): sectors are decrypted with
+        /// their host sector number (offset in the file / 512) as the IV, as QEMU does for LUKS.
+        let cipher: XTSCipher?
+
+        init(file: ImageFile, header: Header, l1: [UInt64], size: UInt64, backing: (any BlockDevice)?, cipher: XTSCipher? = nil) {
+            self.cipher = cipher
             self.file = file
             self.header = header
             self.size = size
@@ -308,8 +313,15 @@ extension QCOW2 {
                     guard !o, end <= file.length else {
                         throw WardenError.corrupt("data cluster at offset \(hex(host & ~UInt64(clusterSize - 1))) lies beyond the end of the file", file: file.path, offset: host)
                     }
-                    try file.read(at: host, into: dst)
+                    if let cipher {
+                        try readEncrypted(host: host, guest: pos, into: dst, cipher: cipher)
+                    } else {
+                        try file.read(at: host, into: dst)
+                    }
                 case .compressed(let entry, let inCluster):
+                    if cipher != nil {
+                        throw WardenError.corrupt("an encrypted image has a compressed cluster (QEMU never writes one)", file: file.path, offset: pos)
+                    }
                     if inCluster == 0 && len == clusterSize {
                         pending.append((entry, done))
                     } else {
@@ -319,6 +331,23 @@ extension QCOW2 {
                 done += len
             }
             try decompressAll(pending, base: base)
+        }
+
+        /// Reads and decrypts the whole 512-byte sectors around `dst` (a run within allocated
+        /// clusters, contiguous in the file), then copies out the bytes asked for.
+        private func readEncrypted(host: UInt64, guest: UInt64, into dst: UnsafeMutableRawBufferPointer, cipher: XTSCipher) throws {
+            let lead = Int(guest & 511)
+            let total = (lead + dst.count + 511) & ~511
+            let start = host - UInt64(lead)
+            guard start + UInt64(total) <= file.length else {
+                throw WardenError.corrupt("encrypted data at offset \(hex(start)) lies beyond the end of the file", file: file.path, offset: start)
+            }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 16)
+            defer { if let b = buffer.baseAddress { explicit_bzero(b, total) }; buffer.deallocate() }
+            try file.read(at: start, into: buffer)
+            // QEMU's LUKS-in-qcow2 takes the sector's *host* offset as its IV (crypt_physical_offset).
+            try cipher.decrypt(buffer, firstSector: start / 512)
+            dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[lead..<(lead + dst.count)]))
         }
 
         private func decompressAll(_ pending: [(entry: UInt64, at: Int)], base: UnsafeMutableRawPointer) throws {

@@ -39,7 +39,9 @@ extension QCOW2 {
     /// - `compression type` and `extended L2` are supported.
     /// - any other incompatible bit is refused, naming the bit (and its name
     ///   from the feature name table, when present).
-    /// - encryption (`crypt_method != 0` or a full-disk-encryption extension) is refused.
+    /// - LUKS encryption (`crypt_method` 2 with its full-disk-encryption extension) is read
+    ///   when the caller gives the key (``OpenOptions/passphrase``); the legacy AES method (1) is
+    ///   refused.
     public struct Header: Sendable {
         public var version: UInt32
         public var clusterBits: Int
@@ -58,6 +60,9 @@ extension QCOW2 {
         public var backingFile: String?
         /// The backing format named by the header extension, as written.
         public var backingFormatName: String?
+        /// Where the LUKS header of an encrypted image lies in the file (`crypt_method` 2).
+        public var encryption: Encryption?
+        public struct Encryption: Sendable, Equatable { public var offset: UInt64; public var length: UInt64 }
 
         public var clusterSize: Int { 1 << clusterBits }
         public var extendedL2: Bool { incompatibleFeatures & Incompatible.extendedL2 != 0 }
@@ -116,8 +121,8 @@ extension QCOW2 {
             guard clusterBits <= 21 else {
                 throw WardenError.unsupported("cluster_bits \(clusterBits) is out of range (9...21)", file: path)
             }
-            guard cryptMethod == 0 else {
-                throw WardenError.unsupported("encrypted qcow2 images are not supported (crypt_method \(cryptMethod))", file: path)
+            guard cryptMethod == 0 || cryptMethod == 2 else {
+                throw WardenError.unsupported("qcow2's legacy AES encryption (crypt_method \(cryptMethod)) is not supported (LUKS is)", file: path)
             }
             var h = Header(version: version, clusterBits: Int(clusterBits), size: size, l1Size: l1Size,
                            l1TableOffset: l1Offset, snapshotCount: nbSnapshots, snapshotsOffset: snapshotsOffset)
@@ -201,7 +206,17 @@ extension QCOW2 {
                     case Extension.externalDataFile:
                         sawExternalData = true
                     case Extension.fullDiskEncryption:
+                        guard len == 16, !sawEncryption else {
+                            throw WardenError.corrupt("full-disk-encryption extension at offset \(hex(extOffset)) is \(len) bytes long, or repeated", file: path, offset: extOffset)
+                        }
                         sawEncryption = true
+                        let offset: UInt64 = try ByteReader.be(area, at: dataStart, context: "qcow2 encryption extension")
+                        let length: UInt64 = try ByteReader.be(area, at: dataStart + 8, context: "qcow2 encryption extension")
+                        let (end, o) = offset.addingReportingOverflow(length)
+                        guard !o, end <= file.length, length >= UInt64(LUKS1Header.size), length <= 64 << 20 else {
+                            throw WardenError.corrupt("the LUKS header area (offset \(hex(offset)), \(length) bytes) is out of range", file: path, offset: extOffset)
+                        }
+                        h.encryption = Encryption(offset: offset, length: length)
                     default:
                         break // unknown or irrelevant for reading (bitmaps): skip
                     }
@@ -222,8 +237,8 @@ extension QCOW2 {
             if h.incompatibleFeatures & Incompatible.externalDataFile != 0 || sawExternalData {
                 throw WardenError.unsupported("qcow2 images with an external data file are not supported (the data lives in another file)", file: path)
             }
-            if sawEncryption {
-                throw WardenError.unsupported("encrypted qcow2 images are not supported", file: path)
+            if sawEncryption != (cryptMethod == 2) {
+                throw WardenError.corrupt("crypt_method \(cryptMethod) and the full-disk-encryption extension disagree", file: path)
             }
 
             // Backing file name.

@@ -96,6 +96,9 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
             throw WardenError(.invalidArgument, "not a qcow2 image", file: path)
         }
         let header = try QCOW2.Header.parse(file)
+        if header.encryption != nil {
+            throw WardenError.unsupported("encrypted qcow2 images are not written by Warden", file: path)
+        }
         if header.incompatibleFeatures & QCOW2.Incompatible.corrupt != 0 {
             throw WardenError.corrupt("the image is marked corrupt; refusing to write (repair it with qemu-img check -r all)", file: path)
         }

@@ -76,7 +76,23 @@ public enum QCOW2 {
             backing = try context.openBacking(path: path, declaredFormat: header.backingFormat, from: file.path)
         }
 
-        let device = Device(file: file, header: header, l1: l1, size: virtualSize, backing: backing?.device)
+        var cipher: XTSCipher?
+        if let enc = header.encryption {
+            guard context.depth == 0, let passphrase = context.options.passphrase else {
+                throw WardenError.unsupported(context.depth == 0 ? "the image is encrypted (qcow2 with LUKS): give its key (--key-from)"
+                                                                 : "an encrypted backing file is not supported", file: file.path)
+            }
+            let luks = try LUKS1Header.parse(try file.read(at: enc.offset, count: LUKS1Header.size, what: "LUKS header"), file: file.path)
+            let master = try luks.unlock(passphrase: passphrase, volumeLength: enc.length, file: file.path) { offset, count in
+                guard offset + UInt64(count) <= enc.length else {
+                    throw WardenError.corrupt("LUKS key material lies beyond the LUKS header area", file: file.path)
+                }
+                return try file.read(at: enc.offset + offset, count: count, what: "LUKS key material")
+            }
+            cipher = try XTSCipher(key: master)
+            details["encryption"] = "luks \(luks.cipherName)-\(luks.cipherMode) \(luks.keyBytes * 4)-bit"
+        }
+        let device = Device(file: file, header: header, l1: l1, size: virtualSize, backing: backing?.device, cipher: cipher)
         let info = ImageInfo(
             path: file.path, format: .qcow2, virtualSize: virtualSize, fileSize: file.length,
             allocatedSize: file.allocatedBytes, details: details, backingFile: header.backingFile,

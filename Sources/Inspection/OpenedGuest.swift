@@ -38,9 +38,9 @@ public struct OpenedGuest {
     }
 
     /// Opens the image at `path` (format by content unless given; a snapshot if named).
-    public static func open(_ path: String, format: ImageFormat? = nil, snapshot: String? = nil) throws -> OpenedGuest {
+    public static func open(_ path: String, format: ImageFormat? = nil, snapshot: String? = nil, passphrase: SecretBytes? = nil) throws -> OpenedGuest {
         let image: OpenedImage
-        do { image = try ImageOpener.open(path, options: OpenOptions(format: format, snapshot: snapshot)) } catch let e as WardenError {
+        do { image = try ImageOpener.open(path, options: OpenOptions(format: format, snapshot: snapshot, passphrase: passphrase)) } catch let e as WardenError {
             throw e.inFile(path)
         }
         return try OpenedGuest(image: image, path: path)

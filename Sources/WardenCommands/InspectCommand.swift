@@ -27,6 +27,8 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Print JSON: one inventory per image, in an array.")
     var json = false
 
+    @OptionGroup var key: KeyFromOption
+
     @Flag(help: "Print on stderr how many bytes were read from each image, against its allocated size.")
     var ioStats = false
 
@@ -54,7 +56,7 @@ struct InspectCommand: ParsableCommand {
     func runSBOM(_ format: SBOM.Format, path: String) throws {
         do {
             let created = try Self.sbomDate()
-            let inv = try Self.inventory(path, format: self.format, snapshot: snapshot)
+            let inv = try Self.inventory(path, format: self.format, snapshot: snapshot, passphrase: try key.passphrase())
             try Output.stdout.write(try SBOM.document(inv, format: format, created: created))
             Output.stdout.flush()
         } catch is WindowsGuest {
@@ -67,8 +69,8 @@ struct InspectCommand: ParsableCommand {
     }
 
     /// Inspects one image; Windows (NTFS without a Linux root) is recognised, not read.
-    static func inventory(_ path: String, format: ImageFormat?, snapshot: String?) throws -> Inventory {
-        try OpenedGuest.open(path, format: format, snapshot: snapshot).inventory()
+    static func inventory(_ path: String, format: ImageFormat?, snapshot: String?, passphrase: SecretBytes? = nil) throws -> Inventory {
+        try OpenedGuest.open(path, format: format, snapshot: snapshot, passphrase: passphrase).inventory()
     }
 
     typealias WindowsGuest = OpenedGuest.WindowsGuest
@@ -91,7 +93,7 @@ struct InspectCommand: ParsableCommand {
                 }
             }
             do {
-                results.append(try Self.inventory(path, format: format, snapshot: snapshot))
+                results.append(try Self.inventory(path, format: format, snapshot: snapshot, passphrase: try key.passphrase()))
             } catch let w as WindowsGuest {
                 windows.append((path, w.volume))
             } catch let e as WardenError {

@@ -4,6 +4,9 @@ import Hypervisor
 import Ledger
 import Vault
 import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `warden vm encrypt VM`: the VM's disks as qcow2 with LUKS, each with its own data key.
 struct VMEncrypt: ParsableCommand {
@@ -104,5 +107,34 @@ struct VaultCommand: ParsableCommand {
                 for (layer, id) in destroyed { Output.stdout.line("shredded key \(id) (\(layer)) of \(record.name)") }
             }
         }
+    }
+}
+
+/// `--key-from file:PATH`: the passphrase of an encrypted image (qcow2 with LUKS), read from a
+/// file (one trailing newline dropped; at most 1 KiB), never from the command line.
+struct KeyFromOption: ParsableArguments {
+    @Option(name: .customLong("key-from"), help: ArgumentHelp("The key of an encrypted image: file:PATH (a file holding its passphrase).", valueName: "file:path"))
+    var keyFrom: String?
+
+    func validate() throws {
+        if let keyFrom, !keyFrom.hasPrefix("file:") || keyFrom.count <= 5 {
+            throw ValidationError("--key-from takes file:PATH")
+        }
+    }
+
+    func passphrase() throws -> SecretBytes? {
+        guard let keyFrom else { return nil }
+        let path = String(keyFrom.dropFirst(5))
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw WardenError(.notFound, "cannot open the key file: \(String(cString: strerror(errno)))", file: path) }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 1025)
+        defer { explicit_bzero(&buf, buf.count) }
+        let n = read(fd, &buf, buf.count)
+        guard n > 0, n <= 1024 else { throw WardenError(.invalidArgument, "the key file is empty or over 1 KiB", file: path) }
+        var end = n
+        if buf[end - 1] == 0x0a { end -= 1 }
+        guard end > 0 else { throw WardenError(.invalidArgument, "the key file holds only a newline", file: path) }
+        return SecretBytes(copying: buf[0..<end])
     }
 }

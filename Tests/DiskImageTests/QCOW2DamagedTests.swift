@@ -191,9 +191,12 @@ import WardenTestSupport
     }
 
     @Test func featureBitsAndEncryption() throws {
+        // Legacy AES (crypt_method 1) is refused; LUKS (2) without its header extension is corrupt.
         let crypt = try damaged([(32, Q.be32(1))])
         #expect(crypt?.code == .unsupported)
-        #expect(crypt?.message.contains("encrypted qcow2 images are not supported") == true)
+        #expect(crypt?.message.contains("legacy AES encryption") == true)
+        let luks = try damaged([(32, Q.be32(2))])
+        #expect(luks?.code == .corrupt && luks?.message.contains("disagree") == true)
         // Unknown incompatible bit 7 is named.
         let unknown = try damaged([(72, Q.be64(1 << 7))])
         #expect(unknown?.code == .unsupported)

@@ -53,6 +53,15 @@ import Glibc
             try Tool.run(["qemu-img", "convert", "--object", "secret,id=s0,file=\(secret),format=raw",
                           "--image-opts", "driver=qcow2,file.filename=\(disk),encrypt.key-secret=s0", "-O", "raw", home + "/decrypted.img"])
             #expect(try Tool.run(["cmp", home + "/original.img", home + "/decrypted.img"], check: false).status == 0)
+            // Warden's own reader decrypts it too (export with the key from a file), and without
+            // the key or with a wrong one says so in one line.
+            _ = try Self.warden(["image", "export", disk, "--key-from", "file:" + secret, "-o", home + "/exported.img"], home: home)
+            #expect(try Tool.run(["cmp", home + "/original.img", home + "/exported.img"], check: false).status == 0)
+            let nokey = try Self.warden(["image", "info", disk], home: home, check: false)
+            #expect(nokey.status != 0 && nokey.stderr.contains("--key-from") && nokey.stderr.split(separator: "\n").count == 1, "\(nokey.stderr)")
+            try "wrong\n".write(toFile: home + "/wrong-key", atomically: true, encoding: .utf8)
+            let wrong = try Self.warden(["image", "info", disk, "--key-from", "file:" + home + "/wrong-key"], home: home, check: false)
+            #expect(wrong.status == 3 && wrong.stderr.contains("does not open"), "\(wrong.stderr)")
             // The ledger records the key id and never the key (nor its base64).
             let history = try Self.warden(["vm", "history", "enc", "--json"], home: home).stdoutText
             #expect(history.contains("\"encrypted\"") && history.contains(keyID))

@@ -28,10 +28,12 @@ struct ImageOptions: ParsableArguments {
     @Option(help: "Deepest backing chain accepted.")
     var maxBackingDepth = 16
 
+    @OptionGroup var key: KeyFromOption
+
     func open(snapshot: String? = nil) throws -> OpenedImage {
         try ImageOpener.open(image, options: OpenOptions(format: format, snapshot: snapshot,
                                                          maxBackingDepth: maxBackingDepth,
-                                                         probeBacking: probeBacking))
+                                                         probeBacking: probeBacking, passphrase: try key.passphrase()))
     }
 
     func validate() throws {
