@@ -337,6 +337,12 @@ extension QCOW2 {
         /// clusters, contiguous in the file), then copies out the bytes asked for.
         private func readEncrypted(host: UInt64, guest: UInt64, into dst: UnsafeMutableRawBufferPointer, cipher: XTSCipher) throws {
             let lead = Int(guest & 511)
+            if lead == 0 && dst.count & 511 == 0 {
+                // Whole sectors: straight into the caller's buffer, decrypted in place.
+                try file.read(at: host, into: dst)
+                try cipher.decrypt(dst, firstSector: host / 512)
+                return
+            }
             let total = (lead + dst.count + 511) & ~511
             let start = host - UInt64(lead)
             guard start + UInt64(total) <= file.length else {

@@ -3,6 +3,8 @@ import Foundation
 import Hypervisor
 import Ledger
 import Vault
+import WardenServices
+import Storage
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -111,19 +113,45 @@ struct VaultCommand: ParsableCommand {
 }
 
 /// `--key-from file:PATH`: the passphrase of an encrypted image (qcow2 with LUKS), read from a
-/// file (one trailing newline dropped; at most 1 KiB), never from the command line.
+/// file (one trailing newline dropped; at most 1 KiB), never from the command line. Where the
+/// command has a ledger (`scan`), `--key-from vault`: the key of the ledger VM that owns the
+/// disk, released by an `unlock` decision (recorded).
 struct KeyFromOption: ParsableArguments {
-    @Option(name: .customLong("key-from"), help: ArgumentHelp("The key of an encrypted image: file:PATH (a file holding its passphrase).", valueName: "file:path"))
+    @Option(name: .customLong("key-from"), help: ArgumentHelp("The key of an encrypted image: file:PATH (a file holding its passphrase), or vault (scan: the owning VM's key, released by policy).", valueName: "file:path|vault"))
     var keyFrom: String?
 
     func validate() throws {
-        if let keyFrom, !keyFrom.hasPrefix("file:") || keyFrom.count <= 5 {
-            throw ValidationError("--key-from takes file:PATH")
+        if let keyFrom, keyFrom != "vault", !keyFrom.hasPrefix("file:") || keyFrom.count <= 5 {
+            throw ValidationError("--key-from takes file:PATH or vault")
         }
     }
 
+    /// The key for `path`: from the file, or from the vault through an `unlock` decision for
+    /// the VM that owns the disk. Nil without --key-from, or for a disk that is not encrypted.
+    func passphrase(forImage path: String, ledger: SQLiteLedger) throws -> SecretBytes? {
+        guard keyFrom == "vault" else { return try fileKey() }
+        let abs = URL(fileURLWithPath: path).standardizedFileURL.path
+        var st = stat()
+        let file: DiskRecord.FileID? = stat(abs, &st) == 0 ? .init(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) : nil
+        guard let vm = try ledger.vms(withDisk: abs, file: file).first(where: { $0.state != .retired }),
+              let disk = try ledger.disks(of: vm.id).first(where: { $0.path == abs || (file != nil && $0.file == file) }) else {
+            throw WardenError(.notFound, "no VM in the ledger has this disk, so the vault has no key for it", file: path)
+        }
+        let vault = VMRun.vault(ledger)
+        let context = KeyContext(vm: vm.id, layer: Vault.diskLayer(disk.index))
+        guard try vault.keys.get(context) != nil else { return nil }   // not encrypted by Warden
+        try VMService(store: ledger, note: { Output.note($0) }).lifecycleGate(reexposure: nil, forceStop: false)(.unlock, vm, ["layers": context.layer])
+        return try vault.key(for: context).map { $0.key.base64() }
+    }
+
+    /// The key for commands without a ledger: file:PATH only.
     func passphrase() throws -> SecretBytes? {
-        guard let keyFrom else { return nil }
+        if keyFrom == "vault" { throw ValidationError("--key-from vault needs the ledger: use it with `warden scan` (or give file:PATH here)") }
+        return try fileKey()
+    }
+
+    func fileKey() throws -> SecretBytes? {
+        guard let keyFrom, keyFrom != "vault" else { return nil }
         let path = String(keyFrom.dropFirst(5))
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw WardenError(.notFound, "cannot open the key file: \(String(cString: strerror(errno)))", file: path) }

@@ -52,9 +52,9 @@ public struct ScanService {
     }
 
     /// Opens, fingerprints and inspects one image (nil inventory: a Windows guest).
-    public static func inspect(_ path: String, format: ImageFormat?) throws -> (Digest, Inventory?) {
+    public static func inspect(_ path: String, format: ImageFormat?, passphrase: SecretBytes? = nil) throws -> (Digest, Inventory?) {
         let img: OpenedImage
-        do { img = try ImageOpener.open(path, options: OpenOptions(format: format)) } catch let e as WardenError {
+        do { img = try ImageOpener.open(path, options: OpenOptions(format: format, passphrase: passphrase)) } catch let e as WardenError {
             throw e.inFile(path)
         }
         let key: Digest
@@ -66,14 +66,17 @@ public struct ScanService {
         }
     }
 
-    public func scan(images: [String], format: ImageFormat? = nil, includeResolved: Bool = false) throws -> Outcome {
+    /// `passphrase(path)` gives the key of an encrypted image (nil: none); it may decide and
+    /// record a policy `unlock` first, and throw to refuse.
+    public func scan(images: [String], format: ImageFormat? = nil, includeResolved: Bool = false,
+                     passphrase: (String) throws -> SecretBytes? = { _ in nil }) throws -> Outcome {
         let store = SQLiteAdvisoryStore(database)
         let ledger = SQLiteLedger(database: database)
         var out = Outcome()
         var indexes: [String: AdvisoryIndex] = [:]
         for path in images {
             do {
-                let (key, inventory) = try Self.inspect(path, format: format)
+                let (key, inventory) = try Self.inspect(path, format: format, passphrase: try passphrase(path))
                 guard let inv = inventory else {
                     out.unassessable.append("\(path): Windows guests are recognised but not inspected; no advisories matched")
                     out.results.append(ImageResult(image: path, inventory: key.description, ecosystems: [], packages: 0,

@@ -82,6 +82,22 @@ import Glibc
             let retired = try Self.warden(["vm", "retire", "enc", "--shred"], home: home).stdoutText
             #expect(retired.contains("shredded key \(keyID) (disk0)"), "\(retired)")
             #expect(try vault.key(for: KeyContext(vm: vmID, layer: "disk0")) == nil)
+            // A guest encrypted from registration is scanned offline with the vault's key, released
+            // by an unlock decision (recorded); without a key the scan says how to give one.
+            let root = home + "/guestroot"
+            try FileManager.default.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: root + "/var/lib/dpkg", withIntermediateDirectories: true)
+            try "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n".write(toFile: root + "/etc/os-release", atomically: true, encoding: .utf8)
+            try "Package: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13.dfsg-1\nArchitecture: amd64\nSource: zlib\n\n"
+                .write(toFile: root + "/var/lib/dpkg/status", atomically: true, encoding: .utf8)
+            try Tool.run(["mkfs.ext4", "-q", "-F", "-d", root, home + "/guest.img", "8M"])
+            _ = try Self.warden(["vm", "register", "--name", "g", "--owner", "ops", "--encrypt", home + "/guest.img"], home: home)
+            let blind = try Self.warden(["scan", home + "/guest.img"], home: home, check: false)
+            #expect(blind.status != 0 && blind.stderr.contains("--key-from"), "\(blind.stderr)")
+            let scanned = try Self.warden(["scan", home + "/guest.img", "--key-from", "vault", "--json"], home: home, check: false)
+            #expect(scanned.stdoutText.contains("\"packages\" : 1") || scanned.stdoutText.contains("\"packages\":1"), "\(scanned.stdoutText) \(scanned.stderr)")
+            let gHistory = try Self.warden(["vm", "history", "g", "--json"], home: home).stdoutText
+            #expect(gHistory.contains("\"unlock\""), "\(gHistory.prefix(3000))")
             // Registered encrypted from the start.
             try Self.plainDisk(home + "/second.img")
             let second = try Self.warden(["vm", "register", "--name", "enc2", "--owner", "ops", "--encrypt", home + "/second.img"], home: home)

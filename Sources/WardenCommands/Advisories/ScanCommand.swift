@@ -35,6 +35,7 @@ struct ScanCommand: ParsableCommand {
     @Option(help: "Force the image format: raw, qcow2 or vmdk.") var format: ImageFormat?
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Also list fixed and not-affected findings.") var all = false
+    @OptionGroup var key: KeyFromOption
     @Option(help: ArgumentHelp("Exit 1 when a vulnerable finding has at least this severity.", valueName: "low|medium|high|critical"))
     var failOn: Severity?
 
@@ -44,7 +45,10 @@ struct ScanCommand: ParsableCommand {
 
     func run() throws {
         let db = try database.open()
-        let outcome = try ScanService(database: db).scan(images: images, format: format, includeResolved: all)
+        let ledgerForKeys = SQLiteLedger(database: db)
+        let outcome = try ScanService(database: db).scan(images: images, format: format, includeResolved: all) { path in
+            try key.passphrase(forImage: path, ledger: ledgerForKeys)
+        }
         // A fresh assessment lifts a quarantine when nothing blocking is left (docs/network.md).
         let ledger = SQLiteLedger(database: db)
         let net = NetworkService(ledger: ledger, policyDirectory: PolicySet.defaultDirectory())
