@@ -68,13 +68,7 @@ extension VMRunner {
                 let args = ["convert", "-q", "--object", "secret,id=k0,file=\(QEMULauncher.escapeOption(secretPath)),format=raw",
                             "-f", d.format, "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=k0,encrypt.iter-time=\(Self.luksIterTimeMs)",
                             d.path, tmp]
-                // QEMU times PBKDF2 with the thread's CPU clock to size LUKS's iterations; when
-                // its first probe measures 0 ms (a coarse clock) it gives up. Try again.
-                for attempt in 1... {
-                    do { try QEMUImg.run(args); break } catch let e as WardenError where e.message.contains("Unable to get accurate CPU usage") && attempt < 8 {
-                        unlink(tmp)
-                    }
-                }
+                try QEMUImg.convertEncrypting(args, output: tmp)
                 SecretFile.destroy(secretPath)
                 let fd = open(tmp, O_RDONLY | O_CLOEXEC)
                 guard fd >= 0, fsync(fd) == 0 else {
@@ -111,7 +105,53 @@ extension VMRunner {
     }
 }
 
+/// A full copy of an encrypted disk under a new key of the copy's own.
+public enum DiskReencryption {
+    /// Decrypts `disk` of `source` with its key (after `unlockSource`, the policy decision) and
+    /// writes it to `output` encrypted under a new key for (`copy`, the same disk index). Returns
+    /// the new key's id and the passphrase that opens the output. The source's key and the new
+    /// one reach qemu-img as 0600 files in `workDirectory`, removed afterwards.
+    public static func copy(source: VMRecord, disk: DiskRecord, to output: String, copy: VMID, vault: Vault, workDirectory: String,
+                            unlockSource: () throws -> Void) throws -> (key: String, passphrase: SecretBytes) {
+        try unlockSource()
+        guard let old = try vault.key(for: KeyContext(vm: source.id, layer: Vault.diskLayer(disk.index))) else {
+            throw WardenError(.notFound, "disk \(disk.index) of \(source.name) is encrypted and this vault has no key for it", file: disk.path)
+        }
+        let (id, key) = try vault.newKey(for: KeyContext(vm: copy, layer: Vault.diskLayer(disk.index)))
+        let srcSecret = workDirectory + "/reencrypt-src-\(getpid())", dstSecret = workDirectory + "/reencrypt-dst-\(getpid())"
+        defer { SecretFile.destroy(srcSecret); SecretFile.destroy(dstSecret) }
+        let passphrase = key.base64()
+        do {
+            try SecretFile.write(old.key.base64(), to: srcSecret)
+            try SecretFile.write(passphrase, to: dstSecret)
+            unlink(output)
+            try QEMUImg.convertEncrypting([
+                "convert", "-q",
+                "--object", "secret,id=src,file=\(QEMULauncher.escapeOption(srcSecret)),format=raw",
+                "--object", "secret,id=dst,file=\(QEMULauncher.escapeOption(dstSecret)),format=raw",
+                "--image-opts", "driver=qcow2,file.filename=\(QEMULauncher.escapeOption(disk.path)),encrypt.format=luks,encrypt.key-secret=src",
+                "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=dst,encrypt.iter-time=\(VMRunner.luksIterTimeMs)", output,
+            ], output: output)
+        } catch {
+            _ = try? vault.keys.shred(KeyContext(vm: copy, layer: Vault.diskLayer(disk.index)))
+            throw error
+        }
+        return (id, passphrase)
+    }
+}
+
 extension QEMUImg {
+    /// `qemu-img convert` to a LUKS-encrypted output. QEMU times PBKDF2 with the thread's CPU
+    /// clock to size LUKS's iterations, and when its first probe measures 0 ms (a coarse clock)
+    /// it gives up: that one failure is retried, up to 8 attempts.
+    public static func convertEncrypting(_ args: [String], output: String) throws {
+        for attempt in 1... {
+            do { try run(args); return } catch let e as WardenError where e.message.contains("Unable to get accurate CPU usage") && attempt < 8 {
+                unlink(output)
+            }
+        }
+    }
+
     /// Whether `qemu-img info` says the image is encrypted.
     public static func isEncrypted(_ path: String) throws -> Bool {
         let out = try run(["info", "-U", "--output=json", path])

@@ -105,7 +105,7 @@ public struct LocalKEKProvider: KeyProvider {
     }
 
     /// A 0700 directory owned by us (made when missing); refuses one others can enter.
-    static func ensurePrivateDirectory(_ path: String) throws {
+    public static func ensurePrivateDirectory(_ path: String) throws {
         if !FileManager.default.fileExists(atPath: path) {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }

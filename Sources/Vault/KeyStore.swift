@@ -12,7 +12,7 @@ public struct KeyStore: Sendable {
 
     public init(directory: String) { self.directory = directory }
 
-    func vmDirectory(_ vm: VMID) -> String { directory + "/keys/" + vm.description }
+    public func vmDirectory(_ vm: VMID) -> String { directory + "/keys/" + vm.description }
     func path(_ c: KeyContext) -> String { vmDirectory(c.vm) + "/" + c.layer + ".json" }
 
     static func isValidLayer(_ layer: String) -> Bool {

@@ -61,6 +61,12 @@ public struct Vault: Sendable {
         return destroyed
     }
 
+    /// Destroys the keys of a VM that never came to be (a copy that failed): no ledger event.
+    public func discard(vm: VMID) {
+        for layer in layers(of: vm).keys { _ = try? keys.shred(KeyContext(vm: vm, layer: layer)) }
+        rmdir(keys.vmDirectory(vm))
+    }
+
     /// The layers of `vm` that have keys, with their wrapped keys.
     public func layers(of vm: VMID) -> [String: WrappedKey] {
         Dictionary(keys.list().filter { $0.vm == vm }.map { ($0.layer, $0.key) }) { a, _ in a }

@@ -20,9 +20,9 @@ public struct ExaminedDisk: Sendable {
 
     /// Opens `path` (format by content; backing files with their declared format), fingerprints
     /// the guest-visible disk and, when `inspect`, reads the guest's identity.
-    public static func examine(_ path: String, inspect: Bool = true) throws -> ExaminedDisk {
+    public static func examine(_ path: String, inspect: Bool = true, passphrase: SecretBytes? = nil) throws -> ExaminedDisk {
         let abs = absolutePath(path)
-        let img = try ImageOpener.open(abs)
+        let img = try ImageOpener.open(abs, options: OpenOptions(passphrase: passphrase))
         let fp = try ContentFingerprint.of(img.device)
         var inv: Inventory?
         if inspect { inv = try? OpenedGuest(image: img, path: abs).inventory() }

@@ -22,6 +22,13 @@ public struct VMService: Sendable {
     public let host: HostName
     /// Where notes go (quarantine summaries, warnings).
     public var note: @Sendable (String) -> Void
+    /// Copies an encrypted disk under a new key of the copy's own (docs/vault.md): given the
+    /// source VM and disk, the copy's id and the temporary output path, writes the re-encrypted
+    /// image and returns the new key's id and the passphrase that opens it. Nil: encrypted VMs
+    /// are not copied (no vault here).
+    public var reencrypt: (@Sendable (_ source: VMRecord, _ disk: DiskRecord, _ copy: VMID, _ output: String) throws -> (key: String, passphrase: SecretBytes))?
+    /// Undoes ``reencrypt`` for a copy that did not happen (its keys destroyed).
+    public var discardKeys: (@Sendable (_ copy: VMID) -> Void)?
 
     public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
                 note: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -152,7 +159,10 @@ public struct VMService: Sendable {
         guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
         let disks = try store.disks(of: src.id)
         guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to copy") }
-        try refuseEncrypted(src, disks, what: "copies")
+        let encrypted = try encryptedDisks(disks)
+        if !encrypted.isEmpty && (r.overlay || reencrypt == nil) {
+            try refuseEncrypted(src, disks, what: r.overlay ? "overlay copies" : "copies")
+        }
         let destDir = absolutePath(r.destination)
         let request = PolicyRequest(operation: .copy, host: host, destination: destDir)
         try refuseEarly(request, vm: src)
@@ -165,16 +175,19 @@ public struct VMService: Sendable {
             if r.overlay { base = ((base as NSString).deletingPathExtension) + ".qcow2" }
             temps.append(try staging.add(final: destDir + "/" + base))
         }
+        var newKeys: [Int: (key: String, passphrase: SecretBytes)] = [:]
         do {
             for (d, t) in zip(disks, temps) {
                 if r.overlay {
                     try QCOW2Overlay.create(at: t, backing: d.path, backingFormat: d.format)
+                } else if encrypted.contains(d.index), let reencrypt {
+                    newKeys[d.index] = try reencrypt(src, d, newID, t)
                 } else {
                     try DiskCopy.sparseCopy(d.path, to: t)
                     try DiskCopy.fixRelativeBacking(of: d, copy: t)
                 }
             }
-            var examined = try temps.map { try ExaminedDisk.examine($0) }
+            var examined = try zip(disks, temps).map { try ExaminedDisk.examine($1, passphrase: newKeys[$0.index]?.passphrase) }
             for (i, f) in staging.files.enumerated() { examined[i].path = f.final }
             try testPause?()
             let now = Date()
@@ -184,6 +197,10 @@ public struct VMService: Sendable {
             payload["source"] = .string(src.id.description)
             payload["source_generation"] = .string(src.generation.uuidString.lowercased())
             payload["mode"] = .string(r.overlay ? "overlay" : "full")
+            if !newKeys.isEmpty {
+                // The copy's own keys (ids only): it never shares the source's.
+                payload["keys"] = .array(newKeys.keys.sorted().map { .object(["index": .number(Double($0)), "key": .string(newKeys[$0]!.key)]) })
+            }
             let (_, created) = try decideAndApply(request, vm: src, family: src.id) { () -> VMRecord in
                 try staging.link()
                 do {
@@ -203,16 +220,31 @@ public struct VMService: Sendable {
             return created
         } catch {
             staging.discard()
+            if !newKeys.isEmpty { discardKeys?(newID) }
             throw error
         }
     }
 
-    /// Copies and clones of encrypted VMs must be re-encrypted under keys of their own, which
-    /// is not built yet (docs/vault.md): refused up front, naming the source disk.
+    /// The indexes of the disks that are encrypted qcow2 images.
+    func encryptedDisks(_ disks: [DiskRecord]) throws -> Set<Int> {
+        var out = Set<Int>()
+        for d in disks where d.format == "qcow2" {
+            do { _ = try ImageOpener.open(d.path, options: OpenOptions()) } catch let e as WardenError where e.message.contains("encrypted") {
+                out.insert(d.index)
+            } catch {
+                continue   // other problems surface where the disk is really read
+            }
+        }
+        return out
+    }
+
+    /// Clones (and overlay copies) of encrypted VMs would need Warden to write into, or stack
+    /// on, an encrypted image, which it does not (docs/vault.md): refused up front, naming the
+    /// source disk.
     func refuseEncrypted(_ vm: VMRecord, _ disks: [DiskRecord], what: String) throws {
         for d in disks {
             do { _ = try ImageOpener.open(d.path, options: OpenOptions()) } catch let e as WardenError where e.message.contains("encrypted") {
-                throw WardenError(.unsupported, "VM \(vm.name) has encrypted disks: \(what) of encrypted VMs (re-encrypted under their own keys) are not built yet (docs/vault.md)", file: d.path)
+                throw WardenError(.unsupported, "VM \(vm.name) has encrypted disks: \(what) of encrypted VMs are not supported (a full `vm copy` re-encrypts them; docs/vault.md)", file: d.path)
             } catch {
                 continue   // other problems surface where the disk is really read
             }

@@ -75,9 +75,27 @@ import Glibc
             // Encrypting twice is refused.
             let again = try Self.warden(["vm", "encrypt", "enc"], home: home, check: false)
             #expect(again.status != 0 && again.stderr.contains("already encrypted"), "\(again.stderr)")
-            // A copy would share the keys: refused until copies are re-encrypted (one line, the disk named).
-            let copy = try Self.warden(["vm", "copy", "enc", home + "/copies"], home: home, check: false)
-            #expect(copy.status != 0 && copy.stderr.contains("\(disk): VM enc has encrypted disks"), "\(copy.stderr)")
+            // A full copy is re-encrypted under a key of its own: qemu-img opens it with that key,
+            // the source's key does not open it, and the ledger records the new key's id.
+            let copyID = try Self.warden(["vm", "copy", "enc", home + "/copies", "--name", "enc-copy"], home: home).stdoutText
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let copyVM = try #require(VMID(copyID))
+            let copyDisk = home + "/copies/data.img"
+            #expect(try QEMUImgInfo.encrypted(copyDisk))
+            let copyKey = try #require(try vault.key(for: KeyContext(vm: copyVM, layer: "disk0")))
+            #expect(copyKey.id != key.id && !copyKey.key.equals(key.key))
+            let copySecret = home + "/copy-secret"
+            try SecretFile.write(copyKey.key.base64(), to: copySecret)
+            defer { SecretFile.destroy(copySecret) }
+            _ = try Self.warden(["image", "export", copyDisk, "--key-from", "file:" + copySecret, "-o", home + "/copy-exported.img"], home: home)
+            #expect(try Tool.run(["cmp", home + "/original.img", home + "/copy-exported.img"], check: false).status == 0)
+            let withSourceKey = try Self.warden(["image", "info", copyDisk, "--key-from", "file:" + secret], home: home, check: false)
+            #expect(withSourceKey.status == 3, "the source's key must not open the copy: \(withSourceKey.stderr)")
+            let copyHistory = try Self.warden(["vm", "history", "enc-copy", "--json"], home: home).stdoutText
+            #expect(copyHistory.contains(copyKey.id) && !copyHistory.contains(key.id), "\(copyHistory.prefix(2000))")
+            // An overlay copy would stack on the encrypted image: refused, one line naming the disk.
+            let overlay = try Self.warden(["vm", "copy", "enc", home + "/overlays", "--overlay"], home: home, check: false)
+            #expect(overlay.status != 0 && overlay.stderr.contains("\(disk): VM enc has encrypted disks"), "\(overlay.stderr)")
             // Retiring with --shred destroys the keys too.
             let retired = try Self.warden(["vm", "retire", "enc", "--shred"], home: home).stdoutText
             #expect(retired.contains("shredded key \(keyID) (disk0)"), "\(retired)")
