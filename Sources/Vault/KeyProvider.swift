@@ -49,6 +49,8 @@ public struct LocalKEKProvider: KeyProvider {
     public let name = "local"
     public let directory: String
     public var kekPath: String { directory + "/kek" }
+    /// The next KEK while a rotation runs (``VaultRotation``): keys already re-wrapped name it.
+    public var nextKEKPath: String { directory + "/kek.next" }
 
     public init(directory: String) { self.directory = directory }
 
@@ -60,6 +62,19 @@ public struct LocalKEKProvider: KeyProvider {
             let fresh = SecretBytes(random: 32)
             try fresh.withBytes { try Self.writePrivate(kekPath, Data($0)) }
         }
+        return try Self.readKEK(kekPath)
+    }
+
+    /// The KEK that wrapped a key: the current one, or the next one of an unfinished rotation.
+    func kek(id: String) throws -> SymmetricKey? {
+        for path in [kekPath, nextKEKPath] where FileManager.default.fileExists(atPath: path) {
+            let k = try Self.readKEK(path)
+            if k.id == id { return k.key }
+        }
+        return nil
+    }
+
+    static func readKEK(_ kekPath: String) throws -> (key: SymmetricKey, id: String) {
         var st = stat()
         guard lstat(kekPath, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
             throw WardenError(.invalidArgument, "the vault KEK is not a regular file", file: kekPath)
@@ -80,17 +95,22 @@ public struct LocalKEKProvider: KeyProvider {
     }
 
     public func wrap(_ key: SecretBytes, id: String, context: KeyContext) throws -> WrappedKey {
-        let (kek, kekID) = try kek(create: true)
+        // During a rotation, new keys are wrapped by the next KEK straight away.
+        let (kek, kekID) = FileManager.default.fileExists(atPath: nextKEKPath) ? try Self.readKEK(nextKEKPath) : try kek(create: true)
+        return try Self.seal(key, id: id, context: context, kek: kek, kekID: kekID, provider: name)
+    }
+
+    static func seal(_ key: SecretBytes, id: String, context: KeyContext, kek: SymmetricKey, kekID: String, provider: String) throws -> WrappedKey {
         let box = try key.withBytes { try AES.GCM.seal($0, using: kek, authenticating: context.associatedData) }
         guard let combined = box.combined else { throw WardenError(.internal, "AES-GCM gave no combined form") }
-        return WrappedKey(id: id, provider: name, kek: kekID, sealed: combined.base64EncodedString(), createdAt: Date())
+        return WrappedKey(id: id, provider: provider, kek: kekID, sealed: combined.base64EncodedString(), createdAt: Date())
     }
 
     public func unwrap(_ wrapped: WrappedKey, context: KeyContext) throws -> SecretBytes {
         guard wrapped.provider == name else { throw WardenError(.unsupported, "key \(wrapped.id) is held by provider \(wrapped.provider), not \(name)") }
-        let (kek, kekID) = try kek(create: false)
-        guard wrapped.kek == kekID else {
-            throw WardenError(.denied, "key \(wrapped.id) was wrapped by KEK \(wrapped.kek); this host's KEK is \(kekID)")
+        guard let kek = try kek(id: wrapped.kek) else {
+            let current = (try? kek(create: false).id) ?? "none"
+            throw WardenError(.denied, "key \(wrapped.id) was wrapped by KEK \(wrapped.kek); this host's KEK is \(current)")
         }
         guard let data = Data(base64Encoded: wrapped.sealed), data.count == 12 + 32 + 16 else {
             throw WardenError(.invalidArgument, "key \(wrapped.id) is damaged (not a sealed 32-byte key)")

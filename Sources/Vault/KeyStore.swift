@@ -33,6 +33,15 @@ public struct KeyStore: Sendable {
         try LocalKEKProvider.writePrivate(path(c), try enc.encode(key))
     }
 
+    /// Replaces a stored key with `key` (its re-wrapped form): a new file renamed over the old.
+    func replace(_ key: WrappedKey, for c: KeyContext) throws {
+        guard FileManager.default.fileExists(atPath: path(c)) else { throw WardenError(.notFound, "\(c.vm) has no key for \(c.layer)") }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        enc.dateEncodingStrategy = .iso8601
+        try LocalKEKProvider.writePrivate(path(c), try enc.encode(key))
+    }
+
     public func get(_ c: KeyContext) throws -> WrappedKey? {
         guard Self.isValidLayer(c.layer) else { return nil }
         let p = path(c)

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Ledger
 import WardenCore
@@ -59,6 +60,42 @@ public struct Vault: Sendable {
             "keys": .array(destroyed.map { .object(["layer": .string($0.layer), "key": .string($0.key)]) }),
         ]))
         return destroyed
+    }
+
+    /// Rotates the local KEK without touching any disk: a new KEK (`kek.next`) re-wraps every
+    /// data key, then the old KEK is overwritten in place and the new one takes its name. An
+    /// interrupted rotation is finished by running it again (keys name the KEK that wrapped
+    /// them, and both are consulted meanwhile).
+    public func rotateKEK() throws -> (old: String, new: String, keys: Int) {
+        guard let local = provider as? LocalKEKProvider else { throw WardenError(.unsupported, "only the local KEK rotates here") }
+        let old = try local.kek(create: false)
+        if !FileManager.default.fileExists(atPath: local.nextKEKPath) {
+            try SecretBytes(random: 32).withBytes { try LocalKEKProvider.writePrivate(local.nextKEKPath, Data($0)) }
+        }
+        let next = try LocalKEKProvider.readKEK(local.nextKEKPath)
+        var count = 0
+        for (vm, layer, wrapped) in keys.list() where wrapped.kek != next.id {
+            let context = KeyContext(vm: vm, layer: layer)
+            let plain = try local.unwrap(wrapped, context: context)
+            var again = try LocalKEKProvider.seal(plain, id: wrapped.id, context: context, kek: next.key, kekID: next.id, provider: local.name)
+            again.createdAt = wrapped.createdAt
+            try keys.replace(again, for: context)
+            count += 1
+        }
+        // Every key now names the next KEK: destroy the old one where it lies, then promote.
+        let fd = open(local.kekPath, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
+        if fd >= 0 {
+            let zeros = [UInt8](repeating: 0, count: 32)
+            _ = pwrite(fd, zeros, zeros.count, 0)
+            _ = fsync(fd)
+            close(fd)
+        }
+        guard rename(local.nextKEKPath, local.kekPath) == 0 else {
+            throw WardenError(.io, "cannot promote the new KEK (run the rotation again): \(String(cString: strerror(errno)))", file: local.nextKEKPath)
+        }
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+        return (old.id, next.id, count)
     }
 
     /// Destroys the keys of a VM that never came to be (a copy that failed): no ledger event.

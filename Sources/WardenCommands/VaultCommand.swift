@@ -41,7 +41,23 @@ struct VaultCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault",
         abstract: "The keys of encrypted VMs: status and crypto-shredding (docs/vault.md).",
-        subcommands: [Status.self, Shred.self])
+        subcommands: [Status.self, Shred.self, RotateKEK.self])
+
+    struct RotateKEK: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-kek",
+            abstract: "Replace the vault's key-encryption key: every data key re-wrapped, the old KEK destroyed; no disk is touched.")
+        @OptionGroup var database: DatabaseOptions
+        @Flag(help: "JSON output.") var json = false
+        func run() throws {
+            let store = try database.open(create: false)
+            let r = try VMRun.vault(store).rotateKEK()
+            struct Doc: Encodable { var schema = "warden.vault-rotate/v1"; var oldKek: String; var newKek: String; var keys: Int }
+            try Output.render(Doc(oldKek: r.old, newKek: r.new, keys: r.keys), json: json) {
+                Output.stdout.line("KEK \(r.old) replaced by \(r.new); \(r.keys) keys re-wrapped")
+            }
+        }
+    }
 
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Keys by VM and layer, with their age and last release.")

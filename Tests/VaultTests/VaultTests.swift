@@ -67,6 +67,30 @@ import Glibc
         }
     }
 
+    @Test func rotatingTheKEKRewrapsEveryKeyAndRetiresTheOldOne() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let vault = Vault(directory: dir + "/vault")
+            let contexts = [KeyContext(vm: VMID(), layer: "disk0"), KeyContext(vm: VMID(), layer: "disk0"), KeyContext(vm: VMID(), layer: "disk1")]
+            let made = try contexts.map { try vault.newKey(for: $0) }
+            let before = try contexts.map { try #require(try vault.keys.get($0)) }
+            let oldKEK = try Data(contentsOf: URL(fileURLWithPath: dir + "/vault/kek"))
+            let r = try vault.rotateKEK()
+            #expect(r.keys == 3 && r.old != r.new)
+            #expect(!FileManager.default.fileExists(atPath: dir + "/vault/kek.next"))
+            #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/vault/kek")) != oldKEK)
+            for (c, m) in zip(contexts, made) {
+                let back = try #require(try vault.key(for: c))
+                #expect(back.id == m.id && back.key.equals(m.key))
+                #expect(try vault.keys.get(c)?.kek == r.new)
+            }
+            // A copy of a key wrapped by the old KEK no longer opens: that KEK is gone.
+            #expect(throws: WardenError.self) { try vault.provider.unwrap(before[0], context: contexts[0]) }
+            // New keys are wrapped by the new KEK.
+            _ = try vault.newKey(for: KeyContext(vm: VMID(), layer: "disk0"))
+            #expect(vault.keys.list().allSatisfy { $0.key.kek == r.new })
+        }
+    }
+
     @Test func base64MatchesFoundation() {
         for n in [1, 2, 3, 4, 31, 32, 33] {
             let s = SecretBytes(random: n)
