@@ -37,18 +37,23 @@ enum VMRun {
             // The disks that were encrypted (the ledger says so) or have a key: each start that
             // needs one decides `unlock` through policy, recorded, before any key is unwrapped.
             var need = Set(vault.layers(of: vm.id).keys.compactMap { $0.hasPrefix("disk") ? Int($0.dropFirst(4)) : nil })
-            for e in try store.events(of: vm.id) where e.kind == .encrypted {
-                if case .array(let list)? = e.payload["disks"] {
-                    for case .object(let d) in list { if case .number(let n)? = d["index"] { need.insert(Int(n)) } }
+            let history = try store.events(of: vm.id)
+            for e in history where e.kind == .encrypted || e.kind == .copied {
+                let list: JSONValue? = e.kind == .encrypted ? e.payload["disks"] : e.payload["keys"]
+                if case .array(let items)? = list {
+                    for case .object(let d) in items { if case .number(let n)? = d["index"] { need.insert(Int(n)) } }
                 }
             }
+            let shredded = history.contains { $0.kind == .keysShredded }
             need = need.filter { disks.indices.contains($0) }
             guard !need.isEmpty else { return [:] }
             try gate(.unlock, vm, ["layers": need.sorted().map { Vault.diskLayer($0) }.joined(separator: ",")])
             var out: [Int: SecretBytes] = [:]
             for i in need {
                 guard let k = try vault.key(for: KeyContext(vm: vm.id, layer: Vault.diskLayer(i))) else {
-                    throw WardenError(.notFound, "disk \(i) of \(vm.name) is encrypted and its key is gone (shredded): its data cannot be read")
+                    throw WardenError(.notFound, shredded
+                        ? "disk \(i) of \(vm.name) is encrypted and its key is gone (shredded): its data cannot be read"
+                        : "disk \(i) of \(vm.name) is encrypted and this host's vault (\(vault.directory)) has no key for it")
                 }
                 out[i] = k.key
             }
