@@ -35,6 +35,9 @@ let package = Package(
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "Partitions", package: "Warden"),
         ]),
         .executableTarget(name: "FuzzPackages", dependencies: [.product(name: "Inspection", package: "Warden")]),
+        .executableTarget(name: "FuzzLUKS", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )
