@@ -61,7 +61,7 @@ extension VMRunner {
                 let context = KeyContext(vm: vm.id, layer: Vault.diskLayer(d.index))
                 let (id, key) = try vault.newKey(for: context)
                 made.append(context)
-                try SecretFile.write(key.base64(), to: secretPath)
+                try SecretFile.write(Vault.passphrase(key), to: secretPath)
                 let tmp = d.path + ".warden-encrypt"
                 unlink(tmp)
                 done.append((EncryptedDisk(index: d.index, key: id, formatBefore: d.format, path: d.path), tmp))
@@ -120,9 +120,9 @@ public enum DiskReencryption {
         let (id, key) = try vault.newKey(for: KeyContext(vm: copy, layer: Vault.diskLayer(disk.index)))
         let srcSecret = workDirectory + "/reencrypt-src-\(getpid())", dstSecret = workDirectory + "/reencrypt-dst-\(getpid())"
         defer { SecretFile.destroy(srcSecret); SecretFile.destroy(dstSecret) }
-        let passphrase = key.base64()
+        let passphrase = Vault.passphrase(key)
         do {
-            try SecretFile.write(old.key.base64(), to: srcSecret)
+            try SecretFile.write(Vault.passphrase(old.key), to: srcSecret)
             try SecretFile.write(passphrase, to: dstSecret)
             unlink(output)
             try QEMUImg.convertEncrypting([

@@ -165,7 +165,7 @@ public struct VMRunner {
             for (i, key) in try unlock(vm, disks).sorted(by: { $0.key < $1.key }) where disks.indices.contains(i) {
                 let path = run.path + "/secret-\(i)"
                 secretFiles.append(path)
-                try SecretFile.write(key.base64(), to: path)
+                try SecretFile.write(Vault.passphrase(key), to: path)
                 disks[i].secretFile = path
             }
         }

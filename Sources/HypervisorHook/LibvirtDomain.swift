@@ -25,9 +25,16 @@ public struct LibvirtDomain: Sendable, Equatable {
     /// names are kept.
     public var interfaces: [String] = []
 
-    public init(name: String, uuid: UUID?, diskPaths: [String], diskFormats: [String]? = nil, type: String? = nil, interfaces: [String] = []) {
+    /// Each disk's LUKS secret (`<encryption format='luks'><secret type='passphrase' uuid=…>`,
+    /// inside `<source>` or directly in `<disk>`), nil for a disk without one: the libvirt
+    /// secret that `warden libvirt start` defines for the run (docs/vault.md).
+    public var diskSecrets: [UUID?]
+
+    public init(name: String, uuid: UUID?, diskPaths: [String], diskFormats: [String]? = nil, type: String? = nil, interfaces: [String] = [],
+                diskSecrets: [UUID?]? = nil) {
         self.name = name; self.uuid = uuid; self.diskPaths = diskPaths; self.type = type; self.interfaces = interfaces
         self.diskFormats = diskFormats ?? diskPaths.map { _ in "unknown" }
+        self.diskSecrets = diskSecrets ?? diskPaths.map { _ in nil }
     }
 
     /// The largest domain XML accepted (libvirt's own limit for XML documents is 10 MiB).
@@ -62,7 +69,7 @@ public struct LibvirtDomain: Sendable, Equatable {
             uuid = parsed
         }
         return LibvirtDomain(name: name, uuid: uuid, diskPaths: collector.disks, diskFormats: collector.formats, type: collector.type,
-                             interfaces: collector.interfaces)
+                             interfaces: collector.interfaces, diskSecrets: collector.secrets)
     }
 }
 
@@ -79,6 +86,9 @@ struct DomainCollector: DomainXMLReader.Handler {
     var diskSource: String?
     var diskFormat: String?
     var interfaces: [String] = []
+    var secrets: [UUID?] = []
+    var diskSecret: UUID?
+    var luksEncryption = false
 
     mutating func start(_ element: String, attributes: [(String, String)]) throws {
         path.append(element)
@@ -91,6 +101,17 @@ struct DomainCollector: DomainXMLReader.Handler {
             diskIsDisk = (attribute("device") ?? "disk") == "disk"
             diskSource = nil
             diskFormat = nil
+            diskSecret = nil
+        } else if path.count >= 4, path.count <= 6, path[1] == "devices", path[2] == "disk", element == "encryption" || element == "secret",
+                  path.count == 4 || path[3] == "source" || path[3] == "encryption" {
+            // <disk>[<source>]<encryption format='luks'><secret type='passphrase' uuid='…'/>
+            let inSource = path[3] == "source"
+            if element == "encryption", path.count == (inSource ? 5 : 4) {
+                luksEncryption = attribute("format") == "luks"
+            } else if element == "secret", path.count == (inSource ? 6 : 5), path[path.count - 2] == "encryption", luksEncryption,
+                      attribute("type") == "passphrase", let u = attribute("uuid").flatMap(UUID.init(uuidString:)) {
+                diskSecret = u
+            }
         } else if path.count == 4, path[1] == "devices", path[2] == "disk" {
             if element == "driver", let t = attribute("type"), t.utf8.count <= 16,
                t.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) }) {
@@ -121,6 +142,7 @@ struct DomainCollector: DomainXMLReader.Handler {
             if diskIsDisk, let s = diskSource, s.hasPrefix("/"), disks.count < LibvirtDomain.maxDisks {
                 disks.append(s)
                 formats.append(diskFormat ?? "unknown")
+                secrets.append(diskSecret)
             }
         }
         path.removeLast()

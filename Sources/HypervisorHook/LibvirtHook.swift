@@ -117,6 +117,21 @@ public enum LibvirtHook {
         }
         switch action {
         case .decide(let op):
+            if op == .start, arguments[1] == "prepare" {
+                // Warden-encrypted disks are unlocked only through `warden libvirt start`, which
+                // records an `unlock` decision just before libvirt prepares the domain. A start
+                // without one (a secret defined by hand) is refused, and the refusal recorded.
+                let refusal: String?
+                do { refusal = try unreleasedEncryptedDisk(vm: vm, domain: domain, store: store, host: host, time: time) } catch {
+                    refusal = "cannot read the VM's encryption history: " + ((error as? WardenError)?.description ?? "\(error)")
+                }
+                if let refusal {
+                    let d = PolicyEngine.failClosed(.unlock, vm: vm, reason: refusal,
+                                                    context: PolicyContext(time: time, host: .known(HostFacts(name: host.value, labels: [:]))))
+                    _ = try? PolicyGate.record(d, store: store, host: host, actor: NewEvent.hookActor(host))
+                    return Outcome(status: 1, message: d.summary, decision: d)
+                }
+            }
             let request = PolicyRequest(operation: op, host: host, time: time)
             do {
                 let d = try PolicyGate.check(request, vm: vm, store: store, source: policy, actor: NewEvent.hookActor(host))
@@ -150,6 +165,24 @@ public enum LibvirtHook {
         case .ignore:
             return Outcome(status: 0)
         }
+    }
+
+    /// How recent the `unlock` decision of `warden libvirt start` must be when libvirt prepares
+    /// an encrypted domain.
+    public static let unlockWindow: TimeInterval = 120
+
+    /// Why the domain must not be prepared: it uses a disk Warden encrypted, and no key release
+    /// for it was recorded on this host in the last ``unlockWindow``. Nil when it may.
+    static func unreleasedEncryptedDisk(vm: VMRecord, domain: LibvirtDomain, store: any LedgerStore, host: HostName, time: Date) throws -> String? {
+        let history = try store.events(of: vm.id)
+        let encrypted = EventRecord.encryptedDisks(in: history)
+        guard !encrypted.isEmpty else { return nil }
+        let files = domain.diskPaths.map { DiskRecord.FileID.of(path: $0) }
+        guard let used = try store.disks(of: vm.id).first(where: { d in
+            encrypted.contains(d.index) && (domain.diskPaths.contains(d.path) || (d.file != nil && files.contains(d.file)))
+        }) else { return nil }
+        let released = history.contains { $0.isKeyRelease && $0.host == host && $0.time >= time - unlockWindow && $0.time <= time + 5 }
+        return released ? nil : "disk \(used.path) of \(vm.name) is encrypted by Warden and no key was released for this start: start it with `warden libvirt start \(domain.name)`"
     }
 
     /// At `started`: the VM's network state goes on this start's interfaces

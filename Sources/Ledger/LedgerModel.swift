@@ -126,6 +126,8 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     case encrypted
     /// Keys of a VM were destroyed (crypto-shredding): the ids, and the layers they opened.
     case keysShredded = "keys-shredded"
+    /// A VM's data keys were rotated (`warden vault rekey`): the disks and their new key ids.
+    case rekeyed
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.
@@ -216,4 +218,24 @@ public enum JSONValue: Codable, Sendable, Equatable, Hashable {
         }
     }
     public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+}
+
+extension EventRecord {
+    /// The disk indexes a VM's history records as encrypted by Warden: `encrypted` and
+    /// `rekeyed` events' `disks`, and a re-encrypting `copied` event's `keys` (docs/vault.md).
+    public static func encryptedDisks(in history: [EventRecord]) -> Set<Int> {
+        var out = Set<Int>()
+        for e in history where e.kind == .encrypted || e.kind == .copied || e.kind == .rekeyed {
+            let list: JSONValue? = e.kind == .copied ? e.payload["keys"] : e.payload["disks"]
+            if case .array(let items)? = list {
+                for case .object(let d) in items { if case .number(let n)? = d["index"], n >= 0, n < 4096 { out.insert(Int(n)) } }
+            }
+        }
+        return out
+    }
+
+    /// Whether this is a recorded `unlock` decision that released keys (allow or quarantine).
+    public var isKeyRelease: Bool {
+        kind == .policyDecision && payload["op"] == .string("unlock") && payload["effect"] != .string("deny")
+    }
 }

@@ -29,8 +29,24 @@ public struct Vault: Sendable {
         return home + "/.local/share/warden/vault"
     }
 
+    /// The vault of the ledger at `database`: `vault/` beside it, or `$WARDEN_VAULT`.
+    public static func beside(database: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Vault {
+        if let v = environment["WARDEN_VAULT"], !v.isEmpty { return Vault(directory: v) }
+        return Vault(directory: (database as NSString).deletingLastPathComponent + "/vault")
+    }
+
+    /// The LUKS passphrase QEMU, libvirt and the offline readers get for a data key: its base64
+    /// text.
+    public static func passphrase(_ key: SecretBytes) -> SecretBytes { key.base64() }
+
     /// The layer name of a VM's disk.
     public static func diskLayer(_ index: Int) -> String { "disk\(index)" }
+
+    /// The disk index a layer name stands for (`disk3` → 3), nil for other layers.
+    public static func diskIndex(_ layer: String) -> Int? {
+        guard layer.hasPrefix("disk"), let n = Int(layer.dropFirst(4)), n >= 0, String(n) == layer.dropFirst(4) else { return nil }
+        return n
+    }
 
     /// Makes, wraps and stores a new data key for `context`; returns its id and the key.
     public func newKey(for context: KeyContext) throws -> (id: String, key: SecretBytes) {

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Hypervisor
+import HypervisorHook
+import WardenServices
 import Ledger
 import Policy
 import WardenCore
@@ -44,8 +46,8 @@ struct LibvirtHookCommand: ParsableCommand {
 struct LibvirtCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "libvirt",
-        abstract: "Enforce policy in libvirt and follow its domain events (docs/libvirt.md).",
-        subcommands: [InstallHook.self, Watch.self]
+        abstract: "Enforce policy in libvirt, follow its domain events, start encrypted domains (docs/libvirt.md).",
+        subcommands: [InstallHook.self, Watch.self, Start.self]
     )
 
     struct InstallHook: ParsableCommand {
@@ -86,6 +88,38 @@ struct LibvirtCommand: ParsableCommand {
                                                      warden: useLean ? lean : absolute(exe), database: absolute(WardenDatabase.defaultPath(explicit: db)),
                                                      policy: absolute(PolicySet.defaultDirectory(explicit: policy)), name: name, lean: useLean)
             Output.stdout.line(r.changed ? "installed \(r.path) (restart libvirtd if this hook is new)" : "\(r.path) is up to date")
+        }
+    }
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a libvirt domain, releasing the keys of its encrypted disks by policy (docs/vault.md).",
+            discussion: """
+            Decides `unlock` for the domain's Warden-encrypted disks (recorded; exit 3 when denied, and \
+            nothing reaches libvirt), defines each disk's LUKS secret in libvirt as ephemeral and \
+            private, starts the domain, and undefines the secrets once the start returns. Each \
+            encrypted disk's <source> must name its secret: <encryption format='luks'><secret \
+            type='passphrase' uuid='…'/></encryption> (the error for a disk without one suggests a UUID). \
+            A domain without encrypted disks is simply started.
+            """
+        )
+        @Argument(help: "The domain's name or UUID.") var domain: String
+        @Option(help: "libvirt connection URI.") var uri = "qemu:///system"
+        @Option(help: "The ledger database (must exist).") var db: String?
+        @Option(help: ArgumentHelp("The policy directory (default: $WARDEN_POLICY, $WARDEN_HOME/policy…).", valueName: "dir"))
+        var policy: String?
+        @Flag(help: "Print the result as JSON.") var json = false
+
+        func run() throws {
+            let store = try openExistingLedger(WardenDatabase.defaultPath(explicit: db))
+            let service = VMService(store: store, policy: policy.map { .explicit($0) } ?? .defaultDirectory, note: { Output.note($0) })
+            let release = KeyRelease(service: service, vault: VMRun.vault(store))
+            let r = try LibvirtStart.start(uri: uri, domain: domain, store: store, findVM: LibvirtHook.vmByDiskPath,
+                                           encryptedDisks: release.encryptedDisks(of:), release: release.release(_:disks:))
+            struct Started: Encodable { var domain: String; var vm: String; var unlocked: [String] }
+            try Output.render(Started(domain: r.domain, vm: r.vm.id.description, unlocked: r.unlocked), json: json) {
+                Output.stdout.line("started \(r.domain)" + (r.unlocked.isEmpty ? "" : " (\(r.unlocked.count) encrypted disk\(r.unlocked.count == 1 ? "" : "s") unlocked)"))
+            }
         }
     }
 

@@ -84,9 +84,7 @@ struct VaultCommand: ParsableCommand {
             for (vm, layer, key) in vault.keys.list() {
                 if cache[vm] == nil {
                     let name = (try? store.vm(vm))?.name ?? "(not in the ledger)"
-                    let release = (try? store.events(of: vm))?.last {
-                        $0.kind == .policyDecision && $0.payload["op"] == .string("unlock") && $0.payload["effect"] != .string("deny")
-                    }?.time
+                    let release = (try? store.events(of: vm))?.last(where: \.isKeyRelease)?.time
                     cache[vm] = (name, release)
                 }
                 rows.append(Row(vm: vm.description, name: cache[vm]!.0, layer: layer, key: key.id, provider: key.provider, kek: key.kek,
@@ -153,11 +151,9 @@ struct KeyFromOption: ParsableArguments {
               let disk = try ledger.disks(of: vm.id).first(where: { $0.path == abs || (file != nil && $0.file == file) }) else {
             throw WardenError(.notFound, "no VM in the ledger has this disk, so the vault has no key for it", file: path)
         }
-        let vault = VMRun.vault(ledger)
-        let context = KeyContext(vm: vm.id, layer: Vault.diskLayer(disk.index))
-        guard try vault.keys.get(context) != nil else { return nil }   // not encrypted by Warden
-        try VMService(store: ledger, note: { Output.note($0) }).lifecycleGate(reexposure: nil, forceStop: false)(.unlock, vm, ["layers": context.layer])
-        return try vault.key(for: context).map { $0.key.base64() }
+        let release = KeyRelease(service: VMService(store: ledger, note: { Output.note($0) }), vault: VMRun.vault(ledger))
+        guard try release.vault.keys.get(KeyContext(vm: vm.id, layer: Vault.diskLayer(disk.index))) != nil else { return nil }   // not encrypted by Warden
+        return try release.release(vm, disks: [disk.index])[disk.index].map(Vault.passphrase)
     }
 
     /// The key for commands without a ledger: file:PATH only.

@@ -9,8 +9,21 @@ import WardenTestSupport
 @Suite struct DomainXMLReaderTests {
     /// What ElementTree says about each document: the mapped fields, or "error".
     static let oracle = #"""
-    import json, sys
+    import json, re, sys
     import xml.etree.ElementTree as ET
+    UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+    def secret(disk):
+        # <encryption format='luks'><secret type='passphrase' uuid=…/> in the disk or its <source>, the last one wins.
+        found = None
+        encs = []
+        for child in disk:
+            if child.tag == "encryption": encs.append(child)
+            if child.tag == "source": encs.extend(e for e in child if e.tag == "encryption")
+        for enc in encs:
+            for s in enc:
+                if s.tag == "secret" and enc.get("format") == "luks" and s.get("type") == "passphrase" and UUID.fullmatch(s.get("uuid") or ""):
+                    found = s.get("uuid").lower()
+        return found
     out = []
     for path in sys.argv[1:]:
         try:
@@ -19,7 +32,7 @@ import WardenTestSupport
             out.append("error"); continue
         if root.tag != "domain":
             out.append("error"); continue
-        disks, formats = [], []
+        disks, formats, secrets = [], [], []
         for d in root.findall("devices/disk"):
             if d.get("device", "disk") != "disk":
                 continue
@@ -32,9 +45,9 @@ import WardenTestSupport
                 if t is not None and len(t) <= 16 and t.isascii() and t.isalnum():
                     fmt = t
             if src is not None and src.startswith("/"):
-                disks.append(src); formats.append(fmt)
+                disks.append(src); formats.append(fmt); secrets.append(secret(d))
         out.append({"type": root.get("type"), "name": "".join(root.find("name").itertext()).strip() if root.find("name") is not None else None,
-                    "uuid": root.findtext("uuid"), "disks": disks, "formats": formats})
+                    "uuid": root.findtext("uuid"), "disks": disks, "formats": formats, "secrets": secrets})
     print(json.dumps(out))
     """#
 
@@ -64,6 +77,18 @@ import WardenTestSupport
         "<domain><name>x</name><devices><disk><source file='/first'/><source file='/second'/></disk></devices></domain>",
         "<domain><name>x</name><devices></devices><devices><disk><source dev='/dev/two'/></disk></devices></domain>",
         "<domain   type = \"qemu\" ><name >  padded  </name ><uuid/></domain >",
+        // LUKS secrets: in <source>, directly in <disk>, the wrong format or type, a backing store's, not a UUID.
+        """
+        <domain><name>enc</name><devices>
+          <disk type='file' device='disk'><source file='/a.qcow2'><encryption format='luks'><secret type='passphrase' uuid='0B6E3D3A-1C2B-4D5E-8F90-A1B2C3D4E5F6'/></encryption></source></disk>
+          <disk type='file' device='disk'><encryption format='luks'><secret type='passphrase' uuid='0b6e3d3a-1c2b-4d5e-8f90-a1b2c3d4e5f7'/></encryption><source file='/b.qcow2'/></disk>
+          <disk type='file' device='disk'><source file='/c.qcow2'><encryption format='qcow'><secret type='passphrase' uuid='0b6e3d3a-1c2b-4d5e-8f90-a1b2c3d4e5f8'/></encryption></source></disk>
+          <disk type='file' device='disk'><source file='/d.qcow2'><encryption format='luks'><secret type='volume' uuid='0b6e3d3a-1c2b-4d5e-8f90-a1b2c3d4e5f9'/></encryption></source></disk>
+          <disk type='file' device='disk'><source file='/e.qcow2'/><backingStore><source file='/f.qcow2'><encryption format='luks'><secret type='passphrase' uuid='0b6e3d3a-1c2b-4d5e-8f90-a1b2c3d4e5fa'/></encryption></source></backingStore></disk>
+          <disk type='file' device='disk'><source file='/g.qcow2'><encryption format='luks'><secret type='passphrase' uuid='not-a-uuid'/></encryption></source></disk>
+          <disk type='file' device='disk'><source file='/h.qcow2'><encryption format='luks'><secret type='passphrase' uuid='0b6e3d3a-1c2b-4d5e-8f90-a1b2c3d4e5fb'/><secret type='passphrase' uuid='0b6e3d3a-1c2b-4d5e-8f90-a1b2c3d4e5fc'/></encryption></source></disk>
+        </devices></domain>
+        """,
     ]
 
     /// Malformed documents: both must refuse them.
@@ -112,6 +137,7 @@ import WardenTestSupport
                 #expect(got.uuid?.uuidString.lowercased() == (fields["uuid"] as? String)?.trimmingCharacters(in: .whitespaces).lowercased().nilIfEmpty, "doc\(i)")
                 #expect(got.diskPaths == fields["disks"] as? [String], "doc\(i)")
                 #expect(got.diskFormats == fields["formats"] as? [String], "doc\(i)")
+                #expect(got.diskSecrets.map { $0?.uuidString.lowercased() ?? "none" } == (fields["secrets"] as? [Any])?.map { ($0 as? String) ?? "none" }, "doc\(i)")
             }
             #expect(docs.count == Self.agreeing.count + Self.refused.count + 2 + (real.status == 0 ? 1 : 0))
         }

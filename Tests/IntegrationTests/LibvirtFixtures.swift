@@ -205,7 +205,7 @@ enum LibvirtFixture {
         for f in (try? fm.contentsOfDirectory(atPath: policy)) ?? [] { try fm.removeItem(atPath: policy + "/" + f) }
         try text.write(toFile: policy + "/policy.yaml", atomically: true, encoding: .utf8)
         for suffix in ["", "-wal", "-shm"] { try? fm.removeItem(atPath: database + suffix) }
-        for f in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where f.hasPrefix("keys") || f.hasSuffix(".witness") {
+        for f in (try? fm.contentsOfDirectory(atPath: root)) ?? [] where f.hasPrefix("keys") || f.hasSuffix(".witness") || f == "vault" {
             try? fm.removeItem(atPath: root + "/" + f)
         }
     }

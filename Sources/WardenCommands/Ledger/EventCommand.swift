@@ -48,6 +48,7 @@ struct EventRecord_: ParsableCommand {
             case .networkState: hint = "use `warden net quarantine|shield|open` (the rules are applied first)"
             case .encrypted: hint = "use `warden vm encrypt`"
             case .keysShredded: hint = "use `warden vault shred`"
+            case .rekeyed: hint = "use `warden vault rekey`"
             default: hint = "only the policy engine records these"
             }
             throw ValidationError("\(kind.rawValue) events cannot be recorded here: \(hint)")

@@ -31,33 +31,11 @@ enum VMRun {
                                   if announce { argv.append("--announce") }
                                   return argv
                               })
-        let vault = Self.vault(store)
-        let gate = service.lifecycleGate(reexposure: nil, forceStop: false)
+        let release = KeyRelease(service: service, vault: Self.vault(store))
         runner.unlock = { vm, disks in
-            // The disks that were encrypted (the ledger says so) or have a key: each start that
-            // needs one decides `unlock` through policy, recorded, before any key is unwrapped.
-            var need = Set(vault.layers(of: vm.id).keys.compactMap { $0.hasPrefix("disk") ? Int($0.dropFirst(4)) : nil })
-            let history = try store.events(of: vm.id)
-            for e in history where e.kind == .encrypted || e.kind == .copied {
-                let list: JSONValue? = e.kind == .encrypted ? e.payload["disks"] : e.payload["keys"]
-                if case .array(let items)? = list {
-                    for case .object(let d) in items { if case .number(let n)? = d["index"] { need.insert(Int(n)) } }
-                }
-            }
-            let shredded = history.contains { $0.kind == .keysShredded }
-            need = need.filter { disks.indices.contains($0) }
-            guard !need.isEmpty else { return [:] }
-            try gate(.unlock, vm, ["layers": need.sorted().map { Vault.diskLayer($0) }.joined(separator: ",")])
-            var out: [Int: SecretBytes] = [:]
-            for i in need {
-                guard let k = try vault.key(for: KeyContext(vm: vm.id, layer: Vault.diskLayer(i))) else {
-                    throw WardenError(.notFound, shredded
-                        ? "disk \(i) of \(vm.name) is encrypted and its key is gone (shredded): its data cannot be read"
-                        : "disk \(i) of \(vm.name) is encrypted and this host's vault (\(vault.directory)) has no key for it")
-                }
-                out[i] = k.key
-            }
-            return out
+            // Each start that needs a key decides `unlock` through policy, recorded, before any
+            // key is unwrapped (KeyRelease).
+            try release.release(vm, disks: try release.encryptedDisks(of: vm).filter { disks.indices.contains($0) })
         }
         let net = NetworkService(ledger: store, policyDirectory: policy.directory)
         runner.enforceNetwork = { vm, interfaces in
@@ -73,10 +51,7 @@ enum VMRun {
     }
 
     /// The vault beside the database (`$WARDEN_VAULT` overrides): docs/vault.md.
-    static func vault(_ store: SQLiteLedger) -> Vault {
-        if let v = ProcessInfo.processInfo.environment["WARDEN_VAULT"], !v.isEmpty { return Vault(directory: v) }
-        return Vault(directory: (store.database.path as NSString).deletingLastPathComponent + "/vault")
-    }
+    static func vault(_ store: SQLiteLedger) -> Vault { Vault.beside(database: store.database.path) }
 
     /// This warden binary (the state server runs as `warden vm state-server`).
     static var selfExecutable: String {
