@@ -66,16 +66,10 @@ extension VMRunner {
                 unlink(tmp)
                 done.append((EncryptedDisk(index: d.index, key: id, formatBefore: d.format, path: d.path), tmp))
                 let args = ["convert", "-q", "--object", "secret,id=k0,file=\(QEMULauncher.escapeOption(secretPath)),format=raw",
-                            "-f", d.format, "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=k0,encrypt.iter-time=\(Self.luksIterTimeMs)",
-                            d.path, tmp]
+                            "-f", d.format, "-O", "qcow2", "-o", QEMUImg.luksCreateOptions(secret: "k0"), d.path, tmp]
                 try QEMUImg.convertEncrypting(args, output: tmp)
                 SecretFile.destroy(secretPath)
-                let fd = open(tmp, O_RDONLY | O_CLOEXEC)
-                guard fd >= 0, fsync(fd) == 0 else {
-                    if fd >= 0 { close(fd) }
-                    throw WardenError(.io, "cannot sync the encrypted image", file: tmp)
-                }
-                close(fd)
+                try QEMUImg.sync(tmp)
             }
         } catch {
             undo()
@@ -105,35 +99,60 @@ extension VMRunner {
     }
 }
 
-/// A full copy of an encrypted disk under a new key of the copy's own.
-public enum DiskReencryption {
-    /// Decrypts `disk` of `source` with its key (after `unlockSource`, the policy decision) and
-    /// writes it to `output` encrypted under a new key for (`copy`, the same disk index). Returns
-    /// the new key's id and the passphrase that opens the output. The source's key and the new
-    /// one reach qemu-img as 0600 files in `workDirectory`, removed afterwards.
-    public static func copy(source: VMRecord, disk: DiskRecord, to output: String, copy: VMID, vault: Vault, workDirectory: String,
-                            unlockSource: () throws -> Void) throws -> (key: String, passphrase: SecretBytes) {
-        try unlockSource()
-        guard let old = try vault.key(for: KeyContext(vm: source.id, layer: Vault.diskLayer(disk.index))) else {
+/// ``DiskCrypto`` over the vault and qemu-img: full copies and clones of encrypted VMs get keys
+/// of their own. Keys reach qemu-img as 0600 files in the vault's 0700 directory, overwritten
+/// and removed afterwards, never on a command line.
+public struct VaultDiskCrypto: DiskCrypto {
+    public let vault: Vault
+    /// Decides `unlock` (recorded) and returns the data keys (``WardenServices/KeyRelease``).
+    public let release: @Sendable (VMRecord, Set<Int>) throws -> [Int: SecretBytes]
+
+    public init(vault: Vault, release: @escaping @Sendable (VMRecord, Set<Int>) throws -> [Int: SecretBytes]) {
+        self.vault = vault; self.release = release
+    }
+
+    public func passphrases(_ vm: VMRecord, disks: Set<Int>) throws -> [Int: SecretBytes] {
+        try release(vm, disks).mapValues(Vault.passphrase)
+    }
+
+    public func reencrypt(source: VMRecord, disk: DiskRecord, copy: VMID, output: String) throws -> (key: String, passphrase: SecretBytes) {
+        guard let old = try release(source, [disk.index])[disk.index] else {
             throw WardenError(.notFound, "disk \(disk.index) of \(source.name) is encrypted and this vault has no key for it", file: disk.path)
         }
-        let (id, key) = try vault.newKey(for: KeyContext(vm: copy, layer: Vault.diskLayer(disk.index)))
-        let srcSecret = workDirectory + "/reencrypt-src-\(getpid())", dstSecret = workDirectory + "/reencrypt-dst-\(getpid())"
-        defer { SecretFile.destroy(srcSecret); SecretFile.destroy(dstSecret) }
+        try LocalKEKProvider.ensurePrivateDirectory(vault.directory)
+        let srcSecret = vault.directory + "/reencrypt-src-\(getpid())"
+        defer { SecretFile.destroy(srcSecret) }
+        try SecretFile.write(Vault.passphrase(old), to: srcSecret)
+        return try withNewKey(vm: copy, index: disk.index, output: output) { dstSecret in
+            ["--object", "secret,id=src,file=\(QEMULauncher.escapeOption(srcSecret)),format=raw",
+             "--image-opts", "driver=qcow2,file.filename=\(QEMULauncher.escapeOption(disk.path)),encrypt.format=luks,encrypt.key-secret=src"]
+        }
+    }
+
+    public func encrypt(plain: String, format: String, vm: VMID, index: Int, output: String) throws -> (key: String, passphrase: SecretBytes) {
+        try LocalKEKProvider.ensurePrivateDirectory(vault.directory)
+        return try withNewKey(vm: vm, index: index, output: output) { _ in ["-f", format, plain] }
+    }
+
+    public func discard(_ vm: VMID) { vault.discard(vm: vm) }
+
+    /// Makes a key for (`vm`, `index`) and runs `qemu-img convert` with `input` arguments to
+    /// `output`, encrypted under it; on failure the key is destroyed and the output removed.
+    func withNewKey(vm: VMID, index: Int, output: String, input: (_ secretFile: String) -> [String]) throws -> (key: String, passphrase: SecretBytes) {
+        let context = KeyContext(vm: vm, layer: Vault.diskLayer(index))
+        let (id, key) = try vault.newKey(for: context)
+        let dstSecret = vault.directory + "/encrypt-dst-\(getpid())"
+        defer { SecretFile.destroy(dstSecret) }
         let passphrase = Vault.passphrase(key)
         do {
-            try SecretFile.write(Vault.passphrase(old.key), to: srcSecret)
             try SecretFile.write(passphrase, to: dstSecret)
             unlink(output)
-            try QEMUImg.convertEncrypting([
-                "convert", "-q",
-                "--object", "secret,id=src,file=\(QEMULauncher.escapeOption(srcSecret)),format=raw",
-                "--object", "secret,id=dst,file=\(QEMULauncher.escapeOption(dstSecret)),format=raw",
-                "--image-opts", "driver=qcow2,file.filename=\(QEMULauncher.escapeOption(disk.path)),encrypt.format=luks,encrypt.key-secret=src",
-                "-O", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=dst,encrypt.iter-time=\(VMRunner.luksIterTimeMs)", output,
-            ], output: output)
+            try QEMUImg.convertEncrypting(["convert", "-q", "--object", "secret,id=dst,file=\(QEMULauncher.escapeOption(dstSecret)),format=raw"]
+                                          + input(dstSecret) + ["-O", "qcow2", "-o", QEMUImg.luksCreateOptions(secret: "dst"), output], output: output)
+            try QEMUImg.sync(output)
         } catch {
-            _ = try? vault.keys.shred(KeyContext(vm: copy, layer: Vault.diskLayer(disk.index)))
+            unlink(output)
+            _ = try? vault.keys.shred(context)
             throw error
         }
         return (id, passphrase)
@@ -141,6 +160,21 @@ public enum DiskReencryption {
 }
 
 extension QEMUImg {
+    /// qemu-img's `-o` for a new LUKS-encrypted qcow2 whose passphrase is secret object `secret`.
+    public static func luksCreateOptions(secret: String) -> String {
+        "encrypt.format=luks,encrypt.key-secret=\(secret),encrypt.iter-time=\(VMRunner.luksIterTimeMs)"
+    }
+
+    /// fsync of a finished image.
+    public static func sync(_ path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0, fsync(fd) == 0 else {
+            if fd >= 0 { close(fd) }
+            throw WardenError(.io, "cannot sync the encrypted image", file: path)
+        }
+        close(fd)
+    }
+
     /// `qemu-img convert` to a LUKS-encrypted output. QEMU times PBKDF2 with the thread's CPU
     /// clock to size LUKS's iterations, and when its first probe measures 0 ms (a coarse clock)
     /// it gives up: that one failure is retried, up to 8 attempts.

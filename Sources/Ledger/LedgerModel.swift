@@ -222,11 +222,12 @@ public enum JSONValue: Codable, Sendable, Equatable, Hashable {
 
 extension EventRecord {
     /// The disk indexes a VM's history records as encrypted by Warden: `encrypted` and
-    /// `rekeyed` events' `disks`, and a re-encrypting `copied` event's `keys` (docs/vault.md).
+    /// `rekeyed` events' `disks`, and the `keys` of the `copied` or `cloned` event that made it
+    /// (docs/vault.md).
     public static func encryptedDisks(in history: [EventRecord]) -> Set<Int> {
         var out = Set<Int>()
-        for e in history where e.kind == .encrypted || e.kind == .copied || e.kind == .rekeyed {
-            let list: JSONValue? = e.kind == .copied ? e.payload["keys"] : e.payload["disks"]
+        for e in history where [.encrypted, .copied, .cloned, .rekeyed].contains(e.kind) {
+            let list: JSONValue? = e.kind == .copied || e.kind == .cloned ? e.payload["keys"] : e.payload["disks"]
             if case .array(let items)? = list {
                 for case .object(let d) in items { if case .number(let n)? = d["index"], n >= 0, n < 4096 { out.insert(Int(n)) } }
             }

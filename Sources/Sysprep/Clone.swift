@@ -28,7 +28,12 @@ public enum Clone {
     public struct Source: Sendable {
         public var path: String
         public var format: String
-        public init(path: String, format: String) { self.path = path; self.format = format }
+        /// The LUKS passphrase of an encrypted qcow2 source (full clones only: the copy is
+        /// plaintext until the caller encrypts it again).
+        public var passphrase: SecretBytes?
+        public init(path: String, format: String, passphrase: SecretBytes? = nil) {
+            self.path = path; self.format = format; self.passphrase = passphrase
+        }
     }
 
     public struct Result: Sendable {
@@ -75,6 +80,9 @@ public enum Clone {
         for f in finals where FileManager.default.fileExists(atPath: f) {
             throw WardenError(.conflict, "already exists; not overwritten", file: f)
         }
+        if !full, let s = sources.first(where: { $0.passphrase != nil }) {
+            throw WardenError(.unsupported, "an encrypted disk is cloned only as a full copy", file: s.path)
+        }
         var made: [String] = []
         let timer = PhaseTimer.shared
         timer.lap("clone-prepare")
@@ -105,7 +113,7 @@ public enum Clone {
                 throw e.inFile(finals[0])
             }
             // Verify against the source, both opened read-only.
-            let (_, srcView) = try Sysprep.readOnlyGuest(sources[0].path, format: ImageFormat(rawValue: sources[0].format))
+            let (_, srcView) = try Sysprep.readOnlyGuest(sources[0].path, format: ImageFormat(rawValue: sources[0].format), passphrase: sources[0].passphrase)
             let (_, cloneView) = try Sysprep.readOnlyGuest(temps[0], format: full ? .raw : .qcow2)
             timer.lap("verify-open")
             let collisions = IdentityCheck.compare(source: GuestFiles(view: srcView), clone: GuestFiles(view: cloneView),
@@ -146,7 +154,7 @@ public enum Clone {
 
     /// A sparse raw copy of the guest-visible disk (the whole backing chain flattened).
     static func fullCopy(_ s: Source, to path: String) throws {
-        let img = try ImageOpener.open(s.path, options: OpenOptions(format: ImageFormat(rawValue: s.format)))
+        let img = try ImageOpener.open(s.path, options: OpenOptions(format: ImageFormat(rawValue: s.format), passphrase: s.passphrase))
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: path) }
         defer { close(fd) }

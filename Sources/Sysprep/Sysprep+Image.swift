@@ -6,9 +6,9 @@ import Inspection
 
 extension Sysprep {
     /// Opens `path` read-only and assembles its guest (root plus fstab mounts).
-    public static func readOnlyGuest(_ path: String, format: ImageFormat? = nil) throws -> (OpenedImage, GuestView) {
+    public static func readOnlyGuest(_ path: String, format: ImageFormat? = nil, passphrase: SecretBytes? = nil) throws -> (OpenedImage, GuestView) {
         do {
-            let guest = try OpenedGuest.open(path, format: format)
+            let guest = try OpenedGuest.open(path, format: format, passphrase: passphrase)
             return (guest.image, guest.view)
         } catch let e as WardenError {
             throw e.inFile(path)

@@ -3,6 +3,7 @@ import Foundation
 import Ledger
 import Policy
 import Sysprep
+import Vault
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -22,13 +23,9 @@ public struct VMService: Sendable {
     public let host: HostName
     /// Where notes go (quarantine summaries, warnings).
     public var note: @Sendable (String) -> Void
-    /// Copies an encrypted disk under a new key of the copy's own (docs/vault.md): given the
-    /// source VM and disk, the copy's id and the temporary output path, writes the re-encrypted
-    /// image and returns the new key's id and the passphrase that opens it. Nil: encrypted VMs
-    /// are not copied (no vault here).
-    public var reencrypt: (@Sendable (_ source: VMRecord, _ disk: DiskRecord, _ copy: VMID, _ output: String) throws -> (key: String, passphrase: SecretBytes))?
-    /// Undoes ``reencrypt`` for a copy that did not happen (its keys destroyed).
-    public var discardKeys: (@Sendable (_ copy: VMID) -> Void)?
+    /// Copies and clones of encrypted VMs: their disks get keys of their own (docs/vault.md).
+    /// Nil: encrypted VMs are not copied or cloned (no vault here).
+    public var crypto: (any DiskCrypto)?
 
     public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
                 note: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -160,8 +157,8 @@ public struct VMService: Sendable {
         let disks = try store.disks(of: src.id)
         guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to copy") }
         let encrypted = try encryptedDisks(disks)
-        if !encrypted.isEmpty && (r.overlay || reencrypt == nil) {
-            try refuseEncrypted(src, disks, what: r.overlay ? "overlay copies" : "copies")
+        if !encrypted.isEmpty && (r.overlay || crypto == nil) {
+            try refuseEncrypted(src, disks.filter { encrypted.contains($0.index) }, what: r.overlay ? "overlay copies" : "copies")
         }
         let destDir = absolutePath(r.destination)
         let request = PolicyRequest(operation: .copy, host: host, destination: destDir)
@@ -180,8 +177,8 @@ public struct VMService: Sendable {
             for (d, t) in zip(disks, temps) {
                 if r.overlay {
                     try QCOW2Overlay.create(at: t, backing: d.path, backingFormat: d.format)
-                } else if encrypted.contains(d.index), let reencrypt {
-                    newKeys[d.index] = try reencrypt(src, d, newID, t)
+                } else if encrypted.contains(d.index), let crypto {
+                    newKeys[d.index] = try crypto.reencrypt(source: src, disk: d, copy: newID, output: t)
                 } else {
                     try DiskCopy.sparseCopy(d.path, to: t)
                     try DiskCopy.fixRelativeBacking(of: d, copy: t)
@@ -220,7 +217,7 @@ public struct VMService: Sendable {
             return created
         } catch {
             staging.discard()
-            if !newKeys.isEmpty { discardKeys?(newID) }
+            if !newKeys.isEmpty { crypto?.discard(newID) }
             throw error
         }
     }
@@ -238,16 +235,11 @@ public struct VMService: Sendable {
         return out
     }
 
-    /// Clones (and overlay copies) of encrypted VMs would need Warden to write into, or stack
-    /// on, an encrypted image, which it does not (docs/vault.md): refused up front, naming the
-    /// source disk.
+    /// Refuses copies of encrypted `disks` where they cannot be made (overlays on an encrypted
+    /// image; no vault), naming the first.
     func refuseEncrypted(_ vm: VMRecord, _ disks: [DiskRecord], what: String) throws {
-        for d in disks {
-            do { _ = try ImageOpener.open(d.path, options: OpenOptions()) } catch let e as WardenError where e.message.contains("encrypted") {
-                throw WardenError(.unsupported, "VM \(vm.name) has encrypted disks: \(what) of encrypted VMs are not supported (a full `vm copy` re-encrypts them; docs/vault.md)", file: d.path)
-            } catch {
-                continue   // other problems surface where the disk is really read
-            }
+        if let d = disks.first {
+            throw WardenError(.unsupported, "VM \(vm.name) has encrypted disks: \(what) of encrypted VMs are not supported (a full `vm copy` or `vm clone` re-encrypts them; docs/vault.md)", file: d.path)
         }
     }
 
@@ -288,13 +280,18 @@ public struct VMService: Sendable {
         try Clone.checkName(r.name)
         let src = try store.resolveVM(r.vm)
         guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
-        try refuseEncrypted(src, try store.disks(of: src.id), what: "clones")
         let all = try store.listVMs()
         if all.contains(where: { $0.name == r.name && $0.state != .retired }) {
             throw WardenError(.conflict, "a VM named \(r.name) already exists")
         }
         let disks = try store.disks(of: src.id).sorted { $0.index < $1.index }
         guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(src.id) has no disks to clone") }
+        // Encrypted disks are cloned as full copies (the identity refresh writes plaintext,
+        // which is then encrypted under the clone's own keys): Warden does not stack an overlay
+        // on, or write into, an encrypted image.
+        let encrypted = try encryptedDisks(disks)
+        if !encrypted.isEmpty && crypto == nil { try refuseEncrypted(src, disks.filter { encrypted.contains($0.index) }, what: "clones") }
+        let full = r.full || !encrypted.isEmpty
         var hostname = r.hostname
         if hostname == nil, SysprepOptions.validHostname(r.name) { hostname = r.name }
         let used = Set(all.compactMap { $0.mac?.lowercased() })
@@ -311,13 +308,19 @@ public struct VMService: Sendable {
         try PrivateDirectory.make(destDir)
         let newID = VMID()
         let staging = try Staging(directory: destDir, token: newID, store: store)
-        let finals = disks.indices.map { destDir + "/" + Clone.fileName(name: r.name, index: $0, count: disks.count, full: r.full) }
+        let finals = disks.indices.map {
+            destDir + "/" + Clone.fileName(name: r.name, index: $0, count: disks.count, full: full && !encrypted.contains(disks[$0].index))
+        }
         let temps = try finals.map { try staging.add(final: $0) }
         var created: VMRecord?
+        var newKeys: [Int: String] = [:]
         do {
+            // The source's keys, released by an unlock decision on it (recorded).
+            let passphrases = try encrypted.isEmpty ? [:] : crypto?.passphrases(src, disks: encrypted) ?? [:]
             // The caller links (below, in the decision's transaction): Clone.make only prepares and verifies.
             let result = try Clone.make(
-                sources: disks.map { Clone.Source(path: $0.path, format: $0.format) }, finals: finals, temps: temps, full: r.full,
+                sources: disks.map { Clone.Source(path: $0.path, format: $0.format, passphrase: passphrases[$0.index]) },
+                finals: finals, temps: temps, full: full,
                 operations: ops, options: options, checkFilesystemUUIDs: ops.contains { $0.name == "fs-uuids" },
                 beforeCommit: beforeCommit, commit: {})
             if !result.collisions.isEmpty {
@@ -330,6 +333,19 @@ public struct VMService: Sendable {
                 staging.discard()
                 return CloneResult(vm: src, source: src, paths: [], report: result.report, collisions: result.collisions)
             }
+            // The verified plaintext copies of encrypted disks are encrypted under the clone's
+            // own keys, replacing them under their temporary names.
+            var formats = result.formats
+            for (i, d) in disks.enumerated() where encrypted.contains(d.index) {
+                guard let crypto else { break }
+                let sealed = temps[i] + ".enc"
+                newKeys[i] = try crypto.encrypt(plain: temps[i], format: "raw", vm: newID, index: i, output: sealed).key
+                guard rename(sealed, temps[i]) == 0 else {
+                    unlink(sealed)
+                    throw WardenError(.io, "cannot replace the plaintext copy with its encrypted image: \(String(cString: strerror(errno)))", file: finals[i])
+                }
+                if formats.indices.contains(i) { formats[i] = "qcow2" }
+            }
             let now = Date()
             let new = VMRecord(id: newID, name: r.name, owner: src.owner, labels: src.labels, state: .stopped, generation: UUID(),
                                parent: src.id, parentGeneration: src.generation, createdAt: now, updatedAt: now,
@@ -338,9 +354,9 @@ public struct VMService: Sendable {
             var payload: [String: JSONValue] = [
                 "parent": .string(src.id.description),
                 "parent_generation": .string(src.generation.uuidString.lowercased()),
-                "mode": .string(r.full ? "full" : "overlay"),
-                "disks": .array(zip(finals, disks).map { p, d -> JSONValue in
-                    .object(["path": .string(p), "format": .string(r.full ? "raw" : "qcow2"), "source": .string(d.path)])
+                "mode": .string(full ? "full" : "overlay"),
+                "disks": .array(zip(finals, disks).enumerated().map { i, pd -> JSONValue in
+                    .object(["path": .string(pd.0), "format": .string(formats.indices.contains(i) ? formats[i] : (full ? "raw" : "qcow2")), "source": .string(pd.1.path)])
                 }),
                 "operations": .array(rep.operations.map { op -> JSONValue in
                     .object(["name": .string(op.name), "changed": .bool(op.changedSomething)])
@@ -351,13 +367,17 @@ public struct VMService: Sendable {
                 }),
                 "verification": .object(["passed": .bool(true)]),
             ]
+            if !newKeys.isEmpty {
+                // The clone's own keys (ids only): it never shares the source's.
+                payload["keys"] = .array(newKeys.keys.sorted().map { .object(["index": .number(Double($0)), "key": .string(newKeys[$0]!)]) })
+            }
             if let m = rep.machineId { payload["machine_id"] = .string(m) }
             if let h = hostname, ops.contains(where: { $0.name == "hostname" }) { payload["hostname"] = .string(h) }
             if let m = new.mac { payload["mac"] = .string(m) }
             if !rep.filesystemUUIDs.isEmpty { payload["filesystem_uuids"] = .object(rep.filesystemUUIDs.mapValues { JSONValue.string($0) }) }
             let records = finals.enumerated().map { i, p in
-                DiskRecord(vm: new.id, index: i, path: p, format: result.formats.indices.contains(i) ? result.formats[i] : (r.full ? "raw" : "qcow2"),
-                           backingChain: r.full ? [] : [disks[i].path] + disks[i].backingChain,
+                DiskRecord(vm: new.id, index: i, path: p, format: formats.indices.contains(i) ? formats[i] : (full ? "raw" : "qcow2"),
+                           backingChain: full ? [] : [disks[i].path] + disks[i].backingChain,
                            file: DiskRecord.FileID.of(path: temps[i]))
             }
             let (_, made) = try decideAndApply(request, vm: src, family: src.id) { () -> VMRecord in
@@ -382,7 +402,10 @@ public struct VMService: Sendable {
             timer.lap("ledger-append-cloned")
             return CloneResult(vm: made, source: src, paths: finals, report: rep, collisions: [])
         } catch {
-            if created == nil { staging.discard() }
+            if created == nil {
+                staging.discard()
+                if !newKeys.isEmpty { crypto?.discard(newID) }
+            }
             throw error
         }
     }

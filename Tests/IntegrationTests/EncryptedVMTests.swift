@@ -108,6 +108,7 @@ import Glibc
             try "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n".write(toFile: root + "/etc/os-release", atomically: true, encoding: .utf8)
             try "Package: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13.dfsg-1\nArchitecture: amd64\nSource: zlib\n\n"
                 .write(toFile: root + "/var/lib/dpkg/status", atomically: true, encoding: .utf8)
+            try "0123456789abcdef0123456789abcdef\n".write(toFile: root + "/etc/machine-id", atomically: true, encoding: .utf8)
             try Tool.run(["mkfs.ext4", "-q", "-F", "-d", root, home + "/guest.img", "8M"])
             _ = try Self.warden(["vm", "register", "--name", "g", "--owner", "ops", "--encrypt", home + "/guest.img"], home: home)
             let blind = try Self.warden(["scan", home + "/guest.img"], home: home, check: false)
@@ -120,6 +121,42 @@ import Glibc
             try Self.plainDisk(home + "/second.img")
             let second = try Self.warden(["vm", "register", "--name", "enc2", "--owner", "ops", "--encrypt", home + "/second.img"], home: home)
             #expect(VMID(second.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) != nil && second.stderr.contains("encrypted disk 0 of enc2"))
+            // A clone of an encrypted VM: a full copy with a fresh identity, encrypted under keys of
+            // its own (recorded by id); the source's key is released by an unlock decision and
+            // does not open the clone. debugfs reads the decrypted images as the oracle.
+            let gID = try #require(VMID(try Self.warden(["vm", "show", "g", "--json"], home: home).stdoutText
+                .components(separatedBy: "\"id\" : \"").dropFirst().first?.prefix(36).description ?? ""))
+            let cloned = try Self.warden(["vm", "clone", "g", "--name", "g2"], home: home, check: false)
+            #expect(cloned.status == 0, "\(cloned.stderr)")
+            let cloneDisk = home + "/g2.qcow2"
+            #expect(try QEMUImgInfo.encrypted(cloneDisk))
+            let g2 = try #require(VMID(try Self.warden(["vm", "show", "g2", "--json"], home: home).stdoutText
+                .components(separatedBy: "\"id\" : \"").dropFirst().first?.prefix(36).description ?? ""))
+            let gKey = try #require(try vault.key(for: KeyContext(vm: gID, layer: "disk0")))
+            let g2Key = try #require(try vault.key(for: KeyContext(vm: g2, layer: "disk0")))
+            #expect(gKey.id != g2Key.id && !gKey.key.equals(g2Key.key))
+            func machineID(_ image: String, _ key: SecretBytes, _ name: String) throws -> String {
+                let secretFile = home + "/\(name)-secret"
+                try SecretFile.write(key.base64(), to: secretFile)
+                defer { SecretFile.destroy(secretFile) }
+                try Tool.run(["qemu-img", "convert", "--object", "secret,id=s0,file=\(secretFile),format=raw",
+                              "--image-opts", "driver=qcow2,file.filename=\(image),encrypt.key-secret=s0", "-O", "raw", home + "/\(name).raw"])
+                return try Tool.run(["debugfs", "-R", "cat /etc/machine-id", home + "/\(name).raw"]).stdoutText
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            let before = try machineID(home + "/guest.img", gKey.key, "g-plain")
+            let after = try machineID(cloneDisk, g2Key.key, "g2-plain")
+            #expect(before == "0123456789abcdef0123456789abcdef" && after.count == 32 && after != before, "\(before) \(after)")
+            try SecretFile.write(gKey.key.base64(), to: home + "/g-secret")
+            defer { SecretFile.destroy(home + "/g-secret") }
+            #expect(try Self.warden(["image", "info", cloneDisk, "--key-from", "file:" + home + "/g-secret"], home: home, check: false).status == 3)
+            let g2History = try Self.warden(["vm", "history", "g2", "--json"], home: home).stdoutText
+            #expect(g2History.contains(g2Key.id) && !g2History.contains(gKey.id), "\(g2History.prefix(2000))")
+            let gHistoryAfter = try Self.warden(["vm", "history", "g", "--json"], home: home).stdoutText
+            #expect(gHistoryAfter.components(separatedBy: "\"unlock\"").count > gHistory.components(separatedBy: "\"unlock\"").count)
+            // The plaintext copy made for the identity refresh is gone.
+            let left = try FileManager.default.contentsOfDirectory(atPath: home)
+            #expect(left.allSatisfy { !$0.hasPrefix(".") }, "\(left)")
             #expect(try QEMUImgInfo.encrypted(home + "/second.img"))
         }
     }

@@ -53,7 +53,7 @@ struct VMClone: ParsableCommand {
     }
 
     func run() throws {
-        let service = VMService(store: try database.open(create: false), policy: policyOptions.source, note: { Output.note($0) })
+        let service = VMRun.service(try database.open(create: false), policy: policyOptions.source)
         PhaseTimer.shared.lap("ledger-open")
         let result = try service.clone(.init(vm: vm, name: name, full: full, directory: dir, operations: try selection.selected(),
                                              hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys),

@@ -221,18 +221,9 @@ struct VMCopy: ParsableCommand {
 
     func run() throws {
         let store = try database.open(create: false)
-        var service = VMService(store: store, policy: policyOptions.source, note: { Output.note($0) })
         // An encrypted VM's full copy is re-encrypted under keys of its own; the source's keys
         // are released by an unlock decision on the source (docs/vault.md).
-        let vault = VMRun.vault(store)
-        let deciding = service
-        service.reencrypt = { source, disk, copy, output in
-            try LocalKEKProvider.ensurePrivateDirectory(vault.directory)
-            return try DiskReencryption.copy(source: source, disk: disk, to: output, copy: copy, vault: vault, workDirectory: vault.directory) {
-                try deciding.lifecycleGate(reexposure: nil, forceStop: false)(.unlock, source, ["layers": Vault.diskLayer(disk.index)])
-            }
-        }
-        service.discardKeys = { vault.discard(vm: $0) }
+        let service = VMRun.service(store, policy: policyOptions.source)
         let created = try service
             .copy(.init(vm: vm, destination: dest, name: name, overlay: overlay, host: host.flatMap(HostName.init)),
                   testPause: TestHooks.pause("WARDEN_TEST_COPY_PAUSE"), afterLink: TestHooks.pause("WARDEN_TEST_COPY_LINKED_PAUSE"))

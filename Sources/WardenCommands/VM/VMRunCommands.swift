@@ -53,6 +53,15 @@ enum VMRun {
     /// The vault beside the database (`$WARDEN_VAULT` overrides): docs/vault.md.
     static func vault(_ store: SQLiteLedger) -> Vault { Vault.beside(database: store.database.path) }
 
+    /// The VM workflows with this ledger's vault behind them: copies and clones of encrypted
+    /// VMs release the source's keys by policy and get keys of their own (docs/vault.md).
+    static func service(_ store: SQLiteLedger, policy: PolicyGate.Source = .defaultDirectory) -> VMService {
+        var service = VMService(store: store, policy: policy, note: { Output.note($0) })
+        let release = KeyRelease(service: service, vault: vault(store))
+        service.crypto = VaultDiskCrypto(vault: release.vault, release: { try release.release($0, disks: $1) })
+        return service
+    }
+
     /// This warden binary (the state server runs as `warden vm state-server`).
     static var selfExecutable: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
