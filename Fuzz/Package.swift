@@ -38,6 +38,9 @@ let package = Package(
         .executableTarget(name: "FuzzLUKS", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
         ]),
+        .executableTarget(name: "FuzzLUKSVolume", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -156,18 +156,26 @@ public struct LUKS1Header: Sendable, Equatable {
 }
 
 /// AES-XTS with plain64 sector IVs (the little-endian sector number), through OpenSSL's EVP:
-/// 32-byte keys are AES-128-XTS, 64-byte keys AES-256-XTS.
+/// 32-byte keys are AES-128-XTS, 64-byte keys AES-256-XTS. A sector (the XTS data unit) is 512
+/// bytes unless given; LUKS2 volumes may use up to 4,096, and dm-crypt still numbers their IVs
+/// in 512-byte units (without `iv_large_sectors`, which cryptsetup sets only for plain mode), so
+/// consecutive sectors' IVs step by `sectorSize / 512`.
 public final class XTSCipher: @unchecked Sendable {
     let key: SecretBytes
+    public let sectorSize: Int
 
-    public init(key: SecretBytes) throws {
+    public init(key: SecretBytes, sectorSize: Int = 512) throws {
         guard key.count == 32 || key.count == 64 else { throw WardenError(.invalidArgument, "AES-XTS keys are 32 or 64 bytes") }
+        guard [512, 1024, 2048, 4096].contains(sectorSize) else { throw WardenError(.invalidArgument, "XTS sector size \(sectorSize) is not 512-4096") }
         self.key = key
+        self.sectorSize = sectorSize
     }
 
-    /// Decrypts whole 512-byte sectors in place; the first is sector `firstSector`.
+    /// Decrypts whole sectors in place; the first sector's IV is `firstSector` (in 512-byte units).
     public func decrypt(_ data: UnsafeMutableRawBufferPointer, firstSector: UInt64) throws {
-        guard data.count % 512 == 0 else { throw WardenError(.internal, "XTS decryption of \(data.count) bytes (not whole sectors)") }
+        let size = sectorSize
+        let step = UInt64(size / 512)
+        guard data.count % size == 0 else { throw WardenError(.internal, "XTS decryption of \(data.count) bytes (not whole sectors)") }
         guard let base = data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count > 0 else { return }
         guard let ctx = EVP_CIPHER_CTX_new() else { throw WardenError(.internal, "OpenSSL could not make a cipher context") }
         defer { EVP_CIPHER_CTX_free(ctx) }
@@ -175,12 +183,12 @@ public final class XTSCipher: @unchecked Sendable {
         let ok = key.withBytes { k in EVP_DecryptInit_ex(ctx, cipher, nil, k.baseAddress?.assumingMemoryBound(to: UInt8.self), nil) }
         guard ok == 1 else { throw WardenError(.invalidArgument, "OpenSSL refused the AES-XTS key") }
         var iv = [UInt8](repeating: 0, count: 16)
-        for s in 0..<(data.count / 512) {
-            let sector = firstSector &+ UInt64(s)
+        for s in 0..<(data.count / size) {
+            let sector = firstSector &+ UInt64(s) &* step
             for b in 0..<8 { iv[b] = UInt8(sector >> (8 * UInt64(b)) & 0xff) }
             var outLength: Int32 = 0
-            let p = base + s * 512
-            guard EVP_DecryptInit_ex(ctx, nil, nil, nil, iv) == 1, EVP_DecryptUpdate(ctx, p, &outLength, p, 512) == 1, outLength == 512 else {
+            let p = base + s * size
+            guard EVP_DecryptInit_ex(ctx, nil, nil, nil, iv) == 1, EVP_DecryptUpdate(ctx, p, &outLength, p, Int32(size)) == 1, Int(outLength) == size else {
                 throw WardenError(.internal, "OpenSSL AES-XTS decryption failed")
             }
         }

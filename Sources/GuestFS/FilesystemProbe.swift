@@ -7,7 +7,7 @@ import DiskImage
 /// to choose which volume to open; the filesystem readers do the real
 /// validation when a volume is opened.
 public struct FilesystemSignature: Sendable, Codable, Equatable {
-    /// blkid-style type: ext2, ext3, ext4, xfs, vfat, ntfs, btrfs, swap, LVM2_member, iso9660.
+    /// blkid-style type: ext2, ext3, ext4, xfs, vfat, ntfs, btrfs, swap, LVM2_member, crypto_LUKS, iso9660.
     public var type: String
     public var label: String?
     public var uuid: String?
@@ -55,6 +55,11 @@ public enum FilesystemProbe {
             return formatUUID(b)
         }
 
+        // LUKS1 and LUKS2: "LUKS\xba\xbe", the version, and the UUID as text at 168.
+        if at(0, [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]), at(6, [0x00]), head[7] == 1 || head[7] == 2 {
+            let u = str(168, 40).flatMap { $0.utf8.count == 36 ? $0 : nil }
+            return FilesystemSignature(type: "crypto_LUKS", label: head[7] == 2 ? str(24, 48) : nil, uuid: u)
+        }
         // ext2/3/4: superblock at 1024, magic 0xEF53 at +56.
         if at(1024 + 56, [0x53, 0xEF]) {
             let compat: UInt32 = head.peekLE(1024 + 92) ?? 0

@@ -23,9 +23,10 @@ public struct GuestVolume: Sendable, Codable {
         self.filesystem = filesystem
     }
 
-    /// "partition 2", "logical volume /dev/mapper/vg-root" or "whole disk", for messages.
+    /// "partition 2", "logical volume /dev/mapper/vg-root", "encrypted volume
+    /// /dev/mapper/luks-UUID" or "whole disk", for messages.
     public var displayName: String {
-        if let lv = logicalVolume { return "logical volume \(lv)" }
+        if let lv = logicalVolume { return (lv.hasPrefix(GuestDisk.luksMapperPrefix) ? "encrypted volume " : "logical volume ") + lv }
         return partitionIndex.map { "partition \($0)" } ?? "whole disk"
     }
 }
@@ -36,7 +37,7 @@ public struct GuestDiskLayout: Sendable, Encodable {
     public var volumes: [GuestVolume]
     /// Non-fatal findings while assembling volumes (e.g. an LVM VG with a missing PV).
     public var warnings: [String]
-    /// Block devices of logical volumes, by mapper path (not encoded).
+    /// Block devices of logical volumes and opened LUKS volumes, by mapper path (not encoded).
     var lvDevices: [String: any BlockDevice]
 
     enum CodingKeys: String, CodingKey { case table, volumes, warnings }
@@ -45,25 +46,58 @@ public struct GuestDiskLayout: Sendable, Encodable {
 /// Finds volumes and opens filesystems on a guest disk.
 public enum GuestDisk {
     /// Reads the partition table, probes each partition (or the whole disk) for a
-    /// filesystem, and maps the logical volumes of any LVM volume groups found.
-    public static func layout(of disk: any BlockDevice) throws -> GuestDiskLayout {
+    /// filesystem, opens LUKS volumes with `passphrase` (as `/dev/mapper/luks-UUID`, the name
+    /// systemd gives them), and maps the logical volumes of any LVM volume groups found, on
+    /// partitions or inside LUKS volumes. A LUKS volume without a passphrase, or one the
+    /// passphrase does not open, is a warning.
+    public static func layout(of disk: any BlockDevice, passphrase: SecretBytes? = nil) throws -> GuestDiskLayout {
         let table = try PartitionReader.read(disk)
         var volumes: [GuestVolume] = []
         var pvDevices: [any BlockDevice] = []
+        var warnings: [String] = []
+        var lvDevices: [String: any BlockDevice] = [:]
+        var opened: [(volume: LUKSVolume, at: String)] = []
+        func consider(_ dev: any BlockDevice, _ sig: FilesystemSignature?, _ volume: GuestVolume) {
+            if sig?.type == "LVM2_member" { pvDevices.append(dev) }
+            guard sig?.type == "crypto_LUKS" else { return }
+            guard let passphrase else {
+                warnings.append("\(volume.displayName) is LUKS-encrypted: give its passphrase with --key-from to read it")
+                return
+            }
+            do {
+                opened.append((try LUKSVolume.open(dev, passphrase: passphrase, name: volume.displayName), volume.displayName))
+            } catch let e as WardenError {
+                warnings.append("\(volume.displayName) is LUKS-encrypted and cannot be opened: \(e.message)")
+            } catch {
+                warnings.append("\(volume.displayName) is LUKS-encrypted and cannot be opened: \(error)")
+            }
+        }
         if table.scheme == .none {
             let sig = try FilesystemProbe.probe(disk)
-            volumes.append(GuestVolume(start: 0, size: disk.size, filesystem: sig))
-            if sig?.type == "LVM2_member" { pvDevices.append(disk) }
+            let v = GuestVolume(start: 0, size: disk.size, filesystem: sig)
+            volumes.append(v)
+            consider(disk, sig, v)
         } else {
             for p in table.partitions where p.kind != .extended {
                 let dev = try PartitionTable.volume(p, of: disk)
                 let sig = try FilesystemProbe.probe(dev)
-                volumes.append(GuestVolume(partitionIndex: p.index, start: p.start, size: p.size, filesystem: sig))
-                if sig?.type == "LVM2_member" { pvDevices.append(dev) }
+                let v = GuestVolume(partitionIndex: p.index, start: p.start, size: p.size, filesystem: sig)
+                volumes.append(v)
+                consider(dev, sig, v)
             }
         }
-        var warnings: [String] = []
-        var lvDevices: [String: any BlockDevice] = [:]
+        for (luks, _) in opened {
+            let mapper = luksMapperPrefix + luks.uuid
+            guard lvDevices[mapper] == nil else { continue }
+            let sig: FilesystemSignature?
+            do { sig = try FilesystemProbe.probe(luks) } catch let e as WardenError {
+                warnings.append("\(mapper): \(e.message)")
+                continue
+            }
+            volumes.append(GuestVolume(logicalVolume: mapper, start: 0, size: luks.size, filesystem: sig))
+            lvDevices[mapper] = luks
+            if sig?.type == "LVM2_member" { pvDevices.append(luks) }
+        }
         if !pvDevices.isEmpty {
             let (lvs, w) = logicalVolumes(on: pvDevices)
             warnings += w
@@ -79,6 +113,9 @@ public enum GuestDisk {
         }
         return GuestDiskLayout(table: table, volumes: volumes, warnings: warnings, lvDevices: lvDevices)
     }
+
+    /// Where opened LUKS volumes appear: `/dev/mapper/luks-UUID`.
+    public static let luksMapperPrefix = "/dev/mapper/luks-"
 
     /// Reads every PV, groups them by volume group, and maps each visible LV.
     /// Problems (unreadable PVs, missing PVs, unsupported segment types) become warnings.

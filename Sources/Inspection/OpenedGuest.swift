@@ -18,14 +18,19 @@ public struct OpenedGuest {
 
     /// Lays out `image` and assembles its guest from `/etc/fstab`. Throws ``WindowsGuest``
     /// when no Linux root exists but an NTFS volume does; other errors name `path`.
-    public init(image: OpenedImage, path: String) throws {
+    public init(image: OpenedImage, path: String, passphrase: SecretBytes? = nil) throws {
         do {
-            let layout = try GuestDisk.layout(of: image.device)
+            let layout = try GuestDisk.layout(of: image.device, passphrase: passphrase)
             do {
                 view = try GuestView.assemble(disk: image.device, layout: layout)
             } catch let e as WardenError where e.code == .notFound {
                 if let ntfs = layout.volumes.first(where: { $0.filesystem?.type == "ntfs" }) {
                     throw WindowsGuest(volume: ntfs.displayName)
+                }
+                // No root outside an encrypted volume that stayed closed: say why.
+                if let luks = layout.warnings.first(where: { $0.contains("LUKS-encrypted") }) {
+                    throw WardenError(luks.contains("--key-from") ? .invalidArgument : (luks.contains("does not open") ? .denied : .corrupt),
+                                      "no readable root filesystem: \(luks)")
                 }
                 throw e
             }
@@ -43,7 +48,7 @@ public struct OpenedGuest {
         do { image = try ImageOpener.open(path, options: OpenOptions(format: format, snapshot: snapshot, passphrase: passphrase)) } catch let e as WardenError {
             throw e.inFile(path)
         }
-        return try OpenedGuest(image: image, path: path)
+        return try OpenedGuest(image: image, path: path, passphrase: passphrase)
     }
 
     /// What the guest says about itself.

@@ -93,3 +93,56 @@ import WardenTestSupport
         try validate(try WardenRun.run(["image", "ls", "--json", "--partition", "2", img, "/etc"]).stdout, schema: "image-ls.v1.json")
     }
 }
+
+/// A guest whose root is a LUKS2 partition (argon2id, as Debian's installer makes it), made by
+/// cryptsetup on files: inspected with its passphrase from a file; without one, or with a
+/// wrong one, one line saying so.
+@Suite struct EncryptedRootTests {
+    static func disk() throws -> String {
+        try Fixtures.cached("luks-root-disk", recipe: "v1; \((try? Tool.run(["cryptsetup", "--version"]).stdoutText) ?? "?")") { dir in
+            try Tool.sh("""
+            set -e
+            cd "\(dir)"
+            mkdir -p root/etc root/var/lib/dpkg
+            printf 'ID=debian\\nVERSION_ID="12"\\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\\n' > root/etc/os-release
+            printf 'Package: zlib1g\\nStatus: install ok installed\\nVersion: 1:1.2.13.dfsg-1\\nArchitecture: amd64\\nSource: zlib\\n\\n' > root/var/lib/dpkg/status
+            printf 'UUID=%s / ext4 defaults 0 1\\n' 00000000-0000-0000-0000-000000000000 > root/etc/fstab
+            printf 'correct horse battery staple' > key
+            mkfs.ext4 -q -F -d root root.img 12M
+            truncate -s 28M root.img
+            cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --key-file key --batch-mode \\
+                --pbkdf argon2id --pbkdf-memory 16384 --pbkdf-force-iterations 4 root.img
+            truncate -s 40M disk.raw
+            sgdisk -n 1:2048:+1M -t 1:ef00 -n 2:0:+28M -t 2:8309 disk.raw >/dev/null
+            start=$(sgdisk -i 2 disk.raw | sed -n 's/^First sector: \\([0-9]*\\).*/\\1/p')
+            dd if=root.img of=disk.raw bs=512 seek=$start conv=notrunc status=none
+            rm -rf root root.img
+            printf 'wrong' > wrong
+            """)
+        }
+    }
+
+    @Test func inspectsAGuestWithAnEncryptedRootGivenItsPassphrase() throws {
+        let dir = try Self.disk()
+        let r = try WardenRun.run(["inspect", "--json", dir + "/disk.raw", "--key-from", "file:" + dir + "/key"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        let inv = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [[String: Any]]).first
+        #expect((inv?["os"] as? [String: Any])?["version_id"] as? String == "12")
+        let dpkg = (inv?["packages"] as? [[String: Any]])?.first?["packages"] as? [[String: Any]]
+        #expect(dpkg?.first?["name"] as? String == "zlib1g", "\(r.stdoutText.prefix(2000))")
+        let root = ((inv?["mounts"] as? [[String: Any]])?.first?["volume"] as? [String: Any])
+        #expect((root?["logical_volume"] as? String)?.hasPrefix("/dev/mapper/luks-") == true, "\(String(describing: root))")
+
+        let blind = try WardenRun.run(["inspect", dir + "/disk.raw"])
+        #expect(blind.status == 2 && blind.stderr.contains("partition 2 is LUKS-encrypted: give its passphrase with --key-from")
+                && blind.stderr.split(separator: "\n").count == 1, "\(blind.status) \(blind.stderr)")
+        let wrong = try WardenRun.run(["inspect", dir + "/disk.raw", "--key-from", "file:" + dir + "/wrong"])
+        #expect(wrong.status == 2 && wrong.stderr.contains("does not open") && wrong.stderr.split(separator: "\n").count == 1,
+                "\(wrong.status) \(wrong.stderr)")
+        // image info names the encrypted partition, as blkid does.
+        let info = try WardenRun.run(["image", "info", "--json", dir + "/disk.raw"])
+        #expect(info.stdoutText.contains("crypto_LUKS"), "\(info.stdoutText.prefix(3000))")
+        let blkid = try Tool.run(["blkid", "-p", "-O", String(2048 * 512 + 1 << 20), "-o", "value", "-s", "TYPE", dir + "/disk.raw"], check: false)
+        #expect(blkid.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "crypto_LUKS" || blkid.status != 0, "\(blkid.stdoutText)")
+    }
+}
