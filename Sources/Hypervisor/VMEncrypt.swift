@@ -99,6 +99,76 @@ extension VMRunner {
     }
 }
 
+extension VMRunner {
+    /// One disk's key rotation: the new key's id and the one it replaced.
+    public struct RekeyedDisk: Codable, Sendable {
+        public var index: Int
+        public var key: String
+        public var previous: String
+    }
+
+    /// Rotates the data keys of a stopped encrypted VM (`warden vault rekey`): for each disk,
+    /// a new key is made (held under a `diskN-next` layer meanwhile), `qemu-img amend` adds a
+    /// LUKS key slot for it, the new key replaces the old in the vault, and every other key slot
+    /// is erased, so the old key opens nothing any more. `release` decides `unlock` (recorded)
+    /// and returns the current keys. The ledger gets a `rekeyed` event with the key ids.
+    ///
+    /// Interrupted, it is finished by running it again: a leftover `-next` key is destroyed,
+    /// and the slots of any key but the newest are erased then. The LUKS master key stays (the
+    /// data is not rewritten): a full re-encryption is `vm copy` and `vm retire --shred`.
+    public func rekey(_ vm: VMRecord, vault: Vault, release: (VMRecord, Set<Int>) throws -> [Int: SecretBytes]) throws -> [RekeyedDisk] {
+        let run = runDirectory(vm.id)
+        let lock = try run.lock()
+        defer { withExtendedLifetime(lock) {} }
+        guard run.livePid == nil else { throw WardenError(.conflict, "VM \(vm.name) is running: stop it before changing its keys") }
+        guard vm.state != .retired else { throw WardenError(.conflict, "VM \(vm.name) is retired") }
+        let indexes = Set(vault.layers(of: vm.id).keys.compactMap(Vault.diskIndex))
+        guard !indexes.isEmpty else { throw WardenError(.notFound, "VM \(vm.name) has no keys in this vault") }
+        let disks = try store.disks(of: vm.id).filter { indexes.contains($0.index) }.sorted { $0.index < $1.index }
+        for i in indexes { _ = try? vault.keys.shred(KeyContext(vm: vm.id, layer: Vault.diskLayer(i) + "-next")) }
+        let current = try release(vm, indexes)
+        let oldFile = run.path + "/rekey-old", newFile = run.path + "/rekey-new"
+        defer { SecretFile.destroy(oldFile); SecretFile.destroy(newFile) }
+        var done: [RekeyedDisk] = []
+        for d in disks {
+            let context = KeyContext(vm: vm.id, layer: Vault.diskLayer(d.index))
+            guard let old = current[d.index], let oldID = try vault.keys.get(context)?.id else {
+                throw WardenError(.notFound, "disk \(d.index) of \(vm.name) has no key in this vault", file: d.path)
+            }
+            let pending = KeyContext(vm: vm.id, layer: context.layer + "-next")
+            let (newID, key) = try vault.newKey(for: pending)
+            try SecretFile.write(Vault.passphrase(old), to: oldFile)
+            try SecretFile.write(Vault.passphrase(key), to: newFile)
+            let before = try QEMUImg.activeKeySlots(d.path)
+            let image = "driver=qcow2,file.filename=\(QEMULauncher.escapeOption(d.path)),encrypt.key-secret="
+            try QEMUImg.runTimingPBKDF([
+                "amend", "--object", "secret,id=old,file=\(QEMULauncher.escapeOption(oldFile)),format=raw",
+                "--object", "secret,id=new,file=\(QEMULauncher.escapeOption(newFile)),format=raw",
+                "--image-opts", image + "old",
+                "-o", "encrypt.state=active,encrypt.new-secret=new,encrypt.iter-time=\(Self.luksIterTimeMs)",
+            ])
+            let added = try QEMUImg.activeKeySlots(d.path).subtracting(before)
+            guard added.count == 1, let slot = added.first else {
+                throw WardenError(.internal, "qemu-img amend did not add exactly one key slot", file: d.path)
+            }
+            // From here the new key is the disk's key; then every other slot goes.
+            try vault.keys.replace(try vault.provider.wrap(key, id: newID, context: context), for: context)
+            _ = try vault.keys.shred(pending)
+            SecretFile.destroy(oldFile)
+            for s in try QEMUImg.activeKeySlots(d.path).sorted() where s != slot {
+                _ = try QEMUImg.run(["amend", "--object", "secret,id=new,file=\(QEMULauncher.escapeOption(newFile)),format=raw",
+                                     "--image-opts", image + "new", "-o", "encrypt.state=inactive,encrypt.keyslot=\(s)"])
+            }
+            SecretFile.destroy(newFile)
+            done.append(RekeyedDisk(index: d.index, key: newID, previous: oldID))
+        }
+        _ = try store.append(NewEvent(kind: .rekeyed, vm: vm.id, host: host, payload: [
+            "disks": .array(done.map { .object(["index": .number(Double($0.index)), "key": .string($0.key), "previous": .string($0.previous)]) }),
+        ]))
+        return done
+    }
+}
+
 /// ``DiskCrypto`` over the vault and qemu-img: full copies and clones of encrypted VMs get keys
 /// of their own. Keys reach qemu-img as 0600 files in the vault's 0700 directory, overwritten
 /// and removed afterwards, never on a command line.
@@ -179,11 +249,28 @@ extension QEMUImg {
     /// clock to size LUKS's iterations, and when its first probe measures 0 ms (a coarse clock)
     /// it gives up: that one failure is retried, up to 8 attempts.
     public static func convertEncrypting(_ args: [String], output: String) throws {
+        try runTimingPBKDF(args) { unlink(output) }
+    }
+
+    /// Runs a qemu-img command that sizes LUKS's PBKDF2 (convert, create, amend), retrying
+    /// QEMU's coarse-clock failure up to 8 attempts, `beforeRetry` cleaning up in between.
+    public static func runTimingPBKDF(_ args: [String], beforeRetry: () -> Void = {}) throws {
         for attempt in 1... {
-            do { try run(args); return } catch let e as WardenError where e.message.contains("Unable to get accurate CPU usage") && attempt < 8 {
-                unlink(output)
+            do { _ = try run(args); return } catch let e as WardenError where e.message.contains("Unable to get accurate CPU usage") && attempt < 8 {
+                beforeRetry()
             }
         }
+    }
+
+    /// The indexes of the active LUKS key slots of an encrypted qcow2 (`qemu-img info`).
+    public static func activeKeySlots(_ path: String) throws -> Set<Int> {
+        let out = try run(["info", "-U", "--output=json", path])
+        guard let doc = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
+              let specific = doc["format-specific"] as? [String: Any], let data = specific["data"] as? [String: Any],
+              let encrypt = data["encrypt"] as? [String: Any], let slots = encrypt["slots"] as? [[String: Any]] else {
+            throw WardenError(.corrupt, "qemu-img info shows no LUKS key slots", file: path)
+        }
+        return Set(slots.enumerated().compactMap { ($0.element["active"] as? Bool) == true ? $0.offset : nil })
     }
 
     /// Whether `qemu-img info` says the image is encrypted.

@@ -27,19 +27,21 @@ public struct KeyStore: Sendable {
         guard !FileManager.default.fileExists(atPath: path(c)) else {
             throw WardenError(.conflict, "\(c.vm) already has a key for \(c.layer)")
         }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        enc.dateEncodingStrategy = .iso8601
-        try LocalKEKProvider.writePrivate(path(c), try enc.encode(key))
+        try LocalKEKProvider.writePrivate(path(c), try Self.encode(key))
     }
 
-    /// Replaces a stored key with `key` (its re-wrapped form): a new file renamed over the old.
-    func replace(_ key: WrappedKey, for c: KeyContext) throws {
+    /// Replaces a stored key with `key` (re-wrapped, or a new key for the same layer): a new file
+    /// renamed over the old.
+    public func replace(_ key: WrappedKey, for c: KeyContext) throws {
         guard FileManager.default.fileExists(atPath: path(c)) else { throw WardenError(.notFound, "\(c.vm) has no key for \(c.layer)") }
+        try LocalKEKProvider.writePrivate(path(c), try Self.encode(key))
+    }
+
+    static func encode(_ key: WrappedKey) throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         enc.dateEncodingStrategy = .iso8601
-        try LocalKEKProvider.writePrivate(path(c), try enc.encode(key))
+        return try enc.encode(key)
     }
 
     public func get(_ c: KeyContext) throws -> WrappedKey? {

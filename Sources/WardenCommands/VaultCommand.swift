@@ -41,7 +41,27 @@ struct VaultCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault",
         abstract: "The keys of encrypted VMs: status and crypto-shredding (docs/vault.md).",
-        subcommands: [Status.self, Shred.self, RotateKEK.self])
+        subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self])
+
+    struct Rekey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rotate a stopped VM's data keys: new LUKS key slots, the old ones erased (docs/vault.md).",
+            discussion: "Decides `unlock` first (recorded; exit 3 when denied). The old keys open nothing afterwards; the ledger records the new key ids. The data is not rewritten: the LUKS master key stays.")
+        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var policyOptions: PolicyOptions
+        @Argument(help: "The VM.") var vm: String
+        @Flag(help: "JSON output.") var json = false
+        func run() throws {
+            let store = try database.open(create: false)
+            let record = try store.resolveVM(vm)
+            let release = KeyRelease(service: VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }), vault: VMRun.vault(store))
+            let done = try VMRun.runner(store, policy: policyOptions.source).rekey(record, vault: release.vault) { try release.release($0, disks: $1) }
+            struct Doc: Encodable { var schema = "warden.vault-rekey/v1"; var vm: String; var disks: [VMRunner.RekeyedDisk] }
+            try Output.render(Doc(vm: record.id.description, disks: done), json: json) {
+                for d in done { Output.stdout.line("disk \(d.index) of \(record.name): key \(d.previous) replaced by \(d.key)") }
+            }
+        }
+    }
 
     struct RotateKEK: ParsableCommand {
         static let configuration = CommandConfiguration(

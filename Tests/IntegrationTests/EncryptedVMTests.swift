@@ -161,6 +161,68 @@ import Glibc
         }
     }
 
+    /// `vault rekey`: a new key in a new LUKS slot, every other slot erased, so the old key
+    /// opens nothing; the data reads back unchanged (qemu-img with the new key); decided by
+    /// `unlock` (a denial changes nothing) and recorded with both key ids.
+    @Test func rekeyReplacesTheKeyAndTheOldOneOpensNothing() throws {
+        try Fixtures.withTemporaryDirectory { home in
+            try PolicyFiles.write(PolicyFiles.allowAll, in: home)
+            let disk = home + "/data.img"
+            try Self.plainDisk(disk)
+            try Tool.run(["cp", disk, home + "/original.img"])
+            let vm = try #require(VMID(try Self.warden(["vm", "register", "--name", "enc", "--owner", "ops", "--encrypt", disk], home: home)
+                .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)))
+            let vault = Vault(directory: home + "/vault")
+            let context = KeyContext(vm: vm, layer: "disk0")
+            let before = try #require(try vault.key(for: context))
+            let oldSecret = home + "/old-secret"
+            try SecretFile.write(before.key.base64(), to: oldSecret)
+            defer { SecretFile.destroy(oldSecret) }
+
+            // Denied: exit 3, nothing changed.
+            try PolicyFiles.write("""
+            apiVersion: warden/v1
+            kind: Policy
+            rules:
+              - name: keys-only-elsewhere
+                on: [unlock]
+                require: { host: { names: [some-other-host] } }
+            """, in: home)
+            let denied = try Self.warden(["vault", "rekey", "enc"], home: home, check: false)
+            #expect(denied.status == 3 && denied.stderr.contains("keys-only-elsewhere"), "\(denied.stderr)")
+            #expect(try vault.key(for: context)?.id == before.id)
+            try PolicyFiles.write(PolicyFiles.allowAll, in: home)
+
+            let out = try Self.warden(["vault", "rekey", "enc", "--json"], home: home).stdoutText
+            let doc = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            let row = try #require((doc["disks"] as? [[String: Any]])?.first)
+            let after = try #require(try vault.key(for: context))
+            #expect(row["previous"] as? String == before.id && row["key"] as? String == after.id && after.id != before.id)
+            #expect(!after.key.equals(before.key))
+            #expect(vault.layers(of: vm).keys.sorted() == ["disk0"])
+            // One active key slot; the old key opens nothing, neither in Warden nor in qemu-img.
+            let info = try Tool.run(["qemu-img", "info", "--output=json", disk]).stdoutText
+            #expect(info.components(separatedBy: "\"active\": true").count == 2, "\(info)")
+            let withOld = try Self.warden(["image", "info", disk, "--key-from", "file:" + oldSecret], home: home, check: false)
+            #expect(withOld.status == 3 && withOld.stderr.contains("does not open"), "\(withOld.stderr)")
+            let qemuOld = try Tool.run(["qemu-img", "convert", "--object", "secret,id=s0,file=\(oldSecret),format=raw",
+                                        "--image-opts", "driver=qcow2,file.filename=\(disk),encrypt.key-secret=s0", "-O", "raw", home + "/x.raw"], check: false)
+            #expect(qemuOld.status != 0)
+            let newSecret = home + "/new-secret"
+            try SecretFile.write(after.key.base64(), to: newSecret)
+            defer { SecretFile.destroy(newSecret) }
+            try Tool.run(["qemu-img", "convert", "--object", "secret,id=s0,file=\(newSecret),format=raw",
+                          "--image-opts", "driver=qcow2,file.filename=\(disk),encrypt.key-secret=s0", "-O", "raw", home + "/decrypted.img"])
+            #expect(try Tool.run(["cmp", home + "/original.img", home + "/decrypted.img"], check: false).status == 0)
+            // Recorded: the rotation with both ids, after the unlock decisions.
+            let history = try Self.warden(["vm", "history", "enc", "--json"], home: home).stdoutText
+            #expect(history.contains("\"rekeyed\"") && history.contains(before.id) && history.contains(after.id), "\(history.prefix(3000))")
+            // A second rotation works from the new key.
+            _ = try Self.warden(["vault", "rekey", "enc"], home: home)
+            #expect(try vault.key(for: context)?.id != after.id)
+        }
+    }
+
     /// A real guest reads its encrypted disk under `warden vm start` (the key released by an
     /// `unlock` decision, through a 0600 file that is gone once QEMU has read it, never on a
     /// command line); another host than the policy names is refused (exit 3, nothing started);
