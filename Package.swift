@@ -166,6 +166,7 @@ let package = Package(
         .target(name: "WardenServices", dependencies: [
             "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep", "Vault",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",

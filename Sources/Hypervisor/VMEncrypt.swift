@@ -154,6 +154,7 @@ extension VMRunner {
             // From here the new key is the disk's key; then every other slot goes.
             try vault.keys.replace(try vault.provider.wrap(key, id: newID, context: context), for: context)
             _ = try vault.keys.shred(pending)
+            GraceCache(vault: vault).shred(vm: vm.id, layer: context.layer)
             SecretFile.destroy(oldFile)
             for s in try QEMUImg.activeKeySlots(d.path).sorted() where s != slot {
                 _ = try QEMUImg.run(["amend", "--object", "secret,id=new,file=\(QEMULauncher.escapeOption(newFile)),format=raw",

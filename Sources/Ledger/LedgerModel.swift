@@ -128,6 +128,12 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     case keysShredded = "keys-shredded"
     /// A VM's data keys were rotated (`warden vault rekey`): the disks and their new key ids.
     case rekeyed
+    /// An admin approved a break-glass release of a VM's keys (the second person of a
+    /// two-person rule): who and why.
+    case breakGlassApproval = "break-glass-approval"
+    /// Keys were released from this host's grace copies because the key provider was
+    /// unreachable: the layers, the provider's error and the copies' expiry.
+    case graceRelease = "grace-release"
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.

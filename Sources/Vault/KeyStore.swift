@@ -77,17 +77,7 @@ public struct KeyStore: Sendable {
     @discardableResult
     public func shred(_ c: KeyContext) throws -> String? {
         guard let key = try get(c) else { return nil }
-        let p = path(c)
-        let fd = open(p, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { throw WardenError(.io, "cannot open the key to shred it: \(String(cString: strerror(errno)))", file: p) }
-        var st = stat()
-        fstat(fd, &st)
-        let zeros = [UInt8](repeating: 0, count: Int(st.st_size))
-        let ok = pwrite(fd, zeros, zeros.count, 0) == zeros.count && fsync(fd) == 0
-        close(fd)
-        guard ok, unlink(p) == 0 else { throw WardenError(.io, "cannot shred the key: \(String(cString: strerror(errno)))", file: p) }
-        let dfd = open(vmDirectory(c.vm), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
+        try SecretFile.overwriteAndRemove(path(c))
         return key.id
     }
 }

@@ -71,6 +71,7 @@ public struct Vault: Sendable {
         for layer in layers(of: vm.id).keys.sorted() {
             if let id = try keys.shred(KeyContext(vm: vm.id, layer: layer)) { destroyed.append((layer, id)) }
         }
+        GraceCache(vault: self).shred(vm: vm.id)
         guard !destroyed.isEmpty else { throw WardenError(.notFound, "VM \(vm.name) has no keys in this vault") }
         _ = try store.append(NewEvent(kind: .keysShredded, vm: vm.id, actor: actor, payload: [
             "keys": .array(destroyed.map { .object(["layer": .string($0.layer), "key": .string($0.key)]) }),
@@ -117,6 +118,7 @@ public struct Vault: Sendable {
     /// Destroys the keys of a VM that never came to be (a copy that failed): no ledger event.
     public func discard(vm: VMID) {
         for layer in layers(of: vm).keys { _ = try? keys.shred(KeyContext(vm: vm, layer: layer)) }
+        GraceCache(vault: self).shred(vm: vm)
         rmdir(keys.vmDirectory(vm))
     }
 
@@ -141,16 +143,26 @@ public enum SecretFile {
 
     /// Overwrites the file with zeros and removes it (quietly: it may be gone).
     public static func destroy(_ path: String) {
+        do { try overwriteAndRemove(path) } catch { unlink(path) }
+    }
+
+    /// Overwrites the file with zeros, syncs it, removes it and syncs its directory; throws
+    /// when that cannot be done (a file that is not there is fine).
+    public static func overwriteAndRemove(_ path: String) throws {
         let fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
-        if fd >= 0 {
-            var st = stat()
-            if fstat(fd, &st) == 0, st.st_size > 0 {
-                let zeros = [UInt8](repeating: 0, count: Int(st.st_size))
-                _ = pwrite(fd, zeros, zeros.count, 0)
-                _ = fsync(fd)
-            }
-            close(fd)
+        if fd < 0 {
+            if errno == ENOENT { return }
+            throw WardenError(.io, "cannot open to destroy: \(String(cString: strerror(errno)))", file: path)
         }
-        unlink(path)
+        var st = stat()
+        var ok = fstat(fd, &st) == 0
+        if ok && st.st_size > 0 {
+            let zeros = [UInt8](repeating: 0, count: Int(st.st_size))
+            ok = pwrite(fd, zeros, zeros.count, 0) == zeros.count && fsync(fd) == 0
+        }
+        close(fd)
+        guard ok, unlink(path) == 0 else { throw WardenError(.io, "cannot destroy: \(String(cString: strerror(errno)))", file: path) }
+        let dfd = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 }

@@ -108,12 +108,14 @@ struct LibvirtCommand: ParsableCommand {
         @Option(help: "The ledger database (must exist).") var db: String?
         @Option(help: ArgumentHelp("The policy directory (default: $WARDEN_POLICY, $WARDEN_HOME/policy…).", valueName: "dir"))
         var policy: String?
+        @Option(name: .customLong("break-glass"), help: ArgumentHelp("When policy denies the unlock: release anyway, as a vault admin, with this reason (recorded; docs/vault.md).", valueName: "reason"))
+        var breakGlass: String?
         @Flag(help: "Print the result as JSON.") var json = false
 
         func run() throws {
             let store = try openExistingLedger(WardenDatabase.defaultPath(explicit: db))
             let service = VMService(store: store, policy: policy.map { .explicit($0) } ?? .defaultDirectory, note: { Output.note($0) })
-            let release = KeyRelease(service: service, vault: VMRun.vault(store))
+            let release = try KeyRelease(service: service, vault: VMRun.vault(store), breakGlass: breakGlass)
             let r = try LibvirtStart.start(uri: uri, domain: domain, store: store, findVM: LibvirtHook.vmByDiskPath,
                                            encryptedDisks: release.encryptedDisks(of:), release: release.release(_:disks:))
             struct Started: Encodable { var domain: String; var vm: String; var unlocked: [String] }

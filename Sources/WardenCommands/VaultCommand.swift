@@ -41,7 +41,7 @@ struct VaultCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault",
         abstract: "The keys of encrypted VMs: status and crypto-shredding (docs/vault.md).",
-        subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self])
+        subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self, Approve.self])
 
     struct Rekey: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -54,12 +54,32 @@ struct VaultCommand: ParsableCommand {
         func run() throws {
             let store = try database.open(create: false)
             let record = try store.resolveVM(vm)
-            let release = KeyRelease(service: VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }), vault: VMRun.vault(store))
+            let release = try KeyRelease(service: VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }), vault: VMRun.vault(store))
             let done = try VMRun.runner(store, policy: policyOptions.source).rekey(record, vault: release.vault) { try release.release($0, disks: $1) }
             struct Doc: Encodable { var schema = "warden.vault-rekey/v1"; var vm: String; var disks: [VMRunner.RekeyedDisk] }
             try Output.render(Doc(vm: record.id.description, disks: done), json: json) {
                 for d in done { Output.stdout.line("disk \(d.index) of \(record.name): key \(d.previous) replaced by \(d.key)") }
             }
+        }
+    }
+
+    struct Approve: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Approve a break-glass release of a VM's keys, as a second vault admin (recorded; docs/vault.md).",
+            discussion: "When vault.yaml asks for approvals, a `--break-glass` start succeeds only after that many other admins approved within the window. The approver is the local user (from the real uid).")
+        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var policyOptions: PolicyOptions
+        @Argument(help: "The VM.") var vm: String
+        @Option(help: "Why (recorded).") var reason: String
+        func validate() throws {
+            guard (1...500).contains(reason.count) else { throw ValidationError("--reason is 1 to 500 characters") }
+        }
+        func run() throws {
+            let store = try database.open(create: false)
+            let record = try store.resolveVM(vm)
+            let release = try KeyRelease(service: VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }), vault: VMRun.vault(store))
+            let e = try release.approve(record, reason: reason)
+            Output.stdout.line("approved a break-glass release of \(record.name)'s keys as \(e.actor) (event \(e.seq))")
         }
     }
 
@@ -94,6 +114,8 @@ struct VaultCommand: ParsableCommand {
             var createdAt: Date
             /// The last `unlock` decision that allowed a release (nil: never released).
             var lastRelease: Date?
+            /// If the key provider vanished now: `locks`, or `grace until …` (a copy kept on this host).
+            var withoutProvider: String
         }
 
         func run() throws {
@@ -107,15 +129,17 @@ struct VaultCommand: ParsableCommand {
                     let release = (try? store.events(of: vm))?.last(where: \.isKeyRelease)?.time
                     cache[vm] = (name, release)
                 }
+                let grace = Vault.diskIndex(layer) == nil ? nil : GraceCache(vault: vault).until(KeyContext(vm: vm, layer: layer)).flatMap { $0 > Date() ? $0 : nil }
                 rows.append(Row(vm: vm.description, name: cache[vm]!.0, layer: layer, key: key.id, provider: key.provider, kek: key.kek,
-                                createdAt: key.createdAt, lastRelease: cache[vm]!.1))
+                                createdAt: key.createdAt, lastRelease: cache[vm]!.1,
+                                withoutProvider: grace.map { "grace until " + ISO8601DateFormatter().string(from: $0) } ?? "locks"))
             }
             struct Doc: Encodable { var schema = "warden.vault-status/v1"; var keys: [Row] }
             try Output.render(Doc(keys: rows), json: json) {
                 if rows.isEmpty { Output.stdout.line("no keys"); return }
                 let f = ISO8601DateFormatter()
                 for r in rows {
-                    Output.stdout.line("\(r.name)  \(r.layer)  \(r.key)  \(r.provider):\(r.kek)  created \(f.string(from: r.createdAt))  last released \(r.lastRelease.map { f.string(from: $0) } ?? "never")")
+                    Output.stdout.line("\(r.name)  \(r.layer)  \(r.key)  \(r.provider):\(r.kek)  created \(f.string(from: r.createdAt))  last released \(r.lastRelease.map { f.string(from: $0) } ?? "never")  without provider: \(r.withoutProvider)")
                 }
             }
         }
@@ -171,7 +195,7 @@ struct KeyFromOption: ParsableArguments {
               let disk = try ledger.disks(of: vm.id).first(where: { $0.path == abs || (file != nil && $0.file == file) }) else {
             throw WardenError(.notFound, "no VM in the ledger has this disk, so the vault has no key for it", file: path)
         }
-        let release = KeyRelease(service: VMService(store: ledger, note: { Output.note($0) }), vault: VMRun.vault(ledger))
+        let release = try KeyRelease(service: VMService(store: ledger, note: { Output.note($0) }), vault: VMRun.vault(ledger))
         guard try release.vault.keys.get(KeyContext(vm: vm.id, layer: Vault.diskLayer(disk.index))) != nil else { return nil }   // not encrypted by Warden
         return try release.release(vm, disks: [disk.index])[disk.index].map(Vault.passphrase)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Ledger
 import Testing
 import Vault
 import WardenCore
@@ -220,6 +221,88 @@ import Glibc
             // A second rotation works from the new key.
             _ = try Self.warden(["vault", "rekey", "enc"], home: home)
             #expect(try vault.key(for: context)?.id != after.id)
+        }
+    }
+
+    /// Break-glass (an admin overrides a denied unlock with a reason, after the approvals
+    /// vault.yaml asks for; recorded) and grace (a copy of a released key kept on this host
+    /// starts the VM when the KEK is gone, until it expires; recorded; a VM without one is
+    /// locked, saying why). QEMU starts without a guest (it idles in firmware).
+    @Test func breakGlassAndGraceAreRecordedAndBounded() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64") else { print("skipped: no QEMU"); return }
+        try Fixtures.withTemporaryDirectory { home in
+            func policy(_ hosts: String) throws {
+                try PolicyFiles.write("""
+                apiVersion: warden/v1
+                kind: Policy
+                rules:
+                  - name: keys-only-on-the-key-host
+                    on: [unlock]
+                    require: { host: { names: [\(hosts)] } }
+                """, in: home)
+            }
+            try policy("some-other-host")
+            try FileManager.default.createDirectory(atPath: home + "/policy/vault", withIntermediateDirectories: true)
+            try """
+            apiVersion: warden/v1
+            kind: Vault
+            breakGlass: { admins: [root, alice], approvals: 1, approvalWindow: 1h }
+            grace: { duration: 2h }
+            """.write(toFile: home + "/policy/vault/vault.yaml", atomically: true, encoding: .utf8)
+            try Self.plainDisk(home + "/data.img")
+            let vm = try #require(VMID(try Self.warden(["vm", "register", "--name", "enc", "--owner", "ops", "--encrypt", home + "/data.img"], home: home)
+                .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)))
+            let start = ["vm", "start", "enc", "--memory", "64", "--accel", "tcg"]
+            func stop() throws { _ = try Self.warden(["vm", "stop", "enc", "--timeout", "1"], home: home) }
+            defer { _ = try? Self.warden(["vm", "stop", "enc", "--timeout", "1"], home: home) }
+
+            // Break-glass without the approval vault.yaml asks for, and with only the caller's own.
+            let noApproval = try Self.warden(start + ["--break-glass", "incident 42"], home: home, check: false)
+            #expect(noApproval.status == 3 && noApproval.stderr.contains("needs 1 approval(s) from other admins") && noApproval.stderr.contains("has 0"), "\(noApproval.stderr)")
+            _ = try Self.warden(["vault", "approve", "enc", "--reason", "self"], home: home)
+            let selfApproved = try Self.warden(start + ["--break-glass", "incident 42"], home: home, check: false)
+            #expect(selfApproved.status == 3 && selfApproved.stderr.contains("has 0"), "\(selfApproved.stderr)")
+            // A second admin's approval (recorded by their own warden; here written to the ledger directly).
+            let ledger = try SQLiteLedger(path: home + "/warden.db")
+            _ = try ledger.append(NewEvent(kind: .breakGlassApproval, vm: vm, actor: "alice@\(HostName.current)",
+                                           payload: ["approver": .string("alice"), "reason": .string("confirmed on the bridge")]))
+            let broken = try Self.warden(start + ["--break-glass", "incident 42"], home: home, check: false)
+            #expect(broken.status == 0 && broken.stderr.contains("keys released anyway: break-glass by root: incident 42 (approved by alice)"), "\(broken.stderr)")
+            try stop()
+            let overrides = try ledger.events(of: vm).filter { $0.kind == .policyDecision && $0.payload["override"] == .bool(true) }
+            #expect(overrides.count == 1 && "\(overrides[0].payload["reasons"] ?? .null)".contains("incident 42"))
+
+            // Grace: the allowed release kept a copy (0600, in 0700 folders), and status says so.
+            try policy(HostName.current.value)
+            _ = try Self.warden(start, home: home)
+            try stop()
+            let copy = home + "/vault/grace/\(vm)/disk0.json"
+            let mode = try #require(try FileManager.default.attributesOfItem(atPath: copy)[.posixPermissions] as? Int)
+            #expect(mode == 0o600)
+            #expect(try Self.warden(["vault", "status"], home: home).stdoutText.contains("without provider: grace until"))
+            // The KEK vanishes: the VM starts from the copy, with a warning and a grace-release event.
+            try FileManager.default.moveItem(atPath: home + "/vault/kek", toPath: home + "/kek.away")
+            let graced = try Self.warden(start, home: home, check: false)
+            #expect(graced.status == 0 && graced.stderr.contains("released from this host's grace copies"), "\(graced.stderr)")
+            try stop()
+            #expect(try ledger.events(of: vm).contains { $0.kind == .graceRelease })
+            // A copy whose expiry was pushed out does not open; without a copy the VM is locked.
+            let original = try Data(contentsOf: URL(fileURLWithPath: copy))
+            var entry = try #require(try JSONSerialization.jsonObject(with: original) as? [String: Any])
+            entry["until"] = (entry["until"] as? Double ?? 0) + 864_000
+            try JSONSerialization.data(withJSONObject: entry).write(to: URL(fileURLWithPath: copy))
+            let tampered = try Self.warden(start, home: home, check: false)
+            #expect(tampered.status != 0 && tampered.stderr.contains("does not open on this host"), "\(tampered.stderr)")
+            try FileManager.default.removeItem(atPath: copy)
+            let locked = try Self.warden(start, home: home, check: false)
+            #expect(locked.status != 0 && locked.stderr.contains("enc is locked: the key provider cannot release disk 0's key"), "\(locked.stderr)")
+            // The KEK back; a shred destroys the grace copies with the keys.
+            try FileManager.default.moveItem(atPath: home + "/kek.away", toPath: home + "/vault/kek")
+            _ = try Self.warden(start, home: home)
+            try stop()
+            #expect(FileManager.default.fileExists(atPath: copy))
+            _ = try Self.warden(["vault", "shred", "enc", "--yes"], home: home)
+            #expect(!FileManager.default.fileExists(atPath: copy) && !FileManager.default.fileExists(atPath: home + "/vault/grace/\(vm)"))
         }
     }
 

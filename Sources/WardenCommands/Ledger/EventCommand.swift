@@ -49,6 +49,7 @@ struct EventRecord_: ParsableCommand {
             case .encrypted: hint = "use `warden vm encrypt`"
             case .keysShredded: hint = "use `warden vault shred`"
             case .rekeyed: hint = "use `warden vault rekey`"
+            case .breakGlassApproval: hint = "use `warden vault approve`"
             default: hint = "only the policy engine records these"
             }
             throw ValidationError("\(kind.rawValue) events cannot be recorded here: \(hint)")

@@ -21,7 +21,7 @@ import AdvisoryStorage
 /// Builds the runner for commands: the ledger, the counters, the policy gate, the state server.
 enum VMRun {
     static func runner(_ store: SQLiteLedger, policy: PolicyGate.Source = .defaultDirectory,
-                       reexposure: [RollbackImpact.Vulnerability]? = nil, forceStop: Bool = false) -> VMRunner {
+                       reexposure: [RollbackImpact.Vulnerability]? = nil, forceStop: Bool = false, breakGlass: String? = nil) -> VMRunner {
         let service = VMService(store: store, policy: policy, note: { Output.note($0) })
         let findings = reexposure?.map { ReexposedFinding(id: $0.id, severity: $0.severity, package: $0.package) }
         var runner = VMRunner(store: store, counters: CounterStore(database: store.database),
@@ -31,11 +31,12 @@ enum VMRun {
                                   if announce { argv.append("--announce") }
                                   return argv
                               })
-        let release = KeyRelease(service: service, vault: Self.vault(store))
+        let vault = Self.vault(store)
         runner.unlock = { vm, disks in
             // Each start that needs a key decides `unlock` through policy, recorded, before any
-            // key is unwrapped (KeyRelease).
-            try release.release(vm, disks: try release.encryptedDisks(of: vm).filter { disks.indices.contains($0) })
+            // key is unwrapped (KeyRelease); a malformed vault configuration fails closed.
+            let release = try KeyRelease(service: service, vault: vault, breakGlass: breakGlass)
+            return try release.release(vm, disks: try release.encryptedDisks(of: vm).filter { disks.indices.contains($0) })
         }
         let net = NetworkService(ledger: store, policyDirectory: policy.directory)
         runner.enforceNetwork = { vm, interfaces in
@@ -57,8 +58,8 @@ enum VMRun {
     /// VMs release the source's keys by policy and get keys of their own (docs/vault.md).
     static func service(_ store: SQLiteLedger, policy: PolicyGate.Source = .defaultDirectory) -> VMService {
         var service = VMService(store: store, policy: policy, note: { Output.note($0) })
-        let release = KeyRelease(service: service, vault: vault(store))
-        service.crypto = VaultDiskCrypto(vault: release.vault, release: { try release.release($0, disks: $1) })
+        let vault = vault(store), deciding = service
+        service.crypto = VaultDiskCrypto(vault: vault, release: { try KeyRelease(service: deciding, vault: vault).release($0, disks: $1) })
         return service
     }
 
@@ -82,6 +83,8 @@ struct VMStart: ParsableCommand {
     @Option(help: "Direct kernel boot: the kernel command line.") var append: String?
     @Option(help: "Accelerator: auto (KVM when /dev/kvm works, else TCG), kvm, tcg.") var accel: String = "auto"
     @Option(help: "Give the guest a NIC on a tap joined to this bridge (the tap is made when missing, removed at stop).") var bridge: String?
+    @Option(name: .customLong("break-glass"), help: ArgumentHelp("An encrypted VM whose unlock policy denies: release its keys anyway, as a vault admin, with this reason (recorded; docs/vault.md).", valueName: "reason"))
+    var breakGlass: String?
     @Option(help: "The NIC's host tap device (default wv<8 hex digits of the VM id> when --bridge is given).") var tap: String?
     @Option(help: "The NIC's MAC address (default 52:54:00 and bytes of the VM id).") var mac: String?
 
@@ -109,7 +112,7 @@ struct VMStart: ParsableCommand {
         if bridge != nil || tap != nil {
             o.nics = [try NIC(tap: tap ?? NIC.defaultTap(for: record.id), bridge: bridge, mac: mac ?? NIC.mac(for: record.id)).validated()]
         }
-        let r = try VMRun.runner(store, policy: policyOptions.source).start(record, options: o)
+        let r = try VMRun.runner(store, policy: policyOptions.source, breakGlass: breakGlass).start(record, options: o)
         if r.recoveredStale { Output.note("\(record.name): recovered a stale run (its QEMU had died); recorded it as stopped") }
         Output.stdout.line("started \(record.name) (pid \(r.pid), \(r.accel), generation \(record.generation.uuidString.lowercased()))")
     }
