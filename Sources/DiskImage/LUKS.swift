@@ -172,24 +172,59 @@ public final class XTSCipher: @unchecked Sendable {
     }
 
     /// Decrypts whole sectors in place; the first sector's IV is `firstSector` (in 512-byte units).
+    /// Runs of at least ``parallelThreshold`` bytes are split across the cores: XTS pays a
+    /// tweak re-initialisation per sector that OpenSSL cannot batch, so one stream is bounded by
+    /// one core's rate of those (docs/benchmarks.md).
     public func decrypt(_ data: UnsafeMutableRawBufferPointer, firstSector: UInt64) throws {
         let size = sectorSize
-        let step = UInt64(size / 512)
         guard data.count % size == 0 else { throw WardenError(.internal, "XTS decryption of \(data.count) bytes (not whole sectors)") }
-        guard let base = data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count > 0 else { return }
+        guard let base = data.baseAddress, data.count > 0 else { return }
+        let sectors = data.count / size
+        let workers = data.count >= Self.parallelThreshold ? min(Self.workers, sectors) : 1
+        if workers <= 1 {
+            try decryptRun(base.assumingMemoryBound(to: UInt8.self), sectors: sectors, firstSector: firstSector)
+            return
+        }
+        let per = (sectors + workers - 1) / workers
+        let failed = Locked<Bool>(false)
+        let address = UInt(bitPattern: base)
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let first = w * per
+            let count = min(per, sectors - first)
+            guard count > 0, let p = UnsafeMutablePointer<UInt8>(bitPattern: address) else { return }
+            do {
+                try decryptRun(p + first * size, sectors: count, firstSector: firstSector &+ UInt64(first) &* UInt64(size / 512))
+            } catch {
+                failed.withLock { $0 = true }
+            }
+        }
+        if failed.withLock({ $0 }) { throw WardenError(.internal, "OpenSSL AES-XTS decryption failed") }
+    }
+
+    /// Runs at least this long are decrypted on several cores.
+    public static let parallelThreshold = 256 << 10
+    static let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+
+    /// One context, one key schedule, then per sector: the tweak, then the sector.
+    func decryptRun(_ base: UnsafeMutablePointer<UInt8>, sectors: Int, firstSector: UInt64) throws {
+        let size = sectorSize
+        let step = UInt64(size / 512)
         guard let ctx = EVP_CIPHER_CTX_new() else { throw WardenError(.internal, "OpenSSL could not make a cipher context") }
         defer { EVP_CIPHER_CTX_free(ctx) }
         let cipher = key.count == 64 ? EVP_aes_256_xts() : EVP_aes_128_xts()
         let ok = key.withBytes { k in EVP_DecryptInit_ex(ctx, cipher, nil, k.baseAddress?.assumingMemoryBound(to: UInt8.self), nil) }
         guard ok == 1 else { throw WardenError(.invalidArgument, "OpenSSL refused the AES-XTS key") }
         var iv = [UInt8](repeating: 0, count: 16)
-        for s in 0..<(data.count / size) {
-            let sector = firstSector &+ UInt64(s) &* step
-            for b in 0..<8 { iv[b] = UInt8(sector >> (8 * UInt64(b)) & 0xff) }
-            var outLength: Int32 = 0
-            let p = base + s * size
-            guard EVP_DecryptInit_ex(ctx, nil, nil, nil, iv) == 1, EVP_DecryptUpdate(ctx, p, &outLength, p, Int32(size)) == 1, Int(outLength) == size else {
-                throw WardenError(.internal, "OpenSSL AES-XTS decryption failed")
+        try iv.withUnsafeMutableBufferPointer { ivp in
+            let ivBase = ivp.baseAddress!
+            for s in 0..<sectors {
+                let sector = firstSector &+ UInt64(s) &* step
+                for b in 0..<8 { ivBase[b] = UInt8(truncatingIfNeeded: sector >> (8 * UInt64(b))) }
+                var outLength: Int32 = 0
+                let p = base + s * size
+                guard EVP_DecryptInit_ex(ctx, nil, nil, nil, ivBase) == 1, EVP_DecryptUpdate(ctx, p, &outLength, p, Int32(size)) == 1, Int(outLength) == size else {
+                    throw WardenError(.internal, "OpenSSL AES-XTS decryption failed")
+                }
             }
         }
     }
