@@ -41,7 +41,7 @@ struct VaultCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault",
         abstract: "The keys of encrypted VMs: status and crypto-shredding (docs/vault.md).",
-        subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self, Approve.self])
+        subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self, Approve.self, BenchUnlock.self])
 
     struct Rekey: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -80,6 +80,40 @@ struct VaultCommand: ParsableCommand {
             let release = try KeyRelease(service: VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }), vault: VMRun.vault(store))
             let e = try release.approve(record, reason: reason)
             Output.stdout.line("approved a break-glass release of \(record.name)'s keys as \(e.actor) (event \(e.seq))")
+        }
+    }
+
+    /// `warden vault bench-unlock VM`: what a start pays to release keys (scripts/bench-vault).
+    struct BenchUnlock: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "bench-unlock",
+            abstract: "Time the unlock decision (recorded) and the key unwrap of an encrypted VM, as a start does them.",
+            shouldDisplay: false)
+        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var policyOptions: PolicyOptions
+        @Argument(help: "The VM.") var vm: String
+        @Option(help: "Rounds.") var rounds = 200
+
+        func run() throws {
+            let store = try database.open(create: false)
+            let record = try store.resolveVM(vm)
+            let release = try KeyRelease(service: VMService(store: store, policy: policyOptions.source), vault: VMRun.vault(store))
+            let disks = try release.encryptedDisks(of: record)
+            guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(record.name) has no encrypted disks") }
+            var decide: [UInt64] = [], unwrap: [UInt64] = [], total: [UInt64] = []
+            for _ in 0..<max(1, rounds) {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                try release.decideForBenchmark(record, layers: disks.sorted().map(Vault.diskLayer))
+                let t1 = DispatchTime.now().uptimeNanoseconds
+                for i in disks { _ = try release.vault.key(for: KeyContext(vm: record.id, layer: Vault.diskLayer(i))) }
+                let t2 = DispatchTime.now().uptimeNanoseconds
+                decide.append(t1 - t0); unwrap.append(t2 - t1); total.append(t2 - t0)
+            }
+            func line(_ name: String, _ xs: [UInt64]) -> String {
+                let s = xs.sorted()
+                return String(format: "%@ p50 %.2f ms, p90 %.2f ms", name, Double(s[s.count / 2]) / 1e6, Double(s[s.count * 9 / 10]) / 1e6)
+            }
+            Output.stdout.line("\(rounds) releases of \(disks.count) key(s): " + [line("decision (recorded)", decide), line("unwrap", unwrap), line("total", total)].joined(separator: "; "))
         }
     }
 

@@ -126,6 +126,9 @@ public struct KeyRelease: Sendable {
         service.note("warning: \(decision.summary); keys released anyway: \(why) (recorded in the ledger)")
     }
 
+    /// The decision step alone, for `warden vault bench-unlock`.
+    public func decideForBenchmark(_ vm: VMRecord, layers: [String]) throws { try decide(vm, layers: layers) }
+
     /// Records an admin's approval of a break-glass release of `vm`'s keys (the local user,
     /// who must be a configured admin).
     public func approve(_ vm: VMRecord, reason: String) throws -> EventRecord {
