@@ -108,6 +108,22 @@ public struct LUKS2Header: Sendable {
                                volumeLength: volumeLength, limits: limits, file: file)
     }
 
+    /// `area` (a whole header area) with its SHA-256 checksum recomputed: for tests and the
+    /// fuzzer, so that edits to the metadata reach the parser instead of failing the checksum.
+    /// Returns `area` unchanged when it is not a LUKS2 header area.
+    public static func withChecksumFixed(_ area: [UInt8]) -> [UInt8] {
+        guard area.count >= 4096, Array(area[0..<6]) == magic, area[6] == 0, area[7] == 2 else { return area }
+        let size = be64(area, 8)
+        guard headerSizes.contains(size), UInt64(area.count) >= size else { return area }
+        var out = area
+        for (i, b) in Array("sha256".utf8).enumerated() { out[72 + i] = b }
+        for i in (72 + 6)..<104 { out[i] = 0 }
+        for i in 448..<512 { out[i] = 0 }
+        let sum = Array(SHA256.hash(data: out[0..<Int(size)]))
+        for (i, b) in sum.enumerated() { out[448 + i] = b }
+        return out
+    }
+
     static func be64(_ b: [UInt8], _ at: Int) -> UInt64 {
         (0..<8).reduce(UInt64(0)) { $0 << 8 | UInt64(b[at + $1]) }
     }

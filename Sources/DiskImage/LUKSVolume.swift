@@ -42,6 +42,9 @@ public final class LUKSVolume: BlockDevice, @unchecked Sendable {
         switch version(of: head) {
         case .luks1?:
             let h = try LUKS1Header.parse(head, file: name)
+            guard h.mkDigestIterations <= limits.maxIterations, h.slots.allSatisfy({ !$0.active || $0.iterations <= limits.maxIterations }) else {
+                throw WardenError.limit("LUKS key slot iterations exceed \(limits.maxIterations)", file: name)
+            }
             let master = try h.unlock(passphrase: passphrase, volumeLength: device.size, file: name, read: read)
             let start = UInt64(h.payloadOffset) * 512
             guard start >= 4096, start < device.size else { throw WardenError.corrupt("LUKS payload offset \(start) lies outside the volume", file: name) }

@@ -69,7 +69,7 @@ public struct RunDirectory: Sendable {
     /// Takes the VM's lock (exclusive, blocking up to `timeout`); released when the returned value is released.
     public func lock(timeout: TimeInterval = 60) throws -> FileLock {
         try create()
-        return try FileLock(path: lockFile, timeout: timeout)
+        return try FileLock(path: lockFile, timeout: timeout, holder: "another warden command holds this VM's lock")
     }
 
     /// Reads a pid file; nil when absent or malformed.
@@ -113,25 +113,3 @@ public struct RunDirectory: Sendable {
     }
 }
 
-/// An exclusive `flock(2)` on a file, held until released (or the process dies).
-/// Opened with `O_CLOEXEC`, so QEMU and the state server never inherit it.
-public final class FileLock: @unchecked Sendable {
-    let fd: Int32
-    public init(path: String, timeout: TimeInterval) throws {
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw WardenError(.io, "cannot open the lock file: \(String(cString: strerror(errno)))", file: path) }
-        let deadline = Date().addingTimeInterval(timeout)
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            if errno != EWOULDBLOCK && errno != EINTR {
-                let e = errno; close(fd)
-                throw WardenError(.io, "cannot lock: \(String(cString: strerror(e)))", file: path)
-            }
-            if Date() >= deadline {
-                close(fd)
-                throw WardenError(.conflict, "another warden command holds this VM's lock", file: path)
-            }
-            usleep(100_000)
-        }
-    }
-    deinit { flock(fd, LOCK_UN); close(fd) }
-}

@@ -45,10 +45,16 @@ public struct NetworkService: Sendable {
 
     /// Puts `vm` into `state`: derives the rules of every VM with this change, applies them as
     /// one transaction, then records a `network-state` event with the reason.
+    ///
+    /// Changes are serialised on this host (``lock()``): the interface check, the rules and the
+    /// record happen together, so two VMs can never both claim one interface, and concurrent
+    /// changes of one VM never apply a change computed from a stale state.
     @discardableResult
     public func set(_ vm: VMRecord, to state: NetState, reason: String, interfaces: [String]?, ports: [ShieldedPort] = [],
                     actor: String = NewEvent.defaultActor) throws -> VMNetwork {
         guard (1...1000).contains(reason.utf8.count) else { throw WardenError(.invalidArgument, "a reason is 1-1000 bytes") }
+        let lock = try Self.lock()
+        defer { withExtendedLifetime(lock) {} }
         // This VM's old state (its interfaces, the chains to replace); the other VMs' only when
         // they name one of the same interfaces, so a change costs the same at any fleet size.
         let old = try self.state(of: vm.id)
@@ -87,10 +93,17 @@ public struct NetworkService: Sendable {
             let e = try ledger.append(NewEvent(kind: .networkState, vm: vm.id, actor: actor, payload: next.payload))
             next.seq = e.seq; next.since = e.time
         } catch {
-            _ = try? sync()
+            _ = try? syncLocked()
             throw error
         }
         return next
+    }
+
+    /// The host-wide lock of network changes: `/run/lock/warden-net.lock` (root), else one per
+    /// user in the temporary directory.
+    public static func lock() throws -> FileLock {
+        let path = access("/run/lock", W_OK) == 0 ? "/run/lock/warden-net.lock" : NSTemporaryDirectory() + "/warden-net-\(getuid()).lock"
+        return try FileLock(path: path, timeout: 60, holder: "another warden command is changing this host's network rules")
     }
 
     /// Re-derives every VM's rules from the ledger and applies them as one transaction: rules
@@ -104,6 +117,12 @@ public struct NetworkService: Sendable {
 
     @discardableResult
     public func sync() throws -> SyncReport {
+        let lock = try Self.lock()
+        defer { withExtendedLifetime(lock) {} }
+        return try syncLocked()
+    }
+
+    func syncLocked() throws -> SyncReport {
         let all = try states().filter { $0.state != .open }
         let script = NFTRules.script(all, config: try config())
         try nft.apply(script)

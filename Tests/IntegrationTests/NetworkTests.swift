@@ -407,6 +407,40 @@ final class NetLab: @unchecked Sendable {
         }
     }
 
+    /// Eight processes quarantine eight VMs on one interface at once: the interface check, the
+    /// rules and the record happen under one host-wide lock, so exactly one VM gets it and
+    /// the others are refused, whatever the interleaving.
+    @Test(.enabled(if: NetLab.available, "needs root, iproute2 and nftables"))
+    func concurrentClaimsOnOneInterfaceLeaveOneWinner() throws {
+        let lab = try NetLab()
+        defer { lab.destroy() }
+        try Fixtures.withTemporaryDirectory { home in
+            try FileManager.default.createDirectory(atPath: home + "/policy", withIntermediateDirectories: true)
+            for i in 1...8 {
+                try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", home + "/v\(i).qcow2", "16M"])
+                _ = try Self.warden(lab, home: home, ["vm", "register", "--name", "v\(i)", "--owner", "ops", home + "/v\(i).qcow2"])
+            }
+            let script = """
+            for i in 1 2 3 4 5 6 7 8; do
+              ( "$0" net quarantine v$i --interface \(lab.tap) --reason race >/dev/null 2>"$1/err$i"; echo "$i $?" >> "$1/results" ) &
+            done
+            wait
+            """
+            try Tool.run(["ip", "netns", "exec", lab.ns["host"]!, "bash", "-c", script, Fixtures.wardenBinary, home],
+                         environment: ["WARDEN_HOME": home, "WARDEN_POLICY": home + "/policy"], timeout: 300)
+            let results = try String(contentsOfFile: home + "/results", encoding: .utf8).split(separator: "\n").map { $0.split(separator: " ") }
+            #expect(results.count == 8)
+            let winners = results.filter { $0.last == "0" }
+            #expect(winners.count == 1, "\(results)")
+            for r in results where r.last != "0" {
+                let err = try String(contentsOfFile: home + "/err\(r[0])", encoding: .utf8)
+                #expect(err.contains("already carries VM"), "\(err)")
+            }
+            let status = try Self.warden(lab, home: home, ["net", "status", "--json"]).stdoutText
+            #expect(status.components(separatedBy: "\"quarantined\"").count == 2, "\(status)")
+        }
+    }
+
     /// Hostile input fails closed: a bad interface name, a malformed mirror, a missing nft — each
     /// a one-line error, non-zero, and nothing recorded or opened.
     @Test(.enabled(if: NetLab.available, "needs root, iproute2 and nftables"))
