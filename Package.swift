@@ -53,8 +53,9 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         // OpenSSL's libcrypto for the bulk cipher of LUKS volumes (AES-XTS), which swift-crypto lacks.
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CWardenSys", path: "Sources/CWardenSys"),
         .systemLibrary(name: "CArgon2", path: "Sources/CArgon2", pkgConfig: "libargon2", providers: [.apt(["libargon2-dev"])]),
-        .target(name: "WardenCore"),
+        .target(name: "WardenCore", dependencies: ["CWardenSys"]),
         .target(name: "DiskImage", dependencies: [
             "WardenCore", "CZlib", "CZstd", "COpenSSL", "CArgon2",
             .product(name: "Crypto", package: "swift-crypto"),

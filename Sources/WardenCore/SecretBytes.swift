@@ -1,3 +1,4 @@
+import CWardenSys
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -11,8 +12,14 @@ public final class SecretBytes: @unchecked Sendable {
     private let buffer: UnsafeMutableRawBufferPointer
     public var count: Int { buffer.count }
 
+    /// A process that holds key material writes no core file (it would carry the keys), and
+    /// the QEMU and qemu-img it starts inherit a core size limit of zero: done once, when the
+    /// first secret is made.
+    static let noCoreDumps: Void = { _ = warden_disable_core_dumps() }()
+
     /// `count` random bytes from the system's CSPRNG.
     public init(random count: Int) {
+        _ = Self.noCoreDumps
         precondition(count > 0 && count <= 4096)
         buffer = .allocate(byteCount: count, alignment: 16)
         var rng = SystemRandomNumberGenerator()
@@ -21,6 +28,7 @@ public final class SecretBytes: @unchecked Sendable {
 
     /// Takes a copy of `bytes` (the caller zeroes its own copy).
     public init<C: Collection>(copying bytes: C) where C.Element == UInt8 {
+        _ = Self.noCoreDumps
         buffer = .allocate(byteCount: max(bytes.count, 1), alignment: 16)
         _ = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes.count]).copyBytes(from: bytes)
         if bytes.isEmpty { buffer[0] = 0 }
