@@ -18,7 +18,12 @@ public struct LaunchOptions: Codable, Sendable, Equatable {
     public var qemuBinary: String = "qemu-system-x86_64"
     /// Network interfaces: taps on the host (nil or empty: the guest has no network).
     public var nics: [NIC]?
+    /// Confine QEMU (``Confinement``): nil means yes when Warden runs as root.
+    public var confined: Bool?
     public init() {}
+
+    /// Whether this launch confines QEMU.
+    public var confines: Bool { confined ?? Confinement.available }
 }
 
 /// One disk as QEMU gets it.
@@ -63,7 +68,7 @@ public enum QEMULauncher {
                                  accel: String, run: RunDirectory, loadSnapshot: String? = nil, daemonize: Bool = true) -> [String] {
         var a: [String] = [
             "-name", "warden-\(vm)",
-            "-nodefaults", "-sandbox", "on", "-display", "none", "-no-user-config",
+            "-nodefaults", "-sandbox", options.confines ? Confinement.sandbox : "on", "-display", "none", "-no-user-config",
             "-accel", accel,
             "-m", "\(options.memoryMiB)", "-smp", "\(options.cpus)",
             "-qmp", "unix:\(escapeOption(run.qmpSocket)),server=on,wait=off",
@@ -96,6 +101,7 @@ public enum QEMULauncher {
         if let i = options.initrd { a += ["-initrd", i] }
         if let ap = options.append { a += ["-append", ap] }
         if let s = loadSnapshot { a += ["-loadvm", s] }
+        if options.confines { a += Confinement.qemuArguments(vm: vm, run: run) }
         if daemonize { a += ["-daemonize", "-pidfile", run.pidFile] }
         return a
     }
@@ -106,11 +112,11 @@ public enum QEMULauncher {
     /// Runs QEMU with `-daemonize` (it forks, calls setsid, writes the pid file, and its first
     /// process exits once the VM is set up) and returns the pid. A failure to start throws with
     /// QEMU's own message from `qemu.log`.
-    public static func launch(binary: String, arguments: [String], run: RunDirectory) throws -> pid_t {
+    public static func launch(binary: String, arguments: [String], run: RunDirectory, wrapper: [String] = []) throws -> pid_t {
         unlink(run.pidFile)
         // posix_spawn + waitpid, not Foundation.Process: Process notices a child's exit when
         // every copy of an inherited socket closes, and QEMU's daemon child would keep it open.
-        let child = try Spawn.spawn([try resolve(binary)] + arguments, log: run.qemuLog, newSession: false, truncate: true)
+        let child = try Spawn.spawn(wrapper + [try resolve(binary)] + arguments, log: run.qemuLog, newSession: false, truncate: true)
         var status: Int32 = 0
         while waitpid(child, &status, 0) < 0 && errno == EINTR {}
         let exited = status & 0x7f == 0, code = (status >> 8) & 0xff

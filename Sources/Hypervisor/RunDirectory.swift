@@ -44,6 +44,8 @@ public struct RunDirectory: Sendable {
     public var launchFile: String { path + "/launch.json" }
     /// The taps Warden made for this run (one name a line), removed when the VM stops.
     public var tapsFile: String { path + "/taps" }
+    /// The empty directory a confined QEMU is chrooted into.
+    public var chrootDirectory: String { path + "/chroot" }
 
     /// Removes the taps Warden made for this run, and the list.
     public func removeCreatedTaps() {

@@ -30,6 +30,8 @@ public struct VMRunner {
     /// Releases the data keys of the VM's encrypted disks (index → key) for one QEMU start,
     /// after deciding `unlock` through policy; throws to refuse. Nil: no disk is unlocked.
     public var unlock: ((_ vm: VMRecord, _ disks: [LaunchDisk]) throws -> [Int: SecretBytes])?
+    /// What the last confined launch got (its uid, its cgroup or why none), for the started event.
+    let lastConfinement = Locked<[String: JSONValue]>([:])
 
     public init(store: any LedgerStore, counters: CounterStore?, home: String = RunDirectory.home(), host: HostName = .current,
                 gate: @escaping (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void,
@@ -124,8 +126,9 @@ public struct VMRunner {
             throw error
         }
         let now = Date()
-        _ = try store.updateVM(vm.id, event: NewEvent(kind: .started, vm: vm.id, host: host, time: now,
-                                                      payload: ["pid": .number(Double(pid)), "accel": .string(accel)])) {
+        var payload: [String: JSONValue] = ["pid": .number(Double(pid)), "accel": .string(accel)]
+        payload["confinement"] = options.confines ? .object(lastConfinement.withLock { $0 }) : .string("none")
+        _ = try store.updateVM(vm.id, event: NewEvent(kind: .started, vm: vm.id, host: host, time: now, payload: payload)) {
             $0.state = .running
             $0.updatedAt = now
         }
@@ -177,7 +180,22 @@ public struct VMRunner {
         let args = QEMULauncher.arguments(vm: vm.id, name: vm.name, generation: generation, disks: disks, options: options,
                                           accel: accel, run: run, loadSnapshot: loadSnapshot)
         unlink(run.qmpSocket); unlink(run.stateSocket)
-        let pid = try QEMULauncher.launch(binary: options.qemuBinary, arguments: args, run: run)
+        if options.confines {
+            guard Confinement.available else {
+                throw WardenError(.unavailable, "a confined QEMU needs root and util-linux's unshare (or start with confinement off)")
+            }
+            try Confinement.prepareChroot(run)
+        }
+        let pid = try QEMULauncher.launch(binary: options.qemuBinary, arguments: args, run: run,
+                                          wrapper: options.confines ? Confinement.wrapper : [])
+        if options.confines {
+            // Resource limits: without a usable cgroup the VM still runs confined otherwise,
+            // and `lastConfinement` says what is missing (the started event records it).
+            switch Confinement.limit(pid: pid, vm: vm.id, options: options) {
+            case .success(let path): lastConfinement.withLock { $0 = ["uid": .number(Double(Confinement.uid(for: vm.id))), "cgroup": .string(path)] }
+            case .failure(let e): lastConfinement.withLock { $0 = ["uid": .number(Double(Confinement.uid(for: vm.id))), "cgroup_unavailable": .string(e.message)] }
+            }
+        }
         if let cmd = stateServerCommand?(vm.id, announce) {
             do {
                 try Self.spawnDetached(cmd, log: run.stateServerLog)
@@ -238,6 +256,7 @@ public struct VMRunner {
         }
         try gate(.stop, vm, [:])
         let how = terminate(pid: pid, run: run, powerdownTimeout: timeout)
+        Confinement.removeCgroups(vm: vm.id)
         run.cleanRuntimeFiles()
         run.removeCreatedTaps()
         let now = Date()

@@ -83,6 +83,8 @@ struct VMStart: ParsableCommand {
     @Option(help: "Direct kernel boot: the kernel command line.") var append: String?
     @Option(help: "Accelerator: auto (KVM when /dev/kvm works, else TCG), kvm, tcg.") var accel: String = "auto"
     @Option(help: "Give the guest a NIC on a tap joined to this bridge (the tap is made when missing, removed at stop).") var bridge: String?
+    @Flag(name: .customLong("no-confine"), help: "Run QEMU as root, without its own uid, chroot, namespaces and cgroup (docs/vmm-hardening.md; default: confined when run as root).")
+    var noConfine = false
     @Option(name: .customLong("break-glass"), help: ArgumentHelp("An encrypted VM whose unlock policy denies: release its keys anyway, as a vault admin, with this reason (recorded; docs/vault.md).", valueName: "reason"))
     var breakGlass: String?
     @Option(help: "The NIC's host tap device (default wv<8 hex digits of the VM id> when --bridge is given).") var tap: String?
@@ -101,6 +103,7 @@ struct VMStart: ParsableCommand {
         let record = try store.resolveVM(vm)
         var o = LaunchOptions()
         o.memoryMiB = memory; o.cpus = cpus; o.accel = accel
+        if noConfine { o.confined = false }
         for (path, what) in [(kernel, "kernel"), (initrd, "initrd")] {
             if let path, !FileManager.default.isReadableFile(atPath: path) {
                 throw WardenError(.notFound, "the \(what) cannot be read", file: path)
