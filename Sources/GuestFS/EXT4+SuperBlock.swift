@@ -10,6 +10,10 @@ extension EXT4 {
         public var firstDataBlock: UInt32
         public var blockSize: Int
         public var blocksPerGroup: UInt32
+        /// Blocks per allocation cluster: 1, or 2^(s_log_cluster_size - s_log_block_size) with
+        /// bigalloc (allocation, bitmaps and xattr blocks go by clusters; extents still map blocks).
+        public var clusterRatio: Int = 1
+        public var clusterSize: Int { blockSize * clusterRatio }
         public var inodesPerGroup: UInt32
         public var state: UInt16
         public var revLevel: UInt32
@@ -128,9 +132,23 @@ extension EXT4 {
                 throw EXT4.unsupported("unknown metadata checksum type \(checksumType) (only 1 = crc32c exists)")
             }
 
-            // Geometry.
-            guard blocksPerGroup >= 8, blocksPerGroup <= UInt32(8 * blockSize) else {
-                throw EXT4.corrupt("blocks per group \(blocksPerGroup) is outside 8...\(8 * blockSize)")
+            // Geometry. With bigalloc a group holds (8 × block size) clusters, each
+            // clusterRatio blocks, and s_blocks_per_group counts blocks.
+            if featureROCompat & ROCompat.bigalloc != 0 {
+                let logCluster: UInt32 = try r.le(at: 0x1C)
+                guard logCluster >= logBlock, logCluster - logBlock <= 16 else {
+                    throw EXT4.corrupt("cluster size 1024 << \(logCluster) is not a block size (1024 << \(logBlock)) times a power of two up to 65536")
+                }
+                clusterRatio = 1 << Int(logCluster - logBlock)
+                let clustersPerGroup: UInt32 = try r.le(at: 0x24)
+                guard clustersPerGroup >= 8, clustersPerGroup <= UInt32(8 * blockSize),
+                      UInt64(blocksPerGroup) == UInt64(clustersPerGroup) * UInt64(clusterRatio) else {
+                    throw EXT4.corrupt("bigalloc: \(blocksPerGroup) blocks per group is not \(clustersPerGroup) clusters per group (8...\(8 * blockSize)) of \(clusterRatio) blocks")
+                }
+            } else {
+                guard blocksPerGroup >= 8, blocksPerGroup <= UInt32(8 * blockSize) else {
+                    throw EXT4.corrupt("blocks per group \(blocksPerGroup) is outside 8...\(8 * blockSize)")
+                }
             }
             guard inodesPerGroup >= 1, inodesPerGroup <= UInt32(8 * blockSize) else {
                 throw EXT4.corrupt("inodes per group \(inodesPerGroup) is outside 1...\(8 * blockSize)")

@@ -40,7 +40,7 @@ struct VMEncrypt: ParsableCommand {
 struct VaultCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault",
-        abstract: "The keys of encrypted VMs: status and crypto-shredding (docs/vault.md).",
+        abstract: "The keys of encrypted VMs: status, rekeying, KEK rotation, break-glass approvals and crypto-shredding (docs/vault.md).",
         subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self, Approve.self, BenchUnlock.self])
 
     struct Rekey: ParsableCommand {

@@ -88,6 +88,11 @@ enum EXT4Fixture {
         Variant(name: "ext4-htree", mkfs: ["mkfs.ext4", "-b", "4096"], reindex: true),
         Variant(name: "ext3", mkfs: ["mkfs.ext3", "-b", "4096"]),
         Variant(name: "ext2", mkfs: ["mkfs.ext2", "-b", "1024"], streamHuge: true),
+        // bigalloc: 64 KiB and 16 KiB clusters (s_blocks_per_group counts blocks, 8 × block
+        // size × cluster ratio of them); ea_inode: large xattrs in inodes of their own.
+        Variant(name: "ext4-bigalloc", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "bigalloc", "-C", "65536", "-N", "8192"], size: "200M"),
+        Variant(name: "ext4-bigalloc-1k", mkfs: ["mkfs.ext4", "-b", "1024", "-O", "bigalloc", "-C", "16384"], size: "200M"),
+        Variant(name: "ext4-ea-inode", mkfs: ["mkfs.ext4", "-b", "4096", "-O", "ea_inode"]),
     ]
 
     /// Path of the image for `v`, built on first use.

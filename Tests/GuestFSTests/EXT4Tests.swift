@@ -260,3 +260,30 @@ func compareContent(_ fs: any FileSystem, _ ino: UInt64, source: String) throws 
         #expect(all == (try Fixtures.read(tree + "/tree/size_3000000")))
     }
 }
+
+
+/// Symlinks whose i_blocks is not zero though their target is in i_block — as the kernel leaves
+/// a short symlink with an xattr stored in an inode of its own (ea_inode charges it to the
+/// link): read as debugfs reads them ("Fast link dest").
+@Suite struct EXT4FastSymlinkTests {
+    @Test func aShortTargetIsReadFromIBlockWhateverIBlocksSays() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try FileManager.default.createDirectory(atPath: dir + "/t/etc", withIntermediateDirectories: true)
+            try "x\n".write(toFile: dir + "/t/etc/os-release", atomically: true, encoding: .utf8)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/t/link", withDestinationPath: "/etc/os-release")
+            try FileManager.default.createSymbolicLink(atPath: dir + "/t/long", withDestinationPath: String(repeating: "d/", count: 40) + "os-release")
+            try Tool.run(["mkfs.ext4", "-q", "-F", "-O", "ea_inode", "-d", dir + "/t", dir + "/fs.img", "16M"])
+            #expect(try Tool.run(["e2fsck", "-fn", dir + "/fs.img"], check: false).status == 0)
+            // The kernel's charge of an xattr inode to the link, emulated: i_blocks = 8.
+            _ = try EXT4Fixture.debugfs(dir + "/fs.img", ["sif /link blocks 8"], write: true)
+            let stat = try EXT4Fixture.debugfs(dir + "/fs.img", ["stat /link", "stat /long"])
+            #expect(stat.contains("Fast link dest: \"/etc/os-release\"") && stat.contains("Blockcount: 8"), "\(stat)")
+            let fs = try EXT4Fixture.open(dir + "/fs.img")
+            let r = GuestPathResolver(fs)
+            let link = try r.resolve("/link", followFinal: false)
+            #expect(String(decoding: try fs.readLink(link.inode), as: UTF8.self) == "/etc/os-release")
+            let long = try r.resolve("/long", followFinal: false)
+            #expect(String(decoding: try fs.readLink(long.inode), as: UTF8.self) == String(repeating: "d/", count: 40) + "os-release")
+        }
+    }
+}

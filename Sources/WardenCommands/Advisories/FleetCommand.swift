@@ -13,7 +13,7 @@ import AdvisoryStorage
 struct FleetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet",
-        abstract: "Fleet-wide operations on stored inventories.",
+        abstract: "Fleet-wide operations on stored inventories: rescan against the current advisories (and shield running VMs).",
         subcommands: [Rescan.self]
     )
 

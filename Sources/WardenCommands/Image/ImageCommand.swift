@@ -8,7 +8,7 @@ import GuestFS
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Read VM disk images offline (raw, qcow2, VMDK; MBR/GPT; ext2/3/4).",
+        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, FAT); refresh a guest's identity.",
         subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self, ImageFingerprint.self,
                       ImageSysprep.self]
     )
