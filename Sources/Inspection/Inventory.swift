@@ -24,6 +24,11 @@ public struct Inventory: Codable, Sendable {
     public var secrets: SecretsReport
     /// Non-fatal findings from the filesystem readers (checksum mismatches and the like).
     public var filesystemWarnings: [String]
+    /// Parts of the disk that were not read (a closed LUKS volume, an unreadable filesystem,
+    /// an LVM problem): what a scan cannot vouch for.
+    public var unscanned: [UnscannedPart]?
+    /// How long the release gets security support, and whether that has ended.
+    public var releaseSupport: Fact<ReleaseSupport>?
 }
 
 extension Inspection {
@@ -51,7 +56,7 @@ extension Inspection {
                          services: fact("services") { try services(g) },
                          kernels: fact("kernels") { try kernels(g) },
                          secrets: secrets(g),
-                         filesystemWarnings: fsWarnings)
+                         filesystemWarnings: fsWarnings, unscanned: nil, releaseSupport: releaseSupport(report.os))
     }
 
     /// The answer for a disk that holds NTFS and no Linux root: Windows, recognised from

@@ -23,6 +23,8 @@ public struct OSInfo: Codable, Sendable, Equatable {
     public var initSystem: Fact<InitSystem>
     /// Why the init system was chosen (the path that decided it).
     public var initEvidence: String?
+    /// os-release's `SUPPORT_END` (YYYY-MM-DD), when the guest states it.
+    public var supportEnd: Fact<String>?
 }
 
 /// os-release(5) parsing: `KEY=value` lines with shell-style quoting and escapes.
@@ -142,9 +144,11 @@ extension Inspection {
             family = .unknown(reason: "ID '\(id.value ?? "")' and ID_LIKE '\((idLike.value ?? []).joined(separator: " "))' match no known family")
         }
         let (initSystem, evidence) = detectInit(g)
-        return OSInfo(osReleasePath: path, id: id, versionId: field("VERSION_ID"), prettyName: field("PRETTY_NAME"),
-                      idLike: idLike, family: family, architecture: ELF.guestArchitecture(g),
-                      initSystem: initSystem, initEvidence: evidence)
+        var info = OSInfo(osReleasePath: path, id: id, versionId: field("VERSION_ID"), prettyName: field("PRETTY_NAME"),
+                          idLike: idLike, family: family, architecture: ELF.guestArchitecture(g),
+                          initSystem: initSystem, initEvidence: evidence)
+        if let end = fields?["SUPPORT_END"], !end.isEmpty { info.supportEnd = .known(end) }
+        return info
     }
 
     static func detectInit(_ g: GuestFiles) -> (Fact<InitSystem>, String?) {

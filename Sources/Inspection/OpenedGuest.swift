@@ -52,5 +52,9 @@ public struct OpenedGuest {
     }
 
     /// What the guest says about itself.
-    public func inventory() -> Inventory { Inspection.inspect(view: view, image: path) }
+    public func inventory() -> Inventory {
+        var inv = Inspection.inspect(view: view, image: path)
+        inv.unscanned = Inspection.unscanned(layout)
+        return inv
+    }
 }

@@ -29,6 +29,8 @@ struct InspectCommand: ParsableCommand {
 
     @OptionGroup var key: KeyFromOption
 
+    @Flag(help: "Exit 2 when a part of a disk was not read (a closed encrypted volume, an unreadable filesystem, an LVM problem).")
+    var failOnUnscanned = false
     @Flag(help: "Print on stderr how many bytes were read from each image, against its allocated size.")
     var ioStats = false
 
@@ -111,8 +113,15 @@ struct InspectCommand: ParsableCommand {
             for (path, vol) in windows { Output.stdout.line("\(path): Windows (NTFS on \(vol)); not inspected further") }
         }
         Output.stdout.flush()
+        for inv in results {
+            for u in inv.unscanned ?? [] { Output.note("\(inv.image): \(u.part) was not scanned: \(u.reason)") }
+        }
         for e in failures { Output.error(e.description) }
         if !failures.isEmpty { throw ExitCode(2) }
+        if failOnUnscanned, results.contains(where: { !($0.unscanned ?? []).isEmpty }) {
+            Output.error("--fail-on-unscanned: parts of the disk were not read")
+            throw ExitCode(2)
+        }
     }
 
     struct WindowsInventory: Encodable {
@@ -137,6 +146,12 @@ struct InspectCommand: ParsableCommand {
         for p in inv.unassembled { out.line(oneLine("  not mounted: line \(p.line) \(p.spec) \(p.mountPoint): \(p.reason)")) }
         out.line("os: \(show(inv.os.prettyName)); id \(show(inv.os.id)) \(show(inv.os.versionId)); family \(show(inv.os.family) { $0.rawValue })")
         out.line("architecture: \(show(inv.os.architecture) { $0.name }); init: \(show(inv.os.initSystem) { $0.rawValue })")
+        if let support = inv.releaseSupport {
+            out.line("support: " + show(support) { s in
+                let end = s.endOfLongTermSupport.map { "LTS until \($0)" } ?? s.endOfLife.map { "until \($0)" } ?? "?"
+                return (s.ended ? "ENDED (\(end))" : end) + "; from \(s.source)"
+            })
+        }
         out.line("hostname: \(show(inv.identity.hostname))")
         out.line("machine-id: \(show(inv.identity.machineId))")
         out.line("random seed: \(inv.identity.randomSeed.present ? "present" : "absent")")

@@ -4,6 +4,7 @@ import Foundation
 import Inspection
 import Ledger
 import WardenCore
+import GuestFS
 import Storage
 import AdvisoryStorage
 
@@ -28,6 +29,10 @@ public struct ScanService {
         public var problem: String?
         /// Ledger VMs with this disk; each got a `scanned` event.
         public var vms: [AffectedVM] = []
+        /// Parts of the disk that were not read: findings cannot cover them.
+        public var unscanned: [UnscannedPart] = []
+        /// The release's support dates (or why unknown).
+        public var releaseSupport: Fact<ReleaseSupport>?
     }
 
     public struct Outcome: Sendable {
@@ -36,6 +41,10 @@ public struct ScanService {
         public var failures: [WardenError] = []
         /// Images read but not assessable (one line each: no feed, no advisories, unreadable packages).
         public var unassessable: [String] = []
+        /// What the results do not cover, one line each: unscanned parts, ended releases.
+        public var coverage: [String] = []
+        /// Whether some image has parts that were not read.
+        public var hasUnscanned: Bool { results.contains { !$0.unscanned.isEmpty } }
 
         /// Whether a vulnerable finding at or above `threshold` was found.
         public func meets(_ threshold: Severity) -> Bool {
@@ -87,7 +96,12 @@ public struct ScanService {
                 let osID = inv.os.id.value, versionID = inv.os.versionId.value
                 try store.storeInventory(key: key, image: path, osID: osID, versionID: versionID, packages: packages)
                 var r = ImageResult(image: path, inventory: key.description, osId: osID, versionId: versionID, ecosystems: [],
-                                    packages: packages.count, summary: Self.summary([]), vulnerable: 0, findings: [])
+                                    packages: packages.count, summary: Self.summary([]), vulnerable: 0, findings: [],
+                                    unscanned: inv.unscanned ?? [], releaseSupport: inv.releaseSupport)
+                for u in r.unscanned { out.coverage.append("\(path): \(u.part) was not scanned: \(u.reason)") }
+                if case .known(let support)? = inv.releaseSupport, support.ended {
+                    out.coverage.append("\(path): \(support.release) is past its end of support (\(support.endOfLongTermSupport ?? support.endOfLife ?? "?")): findings after that date are not published for it")
+                }
                 if let reason = inv.packages.unknownReason {
                     r.problem = "packages unknown: \(reason)"
                     out.unassessable.append("\(path): package databases could not be read: \(reason)")

@@ -146,3 +146,58 @@ import WardenTestSupport
         #expect(blkid.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "crypto_LUKS" || blkid.status != 0, "\(blkid.stdoutText)")
     }
 }
+
+
+/// Parts of a disk Warden did not read are reported, never silently clean: a plain root, a
+/// LUKS2 partition without its key and an NTFS partition; `--fail-on-unscanned` exits 2.
+@Suite struct UnscannedPartsTests {
+    static func disk() throws -> String {
+        try Fixtures.cached("unscanned-parts-disk", recipe: "v1; \((try? Tool.run(["cryptsetup", "--version"]).stdoutText) ?? "?")") { dir in
+            try Tool.sh("""
+            set -e
+            cd "\(dir)"
+            mkdir -p root/etc root/var/lib/dpkg
+            printf 'ID=debian\\nVERSION_ID="12"\\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\\n' > root/etc/os-release
+            : > root/var/lib/dpkg/status
+            mkfs.ext4 -q -F -d root root.img 12M
+            printf 'k' > key
+            truncate -s 20M secret.img
+            cryptsetup luksFormat --type luks2 --batch-mode --key-file key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 secret.img
+            truncate -s 8M ntfs.img && mkntfs -q -F -Q ntfs.img >/dev/null
+            truncate -s 48M disk.raw
+            sgdisk -n 1:2048:+12M -n 2:0:+20M -n 3:0:+8M disk.raw >/dev/null
+            for p in "1 root" "2 secret" "3 ntfs"; do
+              set -- $p
+              start=$(sgdisk -i $1 disk.raw | sed -n 's/^First sector: \\([0-9]*\\).*/\\1/p')
+              dd if=$2.img of=disk.raw bs=512 seek=$start conv=notrunc status=none
+            done
+            rm -rf root *.img
+            """)
+        }
+    }
+
+    @Test func unreadPartsAreReportedAndCanFailTheRun() throws {
+        let dir = try Self.disk()
+        let r = try WardenRun.run(["inspect", "--json", dir + "/disk.raw"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let inv = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [[String: Any]]).first
+        let parts = try #require(inv?["unscanned"] as? [[String: Any]])
+        #expect(parts.contains { $0["part"] as? String == "partition 2" && ($0["reason"] as? String)?.contains("LUKS-encrypted") == true }, "\(parts)")
+        #expect(parts.contains { $0["part"] as? String == "partition 3" && ($0["reason"] as? String)?.contains("ntfs filesystem") == true }, "\(parts)")
+        #expect(parts.count == 2)
+        #expect(r.stderr.contains("partition 2 was not scanned"), "\(r.stderr)")
+        let support = inv?["release_support"] as? [String: Any]
+        #expect(support?["release"] as? String == "debian 12" && support?["end_of_long_term_support"] as? String != nil, "\(String(describing: support))")
+        let strict = try WardenRun.run(["inspect", dir + "/disk.raw", "--fail-on-unscanned"])
+        #expect(strict.status == 2 && strict.stderr.contains("--fail-on-unscanned"), "\(strict.stderr)")
+        // scan says the same, and --fail-on-unscanned fails it.
+        try Fixtures.withTemporaryDirectory { tmp in
+            let scan = try WardenRun.run(["scan", dir + "/disk.raw", "--db", tmp + "/w.db", "--fail-on-unscanned"])
+            #expect(scan.status == 2 && scan.stderr.contains("partition 3 was not scanned: ntfs filesystem") && scan.stderr.contains("--fail-on-unscanned"), "\(scan.status) \(scan.stderr)")
+        }
+        // With the key, only the NTFS partition is left.
+        let keyed = try WardenRun.run(["inspect", "--json", dir + "/disk.raw", "--key-from", "file:" + dir + "/key"])
+        let keyedParts = (try JSONSerialization.jsonObject(with: keyed.stdout) as? [[String: Any]])?.first?["unscanned"] as? [[String: Any]]
+        #expect(keyedParts?.count == 1 && keyedParts?.first?["part"] as? String == "partition 3", "\(String(describing: keyedParts)) \(keyed.stderr)")
+    }
+}

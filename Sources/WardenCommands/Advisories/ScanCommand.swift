@@ -38,6 +38,8 @@ struct ScanCommand: ParsableCommand {
     @OptionGroup var key: KeyFromOption
     @Option(help: ArgumentHelp("Exit 1 when a vulnerable finding has at least this severity.", valueName: "low|medium|high|critical"))
     var failOn: Severity?
+    @Flag(help: "Exit 2 when a part of a disk was not read (a closed encrypted volume, an unreadable filesystem, an LVM problem): a clean result would not cover it.")
+    var failOnUnscanned = false
 
     func validate() throws { if images.isEmpty { throw ValidationError("name at least one image") } }
 
@@ -72,10 +74,15 @@ struct ScanCommand: ParsableCommand {
         }
         Output.stdout.flush()
         for u in outcome.unassessable { Output.note(u) }
+        for c in outcome.coverage { Output.note(c) }
         for e in outcome.failures { Output.error(e.description) }
         if !outcome.failures.isEmpty { throw ExitCode(outcome.failures.map(\.exitCode).max() ?? 2) }
         if failOn != nil && !outcome.unassessable.isEmpty {
             Output.error("--fail-on: \(outcome.unassessable.count) image(s) could not be assessed; failing closed")
+            throw ExitCode(2)
+        }
+        if failOnUnscanned && outcome.hasUnscanned {
+            Output.error("--fail-on-unscanned: parts of \(outcome.results.filter { !$0.unscanned.isEmpty }.count) image(s) were not scanned")
             throw ExitCode(2)
         }
         if met { throw ExitCode(1) }
