@@ -150,9 +150,15 @@ public final class HostKeyForge: @unchecked Sendable {
     private let lock = NSCondition()
     private var results: [OpenSSHKey.KeyType: Result<OpenSSHKey.Material, any Error>] = [:]
 
-    public init(types: [OpenSSHKey.KeyType] = OpenSSHKey.KeyType.allCases) {
+    /// Starts generating `types`; an RSA key comes from `pool` when it has one (``KeyPool``).
+    public init(types: [OpenSSHKey.KeyType] = OpenSSHKey.KeyType.allCases, pool: KeyPool? = nil) {
         self.types = Set(types)
         for t in types {
+            if t == .rsa, let key = pool?.takeRSA() {
+                results[t] = .success(.rsa(key))
+                pooled.insert(t)
+                continue
+            }
             Thread.detachNewThread { [self] in
                 let t0 = PhaseTimer.now(), c0 = PhaseTimer.threadCPU()
                 let r = Result { try OpenSSHKey.Material.generate(t) }
@@ -161,6 +167,8 @@ public final class HostKeyForge: @unchecked Sendable {
             }
         }
     }
+    /// The types whose key came from the pool.
+    public private(set) var pooled: Set<OpenSSHKey.KeyType> = []
     private let types: Set<OpenSSHKey.KeyType>
     private var taken: Set<OpenSSHKey.KeyType> = []
 

@@ -23,6 +23,10 @@ public struct VMService: Sendable {
     public let host: HostName
     /// Where notes go (quarantine summaries, warnings).
     public var note: @Sendable (String) -> Void
+    /// Host keys made ahead of time for clones (docs/sysprep.md); nil: generated per clone.
+    public var keyPool: KeyPool?
+    /// Called after a clone took keys from the pool (the CLI refills it in the background).
+    public var keyPoolUsed: (@Sendable () -> Void)?
     /// Copies and clones of encrypted VMs: their disks get keys of their own (docs/vault.md).
     /// Nil: encrypted VMs are not copied or cloned (no vault here).
     public var crypto: (any DiskCrypto)?
@@ -276,7 +280,7 @@ public struct VMService: Sendable {
         let ops = r.operations
         // RSA-3072 generation is the longest step: start it now, so it overlaps the ledger and
         // policy work as well as the overlay (keys are discarded if the clone does not happen).
-        let forge = ops.contains { $0.name == "ssh-hostkeys" } ? HostKeyForge() : nil
+        let forge = ops.contains { $0.name == "ssh-hostkeys" } ? HostKeyForge(pool: keyPool) : nil
         try Clone.checkName(r.name)
         let src = try store.resolveVM(r.vm)
         guard src.state != .retired else { throw WardenError(.conflict, "VM \(src.id) is retired") }
@@ -371,6 +375,12 @@ public struct VMService: Sendable {
                 // The clone's own keys (ids only): it never shares the source's.
                 payload["keys"] = .array(newKeys.keys.sorted().map { .object(["index": .number(Double($0)), "key": .string(newKeys[$0]!)]) })
             }
+            // Pool keys this clone really wrote (a guest without that key type took none into use;
+            // a key taken from the pool is destroyed either way, never used twice).
+            let pooledWritten = (forge?.pooled ?? []).filter { t in rep.hostKeys.contains { $0.type == t.label } }
+            if !pooledWritten.isEmpty {
+                payload["ssh_host_keys_from_pool"] = .array(pooledWritten.map(\.rawValue).sorted().map(JSONValue.string))
+            }
             if let m = rep.machineId { payload["machine_id"] = .string(m) }
             if let h = hostname, ops.contains(where: { $0.name == "hostname" }) { payload["hostname"] = .string(h) }
             if let m = new.mac { payload["mac"] = .string(m) }
@@ -399,6 +409,7 @@ public struct VMService: Sendable {
             }
             created = made
             staging.finish()
+            if let forge, !forge.pooled.isEmpty { keyPoolUsed?() }
             timer.lap("ledger-append-cloned")
             return CloneResult(vm: made, source: src, paths: finals, report: rep, collisions: [])
         } catch {

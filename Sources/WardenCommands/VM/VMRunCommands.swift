@@ -58,6 +58,12 @@ enum VMRun {
     /// VMs release the source's keys by policy and get keys of their own (docs/vault.md).
     static func service(_ store: SQLiteLedger, policy: PolicyGate.Source = .defaultDirectory) -> VMService {
         var service = VMService(store: store, policy: policy, note: { Output.note($0) })
+        service.keyPool = KeysCommand.pool(database: store.database.path)
+        let dbPath = store.database.path
+        service.keyPoolUsed = {
+            // Refill in the background, detached: this clone does not wait for it.
+            try? VMRunner.spawnDetached([selfExecutable, "keys", "refill", "--quiet", "--db", dbPath], log: "/dev/null")
+        }
         let vault = vault(store), deciding = service
         service.crypto = VaultDiskCrypto(vault: vault, release: { try KeyRelease(service: deciding, vault: vault).release($0, disks: $1) })
         return service

@@ -1,0 +1,76 @@
+import Foundation
+import Sysprep
+import Testing
+import WardenTestSupport
+
+/// Clones take RSA host keys from a pool made ahead of time (`warden keys refill`), each key
+/// used once; the pool refills itself in the background; two takers never get one key.
+@Suite(.serialized) struct KeyPoolTests {
+    @Test func clonesTakePoolKeysOnceAndThePoolRefills() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try Tool.sh("""
+            set -e
+            cd "\(dir)"
+            mkdir -p root/etc/ssh
+            printf 'ID=debian\\nVERSION_ID="12"\\n' > root/etc/os-release
+            printf '0123456789abcdef0123456789abcdef\\n' > root/etc/machine-id
+            ssh-keygen -q -t rsa -b 3072 -N '' -f root/etc/ssh/ssh_host_rsa_key
+            ssh-keygen -q -t ed25519 -N '' -f root/etc/ssh/ssh_host_ed25519_key
+            mkfs.ext4 -q -F -d root src.img 16M
+            """)
+            let db = ["--db", dir + "/warden.db"]
+            #expect(try WardenRun.run(["vm", "register", "--name", "src", "--owner", "ops", dir + "/src.img"] + db).status == 0)
+            let refill = try WardenRun.run(["keys", "refill", "--count", "2"] + db)
+            #expect(refill.status == 0 && refill.stdoutText.contains("made 2 key(s); 2 ready"), "\(refill.stdoutText) \(refill.stderr)")
+            let poolDir = dir + "/keypool/rsa"
+            let files = try FileManager.default.contentsOfDirectory(atPath: poolDir).filter { $0.hasSuffix(".der") }
+            #expect(files.count == 2)
+            for f in files { #expect((try FileManager.default.attributesOfItem(atPath: poolDir + "/" + f)[.posixPermissions] as? Int) == 0o600) }
+            #expect((try FileManager.default.attributesOfItem(atPath: dir + "/keypool")[.posixPermissions] as? Int) == 0o700)
+
+            var fingerprints: [String] = []
+            for name in ["c1", "c2"] {
+                let c = try WardenRun.run(["vm", "clone", "src", "--name", name] + db)
+                #expect(c.status == 0, "\(c.stderr)")
+                let payload = try VMCloneTests.clonedPayload(db, name)
+                #expect(payload["ssh_host_keys_from_pool"] as? [String] == ["rsa"], "\(payload)")
+                let keys = payload["ssh_host_key_files"] as? [[String: Any]] ?? []
+                let rsa = try #require(keys.first { ($0["type"] as? String) == "RSA" }?["fingerprint"] as? String)
+                // The key the guest got is the one recorded (ssh-keygen reads it from the clone).
+                let pub = try WardenRun.run(["image", "cat", dir + "/\(name).qcow2", "/etc/ssh/ssh_host_rsa_key.pub"])
+                try Data(pub.stdout).write(to: URL(fileURLWithPath: dir + "/\(name).pub"))
+                let seen = try Tool.run(["ssh-keygen", "-l", "-f", dir + "/\(name).pub"]).stdoutText
+                #expect(seen.contains(rsa) && seen.hasPrefix("3072 "), "\(seen) vs \(rsa)")
+                fingerprints.append(rsa)
+            }
+            #expect(Set(fingerprints).count == 2)
+            // The pool refills itself in the background, up to its size.
+            var ready = 0
+            for _ in 0..<300 {
+                ready = try FileManager.default.contentsOfDirectory(atPath: poolDir).filter { $0.hasSuffix(".der") && !$0.hasPrefix(".") }.count
+                if ready >= KeyPool.defaultSize { break }
+                usleep(100_000)
+            }
+            #expect(ready == KeyPool.defaultSize)
+            #expect(try WardenRun.run(["keys", "status", "--json"] + db).stdoutText.contains("\"rsa\" : \(KeyPool.defaultSize)"))
+        }
+    }
+
+    @Test func twoTakersNeverGetOneKey() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let pool = KeyPool(directory: dir + "/pool")
+            try pool.refill(to: 1)
+            let got = LockedCounter()
+            DispatchQueue.concurrentPerform(iterations: 8) { _ in if pool.takeRSA() != nil { got.add() } }
+            #expect(got.value == 1 && pool.count == 0)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/pool/rsa").isEmpty)
+        }
+    }
+}
+
+final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.lock(); n += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
