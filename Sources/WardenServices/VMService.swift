@@ -25,7 +25,8 @@ public struct VMService: Sendable {
     public var note: @Sendable (String) -> Void
     /// Host keys made ahead of time for clones (docs/sysprep.md); nil: generated per clone.
     public var keyPool: KeyPool?
-    /// Called after a clone took keys from the pool (the CLI refills it in the background).
+    /// Called after a clone that needed host keys found the pool below its size (the CLI
+    /// refills it in the background).
     public var keyPoolUsed: (@Sendable () -> Void)?
     /// Copies and clones of encrypted VMs: their disks get keys of their own (docs/vault.md).
     /// Nil: encrypted VMs are not copied or cloned (no vault here).
@@ -409,7 +410,8 @@ public struct VMService: Sendable {
             }
             created = made
             staging.finish()
-            if let forge, !forge.pooled.isEmpty { keyPoolUsed?() }
+            // Keep the pool topped up: after a clone took from it, or found it short.
+            if forge != nil, let keyPool, keyPool.count < KeyPool.defaultSize { keyPoolUsed?() }
             timer.lap("ledger-append-cloned")
             return CloneResult(vm: made, source: src, paths: finals, report: rep, collisions: [])
         } catch {
