@@ -38,7 +38,8 @@ extension Sysprep {
     /// Applies `operations` to a temporary qcow2 overlay backed by `path` (beside it, or in the
     /// temporary folder when that folder is not writable), then deletes the overlay.
     static func trialRun(_ path: String, format: ImageFormat?, operations: [any SysprepOperation], options: SysprepOptions) throws {
-        let detected = try format ?? ImageOpener.open(path, options: OpenOptions(maxBackingDepth: 0)).info.format
+        // The format of the file itself, by content: an overlay's backing chain is not opened here.
+        let detected = try format ?? ImageOpener.detect(try ImageFile(path: path))
         let abs = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         let prefix = "." + (abs as NSString).lastPathComponent + ".warden-trial-"
         var dir = (abs as NSString).deletingLastPathComponent
