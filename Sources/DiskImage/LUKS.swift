@@ -125,7 +125,7 @@ public struct LUKS1Header: Sendable, Equatable {
             let check = try candidate.withBytes { try Self.pbkdf2(hashSpec, $0, salt: mkDigestSalt, iterations: mkDigestIterations, count: 20) }
             if check.withBytes({ Array($0) }) == mkDigest { return candidate }
         }
-        throw WardenError(.denied, "the key does not open this LUKS volume (no key slot accepts it)", file: file)
+        throw WardenError(.invalidArgument, "the key does not open this LUKS volume (no key slot accepts it)", file: file)
     }
 
     /// LUKS's anti-forensic merge: the stripes XORed together, each diffused with the hash.

@@ -312,7 +312,7 @@ public struct LUKS2Header: Sendable {
                 if check.withBytes({ Array($0) }) == d.digest { return candidate }
             }
         }
-        throw WardenError(.denied, "the key does not open this LUKS volume (no key slot accepts it)", file: file)
+        throw WardenError(.invalidArgument, "the key does not open this LUKS volume (no key slot accepts it)", file: file)
     }
 
     static func derive(_ kdf: KDF, passphrase: SecretBytes, count: Int, file: String) throws -> SecretBytes {

@@ -30,8 +30,8 @@ public final class LUKSVolume: BlockDevice, @unchecked Sendable {
         return Version(rawValue: Int(head[7]))
     }
 
-    /// Opens the LUKS volume on `device` with `passphrase`. A wrong passphrase is `.denied`
-    /// (exit 3), a damaged or hostile header `.corrupt`, an unsupported cipher `.unsupported`.
+    /// Opens the LUKS volume on `device` with `passphrase`. A wrong passphrase is `.invalidArgument`
+    /// (exit 2), a damaged or hostile header `.corrupt`, an unsupported cipher `.unsupported`.
     public static func open(_ device: any BlockDevice, passphrase: SecretBytes, name: String,
                             limits: LUKS2Header.Limits = LUKS2Header.Limits()) throws -> LUKSVolume {
         let head = try device.read(at: 0, count: Int(min(device.size, 4096)))

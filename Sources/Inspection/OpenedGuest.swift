@@ -29,7 +29,7 @@ public struct OpenedGuest {
                 }
                 // No root outside an encrypted volume that stayed closed: say why.
                 if let luks = layout.warnings.first(where: { $0.contains("LUKS-encrypted") }) {
-                    throw WardenError(luks.contains("--key-from") ? .invalidArgument : (luks.contains("does not open") ? .denied : .corrupt),
+                    throw WardenError(luks.contains("--key-from") || luks.contains("does not open") ? .invalidArgument : .corrupt,
                                       "no readable root filesystem: \(luks)")
                 }
                 throw e

@@ -47,7 +47,7 @@ import WardenTestSupport
     @Test func wrongOrMissingKeysAreOneLineErrors() throws {
         let dir = try Self.fixture()
         let wrong = #expect(throws: WardenError.self) { try open(dir + "/enc-aes-256-sha256.qcow2", "not it") }
-        #expect(wrong?.code == .denied && wrong?.message.contains("does not open") == true)
+        #expect(wrong?.code == .invalidArgument && wrong?.exitCode == 2 && wrong?.message.contains("does not open") == true)
         let missing = #expect(throws: WardenError.self) { try open(dir + "/enc-aes-256-sha256.qcow2", nil) }
         #expect(missing?.code == .unsupported && missing?.message.contains("--key-from") == true)
     }

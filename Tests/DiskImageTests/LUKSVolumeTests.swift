@@ -104,7 +104,7 @@ import WardenTestSupport
             let dev = try Self.device(dir + "/\(variant).img")
             #expect(throws: WardenError.self) {
                 do { _ = try LUKSVolume.open(dev, passphrase: SecretBytes(copying: Array("wrong".utf8)), name: variant) } catch let e as WardenError {
-                    #expect(e.code == .denied && e.message.contains("does not open"), "\(e)")
+                    #expect(e.code == .invalidArgument && e.exitCode == 2 && e.message.contains("does not open"), "\(e)")
                     throw e
                 }
             }
