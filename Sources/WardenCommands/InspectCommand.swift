@@ -58,7 +58,7 @@ struct InspectCommand: ParsableCommand {
     func runSBOM(_ format: SBOM.Format, path: String) throws {
         do {
             let created = try Self.sbomDate()
-            let inv = try Self.inventory(path, format: self.format, snapshot: snapshot, passphrase: try key.passphrase())
+            let inv = try Self.inventory(path, format: self.format, snapshot: snapshot, passphrase: try key.passphrase(forImage: path))
             try Output.stdout.write(try SBOM.document(inv, format: format, created: created))
             Output.stdout.flush()
         } catch is WindowsGuest {
@@ -95,7 +95,7 @@ struct InspectCommand: ParsableCommand {
                 }
             }
             do {
-                results.append(try Self.inventory(path, format: format, snapshot: snapshot, passphrase: try key.passphrase()))
+                results.append(try Self.inventory(path, format: format, snapshot: snapshot, passphrase: try key.passphrase(forImage: path)))
             } catch let w as WindowsGuest {
                 windows.append((path, w.volume))
             } catch let e as WardenError {

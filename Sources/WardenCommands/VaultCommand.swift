@@ -209,7 +209,7 @@ struct VaultCommand: ParsableCommand {
 /// command has a ledger (`scan`), `--key-from vault`: the key of the ledger VM that owns the
 /// disk, released by an `unlock` decision (recorded).
 struct KeyFromOption: ParsableArguments {
-    @Option(name: .customLong("key-from"), help: ArgumentHelp("The key of an encrypted image: file:PATH (a file holding its passphrase), or vault (scan: the owning VM's key, released by policy).", valueName: "file:path|vault"))
+    @Option(name: .customLong("key-from"), help: ArgumentHelp("The key of an encrypted image or LUKS volume: file:PATH (a file holding its passphrase), or vault (the key of the ledger VM that owns the disk, released by an unlock decision).", valueName: "file:path|vault"))
     var keyFrom: String?
 
     func validate() throws {
@@ -234,10 +234,12 @@ struct KeyFromOption: ParsableArguments {
         return try release.release(vm, disks: [disk.index])[disk.index].map(Vault.passphrase)
     }
 
-    /// The key for commands without a ledger: file:PATH only.
-    func passphrase() throws -> SecretBytes? {
-        if keyFrom == "vault" { throw ValidationError("--key-from vault needs the ledger: use it with `warden scan` (or give file:PATH here)") }
-        return try fileKey()
+    /// The key for `path` in commands without a ledger option: `vault` takes the ledger at the
+    /// usual place (`$WARDEN_DB`, `$WARDEN_HOME`…), which must exist, and its vault.
+    func passphrase(forImage path: String) throws -> SecretBytes? {
+        guard keyFrom == "vault" else { return try fileKey() }
+        let ledger = try SQLiteLedger.open(WardenDatabase.defaultPath(explicit: nil), .existing)
+        return try passphrase(forImage: path, ledger: ledger)
     }
 
     func fileKey() throws -> SecretBytes? {

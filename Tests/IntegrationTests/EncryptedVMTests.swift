@@ -116,6 +116,11 @@ import Glibc
             #expect(blind.status != 0 && blind.stderr.contains("--key-from"), "\(blind.stderr)")
             let scanned = try Self.warden(["scan", home + "/guest.img", "--key-from", "vault", "--json"], home: home, check: false)
             #expect(scanned.stdoutText.contains("\"packages\" : 1") || scanned.stdoutText.contains("\"packages\":1"), "\(scanned.stdoutText) \(scanned.stderr)")
+            // inspect and the image commands take the vault key too (the ledger at the usual place).
+            let inspected = try Self.warden(["inspect", "--json", home + "/guest.img", "--key-from", "vault"], home: home, check: false)
+            #expect(inspected.status == 0 && inspected.stdoutText.contains("zlib1g"), "\(inspected.stderr)")
+            let catted = try Self.warden(["image", "cat", home + "/guest.img", "/etc/os-release", "--key-from", "vault"], home: home, check: false)
+            #expect(catted.status == 0 && catted.stdoutText.contains("ID=debian"), "\(catted.stderr)")
             let gHistory = try Self.warden(["vm", "history", "g", "--json"], home: home).stdoutText
             #expect(gHistory.contains("\"unlock\""), "\(gHistory.prefix(3000))")
             // Registered encrypted from the start.

@@ -33,7 +33,7 @@ struct ImageOptions: ParsableArguments {
     func open(snapshot: String? = nil) throws -> OpenedImage {
         try ImageOpener.open(image, options: OpenOptions(format: format, snapshot: snapshot,
                                                          maxBackingDepth: maxBackingDepth,
-                                                         probeBacking: probeBacking, passphrase: try key.passphrase()))
+                                                         probeBacking: probeBacking, passphrase: try key.passphrase(forImage: image)))
     }
 
     func validate() throws {
