@@ -45,6 +45,8 @@ public struct KernelInventory: Codable, Sendable, Hashable {
     /// Every module directory found, sorted by path.
     public var modules: [KernelModules]
     public var warnings: [String]
+    /// The kernel the boot loader will start (``BootKernel``), or why that is unknown.
+    public var booting: Fact<BootKernel>?
 }
 
 public enum KernelLimits {
@@ -151,6 +153,7 @@ extension Inspection {
         inv.images.sort { $0.path < $1.path }
         inv.modules.sort { $0.path < $1.path }
         inv.warnings = w.all
+        inv.booting = bootKernel(g, installed: inv)
         return inv
     }
 }

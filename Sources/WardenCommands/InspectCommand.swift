@@ -146,6 +146,9 @@ struct InspectCommand: ParsableCommand {
         for p in inv.unassembled { out.line(oneLine("  not mounted: line \(p.line) \(p.spec) \(p.mountPoint): \(p.reason)")) }
         out.line("os: \(show(inv.os.prettyName)); id \(show(inv.os.id)) \(show(inv.os.versionId)); family \(show(inv.os.family) { $0.rawValue })")
         out.line("architecture: \(show(inv.os.architecture) { $0.name }); init: \(show(inv.os.initSystem) { $0.rawValue })")
+        if let booting = inv.kernels.value?.booting {
+            out.line("booting kernel: " + show(booting) { "\($0.release) (\($0.source))" })
+        }
         if let support = inv.releaseSupport {
             out.line("support: " + show(support) { s in
                 let end = s.endOfLongTermSupport.map { "LTS until \($0)" } ?? s.endOfLife.map { "until \($0)" } ?? "?"

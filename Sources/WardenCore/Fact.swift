@@ -22,6 +22,7 @@ public enum Fact<T: Sendable>: Sendable {
 }
 
 extension Fact: Equatable where T: Equatable {}
+extension Fact: Hashable where T: Hashable {}
 
 extension Fact: Codable where T: Codable {
     private enum CodingKeys: String, CodingKey { case unknown }
