@@ -60,7 +60,8 @@ func strayFiles(in dir: String, owned: Set<String>, ignoring: Set<String> = []) 
         guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir), !isDir.boolValue else { continue }
         let name = (rel as NSString).lastPathComponent
         if ignoring.contains(p) || name.hasPrefix("out.") || name.hasPrefix("err.") || name.hasPrefix("rc.") || name.hasPrefix("w.db") { continue }
-        if (rel as NSString).pathComponents.first == "keys" || (rel as NSString).pathComponents.first == "policy" { continue }
+        // Warden's own state beside the database: signing keys, policy, the vault, the host key pool.
+        if ["keys", "policy", "vault", "keypool"].contains((rel as NSString).pathComponents.first ?? "") { continue }
         if name.contains(".warden-") || !owned.contains(p) { out.append(p) }
     }
     return out.sorted()
