@@ -169,3 +169,34 @@ extension Inspection {
         return cfg
     }
 }
+
+/// Whether a package is a kernel, and whether it is the one that boots.
+public enum KernelPackage {
+    public enum Affects: String, Codable, Sendable { case booting, notBooting = "not-booting" }
+
+    /// For a kernel image package, whether it is the kernel `booting` (a `uname -r` release);
+    /// nil for other packages, meta packages (`linux-image-amd64`) and when it cannot be told.
+    /// Debian/Ubuntu: `linux-image-<release>` (also `-unsigned`); RPM: `kernel`, `kernel-core`
+    /// at version-release `<booting minus .arch>`; Alpine: `linux-<flavor>` at the booting
+    /// release's version and flavor.
+    public static func affects(package: String, installedVersion: String, booting: String) -> Affects? {
+        for prefix in ["linux-image-unsigned-", "linux-image-"] where package.hasPrefix(prefix) {
+            let release = String(package.dropFirst(prefix.count))
+            guard release.first?.isNumber == true else { return nil }   // a meta package
+            return release == booting ? .booting : .notBooting
+        }
+        if ["kernel", "kernel-core", "kernel-default"].contains(package) {
+            // 6.5.6-300.fc39.x86_64 boots; the package is 6.5.6-300.fc39 (the epoch, if any, dropped).
+            let version = installedVersion.split(separator: ":").last.map(String.init) ?? installedVersion
+            return booting == version || booting.hasPrefix(version + ".") ? .booting : .notBooting
+        }
+        if package.hasPrefix("linux-"), ["lts", "virt", "edge", "rpi"].contains(String(package.dropFirst(6))) {
+            // Alpine: linux-lts 6.6.22-r0 boots as 6.6.22-0-lts.
+            let flavor = String(package.dropFirst(6))
+            let parts = installedVersion.split(separator: "-r", maxSplits: 1)
+            guard parts.count == 2 else { return nil }
+            return booting == "\(parts[0])-\(parts[1])-\(flavor)" ? .booting : .notBooting
+        }
+        return nil
+    }
+}

@@ -33,6 +33,16 @@ public struct ScanService {
         public var unscanned: [UnscannedPart] = []
         /// The release's support dates (or why unknown).
         public var releaseSupport: Fact<ReleaseSupport>?
+        /// The kernel that will boot (or why unknown).
+        public var bootingKernel: Fact<BootKernel>?
+        /// Vulnerable findings in kernel packages, and whether each touches the booting kernel.
+        public var kernelFindings: [KernelFinding] = []
+    }
+
+    public struct KernelFinding: Codable, Sendable, Equatable {
+        public var package: String
+        public var advisory: String
+        public var affects: KernelPackage.Affects
     }
 
     public struct Outcome: Sendable {
@@ -124,6 +134,13 @@ public struct ScanService {
                 try store.saveAssessment(key, findings: findings)
                 r.vms = try store.recordScan(ledger: ledger, image: path, key: key, findings: findings)
                 r.findings = findings
+                r.bootingKernel = inv.kernels.value?.booting
+                if let booting = inv.kernels.value?.booting?.value?.release {
+                    r.kernelFindings = findings.filter { $0.status == .vulnerable }.compactMap { f in
+                        KernelPackage.affects(package: f.package, installedVersion: f.installedVersion, booting: booting)
+                            .map { KernelFinding(package: f.package, advisory: f.advisory, affects: $0) }
+                    }
+                }
                 r.summary = Self.summary(findings)
                 r.vulnerable = findings.filter { $0.status == .vulnerable }.count
                 out.results.append(r)

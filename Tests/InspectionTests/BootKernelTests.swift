@@ -102,3 +102,18 @@ import GuestFS
         #expect(Inspection.bootKernel(none, installed: nil).unknownReason != nil)
     }
 }
+
+@Suite struct KernelPackageTests {
+    @Test func kernelPackagesAgainstTheBootingRelease() {
+        typealias K = KernelPackage
+        #expect(K.affects(package: "linux-image-6.1.0-18-amd64", installedVersion: "6.1.76-1", booting: "6.1.0-18-amd64") == .booting)
+        #expect(K.affects(package: "linux-image-6.1.0-17-amd64", installedVersion: "6.1.69-1", booting: "6.1.0-18-amd64") == .notBooting)
+        #expect(K.affects(package: "linux-image-amd64", installedVersion: "6.1.76-1", booting: "6.1.0-18-amd64") == nil)
+        #expect(K.affects(package: "linux-image-unsigned-6.8.0-31-generic", installedVersion: "6.8.0-31.31", booting: "6.8.0-31-generic") == .booting)
+        #expect(K.affects(package: "kernel-core", installedVersion: "6.5.6-300.fc39", booting: "6.5.6-300.fc39.x86_64") == .booting)
+        #expect(K.affects(package: "kernel-core", installedVersion: "6.10.12-200.fc39", booting: "6.5.6-300.fc39.x86_64") == .notBooting)
+        #expect(K.affects(package: "linux-lts", installedVersion: "6.6.22-r0", booting: "6.6.22-0-lts") == .booting)
+        #expect(K.affects(package: "linux-virt", installedVersion: "6.6.22-r0", booting: "6.6.22-0-lts") == .notBooting)
+        #expect(K.affects(package: "openssl", installedVersion: "3.0.11-1", booting: "6.1.0-18-amd64") == nil)
+    }
+}

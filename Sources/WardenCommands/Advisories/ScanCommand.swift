@@ -107,6 +107,12 @@ struct ScanCommand: ParsableCommand {
         }
         out.line("  " + fmt(header))
         for row in rows { out.line(oneLine("  " + fmt(row))) }
+        if !r.kernelFindings.isEmpty, let booting = r.bootingKernel?.value {
+            let unused = Set(r.kernelFindings.filter { $0.affects == .notBooting }.map(\.package))
+            out.line(oneLine("  kernel: \(booting.release) boots (\(booting.source)); " + (unused.isEmpty
+                ? "every kernel finding is in it"
+                : "findings in \(unused.sorted().joined(separator: ", ")) touch installed kernels that do not boot")))
+        }
         out.line("")
     }
 }
