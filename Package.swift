@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "WardenNetwork", targets: ["WardenNetwork"]),
         .library(name: "Vault", targets: ["Vault"]),
         .library(name: "Policy", targets: ["Policy"]),
+        .library(name: "Attestation", targets: ["Attestation"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
@@ -155,6 +156,14 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Host trust: TPM 2.0 quotes parsed as hostile input and verified with swift-crypto,
+        // the host trust policy, and the host's TPM through tpm2-tools (docs/attestation.md).
+        .target(name: "Attestation", dependencies: [
+            "WardenCore", "Policy",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
         // The libvirt hook protocol and the domain XML reader, shared by `warden libvirt-hook`
         // and the lean `warden-hook` executable; deliberately without CLibvirt and FoundationXML.
         .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy", "WardenNetwork"]),
@@ -165,13 +174,13 @@ let package = Package(
         ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
-            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep", "Vault",
+            "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep", "Vault", "Attestation",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork", "Vault",
+            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -211,8 +220,9 @@ let package = Package(
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
-                                                          "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault"]),
+                                                          "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault", "Attestation"]),
     ],
     swiftLanguageModes: [.v6]
 )

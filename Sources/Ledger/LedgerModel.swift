@@ -134,6 +134,11 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     /// Keys were released from this host's grace copies because the key provider was
     /// unreachable: the layers, the provider's error and the copies' expiry.
     case graceRelease = "grace-release"
+    /// A host's TPM was enrolled (`warden host init --tpm`): its endorsement and attestation
+    /// keys' public parts (docs/attestation.md). No VM.
+    case hostEnrolled = "host-enrolled"
+    /// A host's TPM quote was verified: trusted or not, the reasons, the baseline. No VM.
+    case hostAttested = "host-attested"
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.

@@ -57,6 +57,8 @@ public protocol LedgerStore: Sendable {
     /// `mentioning`, only those whose payload text contains it (a quoted name, say).
     func latestEvents(kind: EventKind, mentioning: String?) throws -> [EventRecord]
     func event(seq: Int64) throws -> EventRecord?
+    /// The host's latest event of `kind` that names no VM (enrolments, attestations); nil when none.
+    func latestHostEvent(kind: EventKind, host: HostName) throws -> EventRecord?
     /// The number of events (the Merkle tree size).
     func eventCount() throws -> Int64
     /// Appends the events a host reported, in order, each under the id the host gave it (its

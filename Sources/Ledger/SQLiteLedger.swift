@@ -407,6 +407,13 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
         }
     }
 
+    public func latestHostEvent(kind: EventKind, host: HostName) throws -> EventRecord? {
+        try database.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM events WHERE kind = ? AND host = ? AND vm IS NULL ORDER BY seq DESC LIMIT 1",
+                             arguments: [kind.rawValue, host.value]).map { try Rows.event($0, file: database.path) }
+        }
+    }
+
     public func event(seq: Int64) throws -> EventRecord? {
         try database.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM events WHERE seq = ?", arguments: [seq]).map { try Rows.event($0, file: database.path) }

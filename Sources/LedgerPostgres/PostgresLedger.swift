@@ -417,6 +417,12 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             """).map { try PGRows.event($0, location) }
     }
 
+    public func latestHostEvent(kind: EventKind, host: HostName) throws -> EventRecord? {
+        try store.query("""
+            SELECT * FROM events WHERE kind = \(kind.rawValue) AND host = \(host.value) AND vm IS NULL ORDER BY seq DESC LIMIT 1
+            """).first.map { try PGRows.event($0, location) }
+    }
+
     public func event(seq: Int64) throws -> EventRecord? {
         try store.query("SELECT * FROM events WHERE seq = \(seq)").first.map { try PGRows.event($0, location) }
     }

@@ -78,6 +78,8 @@ public struct PolicyContext: Sendable {
     public var destination: DestinationFacts?
     /// Whether the VM's owner is recorded and present.
     public var ownerPresent: Fact<Bool>
+    /// The host's latest attestation (`.known(nil)`: never attested).
+    public var attestation: Fact<HostAttestationFact?> = .unknown("attestation not read")
 
     public init(decisionID: UUID = UUID(), time: Date = Date(),
                 host: Fact<HostFacts> = .unknown("no host given"),
@@ -330,7 +332,32 @@ public enum PolicyEngine {
             }
             out.append(want ? t : negate(t))
         }
+        if let a = c.attested {
+            let t: Truth
+            switch context.attestation {
+            case .unknown(let why): t = .unknown("attestation: \(why)")
+            case .known(nil): t = .no("host \(hostName(context)) has never been attested")
+            case .known(let f?):
+                let age = context.time.timeIntervalSince(f.time)
+                let limit = min(f.validFor.seconds, a.maxAge?.seconds ?? Int64.max)
+                if !f.trusted {
+                    t = .no("host \(f.host)'s last attestation, \(describe(seconds: age)) ago, failed: " + f.reasons.prefix(3).joined(separator: "; "))
+                } else if age < -300 {
+                    t = .no("host \(f.host)'s last attestation is dated in the future")
+                } else if age > Double(limit) {
+                    t = .no("host \(f.host) was attested \(describe(seconds: age)) ago, at most \(PolicyDuration(seconds: limit)) allowed")
+                } else {
+                    t = .yes("host \(f.host) attested \(describe(seconds: max(0, age))) ago" + (f.baseline.map { " (baseline \($0))" } ?? ""))
+                }
+            }
+            out.append(a.expected ? t : negate(t))
+        }
         return out
+    }
+
+    static func hostName(_ context: PolicyContext) -> String {
+        if case .known(let h) = context.host { return h.name }
+        return "(unknown)"
     }
 
     static func negate(_ t: Truth) -> Truth {

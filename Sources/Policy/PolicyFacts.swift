@@ -20,6 +20,37 @@ public protocol PolicyFacts {
     func advisoriesImported(after date: Date) throws -> Int
     /// Whether the VM's owner is recorded and present.
     func ownerPresent(_ vm: VMRecord) throws -> Bool
+    /// The host's latest attestation; nil when it was never attested.
+    func hostAttestation(_ host: HostName) throws -> HostAttestationFact?
+}
+
+/// A host's latest attestation as the ledger recorded it (`host-attested` events).
+public struct HostAttestationFact: Sendable, Equatable {
+    public var host: String
+    public var time: Date
+    public var trusted: Bool
+    public var reasons: [String]
+    public var baseline: String?
+    /// How long it counts: the host trust policy's maxAge when it was made.
+    public var validFor: PolicyDuration
+    public init(host: String, time: Date, trusted: Bool, reasons: [String], baseline: String?, validFor: PolicyDuration) {
+        self.host = host; self.time = time; self.trusted = trusted; self.reasons = reasons; self.baseline = baseline; self.validFor = validFor
+    }
+
+    /// Reads a `host-attested` event; a malformed one is an untrusted attestation.
+    public init(event e: EventRecord) {
+        let p = e.payload
+        var reasons: [String] = []
+        if case .array(let items)? = p["reasons"] { reasons = items.compactMap { if case .string(let s) = $0 { return s } else { return nil } } }
+        var trusted = false
+        if case .bool(let b)? = p["trusted"] { trusted = b }
+        var validFor = PolicyDuration(seconds: 1)
+        if case .number(let n)? = p["valid_for_seconds"], n >= 1, n <= 30 * 86_400 { validFor = PolicyDuration(seconds: Int64(n)) }
+        var baseline: String?
+        if case .string(let b)? = p["baseline"] { baseline = b }
+        if trusted && reasons.isEmpty == false { trusted = false }
+        self.init(host: e.host.value, time: e.time, trusted: trusted, reasons: reasons, baseline: baseline, validFor: validFor)
+    }
 }
 
 extension PolicyFacts {
@@ -59,6 +90,7 @@ extension PolicySet {
             if c.findings != nil { need.insert("findings") }
             if c.ownerPresent != nil { need.insert("owner") }
             if c.destination != nil { need.insert("destination") }
+            if c.attested != nil { need.insert("attestation") }
         }
         return need
     }
@@ -100,6 +132,7 @@ extension PolicySet {
             }
         }
         if need.contains("owner") { ctx.ownerPresent = attempt("owner") { try facts.ownerPresent(vm) } }
+        if need.contains("attestation") { ctx.attestation = attempt("attestation") { try facts.hostAttestation(request.host) } }
         if let r = request.reexposure { ctx.reexposure = .known(r) } else { ctx.reexposure = .unknown("not computed for this operation") }
         if let dest = request.destination { ctx.destination = probe.probe(dest) }
         return ctx
@@ -167,5 +200,8 @@ public struct LedgerPolicyFacts: PolicyFacts {
     public func ownerPresent(_ vm: VMRecord) throws -> Bool {
         let o = vm.owner.trimmingCharacters(in: .whitespaces)
         return !o.isEmpty && o != "unknown" && vm.state != .retired
+    }
+    public func hostAttestation(_ host: HostName) throws -> HostAttestationFact? {
+        try store.latestHostEvent(kind: .hostAttested, host: host).map { HostAttestationFact(event: $0) }
     }
 }

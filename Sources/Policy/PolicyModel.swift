@@ -230,12 +230,23 @@ public struct Conditions: Sendable, Hashable, Codable {
     public var reexposes: SeverityCondition?
     /// The VM's owner is recorded and present.
     public var ownerPresent: Bool?
+    /// The host passed TPM attestation recently enough (docs/attestation.md).
+    public var attested: AttestedCondition?
     public init() {}
 
     public var isEmpty: Bool {
         host == nil && window == nil && maxReplicas == nil && destination == nil && scanAge == nil
-            && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil
+            && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil && attested == nil
     }
+}
+
+/// `attested: true`, or `attested: {maxAge: 8h}`: the host's latest attestation verified, was
+/// trusted, and is younger than `maxAge` (when given) and than the host trust policy's own
+/// `maxAge` (always). `attested: false` holds exactly when that does not.
+public struct AttestedCondition: Sendable, Hashable, Codable {
+    public var expected: Bool
+    public var maxAge: PolicyDuration?
+    public init(expected: Bool = true, maxAge: PolicyDuration? = nil) { self.expected = expected; self.maxAge = maxAge }
 }
 
 /// Which VMs a rule applies to. Every given field must match; an empty match matches every VM.

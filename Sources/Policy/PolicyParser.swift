@@ -353,7 +353,7 @@ public enum PolicyParser {
     }
 
     static func parseConditions(_ r: inout NodeReader, _ node: Node, _ what: String, ops: [VMOperation]) -> Conditions? {
-        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent"]
+        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested"]
         guard let m = r.mapping(node, what, allowed: keys) else { return nil }
         var c = Conditions()
         if let h = m["host"], let hm = r.mapping(h.value, "\(what).host", allowed: ["names", "labels"]) {
@@ -409,6 +409,23 @@ public enum PolicyParser {
             }
         }
         if let o = m["ownerPresent"] { c.ownerPresent = r.bool(o.value, "\(what).ownerPresent") }
+        if let a = m["attested"] {
+            if case .mapping = a.value {
+                if let am = r.mapping(a.value, "\(what).attested", allowed: ["maxAge"]) {
+                    var ac = AttestedCondition()
+                    if let s = am["maxAge"], let text = r.scalar(s.value, "\(what).attested.maxAge") {
+                        if let d = PolicyDuration(text) { ac.maxAge = d } else {
+                            r.error(s.value, "\(what).attested.maxAge: '\(text)' is not a duration like 8h, 30m, 1d")
+                        }
+                    } else {
+                        r.error(a.value, "\(what).attested is true, false, or a mapping with maxAge")
+                    }
+                    c.attested = ac
+                }
+            } else if let b = r.bool(a.value, "\(what).attested") {
+                c.attested = AttestedCondition(expected: b)
+            }
+        }
         return c
     }
 }

@@ -305,6 +305,7 @@ struct UnreachableStore: LedgerStore {
     func events(of vm: VMID) throws -> [EventRecord] { throw fail() }
     func latestEvents(kind: EventKind, mentioning: String?) throws -> [EventRecord] { throw fail() }
     func event(seq: Int64) throws -> EventRecord? { throw fail() }
+    func latestHostEvent(kind: EventKind, host: HostName) throws -> EventRecord? { throw fail() }
     func eventCount() throws -> Int64 { throw fail() }
     func descendants(of vm: VMID) throws -> [VMRecord] { throw fail() }
     func liveReplicas(of vm: VMID) throws -> [VMRecord] { throw fail() }
