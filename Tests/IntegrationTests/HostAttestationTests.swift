@@ -1,0 +1,143 @@
+import Foundation
+import Testing
+import WardenCore
+import WardenTestSupport
+
+/// `warden host init --tpm`, `host baseline`, `host attest`, `host verify-quote` and the
+/// `attested` policy condition, end to end against real software TPMs (swtpm + tpm2-tools).
+@Suite(.serialized) struct HostAttestationTests {
+    static func warden(_ args: [String], home: String, env: [String: String] = [:], check: Bool = true) throws -> ToolResult {
+        let r = try Tool.run(["timeout", "-s", "KILL", "300", Fixtures.wardenBinary] + args,
+                             environment: ["WARDEN_HOME": home, "WARDEN_DB": "", "WARDEN_POLICY": home + "/policy",
+                                           "WARDEN_KEYS": "", "TPM2TOOLS_TCTI": ""].merging(env) { _, n in n }, check: false)
+        if check && r.status != 0 { throw TestGuestError("warden \(args.joined(separator: " ")) exited \(r.status): \(r.stderr.prefix(500))") }
+        return r
+    }
+
+    static let policy = """
+        apiVersion: warden/v1
+        kind: Policy
+        rules:
+          - name: attested-hosts-only
+            on: [start, unlock, migrate, restore]
+            require:
+              attested: true
+        """
+
+    /// A home with a ledger, a registered VM `web` and the policy above.
+    static func home(_ dir: String) throws -> String {
+        let home = dir + "/home"
+        try FileManager.default.createDirectory(atPath: home + "/policy/hosts", withIntermediateDirectories: true)
+        try policy.write(toFile: home + "/policy/attested.yaml", atomically: true, encoding: .utf8)
+        try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", dir + "/web.qcow2", "16M"])
+        _ = try warden(["vm", "register", dir + "/web.qcow2", "--name", "web", "--owner", "alice"], home: home)
+        return home
+    }
+
+    @Test func attestedHostsArePolicyFacts() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try SoftwareTPM.with { tpm in
+                let home = try Self.home(dir)
+                let env = ["TPM2TOOLS_TCTI": tpm.tcti]
+                // Never attested: start and unlock are denied, the reason says so.
+                let before = try Self.warden(["policy", "check", "--op", "start", "web"], home: home, check: false)
+                #expect(before.status == 3)
+                #expect(before.stdoutText.contains("has never been attested"), "\(before.stdoutText)")
+
+                // Enrol, write the baseline from the TPM's current PCRs, attest.
+                let initJSON = try Self.warden(["host", "init", "--tpm", "--json"], home: home, env: env)
+                let enrolled = try JSONSerialization.jsonObject(with: initJSON.stdout) as? [String: Any]
+                #expect((enrolled?["attestation_key_sha256"] as? String)?.count == 64, "\(initJSON.stdoutText)")
+                #expect((enrolled?["public_key"] as? String)?.count == 64)
+                let baseline = try Self.warden(["host", "baseline", "--pcrs", "0,7", "--name", "lab"], home: home, env: env)
+                try baseline.stdoutText.write(toFile: home + "/policy/hosts/trust.yaml", atomically: true, encoding: .utf8)
+                let good = try Self.warden(["host", "attest", "--json", "--save-evidence", dir + "/e1"], home: home, env: env)
+                let verdict = try JSONSerialization.jsonObject(with: good.stdout) as? [String: Any]
+                #expect(verdict?["trusted"] as? Bool == true)
+                #expect(verdict?["baseline"] as? String == "lab")
+                for op in ["start", "unlock"] {
+                    let r = try Self.warden(["policy", "check", "--op", op, "web"], home: home, check: false)
+                    #expect(r.status == 0, "\(op): \(r.stdoutText)")
+                }
+                // Too old for a later decision: the trust policy's maxAge (8h) counts.
+                let later = ISO8601DateFormatter().string(from: Date().addingTimeInterval(86_400))
+                let stale = try Self.warden(["policy", "check", "--op", "start", "web", "--at", later], home: home, check: false)
+                #expect(stale.status == 3)
+                #expect(stale.stdoutText.contains("at most 8h allowed"), "\(stale.stdoutText)")
+
+                // A boot component changes PCR 7: attestation fails naming the PCR, and so do start and unlock.
+                try tpm.extend(pcr: 7, with: "a boot loader nobody signed")
+                let bad = try Self.warden(["host", "attest"], home: home, env: env, check: false)
+                #expect(bad.status == 3)
+                #expect(bad.stdoutText.contains("NOT trusted") && bad.stdoutText.contains("PCR 7 (sha256)"), "\(bad.stdoutText)")
+                for op in ["start", "unlock"] {
+                    let r = try Self.warden(["policy", "check", "--op", op, "web"], home: home, check: false)
+                    #expect(r.status == 3)
+                    #expect(r.stdoutText.contains("PCR 7"), "\(op): \(r.stdoutText)")
+                }
+                // The verdicts are ledger events.
+                let events = try Self.warden(["ledger", "export"], home: home, check: false)
+                #expect(events.stdoutText.contains("host-attested") && events.stdoutText.contains("host-enrolled"), "\(events.stdoutText.prefix(400))")
+                let status = try Self.warden(["host", "status", "--json"], home: home)
+                let st = try JSONSerialization.jsonObject(with: status.stdout) as? [String: Any]
+                #expect(st?["enrolled"] as? Bool == true && st?["attested"] as? Bool == false)
+
+                // Replay: the first, good quote offered against a fresh nonce is refused.
+                let fresh = String(repeating: "5a", count: 32)
+                let replay = try Self.warden(["host", "verify-quote", "--quote", dir + "/e1/quote", "--signature", dir + "/e1/signature",
+                                              "--pcrs", dir + "/e1/pcrs", "--nonce", fresh], home: home, check: false)
+                #expect(replay.status == 3)
+                #expect(replay.stdoutText.contains("nonce"), "\(replay.stdoutText)")
+
+                // Garbled evidence: exit 2 and one line naming the file.
+                let q = try Fixtures.read(dir + "/e1/quote")
+                try Fixtures.write(Array(q.prefix(40)), to: dir + "/short")
+                let garbled = try Self.warden(["host", "verify-quote", "--quote", dir + "/short", "--signature", dir + "/e1/signature",
+                                               "--pcrs", dir + "/e1/pcrs", "--nonce", fresh], home: home, check: false)
+                #expect(garbled.status == 2)
+                #expect(garbled.stderr.hasPrefix("warden: \(dir)/short: quote (TPMS_ATTEST)"), "\(garbled.stderr)")
+                #expect(garbled.stderr.split(separator: "\n").count == 1)
+
+                // A quote made by another TPM, with the nonce we issued, is refused.
+                try SoftwareTPM.with { other in
+                    let otherHome = dir + "/other"
+                    try FileManager.default.createDirectory(atPath: otherHome + "/policy/hosts", withIntermediateDirectories: true)
+                    try baseline.stdoutText.write(toFile: otherHome + "/policy/hosts/trust.yaml", atomically: true, encoding: .utf8)
+                    _ = try Self.warden(["host", "init", "--tpm"], home: otherHome, env: ["TPM2TOOLS_TCTI": other.tcti])
+                    _ = try Self.warden(["host", "attest", "--save-evidence", dir + "/e2"], home: otherHome, env: ["TPM2TOOLS_TCTI": other.tcti], check: false)
+                    let nonce = Data(try Fixtures.read(dir + "/e2/nonce")).hexEncoded
+                    let forged = try Self.warden(["host", "verify-quote", "--quote", dir + "/e2/quote", "--signature", dir + "/e2/signature",
+                                                  "--pcrs", dir + "/e2/pcrs", "--nonce", nonce], home: home, check: false)
+                    #expect(forged.status == 3)
+                    #expect(forged.stdoutText.contains("another TPM"), "\(forged.stdoutText)")
+                }
+            }
+        }
+    }
+
+    @Test func withoutATPMAHostIsNeverAttested() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let home = try Self.home(dir)
+            try "kind: HostTrust\nbaselines: [{name: a, pcrs: {0: \(String(repeating: "00", count: 32))}}]\n"
+                .write(toFile: home + "/policy/hosts/trust.yaml", atomically: true, encoding: .utf8)
+            guard !FileManager.default.fileExists(atPath: "/dev/tpmrm0") else { return }
+            let r = try Self.warden(["host", "attest"], home: home, check: false)
+            #expect(r.status == 3)
+            #expect(r.stdoutText.contains("has no TPM"), "\(r.stdoutText)")
+            let c = try Self.warden(["policy", "check", "--op", "unlock", "web"], home: home, check: false)
+            #expect(c.status == 3)
+            #expect(c.stdoutText.contains("has no TPM"), "\(c.stdoutText)")
+            let noTPM = try Self.warden(["host", "init", "--tpm"], home: home, check: false)
+            #expect(noTPM.status == 4)
+            #expect(noTPM.stderr.contains("no TPM"))
+            // A pinned key for a host: a different key for the same name is refused.
+            let k1 = String(repeating: "11", count: 32), k2 = String(repeating: "22", count: 32)
+            _ = try Self.warden(["host", "add", "h2", "--public-key", k1], home: home)
+            let clash = try Self.warden(["host", "add", "h2", "--public-key", k2], home: home, check: false)
+            #expect(clash.status == 2)
+            #expect(clash.stderr.contains("different public key"))
+            let badKey = try Self.warden(["host", "add", "h3", "--public-key", "zz"], home: home, check: false)
+            #expect(badKey.status == 64 || badKey.status == 2)
+        }
+    }
+}
