@@ -65,6 +65,25 @@ struct StoreTestError: Error {}
         }
     }
 
+    /// A host's latest VM-less event of a kind (enrolments, attestations); VM events and other hosts do not count.
+    @Test(arguments: StoreBackend.all) func latestHostEventOfAKind(_ b: StoreBackend) throws {
+        try b.with { s in
+            let h1 = HostName("h1")!, h2 = HostName("h2")!
+            #expect(try s.latestHostEvent(kind: .hostAttested, host: h1) == nil)
+            let a = try register(s, vm("a"))
+            _ = try s.append(NewEvent(kind: .hostAttested, vm: nil, host: h1, payload: ["trusted": .bool(false)]))
+            let second = try s.append(NewEvent(kind: .hostAttested, vm: nil, host: h1, payload: ["trusted": .bool(true)]))
+            _ = try s.append(NewEvent(kind: .hostAttested, vm: a.id, host: h1, payload: ["trusted": .bool(false)]))
+            _ = try s.append(NewEvent(kind: .hostAttested, vm: nil, host: h2, payload: ["trusted": .bool(false)]))
+            _ = try s.append(NewEvent(kind: .hostEnrolled, vm: nil, host: h1))
+            let got = try s.latestHostEvent(kind: .hostAttested, host: h1)
+            #expect(got?.seq == second.seq)
+            #expect(got?.payload["trusted"] == .bool(true))
+            #expect(try s.latestHostEvent(kind: .hostAttested, host: h2)?.host == h2)
+            #expect(try s.latestHostEvent(kind: .hostEnrolled, host: h2) == nil)
+        }
+    }
+
     @Test(arguments: StoreBackend.all) func oneLiveVMPerDiskFile(_ b: StoreBackend) throws {
         try b.with { s in
             let id = DiskRecord.FileID(device: 7, inode: 42)

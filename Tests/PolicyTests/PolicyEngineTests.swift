@@ -245,6 +245,44 @@ func ctx(at: Date = t("2026-01-05T12:00:00Z"), host: String = "h1", labels: [Str
         #expect(PolicyEngine.decide(set, .start, vm: plain, context: c).reasons == ["rule owned: owner 'bob' is not present"])
     }
 
+    @Test func attestedHosts() throws {
+        let set = try policy("""
+          - name: attested
+            on: [start, unlock]
+            require: { attested: { maxAge: 1h } }
+          - name: not-on-attested
+            on: [stop]
+            deny: { attested: true }
+        """)
+        let now = t("2026-01-05T12:00:00Z")
+        func fact(ago: TimeInterval, trusted: Bool = true, validFor: Int64 = 8 * 3600) -> HostAttestationFact {
+            HostAttestationFact(host: "h1", time: now.addingTimeInterval(-ago), trusted: trusted,
+                                reasons: trusted ? [] : ["PCR 7 (sha256) is 00…, baseline lab expects 11…"], baseline: trusted ? "lab" : nil,
+                                validFor: PolicyDuration(seconds: validFor))
+        }
+        var c = ctx(at: now)
+        c.attestation = .known(fact(ago: 1800))
+        #expect(PolicyEngine.decide(set, .start, vm: plain, context: c).effect == .allow)
+        #expect(PolicyEngine.decide(set, .stop, vm: plain, context: c).effect == .deny)   // attested: true holds
+        c.attestation = .known(fact(ago: 7200))
+        #expect(PolicyEngine.decide(set, .unlock, vm: plain, context: c).reasons == ["rule attested: host h1 was attested 2h ago, at most 1h allowed"])
+        c.attestation = .known(fact(ago: 600, validFor: 300))   // the trust policy's own maxAge is shorter
+        #expect(PolicyEngine.decide(set, .start, vm: plain, context: c).effect == .deny)
+        c.attestation = .known(fact(ago: 60, trusted: false))
+        let d = PolicyEngine.decide(set, .start, vm: plain, context: c)
+        #expect(d.effect == .deny && d.reasons.first?.contains("failed: PCR 7 (sha256)") == true)
+        c.attestation = .known(nil)
+        #expect(PolicyEngine.decide(set, .start, vm: plain, context: c).reasons == ["rule attested: host h1 has never been attested"])
+        #expect(PolicyEngine.decide(set, .stop, vm: plain, context: c).effect == .allow)   // attested: true does not hold
+        c.attestation = .unknown("ledger unreachable")
+        #expect(PolicyEngine.decide(set, .start, vm: plain, context: c).effect == .deny)
+        #expect(PolicyEngine.decide(set, .stop, vm: plain, context: c).effect == .deny)
+        // The condition's forms.
+        #expect(throws: (any Error).self) { try policy("  - name: x\n    on: [start]\n    require: { attested: { maxAge: soon } }\n") }
+        #expect(throws: (any Error).self) { try policy("  - name: x\n    on: [start]\n    require: { attested: { since: 1h } }\n") }
+        #expect(throws: (any Error).self) { try policy("  - name: x\n    on: [start]\n    require: { attested: yes please }\n") }
+    }
+
     @Test func failClosed() throws {
         let d = PolicyEngine.failClosed(.start, vm: plain, reason: "policy unavailable: p.yaml: line 3: bad", context: ctx())
         #expect(d.effect == .deny && d.failedClosed && d.revision == "unavailable")
