@@ -169,7 +169,7 @@ let package = Package(
         .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy", "WardenNetwork"]),
         .target(name: "Hypervisor", dependencies: [
             "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
-            "WardenNetwork", "Vault",
+            "WardenNetwork", "Vault", "Attestation",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).

@@ -41,6 +41,12 @@ let package = Package(
         .executableTarget(name: "FuzzLUKSVolume", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
         ]),
+        .executableTarget(name: "FuzzTPMQuote", dependencies: [
+            .product(name: "Attestation", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzTPMPCR", dependencies: [
+            .product(name: "Attestation", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -31,6 +31,7 @@ public struct HostTPM: Sendable {
 
     var handleText: String { String(format: "0x%08x", akHandle) }
 
+    @discardableResult
     private func tool(_ name: String, _ args: [String], in dir: String, what: String) throws -> Data {
         let binary = try ToolProcess.find(name, package: "tpm2-tools")
         return try ToolProcess.check(binary, args, environment: ["TPM2TOOLS_TCTI": tcti, "TSS2_LOG": "all+none"],
@@ -104,6 +105,15 @@ public struct HostTPM: Sendable {
                 throw WardenError(.denied, "the TPM did not answer the enrolment challenge: the attestation key is not in the TPM of this endorsement key")
             }
             return TPMEnrolment(endorsementKey: ek, attestationKey: ak)
+        }
+    }
+
+    /// The endorsement key's public part (the TCG default RSA-2048 template).
+    public func endorsementKey() throws -> TPMTPublic {
+        try Self.withScratch { dir in
+            defer { flush(in: dir) }
+            try tool("tpm2_createek", ["-c", "\(dir)/ek.ctx", "-G", "rsa", "-u", "\(dir)/ek.pub"], in: dir, what: "reading the endorsement key")
+            return try TPMTPublic(tpm2b: try read("\(dir)/ek.pub"))
         }
     }
 

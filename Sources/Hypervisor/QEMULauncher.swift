@@ -20,6 +20,8 @@ public struct LaunchOptions: Codable, Sendable, Equatable {
     public var nics: [NIC]?
     /// Confine QEMU (``Confinement``): nil means yes when Warden runs as root.
     public var confined: Bool?
+    /// Give the guest its own TPM 2.0 (``VTPM``).
+    public var tpm: Bool?
     public init() {}
 
     /// Whether this launch confines QEMU.
@@ -100,6 +102,7 @@ public enum QEMULauncher {
         if let k = options.kernel { a += ["-kernel", k] }
         if let i = options.initrd { a += ["-initrd", i] }
         if let ap = options.append { a += ["-append", ap] }
+        if options.tpm == true { a += VTPM.qemuArguments(run) }
         if let s = loadSnapshot { a += ["-loadvm", s] }
         if options.confines { a += Confinement.qemuArguments(vm: vm, run: run) }
         if daemonize { a += ["-daemonize", "-pidfile", run.pidFile] }
@@ -157,7 +160,9 @@ public enum QEMULauncher {
 /// descriptor of this process is closed in the child, so QEMU and the state server never hold
 /// Warden's database, lock or pipe descriptors.
 enum Spawn {
-    static func spawn(_ argv: [String], log: String, newSession: Bool, truncate: Bool = false) throws -> pid_t {
+    /// `pass` hands descriptors on: each source (this process's) becomes the target number in
+    /// the child; every other descriptor above 2 is closed there.
+    static func spawn(_ argv: [String], log: String, newSession: Bool, truncate: Bool = false, pass: [(source: Int32, target: Int32)] = []) throws -> pid_t {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -170,10 +175,22 @@ enum Spawn {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | (truncate ? O_TRUNC : O_APPEND), 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Sources first go to high numbers (so no target overwrites a source still to be moved),
+        // then to their targets; dup2 to another number leaves the copy without close-on-exec.
+        var high: [(Int32, Int32)] = []
+        defer { for (h, _) in high { close(h) } }
+        for p in pass {
+            let h = fcntl(p.source, F_DUPFD_CLOEXEC, 200)
+            guard h >= 0 else { throw WardenError(.io, "cannot pass a descriptor to \(argv[0])") }
+            high.append((h, p.target))
+        }
+        for (h, target) in high { posix_spawn_file_actions_adddup2(&actions, h, target) }
+        let keep = Set(pass.map(\.target))
         let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
-        for fd in fds where fd > 2 && fcntl(fd, F_GETFD) >= 0 {
+        for fd in fds where fd > 2 && !keep.contains(fd) && !high.contains(where: { $0.0 == fd }) && fcntl(fd, F_GETFD) >= 0 {
             posix_spawn_file_actions_addclose(&actions, fd)
         }
+        for (h, _) in high { posix_spawn_file_actions_addclose(&actions, h) }
         var cargs = argv.map { strdup($0) }
         cargs.append(nil)
         defer { for p in cargs { free(p) } }

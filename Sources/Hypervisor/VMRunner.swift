@@ -108,6 +108,7 @@ public struct VMRunner {
         var saved = options
         saved.accel = options.accel
         try saveLaunch(saved, run)
+        let vtpmExisted = VTPM(vm: vm.id, home: home).exists
         // The taps exist and carry the VM's network state before QEMU opens them: the guest's
         // first packet already meets its rules. Anything failing here stops the start.
         let pid: pid_t
@@ -128,6 +129,7 @@ public struct VMRunner {
         let now = Date()
         var payload: [String: JSONValue] = ["pid": .number(Double(pid)), "accel": .string(accel)]
         payload["confinement"] = options.confines ? .object(lastConfinement.withLock { $0 }) : .string("none")
+        if options.tpm == true { payload["vtpm"] = .string(vtpmExisted ? "existing" : "fresh") }
         _ = try store.updateVM(vm.id, event: NewEvent(kind: .started, vm: vm.id, host: host, time: now, payload: payload)) {
             $0.state = .running
             $0.updatedAt = now
@@ -186,8 +188,17 @@ public struct VMRunner {
             }
             try Confinement.prepareChroot(run)
         }
-        let pid = try QEMULauncher.launch(binary: options.qemuBinary, arguments: args, run: run,
+        if options.tpm == true {
+            _ = try VTPM(vm: vm.id, home: home).launch(run: run, runAs: options.confines ? Confinement.uid(for: vm.id) : nil)
+        }
+        let pid: pid_t
+        do {
+            pid = try QEMULauncher.launch(binary: options.qemuBinary, arguments: args, run: run,
                                           wrapper: options.confines ? Confinement.wrapper : [])
+        } catch {
+            if options.tpm == true { VTPM(vm: vm.id, home: home).stop(run: run) }
+            throw error
+        }
         if options.confines {
             // Resource limits: without a usable cgroup the VM still runs confined otherwise,
             // and `lastConfinement` says what is missing (the started event records it).
@@ -225,6 +236,7 @@ public struct VMRunner {
         guard stale else { return false }
         let oldPid = RunDirectory.readPid(run.pidFile)
         if let sp = run.stateServerPid { kill(sp, SIGTERM) }
+        VTPM(vm: vm.id, home: home).stop(run: run)
         run.cleanRuntimeFiles()
         run.removeCreatedTaps()
         let now = Date()
@@ -256,6 +268,7 @@ public struct VMRunner {
         }
         try gate(.stop, vm, [:])
         let how = terminate(pid: pid, run: run, powerdownTimeout: timeout)
+        VTPM(vm: vm.id, home: home).stop(run: run)
         Confinement.removeCgroups(vm: vm.id)
         run.cleanRuntimeFiles()
         run.removeCreatedTaps()
@@ -330,11 +343,13 @@ public struct VMRunner {
                 for d in disks { try QEMUImg.snapshot("-c", name, d) }
             }
         }
+        // The vTPM's state goes with the disks: a rollback restores both together.
+        let vtpm = try VTPM(vm: vm.id, home: home).snapshot(name)
         let rec = SnapshotRecord(vm: vm.id, name: name, generation: vm.generation)
         try store.addSnapshot(rec)
         _ = try store.append(NewEvent(kind: .snapshotted, vm: vm.id, host: host, generationBefore: vm.generation,
                                       generationAfter: vm.generation,
-                                      payload: ["snapshot": .string(name), "live": .bool(live)]))
+                                      payload: ["snapshot": .string(name), "live": .bool(live), "vtpm": .bool(vtpm)]))
         return rec
     }
 
@@ -372,6 +387,9 @@ public struct VMRunner {
             "running": .bool(pid != nil),
         ]
         if let recorded { payload["snapshot_generation"] = .string(recorded.generation.uuidString.lowercased()) }
+        let vtpm = VTPM(vm: vm.id, home: home)
+        let vtpmPlan = vtpm.restorePlan(name)
+        if vtpmPlan != .unchanged { payload["vtpm"] = .string(vtpmPlan.rawValue) }
         let (_, event) = try store.updateVM(vm.id, event: NewEvent(kind: .rolledBack, vm: vm.id, host: host,
                                                                     generationBefore: vm.generation, generationAfter: newGen,
                                                                     payload: payload)) {
@@ -382,7 +400,9 @@ public struct VMRunner {
             // The current state is being discarded: no powerdown, just quit.
             _ = terminate(pid: pid, run: run, powerdownTimeout: 0)
             if let sp = run.stateServerPid { kill(sp, SIGTERM) }
+            VTPM(vm: vm.id, home: home).stop(run: run)
             run.cleanRuntimeFiles()
+            try vtpm.restore(name)
             let options = (try? loadLaunch(run)) ?? LaunchOptions()
             let accel = try QEMULauncher.accelerator(options.accel)
             let withState = target.vmStateSize > 0
@@ -402,6 +422,7 @@ public struct VMRunner {
             }
         } else {
             try withUnlockedDisks(vm, disks, run: run) { disks in for d in disks { try QEMUImg.snapshot("-a", name, d) } }
+            try vtpm.restore(name)
         }
         return RollbackResult(oldGeneration: vm.generation, newGeneration: newGen, restarted: pid != nil, event: event)
     }

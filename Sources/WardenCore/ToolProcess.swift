@@ -5,7 +5,8 @@ import Glibc
 
 /// Runs a helper tool (tpm2-tools, ip, qemu-img …) to completion: no shell, stdin from
 /// /dev/null, stdout and stderr captured (each capped), a deadline after which the tool is
-/// killed. Failures are typed: a missing tool is `.unavailable` naming the Debian package.
+/// killed. A daemon the tool starts does not hold the call: after the tool exits, its output
+/// is read for at most two more seconds. Failures are typed: a missing tool is `.unavailable` naming the Debian package.
 public enum ToolProcess {
     public struct Output: Sendable {
         public var status: Int32
@@ -66,9 +67,10 @@ public enum ToolProcess {
         let pid = p.processIdentifier
         let killer = DispatchWorkItem { kill(pid, SIGKILL) }
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
-        group.wait()
         p.waitUntilExit()
         killer.cancel()
+        // A daemon the tool left behind may hold the pipes open: its output is not waited for.
+        _ = group.wait(timeout: .now() + 2)
         let (o, e) = collected.withLock { $0 }
         if p.terminationReason == .uncaughtSignal {
             throw WardenError(.unavailable, "\((binary as NSString).lastPathComponent) was killed (signal \(p.terminationStatus)) after \(Int(timeout)) s or by another process")

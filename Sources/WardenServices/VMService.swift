@@ -258,10 +258,15 @@ public struct VMService: Sendable {
         public var operations: [any SysprepOperation]
         public var hostname: String?
         public var authorizedKeysUsers: [String]
+        /// What the clone's vTPM becomes (run after the disks are linked, before the record is
+        /// committed; its answer is recorded as `vtpm` in the cloned event): nil when the
+        /// source has none.
+        public var vtpm: (@Sendable (_ source: VMID, _ clone: VMID) throws -> String?)?
         public init(vm: String, name: String, full: Bool = false, directory: String? = nil, operations: [any SysprepOperation],
-                    hostname: String? = nil, authorizedKeysUsers: [String] = []) {
+                    hostname: String? = nil, authorizedKeysUsers: [String] = [],
+                    vtpm: (@Sendable (_ source: VMID, _ clone: VMID) throws -> String?)? = nil) {
             self.vm = vm; self.name = name; self.full = full; self.directory = directory; self.operations = operations
-            self.hostname = hostname; self.authorizedKeysUsers = authorizedKeysUsers
+            self.hostname = hostname; self.authorizedKeysUsers = authorizedKeysUsers; self.vtpm = vtpm
         }
     }
 
@@ -398,6 +403,7 @@ public struct VMService: Sendable {
                 try staging.link()
                 do {
                     try afterLink?()
+                    if let v = try r.vtpm?(src.id, new.id) { payload["vtpm"] = .string(v) }
                     let (made, _) = try store.createVM(new, disks: records,
                                                        event: NewEvent(kind: .cloned, vm: new.id, host: host, time: now,
                                                                        generationBefore: src.generation, generationAfter: new.generation,

@@ -4,31 +4,33 @@ import WardenCore
 import Glibc
 #endif
 
-/// A private software TPM 2.0 for tests: Debian's `swtpm` with its state in a fresh folder,
-/// its command and control sockets on two consecutive free loopback ports (the layout
-/// tpm2-tools' `swtpm` TCTI expects), started up and ready. ``stop()`` kills it and removes
-/// the folder; ``with(_:)`` stops it whatever the body did, and a process exit stops any left.
+/// A private software TPM 2.0 for tests: Debian's `swtpm` with its state in a fresh folder (or
+/// in `stateDirectory`, to look into a VM's vTPM), serving tpm2-tools on a unix socket in
+/// that folder (no network), started up and ready. ``stop()`` kills it and removes the folder;
+/// ``with(_:)`` stops it whatever the body did, and a process exit stops any left.
 public final class SoftwareTPM: @unchecked Sendable {
     // @unchecked: immutable after init; stop() is idempotent and guarded by a lock.
     public let directory: String
-    public let port: Int
     private let pidFile: String
     private let lock = NSLock()
     private var stopped = false
 
     /// The TCTI string tpm2-tools and Warden take (`--tcti` / `$TPM2TOOLS_TCTI`).
-    public var tcti: String { "swtpm:host=127.0.0.1,port=\(port)" }
+    public var tcti: String { "swtpm:path=\(directory)/tpm.sock" }
 
     nonisolated(unsafe) private static var running: [String: String] = [:]   // pid file → folder
     private static let registry = NSLock()
 
-    public init() throws {
+    public init(stateDirectory: String? = nil) throws {
         directory = NSTemporaryDirectory() + "warden-swtpm-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory + "/state", withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         pidFile = directory + "/swtpm.pid"
         do {
-            port = try Self.launch(directory: directory, pidFile: pidFile)
+            try Tool.run(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(stateDirectory ?? directory + "/state")",
+                          "--server", "type=unixio,path=\(directory)/tpm.sock", "--ctrl", "type=unixio,path=\(directory)/tpm.sock.ctrl",
+                          "--flags", "not-need-init,startup-clear", "--daemon", "--pid", "file=\(pidFile)",
+                          "--log", "file=\(directory)/swtpm.log"], timeout: 30)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
@@ -38,27 +40,11 @@ public final class SoftwareTPM: @unchecked Sendable {
         do { try waitReady() } catch { stop(); throw error }
     }
 
-    private static func launch(directory: String, pidFile: String) throws -> Int {
-        var lastError: Error?
-        for _ in 0..<20 {
-            let p = Int.random(in: 20_000...60_000)
-            guard isFree(p), isFree(p + 1) else { continue }
-            do {
-                try Tool.run(["swtpm", "socket", "--tpm2", "--tpmstate", "dir=\(directory)/state",
-                              "--server", "type=tcp,port=\(p),bindaddr=127.0.0.1", "--ctrl", "type=tcp,port=\(p + 1),bindaddr=127.0.0.1",
-                              "--flags", "not-need-init,startup-clear", "--daemon", "--pid", "file=\(pidFile)",
-                              "--log", "file=\(directory)/swtpm.log"], timeout: 30)
-                return p
-            } catch { lastError = error }
-        }
-        throw lastError ?? ToolError.spawn(["swtpm"], "no free pair of loopback ports")
-    }
-
     deinit { stop() }
 
     /// Runs `body` with a fresh TPM, stopped afterwards even when the body throws.
-    public static func with<T>(_ body: (SoftwareTPM) throws -> T) throws -> T {
-        let tpm = try SoftwareTPM()
+    public static func with<T>(stateDirectory: String? = nil, _ body: (SoftwareTPM) throws -> T) throws -> T {
+        let tpm = try SoftwareTPM(stateDirectory: stateDirectory)
         defer { tpm.stop() }
         return try body(tpm)
     }
@@ -68,7 +54,7 @@ public final class SoftwareTPM: @unchecked Sendable {
             if (try? Tool.run(["tpm2_getcap", "properties-fixed"], environment: ["TPM2TOOLS_TCTI": tcti], timeout: 10)) != nil { return }
             usleep(50_000)
         }
-        throw ToolError.spawn(["swtpm"], "did not answer on port \(port)")
+        throw ToolError.spawn(["swtpm"], "did not answer on \(directory)/tpm.sock")
     }
 
     /// Runs a tpm2-tools command against this TPM.
@@ -103,19 +89,6 @@ public final class SoftwareTPM: @unchecked Sendable {
     static func stopAll() {
         registry.lock(); let all = running; running = [:]; registry.unlock()
         for (pidFile, dir) in all { kill(pidFile: pidFile); try? FileManager.default.removeItem(atPath: dir) }
-    }
-
-    static func isFree(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        return withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
     }
 }
 

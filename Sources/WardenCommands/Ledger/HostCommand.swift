@@ -15,7 +15,7 @@ struct HostCommand: ParsableCommand {
         ledger). With a TPM 2.0, `host init --tpm` enrols it and `host attest` proves its measured \
         boot state to policy (`attested: true`); docs/attestation.md.
         """,
-        subcommands: [HostInit.self, HostAdd.self, HostList.self, HostAttest.self, HostVerifyQuote.self, HostBaseline.self, HostStatus.self])
+        subcommands: [HostInit.self, HostAdd.self, HostList.self, HostAttest.self, HostVerifyQuote.self, HostBaseline.self, HostStatus.self, HostBenchVerify.self])
 }
 
 struct HostAdd: ParsableCommand {
@@ -84,7 +84,7 @@ struct HostList: ParsableCommand {
 
 /// `--tcti` and `--ak-handle`: which TPM, and where Warden keeps its attestation key in it.
 struct TPMOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The TPM to use, as a tpm2-tools TCTI (default: $TPM2TOOLS_TCTI, else device:/dev/tpmrm0 when present). swtpm: swtpm:host=127.0.0.1,port=2321.", valueName: "tcti"))
+    @Option(help: ArgumentHelp("The TPM to use, as a tpm2-tools TCTI (default: $TPM2TOOLS_TCTI, else device:/dev/tpmrm0 when present). swtpm: swtpm:path=/run/swtpm/sock or swtpm:host=127.0.0.1,port=2321.", valueName: "tcti"))
     var tcti: String?
     @Option(help: ArgumentHelp("The persistent handle of Warden's attestation key (default 0x81010020).", valueName: "handle"))
     var akHandle: String?
@@ -304,5 +304,36 @@ struct HostStatus: ParsableCommand {
                 Output.stdout.line("last attestation: never (unattested)")
             }
         }
+    }
+}
+
+/// `warden host bench-verify`: the time one quote verification takes (scripts/bench-attest).
+struct HostBenchVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-verify", abstract: "Time quote verification in-process (parse, signature, digest, baseline); nothing is recorded.",
+        shouldDisplay: false)
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var policy: PolicyOptions
+    @Option(help: "The evidence folder `host attest --save-evidence` wrote.") var evidence: String
+    @Option(help: "Rounds.") var rounds = 2000
+
+    func run() throws {
+        let ledger = try database.open(create: false)
+        let service = HostTrustService(store: ledger, host: .current, policyDirectory: PolicySet.defaultDirectory(explicit: policy.policy))
+        guard let enrolment = try service.enrolment() else { throw WardenError(.notFound, "this host has no enrolled TPM") }
+        let trust = try HostTrustPolicy.load(policyDirectory: service.policyDirectory)
+        func read(_ n: String) throws -> [UInt8] { Array(try Data(contentsOf: URL(fileURLWithPath: evidence + "/" + n))) }
+        let e = QuoteEvidence(quote: try read("quote"), signature: try read("signature"), pcrValues: try read("pcrs"))
+        let nonce = try read("nonce")
+        var times: [UInt64] = []
+        var trusted = 0
+        for _ in 0..<max(1, rounds) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            if try QuoteVerifier().verify(e, enrolment: enrolment, nonce: nonce, policy: trust).trusted { trusted += 1 }
+            times.append(DispatchTime.now().uptimeNanoseconds - t0)
+        }
+        let s = times.sorted()
+        Output.stdout.line(String(format: "%d verifications (%d trusted): p50 %.3f ms, p90 %.3f ms, p99 %.3f ms", rounds, trusted,
+                                  Double(s[s.count / 2]) / 1e6, Double(s[s.count * 9 / 10]) / 1e6, Double(s[s.count * 99 / 100]) / 1e6))
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Hypervisor
 import WardenCore
 import DiskImage
 import Ledger
@@ -27,6 +28,7 @@ struct VMClone: ParsableCommand {
     @Option(help: "Folder for the new disk files, created if missing (default: the folder of the source's boot disk).") var dir: String?
     @OptionGroup var selection: SysprepSelection
     @OptionGroup var policyOptions: PolicyOptions
+    @Flag(help: "Give the clone a copy of the source's vTPM state (same endorsement seed and sealed secrets; recorded) instead of a fresh vTPM.") var keepVtpm = false
     @Flag(help: "Print JSON (schema warden.vm.clone/v1, docs/sysprep.md).") var json = false
 
     func validate() throws {
@@ -56,7 +58,14 @@ struct VMClone: ParsableCommand {
         let service = VMRun.service(try database.open(create: false), policy: policyOptions.source)
         PhaseTimer.shared.lap("ledger-open")
         let result = try service.clone(.init(vm: vm, name: name, full: full, directory: dir, operations: try selection.selected(),
-                                             hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys),
+                                             hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys,
+                                             vtpm: { [keepVtpm] source, clone in
+                                                 let home = RunDirectory.home()
+                                                 let parent = VTPM(vm: source, home: home)
+                                                 guard parent.exists else { return nil }
+                                                 if keepVtpm { try parent.copy(to: VTPM(vm: clone, home: home)); return "copied" }
+                                                 return "fresh"
+                                             }),
                                        beforeCommit: Self.testHookBeforeCommit, afterLink: TestHooks.pause("WARDEN_TEST_CLONE_LINKED_PAUSE"))
         let src = result.source
         if !result.collisions.isEmpty {
@@ -75,6 +84,10 @@ struct VMClone: ParsableCommand {
             if let m = created.mac { Output.stdout.line("mac: \(m)") }
             SysprepSelection.printReport(r)
             Output.stdout.line("verification: no identity field shared with \(oneLine(src.name))")
+        }
+        if VTPM(vm: src.id).exists {
+            Output.note(keepVtpm ? "vTPM: \(created.name) has a copy of \(src.name)'s vTPM (same endorsement seed; recorded)"
+                                 : "vTPM: \(created.name) gets a fresh vTPM on its first start; secrets the guest sealed to \(src.name)'s vTPM (a TPM-bound LUKS key, say) need re-enrolment")
         }
         Output.stdout.flush()
     }

@@ -91,6 +91,7 @@ struct VMStart: ParsableCommand {
     @Option(help: "Give the guest a NIC on a tap joined to this bridge (the tap is made when missing, removed at stop).") var bridge: String?
     @Flag(name: .customLong("no-confine"), help: "Run QEMU as root, without its own uid, chroot, namespaces and cgroup (docs/vmm-hardening.md; default: confined when run as root).")
     var noConfine = false
+    @Flag(help: "Give the guest its own TPM 2.0 (swtpm, confined like QEMU; state kept per VM, fresh for clones, restored by rollbacks).") var tpm = false
     @Option(name: .customLong("break-glass"), help: ArgumentHelp("An encrypted VM whose unlock policy denies: release its keys anyway, as a vault admin, with this reason (recorded; docs/vault.md).", valueName: "reason"))
     var breakGlass: String?
     @Option(help: "The NIC's host tap device (default wv<8 hex digits of the VM id> when --bridge is given).") var tap: String?
@@ -110,6 +111,7 @@ struct VMStart: ParsableCommand {
         var o = LaunchOptions()
         o.memoryMiB = memory; o.cpus = cpus; o.accel = accel
         if noConfine { o.confined = false }
+        if tpm { o.tpm = true }
         for (path, what) in [(kernel, "kernel"), (initrd, "initrd")] {
             if let path, !FileManager.default.isReadableFile(atPath: path) {
                 throw WardenError(.notFound, "the \(what) cannot be read", file: path)
@@ -269,5 +271,33 @@ struct VMRollback: ParsableCommand {
         let line = "rolled back \(record.name) to \(name): generation \(r.oldGeneration.uuidString.lowercased()) -> \(r.newGeneration.uuidString.lowercased())"
             + (r.restarted ? " (QEMU restarted with the new vmgenid)" : "")
         if json { Output.note(line) } else { Output.stdout.line(line) }
+    }
+}
+
+/// `warden vm tpm VM`: the VM's vTPM as the host sees it.
+struct VMTPM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tpm", abstract: "Show a VM's vTPM: whether it has one, its endorsement key, and the snapshots that carry its state.")
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM.") var vm: String
+    @Flag(help: "JSON output.") var json = false
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let record = try store.resolveVM(vm)
+        let v = VTPM(vm: record.id)
+        let snapshots = try store.snapshots(of: record.id).map(\.name).filter {
+            FileManager.default.fileExists(atPath: v.directory + "/snapshots/" + $0 + "/" + VTPM.stateFileName)
+        }
+        let ek = try v.endorsementKey()
+        struct Out: Encodable { var vm: String; var name: String; var vtpm: Bool; var state: String?; var endorsementKeySha256: String?; var snapshots: [String] }
+        let out = Out(vm: record.id.description, name: record.name, vtpm: v.exists, state: v.exists ? v.stateFile : nil,
+                      endorsementKeySha256: ek?.fingerprint, snapshots: snapshots)
+        try Output.render(out, json: json) {
+            guard v.exists else { Output.stdout.line("\(oneLine(record.name)): no vTPM (one is made on the first `vm start --tpm`)"); return }
+            Output.stdout.line("\(oneLine(record.name)): vTPM state \(v.stateFile)")
+            if let ek { Output.stdout.line("endorsement key: sha256 \(ek.fingerprint)") }
+            Output.stdout.line("snapshots with vTPM state: \(snapshots.isEmpty ? "none" : snapshots.joined(separator: ", "))")
+        }
     }
 }

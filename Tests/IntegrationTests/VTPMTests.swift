@@ -1,0 +1,102 @@
+import Foundation
+import Hypervisor
+import Ledger
+import Testing
+import WardenCore
+import WardenTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A VM's own TPM (swtpm) across its lifecycle: started confined beside QEMU, fresh for a
+/// clone (a different endorsement key), and restored with the disks by a rollback (an NV
+/// index written before the snapshot comes back). The vTPM's state is read from the host with
+/// a swtpm of the test's own and tpm2-tools.
+@Suite(.serialized) struct VTPMTests {
+    static func warden(_ args: [String], home: String, check: Bool = true) throws -> ToolResult {
+        try Tool.run([Fixtures.wardenBinary] + args, environment: ["WARDEN_HOME": home, "WARDEN_DB": "", "WARDEN_POLICY": home + "/policy"],
+                     check: check, timeout: 180)
+    }
+
+    /// NV index 0x01500016 of the TPM whose state is in `state`: written with `value`, or read (nil).
+    @discardableResult
+    static func nv(_ state: String, write value: String? = nil) throws -> String {
+        try SoftwareTPM.with(stateDirectory: state) { tpm in
+            if let value {
+                _ = try? tpm.tool(["tpm2_nvundefine", "0x01500016"])
+                try tpm.tool(["tpm2_nvdefine", "0x01500016", "-s", "8", "-a", "ownerread|ownerwrite|authread|authwrite"])
+                let file = tpm.directory + "/v"
+                try Data(value.utf8).write(to: URL(fileURLWithPath: file))
+                try tpm.tool(["tpm2_nvwrite", "0x01500016", "-i", file])
+                return value
+            }
+            return try tpm.tool(["tpm2_nvread", "0x01500016", "-s", "8"]).stdoutText
+        }
+    }
+
+    static func ek(_ vm: String, home: String) throws -> String? {
+        let r = try warden(["vm", "tpm", vm, "--json"], home: home)
+        return (try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any])?["endorsement_key_sha256"] as? String
+    }
+
+    @Test func vtpmFollowsTheVMThroughStartCloneAndRollback() throws {
+        guard Confinement.available, FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64") else {
+            print("skipped: needs root, unshare and QEMU"); return
+        }
+        try Fixtures.withTemporaryDirectory { home in
+            try PolicyFiles.write(PolicyFiles.allowAll, in: home)
+            try Tool.run(["cp", try LedgerFixtures.guests() + "/base.qcow2", home + "/p.qcow2"])
+            let vm = try #require(VMID(try Self.warden(["vm", "register", "--name", "p", "--owner", "ops", home + "/p.qcow2"], home: home)
+                .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)))
+            #expect(try Self.ek("p", home: home) == nil)
+
+            // Started with a vTPM: QEMU has a TPM device backed by a swtpm that runs as the VM's uid.
+            _ = try Self.warden(["vm", "start", "p", "--tpm", "--memory", "64", "--accel", "tcg"], home: home)
+            let run = home + "/run/\(vm)"
+            do {
+                defer { _ = try? Self.warden(["vm", "stop", "p", "--timeout", "1"], home: home) }
+                let qmp = try QMPClient(path: run + "/qmp.sock")
+                let tpms = try qmp.execute("query-tpm") as? [[String: Any]]
+                #expect(tpms?.count == 1 && tpms?.first?["model"] as? String == "tpm-tis", "\(String(describing: tpms))")
+                let swtpmPid = try String(contentsOfFile: VTPM(vm: vm, home: home).pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                let status = try String(contentsOfFile: "/proc/\(swtpmPid)/status", encoding: .utf8)
+                let uid = Confinement.uid(for: vm)
+                #expect(status.contains("Uid:\t\(uid)\t\(uid)\t\(uid)\t\(uid)"), "\(status.prefix(600))")
+                #expect(status.contains("Seccomp:\t2"))
+                let ledger = try SQLiteLedger(path: home + "/warden.db")
+                #expect(try ledger.events(of: vm).last { $0.kind == .started }?.payload["vtpm"] == .string("fresh"))
+            }
+            #expect(!FileManager.default.fileExists(atPath: VTPM(vm: vm, home: home).pidFile))
+            let vtpm = VTPM(vm: vm, home: home)
+            #expect(vtpm.exists)
+            var st = stat()
+            #expect(stat(vtpm.directory, &st) == 0 && st.st_mode & 0o777 == 0o700)
+            let parentEK = try #require(try Self.ek("p", home: home))
+
+            // Rollback restores the vTPM with the disks: an NV value written before the snapshot comes back.
+            try Self.nv(vtpm.stateDirectory, write: "before!!")
+            _ = try Self.warden(["vm", "snapshot", "p", "s1"], home: home)
+            try Self.nv(vtpm.stateDirectory, write: "after!!!")
+            #expect(try Self.nv(vtpm.stateDirectory) == "after!!!")
+            _ = try Self.warden(["vm", "rollback", "p", "s1"], home: home)
+            #expect(try Self.nv(vtpm.stateDirectory) == "before!!")
+            let ledger = try SQLiteLedger(path: home + "/warden.db")
+            #expect(try ledger.events(of: vm).last { $0.kind == .rolledBack }?.payload["vtpm"] == .string("restored"))
+            #expect(try ledger.events(of: vm).last { $0.kind == .snapshotted }?.payload["vtpm"] == .bool(true))
+
+            // A clone gets a fresh vTPM: a different endorsement key once it has started.
+            let clone = try Self.warden(["vm", "clone", "p", "--name", "q", "--dir", home + "/clones"], home: home)
+            #expect(clone.stderr.contains("fresh vTPM") && clone.stderr.contains("re-enrolment"), "\(clone.stderr)")
+            #expect(try Self.ek("q", home: home) == nil)
+            _ = try Self.warden(["vm", "start", "q", "--tpm", "--memory", "64", "--accel", "tcg"], home: home)
+            _ = try Self.warden(["vm", "stop", "q", "--timeout", "1"], home: home)
+            let cloneEK = try #require(try Self.ek("q", home: home))
+            #expect(cloneEK != parentEK)
+            let q = try #require(try ledger.listVMs().first { $0.name == "q" })
+            #expect(try ledger.events(of: q.id).first { $0.kind == .cloned }?.payload["vtpm"] == .string("fresh"))
+            // --keep-vtpm: the same endorsement key, recorded.
+            _ = try Self.warden(["vm", "clone", "p", "--name", "r", "--dir", home + "/clones", "--keep-vtpm"], home: home)
+            #expect(try Self.ek("r", home: home) == parentEK)
+        }
+    }
+}
