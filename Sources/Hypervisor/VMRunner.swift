@@ -29,7 +29,9 @@ public struct VMRunner {
     public var enforceNetwork: ((_ vm: VMRecord, _ interfaces: [String]) throws -> Void)?
     /// Releases the data keys of the VM's encrypted disks (index → key) for one QEMU start,
     /// after deciding `unlock` through policy; throws to refuse. Nil: no disk is unlocked.
-    public var unlock: ((_ vm: VMRecord, _ disks: [LaunchDisk]) throws -> [Int: SecretBytes])?
+    /// With `vtpm` true the VM starts with a vTPM, whose state key is released too when the VM's
+    /// data is under the vault (the same decision).
+    public var unlock: ((_ vm: VMRecord, _ disks: [LaunchDisk], _ vtpm: Bool) throws -> ReleasedKeys)?
     /// What the last confined launch got (its uid, its cgroup or why none), for the started event.
     let lastConfinement = Locked<[String: JSONValue]>([:])
 
@@ -153,32 +155,36 @@ public struct VMRunner {
 
     func launchQEMU(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
                     run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> pid_t {
-        try withUnlockedDisks(vm, disks, run: run) { disks in
+        try withUnlockedDisks(vm, disks, run: run, vtpm: options.tpm == true) { disks, vtpmKey in
             try launchUnlocked(vm, generation: generation, disks: disks, options: options, accel: accel, run: run,
-                               loadSnapshot: loadSnapshot, announce: announce)
+                               loadSnapshot: loadSnapshot, announce: announce, vtpmKey: vtpmKey)
         }
     }
 
     /// Runs `body` with the VM's encrypted disks unlocked: the `unlock` closure decides and
     /// releases their keys, which reach QEMU or qemu-img as 0600 files in the run directory
     /// (`LaunchDisk.secretFile`), overwritten and removed as soon as `body` returns or throws.
-    func withUnlockedDisks<T>(_ vm: VMRecord, _ disks: [LaunchDisk], run: RunDirectory, _ body: ([LaunchDisk]) throws -> T) throws -> T {
+    func withUnlockedDisks<T>(_ vm: VMRecord, _ disks: [LaunchDisk], run: RunDirectory, vtpm: Bool = false,
+                              _ body: ([LaunchDisk], SecretBytes?) throws -> T) throws -> T {
         var disks = disks
         var secretFiles: [String] = []
         defer { secretFiles.forEach(SecretFile.destroy) }
+        var vtpmKey: SecretBytes?
         if let unlock {
-            for (i, key) in try unlock(vm, disks).sorted(by: { $0.key < $1.key }) where disks.indices.contains(i) {
+            let released = try unlock(vm, disks, vtpm)
+            vtpmKey = released.vtpm
+            for (i, key) in released.disks.sorted(by: { $0.key < $1.key }) where disks.indices.contains(i) {
                 let path = run.path + "/secret-\(i)"
                 secretFiles.append(path)
                 try SecretFile.write(Vault.passphrase(key), to: path)
                 disks[i].secretFile = path
             }
         }
-        return try body(disks)
+        return try body(disks, vtpmKey)
     }
 
     func launchUnlocked(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
-                        run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> pid_t {
+                        run: RunDirectory, loadSnapshot: String?, announce: Bool, vtpmKey: SecretBytes? = nil) throws -> pid_t {
         let args = QEMULauncher.arguments(vm: vm.id, name: vm.name, generation: generation, disks: disks, options: options,
                                           accel: accel, run: run, loadSnapshot: loadSnapshot)
         unlink(run.qmpSocket); unlink(run.stateSocket)
@@ -189,7 +195,7 @@ public struct VMRunner {
             try Confinement.prepareChroot(run)
         }
         if options.tpm == true {
-            _ = try VTPM(vm: vm.id, home: home).launch(run: run, runAs: options.confines ? Confinement.uid(for: vm.id) : nil)
+            _ = try VTPM(vm: vm.id, home: home).launch(run: run, runAs: options.confines ? Confinement.uid(for: vm.id) : nil, key: vtpmKey)
         }
         let pid: pid_t
         do {
@@ -339,7 +345,7 @@ public struct VMRunner {
             }
         } else {
             try recoverStaleIfNeeded(vm, run: run)
-            try withUnlockedDisks(vm, disks, run: run) { disks in
+            try withUnlockedDisks(vm, disks, run: run) { disks, _ in
                 for d in disks { try QEMUImg.snapshot("-c", name, d) }
             }
         }
@@ -406,7 +412,7 @@ public struct VMRunner {
             let options = (try? loadLaunch(run)) ?? LaunchOptions()
             let accel = try QEMULauncher.accelerator(options.accel)
             let withState = target.vmStateSize > 0
-            if !withState { try withUnlockedDisks(vm, disks, run: run) { disks in for d in disks { try QEMUImg.snapshot("-a", name, d) } } }
+            if !withState { try withUnlockedDisks(vm, disks, run: run) { disks, _ in for d in disks { try QEMUImg.snapshot("-a", name, d) } } }
             do {
                 _ = try launchQEMU(vm, generation: newGen, disks: disks, options: options, accel: accel, run: run,
                                    loadSnapshot: withState ? name : nil, announce: true)
@@ -421,7 +427,7 @@ public struct VMRunner {
                 throw error
             }
         } else {
-            try withUnlockedDisks(vm, disks, run: run) { disks in for d in disks { try QEMUImg.snapshot("-a", name, d) } }
+            try withUnlockedDisks(vm, disks, run: run) { disks, _ in for d in disks { try QEMUImg.snapshot("-a", name, d) } }
             try vtpm.restore(name)
         }
         return RollbackResult(oldGeneration: vm.generation, newGeneration: newGen, restarted: pid != nil, event: event)

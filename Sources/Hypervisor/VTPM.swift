@@ -66,8 +66,10 @@ public struct VTPM: Sendable {
         }
     }
 
-    /// Starts the VM's swtpm for one QEMU run; returns its pid. `runAs`: the confined uid.
-    public func launch(run: RunDirectory, runAs: UInt32?) throws -> pid_t {
+    /// Starts the VM's swtpm for one QEMU run; returns its pid. `runAs`: the confined uid;
+    /// `key`: the state key (AES-256, from the vault) when the VM's data is under the vault —
+    /// it reaches swtpm through a pipe, never a file or an argument.
+    public func launch(run: RunDirectory, runAs: UInt32?, key: SecretBytes? = nil) throws -> pid_t {
         let binary = try ToolProcess.find("swtpm", package: "swtpm")
         try makeDirectories(owner: runAs)
         let sock = Self.socket(run)
@@ -86,10 +88,21 @@ public struct VTPM: Sendable {
             [try ToolProcess.find("setpriv", package: "util-linux"), "--reuid=\($0)", "--regid=\($0)", "--clear-groups",
              "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
         } ?? []
-        let args = drop + [binary, "socket", "--tpm2", "--tpmstate", "dir=/proc/self/fd/3,mode=0600",
+        var args = drop + [binary, "socket", "--tpm2", "--tpmstate", "dir=/proc/self/fd/3,mode=0600",
                            "--ctrl", "type=unixio,fd=4", "--terminate", "--daemon", "--pid", "file=/proc/self/fd/3/swtpm.pid", "--seccomp", "action=kill"]
-        let child = try Spawn.spawn(args, log: Self.log(run), newSession: false, truncate: true,
-                                    pass: [(dirfd, 3), (listener, 4)])
+        var pass: [(source: Int32, target: Int32)] = [(dirfd, 3), (listener, 4)]
+        var keyPipe: [Int32] = [-1, -1]
+        defer { for fd in keyPipe where fd >= 0 { close(fd) } }
+        if let key {
+            guard key.count == 32 else { throw WardenError(.internal, "a vTPM state key is 32 bytes") }
+            guard pipe(&keyPipe) == 0, fcntl(keyPipe[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(keyPipe[1], F_SETFD, FD_CLOEXEC) == 0 else { throw WardenError(.io, "cannot make a pipe for the vTPM key") }
+            let written = key.withBytes { Glibc.write(keyPipe[1], $0.baseAddress, $0.count) }
+            guard written == 32 else { throw WardenError(.io, "cannot hand the vTPM its key") }
+            close(keyPipe[1]); keyPipe[1] = -1
+            pass.append((keyPipe[0], 5))
+            args += ["--key", "fd=5,mode=aes-256-cbc,format=binary"]
+        }
+        let child = try Spawn.spawn(args, log: Self.log(run), newSession: false, truncate: true, pass: pass)
         var status: Int32 = 0
         while waitpid(child, &status, 0) < 0 && errno == EINTR {}
         var pid: pid_t?
@@ -196,7 +209,7 @@ public struct VTPM: Sendable {
 
     /// The vTPM's endorsement key (TCG default RSA template), read from a private copy of the
     /// state with a short-lived swtpm on a unix socket; nil when the VM has no vTPM yet.
-    public func endorsementKey() throws -> TPMTPublic? {
+    public func endorsementKey(key: SecretBytes? = nil) throws -> TPMTPublic? {
         guard exists else { return nil }
         let binary = try ToolProcess.find("swtpm", package: "swtpm")
         var template = Array((NSTemporaryDirectory() + "/warden-vtpm-XXXXXX").utf8CString)
@@ -205,9 +218,20 @@ public struct VTPM: Sendable {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: false)
         try copyFile(stateFile, dir + "/state/" + Self.stateFileName)
-        let child = try Spawn.spawn([binary, "socket", "--tpm2", "--tpmstate", "dir=\(dir)/state", "--server", "type=unixio,path=\(dir)/s",
-                                     "--ctrl", "type=unixio,path=\(dir)/s.ctrl", "--flags", "not-need-init,startup-clear",
-                                     "--daemon", "--pid", "file=\(dir)/pid"], log: dir + "/log", newSession: false)
+        var args = [binary, "socket", "--tpm2", "--tpmstate", "dir=\(dir)/state", "--server", "type=unixio,path=\(dir)/s",
+                    "--ctrl", "type=unixio,path=\(dir)/s.ctrl", "--flags", "not-need-init,startup-clear",
+                    "--daemon", "--pid", "file=\(dir)/pid"]
+        var keyPipe: [Int32] = [-1, -1]
+        defer { for fd in keyPipe where fd >= 0 { close(fd) } }
+        var pass: [(source: Int32, target: Int32)] = []
+        if let key {
+            guard pipe(&keyPipe) == 0, fcntl(keyPipe[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(keyPipe[1], F_SETFD, FD_CLOEXEC) == 0 else { throw WardenError(.io, "cannot make a pipe for the vTPM key") }
+            _ = key.withBytes { Glibc.write(keyPipe[1], $0.baseAddress, $0.count) }
+            close(keyPipe[1]); keyPipe[1] = -1
+            pass.append((keyPipe[0], 3))
+            args += ["--key", "fd=3,mode=aes-256-cbc,format=binary"]
+        }
+        let child = try Spawn.spawn(args, log: dir + "/log", newSession: false, pass: pass)
         var status: Int32 = 0
         while waitpid(child, &status, 0) < 0 && errno == EINTR {}
         for _ in 0..<100 where RunDirectory.readPid(dir + "/pid") == nil { usleep(20_000) }

@@ -42,6 +42,9 @@ public struct Vault: Sendable {
     /// The layer name of a VM's disk.
     public static func diskLayer(_ index: Int) -> String { "disk\(index)" }
 
+    /// The key layer of a VM's vTPM state (swtpm's AES-256 state key).
+    public static let vtpmLayer = "vtpm"
+
     /// The disk index a layer name stands for (`disk3` → 3), nil for other layers.
     public static func diskIndex(_ layer: String) -> Int? {
         guard layer.hasPrefix("disk"), let n = Int(layer.dropFirst(4)), n >= 0, String(n) == layer.dropFirst(4) else { return nil }
@@ -149,4 +152,12 @@ public enum SecretFile {
     /// Overwrites the file with zeros and removes it, throwing when that cannot be done
     /// (``FileShred/overwriteAndRemove(_:)``).
     public static func overwriteAndRemove(_ path: String) throws { try FileShred.overwriteAndRemove(path) }
+}
+
+/// What one `unlock` released for a QEMU start: the encrypted disks' keys (by disk index) and,
+/// when the VM has a vTPM and its data is under the vault, the vTPM state key.
+public struct ReleasedKeys: Sendable {
+    public var disks: [Int: SecretBytes]
+    public var vtpm: SecretBytes?
+    public init(disks: [Int: SecretBytes] = [:], vtpm: SecretBytes? = nil) { self.disks = disks; self.vtpm = vtpm }
 }

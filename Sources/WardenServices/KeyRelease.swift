@@ -51,8 +51,29 @@ public struct KeyRelease: Sendable {
     /// keys, from the grace copies when the provider fails. A disk without a key here throws
     /// `.notFound`, naming whether it was shredded.
     public func release(_ vm: VMRecord, disks: Set<Int>) throws -> [Int: SecretBytes] {
-        guard !disks.isEmpty else { return [:] }
-        try decide(vm, layers: disks.sorted().map(Vault.diskLayer))
+        try release(vm, disks: disks, vtpm: false).disks
+    }
+
+    /// Whether `vm`'s vTPM state is kept under the vault: it has a vTPM key already, or its
+    /// disks are encrypted (its data is under the vault, so its vTPM is too).
+    public func vtpmEncrypted(_ vm: VMRecord) throws -> Bool {
+        let layers = vault.layers(of: vm.id)
+        if layers[Vault.vtpmLayer] != nil { return true }
+        return !(try encryptedDisks(of: vm)).isEmpty
+    }
+
+    /// As ``release(_:disks:)``, and with `vtpm`, the vTPM state key too when the VM's data is
+    /// under the vault (made on first use): one `unlock` decision covers every layer.
+    public func release(_ vm: VMRecord, disks: Set<Int>, vtpm: Bool) throws -> ReleasedKeys {
+        let withVTPM = try vtpm && vtpmEncrypted(vm)
+        guard !disks.isEmpty || withVTPM else { return ReleasedKeys() }
+        try decide(vm, layers: disks.sorted().map(Vault.diskLayer) + (withVTPM ? [Vault.vtpmLayer] : []))
+        var vtpmKey: SecretBytes?
+        if withVTPM {
+            let context = KeyContext(vm: vm.id, layer: Vault.vtpmLayer)
+            if let k = try vault.key(for: context) { vtpmKey = k.key } else { vtpmKey = try vault.newKey(for: context).key }
+        }
+        guard !disks.isEmpty else { return ReleasedKeys(vtpm: vtpmKey) }
         var out: [Int: SecretBytes] = [:]
         var fromGrace: [(layer: String, until: Date)] = []
         var providerError = ""
@@ -94,7 +115,7 @@ public struct KeyRelease: Sendable {
             ]))
             service.note("warning: \(vm.name): the key provider is unavailable (\(providerError)); released from this host's grace copies, kept until \(fromGrace.map { ISO8601DateFormatter().string(from: $0.until) }.min() ?? "?") (recorded)")
         }
-        return out
+        return ReleasedKeys(disks: out, vtpm: vtpmKey)
     }
 
     /// Decides `unlock` (recorded). A denial with `breakGlass` set is overridden when the local

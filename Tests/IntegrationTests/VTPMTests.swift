@@ -99,4 +99,32 @@ import Glibc
             #expect(try Self.ek("r", home: home) == parentEK)
         }
     }
+
+    /// A VM whose disks are under the vault keeps its vTPM state under the vault too: swtpm gets
+    /// the key through a pipe at each start (the same `unlock` decision as the disks), and the
+    /// state cannot be read without it.
+    @Test func encryptedVMsKeepTheirVTPMUnderTheVault() throws {
+        guard Confinement.available, FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64") else {
+            print("skipped: needs root, unshare and QEMU"); return
+        }
+        try Fixtures.withTemporaryDirectory { home in
+            try PolicyFiles.write(PolicyFiles.allowAll, in: home)
+            try Tool.run(["qemu-img", "create", "-q", "-f", "raw", home + "/e.img", "16M"])
+            let vm = try #require(VMID(try Self.warden(["vm", "register", "--name", "e", "--owner", "ops", "--encrypt", home + "/e.img"], home: home)
+                .stdoutText.split(separator: "\n").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""))
+            _ = try Self.warden(["vm", "start", "e", "--tpm", "--memory", "64", "--accel", "tcg"], home: home)
+            _ = try Self.warden(["vm", "stop", "e", "--timeout", "1"], home: home)
+            let vtpm = VTPM(vm: vm, home: home)
+            #expect(vtpm.exists)
+            // Without the key the state is unreadable.
+            try Fixtures.withTemporaryDirectory { copy in
+                try FileManager.default.copyItem(atPath: vtpm.stateFile, toPath: copy + "/" + VTPM.stateFileName)
+                #expect(throws: (any Error).self) { try SoftwareTPM.with(stateDirectory: copy) { try $0.tool(["tpm2_createek", "-G", "rsa", "-c", copy + "/ek.ctx"]) } }
+            }
+            // With it (released by policy, recorded) the vTPM answers.
+            #expect(try Self.ek("e", home: home)?.count == 64)
+            let ledger = try SQLiteLedger(path: home + "/warden.db")
+            #expect(try ledger.events(of: vm).filter { $0.kind == .policyDecision && $0.payload["op"] == .string("unlock") }.count >= 2)
+        }
+    }
 }

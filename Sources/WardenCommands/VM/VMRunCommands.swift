@@ -32,11 +32,11 @@ enum VMRun {
                                   return argv
                               })
         let vault = Self.vault(store)
-        runner.unlock = { vm, disks in
+        runner.unlock = { vm, disks, vtpm in
             // Each start that needs a key decides `unlock` through policy, recorded, before any
             // key is unwrapped (KeyRelease); a malformed vault configuration fails closed.
             let release = try KeyRelease(service: service, vault: vault, breakGlass: breakGlass)
-            return try release.release(vm, disks: try release.encryptedDisks(of: vm).filter { disks.indices.contains($0) })
+            return try release.release(vm, disks: try release.encryptedDisks(of: vm).filter { disks.indices.contains($0) }, vtpm: vtpm)
         }
         let net = NetworkService(ledger: store, policyDirectory: policy.directory)
         runner.enforceNetwork = { vm, interfaces in
@@ -279,6 +279,7 @@ struct VMTPM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tpm", abstract: "Show a VM's vTPM: whether it has one, its endorsement key, and the snapshots that carry its state.")
     @OptionGroup var database: DatabaseOptions
+    @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
     @Flag(help: "JSON output.") var json = false
 
@@ -289,7 +290,11 @@ struct VMTPM: ParsableCommand {
         let snapshots = try store.snapshots(of: record.id).map(\.name).filter {
             FileManager.default.fileExists(atPath: v.directory + "/snapshots/" + $0 + "/" + VTPM.stateFileName)
         }
-        let ek = try v.endorsementKey()
+        // A vTPM under the vault is read with its key, released by an `unlock` decision (recorded).
+        let release = try KeyRelease(service: VMService(store: store, policy: policyOptions.source, note: { Output.note($0) }), vault: VMRun.vault(store))
+        let encrypted = try v.exists && release.vtpmEncrypted(record)
+        let key = encrypted ? try release.release(record, disks: [], vtpm: true).vtpm : nil
+        let ek = try v.endorsementKey(key: key)
         struct Out: Encodable { var vm: String; var name: String; var vtpm: Bool; var state: String?; var endorsementKeySha256: String?; var snapshots: [String] }
         let out = Out(vm: record.id.description, name: record.name, vtpm: v.exists, state: v.exists ? v.stateFile : nil,
                       endorsementKeySha256: ek?.fingerprint, snapshots: snapshots)
