@@ -22,6 +22,8 @@ public struct LaunchOptions: Codable, Sendable, Equatable {
     public var confined: Bool?
     /// Give the guest its own TPM 2.0 (``VTPM``).
     public var tpm: Bool?
+    /// Boot UEFI firmware with the VM's own variable store (``NVRAM``) instead of SeaBIOS.
+    public var uefi: Bool?
     public init() {}
 
     /// Whether this launch confines QEMU.
@@ -103,6 +105,7 @@ public enum QEMULauncher {
         if let i = options.initrd { a += ["-initrd", i] }
         if let ap = options.append { a += ["-append", ap] }
         if options.tpm == true { a += VTPM.qemuArguments(run) }
+        if options.uefi == true { a += NVRAM.qemuArguments(run: run) }
         if let s = loadSnapshot { a += ["-loadvm", s] }
         if options.confines { a += Confinement.qemuArguments(vm: vm, run: run) }
         if daemonize { a += ["-daemonize", "-pidfile", run.pidFile] }

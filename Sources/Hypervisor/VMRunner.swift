@@ -111,6 +111,8 @@ public struct VMRunner {
         saved.accel = options.accel
         try saveLaunch(saved, run)
         let vtpmExisted = VTPM(vm: vm.id, home: home).exists
+        let nvram = NVRAM(vm: vm.id, home: home)
+        let nvramMade = options.uefi == true ? try nvram.prepare() : false
         // The taps exist and carry the VM's network state before QEMU opens them: the guest's
         // first packet already meets its rules. Anything failing here stops the start.
         let pid: pid_t
@@ -132,6 +134,10 @@ public struct VMRunner {
         var payload: [String: JSONValue] = ["pid": .number(Double(pid)), "accel": .string(accel)]
         payload["confinement"] = options.confines ? .object(lastConfinement.withLock { $0 }) : .string("none")
         if options.tpm == true { payload["vtpm"] = .string(vtpmExisted ? "existing" : "fresh") }
+        if options.uefi == true {
+            payload["uefi_vars"] = .object(["path": .string(nvram.varsFile), "sha256": .string(nvram.kept.sha256() ?? ""),
+                                            "fresh": .bool(nvramMade)])
+        }
         _ = try store.updateVM(vm.id, event: NewEvent(kind: .started, vm: vm.id, host: host, time: now, payload: payload)) {
             $0.state = .running
             $0.updatedAt = now
@@ -349,13 +355,15 @@ public struct VMRunner {
                 for d in disks { try QEMUImg.snapshot("-c", name, d) }
             }
         }
-        // The vTPM's state goes with the disks: a rollback restores both together.
+        // The vTPM's state and the UEFI variables go with the disks: a rollback restores them together.
         let vtpm = try VTPM(vm: vm.id, home: home).snapshot(name)
+        let nvram = NVRAM(vm: vm.id, home: home)
+        let uefi = nvram.exists ? try nvram.kept.snapshot(name) : false
         let rec = SnapshotRecord(vm: vm.id, name: name, generation: vm.generation)
         try store.addSnapshot(rec)
         _ = try store.append(NewEvent(kind: .snapshotted, vm: vm.id, host: host, generationBefore: vm.generation,
                                       generationAfter: vm.generation,
-                                      payload: ["snapshot": .string(name), "live": .bool(live), "vtpm": .bool(vtpm)]))
+                                      payload: ["snapshot": .string(name), "live": .bool(live), "vtpm": .bool(vtpm), "uefi_vars": .bool(uefi)]))
         return rec
     }
 
@@ -396,6 +404,9 @@ public struct VMRunner {
         let vtpm = VTPM(vm: vm.id, home: home)
         let vtpmPlan = vtpm.restorePlan(name)
         if vtpmPlan != .unchanged { payload["vtpm"] = .string(vtpmPlan.rawValue) }
+        let nvram = NVRAM(vm: vm.id, home: home).kept
+        let nvramPlan = nvram.restorePlan(name)
+        if nvramPlan != .unchanged { payload["uefi_vars"] = .string(nvramPlan.rawValue) }
         let (_, event) = try store.updateVM(vm.id, event: NewEvent(kind: .rolledBack, vm: vm.id, host: host,
                                                                     generationBefore: vm.generation, generationAfter: newGen,
                                                                     payload: payload)) {
@@ -409,6 +420,7 @@ public struct VMRunner {
             VTPM(vm: vm.id, home: home).stop(run: run)
             run.cleanRuntimeFiles()
             try vtpm.restore(name)
+            try nvram.restore(name)
             let options = (try? loadLaunch(run)) ?? LaunchOptions()
             let accel = try QEMULauncher.accelerator(options.accel)
             let withState = target.vmStateSize > 0
@@ -429,6 +441,7 @@ public struct VMRunner {
         } else {
             try withUnlockedDisks(vm, disks, run: run) { disks, _ in for d in disks { try QEMUImg.snapshot("-a", name, d) } }
             try vtpm.restore(name)
+            try nvram.restore(name)
         }
         return RollbackResult(oldGeneration: vm.generation, newGeneration: newGen, restarted: pid != nil, event: event)
     }

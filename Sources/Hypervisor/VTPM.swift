@@ -37,7 +37,6 @@ public struct VTPM: Sendable {
     /// Whether the VM has a vTPM state yet (it is made on the first start with a vTPM).
     public var exists: Bool { FileManager.default.fileExists(atPath: stateFile) }
 
-    func snapshotDirectory(_ name: String) -> String { directory + "/snapshots/" + name }
 
     public static func socket(_ run: RunDirectory) -> String { run.path + "/vtpm.sock" }
     /// swtpm's pid, written by swtpm itself beside its state.
@@ -152,60 +151,38 @@ public struct VTPM: Sendable {
         return fd
     }
 
+    /// The state file, with its snapshot copies beside it.
+    var kept: KeptFile { KeptFile(path: stateFile, snapshots: directory + "/snapshots", what: "vTPM state") }
+
     /// Copies the state into snapshot `name` (or records that there was none). Returns whether there was one.
     @discardableResult
     public func snapshot(_ name: String) throws -> Bool {
-        guard FileManager.default.fileExists(atPath: directory) || exists else { return false }
-        try makeDirectories(owner: nil)
-        let dest = snapshotDirectory(name)
-        try? FileManager.default.removeItem(atPath: dest)
-        guard mkdir(dest, 0o700) == 0 else { throw WardenError(.io, "cannot make the vTPM snapshot folder", file: dest) }
-        guard exists else { return false }
-        try copyFile(stateFile, dest + "/" + Self.stateFileName)
-        return true
+        guard FileManager.default.fileExists(atPath: directory) else { return false }
+        return try kept.snapshot(name)
     }
 
-    /// What a rollback did to the vTPM.
-    public enum Restored: String, Sendable { case restored, removed, unchanged }
+    /// What a rollback does to the state (see ``KeptFile/restorePlan(_:)``).
+    public func restorePlan(_ name: String) -> KeptFile.Restored { kept.restorePlan(name) }
 
-    /// Puts snapshot `name`'s state back: the one it had, or none when it had none (a fresh
-    /// TPM on the next start). A snapshot Warden kept no vTPM record for leaves the state alone.
-    public func restorePlan(_ name: String) -> Restored {
-        let dir = snapshotDirectory(name)
-        guard FileManager.default.fileExists(atPath: dir) else { return .unchanged }
-        if FileManager.default.fileExists(atPath: dir + "/" + Self.stateFileName) { return .restored }
-        return exists ? .removed : .unchanged
-    }
-
+    /// Puts snapshot `name`'s state back (a fresh TPM on the next start when it had none).
     @discardableResult
-    public func restore(_ name: String) throws -> Restored {
-        let dir = snapshotDirectory(name)
-        guard FileManager.default.fileExists(atPath: dir) else { return .unchanged }
-        let saved = dir + "/" + Self.stateFileName
-        if FileManager.default.fileExists(atPath: saved) {
-            var st = stat()
-            let owner: UInt32? = stat(stateDirectory, &st) == 0 && st.st_uid != 0 ? st.st_uid : nil
-            try copyFile(saved, stateFile)
-            if let owner { chown(stateFile, owner, owner) }
-            return .restored
-        }
-        guard exists else { return .unchanged }
-        try FileShred.overwriteAndRemove(stateFile)
-        return .removed
+    public func restore(_ name: String) throws -> KeptFile.Restored {
+        var st = stat()
+        let owner: UInt32? = stat(stateDirectory, &st) == 0 && st.st_uid != 0 ? st.st_uid : nil
+        let r = try kept.restore(name)
+        if r == .restored, let owner { chown(stateFile, owner, owner) }
+        return r
     }
 
     /// Copies this VM's vTPM state to `other` (`vm clone --keep-vtpm`).
     public func copy(to other: VTPM) throws {
         guard exists else { return }
         try other.makeDirectories(owner: nil)
-        try copyFile(stateFile, other.stateFile)
+        try kept.copy(to: other.stateFile)
     }
 
     /// Removes the vTPM and its snapshots (the VM is retired or its keys shredded).
-    public func discard() {
-        if exists { try? FileShred.overwriteAndRemove(stateFile) }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+    public func discard() { kept.discard(); try? FileManager.default.removeItem(atPath: directory) }
 
     /// The vTPM's endorsement key (TCG default RSA template), read from a private copy of the
     /// state with a short-lived swtpm on a unix socket; nil when the VM has no vTPM yet.
@@ -217,7 +194,7 @@ public struct VTPM: Sendable {
         let dir = String(cString: p)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: false)
-        try copyFile(stateFile, dir + "/state/" + Self.stateFileName)
+        try KeptFile.copyFile(stateFile, dir + "/state/" + Self.stateFileName, what: "vTPM state")
         var args = [binary, "socket", "--tpm2", "--tpmstate", "dir=\(dir)/state", "--server", "type=unixio,path=\(dir)/s",
                     "--ctrl", "type=unixio,path=\(dir)/s.ctrl", "--flags", "not-need-init,startup-clear",
                     "--daemon", "--pid", "file=\(dir)/pid"]
@@ -240,18 +217,5 @@ public struct VTPM: Sendable {
         }
         defer { if let pid = RunDirectory.readPid(dir + "/pid") { kill(pid, SIGTERM) } }
         return try HostTPM(tcti: "swtpm:path=\(dir)/s").endorsementKey()
-    }
-
-    private func copyFile(_ from: String, _ to: String) throws {
-        let tmp = to + ".tmp"
-        unlink(tmp)
-        do {
-            try FileManager.default.copyItem(atPath: from, toPath: tmp)
-            chmod(tmp, 0o600)
-            guard rename(tmp, to) == 0 else { throw WardenError(.io, "cannot put the vTPM state in place", file: to) }
-        } catch let e as WardenError { unlink(tmp); throw e } catch {
-            unlink(tmp)
-            throw WardenError(.io, "cannot copy the vTPM state: \(error.localizedDescription)", file: from)
-        }
     }
 }

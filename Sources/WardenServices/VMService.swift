@@ -258,15 +258,15 @@ public struct VMService: Sendable {
         public var operations: [any SysprepOperation]
         public var hostname: String?
         public var authorizedKeysUsers: [String]
-        /// What the clone's vTPM becomes (run after the disks are linked, before the record is
-        /// committed; its answer is recorded as `vtpm` in the cloned event): nil when the
-        /// source has none.
-        public var vtpm: (@Sendable (_ source: VMID, _ clone: VMID) throws -> String?)?
+        /// Carries the source's device state (vTPM, UEFI variables) over to the clone: run after
+        /// the disks are linked, before the record is committed; what it returns is recorded in
+        /// the cloned event.
+        public var deviceState: (@Sendable (_ source: VMID, _ clone: VMID) throws -> [String: JSONValue])?
         public init(vm: String, name: String, full: Bool = false, directory: String? = nil, operations: [any SysprepOperation],
                     hostname: String? = nil, authorizedKeysUsers: [String] = [],
-                    vtpm: (@Sendable (_ source: VMID, _ clone: VMID) throws -> String?)? = nil) {
+                    deviceState: (@Sendable (_ source: VMID, _ clone: VMID) throws -> [String: JSONValue])? = nil) {
             self.vm = vm; self.name = name; self.full = full; self.directory = directory; self.operations = operations
-            self.hostname = hostname; self.authorizedKeysUsers = authorizedKeysUsers; self.vtpm = vtpm
+            self.hostname = hostname; self.authorizedKeysUsers = authorizedKeysUsers; self.deviceState = deviceState
         }
     }
 
@@ -403,7 +403,7 @@ public struct VMService: Sendable {
                 try staging.link()
                 do {
                     try afterLink?()
-                    if let v = try r.vtpm?(src.id, new.id) { payload["vtpm"] = .string(v) }
+                    for (k, v) in try r.deviceState?(src.id, new.id) ?? [:] { payload[k] = v }
                     let (made, _) = try store.createVM(new, disks: records,
                                                        event: NewEvent(kind: .cloned, vm: new.id, host: host, time: now,
                                                                        generationBefore: src.generation, generationAfter: new.generation,

@@ -51,7 +51,7 @@ import Glibc
             #expect(try Self.ek("p", home: home) == nil)
 
             // Started with a vTPM: QEMU has a TPM device backed by a swtpm that runs as the VM's uid.
-            _ = try Self.warden(["vm", "start", "p", "--tpm", "--memory", "64", "--accel", "tcg"], home: home)
+            _ = try Self.warden(["vm", "start", "p", "--tpm", "--uefi", "--memory", "64", "--accel", "tcg"], home: home)
             let run = home + "/run/\(vm)"
             do {
                 defer { _ = try? Self.warden(["vm", "stop", "p", "--timeout", "1"], home: home) }
@@ -64,7 +64,13 @@ import Glibc
                 #expect(status.contains("Uid:\t\(uid)\t\(uid)\t\(uid)\t\(uid)"), "\(status.prefix(600))")
                 #expect(status.contains("Seccomp:\t2"))
                 let ledger = try SQLiteLedger(path: home + "/warden.db")
-                #expect(try ledger.events(of: vm).last { $0.kind == .started }?.payload["vtpm"] == .string("fresh"))
+                let started = try ledger.events(of: vm).last { $0.kind == .started }
+                #expect(started?.payload["vtpm"] == .string("fresh"))
+                // UEFI: the shared firmware read-only, the VM's own variable store (recorded).
+                let cmdline = try String(contentsOfFile: "/proc/\(try String(contentsOfFile: run + "/qemu.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))/cmdline", encoding: .utf8)
+                #expect(cmdline.contains("if=pflash,format=raw,unit=1,file=\(home)/nvram/\(vm)/OVMF_VARS.fd"))
+                guard case .object(let vars)? = started?.payload["uefi_vars"] else { Issue.record("no uefi_vars"); return }
+                #expect(vars["fresh"] == .bool(true))
             }
             #expect(!FileManager.default.fileExists(atPath: VTPM(vm: vm, home: home).pidFile))
             let vtpm = VTPM(vm: vm, home: home)
@@ -74,12 +80,20 @@ import Glibc
             let parentEK = try #require(try Self.ek("p", home: home))
 
             // Rollback restores the vTPM with the disks: an NV value written before the snapshot comes back.
+            // So do the UEFI variables.
+            let nvram = NVRAM(vm: vm, home: home)
+            #expect(stat(nvram.varsFile, &st) == 0 && st.st_mode & 0o777 == 0o600)
             try Self.nv(vtpm.stateDirectory, write: "before!!")
+            let varsBefore = try #require(nvram.kept.sha256())
             _ = try Self.warden(["vm", "snapshot", "p", "s1"], home: home)
             try Self.nv(vtpm.stateDirectory, write: "after!!!")
+            let fh = try FileHandle(forWritingTo: URL(fileURLWithPath: nvram.varsFile))
+            try fh.seek(toOffset: 4096); fh.write(Data("changed after the snapshot".utf8)); try fh.close()
+            #expect(nvram.kept.sha256() != varsBefore)
             #expect(try Self.nv(vtpm.stateDirectory) == "after!!!")
             _ = try Self.warden(["vm", "rollback", "p", "s1"], home: home)
             #expect(try Self.nv(vtpm.stateDirectory) == "before!!")
+            #expect(nvram.kept.sha256() == varsBefore)
             let ledger = try SQLiteLedger(path: home + "/warden.db")
             #expect(try ledger.events(of: vm).last { $0.kind == .rolledBack }?.payload["vtpm"] == .string("restored"))
             #expect(try ledger.events(of: vm).last { $0.kind == .snapshotted }?.payload["vtpm"] == .bool(true))
@@ -93,7 +107,12 @@ import Glibc
             let cloneEK = try #require(try Self.ek("q", home: home))
             #expect(cloneEK != parentEK)
             let q = try #require(try ledger.listVMs().first { $0.name == "q" })
-            #expect(try ledger.events(of: q.id).first { $0.kind == .cloned }?.payload["vtpm"] == .string("fresh"))
+            let cloned = try ledger.events(of: q.id).first { $0.kind == .cloned }
+            #expect(cloned?.payload["vtpm"] == .string("fresh"))
+            // The clone's UEFI variables are a copy of its parent's, recorded with their digest.
+            guard case .object(let qVars)? = cloned?.payload["uefi_vars"] else { Issue.record("no uefi_vars in the cloned event"); return }
+            #expect(qVars["sha256"] == .string(varsBefore))
+            #expect(NVRAM(vm: q.id, home: home).exists)
             // --keep-vtpm: the same endorsement key, recorded.
             _ = try Self.warden(["vm", "clone", "p", "--name", "r", "--dir", home + "/clones", "--keep-vtpm"], home: home)
             #expect(try Self.ek("r", home: home) == parentEK)

@@ -59,12 +59,22 @@ struct VMClone: ParsableCommand {
         PhaseTimer.shared.lap("ledger-open")
         let result = try service.clone(.init(vm: vm, name: name, full: full, directory: dir, operations: try selection.selected(),
                                              hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys,
-                                             vtpm: { [keepVtpm] source, clone in
+                                             deviceState: { [keepVtpm] source, clone in
                                                  let home = RunDirectory.home()
+                                                 var out: [String: JSONValue] = [:]
+                                                 // UEFI variables go with the disks (boot entries name them).
+                                                 let vars = NVRAM(vm: source, home: home)
+                                                 if vars.exists {
+                                                     let mine = NVRAM(vm: clone, home: home)
+                                                     try mine.adopt(vars)
+                                                     out["uefi_vars"] = .object(["path": .string(mine.varsFile), "sha256": .string(mine.kept.sha256() ?? "")])
+                                                 }
                                                  let parent = VTPM(vm: source, home: home)
-                                                 guard parent.exists else { return nil }
-                                                 if keepVtpm { try parent.copy(to: VTPM(vm: clone, home: home)); return "copied" }
-                                                 return "fresh"
+                                                 if parent.exists {
+                                                     if keepVtpm { try parent.copy(to: VTPM(vm: clone, home: home)); out["vtpm"] = .string("copied") }
+                                                     else { out["vtpm"] = .string("fresh") }
+                                                 }
+                                                 return out
                                              }),
                                        beforeCommit: Self.testHookBeforeCommit, afterLink: TestHooks.pause("WARDEN_TEST_CLONE_LINKED_PAUSE"))
         let src = result.source

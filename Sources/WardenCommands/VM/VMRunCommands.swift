@@ -92,6 +92,7 @@ struct VMStart: ParsableCommand {
     @Flag(name: .customLong("no-confine"), help: "Run QEMU as root, without its own uid, chroot, namespaces and cgroup (docs/vmm-hardening.md; default: confined when run as root).")
     var noConfine = false
     @Flag(help: "Give the guest its own TPM 2.0 (swtpm, confined like QEMU; state kept per VM, fresh for clones, restored by rollbacks).") var tpm = false
+    @Flag(help: "Boot UEFI firmware (OVMF) with the VM's own variable store (kept per VM, copied by clones, restored by rollbacks).") var uefi = false
     @Option(name: .customLong("break-glass"), help: ArgumentHelp("An encrypted VM whose unlock policy denies: release its keys anyway, as a vault admin, with this reason (recorded; docs/vault.md).", valueName: "reason"))
     var breakGlass: String?
     @Option(help: "The NIC's host tap device (default wv<8 hex digits of the VM id> when --bridge is given).") var tap: String?
@@ -112,6 +113,7 @@ struct VMStart: ParsableCommand {
         o.memoryMiB = memory; o.cpus = cpus; o.accel = accel
         if noConfine { o.confined = false }
         if tpm { o.tpm = true }
+        if uefi { o.uefi = true }
         for (path, what) in [(kernel, "kernel"), (initrd, "initrd")] {
             if let path, !FileManager.default.isReadableFile(atPath: path) {
                 throw WardenError(.notFound, "the \(what) cannot be read", file: path)
