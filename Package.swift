@@ -143,7 +143,7 @@ let package = Package(
         // `warden net`: network states (open, quarantined, shielded) in the ledger, enforced with
         // nftables on the VM's host interfaces (docs/network.md).
         .target(name: "WardenNetwork", dependencies: [
-            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories",
+            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories", "Policy",
             .product(name: "Yams", package: "Yams"),
         ]),
         // Data keys wrapped by a key-encryption key, secrets for QEMU (docs/vault.md).

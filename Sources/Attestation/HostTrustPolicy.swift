@@ -61,7 +61,7 @@ public struct HostTrustPolicy: Sendable, Equatable {
             WardenError(.invalidArgument, (node?.mark.map { "line \($0.line): " } ?? "") + message, file: file)
         }
         let root: Node?
-        do { root = try Yams.compose(yaml: text) } catch { throw WardenError(.invalidArgument, "not YAML", file: file) }
+        root = try YAMLNesting.compose(text, file: file)
         guard let root, case .mapping(let top) = root else { throw bad("the host trust policy is a mapping (apiVersion, kind, maxAge, baselines)") }
         var maxAge = defaultMaxAge
         var baselines: [Baseline] = []

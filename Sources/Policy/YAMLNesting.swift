@@ -86,3 +86,16 @@ extension YAMLNesting {
         return nil
     }
 }
+
+import Yams
+
+extension YAMLNesting {
+    /// Composes the YAML of a configuration file (vault, network, host trust) after the
+    /// nesting check: every strict reader goes through here, so no file can overflow the stack.
+    public static func compose(_ text: String, file: String) throws -> Node? {
+        do { try check(text) } catch let d as TooDeep {
+            throw WardenError(.invalidArgument, "line \(d.line), column \(d.column): nests deeper than \(maxDepth) levels", file: file)
+        }
+        do { return try Yams.compose(yaml: text) } catch { throw WardenError(.invalidArgument, "not YAML", file: file) }
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import Policy
 import WardenCore
 import Yams
 
@@ -47,7 +48,7 @@ public struct NetworkConfig: Sendable, Equatable {
             return WardenError(.invalidArgument, "\(line.isEmpty ? "" : String(line.dropFirst()) + " ")\(message)", file: file)
         }
         let root: Node?
-        do { root = try Yams.compose(yaml: text) } catch { throw WardenError(.invalidArgument, "not YAML", file: file) }
+        root = try YAMLNesting.compose(text, file: file)
         guard let root, case .mapping(let top) = root else { throw bad("the network configuration is a mapping (apiVersion, kind, quarantine, shield)") }
         var config = NetworkConfig()
         for (k, v) in top {

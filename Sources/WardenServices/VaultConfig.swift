@@ -46,7 +46,7 @@ public struct VaultConfig: Sendable, Equatable {
             WardenError(.invalidArgument, (node?.mark.map { "line \($0.line): " } ?? "") + message, file: file)
         }
         let root: Node?
-        do { root = try Yams.compose(yaml: text) } catch { throw WardenError(.invalidArgument, "not YAML", file: file) }
+        root = try YAMLNesting.compose(text, file: file)
         guard let root, case .mapping(let top) = root else { throw bad("the vault configuration is a mapping (apiVersion, kind, breakGlass, grace)") }
         var c = VaultConfig()
         func duration(_ v: Node, _ what: String) throws -> PolicyDuration {

@@ -168,6 +168,8 @@ import WardenTestSupport
             ("kind: HostTrust\nmaxAge: forever\nbaselines: [{name: a, pcrs: {0: \(d)}}]", "maxAge is a duration"),
             ("kind: HostTrust\nbaselines: [{name: a, bank: md5, pcrs: {0: \(d)}}]", "bank is sha1"),
             ("[1, 2", "not YAML"),
+            // Found by Fuzz/run tpmpcr: libyaml recursed until the stack overflowed.
+            (String(repeating: "[", count: 100_000), "nests deeper than 64 levels"),
         ]
         for (text, message) in bad {
             do {
