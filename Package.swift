@@ -116,7 +116,7 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            "AdvisoryStorage", "Advisories", "Policy",
+            "AdvisoryStorage", "Advisories", "Policy", "Attestation",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -132,7 +132,7 @@ let package = Package(
         // `warden agent`: the local ledger's outbox to the server (at least once, idempotent, in
         // order) and the pull of the fleet's VMs (docs/fleet.md). Never linked into warden-hook.
         .target(name: "Agent", dependencies: [
-            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories", "Policy",
+            "WardenCore", "Ledger", "AdvisoryStorage", "Advisories", "Policy", "Attestation",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "X509", package: "swift-certificates"),
@@ -159,7 +159,7 @@ let package = Package(
         // Host trust: TPM 2.0 quotes parsed as hostile input and verified with swift-crypto,
         // the host trust policy, and the host's TPM through tpm2-tools (docs/attestation.md).
         .target(name: "Attestation", dependencies: [
-            "WardenCore", "Policy",
+            "WardenCore", "Policy", "Ledger",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),

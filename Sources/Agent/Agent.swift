@@ -2,6 +2,7 @@ import AdvisoryStorage
 import Advisories
 import AsyncHTTPClient
 import Crypto
+import Attestation
 import Foundation
 import NIOSSL
 import Policy
@@ -175,6 +176,42 @@ public final class Agent: Sendable {
     }
 
     public func shutdown() async { await client.shutdown() }
+
+    /// What the server said of this host's attestation.
+    public struct Attestation: Codable, Sendable {
+        public var host: String
+        public var trusted: Bool
+        public var reasons: [String]
+        public var baseline: String?
+        public var mismatchedPcrs: [String]
+    }
+
+    /// Attests this host to the server (docs/attestation.md): the server's nonce, a quote by
+    /// this host's enrolled attestation key over the PCRs the server asks for, the server's
+    /// verdict (recorded in the fleet ledger). The host's `host-enrolled` event must have
+    /// reached the server first (an ordinary sync round ships it).
+    public func attest(tpm: HostTPM) async throws -> Attestation {
+        struct Empty: Codable {}
+        struct Challenge: Codable { var nonce: String; var pcrs: [String]; var expiresInSeconds: Int }
+        struct Evidence: Codable { var nonce: String; var quote: String; var signature: String; var pcrs: String }
+        let host = configuration.host
+        let c: Challenge = try await client.call(.POST, "/v1/hosts/\(host)/attestation-nonce", body: Empty?.none)
+        guard let nonce = Data(hexEncoded: c.nonce), (1...64).contains(nonce.count), (1...16).contains(c.pcrs.count) else {
+            throw WardenError(.unavailable, "the server's attestation challenge is malformed")
+        }
+        var selection: [PCRSelection] = []
+        for spec in c.pcrs {
+            let parts = spec.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, let bank = TPMAlg.hash(named: String(parts[0])) else { throw WardenError(.unavailable, "the server asked for PCRs \(spec)") }
+            let pcrs = parts[1].split(separator: ",").compactMap { Int($0) }
+            guard !pcrs.isEmpty, pcrs.allSatisfy({ (0...23).contains($0) }) else { throw WardenError(.unavailable, "the server asked for PCRs \(spec)") }
+            selection.append(PCRSelection(hash: bank, pcrs: pcrs))
+        }
+        let e = try tpm.quote(selection: selection, nonce: Array(nonce))
+        return try await client.call(.POST, "/v1/hosts/\(host)/attestation",
+                                     body: Evidence(nonce: c.nonce, quote: Data(e.quote).base64EncodedString(),
+                                                    signature: Data(e.signature).base64EncodedString(), pcrs: Data(e.pcrValues).base64EncodedString()))
+    }
 
     /// What one round did.
     public struct Round: Codable, Sendable, Equatable {

@@ -63,6 +63,8 @@ public struct FleetAPI: Sendable {
     let pki: FleetPKI?
     /// The fleet policy served to agents (`warden serve --policy DIR`).
     let policyDirectory: String?
+    /// Attestation nonces this server issued (one set per server process).
+    var nonces = AttestationNonces()
 
     /// Runs blocking store work on the thread pool, never on an event loop (docs/decisions.md).
     func blocking<T: Sendable>(_ body: @escaping @Sendable (any LedgerQueries) throws -> T) async throws -> T {
@@ -97,7 +99,7 @@ public struct FleetAPI: Sendable {
         ("GET", "/metrics", [.admin, .auditor]),
         ("POST", "/v1/login-links", [.admin, .operator, .auditor]),
         ("POST", "/v1/enrol", [.host]),
-    ] + assessmentRoutes
+    ] + assessmentRoutes + attestationRoutes
 
     static func allowed(_ method: String, _ path: String) -> Set<Role> {
         routes.first { $0.method == method && $0.path == path }?.allowed ?? []
@@ -106,6 +108,7 @@ public struct FleetAPI: Sendable {
     func add(to router: Router<WardenRequestContext>) {
         router.get("/healthz") { _, _ in try Self.json(["status": "ok"]) }
         addAssessment(to: router)
+        addAttestation(to: router)
         router.get("/v1/vms") { _, ctx in
             try ctx.require(Self.allowed("GET", "/v1/vms"))
             return try Self.json(try await blocking { try $0.listVMs() })

@@ -1,4 +1,5 @@
 import Agent
+import Attestation
 import Policy
 import WardenServices
 import Storage
@@ -12,7 +13,7 @@ import WardenCore
 struct AgentCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent", abstract: "Ship this host's ledger to the fleet server and pull the fleet's VMs.",
-        subcommands: [AgentEnrol.self, AgentRun.self, AgentStatus.self])
+        subcommands: [AgentEnrol.self, AgentRun.self, AgentStatus.self, AgentAttest.self])
 }
 
 struct AgentEnrol: ParsableCommand {
@@ -176,5 +177,33 @@ struct AgentStatus: ParsableCommand {
             let soon = notAfter.map { $0.timeIntervalSinceNow < 30 * 86_400 } ?? true
             Output.stdout.line("cert:     \(notAfter.map { "good until " + LedgerTime.rfc3339(LedgerTime.micros($0)) } ?? "unreadable")\(soon ? " (re-enrol with a new host token)" : "")")
         }
+    }
+}
+
+/// `warden agent attest`: prove this host's boot state to the fleet server.
+struct AgentAttest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attest", abstract: "Attest this host to the fleet server: its nonce, a quote by this host's TPM, its verdict.",
+        discussion: """
+        Run `warden host init --tpm` first and let a sync round ship the enrolment. The server verifies the \
+        quote against that enrolment and its own hosts/trust.yaml and records the verdict in the fleet ledger \
+        (docs/attestation.md). Exit 0 trusted, 3 not trusted.
+        """)
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var tpmOptions: TPMOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let dir = AgentConfiguration.directory(databasePath: database.path)
+        let config = try AgentConfiguration.load(directory: dir)
+        guard let tpm = try tpmOptions.tpm() else { throw WardenError(.unavailable, "this host has no TPM (no --tcti, $TPM2TOOLS_TCTI or /dev/tpmrm0)") }
+        let local = try database.open(create: true)
+        let agent = try Agent(local: local, configuration: config, directory: dir)
+        let answer = try runAsync { defer { Task { await agent.shutdown() } }; return try await agent.attest(tpm: tpm) }
+        try Output.render(answer, json: json) {
+            Output.stdout.line("host \(answer.host): \(answer.trusted ? "trusted" : "NOT trusted") by the server" + (answer.baseline.map { " (baseline \($0))" } ?? ""))
+            for r in answer.reasons { Output.stdout.line("  " + oneLine(r)) }
+        }
+        if !answer.trusted { throw ExitCode(3) }
     }
 }

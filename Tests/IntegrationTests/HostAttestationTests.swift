@@ -140,4 +140,69 @@ import WardenTestSupport
             #expect(badKey.status == 64 || badKey.status == 2)
         }
     }
+
+    /// The fleet server as the verifier: the agent ships the host's enrolment, asks the server for
+    /// a nonce, quotes with its TPM and gets the server's verdict, recorded in the fleet ledger
+    /// (PostgreSQL). A replayed nonce is refused; a changed PCR is named.
+    @Test func theFleetServerAttestsItsHosts() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            try SoftwareTPM.with { tpm in
+                for d in ["srv/policy/hosts", "h1/policy"] { try FileManager.default.createDirectory(atPath: "\(tmp)/\(d)", withIntermediateDirectories: true) }
+                let pg = try PostgresServer.shared()
+                let dbName = try pg.createDatabase()
+                defer { pg.dropDatabase(dbName) }
+                let server = ServeProcess(dir: tmp + "/srv", listen: "127.0.0.1:0", database: pg.url(dbName), environment: pg.environment)
+                server.extraArguments = ["--policy", tmp + "/srv/policy"]
+                let admin = try server.token("root", role: "admin")
+                let h1 = tmp + "/h1", env = ["TPM2TOOLS_TCTI": tpm.tcti]
+                _ = try wardenOn(nil, "h1", home: h1, ["host", "init", "--tpm"], env: env)
+                let baseline = try wardenOn(nil, "h1", home: h1, ["host", "baseline", "--pcrs", "0,7", "--name", "lab"], env: env)
+                try baseline.stdoutText.write(toFile: tmp + "/srv/policy/hosts/trust.yaml", atomically: true, encoding: .utf8)
+                try server.start()
+                defer { server.kill9() }
+                try server.enrol(nil, "h1", home: h1)
+                _ = try wardenOn(nil, "h1", home: h1, ["agent", "run", "--once"])   // ships host-enrolled
+                let good = try wardenOn(nil, "h1", home: h1, ["agent", "attest", "--json"], env: env, check: false)
+                #expect(good.status == 0, "\(good.stdoutText) \(good.stderr)")
+                let answer = try JSONSerialization.jsonObject(with: good.stdout) as? [String: Any]
+                #expect(answer?["trusted"] as? Bool == true && answer?["baseline"] as? String == "lab", "\(good.stdoutText)")
+                // The verdict is in the fleet ledger, for h1.
+                let events = try Tool.run(["curl", "-sS", "--max-time", "20"] + server.curlTrust + ["-H", "Authorization: Bearer \(admin)",
+                                                                                                 server.url + "/v1/events?limit=1000"]).stdoutText
+                #expect(events.contains("host-attested") && events.contains("host-enrolled"), "\(events.prefix(300))")
+
+                // A nonce is good once: replaying a quote with a spent nonce is refused (403).
+                let cert = ["--cert", h1 + "/agent/host.pem", "--key", h1 + "/agent/host.key"]
+                func post(_ path: String, _ body: String) throws -> (Int, String) {
+                    try Data(body.utf8).write(to: URL(fileURLWithPath: tmp + "/req"))
+                    let r = try Tool.run(["curl", "-sS", "--max-time", "20", "-o", tmp + "/resp", "-w", "%{http_code}", "-X", "POST"] + server.curlTrust + cert
+                                         + ["-H", "Content-Type: application/json", "--data-binary", "@" + tmp + "/req", server.url + path], check: false)
+                    return (Int(r.stdoutText) ?? -1, (try? String(contentsOfFile: tmp + "/resp", encoding: .utf8)) ?? "")
+                }
+                let (s1, challenge) = try post("/v1/hosts/h1/attestation-nonce", "{}")
+                #expect(s1 == 200, "\(challenge)")
+                let nonce = try #require((try JSONSerialization.jsonObject(with: Data(challenge.utf8)) as? [String: Any])?["nonce"] as? String)
+                try tpm.tool(["tpm2_quote", "-c", "0x81010020", "-l", "sha256:0,7", "-q", nonce, "-g", "sha256",
+                              "-m", tmp + "/q", "-s", tmp + "/s", "-o", tmp + "/p", "-F", "values"])
+                _ = try? tpm.tool(["tpm2_flushcontext", "-t"])
+                let b64 = { (f: String) in (try? Data(contentsOf: URL(fileURLWithPath: tmp + "/" + f)).base64EncodedString()) ?? "" }
+                let evidence = #"{"nonce":"\#(nonce)","quote":"\#(b64("q"))","signature":"\#(b64("s"))","pcrs":"\#(b64("p"))"}"#
+                let (s2, first) = try post("/v1/hosts/h1/attestation", evidence)
+                #expect(s2 == 200 && first.contains("\"trusted\":true"), "\(first)")
+                let (s3, again) = try post("/v1/hosts/h1/attestation", evidence)
+                #expect(s3 == 403 && again.contains("replayed"), "\(s3) \(again)")
+                // Garbled evidence with a fresh nonce: 400, nothing recorded as trusted.
+                let (_, c2) = try post("/v1/hosts/h1/attestation-nonce", "{}")
+                let n2 = try #require((try JSONSerialization.jsonObject(with: Data(c2.utf8)) as? [String: Any])?["nonce"] as? String)
+                let (s4, garbled) = try post("/v1/hosts/h1/attestation", #"{"nonce":"\#(n2)","quote":"AAEC","signature":"\#(b64("s"))","pcrs":"\#(b64("p"))"}"#)
+                #expect(s4 == 400, "\(s4) \(garbled)")
+
+                // PCR 7 changes: the server says which.
+                try tpm.extend(pcr: 7, with: "a changed boot loader")
+                let bad = try wardenOn(nil, "h1", home: h1, ["agent", "attest"], env: env, check: false)
+                #expect(bad.status == 3)
+                #expect(bad.stdoutText.contains("PCR 7 (sha256)"), "\(bad.stdoutText)")
+            }
+        }
+    }
 }

@@ -1,4 +1,3 @@
-import Attestation
 import Foundation
 import Ledger
 import Policy
