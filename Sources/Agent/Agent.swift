@@ -184,6 +184,7 @@ public final class Agent: Sendable {
         public var reasons: [String]
         public var baseline: String?
         public var mismatchedPcrs: [String]
+        public var validForSeconds: Int64?
     }
 
     /// Attests this host to the server (docs/attestation.md): the server's nonce, a quote by
@@ -208,9 +209,16 @@ public final class Agent: Sendable {
             selection.append(PCRSelection(hash: bank, pcrs: pcrs))
         }
         let e = try tpm.quote(selection: selection, nonce: Array(nonce))
-        return try await client.call(.POST, "/v1/hosts/\(host)/attestation",
+        let answer: Attestation = try await client.call(.POST, "/v1/hosts/\(host)/attestation",
                                      body: Evidence(nonce: c.nonce, quote: Data(e.quote).base64EncodedString(),
                                                     signature: Data(e.signature).base64EncodedString(), pcrs: Data(e.pcrValues).base64EncodedString()))
+        // The server's verdict is recorded here too: this host's own decisions (the libvirt
+        // hook, `vm start`, key releases) read `attested` from the local ledger.
+        let validFor = answer.validForSeconds.flatMap { $0 > 0 ? PolicyDuration(seconds: min($0, 30 * 86_400)) : nil }
+        try HostTrustService(store: local, host: .current, policyDirectory: nil).recordRemote(
+            AttestationVerdict(trusted: answer.trusted, reasons: answer.reasons, baseline: answer.baseline, mismatchedPCRs: answer.mismatchedPcrs),
+            validFor: validFor, source: "fleet \(configuration.server)")
+        return answer
     }
 
     /// What one round did.

@@ -83,6 +83,12 @@ public struct HostTrustService: Sendable {
         return verdict
     }
 
+    /// Records a verdict another verifier (the fleet server) gave this host, so that local
+    /// decisions (`attested: true` in the libvirt hook, `vm start`) see it.
+    public func recordRemote(_ v: AttestationVerdict, validFor: PolicyDuration?, source: String) throws {
+        try record(v, host: host, validFor: validFor, source: source)
+    }
+
     private func record(_ v: AttestationVerdict, host: HostName, validFor: PolicyDuration?, source: String) throws {
         var p: [String: JSONValue] = [
             "trusted": .bool(v.trusted),

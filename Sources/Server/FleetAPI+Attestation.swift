@@ -70,6 +70,8 @@ extension FleetAPI {
         public var reasons: [String]
         public var baseline: String?
         public var mismatchedPcrs: [String]
+        /// How long the verdict counts (the server's trust policy maxAge).
+        public var validForSeconds: Int64
     }
 
     func addAttestation(to router: Router<WardenRequestContext>) {
@@ -100,6 +102,7 @@ extension FleetAPI {
             }
             let evidence = QuoteEvidence(quote: Array(quote), signature: Array(signature), pcrValues: Array(pcrs))
             let directory = policyDirectory
+            let validFor = (try? HostTrustPolicy.load(policyDirectory: directory))??.maxAge.seconds ?? 0
             let verdict: AttestationVerdict = try await blocking { store in
                 do {
                     return try HostTrustService(store: store, host: host, policyDirectory: directory).verify(evidence, nonce: Array(nonce), for: host)
@@ -108,7 +111,8 @@ extension FleetAPI {
                 }
             }
             return try Self.json(AttestationAnswer(host: host.value, trusted: verdict.trusted, reasons: verdict.reasons,
-                                                   baseline: verdict.baseline, mismatchedPcrs: verdict.mismatchedPCRs))
+                                                   baseline: verdict.baseline, mismatchedPcrs: verdict.mismatchedPCRs,
+                                                   validForSeconds: verdict.trusted ? validFor : 0))
         }
     }
 }

@@ -170,6 +170,10 @@ import WardenTestSupport
                 let events = try Tool.run(["curl", "-sS", "--max-time", "20"] + server.curlTrust + ["-H", "Authorization: Bearer \(admin)",
                                                                                                  server.url + "/v1/events?limit=1000"]).stdoutText
                 #expect(events.contains("host-attested") && events.contains("host-enrolled"), "\(events.prefix(300))")
+                // …and in the host's own ledger, where its local decisions read it.
+                let status = try wardenOn(nil, "h1", home: h1, ["host", "status", "--json"])
+                let st = try JSONSerialization.jsonObject(with: status.stdout) as? [String: Any]
+                #expect(st?["attested"] as? Bool == true, "\(status.stdoutText)")
 
                 // A nonce is good once: replaying a quote with a spent nonce is refused (403).
                 let cert = ["--cert", h1 + "/agent/host.pem", "--key", h1 + "/agent/host.key"]
