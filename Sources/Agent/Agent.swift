@@ -93,8 +93,10 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     /// with the one-time token, and keeps the certificate the server issues. The server is
     /// trusted only through `caFile`, the fleet CA an administrator handed over
     /// (`warden serve ca`), never on first use.
+    /// `signingKey`: the host's ledger signing key (Ed25519, public): the server records it at the
+    /// first enrolment and refuses the host's name with any other key.
     public static func enrol(server: String, host: HostName, token: String, caFile: String, maxStalenessSeconds: Double?,
-                             directory: String) async throws -> AgentConfiguration {
+                             directory: String, signingKey: Data? = nil) async throws -> AgentConfiguration {
         guard token.hasPrefix("wdn_"), token.utf8.count <= 128 else { throw WardenError(.invalidArgument, "not a Warden token") }
         let config = try AgentConfiguration(server: server, host: host, maxStalenessSeconds: maxStalenessSeconds)
         let tls = try FleetClient.trusting(caFile: caFile)
@@ -105,8 +107,8 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         let client = FleetClient(server: config.server, token: token, tls: tls)
         let answer: EnrolReply
         do {
-            struct Body: Encodable { var csr: String }
-            answer = try await client.call(.POST, "/v1/enrol", body: Body(csr: try csr.serializeAsPEM().pemString))
+            struct Body: Encodable { var csr: String; var signingKey: String? }
+            answer = try await client.call(.POST, "/v1/enrol", body: Body(csr: try csr.serializeAsPEM().pemString, signingKey: signingKey?.hexEncoded))
             await client.shutdown()
         } catch {
             await client.shutdown()

@@ -159,14 +159,31 @@ public struct FleetAPI: Sendable {
             guard ctx.principal?.credential == .token, let token = request.headers[.authorization]?.split(separator: " ", maxSplits: 1).last else {
                 throw APIError(.forbidden, "enrolment takes the host's one-time token")
             }
-            struct Body: Decodable { var csr: String }
+            struct Body: Decodable { var csr: String; var signingKey: String? }
             let body = try await Self.body(Body.self, of: request, limit: 64 << 10, what: "an enrolment request")
             // Checked before the token is spent: a bad request leaves the token usable.
             let csr: CertificateSigningRequest
             do { csr = try FleetPKI.request(body.csr) } catch let e as WardenError { throw APIError.from(e) }
-            let tokens = self.tokens
+            var signingKey: Data?
+            if let k = body.signingKey {
+                guard let d = Data(hexEncoded: k), d.count == 32 else { throw APIError(.badRequest, "signing_key is an Ed25519 public key, 64 hex digits") }
+                signingKey = d
+            }
+            let tokens = self.tokens, store = self.store, pinnedKey = signingKey
             let issued = try await NIOThreadPool.singleton.runIfActive { () throws -> (String, FleetPKI.Issued)? in
                 guard let host = try tokens.spendEnrolment(token: String(token)) else { return nil }
+                // The host's ledger signing key: recorded at its first enrolment, and a host
+                // that comes back with another key is refused (docs/attestation.md).
+                if let signingKey = pinnedKey {
+                    let name = host
+                    if let known = try store.host(name) {
+                        if let had = known.publicKey, had != signingKey {
+                            throw APIError(.conflict, "host \(host) is known with a different signing key (\(had.hexEncoded.prefix(16))…): refused")
+                        }
+                    } else {
+                        try store.addHost(HostRecord(name: name, publicKey: signingKey))
+                    }
+                }
                 return try pki.issue(host: host, csr: csr)
             }
             guard let issued else { throw APIError(.unauthorized, "unknown, revoked or spent token") }

@@ -43,8 +43,11 @@ struct AgentEnrol: ParsableCommand {
         } ?? .current
         let dir = AgentConfiguration.directory(databasePath: database.path)
         let (url, caFile, maxStaleness) = (self.url, self.caFile, self.maxStaleness)
+        // The host's ledger signing key (made now if it has none): the server pins it to the name.
+        let signingKey = try HostKey.loadOrCreate(directory: HostKey.directory(databasePath: database.path)).publicKey
         let config = try runAsync {
-            try await AgentConfiguration.enrol(server: url, host: name, token: token, caFile: caFile, maxStalenessSeconds: maxStaleness, directory: dir)
+            try await AgentConfiguration.enrol(server: url, host: name, token: token, caFile: caFile, maxStalenessSeconds: maxStaleness,
+                                               directory: dir, signingKey: signingKey)
         }
         Output.stdout.line("enrolled \(name) with \(config.server)")
     }

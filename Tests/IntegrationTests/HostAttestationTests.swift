@@ -162,6 +162,14 @@ import WardenTestSupport
                 defer { server.kill9() }
                 try server.enrol(nil, "h1", home: h1)
                 _ = try wardenOn(nil, "h1", home: h1, ["agent", "run", "--once"])   // ships host-enrolled
+                // The server pinned h1's signing key: another machine enrolling as h1 (a new
+                // one-time token, another key) is refused.
+                let imposter = tmp + "/imposter"
+                try FileManager.default.createDirectory(atPath: imposter, withIntermediateDirectories: true)
+                let token = try server.token("enrol-h1-again", role: "host", host: "h1")
+                let refused = try wardenOn(nil, "h1", home: imposter, ["agent", "enrol", server.url, "--host", "h1", "--ca-file", server.caFile],
+                                           env: ["WARDEN_AGENT_TOKEN": token], check: false)
+                #expect(refused.status != 0 && refused.stderr.contains("different signing key"), "\(refused.status) \(refused.stderr)")
                 let good = try wardenOn(nil, "h1", home: h1, ["agent", "attest", "--json"], env: env, check: false)
                 #expect(good.status == 0, "\(good.stdoutText) \(good.stderr)")
                 let answer = try JSONSerialization.jsonObject(with: good.stdout) as? [String: Any]
