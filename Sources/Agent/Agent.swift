@@ -136,7 +136,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
 /// Small files the agent keeps, written whole (temporary file, fsync, rename), 0600 in 0700.
 enum AgentFiles {
     static func store(_ data: Data, to path: String, directory: String) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileDescriptorIO.ensurePrivateDirectory(directory, what: "the agent directory")
         try FileDescriptorIO.replaceFile(path, with: Array(data))
     }
 }

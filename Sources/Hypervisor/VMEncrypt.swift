@@ -190,7 +190,7 @@ public struct VaultDiskCrypto: DiskCrypto {
         guard let old = try release(source, [disk.index])[disk.index] else {
             throw WardenError(.notFound, "disk \(disk.index) of \(source.name) is encrypted and this vault has no key for it", file: disk.path)
         }
-        try LocalKEKProvider.ensurePrivateDirectory(vault.directory)
+        try FileDescriptorIO.ensurePrivateDirectory(vault.directory, what: "the vault directory")
         let srcSecret = vault.directory + "/reencrypt-src-\(getpid())"
         defer { SecretFile.destroy(srcSecret) }
         try SecretFile.write(Vault.passphrase(old), to: srcSecret)
@@ -201,7 +201,7 @@ public struct VaultDiskCrypto: DiskCrypto {
     }
 
     public func encrypt(plain: String, format: String, vm: VMID, index: Int, output: String) throws -> (key: String, passphrase: SecretBytes) {
-        try LocalKEKProvider.ensurePrivateDirectory(vault.directory)
+        try FileDescriptorIO.ensurePrivateDirectory(vault.directory, what: "the vault directory")
         return try withNewKey(vm: vm, index: index, output: output) { _ in ["-f", format, plain] }
     }
 

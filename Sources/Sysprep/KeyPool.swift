@@ -27,13 +27,7 @@ public struct KeyPool: Sendable {
     }
 
     static func ensurePrivate(_ path: String) throws {
-        if !FileManager.default.fileExists(atPath: path) {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        }
-        var st = stat()
-        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_mode & 0o077 == 0, st.st_uid == getuid() else {
-            throw WardenError(.denied, "the key pool directory must be a 0700 directory of yours", file: path)
-        }
+        try FileDescriptorIO.ensurePrivateDirectory(path, what: "the key pool directory")
     }
 
     /// Takes one RSA key, or nil when the pool is empty (or unusable: a clone then generates).
@@ -63,16 +57,7 @@ public struct KeyPool: Sendable {
         while count < size {
             let key = try _RSA.Signing.PrivateKey(keySize: .bits3072)
             let name = "k-\(UInt64.random(in: 0...UInt64.max)).der"
-            let tmp = rsaDirectory + "/.new-" + name, final = rsaDirectory + "/" + name
-            let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-            guard fd >= 0 else { throw WardenError(.io, "cannot create a pool key: \(String(cString: strerror(errno)))", file: tmp) }
-            let der = key.derRepresentation
-            let ok = der.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count } && fsync(fd) == 0
-            close(fd)
-            guard ok, rename(tmp, final) == 0 else {
-                unlink(tmp)
-                throw WardenError(.io, "cannot write a pool key", file: final)
-            }
+            try FileDescriptorIO.replaceFile(rsaDirectory + "/" + name, with: Array(key.derRepresentation))
             made += 1
         }
         return made

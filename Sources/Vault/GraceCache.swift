@@ -34,8 +34,8 @@ public struct GraceCache: Sendable {
     func sealingKey(create: Bool) throws -> SymmetricKey? {
         if !FileManager.default.fileExists(atPath: hostKeyPath) {
             guard create else { return nil }
-            try LocalKEKProvider.ensurePrivateDirectory(vault.directory)
-            try SecretBytes(random: 32).withBytes { try LocalKEKProvider.writePrivate(hostKeyPath, Data($0)) }
+            try FileDescriptorIO.ensurePrivateDirectory(vault.directory, what: "the vault directory")
+            try SecretBytes(random: 32).withBytes { try FileDescriptorIO.replaceFile(hostKeyPath, with: Array(Data($0))) }
         }
         let (raw, _) = try LocalKEKProvider.readKEK(hostKeyPath)
         let machine = (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
@@ -48,11 +48,11 @@ public struct GraceCache: Sendable {
         let until = Date(timeIntervalSince1970: until.timeIntervalSince1970.rounded(.down))
         let box = try key.withBytes { try AES.GCM.seal($0, using: sealing, authenticating: associatedData(context, id: id, until: until)) }
         guard let combined = box.combined else { throw WardenError(.internal, "AES-GCM gave no combined form") }
-        try LocalKEKProvider.ensurePrivateDirectory(directory)
-        try LocalKEKProvider.ensurePrivateDirectory(directory + "/" + context.vm.description)
+        try FileDescriptorIO.ensurePrivateDirectory(directory, what: "the vault directory")
+        try FileDescriptorIO.ensurePrivateDirectory(directory + "/" + context.vm.description, what: "the vault directory")
         let enc = JSONEncoder()
         enc.dateEncodingStrategy = .secondsSince1970
-        try LocalKEKProvider.writePrivate(path(context), try enc.encode(Entry(id: id, until: until, sealed: combined.base64EncodedString())))
+        try FileDescriptorIO.replaceFile(path(context), with: Array(try enc.encode(Entry(id: id, until: until, sealed: combined.base64EncodedString()))))
     }
 
     /// Until when a copy for `context` is kept (nil: none), as the file says (checked on use).
@@ -72,7 +72,7 @@ public struct GraceCache: Sendable {
         guard data.count <= 4096, let entry = try? dec.decode(Entry.self, from: data), let sealed = Data(base64Encoded: entry.sealed) else {
             throw WardenError(.corrupt, "the grace copy is damaged", file: path(context))
         }
-        guard entry.until > now else { try? SecretFile.overwriteAndRemove(path(context)); return nil }
+        guard entry.until > now else { try? FileShred.overwriteAndRemove(path(context)); return nil }
         guard let sealing = try sealingKey(create: false) else { throw WardenError(.notFound, "this host has no grace key", file: hostKeyPath) }
         do {
             let plain = try AES.GCM.open(try AES.GCM.SealedBox(combined: sealed), using: sealing,
@@ -87,7 +87,7 @@ public struct GraceCache: Sendable {
     public func shred(vm: VMID, layer: String? = nil) {
         let dir = directory + "/" + vm.description
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        for n in names where layer == nil || n == layer! + ".json" { try? SecretFile.overwriteAndRemove(dir + "/" + n) }
+        for n in names where layer == nil || n == layer! + ".json" { try? FileShred.overwriteAndRemove(dir + "/" + n) }
         if layer == nil { rmdir(dir) }
     }
 }

@@ -56,11 +56,11 @@ public struct LocalKEKProvider: KeyProvider {
 
     /// The KEK and its id, made when missing. Refuses a KEK file others can read or write.
     func kek(create: Bool) throws -> (key: SymmetricKey, id: String) {
-        try Self.ensurePrivateDirectory(directory)
+        try FileDescriptorIO.ensurePrivateDirectory(directory, what: "the vault directory")
         if !FileManager.default.fileExists(atPath: kekPath) {
             guard create else { throw WardenError(.notFound, "there is no vault key-encryption key here", file: kekPath) }
             let fresh = SecretBytes(random: 32)
-            try fresh.withBytes { try Self.writePrivate(kekPath, Data($0)) }
+            try fresh.withBytes { try FileDescriptorIO.replaceFile(kekPath, with: Array(Data($0))) }
         }
         return try Self.readKEK(kekPath)
     }
@@ -122,34 +122,5 @@ public struct LocalKEKProvider: KeyProvider {
         } catch {
             throw WardenError(.denied, "key \(wrapped.id) does not open with this KEK for \(context.vm) \(context.layer) (tampered, or another VM's)")
         }
-    }
-
-    /// A 0700 directory owned by us (made when missing); refuses one others can enter.
-    public static func ensurePrivateDirectory(_ path: String) throws {
-        if !FileManager.default.fileExists(atPath: path) {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        }
-        var st = stat()
-        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-            throw WardenError(.invalidArgument, "not a directory", file: path)
-        }
-        guard st.st_mode & 0o077 == 0, st.st_uid == getuid() else {
-            throw WardenError(.denied, "the vault directory is open to others (it must be 0700 and yours)", file: path)
-        }
-    }
-
-    /// Writes `data` to a new 0600 file next to `path`, fsyncs it, and renames it over `path`.
-    static func writePrivate(_ path: String, _ data: Data) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: tmp) }
-        let ok = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count } && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw WardenError(.io, "cannot write: \(String(cString: strerror(errno)))", file: path)
-        }
-        let dfd = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 }

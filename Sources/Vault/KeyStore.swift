@@ -21,20 +21,20 @@ public struct KeyStore: Sendable {
 
     public func put(_ key: WrappedKey, for c: KeyContext) throws {
         guard Self.isValidLayer(c.layer) else { throw WardenError(.invalidArgument, "not a layer name: \(c.layer)") }
-        try LocalKEKProvider.ensurePrivateDirectory(directory)
-        try LocalKEKProvider.ensurePrivateDirectory(directory + "/keys")
-        try LocalKEKProvider.ensurePrivateDirectory(vmDirectory(c.vm))
+        try FileDescriptorIO.ensurePrivateDirectory(directory, what: "the vault directory")
+        try FileDescriptorIO.ensurePrivateDirectory(directory + "/keys", what: "the vault directory")
+        try FileDescriptorIO.ensurePrivateDirectory(vmDirectory(c.vm), what: "the vault directory")
         guard !FileManager.default.fileExists(atPath: path(c)) else {
             throw WardenError(.conflict, "\(c.vm) already has a key for \(c.layer)")
         }
-        try LocalKEKProvider.writePrivate(path(c), try Self.encode(key))
+        try FileDescriptorIO.replaceFile(path(c), with: Array(try Self.encode(key)))
     }
 
     /// Replaces a stored key with `key` (re-wrapped, or a new key for the same layer): a new file
     /// renamed over the old.
     public func replace(_ key: WrappedKey, for c: KeyContext) throws {
         guard FileManager.default.fileExists(atPath: path(c)) else { throw WardenError(.notFound, "\(c.vm) has no key for \(c.layer)") }
-        try LocalKEKProvider.writePrivate(path(c), try Self.encode(key))
+        try FileDescriptorIO.replaceFile(path(c), with: Array(try Self.encode(key)))
     }
 
     static func encode(_ key: WrappedKey) throws -> Data {
@@ -77,7 +77,7 @@ public struct KeyStore: Sendable {
     @discardableResult
     public func shred(_ c: KeyContext) throws -> String? {
         guard let key = try get(c) else { return nil }
-        try SecretFile.overwriteAndRemove(path(c))
+        try FileShred.overwriteAndRemove(path(c))
         return key.id
     }
 }

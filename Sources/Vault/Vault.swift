@@ -90,7 +90,7 @@ public struct Vault: Sendable {
         guard let local = provider as? LocalKEKProvider else { throw WardenError(.unsupported, "only the local KEK rotates here") }
         let old = try local.kek(create: false)
         if !FileManager.default.fileExists(atPath: local.nextKEKPath) {
-            try SecretBytes(random: 32).withBytes { try LocalKEKProvider.writePrivate(local.nextKEKPath, Data($0)) }
+            try SecretBytes(random: 32).withBytes { try FileDescriptorIO.replaceFile(local.nextKEKPath, with: Array(Data($0))) }
         }
         let next = try LocalKEKProvider.readKEK(local.nextKEKPath)
         var count = 0
@@ -146,12 +146,8 @@ public enum SecretFile {
 
     /// Overwrites the file with zeros and removes it (quietly: it may be gone).
     public static func destroy(_ path: String) {
-        do { try overwriteAndRemove(path) } catch { unlink(path) }
+        do { try FileShred.overwriteAndRemove(path) } catch { unlink(path) }
     }
-
-    /// Overwrites the file with zeros and removes it, throwing when that cannot be done
-    /// (``FileShred/overwriteAndRemove(_:)``).
-    public static func overwriteAndRemove(_ path: String) throws { try FileShred.overwriteAndRemove(path) }
 }
 
 /// What one `unlock` released for a QEMU start: the encrypted disks' keys (by disk index) and,

@@ -19,7 +19,8 @@ public enum FileDescriptorIO {
     /// `syncFolder` is false (a caller on a hot path whose file may lag after a crash).
     public static func replaceFile(_ path: String, with bytes: [UInt8], mode: mode_t = 0o600, syncFolder: Bool = true) throws {
         let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        unlink(tmp)   // a leftover (or a planted symlink) is never written through
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         guard fd >= 0 else { throw WardenError(.io, "cannot write: \(String(cString: strerror(errno)))", file: path) }
         do {
             try bytes.withUnsafeBytes { try writeAll(fd, $0, name: path) }
@@ -36,6 +37,28 @@ public enum FileDescriptorIO {
         var dir = path
         if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]) } else { dir = "." }
         syncDirectory(dir)
+    }
+
+    /// A 0700 directory owned by this user, made when missing; one that others can enter, or
+    /// that is not a directory, is refused (`what` names it in the error: "the vault directory").
+    public static func ensurePrivateDirectory(_ path: String, what: String = "the directory") throws {
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            // mkdir -p, each missing folder 0700.
+            var prefix = path.hasPrefix("/") ? "" : "."
+            for part in path.split(separator: "/") {
+                prefix += "/" + part
+                if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                    throw WardenError(.io, "cannot make \(what): \(String(cString: strerror(errno)))", file: prefix)
+                }
+            }
+        }
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw WardenError(.invalidArgument, "\(what) is not a directory", file: path)
+        }
+        guard st.st_mode & 0o077 == 0, st.st_uid == getuid() else {
+            throw WardenError(.denied, "\(what) is open to others (it must be 0700 and yours)", file: path)
+        }
     }
 
     public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
