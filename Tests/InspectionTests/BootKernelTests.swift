@@ -116,4 +116,39 @@ import GuestFS
         #expect(K.affects(package: "linux-virt", installedVersion: "6.6.22-r0", booting: "6.6.22-0-lts") == .notBooting)
         #expect(K.affects(package: "openssl", installedVersion: "3.0.11-1", booting: "6.1.0-18-amd64") == nil)
     }
+
+    /// Hostile boot configuration: seeded corruptions of a real grub.cfg and grubenv, endless
+    /// nesting, a `default` that walks far into submenus, and raw bytes. The readers answer
+    /// (possibly nothing) and never trap; a kernel they name always comes from a `linux` line.
+    @Test func garbledBootConfigurationNeverTraps() {
+        let cfg = Array(BootKernelTests.grubCfg(default: "1>0").utf8)
+        var rng = SeededRandom(seed: 0x6772_7562)
+        for round in 0..<3000 {
+            var bytes = cfg
+            for _ in 0..<(1 + rng.below(8)) {
+                switch rng.below(3) {
+                case 0: bytes[rng.below(bytes.count)] = UInt8(truncatingIfNeeded: rng.next())
+                case 1: bytes.insert(contentsOf: Array("{ } > fi menuentry 'x' {\nlinux /boot/vmlinuz-9 \n".utf8).shuffled(using: &rng).prefix(rng.below(12)), at: rng.below(bytes.count))
+                default:
+                    let start = rng.below(bytes.count)
+                    bytes.removeSubrange(start..<min(bytes.count, start + rng.below(40)))
+                }
+                if bytes.isEmpty { bytes = cfg }
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            let env = Inspection.grubEnv(round % 2 == 0 ? text : "# GRUB Environment Block\nsaved_entry=\(text.prefix(200))\n")
+            if let k = Inspection.parseGrubConfig(text).choose(env: env) {
+                #expect(text.contains(k.image), "round \(round): \(k.image) is not in the file")
+            }
+        }
+        // Nesting far past the cap, and a default that descends 10,000 levels.
+        let deep = String(repeating: "submenu 'a' {\n", count: 10_000) + "linux /boot/vmlinuz-6.1.0-1-amd64\n" + String(repeating: "}\n", count: 10_000)
+        _ = Inspection.parseGrubConfig(deep).choose(env: [:])
+        let walk = "set default=\"" + Array(repeating: "0", count: 10_000).joined(separator: ">") + "\"\n" + deep
+        _ = Inspection.parseGrubConfig(walk).choose(env: [:])
+        for junk in ["", "}", "}}}}", "fi\nfi", "menuentry", "menuentry '", "set default=", "linux", String(repeating: "=", count: 5000)] {
+            _ = Inspection.parseGrubConfig(junk).choose(env: Inspection.grubEnv(junk))
+        }
+        #expect(Inspection.release(fromImage: "/etc/passwd") == nil)
+    }
 }
