@@ -146,8 +146,33 @@ public struct SecretsLimits: Sendable {
 }
 
 extension Inspection {
-    /// Roots walked for private keys, besides every home directory.
+    /// Roots walked for private keys, besides the homes of accounts (see ``passwdHomes``).
     static let secretSearchRoots = ["/root", "/etc", "/opt", "/srv", "/var/lib", "/usr/local"]
+
+    /// Package-manager state, caches and indexes under the roots: files the package manager
+    /// or a tool writes, never a place a key is deployed to. Not walked (issue 17: the cost of
+    /// the search follows where secrets live, not how many files a guest has).
+    static let secretSkippedDirectories: Set<String> = [
+        "/var/lib/dpkg", "/var/lib/apt", "/var/lib/aptitude", "/var/lib/rpm", "/var/lib/dnf", "/var/lib/yum",
+        "/var/lib/apk", "/var/lib/ucf", "/var/lib/pam", "/var/lib/man-db", "/var/lib/mlocate", "/var/lib/plocate",
+        "/var/lib/texmf", "/var/lib/docker", "/var/lib/containers", "/var/lib/snapd", "/var/lib/flatpak",
+        "/var/lib/systemd/deb-systemd-helper-enabled", "/var/lib/systemd/deb-systemd-user-helper-enabled",
+        "/usr/local/share/man", "/usr/local/lib/python3", "/etc/alternatives",
+    ]
+
+    /// Directory names that hold vendored or generated code wherever they are (a node_modules
+    /// tree of 200,000 files under /srv costs nothing): dependency trees, VCS metadata, caches.
+    static let secretSkippedNames: Set<String> = [
+        "node_modules", ".git", ".hg", ".svn", "__pycache__", "site-packages", "dist-packages", ".npm", ".cache",
+        ".cargo", ".rustup", ".m2", ".gradle", ".venv", "vendor",
+    ]
+
+    /// Whether the secrets walk skips a directory (by path, or by name anywhere).
+    static func skipsForSecrets(_ path: String) -> Bool {
+        if secretSkippedDirectories.contains(path) { return true }
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        return secretSkippedNames.contains(name)
+    }
 
     static let historyFiles: [(String, String)] = [
         (".bash_history", "bash"), (".zsh_history", "zsh"), (".ash_history", "ash"),
@@ -222,7 +247,16 @@ extension Inspection {
         return true
     }
 
-    /// `/root` plus every distinct absolute home in /etc/passwd, normalised (no trailing slash).
+    /// Shells that do not log in: accounts with these are services, not people.
+    static let nologinShells: Set<String> = ["nologin", "false", "sync", "shutdown", "halt"]
+
+    /// Where service accounts keep state worth searching; a service account whose home is a
+    /// system directory (`/usr/sbin`, `/var/mail`, `/nonexistent`…) holds no deployed secrets.
+    static let serviceHomePrefixes = ["/home/", "/var/lib/", "/srv/", "/opt/"]
+
+    /// `/root` plus every distinct absolute home in /etc/passwd, normalised (no trailing slash):
+    /// every account that can log in, and service accounts whose home is under `/home`,
+    /// `/var/lib`, `/srv` or `/opt`.
     static func passwdHomes(_ g: GuestFiles, limit: Int, warnings: inout CappedWarnings) -> [String] {
         var homes = ["/root"]
         var seen: Set<String> = ["/root"]
@@ -236,6 +270,9 @@ extension Inspection {
                 guard f.count >= 7 else { continue }
                 var home = String(f[5])
                 while home.count > 1, home.hasSuffix("/") { home.removeLast() }
+                let shell = f[6].split(separator: "/").last.map(String.init) ?? ""
+                let logsIn = !nologinShells.contains(shell)
+                guard logsIn || serviceHomePrefixes.contains(where: { home.hasPrefix($0) }) else { continue }
                 guard home.hasPrefix("/"), home != "/", seen.insert(home).inserted else { continue }
                 homes.append(home)
             }
@@ -510,7 +547,9 @@ struct SecretScan {
                 }
                 switch st.stat.type {
                 case .directory:
-                    if depth + 1 > limits.maxDepth {
+                    if Inspection.skipsForSecrets(path) {
+                        continue
+                    } else if depth + 1 > limits.maxDepth {
                         truncate("directories deeper than \(limits.maxDepth) levels below \(root) were not searched")
                     } else {
                         subdirs.append(path)

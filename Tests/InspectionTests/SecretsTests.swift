@@ -48,12 +48,19 @@ enum SecretsFixture {
     # A deep tree, deeper than the depth cap, with a key at the bottom.
     d=srv/deep; for i in $(seq 1 14); do d=$d/d$i; done; mkdir -p $d
     ssh-keygen -q -t ed25519 -N '' -f $d/id_deep
+    # Package-manager state and a vendored dependency tree: not where keys are deployed, so not
+    # searched (a test fixture key inside node_modules is not the guest's secret).
+    mkdir -p var/lib/dpkg/info srv/app/node_modules/tls-fixtures/test srv/app/keys
+    for i in $(seq 1 300); do printf 'package file list %s\n' $i > var/lib/dpkg/info/p$i.list; done
+    for i in $(seq 1 500); do printf 'module.exports = %s\n' $i > srv/app/node_modules/tls-fixtures/m$i.js; done
+    ssh-keygen -q -t ed25519 -N '' -f srv/app/node_modules/tls-fixtures/test/fixture_key
+    ssh-keygen -q -t ed25519 -N '' -f srv/app/keys/deploy_key
     chmod 600 home/alice/.aws/credentials
     chown -R 1000:1000 home/alice
     """
 
     static func guest() throws -> (GuestFiles, String) {
-        try PkgFixture.guest("secrets", size: "16M", script: script, recipeSalt: "secrets-v1")
+        try PkgFixture.guest("secrets", size: "16M", script: script, recipeSalt: "secrets-v2")
     }
 }
 
@@ -74,6 +81,10 @@ enum SecretsFixture {
         #expect(k["/usr/local/share/trad.pem"] == .privateKey(.rsa, passphraseProtected: true))
         // A copy of a host key elsewhere is a finding; the host key itself is not.
         #expect(k["/srv/copied_host_key"] == .privateKey(.openssh, passphraseProtected: false))
+        #expect(k["/srv/app/keys/deploy_key"] == .privateKey(.openssh, passphraseProtected: false))
+        #expect(!r.findings.contains { $0.path.contains("/node_modules/") })
+        // The 800 files of package state and the dependency tree are not visited.
+        #expect(r.filesVisited < 200, "\(r.filesVisited)")
         #expect(k["/etc/ssh/ssh_host_ed25519_key"] == nil)
         #expect(!r.findings.contains { $0.path.hasPrefix("/etc/ssh/ssh_host_") })
 
@@ -93,7 +104,7 @@ enum SecretsFixture {
         let creds = try #require(r.findings.first { $0.path == "/home/alice/.aws/credentials" })
         #expect(creds.uid == 1000 && creds.mode == "0600" && creds.size > 50)
         // Every finding is accounted for: nothing unexpected shows up.
-        #expect(r.findings.count == 15, "\(r.findings.map(\.path))")
+        #expect(r.findings.count == 16, "\(r.findings.map(\.path))")
     }
 
     @Test func depthCapTruncates() throws {
