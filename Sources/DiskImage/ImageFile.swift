@@ -287,4 +287,31 @@ public final class IOStatistics: @unchecked Sendable {
         defer { pthread_mutex_unlock(&lock) }
         return (bytes, calls)
     }
+
+    private var phaseTotals: [(name: String, bytes: UInt64, reads: UInt64)] = []
+
+    /// Runs `body` and adds what it read to the phase `name` (phases run one after another;
+    /// `--io-stats` prints them: which part of inspection read what).
+    public func measure<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+        let before = snapshot
+        defer {
+            let after = snapshot
+            pthread_mutex_lock(&lock)
+            if let i = phaseTotals.firstIndex(where: { $0.name == name }) {
+                phaseTotals[i].bytes &+= after.bytes &- before.bytes
+                phaseTotals[i].reads &+= after.reads &- before.reads
+            } else {
+                phaseTotals.append((name, after.bytes &- before.bytes, after.reads &- before.reads))
+            }
+            pthread_mutex_unlock(&lock)
+        }
+        return try body()
+    }
+
+    /// The phases measured since the last call, in the order they first ran; then forgets them.
+    public func takePhases() -> [(name: String, bytes: UInt64, reads: UInt64)] {
+        pthread_mutex_lock(&lock)
+        defer { phaseTotals = []; pthread_mutex_unlock(&lock) }
+        return phaseTotals
+    }
 }

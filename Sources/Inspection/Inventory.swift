@@ -1,3 +1,4 @@
+import DiskImage
 import WardenCore
 import GuestFS
 
@@ -36,7 +37,8 @@ extension Inspection {
     /// unknown with a reason.
     public static func inspect(view: GuestView, image: String) -> Inventory {
         let g = GuestFiles(view: view)
-        let report = identityReport(g)
+        let io = IOStatistics.shared
+        let report = io.measure("identity, accounts, ssh") { identityReport(g) }
         func fact<T>(_ what: String, _ body: () throws -> T) -> Fact<T> {
             do { return .known(try body()) } catch let e as WardenError {
                 return .unknown(reason: "\(what) could not be read: \(e.message)")
@@ -52,10 +54,10 @@ extension Inspection {
         }
         return Inventory(image: image, mounts: view.mounts, unassembled: view.problems,
                          os: report.os, identity: report.identity, accounts: report.accounts, ssh: report.ssh,
-                         packages: fact("package databases") { try packages(g) },
-                         services: fact("services") { try services(g) },
-                         kernels: fact("kernels") { try kernels(g) },
-                         secrets: secrets(g),
+                         packages: io.measure("packages") { fact("package databases") { try packages(g) } },
+                         services: io.measure("services") { fact("services") { try services(g) } },
+                         kernels: io.measure("kernels") { fact("kernels") { try kernels(g) } },
+                         secrets: io.measure("secrets") { secrets(g) },
                          filesystemWarnings: fsWarnings, unscanned: nil, releaseSupport: releaseSupport(report.os))
     }
 

@@ -407,6 +407,9 @@ struct SecretScan {
     /// Directories already walked, by filesystem object and inode (mounts share inode numbers).
     var seenDirs = Set<DirKey>()
     var stopped: Bool { visited >= limits.maxFilesVisited }
+    /// Mount points of the view: only these need a path lookup; every other entry is stat'ed
+    /// by its inode in the directory's own filesystem (no walk from the root per file).
+    lazy var mountPoints: Set<String> = Set(g.view?.mounts.map(\.path) ?? [])
 
     struct DirKey: Hashable {
         var fs: ObjectIdentifier
@@ -539,8 +542,12 @@ struct SecretScan {
                     || e.type == .fifo || e.type == .socket { continue }
                 let st: (fs: any FileSystem, inode: UInt64, stat: FileStat)
                 do {
-                    guard let x = try g.resolve(path, followFinal: false) else { continue }
-                    st = x
+                    if mountPoints.contains(path) {
+                        guard let x = try g.resolve(path, followFinal: false) else { continue }
+                        st = x
+                    } else {
+                        st = (d.fs, e.inode, try d.fs.stat(e.inode))
+                    }
                 } catch {
                     warnings.add("\(path): \(error)")
                     continue

@@ -83,6 +83,7 @@ struct InspectCommand: ParsableCommand {
         var failures: [WardenError] = []
         var windows: [(String, String)] = []
         for path in images {
+            _ = IOStatistics.shared.takePhases()
             let before = IOStatistics.shared.snapshot
             defer {
                 if ioStats {
@@ -92,6 +93,12 @@ struct InspectCommand: ParsableCommand {
                     let allocated = chain.reduce(UInt64(0)) { $0 + $1.allocatedSize }
                     let share = allocated > 0 ? Double(read) / Double(allocated) * 100 : 0
                     Output.note("\(path): read \(read) bytes in \(after.reads - before.reads) reads; \(allocated) bytes allocated (\(String(format: "%.2f", share))%)")
+                    // Which part read what; the rest is opening the image, its volumes and filesystems.
+                    let phases = IOStatistics.shared.takePhases()
+                    let measured = phases.reduce((UInt64(0), UInt64(0))) { ($0.0 + $1.bytes, $0.1 + $1.reads) }
+                    let parts = [("opening", read &- min(read, measured.0), (after.reads - before.reads) &- min(after.reads - before.reads, measured.1))]
+                        + phases.map { ($0.name, $0.bytes, $0.reads) }
+                    Output.note("\(path): " + parts.map { "\($0.0) \($0.1) bytes in \($0.2) reads" }.joined(separator: "; "))
                 }
             }
             do {
