@@ -15,9 +15,9 @@ extension Matcher {
         /// Index of the advisory in ``AdvisoryIndex/metas``.
         public let advisory: Int
         /// Index in the guest ecosystem's ``GuestEcosystem/names``.
-        let ecosystem: Int32
+        public let ecosystem: Int32
         /// Matched under the source name (else under the binary name).
-        let bySource: Bool
+        public let bySource: Bool
         public let severity: Severity
         public let status: FindingStatus
         public let fixedVersion: String?

@@ -94,16 +94,34 @@ public enum AdvisoryCoding {
     /// A digest of a finding set in the matcher's (deterministic) order: equal sets, equal hashes.
     public static func findingsHash(_ findings: [Finding]) -> String {
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(findings.count * 64)
+        bytes.reserveCapacity(findings.count * 96)
         for f in findings {
-            bytes += f.package.utf8; bytes.append(0x1F)
-            bytes += f.installedVersion.utf8; bytes.append(0x1F)
-            bytes += f.source.utf8; bytes.append(0x1F)
-            bytes += f.advisory.utf8; bytes.append(0x1F)
-            bytes.append(UInt8(f.severity.rawValue)); bytes.append(0x1F)
-            bytes += (f.fixedVersion ?? "").utf8; bytes.append(0x1E)
+            appendHashed(package: f.package, version: f.installedVersion, sourcePackage: f.sourcePackage, matchedName: f.matchedName,
+                         ecosystem: f.ecosystem, source: f.source, advisory: f.advisory, severity: f.severity, cvss: f.cvssScore,
+                         fixed: f.fixedVersion, status: f.status, into: &bytes)
         }
         return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// One finding's share of the findings hash: every field the stored finding reports (the
+    /// eleven of ``encodeFindings(_:)``), so a change in any of them — a new CVSS score, a
+    /// status — is a change of the assessment. Both hash paths go through here.
+    @inline(__always)
+    static func appendHashed(package: String, version: String, sourcePackage: String, matchedName: String, ecosystem: String,
+                             source: String, advisory: String, severity: Severity, cvss: Double?, fixed: String?,
+                             status: FindingStatus, into bytes: inout [UInt8]) {
+        bytes += package.utf8; bytes.append(0x1F)
+        bytes += version.utf8; bytes.append(0x1F)
+        bytes += sourcePackage.utf8; bytes.append(0x1F)
+        bytes += matchedName.utf8; bytes.append(0x1F)
+        bytes += ecosystem.utf8; bytes.append(0x1F)
+        bytes += source.utf8; bytes.append(0x1F)
+        bytes += advisory.utf8; bytes.append(0x1F)
+        bytes.append(UInt8(truncatingIfNeeded: severity.rawValue)); bytes.append(0x1F)
+        if let cvss { bytes += String(cvss).utf8 }
+        bytes.append(0x1F)
+        bytes += (fixed ?? "").utf8; bytes.append(0x1F)
+        bytes += status.rawValue.utf8; bytes.append(0x1E)
     }
 
     /// The stored form of a finding set: ``CompactLines``, one line of 11 fields per finding.
@@ -163,18 +181,17 @@ public enum AdvisoryCoding {
 struct FindingsHasher {
     private var bytes: [UInt8] = []
 
-    mutating func hash(_ compact: [Matcher.CompactFinding], packages: [MatchPackage], metas: [AdvisoryIndex.Meta]) -> String {
+    mutating func hash(_ compact: [Matcher.CompactFinding], packages: [MatchPackage], metas: [AdvisoryIndex.Meta],
+                       ecosystem: GuestEcosystem) -> String {
         bytes.removeAll(keepingCapacity: true)
         metas.withUnsafeBufferPointer { metas in
             packages.withUnsafeBufferPointer { packages in
                 for c in compact {
-                    bytes += packages[c.package].name.utf8; bytes.append(0x1F)
-                    bytes += packages[c.package].version.utf8; bytes.append(0x1F)
-                    bytes += metas[c.advisory].source.utf8; bytes.append(0x1F)
-                    bytes += metas[c.advisory].id.utf8; bytes.append(0x1F)
-                    bytes.append(UInt8(truncatingIfNeeded: c.severity.rawValue)); bytes.append(0x1F)
-                    if let f = c.fixedVersion { bytes += f.utf8 }
-                    bytes.append(0x1E)
+                    let p = packages[c.package], m = metas[c.advisory]
+                    AdvisoryCoding.appendHashed(package: p.name, version: p.version, sourcePackage: p.sourceName,
+                                                matchedName: c.bySource ? p.sourceName : p.name, ecosystem: ecosystem.names[Int(c.ecosystem)],
+                                                source: m.source, advisory: m.id, severity: c.severity, cvss: m.cvssScore,
+                                                fixed: c.fixedVersion, status: c.status, into: &bytes)
                 }
             }
         }

@@ -66,7 +66,7 @@ extension AdvisoryStore {
             // Where two feeds may name the same vulnerability, the plain path (which folds them).
             let plain = matcher.mayDeduplicate(compact) ? matcher.findings(packages: inv.packages, ecosystem: eco) : nil
             report.vulnerable += plain?.count ?? compact.count
-            let hash = plain.map { AdvisoryCoding.findingsHash($0) } ?? hasher.hash(compact, packages: inv.packages, metas: index.metas)
+            let hash = plain.map { AdvisoryCoding.findingsHash($0) } ?? hasher.hash(compact, packages: inv.packages, metas: index.metas, ecosystem: eco)
             let prev = previous[inv.key.description]
             if prev == hash { continue }
             let findings = plain ?? compact.map { matcher.finding($0, packages: inv.packages, ecosystem: eco) }

@@ -64,14 +64,22 @@ import StoreTestSupport
             let pk = gen.packages(25)
             let plain = m.findings(packages: pk, ecosystem: debian12)
             let compact = m.compactFindings(packages: pk, ecosystem: debian12)
-            #expect(hasher.hash(compact, packages: pk, metas: index.metas) == AdvisoryCoding.findingsHash(plain))
+            #expect(hasher.hash(compact, packages: pk, metas: index.metas, ecosystem: debian12) == AdvisoryCoding.findingsHash(plain))
             #expect(AdvisoryCoding.encodeFindings(plain) == AdvisoryCoding.encodeFindingsPlain(plain))
             #expect(AdvisoryCoding.decodeFindingsWithoutDetails(AdvisoryCoding.encodeFindings(plain))
                     == plain.map { var f = $0; f.aliases = []; f.summary = nil; return f })
             if !plain.isEmpty { withFindings += 1 }
         }
         #expect(withFindings > 20)
-        #expect(hasher.hash([], packages: [], metas: []) == AdvisoryCoding.findingsHash([]))
+        // The hash covers every stored field: a changed CVSS score or status is a change.
+        var some: Finding?
+        for _ in 0..<100 where some == nil { some = m.findings(packages: gen.packages(25), ecosystem: debian12).first }
+        let f = try #require(some)
+        var rescored = f; rescored.cvssScore = (f.cvssScore ?? 0) + 1
+        var restated = f; restated.status = f.status == .fixed ? .vulnerable : .fixed
+        #expect(AdvisoryCoding.findingsHash([rescored]) != AdvisoryCoding.findingsHash([f]))
+        #expect(AdvisoryCoding.findingsHash([restated]) != AdvisoryCoding.findingsHash([f]))
+        #expect(hasher.hash([], packages: [], metas: [], ecosystem: debian12) == AdvisoryCoding.findingsHash([]))
     }
 
     @Test(arguments: StoreBackend.all) func rescanStoresAndReportsWhatThePlainPathGives(_ backend: StoreBackend) throws {
