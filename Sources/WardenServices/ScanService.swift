@@ -93,9 +93,42 @@ public struct ScanService {
         let ledger = SQLiteLedger(database: database)
         var out = Outcome()
         var indexes: [String: AdvisoryIndex] = [:]
-        for path in images {
+        // Images are opened, fingerprinted and inspected on every core, a batch at a time;
+        // storing, matching and recording stay in order on this thread (one writer).
+        let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        var inspected: [Int: Result<(Digest, Inventory?), WardenError>] = [:]
+        var nextBatch = 0
+        func inspectBatch(from start: Int) {
+            let batch = Array(images[start..<min(images.count, start + workers * 4)])
+            var keys: [SecretBytes?] = []
+            var keyFailures: [Int: WardenError] = [:]
+            for (i, path) in batch.enumerated() {
+                // Passphrases first, here: releasing one may decide and record policy.
+                do { keys.append(try passphrase(path)) } catch let e as WardenError { keys.append(nil); keyFailures[i] = e.inFile(path) } catch {
+                    keys.append(nil); keyFailures[i] = WardenError(.internal, "\(error)", file: path)
+                }
+            }
+            let results = Locked<[Int: Result<(Digest, Inventory?), WardenError>]>([:])
+            let (passphrases, failures) = (keys, keyFailures)
+            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                if let f = failures[i] { results.withLock { $0[i] = .failure(f) }; return }
+                let r: Result<(Digest, Inventory?), WardenError>
+                do { r = .success(try Self.inspect(batch[i], format: format, passphrase: passphrases[i])) } catch let e as WardenError {
+                    r = .failure(e.inFile(batch[i]))
+                } catch {
+                    r = .failure(WardenError(.internal, "\(error)", file: batch[i]))
+                }
+                results.withLock { $0[i] = r }
+            }
+            inspected = [:]
+            for (i, r) in results.withLock({ $0 }) { inspected[start + i] = r }
+            nextBatch = start + batch.count
+        }
+        for (n, path) in images.enumerated() {
             do {
-                let (key, inventory) = try Self.inspect(path, format: format, passphrase: try passphrase(path))
+                if n >= nextBatch { inspectBatch(from: n) }
+                guard let done = inspected[n] else { throw WardenError(.internal, "the image was not inspected", file: path) }
+                let (key, inventory) = try done.get()
                 guard let inv = inventory else {
                     out.unassessable.append("\(path): Windows guests are recognised but not inspected; no advisories matched")
                     out.results.append(ImageResult(image: path, inventory: key.description, ecosystems: [], packages: 0,
