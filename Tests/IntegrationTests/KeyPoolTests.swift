@@ -97,4 +97,33 @@ final class LockedCounter: @unchecked Sendable {
             #expect(try Tool.run(["sha256sum", dir + "/base.img"]).stdoutText == before)
         }
     }
+
+    /// `image sysprep` takes its RSA host key from the pool beside the database when there is
+    /// one, and makes one itself when there is none (no pool folder is created for it).
+    @Test func imageSysprepTakesAPoolKey() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try Tool.sh("""
+            set -e
+            cd "\(dir)"
+            mkdir -p root/etc/ssh
+            printf 'ID=debian\\nVERSION_ID="12"\\n' > root/etc/os-release
+            ssh-keygen -q -t rsa -b 1024 -N '' -f root/etc/ssh/ssh_host_rsa_key
+            mkfs.ext4 -q -F -d root base.img 16M
+            qemu-img create -q -f qcow2 -b base.img -F raw a.qcow2
+            qemu-img create -q -f qcow2 -b base.img -F raw b.qcow2
+            """)
+            let db = ["--db", dir + "/home/warden.db"]
+            // No pool: the key is generated, and no pool folder appears.
+            let none = try WardenRun.run(["image", "sysprep", "--operations", "ssh-hostkeys", dir + "/a.qcow2"] + db)
+            #expect(none.status == 0, "\(none.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: dir + "/home/keypool"))
+            #expect(try WardenRun.run(["keys", "refill", "--count", "2"] + db).status == 0)
+            let r = try WardenRun.run(["image", "sysprep", "--operations", "ssh-hostkeys", dir + "/b.qcow2"] + db)
+            #expect(r.status == 0, "\(r.stderr)")
+            let status = try JSONSerialization.jsonObject(with: try WardenRun.run(["keys", "status", "--json"] + db).stdout) as? [String: Any]
+            #expect(status?["rsa"] as? Int == 1, "\(String(describing: status))")
+            let key = try WardenRun.run(["image", "cat", dir + "/b.qcow2", "/etc/ssh/ssh_host_rsa_key.pub"]).stdoutText
+            #expect(key.hasPrefix("ssh-rsa "))
+        }
+    }
 }

@@ -121,8 +121,14 @@ struct ImageSysprep: ParsableCommand {
         let ops = try selection.selected()
         var options = SysprepOptions(hostname: selection.hostname, authorizedKeysUsers: selection.removeAuthorizedKeys)
         let report: SysprepReport
-        // Start RSA generation before the ledger check, so the two overlap.
-        if !dryRun { options = options.forgingKeys(for: ops) }
+        // Start RSA generation before the ledger check, so the two overlap; the RSA key comes
+        // from the host key pool beside the database when there is one (`warden keys refill`).
+        if !dryRun, ops.contains(where: { $0.name == "ssh-hostkeys" }) {
+            let pool = KeysCommand.pool(database: database.path)
+            var isDir: ObjCBool = false
+            let usable = FileManager.default.fileExists(atPath: pool.directory, isDirectory: &isDir) && isDir.boolValue
+            options.keys = HostKeyForge(pool: usable ? pool : nil)
+        }
         if dryRun {
             report = try Sysprep.planImage(image, format: format, operations: ops, options: options)
         } else {
