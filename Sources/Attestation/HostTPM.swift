@@ -71,11 +71,14 @@ public struct HostTPM: Sendable {
             flush(in: dir)
             let ek = try TPMTPublic(tpm2b: try read("\(dir)/ek.pub"))
             var ak: TPMTPublic?
-            if (try? tool("tpm2_readpublic", ["-c", handleText, "-o", "\(dir)/old.pub"], in: dir, what: "reading the attestation key")) != nil,
-               let old = try? TPMTPublic(tpm2b: try read("\(dir)/old.pub")), old.isRestrictedSigningKey {
+            if (try? tool("tpm2_readpublic", ["-c", handleText, "-o", "\(dir)/old.pub"], in: dir, what: "reading the attestation key")) != nil {
+                // Something is persisted there: kept when it is an attestation key, never evicted
+                // when it is not (it may be another program's key).
+                guard let old = try? TPMTPublic(tpm2b: try read("\(dir)/old.pub")), old.isRestrictedSigningKey else {
+                    throw WardenError(.conflict, "the TPM's persistent handle \(handleText) holds another kind of key; choose a free one with --ak-handle")
+                }
                 ak = old
             } else {
-                _ = try? tool("tpm2_evictcontrol", ["-C", "o", "-c", handleText], in: dir, what: "freeing the attestation key's handle")
                 try tool("tpm2_createak", ["-C", "\(dir)/ek.ctx", "-c", "\(dir)/ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa",
                                            "-u", "\(dir)/ak.pub", "-f", "tss"], in: dir, what: "making the attestation key")
                 flush(in: dir)

@@ -133,6 +133,26 @@ import WardenTestSupport
         }
     }
 
+    /// A persistent key of another program at Warden's handle is never evicted: enrolment
+    /// refuses, and succeeds at another handle.
+    @Test func enrolmentNeverEvictsAnotherKey() throws {
+        try SoftwareTPM.with { swtpm in
+            let ctx = swtpm.directory + "/primary.ctx"
+            try swtpm.tool(["tpm2_createprimary", "-C", "o", "-c", ctx])
+            try swtpm.tool(["tpm2_evictcontrol", "-C", "o", "-c", ctx, "0x81010020"])
+            _ = try? swtpm.tool(["tpm2_flushcontext", "-t"])
+            do {
+                _ = try HostTPM(tcti: swtpm.tcti).enrol()
+                Issue.record("enrolment took an occupied handle")
+            } catch let e as WardenError {
+                #expect(e.code == .conflict && e.message.contains("--ak-handle"), "\(e)")
+            }
+            #expect(try swtpm.tool(["tpm2_readpublic", "-c", "0x81010020"]).status == 0)
+            let e = try HostTPM(tcti: swtpm.tcti, akHandle: 0x8101_0021).enrol()
+            #expect(e.attestationKey.isRestrictedSigningKey)
+        }
+    }
+
     @Test func pcrSelectionParser() throws {
         // count 1, sha256, 3 bytes, PCRs 0, 7 and 23.
         #expect(try PCRSelection.parseList([0, 0, 0, 1, 0x00, 0x0B, 3, 0x81, 0x00, 0x80]) == [PCRSelection(hash: TPMAlg.sha256, pcrs: [0, 7, 23])])
