@@ -59,6 +59,11 @@ import WardenTestSupport
                     let r = try Self.warden(["policy", "check", "--op", op, "web"], home: home, check: false)
                     #expect(r.status == 0, "\(op): \(r.stdoutText)")
                 }
+                // `host list` shows it, in the documented shape.
+                let list = try Self.warden(["host", "list", "--json"], home: home)
+                try JSONSchemaTests().validate(list.stdout, schema: "host-list.v1.json")
+                let hosts = (try JSONSerialization.jsonObject(with: list.stdout) as? [String: Any])?["hosts"] as? [[String: Any]]
+                #expect(hosts?.contains { ($0["attestation"] as? [String: Any])?["current"] as? Bool == true } == true, "\(list.stdoutText)")
                 // Too old for a later decision: the trust policy's maxAge (8h) counts.
                 let later = ISO8601DateFormatter().string(from: Date().addingTimeInterval(86_400))
                 let stale = try Self.warden(["policy", "check", "--op", "start", "web", "--at", later], home: home, check: false)

@@ -57,11 +57,19 @@ struct HostList: ParsableCommand {
         var labels: [String: String]
         var publicKey: String?
         var addedAt: Date
+        var attestation: Attestation?
+        struct Attestation: Encodable {
+            var trusted: Bool
+            var at: Date
+            var validUntil: Date
+            var current: Bool
+        }
         func encode(to encoder: Encoder) throws {
-            enum K: String, CodingKey { case name, labels, publicKey, addedAt }
+            enum K: String, CodingKey { case name, labels, publicKey, addedAt, attestation }
             var c = encoder.container(keyedBy: K.self)
             try c.encode(name, forKey: .name); try c.encode(labels, forKey: .labels)
             try c.encode(publicKey, forKey: .publicKey); try c.encode(addedAt, forKey: .addedAt)
+            try c.encode(attestation, forKey: .attestation)
         }
     }
     struct Doc: Encodable { var schema = "warden.host-list/v1"; var hosts: [HostJSON] }
@@ -69,12 +77,20 @@ struct HostList: ParsableCommand {
     func run() throws {
         let store = try database.open(create: false)
         let hosts = try store.listHosts().sorted { $0.name < $1.name }
-        let doc = Doc(hosts: hosts.map { HostJSON(name: $0.name.value, labels: $0.labels,
-                                                  publicKey: $0.publicKey?.base64EncodedString(), addedAt: $0.addedAt) })
-        try Output.render(doc, json: json, style: .ledger) {
-            var rows = [["NAME", "ADDED", "KEY", "LABELS"]]
-            for h in hosts {
-                rows.append([h.name.value, TimeArgument.format(h.addedAt), h.publicKey == nil ? "-" : "ed25519",
+        let facts = LedgerPolicyFacts(store: store)
+        let now = Date()
+        let docs = try hosts.map { h -> HostJSON in
+            let a = try facts.hostAttestation(h.name).map { f -> HostJSON.Attestation in
+                let until = f.time.addingTimeInterval(Double(f.validFor.seconds))
+                return HostJSON.Attestation(trusted: f.trusted, at: f.time, validUntil: until, current: f.trusted && now <= until)
+            }
+            return HostJSON(name: h.name.value, labels: h.labels, publicKey: h.publicKey?.base64EncodedString(), addedAt: h.addedAt, attestation: a)
+        }
+        try Output.render(Doc(hosts: docs), json: json, style: .ledger) {
+            var rows = [["NAME", "ADDED", "KEY", "ATTESTED", "LABELS"]]
+            for (h, d) in zip(hosts, docs) {
+                let attested = d.attestation.map { $0.current ? "yes, until \(TimeArgument.format($0.validUntil))" : $0.trusted ? "expired" : "failed" } ?? "never"
+                rows.append([h.name.value, TimeArgument.format(h.addedAt), h.publicKey == nil ? "-" : "ed25519", attested,
                              oneLine(h.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))])
             }
             for l in table(rows) { Output.stdout.line(l) }
