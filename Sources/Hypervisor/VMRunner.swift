@@ -32,8 +32,12 @@ public struct VMRunner {
     /// With `vtpm` true the VM starts with a vTPM, whose state key is released too when the VM's
     /// data is under the vault (the same decision).
     public var unlock: ((_ vm: VMRecord, _ disks: [LaunchDisk], _ vtpm: Bool) throws -> ReleasedKeys)?
-    /// What the last confined launch got (its uid, its cgroup or why none), for the started event.
-    let lastConfinement = Locked<[String: JSONValue]>([:])
+    /// A QEMU started: its pid, and what its confinement got (its uid, its cgroup or why none;
+    /// empty when unconfined), for the started event.
+    struct Launched {
+        var pid: pid_t
+        var confinement: [String: JSONValue]
+    }
 
     public init(store: any LedgerStore, counters: CounterStore?, home: String = RunDirectory.home(), host: HostName = .current,
                 gate: @escaping (_ operation: VMOperation, _ vm: VMRecord, _ detail: [String: String]) throws -> Void,
@@ -115,7 +119,7 @@ public struct VMRunner {
         let nvramMade = options.uefi == true ? try nvram.prepare() : false
         // The taps exist and carry the VM's network state before QEMU opens them: the guest's
         // first packet already meets its rules. Anything failing here stops the start.
-        let pid: pid_t
+        let launched: Launched
         do {
             run.removeCreatedTaps()
             var created: [String] = []
@@ -124,15 +128,16 @@ public struct VMRunner {
                 try (created.joined(separator: "\n") + "\n").write(toFile: run.tapsFile, atomically: true, encoding: .utf8)
             }
             if !nics.isEmpty, let enforceNetwork { try enforceNetwork(vm, nics.map(\.tap)) }
-            pid = try launchQEMU(vm, generation: vm.generation, disks: disks, options: options, accel: accel, run: run,
-                                 loadSnapshot: nil, announce: false)
+            launched = try launchQEMU(vm, generation: vm.generation, disks: disks, options: options, accel: accel, run: run,
+                                      loadSnapshot: nil, announce: false)
         } catch {
             run.removeCreatedTaps()
             throw error
         }
+        let pid = launched.pid
         let now = Date()
         var payload: [String: JSONValue] = ["pid": .number(Double(pid)), "accel": .string(accel)]
-        payload["confinement"] = options.confines ? .object(lastConfinement.withLock { $0 }) : .string("none")
+        payload["confinement"] = options.confines ? .object(launched.confinement) : .string("none")
         if options.tpm == true { payload["vtpm"] = .string(vtpmExisted ? "existing" : "fresh") }
         if options.uefi == true {
             payload["uefi_vars"] = .object(["path": .string(nvram.varsFile), "sha256": .string(nvram.kept.sha256() ?? ""),
@@ -160,7 +165,7 @@ public struct VMRunner {
     }
 
     func launchQEMU(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
-                    run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> pid_t {
+                    run: RunDirectory, loadSnapshot: String?, announce: Bool) throws -> Launched {
         try withUnlockedDisks(vm, disks, run: run, vtpm: options.tpm == true) { disks, vtpmKey in
             try launchUnlocked(vm, generation: generation, disks: disks, options: options, accel: accel, run: run,
                                loadSnapshot: loadSnapshot, announce: announce, vtpmKey: vtpmKey)
@@ -190,7 +195,7 @@ public struct VMRunner {
     }
 
     func launchUnlocked(_ vm: VMRecord, generation: UUID, disks: [LaunchDisk], options: LaunchOptions, accel: String,
-                        run: RunDirectory, loadSnapshot: String?, announce: Bool, vtpmKey: SecretBytes? = nil) throws -> pid_t {
+                        run: RunDirectory, loadSnapshot: String?, announce: Bool, vtpmKey: SecretBytes? = nil) throws -> Launched {
         let args = QEMULauncher.arguments(vm: vm.id, name: vm.name, generation: generation, disks: disks, options: options,
                                           accel: accel, run: run, loadSnapshot: loadSnapshot)
         unlink(run.qmpSocket); unlink(run.stateSocket)
@@ -211,12 +216,14 @@ public struct VMRunner {
             if options.tpm == true { VTPM(vm: vm.id, home: home).stop(run: run) }
             throw error
         }
+        var confinement: [String: JSONValue] = [:]
         if options.confines {
             // Resource limits: without a usable cgroup the VM still runs confined otherwise,
-            // and `lastConfinement` says what is missing (the started event records it).
+            // and the started event records what is missing.
+            confinement["uid"] = .number(Double(Confinement.uid(for: vm.id)))
             switch Confinement.limit(pid: pid, vm: vm.id, options: options) {
-            case .success(let path): lastConfinement.withLock { $0 = ["uid": .number(Double(Confinement.uid(for: vm.id))), "cgroup": .string(path)] }
-            case .failure(let e): lastConfinement.withLock { $0 = ["uid": .number(Double(Confinement.uid(for: vm.id))), "cgroup_unavailable": .string(e.message)] }
+            case .success(let path): confinement["cgroup"] = .string(path)
+            case .failure(let e): confinement["cgroup_unavailable"] = .string(e.message)
             }
         }
         if let cmd = stateServerCommand?(vm.id, announce) {
@@ -229,7 +236,7 @@ public struct VMRunner {
                 throw error
             }
         }
-        return pid
+        return Launched(pid: pid, confinement: confinement)
     }
 
     /// Runs `argv` in a new session (setsid), stdin from /dev/null, stdout and stderr to `log`,
