@@ -75,10 +75,7 @@ public enum LibvirtStart {
         let ledgerDisks = try store.disks(of: vm.id)
         let encrypted = try encryptedDisks(vm)
         var secrets: [(index: Int, path: String, uuid: UUID)] = []
-        for (j, path) in domain.diskPaths.enumerated() {
-            let file = DiskRecord.FileID.of(path: path)
-            guard let disk = ledgerDisks.first(where: { $0.path == path || (file != nil && $0.file == file) }),
-                  encrypted.contains(disk.index) else { continue }
+        for (j, path, disk) in domain.ledgerDisks(ledgerDisks) where encrypted.contains(disk.index) {
             guard let uuid = domain.diskSecrets[j] else {
                 let suggested = suggestedSecret(vm: vm.id, layer: Vault.diskLayer(disk.index))
                 throw WardenError(.invalidArgument, "disk \(path) of domain \(domain.name) is encrypted, but its XML names no LUKS secret: add \(encryptionXML(suggested)) to its <source>")

@@ -1,4 +1,5 @@
 import Foundation
+import Ledger
 import WardenNetwork
 import WardenCore
 
@@ -355,5 +356,19 @@ struct DomainXMLReader {
         } while !stack.isEmpty
         try skipMisc()
         guard i == b.count else { throw fail(b[i] == 0x3C ? "a second root element" : "text after the root element") }
+    }
+}
+
+extension LibvirtDomain {
+    /// The domain's disks that are disks of a ledger VM: each `<disk>` source (by its position
+    /// in ``diskPaths``) matched to the ledger disk with that path, or with the same file
+    /// (device and inode) under another name. One place for the hook and `libvirt start`.
+    public func ledgerDisks(_ disks: [DiskRecord]) -> [(position: Int, path: String, disk: DiskRecord)] {
+        var out: [(position: Int, path: String, disk: DiskRecord)] = []
+        for (j, path) in diskPaths.enumerated() {
+            let file = DiskRecord.FileID.of(path: path)
+            if let d = disks.first(where: { $0.path == path || (file != nil && $0.file == file) }) { out.append((j, path, d)) }
+        }
+        return out
     }
 }

@@ -177,10 +177,9 @@ public enum LibvirtHook {
         let history = try store.events(of: vm.id)
         let encrypted = EventRecord.encryptedDisks(in: history)
         guard !encrypted.isEmpty else { return nil }
-        let files = domain.diskPaths.map { DiskRecord.FileID.of(path: $0) }
-        guard let used = try store.disks(of: vm.id).first(where: { d in
-            encrypted.contains(d.index) && (domain.diskPaths.contains(d.path) || (d.file != nil && files.contains(d.file)))
-        }) else { return nil }
+        guard let used = domain.ledgerDisks(try store.disks(of: vm.id)).map(\.disk).first(where: { encrypted.contains($0.index) }) else {
+            return nil
+        }
         let released = history.contains { $0.isKeyRelease && $0.host == host && $0.time >= time - unlockWindow && $0.time <= time + 5 }
         return released ? nil : "disk \(used.path) of \(vm.name) is encrypted by Warden and no key was released for this start: start it with `warden libvirt start \(domain.name)`"
     }
