@@ -173,8 +173,10 @@ public enum PolicyTestRunner {
         let missing = "not given in the test"
         ctx.replicas = .unknown(missing); ctx.lastScan = .unknown(missing); ctx.openFindings = .unknown(missing)
         ctx.advisoriesSinceScan = .unknown(missing); ctx.reexposure = .unknown(missing); ctx.ownerPresent = .unknown(missing)
+        ctx.attestation = .unknown(missing)
         if let f = m["facts"], let fm = r.mapping(f.value, "\(what): facts",
-                                                   allowed: ["replicas", "lastScan", "findings", "advisoriesSinceScan", "reexposes", "destination", "ownerPresent"]) {
+                                                   allowed: ["replicas", "lastScan", "findings", "advisoriesSinceScan", "reexposes", "destination",
+                                                             "ownerPresent", "attested"]) {
             if let n = fm["replicas"], let v = r.int(n.value, "\(what): facts.replicas", min: 0, max: 10_000_000) { ctx.replicas = .known(v) }
             if let n = fm["lastScan"], let s = r.scalar(n.value, "\(what): facts.lastScan") {
                 if s == "never" { ctx.lastScan = .known(nil) }
@@ -211,6 +213,28 @@ public enum PolicyTestRunner {
                 ctx.destination = DestinationFacts(path: path, resolved: path, removable: removable)
             }
             if let n = fm["ownerPresent"], let b = r.bool(n.value, "\(what): facts.ownerPresent") { ctx.ownerPresent = .known(b) }
+            // `attested: never`, or the host's latest attestation: `{at: TIME, trusted: true,
+            // validFor: 8h, reason: "PCR 7 …"}` (trusted defaults to true, validFor to 8h).
+            if let n = fm["attested"] {
+                let hostName = ctx.host.value?.name ?? "test-host"
+                if case .scalar = n.value, let s = r.scalar(n.value, "\(what): facts.attested") {
+                    if s == "never" { ctx.attestation = .known(nil) } else { r.error(n.value, "\(what): facts.attested is never or a mapping (at, trusted, validFor, reason)") }
+                } else if let am = r.mapping(n.value, "\(what): facts.attested", allowed: ["at", "trusted", "validFor", "reason"]) {
+                    let at = am["at"].flatMap { r.scalar($0.value, "\(what): facts.attested.at") }.flatMap(parseDate)
+                    if at == nil { r.error(n.value, "\(what): facts.attested.at is an RFC 3339 time") }
+                    let trusted = am["trusted"].flatMap { r.bool($0.value, "\(what): facts.attested.trusted") } ?? true
+                    var validFor = PolicyDuration(seconds: 8 * 3600)
+                    if let v = am["validFor"], let t = r.scalar(v.value, "\(what): facts.attested.validFor") {
+                        if let d = PolicyDuration(t) { validFor = d } else { r.error(v.value, "\(what): facts.attested.validFor is a duration like 8h") }
+                    }
+                    let reason = am["reason"].flatMap { r.scalar($0.value, "\(what): facts.attested.reason") }
+                    if let at {
+                        ctx.attestation = .known(HostAttestationFact(host: hostName, time: at, trusted: trusted,
+                                                                     reasons: trusted ? [] : [reason ?? "the quote did not match a baseline"],
+                                                                     baseline: trusted ? "test" : nil, validFor: validFor))
+                    }
+                }
+            }
         }
         var expect = Expectation(effect: .allow)
         if let e = m["expect"] {
