@@ -43,7 +43,7 @@ public struct HostTPM: Sendable {
     }
 
     /// A fresh private folder for one conversation with the TPM (removed afterwards).
-    static func withScratch<T>(_ body: (String) throws -> T) throws -> T {
+    public static func withScratch<T>(_ body: (String) throws -> T) throws -> T {
         var template = Array((NSTemporaryDirectory() + "/warden-tpm-XXXXXX").utf8CString)
         guard let p = mkdtemp(&template) else { throw WardenError(.io, "cannot make a scratch folder for the TPM tools") }
         let dir = String(cString: p)
@@ -91,8 +91,7 @@ public struct HostTPM: Sendable {
             }
             // Credential activation: only the TPM holding this endorsement key can recover a
             // secret sealed to it for a key of this name, and only if that key is loaded in it.
-            var challenge = [UInt8](repeating: 0, count: 32)
-            guard getentropy(&challenge, 32) == 0 else { throw WardenError(.internal, "no randomness for the enrolment challenge") }
+            let challenge = try HostTrustService.nonce()
             let secretPath = "\(dir)/challenge"
             guard FileManager.default.createFile(atPath: secretPath, contents: Data(challenge), attributes: [.posixPermissions: 0o600]) else {
                 throw WardenError(.io, "cannot write the enrolment challenge")

@@ -73,11 +73,7 @@ public struct KeptFile: Sendable {
     }
 
     static func makeFolder(_ dir: String) throws {
-        for d in [(dir as NSString).deletingLastPathComponent, dir] {
-            if mkdir(d, 0o700) != 0 && errno != EEXIST {
-                throw WardenError(.io, "cannot make the folder: \(String(cString: strerror(errno)))", file: d)
-            }
-        }
+        try FileDescriptorIO.ensurePrivateDirectory(dir, what: "the VM's device state folder")
     }
 
     static func copyFile(_ from: String, _ to: String, what: String) throws {

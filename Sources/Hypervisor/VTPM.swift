@@ -90,28 +90,13 @@ public struct VTPM: Sendable {
         var args = drop + [binary, "socket", "--tpm2", "--tpmstate", "dir=/proc/self/fd/3,mode=0600",
                            "--ctrl", "type=unixio,fd=4", "--terminate", "--daemon", "--pid", "file=/proc/self/fd/3/swtpm.pid", "--seccomp", "action=kill"]
         var pass: [(source: Int32, target: Int32)] = [(dirfd, 3), (listener, 4)]
-        var keyPipe: [Int32] = [-1, -1]
-        defer { for fd in keyPipe where fd >= 0 { close(fd) } }
-        if let key {
-            guard key.count == 32 else { throw WardenError(.internal, "a vTPM state key is 32 bytes") }
-            guard pipe(&keyPipe) == 0, fcntl(keyPipe[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(keyPipe[1], F_SETFD, FD_CLOEXEC) == 0 else { throw WardenError(.io, "cannot make a pipe for the vTPM key") }
-            let written = key.withBytes { Glibc.write(keyPipe[1], $0.baseAddress, $0.count) }
-            guard written == 32 else { throw WardenError(.io, "cannot hand the vTPM its key") }
-            close(keyPipe[1]); keyPipe[1] = -1
-            pass.append((keyPipe[0], 5))
+        let keyfd = try key.map(Self.keyPipe)
+        defer { if let keyfd { close(keyfd) } }
+        if let keyfd {
+            pass.append((keyfd, 5))
             args += ["--key", "fd=5,mode=aes-256-cbc,format=binary"]
         }
-        let child = try Spawn.spawn(args, log: Self.log(run), newSession: false, truncate: true, pass: pass)
-        var status: Int32 = 0
-        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
-        var pid: pid_t?
-        if status & 0x7f == 0, (status >> 8) & 0xff == 0 {
-            for _ in 0..<100 {   // the daemon writes its pid file just after its parent returns
-                if let p = RunDirectory.readPid(pidFile) { pid = p; break }
-                usleep(20_000)
-            }
-        }
-        guard let pid else {
+        guard let pid = try Self.startDaemon(args, log: Self.log(run), pidFile: pidFile, pass: pass, truncateLog: true) else {
             let text = (try? String(contentsOfFile: Self.log(run), encoding: .utf8)) ?? ""
             throw WardenError(.unavailable, "the VM's vTPM (swtpm) did not start: \(TerminalText.line(String(text.split(separator: "\n").first ?? "no message")))", file: Self.log(run))
         }
@@ -189,33 +174,50 @@ public struct VTPM: Sendable {
     public func endorsementKey(key: SecretBytes? = nil) throws -> TPMTPublic? {
         guard exists else { return nil }
         let binary = try ToolProcess.find("swtpm", package: "swtpm")
-        var template = Array((NSTemporaryDirectory() + "/warden-vtpm-XXXXXX").utf8CString)
-        guard let p = mkdtemp(&template) else { throw WardenError(.io, "cannot make a scratch folder") }
-        let dir = String(cString: p)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: false)
-        try KeptFile.copyFile(stateFile, dir + "/state/" + Self.stateFileName, what: "vTPM state")
-        var args = [binary, "socket", "--tpm2", "--tpmstate", "dir=\(dir)/state", "--server", "type=unixio,path=\(dir)/s",
-                    "--ctrl", "type=unixio,path=\(dir)/s.ctrl", "--flags", "not-need-init,startup-clear",
-                    "--daemon", "--pid", "file=\(dir)/pid"]
-        var keyPipe: [Int32] = [-1, -1]
-        defer { for fd in keyPipe where fd >= 0 { close(fd) } }
-        var pass: [(source: Int32, target: Int32)] = []
-        if let key {
-            guard pipe(&keyPipe) == 0, fcntl(keyPipe[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(keyPipe[1], F_SETFD, FD_CLOEXEC) == 0 else { throw WardenError(.io, "cannot make a pipe for the vTPM key") }
-            _ = key.withBytes { Glibc.write(keyPipe[1], $0.baseAddress, $0.count) }
-            close(keyPipe[1]); keyPipe[1] = -1
-            pass.append((keyPipe[0], 3))
-            args += ["--key", "fd=3,mode=aes-256-cbc,format=binary"]
+        return try HostTPM.withScratch { dir in
+            try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: false)
+            try KeptFile.copyFile(stateFile, dir + "/state/" + Self.stateFileName, what: "vTPM state")
+            var args = [binary, "socket", "--tpm2", "--tpmstate", "dir=\(dir)/state", "--server", "type=unixio,path=\(dir)/s",
+                        "--ctrl", "type=unixio,path=\(dir)/s.ctrl", "--flags", "not-need-init,startup-clear",
+                        "--daemon", "--pid", "file=\(dir)/pid"]
+            let keyfd = try key.map(Self.keyPipe)
+            defer { if let keyfd { close(keyfd) } }
+            if keyfd != nil { args += ["--key", "fd=3,mode=aes-256-cbc,format=binary"] }
+            guard let pid = try Self.startDaemon(args, log: dir + "/log", pidFile: dir + "/pid", pass: keyfd.map { [(source: $0, target: Int32(3))] } ?? [],
+                                                 truncateLog: false) else {
+                throw WardenError(.unavailable, "cannot start a swtpm on the VM's vTPM state", file: dir + "/log")
+            }
+            defer { kill(pid, SIGTERM) }
+            return try HostTPM(tcti: "swtpm:path=\(dir)/s").endorsementKey()
         }
-        let child = try Spawn.spawn(args, log: dir + "/log", newSession: false, pass: pass)
+    }
+
+    /// A pipe holding `key` (32 bytes) for swtpm's `--key fd=N`: its read end (close-on-exec;
+    /// the caller passes it on and closes it). The key never touches a file or an argument.
+    static func keyPipe(_ key: SecretBytes) throws -> Int32 {
+        guard key.count == 32 else { throw WardenError(.internal, "a vTPM state key is 32 bytes") }
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw WardenError(.io, "cannot make a pipe for the vTPM key") }
+        defer { close(fds[1]) }
+        guard fcntl(fds[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(fds[1], F_SETFD, FD_CLOEXEC) == 0,
+              key.withBytes({ Glibc.write(fds[1], $0.baseAddress, $0.count) }) == 32 else {
+            close(fds[0])
+            throw WardenError(.io, "cannot hand the vTPM its key")
+        }
+        return fds[0]
+    }
+
+    /// Runs a swtpm that daemonizes, and waits for its pid file; nil when it did not start.
+    static func startDaemon(_ args: [String], log: String, pidFile: String, pass: [(source: Int32, target: Int32)],
+                            truncateLog: Bool) throws -> pid_t? {
+        let child = try Spawn.spawn(args, log: log, newSession: false, truncate: truncateLog, pass: pass)
         var status: Int32 = 0
         while waitpid(child, &status, 0) < 0 && errno == EINTR {}
-        for _ in 0..<100 where RunDirectory.readPid(dir + "/pid") == nil { usleep(20_000) }
-        guard status == 0, RunDirectory.readPid(dir + "/pid") != nil else {
-            throw WardenError(.unavailable, "cannot start a swtpm on the VM's vTPM state", file: dir + "/log")
+        guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else { return nil }
+        for _ in 0..<100 {   // the daemon writes its pid file just after its parent returns
+            if let p = RunDirectory.readPid(pidFile) { return p }
+            usleep(20_000)
         }
-        defer { if let pid = RunDirectory.readPid(dir + "/pid") { kill(pid, SIGTERM) } }
-        return try HostTPM(tcti: "swtpm:path=\(dir)/s").endorsementKey()
+        return nil
     }
 }
