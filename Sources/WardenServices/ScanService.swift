@@ -96,89 +96,86 @@ public struct ScanService {
         // Images are opened, fingerprinted and inspected on every core, a batch at a time;
         // storing, matching and recording stay in order on this thread (one writer).
         let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
-        var inspected: [Int: Result<(Digest, Inventory?), WardenError>] = [:]
-        var nextBatch = 0
-        func inspectBatch(from start: Int) {
-            let batch = Array(images[start..<min(images.count, start + workers * 4)])
-            var keys: [SecretBytes?] = []
-            var keyFailures: [Int: WardenError] = [:]
-            for (i, path) in batch.enumerated() {
-                // Passphrases first, here: releasing one may decide and record policy.
-                do { keys.append(try passphrase(path)) } catch let e as WardenError { keys.append(nil); keyFailures[i] = e.inFile(path) } catch {
-                    keys.append(nil); keyFailures[i] = WardenError(.internal, "\(error)", file: path)
+        /// Inspects `batch` on every core; results in the batch's order.
+        func inspectAll(_ batch: [String]) -> [Result<(Digest, Inventory?), WardenError>] {
+            // Passphrases first, here: releasing one may decide and record policy.
+            let keys: [Result<SecretBytes?, WardenError>] = batch.map { path in
+                do { return .success(try passphrase(path)) } catch let e as WardenError { return .failure(e.inFile(path)) } catch {
+                    return .failure(WardenError(.internal, "\(error)", file: path))
                 }
             }
-            let results = Locked<[Int: Result<(Digest, Inventory?), WardenError>]>([:])
-            let (passphrases, failures) = (keys, keyFailures)
+            let results = Locked<[Result<(Digest, Inventory?), WardenError>]>(batch.map { .failure(WardenError(.internal, "the image was not inspected", file: $0)) })
             DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                if let f = failures[i] { results.withLock { $0[i] = .failure(f) }; return }
                 let r: Result<(Digest, Inventory?), WardenError>
-                do { r = .success(try Self.inspect(batch[i], format: format, passphrase: passphrases[i])) } catch let e as WardenError {
-                    r = .failure(e.inFile(batch[i]))
-                } catch {
-                    r = .failure(WardenError(.internal, "\(error)", file: batch[i]))
+                switch keys[i] {
+                case .failure(let e): r = .failure(e)
+                case .success(let key):
+                    do { r = .success(try Self.inspect(batch[i], format: format, passphrase: key)) } catch let e as WardenError {
+                        r = .failure(e.inFile(batch[i]))
+                    } catch {
+                        r = .failure(WardenError(.internal, "\(error)", file: batch[i]))
+                    }
                 }
                 results.withLock { $0[i] = r }
             }
-            inspected = [:]
-            for (i, r) in results.withLock({ $0 }) { inspected[start + i] = r }
-            nextBatch = start + batch.count
+            return results.withLock { $0 }
         }
-        for (n, path) in images.enumerated() {
-            do {
-                if n >= nextBatch { inspectBatch(from: n) }
-                guard let done = inspected[n] else { throw WardenError(.internal, "the image was not inspected", file: path) }
-                let (key, inventory) = try done.get()
-                guard let inv = inventory else {
-                    out.unassessable.append("\(path): Windows guests are recognised but not inspected; no advisories matched")
-                    out.results.append(ImageResult(image: path, inventory: key.description, ecosystems: [], packages: 0,
-                                                   summary: Self.summary([]), vulnerable: 0, findings: [], problem: "windows guest not inspected"))
-                    continue
-                }
-                let packages = Matcher.packages(of: inv)
-                let osID = inv.os.id.value, versionID = inv.os.versionId.value
-                try store.storeInventory(key: key, image: path, osID: osID, versionID: versionID, packages: packages)
-                var r = ImageResult(image: path, inventory: key.description, osId: osID, versionId: versionID, ecosystems: [],
-                                    packages: packages.count, summary: Self.summary([]), vulnerable: 0, findings: [],
-                                    unscanned: inv.unscanned ?? [], releaseSupport: inv.releaseSupport)
-                for u in r.unscanned { out.coverage.append("\(path): \(u.part) was not scanned: \(u.reason)") }
-                if case .known(let support)? = inv.releaseSupport, support.ended {
-                    out.coverage.append("\(path): \(support.release) is past its end of support (\(support.endOfLongTermSupport ?? support.endOfLife ?? "?")): findings after that date are not published for it")
-                }
-                if let reason = inv.packages.unknownReason {
-                    r.problem = "packages unknown: \(reason)"
-                    out.unassessable.append("\(path): package databases could not be read: \(reason)")
-                }
-                guard let eco = GuestEcosystem.from(osID: osID ?? "", versionID: versionID) else {
-                    r.problem = "no advisory ecosystem for os \(osID ?? "unknown") \(versionID ?? "")"
-                    out.unassessable.append("\(path): no advisory feed covers os-release ID \(osID ?? "unknown") VERSION_ID \(versionID ?? "unknown")")
-                    out.results.append(r)
-                    continue
-                }
-                r.ecosystems = eco.names
-                let cacheKey = eco.names.joined(separator: "\u{1F}")
-                let index = try indexes[cacheKey] ?? store.loadIndex(ecosystems: Set(eco.names))
-                indexes[cacheKey] = index
-                if index.entryCount == 0 {
-                    r.problem = "no advisories imported for \(eco.names.joined(separator: ", "))"
-                    out.unassessable.append("\(path): no advisories imported for \(eco.names.joined(separator: " or ")); run warden advisories import or update")
-                }
-                let findings = Matcher(index: index, includeResolved: includeResolved).findings(packages: packages, ecosystem: eco)
-                try store.saveAssessment(key, findings: findings)
-                r.vms = try store.recordScan(ledger: ledger, image: path, key: key, findings: findings)
-                r.findings = findings
-                r.bootingKernel = inv.kernels.value?.booting
-                if let booting = inv.kernels.value?.booting?.value?.release {
-                    r.kernelFindings = findings.filter { $0.status == .vulnerable }.compactMap { f in
-                        KernelPackage.affects(package: f.package, installedVersion: f.installedVersion, booting: booting)
-                            .map { KernelFinding(package: f.package, advisory: f.advisory, affects: $0) }
+        for start in stride(from: 0, to: images.count, by: workers * 4) {
+            let batch = Array(images[start..<min(images.count, start + workers * 4)])
+            for (path, done) in zip(batch, inspectAll(batch)) {
+                do {
+                    let (key, inventory) = try done.get()
+                    guard let inv = inventory else {
+                        out.unassessable.append("\(path): Windows guests are recognised but not inspected; no advisories matched")
+                        out.results.append(ImageResult(image: path, inventory: key.description, ecosystems: [], packages: 0,
+                                                       summary: Self.summary([]), vulnerable: 0, findings: [], problem: "windows guest not inspected"))
+                        continue
                     }
+                    let packages = Matcher.packages(of: inv)
+                    let osID = inv.os.id.value, versionID = inv.os.versionId.value
+                    try store.storeInventory(key: key, image: path, osID: osID, versionID: versionID, packages: packages)
+                    var r = ImageResult(image: path, inventory: key.description, osId: osID, versionId: versionID, ecosystems: [],
+                                        packages: packages.count, summary: Self.summary([]), vulnerable: 0, findings: [],
+                                        unscanned: inv.unscanned ?? [], releaseSupport: inv.releaseSupport)
+                    for u in r.unscanned { out.coverage.append("\(path): \(u.part) was not scanned: \(u.reason)") }
+                    if case .known(let support)? = inv.releaseSupport, support.ended {
+                        out.coverage.append("\(path): \(support.release) is past its end of support (\(support.endOfLongTermSupport ?? support.endOfLife ?? "?")): findings after that date are not published for it")
+                    }
+                    if let reason = inv.packages.unknownReason {
+                        r.problem = "packages unknown: \(reason)"
+                        out.unassessable.append("\(path): package databases could not be read: \(reason)")
+                    }
+                    guard let eco = GuestEcosystem.from(osID: osID ?? "", versionID: versionID) else {
+                        r.problem = "no advisory ecosystem for os \(osID ?? "unknown") \(versionID ?? "")"
+                        out.unassessable.append("\(path): no advisory feed covers os-release ID \(osID ?? "unknown") VERSION_ID \(versionID ?? "unknown")")
+                        out.results.append(r)
+                        continue
+                    }
+                    r.ecosystems = eco.names
+                    let cacheKey = eco.names.joined(separator: "\u{1F}")
+                    let index = try indexes[cacheKey] ?? store.loadIndex(ecosystems: Set(eco.names))
+                    indexes[cacheKey] = index
+                    if index.entryCount == 0 {
+                        r.problem = "no advisories imported for \(eco.names.joined(separator: ", "))"
+                        out.unassessable.append("\(path): no advisories imported for \(eco.names.joined(separator: " or ")); run warden advisories import or update")
+                    }
+                    let findings = Matcher(index: index, includeResolved: includeResolved).findings(packages: packages, ecosystem: eco)
+                    try store.saveAssessment(key, findings: findings)
+                    r.vms = try store.recordScan(ledger: ledger, image: path, key: key, findings: findings)
+                    r.findings = findings
+                    r.bootingKernel = inv.kernels.value?.booting
+                    if let booting = inv.kernels.value?.booting?.value?.release {
+                        r.kernelFindings = findings.filter { $0.status == .vulnerable }.compactMap { f in
+                            KernelPackage.affects(package: f.package, installedVersion: f.installedVersion, booting: booting)
+                                .map { KernelFinding(package: f.package, advisory: f.advisory, affects: $0) }
+                        }
+                    }
+                    r.summary = Self.summary(findings)
+                    r.vulnerable = findings.filter { $0.status == .vulnerable }.count
+                    out.results.append(r)
+                } catch let e as WardenError {
+                    out.failures.append(e.inFile(path))
                 }
-                r.summary = Self.summary(findings)
-                r.vulnerable = findings.filter { $0.status == .vulnerable }.count
-                out.results.append(r)
-            } catch let e as WardenError {
-                out.failures.append(e.inFile(path))
             }
         }
         return out
