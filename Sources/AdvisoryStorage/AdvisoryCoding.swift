@@ -100,7 +100,7 @@ public enum AdvisoryCoding {
                          ecosystem: f.ecosystem, source: f.source, advisory: f.advisory, severity: f.severity, cvss: f.cvssScore,
                          fixed: f.fixedVersion, status: f.status, into: &bytes)
         }
-        return SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+        return hex(SHA256.hash(data: bytes))
     }
 
     /// One finding's share of the findings hash: every field the stored finding reports (the

@@ -202,13 +202,9 @@ public final class Agent: Sendable {
         guard let nonce = Data(hexEncoded: c.nonce), (1...64).contains(nonce.count), (1...16).contains(c.pcrs.count) else {
             throw WardenError(.unavailable, "the server's attestation challenge is malformed")
         }
-        var selection: [PCRSelection] = []
-        for spec in c.pcrs {
-            let parts = spec.split(separator: ":", maxSplits: 1)
-            guard parts.count == 2, let bank = TPMAlg.hash(named: String(parts[0])) else { throw WardenError(.unavailable, "the server asked for PCRs \(spec)") }
-            let pcrs = parts[1].split(separator: ",").compactMap { Int($0) }
-            guard !pcrs.isEmpty, pcrs.allSatisfy({ (0...23).contains($0) }) else { throw WardenError(.unavailable, "the server asked for PCRs \(spec)") }
-            selection.append(PCRSelection(hash: bank, pcrs: pcrs))
+        let selection = try c.pcrs.map { spec in
+            guard let s = PCRSelection(toolSpec: spec) else { throw WardenError(.unavailable, "the server asked for PCRs \(spec)") }
+            return s
         }
         let e = try tpm.quote(selection: selection, nonce: Array(nonce))
         let answer: Attestation = try await client.call(.POST, "/v1/hosts/\(host)/attestation",

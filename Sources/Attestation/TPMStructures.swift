@@ -108,6 +108,15 @@ public struct PCRSelection: Sendable, Hashable, Codable {
         return list
     }
 
+    /// Parses the tpm2-tools form `sha256:0,1,7` (PCRs 0-23, a known bank); nil otherwise.
+    public init?(toolSpec spec: String) {
+        let parts = spec.split(separator: ":", maxSplits: 1)
+        guard parts.count == 2, let bank = TPMAlg.hash(named: String(parts[0])) else { return nil }
+        let pcrs = parts[1].split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
+        guard !pcrs.isEmpty, pcrs.allSatisfy({ $0 != nil && (0...23).contains($0!) }) else { return nil }
+        self.init(hash: bank, pcrs: pcrs.compactMap { $0 })
+    }
+
     /// The tpm2-tools form: `sha256:0,1,7`.
     public var toolSpec: String { TPMAlg.hashName(hash) + ":" + pcrs.map(String.init).joined(separator: ",") }
 }

@@ -80,17 +80,6 @@ public enum Taps {
         guard let binary = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             throw WardenError(.unavailable, "ip is not installed (Debian: apt-get install iproute2); the VM's tap cannot be made")
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let err = Pipe()
-        p.standardOutput = FileHandle.nullDevice; p.standardError = err; p.standardInput = FileHandle.nullDevice
-        do { try p.run() } catch { throw WardenError(.unavailable, "cannot run \(binary): \(error)") }
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            let line = String(decoding: e, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "exit \(p.terminationStatus)"
-            throw WardenError(.unavailable, "ip \(args.prefix(2).joined(separator: " ")) failed: \(TerminalText.line(String(line.prefix(300))))")
-        }
+        try ToolProcess.check(binary, args, timeout: 30, what: "ip \(args.prefix(2).joined(separator: " "))")
     }
 }

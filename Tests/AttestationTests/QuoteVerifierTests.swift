@@ -161,6 +161,10 @@ import WardenTestSupport
         #expect(throws: WardenError.self) { try PCRSelection.parseList([0, 0, 0, 1, 0, 0x0B, 3, 1]) }
         #expect(throws: WardenError.self) { try PCRSelection.parseList([0, 0, 0, 0, 7]) }          // trailing byte
         #expect(throws: WardenError.self) { try PCRSelection.parseList([0xff, 0xff, 0xff, 0xff]) }
+        // The tpm2-tools form, both ways.
+        #expect(PCRSelection(toolSpec: "sha256:7,0") == PCRSelection(hash: TPMAlg.sha256, pcrs: [0, 7]))
+        #expect(PCRSelection(toolSpec: "sha256:0,7")?.toolSpec == "sha256:0,7")
+        for bad in ["sha256:", "sha256:24", "md5:0", "sha256:0,,7", "sha256", ":0", "sha256:x"] { #expect(PCRSelection(toolSpec: bad) == nil, "\(bad)") }
     }
 
     @Test func trustPolicyIsParsedStrictly() throws {
