@@ -37,6 +37,12 @@ public struct HostAttestationFact: Sendable, Equatable {
         self.host = host; self.time = time; self.trusted = trusted; self.reasons = reasons; self.baseline = baseline; self.validFor = validFor
     }
 
+    /// Until when the verdict counts (by the trust policy's maxAge when it was made).
+    public var validUntil: Date { time.addingTimeInterval(Double(validFor.seconds)) }
+
+    /// Trusted and not expired at `now`: what `attested: true` without its own maxAge sees.
+    public func isCurrent(at now: Date) -> Bool { trusted && now <= validUntil }
+
     /// Reads a `host-attested` event; a malformed one is an untrusted attestation.
     public init(event e: EventRecord) {
         let p = e.payload

@@ -80,9 +80,8 @@ struct HostList: ParsableCommand {
         let facts = LedgerPolicyFacts(store: store)
         let now = Date()
         let docs = try hosts.map { h -> HostJSON in
-            let a = try facts.hostAttestation(h.name).map { f -> HostJSON.Attestation in
-                let until = f.time.addingTimeInterval(Double(f.validFor.seconds))
-                return HostJSON.Attestation(trusted: f.trusted, at: f.time, validUntil: until, current: f.trusted && now <= until)
+            let a = try facts.hostAttestation(h.name).map {
+                HostJSON.Attestation(trusted: $0.trusted, at: $0.time, validUntil: $0.validUntil, current: $0.isCurrent(at: now))
             }
             return HostJSON(name: h.name.value, labels: h.labels, publicKey: h.publicKey?.base64EncodedString(), addedAt: h.addedAt, attestation: a)
         }
@@ -306,9 +305,9 @@ struct HostStatus: ParsableCommand {
             var attested: Bool; var lastAttestation: Date?; var trusted: Bool?; var reasons: [String]; var baseline: String?; var validUntil: Date?
         }
         let out = Out(host: name.value, enrolled: enrolment != nil, attestationKeySha256: enrolment?.attestationKey.fingerprint,
-                      attested: fact.map { $0.trusted && Date() <= $0.time.addingTimeInterval(Double($0.validFor.seconds)) } ?? false,
+                      attested: fact?.isCurrent(at: Date()) ?? false,
                       lastAttestation: fact?.time, trusted: fact?.trusted, reasons: fact?.reasons ?? [], baseline: fact?.baseline,
-                      validUntil: fact.map { $0.time.addingTimeInterval(Double($0.validFor.seconds)) })
+                      validUntil: fact?.validUntil)
         try Output.render(out, json: json, style: .ledger) {
             Output.stdout.line("host: \(out.host)")
             Output.stdout.line("TPM enrolled: \(out.enrolled ? "yes (attestation key sha256 \(out.attestationKeySha256 ?? ""))" : "no")")
