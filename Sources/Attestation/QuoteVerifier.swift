@@ -48,6 +48,8 @@ public struct AttestationVerdict: Sendable, Equatable, Codable {
     public var restartCount: UInt32?
     public var clock: UInt64?
     public var attestationKey: String
+    /// How long a trusted verdict counts: the trust policy's maxAge (nil when not trusted).
+    public var validForSeconds: Int64?
 
     public init(trusted: Bool, reasons: [String], baseline: String? = nil, mismatchedPCRs: [String] = [], pcrs: [String: String] = [:],
                 resetCount: UInt32? = nil, restartCount: UInt32? = nil, clock: UInt64? = nil, attestationKey: String = "") {
@@ -135,6 +137,7 @@ public struct QuoteVerifier: Sendable {
             if mismatches.isEmpty, verdict.reasons.isEmpty {
                 verdict.baseline = b.name
                 verdict.trusted = true
+                verdict.validForSeconds = policy.maxAge.seconds
                 return verdict
             }
             if best == nil || mismatches.count < best!.mismatches.count { best = (b.name, mismatches, lines) }

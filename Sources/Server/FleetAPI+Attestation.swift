@@ -102,7 +102,6 @@ extension FleetAPI {
             }
             let evidence = QuoteEvidence(quote: Array(quote), signature: Array(signature), pcrValues: Array(pcrs))
             let directory = policyDirectory
-            let validFor = (try? HostTrustPolicy.load(policyDirectory: directory))??.maxAge.seconds ?? 0
             let verdict: AttestationVerdict = try await blocking { store in
                 do {
                     return try HostTrustService(store: store, host: host, policyDirectory: directory).verify(evidence, nonce: Array(nonce), for: host)
@@ -112,7 +111,7 @@ extension FleetAPI {
             }
             return try Self.json(AttestationAnswer(host: host.value, trusted: verdict.trusted, reasons: verdict.reasons,
                                                    baseline: verdict.baseline, mismatchedPcrs: verdict.mismatchedPCRs,
-                                                   validForSeconds: verdict.trusted ? validFor : 0))
+                                                   validForSeconds: verdict.validForSeconds ?? 0))
         }
     }
 }

@@ -37,12 +37,14 @@ import WardenTestSupport
         let v = try QuoteVerifier().verify(e, enrolment: lab.enrolment, nonce: n, policy: lab.policy)
         #expect(v.trusted, "\(v.reasons)")
         #expect(v.baseline == "lab")
+        #expect(v.validForSeconds == lab.policy.maxAge.seconds)
         #expect(v.pcrs.keys.sorted() == ["sha256:0", "sha256:7"])
 
         // Replay: the same quote against the verifier's next nonce.
         let replay = try QuoteVerifier().verify(e, enrolment: lab.enrolment, nonce: Self.nonce(2), policy: lab.policy)
         #expect(!replay.trusted)
         #expect(replay.reasons.contains { $0.contains("nonce") })
+        #expect(replay.validForSeconds == nil)
 
         // PCR values rewritten after the fact: the signed digest catches it.
         var forged = e
