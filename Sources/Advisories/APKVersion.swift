@@ -1,9 +1,17 @@
-/// An Alpine package version, `digits{.digits}[letter]{_suffix[digits]}[-rN]`, ordered as
-/// apk-tools 2.12–2.14 (`apk version -t`) orders it.
+/// An Alpine package version, `digits{.digits}[letter]{_suffix[digits]}[~hash][-rN]`, ordered
+/// as apk-tools' version.c orders it (`apk version -t`), in its current form:
 ///
-/// apk never rejects a version when comparing: it reads tokens until one is malformed and
-/// compares what it read. ``compare(to:)`` reproduces that, so invalid versions get the
-/// same (sometimes surprising) order apk gives them; ``isValid`` is `apk version -c`.
+/// - a digit component after a `.` that starts with `0` on either side is compared as a
+///   string, byte by byte, the shorter first when one is a prefix of the other (so `8.2.0`
+///   before `8.2.001`, and `8.2.0015` before `8.2.002`); other digit components as numbers;
+/// - a `~` part (a commit hash, as in `1.0~1234`) is compared as a string; only `-rN` may
+///   follow it, and the revision still counts.
+///
+/// apk-tools 2.12–2.14 compared leading-zero components by counting the zeros instead; the
+/// two agree everywhere else (docs/decisions.md). apk never rejects a version when comparing:
+/// it reads tokens until one is malformed and compares what it read. ``compare(to:)``
+/// reproduces that, so invalid versions get the same (sometimes surprising) order apk gives
+/// them; ``isValid`` is `apk version -c`.
 public struct APKVersion: Sendable, CustomStringConvertible {
     public let text: String
     private let bytes: [UInt8]
@@ -27,21 +35,38 @@ public struct APKVersion: Sendable, CustomStringConvertible {
     public func compare(to other: APKVersion) -> VersionOrder {
         var ra = Reader(bytes[...]), rb = Reader(other.bytes[...])
         var ka = Kind.digit, kb = Kind.digit
-        var va: Int64 = 0, vb: Int64 = 0
-        while ka == kb && ka != .end && ka != .invalid && va == vb {
-            va = ra.take(&ka)
-            vb = rb.take(&kb)
+        while ka == kb && ka != .end && ka != .invalid {
+            let kind = ka
+            let ta = ra.take(&ka), tb = rb.take(&kb)
+            let order = Token.compare(ta, tb, as: kind)
+            if order != .equal { return order }
         }
-        if va != vb { return va < vb ? .less : .greater }
         if ka == kb { return .equal }
         // Same values so far: the longer version is newer, unless it goes on with a
         // pre-release suffix (or a malformed one).
         var probe = ka
-        if ka == .suffix && ra.take(&probe) < 0 { return .less }
+        if ka == .suffix && ra.take(&probe).value < 0 { return .less }
         probe = kb
-        if kb == .suffix && rb.take(&probe) < 0 { return .greater }
+        if kb == .suffix && rb.take(&probe).value < 0 { return .greater }
         if ka.rawValue != kb.rawValue { return ka.rawValue > kb.rawValue ? .less : .greater }
         return .equal
+    }
+
+    /// One token read: its numeric value (digits, a letter's byte, a suffix's rank; -1 when
+    /// malformed) and its bytes (for the parts compared as strings).
+    struct Token {
+        var value: Int64
+        var text: ArraySlice<UInt8> = []
+
+        static func compare(_ a: Token, _ b: Token, as kind: Kind) -> VersionOrder {
+            let asString = kind == .hash
+                || (kind == .dotDigits && (a.text.first == 0x30 || b.text.first == 0x30) && a.value >= 0 && b.value >= 0)
+            if asString {
+                for (x, y) in zip(a.text, b.text) where x != y { return x < y ? .less : .greater }
+                return a.text.count == b.text.count ? .equal : (a.text.count < b.text.count ? .less : .greater)
+            }
+            return a.value == b.value ? .equal : (a.value < b.value ? .less : .greater)
+        }
     }
 
     /// What the reader expects next. Raw values give apk's ordering of token kinds
@@ -53,6 +78,7 @@ public struct APKVersion: Sendable, CustomStringConvertible {
         case letter
         case suffix
         case suffixNumber
+        case hash            // after '~': compared as a string
         case revision
         case end
     }
@@ -64,25 +90,24 @@ public struct APKVersion: Sendable, CustomStringConvertible {
         static let preReleases: [[UInt8]] = ["alpha", "beta", "pre", "rc"].map { Array($0.utf8) }
         static let postReleases: [[UInt8]] = ["cvs", "svn", "git", "hg", "p"].map { Array($0.utf8) }
 
-        /// Reads the token of `kind`, returns its value and sets `kind` to what follows.
-        mutating func take(_ kind: inout Kind) -> Int64 {
-            if rest.isEmpty { kind = .end; return 0 }
+        /// Reads the token of `kind`, returns it and sets `kind` to what follows.
+        mutating func take(_ kind: inout Kind) -> Token {
+            if rest.isEmpty { kind = .end; return Token(value: 0) }
             var used = 0
             var value: Int64 = 0
-            var forced: Kind?
             switch kind {
             case .dotDigits where rest.first == 0x30:
-                // All but the last of a run of zeros count as a negative value.
-                let zeros = rest.prefix(while: { $0 == 0x30 }).count
-                used = zeros - 1
-                value = -Int64(used)
-                forced = .digit
+                // A leading zero: the digits are compared as a string (any length).
+                used = rest.prefix(while: isASCIIDigit).count
             case .dotDigits, .digit, .suffixNumber, .revision:
                 let run = rest.prefix(while: isASCIIDigit)
                 // apk gives up on 18 digits or more (its int64 would overflow).
-                if run.count >= 18 { kind = .invalid; return -1 }
+                if run.count >= 18 { kind = .invalid; return Token(value: -1) }
                 for d in run { value = value * 10 + Int64(d - 0x30) }
                 used = run.count
+            case .hash:
+                used = rest.prefix(while: { isASCIIDigit($0) || ($0 >= 0x61 && $0 <= 0x7A) }).count
+                if used == 0 { kind = .invalid; return Token(value: -1) }
             case .letter:
                 value = Int64(rest.first!)
                 used = 1
@@ -94,20 +119,15 @@ public struct APKVersion: Sendable, CustomStringConvertible {
                     value = Int64(k)
                     used = Self.postReleases[k].count
                 } else {
-                    kind = .invalid; return -1
+                    kind = .invalid; return Token(value: -1)
                 }
             case .invalid, .end:
-                kind = .invalid; return -1
+                kind = .invalid; return Token(value: -1)
             }
+            let text = rest.prefix(used)
             rest = rest.dropFirst(used)
-            if rest.isEmpty {
-                kind = .end
-            } else if let forced {
-                kind = forced
-            } else {
-                kind = next(after: kind)
-            }
-            return value
+            kind = rest.isEmpty ? .end : next(after: kind)
+            return Token(value: value, text: text)
         }
 
         /// Decides the next token kind from the separator (consumed) or first byte (kept).
@@ -124,6 +144,7 @@ public struct APKVersion: Sendable, CustomStringConvertible {
                 switch c {
                 case 0x2E: n = .dotDigits
                 case 0x5F: n = .suffix
+                case 0x7E: n = .hash
                 case 0x2D:
                     if rest.count > 1 && rest[rest.startIndex + 1] == 0x72 {
                         n = .revision

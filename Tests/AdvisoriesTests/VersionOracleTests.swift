@@ -209,6 +209,26 @@ let longDigits = "123456789012345678901234567890"   // beyond 64 bits
         for v in ["1.0_x", "1.0-1", "1.0_rc_x"] { #expect(!APKVersion(v).isValid, "\(v)") }
     }
 
+    /// Pairs from apk-tools' own version test data (test/version.data) that apk-tools 2.x and
+    /// the current version.c order differently: leading-zero digit components compare as
+    /// strings, `~` parts compare as strings and the `-rN` after them still counts.
+    @Test func apkToolsLeadingZerosAndCommitHashes() throws {
+        let less: [(String, String)] = [
+            ("8.2.0", "8.2.001"), ("8.2.0015", "8.2.002"), ("8.2.001", "8.2.0015"), ("1.0~1234", "1.0~2345"),
+            ("1.0~1234-r0", "1.0~1234-r1"), ("1.0~1234-r5", "1.0~2345-r0"), ("1.0~abc", "1.0~abd"), ("1.0~abc", "1.0~abca"),
+            ("1.01", "1.1"), ("1.09", "1.1"), ("1.0", "1.00"), ("1.001", "1.01"), ("1.0.0", "1.0.01"),
+            ("1.0", "1.0~1"), ("1.0_rc1", "1.0_rc1~ab"), ("1.2", "1.10"), ("1.9", "1.10"),
+        ]
+        for (a, b) in less {
+            #expect(try VersionScheme.apk.compare(a, b) == .less, "\(a) < \(b)")
+            #expect(try VersionScheme.apk.compare(b, a) == .greater, "\(b) > \(a)")
+        }
+        for v in ["1.0~1234", "1.0~1234-r2", "1.0_rc1~ab", "1.0a~ff", "8.2.0015"] { #expect(APKVersion(v).isValid, "\(v)") }
+        for v in ["1.0~ab.1", "1.0~ab_rc", "1.0-r1~ab", "1.0~AB"] { #expect(!APKVersion(v).isValid, "\(v)") }
+        #expect(try VersionScheme.apk.compare("1.0~1234", "1.0~1234") == .equal)
+        #expect(try VersionScheme.apk.compare("8.2.002", "8.2.002") == .equal)
+    }
+
     @Test(.enabled(if: APKVersionTests.apkAvailable, "needs apk-tools' apk binary (not packaged in Debian 12)"))
     func matchesApkTools() throws {
         let all = pairs(curated: Self.curated, random: 2500, seed: 0xA9C, generate: Self.generate)
