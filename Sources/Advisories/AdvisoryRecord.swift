@@ -137,6 +137,9 @@ extension Finding {
         if a.severity != b.severity { return a.severity > b.severity }
         if a.package != b.package { return a.package < b.package }
         if a.advisory != b.advisory { return a.advisory < b.advisory }
-        return a.source < b.source
+        if a.source != b.source { return a.source < b.source }
+        // Two installed versions of one package (kernels, multi-arch): by version text, so
+        // the order never depends on the order the versions were found in.
+        return a.installedVersion < b.installedVersion
     }
 }

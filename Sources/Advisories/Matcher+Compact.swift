@@ -72,9 +72,11 @@ extension Matcher {
                 out.sort { a, b in
                     if a.severity != b.severity { return a.severity > b.severity }
                     if a.package != b.package, pk[a.package].name != pk[b.package].name { return pk[a.package].name < pk[b.package].name }
-                    if a.advisory == b.advisory { return false }
-                    if metas[a.advisory].id != metas[b.advisory].id { return metas[a.advisory].id < metas[b.advisory].id }
-                    return metas[a.advisory].source < metas[b.advisory].source
+                    if a.advisory != b.advisory {
+                        if metas[a.advisory].id != metas[b.advisory].id { return metas[a.advisory].id < metas[b.advisory].id }
+                        if metas[a.advisory].source != metas[b.advisory].source { return metas[a.advisory].source < metas[b.advisory].source }
+                    }
+                    return a.package != b.package && pk[a.package].version < pk[b.package].version
                 }
             }
         }

@@ -237,8 +237,11 @@ public final class Matcher {
             }
         }
         out.sort(by: Finding.displayOrder)
-        // The same vulnerability through two feeds (a DSA and the tracker's CVE) is one finding.
-        return Self.deduplicated(out)
+        // The same vulnerability through two feeds (a DSA and the tracker's CVE) is one finding;
+        // a kept finding may take a higher severity from one it absorbed, so sort again.
+        var kept = Self.deduplicated(out)
+        if kept.count != out.count { kept.sort(by: Finding.displayOrder) }
+        return kept
     }
 
     /// Findings of a stored inventory's packages.

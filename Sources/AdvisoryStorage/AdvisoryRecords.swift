@@ -87,17 +87,29 @@ struct InventoryImageRow: AdvisoryTableRecord {
     var scannedAt: Date
 }
 
-struct AssessmentRow: AdvisoryTableRecord {
-    static let databaseTableName = "assessment"
-    static let databaseColumnDecodingStrategy = DatabaseColumnDecodingStrategy.convertFromSnakeCase
-    static let databaseColumnEncodingStrategy = DatabaseColumnEncodingStrategy.convertToSnakeCase
-    static func databaseDateDecodingStrategy(for column: String) -> DatabaseDateDecodingStrategy { .timeIntervalSince1970 }
-    static func databaseDateEncodingStrategy(for column: String) -> DatabaseDateEncodingStrategy { .timeIntervalSince1970 }
-    var inventory: String
-    var assessedAt: Date
-    var findingsHash: String
-    var vulnerable: Int
-    var findings: Data
+/// An inventory's package-version ids in its package order: 8-byte little-endian integers.
+public enum PackageVersionCoding {
+    public static func encode(_ ids: [Int64]) -> Data {
+        var out = Data(capacity: ids.count * 8)
+        for id in ids { withUnsafeBytes(of: id.littleEndian) { out.append(contentsOf: $0) } }
+        return out
+    }
+
+    /// Decodes a stored list; a trailing partial id (a damaged value) is ignored.
+    public static func decode(_ data: Data) -> [Int64] {
+        var out: [Int64] = []
+        out.reserveCapacity(data.count / 8)
+        data.withUnsafeBytes { (p: UnsafeRawBufferPointer) in
+            var i = 0
+            while i + 8 <= p.count {
+                var v: UInt64 = 0
+                for k in 0..<8 { v |= UInt64(p[i + k]) << (8 * UInt64(k)) }
+                out.append(Int64(bitPattern: v))
+                i += 8
+            }
+        }
+        return out
+    }
 }
 
 /// Tab-separated lines with `\\`, `\t`, `\n` escaped: the compact stored form of package

@@ -105,16 +105,64 @@ public struct NewInventory: Sendable {
     }
 }
 
-/// One assessment to store: the inventory, its findings' hash and count, and the encoded set
-/// (``AdvisoryCoding/encodeFindings(_:)``).
-public struct AssessmentWrite: Sendable {
-    public var inventory: String
+/// One distinct installed package of one OS release, as the fleet's inventories hold it: the
+/// unit a rescan matches (once for the whole fleet) and stores findings for. An inventory's
+/// findings are the findings of its package versions.
+public struct PackageVersion: Sendable {
+    public var id: Int64
+    /// The inventory's os-release, ``PackageVersion/release(osID:versionID:)``.
+    public var release: String
+    public var package: MatchPackage
+    /// The hash of its stored findings; nil when it was never assessed.
+    public var findingsHash: String?
+    public var vulnerable: Int
+    public init(id: Int64, release: String, package: MatchPackage, findingsHash: String?, vulnerable: Int) {
+        self.id = id; self.release = release; self.package = package; self.findingsHash = findingsHash; self.vulnerable = vulnerable
+    }
+
+    /// The release key of an inventory's os-release (ID, VERSION_ID).
+    public static func release(osID: String?, versionID: String?) -> String { "\(osID ?? "")\u{1F}\(versionID ?? "")" }
+
+    /// The advisory ecosystem of a release key; nil when no feed covers it.
+    public static func ecosystem(ofRelease release: String) -> GuestEcosystem? {
+        let parts = release.split(separator: "\u{1F}", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty else { return nil }
+        return GuestEcosystem.from(osID: String(parts[0]), versionID: parts[1].isEmpty ? nil : String(parts[1]))
+    }
+}
+
+/// The findings of one package version to store (``AdvisoryCoding/encodeFindings(_:)``).
+public struct PackageVersionWrite: Sendable {
+    public var id: Int64
     public var findingsHash: String
     public var vulnerable: Int
     public var findings: Data
-    public init(inventory: String, findingsHash: String, vulnerable: Int, findings: Data) {
-        self.inventory = inventory; self.findingsHash = findingsHash; self.vulnerable = vulnerable; self.findings = findings
+    public init(id: Int64, findingsHash: String, vulnerable: Int, findings: Data) {
+        self.id = id; self.findingsHash = findingsHash; self.vulnerable = vulnerable; self.findings = findings
     }
+}
+
+/// An inventory's assessment to store, as of `assessedAt`: its vulnerable count, or (with
+/// `relative`) the change to the stored count.
+public struct InventoryAssessmentWrite: Sendable {
+    public var inventory: String
+    public var vulnerable: Int
+    public var relative: Bool
+    public var assessedAt: Date
+    public init(inventory: String, vulnerable: Int, relative: Bool = false, assessedAt: Date) {
+        self.inventory = inventory; self.vulnerable = vulnerable; self.relative = relative; self.assessedAt = assessedAt
+    }
+}
+
+/// Advisory changes not yet rescanned: the (ecosystem, package) keys whose entries imports
+/// since the last rescan added, replaced or withdrew, up to change `through`.
+public struct PendingAdvisoryChanges: Sendable {
+    public var through: Int64
+    public var keys: [String: Set<String>]
+    /// When the oldest of them was stored.
+    public var since: Date?
+    public init(through: Int64, keys: [String: Set<String>], since: Date?) { self.through = through; self.keys = keys; self.since = since }
+    public var isEmpty: Bool { keys.isEmpty }
 }
 
 /// Advisories, inventories and assessments: the repository every backend implements (SQLite
@@ -160,17 +208,42 @@ public protocol AdvisoryStore: AdvisoryFacts {
     /// that content is stored; nil when neither.
     func inventoryKey(path: String, fingerprint: WardenCore.Digest?) throws -> String?
 
-    // Assessments
-    func assessment(of key: WardenCore.Digest) throws -> Assessment?
+    // Package versions and assessments (a rescan's unit is the package version)
+    /// When inventory `key` was last assessed (its stored findings are those of that time).
     func lastAssessmentTime(of key: WardenCore.Digest) throws -> Date?
-    /// The findings hash of every stored assessment, by inventory key.
-    func assessmentHashes() throws -> [String: String]
-    /// Inventory `key`'s stored findings without aliases and summaries; nil when never assessed.
-    func storedFindings(of key: WardenCore.Digest) throws -> [Finding]?
+    /// Inventories stored before package versions were kept get theirs; returns how many.
+    func indexMissingPackageSets() throws -> Int
+    /// The distinct release keys of stored package versions.
+    func packageVersionReleases() throws -> [String]
+    /// Package versions of `release` whose name or source name is one of `names`.
+    func packageVersions(release: String, names: Set<String>) throws -> [PackageVersion]
+    /// Package versions never assessed (every one unless `unassessedOnly`).
+    func packageVersions(unassessedOnly: Bool) throws -> [PackageVersion]
+    /// The stored findings of these package versions (assessed ones only).
+    func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: Data]
+    /// These package versions (those that exist).
+    func packageVersions(ids: [Int64]) throws -> [PackageVersion]
+    /// The inventories holding each of these package versions.
+    func inventories(holding ids: [Int64]) throws -> [Int64: [String]]
+    /// Inventory `key`'s package versions in its package order; nil when none are stored.
+    func packageVersionIDs(of key: String) throws -> [Int64]?
+    /// Inventories with package versions but no assessment yet, with those versions.
+    func unassessedInventories() throws -> [(key: String, release: String, packageVersions: [Int64])]
+    /// The stored vulnerable count of each of these inventories (assessed ones only).
+    func assessedVulnerable(_ keys: [String]) throws -> [String: Int]
+    /// The vulnerable findings of every assessed inventory together.
+    func totalVulnerable() throws -> Int
+    /// Keys of inventories whose os-release is one of `releases`.
+    func inventoryKeys(releases: [String]) throws -> [String]
+    /// Advisory changes since the last rescan.
+    func pendingAdvisoryChanges() throws -> PendingAdvisoryChanges
+    /// In one transaction: stores package-version findings and inventory assessments, marks
+    /// advisory changes up to `through` as rescanned (forgetting them), and with `redateAll`
+    /// dates every other assessment `now`.
+    func saveRescan(packageVersions: [PackageVersionWrite], inventories: [InventoryAssessmentWrite], through: Int64?,
+                    redateAll: Bool, at now: Date) throws
     /// `findings` with the aliases and summaries of their advisories.
     func withDetails(_ findings: [Finding]) throws -> [Finding]
-    /// Stores assessments, then (with `redateAll`) dates every assessment `now`, in one transaction.
-    func saveAssessments(_ writes: [AssessmentWrite], at now: Date, redateAll: Bool) throws
 
     // Export (agents pull the fleet's advisories)
     /// Records stored after `cursor` in store order (import time, then row), at most `limit`,
@@ -197,19 +270,6 @@ extension AdvisoryStore {
     public func storeInventory(key: WardenCore.Digest, image: String, osID: String?, versionID: String?,
                                packages: [MatchPackage], at now: Date = Date()) throws {
         try storeInventories([NewInventory(key: key, image: image, osID: osID, versionID: versionID, packages: packages)], at: now)
-    }
-
-    /// The latest vulnerable findings for inventory `key` (empty when never assessed).
-    public func latestFindings(for key: WardenCore.Digest) throws -> [Finding] {
-        try assessment(of: key)?.findings ?? []
-    }
-
-    /// Stores `findings` (vulnerable ones) as inventory `key`'s assessment.
-    public func saveAssessment(_ key: WardenCore.Digest, findings: [Finding], at now: Date = Date()) throws {
-        let vuln = findings.filter { $0.status == .vulnerable }
-        try saveAssessments([AssessmentWrite(inventory: key.description, findingsHash: AdvisoryCoding.findingsHash(vuln),
-                                             vulnerable: vuln.count, findings: AdvisoryCoding.encodeFindings(vuln))],
-                            at: now, redateAll: false)
     }
 
     /// Ledger VMs with a disk of content `key` or at one of `paths`.

@@ -17,14 +17,19 @@ public struct InventoryChange: Codable, Sendable {
     public var goneFindings: [Finding]
 }
 
-/// The result of re-matching every stored inventory against the current advisories.
+/// The result of a fleet rescan.
 public struct RescanReport: Codable, Sendable {
     public var schema = "warden.rescan/v1"
     public var assessedAt: Date
     public var inventories: Int
     /// Inventories whose OS no advisory feed covers.
     public var unassessable: [String]
+    /// Advisory entries the re-matched package versions were matched against.
     public var advisoryEntries: Int
+    /// Distinct package versions re-matched (each once for the whole fleet).
+    public var packageVersions: Int = 0
+    /// Advisory changes (ecosystem, package) since the last rescan that it took in.
+    public var advisoryChanges: Int = 0
     public var changed: [InventoryChange]
     public var newFindings: Int
     public var goneFindings: Int
@@ -33,72 +38,152 @@ public struct RescanReport: Codable, Sendable {
 }
 
 extension AdvisoryStore {
-    /// Re-matches every stored inventory against the advisories now in the database, stores
-    /// the new assessments, and reports the differences from the previous ones. No image is read.
+    /// Brings every stored inventory's assessment up to date with the advisories now stored,
+    /// and reports, per inventory, the findings that appeared and went away. No image is read.
     ///
-    /// The index holds only the ecosystems of stored inventories; each (ecosystem, package,
-    /// version) is matched once for the whole fleet; an assessment is rewritten only when its
-    /// finding set changed (compared by hash).
+    /// The work follows the change, not the fleet: imports log the (ecosystem, package) keys
+    /// they touched; a rescan re-matches only the distinct package versions those keys name
+    /// (plus ones never assessed), each once for the whole fleet, and reaches the inventories
+    /// holding a version whose findings changed through the package-version index. With
+    /// nothing imported or stored since the last rescan it reads almost nothing. `full`
+    /// re-matches every package version (the answer is the same; for checking that).
     ///
     /// `phase` (when given) is called after each step with its name, for `--timing`.
-    public func rescan(at now: Date = Date(), only keys: Set<String>? = nil, phase: ((String) -> Void)? = nil) throws -> RescanReport {
+    public func rescan(at now: Date = Date(), full: Bool = false, phase: ((String) -> Void)? = nil) throws -> RescanReport {
         let start = Date()
-        var invs = try inventories()
-        if let keys { invs = invs.filter { keys.contains($0.key.description) } }
-        phase?("read inventories")
-        var ecosystems = Set<String>()
-        for i in invs { if let e = i.ecosystem { ecosystems.formUnion(e.names) } }
-        let index = try loadIndex(ecosystems: ecosystems)
+        _ = try indexMissingPackageSets()
+        let pending = try pendingAdvisoryChanges()
+        var ecoOf: [String: GuestEcosystem?] = [:]
+        func eco(_ release: String) -> GuestEcosystem? {
+            if let e = ecoOf[release] { return e }
+            let e = PackageVersion.ecosystem(ofRelease: release)
+            ecoOf[release] = e
+            return e
+        }
+        let releases = try packageVersionReleases()
+        var candidates = try packageVersions(unassessedOnly: !full)
+        if !full && !pending.isEmpty {
+            var seen = Set(candidates.map(\.id))
+            for r in releases {
+                guard let e = eco(r) else { continue }
+                let names = pending.names(for: e)
+                if names.isEmpty { continue }
+                for v in try packageVersions(release: r, names: names) where seen.insert(v.id).inserted { candidates.append(v) }
+            }
+        }
+        candidates.removeAll { eco($0.release) == nil }
+        phase?("select package versions")
+
+        var ecosystems = Set<String>(), names = Set<String>()
+        for v in candidates {
+            ecosystems.formUnion(eco(v.release)!.names)
+            names.insert(v.package.name); names.insert(v.package.sourceName)
+        }
+        // A few names: their entries only; most of a feed: all of it in one pass.
+        let index = candidates.isEmpty ? AdvisoryIndex()
+            : (full || names.count > 2_000 ? try loadIndex(ecosystems: ecosystems) : try loadIndex(ecosystems: ecosystems, packages: names))
         let matcher = Matcher(index: index)
         phase?("load advisory index")
-        let previous = try assessmentHashes()
-        let images = try imagesByInventory()
-        phase?("read assessments and images")
-        var report = RescanReport(assessedAt: now, inventories: invs.count, unassessable: [], advisoryEntries: index.entryCount,
-                                  changed: [], newFindings: 0, goneFindings: 0, vulnerable: 0, seconds: 0)
-        var writes: [AssessmentWrite] = []
+
+        // Match each candidate once; keep the ones whose findings changed.
         var hasher = FindingsHasher()
-        var changedKeys: [(key: String, paths: [String])] = []
-        for inv in invs {
-            guard let eco = inv.ecosystem else { report.unassessable.append(inv.key.description); continue }
-            // Fast path: compact findings and their hash; `Finding` values only when something changed.
-            let compact = matcher.compactFindings(packages: inv.packages, ecosystem: eco)
-            // Where two feeds may name the same vulnerability, the plain path (which folds them).
-            let plain = matcher.mayDeduplicate(compact) ? matcher.findings(packages: inv.packages, ecosystem: eco) : nil
-            report.vulnerable += plain?.count ?? compact.count
-            let hash = plain.map { AdvisoryCoding.findingsHash($0) } ?? hasher.hash(compact, packages: inv.packages, metas: index.metas, ecosystem: eco)
-            let prev = previous[inv.key.description]
-            if prev == hash { continue }
-            let findings = plain ?? compact.map { matcher.finding($0, packages: inv.packages, ecosystem: eco) }
-            let d: (added: [Finding], removed: [Finding])
-            if prev == nil {
-                d = (findings, [])
-            } else {
-                let old = try storedFindings(of: inv.key) ?? []
-                var diff = Matcher.diff(old: old, new: findings)
-                if !diff.removed.isEmpty { diff.removed = try withDetails(diff.removed) }
-                d = diff
+        var changed: [(version: PackageVersion, findings: [Finding])] = []
+        var writes: [PackageVersionWrite] = []
+        for v in candidates {
+            let e = eco(v.release)!
+            let pk = [v.package]
+            let compact = matcher.compactFindings(packages: pk, ecosystem: e)
+            let plain = matcher.mayDeduplicate(compact) ? matcher.findings(packages: pk, ecosystem: e) : nil
+            let hash = plain.map { AdvisoryCoding.findingsHash($0) } ?? hasher.hash(compact, packages: pk, metas: index.metas, ecosystem: e)
+            if hash == v.findingsHash { continue }
+            let findings = plain ?? compact.map { matcher.finding($0, packages: pk, ecosystem: e) }
+            changed.append((v, findings))
+            writes.append(PackageVersionWrite(id: v.id, findingsHash: hash, vulnerable: findings.count, findings: AdvisoryCoding.encodeFindings(findings)))
+        }
+        phase?("match package versions")
+
+        // Per changed version: what appeared and what went away (details of the gone ones joined once).
+        let oldBlobs = try packageVersionFindings(changed.filter { $0.version.findingsHash != nil }.map(\.version.id))
+        var diffs: [Int64: (added: [Finding], removed: [Finding], delta: Int)] = [:]
+        var allRemoved: [Finding] = []
+        var removedRange: [Int64: Range<Int>] = [:]
+        for c in changed {
+            let old = oldBlobs[c.version.id].map(AdvisoryCoding.decodeFindingsWithoutDetails) ?? []
+            let d = Matcher.diff(old: old, new: c.findings)
+            removedRange[c.version.id] = allRemoved.count..<(allRemoved.count + d.removed.count)
+            allRemoved += d.removed
+            diffs[c.version.id] = (d.added, [], c.findings.count - c.version.vulnerable)
+        }
+        if !allRemoved.isEmpty {
+            let detailed = try withDetails(allRemoved)
+            for (id, r) in removedRange where !r.isEmpty { diffs[id]?.removed = Array(detailed[r]) }
+        }
+        let newFindingsOf = Dictionary(uniqueKeysWithValues: changed.map { ($0.version.id, $0.findings) })
+
+        // Inventories never assessed: every finding of theirs is new.
+        let fresh = try unassessedInventories().filter { eco($0.release) != nil }
+        let freshKeys = Set(fresh.map(\.key))
+        var stored: [Int64: [Finding]] = [:]
+        let missing = Set(fresh.flatMap(\.packageVersions)).filter { newFindingsOf[$0] == nil }
+        for (id, blob) in try packageVersionFindings(Array(missing)) { stored[id] = try withDetails(AdvisoryCoding.decodeFindingsWithoutDetails(blob)) }
+        var inventoryWrites: [InventoryAssessmentWrite] = []
+        var firstFindings: [String: [Finding]] = [:]
+        for f in fresh {
+            var all: [Finding] = []
+            for id in f.packageVersions { all += newFindingsOf[id] ?? stored[id] ?? [] }
+            all.sort(by: Finding.displayOrder)
+            firstFindings[f.key] = all
+            inventoryWrites.append(InventoryAssessmentWrite(inventory: f.key, vulnerable: all.count, assessedAt: now))
+        }
+
+        // Inventories holding a version whose findings changed.
+        var perInventory: [String: (added: [Finding], removed: [Finding], delta: Int)] = [:]
+        var releaseOf = Dictionary(fresh.map { ($0.key, $0.release) }, uniquingKeysWith: { a, _ in a })
+        let releaseOfVersion = Dictionary(changed.map { ($0.version.id, $0.version.release) }, uniquingKeysWith: { a, _ in a })
+        for (id, holders) in try inventories(holding: Array(diffs.keys)) {
+            guard let d = diffs[id] else { continue }
+            for inv in holders where !freshKeys.contains(inv) {
+                if releaseOf[inv] == nil { releaseOf[inv] = releaseOfVersion[id] }
+                perInventory[inv, default: ([], [], 0)].added += d.added
+                perInventory[inv, default: ([], [], 0)].removed += d.removed
+                perInventory[inv, default: ([], [], 0)].delta += d.delta
             }
-            writes.append(AssessmentWrite(inventory: inv.key.description, findingsHash: hash, vulnerable: findings.count,
-                                          findings: AdvisoryCoding.encodeFindings(findings)))
-            if d.added.isEmpty && d.removed.isEmpty { continue } // same findings (or none yet), new details
-            report.newFindings += d.added.count
-            report.goneFindings += d.removed.count
-            let paths = images[inv.key.description] ?? []
-            changedKeys.append((inv.key.description, paths))
-            report.changed.append(InventoryChange(inventory: inv.key.description, images: paths, vms: [],
-                                                  ecosystem: eco.names.first, firstAssessment: prev == nil,
-                                                  vulnerable: findings.count, newFindings: d.added, goneFindings: d.removed))
         }
-        if !changedKeys.isEmpty {
-            let vms = try changedKeys.map { try self.vms(withContent: $0.key, paths: $0.paths) }
-            for i in report.changed.indices { report.changed[i].vms = vms[i] }
+        for (inv, d) in perInventory where d.delta != 0 {
+            inventoryWrites.append(InventoryAssessmentWrite(inventory: inv, vulnerable: d.delta, relative: true, assessedAt: now))
         }
-        phase?("match and compare")
-        // Unchanged assessments are re-dated so "last assessed" means "last checked" (a rescan
-        // of some inventories re-dates only those it wrote).
-        try saveAssessments(writes, at: now, redateAll: keys == nil)
-        phase?("write assessments")
+        phase?("compare")
+
+        // Stored in one transaction; every other assessment is now as of this rescan.
+        try saveRescan(packageVersions: writes, inventories: inventoryWrites, through: pending.isEmpty ? nil : pending.through,
+                       redateAll: true, at: now)
+        phase?("write")
+
+        var report = RescanReport(assessedAt: now, inventories: try inventoryCount(), unassessable: [], advisoryEntries: index.entryCount,
+                                  packageVersions: candidates.count, advisoryChanges: pending.keys.values.reduce(0) { $0 + $1.count },
+                                  changed: [], newFindings: 0, goneFindings: 0, vulnerable: try totalVulnerable(), seconds: 0)
+        report.unassessable = try inventoryKeys(releases: releases.filter { eco($0) == nil })
+        let listed = Set(firstFindings.keys).union(perInventory.keys).sorted()
+        if !listed.isEmpty {
+            let images = try imagesByInventory()
+            let counts = try assessedVulnerable(listed)
+            for key in listed {
+                var added: [Finding], removed: [Finding]
+                if let first = firstFindings[key] { added = first; removed = [] } else {
+                    let d = perInventory[key]!
+                    added = d.added.sorted(by: Finding.displayOrder); removed = d.removed.sorted(by: Finding.displayOrder)
+                }
+                if added.isEmpty && removed.isEmpty { continue }
+                report.newFindings += added.count
+                report.goneFindings += removed.count
+                let paths = images[key] ?? []
+                report.changed.append(InventoryChange(inventory: key, images: paths, vms: try vms(withContent: key, paths: paths),
+                                                      ecosystem: releaseOf[key].flatMap { eco($0)?.names.first },
+                                                      firstAssessment: firstFindings[key] != nil, vulnerable: counts[key] ?? added.count,
+                                                      newFindings: added, goneFindings: removed))
+            }
+        }
+        phase?("report")
         report.seconds = Date().timeIntervalSince(start)
         return report
     }
@@ -113,25 +198,21 @@ public struct AffectedVM: Codable, Sendable, Hashable {
 }
 
 extension AdvisoryStore {
-    /// The inventories an advisory import touched: those whose OS ecosystem is one the
-    /// records name and that hold one of the packages they name (by binary or source name).
-    /// Only these need a rescan after the import; the others' findings cannot have changed.
+    /// The inventories an advisory import touched: those holding a package version, in an OS
+    /// whose ecosystem the records name, whose binary or source name they name (through the
+    /// package-version index). Only these can have new findings after the import.
     public func inventoriesTouched(by records: [AdvisoryRecord]) throws -> [String] {
-        var names: [String: Set<String>] = [:]
-        for r in records { for a in r.affected { names[a.ecosystem, default: []].insert(a.package) } }
-        if names.isEmpty { return [] }
-        let redHat = names.keys.filter { $0.hasPrefix("Red Hat:") }
-        var out: [String] = []
-        for inv in try inventories() {
-            guard let eco = inv.ecosystem else { continue }
-            var wanted = Set<String>()
-            for e in eco.names { wanted.formUnion(names[e] ?? []) }
-            if eco.names.contains(where: { $0.hasPrefix("Red Hat") }) { for e in redHat { wanted.formUnion(names[e] ?? []) } }
-            if wanted.isEmpty { continue }
-            if inv.packages.contains(where: { wanted.contains($0.name) || wanted.contains($0.sourceName) }) {
-                out.append(inv.key.description)
-            }
+        var keys: [String: Set<String>] = [:]
+        for r in records { for a in r.affected { keys[a.ecosystem, default: []].insert(a.package) } }
+        if keys.isEmpty { return [] }
+        let changes = PendingAdvisoryChanges(through: 0, keys: keys, since: nil)
+        _ = try indexMissingPackageSets()
+        var ids: [Int64] = []
+        for r in try packageVersionReleases() {
+            guard let e = PackageVersion.ecosystem(ofRelease: r) else { continue }
+            let names = changes.names(for: e)
+            if !names.isEmpty { ids += try packageVersions(release: r, names: names).map(\.id) }
         }
-        return out
+        return Set(try inventories(holding: ids).values.joined()).sorted()
     }
 }

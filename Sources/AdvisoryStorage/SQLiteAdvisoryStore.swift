@@ -42,6 +42,11 @@ public struct SQLiteAdvisoryStore: AdvisoryStore {
                     }
                     row.pk = pk
                     try row.update(db)
+                    // What the old record named changes too (a replacement may drop a package).
+                    try db.execute(sql: """
+                        INSERT INTO advisory_change (ecosystem, package, at)
+                        SELECT DISTINCT ecosystem, package, ? FROM advisory_affected WHERE advisory = ?
+                        """, arguments: [now.timeIntervalSince1970, pk])
                     try db.execute(sql: "DELETE FROM advisory_affected WHERE advisory = ?", arguments: [pk])
                     counts.replaced += 1
                 } else {
@@ -50,6 +55,11 @@ public struct SQLiteAdvisoryStore: AdvisoryStore {
                     counts.added += 1
                 }
                 guard let pk = row.pk else { throw WardenError(.internal, "advisory row has no key after insert") }
+                let logChange = try db.cachedStatement(sql: "INSERT INTO advisory_change (ecosystem, package, at) VALUES (?, ?, ?)")
+                var logged = Set<String>()
+                for a in r.affected where logged.insert(a.ecosystem + "\u{1F}" + a.package).inserted {
+                    try logChange.execute(arguments: [a.ecosystem, a.package, now.timeIntervalSince1970])
+                }
                 for a in r.affected {
                     try AffectedRow(advisory: pk, ecosystem: a.ecosystem, package: a.package, status: a.status.rawValue,
                                     severity: a.severity?.rawValue, ranges: RangeCoding.encode(a.ranges),
@@ -158,11 +168,58 @@ public struct SQLiteAdvisoryStore: AdvisoryStore {
     public func storeInventories(_ items: [NewInventory], at now: Date) throws {
         let blobs = items.map { AdvisoryCoding.encodePackages($0.packages) }
         try database.write { db in
+            var ids = PackageVersionIDs()
             for (i, blob) in zip(items, blobs) {
                 try InventoryRow(key: i.key.description, osId: i.osID, versionId: i.versionID, packageCount: i.packages.count,
                                  packages: blob, inspectedAt: now).save(db)
                 try InventoryImageRow(path: i.image, inventory: i.key.description, scannedAt: now).save(db)
+                try Self.storePackageSet(db, inventory: i.key.description, release: PackageVersion.release(osID: i.osID, versionID: i.versionID),
+                                         packages: i.packages, ids: &ids)
             }
+        }
+    }
+
+    /// Package-version ids already looked up in one write.
+    struct PackageVersionIDs { var byKey: [MatchPackage: Int64] = [:]; var release = "" }
+
+    /// Records `inventory`'s package versions (creating the new ones) and the index from each
+    /// version to the inventories holding it. A changed set drops the inventory's assessment.
+    static func storePackageSet(_ db: Database, inventory: String, release: String, packages: [MatchPackage], ids: inout PackageVersionIDs) throws {
+        if ids.release != release { ids = PackageVersionIDs(byKey: [:], release: release) }
+        let find = try db.cachedStatement(sql: """
+            SELECT id FROM package_version WHERE release = ? AND name = ? AND version = ? AND source_name = ? AND source_version = ?
+            """)
+        let add = try db.cachedStatement(sql: """
+            INSERT INTO package_version (release, name, version, source_name, source_version) VALUES (?, ?, ?, ?, ?)
+            """)
+        var list: [Int64] = []
+        var seen = Set<Int64>()
+        for p in packages {
+            var id = ids.byKey[p]
+            if id == nil {
+                let args: StatementArguments = [release, p.name, p.version, p.sourceName, p.sourceVersion]
+                id = try Int64.fetchOne(find, arguments: args)
+                if id == nil { try add.execute(arguments: args); id = db.lastInsertedRowID }
+                ids.byKey[p] = id
+            }
+            if seen.insert(id!).inserted { list.append(id!) }
+        }
+        let blob = PackageVersionCoding.encode(list)
+        let link = try db.cachedStatement(sql: "INSERT OR IGNORE INTO package_inventory (package_version, package_set) VALUES (?, ?)")
+        if let old = try Row.fetchOne(db, sql: "SELECT id, release, package_versions FROM inventory_package_set WHERE inventory = ?", arguments: [inventory]) {
+            let setID: Int64 = old[0]
+            let oldBlob: Data = old[2]
+            if oldBlob == blob && (old[1] as String) == release { return }
+            let unlink = try db.cachedStatement(sql: "DELETE FROM package_inventory WHERE package_version = ? AND package_set = ?")
+            for v in PackageVersionCoding.decode(oldBlob) { try unlink.execute(arguments: [v, setID]) }
+            try db.execute(sql: "UPDATE inventory_package_set SET release = ?, package_versions = ? WHERE id = ?", arguments: [release, blob, setID])
+            try db.execute(sql: "DELETE FROM assessment WHERE inventory = ?", arguments: [inventory])
+            for v in list { try link.execute(arguments: [v, setID]) }
+        } else {
+            try db.execute(sql: "INSERT INTO inventory_package_set (inventory, release, package_versions) VALUES (?, ?, ?)",
+                           arguments: [inventory, release, blob])
+            let setID = db.lastInsertedRowID
+            for v in list { try link.execute(arguments: [v, setID]) }
         }
     }
 
@@ -194,33 +251,11 @@ public struct SQLiteAdvisoryStore: AdvisoryStore {
 
     // MARK: Assessments
 
-    /// The last assessment of inventory `key`, if any.
-    public func assessment(of key: WardenCore.Digest) throws -> Assessment? {
-        try database.read { db in
-            guard let row = try AssessmentRow.fetchOne(db, key: key.description) else { return nil }
-            return Assessment(inventory: key, assessedAt: row.assessedAt, findings: try Self.decodeFindings(row.findings, db: db))
-        }
-    }
-
     /// When inventory `key` was last assessed.
     public func lastAssessmentTime(of key: WardenCore.Digest) throws -> Date? {
         try database.read { db in
             try Date.fetchOne(db, sql: "SELECT assessed_at FROM assessment WHERE inventory = ?", arguments: [key.description])
         }
-    }
-
-    /// Inventory `key`'s stored findings, or nil when it was never assessed. Aliases and summaries
-    /// are joined from the advisory table only when `details` is set.
-    func storedFindings(of key: WardenCore.Digest, db: Database, details: Bool) throws -> [Finding]? {
-        guard let data = try Data.fetchOne(db, sql: "SELECT findings FROM assessment WHERE inventory = ?",
-                                           arguments: [key.description]) else { return nil }
-        let found = AdvisoryCoding.decodeFindingsWithoutDetails(data)
-        return details ? try Self.addDetails(found, db: db) : found
-    }
-
-    /// Decodes stored findings, joining aliases and summaries from the advisory table.
-    static func decodeFindings(_ data: Data, db: Database) throws -> [Finding] {
-        try addDetails(AdvisoryCoding.decodeFindingsWithoutDetails(data), db: db)
     }
 
     /// `findings` with the aliases and summaries of their advisories, from the advisory table.
@@ -331,30 +366,8 @@ extension SQLiteAdvisoryStore {
         }
     }
 
-    public func assessmentHashes() throws -> [String: String] {
-        try database.read { db in
-            var out: [String: String] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT inventory, findings_hash FROM assessment") { out[r[0]] = r[1] }
-            return out
-        }
-    }
-
-    public func storedFindings(of key: WardenCore.Digest) throws -> [Finding]? {
-        try database.read { db in try storedFindings(of: key, db: db, details: false) }
-    }
-
     public func withDetails(_ findings: [Finding]) throws -> [Finding] {
         try database.read { db in try Self.addDetails(findings, db: db) }
-    }
-
-    public func saveAssessments(_ writes: [AssessmentWrite], at now: Date, redateAll: Bool) throws {
-        try database.write { db in
-            for w in writes {
-                try AssessmentRow(inventory: w.inventory, assessedAt: now, findingsHash: w.findingsHash, vulnerable: w.vulnerable,
-                                  findings: w.findings).save(db)
-            }
-            if redateAll { try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [now.timeIntervalSince1970]) }
-        }
     }
 
     public func vms(withContent key: String, paths: [String]) throws -> [AffectedVM] {

@@ -71,6 +71,12 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
             }
             if rows.isEmpty { return }
             if !replacedPKs.isEmpty {
+                // What the old records named changes too (a replacement may drop a package).
+                try store.query("""
+                    INSERT INTO advisory_change (ecosystem, package, at)
+                    SELECT DISTINCT ecosystem, package, \(Self.seconds(now))::double precision FROM advisory_affected
+                    WHERE advisory = ANY(\(replacedPKs)::bigint[])
+                    """)
                 try store.query("DELETE FROM advisory_affected WHERE advisory = ANY(\(replacedPKs)::bigint[])")
                 try store.query("DELETE FROM advisory WHERE pk = ANY(\(replacedPKs)::bigint[])")
             }
@@ -117,6 +123,10 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
                     SELECT a, e, p, st, NULLIF(sv, -1), r, v, o
                     FROM unnest(\(adv)::bigint[], \(eco)::text[], \(pkg)::text[], \(status)::text[], \(sev)::integer[],
                                 \(ranges)::text[], \(versions)::text[], \(ord)::integer[]) AS x(a, e, p, st, sv, r, v, o)
+                    """)
+                try store.query("""
+                    INSERT INTO advisory_change (ecosystem, package, at)
+                    SELECT DISTINCT e, p, \(t)::double precision FROM unnest(\(eco)::text[], \(pkg)::text[]) AS x(e, p)
                     """)
             }
         }
@@ -281,6 +291,7 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
                 SELECT p, k, \(t)::double precision FROM unnest(\(img.map(\.image))::text[], \(img.map { $0.key.description })::text[]) AS x(p, k)
                 ON CONFLICT (path) DO UPDATE SET inventory = EXCLUDED.inventory, scanned_at = EXCLUDED.scanned_at
                 """)
+            try storePackageSets(inv.map { ($0.key.description, PackageVersion.release(osID: $0.osID, versionID: $0.versionID), $0.packages) })
         }
     }
 
@@ -319,29 +330,8 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
 
     // MARK: Assessments
 
-    public func assessment(of key: WardenCore.Digest) throws -> Assessment? {
-        guard let row = try store.query("SELECT assessed_at, findings FROM assessment WHERE inventory = \(key.description)").first else { return nil }
-        let (at, findings) = try row.decode((Double, ByteBuffer).self)
-        return Assessment(inventory: key, assessedAt: Self.date(at),
-                          findings: try withDetails(AdvisoryCoding.decodeFindingsWithoutDetails(Data(buffer: findings))))
-    }
-
     public func lastAssessmentTime(of key: WardenCore.Digest) throws -> Date? {
         try store.query("SELECT assessed_at FROM assessment WHERE inventory = \(key.description)").first.map { Self.date(try $0.decode(Double.self)) }
-    }
-
-    public func assessmentHashes() throws -> [String: String] {
-        var out: [String: String] = [:]
-        for row in try store.query("SELECT inventory, findings_hash FROM assessment") {
-            let (k, h) = try row.decode((String, String).self)
-            out[k] = h
-        }
-        return out
-    }
-
-    public func storedFindings(of key: WardenCore.Digest) throws -> [Finding]? {
-        guard let row = try store.query("SELECT findings FROM assessment WHERE inventory = \(key.description)").first else { return nil }
-        return AdvisoryCoding.decodeFindingsWithoutDetails(Data(buffer: try row.decode(ByteBuffer.self)))
     }
 
     public func withDetails(_ findings: [Finding]) throws -> [Finding] {
@@ -362,27 +352,6 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
             }
         }
         return out
-    }
-
-    public func saveAssessments(_ writes: [AssessmentWrite], at now: Date, redateAll: Bool) throws {
-        let t = Self.seconds(now)
-        // The last write for an inventory wins.
-        var last: [String: Int] = [:]
-        for (i, w) in writes.enumerated() { last[w.inventory] = i }
-        let ws = last.values.sorted().map { writes[$0] }
-        try store.transaction {
-            if !ws.isEmpty {
-                try store.query("""
-                    INSERT INTO assessment (inventory, assessed_at, findings_hash, vulnerable, findings)
-                    SELECT i, \(t)::double precision, h, v, f
-                    FROM unnest(\(ws.map(\.inventory))::text[], \(ws.map(\.findingsHash))::text[], \(ws.map(\.vulnerable))::integer[],
-                                \(ws.map { ByteBuffer(data: $0.findings) })::bytea[]) AS x(i, h, v, f)
-                    ON CONFLICT (inventory) DO UPDATE SET assessed_at = EXCLUDED.assessed_at, findings_hash = EXCLUDED.findings_hash,
-                        vulnerable = EXCLUDED.vulnerable, findings = EXCLUDED.findings
-                    """)
-            }
-            if redateAll { try store.query("UPDATE assessment SET assessed_at = \(t)") }
-        }
     }
 
     // MARK: Export

@@ -261,6 +261,61 @@ enum PostgresMigrations {
             "CREATE INDEX jobs_open ON jobs(host, state, id) WHERE state IN ('queued', 'leased')",
             "CREATE UNIQUE INDEX jobs_one_open ON jobs(kind, coalesce(host, ''), target) WHERE state IN ('queued', 'leased')",
         ]),
+        // Findings per distinct package version (issue 17), as in the SQLite store: assessments
+        // are derived data, dropped here and rebuilt by the next rescan.
+        Migration(name: "pg-advisories-2-package-versions", statements: [
+            """
+            CREATE TABLE package_version (
+                id BIGSERIAL PRIMARY KEY,
+                release TEXT NOT NULL,
+                name TEXT NOT NULL,
+                version TEXT NOT NULL,
+                source_name TEXT NOT NULL,
+                source_version TEXT NOT NULL,
+                findings BYTEA,
+                findings_hash TEXT,
+                vulnerable INTEGER NOT NULL DEFAULT 0 CHECK (vulnerable >= 0),
+                assessed_at DOUBLE PRECISION,
+                UNIQUE (release, name, version, source_name, source_version)
+            )
+            """,
+            "CREATE INDEX package_version_by_source ON package_version(release, source_name)",
+            "CREATE INDEX package_version_unassessed ON package_version(id) WHERE assessed_at IS NULL",
+            """
+            CREATE TABLE inventory_package_set (
+                id BIGSERIAL PRIMARY KEY,
+                inventory TEXT NOT NULL UNIQUE REFERENCES inventory(key) ON DELETE CASCADE,
+                release TEXT NOT NULL,
+                package_versions BYTEA NOT NULL
+            )
+            """,
+            "CREATE INDEX inventory_package_set_by_release ON inventory_package_set(release)",
+            """
+            CREATE TABLE package_inventory (
+                package_version BIGINT NOT NULL,
+                package_set BIGINT NOT NULL,
+                PRIMARY KEY (package_version, package_set)
+            )
+            """,
+            """
+            CREATE TABLE advisory_change (
+                seq BIGSERIAL PRIMARY KEY,
+                ecosystem TEXT NOT NULL,
+                package TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE rescan_state (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                through BIGINT NOT NULL,
+                at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "DELETE FROM assessment",
+            "ALTER TABLE assessment DROP COLUMN findings_hash",
+            "ALTER TABLE assessment DROP COLUMN findings",
+        ]),
     ]
 
     /// Applies the pending migrations in one transaction, under an advisory lock so that

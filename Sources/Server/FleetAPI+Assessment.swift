@@ -11,7 +11,8 @@ import WardenCore
 
 /// Fleet-wide assessment as work on the database (docs/fleet.md): advisories imported on the
 /// server, inventories reported by agents, scan jobs agents claim for their own host, and
-/// rescan jobs the server runs for exactly the inventories an import touched.
+/// rescan jobs the server runs for the inventories an import touched (found through the
+/// package-version index; each rescan re-matches only the package versions that changed).
 extension FleetAPI {
     /// Largest advisory feed one request may carry (split bigger feeds).
     public static let maxFeedBytes = 64 << 20
@@ -173,8 +174,9 @@ extension FleetAPI {
             let ran = (try? await blocking { s -> Int in
                 let jobs = try s.jobs.claim(host: nil, worker: worker, lease: 120, limit: 100, at: Date())
                 if jobs.isEmpty { return 0 }
-                let keys = Set(jobs.filter { $0.kind == .rescan }.map(\.target))
-                let report = try s.advisories.rescan(at: Date(), only: keys)
+                // One incremental rescan takes in every pending change: the queued inventories and
+                // any others the same imports touched.
+                let report = try s.advisories.rescan(at: Date())
                 for j in jobs {
                     _ = try s.jobs.complete(j.id, worker: worker, result: "rescanned: \(report.newFindings) new, \(report.goneFindings) gone findings", at: Date())
                 }

@@ -71,5 +71,58 @@ enum AdvisoryMigrations {
             ) STRICT;
             """)
         },
+        packageVersions,
     ]
+}
+
+extension AdvisoryMigrations {
+    /// Findings per distinct package version instead of per inventory (issue 17): a rescan
+    /// re-matches what an import touched and reaches inventories through `package_inventory`.
+    /// Assessments are derived data: they are dropped here and the next rescan rebuilds them
+    /// (inventories get their package sets then, `indexMissingPackageSets`).
+    static let packageVersions = WardenSchema.Migration("advisories-v2-package-versions") { db in
+        try db.execute(sql: """
+        CREATE TABLE package_version (
+            id INTEGER PRIMARY KEY,
+            release TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            source_name TEXT NOT NULL,
+            source_version TEXT NOT NULL,
+            findings BLOB,
+            findings_hash TEXT,
+            vulnerable INTEGER NOT NULL DEFAULT 0 CHECK (vulnerable >= 0),
+            assessed_at REAL,
+            UNIQUE (release, name, version, source_name, source_version)
+        ) STRICT;
+        CREATE INDEX package_version_by_source ON package_version(release, source_name);
+        CREATE INDEX package_version_unassessed ON package_version(id) WHERE assessed_at IS NULL;
+        CREATE TABLE inventory_package_set (
+            id INTEGER PRIMARY KEY,
+            inventory TEXT NOT NULL UNIQUE REFERENCES inventory(key) ON DELETE CASCADE,
+            release TEXT NOT NULL,
+            package_versions BLOB NOT NULL
+        ) STRICT;
+        CREATE INDEX inventory_package_set_by_release ON inventory_package_set(release);
+        CREATE TABLE package_inventory (
+            package_version INTEGER NOT NULL,
+            package_set INTEGER NOT NULL,
+            PRIMARY KEY (package_version, package_set)
+        ) WITHOUT ROWID, STRICT;
+        CREATE TABLE advisory_change (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ecosystem TEXT NOT NULL,
+            package TEXT NOT NULL,
+            at REAL NOT NULL
+        ) STRICT;
+        CREATE TABLE rescan_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            through INTEGER NOT NULL,
+            at REAL NOT NULL
+        ) STRICT;
+        DELETE FROM assessment;
+        ALTER TABLE assessment DROP COLUMN findings_hash;
+        ALTER TABLE assessment DROP COLUMN findings;
+        """)
+    }
 }

@@ -19,24 +19,29 @@ struct FleetCommand: ParsableCommand {
 
     struct Rescan: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Re-match every stored inventory against the current advisories; report new and gone findings.",
+            abstract: "Bring every stored inventory's assessment up to date with the current advisories; report new and gone findings.",
             discussion: """
-            No image is opened: inventories stored by `warden scan` are enough. Reports, per inventory \
-            whose findings changed since its last assessment, the findings that appeared and the ones \
-            that went away, with the images (and VMs) that carry that content. JSON shape: docs/advisories.md.
+            No image is opened: inventories stored by `warden scan` are enough. The work follows the \
+            change: only the distinct package versions that advisory imports since the last rescan \
+            touched (and ones never assessed) are re-matched, each once for the whole fleet; with \
+            nothing new it returns at once. `--full` re-matches every package version. Reports, per \
+            inventory whose findings changed since its last assessment, the findings that appeared and \
+            the ones that went away, with the images (and VMs) that carry that content. JSON shape: \
+            docs/advisories.md.
             """
         )
         @OptionGroup var database: DatabaseOption
         @Flag(help: "Print JSON.") var json = false
         @Option(help: ArgumentHelp("Findings listed per changed inventory in human output.", valueName: "n"))
         var limit: Int = 20
+        @Flag(help: "Re-match every package version, not only those touched since the last rescan.") var full = false
         @Flag(help: .hidden) var timing = false
 
         func run() throws {
             let db = try database.open()
             let store = SQLiteAdvisoryStore(db)
             var phases = PhaseClock()
-            let report = try store.rescan(phase: timing ? { phases.lap($0) } : nil)
+            let report = try store.rescan(full: full, phase: timing ? { phases.lap($0) } : nil)
             // New findings at the shield severity shield the running VMs that carry them.
             let ledger = SQLiteLedger(database: db)
             let net = NetworkService(ledger: ledger, policyDirectory: PolicySet.defaultDirectory())
@@ -54,7 +59,7 @@ struct FleetCommand: ParsableCommand {
             if timing { phases.lap("done"); for l in phases.lines { Output.note(l) } }
             try Output.render(report, json: json) {
                 let out = Output.stdout
-                out.line("rescanned \(report.inventories) inventories against \(report.advisoryEntries) advisory entries in \(String(format: "%.2f", report.seconds)) s: \(report.changed.count) changed, \(report.newFindings) new findings, \(report.goneFindings) gone, \(report.vulnerable) vulnerable in all")
+                out.line("rescanned \(report.inventories) inventories (\(report.packageVersions) package versions re-matched after \(report.advisoryChanges) advisory changes) against \(report.advisoryEntries) advisory entries in \(String(format: "%.2f", report.seconds)) s: \(report.changed.count) changed, \(report.newFindings) new findings, \(report.goneFindings) gone, \(report.vulnerable) vulnerable in all")
                 for c in report.changed {
                     var images = c.images.isEmpty ? "no image path" : c.images.joined(separator: ", ")
                     if !c.vms.isEmpty { images += "; VMs " + c.vms.map { "\($0.name) \($0.id)" }.joined(separator: ", ") }
