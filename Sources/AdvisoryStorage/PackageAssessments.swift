@@ -52,8 +52,11 @@ extension AdvisoryStore {
         let pending = try pendingAdvisoryChanges()
         var writes: [PackageVersionWrite] = []
         var stale = false
+        // The count is that of the findings stored for it (a later rescan adds its changes to it).
+        var vulnerable = 0
         for v in versions {
             let group = groups["\(v.package.name)\u{1F}\(v.package.version)\u{1F}\(v.package.sourceName)"] ?? []
+            vulnerable += v.findingsHash == nil ? group.count : v.vulnerable
             if v.findingsHash == nil {
                 writes.append(PackageVersionWrite(id: v.id, findingsHash: AdvisoryCoding.findingsHash(group), vulnerable: group.count,
                                                   findings: AdvisoryCoding.encodeFindings(group)))
@@ -63,7 +66,7 @@ extension AdvisoryStore {
             }
         }
         let at = stale ? (pending.since ?? now).addingTimeInterval(-0.001) : now
-        try saveRescan(packageVersions: writes, inventories: [InventoryAssessmentWrite(inventory: key.description, vulnerable: vuln.count, assessedAt: at)],
+        try saveRescan(packageVersions: writes, inventories: [InventoryAssessmentWrite(inventory: key.description, vulnerable: vulnerable, assessedAt: at)],
                        through: nil, redateAll: false, at: now)
     }
 }

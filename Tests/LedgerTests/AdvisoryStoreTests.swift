@@ -75,6 +75,48 @@ import StoreTestSupport
         }
     }
 
+    /// A scan between an import and the rescan never takes the import's change away from the
+    /// rescan's report: package versions it shares with other inventories keep their findings,
+    /// and its assessment is dated before the import until the rescan.
+    @Test(arguments: StoreBackend.all) func scanBeforeRescanLeavesTheChangeToTheRescan(_ backend: StoreBackend) throws {
+        try withStore(backend) { store in
+            let debian = GuestEcosystem.from(osID: "debian", versionID: "12")!
+            let ssl = MatchPackage(name: "libssl3", version: "3.0.1-1", sourceName: "openssl", sourceVersion: "3.0.1-1")
+            let zlib = MatchPackage(name: "zlib1g", version: "1.2-1", sourceName: "zlib", sourceVersion: "1.2-1")
+            let curl = MatchPackage(name: "curl", version: "7.0-1", sourceName: "curl", sourceVersion: "7.0-1")
+            let a = Digest(algorithm: "sha256", hex: String(repeating: "a1", count: 32))
+            let b = Digest(algorithm: "sha256", hex: String(repeating: "b2", count: 32))
+            _ = try store.importRecords([record("Z", modified: 1, fixed: "1.3-1", package: "zlib")], at: Date(timeIntervalSince1970: 1_000), file: "f")
+            try store.storeInventory(key: a, image: "/img/a.qcow2", osID: "debian", versionID: "12", packages: [ssl, zlib], at: Date(timeIntervalSince1970: 1_100))
+            var r = try store.rescan(at: Date(timeIntervalSince1970: 2_000))
+            #expect(r.changed.map(\.inventory) == [a.description] && r.newFindings == 1)
+            #expect(try store.inventoriesTouched(by: [record("S", modified: 1, fixed: "3.0.2-1")]) == [a.description])
+            #expect(try store.inventoriesTouched(by: [record("C", modified: 1, fixed: "8-1", package: "curl")]).isEmpty)
+
+            // An openssl advisory arrives; before any rescan, a scan stores inventory b (openssl
+            // shared with a, curl new) and records what it matched live.
+            _ = try store.importRecords([record("S", modified: 1, fixed: "3.0.2-1")], at: Date(timeIntervalSince1970: 3_000), file: "f")
+            try store.storeInventory(key: b, image: "/img/b.qcow2", osID: "debian", versionID: "12", packages: [ssl, curl], at: Date(timeIntervalSince1970: 3_100))
+            let live = Matcher(index: try store.loadIndex(ecosystems: ["Debian:12"])).findings(packages: [ssl, curl], ecosystem: debian)
+            #expect(live.map(\.advisory) == ["S"])
+            try store.saveAssessment(b, findings: live, at: Date(timeIntervalSince1970: 3_200))
+            let dated = try #require(try store.lastAssessmentTime(of: b))
+            #expect(dated < Date(timeIntervalSince1970: 3_000), "dated before the import it has not taken in")
+
+            // The rescan reports the new openssl finding for a (and b's first assessment).
+            r = try store.rescan(at: Date(timeIntervalSince1970: 4_000))
+            #expect(r.advisoryChanges == 1)
+            let forA = try #require(r.changed.first { $0.inventory == a.description })
+            #expect(forA.newFindings.map(\.advisory) == ["S"] && forA.vulnerable == 2 && !forA.firstAssessment)
+            #expect(try store.latestFindings(for: b).map(\.advisory) == ["S"])
+            #expect(try store.lastAssessmentTime(of: b) == Date(timeIntervalSince1970: 4_000))
+            #expect(r.vulnerable == 3)
+            // Nothing new: nothing matched, nothing changed.
+            r = try store.rescan(at: Date(timeIntervalSince1970: 5_000))
+            #expect(r.packageVersions == 0 && r.changed.isEmpty && r.vulnerable == 3)
+        }
+    }
+
     @Test(arguments: StoreBackend.all) func rescanReportsNewAndGoneFindingsAndStoresAssessments(_ backend: StoreBackend) throws {
         try withStore(backend) { store in
             let key = Digest(algorithm: "sha256", hex: String(repeating: "cd", count: 32))
