@@ -252,8 +252,9 @@ public protocol AdvisoryStore: AdvisoryFacts {
     func advisoryRecords(after cursor: AdvisoryCursor?, limit: Int) throws -> (records: [AdvisoryRecord], next: AdvisoryCursor?)
 
     // The ledger beside it
-    /// Ledger VMs with a disk whose fingerprint is `key` or whose path is one of `paths`.
-    func vms(withContent key: String, paths: [String]) throws -> [AffectedVM]
+    /// For each content key: the ledger VMs with a disk whose fingerprint is that key or whose
+    /// path is one of its paths, by VM name (each VM once, with its first such disk).
+    func vms(withContents contents: [String: [String]]) throws -> [String: [AffectedVM]]
 }
 
 extension AdvisoryStore {
@@ -275,5 +276,10 @@ extension AdvisoryStore {
     /// Ledger VMs with a disk of content `key` or at one of `paths`.
     public func vms(withContent key: WardenCore.Digest, paths: [String]) throws -> [AffectedVM] {
         try vms(withContent: key.description, paths: paths)
+    }
+
+    /// Ledger VMs with a disk whose fingerprint is `key` or whose path is one of `paths`.
+    public func vms(withContent key: String, paths: [String]) throws -> [AffectedVM] {
+        try vms(withContents: [key: paths])[key] ?? []
     }
 }

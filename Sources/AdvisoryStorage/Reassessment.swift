@@ -120,20 +120,40 @@ extension AdvisoryStore {
         }
         let newFindingsOf = Dictionary(uniqueKeysWithValues: changed.map { ($0.version.id, $0.findings) })
 
-        // Inventories never assessed: every finding of theirs is new.
+        // Inventories never assessed: every finding of theirs is new. Their versions' findings
+        // go into one pool sorted once; each inventory's list is its share of the pool by rank.
         let fresh = try unassessedInventories().filter { eco($0.release) != nil }
         let freshKeys = Set(fresh.map(\.key))
+        let freshVersions = Set(fresh.flatMap(\.packageVersions)).sorted()
         var stored: [Int64: [Finding]] = [:]
-        let missing = Set(fresh.flatMap(\.packageVersions)).filter { newFindingsOf[$0] == nil }
-        for (id, blob) in try packageVersionFindings(Array(missing)) { stored[id] = try withDetails(AdvisoryCoding.decodeFindingsWithoutDetails(blob)) }
+        let storedBlobs = try packageVersionFindings(freshVersions.filter { newFindingsOf[$0] == nil })
+        if !storedBlobs.isEmpty {
+            var flat: [Finding] = [], ranges: [(Int64, Range<Int>)] = []
+            for (id, blob) in storedBlobs {
+                let list = AdvisoryCoding.decodeFindingsWithoutDetails(blob)
+                ranges.append((id, flat.count..<(flat.count + list.count)))
+                flat += list
+            }
+            let detailed = try withDetails(flat)
+            for (id, r) in ranges { stored[id] = Array(detailed[r]) }
+        }
+        var pool: [Finding] = []
+        var rangeOf: [Int64: Range<Int>] = [:]
+        for id in freshVersions {
+            guard let list = newFindingsOf[id] ?? stored[id], !list.isEmpty else { continue }
+            rangeOf[id] = pool.count..<(pool.count + list.count)
+            pool += list
+        }
+        var rank = [Int](repeating: 0, count: pool.count)
+        for (r, i) in pool.indices.sorted(by: { Finding.displayOrder(pool[$0], pool[$1]) }).enumerated() { rank[i] = r }
         var inventoryWrites: [InventoryAssessmentWrite] = []
         var firstFindings: [String: [Finding]] = [:]
         for f in fresh {
-            var all: [Finding] = []
-            for id in f.packageVersions { all += newFindingsOf[id] ?? stored[id] ?? [] }
-            all.sort(by: Finding.displayOrder)
-            firstFindings[f.key] = all
-            inventoryWrites.append(InventoryAssessmentWrite(inventory: f.key, vulnerable: all.count, assessedAt: now))
+            var share: [Int] = []
+            for id in f.packageVersions { if let r = rangeOf[id] { share.append(contentsOf: r) } }
+            share.sort { rank[$0] < rank[$1] }
+            firstFindings[f.key] = share.map { pool[$0] }
+            inventoryWrites.append(InventoryAssessmentWrite(inventory: f.key, vulnerable: share.count, assessedAt: now))
         }
 
         // Inventories holding a version whose findings changed.
@@ -167,6 +187,7 @@ extension AdvisoryStore {
         if !listed.isEmpty {
             let images = try imagesByInventory()
             let counts = try assessedVulnerable(listed)
+            let vmsOf = try vms(withContents: Dictionary(uniqueKeysWithValues: listed.map { ($0, images[$0] ?? []) }))
             for key in listed {
                 var added: [Finding], removed: [Finding]
                 if let first = firstFindings[key] { added = first; removed = [] } else {
@@ -177,7 +198,7 @@ extension AdvisoryStore {
                 report.newFindings += added.count
                 report.goneFindings += removed.count
                 let paths = images[key] ?? []
-                report.changed.append(InventoryChange(inventory: key, images: paths, vms: try vms(withContent: key, paths: paths),
+                report.changed.append(InventoryChange(inventory: key, images: paths, vms: vmsOf[key] ?? [],
                                                       ecosystem: releaseOf[key].flatMap { eco($0)?.names.first },
                                                       firstAssessment: firstFindings[key] != nil, vulnerable: counts[key] ?? added.count,
                                                       newFindings: added, goneFindings: removed))
@@ -195,6 +216,35 @@ public struct AffectedVM: Codable, Sendable, Hashable {
     public var name: String
     public var disk: String
     public init(id: String, name: String, disk: String) { self.id = id; self.name = name; self.disk = disk }
+
+    /// One ledger disk row as the backends read it for ``AdvisoryStore/vms(withContents:)``.
+    public struct DiskRow: Sendable {
+        public var vm: String, name: String, path: String, index: Int, fingerprint: String?
+        public init(vm: String, name: String, path: String, index: Int, fingerprint: String?) {
+            self.vm = vm; self.name = name; self.path = path; self.index = index; self.fingerprint = fingerprint
+        }
+    }
+
+    /// Per content key, the VMs of `rows` with a disk of that fingerprint or at one of its
+    /// paths: ordered by VM name (bytewise), id and disk index, each VM once.
+    public static func pick(_ rows: [DiskRow], for contents: [String: [String]]) -> [String: [AffectedVM]] {
+        let sorted = rows.sorted { a, b in
+            if a.name != b.name { return Array(a.name.utf8).lexicographicallyPrecedes(b.name.utf8) }
+            if a.vm != b.vm { return a.vm < b.vm }
+            return a.index < b.index
+        }
+        var out: [String: [AffectedVM]] = [:]
+        for (key, paths) in contents {
+            let wanted = Set(paths)
+            var seen = Set<String>()
+            let list = sorted.compactMap { r -> AffectedVM? in
+                guard r.fingerprint == key || wanted.contains(r.path), seen.insert(r.vm).inserted else { return nil }
+                return AffectedVM(id: r.vm, name: r.name, disk: r.path)
+            }
+            if !list.isEmpty { out[key] = list }
+        }
+        return out
+    }
 }
 
 extension AdvisoryStore {

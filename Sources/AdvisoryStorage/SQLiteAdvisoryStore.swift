@@ -262,12 +262,17 @@ public struct SQLiteAdvisoryStore: AdvisoryStore {
     static func addDetails(_ findings: [Finding], db: Database) throws -> [Finding] {
         var out = findings
         let stmt = try db.cachedStatement(sql: "SELECT aliases, summary FROM advisory WHERE source = ? AND id = ?")
+        // Many findings share an advisory: each is read once.
+        var known: [String: (aliases: [String], summary: String?)?] = [:]
         for i in out.indices {
-            if let row = try Row.fetchOne(stmt, arguments: [out[i].source, out[i].advisory]) {
-                let a: String = row["aliases"]
-                out[i].aliases = a.isEmpty ? [] : a.split(separator: "\u{1F}").map(String.init)
-                out[i].summary = row["summary"]
+            let k = out[i].source + "\u{1F}" + out[i].advisory
+            if known[k] == nil {
+                known[k] = .some(try Row.fetchOne(stmt, arguments: [out[i].source, out[i].advisory]).map { row in
+                    let a: String = row["aliases"]
+                    return (a.isEmpty ? [] : a.split(separator: "\u{1F}").map(String.init), row["summary"])
+                })
             }
+            if let d = known[k] ?? nil { out[i].aliases = d.aliases; out[i].summary = d.summary }
         }
         return out
     }
@@ -370,23 +375,21 @@ extension SQLiteAdvisoryStore {
         try database.read { db in try Self.addDetails(findings, db: db) }
     }
 
-    public func vms(withContent key: String, paths: [String]) throws -> [AffectedVM] {
-        try database.read { db in try Self.vms(db, key: key, paths: paths) }
-    }
-
-    static func vms(_ db: Database, key: String, paths: [String]) throws -> [AffectedVM] {
-        var sql = "SELECT d.vm, v.name, d.path FROM disks d JOIN vms v ON v.id = d.vm WHERE d.fingerprint = ?"
-        var args: [any DatabaseValueConvertible] = [key]
-        if !paths.isEmpty {
-            sql += " OR d.path IN (\(paths.map { _ in "?" }.joined(separator: ",")))"
-            args += paths.map { $0 as any DatabaseValueConvertible }
-        }
-        sql += " ORDER BY v.name, d.vm, d.idx"
-        var seen = Set<String>()
-        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { r in
-            let id: String = r[0]
-            guard seen.insert(id).inserted else { return nil }
-            return AffectedVM(id: id, name: r[1], disk: r[2])
+    public func vms(withContents contents: [String: [String]]) throws -> [String: [AffectedVM]] {
+        guard !contents.isEmpty else { return [:] }
+        return try database.read { db in
+            var rows: [AffectedVM.DiskRow] = []
+            var seen = Set<String>()
+            let select = "SELECT d.vm, v.name, d.path, d.idx, d.fingerprint FROM disks d JOIN vms v ON v.id = d.vm WHERE "
+            for (column, values) in [("d.fingerprint", Array(contents.keys)), ("d.path", Array(Set(contents.values.joined())))] {
+                try Self.chunked(values.sorted()) { chunk in
+                    for r in try Row.fetchAll(db, sql: select + "\(column) IN (\(Self.marks(chunk.count)))", arguments: StatementArguments(chunk))
+                    where seen.insert("\(r[0] as String)\u{1F}\(r[3] as Int)").inserted {
+                        rows.append(AffectedVM.DiskRow(vm: r[0], name: r[1], path: r[2], index: r[3], fingerprint: r[4]))
+                    }
+                }
+            }
+            return AffectedVM.pick(rows, for: contents)
         }
     }
 }

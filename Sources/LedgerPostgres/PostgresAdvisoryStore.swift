@@ -389,16 +389,15 @@ public struct PostgresAdvisoryStore: AdvisoryStore {
 
     // MARK: The ledger beside it
 
-    public func vms(withContent key: String, paths: [String]) throws -> [AffectedVM] {
-        var seen = Set<String>()
-        return try store.query("""
-            SELECT d.vm, v.name, d.path FROM disks d JOIN vms v ON v.id = d.vm
-            WHERE d.fingerprint = \(key) OR d.path = ANY(\(paths)::text[])
-            ORDER BY v.name COLLATE "C", d.vm, d.idx
-            """).compactMap { row in
-            let (id, name, path) = try row.decode((String, String, String).self)
-            guard seen.insert(id).inserted else { return nil }
-            return AffectedVM(id: id, name: name, disk: path)
+    public func vms(withContents contents: [String: [String]]) throws -> [String: [AffectedVM]] {
+        guard !contents.isEmpty else { return [:] }
+        let rows = try store.query("""
+            SELECT d.vm, v.name, d.path, d.idx, d.fingerprint FROM disks d JOIN vms v ON v.id = d.vm
+            WHERE d.fingerprint = ANY(\(Array(contents.keys))::text[]) OR d.path = ANY(\(Array(Set(contents.values.joined())))::text[])
+            """).map { row in
+            let (vm, name, path, idx, fp) = try row.decode((String, String, String, Int32, String?).self)
+            return AffectedVM.DiskRow(vm: vm, name: name, path: path, index: Int(idx), fingerprint: fp)
         }
+        return AffectedVM.pick(rows, for: contents)
     }
 }
