@@ -2,7 +2,12 @@ import WardenCore
 
 /// The container formats Warden reads.
 public enum ImageFormat: String, CaseIterable, Sendable, Codable {
-    case raw, qcow2, vmdk
+    case raw, qcow2, vmdk, vhd, vhdx, vdi
+
+    /// The format qemu names `name` (`vpc` is VHD), as a backing format or `-f`.
+    public init?(qemuName name: String) {
+        self.init(rawValue: name == "vpc" ? "vhd" : name)
+    }
 }
 
 /// An internal snapshot recorded in an image (qcow2).
@@ -171,6 +176,12 @@ public enum ImageOpener {
                     throw WardenError(.invalidArgument, "VMDK images have no internal snapshots", file: path)
                 }
                 return try VMDK.open(file: file, context: ctx)
+            case .vhd:
+                return try VHD.open(file: file, context: ctx)
+            case .vdi:
+                return try VDI.open(file: file, context: ctx)
+            case .vhdx:
+                return try VHDX.open(file: file, context: ctx)
             }
         } catch let e as WardenError {
             throw e.inFile(path)
@@ -179,8 +190,8 @@ public enum ImageOpener {
 
     /// Detects the container format from the file's first bytes.
     ///
-    /// Formats Warden cannot read (VHD, VHDX, VDI, QED) are refused rather
-    /// than silently read as raw; force `--format raw` to read them as bytes.
+    /// Formats Warden cannot read (QED, VMDK3) are refused rather than silently read as raw;
+    /// force `--format raw` to read them as bytes. A fixed VHD is recognised by its footer.
     public static func detect(_ file: ImageFile) throws -> ImageFormat {
         let head = try file.readPrefix(at: 0, count: 512)
         func starts(_ magic: [UInt8], at off: Int = 0) -> Bool {
@@ -192,18 +203,14 @@ public enum ImageOpener {
             throw WardenError.unsupported("VMDK3 (COWD) sparse images are not supported", file: file.path)
         }
         if starts(Array("# Disk DescriptorFile".utf8)) { return .vmdk }
-        if starts(Array("conectix".utf8)) {
-            throw WardenError.unsupported("VHD images are not supported (convert with qemu-img, or force --format raw)", file: file.path)
-        }
-        if starts(Array("vhdxfile".utf8)) {
-            throw WardenError.unsupported("VHDX images are not supported (convert with qemu-img, or force --format raw)", file: file.path)
-        }
-        if starts([0x7F, 0x10, 0xDA, 0xBE], at: 64) {
-            throw WardenError.unsupported("VDI images are not supported (convert with qemu-img, or force --format raw)", file: file.path)
-        }
+        if starts(Array("conectix".utf8)) { return .vhd }              // dynamic VHD (footer copy)
+        if starts(Array("vhdxfile".utf8)) { return .vhdx }
+        if starts([0x7F, 0x10, 0xDA, 0xBE], at: 64) { return .vdi }
         if starts([0x51, 0x45, 0x44, 0x00]) {
             throw WardenError.unsupported("QED images are not supported (convert with qemu-img, or force --format raw)", file: file.path)
         }
+        // A fixed VHD is its guest bytes followed by a footer: recognised by the footer.
+        if VHD.hasFixedFooter(file) { return .vhd }
         return .raw
     }
 }

@@ -658,8 +658,8 @@ extension ImageOpener {
             let dev = RawDevice(file: file)
             return WritableOpenedImage(device: dev, chain: [ImageInfo(
                 path: path, format: .raw, virtualSize: dev.size, fileSize: file.length, allocatedSize: file.allocatedBytes)])
-        case .vmdk:
-            throw WardenError.unsupported("writing VMDK images is not supported (use a qcow2 overlay)", file: path)
+        case .vmdk, .vhd, .vhdx, .vdi:
+            throw WardenError.unsupported("writing \(format.rawValue.uppercased()) images is not supported (use a qcow2 overlay)", file: path)
         }
     }
 }
