@@ -14,6 +14,9 @@ let package = Package(
         ]),
         .executableTarget(name: "FuzzQCOW2", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
         .executableTarget(name: "FuzzVMDK", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
+        .executableTarget(name: "FuzzVHD", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
+        .executableTarget(name: "FuzzVHDX", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
+        .executableTarget(name: "FuzzVDI", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
         .executableTarget(name: "FuzzPartitions", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"),
             .product(name: "Partitions", package: "Warden"), .product(name: "GuestFS", package: "Warden"),

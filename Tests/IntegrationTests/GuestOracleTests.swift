@@ -37,6 +37,32 @@ import WardenTestSupport
                          logicalVolume: "/dev/mapper/vg0-root"))
     }
 
+    /// Guest A converted by qemu-img into VHDX, VDI and VHD inspects exactly as the qcow2 does
+    /// (everything but the `image` facts).
+    @Test(.enabled(if: GuestFixtures.available, "needs root, debootstrap and the Debian mirror"))
+    func guestAInspectsTheSameInEveryFormat() throws {
+        let qcow2 = try GuestFixtures.guestA() + "/disk.qcow2"
+        let formats = [("vhdx", "subformat=dynamic", "disk.vhdx"), ("vdi", "static=off", "disk.vdi"), ("vpc", "force_size=on", "disk.vhd")]
+        let dir = try Fixtures.cached("guest-a-formats", recipe: "v1 " + qcow2 + formats.map { "\($0)" }.joined()) { dir in
+            for (fmt, options, name) in formats {
+                try Tool.run(["qemu-img", "convert", "-f", "qcow2", "-O", fmt, "-o", options, qcow2, name], cwd: dir)
+            }
+        }
+        func inventory(_ path: String) throws -> [String: Any] {
+            let r = try WardenRun.run(["inspect", "--json", path], timeoutSeconds: 120)
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            var inv = try #require((try JSONSerialization.jsonObject(with: r.stdout) as? [[String: Any]])?.first)
+            inv["image"] = nil
+            return inv
+        }
+        let want = try inventory(qcow2)
+        #expect(want["os"] != nil && want["packages"] != nil)
+        for (_, _, name) in formats {
+            let got = try inventory(dir + "/" + name)
+            #expect(NSDictionary(dictionary: got).isEqual(to: want), "\(name) inspects differently")
+        }
+    }
+
     // MARK: -
 
     func check(_ e: Expect) throws {
