@@ -76,15 +76,25 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
             throw WardenError(.invalidArgument, "mapping of \(length) bytes at \(hex(offset)) is beyond the end of the \(size)-byte device")
         }
         var out: [BlockExtent] = []
-        var pos = offset
-        while pos < end {
-            let block = Int(pos / blockSize)
-            let n = min(end - pos, blockSize - pos % blockSize)
-            let kind: BlockExtent.Kind = table[block] >= Self.zeroMark ? .zero : .data
-            if let last = out.last, last.kind == kind, last.offset + last.length == pos {
+        func add(_ at: UInt64, _ n: UInt64, _ kind: BlockExtent.Kind) {
+            guard n > 0 else { return }
+            if let last = out.last, last.kind == kind, last.offset + last.length == at {
                 out[out.count - 1].length += n
             } else {
-                out.append(BlockExtent(offset: pos, length: n, kind: kind))
+                out.append(BlockExtent(offset: at, length: n, kind: kind))
+            }
+        }
+        var pos = offset
+        while pos < end {
+            let block = Int(pos / blockSize), within = pos % blockSize
+            let n = min(end - pos, blockSize - within)
+            let entry = table[block]
+            if entry >= Self.zeroMark {
+                add(pos, n, .zero)
+            } else {
+                // An allocated block may still be a hole in the host file (written in part).
+                let start = entry + within
+                for h in try SparseMap.holes(fd: file.fd, offset: start, length: n) { add(pos + (h.offset - start), h.length, h.kind) }
             }
             pos += n
         }
