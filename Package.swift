@@ -79,8 +79,10 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ]),
-        .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", pkgConfig: "libvirt",
-                       providers: [.apt(["libvirt-dev"])]),
+        // libvirt's declarations only: the library is loaded on first use by CLibvirtLazy
+        // (docs/decisions.md), so commands that never call it do not pay for loading it.
+        .systemLibrary(name: "CLibvirt", path: "Sources/CLibvirt", providers: [.apt(["libvirt-dev"])]),
+        .target(name: "CLibvirtLazy", path: "Sources/CLibvirtLazy"),
         // The database file, its plumbing and its one schema (every component's migrations,
         // in one order), and the guest counters a rollback cannot rewind (docs/decisions.md).
         .target(name: "Storage", dependencies: [
@@ -168,7 +170,7 @@ let package = Package(
         // and the lean `warden-hook` executable; deliberately without CLibvirt and FoundationXML.
         .target(name: "HypervisorHook", dependencies: ["WardenCore", "Storage", "Ledger", "Policy", "WardenNetwork"]),
         .target(name: "Hypervisor", dependencies: [
-            "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "GuestFS", "Inspection", "Advisories",
+            "WardenCore", "DiskImage", "Storage", "Ledger", "Policy", "HypervisorHook", "CLibvirt", "CLibvirtLazy", "GuestFS", "Inspection", "Advisories",
             "WardenNetwork", "Vault", "Attestation",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),

@@ -73,10 +73,7 @@ public final class LibvirtEventWatcher: @unchecked Sendable {
     public func stop() { lock.withLock { stopRequested = true } }
     private var shouldStop: Bool { lock.withLock { stopRequested } }
 
-    static func lastError() -> String {
-        if let e = virGetLastError(), let m = e.pointee.message { return String(cString: m) }
-        return "unknown libvirt error"
-    }
+    static func lastError() -> String { libvirtLastError() }
 
     /// Called for a hot-plugged device; false asks the watcher to pause the domain (its new
     /// device could not be brought under its network state: fail closed).

@@ -1,4 +1,5 @@
 import CLibvirt
+import CLibvirtLazy
 import Crypto
 import Foundation
 import HypervisorHook
@@ -132,10 +133,14 @@ public enum LibvirtStart {
         virSetErrorFunc(nil) { _, _ in }
     }()
 
-    static func lastError() -> String {
-        if let e = virGetLastError(), let m = e.pointee.message {
-            return String(cString: m).replacingOccurrences(of: "\n", with: " ")
-        }
-        return "unknown libvirt error"
+    static func lastError() -> String { libvirtLastError() }
+}
+
+/// libvirt's last error in one line; when libvirt itself could not be loaded, why.
+func libvirtLastError() -> String {
+    if let e = virGetLastError(), let m = e.pointee.message {
+        return String(cString: m).replacingOccurrences(of: "\n", with: " ")
     }
+    if let why = warden_libvirt_load_error() { return "libvirt could not be loaded: " + String(cString: why) }
+    return "unknown libvirt error"
 }
