@@ -92,7 +92,7 @@ struct LibvirtCommand: ParsableCommand {
     }
 
     struct Start: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "start",
             abstract: "Start a libvirt domain, releasing the keys of its encrypted disks by policy (docs/vault.md).",
             discussion: """
             Decides `unlock` for the domain's Warden-encrypted disks (recorded; exit 3 when denied, and \
@@ -126,7 +126,7 @@ struct LibvirtCommand: ParsableCommand {
     }
 
     struct Watch: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "watch",
             abstract: "Follow libvirt domain events; record snapshot reverts, save/restore and define/undefine.",
             discussion: "Prints one line per recorded event. Runs until killed; every event is committed as it arrives."
         )

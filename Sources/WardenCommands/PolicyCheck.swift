@@ -7,7 +7,7 @@ import Storage
 
 extension PolicyCommand {
     struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "check",
             abstract: "Decide an operation on a VM and explain it (the decision is recorded in the ledger).",
             discussion: "Exits 0 for allow and for quarantine (the effect is printed), 3 for deny."
         )

@@ -15,7 +15,7 @@ struct PolicyCommand: ParsableCommand {
     )
 
     struct Lint: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "lint",
             abstract: "Validate a policy directory; print every problem as FILE:LINE:COLUMN.",
             discussion: "Exits 0 when there is no error (warnings are printed), 2 when there is one."
         )
@@ -53,7 +53,7 @@ struct PolicyCommand: ParsableCommand {
     }
 
     struct Test: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "test",
             abstract: "Run table-driven policy tests (*_test.yaml) against the policy beside them.",
             discussion: "Exits 0 when every case passes, 1 when a case fails, 2 when a file is malformed."
         )

@@ -44,7 +44,7 @@ struct VaultCommand: ParsableCommand {
         subcommands: [Status.self, Shred.self, RotateKEK.self, Rekey.self, Approve.self, BenchUnlock.self])
 
     struct Rekey: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "rekey",
             abstract: "Rotate a stopped VM's data keys: new LUKS key slots, the old ones erased (docs/vault.md).",
             discussion: "Decides `unlock` first (recorded; exit 3 when denied). The old keys open nothing afterwards; the ledger records the new key ids. The data is not rewritten: the LUKS master key stays.")
         @OptionGroup var database: DatabaseOptions
@@ -64,7 +64,7 @@ struct VaultCommand: ParsableCommand {
     }
 
     struct Approve: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "approve",
             abstract: "Approve a break-glass release of a VM's keys, as a second vault admin (recorded; docs/vault.md).",
             discussion: "When vault.yaml asks for approvals, a `--break-glass` start succeeds only after that many other admins approved within the window. The approver is the local user (from the real uid).")
         @OptionGroup var database: DatabaseOptions
@@ -134,7 +134,7 @@ struct VaultCommand: ParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Keys by VM and layer, with their age and last release.")
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Keys by VM and layer, with their age and last release.")
         @OptionGroup var database: DatabaseOptions
         @Flag(help: "JSON output.") var json = false
 
@@ -180,7 +180,7 @@ struct VaultCommand: ParsableCommand {
     }
 
     struct Shred: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "shred",
             abstract: "Destroy a VM's keys: its encrypted disks and snapshots become unreadable, for good.",
             discussion: "Each wrapped key file is overwritten and removed; the ledger records the key ids destroyed. There is no undo.")
         @OptionGroup var database: DatabaseOptions

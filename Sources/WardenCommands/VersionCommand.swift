@@ -14,7 +14,7 @@ struct VersionCommand: ParsableCommand {
     )
 
     struct Compare: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "compare",
             abstract: "Print <, = or > for version A against version B.",
             discussion: """
             deb orders as `dpkg --compare-versions`, rpm as `rpm.labelCompare` (missing epoch = 0), \
@@ -70,7 +70,7 @@ struct VersionCommand: ParsableCommand {
     }
 
     struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "check",
             abstract: "Print valid or invalid for a version; exit 0 when valid, 1 when invalid.",
             discussion: "apk checks as `apk version -c`; deb and rpm check that the version parses."
         )

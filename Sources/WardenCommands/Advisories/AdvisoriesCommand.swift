@@ -46,7 +46,7 @@ struct AdvisoriesCommand: ParsableCommand {
     }
 
     struct Import: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "import",
             abstract: "Import advisory files: OSV JSON (files, directories, all.zip), Debian tracker JSON, Alpine secdb JSON.",
             discussion: "Re-importing is idempotent; a record with a newer `modified` replaces the stored one."
         )
@@ -78,7 +78,7 @@ struct AdvisoriesCommand: ParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Sources, record counts, import times, advisories per ecosystem.")
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Sources, record counts, import times, advisories per ecosystem.")
         @OptionGroup var database: DatabaseOption
         @Flag(help: "Print JSON.") var json = false
 

@@ -8,7 +8,7 @@ import AdvisoryStorage
 extension AdvisoriesCommand {
     /// `warden advisories update`: fetch the canonical feeds and import them.
     struct Update: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "update",
             abstract: "Fetch the canonical advisory feeds and import them.",
             discussion: """
             Sources: `debian` (the Debian Security Tracker JSON), `osv:ECOSYSTEM` (OSV's all.zip for \

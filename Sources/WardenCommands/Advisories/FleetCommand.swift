@@ -18,7 +18,7 @@ struct FleetCommand: ParsableCommand {
     )
 
     struct Rescan: ParsableCommand {
-        static let configuration = CommandConfiguration(
+        static let configuration = CommandConfiguration(commandName: "rescan",
             abstract: "Bring every stored inventory's assessment up to date with the current advisories; report new and gone findings.",
             discussion: """
             No image is opened: inventories stored by `warden scan` are enough. The work follows the \
