@@ -75,9 +75,29 @@ public enum EXT4 {
         return UInt16(m[0]) | UInt16(m[1]) << 8 == magic
     }
 
-    /// Opens the filesystem on `device` (a whole disk or a partition slice).
-    public static func open(_ device: any BlockDevice) throws -> EXT4Volume {
-        try EXT4Volume(device: device)
+    /// Whether opening a filesystem whose journal needs recovery replays the journal in
+    /// memory (the default). `--no-replay` turns it off for the process, to see the raw state.
+    public static let replayJournal = Locked(true)
+
+    /// Opens the filesystem on `device` (a whole disk or a partition slice). When its journal
+    /// needs recovery (a disk copied while the guest ran), the journal is replayed in memory
+    /// first, as e2fsck would replay it, unless ``replayJournal`` is off; nothing is written.
+    public static func open(_ device: any BlockDevice, replay: Bool? = nil) throws -> EXT4Volume {
+        let raw = try EXT4Volume(device: device)
+        guard raw.sb.hasIncompat(Incompat.recover), replay ?? replayJournal.withLock({ $0 }) else {
+            if raw.sb.hasIncompat(Incompat.recover) { raw.warn("ext4: the journal needs recovery; it was not replayed (--no-replay), so recent changes may be missing") }
+            return raw
+        }
+        do {
+            guard let (blocks, summary) = try JBD2.replay(raw) else {
+                raw.warn("ext4: the journal is flagged for recovery but holds nothing to replay")
+                return raw
+            }
+            return try EXT4Volume(device: JBD2.ReplayedDevice(base: device, blockSize: raw.sb.blockSize, blocks: blocks), replayed: summary)
+        } catch let e as WardenError {
+            raw.warn("ext4: the journal needs recovery but could not be replayed (\(e.message)); recent changes may be missing")
+            return raw
+        }
     }
 
     // MARK: Feature bits

@@ -25,8 +25,12 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
 
     public var warnings: [String] { warningLog.all }
 
-    init(device: any BlockDevice) throws {
+    /// What replaying the journal did, when this volume is the replayed view.
+    public let journalReplay: JBD2.Summary?
+
+    init(device: any BlockDevice, replayed: JBD2.Summary? = nil) throws {
         self.device = device
+        self.journalReplay = replayed
         guard device.size >= EXT4.superBlockOffset + 1024 else {
             throw EXT4.corrupt("volume of \(device.size) bytes is too small to hold a superblock")
         }
@@ -48,8 +52,13 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
         if sb.hasMetadataCsum && sb.storedChecksum != sb.computedChecksum {
             warn("ext4: superblock checksum mismatch (stored \(hex(sb.storedChecksum)), computed \(hex(sb.computedChecksum)))")
         }
-        if sb.hasIncompat(EXT4.Incompat.recover) {
-            warn("ext4: the journal needs recovery; it is not replayed, so recent changes may be missing")
+        if let r = replayed {
+            var note = "ext4: the journal was replayed in memory: \(r.transactions) transaction(s), \(r.blocks) block(s)"
+            if r.revoked > 0 { note += ", \(r.revoked) revoked" }
+            if r.badChecksums > 0 { note += ", \(r.badChecksums) left out for a bad checksum or target" }
+            if r.incompleteTransaction { note += "; an incomplete last transaction was not applied" }
+            if r.fastCommit { note += "; fast-commit blocks were not replayed" }
+            warn(note)
         }
         // Fail early on an unusable root or first descriptor block.
         _ = try groupDescriptor(0)

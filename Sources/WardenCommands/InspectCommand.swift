@@ -33,6 +33,8 @@ struct InspectCommand: ParsableCommand {
     var failOnUnscanned = false
     @Flag(help: "Print on stderr how many bytes were read from each image, against its allocated size.")
     var ioStats = false
+    @Flag(help: "Do not replay ext3/ext4 journals that need recovery: inspect the filesystems as they lie on the disk.")
+    var noReplay = false
 
     @Option(help: ArgumentHelp("Print a software bill of materials instead: cyclonedx (CycloneDX 1.5 JSON) or spdx (SPDX 2.3 JSON). One image only; SOURCE_DATE_EPOCH fixes the timestamp.",
                                valueName: "cyclonedx|spdx"))
@@ -78,6 +80,7 @@ struct InspectCommand: ParsableCommand {
     typealias WindowsGuest = OpenedGuest.WindowsGuest
 
     func run() throws {
+        EXT4.replayJournal.withLock { $0 = !noReplay }
         if let sbom, let path = images.first { return try runSBOM(sbom, path: path) }
         var results: [Inventory] = []
         var failures: [WardenError] = []

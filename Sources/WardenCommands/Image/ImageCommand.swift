@@ -56,6 +56,9 @@ struct VolumeOptions: ParsableArguments {
     @Option(name: .long, help: "Read the disk as it was at this internal snapshot (name or id).")
     var snapshot: String?
 
+    @Flag(name: .long, help: "Do not replay an ext3/ext4 journal that needs recovery: show the filesystem as it lies on the disk.")
+    var noReplay = false
+
     func validate() throws {
         if partition != nil && lv != nil { throw ValidationError("give --partition or --lv, not both") }
     }
@@ -71,6 +74,7 @@ struct OpenedVolume {
     /// An automatically chosen volume is named on stderr when `announce` is set, or when
     /// more than one Linux filesystem could have been chosen.
     static func open(_ image: ImageOptions, _ volume: VolumeOptions, announce: Bool = false) throws -> OpenedVolume {
+        EXT4.replayJournal.withLock { $0 = !volume.noReplay }
         let img = try image.open(snapshot: volume.snapshot)
         do {
             let layout = try GuestDisk.layout(of: img.device)
