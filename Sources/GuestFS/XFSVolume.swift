@@ -19,6 +19,8 @@ public final class XFSVolume: FileSystem, @unchecked Sendable {
     let extentCache = BoundedCache<UInt64, [XFS.Extent]>(capacity: 64)
 
     public var warnings: [String] { warningLog.all }
+    /// Whether the log was left clean; a dirty log is reported, not replayed.
+    public private(set) var logState: XFS.LogState = .unknown
 
     init(device: any BlockDevice) throws {
         self.device = device
@@ -55,6 +57,16 @@ public final class XFSVolume: FileSystem, @unchecked Sendable {
         let root = try liveInode(sb.rootInode)
         guard root.fileType == .directory else {
             throw XFS.corrupt("root inode \(sb.rootInode) is not a directory")
+        }
+        let (state, reason) = logState(start: try XFS.logStart(of: raw), blocks: try XFS.logBlocks(of: raw))
+        logState = state
+        switch state {
+        case .dirty:
+            warn("xfs: the log is dirty (the filesystem was not unmounted cleanly): it is not replayed, so this view may miss the newest changes")
+        case .unknown:
+            warn("xfs: the state of the log could not be determined (\(reason ?? "unknown")): this view may miss the newest changes")
+        case .clean, .external:
+            break
         }
     }
 
