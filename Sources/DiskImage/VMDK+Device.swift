@@ -21,8 +21,11 @@ extension VMDK {
         let extents: [Extent]
         let size: UInt64
         let path: String
+        /// A delta disk's parent: what unallocated grains of sparse extents read.
+        let parent: (any BlockDevice)?
 
-        init(extents: [Extent], path: String) throws {
+        init(extents: [Extent], path: String, parent: (any BlockDevice)? = nil) throws {
+            self.parent = parent
             var pos: UInt64 = 0
             var placed: [Extent] = []
             for var e in extents where e.length > 0 {
@@ -62,7 +65,7 @@ extension VMDK {
                 case .flat(let file, let base):
                     try file.read(at: base + inExtent, into: dst)
                 case .sparse(let s):
-                    try s.read(at: inExtent, into: dst)
+                    try s.read(at: inExtent, into: dst, parent: parent.map { SparseExtent.Parent(device: $0, base: e.start) })
                 }
                 done += n
                 i += 1
@@ -99,7 +102,8 @@ extension VMDK {
                     }
                 case .sparse(let s):
                     var part: [BlockExtent] = []
-                    try s.mapping(at: inExtent, length: n, base: e.start, into: &part)
+                    try s.mapping(at: inExtent, length: n, base: e.start, into: &part,
+                                  parent: parent.map { SparseExtent.Parent(device: $0, base: e.start) })
                     part.forEach(add)
                 }
                 pos += n

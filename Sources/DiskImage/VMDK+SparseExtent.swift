@@ -137,6 +137,24 @@ extension VMDK {
             return try file.read(at: off, count: Int(header.descriptorSize) * 512, what: "VMDK embedded descriptor")
         }
 
+        /// A delta disk's parent, seen from one extent: `base` is the extent's start on the disk.
+        /// Bytes past the parent's end read as zeros (a parent may be smaller).
+        struct Parent {
+            var device: any BlockDevice
+            var base: UInt64
+            func read(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) throws {
+                let inside = offset >= device.size ? 0 : Int(min(UInt64(dst.count), device.size - offset))
+                if inside > 0 { try device.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: dst[0..<inside])) }
+                if inside < dst.count { UnsafeMutableRawBufferPointer(rebasing: dst[inside...]).initializeMemory(as: UInt8.self, repeating: 0) }
+            }
+            func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
+                let inside = offset >= device.size ? 0 : min(length, device.size - offset)
+                var out = inside > 0 ? try device.mapping(at: offset, length: inside) : []
+                if inside < length { out.append(BlockExtent(offset: offset + inside, length: length - inside, kind: .zero)) }
+                return out
+            }
+        }
+
         /// The grain table for grain-directory slot `gdIndex` (nil when unallocated).
         func grainTable(_ gdIndex: Int) throws -> [UInt32]? {
             guard gdIndex < gd.count else { return nil }
@@ -170,7 +188,7 @@ extension VMDK {
 
         /// Reads `buffer.count` bytes at `offset` inside this extent (caller has bounds-checked
         /// against the extent length; bytes beyond the capacity read as zeros).
-        func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer, parent: Parent? = nil) throws {
             var done = 0
             while done < buffer.count {
                 let pos = offset + UInt64(done)
@@ -179,7 +197,10 @@ extension VMDK {
                 let e = try entry(g)
                 var n = min(buffer.count - done, Int(grainBytes) - inGrain)
                 let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n])
-                if e <= 1 {
+                if e == 0, let parent {
+                    // A delta disk's unallocated grain is its parent's.
+                    try parent.read(at: parent.base + pos, into: dst)
+                } else if e <= 1 {
                     dst.initializeMemory(as: UInt8.self, repeating: 0)
                 } else if header.compressed {
                     let grain = try compressedGrain(g, sector: e)
@@ -208,29 +229,38 @@ extension VMDK {
         }
 
         /// Which parts of `offset ..< offset+length` (inside this extent) hold data.
-        func mapping(at offset: UInt64, length: UInt64, base: UInt64, into out: inout [BlockExtent]) throws {
+        func mapping(at offset: UInt64, length: UInt64, base: UInt64, into out: inout [BlockExtent], parent: Parent? = nil) throws {
             var pos = offset
             let end = offset + length
-            while pos < end {
-                let g = pos / grainBytes
-                let gdIndex = Int(g / UInt64(gtEntries))
-                var runEnd: UInt64
-                let kind: BlockExtent.Kind
-                if gdIndex >= gd.count || gd[gdIndex] == 0 {
-                    // Whole grain table absent: skip it in one step.
-                    let (next, o) = (UInt64(gdIndex) + 1).multipliedReportingOverflow(by: UInt64(gtEntries) * grainBytes)
-                    runEnd = o ? end : next
-                    kind = .zero
-                } else {
-                    runEnd = (g + 1) * grainBytes
-                    kind = try entry(g) <= 1 ? .zero : .data
-                }
-                runEnd = min(runEnd, end)
-                let o = base + pos, l = runEnd - pos
+            func add(_ o: UInt64, _ l: UInt64, _ kind: BlockExtent.Kind) {
+                guard l > 0 else { return }
                 if let last = out.last, last.kind == kind, last.offset + last.length == o {
                     out[out.count - 1].length += l
                 } else {
                     out.append(BlockExtent(offset: o, length: l, kind: kind))
+                }
+            }
+            while pos < end {
+                let g = pos / grainBytes
+                let gdIndex = Int(g / UInt64(gtEntries))
+                var runEnd: UInt64
+                let e: UInt32
+                if gdIndex >= gd.count || gd[gdIndex] == 0 {
+                    // Whole grain table absent: skip it in one step.
+                    let (next, o) = (UInt64(gdIndex) + 1).multipliedReportingOverflow(by: UInt64(gtEntries) * grainBytes)
+                    runEnd = o ? end : next
+                    e = 0
+                } else {
+                    runEnd = (g + 1) * grainBytes
+                    e = try entry(g)
+                }
+                runEnd = min(runEnd, end)
+                if e == 0, let parent {
+                    for x in try parent.mapping(at: parent.base + pos, length: runEnd - pos) {
+                        add(base + (x.offset - parent.base), x.length, x.kind)
+                    }
+                } else {
+                    add(base + pos, runEnd - pos, e <= 1 ? .zero : .data)
                 }
                 pos = runEnd
             }

@@ -63,9 +63,9 @@ public enum VMDK {
         if let text = try sparse.embeddedDescriptor() {
             descriptor = try Descriptor(parsing: text, file: file.path)
         }
-        if let descriptor { try refuseDelta(descriptor, file: file.path) }
+        let parent = try descriptor.flatMap { try openParent($0, file: file, context: context) }
         let size = try Checked.mul(sparse.header.capacity, 512, "VMDK capacity")
-        let device = try Device(extents: [Extent(start: 0, length: size, backing: .sparse(sparse))], path: file.path)
+        let device = try Device(extents: [Extent(start: 0, length: size, backing: .sparse(sparse))], path: file.path, parent: parent?.device)
         var details: [String: String] = [
             "subformat": descriptor?.createType ?? (sparse.header.isStreamOptimized ? "streamOptimized" : "monolithicSparse"),
             "version": String(sparse.header.version),
@@ -75,8 +75,9 @@ public enum VMDK {
         ]
         if let cid = descriptor?.cid { details["cid"] = cid }
         let info = ImageInfo(path: file.path, format: .vmdk, virtualSize: size, fileSize: file.length,
-                             allocatedSize: file.allocatedBytes, details: details)
-        return OpenedImage(device: device, chain: [info])
+                             allocatedSize: file.allocatedBytes, details: details,
+                             backingFile: parent == nil ? nil : descriptor?.parentFileNameHint, backingFormat: parent == nil ? nil : "vmdk")
+        return OpenedImage(device: device, chain: [info] + (parent?.chain ?? []))
     }
 
     /// A text descriptor file naming its extents.
@@ -86,13 +87,13 @@ public enum VMDK {
         }
         let bytes = try file.read(at: 0, count: Int(file.length), what: "VMDK descriptor")
         let descriptor = try Descriptor(parsing: bytes, file: file.path)
-        try refuseDelta(descriptor, file: file.path)
+        let parent = try openParent(descriptor, file: file, context: context)
         guard !descriptor.extents.isEmpty else {
             throw WardenError.corrupt("VMDK descriptor lists no extents", file: file.path)
         }
         var opener = ExtentOpener(descriptorPath: file.path, context: context)
         let opened = try opener.open(descriptor.extents)
-        let device = try Device(extents: opened.extents, path: file.path)
+        let device = try Device(extents: opened.extents, path: file.path, parent: parent?.device)
         var details: [String: String] = [
             "subformat": descriptor.createType ?? "unknown",
             "version": descriptor.version ?? "1",
@@ -106,15 +107,25 @@ public enum VMDK {
         }
         let info = ImageInfo(path: file.path, format: .vmdk, virtualSize: device.size,
                              fileSize: opened.totalFileBytes, allocatedSize: opened.totalAllocatedBytes,
-                             details: details)
-        return OpenedImage(device: device, chain: [info])
+                             details: details, backingFile: parent == nil ? nil : descriptor.parentFileNameHint,
+                             backingFormat: parent == nil ? nil : "vmdk")
+        return OpenedImage(device: device, chain: [info] + (parent?.chain ?? []))
     }
 
-    private static func refuseDelta(_ d: Descriptor, file: String) throws {
-        if let parent = d.parentCID, parent.lowercased() != "ffffffff" {
-            let hint = d.parentFileNameHint.map { " (parent \"\($0)\")" } ?? ""
-            throw WardenError.unsupported("VMDK delta disks (snapshots with a parent disk\(hint)) are not supported", file: file)
+    /// A delta disk's parent (a snapshot's base), opened as the next link of the chain: named by
+    /// `parentFileNameHint` (relative to this file's directory), a VMDK whose content id must be
+    /// the delta's `parentCID` (else the delta was made over other content). Nil for a base disk.
+    private static func openParent(_ d: Descriptor, file: ImageFile, context: ChainContext) throws -> OpenedImage? {
+        guard let cid = d.parentCID, cid.lowercased() != "ffffffff" else { return nil }
+        guard let hint = d.parentFileNameHint, !hint.isEmpty else {
+            throw WardenError.corrupt("VMDK delta disk (parentCID \(QCOW2.printable(cid))) names no parent file", file: file.path)
         }
+        let path = QCOW2.resolveBackingPath(hint, relativeTo: file.path)
+        let parent = try context.openBacking(path: path, declaredFormat: .vmdk, from: file.path)
+        guard let parentCID = parent.info.details["cid"], parentCID.lowercased() == cid.lowercased() else {
+            throw WardenError.corrupt("VMDK delta disk expects a parent with content id \(QCOW2.printable(cid)); \(QCOW2.printable(hint)) has \(QCOW2.printable(parent.info.details["cid"] ?? "none"))", file: file.path)
+        }
+        return parent
     }
 }
 

@@ -158,3 +158,71 @@ extension UInt64 {
 extension UInt32 {
     init<C: Collection>(littleEndianBytes b: C) where C.Element == UInt8 { self = b.reversed().reduce(0) { $0 << 8 | UInt32($1) } }
 }
+
+/// VMDK delta disks (snapshots over a parent), as qemu-img makes them: a monolithicSparse delta
+/// over a base and a twoGbMaxExtentSparse delta over that, read through the whole chain.
+@Suite struct VMDKDeltaTests {
+    static let recipe = """
+    qemu-img convert -q -f raw -O vmdk SRC base.vmdk
+    qemu-img create -q -f vmdk -b base.vmdk -F vmdk mid.vmdk
+    qemu-io -f vmdk -c 'write -P 0x99 1M 64k' -c 'write -P 0x98 3M 2M' mid.vmdk
+    qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse -b mid.vmdk -F vmdk top.vmdk
+    qemu-io -f vmdk -c 'write -P 0x97 2M 1M' -c 'write -z 3M 64k' top.vmdk
+    qemu-img convert -f vmdk -O raw top.vmdk top.oracle; qemu-img convert -f vmdk -O raw mid.vmdk mid.oracle
+    """
+
+    static func chain() throws -> String {
+        let src = try VMDKFixture.source()
+        return try Fixtures.cached("vmdk-delta", recipe: recipe + src) { dir in
+            try Tool.sh(recipe.replacingOccurrences(of: "SRC", with: src), cwd: dir)
+        }
+    }
+
+    @Test(arguments: ["mid", "top"]) func readsThroughTheChainAsQemu(_ name: String) throws {
+        let dir = try Self.chain()
+        let img = try ImageOpener.open(dir + "/\(name).vmdk")
+        #expect(img.chain.count == (name == "top" ? 3 : 2))
+        #expect(img.info.backingFile == (name == "top" ? "mid.vmdk" : "base.vmdk") && img.info.backingFormat == "vmdk")
+        let mine = try VMDKFixture.readAll(img.device)
+        #expect(VMDKFixture.same(mine, try Fixtures.read(dir + "/\(name).oracle")) == "same")
+        let map = try img.device.mapping(at: 0, length: img.device.size)
+        #expect(map.reduce(UInt64(0)) { $0 + $1.length } == img.device.size)
+        for e in map where e.kind == .zero { #expect(mine[Int(e.offset)..<Int(e.offset + e.length)].allSatisfy { $0 == 0 }) }
+    }
+
+    /// Rewrites the text descriptor line starting with `key` in a monolithicSparse file.
+    static func setDescriptor(_ bytes: inout [UInt8], _ key: String, _ value: String) {
+        let needle = Array(("\n" + key + "=").utf8)
+        guard let at = (0..<min(bytes.count, 64 << 10) - needle.count).first(where: { Array(bytes[$0..<$0 + needle.count]) == needle }) else { return }
+        let start = at + needle.count
+        var end = start
+        while bytes[end] != 0x0A { end += 1 }
+        let old = end - start
+        var v = Array(value.utf8)
+        if v.count < old { v += Array(repeating: 0x20, count: old - v.count) }   // same length: pad with spaces
+        for (i, b) in v.prefix(old).enumerated() { bytes[start + i] = b }
+    }
+
+    @Test func brokenChainsAreRefused() throws {
+        let dir = try Self.chain()
+        try Fixtures.withTemporaryDirectory { tmp in
+            for n in ["base.vmdk"] { try FileManager.default.copyItem(atPath: dir + "/" + n, toPath: tmp + "/" + n) }
+            var mid = try Fixtures.read(dir + "/mid.vmdk")
+            // The parent's content id differs from the one the delta was made over.
+            var wrong = mid
+            Self.setDescriptor(&wrong, "parentCID", "12345678")
+            try Fixtures.write(wrong, to: tmp + "/wrong.vmdk")
+            var e = #expect(throws: WardenError.self) { _ = try ImageOpener.open(tmp + "/wrong.vmdk") }
+            #expect(e?.code == .corrupt && e?.message.contains("content id") == true, "\(String(describing: e))")
+            // A delta that names itself: a cycle.
+            Self.setDescriptor(&mid, "parentFileNameHint", "\"self.vmdk\"")
+            try Fixtures.write(mid, to: tmp + "/self.vmdk")
+            e = #expect(throws: WardenError.self) { _ = try ImageOpener.open(tmp + "/self.vmdk") }
+            #expect(e?.message.contains("cycle") == true, "\(String(describing: e))")
+            // A missing parent.
+            try FileManager.default.removeItem(atPath: tmp + "/base.vmdk")
+            try FileManager.default.copyItem(atPath: dir + "/mid.vmdk", toPath: tmp + "/orphan.vmdk")
+            #expect(throws: WardenError.self) { _ = try ImageOpener.open(tmp + "/orphan.vmdk") }
+        }
+    }
+}
