@@ -8,6 +8,9 @@ public enum ImageFormat: String, CaseIterable, Sendable, Codable {
     public init?(qemuName name: String) {
         self.init(rawValue: name == "vpc" ? "vhd" : name)
     }
+
+    /// qemu's name for the format (what a qcow2 overlay records as its backing format).
+    public var qemuName: String { self == .vhd ? "vpc" : rawValue }
 }
 
 /// An internal snapshot recorded in an image (qcow2).

@@ -70,7 +70,7 @@ extension QCOW2 {
         public var l2Entries: Int { clusterSize >> (extendedL2 ? 4 : 3) }
         /// The backing format as a Warden format, once validated.
         var backingFormat: ImageFormat? {
-            backingFormatName.flatMap { ImageFormat(rawValue: $0) }
+            backingFormatName.flatMap { ImageFormat(qemuName: $0) }
         }
 
         var details: [String: String] {
@@ -257,8 +257,8 @@ extension QCOW2 {
                     // A format without a file is harmless; report it but do not use it.
                     return h
                 }
-                guard ImageFormat(rawValue: fmt) != nil else {
-                    throw WardenError.unsupported("backing format '\(printable(fmt))' is not supported (only raw, qcow2, vmdk)", file: path)
+                guard ImageFormat(qemuName: fmt) != nil else {
+                    throw WardenError.unsupported("backing format '\(printable(fmt))' is not supported (raw, qcow2, vmdk, vpc, vhdx, vdi are)", file: path)
                 }
             }
             return h

@@ -498,8 +498,8 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
     /// or not at all to other processes.
     public static func create(at path: String, backing: String, backingFormat: String,
                               clusterSize: Int = 65536, durable: Bool = true) throws {
-        guard let format = ImageFormat(rawValue: backingFormat) else {
-            throw WardenError(.invalidArgument, "backing format '\(QCOW2.printable(backingFormat))' is not one of raw, qcow2, vmdk")
+        guard let format = ImageFormat(qemuName: backingFormat) else {
+            throw WardenError(.invalidArgument, "backing format '\(QCOW2.printable(backingFormat))' is not one of raw, qcow2, vmdk, vhd, vhdx, vdi")
         }
         guard clusterSize >= 512, clusterSize <= 2 << 20, clusterSize & (clusterSize - 1) == 0 else {
             throw WardenError(.invalidArgument, "cluster size \(clusterSize) is not a power of two between 512 and 2 MiB")
@@ -510,7 +510,7 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         }
         let resolved = QCOW2.resolveBackingPath(backing, relativeTo: path)
         let base = try ImageOpener.open(resolved, options: OpenOptions(format: format))
-        let bytes = try image(size: base.device.size, backing: nameBytes, format: Array(backingFormat.utf8),
+        let bytes = try image(size: base.device.size, backing: nameBytes, format: Array(format.qemuName.utf8),
                               clusterBits: clusterSize.trailingZeroBitCount)
         try writeNewFile(path, bytes, durable: durable)
     }

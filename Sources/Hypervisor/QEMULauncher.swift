@@ -1,4 +1,5 @@
 import Foundation
+import DiskImage
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -87,7 +88,9 @@ public enum QEMULauncher {
         ]
         for (i, d) in disks.enumerated() {
             let node = LaunchDisk.nodeName(i)
-            var format = "driver=\(d.format),file=\(node)-file,node-name=\(node)"
+            // qemu's driver name (a VHD is `vpc`).
+            let driver = ImageFormat(rawValue: d.format)?.qemuName ?? d.format
+            var format = "driver=\(driver),file=\(node)-file,node-name=\(node)"
             if let secret = d.secretFile {
                 a += ["-object", "secret,id=\(node)-key,file=\(escapeOption(secret)),format=raw"]
                 format += ",encrypt.format=luks,encrypt.key-secret=\(node)-key"

@@ -271,7 +271,7 @@ import WardenTestSupport
             let bytes = try Fixtures.read(dir + "/top.qcow2")
             let fmtAt = try #require(findBE32(bytes, 0xe279_2aca))
             // Unsupported declared format.
-            try Q.patch(dir + "/top.qcow2", dir + "/badfmt.qcow2", [(fmtAt + 8, Array("vdi".utf8))])
+            try Q.patch(dir + "/top.qcow2", dir + "/badfmt.qcow2", [(fmtAt + 8, Array("qed".utf8))])
             let e1 = Q.openAndReadEverything(dir + "/badfmt.qcow2")
             #expect(e1?.code == .unsupported)
             #expect(e1?.message.contains("backing format") == true)
