@@ -17,6 +17,7 @@ let package = Package(
         .executableTarget(name: "FuzzVHD", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
         .executableTarget(name: "FuzzVHDX", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
         .executableTarget(name: "FuzzVDI", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
+        .executableTarget(name: "FuzzOVA", dependencies: ["FuzzSupport", .product(name: "DiskImage", package: "Warden")]),
         .executableTarget(name: "FuzzPartitions", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"),
             .product(name: "Partitions", package: "Warden"), .product(name: "GuestFS", package: "Warden"),

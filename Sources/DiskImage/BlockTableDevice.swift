@@ -94,7 +94,7 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
             } else {
                 // An allocated block may still be a hole in the host file (written in part).
                 let start = entry + within
-                for h in try SparseMap.holes(fd: file.fd, offset: start, length: n) { add(pos + (h.offset - start), h.length, h.kind) }
+                for h in try file.holes(offset: start, length: n) { add(pos + (h.offset - start), h.length, h.kind) }
             }
             pos += n
         }

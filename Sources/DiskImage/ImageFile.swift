@@ -21,6 +21,11 @@ public final class ImageFile: @unchecked Sendable {
     public let allocatedBytes: UInt64
     /// Device and inode, used to detect backing-chain cycles through links.
     public let identity: FileIdentity
+    /// Where this view starts in the host file: 0 for a whole file, a member's data for a
+    /// ``window(at:length:name:)`` (a disk inside an OVA), which shares the descriptor.
+    public let base: UInt64
+    /// The file a window was cut from (kept open while the window lives); nil for a whole file.
+    private let owner: ImageFile?
 
     public struct FileIdentity: Hashable, Sendable {
         public let device: UInt64
@@ -54,19 +59,54 @@ public final class ImageFile: @unchecked Sendable {
         self.length = length
         self.allocatedBytes = UInt64(max(0, st.st_blocks)) &* 512
         self.identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        self.base = 0
+        self.owner = nil
     }
 
-    deinit { close(fd) }
+    private init(window owner: ImageFile, base: UInt64, length: UInt64, path: String) {
+        self.path = path
+        self.fd = owner.fd
+        self.writable = false
+        self.length = length
+        self.allocatedBytes = min(owner.allocatedBytes, length)
+        self.identity = owner.identity
+        self.base = owner.base + base
+        self.owner = owner.owner ?? owner
+    }
+
+    /// A read-only view of `length` bytes at `offset` of this file, named `name` in messages.
+    public func window(at offset: UInt64, length: UInt64, name: String) throws -> ImageFile {
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o, end <= self.length else {
+            throw WardenError.corrupt("\(name): \(length) bytes at \(hex(offset)) lie beyond the end of the file", file: path)
+        }
+        return ImageFile(window: self, base: offset, length: length, path: name)
+    }
+
+    /// The holes and data of `offset ..< offset+length` of this view (`SEEK_DATA`/`SEEK_HOLE`).
+    public func holes(offset: UInt64, length: UInt64) throws -> [BlockExtent] {
+        guard base != 0 else { return try SparseMap.holes(fd: fd, offset: offset, length: length) }
+        return try SparseMap.holes(fd: fd, offset: base + offset, length: length).map {
+            BlockExtent(offset: $0.offset - base, length: $0.length, kind: $0.kind)
+        }
+    }
+
+    deinit { if owner == nil { close(fd) } }
 
     /// Reads exactly `buffer.count` bytes at `offset`; throws if the file is shorter.
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let (pos, o) = offset.addingReportingOverflow(UInt64(done))
-            guard !o, pos <= UInt64(Int64.max) else {
+            let (rel, o1) = offset.addingReportingOverflow(UInt64(done))
+            let (pos, o2) = rel.addingReportingOverflow(base)
+            guard !o1, !o2, pos <= UInt64(Int64.max) else {
                 throw WardenError.corrupt("offset \(hex(offset)) is out of range", file: path)
             }
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(pos))
+            if base != 0 && rel >= length {
+                throw WardenError.corrupt("read of \(buffer.count) bytes at \(hex(offset)) runs past the end of the file (\(length) bytes)", file: path, offset: offset)
+            }
+            let want = base != 0 ? min(buffer.count - done, Int(length - rel)) : buffer.count - done
+            let n = pread(fd, buffer.baseAddress! + done, want, off_t(pos))
             if n < 0 {
                 if errno == EINTR { continue }
                 throw WardenError(.io, "read failed at \(hex(pos)): \(String(cString: strerror(errno)))", file: path)
@@ -174,7 +214,7 @@ public final class RawDevice: WritableBlockDevice, @unchecked Sendable {
     }
 
     public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
-        try SparseMap.holes(fd: file.fd, offset: offset, length: length)
+        try file.holes(offset: offset, length: length)
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {

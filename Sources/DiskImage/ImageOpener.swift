@@ -2,7 +2,7 @@ import WardenCore
 
 /// The container formats Warden reads.
 public enum ImageFormat: String, CaseIterable, Sendable, Codable {
-    case raw, qcow2, vmdk, vhd, vhdx, vdi
+    case raw, qcow2, vmdk, vhd, vhdx, vdi, ova
 
     /// The format qemu names `name` (`vpc` is VHD), as a backing format or `-f`.
     public init?(qemuName name: String) {
@@ -150,8 +150,13 @@ public enum ImageOpener {
     }
 
     static func open(path: String, context: ChainContext) throws -> OpenedImage {
-        let file = try ImageFile(path: path)
-        guard !context.visited.contains(file.identity) else {
+        try open(file: try ImageFile(path: path), context: context)
+    }
+
+    /// Opens an already open file (or a window of one: a disk inside an OVA).
+    static func open(file: ImageFile, context: ChainContext) throws -> OpenedImage {
+        let path = file.path
+        guard !context.visited.contains(file.identity) || file.base != 0 else {
             throw WardenError.corrupt("backing chain has a cycle: \(path) appears twice", file: context.topPath)
         }
         var ctx = context
@@ -185,6 +190,8 @@ public enum ImageOpener {
                 return try VDI.open(file: file, context: ctx)
             case .vhdx:
                 return try VHDX.open(file: file, context: ctx)
+            case .ova:
+                return try OVA.open(file: file, context: ctx)
             }
         } catch let e as WardenError {
             throw e.inFile(path)
@@ -209,6 +216,7 @@ public enum ImageOpener {
         if starts(Array("conectix".utf8)) { return .vhd }              // dynamic VHD (footer copy)
         if starts(Array("vhdxfile".utf8)) { return .vhdx }
         if starts([0x7F, 0x10, 0xDA, 0xBE], at: 64) { return .vdi }
+        if OVA.isOVA(head) { return .ova }                             // a tar whose first member is an .ovf
         if starts([0x51, 0x45, 0x44, 0x00]) {
             throw WardenError.unsupported("QED images are not supported (convert with qemu-img, or force --format raw)", file: file.path)
         }

@@ -658,7 +658,7 @@ extension ImageOpener {
             let dev = RawDevice(file: file)
             return WritableOpenedImage(device: dev, chain: [ImageInfo(
                 path: path, format: .raw, virtualSize: dev.size, fileSize: file.length, allocatedSize: file.allocatedBytes)])
-        case .vmdk, .vhd, .vhdx, .vdi:
+        case .vmdk, .vhd, .vhdx, .vdi, .ova:
             throw WardenError.unsupported("writing \(format.rawValue.uppercased()) images is not supported (use a qcow2 overlay)", file: path)
         }
     }

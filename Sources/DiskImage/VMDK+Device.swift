@@ -97,7 +97,7 @@ extension VMDK {
                 case .zero:
                     add(BlockExtent(offset: pos, length: n, kind: .zero))
                 case .flat(let file, let base):
-                    for x in try SparseMap.holes(fd: file.fd, offset: base + inExtent, length: n) {
+                    for x in try file.holes(offset: base + inExtent, length: n) {
                         add(BlockExtent(offset: x.offset - base + e.start, length: x.length, kind: x.kind))
                     }
                 case .sparse(let s):

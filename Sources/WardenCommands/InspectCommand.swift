@@ -15,10 +15,10 @@ struct InspectCommand: ParsableCommand {
         discussion: "Reads each image without booting or mounting it. JSON schema: docs/json-schemas/inspect.v1.json."
     )
 
-    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX or VDI).")
+    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA).")
     var images: [String]
 
-    @Option(help: "Force the image format instead of detecting it: raw, qcow2, vmdk, vhd, vhdx or vdi.")
+    @Option(help: "Force the image format instead of detecting it: raw, qcow2, vmdk, vhd, vhdx, vdi or ova.")
     var format: ImageFormat?
 
     @Option(help: "Inspect the disk as it was at this internal snapshot (name or id).")

@@ -174,7 +174,7 @@ public enum Discovery {
         let file = try ImageFile(path: path)
         guard file.length >= 512 else { return false }
         switch try ImageOpener.detect(file) {
-        case .qcow2, .vmdk, .vhd, .vhdx, .vdi: return true
+        case .qcow2, .vmdk, .vhd, .vhdx, .vdi, .ova: return true
         case .raw:
             let img = try ImageOpener.open(path, options: OpenOptions(format: .raw))
             guard let layout = try? GuestDisk.layout(of: img.device) else { return false }

@@ -17,6 +17,8 @@ public struct ExaminedDisk: Sendable {
     public var inventory: Inventory?
     /// The file's device and inode (one live VM per file).
     public var file: DiskRecord.FileID?
+    /// For an OVA: the OVF facts (`ovf_name`, `ovf_cpus`, `ovf_memory_mib`, …).
+    public var appliance: [String: String]?
 
     /// Opens `path` (format by content; backing files with their declared format), fingerprints
     /// the guest-visible disk and, when `inspect`, reads the guest's identity.
@@ -26,9 +28,12 @@ public struct ExaminedDisk: Sendable {
         let fp = try ContentFingerprint.of(img.device)
         var inv: Inventory?
         if inspect { inv = try? OpenedGuest(image: img, path: abs).inventory() }
-        return ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
-                            backingChain: img.chain.dropFirst().map { absolutePath($0.path) },
-                            fingerprint: fp, inventory: inv, file: DiskRecord.FileID.of(path: abs))
+        // A disk inside an OVA is a member of the archive, not a file of its own: not a backing file.
+        var disk = ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
+                                backingChain: img.chain.dropFirst().filter { !$0.path.hasPrefix(abs + "[") }.map { absolutePath($0.path) },
+                                fingerprint: fp, inventory: inv, file: DiskRecord.FileID.of(path: abs))
+        if img.info.format == .ova { disk.appliance = img.info.details.filter { $0.key.hasPrefix("ovf_") } }
+        return disk
     }
 
     public func record(vm: VMID, index: Int) -> DiskRecord {
@@ -51,9 +56,14 @@ public struct ExaminedDisk: Sendable {
     public static func payload(_ disks: [ExaminedDisk]) -> [String: JSONValue] {
         var p: [String: JSONValue] = [
             "disks": .array(disks.map { d in
-                .object(["path": .string(d.path), "format": .string(d.format.rawValue),
-                         "fingerprint": .string(d.fingerprint.description),
-                         "backing_chain": .array(d.backingChain.map { .string($0) })])
+                var o: [String: JSONValue] = ["path": .string(d.path), "format": .string(d.format.rawValue),
+                                              "fingerprint": .string(d.fingerprint.description),
+                                              "backing_chain": .array(d.backingChain.map { .string($0) })]
+                // What an OVA's descriptor says of the appliance (name, CPUs, memory, networks, disks).
+                if let a = d.appliance, !a.isEmpty {
+                    o["appliance"] = .object(Dictionary(uniqueKeysWithValues: a.map { (String($0.key.dropFirst(4)), JSONValue.string($0.value)) }))
+                }
+                return .object(o)
             }),
         ]
         if let os = disks.lazy.compactMap(\.os).first { p["os"] = .string(os) }

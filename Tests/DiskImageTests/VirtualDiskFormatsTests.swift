@@ -226,3 +226,82 @@ extension UInt32 {
         }
     }
 }
+
+/// OVA appliances written by the test with GNU tar (ustar, gnu and pax formats) around a
+/// streamOptimized VMDK from qemu-img: read in place, the OVF facts reported.
+@Suite struct OVATests {
+    static func ovf(disk: String = "disk1.vmdk", extra: String = "", doctype: String = "") -> String {
+        """
+        <?xml version="1.0" encoding="UTF-8"?>\(doctype)
+        <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+          <References><File ovf:id="file1" ovf:href="\(disk)"/>\(extra)</References>
+          <DiskSection><Info>disks</Info><Disk ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20"/></DiskSection>
+          <NetworkSection><Info>nets</Info><Network ovf:name="VM Network"/><Network ovf:name="backend &amp; db"/></NetworkSection>
+          <VirtualSystem ovf:id="web">
+            <Info>A virtual machine</Info><Name>web-appliance</Name>
+            <OperatingSystemSection ovf:id="96"><Info>os</Info><Description>Debian GNU/Linux 12 (64-bit)</Description></OperatingSystemSection>
+            <VirtualHardwareSection><Info>hw</Info>
+              <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>4</rasd:VirtualQuantity></Item>
+              <Item><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>3</rasd:VirtualQuantity></Item>
+              <Item><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+            </VirtualHardwareSection>
+          </VirtualSystem>
+        </Envelope>
+        """
+    }
+
+    static func archives() throws -> String {
+        let src = try VMDKFixture.source()
+        let text = ovf()
+        return try Fixtures.cached("ova", recipe: "v1 \(src) \(text)") { dir in
+            try Tool.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", src, "disk1.vmdk"], cwd: dir)
+            try Tool.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", "disk1.vmdk", "oracle.raw"], cwd: dir)
+            try text.write(toFile: dir + "/web.ovf", atomically: true, encoding: .utf8)
+            for f in ["ustar", "gnu", "pax"] { try Tool.run(["tar", "--format=\(f)", "-cf", "web-\(f).ova", "web.ovf", "disk1.vmdk"], cwd: dir) }
+        }
+    }
+
+    @Test(arguments: ["ustar", "gnu", "pax"]) func readsInPlaceWithItsOVFFacts(_ format: String) throws {
+        let dir = try Self.archives()
+        let path = dir + "/web-\(format).ova"
+        #expect(try ImageOpener.detect(ImageFile(path: path)) == .ova)
+        let img = try ImageOpener.open(path)
+        let d = img.info.details
+        #expect(img.info.format == .ova && img.chain.count == 2 && img.chain[1].format == .vmdk)
+        #expect(d["ovf_name"] == "web-appliance" && d["ovf_cpus"] == "4" && d["ovf_memory_mib"] == "3072")
+        #expect(d["ovf_networks"] == "VM Network,backend & db" && d["ovf_os"] == "Debian GNU/Linux 12 (64-bit)")
+        #expect(d["ovf_disk_files"] == "disk1.vmdk" && d["disk_member"] == "disk1.vmdk")
+        #expect(VMDKFixture.same(try VMDKFixture.readAll(img.device), try Fixtures.read(dir + "/oracle.raw")) == "same")
+    }
+
+    /// Builds an archive in `tmp` from (name, bytes) members with GNU tar.
+    static func archive(_ tmp: String, _ members: [(String, [UInt8])]) throws -> String {
+        for (n, b) in members { try Fixtures.write(b, to: tmp + "/" + n) }
+        try Tool.run(["tar", "--format=ustar", "-cf", "x.ova"] + members.map(\.0), cwd: tmp)
+        return tmp + "/x.ova"
+    }
+
+    @Test func hostileAppliancesAreRefusedWithTheirReason() throws {
+        let dir = try Self.archives()
+        let disk = try Fixtures.read(dir + "/disk1.vmdk")
+        try Fixtures.withTemporaryDirectory { tmp in
+            // An entity-expansion attempt: DOCTYPE refused, nothing expanded.
+            let bomb = Self.ovf(doctype: "<!DOCTYPE e [<!ENTITY a \"aaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;\">]>")
+            var e = #expect(throws: WardenError.self) { _ = try ImageOpener.open(try Self.archive(tmp, [("a.ovf", Array(bomb.utf8)), ("disk1.vmdk", disk)])) }
+            #expect(e?.code == .corrupt && e?.message.contains("DOCTYPE") == true, "\(String(describing: e))")
+            // A disk the archive does not hold.
+            e = #expect(throws: WardenError.self) { _ = try ImageOpener.open(try Self.archive(tmp, [("b.ovf", Array(Self.ovf(disk: "missing.vmdk").utf8)), ("disk1.vmdk", disk)])) }
+            #expect(e?.message.contains("not in the archive") == true, "\(String(describing: e))")
+            // A VMDK descriptor member that names another file: it would reach outside the archive.
+            let desc = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 16 FLAT \"secret.img\" 0\n"
+            e = #expect(throws: WardenError.self) { _ = try ImageOpener.open(try Self.archive(tmp, [("c.ovf", Array(Self.ovf().utf8)), ("disk1.vmdk", Array(desc.utf8))])) }
+            #expect(e?.code == .unsupported, "\(String(describing: e))")
+            // A truncated archive: the disk member runs past the end.
+            var bytes = try Fixtures.read(dir + "/web-ustar.ova")
+            bytes.removeLast(bytes.count / 3)
+            try Fixtures.write(bytes, to: tmp + "/cut.ova")
+            e = #expect(throws: WardenError.self) { _ = try ImageOpener.open(tmp + "/cut.ova") }
+            #expect(e?.code == .corrupt, "\(String(describing: e))")
+        }
+    }
+}

@@ -37,16 +37,26 @@ import WardenTestSupport
                          logicalVolume: "/dev/mapper/vg0-root"))
     }
 
-    /// Guest A converted by qemu-img into VHDX, VDI and VHD inspects exactly as the qcow2 does
+    /// Guest A converted by qemu-img into VHDX, VDI, VHD and an OVA inspects exactly as the qcow2 does
     /// (everything but the `image` facts).
     @Test(.enabled(if: GuestFixtures.available, "needs root, debootstrap and the Debian mirror"))
     func guestAInspectsTheSameInEveryFormat() throws {
         let qcow2 = try GuestFixtures.guestA() + "/disk.qcow2"
         let formats = [("vhdx", "subformat=dynamic", "disk.vhdx"), ("vdi", "static=off", "disk.vdi"), ("vpc", "force_size=on", "disk.vhd")]
-        let dir = try Fixtures.cached("guest-a-formats", recipe: "v1 " + qcow2 + formats.map { "\($0)" }.joined()) { dir in
+        let dir = try Fixtures.cached("guest-a-formats", recipe: "v2 " + qcow2 + formats.map { "\($0)" }.joined()) { dir in
             for (fmt, options, name) in formats {
                 try Tool.run(["qemu-img", "convert", "-f", "qcow2", "-O", fmt, "-o", options, qcow2, name], cwd: dir)
             }
+            // An OVA: an OVF descriptor and a streamOptimized VMDK in a tar, read in place.
+            try Tool.run(["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", qcow2, "guest.vmdk"], cwd: dir)
+            let ovf = """
+            <?xml version="1.0"?><Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">\
+            <References><File ovf:id="f" ovf:href="guest.vmdk"/></References><DiskSection><Disk ovf:diskId="d" ovf:fileRef="f"/></DiskSection>\
+            <VirtualSystem ovf:id="guest-a"><Name>guest-a</Name></VirtualSystem></Envelope>
+            """
+            try ovf.write(toFile: dir + "/guest.ovf", atomically: true, encoding: .utf8)
+            try Tool.run(["tar", "--format=ustar", "-cf", "disk.ova", "guest.ovf", "guest.vmdk"], cwd: dir)
+            try FileManager.default.removeItem(atPath: dir + "/guest.vmdk")
         }
         func inventory(_ path: String) throws -> [String: Any] {
             let r = try WardenRun.run(["inspect", "--json", path], timeoutSeconds: 120)
@@ -57,9 +67,21 @@ import WardenTestSupport
         }
         let want = try inventory(qcow2)
         #expect(want["os"] != nil && want["packages"] != nil)
-        for (_, _, name) in formats {
+        for name in formats.map(\.2) + ["disk.ova"] {
             let got = try inventory(dir + "/" + name)
             #expect(NSDictionary(dictionary: got).isEqual(to: want), "\(name) inspects differently")
+        }
+        // Registering the OVA records what its descriptor says of the appliance, and the guest's OS.
+        try Fixtures.withTemporaryDirectory { tmp in
+            let db = ["--db", tmp + "/w.db"]
+            #expect(try WardenRun.run(["vm", "register", "--name", "appliance", "--owner", "ops", dir + "/disk.ova"] + db).status == 0)
+            let h = try WardenRun.run(["vm", "history", "appliance", "--json"] + db)
+            let events = try #require((try JSONSerialization.jsonObject(with: h.stdout) as? [String: Any])?["events"] as? [[String: Any]])
+            let payload = try #require(events.first?["payload"] as? [String: Any])
+            let disk = try #require((payload["disks"] as? [[String: Any]])?.first)
+            #expect(disk["format"] as? String == "ova" && (disk["backing_chain"] as? [Any])?.isEmpty == true)
+            #expect((disk["appliance"] as? [String: Any])?["name"] as? String == "guest-a")
+            #expect(payload["os"] as? String == "debian 12")
         }
     }
 

@@ -31,8 +31,8 @@ struct ScanCommand: ParsableCommand {
         """
     )
     @OptionGroup var database: DatabaseOption
-    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX or VDI).") var images: [String]
-    @Option(help: "Force the image format: raw, qcow2, vmdk, vhd, vhdx or vdi.") var format: ImageFormat?
+    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA).") var images: [String]
+    @Option(help: "Force the image format: raw, qcow2, vmdk, vhd, vhdx, vdi or ova.") var format: ImageFormat?
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Also list fixed and not-affected findings.") var all = false
     @OptionGroup var key: KeyFromOption

@@ -8,7 +8,7 @@ import GuestFS
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK, VHD, VHDX, VDI; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, FAT); refresh a guest's identity.",
+        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK, VHD, VHDX, VDI, OVA; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, FAT); refresh a guest's identity.",
         subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self, ImageFingerprint.self,
                       ImageSysprep.self]
     )
@@ -16,10 +16,10 @@ struct ImageCommand: ParsableCommand {
 
 /// Options shared by every command that opens an image.
 struct ImageOptions: ParsableArguments {
-    @Argument(help: "The disk image (raw, qcow2, VMDK, VHD, VHDX or VDI; detected by content).")
+    @Argument(help: "The disk image (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA; detected by content).")
     var image: String
 
-    @Option(help: "Force the image format instead of detecting it: raw, qcow2, vmdk, vhd, vhdx or vdi.")
+    @Option(help: "Force the image format instead of detecting it: raw, qcow2, vmdk, vhd, vhdx, vdi or ova.")
     var format: ImageFormat?
 
     @Flag(help: "Detect the format of backing files that do not declare one (off: read them as raw).")

@@ -9,10 +9,10 @@ struct ImageFingerprint: ParsableCommand {
         abstract: "Print the content fingerprint of each image (equal for equal guest-visible bytes, whatever the format)."
     )
 
-    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX or VDI; detected by content).")
+    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA; detected by content).")
     var images: [String]
 
-    @Option(help: "Force the image format instead of detecting it: raw, qcow2, vmdk, vhd, vhdx or vdi.")
+    @Option(help: "Force the image format instead of detecting it: raw, qcow2, vmdk, vhd, vhdx, vdi or ova.")
     var format: ImageFormat?
 
     @Flag(help: "Print JSON: [{\"image\": PATH, \"fingerprint\": \"sha256:…\", \"virtual_size\": N}].")

@@ -15,7 +15,7 @@ struct DiscoverCommand: ParsableCommand {
         commandName: "discover",
         abstract: "Find disk images in folders by content; report identity collisions, unregistered copies and backing-file dependencies.",
         discussion: """
-        Every regular file is checked by content, never by name: qcow2, VMDK, VHD, VHDX and VDI by their magic (a fixed VHD by its footer), a raw file \
+        Every regular file is checked by content, never by name: qcow2, VMDK, VHD, VHDX, VDI and OVA by their magic (a fixed VHD by its footer), a raw file \
         only when it holds a partition table or a known filesystem. Symbolic links are not followed. \
         Semantics: docs/ledger.md, section Discovery. JSON schema: docs/json-schemas/discover.v1.json.
         """)
