@@ -130,7 +130,7 @@ public enum VHDX {
             if flags & 4 != 0 && !known.contains(id) {
                 throw WardenError.unsupported("VHDX has required metadata this reader does not know", file: file.path)
             }
-            guard len == 0 || (off >= 65536 && off <= m.count && len <= m.count - off) else {
+            guard off <= m.count, len <= m.count - off, len == 0 || off >= 65536 else {
                 throw WardenError.corrupt("VHDX metadata item \(i) lies outside the metadata region", file: file.path)
             }
             items[id] = m[off..<off + len]

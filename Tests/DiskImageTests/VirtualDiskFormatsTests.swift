@@ -148,6 +148,16 @@ import WardenTestSupport
             #expect(e?.code == .corrupt && e?.message.contains("region") == true, "\(String(describing: e))")
             e = try openError("dynamic.vhdx", in: tmp) { b in b.removeLast(b.count / 2) }
             #expect(e != nil)
+            // A metadata entry of length 0 at an offset past the region (a fuzzer's find: it
+            // trapped once): refused, region tables rewritten with valid checksums.
+            let file = try ImageFile(path: try Self.converted() + "/dynamic.vhdx")
+            let meta = try #require(try VHDX.regions(file, at: 192 << 10)?[VHDX.metadataGUID])
+            e = try openError("dynamic.vhdx", in: tmp) { b in
+                let entry = Int(meta.offset) + 32
+                Self.putLE32(0xFFFF_FFF0, &b, at: entry + 16)
+                Self.putLE32(0, &b, at: entry + 20)
+            }
+            #expect(e?.code == .corrupt, "\(String(describing: e))")
         }
     }
 }
