@@ -35,6 +35,8 @@ public enum JBD2 {
     enum TagFlag { static let escape: UInt32 = 1, sameUUID: UInt32 = 2, lastTag: UInt32 = 8 }
     /// The most journal blocks accepted (4 Mi: 16 GiB of 4 KiB blocks).
     static let maxJournalBlocks: UInt64 = 1 << 22
+    /// The most journalled blocks (tags) one replay keeps track of.
+    static let maxTags = 1 << 20
 
     /// What a replay did, for the volume's report.
     public struct Summary: Sendable, Equatable, Codable {
@@ -133,6 +135,7 @@ public enum JBD2 {
         var pos = start
         var steps: UInt64 = 0
         var incomplete = false
+        var tagCount = 0
         walk: while steps < maxlen {
             let b = try block(pos)
             let h = ByteReader(b, context: "journal block")
@@ -155,6 +158,8 @@ public enum JBD2 {
                     off += tagSize
                     if flags & TagFlag.sameUUID == 0 { off += 16 }
                     p = next(p); steps += 1
+                    tagCount += 1
+                    guard tagCount <= maxTags else { throw WardenError.limit("the journal holds more than \(maxTags) blocks to replay") }
                     current.tags.append(Tag(target: bit64 ? high << 32 | low : low, logBlock: p, escaped: flags & TagFlag.escape != 0, checksum: sum))
                     if flags & TagFlag.lastTag != 0 { break }
                 }
