@@ -86,23 +86,14 @@ extension AdvisoriesCommand {
 
         /// Downloads `url` to `dest` with curl; failures are `.unavailable` with curl's reason.
         static func download(_ url: String, to dest: String, timeout: Int) throws {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["curl", "--fail", "--silent", "--show-error", "--location",
-                           "--proto", "=http,https", "--proto-redir", "=http,https",
-                           "--connect-timeout", String(min(timeout, 10)), "--max-time", String(timeout),
-                           "--max-filesize", String(1 << 30), "-o", dest, url]
-            let err = Pipe()
-            p.standardError = err
-            p.standardOutput = FileHandle.nullDevice
-            p.standardInput = FileHandle.nullDevice
-            do { try p.run() } catch {
-                throw WardenError(.unavailable, "cannot run curl to fetch \(url): \(error.localizedDescription)")
-            }
-            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else {
-                let why = text.split(separator: "\n").last.map(String.init) ?? "curl exited \(p.terminationStatus)"
+            let curl = try ToolProcess.find("curl", package: "curl")
+            let r = try ToolProcess.run(curl, ["--fail", "--silent", "--show-error", "--location",
+                                               "--proto", "=http,https", "--proto-redir", "=http,https",
+                                               "--connect-timeout", String(min(timeout, 10)), "--max-time", String(timeout),
+                                               "--max-filesize", String(1 << 30), "-o", dest, url],
+                                        timeout: TimeInterval(timeout) + 10)
+            guard r.status == 0 else {
+                let why = String(decoding: r.stderr, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "curl exited \(r.status)"
                 throw WardenError(.unavailable, "cannot fetch \(url): \(oneLine(why))")
             }
         }
