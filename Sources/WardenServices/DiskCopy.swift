@@ -43,15 +43,12 @@ public enum DiskCopy {
     /// (`qemu-img rebase -u`) so the copy still finds the same backing file from its new folder.
     public static func fixRelativeBacking(of d: DiskRecord, copy: String) throws {
         guard d.format == "qcow2", let backing = d.backingChain.first else { return }
-        let img = try ImageOpener.open(copy, options: OpenOptions(maxBackingDepth: 0))
+        // The name as written is read from the source, where it still resolves (the copy's
+        // relative name points into the new folder, where there is no backing file).
+        let img = try ImageOpener.open(d.path)
         guard let written = img.info.backingFile, !written.hasPrefix("/") else { return }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["qemu-img", "rebase", "-u", "-b", backing, "-F", img.info.backingFormat ?? "raw", copy]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw WardenError(.io, "qemu-img rebase failed", file: copy) }
+        let qemuImg = try ToolProcess.find("qemu-img", package: "qemu-utils")
+        let r = try ToolProcess.run(qemuImg, ["rebase", "-u", "-b", backing, "-F", img.info.backingFormat ?? "raw", copy])
+        guard r.status == 0 else { throw WardenError(.io, "qemu-img rebase failed: \(r.firstErrorLine)", file: copy) }
     }
 }
