@@ -477,20 +477,13 @@ public enum QEMUImg {
     /// Runs `qemu-img ARGS`; a failure throws with qemu-img's first error line.
     @discardableResult
     public static func run(_ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try QEMULauncher.resolve("qemu-img"))
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err; p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            let line = String(decoding: e, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "exit \(p.terminationStatus)"
+        // Snapshots of large disks take time; the deadline only guards against a hung tool.
+        let r = try ToolProcess.run(try QEMULauncher.resolve("qemu-img"), args, timeout: 6 * 3600, outputLimit: 16 << 20)
+        guard r.status == 0 else {
+            let line = String(decoding: r.stderr, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "exit \(r.status)"
             throw WardenError(.unavailable, "qemu-img \(args.first ?? "") failed: \(line)", file: args.last)
         }
-        return String(decoding: o, as: UTF8.self)
+        return String(decoding: r.stdout, as: UTF8.self)
     }
 
     /// `qemu-img snapshot OP NAME` on a disk; an encrypted one is opened with its key
