@@ -29,6 +29,8 @@ extension LVM2 {
         /// Stripe size in bytes (0 for linear).
         public var stripeSize: UInt64
         public var stripes: [Stripe]
+        /// The legs of a raid1 or mirror segment: sub-LVs holding the same data.
+        public var legs: [String] = []
     }
 
     public struct LVEntry: Sendable, Equatable {
@@ -103,8 +105,18 @@ extension LVM2 {
                             stripeSize = try Checked.mul(try int(seg, "stripe_size", ctx), 512, "lvm2: \(ctx) stripe size")
                         }
                     }
+                    // raid1: raids = [rmeta_0, rimage_0, rmeta_1, rimage_1, …]; mirror: mirrors = [mimage_0, 0, mimage_1, 0, …].
+                    var legs: [String] = []
+                    if type == "raid1" {
+                        let list = seg["raids"]?.array ?? []
+                        legs = stride(from: 1, to: list.count, by: 2).compactMap { list[$0].string }
+                    } else if type == "mirror" {
+                        let list = seg["mirrors"]?.array ?? []
+                        legs = stride(from: 0, to: list.count, by: 2).compactMap { list[$0].string }
+                    }
+                    guard legs.count <= 64 else { throw WardenError.limit("lvm2: \(ctx) has more than 64 legs") }
                     segs.append(Segment(startExtent: try int(seg, "start_extent", ctx), extentCount: try int(seg, "extent_count", ctx),
-                                        type: type, stripeSize: stripeSize, stripes: stripes))
+                                        type: type, stripeSize: stripeSize, stripes: stripes, legs: legs))
                 }
                 segs.sort { $0.startExtent < $1.startExtent }
                 let status = (lv["status"]?.array ?? []).compactMap { $0.string }
@@ -131,14 +143,36 @@ extension LVM2 {
         try vg.logicalVolumes.filter(\.isVisible).map { try logicalVolume($0, in: vg, pvs: pvs) }
     }
 
-    /// Maps one LV of `vg` onto its PVs.
-    public static func logicalVolume(_ lv: LVEntry, in vg: VolumeGroup, pvs: [String: any BlockDevice]) throws -> LogicalVolume {
+    /// Maps one LV of `vg` onto its PVs. A raid1 or mirror LV is read from its first leg whose
+    /// physical volumes are all present (every leg holds the same data).
+    public static func logicalVolume(_ lv: LVEntry, in vg: VolumeGroup, pvs: [String: any BlockDevice], depth: Int = 0) throws -> LogicalVolume {
+        if let seg = lv.segments.first, seg.type == "raid1" || seg.type == "mirror" {
+            guard lv.segments.count == 1, seg.startExtent == 0, !seg.legs.isEmpty, depth < 4 else {
+                throw WardenError.unsupported("lvm2: LV \(vg.name)/\(lv.name) is a \(seg.type) volume of a shape Warden does not read (several segments, nested, or no legs)")
+            }
+            let size = try Checked.mul(seg.extentCount, vg.extentSize, "lvm2: LV \(lv.name) size")
+            var failure: WardenError?
+            for name in seg.legs {
+                guard let entry = vg.logicalVolumes.first(where: { $0.name == name }) else {
+                    failure = WardenError.corrupt("lvm2: LV \(lv.name) names leg \(name), which the metadata does not hold"); continue
+                }
+                do {
+                    let leg = try logicalVolume(entry, in: vg, pvs: pvs, depth: depth + 1)
+                    guard leg.size >= size else { throw WardenError.corrupt("lvm2: leg \(name) of LV \(lv.name) is smaller than the LV") }
+                    return LogicalVolume(name: lv.name, vgName: vg.name, uuid: lv.uuid, size: size,
+                                         device: try SliceDevice(base: leg.device, start: 0, size: size))
+                } catch let e as WardenError {
+                    failure = e   // a leg on a missing PV: the next one holds the same data
+                }
+            }
+            throw failure ?? WardenError.corrupt("lvm2: LV \(lv.name) has no readable leg")
+        }
         var pieces: [LVM2ExtentDevice.Piece] = []
         var next: UInt64 = 0
         let es = vg.extentSize
         for seg in lv.segments {
             guard seg.type == "striped" else {
-                throw WardenError.unsupported("lvm2: LV \(vg.name)/\(lv.name) uses segment type \"\(seg.type)\" (only linear and striped are supported)")
+                throw WardenError.unsupported("lvm2: LV \(vg.name)/\(lv.name) uses segment type \"\(seg.type)\" (linear, striped, raid1 and mirror are supported)")
             }
             guard seg.startExtent == next else {
                 throw WardenError.corrupt("lvm2: LV \(lv.name) segment at extent \(seg.startExtent) does not follow extent \(next)")
