@@ -73,7 +73,13 @@ public final class GuestView: @unchecked Sendable {
             rootIndex = i
         }
         guard let rootIndex, let rootFS = open(rootIndex) else {
-            throw WardenError.notFound("no root filesystem found (no readable volume holds /etc with os-release or fstab)")
+            // Say which volumes could not be read at all: the root may well be one of them.
+            let unread = layout.volumes.compactMap { v -> String? in
+                guard let f = v.filesystem, !f.isReadable else { return nil }
+                return "\(f.type) on \(v.displayName)"
+            }
+            let why = unread.isEmpty ? "" : "; not read: " + unread.prefix(8).joined(separator: ", ") + (unread.count > 8 ? ", …" : "")
+            throw WardenError.notFound("no root filesystem found (no readable volume holds /etc with os-release or fstab\(why))")
         }
         var mounts = [Mount(path: "/", spec: "root", volume: layout.volumes[rootIndex],
                             type: layout.volumes[rootIndex].filesystem?.type ?? "unknown")]
