@@ -75,3 +75,16 @@ extension BlockDevice {
         }
     }
 }
+
+extension Array where Element == BlockExtent {
+    /// Appends `x`, extending the last extent instead when `x` continues it with the same kind;
+    /// empty extents are dropped. Every `mapping` builds its answer with this.
+    public mutating func appendMerging(_ x: BlockExtent) {
+        guard x.length > 0 else { return }
+        if let last = self.last, last.kind == x.kind, last.offset + last.length == x.offset {
+            self[count - 1].length += x.length
+        } else {
+            append(x)
+        }
+    }
+}

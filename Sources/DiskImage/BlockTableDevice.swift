@@ -76,14 +76,7 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
             throw WardenError(.invalidArgument, "mapping of \(length) bytes at \(hex(offset)) is beyond the end of the \(size)-byte device")
         }
         var out: [BlockExtent] = []
-        func add(_ at: UInt64, _ n: UInt64, _ kind: BlockExtent.Kind) {
-            guard n > 0 else { return }
-            if let last = out.last, last.kind == kind, last.offset + last.length == at {
-                out[out.count - 1].length += n
-            } else {
-                out.append(BlockExtent(offset: at, length: n, kind: kind))
-            }
-        }
+        func add(_ at: UInt64, _ n: UInt64, _ kind: BlockExtent.Kind) { out.appendMerging(BlockExtent(offset: at, length: n, kind: kind)) }
         var pos = offset
         while pos < end {
             let block = Int(pos / blockSize), within = pos % blockSize

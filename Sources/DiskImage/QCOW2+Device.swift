@@ -415,15 +415,7 @@ extension QCOW2 {
                 throw WardenError(.invalidArgument, "mapping of \(length) bytes at \(hex(offset)) is beyond the end of the \(size)-byte device")
             }
             var out: [BlockExtent] = []
-            func add(_ pos: UInt64, _ len: UInt64, _ kind: BlockExtent.Kind) {
-                guard len > 0 else { return }
-                if var last = out.last, last.kind == kind, last.offset + last.length == pos {
-                    last.length += len
-                    out[out.count - 1] = last
-                } else {
-                    out.append(BlockExtent(offset: pos, length: len, kind: kind))
-                }
-            }
+            func add(_ pos: UInt64, _ len: UInt64, _ kind: BlockExtent.Kind) { out.appendMerging(BlockExtent(offset: pos, length: len, kind: kind)) }
             var pos = offset
             var work: UInt64 = 0
             while pos < end {

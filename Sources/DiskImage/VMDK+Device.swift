@@ -79,14 +79,7 @@ extension VMDK {
             }
             var out: [BlockExtent] = []
             guard length > 0 else { return out }
-            func add(_ x: BlockExtent) {
-                guard x.length > 0 else { return }
-                if let last = out.last, last.kind == x.kind, last.offset + last.length == x.offset {
-                    out[out.count - 1].length += x.length
-                } else {
-                    out.append(x)
-                }
-            }
+            func add(_ x: BlockExtent) { out.appendMerging(x) }
             var i = extentIndex(offset)
             var pos = offset
             while pos < end {

@@ -232,14 +232,7 @@ extension VMDK {
         func mapping(at offset: UInt64, length: UInt64, base: UInt64, into out: inout [BlockExtent], parent: Parent? = nil) throws {
             var pos = offset
             let end = offset + length
-            func add(_ o: UInt64, _ l: UInt64, _ kind: BlockExtent.Kind) {
-                guard l > 0 else { return }
-                if let last = out.last, last.kind == kind, last.offset + last.length == o {
-                    out[out.count - 1].length += l
-                } else {
-                    out.append(BlockExtent(offset: o, length: l, kind: kind))
-                }
-            }
+            func add(_ o: UInt64, _ l: UInt64, _ kind: BlockExtent.Kind) { out.appendMerging(BlockExtent(offset: o, length: l, kind: kind)) }
             while pos < end {
                 let g = pos / grainBytes
                 let gdIndex = Int(g / UInt64(gtEntries))

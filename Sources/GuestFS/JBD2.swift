@@ -118,8 +118,8 @@ public enum JBD2 {
         }
         /// Whether `b`'s checksum, stored at `at` (zeroed while computing), matches.
         func checksumOK(_ b: [UInt8], at: Int) -> Bool {
+            guard let stored: UInt32 = try? ByteReader.be(b, at: at) else { return false }
             var copy = b
-            let stored = UInt32(b[at]) << 24 | UInt32(b[at + 1]) << 16 | UInt32(b[at + 2]) << 8 | UInt32(b[at + 3])
             for k in at..<at + 4 { copy[k] = 0 }
             return CRC32.castagnoli.update(seed, copy) == stored
         }
@@ -250,15 +250,12 @@ public enum JBD2 {
             if blocks.isEmpty { return base }
             var out: [BlockExtent] = []
             for e in base {
-                if e.kind == .data { out.append(e); continue }
+                if e.kind == .data { out.appendMerging(e); continue }
                 var pos = e.offset
                 let end = e.offset + e.length
                 while pos < end {
                     let n = min(end - pos, blockSize - pos % blockSize)
-                    let kind: BlockExtent.Kind = blocks[pos / blockSize] != nil ? .data : .zero
-                    if let l = out.last, l.kind == kind, l.offset + l.length == pos { out[out.count - 1].length += n } else {
-                        out.append(BlockExtent(offset: pos, length: n, kind: kind))
-                    }
+                    out.appendMerging(BlockExtent(offset: pos, length: n, kind: blocks[pos / blockSize] != nil ? .data : .zero))
                     pos += n
                 }
             }
