@@ -1,3 +1,4 @@
+import Foundation
 import WardenCore
 
 // An OVA: a tar archive (ustar, with pax or GNU extensions for long names and large sizes)
@@ -158,7 +159,7 @@ public enum OVA {
     }
 
     static func clean(_ s: String) -> String {
-        String(String.UnicodeScalarView(s.trimmingWhitespace.unicodeScalars.prefix(maxText).map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+        String(String.UnicodeScalarView(s.trimmingCharacters(in: .whitespacesAndNewlines).unicodeScalars.prefix(maxText).map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
     }
 
     /// `units` as OVF writes them: "byte", "byte * 2^20", "MegaBytes", "GigaBytes"…
@@ -226,7 +227,7 @@ public enum OVA {
             let n = path.removeLast()
             if n == "Name", path.last == "VirtualSystem", name == nil { name = text }
             if n == "Description", path.last == "OperatingSystemSection" { os = text.isEmpty ? os : text }
-            if path.last == "Item", !items.isEmpty { items[items.count - 1][n] = text.trimmingWhitespace }
+            if path.last == "Item", !items.isEmpty { items[items.count - 1][n] = text.trimmingCharacters(in: .whitespacesAndNewlines) }
             text = ""
         }
     }
@@ -248,11 +249,12 @@ public enum OVA {
         let window = try file.window(at: member.offset, length: member.size, name: "\(file.path)[\(member.name)]")
         var inner = context
         inner.options.maxBackingDepth = 0
-        inner.options.format = nil
-        if try ImageOpener.detect(window) == .vmdk, try window.readPrefix(at: 0, count: 4) != Array("KDMV".utf8) {
+        let innerFormat = try ImageOpener.detect(window)
+        if innerFormat == .vmdk, try window.readPrefix(at: 0, count: 4) != Array("KDMV".utf8) {
             throw WardenError.unsupported("the OVA disk \(member.name) is a VMDK descriptor naming other files; only single-file disks are read inside an OVA", file: file.path)
         }
-        if try ImageOpener.detect(window) == .ova { throw WardenError.corrupt("an OVA inside an OVA", file: file.path) }
+        if innerFormat == .ova { throw WardenError.corrupt("an OVA inside an OVA", file: file.path) }
+        inner.options.format = innerFormat
         let disk = try ImageOpener.open(file: window, context: inner)
         var details: [String: String] = ["disk_member": member.name, "ovf_disks": String(descriptor.disks.count)]
         if let v = descriptor.name { details["ovf_name"] = v }
@@ -264,14 +266,5 @@ public enum OVA {
         let info = ImageInfo(path: file.path, format: .ova, virtualSize: disk.device.size, fileSize: file.length,
                              allocatedSize: file.allocatedBytes, details: details)
         return OpenedImage(device: disk.device, chain: [info] + disk.chain)
-    }
-}
-
-extension String {
-    var trimmingWhitespace: String {
-        var s = Substring(self)
-        while let f = s.first, f.isWhitespace { s.removeFirst() }
-        while let l = s.last, l.isWhitespace { s.removeLast() }
-        return String(s)
     }
 }

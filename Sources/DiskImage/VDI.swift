@@ -49,7 +49,7 @@ public enum VDI {
         var blocks: [BlockTableDevice.Block] = []
         blocks.reserveCapacity(Int(count))
         for i in 0..<Int(count) {
-            let n = UInt32(map[4 * i]) | UInt32(map[4 * i + 1]) << 8 | UInt32(map[4 * i + 2]) << 16 | UInt32(map[4 * i + 3]) << 24
+            let n: UInt32 = try ByteReader.le(map, at: 4 * i, context: "VDI block map")
             switch n {
             case 0xFFFF_FFFF: blocks.append(.absent)
             case 0xFFFF_FFFE: blocks.append(.zero)

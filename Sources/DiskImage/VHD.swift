@@ -115,7 +115,7 @@ public enum VHD {
             var blocks: [BlockTableDevice.Block] = []
             blocks.reserveCapacity(Int(entries))
             for i in 0..<Int(entries) {
-                let sector = UInt32(bat[4 * i]) << 24 | UInt32(bat[4 * i + 1]) << 16 | UInt32(bat[4 * i + 2]) << 8 | UInt32(bat[4 * i + 3])
+                let sector: UInt32 = try ByteReader.be(bat, at: 4 * i, context: "VHD block table")
                 blocks.append(sector == 0xFFFF_FFFF ? .absent : .file(UInt64(sector) * 512 + bitmapBytes))
             }
             let dev = try BlockTableDevice(file: file, size: size, blockSize: blockSize, blocks: blocks, what: "VHD")

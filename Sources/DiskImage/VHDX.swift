@@ -31,7 +31,7 @@ public enum VHDX {
     static let virtualDiskSizeGUID = guid("2FA54224-CD1B-4876-B211-5DBED83BF4B8")
     static let logicalSectorSizeGUID = guid("8141BF1D-A96F-4709-BA47-F233A8FAAB5F")
     static let physicalSectorSizeGUID = guid("CDA348C7-445D-4471-9CC9-E9885251C556")
-    static let virtualDiskIDGUID = guid("BECA12AB-B2E6-4523-93EF-C309E000C746")
+    /// Page 83 data: the virtual disk's id.
     static let page83GUID = guid("BECA12AB-B2E6-4523-93EF-C309E000C746")
     static let parentLocatorGUID = guid("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C")
 
@@ -48,8 +48,7 @@ public enum VHDX {
 
     /// Whether the CRC-32C stored at `at` matches `bytes` with that field zeroed.
     static func checksumOK(_ bytes: [UInt8], at: Int) -> Bool {
-        guard bytes.count >= at + 4 else { return false }
-        let stored = UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+        guard let stored: UInt32 = try? ByteReader.le(bytes, at: at) else { return false }
         var copy = bytes
         copy[at] = 0; copy[at + 1] = 0; copy[at + 2] = 0; copy[at + 3] = 0
         return CRC32.castagnoli.checksum(copy) == stored
@@ -120,8 +119,7 @@ public enum VHDX {
         let entries = Int(try mr.le(at: 10, UInt16.self))
         guard entries <= maxMetadataEntries else { throw WardenError.corrupt("VHDX metadata has \(entries) entries", file: file.path) }
         var items: [[UInt8]: ArraySlice<UInt8>] = [:]
-        let known = [fileParametersGUID, virtualDiskSizeGUID, logicalSectorSizeGUID, physicalSectorSizeGUID, virtualDiskIDGUID,
-                     page83GUID, parentLocatorGUID]
+        let known = [fileParametersGUID, virtualDiskSizeGUID, logicalSectorSizeGUID, physicalSectorSizeGUID, page83GUID, parentLocatorGUID]
         for i in 0..<entries {
             let e = 32 + 32 * i
             let id = Array(m[e..<e + 16])
