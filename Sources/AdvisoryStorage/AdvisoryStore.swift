@@ -142,6 +142,28 @@ public struct PackageVersionWrite: Sendable {
     }
 }
 
+/// A package version's findings hash as a computation read it (nil: never assessed). A save
+/// computed from it stands only while the version still has that hash: a rescan's relative
+/// counts, or a scan's total, would otherwise count a change twice when another rescan or scan
+/// stored it in between (``AdvisoryStore/saveRescan(packageVersions:inventories:through:redateAll:basis:at:)``).
+public struct PackageVersionBasis: Sendable, Hashable {
+    public var id: Int64
+    public var findingsHash: String?
+    public init(id: Int64, findingsHash: String?) { self.id = id; self.findingsHash = findingsHash }
+
+    /// What a save throws when a version no longer has its basis hash.
+    public static let changed = WardenError(.conflict, "stored assessments changed while this one was computed")
+
+    /// Runs `body` again (at most `attempts` times) while it throws ``changed``: each run reads
+    /// what is stored then, so the last one saves a consistent answer.
+    public static func retrying<T>(attempts: Int = 8, _ body: () throws -> T) throws -> T {
+        var left = attempts
+        while true {
+            do { return try body() } catch let e as WardenError where e == changed && left > 1 { left -= 1 }
+        }
+    }
+}
+
 /// An inventory's assessment to store, as of `assessedAt`: its vulnerable count, or (with
 /// `relative`) the change to the stored count.
 public struct InventoryAssessmentWrite: Sendable {
@@ -219,8 +241,8 @@ public protocol AdvisoryStore: AdvisoryFacts {
     func packageVersions(release: String, names: Set<String>) throws -> [PackageVersion]
     /// Package versions never assessed (every one unless `unassessedOnly`).
     func packageVersions(unassessedOnly: Bool) throws -> [PackageVersion]
-    /// The stored findings of these package versions (assessed ones only).
-    func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: Data]
+    /// The stored findings of these package versions, with their hash (assessed ones only).
+    func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: (hash: String, findings: Data)]
     /// These package versions (those that exist).
     func packageVersions(ids: [Int64]) throws -> [PackageVersion]
     /// The inventories holding each of these package versions.
@@ -239,9 +261,11 @@ public protocol AdvisoryStore: AdvisoryFacts {
     func pendingAdvisoryChanges() throws -> PendingAdvisoryChanges
     /// In one transaction: stores package-version findings and inventory assessments, marks
     /// advisory changes up to `through` as rescanned (forgetting them), and with `redateAll`
-    /// dates every other assessment `now`.
+    /// dates every other assessment `now`. Each version in `basis` must still have the hash
+    /// given there (the writes were computed from it); otherwise nothing is stored and it throws
+    /// ``WardenError/Code/conflict`` (the caller computes again from what is stored now).
     func saveRescan(packageVersions: [PackageVersionWrite], inventories: [InventoryAssessmentWrite], through: Int64?,
-                    redateAll: Bool, at now: Date) throws
+                    redateAll: Bool, basis: [PackageVersionBasis], at now: Date) throws
     /// `findings` with the aliases and summaries of their advisories.
     func withDetails(_ findings: [Finding]) throws -> [Finding]
 

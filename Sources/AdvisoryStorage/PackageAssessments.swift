@@ -15,8 +15,8 @@ extension AdvisoryStore {
         // A finding is one per (package, installed version, advisory) in an inventory, as the matcher makes them.
         var seen = Set<String>()
         for id in ids {
-            guard let blob = blobs[id] else { continue }
-            for f in AdvisoryCoding.decodeFindingsWithoutDetails(blob)
+            guard let stored = blobs[id] else { continue }
+            for f in AdvisoryCoding.decodeFindingsWithoutDetails(stored.findings)
             where seen.insert("\(f.package)\u{1F}\(f.installedVersion)\u{1F}\(f.source)\u{1F}\(f.advisory)").inserted {
                 out.append(f)
             }
@@ -43,7 +43,14 @@ extension AdvisoryStore {
     /// report for every other inventory that has them. So when an import not yet rescanned
     /// touches one of them, the assessment is dated just before that import (policy then
     /// matches live, and the next rescan brings it up to date).
+    ///
+    /// The total counts the stored findings of versions assessed before; if a rescan or another
+    /// scan stores any of them meanwhile, it is counted again from what they stored.
     public func saveAssessment(_ key: WardenCore.Digest, findings: [Finding], at now: Date = Date()) throws {
+        try PackageVersionBasis.retrying { try saveAssessmentOnce(key, findings: findings, at: now) }
+    }
+
+    private func saveAssessmentOnce(_ key: WardenCore.Digest, findings: [Finding], at now: Date) throws {
         let vuln = findings.filter { $0.status == .vulnerable }
         guard let ids = try packageVersionIDs(of: key.description) else { return }
         let versions = try packageVersions(ids: ids)
@@ -67,7 +74,7 @@ extension AdvisoryStore {
         }
         let at = stale ? (pending.since ?? now).addingTimeInterval(-0.001) : now
         try saveRescan(packageVersions: writes, inventories: [InventoryAssessmentWrite(inventory: key.description, vulnerable: vulnerable, assessedAt: at)],
-                       through: nil, redateAll: false, at: now)
+                       through: nil, redateAll: false, basis: versions.map { PackageVersionBasis(id: $0.id, findingsHash: $0.findingsHash) }, at: now)
     }
 }
 

@@ -48,9 +48,19 @@ extension AdvisoryStore {
     /// nothing imported or stored since the last rescan it reads almost nothing. `full`
     /// re-matches every package version (the answer is the same; for checking that).
     ///
+    /// Rescans running at once (several processes, or hosts on one fleet database) each store a
+    /// consistent answer: a rescan saves only if the package versions it computed from still
+    /// hold what it read, and otherwise computes again from what the other one stored.
+    ///
     /// `phase` (when given) is called after each step with its name, for `--timing`.
     public func rescan(at now: Date = Date(), full: Bool = false, phase: ((String) -> Void)? = nil) throws -> RescanReport {
         let start = Date()
+        var report = try PackageVersionBasis.retrying { try rescanOnce(at: now, full: full, phase: phase) }
+        report.seconds = Date().timeIntervalSince(start)
+        return report
+    }
+
+    private func rescanOnce(at now: Date, full: Bool, phase: ((String) -> Void)?) throws -> RescanReport {
         _ = try indexMissingPackageSets()
         let pending = try pendingAdvisoryChanges()
         var ecoOf: [String: GuestEcosystem?] = [:]
@@ -108,7 +118,7 @@ extension AdvisoryStore {
         var allRemoved: [Finding] = []
         var removedRange: [Int64: Range<Int>] = [:]
         for c in changed {
-            let old = oldBlobs[c.version.id].map(AdvisoryCoding.decodeFindingsWithoutDetails) ?? []
+            let old = oldBlobs[c.version.id].map { AdvisoryCoding.decodeFindingsWithoutDetails($0.findings) } ?? []
             let d = Matcher.diff(old: old, new: c.findings)
             removedRange[c.version.id] = allRemoved.count..<(allRemoved.count + d.removed.count)
             allRemoved += d.removed
@@ -129,8 +139,8 @@ extension AdvisoryStore {
         let storedBlobs = try packageVersionFindings(freshVersions.filter { newFindingsOf[$0] == nil })
         if !storedBlobs.isEmpty {
             var flat: [Finding] = [], ranges: [(Int64, Range<Int>)] = []
-            for (id, blob) in storedBlobs {
-                let list = AdvisoryCoding.decodeFindingsWithoutDetails(blob)
+            for (id, stored) in storedBlobs {
+                let list = AdvisoryCoding.decodeFindingsWithoutDetails(stored.findings)
                 ranges.append((id, flat.count..<(flat.count + list.count)))
                 flat += list
             }
@@ -174,9 +184,12 @@ extension AdvisoryStore {
         }
         phase?("compare")
 
-        // Stored in one transaction; every other assessment is now as of this rescan.
+        // Stored in one transaction, if what it was computed from is still what is stored;
+        // every other assessment is now as of this rescan.
+        let basis = changed.map { PackageVersionBasis(id: $0.version.id, findingsHash: $0.version.findingsHash) }
+            + storedBlobs.map { PackageVersionBasis(id: $0.key, findingsHash: $0.value.hash) }
         try saveRescan(packageVersions: writes, inventories: inventoryWrites, through: pending.isEmpty ? nil : pending.through,
-                       redateAll: true, at: now)
+                       redateAll: true, basis: basis, at: now)
         phase?("write")
 
         var report = RescanReport(assessedAt: now, inventories: try inventoryCount(), unassessable: [], advisoryEntries: index.entryCount,
@@ -205,7 +218,6 @@ extension AdvisoryStore {
             }
         }
         phase?("report")
-        report.seconds = Date().timeIntervalSince(start)
         return report
     }
 }

@@ -74,14 +74,15 @@ extension SQLiteAdvisoryStore {
         }
     }
 
-    public func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: Data] {
+    public func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: (hash: String, findings: Data)] {
         try database.read { db in
-            var out: [Int64: Data] = [:]
+            var out: [Int64: (hash: String, findings: Data)] = [:]
             try Self.chunked(ids) { chunk in
                 let rows = try Row.fetchCursor(db, sql: """
-                    SELECT id, findings FROM package_version WHERE findings IS NOT NULL AND id IN (\(Self.marks(chunk.count)))
+                    SELECT id, findings_hash, findings FROM package_version
+                    WHERE findings IS NOT NULL AND findings_hash IS NOT NULL AND id IN (\(Self.marks(chunk.count)))
                     """, arguments: StatementArguments(chunk))
-                while let r = try rows.next() { out[r[0]] = r[1] }
+                while let r = try rows.next() { out[r[0]] = (r[1], r[2]) }
             }
             return out
         }
@@ -161,9 +162,20 @@ extension SQLiteAdvisoryStore {
     }
 
     public func saveRescan(packageVersions: [PackageVersionWrite], inventories: [InventoryAssessmentWrite], through: Int64?,
-                           redateAll: Bool, at now: Date) throws {
+                           redateAll: Bool, basis: [PackageVersionBasis], at now: Date) throws {
         let t = now.timeIntervalSince1970
         try database.write { db in
+            // BEGIN IMMEDIATE: no other writer between this check and the writes.
+            var expected = Dictionary(basis.map { ($0.id, $0.findingsHash) }, uniquingKeysWith: { a, _ in a })
+            try Self.chunked(Array(expected.keys)) { chunk in
+                let rows = try Row.fetchCursor(db, sql: "SELECT id, findings_hash FROM package_version WHERE id IN (\(Self.marks(chunk.count)))",
+                                               arguments: StatementArguments(chunk))
+                while let r = try rows.next() {
+                    let id: Int64 = r[0]
+                    if let want = expected.removeValue(forKey: id), want != (r[1] as String?) { throw PackageVersionBasis.changed }
+                }
+            }
+            if !expected.isEmpty { throw PackageVersionBasis.changed }
             let pv = try db.cachedStatement(sql: "UPDATE package_version SET findings = ?, findings_hash = ?, vulnerable = ?, assessed_at = ? WHERE id = ?")
             for w in packageVersions { try pv.execute(arguments: [w.findings, w.findingsHash, w.vulnerable, t, w.id]) }
             if redateAll { try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [t]) }

@@ -136,12 +136,15 @@ extension PostgresAdvisoryStore {
             .map(packageVersion)
     }
 
-    public func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: Data] {
+    public func packageVersionFindings(_ ids: [Int64]) throws -> [Int64: (hash: String, findings: Data)] {
         guard !ids.isEmpty else { return [:] }
-        var out: [Int64: Data] = [:]
-        for row in try store.query("SELECT id, findings FROM package_version WHERE findings IS NOT NULL AND id = ANY(\(ids)::bigint[])") {
-            let (id, blob) = try row.decode((Int64, ByteBuffer).self)
-            out[id] = Data(buffer: blob)
+        var out: [Int64: (hash: String, findings: Data)] = [:]
+        for row in try store.query("""
+            SELECT id, findings_hash, findings FROM package_version
+            WHERE findings IS NOT NULL AND findings_hash IS NOT NULL AND id = ANY(\(ids)::bigint[])
+            """) {
+            let (id, hash, blob) = try row.decode((Int64, String, ByteBuffer).self)
+            out[id] = (hash, Data(buffer: blob))
         }
         return out
     }
@@ -210,9 +213,21 @@ extension PostgresAdvisoryStore {
     }
 
     public func saveRescan(packageVersions: [PackageVersionWrite], inventories: [InventoryAssessmentWrite], through: Int64?,
-                           redateAll: Bool, at now: Date) throws {
+                           redateAll: Bool, basis: [PackageVersionBasis], at now: Date) throws {
         let t = Self.seconds(now)
         try store.transaction {
+            // Locked in id order (two savers never wait on each other crosswise) and compared:
+            // a saver that waited here sees the hashes the other one committed.
+            if !basis.isEmpty {
+                var expected = Dictionary(basis.map { ($0.id, $0.findingsHash) }, uniquingKeysWith: { a, _ in a })
+                for row in try store.query("""
+                    SELECT id, findings_hash FROM package_version WHERE id = ANY(\(Array(expected.keys))::bigint[]) ORDER BY id FOR UPDATE
+                    """) {
+                    let (id, hash) = try row.decode((Int64, String?).self)
+                    if let want = expected.removeValue(forKey: id), want != hash { throw PackageVersionBasis.changed }
+                }
+                if !expected.isEmpty { throw PackageVersionBasis.changed }
+            }
             if !packageVersions.isEmpty {
                 let ws = packageVersions
                 try store.query("""

@@ -117,6 +117,72 @@ import StoreTestSupport
         }
     }
 
+    /// Every inventory's stored count is the number of its stored findings.
+    func expectCountsMatchFindings(_ store: any AdvisoryStore, _ keys: [Digest], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let counts = try store.assessedVulnerable(keys.map(\.description))
+        var total = 0
+        for k in keys {
+            let n = try #require(try store.storedFindings(of: k)).count
+            total += n
+            #expect(counts[k.description] == n, "\(k.description.prefix(14))", sourceLocation: sourceLocation)
+        }
+        #expect(try store.totalVulnerable() == total, sourceLocation: sourceLocation)
+    }
+
+    @Test(arguments: StoreBackend.all) func aRescanOrScanSavedMidwayThroughARescanIsCountedOnce(_ backend: StoreBackend) throws {
+        try backend.with { ledger, connect in
+            let store = ledger.advisories
+            let other = try connect().advisories
+            let debian = GuestEcosystem.from(osID: "debian", versionID: "12")!
+            let ssl = MatchPackage(name: "libssl3", version: "3.0.1-1", sourceName: "openssl", sourceVersion: "3.0.1-1")
+            let zlib = MatchPackage(name: "zlib1g", version: "1.2-1", sourceName: "zlib", sourceVersion: "1.2-1")
+            let curl = MatchPackage(name: "curl", version: "7.0-1", sourceName: "curl", sourceVersion: "7.0-1")
+            let tar = MatchPackage(name: "tar", version: "1.34-1", sourceName: "tar", sourceVersion: "1.34-1")
+            let a = Digest(algorithm: "sha256", hex: String(repeating: "a1", count: 32))
+            let b = Digest(algorithm: "sha256", hex: String(repeating: "b2", count: 32))
+            let c = Digest(algorithm: "sha256", hex: String(repeating: "c3", count: 32))
+            _ = try store.importRecords([record("Z", modified: 1, fixed: "1.3-1", package: "zlib")], at: Date(timeIntervalSince1970: 1_000), file: "f")
+            try store.storeInventory(key: a, image: "/img/a.qcow2", osID: "debian", versionID: "12", packages: [ssl, zlib], at: Date(timeIntervalSince1970: 1_100))
+            try store.storeInventory(key: b, image: "/img/b.qcow2", osID: "debian", versionID: "12", packages: [ssl, curl], at: Date(timeIntervalSince1970: 1_100))
+            _ = try store.rescan(at: Date(timeIntervalSince1970: 2_000))
+            try expectCountsMatchFindings(store, [a, b])
+
+            // openssl and curl advisories; a rescan has matched them and is about to save when
+            // another connection rescans and saves, and a scan of c (openssl shared, tar new) saves.
+            _ = try store.importRecords([record("S", modified: 1, fixed: "3.0.2-1"), record("C", modified: 1, fixed: "8-1", package: "curl")],
+                                        at: Date(timeIntervalSince1970: 3_000), file: "f")
+            var interleaved = false, attempts = 0
+            let r = try store.rescan(at: Date(timeIntervalSince1970: 4_000)) { step in
+                if step == "select package versions" { attempts += 1 }
+                guard step == "compare", !interleaved else { return }
+                interleaved = true
+                #expect(throws: Never.self) {
+                    _ = try other.rescan(at: Date(timeIntervalSince1970: 3_500))
+                    try other.storeInventory(key: c, image: "/img/c.qcow2", osID: "debian", versionID: "12", packages: [ssl, tar],
+                                             at: Date(timeIntervalSince1970: 3_600))
+                    let live = Matcher(index: try other.loadIndex(ecosystems: ["Debian:12"])).findings(packages: [ssl, tar], ecosystem: debian)
+                    try other.saveAssessment(c, findings: live, at: Date(timeIntervalSince1970: 3_700))
+                }
+            }
+            #expect(interleaved && attempts == 2, "the first attempt's save was refused and it computed again")
+            #expect(r.changed.isEmpty, "the other rescan stored (and reported) the change")
+            try expectCountsMatchFindings(store, [a, b, c])
+            #expect(try store.assessedVulnerable([a, b, c].map(\.description)) == [a.description: 2, b.description: 2, c.description: 1])
+
+            // Many connections rescanning at once after an import: each change is counted once.
+            _ = try store.importRecords([record("S", modified: 2, fixed: "3.0.1-1"), record("T", modified: 1, fixed: "1.35-1", package: "tar"),
+                                         record("Z2", modified: 1, fixed: "1.4-1", package: "zlib")], at: Date(timeIntervalSince1970: 5_000), file: "f")
+            let stores = try (0..<4).map { _ in try connect().advisories }
+            let failures = Failures()
+            DispatchQueue.concurrentPerform(iterations: stores.count) { i in
+                do { _ = try stores[i].rescan() } catch { failures.add("\(error)") }
+            }
+            #expect(failures.all.isEmpty)
+            try expectCountsMatchFindings(store, [a, b, c])
+            #expect(try store.assessedVulnerable([a, b, c].map(\.description)) == [a.description: 2, b.description: 1, c.description: 1])
+        }
+    }
+
     @Test(arguments: StoreBackend.all) func rescanReportsNewAndGoneFindingsAndStoresAssessments(_ backend: StoreBackend) throws {
         try withStore(backend) { store in
             let key = Digest(algorithm: "sha256", hex: String(repeating: "cd", count: 32))
@@ -237,4 +303,12 @@ import StoreTestSupport
             #expect(AdvisoryCursor(text: "x:1") == nil && AdvisoryCursor(text: "\(Double.nan.bitPattern):1") == nil)
         }
     }
+}
+
+/// Errors collected from concurrent work.
+final class Failures: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [String] = []
+    func add(_ s: String) { lock.withLock { list.append(s) } }
+    var all: [String] { lock.withLock { list } }
 }

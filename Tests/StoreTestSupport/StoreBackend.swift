@@ -9,10 +9,13 @@ import WardenTestSupport
 /// A ledger backend for the shared store suite: makes a fresh, empty store and tears it down.
 /// SQLite, and PostgreSQL on a private server the test support starts (``PostgresServer``).
 public struct StoreBackend: Sendable, CustomTestStringConvertible {
+    /// A fresh store; `connect` opens another connection to the same database (as another
+    /// process or host would), `tearDown` removes it all.
+    public typealias Instance = (store: any LedgerQueries, connect: @Sendable () throws -> any LedgerQueries, tearDown: @Sendable () -> Void)
     public let name: String
-    public let make: @Sendable () throws -> (store: any LedgerQueries, tearDown: @Sendable () -> Void)
+    public let make: @Sendable () throws -> Instance
     public var testDescription: String { name }
-    public init(name: String, make: @escaping @Sendable () throws -> (store: any LedgerQueries, tearDown: @Sendable () -> Void)) {
+    public init(name: String, make: @escaping @Sendable () throws -> Instance) {
         self.name = name; self.make = make
     }
 
@@ -20,7 +23,8 @@ public struct StoreBackend: Sendable, CustomTestStringConvertible {
         StoreBackend(name: "sqlite") {
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("warden-store-\(UUID().uuidString)").path
             let store = SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db"), host: HostName("test-host")!)
-            return (store, { try? FileManager.default.removeItem(atPath: dir) })
+            return (store, { SQLiteLedger(database: try WardenDatabase(path: dir + "/warden.db"), host: HostName("test-host")!) },
+                    { try? FileManager.default.removeItem(atPath: dir) })
         },
         StoreBackend(name: "postgres") {
             let server = try PostgresServer.shared()
@@ -28,7 +32,13 @@ public struct StoreBackend: Sendable, CustomTestStringConvertible {
             let keys = FileManager.default.temporaryDirectory.appendingPathComponent("warden-pgkeys-\(UUID().uuidString)").path
             let db = try PostgresStore(url: server.urlWithPassword(name))
             let store = PostgresLedger(store: db, keysDirectory: keys, host: HostName("test-host")!)
+            let others = Others()
             return (store, {
+                let other = try PostgresStore(url: server.urlWithPassword(name))
+                others.add(other)
+                return PostgresLedger(store: other, keysDirectory: keys, host: HostName("test-host")!)
+            }, {
+                for o in others.all { o.close() }
                 db.close()
                 server.dropDatabase(name)
                 try? FileManager.default.removeItem(atPath: keys)
@@ -37,14 +47,29 @@ public struct StoreBackend: Sendable, CustomTestStringConvertible {
     ]
 
     public func with<T>(_ body: (any LedgerQueries) throws -> T) throws -> T {
-        let (store, tearDown) = try make()
-        defer { tearDown() }
-        return try body(store)
+        let made = try make()
+        defer { made.tearDown() }
+        return try body(made.store)
+    }
+
+    /// `body` gets the store and a way to open more connections to its database.
+    public func with<T>(_ body: (any LedgerQueries, @Sendable () throws -> any LedgerQueries) throws -> T) throws -> T {
+        let made = try make()
+        defer { made.tearDown() }
+        return try body(made.store, made.connect)
     }
 
     public func withAsync<T>(_ body: (any LedgerQueries) async throws -> T) async throws -> T {
-        let (store, tearDown) = try make()
-        defer { tearDown() }
-        return try await body(store)
+        let made = try make()
+        defer { made.tearDown() }
+        return try await body(made.store)
     }
+}
+
+/// Connections a test opened besides the first, closed at tear-down.
+private final class Others: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stores: [PostgresStore] = []
+    func add(_ s: PostgresStore) { lock.withLock { stores.append(s) } }
+    var all: [PostgresStore] { lock.withLock { stores } }
 }
