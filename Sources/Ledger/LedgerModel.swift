@@ -9,6 +9,23 @@ public enum VMState: String, Codable, Sendable, CaseIterable {
 }
 
 /// A VM: identity, owner, labels, state, disks, and the current generation id.
+/// A VM as its lineage family lists it: what exposure and lineage read of each member, from
+/// the family index alone (``LedgerQueries/family(of:limit:)``).
+public struct FamilyMember: Sendable, Equatable {
+    public var id: VMID
+    public var name: String
+    public var owner: String
+    public var state: VMState
+    public var generation: UUID
+    public var parent: VMID?
+    public var parentGeneration: UUID?
+    public var createdAt: Date
+    public init(id: VMID, name: String, owner: String, state: VMState, generation: UUID, parent: VMID?, parentGeneration: UUID?, createdAt: Date) {
+        self.id = id; self.name = name; self.owner = owner; self.state = state; self.generation = generation
+        self.parent = parent; self.parentGeneration = parentGeneration; self.createdAt = createdAt
+    }
+}
+
 public struct VMRecord: Codable, Sendable, Equatable {
     public var id: VMID
     public var name: String

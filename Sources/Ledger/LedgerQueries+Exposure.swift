@@ -110,6 +110,43 @@ extension LedgerQueries {
 
 /// Turns exposure starts into report entries; shared by every implementation.
 package enum ExposureAssembly {
+    /// Exposure carried down one lineage family (every member of it, in any order), from the
+    /// direct exposure starts: a member is exposed from its creation when its parent was
+    /// exposed by then, else from its own direct start (the earlier wins; direct wins a tie,
+    /// as in the reference). Walked from the roots down, so each member is visited once with
+    /// its parent's final start. Members on a parent cycle (a damaged ledger) are not reached.
+    package static func propagate(family members: [FamilyMember], direct: [VMID: Date], since: inout [VMID: Date],
+                                  inheritedFrom: inout [VMID: VMID], records: inout [VMID: (String, String, VMState)]) {
+        var index: [VMID: Int] = [:]
+        index.reserveCapacity(members.count)
+        for (i, m) in members.enumerated() { index[m.id] = i }
+        var children: [Int: [Int]] = [:]
+        var stack: [(Int, Date?)] = []
+        for (i, m) in members.enumerated() {
+            if let p = m.parent, let pi = index[p], pi != i { children[pi, default: []].append(i) } else { stack.append((i, nil)) }
+        }
+        var visited = [Bool](repeating: false, count: members.count)
+        while let (i, parentSince) = stack.popLast() {
+            guard !visited[i] else { continue }
+            visited[i] = true
+            let m = members[i]
+            let d = direct[m.id]
+            let inherited = parentSince.flatMap { m.createdAt >= $0 ? m.createdAt : nil }
+            var mine: Date?
+            if let inherited, d.map({ inherited < $0 }) ?? true, let p = m.parent {
+                mine = inherited
+                inheritedFrom[m.id] = p
+            } else if let d {
+                mine = d
+            }
+            if let mine {
+                since[m.id] = mine
+                records[m.id] = (m.name, m.owner, m.state)
+            }
+            for c in children[i] ?? [] { stack.append((c, mine)) }
+        }
+    }
+
     package static func assemble(since: [VMID: Date], inheritedFrom: [VMID: VMID], intervals: [VMID: [ExposureInterval]],
                          record: (VMID) -> (name: String, owner: String, state: VMState)?) throws -> [ExposedVM] {
         // The directly exposed ancestor each exposure comes from, and how many steps away (memoized).

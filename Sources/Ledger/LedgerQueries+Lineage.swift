@@ -60,37 +60,38 @@ public struct Lineage: Codable, Sendable, Equatable {
 
 extension LedgerQueries {
     /// The tree of `id`'s ancestors and descendants, with snapshots and generation branches.
+    ///
+    /// Read as one lineage family (the root and all its descendants, one range of the family
+    /// index), then walked in memory: no query per generation of the tree.
     public func lineage(of id: VMID, maxNodes: Int = 100_000) throws -> Lineage {
-        guard let me = try vm(id) else { throw WardenError.notFound("no VM \(id)") }
-        // Ancestors, nearest first (one query), then root first.
-        let up = try ancestors(of: id, limit: maxNodes)
-        if up.count >= maxNodes { throw WardenError.limit("VM \(id) has \(maxNodes) or more ancestors") }
+        guard let members = try family(of: id, limit: maxNodes) else { throw WardenError.notFound("no VM \(id)") }
+        var byID: [VMID: FamilyMember] = [:]
+        byID.reserveCapacity(members.count)
+        for m in members { byID[m.id] = m }
+        guard let me = byID[id] else { throw WardenError.notFound("no VM \(id)") }
+        // Ancestors, nearest first, then root first.
         var seen: Set<VMID> = [id]
-        for a in up where !seen.insert(a.id).inserted {
-            throw WardenError(.corrupt, "the lineage of \(id) has a cycle at \(a.id)")
-        }
-        let chain = [me] + up
-        let ordered = Array(chain.reversed())
-        // Descendants, breadth first in batches.
-        var kids: [VMID: [VMRecord]] = [:]
-        var frontier = [id]
-        var count = chain.count
-        while !frontier.isEmpty {
-            var next: [VMID] = []
-            for c in try children(of: frontier) {
-                guard let p = c.parent, seen.insert(c.id).inserted else { continue }
-                kids[p, default: []].append(c)
-                next.append(c.id)
-                count += 1
-                if count > maxNodes { throw WardenError.limit("the lineage of \(id) has more than \(maxNodes) VMs") }
+        var chain = [me]
+        while let p = chain.last!.parent {
+            guard let a = byID[p] else {
+                throw WardenError(.corrupt, "the lineage of \(id) names parent \(p), which is not in its family")
             }
-            frontier = next
+            guard seen.insert(a.id).inserted else { throw WardenError(.corrupt, "the lineage of \(id) has a cycle at \(a.id)") }
+            chain.append(a)
+        }
+        let ordered = Array(chain.reversed())
+        // Descendants: the family's members below `id`.
+        var kids: [VMID: [FamilyMember]] = [:]
+        for m in members { if let p = m.parent { kids[p, default: []].append(m) } }
+        var frontier = [id]
+        while let v = frontier.popLast() {
+            for c in kids[v] ?? [] where seen.insert(c.id).inserted { frontier.append(c.id) }
         }
         let all = Array(seen)
         var steps = try generationEvents(of: all)
         var snaps: [VMID: [SnapshotRecord]] = [:]
         for s in try snapshots(ofVMs: all) { snaps[s.vm, default: []].append(s) }
-        func node(_ r: VMRecord, role: LineageNode.Role, depth: Int) -> LineageNode {
+        func node(_ r: FamilyMember, role: LineageNode.Role, depth: Int) -> LineageNode {
             let mine = (snaps[r.id] ?? []).sorted { ($0.createdAt, $0.name) < ($1.createdAt, $1.name) }
             let events = steps.removeValue(forKey: r.id) ?? []
             var out: [GenerationStep] = []
@@ -110,12 +111,12 @@ extension LedgerQueries {
                                generations: out)
         }
         var nodes: [LineageNode] = []
-        nodes.reserveCapacity(count)
+        nodes.reserveCapacity(seen.count)
         for (i, a) in ordered.enumerated() {
             nodes.append(node(a, role: a.id == id ? .self : .ancestor, depth: i))
         }
         // Depth-first below `id`, siblings by creation time then id.
-        var stack: [(VMRecord, Int)] = (kids[id] ?? []).sorted(by: Self.older).reversed().map { ($0, ordered.count) }
+        var stack: [(FamilyMember, Int)] = (kids[id] ?? []).sorted(by: Self.older).reversed().map { ($0, ordered.count) }
         while let (r, d) = stack.popLast() {
             nodes.append(node(r, role: .descendant, depth: d))
             for c in (kids[r.id] ?? []).sorted(by: Self.older).reversed() { stack.append((c, d + 1)) }
@@ -123,5 +124,5 @@ extension LedgerQueries {
         return Lineage(vm: id, root: ordered[0].id, nodes: nodes)
     }
 
-    static func older(_ a: VMRecord, _ b: VMRecord) -> Bool { (a.createdAt, a.id) < (b.createdAt, b.id) }
+    static func older(_ a: FamilyMember, _ b: FamilyMember) -> Bool { (a.createdAt, a.id) < (b.createdAt, b.id) }
 }

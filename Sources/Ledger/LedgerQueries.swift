@@ -23,8 +23,12 @@ public protocol LedgerQueries: LedgerStore {
     func vms(withIDs ids: [VMID]) throws -> [VMRecord]
     /// The ancestors of `id` by `parent`, nearest first, at most `limit` (labels need not be loaded).
     func ancestors(of id: VMID, limit: Int) throws -> [VMRecord]
+    /// Every member of `id`'s lineage family (its root ancestor and all the root's
+    /// descendants), in any order; nil when there is no VM `id`. Throws
+    /// ``WardenError/Code/limitExceeded`` when the family has more than `limit` members.
+    func family(of id: VMID, limit: Int) throws -> [FamilyMember]?
     /// For each VM, the events that set a new generation (its creation included), in log order;
-    /// `snapshot` holds the payload's `snapshot` when it is a string.
+    /// for a rollback, `snapshot` holds the payload's `snapshot` when it is a string.
     func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]]
     /// The snapshots of these VMs.
     func snapshots(ofVMs vms: [VMID]) throws -> [SnapshotRecord]

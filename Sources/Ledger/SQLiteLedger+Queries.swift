@@ -18,9 +18,11 @@ extension SQLiteLedger: LedgerQueries {
         }
     }
 
-    /// Exposure in two SQL statements: the direct intervals, then one recursive query over
-    /// `vms(parent)` that carries each VM's exposure start down the lineage. Same semantics as
-    /// ``referenceExposure(host:from:to:now:)`` (the tests compare them on the same fleets).
+    /// Exposure from the direct intervals and the lineage families they touch: one scan of
+    /// the host's intervals in the window, then every member of each touched family read in
+    /// one range of `vms_by_family` (with the columns the report needs), and exposure carried
+    /// down each family in memory. Same semantics as ``referenceExposure(host:from:to:now:)``
+    /// (the tests compare them on the same fleets).
     public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
         guard from <= to else { throw WardenError(.invalidArgument, "the window's start is after its end") }
         let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), nowUs = LedgerTime.micros(now)
@@ -32,60 +34,76 @@ extension SQLiteLedger: LedgerQueries {
         let args: StatementArguments = ["host": host.value, "t1": t1, "t2": t2, "now": nowUs]
         return try database.read { db in
             var intervals: [VMID: [ExposureInterval]] = [:]
+            var direct: [VMID: Date] = [:]
             // The covering index residency_by_host_cover answers this scan without row lookups.
-            let direct = try db.cachedStatement(sql: "SELECT vm, kind, from_us, to_us FROM residency WHERE \(overlap)")
-            let rows = try RawCursor(direct, args, db: db)
+            let scan = try db.cachedStatement(sql: "SELECT vm, kind, from_us, to_us FROM residency WHERE \(overlap)")
+            let rows = try RawCursor(scan, args, db: db)
             while try rows.next() {
                 let kind: ResidencyRecord.Kind
                 if rows.equals(1, "ran") { kind = .ran } else if rows.equals(1, "stored") { kind = .stored } else {
                     throw WardenError(.corrupt, "a residency row is malformed", file: file)
                 }
-                guard let vm = rows.uuid(0) else { throw WardenError(.corrupt, "a residency row is malformed", file: file) }
-                let end = rows.int64OrNil(3)
-                intervals[VMID(vm), default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(rows.int64(2)),
-                                                                         to: end.map(LedgerTime.date)))
+                guard let vm = rows.uuid(0).map(VMID.init) else { throw WardenError(.corrupt, "a residency row is malformed", file: file) }
+                let start = rows.int64(2), end = rows.int64OrNil(3)
+                intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(start), to: end.map(LedgerTime.date)))
+                let since = LedgerTime.date(max(start, t1))
+                if direct[vm].map({ since < $0 }) ?? true { direct[vm] = since }
             }
-            // exposed(vm, since, direct): a direct row per directly exposed VM, and an inherited row
-            // (since = creation) for every VM created at or after some exposure start of its parent.
-            // Lineage is a forest, so each VM has at most those two rows and the recursion ends.
-            // vms_by_parent_cover (parent, created_us, id) serves the recursive step from the index.
+            guard !direct.isEmpty else { return ExposureReport(host: host, from: from, to: to, now: now, vms: []) }
+            // Every member of the families of the directly exposed VMs, family by family.
             let s = try db.cachedStatement(sql: """
-                WITH RECURSIVE
-                  direct(vm, since) AS (
-                    SELECT vm, max(min(from_us), :t1) FROM residency WHERE \(overlap) GROUP BY vm),
-                  exposed(vm, since, direct) AS (
-                    SELECT vm, since, 1 FROM direct
-                    UNION
-                    SELECT v.id, v.created_us, 0 FROM vms v JOIN exposed e ON v.parent = e.vm WHERE v.created_us >= e.since)
-                SELECT e.vm, min(CASE WHEN e.direct = 1 THEN e.since END) AS dsince,
-                       min(CASE WHEN e.direct = 0 THEN e.since END) AS isince,
-                       v.name, v.owner, v.state, v.parent
-                FROM exposed e JOIN vms v ON v.id = e.vm
-                GROUP BY e.vm
+                WITH d AS (SELECT DISTINCT vm FROM residency WHERE \(overlap)),
+                     f AS (SELECT DISTINCT v.family AS family FROM d JOIN vms v ON v.id = d.vm)
+                SELECT m.family, \(Self.familyColumns("m")) FROM f JOIN vms m INDEXED BY vms_by_family ON m.family = f.family
                 """)
             var since: [VMID: Date] = [:]
             var inheritedFrom: [VMID: VMID] = [:]
             var records: [VMID: (String, String, VMState)] = [:]
-            since.reserveCapacity(intervals.count * 2); records.reserveCapacity(intervals.count * 2)
-            let found = try RawCursor(s, args, db: db)
-            while try found.next() {
-                guard let vm = found.uuid(0).map(VMID.init), let state = VMState(rawValue: found.string(5)) else {
-                    throw WardenError(.corrupt, "a VM row is malformed", file: file)
+            since.reserveCapacity(direct.count * 2); records.reserveCapacity(direct.count * 2)
+            var family: [FamilyMember] = []
+            var current: [UInt8] = []
+            let members = try RawCursor(s, args, db: db)
+            while try members.next() {
+                let fam = members.bytes(0)
+                if !fam.elementsEqual(current) {
+                    ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
+                    family.removeAll(keepingCapacity: true)
+                    current = Array(fam)
                 }
-                let d = found.int64OrNil(1), i = found.int64OrNil(2)
-                // Direct wins a tie, as in the reference.
-                if let i, d.map({ i < $0 }) ?? true, let p = found.uuid(6) {
-                    since[vm] = LedgerTime.date(i)
-                    inheritedFrom[vm] = VMID(p)
-                } else if let d {
-                    since[vm] = LedgerTime.date(d)
-                } else {
-                    continue
-                }
-                records[vm] = (found.string(3), found.string(4), state)
+                family.append(try Self.familyMember(members, from: 1, file: file))
             }
+            ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
             let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
             return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+        }
+    }
+
+    /// The columns ``familyMember(_:from:file:)`` reads, all in the index `vms_by_family`.
+    static func familyColumns(_ table: String) -> String {
+        ["id", "parent", "created_us", "name", "owner", "state", "generation", "parent_generation"].map { "\(table).\($0)" }.joined(separator: ", ")
+    }
+
+    static func familyMember(_ r: RawCursor, from i: Int32, file: String) throws -> FamilyMember {
+        guard let vm = r.uuid(i).map(VMID.init), let state = VMState(rawValue: r.string(i + 5)), let generation = r.uuid(i + 6),
+              r.isNull(i + 1) || r.uuid(i + 1) != nil, r.isNull(i + 7) || r.uuid(i + 7) != nil else {
+            throw WardenError(.corrupt, "a VM row is malformed", file: file)
+        }
+        return FamilyMember(id: vm, name: r.string(i + 3), owner: r.string(i + 4), state: state, generation: generation,
+                            parent: r.uuid(i + 1).map(VMID.init), parentGeneration: r.uuid(i + 7), createdAt: LedgerTime.date(r.int64(i + 2)))
+    }
+
+    public func family(of id: VMID, limit: Int) throws -> [FamilyMember]? {
+        let file = database.path
+        return try database.read { db in
+            guard let family = try String.fetchOne(db, sql: "SELECT family FROM vms WHERE id = ?", arguments: [id.description]) else { return nil }
+            let s = try db.cachedStatement(sql: "SELECT \(Self.familyColumns("vms")) FROM vms INDEXED BY vms_by_family WHERE family = ? LIMIT ?")
+            let rows = try RawCursor(s, [family, limit + 1], db: db)
+            var out: [FamilyMember] = []
+            while try rows.next() {
+                out.append(try Self.familyMember(rows, from: 0, file: file))
+                if out.count > limit { throw WardenError.limit("the lineage family of \(id) has more than \(limit) VMs") }
+            }
+            return out
         }
     }
 
@@ -126,29 +144,39 @@ extension SQLiteLedger: LedgerQueries {
         let file = database.path
         return try database.read { db in
             var out: [VMID: [GenerationStep]] = [:]
+            var rollbacks: [Int64: (VMID, Int)] = [:]
+            // The partial index events_generation_steps holds every column read here.
             for start in stride(from: 0, to: vms.count, by: 500) {
                 let batch = vms[start..<min(start + 500, vms.count)]
-                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
                 let s = try db.cachedStatement(sql: """
-                    SELECT vm, seq, kind, time_us, generation_before, generation_after,
-                           CASE WHEN json_type(payload, '$.snapshot') = 'text' THEN json_extract(payload, '$.snapshot') END AS snapshot
-                    FROM events
-                    WHERE vm IN (\(marks)) AND generation_after IS NOT NULL AND generation_after IS NOT generation_before
-                    ORDER BY vm, seq
+                    SELECT vm, seq, kind, time_us, generation_before, generation_after FROM events INDEXED BY events_generation_steps
+                    WHERE vm IN (\(Array(repeating: "?", count: batch.count).joined(separator: ",")))
+                      AND generation_after IS NOT NULL AND generation_after IS NOT generation_before
                     """)
-                let rows = try Row.fetchCursor(s, arguments: StatementArguments(batch.map(\.description)))
-                while let r = try rows.next() {
-                    let seq: Int64 = r["seq"]
-                    guard let vm = VMID(r["vm"] as String), let kind = EventKind(rawValue: r["kind"]),
-                          let after = try Rows.uuid(r["generation_after"], "a generation") else {
+                let rows = try RawCursor(s, StatementArguments(batch.map(\.description)), db: db)
+                while try rows.next() {
+                    let seq = rows.int64(1)
+                    guard let vm = rows.uuid(0).map(VMID.init), let kind = EventKind(rawValue: rows.string(2)), let after = rows.uuid(5),
+                          rows.isNull(4) || rows.uuid(4) != nil else {
                         throw WardenError(.corrupt, "event \(seq) is malformed", file: file)
                     }
-                    out[vm, default: []].append(GenerationStep(
-                        generation: after, parentGeneration: try Rows.uuid(r["generation_before"], "a generation"),
-                        kind: kind, seq: seq, time: LedgerTime.date(r["time_us"]), snapshot: r["snapshot"]))
+                    if kind == .rolledBack { rollbacks[seq] = (vm, out[vm]?.count ?? 0) }
+                    out[vm, default: []].append(GenerationStep(generation: after, parentGeneration: rows.uuid(4), kind: kind, seq: seq,
+                                                               time: LedgerTime.date(rows.int64(3)), snapshot: nil))
                 }
             }
-            return out
+            // Rollbacks name the snapshot they went back to in their payload.
+            let seqs = Array(rollbacks.keys)
+            for start in stride(from: 0, to: seqs.count, by: 500) {
+                let batch = seqs[start..<min(start + 500, seqs.count)]
+                for r in try Row.fetchAll(db, sql: """
+                    SELECT seq, CASE WHEN json_type(payload, '$.snapshot') = 'text' THEN json_extract(payload, '$.snapshot') END
+                    FROM events WHERE seq IN (\(Array(repeating: "?", count: batch.count).joined(separator: ",")))
+                    """, arguments: StatementArguments(batch)) {
+                    if let (vm, i) = rollbacks[r[0] as Int64] { out[vm]?[i].snapshot = r[1] }
+                }
+            }
+            return out.mapValues { $0.sorted { $0.seq < $1.seq } }
         }
     }
 

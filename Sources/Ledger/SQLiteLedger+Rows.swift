@@ -32,8 +32,8 @@ enum Rows {
 
     static func insertVM(_ db: Database, _ v: VMRecord) throws {
         let s = try db.cachedStatement(sql: """
-            INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac, family)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, coalesce((SELECT family FROM vms WHERE id = ?6), ?1))
             """)
         try s.execute(arguments: [FastUUID.text(v.id.uuid), v.name, v.owner, v.state.rawValue, LedgerEntry.uuidText(v.generation),
                                   v.parent.map { FastUUID.text($0.uuid) }, v.parentGeneration.map(LedgerEntry.uuidText),
@@ -50,9 +50,9 @@ enum Rows {
 
     static func updateVM(_ db: Database, _ v: VMRecord, labelsChanged: Bool) throws {
         try db.execute(sql: """
-            UPDATE vms SET name = ?, owner = ?, state = ?, generation = ?, parent = ?, parent_generation = ?,
+            UPDATE vms SET name = ?, owner = ?, state = ?, generation = ?, parent_generation = ?,
                            created_us = ?, updated_us = ?, mac = ? WHERE id = ?
-            """, arguments: [v.name, v.owner, v.state.rawValue, LedgerEntry.uuidText(v.generation), v.parent?.description,
+            """, arguments: [v.name, v.owner, v.state.rawValue, LedgerEntry.uuidText(v.generation),
                              v.parentGeneration.map(LedgerEntry.uuidText), LedgerTime.micros(v.createdAt),
                              LedgerTime.micros(v.updatedAt), v.mac, v.id.description])
         if labelsChanged {

@@ -238,6 +238,8 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
             var new = old
             try change(&new)
             guard new.id == old.id else { throw WardenError(.invalidArgument, "a VM's id cannot change") }
+            // Lineage is history (and a family is fixed when the VM is recorded).
+            guard new.parent == old.parent else { throw WardenError(.invalidArgument, "a VM's parent cannot change") }
             var e = event
             e.vm = id
             if e.generationBefore == nil { e.generationBefore = old.generation }
@@ -245,9 +247,6 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
             let rec = try log.append(db, e)
             new.updatedAt = rec.time
             new.createdAt = LedgerTime.date(LedgerTime.micros(new.createdAt))
-            if let p = new.parent, p != old.parent, try !Rows.vmExists(db, p) {
-                throw WardenError(.notFound, "parent VM \(p) is not in the ledger")
-            }
             try Rows.updateVM(db, new, labelsChanged: new.labels != old.labels)
             return (new, rec)
         }

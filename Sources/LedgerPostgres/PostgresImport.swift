@@ -51,14 +51,15 @@ public enum PostgresImport {
             // Parents first: a VM row is inserted after its parent's, so rowid order has them first.
             counts.vms = try keyed("*", from: "vms", key: "rowid") { rows in
                 try pg.query("""
-                    INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac)
-                    SELECT i, n, o, s, g, NULLIF(p, ''), NULLIF(pg, ''), c, u, NULLIF(m, '')
+                    INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac, family)
+                    SELECT i, n, o, s, g, NULLIF(p, ''), NULLIF(pg, ''), c, u, NULLIF(m, ''), coalesce(NULLIF(f, ''), i)
                     FROM unnest(\(rows.map { $0["id"] as String })::text[], \(rows.map { $0["name"] as String })::text[],
                                 \(rows.map { $0["owner"] as String })::text[], \(rows.map { $0["state"] as String })::text[],
                                 \(rows.map { $0["generation"] as String })::text[], \(rows.map { opt($0, "parent") })::text[],
                                 \(rows.map { opt($0, "parent_generation") })::text[], \(rows.map { $0["created_us"] as Int64 })::bigint[],
-                                \(rows.map { $0["updated_us"] as Int64 })::bigint[], \(rows.map { opt($0, "mac") })::text[])
-                         AS t(i, n, o, s, g, p, pg, c, u, m)
+                                \(rows.map { $0["updated_us"] as Int64 })::bigint[], \(rows.map { opt($0, "mac") })::text[],
+                                \(rows.map { opt($0, "family") })::text[])
+                         AS t(i, n, o, s, g, p, pg, c, u, m, f)
                     """)
             }
             counts.labels = try pages("SELECT vm, key, value FROM vm_labels ORDER BY vm, key") { rows in

@@ -131,10 +131,11 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
 
     func insertVM(_ v: VMRecord) throws {
         try store.query("""
-            INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac)
+            INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac, family)
             VALUES (\(v.id.description), \(v.name), \(v.owner), \(v.state.rawValue), \(PGRows.text(v.generation)),
                     \(v.parent?.description), \(v.parentGeneration.map(PGRows.text)), \(LedgerTime.micros(v.createdAt)),
-                    \(LedgerTime.micros(v.updatedAt)), \(v.mac))
+                    \(LedgerTime.micros(v.updatedAt)), \(v.mac),
+                    coalesce((SELECT family FROM vms WHERE id = \(v.parent?.description)), \(v.id.description)))
             """)
         try insertLabels(v)
     }
@@ -214,6 +215,8 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             var new = old
             try change(&new)
             guard new.id == old.id else { throw WardenError(.invalidArgument, "a VM's id cannot change") }
+            // Lineage is history (and a family is fixed when the VM is recorded).
+            guard new.parent == old.parent else { throw WardenError(.invalidArgument, "a VM's parent cannot change") }
             var e = event
             e.vm = id
             if e.generationBefore == nil { e.generationBefore = old.generation }
@@ -221,12 +224,9 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             let rec = try log.append(e)
             new.updatedAt = rec.time
             new.createdAt = LedgerTime.date(LedgerTime.micros(new.createdAt))
-            if let p = new.parent, p != old.parent, try !vmExists(p) {
-                throw WardenError(.notFound, "parent VM \(p) is not in the ledger")
-            }
             try store.query("""
                 UPDATE vms SET name = \(new.name), owner = \(new.owner), state = \(new.state.rawValue),
-                    generation = \(PGRows.text(new.generation)), parent = \(new.parent?.description),
+                    generation = \(PGRows.text(new.generation)),
                     parent_generation = \(new.parentGeneration.map(PGRows.text)), created_us = \(LedgerTime.micros(new.createdAt)),
                     updated_us = \(LedgerTime.micros(new.updatedAt)), mac = \(new.mac)
                 WHERE id = \(id.description)
@@ -473,16 +473,17 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             """).map { try PGRows.residency($0, location) }
     }
 
-    /// Exposure in two statements, as on SQLite: the direct intervals, then one recursive query
-    /// over `vms(parent)` carrying each VM's exposure start down the lineage. Same semantics as
-    /// ``referenceExposure(host:from:to:now:)`` (the store suite compares them).
+    /// Exposure as on SQLite: the direct intervals, then every member of each lineage family
+    /// they touch (one range of `vms_by_family` each), exposure carried down each family in
+    /// memory. Same semantics as ``referenceExposure(host:from:to:now:)`` (the store suite
+    /// compares them).
     public func exposure(host: HostName, from: Date, to: Date, now: Date = Date()) throws -> ExposureReport {
         guard from <= to else { throw WardenError(.invalidArgument, "the window's start is after its end") }
         let t1 = LedgerTime.micros(from), t2 = LedgerTime.micros(to), n = LedgerTime.micros(now)
         let nested = store.inTransaction
         return try store.transaction {
-        // The planner cannot estimate the recursion's size and hashes the whole vms table at
-        // every level (388 ms at 100k VMs); index lookups per level take 44 ms. JIT would cost
+        // The planner cannot estimate how many families a window touches and would hash the
+        // whole vms table; index lookups per family are what this query needs. JIT would cost
         // 20 ms of compilation on every call. Both settings last for this transaction only —
         // and when it is a caller's, they are put back before returning to it.
         try store.query("SET LOCAL jit = off")
@@ -496,6 +497,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             }
         }
         var intervals: [VMID: [ExposureInterval]] = [:]
+        var direct: [VMID: Date] = [:]
         for r in try store.query("""
             SELECT vm, kind, from_us, to_us FROM residency
             WHERE host = \(host.value) AND from_us <= \(t2)
@@ -503,45 +505,43 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             """) {
             let c = Cells(r, "residency", location)
             guard let kind = ResidencyRecord.Kind(rawValue: try c.get("kind")) else { throw c.bad("kind") }
-            intervals[try c.vmid("vm"), default: []].append(ExposureInterval(kind: kind, from: try c.time("from_us"), to: try c.optionalTime("to_us")))
+            let vm = try c.vmid("vm"), start = try c.get("from_us", Int64.self)
+            intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(start), to: try c.optionalTime("to_us")))
+            let since = LedgerTime.date(max(start, t1))
+            if direct[vm].map({ since < $0 }) ?? true { direct[vm] = since }
         }
+        guard !direct.isEmpty else { return ExposureReport(host: host, from: from, to: to, now: now, vms: []) }
         var since: [VMID: Date] = [:]
         var inheritedFrom: [VMID: VMID] = [:]
         var records: [VMID: (String, String, VMState)] = [:]
+        var family: [FamilyMember] = []
+        var current = ""
         for r in try store.query("""
-            WITH RECURSIVE
-              direct(vm, since) AS (
-                SELECT vm, GREATEST(min(from_us), \(t1)) FROM residency
-                WHERE host = \(host.value) AND from_us <= \(t2)
-                  AND ((to_us IS NOT NULL AND to_us > \(t1) AND to_us > from_us) OR (to_us IS NULL AND \(n) > \(t1) AND \(n) > from_us))
-                GROUP BY vm),
-              exposed(vm, since, direct) AS (
-                SELECT vm, since, 1 FROM direct
-                UNION
-                SELECT v.id, v.created_us, 0 FROM vms v JOIN exposed e ON v.parent = e.vm WHERE v.created_us >= e.since)
-            SELECT e.vm, min(CASE WHEN e.direct = 1 THEN e.since END) AS dsince,
-                   min(CASE WHEN e.direct = 0 THEN e.since END) AS isince, v.name, v.owner, v.state, v.parent
-            FROM exposed e JOIN vms v ON v.id = e.vm
-            GROUP BY e.vm, v.id
+            WITH f AS (SELECT DISTINCT v.family FROM vms v WHERE v.id = ANY(\(direct.keys.map(\.description))::text[]))
+            SELECT m.family, \(unescaped: PGRows.familyColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
+            FROM f JOIN vms m ON m.family = f.family ORDER BY m.family
             """) {
-            let c = Cells(r, "vms", location)
-            let vm = try c.vmid("vm")
-            guard let state = VMState(rawValue: try c.get("state")) else { throw c.bad("state") }
-            let d = try c.optional("dsince", Int64.self), i = try c.optional("isince", Int64.self)
-            // Direct wins a tie, as in the reference.
-            if let i, d.map({ i < $0 }) ?? true, let p = try c.optionalVMID("parent") {
-                since[vm] = LedgerTime.date(i)
-                inheritedFrom[vm] = p
-            } else if let d {
-                since[vm] = LedgerTime.date(d)
-            } else {
-                continue
+            let fam = try Cells(r, "vms", location).get("family", String.self)
+            if fam != current {
+                ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
+                family.removeAll(keepingCapacity: true)
+                current = fam
             }
-            records[vm] = (try c.get("name"), try c.get("owner"), state)
+            family.append(try PGRows.familyMember(r, location))
         }
+        ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
         let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
         return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
         }
+    }
+
+    public func family(of id: VMID, limit: Int) throws -> [FamilyMember]? {
+        guard let family = try store.query("SELECT family FROM vms WHERE id = \(id.description)").first.map({ try $0.decode(String.self) }) else {
+            return nil
+        }
+        let rows = try store.query("SELECT \(unescaped: PGRows.familyColumns) FROM vms WHERE family = \(family) LIMIT \(limit + 1)")
+        if rows.count > limit { throw WardenError.limit("the lineage family of \(id) has more than \(limit) VMs") }
+        return try rows.map { try PGRows.familyMember($0, location) }
     }
 
     public func children(of parents: [VMID]) throws -> [VMRecord] {
@@ -571,19 +571,31 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
     public func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]] {
         guard !vms.isEmpty else { return [:] }
         var out: [VMID: [GenerationStep]] = [:]
+        var rollbacks: [Int64: (VMID, Int)] = [:]
+        // The partial index events_generation_steps holds every column read here.
         for r in try store.query("""
-            SELECT vm, seq, kind, time_us, generation_before, generation_after,
-                   CASE WHEN jsonb_typeof(payload::jsonb -> 'snapshot') = 'string' THEN payload::jsonb ->> 'snapshot' END AS snapshot
-            FROM events
+            SELECT vm, seq, kind, time_us, generation_before, generation_after FROM events
             WHERE vm = ANY(\(vms.map(\.description))) AND generation_after IS NOT NULL
               AND generation_after IS DISTINCT FROM generation_before
             ORDER BY vm, seq
             """) {
             let c = Cells(r, "events", location)
             guard let kind = EventKind(rawValue: try c.get("kind")) else { throw c.bad("kind") }
-            out[try c.vmid("vm"), default: []].append(GenerationStep(
+            let vm = try c.vmid("vm"), seq = try c.get("seq", Int64.self)
+            if kind == .rolledBack { rollbacks[seq] = (vm, out[vm]?.count ?? 0) }
+            out[vm, default: []].append(GenerationStep(
                 generation: try c.uuid("generation_after"), parentGeneration: try c.optionalUUID("generation_before"),
-                kind: kind, seq: try c.get("seq"), time: try c.time("time_us"), snapshot: try c.optional("snapshot")))
+                kind: kind, seq: seq, time: try c.time("time_us"), snapshot: nil))
+        }
+        // Rollbacks name the snapshot they went back to in their payload.
+        if !rollbacks.isEmpty {
+            for r in try store.query("""
+                SELECT seq, CASE WHEN jsonb_typeof(payload::jsonb -> 'snapshot') = 'string' THEN payload::jsonb ->> 'snapshot' END AS snapshot
+                FROM events WHERE seq = ANY(\(Array(rollbacks.keys))::bigint[])
+                """) {
+                let c = Cells(r, "events", location)
+                if let (vm, i) = rollbacks[try c.get("seq", Int64.self)] { out[vm]?[i].snapshot = try c.optional("snapshot", String.self) }
+            }
         }
         return out
     }

@@ -316,6 +316,23 @@ enum PostgresMigrations {
             "ALTER TABLE assessment DROP COLUMN findings_hash",
             "ALTER TABLE assessment DROP COLUMN findings",
         ]),
+        // Lineage families and generation steps, as in the SQLite ledger (ledger-11-families).
+        Migration(name: "pg-ledger-3-families", statements: [
+            "ALTER TABLE vms ADD COLUMN family TEXT",
+            """
+            WITH RECURSIVE r(id, family) AS (
+                SELECT id, id FROM vms WHERE parent IS NULL
+                UNION ALL SELECT v.id, r.family FROM vms v JOIN r ON v.parent = r.id)
+            UPDATE vms SET family = r.family FROM r WHERE r.id = vms.id
+            """,
+            "UPDATE vms SET family = id WHERE family IS NULL",
+            "ALTER TABLE vms ALTER COLUMN family SET NOT NULL",
+            "CREATE INDEX vms_by_family ON vms(family, created_us, id) INCLUDE (parent, name, owner, state, generation, parent_generation)",
+            """
+            CREATE INDEX events_generation_steps ON events(vm, seq) INCLUDE (kind, time_us, generation_before, generation_after)
+            WHERE generation_after IS NOT NULL AND generation_after IS DISTINCT FROM generation_before
+            """,
+        ]),
     ]
 
     /// Applies the pending migrations in one transaction, under an advisory lock so that

@@ -65,6 +65,17 @@ enum PGRows {
                         createdAt: try c.time("created_us"), updatedAt: try c.time("updated_us"), mac: try c.optional("mac"))
     }
 
+    /// The columns ``familyMember(_:_:)`` reads, all in the index `vms_by_family`.
+    static let familyColumns = "id, parent, created_us, name, owner, state, generation, parent_generation"
+
+    static func familyMember(_ r: PostgresRow, _ location: String) throws -> FamilyMember {
+        let c = Cells(r, "vms", location)
+        guard let state = VMState(rawValue: try c.get("state")) else { throw c.bad("state") }
+        return FamilyMember(id: try c.vmid("id"), name: try c.get("name"), owner: try c.get("owner"), state: state,
+                            generation: try c.uuid("generation"), parent: try c.optionalVMID("parent"),
+                            parentGeneration: try c.optionalUUID("parent_generation"), createdAt: try c.time("created_us"))
+    }
+
     static func disk(_ r: PostgresRow, _ location: String) throws -> DiskRecord {
         let c = Cells(r, "disks", location)
         guard let chain = try? JSONDecoder().decode([String].self, from: Data((try c.get("backing_chain", String.self)).utf8)) else {

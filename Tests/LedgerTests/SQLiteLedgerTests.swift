@@ -6,7 +6,7 @@ import WardenTestSupport
 @testable import Ledger
 import WardenCore
 import StoreTestSupport
-import Storage
+@testable import Storage
 
 /// A ledger on a fresh database in a temporary folder (keys beside it).
 func withLedger<T>(signs: Bool = true, _ body: (SQLiteLedger, String) throws -> T) throws -> T {
@@ -228,5 +228,49 @@ enum RefMerkle {
         let k = k(n)
         if m <= k { return subproof(m, Array(d[..<k]), b) + [mth(Array(d[k...]))] }
         return subproof(m - k, Array(d[k...]), false) + [mth(Array(d[..<k]))]
+    }
+}
+
+/// The migration that gives every VM its lineage family, on a ledger written before it.
+@Suite struct FamilyMigrationTests {
+    @Test func existingLineagesGetTheirRootsAsFamilies() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("warden-family-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/warden.db"
+        let ids = (0..<6).map { _ in VMID() }
+        let (root, child, grand, lone, x, y) = (ids[0], ids[1], ids[2], ids[3], ids[4], ids[5])
+        do {
+            let q = try DatabaseQueue(path: path)
+            try WardenSchema.migrator.migrate(q, upTo: "ledger-10-events-by-kind")
+            try q.write { db in
+                #expect(try !db.columns(in: "vms").contains { $0.name == "family" })
+                func insert(_ id: VMID, _ parent: VMID?, _ t: Int64) throws {
+                    try db.execute(sql: """
+                        INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us)
+                        VALUES (?, ?, 'alice', 'registered', ?, ?, NULL, ?, ?)
+                        """, arguments: [id.description, "vm-\(t)", UUID().uuidString.lowercased(), parent?.description, t, t])
+                }
+                try insert(root, nil, 1); try insert(child, root, 2); try insert(grand, child, 3); try insert(lone, nil, 4)
+                // A damaged ledger: two VMs each other's parent.
+                try insert(x, nil, 5); try insert(y, x, 6)
+                try db.execute(sql: "UPDATE vms SET parent = ? WHERE id = ?", arguments: [y.description, x.description])
+            }
+        }
+        let ledger = try SQLiteLedger(path: path)
+        for v in [root, child, grand] {
+            #expect(try ledger.family(of: v, limit: 10)?.map(\.id).sorted { $0.description < $1.description }
+                    == [root, child, grand].sorted { $0.description < $1.description })
+        }
+        #expect(try ledger.family(of: lone, limit: 10)?.map(\.id) == [lone])
+        #expect(try ledger.family(of: x, limit: 10)?.map(\.id) == [x])
+        #expect(try ledger.lineage(of: grand).nodes.map(\.id) == [root, child, grand])
+        // The cycle is reported as damage, not walked.
+        #expect(throws: WardenError.self) { _ = try ledger.lineage(of: x) }
+        // A VM recorded after the migration joins its parent's family.
+        let t = Date(timeIntervalSince1970: 10)
+        let clone = VMRecord(name: "clone", owner: "alice", parent: grand, createdAt: t, updatedAt: t)
+        _ = try ledger.createVM(clone, disks: [], event: NewEvent(kind: .cloned, vm: clone.id, time: t))
+        #expect(try ledger.family(of: clone.id, limit: 10)?.count == 4)
     }
 }
