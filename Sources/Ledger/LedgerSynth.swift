@@ -126,7 +126,7 @@ public struct LedgerSynth {
             let batchEnd = min(o.events, step + o.batch)
             try ledger.logWrite { db, log in
                 let updVM = try db.cachedStatement(sql: "UPDATE vms SET state = ?, generation = ?, owner = ?, updated_us = ? WHERE id = ?")
-                let insRes = try db.cachedStatement(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us) VALUES (?, ?, ?, ?, NULL)")
+                let insRes = try db.cachedStatement(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us, family) VALUES (?1, ?2, ?3, ?4, NULL, \(Rows.familyOfVM))")
                 let closeRes = try db.cachedStatement(sql: "UPDATE residency SET to_us = ? WHERE id = ?")
                 let insSnap = try db.cachedStatement(sql: "INSERT INTO snapshots (vm, name, generation, created_us, inventory_key) VALUES (?, ?, ?, ?, NULL)")
 

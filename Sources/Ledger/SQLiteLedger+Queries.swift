@@ -50,10 +50,12 @@ extension SQLiteLedger: LedgerQueries {
                 if direct[vm].map({ since < $0 }) ?? true { direct[vm] = since }
             }
             guard !direct.isEmpty else { return ExposureReport(host: host, from: from, to: to, now: now, vms: []) }
-            // Every member of the families of the directly exposed VMs, family by family.
+            // Every member of the families of the directly exposed VMs, family by family. The
+            // intervals name their VM's family (a row without one, which no writer leaves, is
+            // looked up rather than left out).
             let s = try db.cachedStatement(sql: """
-                WITH d AS (SELECT DISTINCT vm FROM residency WHERE \(overlap)),
-                     f AS (SELECT DISTINCT v.family AS family FROM d JOIN vms v ON v.id = d.vm)
+                WITH f AS (SELECT DISTINCT coalesce(family, (SELECT v.family FROM vms v WHERE v.id = residency.vm)) AS family
+                           FROM residency WHERE \(overlap))
                 SELECT m.family, \(Self.familyColumns("m")) FROM f JOIN vms m INDEXED BY vms_by_family ON m.family = f.family
                 """)
             var since: [VMID: Date] = [:]

@@ -30,6 +30,9 @@ enum Rows {
         try Row.fetchOne(db, sql: "SELECT 1 FROM vms WHERE id = ?", arguments: [id.description]) != nil
     }
 
+    /// The family of the VM bound as `?1`, for a residency row's `family`.
+    static let familyOfVM = "(SELECT family FROM vms WHERE id = ?1)"
+
     static func insertVM(_ db: Database, _ v: VMRecord) throws {
         let s = try db.cachedStatement(sql: """
             INSERT INTO vms (id, name, owner, state, generation, parent, parent_generation, created_us, updated_us, mac, family)

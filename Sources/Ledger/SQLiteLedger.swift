@@ -294,7 +294,7 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
             let open = try Row.fetchOne(db, sql: "SELECT 1 FROM residency WHERE vm = ? AND kind = ? AND host = ? AND to_us IS NULL",
                                         arguments: [vm.description, kind.rawValue, host.value])
             if open != nil { return }
-            try db.execute(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us) VALUES (?, ?, ?, ?, NULL)",
+            try db.execute(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us, family) VALUES (?1, ?2, ?3, ?4, NULL, \(Rows.familyOfVM))",
                            arguments: [vm.description, host.value, kind.rawValue, LedgerTime.micros(at)])
         }
     }
@@ -383,7 +383,7 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
             guard try Rows.vmExists(db, vm) else { throw WardenError(.notFound, "no VM with id \(vm)") }
             try db.execute(sql: "DELETE FROM residency WHERE vm = ? AND host = ?", arguments: [vm.description, host.value])
             for r in intervals.sorted(by: { $0.from < $1.from }) where r.vm == vm && r.host == host {
-                try db.execute(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us) VALUES (?, ?, ?, ?, ?)",
+                try db.execute(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us, family) VALUES (?1, ?2, ?3, ?4, ?5, \(Rows.familyOfVM))",
                                arguments: [vm.description, host.value, r.kind.rawValue, LedgerTime.micros(r.from),
                                            r.to.map { max(LedgerTime.micros($0), LedgerTime.micros(r.from)) }])
             }
@@ -440,19 +440,9 @@ public final class SQLiteLedger: LedgerStore, @unchecked Sendable {
     public func liveReplicas(of vm: VMID) throws -> [VMRecord] {
         try database.read { db in
             guard try Rows.vmExists(db, vm) else { throw WardenError(.notFound, "no VM with id \(vm)") }
-            // The root ancestor (bounded walk: a parent cycle cannot loop forever).
-            var root = vm.description
-            var seen: Set<String> = [root]
-            while let p = try String.fetchOne(db, sql: "SELECT parent FROM vms WHERE id = ?", arguments: [root]), !seen.contains(p) {
-                seen.insert(p); root = p
-            }
             return try Rows.fetchVMs(db, sql: """
-                WITH RECURSIVE d(id) AS (
-                    SELECT ?
-                    UNION SELECT v.id FROM vms v JOIN d ON v.parent = d.id
-                )
-                SELECT vms.* FROM vms JOIN d ON vms.id = d.id WHERE vms.state != 'retired' ORDER BY vms.created_us, vms.id
-                """, [root])
+                SELECT * FROM vms WHERE family = (SELECT family FROM vms WHERE id = ?) AND state != 'retired' ORDER BY created_us, id
+                """, [vm.description])
         }
     }
 

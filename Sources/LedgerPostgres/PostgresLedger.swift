@@ -61,15 +61,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
     /// The root ancestor of `vm` (bounded walk: a parent cycle cannot loop forever); the VM
     /// itself when it is unknown (a new family).
     func familyRoot(_ vm: VMID) throws -> String {
-        let rows = try store.query("""
-            WITH RECURSIVE up(id, parent, n) AS (
-                SELECT id, parent, 0 FROM vms WHERE id = \(vm.description)
-                UNION ALL
-                SELECT v.id, v.parent, up.n + 1 FROM vms v JOIN up ON v.id = up.parent WHERE up.n < 10000
-            )
-            SELECT id FROM up ORDER BY n DESC LIMIT 1
-            """)
-        return try rows.first.map { try $0.decode(String.self) } ?? vm.description
+        try store.query("SELECT family FROM vms WHERE id = \(vm.description)").first.map { try $0.decode(String.self) } ?? vm.description
     }
 
     // MARK: - The write path
@@ -446,14 +438,9 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
 
     public func liveReplicas(of vm: VMID) throws -> [VMRecord] {
         guard try vmExists(vm) else { throw WardenError(.notFound, "no VM with id \(vm)") }
-        let root = try familyRoot(vm)
         return try fetchVMs("""
-            WITH RECURSIVE d(id) AS (
-                SELECT \(root)::text
-                UNION SELECT v.id FROM vms v JOIN d ON v.parent = d.id
-            )
-            SELECT \(unescaped: PGRows.vmColumns.split(separator: ",").map { "vms." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
-            FROM vms JOIN d ON vms.id = d.id WHERE vms.state <> 'retired' ORDER BY vms.created_us, vms.id COLLATE "C"
+            SELECT \(unescaped: PGRows.vmColumns) FROM vms WHERE family = \(try familyRoot(vm)) AND state <> 'retired'
+            ORDER BY created_us, id COLLATE "C"
             """)
     }
 
@@ -517,7 +504,10 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         var family: [FamilyMember] = []
         var current = ""
         for r in try store.query("""
-            WITH f AS (SELECT DISTINCT v.family FROM vms v WHERE v.id = ANY(\(direct.keys.map(\.description))::text[]))
+            WITH f AS (
+                SELECT DISTINCT coalesce(r.family, (SELECT v.family FROM vms v WHERE v.id = r.vm)) AS family FROM residency r
+                WHERE r.host = \(host.value) AND r.from_us <= \(t2)
+                  AND ((r.to_us IS NOT NULL AND r.to_us > \(t1) AND r.to_us > r.from_us) OR (r.to_us IS NULL AND \(n) > \(t1) AND \(n) > r.from_us)))
             SELECT m.family, \(unescaped: PGRows.familyColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
             FROM f JOIN vms m ON m.family = f.family ORDER BY m.family
             """) {

@@ -328,6 +328,19 @@ enum PostgresMigrations {
             "UPDATE vms SET family = id WHERE family IS NULL",
             "ALTER TABLE vms ALTER COLUMN family SET NOT NULL",
             "CREATE INDEX vms_by_family ON vms(family, created_us, id) INCLUDE (parent, name, owner, state, generation, parent_generation)",
+            // Residency intervals carry their VM's family (set by the database on insert).
+            "ALTER TABLE residency ADD COLUMN family TEXT",
+            "UPDATE residency r SET family = v.family FROM vms v WHERE v.id = r.vm",
+            """
+            CREATE FUNCTION residency_family() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.family IS NULL THEN NEW.family := (SELECT family FROM vms WHERE id = NEW.vm); END IF;
+                RETURN NEW;
+            END $$
+            """,
+            "CREATE TRIGGER residency_family BEFORE INSERT ON residency FOR EACH ROW EXECUTE FUNCTION residency_family()",
+            "DROP INDEX residency_by_host_cover",
+            "CREATE INDEX residency_by_host_cover ON residency(host, from_us, to_us, vm, kind, family)",
             """
             CREATE INDEX events_generation_steps ON events(vm, seq) INCLUDE (kind, time_us, generation_before, generation_after)
             WHERE generation_after IS NOT NULL AND generation_after IS DISTINCT FROM generation_before

@@ -196,6 +196,14 @@ enum LedgerMigrations {
                 UPDATE vms SET family = id WHERE family IS NULL;
                 CREATE INDEX vms_by_family ON vms(family, created_us, id, parent, name, owner, state, generation, parent_generation);
                 """)
+            // Residency intervals carry their VM's family: exposure takes the families a window
+            // touches from the host's intervals alone, with no lookup per VM.
+            try db.execute(sql: """
+                ALTER TABLE residency ADD COLUMN family TEXT;
+                UPDATE residency SET family = (SELECT family FROM vms WHERE vms.id = residency.vm);
+                DROP INDEX residency_by_host_cover;
+                CREATE INDEX residency_by_host_cover ON residency(host, from_us, to_us, vm, kind, family);
+                """)
             // The generation steps lineage shows, kept apart from the other 90 % of events: a
             // partial index holding just what a step needs, read per VM without touching rows.
             try db.execute(sql: """

@@ -255,9 +255,14 @@ enum RefMerkle {
                 // A damaged ledger: two VMs each other's parent.
                 try insert(x, nil, 5); try insert(y, x, 6)
                 try db.execute(sql: "UPDATE vms SET parent = ? WHERE id = ?", arguments: [y.description, x.description])
+                try db.execute(sql: "INSERT INTO residency (vm, host, kind, from_us, to_us) VALUES (?, 'h1', 'ran', 1, 2)", arguments: [grand.description])
             }
         }
         let ledger = try SQLiteLedger(path: path)
+        // Intervals written before the migration name their VM's family too.
+        #expect(try ledger.database.read { try String.fetchAll($0, sql: "SELECT family FROM residency") } == [root.description])
+        try ledger.openResidency(vm: lone, host: HostName("h1")!, kind: .stored, at: Date(timeIntervalSince1970: 5))
+        #expect(try ledger.database.read { try String.fetchOne($0, sql: "SELECT family FROM residency WHERE vm = ?", arguments: [lone.description]) } == lone.description)
         for v in [root, child, grand] {
             #expect(try ledger.family(of: v, limit: 10)?.map(\.id).sorted { $0.description < $1.description }
                     == [root, child, grand].sorted { $0.description < $1.description })
