@@ -110,40 +110,75 @@ extension LedgerQueries {
 
 /// Turns exposure starts into report entries; shared by every implementation.
 package enum ExposureAssembly {
-    /// Exposure carried down one lineage family (every member of it, in any order), from the
-    /// direct exposure starts: a member is exposed from its creation when its parent was
-    /// exposed by then, else from its own direct start (the earlier wins; direct wins a tie,
-    /// as in the reference). Walked from the roots down, so each member is visited once with
-    /// its parent's final start. Members on a parent cycle (a damaged ledger) are not reached.
-    package static func propagate(family members: [FamilyMember], direct: [VMID: Date], since: inout [VMID: Date],
-                                  inheritedFrom: inout [VMID: VMID], records: inout [VMID: (String, String, VMState)]) {
-        var index: [VMID: Int] = [:]
-        index.reserveCapacity(members.count)
-        for (i, m) in members.enumerated() { index[m.id] = i }
-        var children: [Int: [Int]] = [:]
-        var stack: [(Int, Date?)] = []
-        for (i, m) in members.enumerated() {
-            if let p = m.parent, let pi = index[p], pi != i { children[pi, default: []].append(i) } else { stack.append((i, nil)) }
+    /// The exposed members of one lineage family (every member of it, in any order), from
+    /// the direct exposure starts and intervals, appended to `out` unordered. A member is
+    /// exposed from its creation when its parent was exposed by then, else from its own
+    /// direct start (the earlier wins; direct wins a tie, as in the reference). Walked from
+    /// the roots down, so each member is visited once with its parent's final start, source
+    /// and steps. Members on a parent cycle (a damaged ledger) are not reached.
+    package static func exposeFamily(_ members: [FamilyMember], direct: [VMID: Date], intervals: [VMID: [ExposureInterval]],
+                                     into out: inout [ExposedVM]) {
+        let n = members.count
+        if n == 1 {
+            let m = members[0]
+            if let d = direct[m.id] { out.append(entry(m, since: d, own: intervals[m.id] ?? [], inheritedFrom: nil, source: m.id, steps: 0)) }
+            return
         }
-        var visited = [Bool](repeating: false, count: members.count)
-        while let (i, parentSince) = stack.popLast() {
+        // Each member's parent among the members (-1 for a root): a scan for small families.
+        var parent = [Int](repeating: -1, count: n)
+        if n <= 24 {
+            for i in 0..<n {
+                guard let p = members[i].parent else { continue }
+                for j in 0..<n where j != i && members[j].id == p { parent[i] = j; break }
+            }
+        } else {
+            var index: [VMID: Int] = [:]
+            index.reserveCapacity(n)
+            for (i, m) in members.enumerated() { index[m.id] = i }
+            for i in 0..<n { if let p = members[i].parent, let j = index[p], j != i { parent[i] = j } }
+        }
+        var children = [[Int]](repeating: [], count: n)
+        var stack: [(i: Int, since: Date?, source: VMID?, steps: Int)] = []
+        for i in 0..<n { if parent[i] >= 0 { children[parent[i]].append(i) } else { stack.append((i, nil, nil, 0)) } }
+        var visited = [Bool](repeating: false, count: n)
+        while let (i, parentSince, parentSource, parentSteps) = stack.popLast() {
             guard !visited[i] else { continue }
             visited[i] = true
             let m = members[i]
             let d = direct[m.id]
             let inherited = parentSince.flatMap { m.createdAt >= $0 ? m.createdAt : nil }
-            var mine: Date?
-            if let inherited, d.map({ inherited < $0 }) ?? true, let p = m.parent {
-                mine = inherited
-                inheritedFrom[m.id] = p
+            var mine: (since: Date, source: VMID, steps: Int)?
+            if let inherited, d.map({ inherited < $0 }) ?? true, let p = m.parent, let src = parentSource {
+                mine = (inherited, src, parentSteps + 1)
+                out.append(entry(m, since: inherited, own: intervals[m.id] ?? [], inheritedFrom: p, source: src, steps: parentSteps + 1))
             } else if let d {
-                mine = d
+                mine = (d, m.id, 0)
+                out.append(entry(m, since: d, own: intervals[m.id] ?? [], inheritedFrom: nil, source: m.id, steps: 0))
             }
-            if let mine {
-                since[m.id] = mine
-                records[m.id] = (m.name, m.owner, m.state)
-            }
-            for c in children[i] ?? [] { stack.append((c, mine)) }
+            for c in children[i] { stack.append((c, mine?.since, mine?.source, mine?.steps ?? 0)) }
+        }
+    }
+
+    private static func entry(_ m: FamilyMember, since: Date, own: [ExposureInterval], inheritedFrom: VMID?, source: VMID, steps: Int) -> ExposedVM {
+        ExposedVM(vm: m.id, name: m.name, owner: m.owner, state: m.state, exposedSince: since,
+                  how: Self.how(ownIntervals: !own.isEmpty, inherited: inheritedFrom != nil),
+                  residencies: own.count < 2 ? own : own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) },
+                  inheritedFrom: inheritedFrom, source: source, steps: steps)
+    }
+
+    static func how(ownIntervals: Bool, inherited: Bool) -> String {
+        switch (ownIntervals, inherited) {
+        case (true, false): return "direct"
+        case (false, true): return "inherited"
+        default: return "direct+inherited"
+        }
+    }
+
+    /// Report order: by exposure start, then VM id (the id's bytes order as its text does).
+    package static func inReportOrder(_ vms: [ExposedVM]) -> [ExposedVM] {
+        vms.sorted { a, b in
+            if a.exposedSince != b.exposedSince { return a.exposedSince < b.exposedSince }
+            return withUnsafeBytes(of: a.vm.uuid.uuid) { x in withUnsafeBytes(of: b.vm.uuid.uuid) { y in memcmp(x.baseAddress!, y.baseAddress!, 16) < 0 } }
         }
     }
 
@@ -174,21 +209,12 @@ package enum ExposureAssembly {
             guard let rec = record(id) else { continue }
             let own = intervals[id] ?? []
             let parent = inheritedFrom[id]
-            let how: String
-            switch (own.isEmpty, parent == nil) {
-            case (false, true): how = "direct"
-            case (true, false): how = "inherited"
-            default: how = "direct+inherited"
-            }
+            let how = Self.how(ownIntervals: !own.isEmpty, inherited: parent != nil)
             let (src, steps) = try origin(id)
             out.append(ExposedVM(vm: id, name: rec.name, owner: rec.owner, state: rec.state, exposedSince: start,
                                  how: how, residencies: own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) },
                                  inheritedFrom: parent, source: src, steps: steps))
         }
-        // Sort keys computed once: VMID's `<` builds two strings per comparison, and thousands of
-        // direct exposures share one start (the window's).
-        return out.map { ($0, FastUUID.text($0.vm.uuid)) }
-            .sorted { ($0.0.exposedSince, $0.1) < ($1.0.exposedSince, $1.1) }
-            .map(\.0)
+        return inReportOrder(out)
     }
 }

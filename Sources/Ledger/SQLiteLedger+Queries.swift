@@ -58,25 +58,22 @@ extension SQLiteLedger: LedgerQueries {
                            FROM residency WHERE \(overlap))
                 SELECT m.family, \(Self.familyColumns("m")) FROM f JOIN vms m INDEXED BY vms_by_family ON m.family = f.family
                 """)
-            var since: [VMID: Date] = [:]
-            var inheritedFrom: [VMID: VMID] = [:]
-            var records: [VMID: (String, String, VMState)] = [:]
-            since.reserveCapacity(direct.count * 2); records.reserveCapacity(direct.count * 2)
+            var exposed: [ExposedVM] = []
+            exposed.reserveCapacity(direct.count * 2)
             var family: [FamilyMember] = []
             var current: [UInt8] = []
             let members = try RawCursor(s, args, db: db)
             while try members.next() {
                 let fam = members.bytes(0)
                 if !fam.elementsEqual(current) {
-                    ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
+                    ExposureAssembly.exposeFamily(family, direct: direct, intervals: intervals, into: &exposed)
                     family.removeAll(keepingCapacity: true)
                     current = Array(fam)
                 }
                 family.append(try Self.familyMember(members, from: 1, file: file))
             }
-            ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
-            let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
-            return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+            ExposureAssembly.exposeFamily(family, direct: direct, intervals: intervals, into: &exposed)
+            return ExposureReport(host: host, from: from, to: to, now: now, vms: ExposureAssembly.inReportOrder(exposed))
         }
     }
 

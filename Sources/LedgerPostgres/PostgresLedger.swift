@@ -498,9 +498,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             if direct[vm].map({ since < $0 }) ?? true { direct[vm] = since }
         }
         guard !direct.isEmpty else { return ExposureReport(host: host, from: from, to: to, now: now, vms: []) }
-        var since: [VMID: Date] = [:]
-        var inheritedFrom: [VMID: VMID] = [:]
-        var records: [VMID: (String, String, VMState)] = [:]
+        var exposed: [ExposedVM] = []
         var family: [FamilyMember] = []
         var current = ""
         for r in try store.query("""
@@ -513,15 +511,14 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             """) {
             let fam = try Cells(r, "vms", location).get("family", String.self)
             if fam != current {
-                ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
+                ExposureAssembly.exposeFamily(family, direct: direct, intervals: intervals, into: &exposed)
                 family.removeAll(keepingCapacity: true)
                 current = fam
             }
             family.append(try PGRows.familyMember(r, location))
         }
-        ExposureAssembly.propagate(family: family, direct: direct, since: &since, inheritedFrom: &inheritedFrom, records: &records)
-        let vms = try ExposureAssembly.assemble(since: since, inheritedFrom: inheritedFrom, intervals: intervals) { records[$0] }
-        return ExposureReport(host: host, from: from, to: to, now: now, vms: vms)
+        ExposureAssembly.exposeFamily(family, direct: direct, intervals: intervals, into: &exposed)
+        return ExposureReport(host: host, from: from, to: to, now: now, vms: ExposureAssembly.inReportOrder(exposed))
         }
     }
 
