@@ -498,26 +498,22 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             if direct[vm].map({ since < $0 }) ?? true { direct[vm] = since }
         }
         guard !direct.isEmpty else { return ExposureReport(host: host, from: from, to: to, now: now, vms: []) }
-        var exposed: [ExposedVM] = []
-        var family: [FamilyMember] = []
-        var current = ""
+        // Rows grouped by family here rather than sorted by the server.
+        var families: [String: [FamilyMember]] = [:]
         for r in try store.query("""
             WITH f AS (
                 SELECT DISTINCT coalesce(r.family, (SELECT v.family FROM vms v WHERE v.id = r.vm)) AS family FROM residency r
                 WHERE r.host = \(host.value) AND r.from_us <= \(t2)
                   AND ((r.to_us IS NOT NULL AND r.to_us > \(t1) AND r.to_us > r.from_us) OR (r.to_us IS NULL AND \(n) > \(t1) AND \(n) > r.from_us)))
             SELECT m.family, \(unescaped: PGRows.familyColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
-            FROM f JOIN vms m ON m.family = f.family ORDER BY m.family
+            FROM f JOIN vms m ON m.family = f.family
             """) {
-            let fam = try Cells(r, "vms", location).get("family", String.self)
-            if fam != current {
-                ExposureAssembly.exposeFamily(family, direct: direct, intervals: intervals, into: &exposed)
-                family.removeAll(keepingCapacity: true)
-                current = fam
-            }
-            family.append(try PGRows.familyMember(r, location))
+            let c = Cells(r, "vms", location)
+            families[try c.get("family", String.self), default: []].append(try PGRows.familyMember(c))
         }
-        ExposureAssembly.exposeFamily(family, direct: direct, intervals: intervals, into: &exposed)
+        var exposed: [ExposedVM] = []
+        exposed.reserveCapacity(direct.count * 2)
+        for members in families.values { ExposureAssembly.exposeFamily(members, direct: direct, intervals: intervals, into: &exposed) }
         return ExposureReport(host: host, from: from, to: to, now: now, vms: ExposureAssembly.inReportOrder(exposed))
         }
     }

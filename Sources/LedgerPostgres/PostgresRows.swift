@@ -69,7 +69,10 @@ enum PGRows {
     static let familyColumns = "id, parent, created_us, name, owner, state, generation, parent_generation"
 
     static func familyMember(_ r: PostgresRow, _ location: String) throws -> FamilyMember {
-        let c = Cells(r, "vms", location)
+        try familyMember(Cells(r, "vms", location))
+    }
+
+    static func familyMember(_ c: Cells) throws -> FamilyMember {
         guard let state = VMState(rawValue: try c.get("state")) else { throw c.bad("state") }
         return FamilyMember(id: try c.vmid("id"), name: try c.get("name"), owner: try c.get("owner"), state: state,
                             generation: try c.uuid("generation"), parent: try c.optionalVMID("parent"),
