@@ -28,7 +28,7 @@ public struct ReleaseSupport: Codable, Sendable, Equatable {
 
 extension Inspection {
     /// Parts of `layout` that were not read: closed or unopenable LUKS volumes, LVM problems
-    /// (missing PVs, thin pools and other unsupported segments), volumes whose filesystem Warden
+    /// (missing PVs, damaged thin pools and unsupported segments), volumes whose filesystem Warden
     /// cannot read. Swap, LVM PVs and LUKS containers that were opened are not counted.
     public static func unscanned(_ layout: GuestDiskLayout) -> [UnscannedPart] {
         var out: [UnscannedPart] = []

@@ -31,6 +31,14 @@ extension LVM2 {
         public var stripes: [Stripe]
         /// The legs of a raid1 or mirror segment: sub-LVs holding the same data.
         public var legs: [String] = []
+        /// A thin-pool segment's metadata and data sub-LVs.
+        public var poolMetadata: String?
+        public var poolData: String?
+        /// A thin segment's pool and its device id in the pool's metadata.
+        public var thinPool: String?
+        public var thinDeviceID: UInt64?
+        /// A thin segment whose unprovisioned chunks come from another LV (not read).
+        public var externalOrigin: String?
     }
 
     public struct LVEntry: Sendable, Equatable {
@@ -39,6 +47,8 @@ extension LVM2 {
         public var status: [String]
         public var segments: [Segment]
         public var isVisible: Bool { status.contains("VISIBLE") }
+        /// A thin pool holds other LVs' chunks: it is not a volume of its own.
+        public var isThinPool: Bool { segments.first?.type == "thin-pool" }
         public var extentCount: UInt64 { segments.reduce(0) { $0 &+ $1.extentCount } }
     }
 
@@ -115,8 +125,17 @@ extension LVM2 {
                         legs = stride(from: 0, to: list.count, by: 2).compactMap { list[$0].string }
                     }
                     guard legs.count <= 64 else { throw WardenError.limit("lvm2: \(ctx) has more than 64 legs") }
-                    segs.append(Segment(startExtent: try int(seg, "start_extent", ctx), extentCount: try int(seg, "extent_count", ctx),
-                                        type: type, stripeSize: stripeSize, stripes: stripes, legs: legs))
+                    var segment = Segment(startExtent: try int(seg, "start_extent", ctx), extentCount: try int(seg, "extent_count", ctx),
+                                          type: type, stripeSize: stripeSize, stripes: stripes, legs: legs)
+                    if type == "thin-pool" {
+                        segment.poolMetadata = seg["metadata"]?.string
+                        segment.poolData = seg["pool"]?.string
+                    } else if type == "thin" {
+                        segment.thinPool = seg["thin_pool"]?.string
+                        segment.thinDeviceID = try int(seg, "device_id", ctx)
+                        segment.externalOrigin = seg["external_origin"]?.string
+                    }
+                    segs.append(segment)
                 }
                 segs.sort { $0.startExtent < $1.startExtent }
                 let status = (lv["status"]?.array ?? []).compactMap { $0.string }
@@ -140,12 +159,15 @@ extension LVM2 {
     /// their devices. Throws `.unsupported` for an LV of a type other than linear/striped
     /// (use ``logicalVolume(_:in:pvs:)`` per LV to skip those instead).
     public static func logicalVolumes(_ vg: VolumeGroup, pvs: [String: any BlockDevice]) throws -> [LogicalVolume] {
-        try vg.logicalVolumes.filter(\.isVisible).map { try logicalVolume($0, in: vg, pvs: pvs) }
+        try vg.logicalVolumes.filter { $0.isVisible && !$0.isThinPool }.map { try logicalVolume($0, in: vg, pvs: pvs) }
     }
 
     /// Maps one LV of `vg` onto its PVs. A raid1 or mirror LV is read from its first leg whose
     /// physical volumes are all present (every leg holds the same data).
     public static func logicalVolume(_ lv: LVEntry, in vg: VolumeGroup, pvs: [String: any BlockDevice], depth: Int = 0) throws -> LogicalVolume {
+        if let seg = lv.segments.first, seg.type == "thin" {
+            return try thinVolume(lv, seg, in: vg, pvs: pvs, depth: depth)
+        }
         if let seg = lv.segments.first, seg.type == "raid1" || seg.type == "mirror" {
             guard lv.segments.count == 1, seg.startExtent == 0, !seg.legs.isEmpty, depth < 4 else {
                 throw WardenError.unsupported("lvm2: LV \(vg.name)/\(lv.name) is a \(seg.type) volume of a shape Warden does not read (several segments, nested, or no legs)")
@@ -172,7 +194,7 @@ extension LVM2 {
         let es = vg.extentSize
         for seg in lv.segments {
             guard seg.type == "striped" else {
-                throw WardenError.unsupported("lvm2: LV \(vg.name)/\(lv.name) uses segment type \"\(seg.type)\" (linear, striped, raid1 and mirror are supported)")
+                throw WardenError.unsupported("lvm2: LV \(vg.name)/\(lv.name) uses segment type \"\(seg.type)\" (linear, striped, raid1, mirror and thin are supported)")
             }
             guard seg.startExtent == next else {
                 throw WardenError.corrupt("lvm2: LV \(lv.name) segment at extent \(seg.startExtent) does not follow extent \(next)")
@@ -215,6 +237,38 @@ extension LVM2 {
         let size = try Checked.mul(next, es, "lvm2: LV \(lv.name) size")
         return LogicalVolume(name: lv.name, vgName: vg.name, uuid: lv.uuid, size: size,
                              device: LVM2ExtentDevice(size: size, pieces: pieces))
+    }
+}
+
+extension LVM2 {
+    /// A thin LV, read through its pool: the pool's metadata and data sub-LVs are mapped like
+    /// any other LV (linear, striped, raid1), and the metadata says where each chunk is.
+    static func thinVolume(_ lv: LVEntry, _ seg: Segment, in vg: VolumeGroup, pvs: [String: any BlockDevice], depth: Int) throws -> LogicalVolume {
+        let what = "thin LV \(vg.name)/\(lv.name)"
+        guard lv.segments.count == 1, seg.startExtent == 0, depth < 4 else {
+            throw WardenError.unsupported("lvm2: \(what) has a shape Warden does not read (several segments, or nested)")
+        }
+        if let origin = seg.externalOrigin {
+            throw WardenError.unsupported("lvm2: \(what) reads unprovisioned chunks from external origin \(origin) (not read)")
+        }
+        guard let poolName = seg.thinPool, let pool = vg.logicalVolumes.first(where: { $0.name == poolName }),
+              let poolSeg = pool.segments.first, pool.isThinPool else {
+            throw WardenError.corrupt("lvm2: \(what) names pool \(seg.thinPool ?? "(none)"), which the metadata does not hold")
+        }
+        guard let id = seg.thinDeviceID, let metaName = poolSeg.poolMetadata, let dataName = poolSeg.poolData,
+              let metaEntry = vg.logicalVolumes.first(where: { $0.name == metaName }),
+              let dataEntry = vg.logicalVolumes.first(where: { $0.name == dataName }) else {
+            throw WardenError.corrupt("lvm2: thin pool \(vg.name)/\(poolName) does not name its metadata and data volumes")
+        }
+        let meta = try logicalVolume(metaEntry, in: vg, pvs: pvs, depth: depth + 1)
+        let data = try logicalVolume(dataEntry, in: vg, pvs: pvs, depth: depth + 1)
+        let metadata = try LVM2Thin.Metadata(device: meta.device, name: "\(vg.name)/\(metaName)")
+        guard let root = try metadata.deviceRoot(id) else {
+            throw WardenError.corrupt("lvm2: \(what) is device \(id) of pool \(poolName), which its metadata does not hold")
+        }
+        let size = try Checked.mul(seg.extentCount, vg.extentSize, "lvm2: LV \(lv.name) size")
+        return LogicalVolume(name: lv.name, vgName: vg.name, uuid: lv.uuid, size: size,
+                             device: LVM2ThinDevice(size: size, metadata: metadata, root: root, data: data.device, name: "\(vg.name)/\(lv.name)"))
     }
 }
 

@@ -189,10 +189,17 @@ struct LVM2DamageTests {
             } catch { Issue.record("non-WardenError \(error)") }
         }
         do {
-            _ = try mapEdited { replacingFirst($0, #"type = "striped""#, #"type = "thin""#) }
-            Issue.record("thin accepted")
+            _ = try mapEdited { replacingFirst($0, #"type = "striped""#, #"type = "cache""#) }
+            Issue.record("cache accepted")
         } catch let e as WardenError {
-            #expect(e.code == .unsupported && e.message.contains("thin"))
+            #expect(e.code == .unsupported && e.message.contains("cache"))
+        }
+        // A thin segment that names no pool device is damage, not an unknown type.
+        do {
+            _ = try mapEdited { replacingFirst($0, #"type = "striped""#, #"type = "thin""#) }
+            Issue.record("thin without a device id accepted")
+        } catch let e as WardenError {
+            #expect(e.code == .corrupt && e.message.contains("device_id"), "\(e)")
         }
     }
 
