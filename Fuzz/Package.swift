@@ -38,6 +38,9 @@ let package = Package(
         .executableTarget(name: "FuzzLVM2", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "Partitions", package: "Warden"),
         ]),
+        .executableTarget(name: "FuzzLVMThin", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "Partitions", package: "Warden"),
+        ]),
         .executableTarget(name: "FuzzPackages", dependencies: [.product(name: "Inspection", package: "Warden")]),
         .executableTarget(name: "FuzzLUKS", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "WardenCore", package: "Warden"),

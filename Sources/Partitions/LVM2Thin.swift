@@ -163,7 +163,7 @@ public final class LVM2ThinDevice: BlockDevice, @unchecked Sendable {
     let data: any BlockDevice
     let name: String
 
-    init(size: UInt64, metadata: LVM2Thin.Metadata, root: UInt64, data: any BlockDevice, name: String) {
+    public init(size: UInt64, metadata: LVM2Thin.Metadata, root: UInt64, data: any BlockDevice, name: String) {
         self.size = size; self.metadata = metadata; self.root = root; self.data = data; self.name = name
     }
 
