@@ -141,6 +141,33 @@ public enum LVM2Thin {
             throw WardenError.corrupt("lvm2: thin pool metadata tree deeper than \(LVM2Thin.maxDepth) levels (a loop?)")
         }
 
+        /// Calls `body` with each (key, value) of the tree rooted at `root` whose key is in
+        /// `range`, in key order, visiting only the subtrees that can hold such keys. In a tree
+        /// each node is visited once at most: a walk that visits more nodes than the metadata
+        /// has blocks is going round a loop, and fails.
+        public func forEach(root: UInt64, in range: Range<UInt64>, _ body: (UInt64, UInt64) throws -> Void) throws {
+            var budget = blocks
+            try walk(root, range, depth: 0, budget: &budget, body)
+        }
+
+        private func walk(_ block: UInt64, _ range: Range<UInt64>, depth: Int, budget: inout UInt64,
+                          _ body: (UInt64, UInt64) throws -> Void) throws {
+            guard depth < LVM2Thin.maxDepth, budget > 0 else {
+                throw WardenError.corrupt("lvm2: thin pool metadata tree deeper than \(LVM2Thin.maxDepth) levels or with more nodes than blocks (a loop?)")
+            }
+            budget -= 1
+            let n = try node(block)
+            for i in n.keys.indices {
+                if n.keys[i] >= range.upperBound { break }
+                if n.leaf {
+                    if n.keys[i] >= range.lowerBound { try body(n.keys[i], n.values[i]) }
+                } else if i + 1 == n.keys.count || n.keys[i + 1] > range.lowerBound {
+                    // Child i holds the keys from keys[i] up to keys[i + 1].
+                    try walk(n.values[i], range, depth: depth + 1, budget: &budget, body)
+                }
+            }
+        }
+
         /// The root of thin device `id`'s tree, or nil when the pool holds no such device.
         public func deviceRoot(_ id: UInt64) throws -> UInt64? {
             try lookup(root: dataMappingRoot, key: id)
@@ -199,14 +226,21 @@ public final class LVM2ThinDevice: BlockDevice, @unchecked Sendable {
     public func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
         let (end, o) = offset.addingReportingOverflow(length)
         guard !o, end <= size else { throw WardenError(.invalidArgument, "mapping beyond the end of thin LV \(name)") }
+        guard length > 0 else { return [] }
+        let chunk = metadata.chunkSize
+        // The mapped chunks in range, from the tree's leaves (not one lookup per chunk).
         var out: [BlockExtent] = []
         var pos = offset
-        while pos < end {
-            let next = min(end, (pos / metadata.chunkSize + 1) * metadata.chunkSize)
-            let kind: BlockExtent.Kind = try dataChunk(pos / metadata.chunkSize) == nil ? .zero : .data
-            out.appendMerging(BlockExtent(offset: pos, length: next - pos, kind: kind))
-            pos = next
+        try metadata.forEach(root: root, in: (offset / chunk)..<((end - 1) / chunk + 1)) { v, _ in
+            // v * chunk < end: v is in the range.
+            let chunkStart = v * chunk
+            let start = max(offset, chunkStart), stop = end - chunkStart > chunk ? chunkStart + chunk : end
+            guard start >= pos else { return }   // keys out of order across nodes: damaged, skipped
+            if start > pos { out.appendMerging(BlockExtent(offset: pos, length: start - pos, kind: .zero)) }
+            out.appendMerging(BlockExtent(offset: start, length: stop - start, kind: .data))
+            pos = stop
         }
+        if pos < end { out.appendMerging(BlockExtent(offset: pos, length: end - pos, kind: .zero)) }
         return out
     }
 }

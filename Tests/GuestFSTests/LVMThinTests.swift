@@ -4,7 +4,7 @@ import Testing
 import WardenCore
 import WardenTestSupport
 import DiskImage
-import Partitions
+@testable import Partitions
 @testable import GuestFS
 
 /// LVM thin volumes, made by lvm2 inside the libguestfs appliance (this machine's kernel has
@@ -97,9 +97,17 @@ import Partitions
         #expect(String(decoding: try Self.text(snap, "/hello.txt"), as: UTF8.self) == "changed in snapshot")
         #expect(String(decoding: try Self.text(origin, "/only-origin.txt"), as: UTF8.self) == "after the snapshot")
         #expect(throws: WardenError.self) { _ = try GuestPathResolver(snap).resolve("/only-origin.txt") }
-        // Unprovisioned chunks are holes: most of the 128 MiB volume is not mapped.
-        let map = try Self.volume(disk, "vg/thin1").0.mapping(at: 0, length: 128 << 20)
+        // Unprovisioned chunks are holes: most of the 128 MiB volume is not mapped. The mapping
+        // (from the tree's leaves) agrees with a lookup of every chunk.
+        let thin = try #require(try Self.volume(disk, "vg/thin1").0 as? LVM2ThinDevice)
+        let map = try thin.mapping(at: 0, length: 128 << 20)
         #expect(map.filter { $0.kind == .data }.reduce(0) { $0 + $1.length } < 64 << 20)
+        let chunk = thin.metadata.chunkSize
+        for v in 0..<(thin.size / chunk) {
+            let kind = try #require(map.first { $0.offset <= v * chunk && v * chunk < $0.offset + $0.length }).kind
+            #expect((kind == .data) == (try thin.dataChunk(v) != nil), "chunk \(v)")
+        }
+        #expect(try thin.mapping(at: 100_000, length: 5 * chunk).reduce(0) { $0 + $1.length } == 5 * chunk)
     }
 
     /// The offset of the pool's metadata superblock in the image (its magic, at byte 32 of a block).
@@ -150,6 +158,10 @@ import Partitions
             for b in 0..<8 { looped[v + b] = UInt8((UInt64(devRoot) >> (8 * UInt64(b))) & 0xff) }
         }
         Self.rechecksum(&looped, node, xor: 121_107)
+        // The leaf walk behind `mapping` stops too.
+        let metadata = try LVM2Thin.Metadata(device: MemoryDevice(Array(looped[sb..<(sb + (4 << 20))])), name: "looped")
+        let device = LVM2ThinDevice(size: 128 << 20, metadata: metadata, root: UInt64(devRoot), data: MemoryDevice([UInt8](repeating: 0, count: 96 << 20)), name: "looped")
+        #expect(throws: WardenError.self) { _ = try device.mapping(at: 0, length: 128 << 20) }
         layout = try GuestDisk.layout(of: MemoryDevice(looped))
         #expect(layout.warnings.contains { $0.contains("vg-thin1") && $0.contains("deeper than 16 levels") }, "\(layout.warnings)")
         #expect(layout.volumes.compactMap(\.logicalVolume) == ["/dev/mapper/vg-snap1"])
