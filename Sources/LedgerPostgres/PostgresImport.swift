@@ -132,7 +132,9 @@ public enum PostgresImport {
                 }
             }
         }
-        try pg.query("ANALYZE")
+        // Statistics for the planner, and the visibility map, so that index-only scans (the
+        // family index exposure and lineage read) do not fetch every row from the heap.
+        try pg.query("VACUUM (ANALYZE)")
         return counts
     }
 }

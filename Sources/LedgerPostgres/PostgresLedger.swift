@@ -490,10 +490,12 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             WHERE host = \(host.value) AND from_us <= \(t2)
               AND ((to_us IS NOT NULL AND to_us > \(t1) AND to_us > from_us) OR (to_us IS NULL AND \(n) > \(t1) AND \(n) > from_us))
             """) {
-            let c = Cells(r, "residency", location)
-            guard let kind = ResidencyRecord.Kind(rawValue: try c.get("kind")) else { throw c.bad("kind") }
-            let vm = try c.vmid("vm"), start = try c.get("from_us", Int64.self)
-            intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(start), to: try c.optionalTime("to_us")))
+            // Decoded by position: tens of thousands of rows.
+            guard let (vmText, kindText, start, end) = try? r.decode((String, String, Int64, Int64?).self),
+                  let vm = VMID(vmText), let kind = ResidencyRecord.Kind(rawValue: kindText) else {
+                throw WardenError(.corrupt, "a residency row is malformed", file: location)
+            }
+            intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(start), to: end.map(LedgerTime.date)))
             let since = LedgerTime.date(max(start, t1))
             if direct[vm].map({ since < $0 }) ?? true { direct[vm] = since }
         }
@@ -508,8 +510,16 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             SELECT m.family, \(unescaped: PGRows.familyColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
             FROM f JOIN vms m ON m.family = f.family
             """) {
-            let c = Cells(r, "vms", location)
-            families[try c.get("family", String.self), default: []].append(try PGRows.familyMember(c))
+            // Decoded by position: a row per member of every touched family.
+            guard let (family, id, parent, created, name, owner, stateText, generation, parentGeneration)
+                    = try? r.decode((String, String, String?, Int64, String, String, String, String, String?).self),
+                  let vm = VMID(id), let state = VMState(rawValue: stateText), let gen = UUID(uuidString: generation) else {
+                throw WardenError(.corrupt, "a vms row is malformed", file: location)
+            }
+            let p = try parent.map { guard let v = VMID($0) else { throw WardenError(.corrupt, "a vms row has a malformed parent", file: location) }; return v }
+            let pg = try parentGeneration.map { guard let u = UUID(uuidString: $0) else { throw WardenError(.corrupt, "a vms row has a malformed parent_generation", file: location) }; return u }
+            families[family, default: []].append(FamilyMember(id: vm, name: name, owner: owner, state: state, generation: gen,
+                                                              parent: p, parentGeneration: pg, createdAt: LedgerTime.date(created)))
         }
         var exposed: [ExposedVM] = []
         exposed.reserveCapacity(direct.count * 2)
