@@ -3,11 +3,11 @@ import WardenCore
 
 /// UUID text without `sscanf`/`sprintf`: the exposure query handles tens of thousands of ids,
 /// and Foundation's `UUID(uuidString:)` and `uuidString` dominated its profile.
-enum FastUUID {
+package enum FastUUID {
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
     /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case); nil for anything else.
-    static func parse(_ text: String) -> UUID? {
+    package static func parse(_ text: String) -> UUID? {
         var text = text
         return text.withUTF8 { parse(UnsafeRawBufferPointer($0)) }
     }
@@ -33,7 +33,7 @@ enum FastUUID {
         return ok ? UUID(uuid: bytes) : nil
     }
 
-    static func vmid(_ text: String) -> VMID? { parse(text).map { VMID($0) } }
+    package static func vmid(_ text: String) -> VMID? { parse(text).map { VMID($0) } }
 
     /// Lower-case text, the same as `VMID.description`.
     static func text(_ u: UUID) -> String {

@@ -492,7 +492,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             """) {
             // Decoded by position: tens of thousands of rows.
             guard let (vmText, kindText, start, end) = try? r.decode((String, String, Int64, Int64?).self),
-                  let vm = VMID(vmText), let kind = ResidencyRecord.Kind(rawValue: kindText) else {
+                  let vm = FastUUID.vmid(vmText), let kind = ResidencyRecord.Kind(rawValue: kindText) else {
                 throw WardenError(.corrupt, "a residency row is malformed", file: location)
             }
             intervals[vm, default: []].append(ExposureInterval(kind: kind, from: LedgerTime.date(start), to: end.map(LedgerTime.date)))
@@ -513,11 +513,11 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
             // Decoded by position: a row per member of every touched family.
             guard let (family, id, parent, created, name, owner, stateText, generation, parentGeneration)
                     = try? r.decode((String, String, String?, Int64, String, String, String, String, String?).self),
-                  let vm = VMID(id), let state = VMState(rawValue: stateText), let gen = UUID(uuidString: generation) else {
+                  let vm = FastUUID.vmid(id), let state = VMState(rawValue: stateText), let gen = FastUUID.parse(generation) else {
                 throw WardenError(.corrupt, "a vms row is malformed", file: location)
             }
-            let p = try parent.map { guard let v = VMID($0) else { throw WardenError(.corrupt, "a vms row has a malformed parent", file: location) }; return v }
-            let pg = try parentGeneration.map { guard let u = UUID(uuidString: $0) else { throw WardenError(.corrupt, "a vms row has a malformed parent_generation", file: location) }; return u }
+            let p = try parent.map { guard let v = FastUUID.vmid($0) else { throw WardenError(.corrupt, "a vms row has a malformed parent", file: location) }; return v }
+            let pg = try parentGeneration.map { guard let u = FastUUID.parse($0) else { throw WardenError(.corrupt, "a vms row has a malformed parent_generation", file: location) }; return u }
             families[family, default: []].append(FamilyMember(id: vm, name: name, owner: owner, state: state, generation: gen,
                                                               parent: p, parentGeneration: pg, createdAt: LedgerTime.date(created)))
         }
