@@ -173,11 +173,11 @@ import StoreTestSupport
             _ = try store.importRecords([record("S", modified: 2, fixed: "3.0.1-1"), record("T", modified: 1, fixed: "1.35-1", package: "tar"),
                                          record("Z2", modified: 1, fixed: "1.4-1", package: "zlib")], at: Date(timeIntervalSince1970: 5_000), file: "f")
             let stores = try (0..<4).map { _ in try connect().advisories }
-            let failures = Failures()
+            let failures = Locked<[String]>([])
             DispatchQueue.concurrentPerform(iterations: stores.count) { i in
-                do { _ = try stores[i].rescan() } catch { failures.add("\(error)") }
+                do { _ = try stores[i].rescan() } catch { failures.withLock { $0.append("\(error)") } }
             }
-            #expect(failures.all.isEmpty)
+            #expect(failures.withLock { $0 }.isEmpty)
             try expectCountsMatchFindings(store, [a, b, c])
             #expect(try store.assessedVulnerable([a, b, c].map(\.description)) == [a.description: 2, b.description: 1, c.description: 1])
         }
@@ -305,10 +305,3 @@ import StoreTestSupport
     }
 }
 
-/// Errors collected from concurrent work.
-final class Failures: @unchecked Sendable {
-    private let lock = NSLock()
-    private var list: [String] = []
-    func add(_ s: String) { lock.withLock { list.append(s) } }
-    var all: [String] { lock.withLock { list } }
-}

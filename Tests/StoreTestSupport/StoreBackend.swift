@@ -32,13 +32,13 @@ public struct StoreBackend: Sendable, CustomTestStringConvertible {
             let keys = FileManager.default.temporaryDirectory.appendingPathComponent("warden-pgkeys-\(UUID().uuidString)").path
             let db = try PostgresStore(url: server.urlWithPassword(name))
             let store = PostgresLedger(store: db, keysDirectory: keys, host: HostName("test-host")!)
-            let others = Others()
+            let others = Locked<[PostgresStore]>([])
             return (store, {
                 let other = try PostgresStore(url: server.urlWithPassword(name))
-                others.add(other)
+                others.withLock { $0.append(other) }
                 return PostgresLedger(store: other, keysDirectory: keys, host: HostName("test-host")!)
             }, {
-                for o in others.all { o.close() }
+                for o in others.withLock({ $0 }) { o.close() }
                 db.close()
                 server.dropDatabase(name)
                 try? FileManager.default.removeItem(atPath: keys)
@@ -66,10 +66,3 @@ public struct StoreBackend: Sendable, CustomTestStringConvertible {
     }
 }
 
-/// Connections a test opened besides the first, closed at tear-down.
-private final class Others: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stores: [PostgresStore] = []
-    func add(_ s: PostgresStore) { lock.withLock { stores.append(s) } }
-    var all: [PostgresStore] { lock.withLock { stores } }
-}
