@@ -162,7 +162,7 @@ package enum ExposureAssembly {
     private static func entry(_ m: FamilyMember, since: Date, own: [ExposureInterval], inheritedFrom: VMID?, source: VMID, steps: Int) -> ExposedVM {
         ExposedVM(vm: m.id, name: m.name, owner: m.owner, state: m.state, exposedSince: since,
                   how: Self.how(ownIntervals: !own.isEmpty, inherited: inheritedFrom != nil),
-                  residencies: own.count < 2 ? own : own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) },
+                  residencies: inIntervalOrder(own),
                   inheritedFrom: inheritedFrom, source: source, steps: steps)
     }
 
@@ -172,6 +172,11 @@ package enum ExposureAssembly {
         case (false, true): return "inherited"
         default: return "direct+inherited"
         }
+    }
+
+    /// A VM's own intervals in report order: by start, then kind.
+    static func inIntervalOrder(_ own: [ExposureInterval]) -> [ExposureInterval] {
+        own.count < 2 ? own : own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) }
     }
 
     /// Report order: by exposure start, then VM id (the id's bytes order as its text does).
@@ -212,7 +217,7 @@ package enum ExposureAssembly {
             let how = Self.how(ownIntervals: !own.isEmpty, inherited: parent != nil)
             let (src, steps) = try origin(id)
             out.append(ExposedVM(vm: id, name: rec.name, owner: rec.owner, state: rec.state, exposedSince: start,
-                                 how: how, residencies: own.sorted { ($0.from, $0.kind.rawValue) < ($1.from, $1.kind.rawValue) },
+                                 how: how, residencies: inIntervalOrder(own),
                                  inheritedFrom: parent, source: src, steps: steps))
         }
         return inReportOrder(out)

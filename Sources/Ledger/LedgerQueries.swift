@@ -21,8 +21,6 @@ public protocol LedgerQueries: LedgerStore {
     func children(of parents: [VMID]) throws -> [VMRecord]
     /// The VMs with these ids, in any order; unknown ids are left out (labels need not be loaded).
     func vms(withIDs ids: [VMID]) throws -> [VMRecord]
-    /// The ancestors of `id` by `parent`, nearest first, at most `limit` (labels need not be loaded).
-    func ancestors(of id: VMID, limit: Int) throws -> [VMRecord]
     /// Every member of `id`'s lineage family (its root ancestor and all the root's
     /// descendants), in any order; nil when there is no VM `id`. Throws
     /// ``WardenError/Code/limitExceeded`` when the family has more than `limit` members.

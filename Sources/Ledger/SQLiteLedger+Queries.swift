@@ -83,12 +83,13 @@ extension SQLiteLedger: LedgerQueries {
     }
 
     static func familyMember(_ r: RawCursor, from i: Int32, file: String) throws -> FamilyMember {
+        let parent = r.uuid(i + 1), parentGeneration = r.uuid(i + 7)
         guard let vm = r.uuid(i).map(VMID.init), let state = VMState(rawValue: r.string(i + 5)), let generation = r.uuid(i + 6),
-              r.isNull(i + 1) || r.uuid(i + 1) != nil, r.isNull(i + 7) || r.uuid(i + 7) != nil else {
+              r.isNull(i + 1) || parent != nil, r.isNull(i + 7) || parentGeneration != nil else {
             throw WardenError(.corrupt, "a VM row is malformed", file: file)
         }
         return FamilyMember(id: vm, name: r.string(i + 3), owner: r.string(i + 4), state: state, generation: generation,
-                            parent: r.uuid(i + 1).map(VMID.init), parentGeneration: r.uuid(i + 7), createdAt: LedgerTime.date(r.int64(i + 2)))
+                            parent: parent.map(VMID.init), parentGeneration: parentGeneration, createdAt: LedgerTime.date(r.int64(i + 2)))
     }
 
     public func family(of id: VMID, limit: Int) throws -> [FamilyMember]? {
@@ -120,23 +121,6 @@ extension SQLiteLedger: LedgerQueries {
 
     public func vms(withIDs ids: [VMID]) throws -> [VMRecord] {
         try vmsWhere("id", in: ids)
-    }
-
-    public func ancestors(of id: VMID, limit: Int) throws -> [VMRecord] {
-        let file = database.path
-        return try database.read { db in
-            // Bounded by `limit`, so a (corrupt) parent cycle cannot loop forever.
-            let s = try db.cachedStatement(sql: """
-                WITH RECURSIVE up(id, n) AS (
-                    SELECT parent, 1 FROM vms WHERE id = ? AND parent IS NOT NULL
-                    UNION ALL
-                    SELECT v.parent, up.n + 1 FROM vms v JOIN up ON v.id = up.id WHERE v.parent IS NOT NULL AND up.n < ?
-                )
-                SELECT v.id, v.name, v.owner, v.state, v.generation, v.parent, v.parent_generation, v.created_us, v.updated_us, v.mac
-                FROM up JOIN vms v ON v.id = up.id ORDER BY up.n
-                """)
-            return try Row.fetchAll(s, arguments: [id.description, limit]).map { try Rows.vm($0, file: file) }
-        }
     }
 
     public func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]] {

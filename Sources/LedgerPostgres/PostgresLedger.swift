@@ -507,19 +507,11 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
                 SELECT DISTINCT coalesce(r.family, (SELECT v.family FROM vms v WHERE v.id = r.vm)) AS family FROM residency r
                 WHERE r.host = \(host.value) AND r.from_us <= \(t2)
                   AND ((r.to_us IS NOT NULL AND r.to_us > \(t1) AND r.to_us > r.from_us) OR (r.to_us IS NULL AND \(n) > \(t1) AND \(n) > r.from_us)))
-            SELECT m.family, \(unescaped: PGRows.familyColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
+            SELECT \(unescaped: PGRows.familyColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
             FROM f JOIN vms m ON m.family = f.family
             """) {
-            // Decoded by position: a row per member of every touched family.
-            guard let (family, id, parent, created, name, owner, stateText, generation, parentGeneration)
-                    = try? r.decode((String, String, String?, Int64, String, String, String, String, String?).self),
-                  let vm = FastUUID.vmid(id), let state = VMState(rawValue: stateText), let gen = FastUUID.parse(generation) else {
-                throw WardenError(.corrupt, "a vms row is malformed", file: location)
-            }
-            let p = try parent.map { guard let v = FastUUID.vmid($0) else { throw WardenError(.corrupt, "a vms row has a malformed parent", file: location) }; return v }
-            let pg = try parentGeneration.map { guard let u = FastUUID.parse($0) else { throw WardenError(.corrupt, "a vms row has a malformed parent_generation", file: location) }; return u }
-            families[family, default: []].append(FamilyMember(id: vm, name: name, owner: owner, state: state, generation: gen,
-                                                              parent: p, parentGeneration: pg, createdAt: LedgerTime.date(created)))
+            let (family, member) = try PGRows.familyMember(r, location)
+            families[family, default: []].append(member)
         }
         var exposed: [ExposedVM] = []
         exposed.reserveCapacity(direct.count * 2)
@@ -534,7 +526,7 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         }
         let rows = try store.query("SELECT \(unescaped: PGRows.familyColumns) FROM vms WHERE family = \(family) LIMIT \(limit + 1)")
         if rows.count > limit { throw WardenError.limit("the lineage family of \(id) has more than \(limit) VMs") }
-        return try rows.map { try PGRows.familyMember($0, location) }
+        return try rows.map { try PGRows.familyMember($0, location).member }
     }
 
     public func children(of parents: [VMID]) throws -> [VMRecord] {
@@ -547,18 +539,6 @@ public final class PostgresLedger: LedgerStore, LedgerQueries, @unchecked Sendab
         guard !ids.isEmpty else { return [] }
         return try store.query("SELECT \(unescaped: PGRows.vmColumns) FROM vms WHERE id = ANY(\(ids.map(\.description)))")
             .map { try PGRows.vm($0, location) }
-    }
-
-    public func ancestors(of id: VMID, limit: Int) throws -> [VMRecord] {
-        try store.query("""
-            WITH RECURSIVE up(id, n) AS (
-                SELECT parent, 1 FROM vms WHERE id = \(id.description) AND parent IS NOT NULL
-                UNION ALL
-                SELECT v.parent, up.n + 1 FROM vms v JOIN up ON v.id = up.id WHERE v.parent IS NOT NULL AND up.n < \(limit)
-            )
-            SELECT v.id, v.name, v.owner, v.state, v.generation, v.parent, v.parent_generation, v.created_us, v.updated_us, v.mac
-            FROM up JOIN vms v ON v.id = up.id ORDER BY up.n
-            """).map { try PGRows.vm($0, location) }
     }
 
     public func generationEvents(of vms: [VMID]) throws -> [VMID: [GenerationStep]] {
