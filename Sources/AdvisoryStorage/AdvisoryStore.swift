@@ -154,6 +154,16 @@ public struct PackageVersionBasis: Sendable, Hashable {
     /// What a save throws when a version no longer has its basis hash.
     public static let changed = WardenError(.conflict, "stored assessments changed while this one was computed")
 
+    /// Throws ``changed`` unless every version of `basis` is among `stored` (id, hash as stored
+    /// now) with the hash it was read with.
+    public static func verify(_ basis: [PackageVersionBasis], stored: [(id: Int64, hash: String?)]) throws {
+        var expected = Dictionary(basis.map { ($0.id, $0.findingsHash) }, uniquingKeysWith: { a, _ in a })
+        for (id, hash) in stored {
+            if let want = expected.removeValue(forKey: id), want != hash { throw changed }
+        }
+        if !expected.isEmpty { throw changed }
+    }
+
     /// Runs `body` again (at most `attempts` times) while it throws ``changed``: each run reads
     /// what is stored then, so the last one saves a consistent answer.
     public static func retrying<T>(attempts: Int = 8, _ body: () throws -> T) throws -> T {

@@ -166,16 +166,13 @@ extension SQLiteAdvisoryStore {
         let t = now.timeIntervalSince1970
         try database.write { db in
             // BEGIN IMMEDIATE: no other writer between this check and the writes.
-            var expected = Dictionary(basis.map { ($0.id, $0.findingsHash) }, uniquingKeysWith: { a, _ in a })
-            try Self.chunked(Array(expected.keys)) { chunk in
+            var stored: [(id: Int64, hash: String?)] = []
+            try Self.chunked(Array(Set(basis.map(\.id)))) { chunk in
                 let rows = try Row.fetchCursor(db, sql: "SELECT id, findings_hash FROM package_version WHERE id IN (\(Self.marks(chunk.count)))",
                                                arguments: StatementArguments(chunk))
-                while let r = try rows.next() {
-                    let id: Int64 = r[0]
-                    if let want = expected.removeValue(forKey: id), want != (r[1] as String?) { throw PackageVersionBasis.changed }
-                }
+                while let r = try rows.next() { stored.append((r[0], r[1])) }
             }
-            if !expected.isEmpty { throw PackageVersionBasis.changed }
+            try PackageVersionBasis.verify(basis, stored: stored)
             let pv = try db.cachedStatement(sql: "UPDATE package_version SET findings = ?, findings_hash = ?, vulnerable = ?, assessed_at = ? WHERE id = ?")
             for w in packageVersions { try pv.execute(arguments: [w.findings, w.findingsHash, w.vulnerable, t, w.id]) }
             if redateAll { try db.execute(sql: "UPDATE assessment SET assessed_at = ?", arguments: [t]) }

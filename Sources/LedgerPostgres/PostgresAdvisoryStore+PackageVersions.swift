@@ -219,14 +219,10 @@ extension PostgresAdvisoryStore {
             // Locked in id order (two savers never wait on each other crosswise) and compared:
             // a saver that waited here sees the hashes the other one committed.
             if !basis.isEmpty {
-                var expected = Dictionary(basis.map { ($0.id, $0.findingsHash) }, uniquingKeysWith: { a, _ in a })
-                for row in try store.query("""
-                    SELECT id, findings_hash FROM package_version WHERE id = ANY(\(Array(expected.keys))::bigint[]) ORDER BY id FOR UPDATE
-                    """) {
-                    let (id, hash) = try row.decode((Int64, String?).self)
-                    if let want = expected.removeValue(forKey: id), want != hash { throw PackageVersionBasis.changed }
-                }
-                if !expected.isEmpty { throw PackageVersionBasis.changed }
+                let stored = try store.query("""
+                    SELECT id, findings_hash FROM package_version WHERE id = ANY(\(Array(Set(basis.map(\.id))))::bigint[]) ORDER BY id FOR UPDATE
+                    """).map { row -> (id: Int64, hash: String?) in try row.decode((Int64, String?).self) }
+                try PackageVersionBasis.verify(basis, stored: stored)
             }
             if !packageVersions.isEmpty {
                 let ws = packageVersions
