@@ -140,7 +140,7 @@ public enum GuestDisk {
         var out: [LVM2.LogicalVolume] = []
         for key in groups.keys.sorted() {
             guard let (vg, pvs) = groups[key] else { continue }
-            for lv in vg.logicalVolumes where lv.isVisible && !lv.isThinPool {
+            for lv in vg.logicalVolumes where lv.isGuestVolume {
                 do { out.append(try LVM2.logicalVolume(lv, in: vg, pvs: pvs)) } catch let e as WardenError {
                     warnings.append(e.message)
                 } catch {

@@ -49,6 +49,8 @@ extension LVM2 {
         public var isVisible: Bool { status.contains("VISIBLE") }
         /// A thin pool holds other LVs' chunks: it is not a volume of its own.
         public var isThinPool: Bool { segments.first?.type == "thin-pool" }
+        /// A volume a guest sees: visible, and not a thin pool.
+        public var isGuestVolume: Bool { isVisible && !isThinPool }
         public var extentCount: UInt64 { segments.reduce(0) { $0 &+ $1.extentCount } }
     }
 
@@ -159,7 +161,7 @@ extension LVM2 {
     /// their devices. Throws `.unsupported` for an LV of a type other than linear/striped
     /// (use ``logicalVolume(_:in:pvs:)`` per LV to skip those instead).
     public static func logicalVolumes(_ vg: VolumeGroup, pvs: [String: any BlockDevice]) throws -> [LogicalVolume] {
-        try vg.logicalVolumes.filter { $0.isVisible && !$0.isThinPool }.map { try logicalVolume($0, in: vg, pvs: pvs) }
+        try vg.logicalVolumes.filter(\.isGuestVolume).map { try logicalVolume($0, in: vg, pvs: pvs) }
     }
 
     /// Maps one LV of `vg` onto its PVs. A raid1 or mirror LV is read from its first leg whose
