@@ -128,6 +128,14 @@ import DiskImage
         let clean = Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/disk.img")))
         let sb = try Self.superblock(clean)
 
+        // Truncated metadata: shorter than a block, and cut after the superblock (its trees'
+        // blocks are gone): typed errors, no trap.
+        #expect(throws: WardenError.self) { _ = try LVM2Thin.Metadata(device: MemoryDevice(Array(clean[sb..<(sb + 100)])), name: "short") }
+        #expect(throws: WardenError.self) {
+            let m = try LVM2Thin.Metadata(device: MemoryDevice(Array(clean[sb..<(sb + 4096)])), name: "cut")
+            _ = try m.deviceRoot(1)
+        }
+
         // A flipped bit in the superblock: the checksum says so, and no thin LV is offered.
         var flipped = clean
         flipped[sb + 320] ^= 0x01
