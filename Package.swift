@@ -51,6 +51,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
                        providers: [.apt(["libzstd-dev"])]),
+        // liblzo2 for the LZO-compressed extents of btrfs.
+        .systemLibrary(name: "CLZO", path: "Sources/CLZO", providers: [.apt(["liblzo2-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         // OpenSSL's libcrypto for the bulk cipher of LUKS volumes (AES-XTS), which swift-crypto lacks.
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
@@ -64,7 +66,7 @@ let package = Package(
         ]),
         .target(name: "Partitions", dependencies: ["WardenCore", "DiskImage"]),
         .target(name: "GuestFS", dependencies: [
-            "WardenCore", "DiskImage", "Partitions",
+            "WardenCore", "DiskImage", "Partitions", "CZlib", "CZstd", "CLZO",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Inspection", dependencies: [

@@ -32,6 +32,10 @@ let package = Package(
         .executableTarget(name: "FuzzXFS", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
         ]),
+        .executableTarget(name: "FuzzBtrfs", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
+            .product(name: "WardenCore", package: "Warden"),
+        ]),
         .executableTarget(name: "FuzzFAT", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
         ]),

@@ -25,7 +25,7 @@ public struct FilesystemSignature: Sendable, Codable, Equatable {
 
     /// True for the filesystems Warden can open today.
     public var isReadable: Bool {
-        ["ext2", "ext3", "ext4", "xfs", "vfat"].contains(type)
+        ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"].contains(type)
     }
 }
 

@@ -175,7 +175,7 @@ public enum GuestDisk {
         guard let best = linux.max(by: { $0.size < $1.size }) else {
             if let other = layout.volumes.first(where: { $0.filesystem?.isReadable == true }) { return other }
             if let other = layout.volumes.first(where: { $0.filesystem != nil }), let fs = other.filesystem {
-                throw WardenError.unsupported("no readable filesystem found (found \(fs.type) on \(other.displayName)); Warden reads ext2/3/4, XFS and FAT")
+                throw WardenError.unsupported("no readable filesystem found (found \(fs.type) on \(other.displayName)); Warden reads ext2/3/4, XFS, btrfs and FAT")
             }
             throw WardenError.notFound("no filesystem found on this disk")
         }
@@ -216,8 +216,10 @@ public enum GuestDisk {
             return try XFS.open(device)
         case "vfat":
             return try FAT.open(device)
+        case "btrfs":
+            return try Btrfs.open(device)
         default:
-            throw WardenError.unsupported("\(sig.type) filesystems cannot be read yet; Warden reads ext2/3/4, XFS and FAT")
+            throw WardenError.unsupported("\(sig.type) filesystems cannot be read yet; Warden reads ext2/3/4, XFS, btrfs and FAT")
         }
     }
 }

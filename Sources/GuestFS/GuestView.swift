@@ -20,6 +20,8 @@ public final class GuestView: @unchecked Sendable {
         public var volume: GuestVolume
         /// Filesystem type as detected (not as fstab claims).
         public var type: String
+        /// btrfs: the subvolume mounted, as its path from the top level (`/` for the top level).
+        public var subvolume: String?
     }
 
     /// An fstab entry that was not assembled, and why.
@@ -51,39 +53,53 @@ public final class GuestView: @unchecked Sendable {
     /// Finds the root filesystem on `disk` and assembles its fstab mounts.
     public static func assemble(disk: any BlockDevice, layout: GuestDiskLayout) throws -> GuestView {
         var opened: [Int: any FileSystem] = [:]   // by volume index in layout.volumes
+        var failed: [Int: String] = [:]           // why a readable-looking volume did not open
         func open(_ i: Int) -> (any FileSystem)? {
             if let fs = opened[i] { return fs }
-            guard layout.volumes[i].filesystem?.isReadable == true,
-                  let dev = try? GuestDisk.device(for: layout.volumes[i], in: layout, on: disk),
-                  let fs = try? GuestDisk.openFileSystem(dev) else { return nil }
-            opened[i] = fs
-            return fs
+            guard failed[i] == nil, layout.volumes[i].filesystem?.isReadable == true else { return nil }
+            do {
+                let fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: layout.volumes[i], in: layout, on: disk))
+                opened[i] = fs
+                return fs
+            } catch {
+                failed[i] = (error as? WardenError)?.message ?? "\(error)"
+                return nil
+            }
         }
         // Root: a readable filesystem with an /etc directory and os-release or fstab;
         // the largest such wins.
+        func holdsRoot(_ fs: any FileSystem) -> Bool {
+            let r = GuestPathResolver(fs)
+            guard let etc = try? r.resolve("/etc"), etc.stat.type == .directory else { return false }
+            return (try? r.resolve("/etc/fstab", followFinal: false)) != nil
+                || (try? r.resolve("/etc/os-release", followFinal: false)) != nil
+        }
         var rootIndex: Int?
+        var rootFound: (any FileSystem)?
         for (i, v) in layout.volumes.enumerated() {
             guard let fs = open(i) else { continue }
-            let r = GuestPathResolver(fs)
-            guard let etc = try? r.resolve("/etc"), etc.stat.type == .directory else { continue }
-            let marker = (try? r.resolve("/etc/fstab", followFinal: false)) != nil
-                || (try? r.resolve("/etc/os-release", followFinal: false)) != nil
-            guard marker else { continue }
             if let best = rootIndex, layout.volumes[best].size >= v.size { continue }
+            // btrfs: the default subvolume, or else the first subvolume (not a snapshot) that
+            // holds one, as Fedora's `root` and Ubuntu's `@` under a top-level default.
+            var candidates: [any FileSystem] = [fs]
+            if let b = fs as? BtrfsVolume, !holdsRoot(fs) { candidates += (try? b.rootCandidates()) ?? [] }
+            guard let found = candidates.first(where: holdsRoot) else { continue }
             rootIndex = i
+            rootFound = found
         }
-        guard let rootIndex, let rootFS = open(rootIndex) else {
+        guard let rootIndex, var rootFS = rootFound else {
             // Say which volumes could not be read at all: the root may well be one of them.
-            let unread = layout.volumes.compactMap { v -> String? in
-                guard let f = v.filesystem, !f.isReadable else { return nil }
-                return "\(f.type) on \(v.displayName)"
+            let unread = layout.volumes.enumerated().compactMap { i, v -> String? in
+                guard let f = v.filesystem else { return nil }
+                if let why = failed[i] { return "\(f.type) on \(v.displayName) (\(why))" }
+                return f.isReadable ? nil : "\(f.type) on \(v.displayName)"
             }
             let why = unread.isEmpty ? "" : "; not read: " + unread.prefix(8).joined(separator: ", ") + (unread.count > 8 ? ", …" : "")
             throw WardenError.notFound("no root filesystem found (no readable volume holds /etc with os-release or fstab\(why))")
         }
-        var mounts = [Mount(path: "/", spec: "root", volume: layout.volumes[rootIndex],
-                            type: layout.volumes[rootIndex].filesystem?.type ?? "unknown")]
-        var filesystems: [String: any FileSystem] = ["/": rootFS]
+        var rootMount = Mount(path: "/", spec: "root", volume: layout.volumes[rootIndex],
+                              type: layout.volumes[rootIndex].filesystem?.type ?? "unknown",
+                              subvolume: (rootFS as? BtrfsVolume).map(Self.subvolumePath))
         var problems: [Problem] = []
 
         let fstab: [UInt8]?
@@ -94,6 +110,8 @@ public final class GuestView: @unchecked Sendable {
         } catch {
             fstab = nil
         }
+        var mounts: [Mount] = []
+        var filesystems: [String: any FileSystem] = [:]
         for entry in FSTab.parse(fstab ?? []) {
             if let reason = entry.problem {
                 problems.append(Problem(line: entry.line, spec: entry.spec, mountPoint: entry.mountPoint, reason: reason))
@@ -101,7 +119,17 @@ public final class GuestView: @unchecked Sendable {
             }
             if FSTab.ignoredTypes.contains(entry.type) || entry.mountPoint == "none" || entry.type == "swap" { continue }
             let point = FSTab.canonical(entry.mountPoint)
-            if point == "/" { continue }   // the root was found by content
+            if point == "/" {
+                // The root was found by content; a btrfs root line naming another subvolume
+                // of the same volume (subvol=, subvolid=) is how the guest mounts it.
+                if let b = rootFS as? BtrfsVolume, case .success(let i) = match(entry.spec, layout), i == rootIndex,
+                   let named = try? Self.btrfsSubvolume(b, options: entry.options), named.subvolumeID != b.subvolumeID,
+                   holdsRoot(named) {
+                    rootFS = named
+                    rootMount.subvolume = Self.subvolumePath(named)
+                }
+                continue
+            }
             if entry.options.contains("bind") {
                 problems.append(Problem(line: entry.line, spec: entry.spec, mountPoint: point, reason: "bind mounts are not assembled"))
                 continue
@@ -110,11 +138,18 @@ public final class GuestView: @unchecked Sendable {
             case .failure(let reason):
                 problems.append(Problem(line: entry.line, spec: entry.spec, mountPoint: point, reason: reason))
             case .success(let i):
-                guard let fs = open(i) else {
+                guard var fs = open(i) else {
                     let t = layout.volumes[i].filesystem?.type ?? "no filesystem"
                     problems.append(Problem(line: entry.line, spec: entry.spec, mountPoint: point,
                                             reason: "\(layout.volumes[i].displayName) holds \(t), which cannot be read"))
                     continue
+                }
+                if let b = fs as? BtrfsVolume {
+                    do { fs = try Self.btrfsSubvolume(b, options: entry.options) } catch {
+                        let why = (error as? WardenError)?.message ?? "\(error)"
+                        problems.append(Problem(line: entry.line, spec: entry.spec, mountPoint: point, reason: why))
+                        continue
+                    }
                 }
                 if filesystems[point] != nil {
                     problems.append(Problem(line: entry.line, spec: entry.spec, mountPoint: point, reason: "mount point already used by an earlier line"))
@@ -122,10 +157,33 @@ public final class GuestView: @unchecked Sendable {
                 }
                 filesystems[point] = fs
                 mounts.append(Mount(path: point, spec: entry.spec, volume: layout.volumes[i],
-                                    type: layout.volumes[i].filesystem?.type ?? "unknown"))
+                                    type: layout.volumes[i].filesystem?.type ?? "unknown",
+                                    subvolume: (fs as? BtrfsVolume).map(Self.subvolumePath)))
             }
         }
-        return GuestView(root: rootFS, mounts: mounts, filesystems: filesystems, problems: problems)
+        filesystems["/"] = rootFS
+        return GuestView(root: rootFS, mounts: [rootMount] + mounts, filesystems: filesystems, problems: problems)
+    }
+
+    /// The btrfs subvolume fstab options name (`subvolid=` wins over `subvol=`, as in the
+    /// kernel when both agree), or the volume's default subvolume.
+    static func btrfsSubvolume(_ b: BtrfsVolume, options: [String]) throws -> BtrfsVolume {
+        if let v = options.last(where: { $0.hasPrefix("subvolid=") }) {
+            guard let id = UInt64(v.dropFirst("subvolid=".count)) else {
+                throw WardenError(.invalidArgument, "bad btrfs option \(v)")
+            }
+            return try b.subvolume(id: id)
+        }
+        if let v = options.last(where: { $0.hasPrefix("subvol=") }) {
+            return try b.subvolume(path: String(v.dropFirst("subvol=".count)))
+        }
+        return b
+    }
+
+    /// `/` for the top level, else `/` + the subvolume's path.
+    static func subvolumePath(_ b: BtrfsVolume) -> String {
+        if b.subvolumeID == 5 { return "/" }
+        return "/" + ((try? b.subvolumes().first { $0.id == b.subvolumeID }?.path) ?? "\(b.subvolumeID)")
     }
 
     enum Match { case success(Int); case failure(String) }

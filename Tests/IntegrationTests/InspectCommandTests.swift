@@ -31,15 +31,17 @@ import WardenTestSupport
         #expect(!r.stdoutText.contains("\"\(ownHost)\""))
     }
 
-    /// A guest whose only filesystem Warden cannot read (btrfs, made by mkfs.btrfs) is not
-    /// "no root found" and nothing more: the message names the volume that was not read.
+    /// A guest whose only filesystem Warden cannot read (btrfs with RAID0 striping, made by
+    /// mkfs.btrfs) is not "no root found" and nothing more: the message names the volume that
+    /// was not read, and why.
     @Test func aRootOnAnUnreadFilesystemIsNamed() throws {
-        let dir = try Fixtures.cached("btrfs-disk", recipe: "v1") { dir in
-            try Tool.sh("truncate -s 200M disk.raw && mkfs.btrfs -q -f -L fedora disk.raw >/dev/null", cwd: dir)
+        let dir = try Fixtures.cached("btrfs-disk", recipe: "v2 raid0") { dir in
+            try Tool.sh("truncate -s 300M disk.raw && mkfs.btrfs -q -f -d raid0 -m raid0 -L fedora disk.raw >/dev/null", cwd: dir)
         }
         let r = try WardenRun.run(["inspect", dir + "/disk.raw"])
         #expect(r.status != 0)
-        #expect(r.stderr.contains("no root filesystem found") && r.stderr.contains("not read: btrfs on whole disk"), "\(r.stderr)")
+        #expect(r.stderr.contains("no root filesystem found") && r.stderr.contains("not read: btrfs on whole disk")
+                && r.stderr.contains("striped profile"), "\(r.stderr)")
     }
 
     @Test func recognisesWindowsFromNTFS() throws {

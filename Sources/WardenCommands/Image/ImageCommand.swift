@@ -8,7 +8,7 @@ import GuestFS
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK, VHD, VHDX, VDI, OVA; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, FAT); refresh a guest's identity.",
+        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK, VHD, VHDX, VDI, OVA; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, btrfs, FAT); refresh a guest's identity.",
         subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self, ImageFingerprint.self,
                       ImageSysprep.self]
     )
@@ -59,6 +59,9 @@ struct VolumeOptions: ParsableArguments {
     @Flag(name: .long, help: "Do not replay an ext3/ext4 journal that needs recovery: show the filesystem as it lies on the disk.")
     var noReplay = false
 
+    @Option(name: .long, help: "btrfs: read this subvolume or snapshot (its path from the top level, or its id; `image ls --snapshots` lists them) instead of the default subvolume.")
+    var subvol: String?
+
     func validate() throws {
         if partition != nil && lv != nil { throw ValidationError("give --partition or --lv, not both") }
     }
@@ -86,7 +89,13 @@ struct OpenedVolume {
                     .compactMap { $0 }.joined(separator: ", ")
                 Output.note("using \(v.displayName) (\(desc))")
             }
-            let fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: v, in: layout, on: img.device))
+            var fs = try GuestDisk.openFileSystem(try GuestDisk.device(for: v, in: layout, on: img.device))
+            if let sub = volume.subvol {
+                guard let b = fs as? BtrfsVolume else {
+                    throw WardenError(.invalidArgument, "--subvol applies to btrfs; \(v.displayName) holds \(fs.typeName)")
+                }
+                fs = try UInt64(sub).map { try b.subvolume(id: $0) } ?? b.subvolume(path: sub)
+            }
             return OpenedVolume(image: img, volume: v, fs: fs)
         } catch let e as WardenError {
             throw e.inFile(image.image)

@@ -17,8 +17,17 @@ struct ImageLs: ParsableCommand {
     @OptionGroup var volume: VolumeOptions
     @Flag(name: .shortAndLong, help: "Long listing: type and mode, links, uid, gid, size, mtime, name.")
     var long = false
+    @Flag(help: "List the btrfs subvolumes and snapshots of the volume instead of a directory (JSON schema: docs/json-schemas/image-snapshots.v1.json).")
+    var snapshots = false
     @Flag(help: "Print JSON (schema: docs/json-schemas/image-ls.v1.json).")
     var json = false
+
+    struct SnapshotReport: Encodable {
+        var schema = "warden.image.snapshots/v1"
+        /// The subvolume a plain `image ls` reads (the default, or --subvol's).
+        var viewed: UInt64
+        var subvolumes: [Btrfs.Subvolume]
+    }
 
     struct Entry: Encodable {
         var name: String
@@ -41,6 +50,10 @@ struct ImageLs: ParsableCommand {
 
     func run() throws {
         let guest = try OpenedVolume.open(image, volume)
+        if snapshots {
+            try listSnapshots(guest)
+            return
+        }
         do {
             let resolver = GuestPathResolver(guest.fs)
             let target = try resolver.resolve(path, followFinal: true)
@@ -67,6 +80,35 @@ struct ImageLs: ParsableCommand {
                     }))
                 } else {
                     for e in entries { Output.stdout.line(e.name) }
+                }
+            }
+            Output.stdout.flush()
+            guest.reportWarnings(image.image)
+        } catch let e as WardenError {
+            throw e.inFile(image.image)
+        }
+    }
+
+    private func listSnapshots(_ guest: OpenedVolume) throws {
+        do {
+            guard let b = guest.fs as? BtrfsVolume else {
+                throw WardenError(.invalidArgument, "--snapshots lists btrfs subvolumes; \(guest.volume.displayName) holds \(guest.fs.typeName), which has none (qcow2 snapshots: `warden image info`)")
+            }
+            let list = try b.subvolumes()
+            try Output.render(SnapshotReport(viewed: b.subvolumeID, subvolumes: list), json: json) {
+                let byUUID = Dictionary(list.compactMap { s in s.uuid.map { ($0, s.path) } }, uniquingKeysWith: { a, _ in a })
+                var rows = [["ID", "PARENT", "FLAGS", "CREATED", "SNAPSHOT OF", "PATH"]]
+                for s in list {
+                    let flags = [s.isDefault ? "default" : nil, s.readOnly ? "ro" : nil, s.id == b.subvolumeID ? "viewed" : nil]
+                        .compactMap { $0 }.joined(separator: ",")
+                    let of = s.parentUUID.map { byUUID[$0] ?? $0 } ?? "-"
+                    rows.append(["\(s.id)", "\(s.parentID)", flags.isEmpty ? "-" : flags,
+                                 s.created.map { formatDate(UInt64(max(0, $0))) } ?? "-", of, s.path])
+                }
+                if list.isEmpty {
+                    Output.stdout.line("no subvolumes or snapshots: only the top level (5)")
+                } else {
+                    Output.stdout.line(table(rows))
                 }
             }
             Output.stdout.flush()
