@@ -151,7 +151,8 @@ struct InspectCommand: ParsableCommand {
         out.line("image: \(oneLine(inv.image))")
         out.line("mounts:")
         for m in inv.mounts {
-            out.line(oneLine("  \(m.path)  \(m.type)  \(m.volume.displayName)  \(m.volume.filesystem?.uuid ?? "")"))
+            let sub = m.subvolume.map { " subvolume \($0)" } ?? ""
+            out.line(oneLine("  \(m.path)  \(m.type)  \(m.volume.displayName)\(sub)  \(m.volume.filesystem?.uuid ?? "")"))
         }
         for p in inv.unassembled { out.line(oneLine("  not mounted: line \(p.line) \(p.spec) \(p.mountPoint): \(p.reason)")) }
         out.line("os: \(show(inv.os.prettyName)); id \(show(inv.os.id)) \(show(inv.os.versionId)); family \(show(inv.os.family) { $0.rawValue })")
