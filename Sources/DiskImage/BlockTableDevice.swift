@@ -23,8 +23,14 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
     private static let absentMark = UInt64.max
     private static let zeroMark = UInt64.max - 1
 
+    /// Changes bytes read from the file (at that file offset) before they are returned: a
+    /// VHDX log replayed in memory.
+    typealias Patch = @Sendable (UnsafeMutableRawBufferPointer, UInt64) -> Void
+    private let patch: Patch?
+
     /// `blocks` must cover `size`; every file block must lie inside the file.
-    init(file: ImageFile, size: UInt64, blockSize: UInt64, blocks: [Block], what: String) throws {
+    init(file: ImageFile, size: UInt64, blockSize: UInt64, blocks: [Block], what: String, patch: Patch? = nil) throws {
+        self.patch = patch
         guard blockSize > 0 else { throw WardenError.corrupt("\(what): block size is 0", file: file.path) }
         let needed = size / blockSize + (size % blockSize == 0 ? 0 : 1)
         guard UInt64(blocks.count) >= needed else {
@@ -65,6 +71,7 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
                 dst.initializeMemory(as: UInt8.self, repeating: 0)
             } else {
                 try file.read(at: entry + within, into: dst)
+                patch?(dst, entry + within)
             }
             done += n
         }
@@ -86,7 +93,9 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
                 add(pos, n, .zero)
             } else {
                 // An allocated block may still be a hole in the host file (written in part).
+                // (With a patch, every allocated byte is data: a patched sector may lie in a hole.)
                 let start = entry + within
+                if patch != nil { add(pos, n, .data); pos += n; continue }
                 for h in try file.holes(offset: start, length: n) { add(pos + (h.offset - start), h.length, h.kind) }
             }
             pos += n

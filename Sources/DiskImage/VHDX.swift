@@ -16,9 +16,10 @@ import WardenCore
 //     present (differencing only).
 //
 // A non-empty log (a header with a log GUID) means the file was not closed cleanly and its
-// newest metadata is in the log: such files are refused until the log is replayed.
+// newest metadata may be in the log: it is replayed in memory (VHDX+Log.swift).
 
-/// VHDX images: fixed and dynamic. Differencing images and unreplayed logs are refused.
+/// VHDX images: fixed and dynamic, with a log left by an unclean close replayed in memory.
+/// Differencing images are refused.
 public enum VHDX {
     static let maxRegionEntries = 2047
     static let maxMetadataEntries = 2047
@@ -54,14 +55,21 @@ public enum VHDX {
         return CRC32.castagnoli.checksum(copy) == stored
     }
 
-    struct Header { var sequence: UInt64; var logGUID: [UInt8]; var version: UInt16 }
+    struct Header {
+        var sequence: UInt64
+        var logGUID: [UInt8]
+        var version: UInt16
+        var logLength: UInt32 = 0
+        var logOffset: UInt64 = 0
+    }
 
     static func header(_ file: ImageFile, at offset: UInt64) -> Header? {
         guard let b = try? file.read(at: offset, count: 4096, what: "VHDX header"), Array(b[0..<4]) == Array("head".utf8),
               checksumOK(b, at: 4) else { return nil }
         let r = ByteReader(b, context: "VHDX header")
-        guard let seq = try? r.le(at: 8, UInt64.self), let version = try? r.le(at: 66, UInt16.self) else { return nil }
-        return Header(sequence: seq, logGUID: Array(b[48..<64]), version: version)
+        guard let seq = try? r.le(at: 8, UInt64.self), let version = try? r.le(at: 66, UInt16.self),
+              let logLength = try? r.le(at: 68, UInt32.self), let logOffset = try? r.le(at: 72, UInt64.self) else { return nil }
+        return Header(sequence: seq, logGUID: Array(b[48..<64]), version: version, logLength: logLength, logOffset: logOffset)
     }
 
     struct Region { var offset: UInt64; var length: UInt32 }
@@ -101,9 +109,8 @@ public enum VHDX {
             throw WardenError.corrupt("neither VHDX header is valid", file: file.path)
         }
         guard current.version == 1 else { throw WardenError.unsupported("VHDX version \(current.version) is not supported (1 is)", file: file.path) }
-        guard current.logGUID.allSatisfy({ $0 == 0 }) else {
-            throw WardenError.unsupported("VHDX log has entries that were never applied (the file was not closed cleanly): replaying it is not supported yet", file: file.path)
-        }
+        // A log GUID: the file was not closed cleanly; what the log holds is replayed in memory.
+        let replay: LogReplay? = current.logGUID.allSatisfy({ $0 == 0 }) ? nil : try replayLog(file, header: current)
         guard let regions = try regions(file, at: 192 << 10) ?? regions(file, at: 256 << 10) else {
             throw WardenError.corrupt("neither VHDX region table is valid", file: file.path)
         }
@@ -113,7 +120,7 @@ public enum VHDX {
 
         // Metadata.
         guard meta.length >= 65536, meta.length <= 1 << 26 else { throw WardenError.corrupt("VHDX metadata region of \(meta.length) bytes", file: file.path) }
-        let m = try file.read(at: meta.offset, count: Int(meta.length), what: "VHDX metadata region")
+        let m = try read(file, at: meta.offset, count: Int(meta.length), what: "VHDX metadata region", replay: replay)
         guard Array(m[0..<8]) == Array("metadata".utf8) else { throw WardenError.corrupt("VHDX metadata region has no signature", file: file.path) }
         let mr = ByteReader(m, context: "VHDX metadata")
         let entries = Int(try mr.le(at: 10, UInt16.self))
@@ -158,7 +165,7 @@ public enum VHDX {
         guard total <= maxBATEntries, total * 8 <= UInt64(bat.length) else {
             throw WardenError.corrupt("VHDX BAT of \(bat.length) bytes cannot hold \(total) entries", file: file.path)
         }
-        let raw = try file.read(at: bat.offset, count: Int(total) * 8, what: "VHDX BAT")
+        let raw = try read(file, at: bat.offset, count: Int(total) * 8, what: "VHDX BAT", replay: replay)
         let br = ByteReader(raw, context: "VHDX BAT")
         var blocks: [BlockTableDevice.Block] = []
         blocks.reserveCapacity(Int(dataBlocks))
@@ -171,10 +178,18 @@ public enum VHDX {
             default: throw WardenError.corrupt("VHDX block \(i) has state \(e & 7)", file: file.path)
             }
         }
-        let dev = try BlockTableDevice(file: file, size: size, blockSize: blockSize, blocks: blocks, what: "VHDX")
+        var patch: BlockTableDevice.Patch?
+        if let replay, !replay.sectors.isEmpty { patch = { buf, at in VHDX.apply(replay, to: buf, at: at) } }
+        let dev = try BlockTableDevice(file: file, size: size, blockSize: blockSize, blocks: blocks, what: "VHDX", patch: patch)
+        var details = ["block_size": String(blockSize), "logical_sector_size": String(sector),
+                       "allocated_blocks": String(dev.allocatedBlocks), "header_sequence": String(current.sequence)]
+        if let replay {
+            details["log"] = replay.entries == 0
+                ? "not closed cleanly; the log holds no complete entry, so nothing was replayed"
+                : "not closed cleanly; replayed in memory: \(replay.entries) log entr\(replay.entries == 1 ? "y" : "ies") up to sequence \(replay.sequence), \(replay.sectors.count) sectors (the file is unchanged)"
+        }
         let info = ImageInfo(path: file.path, format: .vhdx, virtualSize: size, fileSize: file.length, allocatedSize: file.allocatedBytes,
-                             details: ["block_size": String(blockSize), "logical_sector_size": String(sector),
-                                       "allocated_blocks": String(dev.allocatedBlocks), "header_sequence": String(current.sequence)])
+                             details: details)
         return OpenedImage(device: dev, chain: [info])
     }
 }

@@ -131,7 +131,8 @@ import WardenTestSupport
 
     @Test func hostileVHDXsAreRefusedWithTheirReason() throws {
         try Fixtures.withTemporaryDirectory { tmp in
-            // A log that was never replayed: both headers name a log (CRC-32C recomputed).
+            // Both headers name a log GUID that no log entry carries (CRC-32C recomputed): as in
+            // qemu, there is nothing to replay, and the image opens (VHDXLogTests replays real logs).
             var e = try openError("dynamic.vhdx", in: tmp) { b in
                 for base in [64 << 10, 128 << 10] {
                     b[base + 48] = 0x42
@@ -139,7 +140,7 @@ import WardenTestSupport
                     Self.putLE32(CRC32.castagnoli.checksum(b[base..<base + 4096]), &b, at: base + 4)
                 }
             }
-            #expect(e?.code == .unsupported && e?.message.contains("log") == true, "\(String(describing: e))")
+            #expect(e == nil, "\(String(describing: e))")
             // Both headers damaged.
             e = try openError("dynamic.vhdx", in: tmp) { b in b[(64 << 10) + 200] ^= 1; b[(128 << 10) + 200] ^= 1 }
             #expect(e?.code == .corrupt && e?.message.contains("header") == true, "\(String(describing: e))")
