@@ -103,6 +103,12 @@ final class BlockTableDevice: BlockDevice, @unchecked Sendable {
         return out
     }
 
+    /// Where block `i` starts in the file, or nil when it is absent or zero.
+    func fileOffset(ofBlock i: Int) -> UInt64? {
+        guard i >= 0, i < table.count, table[i] < Self.zeroMark else { return nil }
+        return table[i]
+    }
+
     /// Blocks stored in the file.
     var allocatedBlocks: Int { table.filter { $0 < Self.zeroMark }.count }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import WardenCore
 
 // Microsoft Virtual Hard Disk (VHD, qemu's "vpc"), read-only.
@@ -13,8 +14,7 @@ import WardenCore
 //   BAT: u32 per block, the sector of the block (0xFFFFFFFF: not allocated, reads as zeros);
 //     a block is a sector bitmap (rounded up to 512 bytes) followed by the block's data.
 
-/// VHD images: fixed and dynamic. Differencing disks are refused (no tool on this machine
-/// makes one to test against; docs/decisions.md).
+/// VHD images: fixed, dynamic and differencing (over a parent VHD found like a backing file).
 public enum VHD {
     /// The largest block table accepted (16 Mi entries: 32 TiB of 2 MiB blocks).
     static let maxTableEntries: UInt32 = 1 << 24
@@ -27,6 +27,7 @@ public enum VHD {
         var currentSize: UInt64
         var cylinders: UInt64, heads: UInt64, sectorsPerTrack: UInt64
         var diskType: UInt32
+        var uuid: [UInt8]
 
         /// Parses a 512-byte footer; nil when the cookie or the checksum is wrong.
         init?(_ bytes: [UInt8]) {
@@ -40,6 +41,7 @@ public enum VHD {
             currentSize = size
             cylinders = UInt64(cyl); heads = UInt64(bytes[58]); sectorsPerTrack = UInt64(bytes[59])
             diskType = type
+            uuid = Array(bytes[68..<84])
         }
 
         /// The guest size, as qemu reads it: the CHS geometry for images of Virtual PC and
@@ -83,8 +85,11 @@ public enum VHD {
         guard size > 0, size % 512 == 0 else { throw WardenError.corrupt("VHD disk size \(size) is not a positive multiple of 512", file: file.path) }
         var details: [String: String] = [
             "creator": String(decoding: footer.creatorApp.map { (0x20...0x7E).contains($0) ? $0 : 0x3F }, as: UTF8.self),
+            "uuid": guidText(footer.uuid),
         ]
         let device: any BlockDevice
+        var parent: OpenedImage?
+        var parentName: String?
         switch footer.diskType {
         case 2:
             guard size <= file.length - 512 else {
@@ -92,7 +97,7 @@ public enum VHD {
             }
             device = try SliceDevice(base: RawDevice(file: file), start: 0, size: size)
             details["subformat"] = "fixed"
-        case 3:
+        case 3, 4:
             let dyn = try file.read(at: footer.dataOffset, count: 1024, what: "VHD dynamic header")
             guard Array(dyn[0..<8]) == Array("cxsparse".utf8) else {
                 throw WardenError.corrupt("VHD dynamic header at \(hex(footer.dataOffset)) has no cxsparse cookie", file: file.path)
@@ -119,17 +124,160 @@ public enum VHD {
                 blocks.append(sector == 0xFFFF_FFFF ? .absent : .file(UInt64(sector) * 512 + bitmapBytes))
             }
             let dev = try BlockTableDevice(file: file, size: size, blockSize: blockSize, blocks: blocks, what: "VHD")
-            device = dev
-            details["subformat"] = "dynamic"
             details["block_size"] = String(blockSize)
             details["allocated_blocks"] = String(dev.allocatedBlocks)
-        case 4:
-            throw WardenError.unsupported("differencing VHD images (a disk with a parent) are not supported", file: file.path)
+            if footer.diskType == 3 {
+                device = dev
+                details["subformat"] = "dynamic"
+            } else {
+                let (p, name) = try openParent(dyn, file: file, context: context)
+                parent = p
+                parentName = name
+                device = try DifferencingDevice(blocks: dev, bitmapBytes: bitmapBytes, file: file, parent: p.device)
+                details["subformat"] = "differencing"
+            }
         default:
             throw WardenError.corrupt("VHD disk type \(footer.diskType) is unknown", file: file.path)
         }
         let info = ImageInfo(path: file.path, format: .vhd, virtualSize: size, fileSize: file.length,
-                             allocatedSize: file.allocatedBytes, details: details)
-        return OpenedImage(device: device, chain: [info])
+                             allocatedSize: file.allocatedBytes, details: details,
+                             backingFile: parentName, backingFormat: parent == nil ? nil : "vpc")
+        return OpenedImage(device: device, chain: [info] + (parent?.chain ?? []))
+    }
+
+    /// A GUID's text (the first three fields as stored big-endian in VHD).
+    static func guidText(_ b: [UInt8]) -> String {
+        let h = b.map { String(format: "%02x", $0) }.joined()
+        let c = Array(h)
+        guard c.count == 32 else { return h }
+        return [c[0..<8], c[8..<12], c[12..<16], c[16..<20], c[20..<32]].map { String($0) }.joined(separator: "-")
+    }
+
+    /// A differencing disk's parent, opened as the next link of the chain. Found, like a
+    /// backing file, relative to this file: by the relative Windows locator (`W2ru`), else by
+    /// the parent's name in this file's directory (the absolute locator `W2ku` names a path on
+    /// the machine that made the disk). The parent's footer id must be the one this disk
+    /// records, else the disk was made over other content.
+    static func openParent(_ dyn: [UInt8], file: ImageFile, context: ChainContext) throws -> (OpenedImage, String) {
+        let parentID = Array(dyn[40..<56])
+        let nameBytes = Array(dyn[64..<576])
+        var name = utf16(nameBytes, bigEndian: true)
+        var candidates: [String] = []
+        for i in 0..<8 {
+            let e = 576 + 24 * i
+            let code = Array(dyn[e..<e + 4])
+            let length = Int(try ByteReader.be(dyn, at: e + 8, context: "VHD parent locator") as UInt32)
+            let offset: UInt64 = try ByteReader.be(dyn, at: e + 16, context: "VHD parent locator")
+            guard code == Array("W2ru".utf8) || code == Array("W2ku".utf8), length > 0 else { continue }
+            guard length <= 4096 else { throw WardenError.corrupt("VHD parent locator \(i) is \(length) bytes long", file: file.path) }
+            let raw = try file.read(at: offset, count: length, what: "VHD parent locator")
+            let path = utf16(raw, bigEndian: false).replacingOccurrences(of: "\\", with: "/")
+            if code == Array("W2ru".utf8) {
+                candidates.insert(path.hasPrefix("./") ? String(path.dropFirst(2)) : path, at: 0)
+            } else if let base = path.split(separator: "/").last {
+                candidates.append(String(base))
+            }
+        }
+        if name.contains("\\") || name.contains("/") {
+            name = String(name.replacingOccurrences(of: "\\", with: "/").split(separator: "/").last ?? "")
+        }
+        if !name.isEmpty { candidates.append(name) }
+        guard !candidates.isEmpty else {
+            throw WardenError.corrupt("differencing VHD names no parent (no locator, no parent name)", file: file.path)
+        }
+        var lastError: WardenError?
+        for c in candidates where !c.isEmpty && !c.hasPrefix("/") {
+            let path = QCOW2.resolveBackingPath(c, relativeTo: file.path)
+            guard FileManager.default.fileExists(atPath: path) else { continue }
+            do {
+                let parent = try context.openBacking(path: path, declaredFormat: .vhd, from: file.path)
+                guard parent.info.details["uuid"] == guidText(parentID) else {
+                    throw WardenError.corrupt("differencing VHD expects a parent with id \(guidText(parentID)); \(QCOW2.printable(c)) has \(parent.info.details["uuid"] ?? "none")", file: file.path)
+                }
+                return (parent, c)
+            } catch let e as WardenError {
+                lastError = e
+            }
+        }
+        throw lastError ?? WardenError.notFound("differencing VHD's parent \(QCOW2.printable(candidates[0])) is not beside it", file: file.path)
+    }
+
+    static func utf16(_ bytes: [UInt8], bigEndian: Bool) -> String {
+        var units: [UInt16] = []
+        var i = 0
+        while i + 1 < bytes.count {
+            let u = bigEndian ? UInt16(bytes[i]) << 8 | UInt16(bytes[i + 1]) : UInt16(bytes[i + 1]) << 8 | UInt16(bytes[i])
+            if u == 0 { break }
+            units.append(u)
+            i += 2
+        }
+        return String(decoding: units, as: UTF16.self)
+    }
+
+    /// A differencing disk: each allocated block starts with a sector bitmap (bit set: the
+    /// sector is in this file; clear: in the parent); unallocated blocks are the parent's.
+    final class DifferencingDevice: BlockDevice, @unchecked Sendable {
+        let blocks: BlockTableDevice
+        let bitmapBytes: UInt64
+        let file: ImageFile
+        let parent: any BlockDevice
+        var size: UInt64 { blocks.size }
+        private let bitmaps = BoundedCache<Int, [UInt8]>(capacity: 64)
+
+        init(blocks: BlockTableDevice, bitmapBytes: UInt64, file: ImageFile, parent: any BlockDevice) throws {
+            self.blocks = blocks
+            self.bitmapBytes = bitmapBytes
+            self.file = file
+            self.parent = parent
+        }
+
+        /// Reads `dst.count` bytes of the parent at `at`; past the parent's end, zeros.
+        private func readParent(_ at: UInt64, _ dst: UnsafeMutableRawBufferPointer) throws {
+            let inParent = at >= parent.size ? 0 : Int(min(UInt64(dst.count), parent.size - at))
+            if inParent > 0 { try parent.read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: dst[0..<inParent])) }
+            if inParent < dst.count { UnsafeMutableRawBufferPointer(rebasing: dst[inParent...]).initializeMemory(as: UInt8.self, repeating: 0) }
+        }
+
+        private func bitmap(_ block: Int, at fileOffset: UInt64) throws -> [UInt8] {
+            if let b = bitmaps[block] { return b }
+            guard fileOffset >= bitmapBytes else { throw WardenError.corrupt("VHD block \(block) has no room for its bitmap", file: file.path) }
+            let b = try file.read(at: fileOffset - bitmapBytes, count: Int(bitmapBytes), what: "VHD sector bitmap")
+            bitmaps.put(block, b)
+            return b
+        }
+
+        func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+            try checkRange(offset, buffer.count)
+            let bs = blocks.blockSize
+            var done = 0
+            while done < buffer.count {
+                let pos = offset + UInt64(done)
+                let block = Int(pos / bs), within = pos % bs
+                let n = Int(min(UInt64(buffer.count - done), bs - within))
+                let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n])
+                guard let fileOffset = blocks.fileOffset(ofBlock: block) else {
+                    try readParent(pos, dst)
+                    done += n
+                    continue
+                }
+                let map = try bitmap(block, at: fileOffset)
+                // Runs of sectors with the same bit.
+                var i = 0
+                while i < n {
+                    let sector = Int((within + UInt64(i)) / 512)
+                    let mine = map[sector / 8] & (0x80 >> UInt8(sector % 8)) != 0
+                    var j = i
+                    while j < n {
+                        let s = Int((within + UInt64(j)) / 512)
+                        if (map[s / 8] & (0x80 >> UInt8(s % 8)) != 0) != mine { break }
+                        j = min(n, (s + 1) * 512 - Int(within))
+                    }
+                    let part = UnsafeMutableRawBufferPointer(rebasing: dst[i..<j])
+                    if mine { try file.read(at: fileOffset + within + UInt64(i), into: part) } else { try readParent(pos + UInt64(i), part) }
+                    i = j
+                }
+                done += n
+            }
+        }
     }
 }

@@ -58,7 +58,8 @@ import WardenTestSupport
         let img = try ImageOpener.open("\(dir)/\(name).vhdx")
         let mine = try Self.bytes(img)
         #expect(mine.count == oracle.count)
-        #expect(mine == oracle, "\(name): the replayed disk equals qemu's")
+        let firstDifference = mine == oracle ? nil : zip(mine, oracle).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+        #expect(firstDifference == nil, "\(name): the replayed disk equals qemu's (first difference at byte \(firstDifference ?? -1))")
         let log = img.chain.first?.details["log"] ?? ""
         switch name {
         case "one":
@@ -72,7 +73,8 @@ import WardenTestSupport
             #expect(log.contains("nothing was replayed"), "\(log)")
         }
         // The replay is in memory: the file is unchanged.
-        #expect(try Fixtures.read("\(dir)/\(name).vhdx") == file)
+        let unchanged = try Fixtures.read("\(dir)/\(name).vhdx") == file
+        #expect(unchanged, "the file is unchanged")
     }
 
     /// A tail outside the sequence, and entries whose descriptors point into the headers, are
