@@ -46,13 +46,16 @@ enum BtrfsFixture {
       touch -d '2001-02-03 04:05:06' small.txt
       cd - >/dev/null
     }
+    listing() {  # name: the kernel's view of what is mounted at mnt
+      (cd mnt && find . -mindepth 1 -printf '%P\t%y\t%m\t%U\t%G\t%s\t%i\t%T@\t%l\n' | LC_ALL=C sort > "../$1.find")
+      (cd mnt && find . -type f -print0 | xargs -0 -r sha256sum | sed 's#  \./#\t#' | LC_ALL=C sort -t "$(printf '\t')" -k2 > "../$1.sha")
+      btrfs subvolume list -p -u -q mnt > "$1.subvols"
+      btrfs subvolume get-default mnt | awk '{print $2}' > "$1.default"
+    }
     oracle() {  # image, name: the kernel's view of the top level
       mount -o loop,ro,subvolid=5 "$1" mnt
       trap 'umount mnt 2>/dev/null || true' EXIT
-      (cd mnt && find . -mindepth 1 -printf '%P\t%y\t%m\t%U\t%G\t%s\t%i\t%T@\t%l\n' | LC_ALL=C sort > "../$2.find")
-      (cd mnt && find . -type f -print0 | xargs -0 -r sha256sum | sed 's#  \./#\t#' | LC_ALL=C sort -t "$(printf '\t')" -k2 > "../$2.sha")
-      btrfs subvolume list -p -u -q mnt > "$2.subvols"
-      btrfs subvolume get-default mnt | awk '{print $2}' > "$2.default"
+      listing "$2"
       umount mnt; trap - EXIT
     }
     mkdir -p mnt src
@@ -102,6 +105,17 @@ enum BtrfsFixture {
     make lzo-suse ",compress-force=lzo" ""
     make zlib-plain ",compress-force=zlib" "-m single"
     make none-dup "" "-m dup -d single"
+    # 3. RAID1 data and metadata over two devices: each image alone holds a copy of everything.
+    truncate -s 300M raid1-a.img raid1-b.img
+    mkfs.btrfs -q -f -d raid1 -m raid1 -L raid1 raid1-a.img raid1-b.img
+    A=$(losetup -f --show raid1-a.img); B=$(losetup -f --show raid1-b.img)
+    trap 'umount mnt 2>/dev/null || true; losetup -d $A $B 2>/dev/null || true' EXIT
+    btrfs device scan $A $B >/dev/null
+    mount -o compress-force=zstd,device=$A,device=$B $A mnt
+    cp -a src/. mnt/
+    mount -o remount,ro mnt
+    listing raid1
+    umount mnt; losetup -d $A $B; trap - EXIT
     """#
 
     static func directory() throws -> String {
