@@ -18,8 +18,8 @@ import WardenCore
 // A non-empty log (a header with a log GUID) means the file was not closed cleanly and its
 // newest metadata may be in the log: it is replayed in memory (VHDX+Log.swift).
 
-/// VHDX images: fixed and dynamic, with a log left by an unclean close replayed in memory.
-/// Differencing images are refused.
+/// VHDX images: fixed, dynamic and differencing (over a parent found like a backing file),
+/// with a log left by an unclean close replayed in memory.
 public enum VHDX {
     static let maxRegionEntries = 2047
     static let maxMetadataEntries = 2047
@@ -57,6 +57,7 @@ public enum VHDX {
 
     struct Header {
         var sequence: UInt64
+        var dataWriteGUID: [UInt8] = []
         var logGUID: [UInt8]
         var version: UInt16
         var logLength: UInt32 = 0
@@ -69,7 +70,8 @@ public enum VHDX {
         let r = ByteReader(b, context: "VHDX header")
         guard let seq = try? r.le(at: 8, UInt64.self), let version = try? r.le(at: 66, UInt16.self),
               let logLength = try? r.le(at: 68, UInt32.self), let logOffset = try? r.le(at: 72, UInt64.self) else { return nil }
-        return Header(sequence: seq, logGUID: Array(b[48..<64]), version: version, logLength: logLength, logOffset: logOffset)
+        return Header(sequence: seq, dataWriteGUID: Array(b[32..<48]), logGUID: Array(b[48..<64]), version: version,
+                      logLength: logLength, logOffset: logOffset)
     }
 
     struct Region { var offset: UInt64; var length: UInt32 }
@@ -156,17 +158,36 @@ public enum VHDX {
         guard size > 0, size % sector == 0, size <= 64 << 40 else {
             throw WardenError.corrupt("VHDX virtual disk size \(size) is not a positive multiple of \(sector) up to 64 TiB", file: file.path)
         }
-        if hasParent { throw WardenError.unsupported("differencing VHDX images (a disk with a parent) are not supported", file: file.path) }
+        var parent: OpenedImage?
+        var parentName: String?
+        if hasParent {
+            guard let loc = items[parentLocatorGUID] else {
+                throw WardenError.corrupt("differencing VHDX has no parent locator", file: file.path)
+            }
+            (parent, parentName) = try openParent(Array(loc), file: file, context: context)
+        }
 
         // The BAT: payload entries interleaved with sector-bitmap entries.
         let chunkRatio = (UInt64(1) << 23) * sector / blockSize
         let dataBlocks = (size + blockSize - 1) / blockSize
-        let total = dataBlocks + (dataBlocks - 1) / chunkRatio
+        let chunks = (dataBlocks + chunkRatio - 1) / chunkRatio
+        // A differencing disk has a sector-bitmap entry after every chunk, the last one included.
+        let total = hasParent ? chunks * (chunkRatio + 1) : dataBlocks + (dataBlocks - 1) / chunkRatio
         guard total <= maxBATEntries, total * 8 <= UInt64(bat.length) else {
             throw WardenError.corrupt("VHDX BAT of \(bat.length) bytes cannot hold \(total) entries", file: file.path)
         }
         let raw = try read(file, at: bat.offset, count: Int(total) * 8, what: "VHDX BAT", replay: replay)
         let br = ByteReader(raw, context: "VHDX BAT")
+        if let parent {
+            let dev = try DifferencingDevice(bat: br, size: size, blockSize: blockSize, sectorSize: sector, chunkRatio: chunkRatio,
+                                             file: file, parent: parent.device, patch: replay)
+            var details = ["block_size": String(blockSize), "logical_sector_size": String(sector), "subformat": "differencing",
+                           "header_sequence": String(current.sequence), "data_write_guid": guidText(current.dataWriteGUID)]
+            if let replay { details["log"] = "not closed cleanly; replayed in memory: \(replay.entries) log entries" }
+            let info = ImageInfo(path: file.path, format: .vhdx, virtualSize: size, fileSize: file.length, allocatedSize: file.allocatedBytes,
+                                 details: details, backingFile: parentName, backingFormat: "vhdx")
+            return OpenedImage(device: dev, chain: [info] + parent.chain)
+        }
         var blocks: [BlockTableDevice.Block] = []
         blocks.reserveCapacity(Int(dataBlocks))
         for i in 0..<dataBlocks {
@@ -182,7 +203,8 @@ public enum VHDX {
         if let replay, !replay.sectors.isEmpty { patch = { buf, at in VHDX.apply(replay, to: buf, at: at) } }
         let dev = try BlockTableDevice(file: file, size: size, blockSize: blockSize, blocks: blocks, what: "VHDX", patch: patch)
         var details = ["block_size": String(blockSize), "logical_sector_size": String(sector),
-                       "allocated_blocks": String(dev.allocatedBlocks), "header_sequence": String(current.sequence)]
+                       "allocated_blocks": String(dev.allocatedBlocks), "header_sequence": String(current.sequence),
+                       "data_write_guid": guidText(current.dataWriteGUID)]
         if let replay {
             details["log"] = replay.entries == 0
                 ? "not closed cleanly; the log holds no complete entry, so nothing was replayed"
