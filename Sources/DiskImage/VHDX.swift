@@ -183,7 +183,9 @@ public enum VHDX {
                                              file: file, parent: parent.device, patch: replay)
             var details = ["block_size": String(blockSize), "logical_sector_size": String(sector), "subformat": "differencing",
                            "header_sequence": String(current.sequence), "data_write_guid": guidText(current.dataWriteGUID)]
-            if let replay { details["log"] = "not closed cleanly; replayed in memory: \(replay.entries) log entries" }
+            if let replay {
+                details["log"] = "not closed cleanly; replayed in memory: \(replay.entries) log entr\(replay.entries == 1 ? "y" : "ies") (the file is unchanged)"
+            }
             let info = ImageInfo(path: file.path, format: .vhdx, virtualSize: size, fileSize: file.length, allocatedSize: file.allocatedBytes,
                                  details: details, backingFile: parentName, backingFormat: "vhdx")
             return OpenedImage(device: dev, chain: [info] + parent.chain)
@@ -208,7 +210,7 @@ public enum VHDX {
         if let replay {
             details["log"] = replay.entries == 0
                 ? "not closed cleanly; the log holds no complete entry, so nothing was replayed"
-                : "not closed cleanly; replayed in memory: \(replay.entries) log entr\(replay.entries == 1 ? "y" : "ies") up to sequence \(replay.sequence), \(replay.sectors.count) sectors (the file is unchanged)"
+                : "not closed cleanly; replayed in memory: \(replay.entries) log entr\(replay.entries == 1 ? "y" : "ies") up to sequence \(replay.sequence), \(replay.sectors.count) sector\(replay.sectors.count == 1 ? "" : "s") (the file is unchanged)"
         }
         let info = ImageInfo(path: file.path, format: .vhdx, virtualSize: size, fileSize: file.length, allocatedSize: file.allocatedBytes,
                              details: details)
