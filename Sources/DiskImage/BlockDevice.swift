@@ -67,6 +67,14 @@ extension BlockDevice {
         return out
     }
 
+    /// Reads `buffer.count` bytes at `offset`, as a parent disk is read through a child that
+    /// may be larger: bytes past this device's end read as zeros.
+    func readZeroExtended(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let inside = offset >= size ? 0 : Int(min(UInt64(buffer.count), size - offset))
+        if inside > 0 { try read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<inside])) }
+        if inside < buffer.count { UnsafeMutableRawBufferPointer(rebasing: buffer[inside...]).initializeMemory(as: UInt8.self, repeating: 0) }
+    }
+
     /// Throws unless `offset ..< offset+count` lies inside the device.
     public func checkRange(_ offset: UInt64, _ count: Int) throws {
         let (end, o) = offset.addingReportingOverflow(UInt64(count))
@@ -86,5 +94,25 @@ extension Array where Element == BlockExtent {
         } else {
             append(x)
         }
+    }
+}
+
+/// Splits `count` bytes of a block, starting `within` bytes into it, into runs of whole or
+/// partial sectors that share one bit of a sector bitmap (`present(sector)`: the sector's
+/// index in the block), and calls `body` with each run (a range of the `count` bytes) and
+/// its bit. Differencing disks read set runs from their own file and clear runs from the parent.
+func forEachSectorRun(count: Int, within: UInt64, sectorSize: UInt64, present: (UInt64) -> Bool,
+                      _ body: (Range<Int>, Bool) throws -> Void) rethrows {
+    var i = 0
+    while i < count {
+        let mine = present((within + UInt64(i)) / sectorSize)
+        var j = i
+        while j < count {
+            let sector = (within + UInt64(j)) / sectorSize
+            if present(sector) != mine { break }
+            j = min(count, Int((sector + 1) * sectorSize - within))
+        }
+        try body(i..<j, mine)
+        i = j
     }
 }

@@ -231,13 +231,6 @@ public enum VHD {
             self.parent = parent
         }
 
-        /// Reads `dst.count` bytes of the parent at `at`; past the parent's end, zeros.
-        private func readParent(_ at: UInt64, _ dst: UnsafeMutableRawBufferPointer) throws {
-            let inParent = at >= parent.size ? 0 : Int(min(UInt64(dst.count), parent.size - at))
-            if inParent > 0 { try parent.read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: dst[0..<inParent])) }
-            if inParent < dst.count { UnsafeMutableRawBufferPointer(rebasing: dst[inParent...]).initializeMemory(as: UInt8.self, repeating: 0) }
-        }
-
         private func bitmap(_ block: Int, at fileOffset: UInt64) throws -> [UInt8] {
             if let b = bitmaps[block] { return b }
             guard fileOffset >= bitmapBytes else { throw WardenError.corrupt("VHD block \(block) has no room for its bitmap", file: file.path) }
@@ -256,25 +249,17 @@ public enum VHD {
                 let n = Int(min(UInt64(buffer.count - done), bs - within))
                 let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n])
                 guard let fileOffset = blocks.fileOffset(ofBlock: block) else {
-                    try readParent(pos, dst)
+                    try parent.readZeroExtended(at: pos, into: dst)
                     done += n
                     continue
                 }
                 let map = try bitmap(block, at: fileOffset)
-                // Runs of sectors with the same bit.
-                var i = 0
-                while i < n {
-                    let sector = Int((within + UInt64(i)) / 512)
-                    let mine = map[sector / 8] & (0x80 >> UInt8(sector % 8)) != 0
-                    var j = i
-                    while j < n {
-                        let s = Int((within + UInt64(j)) / 512)
-                        if (map[s / 8] & (0x80 >> UInt8(s % 8)) != 0) != mine { break }
-                        j = min(n, (s + 1) * 512 - Int(within))
-                    }
-                    let part = UnsafeMutableRawBufferPointer(rebasing: dst[i..<j])
-                    if mine { try file.read(at: fileOffset + within + UInt64(i), into: part) } else { try readParent(pos + UInt64(i), part) }
-                    i = j
+                // The block's bitmap: most significant bit first.
+                try forEachSectorRun(count: n, within: within, sectorSize: 512,
+                                     present: { map[Int($0 / 8)] & (0x80 >> UInt8($0 % 8)) != 0 }) { run, mine in
+                    let part = UnsafeMutableRawBufferPointer(rebasing: dst[run])
+                    if mine { try file.read(at: fileOffset + within + UInt64(run.lowerBound), into: part) }
+                    else { try parent.readZeroExtended(at: pos + UInt64(run.lowerBound), into: part) }
                 }
                 done += n
             }

@@ -155,12 +155,6 @@ extension VHDX {
             if let patch { VHDX.apply(patch, to: dst, at: at) }
         }
 
-        private func readParent(_ at: UInt64, _ dst: UnsafeMutableRawBufferPointer) throws {
-            let inParent = at >= parent.size ? 0 : Int(min(UInt64(dst.count), parent.size - at))
-            if inParent > 0 { try parent.read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: dst[0..<inParent])) }
-            if inParent < dst.count { UnsafeMutableRawBufferPointer(rebasing: dst[inParent...]).initializeMemory(as: UInt8.self, repeating: 0) }
-        }
-
         private func bitmap(_ chunk: Int) throws -> [UInt8] {
             if let b = bitmapCache[chunk] { return b }
             guard let off = bitmaps[chunk] else { throw WardenError.corrupt("VHDX chunk \(chunk) has no sector bitmap", file: file.path) }
@@ -179,27 +173,18 @@ extension VHDX {
                 let n = Int(min(UInt64(buffer.count - done), blockSize - within))
                 let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n])
                 switch blocks[block] {
-                case .parent: try readParent(pos, dst)
+                case .parent: try parent.readZeroExtended(at: pos, into: dst)
                 case .zero: dst.initializeMemory(as: UInt8.self, repeating: 0)
                 case .file(let off): try readFile(off + within, dst)
                 case .partial(let off):
                     let map = try bitmap(block / Int(chunkRatio))
-                    let perBlock = blockSize / sectorSize
-                    let first = UInt64(block) % chunkRatio * perBlock
-                    func present(_ rel: Int) -> Bool {
-                        let bit = first + (within + UInt64(rel)) / sectorSize
-                        return map[Int(bit / 8)] & (1 << UInt8(bit % 8)) != 0
-                    }
-                    var i = 0
-                    while i < n {
-                        let mine = present(i)
-                        var j = i
-                        while j < n && present(j) == mine {
-                            j = min(n, Int(((within + UInt64(j)) / sectorSize + 1) * sectorSize - within))
-                        }
-                        let part = UnsafeMutableRawBufferPointer(rebasing: dst[i..<j])
-                        if mine { try readFile(off + within + UInt64(i), part) } else { try readParent(pos + UInt64(i), part) }
-                        i = j
+                    // The chunk's bitmap: least significant bit first, this block's sectors from `first`.
+                    let first = UInt64(block) % chunkRatio * (blockSize / sectorSize)
+                    try forEachSectorRun(count: n, within: within, sectorSize: sectorSize,
+                                         present: { map[Int((first + $0) / 8)] & (1 << UInt8((first + $0) % 8)) != 0 }) { run, mine in
+                        let part = UnsafeMutableRawBufferPointer(rebasing: dst[run])
+                        if mine { try readFile(off + within + UInt64(run.lowerBound), part) }
+                        else { try parent.readZeroExtended(at: pos + UInt64(run.lowerBound), into: part) }
                     }
                 }
                 done += n

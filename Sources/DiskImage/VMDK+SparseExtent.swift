@@ -143,9 +143,7 @@ extension VMDK {
             var device: any BlockDevice
             var base: UInt64
             func read(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) throws {
-                let inside = offset >= device.size ? 0 : Int(min(UInt64(dst.count), device.size - offset))
-                if inside > 0 { try device.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: dst[0..<inside])) }
-                if inside < dst.count { UnsafeMutableRawBufferPointer(rebasing: dst[inside...]).initializeMemory(as: UInt8.self, repeating: 0) }
+                try device.readZeroExtended(at: offset, into: dst)
             }
             func mapping(at offset: UInt64, length: UInt64) throws -> [BlockExtent] {
                 let inside = offset >= device.size ? 0 : min(length, device.size - offset)
