@@ -85,7 +85,7 @@ public enum VHD {
         guard size > 0, size % 512 == 0 else { throw WardenError.corrupt("VHD disk size \(size) is not a positive multiple of 512", file: file.path) }
         var details: [String: String] = [
             "creator": String(decoding: footer.creatorApp.map { (0x20...0x7E).contains($0) ? $0 : 0x3F }, as: UTF8.self),
-            "uuid": guidText(footer.uuid),
+            "uuid": formatUUID(footer.uuid),
         ]
         let device: any BlockDevice
         var parent: OpenedImage?
@@ -145,14 +145,6 @@ public enum VHD {
         return OpenedImage(device: device, chain: [info] + (parent?.chain ?? []))
     }
 
-    /// A GUID's text (the first three fields as stored big-endian in VHD).
-    static func guidText(_ b: [UInt8]) -> String {
-        let h = b.map { String(format: "%02x", $0) }.joined()
-        let c = Array(h)
-        guard c.count == 32 else { return h }
-        return [c[0..<8], c[8..<12], c[12..<16], c[16..<20], c[20..<32]].map { String($0) }.joined(separator: "-")
-    }
-
     /// A differencing disk's parent, opened as the next link of the chain. Found, like a
     /// backing file, relative to this file: by the relative Windows locator (`W2ru`), else by
     /// the parent's name in this file's directory (the absolute locator `W2ku` names a path on
@@ -191,8 +183,8 @@ public enum VHD {
             guard FileManager.default.fileExists(atPath: path) else { continue }
             do {
                 let parent = try context.openBacking(path: path, declaredFormat: .vhd, from: file.path)
-                guard parent.info.details["uuid"] == guidText(parentID) else {
-                    throw WardenError.corrupt("differencing VHD expects a parent with id \(guidText(parentID)); \(QCOW2.printable(c)) has \(parent.info.details["uuid"] ?? "none")", file: file.path)
+                guard parent.info.details["uuid"] == formatUUID(parentID) else {
+                    throw WardenError.corrupt("differencing VHD expects a parent with id \(formatUUID(parentID)); \(QCOW2.printable(c)) has \(parent.info.details["uuid"] ?? "none")", file: file.path)
                 }
                 return (parent, c)
             } catch let e as WardenError {

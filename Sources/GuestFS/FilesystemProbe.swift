@@ -113,16 +113,3 @@ public enum FilesystemProbe {
         return String(repeating: "0", count: max(0, digits - s.count)) + s
     }
 }
-
-/// Formats 16 bytes as a lowercase canonical UUID (byte order as stored, as blkid prints ext4/xfs UUIDs).
-public func formatUUID(_ b: [UInt8]) -> String {
-    guard b.count == 16 else { return "" }
-    let hexDigits = Array("0123456789abcdef")
-    var s = ""
-    for (i, byte) in b.enumerated() {
-        if i == 4 || i == 6 || i == 8 || i == 10 { s.append("-") }
-        s.append(hexDigits[Int(byte >> 4)])
-        s.append(hexDigits[Int(byte & 0xf)])
-    }
-    return s
-}

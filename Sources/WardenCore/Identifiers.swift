@@ -126,3 +126,17 @@ public struct HostName: Hashable, Comparable, StringCoded, Sendable {
     public static func parse(codedString s: String) -> Self? { Self(s) }
     public static var codedKind: String { "a host name" }
 }
+
+/// Formats 16 bytes as a lowercase canonical UUID, byte order as stored (as blkid prints ext4,
+/// XFS and btrfs UUIDs, and as VHD stores its ids); "" for any other length.
+public func formatUUID(_ b: [UInt8]) -> String {
+    guard b.count == 16 else { return "" }
+    let hexDigits = Array("0123456789abcdef")
+    var s = ""
+    for (i, byte) in b.enumerated() {
+        if i == 4 || i == 6 || i == 8 || i == 10 { s.append("-") }
+        s.append(hexDigits[Int(byte >> 4)])
+        s.append(hexDigits[Int(byte & 0xf)])
+    }
+    return s
+}
