@@ -58,6 +58,9 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CWardenSys", path: "Sources/CWardenSys"),
         .systemLibrary(name: "CArgon2", path: "Sources/CArgon2", pkgConfig: "libargon2", providers: [.apt(["libargon2-dev"])]),
+        // The malware engines: ClamAV's libclamav and libyara (docs/malware.md).
+        .systemLibrary(name: "CClamAV", path: "Sources/CClamAV", pkgConfig: "libclamav", providers: [.apt(["libclamav-dev"])]),
+        .systemLibrary(name: "CYara", path: "Sources/CYara", pkgConfig: "yara", providers: [.apt(["libyara-dev"])]),
         .target(name: "WardenCore", dependencies: ["CWardenSys"]),
         .target(name: "DiskImage", dependencies: [
             "WardenCore", "CZlib", "CZstd", "COpenSSL", "CArgon2",
@@ -95,6 +98,17 @@ let package = Package(
         .target(name: "AdvisoryStorage", dependencies: [
             "WardenCore", "Inspection", "Advisories", "Storage",
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // Malware verdicts per content, imported signature sets and the record of scans, in the
+        // Warden database; lean (no engines), so policy and the server can read them.
+        .target(name: "MalwareStorage", dependencies: [
+            "WardenCore", "Storage",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        // libclamav and libyara over the guest view, paid once per distinct content (docs/malware.md).
+        .target(name: "Malware", dependencies: [
+            "WardenCore", "GuestFS", "MalwareStorage", "CClamAV", "CYara",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Ledger", dependencies: [
@@ -179,12 +193,14 @@ let package = Package(
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
             "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep", "Vault", "Attestation",
+            "Malware", "MalwareStorage",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
             "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
+            "Malware", "MalwareStorage",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -224,6 +240,8 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "Storage", "AdvisoryStorage", "Ledger", "Advisories", "WardenTestSupport", "StoreTestSupport"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "HypervisorHook", "Storage", "AdvisoryStorage", "Ledger", "Inspection", "WardenTestSupport"]),
         .testTarget(name: "WardenServicesTests", dependencies: ["WardenServices", "Hypervisor", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "MalwareTests", dependencies: ["Malware", "MalwareStorage", "Storage", "GuestFS", "DiskImage", "Partitions", "WardenCore", "WardenTestSupport",
+                                                      "WardenServices", "Ledger", "Inspection"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",

@@ -156,6 +156,9 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     case hostEnrolled = "host-enrolled"
     /// A host's TPM quote was verified: trusted or not, the reasons, the baseline. No VM.
     case hostAttested = "host-attested"
+    /// A VM's disk was scanned for malware (`warden malware scan`): the signatures used, the
+    /// counts, the detections (path, engine, signature, digest) and what was skipped.
+    case malwareScanned = "malware-scanned"
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.

@@ -257,7 +257,7 @@ public enum WardenSchema {
 
     /// The groups, in order. Each group's own list lives next to its store.
     static var groups: [[Migration]] {
-        [LedgerMigrations.all, AdvisoryMigrations.all, StateMigrations.all, JobMigrations.all]
+        [LedgerMigrations.all, AdvisoryMigrations.all, StateMigrations.all, JobMigrations.all, MalwareMigrations.all]
     }
 
     /// A non-zero 31-bit FNV-1a hash of every migration name in order: what
