@@ -85,6 +85,22 @@ public struct Census: Codable, Sendable, Equatable {
     public var growth: CensusGrowth
     public var dormant: CensusList
     public var staleScans: CensusList
+    /// Malware scans of live VMs (`warden malware scan`): how many were scanned, and which
+    /// were found infected by their latest scan.
+    public var malware: CensusMalware
+}
+
+/// The malware part of the census.
+public struct CensusMalware: Codable, Sendable, Equatable {
+    /// Live VMs with at least one malware scan.
+    public var scanned: Int
+    /// Live VMs never scanned for malware.
+    public var never: Int
+    /// Live VMs whose latest malware scan found something.
+    public var infected: Int
+    /// The infected VMs (`last`: their latest scan), at most the census limit.
+    public var vms: [CensusVM]
+    public var truncated: Bool
 }
 
 /// ISO 8601 weeks (Monday first, week 1 holds the year's first Thursday), in UTC.
@@ -117,10 +133,20 @@ extension LedgerQueries {
             throw WardenError(.invalidArgument, "census: weeks must be 1…5200, days and limit non-negative")
         }
         let facts = try censusFacts()
-        return Self.census(facts, now: now, weeks: weeks, dormantDays: dormantDays, staleScanDays: staleScanDays, limit: limit)
+        var malware: [VMID: (time: Date, detections: Int)] = [:]
+        for e in try latestEvents(kind: .malwareScanned, mentioning: nil) {
+            guard let vm = e.vm else { continue }
+            // A payload without a count reads as infected: the census must not hide one.
+            var n = 1
+            if case .number(let d)? = e.payload["detections"], d >= 0, d < 1e12 { n = Int(d) }
+            malware[vm] = (e.time, n)
+        }
+        return Self.census(facts, now: now, weeks: weeks, dormantDays: dormantDays, staleScanDays: staleScanDays, limit: limit,
+                           malwareScans: malware)
     }
 
-    static func census(_ facts: [CensusFacts], now: Date, weeks: Int, dormantDays: Int, staleScanDays: Int, limit: Int) -> Census {
+    static func census(_ facts: [CensusFacts], now: Date, weeks: Int, dormantDays: Int, staleScanDays: Int, limit: Int,
+                       malwareScans: [VMID: (time: Date, detections: Int)] = [:]) -> Census {
         func isLive(_ f: CensusFacts, at t: Date) -> Bool {
             f.createdAt < t && (f.retiredAt.map { $0 >= t } ?? (f.state != .retired))
         }
@@ -170,10 +196,18 @@ extension LedgerQueries {
                               vms: hits.prefix(limit).map { CensusVM(id: $0.id, name: $0.name, owner: $0.owner, state: $0.state, last: last($0)) },
                               truncated: hits.count > limit)
         }
+        let infected = live.filter { (malwareScans[$0.id]?.detections ?? 0) > 0 }.sorted { $0.id < $1.id }
+        let malware = CensusMalware(
+            scanned: live.filter { malwareScans[$0.id] != nil }.count,
+            never: live.filter { malwareScans[$0.id] == nil }.count,
+            infected: infected.count,
+            vms: infected.prefix(limit).map { CensusVM(id: $0.id, name: $0.name, owner: $0.owner, state: $0.state, last: malwareScans[$0.id]?.time) },
+            truncated: infected.count > limit)
         return Census(now: now, total: facts.count, live: live.count, byState: byState, byOwner: byOwner, byOs: byOS,
                       weeks: table, growth: growth,
                       dormant: list(days: dormantDays) { $0.lastStarted },
-                      staleScans: list(days: staleScanDays) { $0.lastScan })
+                      staleScans: list(days: staleScanDays) { $0.lastScan },
+                      malware: malware)
     }
 }
 

@@ -80,6 +80,8 @@ public struct PolicyContext: Sendable {
     public var ownerPresent: Fact<Bool>
     /// The host's latest attestation (`.known(nil)`: never attested).
     public var attestation: Fact<HostAttestationFact?> = .unknown("attestation not read")
+    /// The VM's latest malware scan (`.known(nil)`: never scanned for malware).
+    public var malwareScan: Fact<MalwareScanFact?> = .unknown("malware scans not read")
 
     public init(decisionID: UUID = UUID(), time: Date = Date(),
                 host: Fact<HostFacts> = .unknown("no host given"),
@@ -329,6 +331,22 @@ public enum PolicyEngine {
             case .unknown(let why): t = .unknown("owner: \(why)")
             case .known(true): t = .yes("owner '\(vm.owner)' is present")
             case .known(false): t = .no(vm.owner.isEmpty ? "the VM has no owner" : "owner '\(vm.owner)' is not present")
+            }
+            out.append(want ? t : negate(t))
+        }
+        if let want = c.malware {
+            let t: Truth
+            switch context.malwareScan {
+            case .unknown(let why): t = .unknown("malware scan: \(why)")
+            case .known(nil): t = .unknown("never scanned for malware (warden malware scan)")
+            case .known(let m?):
+                let age = describe(seconds: max(0, context.time.timeIntervalSince(m.time)))
+                if m.detections > 0 {
+                    let names = m.signatures.prefix(3).joined(separator: ", ") + (m.signatures.count > 3 ? ", …" : "")
+                    t = .yes("malware found \(age) ago: \(m.detections) detection\(m.detections == 1 ? "" : "s") in \(m.infectedFiles) file\(m.infectedFiles == 1 ? "" : "s") (\(names))")
+                } else {
+                    t = .no("no malware found by the scan \(age) ago")
+                }
             }
             out.append(want ? t : negate(t))
         }

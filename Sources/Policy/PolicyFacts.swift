@@ -22,6 +22,33 @@ public protocol PolicyFacts {
     func ownerPresent(_ vm: VMRecord) throws -> Bool
     /// The host's latest attestation; nil when it was never attested.
     func hostAttestation(_ host: HostName) throws -> HostAttestationFact?
+    /// The VM's latest malware scan; nil when it was never scanned for malware.
+    func latestMalwareScan(of vm: VMID) throws -> MalwareScanFact?
+}
+
+/// A VM's latest malware scan as the ledger recorded it (`malware-scanned` events).
+public struct MalwareScanFact: Sendable, Equatable {
+    public var time: Date
+    public var detections: Int
+    public var infectedFiles: Int
+    /// The signatures that matched (at most the event's list).
+    public var signatures: [String]
+    public init(time: Date, detections: Int, infectedFiles: Int, signatures: [String]) {
+        self.time = time; self.detections = detections; self.infectedFiles = infectedFiles; self.signatures = signatures
+    }
+
+    /// Reads a `malware-scanned` event; a payload without counts reads as a detection (fail closed).
+    public init(event: EventRecord) {
+        time = event.time
+        func number(_ k: String) -> Int? { if case .number(let n)? = event.payload[k], n >= 0, n < 1e12 { return Int(n) }; return nil }
+        detections = number("detections") ?? 1
+        infectedFiles = number("infected_files") ?? detections
+        var names: [String] = []
+        if case .array(let found)? = event.payload["found"] {
+            for f in found { if case .object(let o) = f, case .string(let s)? = o["signature"], !names.contains(s) { names.append(s) } }
+        }
+        signatures = names
+    }
 }
 
 /// A host's latest attestation as the ledger recorded it (`host-attested` events).
@@ -97,6 +124,7 @@ extension PolicySet {
             if c.ownerPresent != nil { need.insert("owner") }
             if c.destination != nil { need.insert("destination") }
             if c.attested != nil { need.insert("attestation") }
+            if c.malware != nil { need.insert("malware") }
         }
         return need
     }
@@ -139,6 +167,7 @@ extension PolicySet {
         }
         if need.contains("owner") { ctx.ownerPresent = attempt("owner") { try facts.ownerPresent(vm) } }
         if need.contains("attestation") { ctx.attestation = attempt("attestation") { try facts.hostAttestation(request.host) } }
+        if need.contains("malware") { ctx.malwareScan = attempt("malware scans") { try facts.latestMalwareScan(of: vm.id) } }
         if let r = request.reexposure { ctx.reexposure = .known(r) } else { ctx.reexposure = .unknown("not computed for this operation") }
         if let dest = request.destination { ctx.destination = probe.probe(dest) }
         return ctx
@@ -209,5 +238,8 @@ public struct LedgerPolicyFacts: PolicyFacts {
     }
     public func hostAttestation(_ host: HostName) throws -> HostAttestationFact? {
         try store.latestHostEvent(kind: .hostAttested, host: host).map { HostAttestationFact(event: $0) }
+    }
+    public func latestMalwareScan(of vm: VMID) throws -> MalwareScanFact? {
+        try store.events(of: vm).last { $0.kind == .malwareScanned }.map { MalwareScanFact(event: $0) }
     }
 }

@@ -232,11 +232,14 @@ public struct Conditions: Sendable, Hashable, Codable {
     public var ownerPresent: Bool?
     /// The host passed TPM attestation recently enough (docs/attestation.md).
     public var attested: AttestedCondition?
+    /// `true`: the VM's latest malware scan found something; `false`: it found nothing.
+    /// Unknown (and failing closed) when the VM was never scanned for malware.
+    public var malware: Bool?
     public init() {}
 
     public var isEmpty: Bool {
         host == nil && window == nil && maxReplicas == nil && destination == nil && scanAge == nil
-            && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil && attested == nil
+            && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil && attested == nil && malware == nil
     }
 }
 

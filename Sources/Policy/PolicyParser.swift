@@ -353,7 +353,7 @@ public enum PolicyParser {
     }
 
     static func parseConditions(_ r: inout NodeReader, _ node: Node, _ what: String, ops: [VMOperation]) -> Conditions? {
-        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested"]
+        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware"]
         guard let m = r.mapping(node, what, allowed: keys) else { return nil }
         var c = Conditions()
         if let h = m["host"], let hm = r.mapping(h.value, "\(what).host", allowed: ["names", "labels"]) {
@@ -409,6 +409,7 @@ public enum PolicyParser {
             }
         }
         if let o = m["ownerPresent"] { c.ownerPresent = r.bool(o.value, "\(what).ownerPresent") }
+        if let o = m["malware"] { c.malware = r.bool(o.value, "\(what).malware") }
         if let a = m["attested"] {
             if case .mapping = a.value {
                 if let am = r.mapping(a.value, "\(what).attested", allowed: ["maxAge"]) {

@@ -174,9 +174,10 @@ public enum PolicyTestRunner {
         ctx.replicas = .unknown(missing); ctx.lastScan = .unknown(missing); ctx.openFindings = .unknown(missing)
         ctx.advisoriesSinceScan = .unknown(missing); ctx.reexposure = .unknown(missing); ctx.ownerPresent = .unknown(missing)
         ctx.attestation = .unknown(missing)
+        ctx.malwareScan = .unknown(missing)
         if let f = m["facts"], let fm = r.mapping(f.value, "\(what): facts",
                                                    allowed: ["replicas", "lastScan", "findings", "advisoriesSinceScan", "reexposes", "destination",
-                                                             "ownerPresent", "attested"]) {
+                                                             "ownerPresent", "attested", "malware"]) {
             if let n = fm["replicas"], let v = r.int(n.value, "\(what): facts.replicas", min: 0, max: 10_000_000) { ctx.replicas = .known(v) }
             if let n = fm["lastScan"], let s = r.scalar(n.value, "\(what): facts.lastScan") {
                 if s == "never" { ctx.lastScan = .known(nil) }
@@ -213,6 +214,20 @@ public enum PolicyTestRunner {
                 ctx.destination = DestinationFacts(path: path, resolved: path, removable: removable)
             }
             if let n = fm["ownerPresent"], let b = r.bool(n.value, "\(what): facts.ownerPresent") { ctx.ownerPresent = .known(b) }
+            // `malware: never`, or the latest scan: `{at: TIME, detections: 2, signatures: [Eicar-Test-Signature]}`.
+            if let n = fm["malware"] {
+                if case .scalar = n.value, let s = r.scalar(n.value, "\(what): facts.malware") {
+                    if s == "never" { ctx.malwareScan = .known(nil) } else { r.error(n.value, "\(what): facts.malware is never or a mapping (at, detections, signatures)") }
+                } else if let mm = r.mapping(n.value, "\(what): facts.malware", allowed: ["at", "detections", "signatures"]) {
+                    let at = mm["at"].flatMap { r.scalar($0.value, "\(what): facts.malware.at") }.flatMap(parseDate) ?? ctx.time
+                    let count = mm["detections"].flatMap { r.int($0.value, "\(what): facts.malware.detections", min: 0, max: 1_000_000) } ?? 0
+                    var sigs: [String] = []
+                    if let sv = mm["signatures"], case .sequence(let items) = sv.value {
+                        sigs = items.compactMap { r.scalar($0, "\(what): facts.malware.signatures") }
+                    }
+                    ctx.malwareScan = .known(MalwareScanFact(time: at, detections: count, infectedFiles: count, signatures: sigs))
+                }
+            }
             // `attested: never`, or the host's latest attestation: `{at: TIME, trusted: true,
             // validFor: 8h, reason: "PCR 7 …"}` (trusted defaults to true, validFor to 8h).
             if let n = fm["attested"] {

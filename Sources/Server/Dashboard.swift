@@ -96,6 +96,8 @@ struct Dashboard: Sendable {
                 "dormantCount": census.dormant.count, "dormantDays": census.dormant.days,
                 "stale": census.staleScans.vms.map { ["id": $0.id.description, "name": $0.name, "owner": $0.owner, "last": Self.time($0.last)] },
                 "staleCount": census.staleScans.count,
+                "malware": census.malware.vms.map { ["id": $0.id.description, "name": $0.name, "owner": $0.owner, "last": Self.time($0.last)] },
+                "malwareCount": census.malware.infected, "malwareNever": census.malware.never,
             ], title: "Census")
         }
         router.get("/findings") { _, ctx in

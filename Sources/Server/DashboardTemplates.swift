@@ -33,7 +33,8 @@ enum DashboardTemplates {
         <h1>Census</h1>
         <div class="cards"><div class="card" id="live"><b>{{live}}</b>live VMs</div><div class="card"><b>{{total}}</b>in the ledger</div>
         <div class="card"><b>{{net}}</b>net per week</div><div class="card" id="dormant-count"><b>{{dormantCount}}</b>dormant ≥ {{dormantDays}} days</div>
-        <div class="card"><b>{{staleCount}}</b>scans stale</div></div>
+        <div class="card"><b>{{staleCount}}</b>scans stale</div>
+        <div class="card" id="malware-count"><b>{{malwareCount}}</b>with malware ({{malwareNever}} never scanned for it)</div></div>
         <h2>Growth</h2>{{{chart}}}
         <table id="weeks"><thead><tr><th>Week</th><th class="num">Appeared</th><th class="num">Retired</th><th class="num">Live at end</th></tr></thead><tbody>
         {{#weeks}}<tr><td>{{week}}</td><td class="num">{{appeared}}</td><td class="num">{{disappeared}}</td><td class="num">{{live}}</td></tr>{{/weeks}}
@@ -47,6 +48,9 @@ enum DashboardTemplates {
         </tbody></table>
         <h2>Stale scans</h2><table id="stale"><thead><tr><th>VM</th><th>Owner</th><th>Last scanned</th></tr></thead><tbody>
         {{#stale}}<tr><td><a href="/vms/{{id}}">{{name}}</a></td><td>{{owner}}</td><td>{{last}}</td></tr>{{/stale}}
+        </tbody></table>
+        <h2>Malware</h2><table id="malware"><thead><tr><th>VM</th><th>Owner</th><th>Scanned</th></tr></thead><tbody>
+        {{#malware}}<tr><td><a href="/vms/{{id}}">{{name}}</a></td><td>{{owner}}</td><td>{{last}}</td></tr>{{/malware}}
         </tbody></table>
         """),
         ("findings", """

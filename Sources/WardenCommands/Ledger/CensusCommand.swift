@@ -52,6 +52,12 @@ struct CensusCommand: ParsableCommand {
             }
             list("dormant (not started for \(dormantDays) days)", c.dormant, "started")
             list("stale scans (older than \(staleScanDays) days)", c.staleScans, "scanned")
+            let m = c.malware
+            o.line("malware: \(m.infected) infected by their latest scan, \(m.scanned) scanned, \(m.never) never scanned for malware")
+            for v in m.vms {
+                o.line(oneLine("  \(shortID(v.id))  \(v.name)  \(v.owner)  \(v.state.rawValue)  scanned \(v.last.map(TimeArgument.format) ?? "never")"))
+            }
+            if m.truncated { o.line("  … \(m.infected - m.vms.count) more (--limit)") }
         }
     }
 }
