@@ -108,7 +108,7 @@ let package = Package(
         ]),
         // libclamav and libyara over the guest view, paid once per distinct content (docs/malware.md).
         .target(name: "Malware", dependencies: [
-            "WardenCore", "GuestFS", "MalwareStorage", "CClamAV", "CYara",
+            "WardenCore", "DiskImage", "GuestFS", "MalwareStorage", "CClamAV", "CYara",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Ledger", dependencies: [

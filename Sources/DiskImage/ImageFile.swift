@@ -26,6 +26,11 @@ public final class ImageFile: @unchecked Sendable {
     public let base: UInt64
     /// The file a window was cut from (kept open while the window lives); nil for a whole file.
     private let owner: ImageFile?
+    /// What this file was when opened: device, inode, size and change time (ns). Any write
+    /// changes the change time, which no one but the clock can set, so two equal stamps mean
+    /// the same bytes. Nil for a file opened for writing or a block device (whose change time
+    /// does not follow writes).
+    public let contentStamp: String?
 
     public struct FileIdentity: Hashable, Sendable {
         public let device: UInt64
@@ -61,6 +66,11 @@ public final class ImageFile: @unchecked Sendable {
         self.identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
         self.base = 0
         self.owner = nil
+        if !writable && (st.st_mode & S_IFMT) == S_IFREG {
+            contentStamp = "\(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)"
+        } else {
+            contentStamp = nil
+        }
     }
 
     private init(window owner: ImageFile, base: UInt64, length: UInt64, path: String) {
@@ -72,6 +82,8 @@ public final class ImageFile: @unchecked Sendable {
         self.identity = owner.identity
         self.base = owner.base + base
         self.owner = owner.owner ?? owner
+        let start = owner.base + base
+        self.contentStamp = owner.contentStamp.map { "\($0)@\(start)+\(length)" }
     }
 
     /// A read-only view of `length` bytes at `offset` of this file, named `name` in messages.

@@ -356,3 +356,29 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
         }
     }
 }
+
+extension EXT4Volume: FileDataMapping {
+    public var dataDevice: any BlockDevice { device }
+
+    public func dataRuns(_ n: UInt64) throws -> [FileDataRun]? {
+        let ino = try liveInode(n)
+        guard ino.fileType == .regular, !ino.has(EXT4.InodeFlags.inlineData), !ino.has(EXT4.InodeFlags.encrypt) else { return nil }
+        let bs = UInt64(sb.blockSize)
+        let blocks = ino.size / bs + (ino.size % bs == 0 ? 0 : 1)
+        guard blocks > 0 else { return [] }
+        var out: [FileDataRun] = []
+        for run in try runs(ino, from: 0, to: blocks) {
+            let (logical, o1) = run.logical.multipliedReportingOverflow(by: bs)
+            let (length, o2) = run.count.multipliedReportingOverflow(by: bs)
+            guard !o1, !o2 else { return nil }
+            var physical: UInt64? = nil
+            if let p = run.physical {
+                let (b, o3) = p.multipliedReportingOverflow(by: bs)
+                guard !o3 else { return nil }
+                physical = b
+            }
+            out.append(FileDataRun(logical: logical, physical: physical, length: length))
+        }
+        return out
+    }
+}

@@ -131,3 +131,23 @@ extension FileSystem {
         }
     }
 }
+
+/// Where a file's bytes lie on its filesystem's device.
+public struct FileDataRun: Sendable, Equatable {
+    /// Byte offset in the file.
+    public var logical: UInt64
+    /// Byte offset on the device; nil when the run reads as zeros (a hole, an unwritten extent).
+    public var physical: UInt64?
+    public var length: UInt64
+    public init(logical: UInt64, physical: UInt64?, length: UInt64) { self.logical = logical; self.physical = physical; self.length = length }
+}
+
+/// A filesystem that can map a file's bytes to its device, so a reader can tell where they
+/// come from without reading them (``DiskImage/ProvenanceDevice``).
+public protocol FileDataMapping {
+    /// The device the runs refer to.
+    var dataDevice: any BlockDevice { get }
+    /// The runs of a regular file covering `0 ..< size`, in order; nil when its bytes do not
+    /// simply lie on the device (inline data, encryption, compression).
+    func dataRuns(_ inode: UInt64) throws -> [FileDataRun]?
+}
