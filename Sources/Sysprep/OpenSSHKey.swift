@@ -153,6 +153,10 @@ public final class HostKeyForge: @unchecked Sendable {
     /// Starts generating `types`; an RSA key comes from `pool` when it has one (``KeyPool``).
     public init(types: [OpenSSHKey.KeyType] = OpenSSHKey.KeyType.allCases, pool: KeyPool? = nil) {
         self.types = Set(types)
+        // The threads started below write `results` under the lock; so does this loop (a
+        // pooled key written unlocked raced a fast thread's write, and crashed a clone).
+        lock.lock()
+        defer { lock.unlock() }
         for t in types {
             if t == .rsa, let key = pool?.takeRSA() {
                 results[t] = .success(.rsa(key))
