@@ -42,7 +42,7 @@ public enum AdvisoryCoding {
         enc.outputFormatting = [.sortedKeys]
         enc.dateEncodingStrategy = .secondsSince1970
         let data = (try? enc.encode(r)) ?? Data()
-        return SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+        return SHA256.hash(data: data).hexString
     }
 
     public static func encodePackages(_ packages: [MatchPackage]) -> Data {

@@ -264,7 +264,7 @@ public final class Agent: Sendable {
             }
             struct Batch: Encodable { var events: [Wire] }
             let body = Batch(events: events.map {
-                Wire(id: "ev:" + $0.leafHash.map { String(format: "%02x", $0) }.joined(), kind: $0.kind.rawValue, vm: $0.vm,
+                Wire(id: "ev:" + $0.leafHash.hexString, kind: $0.kind.rawValue, vm: $0.vm,
                      actor: $0.actor, time: $0.time, generationBefore: $0.generationBefore, generationAfter: $0.generationAfter,
                      payload: $0.payload)
             })

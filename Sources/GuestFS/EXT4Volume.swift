@@ -43,7 +43,7 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
         if sb.uuid.allSatisfy({ $0 == 0 }) {
             uuid = nil
         } else {
-            let h = sb.uuid.map { String(format: "%02x", $0) }.joined()
+            let h = sb.uuid.hexString
             let c = Array(h)
             uuid = [c[0..<8], c[8..<12], c[12..<16], c[16..<20], c[20..<32]].map { String($0) }.joined(separator: "-")
         }

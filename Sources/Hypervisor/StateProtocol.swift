@@ -66,7 +66,7 @@ public enum StateProtocol {
             return "OK " + g.uuidString.lowercased()
         case .success(.random(let n)):
             guard let bytes = randomBytes(n) else { return "ERR random unavailable" }
-            return "OK " + bytes.map { String(format: "%02x", $0) }.joined()
+            return "OK " + bytes.hexString
         case .success(.counter(let name)):
             do { return "OK \(try counters.next(vm: vm, name: name))" } catch let e as WardenError where e.code == .limitExceeded {
                 return "ERR too many counters"

@@ -62,7 +62,7 @@ public struct PolicySet: Sendable {
             hasher.update(data: (try? enc.encode(d)) ?? Data())
             hasher.update(data: Data([0]))
         }
-        return "sha256:" + hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return "sha256:" + hasher.finalize().hexString
     }
 
     /// The policy files of `directory`: `*.yaml` and `*.yml`, not hidden, sorted by name.

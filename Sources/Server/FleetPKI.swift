@@ -216,7 +216,7 @@ public final class FleetPKI: Sendable {
     // MARK: Helpers
 
     static func hex<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined()
+        bytes.hexString
     }
 
     static func nio(_ cert: Certificate) throws -> NIOSSLCertificate {

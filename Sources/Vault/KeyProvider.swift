@@ -90,7 +90,7 @@ public struct LocalKEKProvider: KeyProvider {
         defer { explicit_bzero(&raw, raw.count) }
         guard n == 32 else { throw WardenError(.invalidArgument, "the vault KEK is not 32 bytes", file: kekPath) }
         let key = SymmetricKey(data: raw[0..<32])
-        let id = SHA256.hash(data: raw[0..<32]).prefix(8).map { String(format: "%02x", $0) }.joined()
+        let id = SHA256.hash(data: raw[0..<32]).prefix(8).hexString
         return (key, id)
     }
 

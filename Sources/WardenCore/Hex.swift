@@ -35,3 +35,15 @@ extension Array where Element == UInt8 {
     /// Lower-case hex.
     public var hexEncoded: String { Data(self).hexEncoded }
 }
+
+extension Sequence where Element == UInt8 {
+    /// Lower-case hex of the bytes (a digest, an id): the one fast spelling, instead of a
+    /// `String(format: "%02x")` per byte, which costs a Foundation format call each.
+    public var hexString: String {
+        let digits: [UInt8] = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(underestimatedCount * 2)
+        for b in self { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -96,7 +96,7 @@ public struct RollbackImpact: Codable, Sendable, Equatable {
                 for line in shadow.split(separator: "\n") {
                     let f = line.split(separator: ":", omittingEmptySubsequences: false)
                     guard f.count >= 2 else { continue }
-                    digests[String(f[0])] = SHA256.hash(data: Array(f[1].utf8)).map { String(format: "%02x", $0) }.joined()
+                    digests[String(f[0])] = SHA256.hash(data: Array(f[1].utf8)).hexString
                 }
             }
             return Side(inventory: inv, shadowDigests: digests)
