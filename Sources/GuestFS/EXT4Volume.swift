@@ -16,8 +16,8 @@ public final class EXT4Volume: FileSystem, @unchecked Sendable {
 
     let lock = NSLock()
     private let warningLog = WarningLog(limit: EXT4.Limits.maxWarnings, suppressedLine: "ext4: further warnings suppressed")
-    private let blockCache = BoundedCache<UInt64, [UInt8]>(capacity: 256)
-    private let inodeCache = BoundedCache<UInt64, EXT4.Inode>(capacity: 1024)
+    private let blockCache = BoundedCache<UInt64, [UInt8]>(capacity: 1024)
+    private let inodeCache = BoundedCache<UInt64, EXT4.Inode>(capacity: 8192)
     private var checkedGroups = Set<UInt64>()
     let extentCache = BoundedCache<UInt64, [EXT4.Extent]>(capacity: 64)
     private let fsSeed: UInt32
