@@ -32,7 +32,7 @@ extension SliceDevice: ProvenanceDevice {
 
 extension QCOW2.Device: ProvenanceDevice {
     public func source(at offset: UInt64, length: UInt64) throws -> String? {
-        guard let stamp = file.contentStamp, offset <= size, length <= size - offset else { return nil }
+        guard let layerID, offset <= size, length <= size - offset else { return nil }
         var here = false, below = false
         var pos = offset
         let end = offset + length
@@ -44,7 +44,7 @@ extension QCOW2.Device: ProvenanceDevice {
             if here && below { return nil }
             pos += len
         }
-        if !below { return "qcow2:" + stamp }
+        if !below { return layerID }
         guard let backing, let b = backing as? ProvenanceDevice, end <= backing.size else { return nil }
         return try b.source(at: offset, length: length)
     }

@@ -37,6 +37,8 @@ extension QCOW2 {
         /// The data cipher of an encrypted image (LUKS's master key): sectors are decrypted with
         /// their host sector number (offset in the file / 512) as the IV, as QEMU does for LUKS.
         let cipher: XTSCipher?
+        /// This layer's identity for ``ProvenanceDevice`` (nil: the file has no content stamp).
+        let layerID: String?
 
         init(file: ImageFile, header: Header, l1: [UInt64], size: UInt64, backing: (any BlockDevice)?, cipher: XTSCipher? = nil) {
             self.cipher = cipher
@@ -45,6 +47,7 @@ extension QCOW2 {
             self.size = size
             self.backing = backing
             self.l1 = l1
+            layerID = file.contentStamp.map { "qcow2:" + $0 }
             clusterBits = header.clusterBits
             clusterSize = header.clusterSize
             l2Bits = header.l2Entries.trailingZeroBitCount
