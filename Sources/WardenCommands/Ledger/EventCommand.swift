@@ -50,6 +50,7 @@ struct EventRecord_: ParsableCommand {
             case .keysShredded: hint = "use `warden vault shred`"
             case .rekeyed: hint = "use `warden vault rekey`"
             case .breakGlassApproval: hint = "use `warden vault approve`"
+            case .malwareScanned: hint = "use `warden malware scan` (a recorded verdict must come from the engines)"
             default: hint = "only the policy engine records these"
             }
             throw ValidationError("\(kind.rawValue) events cannot be recorded here: \(hint)")
