@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "Policy", targets: ["Policy"]),
         .library(name: "Attestation", targets: ["Attestation"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
+        .library(name: "Maintenance", targets: ["Maintenance"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
     ],
@@ -190,17 +191,22 @@ let package = Package(
             "WardenNetwork", "Vault", "Attestation",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The patch appliance, mirrors and maintenance boots through Hypervisor (docs/patching.md).
+        .target(name: "Maintenance", dependencies: [
+            "WardenCore", "GuestFS", "Hypervisor",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
             "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep", "Vault", "Attestation",
-            "Malware", "MalwareStorage",
+            "Malware", "MalwareStorage", "Maintenance",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
             "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
-            "Malware", "MalwareStorage",
+            "Malware", "MalwareStorage", "Maintenance",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -243,6 +249,7 @@ let package = Package(
         .testTarget(name: "MalwareTests", dependencies: ["Malware", "MalwareStorage", "Storage", "GuestFS", "DiskImage", "Partitions", "WardenCore", "WardenTestSupport",
                                                       "WardenServices", "Ledger", "Inspection"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "MaintenanceTests", dependencies: ["Maintenance", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
                                                           "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault", "Attestation"]),

@@ -40,7 +40,7 @@ public enum Confinement {
     }
 
     /// The program QEMU is started under: new mount (private propagation), IPC and UTS namespaces.
-    static var wrapper: [String] { [unshare, "--mount", "--propagation", "private", "--ipc", "--uts", "--"] }
+    public static var wrapper: [String] { [unshare, "--mount", "--propagation", "private", "--ipc", "--uts", "--"] }
 
     /// The empty directory QEMU is chrooted into: root-owned, 0555, emptied if anything was put there.
     static func prepareChroot(_ run: RunDirectory) throws {

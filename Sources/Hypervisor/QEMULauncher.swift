@@ -116,7 +116,7 @@ public enum QEMULauncher {
     }
 
     /// QEMU's option syntax doubles commas inside a value.
-    static func escapeOption(_ s: String) -> String { s.replacingOccurrences(of: ",", with: ",,") }
+    public static func escapeOption(_ s: String) -> String { s.replacingOccurrences(of: ",", with: ",,") }
 
     /// Runs QEMU with `-daemonize` (it forks, calls setsid, writes the pid file, and its first
     /// process exits once the VM is set up) and returns the pid. A failure to start throws with
@@ -141,7 +141,7 @@ public enum QEMULauncher {
     }
 
     /// Finds `name` on PATH (an absolute path is taken as is).
-    static func resolve(_ name: String) throws -> String {
+    public static func resolve(_ name: String) throws -> String {
         if name.hasPrefix("/") { return name }
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for dir in path.split(separator: ":") + ["/usr/bin", "/usr/sbin"] {
@@ -165,10 +165,10 @@ public enum QEMULauncher {
 /// posix_spawn with only stdin (/dev/null), stdout and stderr (a log file) passed on: every other
 /// descriptor of this process is closed in the child, so QEMU and the state server never hold
 /// Warden's database, lock or pipe descriptors.
-enum Spawn {
+public enum Spawn {
     /// `pass` hands descriptors on: each source (this process's) becomes the target number in
     /// the child; every other descriptor above 2 is closed there.
-    static func spawn(_ argv: [String], log: String, newSession: Bool, truncate: Bool = false, pass: [(source: Int32, target: Int32)] = []) throws -> pid_t {
+    public static func spawn(_ argv: [String], log: String, newSession: Bool, truncate: Bool = false, pass: [(source: Int32, target: Int32)] = []) throws -> pid_t {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

@@ -82,6 +82,8 @@ public struct PolicyContext: Sendable {
     public var attestation: Fact<HostAttestationFact?> = .unknown("attestation not read")
     /// The VM's latest malware scan (`.known(nil)`: never scanned for malware).
     public var malwareScan: Fact<MalwareScanFact?> = .unknown("malware scans not read")
+    /// The patch's mirror (patch only); nil when the operation has none.
+    public var mirror: String?
 
     public init(decisionID: UUID = UUID(), time: Date = Date(),
                 host: Fact<HostFacts> = .unknown("no host given"),
@@ -333,6 +335,15 @@ public enum PolicyEngine {
             case .known(false): t = .no(vm.owner.isEmpty ? "the VM has no owner" : "owner '\(vm.owner)' is not present")
             }
             out.append(want ? t : negate(t))
+        }
+        if let patterns = c.mirrors {
+            if let mirror = context.mirror {
+                out.append(patterns.contains(where: { glob($0, mirror) })
+                           ? .yes("mirror \(mirror) is allowed")
+                           : .no("mirror \(mirror) is not one of \(patterns.joined(separator: ", "))"))
+            } else {
+                out.append(.unknown("no mirror given"))
+            }
         }
         if let want = c.malware {
             let t: Truth

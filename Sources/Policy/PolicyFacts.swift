@@ -99,6 +99,8 @@ public struct PolicyRequest: Sendable {
     public var destination: String?
     /// Findings the rollback target would re-open; nil when not computed.
     public var reexposure: [ReexposedFinding]?
+    /// The patch source (patch): `dir:/srv/mirror` or its URL.
+    public var mirror: String?
     public var decisionID: UUID
 
     public init(operation: VMOperation, host: HostName = .current, time: Date = Date(), destination: String? = nil,
@@ -170,6 +172,7 @@ extension PolicySet {
         if need.contains("malware") { ctx.malwareScan = attempt("malware scans") { try facts.latestMalwareScan(of: vm.id) } }
         if let r = request.reexposure { ctx.reexposure = .known(r) } else { ctx.reexposure = .unknown("not computed for this operation") }
         if let dest = request.destination { ctx.destination = probe.probe(dest) }
+        ctx.mirror = request.mirror
         return ctx
     }
 }

@@ -9,6 +9,8 @@ public enum VMOperation: String, Codable, Sendable, CaseIterable, Comparable {
     case start, stop, clone, copy, export, migrate, snapshot, rollback, restore, transfer, retire
     /// Releasing a VM's data keys (each QEMU start of an encrypted VM): docs/vault.md.
     case unlock
+    /// Patching a dormant VM in a maintenance boot (`warden vm patch`): docs/patching.md.
+    case patch
     public static func < (a: VMOperation, b: VMOperation) -> Bool { a.rawValue < b.rawValue }
 }
 
@@ -235,11 +237,15 @@ public struct Conditions: Sendable, Hashable, Codable {
     /// `true`: the VM's latest malware scan found something; `false`: it found nothing.
     /// Unknown (and failing closed) when the VM was never scanned for malware.
     public var malware: Bool?
+    /// The patch's mirror (`dir:/srv/mirror` or its URL) matches one of these shell patterns
+    /// (patch only).
+    public var mirrors: [String]?
     public init() {}
 
     public var isEmpty: Bool {
         host == nil && window == nil && maxReplicas == nil && destination == nil && scanAge == nil
             && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil && attested == nil && malware == nil
+            && mirrors == nil
     }
 }
 

@@ -353,7 +353,7 @@ public enum PolicyParser {
     }
 
     static func parseConditions(_ r: inout NodeReader, _ node: Node, _ what: String, ops: [VMOperation]) -> Conditions? {
-        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware"]
+        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware", "mirrors"]
         guard let m = r.mapping(node, what, allowed: keys) else { return nil }
         var c = Conditions()
         if let h = m["host"], let hm = r.mapping(h.value, "\(what).host", allowed: ["names", "labels"]) {
@@ -410,6 +410,14 @@ public enum PolicyParser {
         }
         if let o = m["ownerPresent"] { c.ownerPresent = r.bool(o.value, "\(what).ownerPresent") }
         if let o = m["malware"] { c.malware = r.bool(o.value, "\(what).malware") }
+        if let o = m["mirrors"] {
+            c.mirrors = r.stringList(o.value, "\(what).mirrors")
+            if c.mirrors?.isEmpty == true { r.error(o.value, "\(what).mirrors is an empty list") }
+            let bad = ops.filter { $0 != .patch }
+            if !bad.isEmpty {
+                r.error(o.key, "\(what).mirrors: only patch has a mirror, not \(bad.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
         if let a = m["attested"] {
             if case .mapping = a.value {
                 if let am = r.mapping(a.value, "\(what).attested", allowed: ["maxAge"]) {

@@ -177,7 +177,7 @@ public enum PolicyTestRunner {
         ctx.malwareScan = .unknown(missing)
         if let f = m["facts"], let fm = r.mapping(f.value, "\(what): facts",
                                                    allowed: ["replicas", "lastScan", "findings", "advisoriesSinceScan", "reexposes", "destination",
-                                                             "ownerPresent", "attested", "malware"]) {
+                                                             "ownerPresent", "attested", "malware", "mirror"]) {
             if let n = fm["replicas"], let v = r.int(n.value, "\(what): facts.replicas", min: 0, max: 10_000_000) { ctx.replicas = .known(v) }
             if let n = fm["lastScan"], let s = r.scalar(n.value, "\(what): facts.lastScan") {
                 if s == "never" { ctx.lastScan = .known(nil) }
@@ -214,6 +214,7 @@ public enum PolicyTestRunner {
                 ctx.destination = DestinationFacts(path: path, resolved: path, removable: removable)
             }
             if let n = fm["ownerPresent"], let b = r.bool(n.value, "\(what): facts.ownerPresent") { ctx.ownerPresent = .known(b) }
+            if let n = fm["mirror"], let s = r.scalar(n.value, "\(what): facts.mirror") { ctx.mirror = s }
             // `malware: never`, or the latest scan: `{at: TIME, detections: 2, signatures: [Eicar-Test-Signature]}`.
             if let n = fm["malware"] {
                 if case .scalar = n.value, let s = r.scalar(n.value, "\(what): facts.malware") {

@@ -28,7 +28,7 @@ struct DoctorCommand: ParsableCommand {
 
     func run() throws {
         let store = try database.open(create: false)
-        let found = try Maintenance.recoverLeftovers(store: store, directories: folders)
+        let found = try Upkeep.recoverLeftovers(store: store, directories: folders)
         try Output.render(Doc(leftovers: found), json: json) {
             if found.isEmpty { Output.stdout.line("no leftovers"); return }
             for l in found {

@@ -17,6 +17,7 @@ extension PolicyCommand {
         @Option(help: "The host it would run on (default: this host).") var host: String?
         @Option(help: "When (RFC 3339, e.g. 2026-03-29T08:30:00+02:00; default: now).") var at: String?
         @Option(help: "The destination path (export, copy, clone).") var dest: String?
+        @Option(help: ArgumentHelp("The patch's mirror (patch): dir:/PATH or its http:// URL.", valueName: "mirror")) var mirror: String?
         @Option(help: "The policy directory (default: $WARDEN_POLICY, $WARDEN_HOME/policy, ~/.local/share/warden/policy).") var policy: String?
         @Option(help: "The ledger database.") var db: String?
         @Flag(help: "JSON output (docs/json-schemas/policy-check.v1.json).") var json = false
@@ -44,8 +45,9 @@ extension PolicyCommand {
         }
 
         func run() throws {
-            let request = PolicyRequest(operation: op, host: host.flatMap(HostName.init) ?? .current,
+            var request = PolicyRequest(operation: op, host: host.flatMap(HostName.init) ?? .current,
                                         time: at.flatMap(PolicyTestRunner.parseDate) ?? Date(), destination: dest)
+            request.mirror = mirror
             let source: PolicyGate.Source = policy.map { .explicit($0) } ?? .defaultDirectory
             var decision: Decision
             var seq: Int64? = nil

@@ -459,7 +459,7 @@ public struct VMService: Sendable {
 }
 
 /// Upkeep that the next run does by itself and `warden doctor` does on demand.
-public enum Maintenance {
+public enum Upkeep {
     /// Recovers staging leftovers (``Staging/recover(directory:store:)``) in `directories`, and
     /// in every folder that holds a disk of a VM in the ledger.
     public static func recoverLeftovers(store: any LedgerStore, directories: [String] = []) throws -> [Staging.Leftover] {

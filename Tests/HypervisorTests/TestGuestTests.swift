@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import WardenTestSupport
+import WardenCore
 
 @Suite struct TestGuestTests {
     @Test func modulesResolveDependenciesFirst() throws {
@@ -12,9 +13,9 @@ import WardenTestSupport
         kernel/drivers/virtio/virtio_pci_modern_dev.ko:
         kernel/drivers/char/hw_random/virtio-rng.ko.xz: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
         """
-        let order = try TestGuest.resolveModules(["virtio_pci", "virtio_rng"], modulesDep: dep).map { ($0 as NSString).lastPathComponent }
+        let order = try KernelModules.loadOrder(["virtio_pci", "virtio_rng"], modulesDep: dep).map { ($0 as NSString).lastPathComponent }
         #expect(order == ["virtio_ring.ko", "virtio.ko", "virtio_pci_modern_dev.ko", "virtio_pci_legacy_dev.ko", "virtio_pci.ko", "virtio-rng.ko.xz"])
-        #expect(throws: TestGuestError.self) { try TestGuest.resolveModules(["nope"], modulesDep: dep) }
+        #expect(throws: WardenError.self) { try KernelModules.loadOrder(["nope"], modulesDep: dep) }
     }
 
     @Test func initramfsCarriesModulesInitAndClient() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import WardenCore
 
 /// A tiny bootable test guest for real-QEMU tests (software emulation is enough):
 /// Debian's own kernel from the host's `/boot` (package linux-image-amd64, which has
@@ -59,49 +60,8 @@ public struct TestGuest: Sendable {
 
     /// The newest `/boot/vmlinuz-VER` with `/lib/modules/VER/modules.dep` and `CONFIG_VMGENID=y`.
     static func findKernel() throws -> (path: String, version: String) {
-        let fm = FileManager.default
-        let names = (try? fm.contentsOfDirectory(atPath: "/boot")) ?? []
-        let versions = names.filter { $0.hasPrefix("vmlinuz-") }.map { String($0.dropFirst("vmlinuz-".count)) }.sorted()
-        for v in versions.reversed() {
-            guard fm.fileExists(atPath: "/lib/modules/\(v)/modules.dep") else { continue }
-            if let config = try? String(contentsOfFile: "/boot/config-\(v)", encoding: .utf8), !config.contains("CONFIG_VMGENID=y") { continue }
-            return ("/boot/vmlinuz-\(v)", v)
-        }
-        throw TestGuestError("no usable kernel in /boot")
-    }
-
-    /// Resolves `wanted` and their dependencies from a `modules.dep` text, in load order
-    /// (dependencies first). Module names compare with `-` and `_` equal, as modprobe does.
-    public static func resolveModules(_ wanted: [String], modulesDep: String) throws -> [String] {
-        func norm(_ s: String) -> String { s.replacingOccurrences(of: "-", with: "_") }
-        func moduleName(_ path: String) -> String {
-            var base = (path as NSString).lastPathComponent
-            for ext in [".xz", ".zst", ".gz"] where base.hasSuffix(ext) { base = String(base.dropLast(ext.count)) }
-            if base.hasSuffix(".ko") { base = String(base.dropLast(3)) }
-            return norm(base)
-        }
-        var deps: [String: [String]] = [:]
-        var pathOf: [String: String] = [:]
-        for line in modulesDep.split(separator: "\n") {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let path = String(line[..<colon])
-            let d = line[line.index(after: colon)...].split(separator: " ").map(String.init)
-            pathOf[moduleName(path)] = path
-            deps[path] = d
-        }
-        var order: [String] = []
-        var seen = Set<String>()
-        func visit(_ path: String) {
-            guard seen.insert(path).inserted else { return }
-            // modules.dep lists a module's dependencies so that the last one loads first.
-            for d in (deps[path] ?? []).reversed() { visit(d) }
-            order.append(path)
-        }
-        for w in wanted {
-            guard let p = pathOf[norm(w)] else { throw TestGuestError("module \(w) is not in modules.dep") }
-            visit(p)
-        }
-        return order
+        guard let k = KernelModules.newestKernel(requiring: "CONFIG_VMGENID=y") else { throw TestGuestError("no usable kernel in /boot") }
+        return (k.image, k.version)
     }
 
     /// The repository's `share/guest/warden-state.sh`.
@@ -172,7 +132,7 @@ public struct TestGuest: Sendable {
         let bb = busybox!
         let client = try String(contentsOfFile: stateClientPath, encoding: .utf8)
         let modulesDep = try String(contentsOfFile: "/lib/modules/\(version)/modules.dep", encoding: .utf8)
-        let modules = try resolveModules(wantedModules, modulesDep: modulesDep)
+        let modules = try KernelModules.loadOrder(wantedModules, modulesDep: modulesDep)
         let bbSize = (try? FileManager.default.attributesOfItem(atPath: bb)[.size] as? Int) ?? 0
         let recipe = [version, "\(bbSize)", modules.joined(separator: ","), initScript, client].joined(separator: "\u{1}")
         let dir = try Fixtures.cached("test-guest", recipe: recipe) { dir in

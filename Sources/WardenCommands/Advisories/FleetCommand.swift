@@ -14,7 +14,7 @@ struct FleetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet",
         abstract: "Fleet-wide operations on stored inventories: rescan against the current advisories (and shield running VMs).",
-        subcommands: [Rescan.self]
+        subcommands: [Rescan.self, FleetPatch.self]
     )
 
     struct Rescan: ParsableCommand {
