@@ -22,8 +22,14 @@ public struct MaintenanceBoot: Sendable {
         public var timeout: TimeInterval = 900
         public var memoryMiB = 1024
         public var cpus = 1
-        /// `auto`, `kvm` or `tcg`.
+        /// `auto`, `kvm` or `tcg`. With `auto`, a KVM boot whose appliance has not said `ready`
+        /// within ``kvmReadySeconds`` is killed and started again under TCG (a nested host's
+        /// /dev/kvm may open and then never run a vCPU).
         public var accel = "auto"
+        public var kvmReadySeconds: TimeInterval = 20
+        /// Where a KVM stall is remembered (with the host's boot id), so later `auto` boots on
+        /// this host go straight to TCG until it reboots; nil: not remembered.
+        public var kvmStallFile: String?
         public var qemuBinary = "qemu-system-x86_64"
         /// Run QEMU as a uid of its own in namespaces of its own (root only).
         public var confine = Confinement.available
@@ -82,7 +88,29 @@ public struct MaintenanceBoot: Sendable {
         }
         if options.confine, case .directory(let d)? = plan.mirror?.source { try Self.checkReadableByOthers(d) }
 
-        let accel = try QEMULauncher.accelerator(options.accel)
+        var first = try QEMULauncher.accelerator(options.accel)
+        let bootID = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        if options.accel == "auto", first == "kvm", let f = options.kvmStallFile, let id = bootID,
+           (try? String(contentsOfFile: f, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == id {
+            first = "tcg"
+        }
+        let started = Date()
+        var result = try boot(accel: first, plan: plan, disks: disks, initrd: initrd, console: console, work: work,
+                              readyWithin: options.accel == "auto" && first == "kvm" ? options.kvmReadySeconds : nil)
+        if result == nil {
+            if let f = options.kvmStallFile, let id = bootID { try? FileDescriptorIO.replaceFile(f, with: Array((id + "\n").utf8)) }
+            result = try boot(accel: "tcg", plan: plan, disks: disks, initrd: initrd, console: console, work: work, readyWithin: nil)
+        }
+        guard var r = result else { throw WardenError(.internal, "the maintenance boot did not run") }
+        r.seconds = Date().timeIntervalSince(started)
+        return r
+    }
+
+    /// One QEMU run; nil when `readyWithin` passed without the appliance's `ready` line (the
+    /// caller tries TCG).
+    func boot(accel: String, plan: MaintenancePlan, disks: [Disk], initrd: String, console: String, work: String,
+              readyWithin: TimeInterval?) throws -> Result? {
+        _ = truncate(console, 0)
         var args = [
             "-name", "warden-maintenance", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             // spawn stays allowed: the user network starts the mirror pipe per connection.
@@ -93,6 +121,7 @@ public struct MaintenanceBoot: Sendable {
             "-chardev", "file,id=serial0,path=\(QEMULauncher.escapeOption(console))", "-serial", "chardev:serial0",
             "-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0",
         ]
+        if accel == "kvm" { args += ["-cpu", "host"] }
         for (i, d) in disks.enumerated() {
             args += ["-blockdev", "driver=file,filename=\(QEMULauncher.escapeOption(d.path)),node-name=f\(i)",
                      "-blockdev", "driver=\(d.format),file=f\(i),node-name=d\(i)",
@@ -111,22 +140,29 @@ public struct MaintenanceBoot: Sendable {
 
         let started = Date()
         let pid = try Spawn.spawn(argv, log: work + "/qemu.log", newSession: true, truncate: true)
-        var timedOut = false, truncated = false
+        var timedOut = false, truncated = false, notReady = false
         let deadline = started.addingTimeInterval(options.timeout)
         var status: Int32 = 0
+        let readyLine = Data("WARDEN-\(plan.token) ready".utf8)
+        var ready = readyWithin == nil
         while true {
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid || (r < 0 && errno != EINTR) { break }
             var st = stat()
             if stat(console, &st) == 0 && Int64(st.st_size) > options.consoleLimit { truncated = true }
             if Date() > deadline { timedOut = true }
-            if timedOut || truncated {
+            if !ready, let limit = readyWithin {
+                ready = (try? Data(contentsOf: URL(fileURLWithPath: console)))?.range(of: readyLine) != nil
+                if !ready && Date().timeIntervalSince(started) > limit { notReady = true }
+            }
+            if timedOut || truncated || notReady {
                 kill(pid, SIGKILL)
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
                 break
             }
             usleep(100_000)
         }
+        if notReady { return nil }
         let seconds = Date().timeIntervalSince(started)
         if truncated { truncate(console, off_t(options.consoleLimit)) }
         let exitedBadly = status & 0x7f != 0 || (status >> 8) & 0xff != 0
@@ -147,7 +183,7 @@ public struct MaintenanceBoot: Sendable {
         var steps: [String] = []
         var outcome: String?, failed: String?
         var probes: [String: String] = [:]
-        for raw in String(decoding: data, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+        for raw in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
             guard let r = raw.range(of: prefix) else { continue }
             let line = String(raw[r.upperBound...]).trimmingCharacters(in: .whitespaces)
             steps.append(TerminalText.line(String(line.prefix(300))))

@@ -59,6 +59,7 @@ struct PatchOptions: ParsableArguments {
         boot.memoryMiB = memory
         boot.accel = accel
         boot.pipeExecutable = VMRun.selfExecutable
+        boot.kvmStallFile = home + "/appliance/kvm-stalled"
         let appliance = dryRun ? Appliance(kernel: "", kernelVersion: "", initramfs: "", hasLVM: true) : try Appliance.prepare(home: home)
         return PatchService(database: store.database, vms: VMRun.service(store, policy: policy), appliance: appliance,
                             boot: boot, home: home, note: { Output.note($0) })
