@@ -72,6 +72,12 @@ public struct MaintenancePlan: Sendable, Equatable {
         var out: [Mount] = []
         var lvm = false
         var seen = Set<String>()
+        // An fstab entry the offline assembly could not place (a missing disk, an unknown
+        // filesystem) under a path the package manager writes: patching without it would write
+        // into the root filesystem's empty mount point instead.
+        for p in view.problems where essentialPaths.contains(p.mountPoint) || p.mountPoint.hasPrefix("/usr/") || p.mountPoint.hasPrefix("/var/lib") {
+            throw WardenError(.unsupported, "the guest's \(p.mountPoint) cannot be assembled (fstab line \(p.line), \(p.spec)): \(p.reason)")
+        }
         for m in view.mounts {
             let path = m.path.isEmpty ? "/" : m.path
             guard seen.insert(path).inserted else { continue }

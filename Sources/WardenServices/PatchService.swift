@@ -155,9 +155,18 @@ public struct PatchService: Sendable {
         // Fail early on a deny (recorded), before any work.
         var policyRequest = PolicyRequest(operation: .patch, host: vms.host)
         policyRequest.mirror = request.mirror.name
-        let prepared = try locked { () -> Prepared in
-            if !request.dryRun { try vms.refuseEarly(policyRequest, vm: vm) }
-            return try prepare(image: disk.path, request)
+        if !request.dryRun { try locked { try vms.refuseEarly(policyRequest, vm: vm) } }
+        // From here on a failure is recorded on the VM (a `patched` event, outcome failed).
+        func recordFailure(_ e: WardenError) -> WardenError {
+            var r = report
+            r.reason = e.message
+            r.seconds = Date().timeIntervalSince(started)
+            _ = try? locked { try store.append(NewEvent(kind: .patched, vm: vm.id, host: vms.host, payload: Self.payload(r, outcome: "failed", consoleDigest: nil))) }
+            return e
+        }
+        let prepared: Prepared
+        do { prepared = try locked { try prepare(image: disk.path, request) } } catch let e as WardenError {
+            throw request.dryRun ? e : recordFailure(e)
         }
         report.targets = prepared.targets
         report.unfixable = prepared.unfixable
@@ -176,7 +185,11 @@ public struct PatchService: Sendable {
         let stamp = Self.stamp(started)
         let layerPath = Self.layerPath(for: disk.path, stamp: stamp)
         let work = home + "/patch/" + vm.id.description + "/" + stamp
-        let outcome = try apply(prepared: prepared, image: disk.path, format: disk.format, layerPath: layerPath, work: work, request)
+        let outcome: Applied
+        do { outcome = try apply(prepared: prepared, image: disk.path, format: disk.format, layerPath: layerPath, work: work, request) } catch let e as WardenError {
+            unlink(layerPath)
+            throw recordFailure(e)
+        }
         report.steps = outcome.boot?.steps ?? []
         report.bootSeconds = outcome.boot?.seconds
         report.console = outcome.boot.map { _ in work + "/console.log" }
