@@ -57,7 +57,7 @@ enum ApplianceInit {
     while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     [ -b /dev/vda ] || finish fail assemble
     if [ "$(plan lvm)" = 1 ]; then
-        CFG='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { use_devicesfile = 0 } global { locking_type = 1 }'
+        CFG='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { use_devicesfile = 0 }'
         lvm vgchange -ay --sysinit --config "$CFG" >/dev/null 2>&1
         lvm vgmknodes --config "$CFG" >/dev/null 2>&1
     fi

@@ -155,7 +155,9 @@ public struct PatchService: Sendable {
         // Fail early on a deny (recorded), before any work.
         var policyRequest = PolicyRequest(operation: .patch, host: vms.host)
         policyRequest.mirror = request.mirror.name
+        let timer = PhaseTimer.shared
         if !request.dryRun { try locked { try vms.refuseEarly(policyRequest, vm: vm) } }
+        timer.lap("patch-policy")
         // From here on a failure is recorded on the VM (a `patched` event, outcome failed).
         func recordFailure(_ e: WardenError) -> WardenError {
             var r = report
@@ -168,6 +170,7 @@ public struct PatchService: Sendable {
         do { prepared = try locked { try prepare(image: disk.path, request) } } catch let e as WardenError {
             throw request.dryRun ? e : recordFailure(e)
         }
+        timer.lap("patch-prepare")
         report.targets = prepared.targets
         report.unfixable = prepared.unfixable
         if prepared.targets.isEmpty && !(request.selection == .all) {
@@ -196,6 +199,7 @@ public struct PatchService: Sendable {
         report.packages = outcome.packages
         report.findingsClosed = outcome.closed
         report.findingsRemaining = outcome.remaining
+        timer.lap("patch-reassess")
 
         if let failure = outcome.failure {
             unlink(layerPath)
@@ -210,7 +214,9 @@ public struct PatchService: Sendable {
         do { examined = try ExaminedDisk.examine(layerPath, inspect: false) } catch {
             unlink(layerPath); throw error
         }
+        timer.lap("patch-examine-layer")
         let layer = Layer(path: layerPath, backing: disk.path, digest: try Self.fileDigest(layerPath))
+        timer.lap("patch-layer-digest")
         report.layer = layer
         report.status = "patched"
         report.seconds = Date().timeIntervalSince(started)
@@ -227,9 +233,79 @@ public struct PatchService: Sendable {
             unlink(layerPath)
             throw error
         }
+        timer.lap("patch-commit")
         // The VM's disk is the new layer now: its scan (findings, scan age) is of that layer.
         _ = locked { try? ScanService(database: database).scan(images: [layerPath]) }
+        timer.lap("patch-rescan-as-vm")
         return report
+    }
+
+    // MARK: - Undoing a patch
+
+    /// What `undo` did.
+    public struct Undo: Codable, Sendable {
+        public var schema = "warden.patch.undo/v1"
+        public var vm: String
+        public var name: String
+        /// The patch layer the VM leaves (kept on disk).
+        public var layer: String
+        /// The pre-patch disk the VM returns to.
+        public var restored: String
+        /// Findings the pre-patch state re-opens (`ADVISORY PACKAGE`).
+        public var reopens: [String]
+        public var decision: String
+    }
+
+    /// Returns VM `reference` to the state below its latest patch: its disk record goes back to
+    /// the layer's backing file (the layer stays on disk). Decided as a `rollback`, with the
+    /// findings the pre-patch state re-opens as its re-exposure (a `reexposes` rule applies).
+    public func undo(vm reference: String) throws -> Undo {
+        let store = vms.store
+        let vm = try store.resolveVM(reference)
+        guard vm.state != .running else {
+            throw WardenError(.conflict, "VM \(vm.name) is running: stop it before undoing a patch")
+        }
+        let disks = try store.disks(of: vm.id).sorted { $0.index < $1.index }
+        guard let disk = disks.first else { throw WardenError(.notFound, "VM \(vm.name) has no disks in the ledger") }
+        guard let last = try store.events(of: vm.id).last(where: { $0.kind == .patched && $0.payload["outcome"] == .string("patched") }),
+              case .object(let layer)? = last.payload["layer"], case .string(let path)? = layer["path"],
+              case .string(let backing)? = layer["backing"] else {
+            throw WardenError(.notFound, "VM \(vm.name) has no patch to undo")
+        }
+        guard path == disk.path else {
+            throw WardenError(.conflict, "VM \(vm.name)'s disk is no longer the layer of its latest patch (\(path)); nothing undone")
+        }
+        let restored = backing.hasPrefix("/") ? backing : (path as NSString).deletingLastPathComponent + "/" + backing
+        // What the pre-patch state re-opens: its findings that the layer does not have.
+        let scan = ScanService(database: database)
+        let below = try scan.scan(images: [restored])
+        if let f = below.failures.first { throw f }
+        let above = try scan.scan(images: [path])
+        let open = Set((above.results.first?.findings ?? []).filter { $0.status == .vulnerable }.map { "\($0.advisory) \($0.package)" })
+        var reexposed: [ReexposedFinding] = []
+        var seen = Set<String>()
+        for f in below.results.first?.findings ?? [] where f.status == .vulnerable {
+            let key = "\(f.advisory) \(f.package)"
+            guard !open.contains(key), seen.insert(key).inserted else { continue }
+            reexposed.append(ReexposedFinding(id: f.advisory, severity: f.severity, package: f.package))
+        }
+        let examined = try ExaminedDisk.examine(restored, inspect: false)
+        let request = PolicyRequest(operation: .rollback, host: vms.host, reexposure: reexposed)
+        let reopens = reexposed.map { "\($0.id) \($0.package ?? "")" }.sorted()
+        let (decision, _) = try vms.decideAndApply(request, vm: vm, family: vm.id) {
+            var records = disks
+            records[0] = examined.record(vm: vm.id, index: disk.index)
+            try store.replaceDisks(of: vm.id, with: records)
+            _ = try store.append(NewEvent(kind: .rolledBack, vm: vm.id, host: vms.host, payload: [
+                "undo_patch": .number(Double(last.seq)),
+                "layer": .string(path),
+                "restored": .string(restored),
+                "reopens": .array(reopens.map { .string($0) }),
+            ]))
+        }
+        _ = try? scan.scan(images: [restored])
+        return Undo(vm: vm.id.description, name: vm.name, layer: path, restored: restored, reopens: reopens,
+                    decision: decision.id.uuidString.lowercased())
     }
 
     // MARK: - An unregistered image
@@ -367,6 +443,7 @@ public struct PatchService: Sendable {
             return out
         }
         unlink(work + "/initramfs.cpio")
+        PhaseTimer.shared.lap("patch-layer-and-boot")
         out.boot = boot
         out.consoleDigest = try? Self.fileDigest(boot.console)
         if boot.timedOut {

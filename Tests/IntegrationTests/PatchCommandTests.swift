@@ -62,6 +62,7 @@ import Glibc
             // The plan first: only the high finding's package, nothing written.
             var r = try Self.warden(["vm", "patch", "demo", "--findings", "--severity", "high", "--mirror", try Self.mirror(), "--dry-run", "--json"], home: home)
             #expect(r.status == 0, "\(r.stderr)")
+            try JSONSchemaTests().validate(r.stdout, schema: "patch.v1.json")
             var doc = try Self.json(r)
             #expect(doc["status"] as? String == "planned")
             let targets = try #require(doc["targets"] as? [[String: Any]])
@@ -71,6 +72,7 @@ import Glibc
 
             r = try Self.warden(["vm", "patch", "demo", "--findings", "--severity", "high", "--mirror", try Self.mirror(), "--accel", "tcg", "--json"], home: home)
             #expect(r.status == 0, "\(r.stderr) \(r.stdoutText)")
+            try JSONSchemaTests().validate(r.stdout, schema: "patch.v1.json")
             doc = try Self.json(r)
             #expect(doc["schema"] as? String == "warden.patch/v1")
             #expect(doc["status"] as? String == "patched")
@@ -113,6 +115,27 @@ import Glibc
             r = try Self.warden(["vm", "patch", "demo", "--severity", "high", "--mirror", try Self.mirror(), "--accel", "tcg", "--json"], home: home)
             #expect(r.status == 0)
             #expect(try Self.json(r)["status"] as? String == "nothing-to-do")
+
+            // Undoing the patch is a rollback that re-opens the finding: a reexposes rule denies it.
+            try """
+            apiVersion: warden/v1
+            kind: Policy
+            rules:
+              - name: no-reopening-high
+                on: [rollback]
+                deny: { reexposes: { severity: high } }
+            """.write(toFile: home + "/policy/rollback.yaml", atomically: true, encoding: .utf8)
+            r = try Self.warden(["vm", "unpatch", "demo"], home: home)
+            #expect(r.status == 3 && r.stderr.contains("no-reopening-high"), "\(r.stderr)")
+            try FileManager.default.removeItem(atPath: home + "/policy/rollback.yaml")
+            r = try Self.warden(["vm", "unpatch", "demo", "--json"], home: home)
+            #expect(r.status == 0, "\(r.stderr)")
+            let undo = try Self.json(r)
+            #expect(undo["restored"] as? String == vmDisk && undo["layer"] as? String == layerPath)
+            #expect(undo["reopens"] as? [String] == ["CVE-2099-4242 warden-demo"])
+            r = try Self.warden(["vm", "show", "demo", "--json"], home: home)
+            #expect(r.stdoutText.contains(vmDisk) && !r.stdoutText.contains(layerPath), "\(r.stdoutText)")
+            #expect(FileManager.default.fileExists(atPath: layerPath))
         }
     }
 
@@ -201,6 +224,83 @@ import Glibc
             r = try Self.warden(["vm", "patch", "demo", "--mirror", try Self.mirror(), "--accel", "tcg"], home: home)
             #expect(r.status == 2, "\(r.stderr)")
             #expect(r.stderr.contains("is running: patch it in-guest, or stop it first"), "\(r.stderr)")
+        }
+    }
+
+    @Test func fleetPatchSkipsTheRunningAndPatchesTheRest() throws {
+        if let why = Self.unavailable { print("skipped: \(why)"); return }
+        try Fixtures.withTemporaryDirectory { home in
+            let a = try Self.setUp(home, name: "a")
+            _ = try Self.setUp(home, name: "b")
+            _ = try Self.setUp(home, name: "c")
+            var r = try Self.warden(["vm", "start", "c", "--memory", "64", "--accel", "tcg"], home: home)
+            #expect(r.status == 0, "\(r.stderr)")
+            defer { _ = try? Self.warden(["vm", "stop", "c", "--timeout", "1"], home: home) }
+            r = try Self.warden(["fleet", "patch", "--severity", "high", "--mirror", try Self.mirror(), "--accel", "tcg", "--parallel", "2", "--json"], home: home)
+            #expect(r.status == 0, "\(r.stderr)")
+            try JSONSchemaTests().validate(r.stdout, schema: "patch.v1.json")
+            let doc = try Self.json(r)
+            #expect(doc["schema"] as? String == "warden.fleet.patch/v1")
+            #expect(doc["patched"] as? Int == 2 && doc["skipped"] as? Int == 1 && doc["failed"] as? Int == 0, "\(doc)")
+            let results = try #require(doc["results"] as? [[String: Any]])
+            let c = try #require(results.first { $0["name"] as? String == "c" })
+            #expect(c["status"] as? String == "skipped" && (c["reason"] as? String)?.contains("running") == true)
+            #expect(r.stderr.contains("[2/2]"), "\(r.stderr)")
+            for name in ["a", "b"] {
+                let layer = try #require(((results.first { $0["name"] as? String == name })?["layer"] as? [String: Any])?["path"] as? String)
+                #expect(try PatchFixtures.dpkgVersion("warden-demo", image: layer, scratch: home) == "1.1-1 ii")
+            }
+            #expect(try PatchFixtures.dpkgVersion("warden-demo", image: a, scratch: home) == "1.0-1 ii")
+        }
+    }
+
+    @Test func imagePatchWritesAnOverlayAndLeavesTheImage() throws {
+        if let why = Self.unavailable { print("skipped: \(why)"); return }
+        try Fixtures.withTemporaryDirectory { home in
+            let guest = try PatchFixtures.guest()
+            chmod(home, 0o755)
+            let image = home + "/base.qcow2"
+            try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "\(guest)/disk.qcow2", image])
+            try PatchFixtures.tracker.write(toFile: home + "/tracker.json", atomically: true, encoding: .utf8)
+            _ = try Self.warden(["advisories", "import", home + "/tracker.json"], home: home)
+            let before = try Data(contentsOf: URL(fileURLWithPath: image))
+            var r = try Self.warden(["image", "patch", image, "--output", home + "/patched.qcow2", "--severity", "high",
+                                     "--mirror", try Self.mirror(), "--accel", "tcg", "--json"], home: home)
+            #expect(r.status == 0, "\(r.stderr)")
+            try JSONSchemaTests().validate(r.stdout, schema: "patch.v1.json")
+            let doc = try Self.json(r)
+            #expect(doc["status"] as? String == "patched")
+            #expect(doc["findings_closed"] as? [String] == ["CVE-2099-4242 warden-demo"])
+            #expect(try PatchFixtures.dpkgVersion("warden-demo", image: home + "/patched.qcow2", scratch: home) == "1.1-1 ii")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before)
+            // The output must not exist already.
+            r = try Self.warden(["image", "patch", image, "--output", home + "/patched.qcow2", "--mirror", try Self.mirror(), "--accel", "tcg"], home: home)
+            #expect(r.status == 2 && r.stderr.contains("already exists"), "\(r.stderr)")
+        }
+    }
+
+    /// A root on LVM (guest C: GPT partition 2 is a PV, the root is vg0/root): the appliance
+    /// activates the volume group itself; the package is installed (NAME=VERSION).
+    @Test func lvmRootIsAssembledInTheAppliance() throws {
+        if let why = Self.unavailable { print("skipped: \(why)"); return }
+        guard GuestFixtures.lvmAvailable else { print("skipped: needs lvm and loop devices"); return }
+        try Fixtures.withTemporaryDirectory { home in
+            let guest = try GuestFixtures.guestC()
+            try PolicyFiles.write(PolicyFiles.allowAll, in: home)
+            chmod(home, 0o755)
+            let disk = home + "/lvm.qcow2"
+            try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "\(guest)/disk.raw", disk])
+            var r = try Self.warden(["vm", "register", "--name", "lvm", "--owner", "ops", disk], home: home)
+            #expect(r.status == 0, "\(r.stderr)")
+            r = try Self.warden(["vm", "patch", "lvm", "--packages", "warden-demo=1.1-1", "--mirror", try Self.mirror(), "--accel", "tcg", "--json"], home: home)
+            #expect(r.status == 0, "\(r.stderr) \(r.stdoutText)")
+            let doc = try Self.json(r)
+            #expect(doc["status"] as? String == "patched")
+            let change = (doc["packages"] as? [[String: Any]])?.first { $0["name"] as? String == "warden-demo" }
+            #expect(change?["before"] == nil && change?["after"] as? String == "1.1-1")
+            #expect((doc["steps"] as? [String])?.contains { $0.hasPrefix("mount / ok") } == true, "\(doc["steps"] ?? "")")
+            let layer = try #require((doc["layer"] as? [String: Any])?["path"] as? String)
+            #expect(try PatchFixtures.dpkgVersion("warden-demo", image: layer, scratch: home, lvm: true) == "1.1-1 ii")
         }
     }
 }

@@ -117,7 +117,10 @@ enum PatchFixtures {
 
     /// What dpkg itself says of `package` on the root filesystem of `image` (a qcow2 with the
     /// GPT layout above): the status file is copied out with debugfs, then `dpkg-query --admindir`.
-    static func dpkgVersion(_ package: String, image: String, scratch: String) throws -> String {
+    /// With `lvm`, the root is the first logical volume on partition 2 (guest C): its offset is
+    /// the partition's start plus the PV's `pe_start`, as lvm itself reports it (metadata only,
+    /// nothing activated on the host).
+    static func dpkgVersion(_ package: String, image: String, scratch: String, lvm: Bool = false) throws -> String {
         let out = try Tool.sh("""
         set -eu
         S="\(scratch)/oracle-$$"
@@ -125,7 +128,15 @@ enum PatchFixtures {
         qemu-img convert -q -O raw "\(image)" "$S/disk.raw"
         s2=$(sgdisk -i 2 "$S/disk.raw" | awk '/First sector/ {print $3}')
         n2=$(sgdisk -i 2 "$S/disk.raw" | awk '/Partition size/ {print $3}')
-        dd if="$S/disk.raw" of="$S/root.img" bs=512 skip="$s2" count="$n2" conv=sparse status=none
+        if [ \(lvm ? 1 : 0) = 1 ]; then
+          CFG='global { activation = 0 } devices { use_devicesfile = 0 } backup { backup = 0 archive = 0 }'
+          L=$(losetup -f --show -r -o $((s2 * 512)) --sizelimit $((n2 * 512)) "$S/disk.raw")
+          pe=$(lvm pvs -q --config "$CFG" -o pe_start --units b --noheadings --nosuffix "$L" | tr -d ' ') || true
+          losetup -d "$L"
+          dd if="$S/disk.raw" of="$S/root.img" bs=1M iflag=skip_bytes,count_bytes skip=$((s2 * 512 + pe)) count=$((1024 * 1024 * 1024)) conv=sparse status=none
+        else
+          dd if="$S/disk.raw" of="$S/root.img" bs=512 skip="$s2" count="$n2" conv=sparse status=none
+        fi
         debugfs -R 'dump /var/lib/dpkg/status '"$S/admin/status" "$S/root.img" >/dev/null 2>&1
         : > "$S/admin/available"
         dpkg-query --admindir="$S/admin" -W -f '${Version} ${db:Status-Abbrev}' \(package)

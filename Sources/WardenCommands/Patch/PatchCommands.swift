@@ -119,6 +119,32 @@ struct VMPatch: ParsableCommand {
     }
 }
 
+/// `warden vm unpatch VM`: back to the state below the latest patch.
+struct VMUnpatch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unpatch",
+        abstract: "Return a VM to the disk below its latest patch (decided as a rollback; the findings it re-opens are named).",
+        discussion: "The patch layer stays on disk; the VM's disk record goes back to its backing file and a `rolled-back` event names both and the findings re-opened. docs/patching.md."
+    )
+    @OptionGroup var database: DatabaseOptions
+    @Argument(help: "The VM (id, unique id prefix, or unique name).") var vm: String
+    @OptionGroup var policyOptions: PolicyOptions
+    @Flag(help: "Print JSON (schema warden.patch.undo/v1).") var json = false
+
+    func run() throws {
+        let store = try database.open(create: false)
+        let home = RunDirectory.home()
+        let service = PatchService(database: store.database, vms: VMRun.service(store, policy: policyOptions.source),
+                                   appliance: Appliance(kernel: "", kernelVersion: "", initramfs: "", hasLVM: false),
+                                   boot: MaintenanceBoot.Options(), home: home, note: { Output.note($0) })
+        let undo = try service.undo(vm: vm)
+        try Output.render(undo, json: json) {
+            Output.stdout.line("VM \(undo.name): back to \(undo.restored) (the layer \(undo.layer) is kept)")
+            if !undo.reopens.isEmpty { Output.stdout.line(oneLine("  re-opens: " + undo.reopens.joined(separator: ", "))) }
+        }
+    }
+}
+
 /// `warden image patch IMAGE --output NEW.qcow2`.
 struct ImagePatch: ParsableCommand {
     static let configuration = CommandConfiguration(
