@@ -23,9 +23,18 @@ public struct Appliance: Sendable {
         self.kernel = kernel; self.kernelVersion = kernelVersion; self.initramfs = initramfs; self.hasLVM = hasLVM
     }
 
-    /// The modules the appliance loads when the kernel has them; the first five are required.
-    static let requiredModules = ["virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic"]
-    static let optionalModules = ["xfs", "vfat", "nls_cp437", "nls_ascii", "btrfs", "dm_mod", "af_packet"]
+    /// The modules every boot loads (required).
+    static let baseModules = ["virtio_pci", "virtio_blk", "virtio_net"]
+    /// Modules loaded only when the plan needs them (`lib/modules/group-<name>`, each in load
+    /// order with its dependencies): a filesystem's module costs its load time (btrfs' raid6
+    /// self-benchmark, under TCG a second) only in boots that mount one. ext4 is required.
+    static let moduleGroups: [(name: String, modules: [String], required: Bool)] = [
+        ("ext4", ["ext4", "crc32c_generic"], true),
+        ("xfs", ["xfs", "crc32c_generic"], false),
+        ("vfat", ["vfat", "nls_cp437", "nls_ascii", "nls_utf8"], false),
+        ("btrfs", ["btrfs"], false),
+        ("dm", ["dm_mod"], false),
+    ]
 
     /// Where a static busybox is (Debian package busybox-static).
     static func findBusybox() throws -> String {
@@ -57,16 +66,22 @@ public struct Appliance: Sendable {
         }
         let busybox = try findBusybox()
         let modulesDep = try String(contentsOfFile: kernel.modulesDirectory + "/modules.dep", encoding: .utf8)
-        let modules = try KernelModules.loadOrder(requiredModules + optionalModules, modulesDep: modulesDep, optional: Set(optionalModules))
+        let base = try KernelModules.loadOrder(baseModules, modulesDep: modulesDep)
+        var groups: [(name: String, order: [String])] = []
+        for g in moduleGroups {
+            let order = try KernelModules.loadOrder(g.modules, modulesDep: modulesDep, optional: g.required ? [] : Set(g.modules))
+            if !order.isEmpty { groups.append((g.name, order)) }
+        }
+        let modules = Array(Set(base + groups.flatMap(\.order))).sorted()
         let lvm = ["/usr/sbin/lvm", "/sbin/lvm"].first { FileManager.default.isExecutableFile(atPath: $0) }
         let libraries = try lvm.map(sharedLibraries) ?? []
 
         // The key covers everything that goes in: a changed kernel, busybox, script or library rebuilds.
         var hash = SHA256()
-        for part in [kernel.image, kernel.version, ApplianceInit.script, busybox, lvm ?? "-"] + modules + libraries {
+        for part in [kernel.image, kernel.version, ApplianceInit.script, busybox, lvm ?? "-"] + base + groups.map { $0.name + ":" + $0.order.joined(separator: ",") } + libraries {
             hash.update(data: Data(part.utf8)); hash.update(data: Data([0]))
         }
-        for file in [busybox] + (lvm.map { [$0] } ?? []) + libraries {
+        for file in [busybox, kernel.image] + (lvm.map { [$0] } ?? []) + libraries {
             var st = stat()
             guard stat(file, &st) == 0 else { throw WardenError(.unavailable, "cannot read \(file) for the appliance", file: file) }
             hash.update(data: Data("\(st.st_size) \(st.st_mtim.tv_sec)".utf8))
@@ -74,8 +89,10 @@ public struct Appliance: Sendable {
         let key = Array(hash.finalize()).hexString.prefix(16)
         let dir = home + "/appliance/" + key
         let initramfs = dir + "/initramfs.cpio"
+        let vmlinux = dir + "/vmlinux"
         if FileManager.default.fileExists(atPath: initramfs) {
-            return Appliance(kernel: kernel.image, kernelVersion: kernel.version, initramfs: initramfs, hasLVM: lvm != nil)
+            let k = FileManager.default.fileExists(atPath: vmlinux) ? vmlinux : kernel.image
+            return Appliance(kernel: k, kernelVersion: kernel.version, initramfs: initramfs, hasLVM: lvm != nil)
         }
 
         var cpio = CPIOArchive()
@@ -83,16 +100,16 @@ public struct Appliance: Sendable {
             try cpio.directory(d)
         }
         try cpio.file("bin/busybox", contents: try read(busybox), mode: 0o755)
-        var order: [String] = []
         for m in modules {
             let name = (m as NSString).lastPathComponent
             guard name.hasSuffix(".ko") else {
                 throw WardenError(.unsupported, "compressed kernel modules (\(name)) are not unpacked by the appliance builder yet", file: kernel.modulesDirectory)
             }
             try cpio.file("lib/modules/" + name, contents: try read(kernel.modulesDirectory + "/" + m))
-            order.append(name)
         }
-        try cpio.file("lib/modules/load-order", contents: Data((order.joined(separator: "\n") + "\n").utf8))
+        func names(_ order: [String]) -> Data { Data((order.map { ($0 as NSString).lastPathComponent }.joined(separator: "\n") + "\n").utf8) }
+        try cpio.file("lib/modules/load-order", contents: names(base))
+        for g in groups { try cpio.file("lib/modules/group-" + g.name, contents: names(g.order)) }
         if let lvm {
             try cpio.file("sbin/lvm", contents: try read(lvm), mode: 0o755)
             var made = Set(["lib", "lib64", "usr", "usr/lib"])
@@ -109,8 +126,42 @@ public struct Appliance: Sendable {
         try cpio.file("init", contents: Data(ApplianceInit.script.utf8), mode: 0o755)
 
         try FileDescriptorIO.ensurePrivateDirectory(dir, what: "the appliance folder")
+        // The kernel, decompressed once: an xz bzImage takes seconds to unpack itself under TCG,
+        // and a kernel with PVH boots from its ELF image directly (QEMU's -kernel).
+        var bootKernel = kernel.image
+        if let elf = try? uncompressedKernel(kernel) {
+            try FileDescriptorIO.replaceFile(vmlinux, with: Array(elf))
+            bootKernel = vmlinux
+        }
+        // Written last: its presence means the appliance is complete.
         try FileDescriptorIO.replaceFile(initramfs, with: Array(cpio.finished()))
-        return Appliance(kernel: kernel.image, kernelVersion: kernel.version, initramfs: initramfs, hasLVM: lvm != nil)
+        return Appliance(kernel: bootKernel, kernelVersion: kernel.version, initramfs: initramfs, hasLVM: lvm != nil)
+    }
+
+    /// The ELF kernel inside an xz- or gzip-compressed bzImage, when the kernel was built with
+    /// PVH (so QEMU can boot the ELF image); nil otherwise. Decompressed by `xz` or `gzip`.
+    static func uncompressedKernel(_ kernel: KernelModules.Kernel) throws -> Data? {
+        let config = (try? String(contentsOfFile: "/boot/config-\(kernel.version)", encoding: .utf8)) ?? ""
+        guard config.split(separator: "\n").contains("CONFIG_PVH=y") else { return nil }
+        let image = try read(kernel.image)
+        guard image.count < 256 << 20 else { return nil }
+        let formats: [(magic: [UInt8], tool: String, package: String, args: [String])] = [
+            ([0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00], "xz", "xz-utils", ["-dc", "--single-stream"]),
+            ([0x1F, 0x8B, 0x08], "gzip", "gzip", ["-dc"]),
+        ]
+        for f in formats {
+            guard let r = image.range(of: Data(f.magic)) else { continue }
+            let tool = try ToolProcess.find(f.tool, package: f.package)
+            let tmp = NSTemporaryDirectory() + "warden-kernel-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            guard FileManager.default.createFile(atPath: tmp, contents: image[r.lowerBound...], attributes: [.posixPermissions: 0o600]) else { return nil }
+            defer { unlink(tmp) }
+            let out = try ToolProcess.run(tool, f.args + [tmp], timeout: 120, outputLimit: 512 << 20)
+            // gzip complains about the bytes after the stream; the output is whole regardless.
+            let elf = out.stdout
+            guard elf.count > 1 << 20, elf.starts(with: [0x7F, 0x45, 0x4C, 0x46]) else { continue }
+            return elf
+        }
+        return nil
     }
 
     static func read(_ path: String) throws -> Data {

@@ -18,7 +18,7 @@ enum ApplianceInit {
     mount -t devpts devpts /dev/pts
     T=x
     while read -r kind rest; do [ "$kind" = token ] && T=$rest; done < /plan
-    say() { echo "WARDEN-$T $*"; }
+    say() { echo "WARDEN-$T $* @$(cut -d' ' -f1 /proc/uptime)"; }
     while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /lib/modules/load-order
     say ready "$(uname -r)"
     created_rc=""
@@ -56,7 +56,12 @@ enum ApplianceInit {
     i=0
     while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     [ -b /dev/vda ] || finish fail assemble
+    group() { [ -f "/lib/modules/group-$1" ] && while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < "/lib/modules/group-$1"; }
+    for fs in $(plan mount | cut -d' ' -f2 | sort -u); do
+        case "$fs" in ext2|ext3|ext4) group ext4 ;; *) group "$fs" ;; esac
+    done
     if [ "$(plan lvm)" = 1 ]; then
+        group dm
         CFG='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { use_devicesfile = 0 }'
         lvm vgchange -ay --sysinit --config "$CFG" >/dev/null 2>&1
         lvm vgmknodes --config "$CFG" >/dev/null 2>&1
@@ -91,7 +96,9 @@ enum ApplianceInit {
         printf '#!/bin/sh\nexit 101\n' > /sysroot/usr/sbin/policy-rc.d && chmod 755 /sysroot/usr/sbin/policy-rc.d && created_rc=1
     fi
     CH="chroot /sysroot /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true"
-    APT="apt-get -q -y -o Dir::Etc::SourceList=/run/warden/sources.list -o Dir::Etc::SourceParts=/run/warden/parts \
+    # The layer is discarded unless the offline re-assessment passes, and QEMU flushes it at
+    # exit: dpkg's per-file fsyncs buy nothing here.
+    APT="apt-get -q -y -o Dpkg::Options::=--force-unsafe-io -o Dir::Etc::SourceList=/run/warden/sources.list -o Dir::Etc::SourceParts=/run/warden/parts \
       -o Dir::State::Lists=/run/warden/lists -o Dir::Cache::Archives=/run/warden/archives \
       -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Acquire::Retries=2 -o Acquire::http::Timeout=30 \
       -o Acquire::Languages=none -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"

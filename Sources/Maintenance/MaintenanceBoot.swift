@@ -123,8 +123,9 @@ public struct MaintenanceBoot: Sendable {
         ]
         if accel == "kvm" { args += ["-cpu", "host"] }
         for (i, d) in disks.enumerated() {
-            args += ["-blockdev", "driver=file,filename=\(QEMULauncher.escapeOption(d.path)),node-name=f\(i)",
-                     "-blockdev", "driver=\(d.format),file=f\(i),node-name=d\(i)",
+            // Guest flushes are not passed on (the new layer is synced once, after QEMU exits).
+            args += ["-blockdev", "driver=file,filename=\(QEMULauncher.escapeOption(d.path)),node-name=f\(i),cache.no-flush=on",
+                     "-blockdev", "driver=\(d.format),file=f\(i),node-name=d\(i),cache.no-flush=on",
                      "-device", "virtio-blk-pci,drive=d\(i)"]
         }
         var netdev = "user,id=n0,restrict=on,net=10.0.2.0/24,host=10.0.2.2,ipv6=off"
@@ -190,9 +191,9 @@ public struct MaintenanceBoot: Sendable {
             let words = line.split(separator: " ").map(String.init)
             if words.first == "done", words.count >= 2, outcome == nil {
                 outcome = words[1]
-                if words[1] != "ok" { failed = words.count > 2 ? words[2] : "unknown" }
+                if words[1] != "ok" { failed = words.count > 2 && !words[2].hasPrefix("@") ? words[2] : "unknown" }
             }
-            if words.first == "probe", words.count == 3 { probes[words[1]] = words[2] }
+            if words.first == "probe", words.count >= 3 { probes[words[1]] = words[2] }
         }
         return Result(steps: steps, outcome: outcome, failedStep: failed, timedOut: timedOut, consoleTruncated: truncated,
                       seconds: seconds, console: console, probes: probes)

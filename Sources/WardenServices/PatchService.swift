@@ -443,6 +443,9 @@ public struct PatchService: Sendable {
             return out
         }
         unlink(work + "/initramfs.cpio")
+        // The boot did not pass flushes on: the layer is made durable here, once.
+        let fd = open(layerPath, O_RDONLY | O_CLOEXEC)
+        if fd >= 0 { _ = fsync(fd); close(fd) }
         PhaseTimer.shared.lap("patch-layer-and-boot")
         out.boot = boot
         out.consoleDigest = try? Self.fileDigest(boot.console)
