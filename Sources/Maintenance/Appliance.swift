@@ -177,7 +177,7 @@ public struct Appliance: Sendable {
         guard r.status == 0 else { throw WardenError(.unavailable, "ldd \(binary): \(r.firstErrorLine)", file: binary) }
         var out: [String] = []
         for line in String(decoding: r.stdout, as: UTF8.self).split(separator: "\n") {
-            let words = line.split(separator: " ").map(String.init)
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             if let arrow = words.firstIndex(of: "=>"), arrow + 1 < words.count, words[arrow + 1].hasPrefix("/") {
                 out.append(words[arrow + 1])
             } else if let first = words.first, first.hasPrefix("/") {

@@ -63,8 +63,8 @@ enum ApplianceInit {
     if [ "$(plan lvm)" = 1 ]; then
         group dm
         CFG='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { use_devicesfile = 0 }'
-        lvm vgchange -ay --sysinit --config "$CFG" >/dev/null 2>&1
-        lvm vgmknodes --config "$CFG" >/dev/null 2>&1
+        lvm vgchange -ay --sysinit --config "$CFG" 2>&1 | sed 's/^/lvm: /'
+        lvm vgmknodes --config "$CFG" 2>&1 | sed 's/^/lvm: /'
     fi
     plan mount > /tmp/mounts
     while read -r dev fs mp opts need; do
