@@ -138,6 +138,15 @@ rules:
         #expect(errors("- just\n- a list\n").first?.message.contains("must be a mapping") == true)
     }
 
+    @Test func mirrorsBelongToPatch() throws {
+        let head = "apiVersion: warden/v1\nkind: Policy\nrules:\n"
+        #expect(errors(head + "  - name: r\n    on: [patch]\n    require: { mirrors: [\"dir:/srv/*\"] }\n").isEmpty)
+        #expect(errors(head + "  - name: r\n    on: [start, patch]\n    require: { mirrors: [\"dir:/srv/*\"] }\n").first?.message.contains("only patch has a mirror, not start") == true)
+        #expect(errors(head + "  - name: r\n    on: [patch]\n    require: { mirrors: [] }\n").first?.message.contains("empty list") == true)
+        let (set, _) = PolicyParser.parse(head + "  - name: r\n    on: [patch]\n    require: { mirrors: [\"http://mirror.corp/*\"] }\n", file: "p.yaml")
+        #expect(set?.rules.first?.conditions.mirrors == ["http://mirror.corp/*"])
+    }
+
     @Test func onIsAStringKeyNotABoolean() throws {
         // YAML 1.1 reads `on` as true; the parser reads scalar text, so this is the key "on".
         let set = try PolicySet.parse("apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: r\n    on: start\n    deny: {}\n")
