@@ -135,6 +135,7 @@ public struct Appliance: Sendable {
         }
         // Written last: its presence means the appliance is complete.
         try FileDescriptorIO.replaceFile(initramfs, with: Array(cpio.finished()))
+        removeStale(in: home + "/appliance", keeping: String(key))
         return Appliance(kernel: bootKernel, kernelVersion: kernel.version, initramfs: initramfs, hasLVM: lvm != nil)
     }
 
@@ -162,6 +163,18 @@ public struct Appliance: Sendable {
             return elf
         }
         return nil
+    }
+
+    /// Appliances of other keys (an older kernel, busybox or script) built more than a day ago
+    /// are removed when a new one is built: a boot in progress holds its own copy of the
+    /// initramfs, and a day covers a fleet run that started with the old one.
+    static func removeStale(in folder: String, keeping key: String) {
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: folder)) ?? [] where name != key && name.count == 16 && name.allSatisfy(\.isHexDigit) {
+            let dir = folder + "/" + name
+            let used = (try? fm.attributesOfItem(atPath: dir + "/initramfs.cpio")[.modificationDate] as? Date) ?? .distantPast
+            if Date().timeIntervalSince(used) > 86_400 { try? fm.removeItem(atPath: dir) }
+        }
     }
 
     static func read(_ path: String) throws -> Data {

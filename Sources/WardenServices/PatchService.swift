@@ -267,7 +267,8 @@ public struct PatchService: Sendable {
         }
         let disks = try store.disks(of: vm.id).sorted { $0.index < $1.index }
         guard let disk = disks.first else { throw WardenError(.notFound, "VM \(vm.name) has no disks in the ledger") }
-        guard let last = try store.events(of: vm.id).last(where: { $0.kind == .patched && $0.payload["outcome"] == .string("patched") }),
+        // Only Warden's own patch events (not ones reported through `warden event record`).
+        guard let last = try store.events(of: vm.id).last(where: { $0.kind == .patched && !$0.reportedByCaller && $0.payload["outcome"] == .string("patched") }),
               case .object(let layer)? = last.payload["layer"], case .string(let path)? = layer["path"],
               case .string(let backing)? = layer["backing"] else {
             throw WardenError(.notFound, "VM \(vm.name) has no patch to undo")
@@ -276,6 +277,11 @@ public struct PatchService: Sendable {
             throw WardenError(.conflict, "VM \(vm.name)'s disk is no longer the layer of its latest patch (\(path)); nothing undone")
         }
         let restored = backing.hasPrefix("/") ? backing : (path as NSString).deletingLastPathComponent + "/" + backing
+        // The layer's own header must name the same backing file the event does.
+        let chain = try ImageOpener.open(path, options: OpenOptions()).chain
+        guard chain.count >= 2, MalwareService.canonical(chain[1].path) == MalwareService.canonical(restored) else {
+            throw WardenError(.conflict, "the layer's backing file is not the pre-patch disk its patch event names; nothing undone", file: path)
+        }
         // What the pre-patch state re-opens: its findings that the layer does not have.
         let scan = ScanService(database: database)
         let below = try scan.scan(images: [restored])

@@ -130,6 +130,7 @@ import Glibc
             try FileManager.default.removeItem(atPath: home + "/policy/rollback.yaml")
             r = try Self.warden(["vm", "unpatch", "demo", "--json"], home: home)
             #expect(r.status == 0, "\(r.stderr)")
+            try JSONSchemaTests().validate(r.stdout, schema: "patch.v1.json")
             let undo = try Self.json(r)
             #expect(undo["restored"] as? String == vmDisk && undo["layer"] as? String == layerPath)
             #expect(undo["reopens"] as? [String] == ["CVE-2099-4242 warden-demo"])
@@ -301,6 +302,38 @@ import Glibc
             #expect((doc["steps"] as? [String])?.contains { $0.hasPrefix("mount / ok") } == true, "\(doc["steps"] ?? "")")
             let layer = try #require((doc["layer"] as? [String: Any])?["path"] as? String)
             #expect(try PatchFixtures.dpkgVersion("warden-demo", image: layer, scratch: home, lvm: true) == "1.1-1 ii")
+        }
+    }
+
+    /// Bad input: one line naming it, exit 2, nothing booted or written.
+    @Test func badInputIsOneLineAndExitTwo() throws {
+        if let why = Self.unavailable { print("skipped: \(why)"); return }
+        try Fixtures.withTemporaryDirectory { home in
+            _ = try Self.setUp(home)
+            let mirror = try Self.mirror()
+            let closed = home + "/closed-mirror"
+            try FileManager.default.copyItem(atPath: mirror, toPath: closed)
+            chmod(closed, 0o700)
+            let cases: [([String], String)] = [
+                (["vm", "patch", "nosuch", "--mirror", mirror], "nosuch"),
+                (["vm", "patch", "demo", "--packages", "a;b", "--mirror", mirror], "not a Debian package name"),
+                (["vm", "patch", "demo", "--packages", "x", "--all", "--mirror", mirror], "give one of"),
+                (["vm", "patch", "demo", "--mirror", "ftp://mirror.example/debian"], "only http:// mirrors"),
+                (["vm", "patch", "demo", "--mirror", home + "/no-such-dir"], "no such mirror directory"),
+                (["vm", "patch", "demo", "--mirror", "http://192.0.2.1/debian", "--suite", "bookworm"], "--mirror-key"),
+                (["vm", "patch", "demo", "--mirror", "http://user:pw@192.0.2.1/debian", "--trust-mirror"], "no credentials"),
+                (["vm", "patch", "demo", "--mirror", mirror, "--timeout", "5"], "--timeout"),
+                (["vm", "patch", "demo", "--mirror", mirror, "--suite", "book worm"], "bad suite"),
+                (["vm", "patch", "demo", "--mirror", closed, "--accel", "tcg"], "readable by others"),
+            ]
+            for (args, needle) in cases {
+                let r = try Self.warden(args, home: home)
+                #expect(r.status == 2, "\(args): \(r.status) \(r.stderr)")
+                #expect(r.stderr.contains(needle), "\(args): \(r.stderr)")
+                #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
+            }
+            #expect(Self.layers(home).isEmpty)
+            #expect(!(try Self.patchedEvents(home)).contains { ($0["payload"] as? [String: Any])?["outcome"] as? String == "patched" })
         }
     }
 }

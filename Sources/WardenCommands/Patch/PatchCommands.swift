@@ -29,15 +29,16 @@ struct PatchOptions: ParsableArguments {
     @Option(help: ArgumentHelp("auto (KVM when it works), kvm or tcg.", valueName: "accel")) var accel = "auto"
     @Flag(help: "Print JSON (schema warden.patch/v1, docs/patching.md).") var json = false
 
-    func validate() throws {
+    /// Checks the values (a WardenError: one line, exit 2, as every bad input).
+    func check() throws {
         let modes = [findings, !packages.isEmpty, all].filter { $0 }.count
-        if modes > 1 { throw ValidationError("give one of --findings, --packages and --all") }
-        if severity != nil && (all || !packages.isEmpty) { throw ValidationError("--severity goes with --findings") }
-        if let s = severity, Severity(word: s) == nil { throw ValidationError("--severity: \(s) is not low, medium, high or critical") }
-        for p in packages where !MaintenancePlan.validPackageSpec(p) { throw ValidationError("--packages: not a Debian package name (or NAME=VERSION): \(p)") }
-        if !(30...86_400).contains(timeout) { throw ValidationError("--timeout must be 30 to 86400 seconds") }
-        if !(256...65_536).contains(memory) { throw ValidationError("--memory must be 256 to 65536 MiB") }
-        if !["auto", "kvm", "tcg"].contains(accel) { throw ValidationError("--accel must be auto, kvm or tcg") }
+        if modes > 1 { throw WardenError(.invalidArgument, "give one of --findings, --packages and --all") }
+        if severity != nil && (all || !packages.isEmpty) { throw WardenError(.invalidArgument, "--severity goes with --findings") }
+        if let s = severity, Severity(word: s) == nil { throw WardenError(.invalidArgument, "--severity: \(s) is not low, medium, high or critical") }
+        for p in packages where !MaintenancePlan.validPackageSpec(p) { throw WardenError(.invalidArgument, "--packages: not a Debian package name (or NAME=VERSION): \(p)") }
+        if !(30...86_400).contains(timeout) { throw WardenError(.invalidArgument, "--timeout must be 30 to 86400 seconds") }
+        if !(256...65_536).contains(memory) { throw WardenError(.invalidArgument, "--memory must be 256 to 65536 MiB") }
+        if !["auto", "kvm", "tcg"].contains(accel) { throw WardenError(.invalidArgument, "--accel must be auto, kvm or tcg") }
     }
 
     var selection: PatchService.Selection {
@@ -47,6 +48,7 @@ struct PatchOptions: ParsableArguments {
     }
 
     func request() throws -> PatchService.Request {
+        try check()
         let m = try Mirror.parse(mirror, suite: suite, components: components, keyring: mirrorKey, defaultSuite: nil, allowUnsigned: trustMirror)
         return PatchService.Request(selection: selection, mirror: m, dryRun: dryRun)
     }
@@ -112,9 +114,10 @@ struct VMPatch: ParsableCommand {
     @OptionGroup var policyOptions: PolicyOptions
 
     func run() throws {
+        let request = try options.request()
         let store = try database.open(create: false)
         let service = try options.service(store, policy: policyOptions.source)
-        let report = try service.patch(vm: vm, try options.request())
+        let report = try service.patch(vm: vm, request)
         try Output.render(report, json: options.json) { PatchOptions.human(report) }
     }
 }
@@ -129,7 +132,7 @@ struct VMUnpatch: ParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM (id, unique id prefix, or unique name).") var vm: String
     @OptionGroup var policyOptions: PolicyOptions
-    @Flag(help: "Print JSON (schema warden.patch.undo/v1).") var json = false
+    @Flag(help: "Print JSON (schema warden.patch.undo/v1, docs/json-schemas/patch.v1.json).") var json = false
 
     func run() throws {
         let store = try database.open(create: false)
@@ -158,9 +161,10 @@ struct ImagePatch: ParsableCommand {
     @OptionGroup var options: PatchOptions
 
     func run() throws {
+        let request = try options.request()
         let store = try database.open(create: true)
         let service = try options.service(store, policy: .defaultDirectory)
-        let report = try service.patch(image: image, output: output, try options.request())
+        let report = try service.patch(image: image, output: output, request)
         try Output.render(report, json: options.json) { PatchOptions.human(report) }
     }
 }
@@ -194,16 +198,17 @@ struct FleetPatch: ParsableCommand {
         var imagesPerMinute: Double
     }
 
-    func validate() throws {
-        for l in labels where !l.contains("=") { throw ValidationError("--label takes key=value") }
-        if let p = parallel, !(1...64).contains(p) { throw ValidationError("--parallel must be 1 to 64") }
+    func check() throws {
+        for l in labels where !l.contains("=") { throw WardenError(.invalidArgument, "--label takes key=value") }
+        if let p = parallel, !(1...64).contains(p) { throw WardenError(.invalidArgument, "--parallel must be 1 to 64") }
     }
 
     func run() throws {
         let started = Date()
+        try check()
+        let request = try options.request()
         let store = try database.open(create: false)
         let service = try options.service(store, policy: policyOptions.source)
-        let request = try options.request()
         var wanted: [String: String] = [:]
         for l in labels { let kv = l.split(separator: "=", maxSplits: 1).map(String.init); wanted[kv[0]] = kv.count > 1 ? kv[1] : "" }
         let vms = try store.listVMs().filter { vm in
