@@ -58,6 +58,9 @@ public struct MaintenanceBoot: Sendable {
         public var probes: [String: String]
     }
 
+    /// The uid QEMU runs as for `vm`: the VM's own (``Confinement/uid(for:)``), as when it runs.
+    public static func uid(for vm: VMID) -> UInt32 { Confinement.uid(for: vm) }
+
     /// This process's executable (the `warden` binary when run as the CLI).
     public static var currentExecutable: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

@@ -189,8 +189,13 @@ public struct PatchService: Sendable {
         let layerPath = Self.layerPath(for: disk.path, stamp: stamp)
         let work = home + "/patch/" + vm.id.description + "/" + stamp
         let outcome: Applied
-        do { outcome = try apply(prepared: prepared, image: disk.path, format: disk.format, layerPath: layerPath, work: work, request) } catch let e as WardenError {
-            unlink(layerPath)
+        // QEMU runs as the VM's own uid, as when the VM itself runs.
+        var options = boot
+        options.uid = MaintenanceBoot.uid(for: vm.id)
+        do {
+            outcome = try apply(prepared: prepared, image: disk.path, format: disk.format, layerPath: layerPath, work: work, options: options, request)
+        } catch let e as WardenError {
+            // apply throws only before the layer exists (another patch may own a file of that name).
             throw recordFailure(e)
         }
         report.steps = outcome.boot?.steps ?? []
@@ -223,7 +228,12 @@ public struct PatchService: Sendable {
         let payload = Self.payload(report, outcome: "patched", consoleDigest: outcome.consoleDigest)
         do {
             let (decision, _) = try locked { try vms.decideAndApply(policyRequest, vm: vm, family: vm.id) {
-                var records = disks
+                // Another patch (or a copy of the disk record) may have moved the VM on meanwhile.
+                let now = try store.disks(of: vm.id).sorted { $0.index < $1.index }
+                guard now.first?.path == disk.path, let state = try store.vm(vm.id)?.state, state != .running, state != .retired else {
+                    throw WardenError(.conflict, "VM \(vm.name) changed during the patch (its disk or state); the new layer is discarded")
+                }
+                var records = now
                 records[0] = examined.record(vm: vm.id, index: disk.index)
                 try store.replaceDisks(of: vm.id, with: records)
                 _ = try store.append(NewEvent(kind: .patched, vm: vm.id, host: vms.host, payload: payload))
@@ -434,7 +444,8 @@ public struct PatchService: Sendable {
 
     /// Makes the new layer, boots, and re-assesses it. A failure is returned (the caller
     /// records it and removes the layer); only errors before the layer exists are thrown.
-    func apply(prepared: Prepared, image: String, format: String, layerPath: String, work: String, _ request: Request) throws -> Applied {
+    func apply(prepared: Prepared, image: String, format: String, layerPath: String, work: String,
+               options: MaintenanceBoot.Options? = nil, _ request: Request) throws -> Applied {
         try FileDescriptorIO.ensurePrivateDirectory(work, what: "the patch folder")
         let backing = (layerPath as NSString).deletingLastPathComponent == (image as NSString).deletingLastPathComponent
             ? (image as NSString).lastPathComponent : image
@@ -442,10 +453,10 @@ public struct PatchService: Sendable {
         var out = Applied()
         let boot: MaintenanceBoot.Result
         do {
-            boot = try MaintenanceBoot(appliance: appliance, options: self.boot)
+            boot = try MaintenanceBoot(appliance: appliance, options: options ?? self.boot)
                 .run(plan: prepared.plan, disks: [.init(path: layerPath, format: "qcow2")], work: work)
-        } catch let e as WardenError {
-            out.failure = e
+        } catch {
+            out.failure = (error as? WardenError) ?? WardenError(.internal, "the maintenance boot failed: \(error)")
             return out
         }
         unlink(work + "/initramfs.cpio")
