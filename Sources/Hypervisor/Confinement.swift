@@ -62,7 +62,7 @@ public enum Confinement {
     /// Puts `pid` into a cgroup of the VM's own with its memory (guest RAM plus 256 MiB for QEMU)
     /// and CPU (its vCPUs' worth) limits: cgroup v2 when the host has it, else v1's memory and
     /// cpu controllers. Returns the cgroup's path, or why it could not (the VM runs without).
-    static func limit(pid: pid_t, vm: VMID, options: LaunchOptions) -> Result<String, WardenError> {
+    public static func limit(pid: pid_t, vm: VMID, options: LaunchOptions) -> Result<String, WardenError> {
         let memory = UInt64(options.memoryMiB + 256) << 20
         let quota = 100_000 * max(1, options.cpus)
         let name = "warden/vm-\(vm)"
@@ -106,7 +106,7 @@ public enum Confinement {
     /// Removes the VM's cgroups once QEMU has gone (quietly: they may not exist). A QEMU that
     /// has exited stays in its cgroup until its parent reaps it, so busy groups are retried for
     /// up to two seconds; one left behind is reused by the next start.
-    static func removeCgroups(vm: VMID) {
+    public static func removeCgroups(vm: VMID) {
         for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"] {
             let dir = root + "/warden/vm-\(vm)"
             for _ in 0..<40 {

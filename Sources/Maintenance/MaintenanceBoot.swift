@@ -33,6 +33,9 @@ public struct MaintenanceBoot: Sendable {
         public var qemuBinary = "qemu-system-x86_64"
         /// Run QEMU as a uid of its own in namespaces of its own (root only).
         public var confine = Confinement.available
+        /// The VM being patched (its cgroup is `warden/vm-<id>` while the boot runs); a fresh id
+        /// for an image.
+        public var vm = VMID()
         /// The uid QEMU runs as when confined.
         public var uid: UInt32 = Confinement.uid(for: VMID())
         /// The console log is cut off (and the boot killed) beyond this many bytes.
@@ -144,6 +147,15 @@ public struct MaintenanceBoot: Sendable {
 
         let started = Date()
         let pid = try Spawn.spawn(argv, log: work + "/qemu.log", newSession: true, truncate: true)
+        // Memory and CPU limits as for any Warden-run QEMU (best effort, as there).
+        if options.confine {
+            var limits = LaunchOptions()
+            limits.memoryMiB = options.memoryMiB
+            // The vCPUs' worth, and one more for QEMU's own threads (the user network, the disk).
+            limits.cpus = options.cpus + 1
+            _ = Confinement.limit(pid: pid, vm: options.vm, options: limits)
+        }
+        defer { if options.confine { Confinement.removeCgroups(vm: options.vm) } }
         var timedOut = false, truncated = false, notReady = false
         let deadline = started.addingTimeInterval(options.timeout)
         var status: Int32 = 0

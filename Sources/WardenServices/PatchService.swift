@@ -192,6 +192,7 @@ public struct PatchService: Sendable {
         // QEMU runs as the VM's own uid, as when the VM itself runs.
         var options = boot
         options.uid = MaintenanceBoot.uid(for: vm.id)
+        options.vm = vm.id
         do {
             outcome = try apply(prepared: prepared, image: disk.path, format: disk.format, layerPath: layerPath, work: work, options: options, request)
         } catch let e as WardenError {

@@ -336,4 +336,25 @@ import Glibc
             #expect(!(try Self.patchedEvents(home)).contains { ($0["payload"] as? [String: Any])?["outcome"] as? String == "patched" })
         }
     }
+
+    /// A signed mirror: with its key apt verifies `InRelease` and the patch goes through; with
+    /// another key apt refuses the repository, and nothing changes.
+    @Test func aSignedMirrorIsVerifiedByTheGuestsApt() throws {
+        if let why = Self.unavailable { print("skipped: \(why)"); return }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/gpg") else { print("skipped: needs gpg (package gnupg)"); return }
+        try Fixtures.withTemporaryDirectory { home in
+            _ = try Self.setUp(home)
+            let signed = try PatchFixtures.signedMirror()
+            var r = try Self.warden(["vm", "patch", "demo", "--severity", "high", "--mirror", signed + "/mirror",
+                                     "--mirror-key", signed + "/other.gpg", "--accel", "tcg"], home: home)
+            #expect(r.status == 4 && r.stderr.contains("apt-get update failed"), "\(r.stderr)")
+            #expect(Self.layers(home).isEmpty)
+            r = try Self.warden(["vm", "patch", "demo", "--severity", "high", "--mirror", signed + "/mirror",
+                                 "--mirror-key", signed + "/key.gpg", "--accel", "tcg", "--json"], home: home)
+            #expect(r.status == 0, "\(r.stderr)")
+            let doc = try Self.json(r)
+            #expect(doc["status"] as? String == "patched")
+            #expect(doc["findings_closed"] as? [String] == ["CVE-2099-4242 warden-demo"])
+        }
+    }
 }

@@ -71,6 +71,40 @@ enum PatchFixtures {
         }
     }
 
+    /// `dir` with `mirror/`: the same repository signed (a `Release` with the SHA-256 of the
+    /// index files, clear-signed as `InRelease` by a key made with gpg), `key.gpg` (its public
+    /// keyring) and `other.gpg` (the public keyring of a key that did not sign it).
+    static func signedMirror() throws -> String {
+        let pkgs = try packages()
+        return try Fixtures.cached("patch-signed-mirror", recipe: "patch-signed-mirror-v1 \(pkgs)") { dir in
+            try Tool.sh("""
+            set -eu
+            cd "\(dir)"
+            cp -a "\(pkgs)/mirror" mirror
+            # A short private home (the agent's socket path must fit a sockaddr_un); the agent gpg
+            # starts for it is stopped, and the home removed, whatever happens.
+            export GNUPGHOME="$(mktemp -d /tmp/wgpg.XXXXXX)"
+            trap 'gpgconf --kill gpg-agent 2>/dev/null || true; rm -rf "$GNUPGHOME"' EXIT
+            for who in signer other; do
+              gpg --batch --quiet --pinentry-mode loopback --passphrase '' --quick-gen-key "Warden $who <$who@warden.invalid>" ed25519 sign never 2>/dev/null
+            done
+            gpg --batch --quiet --export 'Warden signer' > key.gpg
+            gpg --batch --quiet --export 'Warden other' > other.gpg
+            cd mirror
+            {
+              echo "Origin: Warden tests"
+              echo "Label: Warden tests"
+              echo "Date: $(LC_ALL=C date -u '+%a, %d %b %Y %H:%M:%S UTC')"
+              echo "SHA256:"
+              for f in Packages Packages.gz; do echo " $(sha256sum $f | cut -d' ' -f1) $(stat -c %s $f) $f"; done
+            } > Release
+            gpg --batch --quiet --yes --pinentry-mode loopback --passphrase '' --local-user 'Warden signer' --clearsign -o InRelease Release
+            cd ..
+            chmod -R a+rX "\(dir)"
+            """)
+        }
+    }
+
     /// `dir` with `disk.qcow2` and `disk-novar.qcow2` (see above).
     static func guest() throws -> String {
         let tree = try GuestFixtures.rootTree()
