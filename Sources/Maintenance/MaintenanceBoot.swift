@@ -41,7 +41,7 @@ public struct MaintenanceBoot: Sendable {
         /// The console log is cut off (and the boot killed) beyond this many bytes.
         public var consoleLimit: Int64 = 32 << 20
         /// The executable QEMU starts for each mirror connection (`warden`).
-        public var pipeExecutable: String = MaintenanceBoot.currentExecutable
+        public var pipeExecutable: String = CurrentProcess.executable
         public init() {}
     }
 
@@ -64,10 +64,6 @@ public struct MaintenanceBoot: Sendable {
     /// The uid QEMU runs as for `vm`: the VM's own (``Confinement/uid(for:)``), as when it runs.
     public static func uid(for vm: VMID) -> UInt32 { Confinement.uid(for: vm) }
 
-    /// This process's executable (the `warden` binary when run as the CLI).
-    public static var currentExecutable: String {
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-    }
 
     public let appliance: Appliance
     public let options: Options

@@ -74,7 +74,7 @@ struct LibvirtCommand: ParsableCommand {
         func run() throws {
             let cwd = FileManager.default.currentDirectoryPath
             func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : cwd + "/" + p }
-            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+            let exe = CurrentProcess.executable
             // The lean hook: --hook, else `warden-hook` beside this warden.
             let lean = hook.map(absolute) ?? (absolute(exe) as NSString).deletingLastPathComponent + "/warden-hook"
             let useLean = FileManager.default.isExecutableFile(atPath: lean)

@@ -71,7 +71,7 @@ enum VMRun {
 
     /// This warden binary (the state server runs as `warden vm state-server`).
     static var selfExecutable: String {
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        CurrentProcess.executable
     }
 }
 
