@@ -27,6 +27,7 @@ let package = Package(
         .library(name: "Attestation", targets: ["Attestation"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "Maintenance", targets: ["Maintenance"]),
+        .library(name: "ImageStore", targets: ["ImageStore"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
     ],
@@ -196,16 +197,26 @@ let package = Package(
             "WardenCore", "GuestFS", "Hypervisor",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // VMs in OCI registries: the distribution-spec client, chunked disks, signatures (docs/oci.md).
+        .target(name: "ImageStore", dependencies: [
+            "WardenCore", "DiskImage", "CZstd",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // The workflows the CLI, the hook and the coming server share (docs/decisions.md).
         .target(name: "WardenServices", dependencies: [
             "WardenCore", "DiskImage", "GuestFS", "Inspection", "Advisories", "Storage", "AdvisoryStorage", "Ledger", "Policy", "Sysprep", "Vault", "Attestation",
-            "Malware", "MalwareStorage", "Maintenance",
+            "Malware", "MalwareStorage", "Maintenance", "ImageStore",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
-            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
+            "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "ImageStore", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
             "Malware", "MalwareStorage", "Maintenance",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),

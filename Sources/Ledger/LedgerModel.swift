@@ -159,6 +159,11 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     /// A VM's disk was scanned for malware (`warden malware scan`): the signatures used, the
     /// counts, the detections (path, engine, signature, digest) and what was skipped.
     case malwareScanned = "malware-scanned"
+    /// A VM was pushed to an OCI registry: the reference, manifest digest, chunks and bytes sent.
+    case pushed
+    /// A VM was pulled from an OCI registry: the reference, digest, signature verdict, and the
+    /// pushed VM it is a copy of (docs/oci.md).
+    case pulled
 }
 
 /// An event to append. The store assigns its sequence number and time if not given.

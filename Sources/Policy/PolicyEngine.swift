@@ -84,6 +84,12 @@ public struct PolicyContext: Sendable {
     public var malwareScan: Fact<MalwareScanFact?> = .unknown("malware scans not read")
     /// The patch's mirror (patch only); nil when the operation has none.
     public var mirror: String?
+    /// The registry repository (push, pull): `host[:port]/repository`.
+    public var registry: String?
+    /// The pulled image's signature verdict (pull): `trusted`, `unsigned` or `invalid`.
+    public var signature: String?
+    /// The pull keeps the pushed VM's identity (pull).
+    public var keepIdentity = false
 
     public init(decisionID: UUID = UUID(), time: Date = Date(),
                 host: Fact<HostFacts> = .unknown("no host given"),
@@ -201,6 +207,30 @@ public enum PolicyEngine {
                 reasons = ["no rule allows \(operation.rawValue) of this VM; default \(set.defaultEffect.rawValue)"]
             }
         }
+        // Pulls fail closed on signatures: an image without a trusted signature is refused
+        // unless an allow rule that names its verdict (`signature: [unsigned]`) fires.
+        if operation == .pull, effect != .deny, context.signature != "trusted" {
+            let verdict = context.signature ?? "unknown"
+            let opted = outcomes.contains { o in
+                o.result == .fired && o.effect == .allow
+                    && set.rules.contains { $0.name == o.rule && ($0.conditions.signature ?? []).contains(verdict) }
+            }
+            if !opted {
+                effect = .deny
+                reasons = ["the image's signature is \(verdict): a pull needs a signature by a trusted key (policy trusted-keys/), or an allow rule with signature: [\(verdict)]"] + reasons
+                deciding = []
+            }
+        }
+        if operation == .pull, effect != .deny, context.keepIdentity {
+            let opted = outcomes.contains { o in
+                o.result == .fired && o.effect == .allow && set.rules.contains { $0.name == o.rule && $0.conditions.keepIdentity == true }
+            }
+            if !opted {
+                effect = .deny
+                reasons = ["the pull keeps the VM's identity (--keep-identity), which needs an allow rule with keepIdentity: true"] + reasons
+                deciding = []
+            }
+        }
         return Decision(id: context.decisionID, operation: operation, vm: vm.id, vmName: vm.name,
                         host: context.host.value?.name, time: context.time, effect: effect,
                         reasons: reasons, rules: deciding.map(\.rule), outcomes: outcomes,
@@ -276,7 +306,7 @@ public enum PolicyEngine {
             switch context.replicas {
             case .unknown(let why): out.append(.unknown("replica count: \(why)"))
             case .known(let n):
-                let adds = operation == .copy || operation == .clone
+                let adds = operation == .copy || operation == .clone || operation == .pull
                 let after = adds ? n + 1 : n
                 let text = "\(after) live cop\(after == 1 ? "y" : "ies") in the lineage\(adds ? " after this \(operation.rawValue)" : ""), at most \(max) allowed"
                 out.append(after <= max ? .yes(text) : .no(text))
@@ -344,6 +374,26 @@ public enum PolicyEngine {
             } else {
                 out.append(.unknown("no mirror given"))
             }
+        }
+        if let patterns = c.registries {
+            if let registry = context.registry {
+                out.append(patterns.contains(where: { glob($0, registry) })
+                           ? .yes("registry \(registry) is allowed")
+                           : .no("registry \(registry) is not one of \(patterns.joined(separator: ", "))"))
+            } else {
+                out.append(.unknown("no registry given"))
+            }
+        }
+        if let verdicts = c.signature {
+            if let s = context.signature {
+                out.append(verdicts.contains(s) ? .yes("the image's signature is \(s)") : .no("the image's signature is \(s), not \(verdicts.joined(separator: " or "))"))
+            } else {
+                out.append(.unknown("no signature verdict given"))
+            }
+        }
+        if let want = c.keepIdentity {
+            let t: Truth = context.keepIdentity ? .yes("the pull keeps the VM's identity") : .no("the pull refreshes the VM's identity")
+            out.append(want ? t : negate(t))
         }
         if let want = c.malware {
             let t: Truth

@@ -101,6 +101,12 @@ public struct PolicyRequest: Sendable {
     public var reexposure: [ReexposedFinding]?
     /// The patch source (patch): `dir:/srv/mirror` or its URL.
     public var mirror: String?
+    /// The registry repository (push, pull): `host[:port]/repository`.
+    public var registry: String?
+    /// The pulled image's signature verdict (pull).
+    public var signature: String?
+    /// The pull keeps the pushed VM's identity.
+    public var keepIdentity = false
     public var decisionID: UUID
 
     public init(operation: VMOperation, host: HostName = .current, time: Date = Date(), destination: String? = nil,
@@ -173,6 +179,9 @@ extension PolicySet {
         if let r = request.reexposure { ctx.reexposure = .known(r) } else { ctx.reexposure = .unknown("not computed for this operation") }
         if let dest = request.destination { ctx.destination = probe.probe(dest) }
         ctx.mirror = request.mirror
+        ctx.registry = request.registry
+        ctx.signature = request.signature
+        ctx.keepIdentity = request.keepIdentity
         return ctx
     }
 }

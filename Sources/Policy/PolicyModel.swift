@@ -11,6 +11,8 @@ public enum VMOperation: String, Codable, Sendable, CaseIterable, Comparable {
     case unlock
     /// Patching a dormant VM in a maintenance boot (`warden vm patch`): docs/patching.md.
     case patch
+    /// Pushing a VM to an OCI registry, and pulling one from it (`warden vm push|pull`): docs/oci.md.
+    case push, pull
     public static func < (a: VMOperation, b: VMOperation) -> Bool { a.rawValue < b.rawValue }
 }
 
@@ -240,12 +242,21 @@ public struct Conditions: Sendable, Hashable, Codable {
     /// The patch's mirror (`dir:/srv/mirror` or its URL) matches one of these shell patterns
     /// (patch only).
     public var mirrors: [String]?
+    /// The registry repository (`host[:port]/repository`) matches one of these shell patterns
+    /// (push and pull only).
+    public var registries: [String]?
+    /// The pulled image's signature verdict is one of these (`trusted`, `unsigned`, `invalid`;
+    /// pull only). An untrusted image is pulled only when an `allow` rule naming its verdict fires.
+    public var signature: [String]?
+    /// The pull keeps the pushed VM's identity (`--keep-identity`; pull only). A pull that keeps
+    /// it goes ahead only when an `allow` rule with `keepIdentity: true` fires.
+    public var keepIdentity: Bool?
     public init() {}
 
     public var isEmpty: Bool {
         host == nil && window == nil && maxReplicas == nil && destination == nil && scanAge == nil
             && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil && attested == nil && malware == nil
-            && mirrors == nil
+            && mirrors == nil && registries == nil && signature == nil && keepIdentity == nil
     }
 }
 

@@ -353,7 +353,7 @@ public enum PolicyParser {
     }
 
     static func parseConditions(_ r: inout NodeReader, _ node: Node, _ what: String, ops: [VMOperation]) -> Conditions? {
-        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware", "mirrors"]
+        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware", "mirrors", "registries", "signature", "keepIdentity"]
         guard let m = r.mapping(node, what, allowed: keys) else { return nil }
         var c = Conditions()
         if let h = m["host"], let hm = r.mapping(h.value, "\(what).host", allowed: ["names", "labels"]) {
@@ -417,6 +417,30 @@ public enum PolicyParser {
             if !bad.isEmpty {
                 r.error(o.key, "\(what).mirrors: only patch has a mirror, not \(bad.map(\.rawValue).joined(separator: ", "))")
             }
+        }
+        if let o = m["registries"] {
+            c.registries = r.stringList(o.value, "\(what).registries")
+            if c.registries?.isEmpty == true { r.error(o.value, "\(what).registries is an empty list") }
+            let bad = ops.filter { $0 != .push && $0 != .pull }
+            if !bad.isEmpty {
+                r.error(o.key, "\(what).registries: only push and pull have a registry, not \(bad.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+        if let o = m["signature"] {
+            c.signature = r.stringList(o.value, "\(what).signature")
+            if c.signature?.isEmpty == true { r.error(o.value, "\(what).signature is an empty list") }
+            for v in c.signature ?? [] where !["trusted", "unsigned", "invalid"].contains(v) {
+                r.error(o.value, "\(what).signature: \(v) is not trusted, unsigned or invalid")
+            }
+            let bad = ops.filter { $0 != .pull }
+            if !bad.isEmpty {
+                r.error(o.key, "\(what).signature: only pull has a signature to check, not \(bad.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+        if let o = m["keepIdentity"] {
+            c.keepIdentity = r.bool(o.value, "\(what).keepIdentity")
+            let bad = ops.filter { $0 != .pull }
+            if !bad.isEmpty { r.error(o.key, "\(what).keepIdentity: only pull keeps or refreshes an identity, not \(bad.map(\.rawValue).joined(separator: ", "))") }
         }
         if let a = m["attested"] {
             if case .mapping = a.value {

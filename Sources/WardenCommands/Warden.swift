@@ -15,7 +15,7 @@ public struct Warden: ParsableCommand {
                       VMCommand.self, HostCommand.self, EventCommand.self, ExposureCommand.self,
                       CensusCommand.self, DiscoverCommand.self, PolicyCommand.self, LibvirtCommand.self,
                       LibvirtHookCommand.self, AdvisoriesCommand.self, ScanCommand.self, FleetCommand.self,
-                      LedgerCommand.self, DoctorCommand.self, ServeCommand.self, AgentCommand.self, NetCommand.self, VaultCommand.self, KeysCommand.self, MalwareCommand.self, InternalCommand.self]
+                      LedgerCommand.self, DoctorCommand.self, ServeCommand.self, AgentCommand.self, NetCommand.self, VaultCommand.self, KeysCommand.self, MalwareCommand.self, RegistryCommand.self, InternalCommand.self]
     )
     public init() {}
 

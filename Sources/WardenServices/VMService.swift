@@ -48,10 +48,10 @@ public struct VMService: Sendable {
     /// Decides, records the decision and, when allowed, runs `apply`, all in one ledger
     /// transaction. A denial is recorded (the transaction commits without the change) and then
     /// thrown as `WardenError(.denied)`. If `apply` throws, nothing of it is committed.
-    public func decideAndApply<T>(_ request: PolicyRequest, vm: VMRecord, family: VMID?,
+    public func decideAndApply<T>(_ request: PolicyRequest, vm: VMRecord, family: VMID?, facts: PolicyFacts? = nil,
                                   apply: () throws -> T) throws -> (Decision, T) {
         let (decision, result): (Decision, T?) = try store.atomically(family: family) {
-            let (decision, _) = PolicyGate.evaluate(request, vm: vm, store: store, source: policy)
+            let (decision, _) = PolicyGate.evaluate(request, vm: vm, store: store, source: policy, facts: facts)
             guard decision.effect != .deny else { return (decision, nil) }
             return (decision, try apply())
         }

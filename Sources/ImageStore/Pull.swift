@@ -1,0 +1,149 @@
+import DiskImage
+import Foundation
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A VM artefact as fetched: manifest, config and lineage verified against their digests.
+public struct FetchedVM: Sendable {
+    public var reference: ImageReference
+    public var digest: String
+    public var manifest: Manifest
+    public var config: VMArtifactConfig
+    public var lineage: [UInt8]
+    public var signature: ManifestSignature.Verdict
+}
+
+/// Fetches and checks a VM artefact, and rebuilds its disks.
+public struct VMPuller: Sendable {
+    public let client: RegistryClient
+    public let progress: TransferProgress
+    public init(client: RegistryClient, progress: TransferProgress) { self.client = client; self.progress = progress }
+
+    /// The manifest (an index is followed to its first Warden manifest), config, lineage and
+    /// the signature verdict against `trusted`.
+    public func fetch(_ ref: ImageReference, trusted: [TrustedKey]) async throws -> FetchedVM {
+        let repo = ref.repository
+        var fetched = try await client.manifest(repo, ref.reference)
+        if fetched.mediaType == MediaType.imageIndex || fetched.mediaType == MediaType.dockerManifestList {
+            let index = try BoundedJSON.decode(ImageIndex.self, from: fetched.bytes, limit: RegistryLimits.manifestBytes, what: "the index of \(ref)")
+            guard let m = index.manifests.prefix(64).first(where: { $0.artifactType == MediaType.vm || $0.mediaType == MediaType.imageManifest }) else {
+                throw WardenError(.unsupported, "\(ref) is an index without a Warden VM manifest")
+            }
+            try BlobDigest.check(m.digest, what: "the index of \(ref)")
+            fetched = try await client.manifest(repo, m.digest)
+        }
+        let manifest = try BoundedJSON.decode(Manifest.self, from: fetched.bytes, limit: RegistryLimits.manifestBytes, what: "the manifest of \(ref)")
+        try Self.checkManifest(manifest, ref: ref)
+        let configBytes = try await client.blob(repo, manifest.config.digest, size: manifest.config.size, limit: RegistryLimits.configBytes)
+        let config = try BoundedJSON.decode(VMArtifactConfig.self, from: configBytes, limit: RegistryLimits.configBytes, what: "the VM config of \(ref)")
+        try config.validate(layers: manifest.layers)
+        guard let lin = manifest.layers.first(where: { $0.mediaType == MediaType.lineage }) else {
+            throw WardenError(.corrupt, "the manifest of \(ref) has no lineage layer")
+        }
+        let lineage = try await client.blob(repo, lin.digest, size: lin.size, limit: RegistryLimits.lineageBytes)
+        let verdict = try await signature(repo: repo, digest: fetched.digest, trusted: trusted)
+        return FetchedVM(reference: ref, digest: fetched.digest, manifest: manifest, config: config, lineage: lineage, signature: verdict)
+    }
+
+    /// Checks the manifest's shape before any blob is fetched.
+    static func checkManifest(_ m: Manifest, ref: ImageReference) throws {
+        func bad(_ why: String) -> WardenError { WardenError(.corrupt, "the manifest of \(ref) \(why)") }
+        guard m.schemaVersion == 2 else { throw bad("has schemaVersion \(m.schemaVersion), not 2") }
+        if let t = m.mediaType, t != MediaType.imageManifest { throw bad("has media type \(t.prefix(80).debugDescription)") }
+        guard m.config.mediaType == MediaType.vmConfig else {
+            throw WardenError(.unsupported, "\(ref) is not a Warden VM (its config is \(m.config.mediaType.prefix(80).debugDescription)); a KubeVirt containerDisk is read with `warden scan`")
+        }
+        guard m.layers.count <= RegistryLimits.layers else { throw bad("lists \(m.layers.count) layers") }
+        try BlobDigest.check(m.config.digest, what: "the manifest of \(ref)")
+        guard m.config.size > 0, m.config.size <= Int64(RegistryLimits.configBytes) else { throw bad("gives the config \(m.config.size) bytes") }
+        for l in m.layers {
+            try BlobDigest.check(l.digest, what: "the manifest of \(ref)")
+            guard l.mediaType == MediaType.chunk || l.mediaType == MediaType.lineage else {
+                throw bad("has a layer of media type \(l.mediaType.prefix(80).debugDescription)")
+            }
+            guard l.size > 0, l.size <= Int64(RegistryLimits.lineageBytes) else { throw bad("has a layer of \(l.size) bytes") }
+        }
+    }
+
+    func signature(repo: String, digest: String, trusted: [TrustedKey]) async throws -> ManifestSignature.Verdict {
+        let tag = ManifestSignature.tag(for: digest)
+        let sig: RegistryClient.FetchedManifest
+        do { sig = try await client.manifest(repo, tag) } catch let e as WardenError where e.code == .notFound { return .unsigned }
+        do {
+            return try await ManifestSignature.verify(digest: digest, signatureManifest: sig.bytes, payload: { d in
+                try await client.blob(repo, d.digest, size: d.size, limit: 64 << 10)
+            }, trusted: trusted)
+        } catch let e as WardenError where e.code == .corrupt {
+            return .invalid(e.message)
+        }
+    }
+
+    /// Rebuilds disk `index` into `partial` (a raw, sparse file), resuming from the chunks its
+    /// journal (`partial + ".done"`) records. A chunk whose blob fails its digest stops the pull
+    /// with the digest named; the caller removes the partial file then.
+    public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws {
+        let map = vm.config.disks[index]
+        let journalPath = partial + ".done"
+        let header = "warden-pull \(vm.digest) disk \(index)"
+        var done = Set<UInt64>()
+        if let text = try? String(contentsOfFile: journalPath, encoding: .utf8), text.hasPrefix(header + "\n"),
+           FileManager.default.fileExists(atPath: partial) {
+            for line in text.split(separator: "\n").dropFirst() { if let o = UInt64(line) { done.insert(o) } }
+        } else {
+            unlink(partial); unlink(journalPath)
+        }
+        let fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: partial) }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(map.virtualSize)) == 0 else { throw WardenError(.io, "cannot size the disk: \(String(cString: strerror(errno)))", file: partial) }
+        if done.isEmpty { try Data((header + "\n").utf8).write(to: URL(fileURLWithPath: journalPath)) }
+        let journal = open(journalPath, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)
+        guard journal >= 0 else { throw WardenError(.io, "cannot open the pull journal", file: journalPath) }
+        defer { close(journal) }
+        let todo = map.chunks.filter { !done.contains($0.offset) }
+        progress.addTotal(Int64(map.chunks.reduce(0) { $0 + $1.length }))
+        for c in map.chunks where done.contains(c.offset) { progress.advance(guest: Int64(c.length), wire: 0, reused: 1) }
+        let width = AdaptiveWidth(initial: 4, maximum: 8)
+        var i = 0
+        let repo = vm.reference.repository
+        let chunkSize = vm.config.chunkSize
+        while i < todo.count {
+            let group = Array(todo[i..<min(i + width.width * 2, todo.count)])
+            i += group.count
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for c in group {
+                    tasks.addTask {
+                        let blob = try await client.blob(repo, c.digest, size: c.size, limit: Int(c.size))
+                        var buf = [UInt8](repeating: 0, count: chunkSize)
+                        try buf.withUnsafeMutableBytes { try ChunkCodec.decompress(blob, length: c.length, into: $0, what: "chunk \(c.digest)") }
+                        try Self.writeSparse(fd, buf, length: c.length, at: c.offset, path: partial)
+                        progress.advance(guest: Int64(c.length), wire: Int64(blob.count))
+                    }
+                }
+                try await tasks.waitForAll()
+            }
+            guard fdatasync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: partial) }
+            let lines = group.map { "\($0.offset)\n" }.joined()
+            _ = lines.withCString { write(journal, $0, strlen($0)) }
+        }
+        guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: partial) }
+    }
+
+    /// Writes `buf[0..<length]` at `offset`, leaving runs of zero blocks (64 KiB) as holes.
+    static func writeSparse(_ fd: Int32, _ buf: [UInt8], length: Int, at offset: UInt64, path: String) throws {
+        let block = 64 << 10
+        try buf.withUnsafeBytes { raw in
+            var start = 0
+            while start < length {
+                let end = min(start + block, length)
+                let piece = UnsafeRawBufferPointer(rebasing: raw[start..<end])
+                if !VMPusher.isZero(piece) {
+                    try FileDescriptorIO.pwriteAll(fd, piece, at: offset + UInt64(start), name: path)
+                }
+                start = end
+            }
+        }
+    }
+}

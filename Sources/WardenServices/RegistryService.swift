@@ -1,0 +1,355 @@
+import DiskImage
+import Foundation
+import ImageStore
+import Ledger
+import Policy
+import Sysprep
+import WardenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `warden vm push` and `warden vm pull` (docs/oci.md): policy first (operations `push` and
+/// `pull`, conditions `registries:` and `signature:`), the transfer through ``ImageStore``, and
+/// the ledger record: a `pushed` event on the VM; a pulled VM registered as a copy in the
+/// lineage of the pushed one, its identity refreshed unless policy allowed `--keep-identity`.
+public struct RegistryService: Sendable {
+    public let store: any LedgerStore
+    public let policy: PolicyGate.Source
+    public let host: HostName
+    /// The folder of this host's signing key (``HostKey``).
+    public let keysDirectory: String
+    public var note: @Sendable (String) -> Void
+
+    public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
+                keysDirectory: String, note: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.store = store; self.policy = policy; self.host = host; self.keysDirectory = keysDirectory; self.note = note
+    }
+
+    var vms: VMService { VMService(store: store, policy: policy, host: host, note: note) }
+
+    /// Trusted signing keys: `<policy dir>/trusted-keys/*.pub`.
+    public var trustedKeysDirectory: String { policy.directory + "/trusted-keys" }
+
+    // MARK: - push
+
+    public struct PushRequest: Sendable {
+        public var vm: String
+        public var reference: ImageReference
+        public var options: RegistryOptions
+        public var chunkSize: Int
+        public var partSize: Int
+        public var progress: Bool
+        public init(vm: String, reference: ImageReference, options: RegistryOptions = RegistryOptions(), chunkSize: Int = 4 << 20,
+                    partSize: Int = 16 << 20, progress: Bool = true) {
+            self.vm = vm; self.reference = reference; self.options = options; self.chunkSize = chunkSize
+            self.partSize = partSize; self.progress = progress
+        }
+    }
+
+    public struct PushOutcome: Sendable {
+        public var vm: VMRecord
+        public var result: PushResult
+        public var decision: Decision
+        public var keyID: String
+    }
+
+    public func push(_ r: PushRequest) async throws -> PushOutcome {
+        let vm = try store.resolveVM(r.vm)
+        guard vm.state != .retired else { throw WardenError(.conflict, "VM \(vm.id) is retired") }
+        guard vm.state != .running else {
+            throw WardenError(.conflict, "VM \(vm.name) is running: stop it first (a running disk is not a consistent image)")
+        }
+        let disks = try store.disks(of: vm.id).sorted { $0.index < $1.index }
+        guard !disks.isEmpty else { throw WardenError(.invalidArgument, "VM \(vm.id) has no disks to push") }
+        if let enc = try vms.encryptedDisks(disks).min() {
+            throw WardenError(.unsupported, "VM \(vm.name) has encrypted disks: pushing them needs layer encryption, which is not built yet (docs/oci.md)",
+                              file: disks[enc].path)
+        }
+        guard VMArtifactConfig.chunkSizes.contains(r.chunkSize) else {
+            throw WardenError(.invalidArgument, "--chunk-size must be a power of two from 64K to 64M")
+        }
+        // The decision that counts is made and recorded before anything is uploaded.
+        var request = PolicyRequest(operation: .push, host: host)
+        request.registry = r.reference.name
+        let decision = try vms.authorize(request, vm: vm)
+        let key = try HostKey.loadOrCreate(directory: keysDirectory, host: host)
+        let facts = LedgerPolicyFacts.wired(store)
+        var findings: VMArtifactConfig.Findings?
+        if let scanned = try? facts.lastScan(of: vm.id), let counts = try? facts.openFindings(of: vm.id) {
+            findings = .init(scannedAt: Self.time(scanned), counts: Dictionary(uniqueKeysWithValues: counts.map { ($0.key.description, $0.value) }))
+        }
+        let now = Date()
+        let plan = PushPlan(
+            target: r.reference, disks: disks.map { .init(path: $0.path, format: $0.format == "qcow2" ? "qcow2" : "raw") },
+            chunkSize: r.chunkSize,
+            vm: .init(id: vm.id.description, name: vm.name, owner: vm.owner, labels: vm.labels,
+                      generation: vm.generation.uuidString.lowercased(), parent: vm.parent?.description),
+            origin: .init(host: host.value, pushedAt: Self.time(now), ledgerSize: try? store.eventCount()),
+            findings: findings, lineage: try lineage(of: vm), mountFrom: try ancestorRepositories(of: vm, registry: r.reference.registry),
+            partSize: r.partSize,
+            signer: .init(publicKey: key.publicKey, sign: { try key.sign($0) }))
+        let client = try RegistryClient(registry: r.reference.registry, options: r.options)
+        let result: PushResult
+        do {
+            result = try await VMPusher(client: client, progress: TransferProgress(verb: "pushed", enabled: r.progress)).push(plan)
+            await client.shutdown()
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+        let keyID = ManifestSignature.keyID(key.publicKey)
+        _ = try store.append(NewEvent(kind: .pushed, vm: vm.id, host: host, payload: [
+            "reference": .string(r.reference.description), "registry": .string(r.reference.registry),
+            "repository": .string(r.reference.repository), "digest": .string(result.digest),
+            "chunks": .number(Double(result.chunks)), "uploaded": .number(Double(result.uploaded)),
+            "reused": .number(Double(result.reused)), "mounted": .number(Double(result.mounted)),
+            "uploaded_bytes": .number(Double(result.uploadedBytes)), "chunk_bytes": .number(Double(result.chunkBytes)),
+            "signing_key": .string(keyID), "signature_tag": .string(result.signatureTag),
+            "decision": .string(decision.id.uuidString.lowercased()),
+        ]))
+        return PushOutcome(vm: vm, result: result, decision: decision, keyID: keyID)
+    }
+
+    static func time(_ d: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: d)
+    }
+
+    /// The in-toto statements (JSON lines) of the VM's events and its ancestors', as
+    /// `warden ledger export` writes them, oldest ancestor first.
+    func lineage(of vm: VMRecord) throws -> [UInt8] {
+        var chain: [VMID] = [vm.id]
+        var cur = vm
+        while let p = cur.parent, chain.count < 64, let parent = try store.vm(p) { chain.append(p); cur = parent }
+        var out: [UInt8] = []
+        if let sqlite = store as? SQLiteLedger {
+            let exporter = LedgerExporter(ledger: sqlite)
+            for id in chain.reversed() {
+                try exporter.export(vm: id) { line in
+                    guard out.count + line.count <= RegistryLimits.lineageBytes else {
+                        throw WardenError(.limitExceeded, "the lineage of VM \(vm.name) is larger than \(RegistryLimits.lineageBytes) bytes")
+                    }
+                    out += line
+                }
+            }
+        }
+        if out.isEmpty { out = Array("{}\n".utf8) }
+        return out
+    }
+
+    /// Repositories of `registry` where the VM's ancestors (or the VM) were pushed: chunks are
+    /// mounted from the nearest one instead of uploaded again.
+    func ancestorRepositories(of vm: VMRecord, registry: String) throws -> [String] {
+        var out: [String] = []
+        var cur: VMRecord? = vm
+        var steps = 0
+        while let v = cur, steps < 64 {
+            for e in try store.events(of: v.id).reversed() where e.kind == .pushed {
+                if case .string(let reg)? = e.payload["registry"], reg == registry, case .string(let repo)? = e.payload["repository"],
+                   !out.contains(repo) { out.append(repo) }
+            }
+            cur = try v.parent.flatMap { try store.vm($0) }
+            steps += 1
+        }
+        return out
+    }
+
+    // MARK: - pull
+
+    public struct PullRequest: Sendable {
+        public var reference: ImageReference
+        public var name: String?
+        /// Where the disks go.
+        public var directory: String
+        public var owner: String?
+        public var keepIdentity: Bool
+        public var operations: [any SysprepOperation]
+        public var options: RegistryOptions
+        public var progress: Bool
+        public init(reference: ImageReference, name: String? = nil, directory: String, owner: String? = nil, keepIdentity: Bool = false,
+                    operations: [any SysprepOperation], options: RegistryOptions = RegistryOptions(), progress: Bool = true) {
+            self.reference = reference; self.name = name; self.directory = directory; self.owner = owner
+            self.keepIdentity = keepIdentity; self.operations = operations; self.options = options; self.progress = progress
+        }
+    }
+
+    public struct PullOutcome: Sendable {
+        public var vm: VMRecord
+        public var digest: String
+        public var signature: ManifestSignature.Verdict
+        public var origin: VMArtifactConfig.VMInfo
+        public var paths: [String]
+        public var decision: Decision
+        public var identity: SysprepReport?
+        public var linkedToOrigin: Bool
+    }
+
+    public func pull(_ r: PullRequest) async throws -> PullOutcome {
+        let name = r.name ?? ""
+        if !name.isEmpty { try Clone.checkName(name) }
+        let trusted = try TrustedKey.load(directory: trustedKeysDirectory)
+        let client = try RegistryClient(registry: r.reference.registry, options: r.options)
+        do {
+            let out = try await pull(r, client: client, trusted: trusted)
+            await client.shutdown()
+            return out
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+
+    func pull(_ r: PullRequest, client: RegistryClient, trusted: [TrustedKey]) async throws -> PullOutcome {
+        let progress = TransferProgress(verb: "pulled", enabled: r.progress)
+        let puller = VMPuller(client: client, progress: progress)
+        let fetched = try await puller.fetch(r.reference, trusted: trusted)
+        let cfg = fetched.config
+        let name = r.name ?? cfg.vm.name
+        try Clone.checkName(name)
+        if try store.listVMs().contains(where: { $0.name == name && $0.state != .retired }) {
+            throw WardenError(.conflict, "a VM named \(name) already exists (pull with --name)")
+        }
+        guard let originID = VMID(cfg.vm.id) else { throw WardenError(.corrupt, "the VM config names an invalid VM id") }
+        let local = try store.vm(originID)
+        // Policy decides on the pushed VM as the manifest describes it (signed with it).
+        let now = Date()
+        let described = VMRecord(id: originID, name: cfg.vm.name, owner: cfg.vm.owner, labels: cfg.vm.labels, state: .stopped,
+                                 generation: UUID(uuidString: cfg.vm.generation) ?? UUID(), createdAt: now, updatedAt: now)
+        var request = PolicyRequest(operation: .pull, host: host, destination: absolutePath(r.directory))
+        request.registry = r.reference.name
+        request.signature = fetched.signature.label
+        request.keepIdentity = r.keepIdentity
+        let facts = PulledFacts(ledger: LedgerPolicyFacts.wired(store), config: cfg, originKnown: local != nil)
+        let decision = try vms.decideAndApply(request, vm: described, family: local?.id, facts: facts) { () }.0
+        if case .invalid(let why) = fetched.signature { note("warning: \(r.reference): signature invalid (\(why)); pulled as policy allows") }
+        if fetched.signature == .unsigned { note("warning: \(r.reference) is unsigned; pulled as policy allows") }
+
+        let destDir = absolutePath(r.directory)
+        try PrivateDirectory.make(destDir)
+        let newID = VMID()
+        let staging = try Staging(directory: destDir, token: newID, store: store)
+        var finals: [String] = []
+        var temps: [String] = []
+        for d in cfg.disks {
+            let final = destDir + "/" + Clone.fileName(name: name, index: d.index, count: cfg.disks.count, full: d.format == "raw")
+            guard !FileManager.default.fileExists(atPath: final) else {
+                throw WardenError(.conflict, "a file is already there", file: final)
+            }
+            finals.append(final)
+            temps.append(try staging.add(final: final))
+        }
+        let digestKey = String(fetched.digest.dropFirst(7).prefix(16))
+        var partials: [String] = []
+        do {
+            for d in cfg.disks {
+                let partial = destDir + "/.warden-pull-\(digestKey)-\(d.index).raw"
+                partials.append(partial)
+                do { try await puller.download(fetched, disk: d.index, to: partial) } catch let e as WardenError where e.code == .corrupt {
+                    // Corrupt content does not heal by resuming: nothing of it is kept.
+                    unlink(partial); unlink(partial + ".done")
+                    throw e
+                }
+            }
+            progress.finish()
+            for (i, d) in cfg.disks.enumerated() {
+                if d.format == "qcow2" {
+                    let qemuImg = try ToolProcess.find("qemu-img", package: "qemu-utils")
+                    unlink(temps[i])
+                    let res = try ToolProcess.run(qemuImg, ["convert", "-q", "-f", "raw", "-O", "qcow2", partials[i], temps[i]])
+                    guard res.status == 0 else { throw WardenError(.io, "qemu-img convert failed: \(res.firstErrorLine)", file: finals[i]) }
+                    _ = chmod(temps[i], 0o600)
+                } else {
+                    guard rename(partials[i], temps[i]) == 0 else {
+                        throw WardenError(.io, "cannot move the pulled disk into place: \(String(cString: strerror(errno)))", file: finals[i])
+                    }
+                }
+            }
+            var report: SysprepReport?
+            if !r.keepIdentity && !r.operations.isEmpty {
+                var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
+                options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
+                report = try Sysprep.applyImage(temps[0], format: ImageFormat(qemuName: cfg.disks[0].format), operations: r.operations, options: options)
+            }
+            var examined = try temps.map { try ExaminedDisk.examine($0) }
+            for (i, f) in staging.files.enumerated() { examined[i].path = f.final }
+            let vm = VMRecord(id: newID, name: name, owner: r.owner ?? cfg.vm.owner, labels: cfg.vm.labels, state: .stopped,
+                              generation: UUID(), parent: local?.id, parentGeneration: local != nil ? UUID(uuidString: cfg.vm.generation) : nil,
+                              createdAt: now, updatedAt: now, mac: report?.mac)
+            var payload = ExaminedDisk.payload(examined)
+            payload["reference"] = .string(r.reference.description)
+            payload["digest"] = .string(fetched.digest)
+            payload["registry"] = .string(r.reference.registry)
+            payload["repository"] = .string(r.reference.repository)
+            payload["origin"] = .object([
+                "vm": .string(cfg.vm.id), "generation": .string(cfg.vm.generation), "name": .string(cfg.vm.name),
+                "host": .string(cfg.origin.host), "pushed_at": .string(cfg.origin.pushedAt), "in_ledger": .bool(local != nil),
+            ])
+            switch fetched.signature {
+            case .trusted(let key): payload["signature"] = .object(["verdict": .string("trusted"), "key": .string(key)])
+            case .unsigned: payload["signature"] = .object(["verdict": .string("unsigned")])
+            case .invalid(let why): payload["signature"] = .object(["verdict": .string("invalid"), "reason": .string(why)])
+            }
+            let statements = fetched.lineage.split(separator: 0x0A).count
+            payload["lineage"] = .object(["statements": .number(Double(statements)), "sha256": .string(BlobDigest.of(fetched.lineage))])
+            payload["identity_refreshed"] = .bool(report != nil)
+            if let rep = report {
+                payload["ssh_host_keys"] = .array(rep.hostKeys.map(\.fingerprint).sorted().map(JSONValue.string))
+                if let m = rep.machineId { payload["machine_id"] = .string(m) }
+            }
+            payload["decision"] = .string(decision.id.uuidString.lowercased())
+            let created: VMRecord = try store.atomically(family: local?.id) {
+                if let clash = try store.listVMs().first(where: { $0.name == name && $0.state != .retired }) {
+                    throw WardenError(.conflict, "a VM named \(name) already exists (\(clash.id))")
+                }
+                try staging.link()
+                do {
+                    let (made, _) = try store.createVM(vm, disks: examined.enumerated().map { $1.record(vm: vm.id, index: $0) },
+                                                       event: NewEvent(kind: .pulled, vm: vm.id, host: host, time: now,
+                                                                       generationBefore: UUID(uuidString: cfg.vm.generation), generationAfter: vm.generation,
+                                                                       payload: payload))
+                    try store.openResidency(vm: made.id, host: host, kind: .stored, at: now)
+                    return made
+                } catch {
+                    staging.unlinkFinals()
+                    throw error
+                }
+            }
+            staging.finish()
+            for p in partials { unlink(p); unlink(p + ".done") }
+            return PullOutcome(vm: created, digest: fetched.digest, signature: fetched.signature, origin: cfg.vm, paths: finals,
+                               decision: decision, identity: report, linkedToOrigin: local != nil)
+        } catch {
+            staging.discard()
+            throw error
+        }
+    }
+}
+
+/// Facts for a pull: the ledger's (host, attestation, replicas when the pushed VM is in this
+/// ledger), and the findings the signed config carries (the pusher's last scan).
+struct PulledFacts: PolicyFacts {
+    let ledger: LedgerPolicyFacts
+    let config: VMArtifactConfig
+    let originKnown: Bool
+
+    func hostLabels(_ host: HostName) throws -> [String: String]? { try ledger.hostLabels(host) }
+    func liveReplicaCount(of vm: VMID) throws -> Int { originKnown ? try ledger.liveReplicaCount(of: vm) : 0 }
+    func lastScan(of vm: VMID) throws -> Date? {
+        guard let s = config.findings?.scannedAt else { return nil }
+        return ISO8601DateFormatter().date(from: s)
+    }
+    func openFindings(of vm: VMID) throws -> [Severity: Int] {
+        guard let f = config.findings else { throw WardenError(.unavailable, "the image was never scanned before it was pushed") }
+        var out: [Severity: Int] = [:]
+        for (k, v) in f.counts { guard let s = Severity(word: k), v >= 0 else { continue }; out[s, default: 0] += v }
+        return out
+    }
+    func advisoriesImported(after date: Date) throws -> Int { try ledger.advisoriesImported(after: date) }
+    func ownerPresent(_ vm: VMRecord) throws -> Bool { try ledger.ownerPresent(vm) }
+    func hostAttestation(_ host: HostName) throws -> HostAttestationFact? { try ledger.hostAttestation(host) }
+    func latestMalwareScan(of vm: VMID) throws -> MalwareScanFact? {
+        throw WardenError(.unavailable, "malware scans are not carried in the image")
+    }
+}
