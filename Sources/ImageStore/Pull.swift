@@ -19,6 +19,8 @@ public struct FetchedVM: Sendable {
 public struct VMPuller: Sendable {
     public let client: RegistryClient
     public let progress: TransferProgress
+    /// Called after each batch of chunks is written and journalled (tests kill the registry there).
+    public var afterBatch: (@Sendable () -> Void)?
     public init(client: RegistryClient, progress: TransferProgress) { self.client = client; self.progress = progress }
 
     /// The manifest (an index is followed to its first Warden manifest), config, lineage and
@@ -43,7 +45,7 @@ public struct VMPuller: Sendable {
             throw WardenError(.corrupt, "the manifest of \(ref) has no lineage layer")
         }
         let lineage = try await client.blob(repo, lin.digest, size: lin.size, limit: RegistryLimits.lineageBytes)
-        let verdict = try await signature(repo: repo, digest: fetched.digest, trusted: trusted)
+        let verdict = try await signature(repo: repo, digest: fetched.digest, trusted: trusted, tag: ref.digest == nil ? ref.tag : nil)
         return FetchedVM(reference: ref, digest: fetched.digest, manifest: manifest, config: config, lineage: lineage, signature: verdict)
     }
 
@@ -67,14 +69,14 @@ public struct VMPuller: Sendable {
         }
     }
 
-    func signature(repo: String, digest: String, trusted: [TrustedKey]) async throws -> ManifestSignature.Verdict {
-        let tag = ManifestSignature.tag(for: digest)
+    func signature(repo: String, digest: String, trusted: [TrustedKey], tag: String?) async throws -> ManifestSignature.Verdict {
+        let sigTag = ManifestSignature.tag(for: digest)
         let sig: RegistryClient.FetchedManifest
-        do { sig = try await client.manifest(repo, tag) } catch let e as WardenError where e.code == .notFound { return .unsigned }
+        do { sig = try await client.manifest(repo, sigTag) } catch let e as WardenError where e.code == .notFound { return .unsigned }
         do {
             return try await ManifestSignature.verify(digest: digest, signatureManifest: sig.bytes, payload: { d in
                 try await client.blob(repo, d.digest, size: d.size, limit: 64 << 10)
-            }, trusted: trusted)
+            }, trusted: trusted, tag: tag)
         } catch let e as WardenError where e.code == .corrupt {
             return .invalid(e.message)
         }
@@ -83,7 +85,9 @@ public struct VMPuller: Sendable {
     /// Rebuilds disk `index` into `partial` (a raw, sparse file), resuming from the chunks its
     /// journal (`partial + ".done"`) records. A chunk whose blob fails its digest stops the pull
     /// with the digest named; the caller removes the partial file then.
-    public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws {
+    /// Returns how many chunks were already there (resumed).
+    @discardableResult
+    public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws -> Int {
         let map = vm.config.disks[index]
         let journalPath = partial + ".done"
         let header = "warden-pull \(vm.digest) disk \(index)"
@@ -127,8 +131,10 @@ public struct VMPuller: Sendable {
             guard fdatasync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: partial) }
             let lines = group.map { "\($0.offset)\n" }.joined()
             _ = lines.withCString { write(journal, $0, strlen($0)) }
+            afterBatch?()
         }
         guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: partial) }
+        return map.chunks.count - todo.count
     }
 
     /// Writes `buf[0..<length]` at `offset`, leaving runs of zero blocks (64 KiB) as holes.

@@ -69,6 +69,8 @@ public struct PushResult: Sendable, Codable {
 public struct VMPusher: Sendable {
     public let client: RegistryClient
     public let progress: TransferProgress
+    /// Called after each batch of chunks is in the registry (tests kill the registry there).
+    public var afterBatch: (@Sendable () -> Void)?
     public init(client: RegistryClient, progress: TransferProgress) { self.client = client; self.progress = progress }
 
     public func push(_ plan: PushPlan) async throws -> PushResult {
@@ -133,6 +135,7 @@ public struct VMPusher: Sendable {
                 let outcome = try await sendBlobs(uploads, repo: repo, plan: plan, width: width)
                 counters.reused += outcome.reused; counters.mounted += outcome.mounted
                 counters.uploaded += outcome.uploaded; counters.up += outcome.bytes
+                afterBatch?()
             }
             maps.append(.init(index: index, format: disk.format, virtualSize: device.size, chunks: chunks))
         }
@@ -159,11 +162,13 @@ public struct VMPusher: Sendable {
         }
         let digest = BlobDigest.of(bytes)
         try await client.putManifest(repo, digest, bytes, mediaType: MediaType.imageManifest)
-        let sig = try ManifestSignature.make(digest: digest, name: plan.target.name, publicKey: plan.signer.publicKey, sign: plan.signer.sign)
+        let sigTag = ManifestSignature.tag(for: digest)
+        let existing = try? await client.manifest(repo, sigTag).bytes
+        let sig = try ManifestSignature.make(digest: digest, name: plan.target.tag.map { plan.target.name + ":" + $0 } ?? plan.target.name,
+                                             publicKey: plan.signer.publicKey, existing: existing, sign: plan.signer.sign)
         for (d, b) in sig.blobs where !(try await client.blobExists(repo, d.digest)) {
             try await client.upload(repo, b, digest: d.digest)
         }
-        let sigTag = ManifestSignature.tag(for: digest)
         try await client.putManifest(repo, sigTag, sig.manifest, mediaType: MediaType.imageManifest)
         if let tag = plan.target.tag { try await client.putManifest(repo, tag, bytes, mediaType: MediaType.imageManifest) }
         progress.finish()

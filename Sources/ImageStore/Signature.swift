@@ -16,7 +16,7 @@ public enum ManifestSignature {
 
     public static func tag(for digest: String) -> String { digest.replacingOccurrences(of: ":", with: "-") + ".sig" }
 
-    /// The simple-signing payload for `digest` pushed as `name` (`host/repository`).
+    /// The simple-signing payload for `digest` pushed as `name` (`host/repository[:tag]`).
     public static func payload(digest: String, name: String) throws -> [UInt8] {
         struct Critical: Encodable {
             struct Identity: Encodable { var dockerReference: String; enum CodingKeys: String, CodingKey { case dockerReference = "docker-reference" } }
@@ -30,17 +30,24 @@ public enum ManifestSignature {
                                           optional: ["creator": "warden"])))
     }
 
-    /// The signature manifest and its blobs (config, payload), ready to upload.
-    public static func make(digest: String, name: String, publicKey: Data,
+    /// The signature manifest and its blobs (config, payload), ready to upload. Signature layers
+    /// of `existing` (the manifest already under the tag) are kept, as cosign does: one manifest
+    /// pushed under two tags carries a signature for each.
+    public static func make(digest: String, name: String, publicKey: Data, existing: [UInt8]? = nil,
                             sign: (Data) throws -> Data) throws -> (manifest: [UInt8], blobs: [(Descriptor, [UInt8])]) {
         let body = try payload(digest: digest, name: name)
         let signature = try sign(Data(body))
         let layer = Descriptor.of(body, mediaType: MediaType.simpleSigning, annotations: [
             annotation: signature.base64EncodedString(), keyAnnotation: keyID(publicKey),
         ])
-        let configText = #"{"architecture":"","config":{},"os":"","rootfs":{"diff_ids":["\#(layer.digest)"],"type":"layers"}}"#
+        var layers = [layer]
+        if let existing, let old = try? BoundedJSON.decode(Manifest.self, from: existing, limit: RegistryLimits.manifestBytes, what: "signature") {
+            layers = old.layers.filter { $0.mediaType == MediaType.simpleSigning && $0.digest != layer.digest }.suffix(15) + [layer]
+        }
+        let diffIDs = layers.map { "\"\($0.digest)\"" }.joined(separator: ",")
+        let configText = #"{"architecture":"","config":{},"os":"","rootfs":{"diff_ids":[\#(diffIDs)],"type":"layers"}}"#
         let config = Descriptor.of(Array(configText.utf8), mediaType: MediaType.imageConfig)
-        let manifest = try Manifest(artifactType: nil, config: config, layers: [layer]).encoded()
+        let manifest = try Manifest(artifactType: nil, config: config, layers: layers).encoded()
         return (manifest, [(config, Array(configText.utf8)), (layer, body)])
     }
 
@@ -66,8 +73,11 @@ public enum ManifestSignature {
     }
 
     /// Checks the signature artefact of `digest` (its manifest bytes and payload already fetched).
+    /// When the pull names a tag, the signed reference must carry the same tag: a tag moved to
+    /// another signed manifest (another VM's) is refused. The registry host and repository are
+    /// not compared, so copies between registries (skopeo copy) still verify.
     public static func verify(digest: String, signatureManifest: [UInt8], payload: (Descriptor) async throws -> [UInt8],
-                              trusted: [TrustedKey]) async throws -> Verdict {
+                              trusted: [TrustedKey], tag: String? = nil) async throws -> Verdict {
         let m = try BoundedJSON.decode(Manifest.self, from: signatureManifest, limit: RegistryLimits.manifestBytes, what: "the signature manifest")
         var reasons: [String] = []
         for layer in m.layers.prefix(16) where layer.mediaType == MediaType.simpleSigning {
@@ -77,14 +87,28 @@ public enum ManifestSignature {
             guard layer.size > 0, layer.size <= 64 << 10 else { reasons.append("a signature payload of \(layer.size) bytes"); continue }
             let body = try await payload(layer)
             struct P: Decodable {
-                struct C: Decodable { struct I: Decodable { var d: String; enum CodingKeys: String, CodingKey { case d = "docker-manifest-digest" } }; var image: I }
+                struct C: Decodable {
+                    struct I: Decodable { var d: String; enum CodingKeys: String, CodingKey { case d = "docker-manifest-digest" } }
+                    struct Id: Decodable { var r: String?; enum CodingKeys: String, CodingKey { case r = "docker-reference" } }
+                    var image: I; var identity: Id?
+                }
                 var critical: C
             }
             let p = try BoundedJSON.decode(P.self, from: body, limit: 64 << 10, what: "the signature payload")
+            var verified = false
             for key in trusted where key.verify(sig, over: Data(body)) {
-                guard p.critical.image.d == digest else { return .invalid("the signature by \(key.name) is for \(p.critical.image.d), not \(digest)") }
+                verified = true
+                guard p.critical.image.d == digest else { reasons.append("the signature by \(key.name) is for \(p.critical.image.d), not \(digest)"); break }
+                if let tag {
+                    let signed = (p.critical.identity?.r).flatMap { try? ImageReference(parsing: $0) }
+                    guard let signedTag = signed?.tag, signedTag == tag else {
+                        reasons.append("the signature by \(key.name) was made for \(p.critical.identity?.r?.prefix(200) ?? "no tag"), not tag \(tag)")
+                        break
+                    }
+                }
                 return .trusted(key: key.name)
             }
+            if verified { continue }
             reasons.append("a signature by key \(layer.annotations?[keyAnnotation]?.prefix(16) ?? "?") that no trusted key verifies")
         }
         return .invalid(reasons.first ?? "no simple-signing layer")

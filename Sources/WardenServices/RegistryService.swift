@@ -20,6 +20,8 @@ public struct RegistryService: Sendable {
     /// The folder of this host's signing key (``HostKey``).
     public let keysDirectory: String
     public var note: @Sendable (String) -> Void
+    /// Called after each batch of chunks moved (tests kill the registry there).
+    public var afterBatch: (@Sendable () -> Void)?
 
     public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
                 keysDirectory: String, note: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -92,7 +94,9 @@ public struct RegistryService: Sendable {
         let client = try RegistryClient(registry: r.reference.registry, options: r.options)
         let result: PushResult
         do {
-            result = try await VMPusher(client: client, progress: TransferProgress(verb: "pushed", enabled: r.progress)).push(plan)
+            var pusher = VMPusher(client: client, progress: TransferProgress(verb: "pushed", enabled: r.progress))
+            pusher.afterBatch = afterBatch
+            result = try await pusher.push(plan)
             await client.shutdown()
         } catch {
             await client.shutdown()
@@ -184,6 +188,9 @@ public struct RegistryService: Sendable {
         public var decision: Decision
         public var identity: SysprepReport?
         public var linkedToOrigin: Bool
+        /// Chunks an earlier, interrupted pull had already written.
+        public var resumedChunks: Int
+        public var chunks: Int
     }
 
     public func pull(_ r: PullRequest) async throws -> PullOutcome {
@@ -203,7 +210,8 @@ public struct RegistryService: Sendable {
 
     func pull(_ r: PullRequest, client: RegistryClient, trusted: [TrustedKey]) async throws -> PullOutcome {
         let progress = TransferProgress(verb: "pulled", enabled: r.progress)
-        let puller = VMPuller(client: client, progress: progress)
+        var puller = VMPuller(client: client, progress: progress)
+        puller.afterBatch = afterBatch
         let fetched = try await puller.fetch(r.reference, trusted: trusted)
         let cfg = fetched.config
         let name = r.name ?? cfg.vm.name
@@ -222,9 +230,9 @@ public struct RegistryService: Sendable {
         request.signature = fetched.signature.label
         request.keepIdentity = r.keepIdentity
         let facts = PulledFacts(ledger: LedgerPolicyFacts.wired(store), config: cfg, originKnown: local != nil)
+        if case .invalid(let why) = fetched.signature { note("\(r.reference): signature invalid: \(why)") }
+        if fetched.signature == .unsigned { note("\(r.reference): no signature (no \(ManifestSignature.tag(for: fetched.digest)) tag)") }
         let decision = try vms.decideAndApply(request, vm: described, family: local?.id, facts: facts) { () }.0
-        if case .invalid(let why) = fetched.signature { note("warning: \(r.reference): signature invalid (\(why)); pulled as policy allows") }
-        if fetched.signature == .unsigned { note("warning: \(r.reference) is unsigned; pulled as policy allows") }
 
         let destDir = absolutePath(r.directory)
         try PrivateDirectory.make(destDir)
@@ -242,11 +250,12 @@ public struct RegistryService: Sendable {
         }
         let digestKey = String(fetched.digest.dropFirst(7).prefix(16))
         var partials: [String] = []
+        var resumed = 0
         do {
             for d in cfg.disks {
                 let partial = destDir + "/.warden-pull-\(digestKey)-\(d.index).raw"
                 partials.append(partial)
-                do { try await puller.download(fetched, disk: d.index, to: partial) } catch let e as WardenError where e.code == .corrupt {
+                do { resumed += try await puller.download(fetched, disk: d.index, to: partial) } catch let e as WardenError where e.code == .corrupt {
                     // Corrupt content does not heal by resuming: nothing of it is kept.
                     unlink(partial); unlink(partial + ".done")
                     throw e
@@ -319,7 +328,8 @@ public struct RegistryService: Sendable {
             staging.finish()
             for p in partials { unlink(p); unlink(p + ".done") }
             return PullOutcome(vm: created, digest: fetched.digest, signature: fetched.signature, origin: cfg.vm, paths: finals,
-                               decision: decision, identity: report, linkedToOrigin: local != nil)
+                               decision: decision, identity: report, linkedToOrigin: local != nil, resumedChunks: resumed,
+                               chunks: cfg.disks.reduce(0) { $0 + $1.chunks.count })
         } catch {
             staging.discard()
             throw error

@@ -52,6 +52,15 @@ enum TestHooks {
         guard env["WARDEN_TEST_HOOKS"] == "1", let s = env[name].flatMap(Double.init), s > 0, s < 60 else { return nil }
         return { Thread.sleep(forTimeInterval: s) }
     }
+
+    /// `WARDEN_TEST_BATCH_PAUSE=SECONDS`: a pause after the first batch of chunks of a push or
+    /// pull (the test kills the registry during it).
+    static func batchPause() -> (@Sendable () -> Void)? {
+        guard let p = pause("WARDEN_TEST_BATCH_PAUSE") else { return nil }
+        let once = Locked(false)
+        nonisolated(unsafe) let sleep = p
+        return { if once.withLock({ let first = !$0; $0 = true; return first }) { try? sleep() } }
+    }
 }
 
 /// Times on the command line: `now`, RFC 3339 / ISO 8601 with a zone (`2026-11-26T18:00:00Z`,

@@ -49,10 +49,12 @@ struct VMPush: ParsableCommand {
         let ref = try ImageReference(parsing: reference)
         guard let size = Self.parseSize(chunkSize) else { throw WardenError(.invalidArgument, "--chunk-size: \(chunkSize) is not a size like 4M") }
         let store = try database.open(create: false)
-        let service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
+        var service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
                                       note: { Output.note($0) })
+        service.afterBatch = TestHooks.batchPause()
+        let svc = service
         let request = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet)
-        let out = try runAsync { try await service.push(request) }
+        let out = try runAsync { try await svc.push(request) }
         let r = out.result
         struct Doc: Encodable {
             var schema = "warden.push/v1"
@@ -106,25 +108,29 @@ struct VMPull: ParsableCommand {
         let ref = try ImageReference(parsing: reference)
         let store = try database.open(create: true)
         let ops = try Sysprep.select(operations)
-        let service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
+        var service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
                                       note: { Output.note($0) })
+        service.afterBatch = TestHooks.batchPause()
+        let svc = service
         let vmName = name
         let leaf: String = name ?? ("pulled-" + String(UUID().uuidString.prefix(8)).lowercased())
         let folder: String = dir ?? (RunDirectory.home() + "/vms/" + leaf)
         let request = RegistryService.PullRequest(reference: ref, name: vmName, directory: folder, owner: owner, keepIdentity: keepIdentity,
                                                   operations: ops, options: access.options, progress: !access.quiet)
-        let out = try runAsync { try await service.pull(request) }
+        let out = try runAsync { try await svc.pull(request) }
         struct Doc: Encodable {
             var schema = "warden.pull/v1"
             var vm: String; var name: String; var reference: String; var digest: String; var signature: String
             var origin: String; var originName: String; var linkedToOrigin: Bool; var identityRefreshed: Bool; var disks: [String]
+            var chunks: Int; var resumedChunks: Int
         }
         try Output.render(Doc(vm: out.vm.id.description, name: out.vm.name, reference: ref.description, digest: out.digest,
                               signature: out.signature.label, origin: out.origin.id, originName: out.origin.name,
-                              linkedToOrigin: out.linkedToOrigin, identityRefreshed: out.identity != nil, disks: out.paths),
+                              linkedToOrigin: out.linkedToOrigin, identityRefreshed: out.identity != nil, disks: out.paths,
+                              chunks: out.chunks, resumedChunks: out.resumedChunks),
                           json: access.json) {
             Output.stdout.line("pulled \(ref) as VM \(out.vm.name) (\(out.vm.id)), signature \(out.signature.label)")
-            Output.stdout.line("  a copy of \(out.origin.name) (\(out.origin.id))\(out.linkedToOrigin ? "" : ", which this ledger does not hold"); identity \(out.identity != nil ? "refreshed" : "kept")")
+            Output.stdout.line("  a copy of \(out.origin.name) (\(out.origin.id))\(out.linkedToOrigin ? "" : ", which this ledger does not hold"); identity \(out.identity != nil ? "refreshed" : keepIdentity ? "kept" : "not refreshed (--operations none)")")
             for p in out.paths { Output.stdout.line("  \(p)") }
         }
     }
