@@ -64,6 +64,9 @@ public final class RegistryClient: Sendable {
         c.timeout = .init(connect: .seconds(10), read: .seconds(options.requestTimeout))
         c.redirectConfiguration = .follow(max: 3, allowCycles: false)
         c.decompression = .disabled
+        // A refused connection fails the request now; ``send`` retries it (a bounded number of
+        // times, with backoff) rather than the pool retrying until the request's deadline.
+        c.connectionPool.retryConnectionEstablishment = false
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
     }
 
@@ -148,6 +151,12 @@ public final class RegistryClient: Sendable {
 
     static func describe(_ error: any Error) -> String {
         let s = "\(error)"
+        for (needle, text) in [("Connection refused", "connection refused"), ("errno: 111", "connection refused"),
+                               ("Connection reset", "connection reset"), ("remoteConnectionClosed", "the registry closed the connection"),
+                               ("connectTimeout", "connection timed out"), ("readTimeout", "no answer in time"), ("deadlineExceeded", "no answer in time"),
+                               ("NXDOMAIN", "no such host"), ("lookup", "the host name does not resolve")] where s.contains(needle) {
+            return text
+        }
         return s.count > 200 ? String(s.prefix(200)) + "…" : s
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WardenCore
 import WardenTestSupport
 
 /// `warden vm push` / `warden vm pull` against Debian's docker-registry, started by the tests
@@ -83,6 +84,316 @@ import WardenTestSupport
                 // Nothing hidden is left in the folder.
                 let left = try FileManager.default.contentsOfDirectory(atPath: dir + "/pulled")
                 #expect(left == ["web1-copy.qcow2"], "\(left)")
+            }
+        }
+    }
+
+    static let keepIdentityPolicy = """
+        apiVersion: warden/v1
+        kind: Policy
+        name: registry-tests
+        rules:
+          - name: keep-identity-for-tests
+            on: [pull]
+            allow: { keepIdentity: true }
+        """
+
+    /// The inspection parts that must survive a push and pull (identity aside).
+    static func inspection(_ image: String, home: String) throws -> (os: String, packages: String, machineID: String) {
+        let r = try warden(["inspect", "--json", image], home: home)
+        let arr = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [[String: Any]], "\(r.stderr)")
+        let d = try #require(arr.first)
+        func text(_ v: Any?) throws -> String {
+            String(decoding: try JSONSerialization.data(withJSONObject: v ?? NSNull(), options: [.sortedKeys, .fragmentsAllowed]), as: UTF8.self)
+        }
+        let identity = d["identity"] as? [String: Any] ?? [:]
+        return (try text(d["os"]), try text(d["packages"]), identity["machine_id"] as? String ?? "")
+    }
+
+    @Test(.disabled(if: !GuestFixtures.available, "needs root, debootstrap and the Debian mirror"))
+    func aDebootstrapGuestRoundTripsAndItsClonesUploadLittle() throws {
+        let guest = try SysprepFixtures.identityGuest() + "/disk.qcow2"
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir, policy: Self.keepIdentityPolicy)
+                let tmpl = dir + "/tmpl.qcow2"
+                try Tool.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", guest, "-F", "qcow2", tmpl])
+                #expect(try Self.warden(["vm", "register", "--name", "tmpl", "--owner", "alice", tmpl], home: home).status == 0)
+                let base = try Self.warden(["vm", "push", "tmpl", "\(reg.host)/golden/tmpl:1", "--plain-http", "--json"], home: home)
+                #expect(base.status == 0, "\(base.stderr)")
+                let baseBytes = try reg.storedBlobBytes()
+                // Kept identity: byte-identical; refreshed: the same OS and packages, a new machine-id.
+                let kept = try Self.warden(["vm", "pull", "\(reg.host)/golden/tmpl:1", "--plain-http", "--name", "kept", "--dir", dir + "/kept",
+                                            "--keep-identity", "--json"], home: home)
+                #expect(kept.status == 0, "\(kept.stderr)")
+                #expect(try Tool.run(["qemu-img", "compare", tmpl, dir + "/kept/kept.qcow2"], check: false).status == 0)
+                let fresh = try Self.warden(["vm", "pull", "\(reg.host)/golden/tmpl:1", "--plain-http", "--name", "web2", "--dir", dir + "/web2", "--json"],
+                                            home: home)
+                #expect(fresh.status == 0, "\(fresh.stderr)")
+                #expect(try Self.json(fresh)["identity_refreshed"] as? Bool == true)
+                let a = try Self.inspection(tmpl, home: home)
+                let b = try Self.inspection(dir + "/web2/web2.qcow2", home: home)
+                #expect(a.os == b.os)
+                #expect(a.packages == b.packages)
+                #expect(a.machineID == SysprepFixtures.machineID)
+                #expect(!b.machineID.isEmpty && b.machineID != a.machineID)
+                // Without an allow rule, --keep-identity is refused.
+                try FileManager.default.removeItem(atPath: home + "/policy/rules.yaml")
+                let refused = try Self.warden(["vm", "pull", "\(reg.host)/golden/tmpl:1", "--plain-http", "--name", "kept2", "--dir", dir + "/kept2",
+                                               "--keep-identity"], home: home)
+                #expect(refused.status == 3, "\(refused.stderr)")
+                #expect(refused.stderr.contains("keepIdentity: true"))
+                #expect(!FileManager.default.fileExists(atPath: dir + "/kept2"))
+
+                // Dedupe: ten clones (fresh identities, overlays over tmpl) pushed after it.
+                var perClone: [Int64] = []
+                for i in 1...10 {
+                    let c = try Self.warden(["vm", "clone", "tmpl", "--name", "c\(i)", "--dir", dir + "/clones"], home: home)
+                    #expect(c.status == 0, "\(c.stderr)")
+                    let before = try reg.storedBlobBytes()
+                    let push = try Self.warden(["vm", "push", "c\(i)", "\(reg.host)/team/c\(i):1", "--plain-http", "--json"], home: home)
+                    #expect(push.status == 0, "\(push.stderr)")
+                    let pj = try Self.json(push)
+                    #expect((pj["mounted"] as? Int ?? 0) > 0, "chunks are mounted from golden/tmpl: \(pj)")
+                    perClone.append(try reg.storedBlobBytes() - before)
+                }
+                let total = perClone.reduce(0, +)
+                print("registry dedupe: base \(baseBytes) bytes stored; ten clones added \(total) bytes (\(perClone))")
+                #expect(baseBytes > 50 << 20)
+                // Each clone adds less than a tenth of the base; all ten together less than the base.
+                #expect(perClone.allSatisfy { $0 * 10 < baseBytes }, "\(perClone) vs \(baseBytes)")
+                #expect(total < baseBytes)
+                // A clone pulled back is its source's copy, with its own new identity.
+                let c1 = try Self.warden(["vm", "pull", "\(reg.host)/team/c1:1", "--plain-http", "--name", "c1-pulled", "--dir", dir + "/c1p", "--json"],
+                                         home: home)
+                #expect(c1.status == 0, "\(c1.stderr)")
+            }
+        }
+    }
+
+    /// Runs `args` while the registry is killed during the first batch's pause; returns the result.
+    static func runKillingRegistry(_ args: [String], home: String, registry: RegistryServer) throws -> ToolResult {
+        let result = Locked<Result<ToolResult, Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            let r = Result { try warden(args, home: home, env: ["WARDEN_TEST_HOOKS": "1", "WARDEN_TEST_BATCH_PAUSE": "3"]) }
+            result.withLock { $0 = r }
+            done.signal()
+        }
+        Thread.sleep(forTimeInterval: 1.5)
+        registry.kill()
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+
+    @Test func aKilledRegistryStopsAPushOrPullThatThenResumes() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir)
+                // 48 MiB of data in 4 MiB chunks: two batches of 8 and one of 4 (12 + 1 chunks).
+                let disk = try Self.dataVM(dir, home: home, name: "big", mib: 48)
+                let ref = "\(reg.host)/team/big:1"
+                let cut = try Self.runKillingRegistry(["vm", "push", "big", ref, "--plain-http"], home: home, registry: reg)
+                #expect(cut.status != 0)
+                #expect(cut.stderr.contains(reg.host), "\(cut.stderr)")
+                try reg.start()
+                #expect(try Tool.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(reg.host)/v2/team/big/manifests/1"]).stdoutText == "404",
+                        "no tag for a half-pushed VM")
+                let again = try Self.warden(["vm", "push", "big", ref, "--plain-http", "--json"], home: home)
+                #expect(again.status == 0, "\(again.stderr)")
+                let pj = try Self.json(again)
+                #expect((pj["reused"] as? Int ?? 0) >= 8, "the first batch is not uploaded again: \(pj)")
+
+                let pcut = try Self.runKillingRegistry(["vm", "pull", ref, "--plain-http", "--name", "big2", "--dir", dir + "/p", "--operations", "none"],
+                                                       home: home, registry: reg)
+                #expect(pcut.status != 0)
+                #expect(!FileManager.default.fileExists(atPath: dir + "/p/big2.qcow2"), "no half-written disk in place")
+                #expect(try Self.warden(["vm", "show", "big2"], home: home).status != 0)
+                try reg.start()
+                let pull = try Self.warden(["vm", "pull", ref, "--plain-http", "--name", "big2", "--dir", dir + "/p", "--operations", "none", "--json"],
+                                           home: home)
+                #expect(pull.status == 0, "\(pull.stderr)")
+                #expect((try Self.json(pull)["resumed_chunks"] as? Int ?? 0) >= 8)
+                #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/p/big2.qcow2"], check: false).status == 0)
+                #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/p") == ["big2.qcow2"])
+            }
+        }
+    }
+
+    @Test func aCorruptedBlobFailsThePullNamingItsDigestAndLeavesNothing() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir)
+                _ = try Self.dataVM(dir, home: home, name: "v")
+                let ref = "\(reg.host)/team/v:1"
+                #expect(try Self.warden(["vm", "push", "v", ref, "--plain-http"], home: home).status == 0)
+                // The config lists the chunks; corrupt the second one's blob in the registry's storage.
+                let manifest = try Tool.run(["curl", "-s", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", "http://\(reg.host)/v2/team/v/manifests/1"])
+                let m = try #require(try JSONSerialization.jsonObject(with: manifest.stdout) as? [String: Any])
+                let layers = try #require(m["layers"] as? [[String: Any]])
+                let digest = try #require(layers[1]["digest"] as? String)
+                let file = reg.blobFile(digest)
+                let h = try #require(FileHandle(forUpdatingAtPath: file))
+                try h.seek(toOffset: 100)
+                let byte = try #require(try h.read(upToCount: 1)).first ?? 0
+                try h.seek(toOffset: 100)
+                try h.write(contentsOf: Data([byte ^ 0xFF]))
+                try h.close()
+                let pull = try Self.warden(["vm", "pull", ref, "--plain-http", "--name", "v2", "--dir", dir + "/p", "--operations", "none"], home: home)
+                #expect(pull.status == 2, "\(pull.stderr)")
+                #expect(pull.stderr.contains(digest), "\(pull.stderr)")
+                #expect(pull.stderr.split(separator: "\n").filter { !$0.hasPrefix("pulled") }.count == 1, "one line: \(pull.stderr)")
+                let left = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/p")) ?? []
+                #expect(left.isEmpty, "nothing left: \(left)")
+                #expect(try Self.warden(["vm", "show", "v2"], home: home).status != 0)
+            }
+        }
+    }
+
+    @Test func aManifestSwappedForAnotherVMsFailsItsSignature() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir)
+                _ = try Self.dataVM(dir, home: home, name: "a")
+                _ = try Self.dataVM(dir, home: home, name: "b")
+                #expect(try Self.warden(["vm", "push", "a", "\(reg.host)/team/x:a", "--plain-http"], home: home).status == 0)
+                #expect(try Self.warden(["vm", "push", "b", "\(reg.host)/team/x:b", "--plain-http"], home: home).status == 0)
+                let accept = "Accept: application/vnd.oci.image.manifest.v1+json"
+                let bBytes = try Tool.run(["curl", "-s", "-H", accept, "http://\(reg.host)/v2/team/x/manifests/b"]).stdout
+                try bBytes.write(to: URL(fileURLWithPath: dir + "/b.json"))
+                // Tag a now names b's (validly signed) manifest.
+                let put = try Tool.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                                        "--data-binary", "@" + dir + "/b.json", "http://\(reg.host)/v2/team/x/manifests/a"])
+                #expect(put.stdoutText == "201")
+                let pull = try Self.warden(["vm", "pull", "\(reg.host)/team/x:a", "--plain-http", "--name", "a2", "--dir", dir + "/p", "--operations", "none"],
+                                           home: home)
+                #expect(pull.status == 3, "\(pull.stderr)")
+                #expect(pull.stderr.contains("signature"), "\(pull.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: dir + "/p"))
+                // A manifest changed in any byte has no signature at all.
+                var obj = try #require(try JSONSerialization.jsonObject(with: bBytes) as? [String: Any])
+                var ann = obj["annotations"] as? [String: String] ?? [:]
+                ann["org.opencontainers.image.title"] = "evil"
+                obj["annotations"] = ann
+                try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]).write(to: URL(fileURLWithPath: dir + "/evil.json"))
+                _ = try Tool.run(["curl", "-s", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                                  "--data-binary", "@" + dir + "/evil.json", "http://\(reg.host)/v2/team/x/manifests/evil"])
+                let evil = try Self.warden(["vm", "pull", "\(reg.host)/team/x:evil", "--plain-http", "--name", "e", "--dir", dir + "/p", "--operations", "none"],
+                                           home: home)
+                #expect(evil.status == 3, "\(evil.stderr)")
+                #expect(evil.stderr.contains("unsigned"), "\(evil.stderr)")
+                // A policy may accept unsigned images explicitly (here from this test's repository only).
+                try Data("""
+                    apiVersion: warden/v1
+                    kind: Policy
+                    name: unsigned-from-team
+                    rules:
+                      - name: unsigned-team-images
+                        on: [pull]
+                        allow: { signature: [unsigned], registries: ["\(reg.host)/team/*"] }
+                    """.utf8).write(to: URL(fileURLWithPath: home + "/policy/rules.yaml"))
+                let ok = try Self.warden(["vm", "pull", "\(reg.host)/team/x:evil", "--plain-http", "--name", "e", "--dir", dir + "/p", "--operations", "none", "--json"],
+                                         home: home)
+                #expect(ok.status == 0, "\(ok.stderr)")
+                #expect(try Self.json(ok)["signature"] as? String == "unsigned")
+            }
+        }
+    }
+
+    @Test func aDeniedPushUploadsNothingAndADeniedPullWritesNothing() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir, policy: """
+                    apiVersion: warden/v1
+                    kind: Policy
+                    name: registry-rules
+                    rules:
+                      - name: only-the-golden-repository
+                        on: [push]
+                        require: { registries: ["*/golden/*"] }
+                      - name: no-unscanned-vms-with-criticals
+                        on: [pull]
+                        deny: { findings: { severity: critical } }
+                    """)
+                _ = try Self.dataVM(dir, home: home, name: "v")
+                let denied = try Self.warden(["vm", "push", "v", "\(reg.host)/team/v:1", "--plain-http"], home: home)
+                #expect(denied.status == 3, "\(denied.stderr)")
+                #expect(denied.stderr.contains("only-the-golden-repository"))
+                #expect(try reg.storedBlobBytes() == 0)
+                #expect(reg.repositories().isEmpty)
+                #expect(try Self.warden(["vm", "push", "v", "\(reg.host)/golden/v:1", "--plain-http"], home: home).status == 0)
+                // The VM was never scanned: its findings are unknown, and the deny rule fails closed.
+                let pull = try Self.warden(["vm", "pull", "\(reg.host)/golden/v:1", "--plain-http", "--name", "v2", "--dir", dir + "/p", "--operations", "none"],
+                                           home: home)
+                #expect(pull.status == 3, "\(pull.stderr)")
+                #expect(pull.stderr.contains("no-unscanned-vms-with-criticals"), "\(pull.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: dir + "/p"))
+                #expect(try Self.warden(["vm", "show", "v2"], home: home).status != 0)
+                // Both decisions are in the ledger.
+                let history = try Self.warden(["vm", "history", "v", "--json"], home: home).stdoutText
+                #expect(history.contains("only-the-golden-repository"))
+            }
+        }
+    }
+
+    @Test func skopeoCopiesAPushedVMToAnotherRegistryWhereItStillPullsAndVerifies() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { one in
+                try RegistryServer.with { two in
+                    let home = try Self.makeHome(dir)
+                    let disk = try Self.dataVM(dir, home: home, name: "v")
+                    let push = try Self.warden(["vm", "push", "v", "\(one.host)/team/v:1", "--plain-http", "--json"], home: home)
+                    #expect(push.status == 0, "\(push.stderr)")
+                    let sigTag = try #require(try Self.json(push)["signature_tag"] as? String)
+                    let raw = try Tool.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "docker://\(one.host)/team/v:1"])
+                    let m = try #require(try JSONSerialization.jsonObject(with: raw.stdout) as? [String: Any])
+                    #expect(m["artifactType"] as? String == "application/vnd.warden.vm.v1")
+                    for tag in ["1", sigTag] {
+                        let c = try Tool.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                                              "docker://\(one.host)/team/v:\(tag)", "docker://\(two.host)/mirror/vm:\(tag)"], check: false, timeout: 120)
+                        #expect(c.status == 0, "\(c.stderr)")
+                    }
+                    let pull = try Self.warden(["vm", "pull", "\(two.host)/mirror/vm:1", "--plain-http", "--name", "v2", "--dir", dir + "/p",
+                                                "--operations", "none", "--json"], home: home)
+                    #expect(pull.status == 0, "\(pull.stderr)")
+                    #expect(try Self.json(pull)["signature"] as? String == "trusted")
+                    #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/p/v2.qcow2"], check: false).status == 0)
+                }
+            }
+        }
+    }
+
+    @Test func basicAuthOverTLSWithATestCA() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with(auth: .basic(user: "ci", password: "s3cret-pass"), tls: true) { reg in
+                let home = try Self.makeHome(dir)
+                let disk = try Self.dataVM(dir, home: home, name: "v")
+                let ca = try #require(reg.caFile)
+                let ref = "\(reg.host)/team/v:1"
+                // No login: refused, naming how to log in; the password never appears anywhere.
+                let anon = try Self.warden(["vm", "push", "v", ref, "--ca-file", ca], home: home, env: ["REGISTRY_AUTH_FILE": dir + "/none.json"])
+                #expect(anon.status == 3, "\(anon.stderr)")
+                #expect(anon.stderr.contains("login"))
+                // The system's roots do not trust the test CA.
+                let auth = "{\"auths\":{\"\(reg.host)\":{\"auth\":\"\(Data("ci:s3cret-pass".utf8).base64EncodedString())\"}}}"
+                try Data(auth.utf8).write(to: URL(fileURLWithPath: dir + "/auth.json"))
+                let untrusted = try Self.warden(["vm", "push", "v", ref], home: home, env: ["REGISTRY_AUTH_FILE": dir + "/auth.json"])
+                #expect(untrusted.status != 0)
+                #expect(untrusted.stderr.contains("TLS") || untrusted.stderr.contains("certificate"), "\(untrusted.stderr)")
+                let push = try Self.warden(["vm", "push", "v", ref, "--ca-file", ca, "--auth-file", dir + "/auth.json"], home: home)
+                #expect(push.status == 0, "\(push.stderr)")
+                let pull = try Self.warden(["vm", "pull", ref, "--ca-file", ca, "--name", "v2", "--dir", dir + "/p", "--operations", "none"],
+                                           home: home, env: ["REGISTRY_AUTH_FILE": dir + "/auth.json"])
+                #expect(pull.status == 0, "\(pull.stderr)")
+                #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/p/v2.qcow2"], check: false).status == 0)
+                for r in [anon, untrusted, push, pull] { #expect(!r.stderr.contains("s3cret") && !r.stdoutText.contains("s3cret")) }
+                // Plain HTTP with a login for a host that is not loopback is refused before any request.
+                let other = "{\"auths\":{\"registry.example:5000\":{\"auth\":\"\(Data("ci:s3cret-pass".utf8).base64EncodedString())\"}}}"
+                try Data(other.utf8).write(to: URL(fileURLWithPath: dir + "/auth2.json"))
+                let plain = try Self.warden(["vm", "pull", "registry.example:5000/team/v:1", "--plain-http", "--name", "x", "--dir", dir + "/x"],
+                                            home: home, env: ["REGISTRY_AUTH_FILE": dir + "/auth2.json"])
+                #expect(plain.status == 3, "\(plain.stderr)")
+                #expect(plain.stderr.contains("plain HTTP"), "\(plain.stderr)")
             }
         }
     }
