@@ -260,6 +260,8 @@ let package = Package(
         .testTarget(name: "MalwareTests", dependencies: ["Malware", "MalwareStorage", "Storage", "GuestFS", "DiskImage", "Partitions", "WardenCore", "WardenTestSupport",
                                                       "WardenServices", "Ledger", "Inspection"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "WardenCore", "WardenTestSupport"]),
+        .testTarget(name: "ImageStoreTests", dependencies: ["ImageStore", "WardenCore", "WardenTestSupport",
+                                                          .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "MaintenanceTests", dependencies: ["Maintenance", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
