@@ -397,4 +397,135 @@ import WardenTestSupport
             }
         }
     }
+
+    /// Uploads `bytes` as a blob of `repo` with curl; returns its digest.
+    @discardableResult
+    static func curlBlob(_ bytes: Data, registry: String, repo: String, dir: String) throws -> String {
+        let file = dir + "/blob-\(UUID().uuidString)"
+        try bytes.write(to: URL(fileURLWithPath: file))
+        let digest = "sha256:" + String(try Tool.run(["sha256sum", file]).stdoutText.prefix(64))
+        let loc = try Tool.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "-X", "POST", "http://\(registry)/v2/\(repo)/blobs/uploads/"]).stdoutText
+        let location = try #require(loc.split(separator: "\r\n").first { $0.lowercased().hasPrefix("location:") }).dropFirst(9)
+            .trimmingCharacters(in: .whitespaces)
+        let url = (location.hasPrefix("http") ? location : "http://\(registry)" + location) + (location.contains("?") ? "&" : "?") + "digest=" + digest
+        let put = try Tool.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
+                                "--data-binary", "@" + file, url])
+        #expect(put.stdoutText == "201", "blob upload: \(put.stdoutText)")
+        return digest
+    }
+
+    /// PUTs `manifest` under `tag`; returns the HTTP status.
+    static func curlManifest(_ manifest: Data, registry: String, repo: String, tag: String, dir: String) throws -> String {
+        let file = dir + "/manifest-\(tag)"
+        try manifest.write(to: URL(fileURLWithPath: file))
+        return try Tool.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                             "--data-binary", "@" + file, "http://\(registry)/v2/\(repo)/manifests/\(tag)"]).stdoutText
+    }
+
+    @Test func hostileManifestsInARealRegistryGiveOneLineAndWriteNothing() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir)
+                _ = try Self.dataVM(dir, home: home, name: "v")
+                #expect(try Self.warden(["vm", "push", "v", "\(reg.host)/team/v:1", "--plain-http"], home: home).status == 0)
+                let good = try Tool.run(["curl", "-s", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", "http://\(reg.host)/v2/team/v/manifests/1"]).stdout
+                let m = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+                let config = try #require(m["config"] as? [String: Any])
+                let configBytes = try Tool.run(["curl", "-s", "http://\(reg.host)/v2/team/v/blobs/\(config["digest"] as! String)"]).stdout
+                let cfg = try #require(try JSONSerialization.jsonObject(with: configBytes) as? [String: Any])
+
+                func withConfig(_ change: (inout [String: Any]) -> Void) throws -> Data {
+                    var c = cfg
+                    change(&c)
+                    let bytes = try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys])
+                    let digest = try Self.curlBlob(bytes, registry: reg.host, repo: "team/v", dir: dir)
+                    var mm = m
+                    mm["config"] = ["mediaType": config["mediaType"]!, "digest": digest, "size": bytes.count]
+                    return try JSONSerialization.data(withJSONObject: mm, options: [.sortedKeys])
+                }
+                func withManifest(_ change: (inout [String: Any]) -> Void) throws -> Data {
+                    var mm = m
+                    change(&mm)
+                    return try JSONSerialization.data(withJSONObject: mm, options: [.sortedKeys])
+                }
+                var cases: [(String, Data, String)] = [
+                    ("chunk0", try withConfig { $0["chunk_size"] = 0 }, "chunk size of 0"),
+                    ("chunk40", try withConfig { $0["chunk_size"] = 1 << 40 }, "chunk size of 1099511627776"),
+                    ("schema", try withConfig { $0["schema"] = "evil/v9" }, "schema"),
+                    ("image", try withManifest { mm in
+                        var c = config; c["mediaType"] = "application/vnd.oci.image.config.v1+json"; mm["config"] = c
+                    }, "not a Warden VM"),
+                    ("layertype", try withManifest { mm in
+                        var layers = mm["layers"] as! [[String: Any]]; layers[0]["mediaType"] = "application/x-evil"; mm["layers"] = layers
+                    }, "media type"),
+                    ("size", try withManifest { mm in
+                        var c = config; c["size"] = (c["size"] as! Int) + 1; mm["config"] = c
+                    }, "not the"),
+                ]
+                // Deep nesting in a field the registry ignores.
+                var deep = String(decoding: good, as: UTF8.self)
+                deep.removeLast()
+                deep += ",\"x\":" + String(repeating: "[", count: 500) + String(repeating: "]", count: 500) + "}"
+                cases.append(("deep", Data(deep.utf8), "nests deeper"))
+                for (tag, bytes, expected) in cases {
+                    let status = try Self.curlManifest(bytes, registry: reg.host, repo: "team/v", tag: tag, dir: dir)
+                    #expect(status == "201", "\(tag): the registry took it (\(status))")
+                    let r = try Self.warden(["vm", "pull", "\(reg.host)/team/v:\(tag)", "--plain-http", "--name", "x-\(tag)", "--dir", dir + "/p",
+                                             "--operations", "none"], home: home)
+                    #expect(r.status == 2, "\(tag): \(r.stderr)")
+                    #expect(r.stderr.contains(expected), "\(tag): \(r.stderr)")
+                    #expect(r.stderr.split(separator: "\n").count == 1, "\(tag): one line: \(r.stderr)")
+                    #expect(!FileManager.default.fileExists(atPath: dir + "/p"), "\(tag): nothing written")
+                }
+                #expect(try Self.warden(["vm", "list", "--json"], home: home).stdoutText.contains("x-") == false)
+            }
+        }
+    }
+
+    /// A registry that lies: Distribution refuses manifests over 4 MiB, so a hostile server
+    /// (python3's http.server, loopback, started and killed here) sends a 64 MiB manifest and a
+    /// blob longer than its descriptor; Warden stops reading at its bounds.
+    @Test func aHostileServerCannotMakeWardenReadWithoutBound() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let script = """
+                import http.server, sys
+                class H(http.server.BaseHTTPRequestHandler):
+                    def log_message(self, *a): pass
+                    def do_GET(self):
+                        if self.path.endswith("/manifests/huge"):
+                            self.send_response(200)
+                            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                            self.send_header("Content-Length", str(64 << 20))
+                            self.end_headers()
+                            chunk = b" " * (1 << 20)
+                            try:
+                                for _ in range(64): self.wfile.write(chunk)
+                            except Exception: pass
+                        elif self.path == "/v2/":
+                            self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
+                        else:
+                            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers()
+                    do_HEAD = do_GET
+                http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+                """
+            try Data(script.utf8).write(to: URL(fileURLWithPath: dir + "/hostile.py"))
+            let port = Int.random(in: 40_000...60_000)
+            let pid = try Tool.run(["/bin/sh", "-c", "python3 \"$0/hostile.py\" \(port) >/dev/null 2>&1 </dev/null & echo $!", dir]).stdoutText
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            defer { _ = try? Tool.run(["kill", "-9", pid], check: false) }
+            for _ in 0..<100 {
+                if (try? Tool.run(["curl", "-sf", "http://127.0.0.1:\(port)/v2/"], check: false))?.status == 0 { break }
+                usleep(50_000)
+            }
+            let home = try Self.makeHome(dir)
+            let r = try WardenRun.run(["vm", "pull", "127.0.0.1:\(port)/team/v:huge", "--plain-http", "--name", "x", "--dir", dir + "/p",
+                                       "--db", home + "/warden.db", "--policy", home + "/policy"])
+            #expect(r.status == 2, "\(r.stderr)")
+            #expect(r.stderr.contains("larger than 4194304 bytes"), "\(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1)
+            #expect(r.maxRSSKiB > 0 && r.maxRSSKiB < 200_000, "peak memory \(r.maxRSSKiB) KiB for a 64 MiB answer")
+            #expect(!FileManager.default.fileExists(atPath: dir + "/p"))
+        }
+    }
 }
+
