@@ -18,6 +18,10 @@ public enum MediaType {
     public static let chunk = "application/vnd.warden.disk.chunk.v1+zstd"
     /// The in-toto statements of the VM's lineage (JSON lines, as `warden ledger export`).
     public static let lineage = "application/vnd.warden.lineage.v1+jsonl"
+    /// The encrypted forms (``FamilyKey``): a sealed config names the family and its recipients.
+    public static let sealedConfig = "application/vnd.warden.vm.config.v1+json+encrypted"
+    public static let sealedChunk = "application/vnd.warden.disk.chunk.v1+zstd+encrypted"
+    public static let sealedLineage = "application/vnd.warden.lineage.v1+jsonl+encrypted"
     /// cosign's simple-signing payload (the signature artefact's one layer).
     public static let simpleSigning = "application/vnd.dev.cosign.simplesigning.v1+json"
     /// Ordinary container image layers (KubeVirt containerDisks).

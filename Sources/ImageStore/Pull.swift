@@ -13,6 +13,10 @@ public struct FetchedVM: Sendable {
     public var config: VMArtifactConfig
     public var lineage: [UInt8]
     public var signature: ManifestSignature.Verdict
+    /// The family key of an encrypted image (nil: plaintext).
+    public var familyKey: FamilyKey?
+    /// The sealed config's family and recipients (encrypted images).
+    public var sealed: SealedConfig?
 }
 
 /// Fetches and checks a VM artefact, and rebuilds its disks.
@@ -25,7 +29,9 @@ public struct VMPuller: Sendable {
 
     /// The manifest (an index is followed to its first Warden manifest), config, lineage and
     /// the signature verdict against `trusted`.
-    public func fetch(_ ref: ImageReference, trusted: [TrustedKey]) async throws -> FetchedVM {
+    public func fetch(_ ref: ImageReference, trusted: [TrustedKey],
+                      unseal: (SealedConfig) throws -> FamilyKey = { _ in throw WardenError(.denied, "the image is encrypted and no key is at hand") })
+        async throws -> FetchedVM {
         let repo = ref.repository
         var fetched = try await client.manifest(repo, ref.reference)
         if fetched.mediaType == MediaType.imageIndex || fetched.mediaType == MediaType.dockerManifestList {
@@ -38,15 +44,27 @@ public struct VMPuller: Sendable {
         }
         let manifest = try BoundedJSON.decode(Manifest.self, from: fetched.bytes, limit: RegistryLimits.manifestBytes, what: "the manifest of \(ref)")
         try Self.checkManifest(manifest, ref: ref)
-        let configBytes = try await client.blob(repo, manifest.config.digest, size: manifest.config.size, limit: RegistryLimits.configBytes)
+        var configBytes = try await client.blob(repo, manifest.config.digest, size: manifest.config.size, limit: RegistryLimits.configBytes)
+        var key: FamilyKey?
+        var sealed: SealedConfig?
+        if manifest.config.mediaType == MediaType.sealedConfig {
+            let s = try BoundedJSON.decode(SealedConfig.self, from: configBytes, limit: RegistryLimits.configBytes, what: "the sealed config of \(ref)")
+            try s.validate()
+            let k = try unseal(s)
+            guard let blob = Data(base64Encoded: s.sealed) else { throw WardenError(.corrupt, "the sealed config of \(ref) is not base64") }
+            configBytes = try k.openMetadata(Array(blob), label: "config")
+            key = k; sealed = s
+        }
         let config = try BoundedJSON.decode(VMArtifactConfig.self, from: configBytes, limit: RegistryLimits.configBytes, what: "the VM config of \(ref)")
         try config.validate(layers: manifest.layers)
-        guard let lin = manifest.layers.first(where: { $0.mediaType == MediaType.lineage }) else {
+        guard let lin = manifest.layers.first(where: { $0.mediaType == MediaType.lineage || $0.mediaType == MediaType.sealedLineage }) else {
             throw WardenError(.corrupt, "the manifest of \(ref) has no lineage layer")
         }
-        let lineage = try await client.blob(repo, lin.digest, size: lin.size, limit: RegistryLimits.lineageBytes)
+        var lineage = try await client.blob(repo, lin.digest, size: lin.size, limit: RegistryLimits.lineageBytes)
+        if let key { lineage = try key.openMetadata(lineage, label: "lineage") }
         let verdict = try await signature(repo: repo, digest: fetched.digest, trusted: trusted, tag: ref.digest == nil ? ref.tag : nil)
-        return FetchedVM(reference: ref, digest: fetched.digest, manifest: manifest, config: config, lineage: lineage, signature: verdict)
+        return FetchedVM(reference: ref, digest: fetched.digest, manifest: manifest, config: config, lineage: lineage, signature: verdict,
+                         familyKey: key, sealed: sealed)
     }
 
     /// Checks the manifest's shape before any blob is fetched.
@@ -54,7 +72,8 @@ public struct VMPuller: Sendable {
         func bad(_ why: String) -> WardenError { WardenError(.corrupt, "the manifest of \(ref) \(why)") }
         guard m.schemaVersion == 2 else { throw bad("has schemaVersion \(m.schemaVersion), not 2") }
         if let t = m.mediaType, t != MediaType.imageManifest { throw bad("has media type \(t.prefix(80).debugDescription)") }
-        guard m.config.mediaType == MediaType.vmConfig else {
+        let sealed = m.config.mediaType == MediaType.sealedConfig
+        guard m.config.mediaType == MediaType.vmConfig || sealed else {
             throw WardenError(.unsupported, "\(ref) is not a Warden VM (its config is \(m.config.mediaType.prefix(80).debugDescription)); a KubeVirt containerDisk is read with `warden scan`")
         }
         guard m.layers.count <= RegistryLimits.layers else { throw bad("lists \(m.layers.count) layers") }
@@ -62,8 +81,9 @@ public struct VMPuller: Sendable {
         guard m.config.size > 0, m.config.size <= Int64(RegistryLimits.configBytes) else { throw bad("gives the config \(m.config.size) bytes") }
         for l in m.layers {
             try BlobDigest.check(l.digest, what: "the manifest of \(ref)")
-            guard l.mediaType == MediaType.chunk || l.mediaType == MediaType.lineage else {
-                throw bad("has a layer of media type \(l.mediaType.prefix(80).debugDescription)")
+            let expected = sealed ? [MediaType.sealedChunk, MediaType.sealedLineage] : [MediaType.chunk, MediaType.lineage]
+            guard expected.contains(l.mediaType) else {
+                throw bad("has a layer of media type \(l.mediaType.prefix(80).debugDescription)\(sealed ? " in an encrypted image" : "")")
             }
             guard l.size > 0, l.size <= Int64(RegistryLimits.lineageBytes) else { throw bad("has a layer of \(l.size) bytes") }
         }
@@ -119,7 +139,8 @@ public struct VMPuller: Sendable {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 for c in group {
                     tasks.addTask {
-                        let blob = try await client.blob(repo, c.digest, size: c.size, limit: Int(c.size))
+                        var blob = try await client.blob(repo, c.digest, size: c.size, limit: Int(c.size))
+                        if let key = vm.familyKey { blob = try key.openChunk(blob, what: "chunk \(c.digest)") }
                         var buf = [UInt8](repeating: 0, count: chunkSize)
                         try buf.withUnsafeMutableBytes { try ChunkCodec.decompress(blob, length: c.length, into: $0, what: "chunk \(c.digest)") }
                         try Self.writeSparse(fd, buf, length: c.length, at: c.offset, path: partial)

@@ -1,3 +1,4 @@
+import Crypto
 import DiskImage
 import Foundation
 import WardenCore
@@ -34,6 +35,15 @@ public struct PushPlan: Sendable {
     /// Blobs larger than this go up in chunked PATCHes of this size.
     public var partSize: Int
     public var signer: Signer
+    /// Encrypt chunks, config and lineage with the family's key (and wrap it for these recipients).
+    public var sealing: Sealing?
+
+    public struct Sealing: Sendable {
+        public var key: FamilyKey
+        /// X25519 public keys (raw) that get the family key, wrapped with HPKE.
+        public var recipients: [Data]
+        public init(key: FamilyKey, recipients: [Data]) { self.key = key; self.recipients = recipients }
+    }
 
     public struct Signer: Sendable {
         public var publicKey: Data
@@ -43,7 +53,8 @@ public struct PushPlan: Sendable {
 
     public init(target: ImageReference, disks: [Disk], chunkSize: Int = 4 << 20, vm: VMArtifactConfig.VMInfo,
                 origin: VMArtifactConfig.Origin, findings: VMArtifactConfig.Findings?, lineage: [UInt8], mountFrom: [String] = [],
-                partSize: Int = 16 << 20, signer: Signer) {
+                partSize: Int = 16 << 20, signer: Signer, sealing: Sealing? = nil) {
+        self.sealing = sealing
         self.target = target; self.disks = disks; self.chunkSize = chunkSize; self.vm = vm; self.origin = origin
         self.findings = findings; self.lineage = lineage; self.mountFrom = mountFrom; self.partSize = partSize; self.signer = signer
     }
@@ -113,7 +124,7 @@ public struct VMPusher: Sendable {
             while i < offsets.count {
                 let group = Array(offsets[i..<min(i + batch, offsets.count)])
                 i += group.count
-                let compressed = try Self.compress(device, group, chunkSize: plan.chunkSize, path: disk.path)
+                let compressed = try Self.compress(device, group, chunkSize: plan.chunkSize, path: disk.path, seal: plan.sealing?.key)
                 var uploads: [(Int, [UInt8], String)] = []
                 for (k, c) in compressed.enumerated() {
                     guard let (blob, digest, length) = c else {
@@ -125,7 +136,7 @@ public struct VMPusher: Sendable {
                     counters.bytes += Int64(blob.count)
                     let first = seen.withLock { s -> Bool in if s[digest] != nil { return false }; s[digest] = Int64(blob.count); return true }
                     if first {
-                        layers.append(Descriptor(mediaType: MediaType.chunk, digest: digest, size: Int64(blob.count)))
+                        layers.append(Descriptor(mediaType: plan.sealing == nil ? MediaType.chunk : MediaType.sealedChunk, digest: digest, size: Int64(blob.count)))
                         uploads.append((length, blob, digest))
                     } else {
                         counters.reused += 1
@@ -142,20 +153,31 @@ public struct VMPusher: Sendable {
         // Config and lineage, then the manifest by digest, its signature, and only then the tag:
         // a tag never names an unsigned or half-pushed VM.
         let config = VMArtifactConfig(vm: plan.vm, origin: plan.origin, chunkSize: plan.chunkSize, disks: maps, findings: plan.findings)
-        let configBytes = try config.encoded()
+        var configBytes = try config.encoded()
         guard configBytes.count <= RegistryLimits.configBytes else {
             throw WardenError(.limitExceeded, "the VM config would be \(configBytes.count) bytes; push with a larger --chunk-size")
         }
-        let configDesc = Descriptor.of(configBytes, mediaType: MediaType.vmConfig)
-        let lineageDesc = Descriptor.of(plan.lineage, mediaType: MediaType.lineage)
-        for (d, b) in [(configDesc, configBytes), (lineageDesc, plan.lineage)] where !(try await client.blobExists(repo, d.digest)) {
+        var lineage = plan.lineage
+        var configType = MediaType.vmConfig, lineageType = MediaType.lineage
+        var annotations = ["org.opencontainers.image.created": plan.origin.pushedAt,
+                           "org.opencontainers.image.title": plan.vm.name, "dev.warden.vm.id": plan.vm.id]
+        if let s = plan.sealing {
+            let sealed = SealedConfig(family: s.key.family, keyID: s.key.keyID, recipients: try s.recipients.map { try s.key.wrap(for: $0) },
+                                      sealed: Data(try s.key.sealMetadata(configBytes, label: "config")).base64EncodedString())
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            configBytes = Array(try e.encode(sealed))
+            lineage = try s.key.sealMetadata(lineage, label: "lineage")
+            configType = MediaType.sealedConfig; lineageType = MediaType.sealedLineage
+            // Nothing that names the VM stays in the clear.
+            annotations = ["org.opencontainers.image.created": plan.origin.pushedAt]
+        }
+        let configDesc = Descriptor.of(configBytes, mediaType: configType)
+        let lineageDesc = Descriptor.of(lineage, mediaType: lineageType)
+        for (d, b) in [(configDesc, configBytes), (lineageDesc, lineage)] where !(try await client.blobExists(repo, d.digest)) {
             try await client.upload(repo, b, digest: d.digest, partSize: plan.partSize)
         }
-        let manifest = Manifest(artifactType: MediaType.vm, config: configDesc, layers: layers + [lineageDesc], annotations: [
-            "org.opencontainers.image.created": plan.origin.pushedAt,
-            "org.opencontainers.image.title": plan.vm.name,
-            "dev.warden.vm.id": plan.vm.id,
-        ])
+        let manifest = Manifest(artifactType: MediaType.vm, config: configDesc, layers: layers + [lineageDesc], annotations: annotations)
         let bytes = try manifest.encoded()
         guard bytes.count <= RegistryLimits.manifestBytes, manifest.layers.count <= RegistryLimits.layers else {
             throw WardenError(.limitExceeded, "the manifest would list \(manifest.layers.count) layers (\(bytes.count) bytes); push with a larger --chunk-size")
@@ -179,7 +201,7 @@ public struct VMPusher: Sendable {
     }
 
     /// Reads and compresses chunks at `offsets` in parallel; nil for a chunk that reads as zeros.
-    static func compress(_ device: any BlockDevice, _ offsets: [UInt64], chunkSize: Int, path: String) throws -> [([UInt8], String, Int)?] {
+    static func compress(_ device: any BlockDevice, _ offsets: [UInt64], chunkSize: Int, path: String, seal: FamilyKey? = nil) throws -> [([UInt8], String, Int)?] {
         let results = Locked<[Result<([UInt8], String, Int)?, Error>?]>(Array(repeating: nil, count: offsets.count))
         DispatchQueue.concurrentPerform(iterations: offsets.count) { k in
             let r = Result<([UInt8], String, Int)?, Error> {
@@ -187,7 +209,8 @@ public struct VMPusher: Sendable {
                 var buf = [UInt8](repeating: 0, count: len)
                 try buf.withUnsafeMutableBytes { try device.read(at: offsets[k], into: $0) }
                 if Self.isZero(buf) { return nil }
-                let blob = try buf.withUnsafeBytes { try ChunkCodec.compress($0) }
+                var blob = try buf.withUnsafeBytes { try ChunkCodec.compress($0) }
+                if let seal { blob = try seal.sealChunk(blob) }
                 return (blob, BlobDigest.of(blob), len)
             }
             results.withLock { $0[k] = r }

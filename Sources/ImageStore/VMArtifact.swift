@@ -102,8 +102,8 @@ public struct VMArtifactConfig: Codable, Sendable, Equatable {
         guard UUID(uuidString: vm.id) != nil, UUID(uuidString: vm.generation) != nil else { throw bad("has a VM id or generation that is not a UUID") }
         guard !vm.name.isEmpty, vm.name.utf8.count <= 255, vm.labels.count <= 256 else { throw bad("has an empty or oversized name or labels") }
         var sizes: [String: Int64] = [:]
-        for l in layers where l.mediaType == MediaType.chunk { sizes[l.digest] = l.size }
-        let bound = Int64(ZSTD_compressBound(chunkSize))
+        for l in layers where l.mediaType == MediaType.chunk || l.mediaType == MediaType.sealedChunk { sizes[l.digest] = l.size }
+        let bound = Int64(ZSTD_compressBound(chunkSize)) + 28
         for d in disks {
             guard d.format == "qcow2" || d.format == "raw" else { throw bad("gives disk \(d.index) the format \(d.format.prefix(32).debugDescription)") }
             guard d.virtualSize > 0, d.virtualSize <= Self.maxVirtualSize else { throw bad("gives disk \(d.index) a size of \(d.virtualSize) bytes") }

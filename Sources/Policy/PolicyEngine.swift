@@ -90,6 +90,8 @@ public struct PolicyContext: Sendable {
     public var signature: String?
     /// The pull keeps the pushed VM's identity (pull).
     public var keepIdentity = false
+    /// The image is encrypted (push, pull); nil for other operations.
+    public var encrypted: Bool?
 
     public init(decisionID: UUID = UUID(), time: Date = Date(),
                 host: Fact<HostFacts> = .unknown("no host given"),
@@ -389,6 +391,14 @@ public enum PolicyEngine {
                 out.append(verdicts.contains(s) ? .yes("the image's signature is \(s)") : .no("the image's signature is \(s), not \(verdicts.joined(separator: " or "))"))
             } else {
                 out.append(.unknown("no signature verdict given"))
+            }
+        }
+        if let want = c.encrypted {
+            if let e = context.encrypted {
+                let t: Truth = e ? .yes("the image is encrypted") : .no("the image is not encrypted")
+                out.append(want ? t : negate(t))
+            } else {
+                out.append(.unknown("not a push or pull"))
             }
         }
         if let want = c.keepIdentity {

@@ -107,6 +107,8 @@ public struct PolicyRequest: Sendable {
     public var signature: String?
     /// The pull keeps the pushed VM's identity.
     public var keepIdentity = false
+    /// The image is encrypted (push, pull).
+    public var encrypted: Bool?
     public var decisionID: UUID
 
     public init(operation: VMOperation, host: HostName = .current, time: Date = Date(), destination: String? = nil,
@@ -182,6 +184,7 @@ extension PolicySet {
         ctx.registry = request.registry
         ctx.signature = request.signature
         ctx.keepIdentity = request.keepIdentity
+        ctx.encrypted = request.encrypted
         return ctx
     }
 }

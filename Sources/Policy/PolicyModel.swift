@@ -251,12 +251,14 @@ public struct Conditions: Sendable, Hashable, Codable {
     /// The pull keeps the pushed VM's identity (`--keep-identity`; pull only). A pull that keeps
     /// it goes ahead only when an `allow` rule with `keepIdentity: true` fires.
     public var keepIdentity: Bool?
+    /// The pushed (or pulled) image is encrypted with its family's key (push and pull only).
+    public var encrypted: Bool?
     public init() {}
 
     public var isEmpty: Bool {
         host == nil && window == nil && maxReplicas == nil && destination == nil && scanAge == nil
             && scanCurrent == nil && findings == nil && reexposes == nil && ownerPresent == nil && attested == nil && malware == nil
-            && mirrors == nil && registries == nil && signature == nil && keepIdentity == nil
+            && mirrors == nil && registries == nil && signature == nil && keepIdentity == nil && encrypted == nil
     }
 }
 

@@ -353,7 +353,7 @@ public enum PolicyParser {
     }
 
     static func parseConditions(_ r: inout NodeReader, _ node: Node, _ what: String, ops: [VMOperation]) -> Conditions? {
-        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware", "mirrors", "registries", "signature", "keepIdentity"]
+        let keys = ["host", "window", "maxReplicas", "destination", "scanAge", "scanCurrent", "findings", "reexposes", "ownerPresent", "attested", "malware", "mirrors", "registries", "signature", "keepIdentity", "encrypted"]
         guard let m = r.mapping(node, what, allowed: keys) else { return nil }
         var c = Conditions()
         if let h = m["host"], let hm = r.mapping(h.value, "\(what).host", allowed: ["names", "labels"]) {
@@ -436,6 +436,11 @@ public enum PolicyParser {
             if !bad.isEmpty {
                 r.error(o.key, "\(what).signature: only pull has a signature to check, not \(bad.map(\.rawValue).joined(separator: ", "))")
             }
+        }
+        if let o = m["encrypted"] {
+            c.encrypted = r.bool(o.value, "\(what).encrypted")
+            let bad = ops.filter { $0 != .push && $0 != .pull }
+            if !bad.isEmpty { r.error(o.key, "\(what).encrypted: only push and pull move images, not \(bad.map(\.rawValue).joined(separator: ", "))") }
         }
         if let o = m["keepIdentity"] {
             c.keepIdentity = r.bool(o.value, "\(what).keepIdentity")

@@ -177,7 +177,7 @@ public enum PolicyTestRunner {
         ctx.malwareScan = .unknown(missing)
         if let f = m["facts"], let fm = r.mapping(f.value, "\(what): facts",
                                                    allowed: ["replicas", "lastScan", "findings", "advisoriesSinceScan", "reexposes", "destination",
-                                                             "ownerPresent", "attested", "malware", "mirror", "registry", "signature", "keepIdentity"]) {
+                                                             "ownerPresent", "attested", "malware", "mirror", "registry", "signature", "keepIdentity", "encrypted"]) {
             if let n = fm["replicas"], let v = r.int(n.value, "\(what): facts.replicas", min: 0, max: 10_000_000) { ctx.replicas = .known(v) }
             if let n = fm["lastScan"], let s = r.scalar(n.value, "\(what): facts.lastScan") {
                 if s == "never" { ctx.lastScan = .known(nil) }
@@ -215,6 +215,7 @@ public enum PolicyTestRunner {
             }
             if let n = fm["ownerPresent"], let b = r.bool(n.value, "\(what): facts.ownerPresent") { ctx.ownerPresent = .known(b) }
             if let n = fm["mirror"], let s = r.scalar(n.value, "\(what): facts.mirror") { ctx.mirror = s }
+            if let n = fm["encrypted"], let b = r.bool(n.value, "\(what): facts.encrypted") { ctx.encrypted = b }
             if let n = fm["keepIdentity"], let b = r.bool(n.value, "\(what): facts.keepIdentity") { ctx.keepIdentity = b }
             if let n = fm["registry"], let s = r.scalar(n.value, "\(what): facts.registry") { ctx.registry = s }
             if let n = fm["signature"], let s = r.scalar(n.value, "\(what): facts.signature") {

@@ -4,6 +4,7 @@ import ImageStore
 import Ledger
 import Policy
 import Sysprep
+import Vault
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -22,10 +23,52 @@ public struct RegistryService: Sendable {
     public var note: @Sendable (String) -> Void
     /// Called after each batch of chunks moved (tests kill the registry there).
     public var afterBatch: (@Sendable () -> Void)?
+    /// Family keys of encrypted pushes live here (docs/oci.md, "Encryption").
+    public var vault: Vault?
 
     public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
-                keysDirectory: String, note: @escaping @Sendable (String) -> Void = { _ in }) {
-        self.store = store; self.policy = policy; self.host = host; self.keysDirectory = keysDirectory; self.note = note
+                keysDirectory: String, vault: Vault? = nil, note: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.store = store; self.policy = policy; self.host = host; self.keysDirectory = keysDirectory; self.vault = vault; self.note = note
+    }
+
+    /// The vault layer of a family key (on the family's root VM: `warden vault shred ROOT` destroys it).
+    public static let familyLayer = "oci"
+
+    /// The lineage family a VM's pushes share a key with: its oldest ancestor here, or, for a
+    /// pulled root, the family its image named.
+    func familyRoot(of vm: VMRecord) throws -> VMID {
+        var cur = vm
+        var steps = 0
+        while let p = cur.parent, steps < 64, let parent = try store.vm(p) { cur = parent; steps += 1 }
+        if let e = try store.events(of: cur.id).first(where: { $0.kind == .pulled }), case .string(let f)? = e.payload["family"], let id = VMID(f) {
+            return id
+        }
+        return cur.id
+    }
+
+    /// The family's key from the vault, made there on first use.
+    func familyKey(for vm: VMRecord) throws -> FamilyKey {
+        guard let vault else { throw WardenError(.unsupported, "--encrypt needs the vault") }
+        let root = try familyRoot(of: vm)
+        let ctx = KeyContext(vm: root, layer: Self.familyLayer)
+        let k = try vault.key(for: ctx) ?? vault.newKey(for: ctx)
+        return try FamilyKey(family: root.description, keyID: k.id, key: k.key)
+    }
+
+    /// The key of a sealed image: from this vault (same family key id), else unwrapped with this
+    /// host's recipient key and then kept in the vault (so the copy's own pushes stay in the family).
+    func unseal(_ s: SealedConfig) throws -> FamilyKey {
+        guard let family = VMID(s.family) else { throw WardenError(.corrupt, "the sealed config names an invalid family") }
+        let ctx = KeyContext(vm: family, layer: Self.familyLayer)
+        if let vault, let k = try vault.key(for: ctx), k.id == s.keyID { return try FamilyKey(family: s.family, keyID: k.id, key: k.key) }
+        let mine = try RecipientKey.loadOrCreate(directory: keysDirectory, host: host.value)
+        guard let raw = try FamilyKey.unwrap(s, with: mine) else {
+            throw WardenError(.denied, "the image is encrypted for \(s.recipients.count) other recipient(s): neither this host's key \(mine.id) nor its vault holds key \(s.keyID)")
+        }
+        if let vault, try vault.keys.get(ctx) == nil {
+            try vault.keys.put(try vault.provider.wrap(raw, id: s.keyID, context: ctx), for: ctx)
+        }
+        return try FamilyKey(family: s.family, keyID: s.keyID, key: raw)
     }
 
     var vms: VMService { VMService(store: store, policy: policy, host: host, note: note) }
@@ -42,10 +85,13 @@ public struct RegistryService: Sendable {
         public var chunkSize: Int
         public var partSize: Int
         public var progress: Bool
+        /// Encrypt with the family's key; `recipients` (X25519, raw) get it wrapped.
+        public var encrypt: Bool
+        public var recipients: [Data]
         public init(vm: String, reference: ImageReference, options: RegistryOptions = RegistryOptions(), chunkSize: Int = 4 << 20,
-                    partSize: Int = 16 << 20, progress: Bool = true) {
+                    partSize: Int = 16 << 20, progress: Bool = true, encrypt: Bool = false, recipients: [Data] = []) {
             self.vm = vm; self.reference = reference; self.options = options; self.chunkSize = chunkSize
-            self.partSize = partSize; self.progress = progress
+            self.partSize = partSize; self.progress = progress; self.encrypt = encrypt; self.recipients = recipients
         }
     }
 
@@ -72,9 +118,12 @@ public struct RegistryService: Sendable {
             throw WardenError(.invalidArgument, "--chunk-size must be a power of two from 64K to 64M")
         }
         // The decision that counts is made and recorded before anything is uploaded.
+        if !r.recipients.isEmpty && !r.encrypt { throw WardenError(.invalidArgument, "--recipient goes with --encrypt") }
         var request = PolicyRequest(operation: .push, host: host)
         request.registry = r.reference.name
+        request.encrypted = r.encrypt
         let decision = try vms.authorize(request, vm: vm)
+        let sealing = try r.encrypt ? PushPlan.Sealing(key: familyKey(for: vm), recipients: r.recipients) : nil
         let key = try HostKey.loadOrCreate(directory: keysDirectory, host: host)
         let facts = LedgerPolicyFacts.wired(store)
         var findings: VMArtifactConfig.Findings?
@@ -90,7 +139,7 @@ public struct RegistryService: Sendable {
             origin: .init(host: host.value, pushedAt: Self.time(now), ledgerSize: try? store.eventCount()),
             findings: findings, lineage: try lineage(of: vm), mountFrom: try ancestorRepositories(of: vm, registry: r.reference.registry),
             partSize: r.partSize,
-            signer: .init(publicKey: key.publicKey, sign: { try key.sign($0) }))
+            signer: .init(publicKey: key.publicKey, sign: { try key.sign($0) }), sealing: sealing)
         let client = try RegistryClient(registry: r.reference.registry, options: r.options)
         let result: PushResult
         do {
@@ -111,7 +160,11 @@ public struct RegistryService: Sendable {
             "uploaded_bytes": .number(Double(result.uploadedBytes)), "chunk_bytes": .number(Double(result.chunkBytes)),
             "signing_key": .string(keyID), "signature_tag": .string(result.signatureTag),
             "decision": .string(decision.id.uuidString.lowercased()),
-        ]))
+            "encrypted": .bool(sealing != nil),
+        ].merging(sealing.map { s -> [String: JSONValue] in
+            ["family": .string(s.key.family), "key": .string(s.key.keyID),
+             "recipients": .array(s.recipients.map { .string(RecipientKey.id($0)) })]
+        } ?? [:]) { $1 }))
         return PushOutcome(vm: vm, result: result, decision: decision, keyID: keyID)
     }
 
@@ -212,7 +265,7 @@ public struct RegistryService: Sendable {
         let progress = TransferProgress(verb: "pulled", enabled: r.progress)
         var puller = VMPuller(client: client, progress: progress)
         puller.afterBatch = afterBatch
-        let fetched = try await puller.fetch(r.reference, trusted: trusted)
+        let fetched = try await puller.fetch(r.reference, trusted: trusted, unseal: { try self.unseal($0) })
         let cfg = fetched.config
         let name = r.name ?? cfg.vm.name
         try Clone.checkName(name)
@@ -229,6 +282,7 @@ public struct RegistryService: Sendable {
         request.registry = r.reference.name
         request.signature = fetched.signature.label
         request.keepIdentity = r.keepIdentity
+        request.encrypted = fetched.familyKey != nil
         let facts = PulledFacts(ledger: LedgerPolicyFacts.wired(store), config: cfg, originKnown: local != nil)
         if case .invalid(let why) = fetched.signature { note("\(r.reference): signature invalid: \(why)") }
         if fetched.signature == .unsigned { note("\(r.reference): no signature (no \(ManifestSignature.tag(for: fetched.digest)) tag)") }
@@ -303,6 +357,8 @@ public struct RegistryService: Sendable {
             let statements = fetched.lineage.split(separator: 0x0A).count
             payload["lineage"] = .object(["statements": .number(Double(statements)), "sha256": .string(BlobDigest.of(fetched.lineage))])
             payload["identity_refreshed"] = .bool(report != nil)
+            payload["encrypted"] = .bool(fetched.familyKey != nil)
+            if let k = fetched.familyKey { payload["family"] = .string(k.family); payload["key"] = .string(k.keyID) }
             if let rep = report {
                 payload["ssh_host_keys"] = .array(rep.hostKeys.map(\.fingerprint).sorted().map(JSONValue.string))
                 if let m = rep.machineId { payload["machine_id"] = .string(m) }

@@ -527,5 +527,66 @@ import WardenTestSupport
             #expect(!FileManager.default.fileExists(atPath: dir + "/p"))
         }
     }
+
+    @Test func encryptedPushesShowTheRegistryOnlySizesAndOpenForTheirRecipientsAndTheFamily() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                try FileManager.default.createDirectory(atPath: dir + "/a", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(atPath: dir + "/b", withIntermediateDirectories: true)
+                let a = try Self.makeHome(dir + "/a")
+                let b = try Self.makeHome(dir + "/b")
+                // Host b trusts host a's signatures.
+                try FileManager.default.copyItem(atPath: a + "/policy/trusted-keys/this-host.pub", toPath: b + "/policy/trusted-keys/host-a.pub")
+                let disk = try Self.dataVM(dir, home: a, name: "secretvm")
+                let sealedRef = "\(reg.host)/vault/img1:1"
+                let push = try Self.warden(["vm", "push", "secretvm", sealedRef, "--plain-http", "--encrypt", "--json"], home: a)
+                #expect(push.status == 0, "\(push.stderr)")
+                #expect(try Self.json(push)["encrypted"] as? Bool == true)
+                // The registry holds no plaintext: no VM name or owner, no zstd frame, not the 0x5a run (the
+                // repository name is the only name it sees, and it is chosen not to be the VM's).
+                let storage = reg.directory + "/storage"
+                for needle in ["secretvm", "alice", String(repeating: "Z", count: 64)] {
+                    let g = try Tool.run(["grep", "-rl", "--", needle, storage], check: false)
+                    #expect(g.stdoutText.isEmpty, "\(needle) found in \(g.stdoutText)")
+                }
+                let zstd = try Tool.sh("find '\(reg.blobsDirectory)' -name data -exec head -c 4 {} \\; | od -An -tx1 | tr -s ' ' '\\n' | paste -sd' '")
+                #expect(!zstd.stdoutText.contains("28 b5 2f fd"), "a blob starts with a zstd frame")
+                // The pushing host pulls it back from its vault.
+                let back = try Self.warden(["vm", "pull", sealedRef, "--plain-http", "--name", "back", "--dir", dir + "/back", "--operations", "none", "--json"], home: a)
+                #expect(back.status == 0, "\(back.stderr)")
+                #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/back/back.qcow2"], check: false).status == 0)
+                // Host b is not a recipient: refused, nothing written.
+                let refused = try Self.warden(["vm", "pull", sealedRef, "--plain-http", "--name", "x", "--dir", dir + "/bx", "--operations", "none"], home: b)
+                #expect(refused.status == 3, "\(refused.stderr)")
+                #expect(refused.stderr.contains("encrypted for"))
+                #expect(!FileManager.default.fileExists(atPath: dir + "/bx"))
+                // Pushed again with host b as a recipient: b pulls it.
+                let bKey = try Self.warden(["registry", "key", "--recipient"], home: b).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+                let forB = try Self.warden(["vm", "push", "secretvm", "\(reg.host)/vault/img1:for-b", "--plain-http", "--encrypt", "--recipient", bKey, "--json"],
+                                           home: a)
+                #expect(forB.status == 0, "\(forB.stderr)")
+                #expect((try Self.json(forB)["reused"] as? Int) == 4, "the same family key: every chunk is already there")
+                let pulledB = try Self.warden(["vm", "pull", "\(reg.host)/vault/img1:for-b", "--plain-http", "--name", "on-b", "--dir", dir + "/onb",
+                                               "--operations", "none", "--json"], home: b)
+                #expect(pulledB.status == 0, "\(pulledB.stderr)")
+                #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/onb/on-b.qcow2"], check: false).status == 0)
+                // The dedupe domain is the lineage family: a copy reuses every chunk, an
+                // unrelated VM with the same bytes (another family, another key) reuses none.
+                #expect(try Self.warden(["vm", "copy", "secretvm", dir + "/copies", "--name", "copy1"], home: a).status == 0)
+                let copy = try Self.warden(["vm", "push", "copy1", "\(reg.host)/vault/copy1:1", "--plain-http", "--encrypt", "--json"], home: a)
+                #expect(try Self.json(copy)["uploaded"] as? Int == 0, "\(copy.stdoutText)")
+                try FileManager.default.createDirectory(atPath: dir + "/twin", withIntermediateDirectories: true)
+                try Tool.run(["cp", disk, dir + "/twin/twin.qcow2"])
+                #expect(try Self.warden(["vm", "register", "--name", "twin", "--owner", "bob", dir + "/twin/twin.qcow2"], home: a).status == 0)
+                let twin = try Self.warden(["vm", "push", "twin", "\(reg.host)/vault/twin:1", "--plain-http", "--encrypt", "--json"], home: a)
+                #expect(try Self.json(twin)["reused"] as? Int == 0, "\(twin.stdoutText)")
+                // Crypto-shredding the family: its images no longer open here.
+                #expect(try Self.warden(["vault", "shred", "secretvm", "--yes"], home: a).status == 0)
+                let gone = try Self.warden(["vm", "pull", sealedRef, "--plain-http", "--name", "gone", "--dir", dir + "/gone", "--operations", "none"], home: a)
+                #expect(gone.status == 3, "\(gone.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: dir + "/gone"))
+            }
+        }
+    }
 }
 

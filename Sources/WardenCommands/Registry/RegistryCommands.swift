@@ -4,6 +4,7 @@ import Hypervisor
 import ImageStore
 import Ledger
 import Sysprep
+import Vault
 import WardenCore
 import WardenServices
 
@@ -42,29 +43,35 @@ struct VMPush: ParsableCommand {
     @Argument(help: "The VM (id, unique id prefix, or unique name).") var vm: String
     @Argument(help: "Where to: host[:port]/repository[:tag], e.g. localhost:5000/team/web1:2026-12.") var reference: String
     @Option(help: ArgumentHelp("Chunk size: a power of two from 64K to 64M.", valueName: "size")) var chunkSize = "4M"
+    @Flag(help: "Encrypt chunks, config and lineage with the VM's lineage family key, kept in this host's vault (docs/oci.md).") var encrypt = false
+    @Option(name: .customLong("recipient"), help: ArgumentHelp("With --encrypt: also wrap the family key for this host key (base64 X25519, or a file; `warden registry key --recipient` prints it). Repeatable.", valueName: "key"))
+    var recipients: [String] = []
     @OptionGroup var access: RegistryAccess
     @OptionGroup var policyOptions: PolicyOptions
 
     func run() throws {
         let ref = try ImageReference(parsing: reference)
         guard let size = Self.parseSize(chunkSize) else { throw WardenError(.invalidArgument, "--chunk-size: \(chunkSize) is not a size like 4M") }
+        let keys = try recipients.map { try RecipientKey.publicKey($0) }
         let store = try database.open(create: false)
         var service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
-                                      note: { Output.note($0) })
+                                      vault: Vault.beside(database: database.path), note: { Output.note($0) })
         service.afterBatch = TestHooks.batchPause()
         let svc = service
-        let request = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet)
+        let request = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet,
+                                                  encrypt: encrypt, recipients: keys)
         let out = try runAsync { try await svc.push(request) }
         let r = out.result
         struct Doc: Encodable {
             var schema = "warden.push/v1"
             var vm: String; var name: String; var reference: String; var digest: String; var signatureTag: String; var signingKey: String
             var chunks: Int; var reused: Int; var mounted: Int; var uploaded: Int; var chunkBytes: Int64; var uploadedBytes: Int64
-            var guestBytes: UInt64; var seconds: Double
+            var guestBytes: UInt64; var seconds: Double; var encrypted: Bool
         }
         try Output.render(Doc(vm: out.vm.id.description, name: out.vm.name, reference: r.reference, digest: r.digest, signatureTag: r.signatureTag,
                               signingKey: out.keyID, chunks: r.chunks, reused: r.reused, mounted: r.mounted, uploaded: r.uploaded,
-                              chunkBytes: r.chunkBytes, uploadedBytes: r.uploadedBytes, guestBytes: r.guestBytes, seconds: r.seconds),
+                              chunkBytes: r.chunkBytes, uploadedBytes: r.uploadedBytes, guestBytes: r.guestBytes, seconds: r.seconds,
+                              encrypted: encrypt),
                           json: access.json) {
             Output.stdout.line("pushed VM \(out.vm.name) to \(r.reference)")
             Output.stdout.line("  \(r.chunks) chunks: \(r.uploaded) uploaded (\(TransferProgress.size(r.uploadedBytes))), \(r.reused) reused, \(r.mounted) mounted; signed (\(r.signatureTag))")
@@ -109,7 +116,7 @@ struct VMPull: ParsableCommand {
         let store = try database.open(create: true)
         let ops = try Sysprep.select(operations)
         var service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
-                                      note: { Output.note($0) })
+                                      vault: Vault.beside(database: database.path), note: { Output.note($0) })
         service.afterBatch = TestHooks.batchPause()
         let svc = service
         let vmName = name
@@ -148,12 +155,19 @@ struct RegistryCommand: ParsableCommand {
             commandName: "key",
             abstract: "Print this host's Ed25519 public key (base64), as a file in a policy's trusted-keys/ expects it.")
         @OptionGroup var database: DatabaseOptions
-        @Flag(help: "JSON output.") var json = false
+        @Flag(help: "Print the X25519 key that encrypted pushes wrap family keys for (--recipient), not the signing key.") var recipient = false
+        @Flag(help: "JSON output (both keys).") var json = false
         func run() throws {
-            let key = try HostKey.loadOrCreate(directory: HostKey.directory(databasePath: database.path))
-            struct Doc: Encodable { var schema = "warden.registry-key/v1"; var host: String; var publicKey: String; var keyId: String }
-            try Output.render(Doc(host: key.host.value, publicKey: key.publicKey.base64EncodedString(), keyId: ManifestSignature.keyID(key.publicKey)), json: json) {
-                Output.stdout.line(key.publicKey.base64EncodedString())
+            let dir = HostKey.directory(databasePath: database.path)
+            let key = try HostKey.loadOrCreate(directory: dir)
+            let rec = try RecipientKey.loadOrCreate(directory: dir, host: key.host.value)
+            struct Doc: Encodable {
+                var schema = "warden.registry-key/v1"; var host: String; var publicKey: String; var keyId: String
+                var recipientKey: String; var recipientKeyId: String
+            }
+            try Output.render(Doc(host: key.host.value, publicKey: key.publicKey.base64EncodedString(), keyId: ManifestSignature.keyID(key.publicKey),
+                                  recipientKey: rec.publicKey.base64EncodedString(), recipientKeyId: rec.id), json: json) {
+                Output.stdout.line((recipient ? rec.publicKey : key.publicKey).base64EncodedString())
             }
         }
     }
