@@ -199,7 +199,7 @@ let package = Package(
         ]),
         // VMs in OCI registries: the distribution-spec client, chunked disks, signatures (docs/oci.md).
         .target(name: "ImageStore", dependencies: [
-            "WardenCore", "DiskImage", "CZstd",
+            "WardenCore", "DiskImage", "CZstd", "CZlib",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -268,3 +268,17 @@ public enum OVA {
         return OpenedImage(device: disk.device, chain: [info] + disk.chain)
     }
 }
+
+/// The regular-file members of a tar archive (ustar, GNU and pax long names and sizes), read
+/// in place with the bounds of the OVA reader: one tar reader for OVAs and OCI layers.
+public enum TarArchive {
+    public struct Member: Sendable, Equatable {
+        public var name: String
+        public var offset: UInt64
+        public var size: UInt64
+    }
+
+    public static func members(path: String) throws -> [Member] {
+        try OVA.members(try ImageFile(path: path)).map { Member(name: $0.name, offset: $0.offset, size: $0.size) }
+    }
+}

@@ -588,5 +588,66 @@ import WardenTestSupport
             }
         }
     }
+
+    /// A KubeVirt containerDisk: an OCI image whose one layer (tar+gzip, written by tar and
+    /// gzip) holds `disk/disk.qcow2`, laid out as an OCI directory by this test and copied into
+    /// the registry with `skopeo copy`; `warden scan REF` reads it as it reads the same file.
+    @Test func aKubeVirtContainerDiskScansLikeTheSameQcow2ReadFromAFile() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                try Tool.sh("""
+                    set -e
+                    cd '\(dir)'
+                    mkdir -p root/etc root/var/lib/dpkg layer/disk oci/blobs/sha256
+                    printf 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\\nNAME="Debian GNU/Linux"\\nVERSION_ID="12"\\nID=debian\\n' > root/etc/os-release
+                    printf 'Package: openssl\\nStatus: install ok installed\\nArchitecture: amd64\\nVersion: 3.0.11-1~deb12u2\\n\\nPackage: bash\\nStatus: install ok installed\\nArchitecture: amd64\\nVersion: 5.2.15-2+b2\\n\\n' > root/var/lib/dpkg/status
+                    truncate -s 16M fs.img
+                    mkfs.ext4 -q -F -d root fs.img
+                    qemu-img convert -q -f raw -O qcow2 fs.img layer/disk/disk.qcow2
+                    tar --owner=107 --group=107 -C layer -cf layer.tar disk
+                    gzip -n -c layer.tar > layer.tar.gz
+                    """)
+                func sha(_ f: String) throws -> String { String(try Tool.run(["sha256sum", dir + "/" + f]).stdoutText.prefix(64)) }
+                func size(_ f: String) throws -> Int { (try FileManager.default.attributesOfItem(atPath: dir + "/" + f)[.size] as? Int) ?? 0 }
+                let layer = try sha("layer.tar.gz"), diff = try sha("layer.tar")
+                try Tool.run(["cp", dir + "/layer.tar.gz", dir + "/oci/blobs/sha256/" + layer])
+                let config = #"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["sha256:\#(diff)"]}}"#
+                try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+                let configSHA = try sha("config.json")
+                try Tool.run(["cp", dir + "/config.json", dir + "/oci/blobs/sha256/" + configSHA])
+                let manifest = #"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:\#(configSHA)","size":\#(try size("config.json"))},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:\#(layer)","size":\#(try size("layer.tar.gz"))}]}"#
+                try Data(manifest.utf8).write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+                let mSHA = try sha("manifest.json")
+                try Tool.run(["cp", dir + "/manifest.json", dir + "/oci/blobs/sha256/" + mSHA])
+                let index = #"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:\#(mSHA)","size":\#(try size("manifest.json")),"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}"#
+                try Data(index.utf8).write(to: URL(fileURLWithPath: dir + "/oci/index.json"))
+                try Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8).write(to: URL(fileURLWithPath: dir + "/oci/oci-layout"))
+                let copy = try Tool.run(["skopeo", "copy", "--dest-tls-verify=false", "oci:\(dir)/oci:v1", "docker://\(reg.host)/kubevirt/tiny-cd:v1"],
+                                        check: false, timeout: 120)
+                #expect(copy.status == 0, "\(copy.stderr)")
+                let home = try Self.makeHome(dir)
+                let fromFile = try Self.warden(["scan", "--json", dir + "/layer/disk/disk.qcow2"], home: home)
+                try FileManager.default.createDirectory(atPath: dir + "/tmp", withIntermediateDirectories: true)
+                let fromRef = try Self.warden(["scan", "--json", "--plain-http", "\(reg.host)/kubevirt/tiny-cd:v1"], home: home, env: ["TMPDIR": dir + "/tmp/"])
+                #expect(fromRef.status == fromFile.status, "\(fromRef.stderr)")
+                let a = try #require((try Self.json(fromFile)["images"] as? [[String: Any]])?.first)
+                let b = try #require((try Self.json(fromRef)["images"] as? [[String: Any]])?.first, "\(fromRef.stdoutText) \(fromRef.stderr)")
+                #expect(b["image"] as? String == "\(reg.host)/kubevirt/tiny-cd:v1")
+                for k in ["os_id", "version_id", "packages", "inventory", "ecosystems"] {
+                    #expect(String(describing: a[k] ?? "-") == String(describing: b[k] ?? "-"), "\(k): \(a[k] ?? "-") vs \(b[k] ?? "-")")
+                }
+                #expect((a["packages"] as? Int) == 2)
+                // Nothing is left in the temporary folder.
+                #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/tmp").isEmpty)
+                // A Warden VM is not a containerDisk, and an image without /disk/ is named as such.
+                let missing = try Self.warden(["scan", "--plain-http", "\(reg.host)/kubevirt/none:v1"], home: home)
+                #expect(missing.status == 2 && missing.stderr.contains("no such manifest"), "\(missing.stderr)")
+                _ = try Self.dataVM(dir, home: home, name: "wvm")
+                #expect(try Self.warden(["vm", "push", "wvm", "\(reg.host)/kubevirt/wvm:1", "--plain-http"], home: home).status == 0)
+                let notCD = try Self.warden(["scan", "--plain-http", "\(reg.host)/kubevirt/wvm:1"], home: home)
+                #expect(notCD.status == 2 && notCD.stderr.contains("not a container image"), "\(notCD.stderr)")
+            }
+        }
+    }
 }
 

@@ -10,6 +10,7 @@ import Inspection
 import Advisories
 import Ledger
 import WardenServices
+import ImageStore
 
 extension Severity: ExpressibleByArgument {
     public init?(argument: String) {
@@ -31,7 +32,8 @@ struct ScanCommand: ParsableCommand {
         """
     )
     @OptionGroup var database: DatabaseOption
-    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA).") var images: [String]
+    @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA), or registry references of KubeVirt containerDisks (host[:port]/repo[:tag], docker://… too).")
+    var images: [String]
     @Option(help: "Force the image format: raw, qcow2, vmdk, vhd, vhdx, vdi or ova.") var format: ImageFormat?
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Also list fixed and not-affected findings.") var all = false
@@ -40,6 +42,7 @@ struct ScanCommand: ParsableCommand {
     var failOn: Severity?
     @Flag(help: "Exit 2 when a part of a disk was not read (a closed encrypted volume, an unreadable filesystem, an LVM problem): a clean result would not cover it.")
     var failOnUnscanned = false
+    @OptionGroup var registry: RegistryConnection
 
     func validate() throws { if images.isEmpty { throw ValidationError("name at least one image") } }
 
@@ -48,9 +51,13 @@ struct ScanCommand: ParsableCommand {
     func run() throws {
         let db = try database.open()
         let ledgerForKeys = SQLiteLedger(database: db)
-        let outcome = try ScanService(database: db).scan(images: images, format: format, includeResolved: all) { path in
+        // Registry references (KubeVirt containerDisks) are fetched into private folders first.
+        let fetched = try ContainerDiskArguments.resolve(images, options: registry.options)
+        defer { fetched.cleanUp() }
+        var outcome = try ScanService(database: db).scan(images: fetched.paths, format: format, includeResolved: all) { path in
             try key.passphrase(forImage: path, ledger: ledgerForKeys)
         }
+        for i in outcome.results.indices { if let ref = fetched.names[outcome.results[i].image] { outcome.results[i].image = ref } }
         // A fresh assessment lifts a quarantine when nothing blocking is left (docs/network.md).
         let ledger = SQLiteLedger(database: db)
         let net = NetworkService(ledger: ledger, policyDirectory: PolicySet.defaultDirectory())

@@ -8,20 +8,27 @@ import Vault
 import WardenCore
 import WardenServices
 
-/// How to reach the registry (shared by push and pull).
-struct RegistryAccess: ParsableArguments {
+/// How to reach a registry (push, pull, and `warden scan REF`).
+struct RegistryConnection: ParsableArguments {
     @Flag(help: "Talk plain HTTP to the registry (a loopback or test registry). Logins are sent only to loopback over HTTP.") var plainHttp = false
     @Option(help: ArgumentHelp("Trust only this CA certificate (PEM) for the registry's TLS.", valueName: "file")) var caFile: String?
     @Option(help: ArgumentHelp("Read the registry login from this auth.json only (default: $REGISTRY_AUTH_FILE, podman's and docker's files).", valueName: "file"))
     var authFile: String?
-    @Flag(help: "No progress on stderr.") var quiet = false
-    @Flag(help: "Print JSON (docs/json-schemas/oci.v1.json).") var json = false
 
     var options: RegistryOptions {
         var o = RegistryOptions()
         o.plainHTTP = plainHttp; o.caFile = caFile; o.authFile = authFile
         return o
     }
+}
+
+/// The registry connection and the output of push and pull.
+struct RegistryAccess: ParsableArguments {
+    @OptionGroup var connection: RegistryConnection
+    @Flag(help: "No progress on stderr.") var quiet = false
+    @Flag(help: "Print JSON (docs/json-schemas/oci.v1.json).") var json = false
+
+    var options: RegistryOptions { connection.options }
 }
 
 /// `warden vm push VM REF`.
@@ -171,4 +178,52 @@ struct RegistryCommand: ParsableCommand {
             }
         }
     }
+}
+
+/// `warden scan REF`: image arguments that are registry references of containerDisks, fetched
+/// into private temporary folders (removed afterwards); file arguments stay as they are.
+struct ContainerDiskArguments {
+    var paths: [String] = []
+    /// Temporary disk path → the reference it came from.
+    var names: [String: String] = [:]
+    var folders: [String] = []
+
+    static func resolve(_ args: [String], options: RegistryOptions) throws -> ContainerDiskArguments {
+        var out = ContainerDiskArguments()
+        do {
+            for a in args {
+                let text = a.hasPrefix("docker://") ? String(a.dropFirst(9)) : a
+                guard a.hasPrefix("docker://") || !FileManager.default.fileExists(atPath: a),
+                      let ref = try? ImageReference(parsing: text) else {
+                    out.paths.append(a)
+                    continue
+                }
+                var template = Array((NSTemporaryDirectory() + "warden-cdisk-XXXXXX").utf8CString)
+                guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+                    throw WardenError(.io, "cannot make a temporary folder for \(ref)")
+                }
+                let dir = String(cString: made)
+                out.folders.append(dir)
+                let got = try runAsync {
+                    let client = try RegistryClient(registry: ref.registry, options: options)
+                    do {
+                        let f = try await ContainerDisk.fetch(ref, client: client, into: dir)
+                        await client.shutdown()
+                        return f
+                    } catch {
+                        await client.shutdown()
+                        throw error
+                    }
+                }
+                out.paths.append(got.path)
+                out.names[got.path] = ref.description
+            }
+        } catch {
+            out.cleanUp()
+            throw error
+        }
+        return out
+    }
+
+    func cleanUp() { for f in folders { try? FileManager.default.removeItem(atPath: f) } }
 }
