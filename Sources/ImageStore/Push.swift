@@ -53,7 +53,7 @@ public struct PushPlan: Sendable {
 
     public init(target: ImageReference, disks: [Disk], chunkSize: Int = 4 << 20, vm: VMArtifactConfig.VMInfo,
                 origin: VMArtifactConfig.Origin, findings: VMArtifactConfig.Findings?, lineage: [UInt8], mountFrom: [String] = [],
-                partSize: Int = 16 << 20, signer: Signer, sealing: Sealing? = nil) {
+                partSize: Int = 8 << 20, signer: Signer, sealing: Sealing? = nil) {
         self.sealing = sealing
         self.target = target; self.disks = disks; self.chunkSize = chunkSize; self.vm = vm; self.origin = origin
         self.findings = findings; self.lineage = lineage; self.mountFrom = mountFrom; self.partSize = partSize; self.signer = signer

@@ -274,7 +274,7 @@ public final class RegistryClient: Sendable {
 
     /// Uploads `bytes` as blob `digest`: monolithic when it is at most `partSize`, else in
     /// chunked PATCHes of `partSize` bytes and a closing PUT.
-    public func upload(_ repository: String, _ bytes: [UInt8], digest: String, partSize: Int = 16 << 20,
+    public func upload(_ repository: String, _ bytes: [UInt8], digest: String, partSize: Int = 8 << 20,
                        location: String? = nil) async throws {
         var loc: String
         if let location { loc = location } else {

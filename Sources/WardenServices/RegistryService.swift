@@ -89,7 +89,7 @@ public struct RegistryService: Sendable {
         public var encrypt: Bool
         public var recipients: [Data]
         public init(vm: String, reference: ImageReference, options: RegistryOptions = RegistryOptions(), chunkSize: Int = 4 << 20,
-                    partSize: Int = 16 << 20, progress: Bool = true, encrypt: Bool = false, recipients: [Data] = []) {
+                    partSize: Int = 8 << 20, progress: Bool = true, encrypt: Bool = false, recipients: [Data] = []) {
             self.vm = vm; self.reference = reference; self.options = options; self.chunkSize = chunkSize
             self.partSize = partSize; self.progress = progress; self.encrypt = encrypt; self.recipients = recipients
         }

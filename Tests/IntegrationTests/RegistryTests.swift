@@ -58,10 +58,13 @@ import WardenTestSupport
                 #expect((p["chunks"] as? Int) == 4, "12 MiB of data and 1 MiB of 0x5a in 4 MiB chunks: \(p)")
                 #expect((p["uploaded"] as? Int) == 4)
                 #expect(push.stderr.contains("pushed"), "progress on stderr: \(push.stderr)")
+                try JSONSchemaTests().validate(push.stdout, schema: "oci.v1.json")
                 let pull = try Self.warden(["vm", "pull", ref, "--plain-http", "--name", "web1-copy", "--dir", dir + "/pulled",
                                             "--operations", "none", "--json"], home: home)
                 #expect(pull.status == 0, "\(pull.stderr)")
                 let q = try Self.json(pull)
+                try JSONSchemaTests().validate(pull.stdout, schema: "oci.v1.json")
+                try JSONSchemaTests().validate(try Self.warden(["registry", "key", "--json"], home: home).stdout, schema: "oci.v1.json")
                 #expect(q["signature"] as? String == "trusted")
                 #expect(q["linked_to_origin"] as? Bool == true)
                 let copy = dir + "/pulled/web1-copy.qcow2"
@@ -646,6 +649,81 @@ import WardenTestSupport
                 #expect(try Self.warden(["vm", "push", "wvm", "\(reg.host)/kubevirt/wvm:1", "--plain-http"], home: home).status == 0)
                 let notCD = try Self.warden(["scan", "--plain-http", "\(reg.host)/kubevirt/wvm:1"], home: home)
                 #expect(notCD.status == 2 && notCD.stderr.contains("not a container image"), "\(notCD.stderr)")
+            }
+        }
+    }
+
+    /// Bearer tokens: the registry (token auth, trusting a test certificate) sends the client to a
+    /// token service, here a small python3 server that checks the login and signs ES256 JWTs
+    /// (python3-cryptography) carrying the certificate in `x5c`, as Docker's token spec says.
+    @Test func bearerTokensFromATokenService() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try Tool.sh("""
+                set -e
+                cd '\(dir)'
+                openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=warden-test-token \\
+                    -keyout token.key -out token.pem 2>/dev/null
+                """)
+            let script = """
+                import base64, json, sys, time, uuid, http.server, urllib.parse
+                from cryptography import x509
+                from cryptography.hazmat.primitives import hashes, serialization
+                from cryptography.hazmat.primitives.asymmetric import ec
+                from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+                d = sys.argv[2]
+                key = serialization.load_pem_private_key(open(d + "/token.key", "rb").read(), None)
+                cert = x509.load_pem_x509_certificate(open(d + "/token.pem", "rb").read())
+                x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+                def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+                class H(http.server.BaseHTTPRequestHandler):
+                    def log_message(self, *a): pass
+                    def do_GET(self):
+                        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                        auth = self.headers.get("Authorization", "")
+                        if auth != "Basic " + base64.b64encode(b"ci:t0ken-pass").decode():
+                            self.send_response(401); self.send_header("Content-Length", "0"); self.end_headers(); return
+                        access = []
+                        for scope in q.get("scope", []):
+                            kind, name, actions = scope.split(":")
+                            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                        now = int(time.time())
+                        claims = {"iss": "warden-test-issuer", "sub": "ci", "aud": q.get("service", [""])[0], "exp": now + 300,
+                                  "nbf": now - 10, "iat": now, "jti": str(uuid.uuid4()), "access": access}
+                        head = {"typ": "JWT", "alg": "ES256", "x5c": [x5c]}
+                        signing = b64(json.dumps(head).encode()) + "." + b64(json.dumps(claims).encode())
+                        r, s = decode_dss_signature(key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
+                        token = signing + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+                        body = json.dumps({"token": token, "expires_in": 300}).encode()
+                        self.send_response(200); self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+                http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+                """
+            try Data(script.utf8).write(to: URL(fileURLWithPath: dir + "/tokensvc.py"))
+            let port = Int.random(in: 40_000...60_000)
+            let pid = try Tool.run(["/bin/sh", "-c", "python3 \"$0/tokensvc.py\" \(port) \"$0\" >\"$0/token.log\" 2>&1 </dev/null & echo $!", dir]).stdoutText
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            defer { _ = try? Tool.run(["kill", "-9", pid], check: false) }
+            for _ in 0..<100 {
+                if (try? Tool.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/token"], check: false))?.stdoutText == "401" { break }
+                usleep(50_000)
+            }
+            try RegistryServer.with(auth: .token(realm: "http://127.0.0.1:\(port)/token", service: "warden-test-registry", issuer: "warden-test-issuer",
+                                                 certificate: dir + "/token.pem")) { reg in
+                let home = try Self.makeHome(dir)
+                let disk = try Self.dataVM(dir, home: home, name: "v")
+                let auth = "{\"auths\":{\"\(reg.host)\":{\"auth\":\"\(Data("ci:t0ken-pass".utf8).base64EncodedString())\"}}}"
+                try Data(auth.utf8).write(to: URL(fileURLWithPath: dir + "/auth.json"))
+                let ref = "\(reg.host)/team/v:1"
+                let anon = try Self.warden(["vm", "push", "v", ref, "--plain-http"], home: home, env: ["REGISTRY_AUTH_FILE": dir + "/none.json"])
+                #expect(anon.status == 3, "\(anon.stderr)")
+                #expect(anon.stderr.contains("token service"), "\(anon.stderr)")
+                let push = try Self.warden(["vm", "push", "v", ref, "--plain-http", "--auth-file", dir + "/auth.json"], home: home)
+                #expect(push.status == 0, "\(push.stderr) \((try? String(contentsOfFile: reg.directory + "/registry.log", encoding: .utf8))?.suffix(800) ?? "")")
+                let pull = try Self.warden(["vm", "pull", ref, "--plain-http", "--auth-file", dir + "/auth.json", "--name", "v2", "--dir", dir + "/p",
+                                            "--operations", "none"], home: home)
+                #expect(pull.status == 0, "\(pull.stderr)")
+                #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/p/v2.qcow2"], check: false).status == 0)
+                for r in [anon, push, pull] { #expect(!r.stderr.contains("t0ken-pass")) }
             }
         }
     }
