@@ -11,7 +11,7 @@ let examplePolicy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().
     @Test func lintGoodAndBad() throws {
         let ok = try WardenRun.run(["policy", "lint", examplePolicy])
         #expect(ok.status == 0)
-        #expect(ok.stdoutText.hasPrefix("4 files, 11 rules, default allow, revision sha256:"))
+        #expect(ok.stdoutText.hasPrefix("5 files, 15 rules, default allow, revision sha256:"))
         try Fixtures.withTemporaryDirectory { dir in
             try """
             apiVersion: warden/v1
@@ -43,7 +43,7 @@ let examplePolicy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().
     @Test func testCommand() throws {
         let r = try WardenRun.run(["policy", "test", examplePolicy])
         #expect(r.status == 0, "\(r.stdoutText)")
-        #expect(r.stdoutText.hasSuffix("16 passed, 0 failed\n"))
+        #expect(r.stdoutText.hasSuffix("24 passed, 0 failed\n"))
         let json = try WardenRun.run(["policy", "test", "--json", examplePolicy])
         try JSONSchemaTests().validate(json.stdout, schema: "policy-test.v1.json")
         try Fixtures.withTemporaryDirectory { dir in

@@ -147,6 +147,17 @@ rules:
         #expect(set?.rules.first?.conditions.mirrors == ["http://mirror.corp/*"])
     }
 
+    @Test func registryConditionsBelongToPushAndPull() throws {
+        let head = "apiVersion: warden/v1\nkind: Policy\nrules:\n"
+        #expect(errors(head + "  - name: r\n    on: [push, pull]\n    require: { registries: [\"reg.example/*\"], encrypted: true }\n").isEmpty)
+        #expect(errors(head + "  - name: r\n    on: [pull]\n    allow: { signature: [unsigned], keepIdentity: true }\n").isEmpty)
+        #expect(errors(head + "  - name: r\n    on: [start, push]\n    require: { registries: [\"x/*\"] }\n").first?.message.contains("only push and pull have a registry, not start") == true)
+        #expect(errors(head + "  - name: r\n    on: [push]\n    allow: { signature: [unsigned] }\n").first?.message.contains("only pull has a signature") == true)
+        #expect(errors(head + "  - name: r\n    on: [pull]\n    allow: { signature: [maybe] }\n").first?.message.contains("maybe is not trusted, unsigned or invalid") == true)
+        #expect(errors(head + "  - name: r\n    on: [clone]\n    allow: { keepIdentity: true }\n").first?.message.contains("only pull keeps") == true)
+        #expect(errors(head + "  - name: r\n    on: [copy]\n    require: { encrypted: true }\n").first?.message.contains("only push and pull") == true)
+    }
+
     @Test func onIsAStringKeyNotABoolean() throws {
         // YAML 1.1 reads `on` as true; the parser reads scalar text, so this is the key "on".
         let set = try PolicySet.parse("apiVersion: warden/v1\nkind: Policy\nrules:\n  - name: r\n    on: start\n    deny: {}\n")

@@ -11,7 +11,7 @@ let examplePolicyDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent
     @Test func exampleTestsPass() throws {
         let (results, diags, revision) = try PolicyTestRunner.run(directory: examplePolicyDir)
         #expect(diags.isEmpty, "\(diags)")
-        #expect(results.count == 16)
+        #expect(results.count == 24)
         for r in results where !r.passed { Issue.record("\(r.file):\(r.line) \(r.name): \(r.failure ?? "")") }
         #expect(revision == (try PolicySet.load(directory: examplePolicyDir)).revision)
     }
