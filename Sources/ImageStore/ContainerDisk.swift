@@ -48,13 +48,9 @@ public enum ContainerDisk {
         guard isContainerImage(manifest) else {
             throw WardenError(.unsupported, "\(ref) is not a container image (config \(manifest.config.mediaType.prefix(80).debugDescription)); a Warden VM is pulled with `warden vm pull`")
         }
-        guard manifest.layers.count <= 256 else { throw WardenError(.corrupt, "the manifest of \(ref) lists \(manifest.layers.count) layers") }
+        try checkLayers(manifest, ref: ref)
         var hidden = Set<String>()
         for layer in manifest.layers.reversed() {
-            try BlobDigest.check(layer.digest, what: "the manifest of \(ref)")
-            guard layerTypes.contains(layer.mediaType) else {
-                throw WardenError(.unsupported, "\(ref) has a layer of media type \(layer.mediaType.prefix(80).debugDescription)")
-            }
             let tar = directory + "/layer.tar"
             unlink(tar)
             try await decompress(layer, ref: ref, client: client, to: tar)
@@ -74,6 +70,18 @@ public enum ContainerDisk {
             return Fetched(path: out, member: "/disk/" + name, manifestDigest: fetched.digest, layerDigest: layer.digest)
         }
         throw WardenError(.notFound, "\(ref) has no disk under /disk/ (not a KubeVirt containerDisk)")
+    }
+
+    /// Checks the layers' count, digests, sizes and media types before anything is fetched.
+    public static func checkLayers(_ manifest: Manifest, ref: ImageReference) throws {
+        guard manifest.layers.count <= 256 else { throw WardenError(.corrupt, "the manifest of \(ref) lists \(manifest.layers.count) layers") }
+        for layer in manifest.layers {
+            try BlobDigest.check(layer.digest, what: "the manifest of \(ref)")
+            guard layerTypes.contains(layer.mediaType) else {
+                throw WardenError(.unsupported, "\(ref) has a layer of media type \(layer.mediaType.prefix(80).debugDescription), not a container image layer")
+            }
+            guard layer.size >= 0, layer.size <= maxLayerBytes else { throw WardenError(.corrupt, "the manifest of \(ref) gives a layer \(layer.size) bytes") }
+        }
     }
 
     /// `disk/NAME`, `./disk/NAME` or `/disk/NAME` → NAME; nil for anything else (deeper paths,

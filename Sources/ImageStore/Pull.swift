@@ -19,6 +19,15 @@ public struct FetchedVM: Sendable {
     public var sealed: SealedConfig?
 }
 
+/// Thrown by ``VMPuller/fetch(_:trusted:unseal:)`` when the reference is an ordinary container
+/// image (a KubeVirt containerDisk, perhaps) rather than a Warden VM.
+public struct ContainerImageFound: Error, Sendable {
+    /// The digest the reference resolved to (the index's, for a multi-platform image).
+    public var digest: String
+    /// The image manifest (nil when the reference is an index; the platform's is read later).
+    public var manifest: Manifest?
+}
+
 /// Fetches and checks a VM artefact, and rebuilds its disks.
 public struct VMPuller: Sendable {
     public let client: RegistryClient
@@ -34,15 +43,17 @@ public struct VMPuller: Sendable {
         async throws -> FetchedVM {
         let repo = ref.repository
         var fetched = try await client.manifest(repo, ref.reference)
+        let topDigest = fetched.digest
         if fetched.mediaType == MediaType.imageIndex || fetched.mediaType == MediaType.dockerManifestList {
             let index = try BoundedJSON.decode(ImageIndex.self, from: fetched.bytes, limit: RegistryLimits.manifestBytes, what: "the index of \(ref)")
-            guard let m = index.manifests.prefix(64).first(where: { $0.artifactType == MediaType.vm || $0.mediaType == MediaType.imageManifest }) else {
-                throw WardenError(.unsupported, "\(ref) is an index without a Warden VM manifest")
+            guard let m = index.manifests.prefix(64).first(where: { $0.artifactType == MediaType.vm }) else {
+                throw ContainerImageFound(digest: topDigest, manifest: nil)
             }
             try BlobDigest.check(m.digest, what: "the index of \(ref)")
             fetched = try await client.manifest(repo, m.digest)
         }
         let manifest = try BoundedJSON.decode(Manifest.self, from: fetched.bytes, limit: RegistryLimits.manifestBytes, what: "the manifest of \(ref)")
+        if ContainerDisk.isContainerImage(manifest) { throw ContainerImageFound(digest: topDigest, manifest: manifest) }
         try Self.checkManifest(manifest, ref: ref)
         var configBytes = try await client.blob(repo, manifest.config.digest, size: manifest.config.size, limit: RegistryLimits.configBytes)
         var key: FamilyKey?
@@ -74,7 +85,7 @@ public struct VMPuller: Sendable {
         if let t = m.mediaType, t != MediaType.imageManifest { throw bad("has media type \(t.prefix(80).debugDescription)") }
         let sealed = m.config.mediaType == MediaType.sealedConfig
         guard m.config.mediaType == MediaType.vmConfig || sealed else {
-            throw WardenError(.unsupported, "\(ref) is not a Warden VM (its config is \(m.config.mediaType.prefix(80).debugDescription)); a KubeVirt containerDisk is read with `warden scan`")
+            throw WardenError(.unsupported, "\(ref) is neither a Warden VM nor a container image (its config is \(m.config.mediaType.prefix(80).debugDescription))")
         }
         guard m.layers.count <= RegistryLimits.layers else { throw bad("lists \(m.layers.count) layers") }
         try BlobDigest.check(m.config.digest, what: "the manifest of \(ref)")
@@ -89,7 +100,8 @@ public struct VMPuller: Sendable {
         }
     }
 
-    func signature(repo: String, digest: String, trusted: [TrustedKey], tag: String?) async throws -> ManifestSignature.Verdict {
+    /// The verdict on the cosign-layout signature of `digest` (unsigned when there is none).
+    public func signature(repo: String, digest: String, trusted: [TrustedKey], tag: String?) async throws -> ManifestSignature.Verdict {
         let sigTag = ManifestSignature.tag(for: digest)
         let sig: RegistryClient.FetchedManifest
         do { sig = try await client.manifest(repo, sigTag) } catch let e as WardenError where e.code == .notFound { return .unsigned }

@@ -265,7 +265,15 @@ public struct RegistryService: Sendable {
         let progress = TransferProgress(verb: "pulled", enabled: r.progress)
         var puller = VMPuller(client: client, progress: progress)
         puller.afterBatch = afterBatch
-        let fetched = try await puller.fetch(r.reference, trusted: trusted, unseal: { try self.unseal($0) })
+        let fetched: FetchedVM
+        do {
+            fetched = try await puller.fetch(r.reference, trusted: trusted, unseal: { try self.unseal($0) })
+        } catch let found as ContainerImageFound {
+            if let m = found.manifest { try ContainerDisk.checkLayers(m, ref: r.reference) }
+            return try await pullContainerDisk(r, digest: found.digest, client: client, puller: puller, trusted: trusted)
+        }
+        let timer = PhaseTimer.shared
+        timer.lap("pull-fetch-manifest-config-signature")
         let cfg = fetched.config
         let name = r.name ?? cfg.vm.name
         try Clone.checkName(name)
@@ -316,6 +324,7 @@ public struct RegistryService: Sendable {
                 }
             }
             progress.finish()
+            timer.lap("pull-download")
             for (i, d) in cfg.disks.enumerated() {
                 if d.format == "qcow2" {
                     let qemuImg = try ToolProcess.find("qemu-img", package: "qemu-utils")
@@ -329,13 +338,16 @@ public struct RegistryService: Sendable {
                     }
                 }
             }
+            timer.lap("pull-assemble")
             var report: SysprepReport?
             if !r.keepIdentity && !r.operations.isEmpty {
                 var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
                 options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
                 report = try Sysprep.applyImage(temps[0], format: ImageFormat(qemuName: cfg.disks[0].format), operations: r.operations, options: options)
+                timer.lap("pull-identity-refresh")
             }
             var examined = try temps.map { try ExaminedDisk.examine($0) }
+            timer.lap("pull-examine")
             for (i, f) in staging.files.enumerated() { examined[i].path = f.final }
             let vm = VMRecord(id: newID, name: name, owner: r.owner ?? cfg.vm.owner, labels: cfg.vm.labels, state: .stopped,
                               generation: UUID(), parent: local?.id, parentGeneration: local != nil ? UUID(uuidString: cfg.vm.generation) : nil,
@@ -382,6 +394,7 @@ public struct RegistryService: Sendable {
                 }
             }
             staging.finish()
+            timer.lap("pull-commit")
             for p in partials { unlink(p); unlink(p + ".done") }
             return PullOutcome(vm: created, digest: fetched.digest, signature: fetched.signature, origin: cfg.vm, paths: finals,
                                decision: decision, identity: report, linkedToOrigin: local != nil, resumedChunks: resumed,
@@ -393,21 +406,118 @@ public struct RegistryService: Sendable {
     }
 }
 
+extension RegistryService {
+    /// `vm pull` of a KubeVirt containerDisk: an ordinary image whose layer holds `/disk/NAME`.
+    /// Decided as a `pull` on a VM named after the repository (its findings unknown: never
+    /// scanned, so findings rules fail closed; its signature checked as for Warden VMs), then
+    /// fetched into a private folder beside the destination, refreshed and registered.
+    func pullContainerDisk(_ r: PullRequest, digest: String, client: RegistryClient, puller: VMPuller,
+                           trusted: [TrustedKey]) async throws -> PullOutcome {
+        let ref = r.reference
+        let leaf = ref.repository.split(separator: "/").last.map(String.init) ?? "containerdisk"
+        let name = r.name ?? leaf
+        try Clone.checkName(name)
+        if try store.listVMs().contains(where: { $0.name == name && $0.state != .retired }) {
+            throw WardenError(.conflict, "a VM named \(name) already exists (pull with --name)")
+        }
+        let verdict = try await puller.signature(repo: ref.repository, digest: digest, trusted: trusted, tag: ref.digest == nil ? ref.tag : nil)
+        let now = Date()
+        let owner = r.owner ?? ProcessInfo.processInfo.environment["USER"] ?? "root"
+        let newID = VMID()
+        let described = VMRecord(id: newID, name: name, owner: owner, labels: ["source": "containerdisk"], state: .stopped,
+                                 generation: UUID(), createdAt: now, updatedAt: now)
+        var request = PolicyRequest(operation: .pull, host: host, destination: absolutePath(r.directory))
+        request.registry = ref.name
+        request.signature = verdict.label
+        request.keepIdentity = r.keepIdentity
+        request.encrypted = false
+        let facts = PulledFacts(ledger: LedgerPolicyFacts.wired(store), config: nil, originKnown: false)
+        if case .invalid(let why) = verdict { note("\(ref): signature invalid: \(why)") }
+        let decision = try vms.decideAndApply(request, vm: described, family: nil, facts: facts) { () }.0
+        let destDir = absolutePath(r.directory)
+        try PrivateDirectory.make(destDir)
+        let work = destDir + "/.warden-cdisk-" + String(digest.dropFirst(7).prefix(16))
+        try? FileManager.default.removeItem(atPath: work)
+        try FileDescriptorIO.ensurePrivateDirectory(work, what: "the containerDisk folder")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let got = try await ContainerDisk.fetch(ref, client: client, into: work)
+        let opened = try ImageOpener.open(got.path)
+        let format = opened.info.format == .qcow2 ? "qcow2" : "raw"
+        guard opened.info.format == .qcow2 || opened.info.format == .raw, opened.chain.count == 1 else {
+            throw WardenError(.unsupported, "\(ref): the containerDisk's disk is \(opened.info.format.rawValue)\(opened.chain.count > 1 ? " with a backing file" : ""); qcow2 or raw without backing files are pulled")
+        }
+        let staging = try Staging(directory: destDir, token: newID, store: store)
+        let final = destDir + "/" + Clone.fileName(name: name, index: 0, count: 1, full: format == "raw")
+        guard !FileManager.default.fileExists(atPath: final) else { throw WardenError(.conflict, "a file is already there", file: final) }
+        let temp = try staging.add(final: final)
+        do {
+            unlink(temp)
+            guard rename(got.path, temp) == 0 else {
+                throw WardenError(.io, "cannot move the disk into place: \(String(cString: strerror(errno)))", file: final)
+            }
+            var report: SysprepReport?
+            if !r.keepIdentity && !r.operations.isEmpty {
+                var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
+                options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
+                report = try Sysprep.applyImage(temp, format: ImageFormat(qemuName: format), operations: r.operations, options: options)
+            }
+            var examined = try ExaminedDisk.examine(temp)
+            examined.path = final
+            let vm = VMRecord(id: newID, name: name, owner: owner, labels: ["source": "containerdisk"], state: .stopped, generation: UUID(),
+                              createdAt: now, updatedAt: now, mac: report?.mac)
+            var payload = ExaminedDisk.payload([examined])
+            payload["reference"] = .string(ref.description)
+            payload["digest"] = .string(digest)
+            payload["registry"] = .string(ref.registry)
+            payload["repository"] = .string(ref.repository)
+            payload["containerdisk"] = .object(["member": .string(got.member), "manifest": .string(got.manifestDigest), "layer": .string(got.layerDigest)])
+            payload["signature"] = .object(["verdict": .string(verdict.label)])
+            payload["identity_refreshed"] = .bool(report != nil)
+            payload["encrypted"] = .bool(false)
+            payload["decision"] = .string(decision.id.uuidString.lowercased())
+            let created: VMRecord = try store.atomically(family: nil) {
+                if let clash = try store.listVMs().first(where: { $0.name == name && $0.state != .retired }) {
+                    throw WardenError(.conflict, "a VM named \(name) already exists (\(clash.id))")
+                }
+                try staging.link()
+                do {
+                    let (made, _) = try store.createVM(vm, disks: [examined.record(vm: vm.id, index: 0)],
+                                                       event: NewEvent(kind: .pulled, vm: vm.id, host: host, time: now, payload: payload))
+                    try store.openResidency(vm: made.id, host: host, kind: .stored, at: now)
+                    return made
+                } catch {
+                    staging.unlinkFinals()
+                    throw error
+                }
+            }
+            staging.finish()
+            return PullOutcome(vm: created, digest: digest, signature: verdict,
+                               origin: .init(id: newID.description, name: ref.description, owner: owner, labels: [:],
+                                             generation: vm.generation.uuidString.lowercased(), parent: nil),
+                               paths: [final], decision: decision, identity: report, linkedToOrigin: false, resumedChunks: 0, chunks: 0)
+        } catch {
+            staging.discard()
+            throw error
+        }
+    }
+}
+
 /// Facts for a pull: the ledger's (host, attestation, replicas when the pushed VM is in this
-/// ledger), and the findings the signed config carries (the pusher's last scan).
+/// ledger), and the findings the signed config carries (the pusher's last scan; none for a
+/// containerDisk).
 struct PulledFacts: PolicyFacts {
     let ledger: LedgerPolicyFacts
-    let config: VMArtifactConfig
+    let config: VMArtifactConfig?
     let originKnown: Bool
 
     func hostLabels(_ host: HostName) throws -> [String: String]? { try ledger.hostLabels(host) }
     func liveReplicaCount(of vm: VMID) throws -> Int { originKnown ? try ledger.liveReplicaCount(of: vm) : 0 }
     func lastScan(of vm: VMID) throws -> Date? {
-        guard let s = config.findings?.scannedAt else { return nil }
+        guard let s = config?.findings?.scannedAt else { return nil }
         return ISO8601DateFormatter().date(from: s)
     }
     func openFindings(of vm: VMID) throws -> [Severity: Int] {
-        guard let f = config.findings else { throw WardenError(.unavailable, "the image was never scanned before it was pushed") }
+        guard let f = config?.findings else { throw WardenError(.unavailable, "the image was never scanned before it was pushed") }
         var out: [Severity: Int] = [:]
         for (k, v) in f.counts { guard let s = Severity(word: k), v >= 0 else { continue }; out[s, default: 0] += v }
         return out

@@ -457,7 +457,7 @@ import WardenTestSupport
                     ("schema", try withConfig { $0["schema"] = "evil/v9" }, "schema"),
                     ("image", try withManifest { mm in
                         var c = config; c["mediaType"] = "application/vnd.oci.image.config.v1+json"; mm["config"] = c
-                    }, "not a Warden VM"),
+                    }, "not a container image layer"),
                     ("layertype", try withManifest { mm in
                         var layers = mm["layers"] as! [[String: Any]]; layers[0]["mediaType"] = "application/x-evil"; mm["layers"] = layers
                     }, "media type"),
