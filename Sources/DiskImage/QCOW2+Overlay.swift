@@ -515,7 +515,17 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         try writeNewFile(path, bytes, durable: durable)
     }
 
-    /// The bytes of a new, empty qcow2 v3 image.
+    /// Creates an empty qcow2 v3 image of `size` bytes without a backing file (what
+    /// `qemu-img create -f qcow2 PATH SIZE` makes), exclusively, 0600.
+    public static func createStandalone(at path: String, size: UInt64, clusterSize: Int = 65536, durable: Bool = true) throws {
+        guard clusterSize >= 512, clusterSize <= 2 << 20, clusterSize & (clusterSize - 1) == 0 else {
+            throw WardenError(.invalidArgument, "cluster size \(clusterSize) is not a power of two between 512 and 2 MiB")
+        }
+        guard size > 0 else { throw WardenError(.invalidArgument, "a disk of 0 bytes") }
+        try writeNewFile(path, try image(size: size, backing: [], format: [], clusterBits: clusterSize.trailingZeroBitCount), durable: durable)
+    }
+
+    /// The bytes of a new, empty qcow2 v3 image (without a backing file when `backing` is empty).
     static func image(size: UInt64, backing: [UInt8], format: [UInt8], clusterBits: Int) throws -> [UInt8] {
         let cs = UInt64(1) << UInt64(clusterBits)
         let l2Span = (cs / 8) * cs
@@ -551,7 +561,7 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         }
         be(UInt32(0x5146_49fb), at: 0)
         be(UInt32(3), at: 4)
-        be(UInt64(nameOffset), at: 8)
+        be(UInt64(backing.isEmpty ? 0 : nameOffset), at: 8)
         be(UInt32(backing.count), at: 16)
         be(UInt32(clusterBits), at: 20)
         be(size, at: 24)
@@ -568,11 +578,13 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         be(UInt32(4), at: 96)                 // refcount_order: 16-bit
         be(UInt32(112), at: 100)              // header_length
         // byte 104: compression type 0 (zlib), then padding to 112.
-        be(QCOW2.Extension.backingFormat, at: 112)
-        be(UInt32(format.count), at: 116)
-        for (i, b) in format.enumerated() { out[120 + i] = b }
-        // End-of-extensions marker is the 8 zero bytes at 120 + fmtPadded.
-        for (i, b) in backing.enumerated() { out[nameOffset + i] = b }
+        if !backing.isEmpty {
+            be(QCOW2.Extension.backingFormat, at: 112)
+            be(UInt32(format.count), at: 116)
+            for (i, b) in format.enumerated() { out[120 + i] = b }
+            // End-of-extensions marker is the 8 zero bytes at 120 + fmtPadded.
+            for (i, b) in backing.enumerated() { out[nameOffset + i] = b }
+        }   // else: the end-of-extensions marker is the 8 zero bytes at 112.
         for k in 0..<refBlocks { be(rbOffset + k * cs, at: Int(rtOffset) + Int(k) * 8) }
         for c in 0..<total {
             let blk = c / refsPerBlock, i = c % refsPerBlock

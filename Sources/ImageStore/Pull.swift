@@ -114,27 +114,32 @@ public struct VMPuller: Sendable {
         }
     }
 
-    /// Rebuilds disk `index` into `partial` (a raw, sparse file), resuming from the chunks its
-    /// journal (`partial + ".done"`) records. A chunk whose blob fails its digest stops the pull
-    /// with the digest named; the caller removes the partial file then.
+    /// Rebuilds disk `index` into `partial`, in the disk's own format (a flat qcow2 written by
+    /// Warden's qcow2 writer, or a sparse raw file), resuming from the chunks its journal
+    /// (`partial + ".done"`) records: those are read back and checked against their digests
+    /// first (a chunk torn by a crash is fetched again). Write-back starts after every batch, so
+    /// the closing fsync overlaps the transfer. A chunk whose blob fails its digest stops the
+    /// pull with the digest named; the caller removes the partial file then.
     /// Returns how many chunks were already there (resumed).
     @discardableResult
     public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws -> Int {
         let map = vm.config.disks[index]
+        let qcow2 = map.format == "qcow2"
         let journalPath = partial + ".done"
-        let header = "warden-pull \(vm.digest) disk \(index)"
+        let header = "warden-pull/2 \(vm.digest) disk \(index) \(map.format)"
         var done = Set<UInt64>()
         if let text = try? String(contentsOfFile: journalPath, encoding: .utf8), text.hasPrefix(header + "\n"),
            FileManager.default.fileExists(atPath: partial) {
             for line in text.split(separator: "\n").dropFirst() { if let o = UInt64(line) { done.insert(o) } }
-        } else {
-            unlink(partial); unlink(journalPath)
+            done = (try? verified(done, in: partial, map: map, key: vm.familyKey, chunkSize: vm.config.chunkSize)) ?? []
         }
-        let fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: partial) }
-        defer { close(fd) }
-        guard ftruncate(fd, off_t(map.virtualSize)) == 0 else { throw WardenError(.io, "cannot size the disk: \(String(cString: strerror(errno)))", file: partial) }
-        if done.isEmpty { try Data((header + "\n").utf8).write(to: URL(fileURLWithPath: journalPath)) }
+        if done.isEmpty {
+            unlink(partial); unlink(journalPath)
+            if qcow2 { try QCOW2Overlay.createStandalone(at: partial, size: map.virtualSize, durable: false) }
+            try Data((header + "\n").utf8).write(to: URL(fileURLWithPath: journalPath))
+        }
+        let sink = try DiskSink(path: partial, qcow2: qcow2, size: map.virtualSize)
+        defer { sink.close() }
         let journal = open(journalPath, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)
         guard journal >= 0 else { throw WardenError(.io, "cannot open the pull journal", file: journalPath) }
         defer { close(journal) }
@@ -152,26 +157,66 @@ public struct VMPuller: Sendable {
                 for c in group {
                     tasks.addTask {
                         var blob = try await client.blob(repo, c.digest, size: c.size, limit: Int(c.size))
+                        let wire = Int64(blob.count)
                         if let key = vm.familyKey { blob = try key.openChunk(blob, what: "chunk \(c.digest)") }
                         var buf = [UInt8](repeating: 0, count: chunkSize)
                         try buf.withUnsafeMutableBytes { try ChunkCodec.decompress(blob, length: c.length, into: $0, what: "chunk \(c.digest)") }
-                        try Self.writeSparse(fd, buf, length: c.length, at: c.offset, path: partial)
-                        progress.advance(guest: Int64(c.length), wire: Int64(blob.count))
+                        try sink.write(buf, length: c.length, at: c.offset)
+                        progress.advance(guest: Int64(c.length), wire: wire)
                     }
                 }
                 try await tasks.waitForAll()
             }
-            guard fdatasync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: partial) }
+            sink.startWriteback()
             let lines = group.map { "\($0.offset)\n" }.joined()
             _ = lines.withCString { write(journal, $0, strlen($0)) }
             afterBatch?()
         }
-        guard fsync(fd) == 0 else { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: partial) }
+        try sink.sync()
         return map.chunks.count - todo.count
     }
 
-    /// Writes `buf[0..<length]` at `offset`, leaving runs of zero blocks (64 KiB) as holes.
-    static func writeSparse(_ fd: Int32, _ buf: [UInt8], length: Int, at offset: UInt64, path: String) throws {
+    /// The chunks of `done` whose bytes in `partial` still compress (and seal) to their digest.
+    func verified(_ done: Set<UInt64>, in partial: String, map: VMArtifactConfig.DiskMap, key: FamilyKey?, chunkSize: Int) throws -> Set<UInt64> {
+        let image = try ImageOpener.open(partial)
+        guard image.device.size == map.virtualSize else { return [] }
+        var ok = Set<UInt64>()
+        for c in map.chunks where done.contains(c.offset) {
+            var buf = [UInt8](repeating: 0, count: c.length)
+            try buf.withUnsafeMutableBytes { try image.device.read(at: c.offset, into: $0) }
+            var blob = try buf.withUnsafeBytes { try ChunkCodec.compress($0) }
+            if let key { blob = try key.sealChunk(blob) }
+            if BlobDigest.of(blob) == c.digest { ok.insert(c.offset) }
+        }
+        return ok
+    }
+}
+
+/// Where a pull writes a disk: Warden's qcow2 writer (one writer at a time, under a lock) or a
+/// sparse raw file; zero 64 KiB blocks are not written (holes, unallocated clusters).
+final class DiskSink: @unchecked Sendable {
+    // @unchecked: the overlay is only used with `lock` held; fd is immutable.
+    let path: String
+    let lock = NSLock()
+    let overlay: QCOW2Overlay?
+    let fd: Int32
+
+    init(path: String, qcow2: Bool, size: UInt64) throws {
+        self.path = path
+        if qcow2 {
+            let o = try QCOW2Overlay.open(path, durability: .processCrashOnly)
+            guard o.size == size else { throw WardenError(.corrupt, "the partial disk has the wrong size", file: path) }
+            overlay = o
+            fd = open(path, O_RDONLY | O_CLOEXEC)
+        } else {
+            overlay = nil
+            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            guard fd >= 0 else { throw WardenError(.io, "cannot create: \(String(cString: strerror(errno)))", file: path) }
+            guard ftruncate(fd, off_t(size)) == 0 else { throw WardenError(.io, "cannot size the disk: \(String(cString: strerror(errno)))", file: path) }
+        }
+    }
+
+    func write(_ buf: [UInt8], length: Int, at offset: UInt64) throws {
         let block = 64 << 10
         try buf.withUnsafeBytes { raw in
             var start = 0
@@ -179,10 +224,24 @@ public struct VMPuller: Sendable {
                 let end = min(start + block, length)
                 let piece = UnsafeRawBufferPointer(rebasing: raw[start..<end])
                 if !VMPusher.isZero(piece) {
-                    try FileDescriptorIO.pwriteAll(fd, piece, at: offset + UInt64(start), name: path)
+                    if let overlay {
+                        try lock.withLock { try overlay.write(piece, at: offset + UInt64(start)) }
+                    } else {
+                        try FileDescriptorIO.pwriteAll(fd, piece, at: offset + UInt64(start), name: path)
+                    }
                 }
                 start = end
             }
         }
     }
+
+    func startWriteback() { if fd >= 0 { FileDescriptorIO.startWriteback(fd) } }
+
+    func sync() throws {
+        if let overlay { try lock.withLock { try overlay.flush() } }
+        else if fsync(fd) != 0 { throw WardenError(.io, "cannot sync: \(String(cString: strerror(errno)))", file: path) }
+    }
+
+    func close() { if fd >= 0 { Glibc.close(fd) } }
 }
+

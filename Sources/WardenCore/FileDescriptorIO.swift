@@ -1,3 +1,4 @@
+import CWardenSys
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -60,6 +61,10 @@ public enum FileDescriptorIO {
             throw WardenError(.denied, "\(what) is open to others (it must be 0700 and yours)", file: path)
         }
     }
+
+    /// Starts writing a file's dirty pages back without waiting, so that a later `fsync` has
+    /// little left to do (the write-back overlaps whatever comes next). Best effort.
+    public static func startWriteback(_ fd: Int32) { _ = warden_start_writeback(fd) }
 
     public static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, name: String) throws {
         guard let base = buf.baseAddress else { return }

@@ -315,7 +315,7 @@ public struct RegistryService: Sendable {
         var resumed = 0
         do {
             for d in cfg.disks {
-                let partial = destDir + "/.warden-pull-\(digestKey)-\(d.index).raw"
+                let partial = destDir + "/.warden-pull-\(digestKey)-\(d.index).\(d.format)"
                 partials.append(partial)
                 do { resumed += try await puller.download(fetched, disk: d.index, to: partial) } catch let e as WardenError where e.code == .corrupt {
                     // Corrupt content does not heal by resuming: nothing of it is kept.
@@ -325,17 +325,10 @@ public struct RegistryService: Sendable {
             }
             progress.finish()
             timer.lap("pull-download")
-            for (i, d) in cfg.disks.enumerated() {
-                if d.format == "qcow2" {
-                    let qemuImg = try ToolProcess.find("qemu-img", package: "qemu-utils")
-                    unlink(temps[i])
-                    let res = try ToolProcess.run(qemuImg, ["convert", "-q", "-f", "raw", "-O", "qcow2", partials[i], temps[i]])
-                    guard res.status == 0 else { throw WardenError(.io, "qemu-img convert failed: \(res.firstErrorLine)", file: finals[i]) }
-                    _ = chmod(temps[i], 0o600)
-                } else {
-                    guard rename(partials[i], temps[i]) == 0 else {
-                        throw WardenError(.io, "cannot move the pulled disk into place: \(String(cString: strerror(errno)))", file: finals[i])
-                    }
+            for i in cfg.disks.indices {
+                unlink(partials[i] + ".done")
+                guard rename(partials[i], temps[i]) == 0 else {
+                    throw WardenError(.io, "cannot move the pulled disk into place: \(String(cString: strerror(errno)))", file: finals[i])
                 }
             }
             timer.lap("pull-assemble")

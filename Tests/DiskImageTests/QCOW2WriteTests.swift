@@ -213,3 +213,31 @@ import WardenTestSupport
         }
     }
 }
+
+/// qcow2 images without a backing file, as `vm pull` writes them: checked by qemu-img.
+@Suite struct QCOW2StandaloneTests {
+    @Test func aStandaloneImageIsCleanAndHoldsWhatWasWritten() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            let path = dir + "/s.qcow2"
+            try QCOW2Overlay.createStandalone(at: path, size: 64 << 20)
+            let info = try Tool.run(["qemu-img", "info", "--output=json", path])
+            let obj = try #require(try JSONSerialization.jsonObject(with: info.stdout) as? [String: Any])
+            #expect(obj["virtual-size"] as? Int == 64 << 20)
+            #expect(obj["backing-filename"] == nil)
+            let o = try QCOW2Overlay.open(path, durability: .processCrashOnly)
+            let a = [UInt8](repeating: 0xA5, count: 1 << 20), b = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            try o.write(a, at: 0)
+            try o.write(b, at: 40 << 20)
+            try o.flush()
+            #expect(try Tool.run(["qemu-img", "check", path], check: false).status == 0)
+            try Tool.sh("""
+                truncate -s 64M '\(dir)/r.raw'
+                qemu-io -f raw -c 'write -P 0xa5 0 1M' '\(dir)/r.raw' >/dev/null
+                """)
+            try Data(b).write(to: URL(fileURLWithPath: dir + "/b.bin"))
+            try Tool.run(["dd", "if=\(dir)/b.bin", "of=\(dir)/r.raw", "bs=64k", "seek=640", "conv=notrunc", "status=none"])
+            #expect(try Tool.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", dir + "/r.raw", path], check: false).status == 0)
+            #expect(throws: WardenError.self) { try QCOW2Overlay.createStandalone(at: path, size: 1 << 20) }   // exists
+        }
+    }
+}
