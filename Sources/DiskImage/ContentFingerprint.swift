@@ -68,6 +68,43 @@ public enum ContentFingerprint {
         return WardenCore.Digest(algorithm: "sha256", hex: h.finalize().map { hexByte($0) }.joined())
     }
 
+    /// The fingerprint's chunk size (4 MiB): a writer holding whole chunks in memory (a pull)
+    /// computes their digests with ``chunkDigest(index:bytes:)`` and ``combine(size:chunks:)``
+    /// instead of reading the disk back.
+    public static let chunkBytes = chunkSize
+
+    /// The digest of fingerprint chunk `index` whose guest bytes are `bytes` (the whole chunk,
+    /// or the disk's tail); nil when all its blocks are zeros.
+    public static func chunkDigest(index c: UInt64, bytes: UnsafeRawBufferPointer) -> [UInt8]? {
+        var h = SHA256()
+        var any = false
+        var off = 0
+        let start = c * UInt64(chunkSize)
+        while off < bytes.count {
+            let n = min(blockSize, bytes.count - off)
+            let block = UnsafeRawBufferPointer(rebasing: bytes[off..<off + n])
+            if !RawExport.isZero(block) {
+                h.update(data: bigEndian((start + UInt64(off)) / UInt64(blockSize)))
+                h.update(bufferPointer: block)
+                any = true
+            }
+            off += n
+        }
+        return any ? Array(h.finalize()) : nil
+    }
+
+    /// The fingerprint of a disk of `size` bytes from its non-zero chunks' digests.
+    public static func combine(size: UInt64, chunks: [UInt64: [UInt8]]) -> WardenCore.Digest {
+        var h = SHA256()
+        h.update(data: tag)
+        h.update(data: bigEndian(size))
+        for c in chunks.keys.sorted() {
+            h.update(data: bigEndian(c))
+            h.update(data: chunks[c]!)
+        }
+        return WardenCore.Digest(algorithm: "sha256", hex: h.finalize().map { hexByte($0) }.joined())
+    }
+
     /// The digest of one chunk's non-zero blocks, or nil when it has none.
     static func digest(chunk c: UInt64, of device: any BlockDevice, size: UInt64,
                        buffer: UnsafeMutableRawBufferPointer) throws -> [UInt8]? {

@@ -114,26 +114,40 @@ public struct VMPuller: Sendable {
         }
     }
 
+    /// What ``download(_:disk:to:)`` did.
+    public struct Downloaded: Sendable {
+        /// Chunks an earlier, interrupted pull had already written.
+        public var resumed: Int
+        /// The disk's content fingerprint, computed from the chunks as they were written (when
+        /// the chunk size is the fingerprint's); nil otherwise.
+        public var fingerprint: WardenCore.Digest?
+    }
+
     /// Rebuilds disk `index` into `partial`, in the disk's own format (a flat qcow2 written by
     /// Warden's qcow2 writer, or a sparse raw file), resuming from the chunks its journal
     /// (`partial + ".done"`) records: those are read back and checked against their digests
-    /// first (a chunk torn by a crash is fetched again). Write-back starts after every batch, so
-    /// the closing fsync overlaps the transfer. A chunk whose blob fails its digest stops the
-    /// pull with the digest named; the caller removes the partial file then.
-    /// Returns how many chunks were already there (resumed).
+    /// first (a chunk torn by a crash is fetched again). Chunks are fetched through a sliding
+    /// window; write-back starts every few chunks, so the closing fsync overlaps the transfer.
+    /// A chunk whose blob fails its digest stops the pull with the digest named; the caller
+    /// removes the partial file then.
     @discardableResult
-    public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws -> Int {
+    public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws -> Downloaded {
         let map = vm.config.disks[index]
         let qcow2 = map.format == "qcow2"
         let journalPath = partial + ".done"
         let header = "warden-pull/2 \(vm.digest) disk \(index) \(map.format)"
+        let chunkSize = vm.config.chunkSize
+        let fingerprinting = chunkSize == ContentFingerprint.chunkBytes
+        let digests = Locked<[UInt64: [UInt8]]>([:])
         var done = Set<UInt64>()
         if let text = try? String(contentsOfFile: journalPath, encoding: .utf8), text.hasPrefix(header + "\n"),
            FileManager.default.fileExists(atPath: partial) {
             for line in text.split(separator: "\n").dropFirst() { if let o = UInt64(line) { done.insert(o) } }
-            done = (try? verified(done, in: partial, map: map, key: vm.familyKey, chunkSize: vm.config.chunkSize)) ?? []
+            done = (try? verified(done, in: partial, map: map, key: vm.familyKey, chunkSize: chunkSize,
+                                  digests: fingerprinting ? digests : nil)) ?? []
         }
         if done.isEmpty {
+            digests.withLock { $0 = [:] }
             unlink(partial); unlink(journalPath)
             if qcow2 { try QCOW2Overlay.createStandalone(at: partial, size: map.virtualSize, durable: false) }
             try Data((header + "\n").utf8).write(to: URL(fileURLWithPath: journalPath))
@@ -146,38 +160,53 @@ public struct VMPuller: Sendable {
         let todo = map.chunks.filter { !done.contains($0.offset) }
         progress.addTotal(Int64(map.chunks.reduce(0) { $0 + $1.length }))
         for c in map.chunks where done.contains(c.offset) { progress.advance(guest: Int64(c.length), wire: 0, reused: 1) }
-        let width = AdaptiveWidth(initial: 4, maximum: 8)
-        var i = 0
+        let width = AdaptiveWidth(initial: 6, maximum: 8)
         let repo = vm.reference.repository
-        let chunkSize = vm.config.chunkSize
-        while i < todo.count {
-            let group = Array(todo[i..<min(i + width.width * 2, todo.count)])
-            i += group.count
-            try await withThrowingTaskGroup(of: Void.self) { tasks in
-                for c in group {
-                    tasks.addTask {
-                        var blob = try await client.blob(repo, c.digest, size: c.size, limit: Int(c.size))
-                        let wire = Int64(blob.count)
-                        if let key = vm.familyKey { blob = try key.openChunk(blob, what: "chunk \(c.digest)") }
-                        var buf = [UInt8](repeating: 0, count: chunkSize)
-                        try buf.withUnsafeMutableBytes { try ChunkCodec.decompress(blob, length: c.length, into: $0, what: "chunk \(c.digest)") }
-                        try sink.write(buf, length: c.length, at: c.offset)
-                        progress.advance(guest: Int64(c.length), wire: wire)
+        let key = vm.familyKey
+        try await withThrowingTaskGroup(of: UInt64.self) { tasks in
+            var next = 0, inFlight = 0
+            var finished: [UInt64] = []
+            func launch() {
+                let c = todo[next]
+                next += 1; inFlight += 1
+                tasks.addTask {
+                    var blob = try await client.blob(repo, c.digest, size: c.size, limit: Int(c.size))
+                    let wire = Int64(blob.count)
+                    if let key { blob = try key.openChunk(blob, what: "chunk \(c.digest)") }
+                    var buf = [UInt8](repeating: 0, count: chunkSize)
+                    try buf.withUnsafeMutableBytes { try ChunkCodec.decompress(blob, length: c.length, into: $0, what: "chunk \(c.digest)") }
+                    if fingerprinting {
+                        let d = buf.withUnsafeBytes { ContentFingerprint.chunkDigest(index: c.offset / UInt64(chunkSize),
+                                                                                     bytes: UnsafeRawBufferPointer(rebasing: $0[0..<c.length])) }
+                        if let d { digests.withLock { $0[c.offset / UInt64(chunkSize)] = d } }
                     }
+                    try sink.write(buf, length: c.length, at: c.offset)
+                    progress.advance(guest: Int64(c.length), wire: wire)
+                    return c.offset
                 }
-                try await tasks.waitForAll()
             }
-            sink.startWriteback()
-            let lines = group.map { "\($0.offset)\n" }.joined()
-            _ = lines.withCString { write(journal, $0, strlen($0)) }
-            afterBatch?()
+            while next < todo.count && inFlight < width.width { launch() }
+            while let offset = try await tasks.next() {
+                inFlight -= 1
+                finished.append(offset)
+                if finished.count >= 8 || (next == todo.count && inFlight == 0) {
+                    sink.startWriteback()
+                    let lines = finished.map { "\($0)\n" }.joined()
+                    _ = lines.withCString { write(journal, $0, strlen($0)) }
+                    finished.removeAll()
+                    afterBatch?()
+                }
+                while next < todo.count && inFlight < width.width { launch() }
+            }
         }
         try sink.sync()
-        return map.chunks.count - todo.count
+        let fp = fingerprinting ? ContentFingerprint.combine(size: map.virtualSize, chunks: digests.withLock { $0 }) : nil
+        return Downloaded(resumed: map.chunks.count - todo.count, fingerprint: fp)
     }
 
     /// The chunks of `done` whose bytes in `partial` still compress (and seal) to their digest.
-    func verified(_ done: Set<UInt64>, in partial: String, map: VMArtifactConfig.DiskMap, key: FamilyKey?, chunkSize: Int) throws -> Set<UInt64> {
+    func verified(_ done: Set<UInt64>, in partial: String, map: VMArtifactConfig.DiskMap, key: FamilyKey?, chunkSize: Int,
+                  digests: Locked<[UInt64: [UInt8]]>?) throws -> Set<UInt64> {
         let image = try ImageOpener.open(partial)
         guard image.device.size == map.virtualSize else { return [] }
         var ok = Set<UInt64>()
@@ -186,7 +215,12 @@ public struct VMPuller: Sendable {
             try buf.withUnsafeMutableBytes { try image.device.read(at: c.offset, into: $0) }
             var blob = try buf.withUnsafeBytes { try ChunkCodec.compress($0) }
             if let key { blob = try key.sealChunk(blob) }
-            if BlobDigest.of(blob) == c.digest { ok.insert(c.offset) }
+            if BlobDigest.of(blob) == c.digest {
+                ok.insert(c.offset)
+                if let digests, let d = buf.withUnsafeBytes({ ContentFingerprint.chunkDigest(index: c.offset / UInt64(chunkSize), bytes: $0) }) {
+                    digests.withLock { $0[c.offset / UInt64(chunkSize)] = d }
+                }
+            }
         }
         return ok
     }

@@ -22,10 +22,13 @@ public struct ExaminedDisk: Sendable {
 
     /// Opens `path` (format by content; backing files with their declared format), fingerprints
     /// the guest-visible disk and, when `inspect`, reads the guest's identity.
-    public static func examine(_ path: String, inspect: Bool = true, passphrase: SecretBytes? = nil) throws -> ExaminedDisk {
+    /// `fingerprint`: the disk's content fingerprint when the caller already computed it from
+    /// the bytes it wrote (a pull), else it is computed here.
+    public static func examine(_ path: String, inspect: Bool = true, passphrase: SecretBytes? = nil,
+                               fingerprint: WardenCore.Digest? = nil) throws -> ExaminedDisk {
         let abs = absolutePath(path)
         let img = try ImageOpener.open(abs, options: OpenOptions(passphrase: passphrase))
-        let fp = try ContentFingerprint.of(img.device)
+        let fp = try fingerprint ?? ContentFingerprint.of(img.device)
         var inv: Inventory?
         if inspect { inv = try? OpenedGuest(image: img, path: abs).inventory() }
         // A disk inside an OVA is a member of the archive, not a file of its own: not a backing file.

@@ -313,11 +313,16 @@ public struct RegistryService: Sendable {
         let digestKey = String(fetched.digest.dropFirst(7).prefix(16))
         var partials: [String] = []
         var resumed = 0
+        var fingerprints: [WardenCore.Digest?] = []
         do {
             for d in cfg.disks {
                 let partial = destDir + "/.warden-pull-\(digestKey)-\(d.index).\(d.format)"
                 partials.append(partial)
-                do { resumed += try await puller.download(fetched, disk: d.index, to: partial) } catch let e as WardenError where e.code == .corrupt {
+                do {
+                    let got = try await puller.download(fetched, disk: d.index, to: partial)
+                    resumed += got.resumed
+                    fingerprints.append(got.fingerprint)
+                } catch let e as WardenError where e.code == .corrupt {
                     // Corrupt content does not heal by resuming: nothing of it is kept.
                     unlink(partial); unlink(partial + ".done")
                     throw e
@@ -339,7 +344,10 @@ public struct RegistryService: Sendable {
                 report = try Sysprep.applyImage(temps[0], format: ImageFormat(qemuName: cfg.disks[0].format), operations: r.operations, options: options)
                 timer.lap("pull-identity-refresh")
             }
-            var examined = try temps.map { try ExaminedDisk.examine($0) }
+            // The fingerprints computed while writing hold unless the refresh changed the first disk.
+            var examined = try temps.enumerated().map { i, t in
+                try ExaminedDisk.examine(t, fingerprint: (report != nil && i == 0) ? nil : fingerprints[i])
+            }
             timer.lap("pull-examine")
             for (i, f) in staging.files.enumerated() { examined[i].path = f.final }
             let vm = VMRecord(id: newID, name: name, owner: r.owner ?? cfg.vm.owner, labels: cfg.vm.labels, state: .stopped,

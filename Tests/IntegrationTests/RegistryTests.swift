@@ -30,12 +30,12 @@ import WardenTestSupport
 
     /// A 64 MiB qcow2 with `mib` MiB of random (incompressible) data at its start (not an OS: pulls use
     /// `--operations none`), registered as VM `name`.
-    static func dataVM(_ dir: String, home: String, name: String, mib: Int = 12) throws -> String {
+    static func dataVM(_ dir: String, home: String, name: String, mib: Int = 12, sizeMiB: Int = 64) throws -> String {
         let path = "\(dir)/\(name).qcow2"
         let raw = "\(dir)/\(name).raw"
         try Tool.sh("""
             set -e
-            truncate -s 64M '\(raw)'
+            truncate -s \(sizeMiB)M '\(raw)'
             dd if=/dev/urandom of='\(raw)' bs=1M count=\(mib) conv=notrunc status=none
             yes Z | tr -d '\\n' | dd of='\(raw)' bs=1M count=1 seek=40 iflag=fullblock conv=notrunc status=none || true
             qemu-img convert -q -O qcow2 '\(raw)' '\(path)'
@@ -80,6 +80,9 @@ import WardenTestSupport
                 let vm = show["vm"] as? [String: Any] ?? show
                 let sv = src["vm"] as? [String: Any] ?? src
                 #expect(vm["parent"] as? String == sv["id"] as? String, "\(show)")
+                // The fingerprint computed while writing equals the source disk's.
+                let fpCopy = (show["disks"] as? [[String: Any]])?.first?["fingerprint"] as? String
+                #expect(fpCopy != nil && fpCopy == (src["disks"] as? [[String: Any]])?.first?["fingerprint"] as? String)
                 let events = try Self.warden(["vm", "history", "web1-copy", "--json"], home: home)
                 #expect(events.stdoutText.contains("\"pulled\""), "\(events.stdoutText.prefix(2000))")
                 let srcEvents = try Self.warden(["vm", "history", "web1", "--json"], home: home)
@@ -193,8 +196,9 @@ import WardenTestSupport
         try Fixtures.withTemporaryDirectory { dir in
             try RegistryServer.with { reg in
                 let home = try Self.makeHome(dir)
-                // 48 MiB of data in 4 MiB chunks: two batches of 8 and one of 4 (12 + 1 chunks).
-                let disk = try Self.dataVM(dir, home: home, name: "big", mib: 48)
+                // 96 MiB of data in 4 MiB chunks (24 + 1): the pause comes after the first 8, while
+                // most chunks are still to be sent or fetched.
+                let disk = try Self.dataVM(dir, home: home, name: "big", mib: 96, sizeMiB: 128)
                 let ref = "\(reg.host)/team/big:1"
                 let cut = try Self.runKillingRegistry(["vm", "push", "big", ref, "--plain-http"], home: home, registry: reg)
                 #expect(cut.status != 0)
@@ -649,6 +653,28 @@ import WardenTestSupport
                 #expect(try Self.warden(["vm", "push", "wvm", "\(reg.host)/kubevirt/wvm:1", "--plain-http"], home: home).status == 0)
                 let notCD = try Self.warden(["scan", "--plain-http", "\(reg.host)/kubevirt/wvm:1"], home: home)
                 #expect(notCD.status == 2 && notCD.stderr.contains("not a container image"), "\(notCD.stderr)")
+                // `vm pull` of the containerDisk: unsigned, so only with an allow rule naming it;
+                // then registered as a VM whose disk is the containerDisk's.
+                let denied = try Self.warden(["vm", "pull", "--plain-http", "\(reg.host)/kubevirt/tiny-cd:v1", "--dir", dir + "/cd", "--operations", "none"],
+                                             home: home)
+                #expect(denied.status == 3 && denied.stderr.contains("unsigned"), "\(denied.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: dir + "/cd"))
+                try Data("""
+                    apiVersion: warden/v1
+                    kind: Policy
+                    name: kubevirt
+                    rules:
+                      - name: unsigned-containerdisks-from-kubevirt
+                        on: [pull]
+                        allow: { signature: [unsigned], registries: ["*/kubevirt/*"] }
+                    """.utf8).write(to: URL(fileURLWithPath: home + "/policy/rules.yaml"))
+                let pulled = try Self.warden(["vm", "pull", "--plain-http", "\(reg.host)/kubevirt/tiny-cd:v1", "--dir", dir + "/cd", "--operations", "none",
+                                              "--json"], home: home)
+                #expect(pulled.status == 0, "\(pulled.stderr)")
+                #expect(try Self.json(pulled)["name"] as? String == "tiny-cd")
+                #expect(try Tool.run(["qemu-img", "compare", dir + "/layer/disk/disk.qcow2", dir + "/cd/tiny-cd.qcow2"], check: false).status == 0)
+                #expect(try Self.warden(["vm", "show", "tiny-cd", "--json"], home: home).stdoutText.contains("containerdisk"))
+                #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/cd") == ["tiny-cd.qcow2"])
             }
         }
     }
@@ -724,6 +750,30 @@ import WardenTestSupport
                 #expect(pull.status == 0, "\(pull.stderr)")
                 #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/p/v2.qcow2"], check: false).status == 0)
                 for r in [anon, push, pull] { #expect(!r.stderr.contains("t0ken-pass")) }
+            }
+        }
+    }
+
+    /// Chunks larger than the 8 MiB upload part go up in chunked PATCHes (Content-Range) and a
+    /// closing PUT; the registry reassembles them and the pull verifies every digest.
+    @Test func largeChunksGoUpInChunkedUploads() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir)
+                let disk = try Self.dataVM(dir, home: home, name: "v", mib: 40)
+                let push = try Self.warden(["vm", "push", "v", "\(reg.host)/team/v:16m", "--plain-http", "--chunk-size", "16M", "--json"], home: home)
+                #expect(push.status == 0, "\(push.stderr)")
+                let pj = try Self.json(push)
+                #expect(pj["uploaded"] as? Int == 3, "\(pj)")   // 16 + 16 + (8 MiB random and the MiB of Z at 40 MiB)
+                let manifest = try Tool.run(["curl", "-s", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", "http://\(reg.host)/v2/team/v/manifests/16m"])
+                let m = try #require(try JSONSerialization.jsonObject(with: manifest.stdout) as? [String: Any])
+                let sizes = (m["layers"] as? [[String: Any]] ?? []).compactMap { $0["size"] as? Int }
+                #expect(sizes.filter { $0 > 8 << 20 }.count == 3, "three blobs larger than one part: \(sizes)")
+                let pull = try Self.warden(["vm", "pull", "\(reg.host)/team/v:16m", "--plain-http", "--name", "v2", "--dir", dir + "/p", "--operations", "none"],
+                                           home: home)
+                #expect(pull.status == 0, "\(pull.stderr)")
+                #expect(try Tool.run(["qemu-img", "compare", disk, dir + "/p/v2.qcow2"], check: false).status == 0)
+                #expect(try Self.warden(["vm", "push", "v", "\(reg.host)/team/v:x", "--plain-http", "--chunk-size", "3M"], home: home).status == 2)
             }
         }
     }
