@@ -199,6 +199,67 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
 
     public func flush() throws { try file.sync() }
 
+    /// Writes whole clusters that have no host cluster yet (a fresh image being filled, as a
+    /// pull does) in runs: one allocation, one data write and one L2 update per run of
+    /// consecutive clusters within an L2 table, instead of one of each per cluster. Anything
+    /// else — an unaligned piece, a cluster already allocated, compressed or zero-flagged, a
+    /// shared L2 table — goes through ``write(_:at:)``. Same ordering: data, barrier, then the
+    /// metadata that points at it.
+    public func writeFresh(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        do {
+            try checkRange(offset, bytes.count)
+            guard offset & (cs - 1) == 0 else { return try write(bytes, at: offset) }
+            try prepareForWrite()
+            let whole = bytes.count / Int(cs) * Int(cs)
+            var done = 0
+            while done < whole {
+                let guest = offset + UInt64(done)
+                let clusterIndex = guest >> UInt64(clusterBits)
+                let l1Index = Int(clusterIndex >> UInt64(l2Bits))
+                let l2Index = Int(clusterIndex & ((1 << UInt64(l2Bits)) - 1))
+                let run = min((1 << l2Bits) - l2Index, (whole - done) / Int(cs))
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[done..<(done + run * Int(cs))])
+                guard l1Index < reader.l1.count else { throw WardenError(.internal, "guest offset \(hex(guest)) has no L1 entry") }
+                let l1e = reader.l1[l1Index]
+                let l2Off = l1e & QCOW2.offsetMask
+                var table: [UInt64]? = nil
+                if l2Off != 0 {
+                    guard l1e & Self.copied != 0 else {
+                        try write(piece, at: guest); done += piece.count; continue
+                    }
+                    table = try reader.l2Table(at: l2Off, l1Index: l1Index)
+                    if table![l2Index..<(l2Index + run)].contains(where: { $0 != 0 }) {
+                        try write(piece, at: guest); done += piece.count; continue
+                    }
+                }
+                let host = try allocate(run)
+                try file.write(piece, at: host)
+                try barrier()
+                if var t = table {
+                    for k in 0..<run { t[l2Index + k] = (host + UInt64(k) * cs) | Self.copied }
+                    try file.write(Self.bigEndianBytes(Array(t[l2Index..<(l2Index + run)])), at: l2Off + UInt64(l2Index) * 8)
+                    reader.noteL2(l2Off, t)
+                } else {
+                    let newL2 = try allocate(1)
+                    var t = [UInt64](repeating: 0, count: 1 << l2Bits)
+                    for k in 0..<run { t[l2Index + k] = (host + UInt64(k) * cs) | Self.copied }
+                    try file.write(Self.bigEndianBytes(t), at: newL2)
+                    try barrier()
+                    let l1Entry = newL2 | Self.copied
+                    try file.write(Self.bigEndianBytes([l1Entry]), at: header.l1TableOffset + UInt64(l1Index) * 8)
+                    reader.noteL1(l1Index, l1Entry)
+                    reader.noteL2(newL2, t)
+                }
+                done += piece.count
+            }
+            if whole < bytes.count {
+                try write(UnsafeRawBufferPointer(rebasing: bytes[whole...]), at: offset + UInt64(whole))
+            }
+        } catch let e as WardenError {
+            throw e.inFile(path)
+        }
+    }
+
     /// Before the first write: clear autoclear feature bits (bitmaps this writer does
     /// not maintain become stale and QEMU ignores them, as it does on its own writes).
     private func prepareForWrite() throws {
@@ -521,7 +582,7 @@ public final class QCOW2Overlay: WritableBlockDevice, @unchecked Sendable {
         guard clusterSize >= 512, clusterSize <= 2 << 20, clusterSize & (clusterSize - 1) == 0 else {
             throw WardenError(.invalidArgument, "cluster size \(clusterSize) is not a power of two between 512 and 2 MiB")
         }
-        guard size > 0 else { throw WardenError(.invalidArgument, "a disk of 0 bytes") }
+        guard size > 0, size % 512 == 0 else { throw WardenError(.invalidArgument, "a qcow2 disk is a positive number of 512-byte sectors, not \(size) bytes") }
         try writeNewFile(path, try image(size: size, backing: [], format: [], clusterBits: clusterSize.trailingZeroBitCount), durable: durable)
     }
 

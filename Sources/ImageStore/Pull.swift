@@ -250,22 +250,33 @@ final class DiskSink: @unchecked Sendable {
         }
     }
 
+    /// Writes `buf[0..<length]` at `offset`: each run of consecutive non-zero 64 KiB blocks in
+    /// one write (zero blocks stay holes or unallocated clusters).
     func write(_ buf: [UInt8], length: Int, at offset: UInt64) throws {
         let block = 64 << 10
         try buf.withUnsafeBytes { raw in
+            var runStart: Int? = nil
             var start = 0
+            func flush(_ end: Int) throws {
+                guard let s = runStart else { return }
+                let piece = UnsafeRawBufferPointer(rebasing: raw[s..<end])
+                if let overlay {
+                    try lock.withLock { try overlay.writeFresh(piece, at: offset + UInt64(s)) }
+                } else {
+                    try FileDescriptorIO.pwriteAll(fd, piece, at: offset + UInt64(s), name: path)
+                }
+                runStart = nil
+            }
             while start < length {
                 let end = min(start + block, length)
-                let piece = UnsafeRawBufferPointer(rebasing: raw[start..<end])
-                if !VMPusher.isZero(piece) {
-                    if let overlay {
-                        try lock.withLock { try overlay.write(piece, at: offset + UInt64(start)) }
-                    } else {
-                        try FileDescriptorIO.pwriteAll(fd, piece, at: offset + UInt64(start), name: path)
-                    }
+                if VMPusher.isZero(UnsafeRawBufferPointer(rebasing: raw[start..<end])) {
+                    try flush(start)
+                } else if runStart == nil {
+                    runStart = start
                 }
                 start = end
             }
+            try flush(length)
         }
     }
 

@@ -95,7 +95,10 @@ public final class RegistryClient: Sendable {
     func send(_ method: HTTPMethod, _ url: String, repository: String, push: Bool = false, headers: [(String, String)] = [],
               body: Body = .none, expect: Set<Int>, limit: Int = RegistryLimits.smallBody, what: String) async throws -> Response {
         var lastError: WardenError?
-        for attempt in 0..<max(1, options.attempts) {
+        // Upload steps (POST, PATCH, PUT to an upload session) change the session's state and
+        // are not repeated here; the push retries the whole blob with a new session instead.
+        let idempotent = !(method == .POST || method == .PATCH || (method == .PUT && url.contains("/blobs/uploads/")))
+        for attempt in 0..<(idempotent ? max(1, options.attempts) : 1) {
             if attempt > 0 { try await Task.sleep(for: .milliseconds(200 << attempt)) }
             do {
                 var response = try await once(method, url, repository: repository, push: push, headers: headers, body: body, limit: limit)

@@ -106,7 +106,9 @@ public struct VMArtifactConfig: Codable, Sendable, Equatable {
         let bound = Int64(ZSTD_compressBound(chunkSize)) + 28
         for d in disks {
             guard d.format == "qcow2" || d.format == "raw" else { throw bad("gives disk \(d.index) the format \(d.format.prefix(32).debugDescription)") }
-            guard d.virtualSize > 0, d.virtualSize <= Self.maxVirtualSize else { throw bad("gives disk \(d.index) a size of \(d.virtualSize) bytes") }
+            guard d.virtualSize > 0, d.virtualSize <= Self.maxVirtualSize, d.format == "raw" || d.virtualSize % 512 == 0 else {
+                throw bad("gives disk \(d.index) a size of \(d.virtualSize) bytes")
+            }
             var next: UInt64 = 0
             for c in d.chunks {
                 guard c.offset >= next, c.offset % UInt64(chunkSize) == 0, c.offset < d.virtualSize else {

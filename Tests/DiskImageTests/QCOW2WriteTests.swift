@@ -216,6 +216,28 @@ import WardenTestSupport
 
 /// qcow2 images without a backing file, as `vm pull` writes them: checked by qemu-img.
 @Suite struct QCOW2StandaloneTests {
+    @Test func freshRunsCrossL2TablesAndUnalignedTails() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            // 4 KiB clusters: an L2 table covers 2 MiB, so a 3 MiB run crosses two tables.
+            let path = dir + "/s.qcow2"
+            try QCOW2Overlay.createStandalone(at: path, size: (8 << 20) + 1024, clusterSize: 4096)
+            let o = try QCOW2Overlay.open(path, durability: .barriers)
+            let data = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 12) }
+            try data.withUnsafeBytes { try o.writeFresh($0, at: 1 << 20) }
+            let tail = [UInt8](repeating: 0x77, count: 1000)
+            try tail.withUnsafeBytes { try o.writeFresh($0, at: 8 << 20) }
+            try o.flush()
+            #expect(try Tool.run(["qemu-img", "check", path], check: false).status == 0)
+            try Tool.sh("truncate -s \((8 << 20) + 1024) '\(dir)/r.raw'")
+            try Data(data).write(to: URL(fileURLWithPath: dir + "/d.bin"))
+            try Data(tail).write(to: URL(fileURLWithPath: dir + "/t.bin"))
+            try Tool.run(["dd", "if=\(dir)/d.bin", "of=\(dir)/r.raw", "bs=1M", "seek=1", "conv=notrunc", "status=none"])
+            try Tool.run(["dd", "if=\(dir)/t.bin", "of=\(dir)/r.raw", "bs=1M", "seek=8", "conv=notrunc", "status=none"])
+            let cmp = try Tool.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", dir + "/r.raw", path], check: false)
+            #expect(cmp.status == 0, "\(cmp.stdoutText) \(cmp.stderr)")
+        }
+    }
+
     @Test func aStandaloneImageIsCleanAndHoldsWhatWasWritten() throws {
         try Fixtures.withTemporaryDirectory { dir in
             let path = dir + "/s.qcow2"
@@ -226,8 +248,11 @@ import WardenTestSupport
             #expect(obj["backing-filename"] == nil)
             let o = try QCOW2Overlay.open(path, durability: .processCrashOnly)
             let a = [UInt8](repeating: 0xA5, count: 1 << 20), b = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-            try o.write(a, at: 0)
-            try o.write(b, at: 40 << 20)
+            // Runs of fresh clusters (writeFresh), one written twice (the second through write),
+            // a run crossing into the next L2 table's range is not needed at 64 MiB.
+            try a.withUnsafeBytes { try o.writeFresh($0, at: 0) }
+            try a.withUnsafeBytes { try o.writeFresh(UnsafeRawBufferPointer(rebasing: $0[0..<65536]), at: 0) }
+            try b.withUnsafeBytes { try o.writeFresh($0, at: 40 << 20) }
             try o.flush()
             #expect(try Tool.run(["qemu-img", "check", path], check: false).status == 0)
             try Tool.sh("""
