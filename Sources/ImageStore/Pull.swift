@@ -130,14 +130,17 @@ public struct VMPuller: Sendable {
     /// window; write-back starts every few chunks, so the closing fsync overlaps the transfer.
     /// A chunk whose blob fails its digest stops the pull with the digest named; the caller
     /// removes the partial file then.
+    /// With `trustFingerprint` (the caller checked that a trusted key signed the image), the
+    /// fingerprint the pusher recorded is taken instead of hashing the disk again.
     @discardableResult
-    public func download(_ vm: FetchedVM, disk index: Int, to partial: String) async throws -> Downloaded {
+    public func download(_ vm: FetchedVM, disk index: Int, to partial: String, trustFingerprint: Bool = false) async throws -> Downloaded {
         let map = vm.config.disks[index]
         let qcow2 = map.format == "qcow2"
         let journalPath = partial + ".done"
         let header = "warden-pull/2 \(vm.digest) disk \(index) \(map.format)"
         let chunkSize = vm.config.chunkSize
-        let fingerprinting = chunkSize == ContentFingerprint.chunkBytes
+        let pushed = trustFingerprint ? map.fingerprint.flatMap { WardenCore.Digest($0) } : nil
+        let fingerprinting = pushed == nil && chunkSize == ContentFingerprint.chunkBytes
         let digests = Locked<[UInt64: [UInt8]]>([:])
         var done = Set<UInt64>()
         if let text = try? String(contentsOfFile: journalPath, encoding: .utf8), text.hasPrefix(header + "\n"),
@@ -200,7 +203,7 @@ public struct VMPuller: Sendable {
             }
         }
         try sink.sync()
-        let fp = fingerprinting ? ContentFingerprint.combine(size: map.virtualSize, chunks: digests.withLock { $0 }) : nil
+        let fp = pushed ?? (fingerprinting ? ContentFingerprint.combine(size: map.virtualSize, chunks: digests.withLock { $0 }) : nil)
         return Downloaded(resumed: map.chunks.count - todo.count, fingerprint: fp)
     }
 

@@ -111,6 +111,10 @@ public struct VMPusher: Sendable {
             }
             guest += device.size
             var chunks: [VMArtifactConfig.Chunk] = []
+            // The fingerprint's 4 MiB chunks are hashed from the bytes in hand (chunk sizes of
+            // 4 MiB and more; smaller ones leave the fingerprint to the pull).
+            let fingerprinting = plan.chunkSize >= ContentFingerprint.chunkBytes
+            let fpDigests = Locked<[UInt64: [UInt8]]>([:])
             var offsets: [UInt64] = []
             var o: UInt64 = 0
             let cs = UInt64(plan.chunkSize)
@@ -124,7 +128,8 @@ public struct VMPusher: Sendable {
             while i < offsets.count {
                 let group = Array(offsets[i..<min(i + batch, offsets.count)])
                 i += group.count
-                let compressed = try Self.compress(device, group, chunkSize: plan.chunkSize, path: disk.path, seal: plan.sealing?.key)
+                let compressed = try Self.compress(device, group, chunkSize: plan.chunkSize, path: disk.path, seal: plan.sealing?.key,
+                                                   fingerprints: fingerprinting ? fpDigests : nil)
                 var uploads: [(Int, [UInt8], String)] = []
                 for (k, c) in compressed.enumerated() {
                     guard let (blob, digest, length) = c else {
@@ -148,7 +153,9 @@ public struct VMPusher: Sendable {
                 counters.uploaded += outcome.uploaded; counters.up += outcome.bytes
                 afterBatch?()
             }
-            maps.append(.init(index: index, format: disk.format, virtualSize: device.size, chunks: chunks))
+            let fp = fingerprinting ? ContentFingerprint.combine(size: device.size, chunks: fpDigests.withLock { $0 }) : nil
+            maps.append(.init(index: index, format: disk.format, virtualSize: device.size, chunks: chunks,
+                              fingerprint: fp.map { "\($0.algorithm):\($0.hex)" }))
         }
         // Config and lineage, then the manifest by digest, its signature, and only then the tag:
         // a tag never names an unsigned or half-pushed VM.
@@ -201,7 +208,8 @@ public struct VMPusher: Sendable {
     }
 
     /// Reads and compresses chunks at `offsets` in parallel; nil for a chunk that reads as zeros.
-    static func compress(_ device: any BlockDevice, _ offsets: [UInt64], chunkSize: Int, path: String, seal: FamilyKey? = nil) throws -> [([UInt8], String, Int)?] {
+    static func compress(_ device: any BlockDevice, _ offsets: [UInt64], chunkSize: Int, path: String, seal: FamilyKey? = nil,
+                         fingerprints: Locked<[UInt64: [UInt8]]>? = nil) throws -> [([UInt8], String, Int)?] {
         let results = Locked<[Result<([UInt8], String, Int)?, Error>?]>(Array(repeating: nil, count: offsets.count))
         DispatchQueue.concurrentPerform(iterations: offsets.count) { k in
             let r = Result<([UInt8], String, Int)?, Error> {
@@ -209,6 +217,20 @@ public struct VMPusher: Sendable {
                 var buf = [UInt8](repeating: 0, count: len)
                 try buf.withUnsafeMutableBytes { try device.read(at: offsets[k], into: $0) }
                 if Self.isZero(buf) { return nil }
+                if let fingerprints {
+                    let fc = ContentFingerprint.chunkBytes
+                    buf.withUnsafeBytes { raw in
+                        var o = 0
+                        while o < len {
+                            let n = min(fc, len - o)
+                            let index = (offsets[k] + UInt64(o)) / UInt64(fc)
+                            if let d = ContentFingerprint.chunkDigest(index: index, bytes: UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)])) {
+                                fingerprints.withLock { $0[index] = d }
+                            }
+                            o += n
+                        }
+                    }
+                }
                 var blob = try buf.withUnsafeBytes { try ChunkCodec.compress($0) }
                 if let seal { blob = try seal.sealChunk(blob) }
                 return (blob, BlobDigest.of(blob), len)

@@ -46,9 +46,12 @@ public struct VMArtifactConfig: Codable, Sendable, Equatable {
         public var format: String
         public var virtualSize: UInt64
         public var chunks: [Chunk]
-        enum CodingKeys: String, CodingKey { case index, format, virtualSize = "virtual_size", chunks }
-        public init(index: Int, format: String, virtualSize: UInt64, chunks: [Chunk]) {
-            self.index = index; self.format = format; self.virtualSize = virtualSize; self.chunks = chunks
+        /// The disk's content fingerprint (docs/ledger.md), as the pusher computed it from the
+        /// bytes it pushed. A pull takes it only from a trusted signer's image; else it computes it.
+        public var fingerprint: String?
+        enum CodingKeys: String, CodingKey { case index, format, virtualSize = "virtual_size", chunks, fingerprint }
+        public init(index: Int, format: String, virtualSize: UInt64, chunks: [Chunk], fingerprint: String? = nil) {
+            self.index = index; self.format = format; self.virtualSize = virtualSize; self.chunks = chunks; self.fingerprint = fingerprint
         }
     }
 
@@ -109,6 +112,7 @@ public struct VMArtifactConfig: Codable, Sendable, Equatable {
             guard d.virtualSize > 0, d.virtualSize <= Self.maxVirtualSize, d.format == "raw" || d.virtualSize % 512 == 0 else {
                 throw bad("gives disk \(d.index) a size of \(d.virtualSize) bytes")
             }
+            if let f = d.fingerprint { try BlobDigest.check(f, what: "the VM config's fingerprint of disk \(d.index)") }
             var next: UInt64 = 0
             for c in d.chunks {
                 guard c.offset >= next, c.offset % UInt64(chunkSize) == 0, c.offset < d.virtualSize else {

@@ -303,6 +303,12 @@ import WardenTestSupport
                                          home: home)
                 #expect(ok.status == 0, "\(ok.stderr)")
                 #expect(try Self.json(ok)["signature"] as? String == "unsigned")
+                // Unsigned: the fingerprint is computed from the bytes written, and equals b's.
+                func fingerprint(_ vm: String) throws -> String? {
+                    (try Self.json(try Self.warden(["vm", "show", vm, "--json"], home: home))["disks"] as? [[String: Any]])?.first?["fingerprint"] as? String
+                }
+                let fe = try fingerprint("e")
+                #expect(fe != nil && fe == (try fingerprint("b")))
             }
         }
     }
