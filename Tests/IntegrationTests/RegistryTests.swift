@@ -307,8 +307,8 @@ import WardenTestSupport
                 func fingerprint(_ vm: String) throws -> String? {
                     (try Self.json(try Self.warden(["vm", "show", vm, "--json"], home: home))["disks"] as? [[String: Any]])?.first?["fingerprint"] as? String
                 }
-                let fe = try fingerprint("e")
-                #expect(fe != nil && fe == (try fingerprint("b")))
+                let fe = try fingerprint("e"), fb = try fingerprint("b")
+                #expect(fe != nil && fe == fb)
             }
         }
     }
