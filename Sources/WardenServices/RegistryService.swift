@@ -25,6 +25,9 @@ public struct RegistryService: Sendable {
     public var afterBatch: (@Sendable () -> Void)?
     /// Family keys of encrypted pushes live here (docs/oci.md, "Encryption").
     public var vault: Vault?
+    /// SSH host keys made ahead of time (docs/sysprep.md): a pull's identity refresh takes its
+    /// RSA key from here instead of generating one.
+    public var keyPool: KeyPool?
 
     public init(store: any LedgerStore, policy: PolicyGate.Source = .defaultDirectory, host: HostName = .current,
                 keysDirectory: String, vault: Vault? = nil, note: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -343,6 +346,7 @@ public struct RegistryService: Sendable {
             if !r.keepIdentity && !r.operations.isEmpty {
                 var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
                 options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
+                if r.operations.contains(where: { $0.name == "ssh-hostkeys" }) { options.keys = HostKeyForge(pool: keyPool) }
                 report = try Sysprep.applyImage(temps[0], format: ImageFormat(qemuName: cfg.disks[0].format), operations: r.operations, options: options)
                 timer.lap("pull-identity-refresh")
             }
@@ -462,6 +466,7 @@ extension RegistryService {
             if !r.keepIdentity && !r.operations.isEmpty {
                 var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
                 options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
+                if r.operations.contains(where: { $0.name == "ssh-hostkeys" }) { options.keys = HostKeyForge(pool: keyPool) }
                 report = try Sysprep.applyImage(temp, format: ImageFormat(qemuName: format), operations: r.operations, options: options)
             }
             var examined = try ExaminedDisk.examine(temp)

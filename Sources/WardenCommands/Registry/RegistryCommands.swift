@@ -124,6 +124,10 @@ struct VMPull: ParsableCommand {
         let ops = try Sysprep.select(operations)
         var service = RegistryService(store: store, policy: policyOptions.source, keysDirectory: HostKey.directory(databasePath: database.path),
                                       vault: Vault.beside(database: database.path), note: { Output.note($0) })
+        // RSA host keys from the pool beside the database, when there is one (`warden keys refill`).
+        let pool = KeysCommand.pool(database: database.path)
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: pool.directory, isDirectory: &isDir) && isDir.boolValue { service.keyPool = pool }
         service.afterBatch = TestHooks.batchPause()
         let svc = service
         let vmName = name
