@@ -177,16 +177,20 @@ import WardenTestSupport
         }
     }
 
-    /// Runs `args` while the registry is killed during the first batch's pause; returns the result.
+    /// Runs `args` while the registry is killed during the first batch's pause (when the command
+    /// has created the marker file); returns the result.
     static func runKillingRegistry(_ args: [String], home: String, registry: RegistryServer) throws -> ToolResult {
         let result = Locked<Result<ToolResult, Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
+        let marker = registry.directory + "/batch-\(UUID().uuidString)"
         Thread.detachNewThread {
-            let r = Result { try warden(args, home: home, env: ["WARDEN_TEST_HOOKS": "1", "WARDEN_TEST_BATCH_PAUSE": "3"]) }
+            let r = Result { try warden(args, home: home, env: ["WARDEN_TEST_HOOKS": "1", "WARDEN_TEST_BATCH_PAUSE": "5",
+                                                              "WARDEN_TEST_BATCH_MARKER": marker]) }
             result.withLock { $0 = r }
             done.signal()
         }
-        Thread.sleep(forTimeInterval: 1.5)
+        for _ in 0..<1200 where !FileManager.default.fileExists(atPath: marker) && result.withLock({ $0 == nil }) { usleep(50_000) }
+        #expect(FileManager.default.fileExists(atPath: marker), "the command paused after its first batch")
         registry.kill()
         done.wait()
         return try result.withLock { $0! }.get()
@@ -522,7 +526,7 @@ import WardenTestSupport
                 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
                 """
             try Data(script.utf8).write(to: URL(fileURLWithPath: dir + "/hostile.py"))
-            let port = Int.random(in: 40_000...60_000)
+            let port = try PostgresServer.freePort()
             let pid = try Tool.run(["/bin/sh", "-c", "python3 \"$0/hostile.py\" \(port) >/dev/null 2>&1 </dev/null & echo $!", dir]).stdoutText
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             defer { _ = try? Tool.run(["kill", "-9", pid], check: false) }
@@ -731,7 +735,7 @@ import WardenTestSupport
                 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
                 """
             try Data(script.utf8).write(to: URL(fileURLWithPath: dir + "/tokensvc.py"))
-            let port = Int.random(in: 40_000...60_000)
+            let port = try PostgresServer.freePort()
             let pid = try Tool.run(["/bin/sh", "-c", "python3 \"$0/tokensvc.py\" \(port) \"$0\" >\"$0/token.log\" 2>&1 </dev/null & echo $!", dir]).stdoutText
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             defer { _ = try? Tool.run(["kill", "-9", pid], check: false) }

@@ -109,7 +109,7 @@ public final class PostgresServer: @unchecked Sendable {
     }
 
     /// A loopback TCP port nobody listens on now.
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ToolError.spawn(["socket"], String(cString: strerror(errno))) }
         defer { close(fd) }

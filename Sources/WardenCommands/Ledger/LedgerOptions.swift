@@ -54,12 +54,18 @@ enum TestHooks {
     }
 
     /// `WARDEN_TEST_BATCH_PAUSE=SECONDS`: a pause after the first batch of chunks of a push or
-    /// pull (the test kills the registry during it).
+    /// pull (the test kills the registry during it); `WARDEN_TEST_BATCH_MARKER=FILE` is created
+    /// when the pause begins, so the test knows when to.
     static func batchPause() -> (@Sendable () -> Void)? {
         guard let p = pause("WARDEN_TEST_BATCH_PAUSE") else { return nil }
+        let marker = ProcessInfo.processInfo.environment["WARDEN_TEST_BATCH_MARKER"]
         let once = Locked(false)
         nonisolated(unsafe) let sleep = p
-        return { if once.withLock({ let first = !$0; $0 = true; return first }) { try? sleep() } }
+        return {
+            guard once.withLock({ let first = !$0; $0 = true; return first }) else { return }
+            if let marker { FileManager.default.createFile(atPath: marker, contents: Data()) }
+            try? sleep()
+        }
     }
 }
 
