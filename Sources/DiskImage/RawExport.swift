@@ -108,7 +108,15 @@ public enum RawExport {
     }
 
     /// Writes the non-zero 64 KiB blocks of `buf` at `offset`, coalescing neighbours.
-    static func writeNonZero(_ buf: UnsafeRawBufferPointer, fd: Int32, at offset: UInt64, name: String) throws {
+    public static func writeNonZero(_ buf: UnsafeRawBufferPointer, fd: Int32, at offset: UInt64, name: String) throws {
+        try forEachNonZeroRun(buf) { run in
+            try FileDescriptorIO.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[run]), at: offset + UInt64(run.lowerBound), name: name)
+        }
+    }
+
+    /// Calls `body` with each run of consecutive non-zero 64 KiB blocks of `buf` (the last
+    /// block may be shorter): what sparse writers write, leaving the zero blocks as holes.
+    public static func forEachNonZeroRun(_ buf: UnsafeRawBufferPointer, _ body: (Range<Int>) throws -> Void) rethrows {
         var runStart = -1
         var i = 0
         while i < buf.count {
@@ -116,17 +124,16 @@ public enum RawExport {
             let zero = isZero(UnsafeRawBufferPointer(rebasing: buf[i..<i + n]))
             if !zero && runStart < 0 { runStart = i }
             if zero && runStart >= 0 {
-                try FileDescriptorIO.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[runStart..<i]), at: offset + UInt64(runStart), name: name)
+                try body(runStart..<i)
                 runStart = -1
             }
             i += n
         }
-        if runStart >= 0 {
-            try FileDescriptorIO.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: buf[runStart..<buf.count]), at: offset + UInt64(runStart), name: name)
-        }
+        if runStart >= 0 { try body(runStart..<buf.count) }
     }
 
-    static func isZero(_ b: UnsafeRawBufferPointer) -> Bool {
+    /// Whether every byte is zero (eight bytes at a time).
+    public static func isZero(_ b: UnsafeRawBufferPointer) -> Bool {
         guard let base = b.baseAddress else { return true }
         let words = b.count / 8
         var i = 0

@@ -122,10 +122,7 @@ public enum ContainerDisk {
             let want = Int(min(UInt64(buf.count), m.size - done))
             let n = buf.withUnsafeMutableBytes { pread(inFD, $0.baseAddress, want, off_t(m.offset + done)) }
             guard n > 0 else { throw WardenError(.io, "short read of the disk member", file: tar) }
-            try buf.withUnsafeBytes { raw in
-                let piece = UnsafeRawBufferPointer(rebasing: raw[0..<n])
-                if !VMPusher.isZero(piece) { try FileDescriptorIO.pwriteAll(outFD, piece, at: done, name: out) }
-            }
+            try buf.withUnsafeBytes { try RawExport.writeNonZero(UnsafeRawBufferPointer(rebasing: $0[0..<n]), fd: outFD, at: done, name: out) }
             done += UInt64(n)
         }
         guard ftruncate(outFD, off_t(m.size)) == 0 else { throw WardenError(.io, "cannot size the disk", file: out) }

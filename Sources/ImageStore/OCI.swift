@@ -107,7 +107,7 @@ public enum BlobDigest {
     public static func of<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
         var h = SHA256()
         if let done = bytes.withContiguousStorageIfAvailable({ h.update(bufferPointer: UnsafeRawBufferPointer($0)) }) { _ = done } else { h.update(data: Array(bytes)) }
-        return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+        return "sha256:" + h.finalize().hexString
     }
 
     /// Throws unless `digest` is a well-formed sha256 digest (the only algorithm Warden accepts).

@@ -256,30 +256,12 @@ final class DiskSink: @unchecked Sendable {
     /// Writes `buf[0..<length]` at `offset`: each run of consecutive non-zero 64 KiB blocks in
     /// one write (zero blocks stay holes or unallocated clusters).
     func write(_ buf: [UInt8], length: Int, at offset: UInt64) throws {
-        let block = 64 << 10
-        try buf.withUnsafeBytes { raw in
-            var runStart: Int? = nil
-            var start = 0
-            func flush(_ end: Int) throws {
-                guard let s = runStart else { return }
-                let piece = UnsafeRawBufferPointer(rebasing: raw[s..<end])
-                if let overlay {
-                    try lock.withLock { try overlay.writeFresh(piece, at: offset + UInt64(s)) }
-                } else {
-                    try FileDescriptorIO.pwriteAll(fd, piece, at: offset + UInt64(s), name: path)
-                }
-                runStart = nil
+        try buf.withUnsafeBytes { all in
+            let raw = UnsafeRawBufferPointer(rebasing: all[0..<length])
+            guard let overlay else { return try RawExport.writeNonZero(raw, fd: fd, at: offset, name: path) }
+            try RawExport.forEachNonZeroRun(raw) { run in
+                try lock.withLock { try overlay.writeFresh(UnsafeRawBufferPointer(rebasing: raw[run]), at: offset + UInt64(run.lowerBound)) }
             }
-            while start < length {
-                let end = min(start + block, length)
-                if VMPusher.isZero(UnsafeRawBufferPointer(rebasing: raw[start..<end])) {
-                    try flush(start)
-                } else if runStart == nil {
-                    runStart = start
-                }
-                start = end
-            }
-            try flush(length)
         }
     }
 

@@ -216,7 +216,7 @@ public struct VMPusher: Sendable {
                 let len = Int(min(UInt64(chunkSize), device.size - offsets[k]))
                 var buf = [UInt8](repeating: 0, count: len)
                 try buf.withUnsafeMutableBytes { try device.read(at: offsets[k], into: $0) }
-                if Self.isZero(buf) { return nil }
+                if buf.withUnsafeBytes({ RawExport.isZero($0) }) { return nil }
                 if let fingerprints {
                     let fc = ContentFingerprint.chunkBytes
                     buf.withUnsafeBytes { raw in
@@ -240,19 +240,6 @@ public struct VMPusher: Sendable {
         return try results.withLock { $0 }.map { r in
             do { return try r!.get() } catch let e as WardenError { throw e.inFile(path) }
         }
-    }
-
-    static func isZero(_ b: [UInt8]) -> Bool { b.withUnsafeBytes { isZero($0) } }
-
-    static func isZero(_ raw: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        let n = raw.count
-        while i + 8 <= n {
-            if raw.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
-            i += 8
-        }
-        while i < n { if raw[i] != 0 { return false }; i += 1 }
-        return true
     }
 
     /// HEAD, mount or upload each blob, `width` at a time; a dropped upload halves the width and

@@ -72,6 +72,20 @@ public final class RegistryClient: Sendable {
 
     public func shutdown() async { try? await http.shutdown() }
 
+    /// Runs `body` with a client of `registry`, shut down afterwards whether it threw or not.
+    public static func with<T: Sendable>(registry: String, options: RegistryOptions,
+                                         _ body: (RegistryClient) async throws -> T) async throws -> T {
+        let client = try RegistryClient(registry: registry, options: options)
+        do {
+            let out = try await body(client)
+            await client.shutdown()
+            return out
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+
     // MARK: - Requests
 
     public struct Response: Sendable {
@@ -409,5 +423,5 @@ struct StreamingDigest {
     var h = SHA256()
     mutating func update(_ b: ByteBuffer) { b.withUnsafeReadableBytes { h.update(bufferPointer: $0) } }
     mutating func update(_ b: UnsafeRawBufferPointer) { h.update(bufferPointer: b) }
-    func finalize() -> String { "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined() }
+    func finalize() -> String { "sha256:" + h.finalize().hexString }
 }

@@ -145,7 +145,7 @@ public struct RecipientKey: Sendable {
     }
     public var id: String { Self.id(publicKey) }
 
-    public static func id(_ raw: Data) -> String { String(Data(SHA256.hash(data: raw)).map { String(format: "%02x", $0) }.joined().prefix(32)) }
+    public static func id(_ raw: Data) -> String { String(SHA256.hash(data: raw).hexString.prefix(32)) }
 
     public static func loadOrCreate(directory: String, host: String) throws -> RecipientKey {
         let file = directory + "/" + host + ".x25519"

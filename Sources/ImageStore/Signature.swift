@@ -51,7 +51,7 @@ public enum ManifestSignature {
         return (manifest, [(config, Array(configText.utf8)), (layer, body)])
     }
 
-    public static func keyID(_ publicKey: Data) -> String { Data(SHA256.hash(data: publicKey)).map { String(format: "%02x", $0) }.joined() }
+    public static func keyID(_ publicKey: Data) -> String { SHA256.hash(data: publicKey).hexString }
 
     /// What a pull found.
     public enum Verdict: Sendable, Equatable {

@@ -143,16 +143,10 @@ public struct RegistryService: Sendable {
             findings: findings, lineage: try lineage(of: vm), mountFrom: try ancestorRepositories(of: vm, registry: r.reference.registry),
             partSize: r.partSize,
             signer: .init(publicKey: key.publicKey, sign: { try key.sign($0) }), sealing: sealing)
-        let client = try RegistryClient(registry: r.reference.registry, options: r.options)
-        let result: PushResult
-        do {
+        let result = try await RegistryClient.with(registry: r.reference.registry, options: r.options) { client in
             var pusher = VMPusher(client: client, progress: TransferProgress(verb: "pushed", enabled: r.progress))
             pusher.afterBatch = afterBatch
-            result = try await pusher.push(plan)
-            await client.shutdown()
-        } catch {
-            await client.shutdown()
-            throw error
+            return try await pusher.push(plan)
         }
         let keyID = ManifestSignature.keyID(key.publicKey)
         _ = try store.append(NewEvent(kind: .pushed, vm: vm.id, host: host, payload: [
@@ -253,14 +247,8 @@ public struct RegistryService: Sendable {
         let name = r.name ?? ""
         if !name.isEmpty { try Clone.checkName(name) }
         let trusted = try TrustedKey.load(directory: trustedKeysDirectory)
-        let client = try RegistryClient(registry: r.reference.registry, options: r.options)
-        do {
-            let out = try await pull(r, client: client, trusted: trusted)
-            await client.shutdown()
-            return out
-        } catch {
-            await client.shutdown()
-            throw error
+        return try await RegistryClient.with(registry: r.reference.registry, options: r.options) { client in
+            try await pull(r, client: client, trusted: trusted)
         }
     }
 
@@ -344,10 +332,7 @@ public struct RegistryService: Sendable {
             timer.lap("pull-assemble")
             var report: SysprepReport?
             if !r.keepIdentity && !r.operations.isEmpty {
-                var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
-                options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
-                if r.operations.contains(where: { $0.name == "ssh-hostkeys" }) { options.keys = HostKeyForge(pool: keyPool) }
-                report = try Sysprep.applyImage(temps[0], format: ImageFormat(qemuName: cfg.disks[0].format), operations: r.operations, options: options)
+                report = try refreshIdentity(temps[0], format: cfg.disks[0].format, name: name, operations: r.operations)
                 timer.lap("pull-identity-refresh")
             }
             // The fingerprints computed while writing hold unless the refresh changed the first disk.
@@ -414,6 +399,15 @@ public struct RegistryService: Sendable {
 }
 
 extension RegistryService {
+    /// A pulled disk's identity refresh, in place before it is linked: the clone operations,
+    /// the VM's name as hostname when it is one, a new MAC, RSA host keys from the pool.
+    func refreshIdentity(_ path: String, format: String, name: String, operations: [any SysprepOperation]) throws -> SysprepReport {
+        var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
+        options.ledgerMAC = operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
+        if operations.contains(where: { $0.name == "ssh-hostkeys" }) { options.keys = HostKeyForge(pool: keyPool) }
+        return try Sysprep.applyImage(path, format: ImageFormat(qemuName: format), operations: operations, options: options)
+    }
+
     /// `vm pull` of a KubeVirt containerDisk: an ordinary image whose layer holds `/disk/NAME`.
     /// Decided as a `pull` on a VM named after the repository (its findings unknown: never
     /// scanned, so findings rules fail closed; its signature checked as for Warden VMs), then
@@ -464,10 +458,7 @@ extension RegistryService {
             }
             var report: SysprepReport?
             if !r.keepIdentity && !r.operations.isEmpty {
-                var options = SysprepOptions(hostname: SysprepOptions.validHostname(name) ? name : nil, authorizedKeysUsers: [])
-                options.ledgerMAC = r.operations.contains { $0.name == "mac-address" } ? Sysprep.newMAC() : nil
-                if r.operations.contains(where: { $0.name == "ssh-hostkeys" }) { options.keys = HostKeyForge(pool: keyPool) }
-                report = try Sysprep.applyImage(temp, format: ImageFormat(qemuName: format), operations: r.operations, options: options)
+                report = try refreshIdentity(temp, format: format, name: name, operations: r.operations)
             }
             var examined = try ExaminedDisk.examine(temp)
             examined.path = final

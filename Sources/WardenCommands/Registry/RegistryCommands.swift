@@ -209,15 +209,7 @@ struct ContainerDiskArguments {
                 let dir = String(cString: made)
                 out.folders.append(dir)
                 let got = try runAsync {
-                    let client = try RegistryClient(registry: ref.registry, options: options)
-                    do {
-                        let f = try await ContainerDisk.fetch(ref, client: client, into: dir)
-                        await client.shutdown()
-                        return f
-                    } catch {
-                        await client.shutdown()
-                        throw error
-                    }
+                    try await RegistryClient.with(registry: ref.registry, options: options) { try await ContainerDisk.fetch(ref, client: $0, into: dir) }
                 }
                 out.paths.append(got.path)
                 out.names[got.path] = ref.description
