@@ -285,7 +285,11 @@ public struct RegistryService: Sendable {
         let facts = PulledFacts(ledger: LedgerPolicyFacts.wired(store), config: cfg, originKnown: local != nil)
         if case .invalid(let why) = fetched.signature { note("\(r.reference): signature invalid: \(why)") }
         if fetched.signature == .unsigned { note("\(r.reference): no signature (no \(ManifestSignature.tag(for: fetched.digest)) tag)") }
-        let decision = try vms.decideAndApply(request, vm: described, family: local?.id, facts: facts) { () }.0
+        // A preview refuses before anything is written (the denial is recorded); the decision that
+        // counts is made again in the transaction that registers the copy, so concurrent pulls
+        // under `maxReplicas` are serialised on the family and counted (as copies and clones are).
+        let preview = PolicyGate.decide(request, vm: described, policy: Result { try PolicyGate.load(policy) }, facts: facts)
+        if preview.effect == .deny { _ = try vms.decideAndApply(request, vm: described, family: local?.id, facts: facts) { () } }
 
         let destDir = absolutePath(r.directory)
         try PrivateDirectory.make(destDir)
@@ -367,8 +371,8 @@ public struct RegistryService: Sendable {
                 payload["ssh_host_keys"] = .array(rep.hostKeys.map(\.fingerprint).sorted().map(JSONValue.string))
                 if let m = rep.machineId { payload["machine_id"] = .string(m) }
             }
-            payload["decision"] = .string(decision.id.uuidString.lowercased())
-            let created: VMRecord = try store.atomically(family: local?.id) {
+            payload["decision"] = .string(request.decisionID.uuidString.lowercased())
+            let (decision, created): (Decision, VMRecord) = try vms.decideAndApply(request, vm: described, family: local?.id, facts: facts) {
                 if let clash = try store.listVMs().first(where: { $0.name == name && $0.state != .retired }) {
                     throw WardenError(.conflict, "a VM named \(name) already exists (\(clash.id))")
                 }

@@ -787,5 +787,44 @@ import WardenTestSupport
             }
         }
     }
+
+    /// `maxReplicas` on pull is decided in the transaction that registers the copy: six pulls
+    /// of one VM started at once, as separate processes, under `maxReplicas: 3` (the pushed VM
+    /// and two copies) register exactly two copies; the others are denied and leave nothing.
+    @Test func concurrentPullsCannotBeatMaxReplicas() throws {
+        try Fixtures.withTemporaryDirectory { dir in
+            try RegistryServer.with { reg in
+                let home = try Self.makeHome(dir, policy: """
+                    apiVersion: warden/v1
+                    kind: Policy
+                    name: replicas
+                    rules:
+                      - name: three-in-a-family
+                        on: [pull]
+                        require: { maxReplicas: 3 }
+                    """)
+                _ = try Self.dataVM(dir, home: home, name: "v")
+                #expect(try Self.warden(["vm", "push", "v", "\(reg.host)/team/v:1", "--plain-http"], home: home).status == 0)
+                let results = Locked<[Int: ToolResult]>([:])
+                DispatchQueue.concurrentPerform(iterations: 6) { i in
+                    let r = try? Self.warden(["vm", "pull", "\(reg.host)/team/v:1", "--plain-http", "--quiet", "--name", "p\(i)", "--dir", dir + "/p\(i)",
+                                              "--operations", "none"], home: home)
+                    results.withLock { $0[i] = r }
+                }
+                let all = results.withLock { $0 }
+                #expect(all.count == 6)
+                let ok = all.filter { $0.value.status == 0 }.map(\.key)
+                let denied = all.filter { $0.value.status == 3 }.map(\.key)
+                #expect(ok.count == 2, "\(all.mapValues { $0.stderr })")
+                #expect(denied.count == 4, "\(all.mapValues { $0.stderr })")
+                for i in denied {
+                    #expect(all[i]!.stderr.contains("three-in-a-family"))
+                    #expect(((try? FileManager.default.contentsOfDirectory(atPath: dir + "/p\(i)")) ?? []).isEmpty, "p\(i) left files")
+                    #expect(try Self.warden(["vm", "show", "p\(i)"], home: home).status != 0)
+                }
+                for i in ok { #expect(try Self.warden(["vm", "show", "p\(i)"], home: home).status == 0) }
+            }
+        }
+    }
 }
 
