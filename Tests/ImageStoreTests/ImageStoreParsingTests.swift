@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Testing
 import WardenCore
+import WardenTestSupport
 @testable import ImageStore
 
 /// What a registry (or whoever controls one) can send Warden, parsed as hostile input: every
@@ -232,5 +233,38 @@ import WardenCore
         #expect(try TrustedKey.load(directory: dir).map(\.name) == ["ops"])
         try Data(Data(repeating: 7, count: 16).base64EncodedString().utf8).write(to: URL(fileURLWithPath: dir + "/short.pub"))
         #expect(throws: WardenError.self) { try TrustedKey.load(directory: dir) }
+    }
+}
+
+/// containerDisk layers: garbled or truncated gzip and zstd streams, and member paths.
+@Suite struct ContainerDiskInputTests {
+    func decode(_ kind: ContainerDisk.Decoder.Kind, _ bytes: [UInt8], cap: Int64 = 1 << 20) throws {
+        let path = NSTemporaryDirectory() + "warden-layer-\(UUID().uuidString)"
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        defer { close(fd); unlink(path) }
+        let d = try ContainerDisk.Decoder(kind, fd: fd, path: path, cap: cap, what: "layer")
+        try bytes.withUnsafeBytes { try d.feed($0) }
+        try d.finish()
+    }
+
+    @Test func garbledAndTruncatedStreamsThrow() throws {
+        let text = Array(String(repeating: "warden ", count: 20_000).utf8)
+        let gz = try Tool.run(["gzip", "-c"], stdin: Data(text)).stdout
+        let zs = try Tool.run(["zstd", "-q", "-c"], stdin: Data(text)).stdout
+        try decode(.gzip, Array(gz))
+        try decode(.zstd, Array(zs))
+        #expect(throws: WardenError.self) { try decode(.gzip, Array(gz.prefix(gz.count / 2))) }   // ends inside the stream
+        #expect(throws: WardenError.self) { try decode(.gzip, [0x1f, 0x8b, 8, 0] + [UInt8](repeating: 0xff, count: 64)) }
+        #expect(throws: WardenError.self) { try decode(.zstd, [0x28, 0xb5, 0x2f, 0xfd] + [UInt8](repeating: 0xff, count: 64)) }
+        #expect(throws: WardenError.self) { try decode(.gzip, Array(gz), cap: 1000) }   // more than the cap
+    }
+
+    @Test func onlyDiskMembersAreTaken() {
+        #expect(ContainerDisk.diskName("disk/disk.qcow2") == "disk.qcow2")
+        #expect(ContainerDisk.diskName("./disk/x.img") == "x.img")
+        #expect(ContainerDisk.diskName("/disk/x.raw") == "x.raw")
+        for bad in ["disk/../etc/passwd", "disk/a/b.qcow2", "etc/disk.qcow2", "disk/..", "disk/.", "disk", "../disk/x"] {
+            #expect(ContainerDisk.diskName(bad) == nil, "\(bad)")
+        }
     }
 }
