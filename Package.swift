@@ -30,6 +30,7 @@ let package = Package(
         .library(name: "ImageStore", targets: ["ImageStore"]),
         .library(name: "WardenServices", targets: ["WardenServices"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
+        .library(name: "Simulation", targets: ["Simulation"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -214,10 +215,12 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Yams", package: "Yams"),
         ]),
+        // The worm simulation of docs/simulation.md (no I/O of its own).
+        .target(name: "Simulation", dependencies: ["WardenCore"]),
         .target(name: "WardenCommands", dependencies: [
             "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
             "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "ImageStore", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
-            "Malware", "MalwareStorage", "Maintenance",
+            "Malware", "MalwareStorage", "Maintenance", "Simulation",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -263,6 +266,7 @@ let package = Package(
         .testTarget(name: "ImageStoreTests", dependencies: ["ImageStore", "WardenCore", "WardenTestSupport",
                                                           .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "MaintenanceTests", dependencies: ["Maintenance", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
+        .testTarget(name: "SimulationTests", dependencies: ["Simulation", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
                                                           "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault", "Attestation"]),

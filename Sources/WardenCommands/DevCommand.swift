@@ -14,7 +14,7 @@ struct DevCommand: ParsableCommand {
         abstract: "Commands for testing Warden itself.",
         shouldDisplay: false,
         subcommands: [DevWriteTest.self, DevSynth.Advisories.self, DevSynth.Inventories.self,
-                      DevLedgerSynth.self, DevAppendLoop.self, DevBenchProof.self, DevBenchAppend.self, DevIngestLoad.self, DevNetBench.self]
+                      DevLedgerSynth.self, DevAppendLoop.self, DevBenchProof.self, DevBenchAppend.self, DevIngestLoad.self, DevNetBench.self, DevSimulate.self]
     )
 }
 
