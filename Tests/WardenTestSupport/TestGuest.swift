@@ -21,6 +21,14 @@ import WardenCore
 ///   `WARDEN-RTT-US <µs>` for each, then `WARDEN-BENCH-DONE`;
 /// - with `warden.readdisk=1`, prints `WARDEN-DISK <the first 32 bytes of /dev/vda>` (bytes
 ///   other than letters, digits and `-` as `.`);
+/// - with `warden.diskotp=N`, issues N one-time-password counter values kept on its disk: reads
+///   the decimal number in the first 16 bytes of `/dev/vda` (none: 0), prints `WARDEN-DISK-OTP <n>`,
+///   writes n + 1 back (fsync), N times, then `WARDEN-DISK-OTP-DONE` (scenario S4);
+/// - with `warden.wipedisk=1`, overwrites the first 4 KiB of `/dev/vda` with zeros and prints
+///   `WARDEN-WIPED` (scenario S11);
+/// - with `warden.urandom=1`, prints `WARDEN-URANDOM <32 hex digits>` read from `/dev/urandom`
+///   every 0.2 s (scenario S5);
+/// - with `warden.halt=1` (after the options it should act on), powers off;
 /// - with `warden.net=ADDR/LEN`, brings up its NIC (virtio-net, `eth0`) with that address;
 /// - with `warden.fetch=URL,URL…` (after `warden.net`), fetches each URL with busybox wget (up to
 ///   3 tries of 3 s: a fresh link may still be settling) and prints `WARDEN-FETCH <url> ok <body>` or `WARDEN-FETCH <url> fail <wget's error>`, then
@@ -105,6 +113,21 @@ public struct TestGuest: Sendable {
                 echo "WARDEN-BENCH-DONE" ;;
             warden.readdisk=1)
                 echo "WARDEN-DISK $(head -c 32 /dev/vda | tr -c 'A-Za-z0-9-' '.')" ;;
+            warden.diskotp=*)
+                i=0
+                while [ "$i" -lt "${opt#warden.diskotp=}" ]; do
+                    v=$(head -c 16 /dev/vda | tr -cd '0-9' | sed 's/^0*//'); v=${v:-0}
+                    echo "WARDEN-DISK-OTP $v"
+                    printf '%016d' $((v + 1)) | dd of=/dev/vda bs=16 count=1 conv=notrunc,fsync 2>/dev/null
+                    i=$((i + 1))
+                done
+                echo "WARDEN-DISK-OTP-DONE" ;;
+            warden.wipedisk=1)
+                dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=notrunc,fsync 2>/dev/null && echo "WARDEN-WIPED" ;;
+            warden.urandom=1)
+                (while :; do echo "WARDEN-URANDOM $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"; usleep 200000; done) & ;;
+            warden.halt=1)
+                sync; poweroff -f ;;
             warden.net=*)
                 ip link set eth0 up && ip addr add "${opt#warden.net=}" dev eth0 && echo "WARDEN-NET-UP ${opt#warden.net=}" ;;
             warden.fetch=*)

@@ -125,7 +125,7 @@ final class Scenario: @unchecked Sendable {
         markdown.append("`\(display(path))`:")
         markdown.append("")
         markdown.append("```yaml")
-        markdown.append(text.trimmingCharacters(in: .newlines))
+        markdown.append(display(text.trimmingCharacters(in: .newlines)))
         markdown.append("```")
         markdown.append("")
     }
@@ -136,7 +136,7 @@ final class Scenario: @unchecked Sendable {
             .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         let body = output.last == "" ? Array(output.dropLast()) : output
         if show > 0 {
-            for l in body.prefix(show) { lines.append(display(String(l.prefix(160)))) }
+            for l in body.prefix(show) { lines.append(String(display(l).prefix(200))) }
             if body.count > show { lines.append("… (\(body.count - show) more lines)") }
         } else if !body.isEmpty {
             lines.append("… (\(body.count) lines, read by the scenario)")
