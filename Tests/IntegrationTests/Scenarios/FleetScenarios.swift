@@ -151,7 +151,7 @@ extension FleetScenarios {
 
     @Test func s9WhoseImageIsThis() throws {
         let s = try Scenario("S9", "Identity: an image turns up; whose is it, where did it come from?",
-                             section: "§2, Identity and Ownership",
+                             section: "§2, Identity",
                              problem: "A disk image found on a share, a laptop or a backup carries no owner and no history: nobody can say who is responsible for it, what it was copied from, or whether the story told about it is true.")
         defer { s.cleanUp() }
         let W = s.dir

@@ -14,7 +14,7 @@ import WardenTestSupport
 
     @Test func s3RollbackReopensAFixedHole() throws {
         let s = try Scenario("S3", "Lifecycle: a rollback silently re-opens a patched hole",
-                             section: "§2, Lifecycle",
+                             section: "§2, Software Lifecycle",
                              problem: "Rolling a VM back to a snapshot undoes everything since, including the security patches. The hole that was closed is open again, and nothing says so.")
         defer { s.cleanUp() }
         let W = s.dir

@@ -32,6 +32,8 @@ final class Scenario: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: dir + "/home", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir + "/policy", withIntermediateDirectories: true)
         substitutions = [(Fixtures.wardenBinary, "warden"), (dir, "$W"), (Self.repository + "/", "")]
+        markdown.append("<a id=\"\(id.lowercased())\"></a>")
+        markdown.append("")
         markdown.append("## \(id) · \(title)")
         markdown.append("")
         markdown.append("*Paper: \(section).* \(problem)")
