@@ -79,7 +79,9 @@ struct DevSimulate: ParsableCommand {
             return p
         }
 
+        /// docs/json-schemas/worm-simulation.v1.json
         struct Summary: Encodable {
+            var schema = "warden.worm-simulation/v1"
             var parameters: WormParameters
             var peakInfected: Int
             var peakDay: Double
@@ -95,7 +97,8 @@ struct DevSimulate: ParsableCommand {
 
         func run() throws {
             let p = parameters()
-            do { try p.validate() } catch let e as WardenError { throw ValidationError(e.message) }
+            // One line naming the parameter, exit 2 (not a usage dump): the values can come from scripts.
+            try p.validate()
             let clock = ContinuousClock()
             let started = clock.now
             let result = try WormSimulation.run(p)
