@@ -7,7 +7,8 @@ import DiskImage
 /// to choose which volume to open; the filesystem readers do the real
 /// validation when a volume is opened.
 public struct FilesystemSignature: Sendable, Codable, Equatable {
-    /// blkid-style type: ext2, ext3, ext4, xfs, vfat, ntfs, btrfs, swap, LVM2_member, crypto_LUKS, iso9660.
+    /// blkid-style type: ext2, ext3, ext4, xfs, vfat, ntfs, btrfs, swap, LVM2_member, crypto_LUKS,
+    /// BitLocker, iso9660.
     public var type: String
     public var label: String?
     public var uuid: String?
@@ -25,7 +26,7 @@ public struct FilesystemSignature: Sendable, Codable, Equatable {
 
     /// True for the filesystems Warden can open today.
     public var isReadable: Bool {
-        ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"].contains(type)
+        ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "ntfs"].contains(type)
     }
 }
 
@@ -81,6 +82,10 @@ public enum FilesystemProbe {
         }
         if at(0x10040, Array("_BHRfS_M".utf8)) {
             return FilesystemSignature(type: "btrfs", label: str(0x10000 + 0x12B, 256), uuid: uuid(0x10000 + 0x20))
+        }
+        // BitLocker: the boot sector's OEM field says -FVE-FS- (Windows 7 on); recognised, not decrypted.
+        if at(3, Array("-FVE-FS-".utf8)) {
+            return FilesystemSignature(type: "BitLocker")
         }
         if at(3, Array("NTFS    ".utf8)) {
             let serial: UInt64 = head.peekLE(0x48) ?? 0

@@ -218,8 +218,12 @@ public enum GuestDisk {
             return try FAT.open(device)
         case "btrfs":
             return try Btrfs.open(device)
+        case "ntfs":
+            return try NTFS.open(device)
+        case "BitLocker":
+            throw WardenError.unsupported("the volume is BitLocker-encrypted; Warden does not decrypt BitLocker")
         default:
-            throw WardenError.unsupported("\(sig.type) filesystems cannot be read yet; Warden reads ext2/3/4, XFS, btrfs and FAT")
+            throw WardenError.unsupported("\(sig.type) filesystems cannot be read yet; Warden reads ext2/3/4, XFS, btrfs, FAT and NTFS")
         }
     }
 }

@@ -53,7 +53,9 @@ public struct GuestPathResolver: Sendable {
             guard dirStat.type == .directory else {
                 throw WardenError.notFound("\(display(stack)) is not a directory")
             }
-            guard let entry = try fs.readDirectory(dirInode).first(where: { $0.nameBytes == name }) else {
+            // Exact bytes first; a case-insensitive filesystem (NTFS) then folds case as Windows does.
+            guard let entry = try fs.readDirectory(dirInode).first(where: { $0.nameBytes == name })
+                    ?? (fs as? CaseInsensitiveLookup)?.lookup(dirInode, name: name) else {
                 throw WardenError.notFound("\(display(stack + [(name, 0)])): no such file or directory in the guest")
             }
             let st = try fs.stat(entry.inode)

@@ -1,0 +1,167 @@
+import Foundation
+import Testing
+import WardenCore
+import WardenTestSupport
+import DiskImage
+@testable import GuestFS
+
+/// NTFS volumes made by mkntfs and populated through the ntfs-3g driver (FUSE, on a file the
+/// test made), read back by Warden and compared with ntfs-3g's own offline tools: ntfsls for
+/// listings, ntfscat for contents.
+enum NTFSFixture {
+    /// A reparse buffer (symbolic link or junction) for ntfs-3g's `system.ntfs_reparse_data`.
+    static let reparse = #"""
+    import struct, sys
+    kind, target = sys.argv[1], sys.argv[2]
+    sub = target.encode("utf-16-le"); pr = target.replace("\\??\\", "").encode("utf-16-le")
+    if kind == "junction":
+        body = struct.pack("<HHHH", 0, len(sub), len(sub) + 2, len(pr)) + sub + b"\0\0" + pr + b"\0\0"
+        tag = 0xA0000003
+    else:
+        flags = 1 if kind == "relative" else 0
+        body = struct.pack("<HHHHI", 0, len(sub), len(sub), len(pr), flags) + sub + pr
+        tag = 0xA000000C
+    print("0x" + (struct.pack("<IHH", tag, len(body), 0) + body).hex())
+    """#
+
+    static let script = #"""
+    export LC_ALL=C.UTF-8
+    D="$1"; cd "$D"
+    truncate -s 96M ntfs.img
+    mkntfs -q -F -f -L WinTest -s 512 -c 4096 ntfs.img >/dev/null 2>&1
+    mkdir mnt
+    ntfs-3g -o compression ntfs.img mnt
+    trap 'umount "$D/mnt" 2>/dev/null || true' EXIT
+    cd mnt
+    mkdir -p Windows/System32/config "Program Files/App" Users/alice/Documents Users/bob empty
+    printf 'hello ntfs\n' > Users/alice/hello.txt
+    printf 'Grüße € 日本\n' > "Users/alice/Übung ünïcödé 日本語.txt"
+    long=$(printf 'L%.0s' $(seq 1 200)); printf 'long\n' > "Users/bob/$long.txt"
+    for i in $(seq 1 700); do printf 'file %d\n' $i > "Windows/System32/f$i.dll"; done
+    head -c 3000000 /dev/urandom > Users/alice/big.bin
+    ln Users/alice/hello.txt Users/bob/hello-link.txt
+    truncate -s 20M Users/alice/sparse.bin && printf 'tail\n' >> Users/alice/sparse.bin
+    printf 'head\n' | dd of=Users/alice/sparse2.bin bs=1 seek=0 conv=notrunc 2>/dev/null; truncate -s 9M Users/alice/sparse2.bin
+    setfattr -n user.Zone.Identifier -v "[ZoneTransfer] ZoneId=3" Users/alice/hello.txt
+    setfattr -h -v 0x00000800 -n system.ntfs_attrib_be "Program Files/App"
+    { yes 'compress me please, I repeat myself ' || true; } | head -c 300000 > "Program Files/App/readme.txt"
+    head -c 50000 /dev/urandom > "Program Files/App/random.bin"
+    cat /usr/share/common-licenses/GPL-3 > "Program Files/App/license.txt"
+    : > Users/alice/Documents/empty.txt
+    mkdir Users/alice/junction-in Users/alice/junction-out
+    touch Users/alice/link-rel Users/alice/link-abs Users/alice/link-escape
+    setfattr -h -n system.ntfs_reparse_data -v $(python3 "$D/reparse.py" junction '\??\C:\Windows\System32') Users/alice/junction-in
+    setfattr -h -n system.ntfs_reparse_data -v $(python3 "$D/reparse.py" junction '\??\D:\elsewhere') Users/alice/junction-out
+    setfattr -h -n system.ntfs_reparse_data -v $(python3 "$D/reparse.py" relative '..\bob\hello-link.txt') Users/alice/link-rel
+    setfattr -h -n system.ntfs_reparse_data -v $(python3 "$D/reparse.py" absolute '\??\C:\Users\alice\hello.txt') Users/alice/link-abs
+    setfattr -h -n system.ntfs_reparse_data -v $(python3 "$D/reparse.py" absolute '\??\C:\..\..\..\etc\passwd') Users/alice/link-escape
+    cd "$D"
+    umount mnt
+    trap - EXIT
+    ntfsinfo -m ntfs.img > ntfsinfo.txt 2>/dev/null
+    """#
+
+    static func dir() throws -> String {
+        try Fixtures.cached("ntfs", recipe: script + reparse) { dir in
+            try reparse.write(toFile: dir + "/reparse.py", atomically: true, encoding: .utf8)
+            try Tool.run(["bash", "-euo", "pipefail", "-c", script, "ntfs", dir], timeout: 600)
+        }
+    }
+
+    static func open(_ path: String) throws -> NTFSVolume {
+        try NTFS.open(RawDevice(file: try ImageFile(path: path)))
+    }
+
+    static var available: Bool {
+        getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/fuse")
+            && ["/usr/bin/ntfs-3g", "/usr/sbin/mkntfs", "/usr/bin/ntfsls", "/usr/bin/ntfscat"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}
+
+@Suite(.enabled(if: NTFSFixture.available, "needs root, /dev/fuse and ntfs-3g"))
+struct NTFSTests {
+    /// Every directory's names against `ntfsls -p DIR`, every regular file's bytes against `ntfscat`.
+    @Test func listingsAndContentsMatchNtfs3g() throws {
+        let dir = try NTFSFixture.dir()
+        let img = dir + "/ntfs.img"
+        let fs = try NTFSFixture.open(img)
+        #expect(fs.typeName == "ntfs" && fs.label == "WinTest")
+        var directories = 0, files = 0, compared = 0
+        func walk(_ inode: UInt64, _ path: String) throws {
+            let entries = try fs.readDirectory(inode)
+            let ours = Set(entries.map(\.name))
+            let listed = try Tool.run(["ntfsls", "-p", path.isEmpty ? "/" : path, img]).stdoutText
+                .split(separator: "\n").map(String.init).filter { $0 != "." && $0 != ".." }
+            #expect(ours == Set(listed), "\(path): ours \(ours.subtracting(listed)), ntfsls \(Set(listed).subtracting(ours))")
+            directories += 1
+            for e in entries {
+                let p = path + "/" + e.name
+                let st = try fs.stat(e.inode)
+                switch st.type {
+                case .directory: try walk(e.inode, p)
+                case .regular:
+                    files += 1
+                    // ntfscat for all but most of the 700 small files (every 25th of those).
+                    if path.hasSuffix("System32") && files % 25 != 0 { continue }
+                    let theirs = try Tool.run(["ntfscat", img, p]).stdout
+                    let mine = try fs.read(e.inode, at: 0, count: Int(st.size) + 10)
+                    #expect(Data(mine) == theirs, "\(p): \(mine.count) bytes, ntfscat \(theirs.count)")
+                    #expect(st.size == UInt64(theirs.count))
+                    compared += 1
+                default: break
+                }
+            }
+        }
+        try walk(fs.rootInode, "")
+        #expect(directories >= 10 && files > 700 && compared >= 35, "\(directories) \(files) \(compared)")
+        #expect(fs.warnings.isEmpty, "\(fs.warnings)")
+    }
+
+    @Test func compressedSparseHardLinksStreamsAndNames() throws {
+        let dir = try NTFSFixture.dir()
+        let fs = try NTFSFixture.open(dir + "/ntfs.img")
+        let view = GuestPathResolver(fs)
+        let readme = try view.resolve(Array("/Program Files/App/readme.txt".utf8))
+        let r = try fs.fileRecord(readme.inode)
+        #expect(r.attribute(.data)?.isCompressed == true, "the fixture's file is compressed")
+        let text = String(decoding: try fs.read(readme.inode, at: 0, count: 400_000), as: UTF8.self)
+        #expect(text.count == 300_000 && text.hasPrefix("compress me please, I repeat myself \ncompress"))
+        // A read starting inside a compression unit, across the next.
+        let mid = try fs.read(readme.inode, at: 65_530, count: 20)
+        #expect(String(decoding: mid, as: UTF8.self) == String(text.utf8.dropFirst(65_530).prefix(20))!)
+        let sparse = try view.resolve(Array("/Users/alice/sparse.bin".utf8))
+        #expect(sparse.stat.size == 20 * 1024 * 1024 + 5)
+        #expect(try fs.read(sparse.inode, at: 10 << 20, count: 8) == [UInt8](repeating: 0, count: 8))
+        #expect(String(decoding: try fs.read(sparse.inode, at: 20 << 20, count: 10), as: UTF8.self) == "tail\n")
+        // Hard links: one record, two names, link count 2.
+        let a = try view.resolve(Array("/Users/alice/hello.txt".utf8)), b = try view.resolve(Array("/Users/bob/hello-link.txt".utf8))
+        #expect(a.inode == b.inode && a.stat.links == 2)
+        // Alternate data streams are listed, never read as the file.
+        #expect(try fs.streams(a.inode).map(\.name) == ["Zone.Identifier"])
+        #expect(String(decoding: try fs.read(a.inode, at: 0, count: 100), as: UTF8.self) == "hello ntfs\n")
+        // Case-insensitive lookup through $UpCase, including non-ASCII letters.
+        #expect(try view.resolve(Array("/USERS/ALICE/HELLO.TXT".utf8)).inode == a.inode)
+        #expect(try view.resolve(Array("/users/alice/übung ÜNÏCÖDÉ 日本語.TXT".utf8)).stat.size == UInt64("Grüße € 日本\n".utf8.count))
+        let long = try fs.readDirectory(try view.resolve(Array("/Users/bob".utf8)).inode).first { $0.name.hasPrefix("LLLL") }
+        #expect(long?.name.count == 204)
+    }
+
+    @Test func linksAndJunctionsResolveInsideTheVolume() throws {
+        let dir = try NTFSFixture.dir()
+        let fs = try NTFSFixture.open(dir + "/ntfs.img")
+        let view = GuestPathResolver(fs)
+        let hello = try view.resolve(Array("/Users/alice/hello.txt".utf8)).inode
+        func link(_ p: String) throws -> String { String(decoding: try fs.readLink(try view.resolve(Array(p.utf8), followFinal: false).inode), as: UTF8.self) }
+        #expect(try link("/Users/alice/junction-in") == "/Windows/System32")
+        #expect(try link("/Users/alice/link-rel") == "../bob/hello-link.txt")
+        #expect(try link("/Users/alice/link-abs") == "/Users/alice/hello.txt")
+        #expect(try view.resolve(Array("/Users/alice/junction-in/f7.dll".utf8)).stat.size == 7)
+        #expect(try view.resolve(Array("/Users/alice/link-rel".utf8)).inode == hello)
+        #expect(try view.resolve(Array("/Users/alice/link-abs".utf8)).inode == hello)
+        // Another drive and an escape by "..": both stay inside the guest root, and resolve nowhere.
+        #expect(try link("/Users/alice/junction-out") == "/elsewhere")
+        #expect(throws: WardenError.self) { _ = try view.resolve(Array("/Users/alice/junction-out/x".utf8)) }
+        #expect(throws: WardenError.self) { _ = try view.resolve(Array("/Users/alice/link-escape".utf8)) }
+        #expect(try fs.stat(try view.resolve(Array("/Users/alice/junction-in".utf8), followFinal: false).inode).type == .symlink)
+    }
+}
