@@ -11,9 +11,17 @@ public struct OpenedGuest {
     /// The image path as given (named in errors and in the inventory).
     public let path: String
 
-    /// A disk whose only filesystems are NTFS: a Windows guest, recognised but not read.
+    /// A disk with NTFS and no Linux root: a Windows guest. `filesystem` is its system volume
+    /// (the NTFS volume with a `\Windows` folder, else the largest), opened, for
+    /// ``Inspection/inspectWindows(fs:volume:)``; nil when no NTFS volume opens.
     public struct WindowsGuest: Error, Sendable {
         public var volume: String
+        public var filesystem: (any FileSystem)?
+
+        /// What Warden reads of the guest (nil without an opened volume).
+        public func inspect() -> (os: OSInfo, windows: WindowsInfo)? {
+            filesystem.map { Inspection.inspectWindows(fs: $0, volume: volume) }
+        }
     }
 
     /// Lays out `image` and assembles its guest from `/etc/fstab`. Throws ``WindowsGuest``
@@ -24,8 +32,15 @@ public struct OpenedGuest {
             do {
                 view = try GuestView.assemble(disk: image.device, layout: layout)
             } catch let e as WardenError where e.code == .notFound {
-                if let ntfs = layout.volumes.first(where: { $0.filesystem?.type == "ntfs" }) {
-                    throw WindowsGuest(volume: ntfs.displayName)
+                let ntfs = layout.volumes.filter { $0.filesystem?.type == "ntfs" }
+                if !ntfs.isEmpty {
+                    var opened: [(GuestVolume, any FileSystem)] = []
+                    for v in ntfs {
+                        if let fs = try? GuestDisk.openFileSystem(try GuestDisk.device(for: v, in: layout, on: image.device)) { opened.append((v, fs)) }
+                    }
+                    let system = opened.first { (try? GuestPathResolver($0.1).resolve(Array("/Windows".utf8)))?.stat.type == .directory }
+                        ?? opened.max { $0.0.size < $1.0.size }
+                    throw WindowsGuest(volume: (system?.0 ?? ntfs[0]).displayName, filesystem: system?.1)
                 }
                 // No root outside an encrypted volume that stayed closed: say why.
                 if let luks = layout.warnings.first(where: { $0.contains("LUKS-encrypted") }) {

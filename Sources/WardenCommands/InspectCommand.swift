@@ -84,7 +84,7 @@ struct InspectCommand: ParsableCommand {
         if let sbom, let path = images.first { return try runSBOM(sbom, path: path) }
         var results: [Inventory] = []
         var failures: [WardenError] = []
-        var windows: [(String, String)] = []
+        var windows: [(String, WindowsGuest)] = []
         for path in images {
             _ = IOStatistics.shared.takePhases()
             let before = IOStatistics.shared.snapshot
@@ -107,20 +107,27 @@ struct InspectCommand: ParsableCommand {
             do {
                 results.append(try Self.inventory(path, format: format, snapshot: snapshot, passphrase: try key.passphrase(forImage: path)))
             } catch let w as WindowsGuest {
-                windows.append((path, w.volume))
+                windows.append((path, w))
             } catch let e as WardenError {
                 failures.append(e)
             }
         }
         if json {
             var docs: [String] = try results.map { try Output.json($0) }
-            for (path, vol) in windows {
-                docs.append(try Output.json(WindowsInventory(image: path, os: Inspection.windowsOS(volume: vol))))
+            for (path, w) in windows {
+                let read = w.inspect()
+                docs.append(try Output.json(WindowsInventory(image: path, os: read?.os ?? Inspection.windowsOS(volume: w.volume), windows: read?.windows)))
             }
             Output.stdout.line("[\n" + docs.joined(separator: ",\n") + "\n]")
         } else {
             for inv in results { Self.printHuman(inv) }
-            for (path, vol) in windows { Output.stdout.line("\(path): Windows (NTFS on \(vol)); not inspected further") }
+            for (path, w) in windows {
+                guard let (_, info) = w.inspect() else {
+                    Output.stdout.line("\(path): Windows (NTFS on \(w.volume)); its volume could not be opened")
+                    continue
+                }
+                Self.printWindows(path, info)
+            }
         }
         Output.stdout.flush()
         for inv in results {
@@ -138,6 +145,35 @@ struct InspectCommand: ParsableCommand {
         var schema = "warden.inspect/v1"
         var image: String
         var os: OSInfo
+        var windows: WindowsInfo?
+    }
+
+    static func printWindows(_ path: String, _ w: WindowsInfo) {
+        let out = Output.stdout
+        func show<T>(_ f: Fact<T>, _ render: (T) -> String = { "\($0)" }) -> String {
+            switch f {
+            case .known(let v): return oneLine(render(v))
+            case .unknown(let reason): return "unknown (\(oneLine(reason)))"
+            }
+        }
+        out.line("\(path): Windows (NTFS on \(w.volume))")
+        out.line("  product:       \(show(w.productName)) (\(show(w.editionId)))")
+        out.line("  version:       \(show(w.displayVersion)), build \(show(w.build))")
+        out.line("  installed:     \(show(w.installDate))")
+        out.line("  system root:   \(show(w.systemRoot))")
+        out.line("  computer name: \(show(w.computerName)), domain \(show(w.domain))")
+        out.line("  machine GUID:  \(show(w.machineGuid))")
+        out.line("  machine SID:   \(show(w.machineSid))")
+        out.line("  drives:        \(show(w.driveLetters) { $0.map { "\($0.letter) \($0.target)" }.joined(separator: "; ") })")
+        out.line("  accounts:      \(show(w.accounts) { $0.map { "\($0.name) (\($0.rid)\($0.disabled.value == true ? ", disabled" : ""))" }.joined(separator: ", ") })")
+        out.line("  software:      \(show(w.software) { "\($0.count) programs" })")
+        out.line("  updates:       \(show(w.updates) { $0.joined(separator: ", ") })")
+        out.line("  services:      \(show(w.services) { "\($0.count) (\($0.filter { $0.start == "automatic" }.count) automatic)" })")
+        out.line("  firewall:      \(show(w.firewall) { $0.map { "\($0.profile) \($0.enabled ? "on" : "off")" }.joined(separator: ", ") })")
+        out.line("  RDP:           \(show(w.rdpEnabled) { $0 ? "enabled" : "disabled" })")
+        for h in w.hives where h.dirty || !h.logs.isEmpty || h.problem != nil {
+            out.line("  hive \(h.name):    " + (h.problem ?? (h.dirty ? "dirty; transaction logs not replayed (\(h.logs.joined(separator: ", ")))" : "logs present: \(h.logs.joined(separator: ", "))")))
+        }
     }
 
     static func printHuman(_ inv: Inventory) {

@@ -19,6 +19,8 @@ public enum Discovery {
         @ExplicitNull public var os: String?
         @ExplicitNull public var machineId: String?
         public var sshHostKeys: [String]
+        /// A Windows guest's machine SID (absent for other guests).
+        public var machineSid: String?
         /// The VM this image is a disk of (after --register, the new VM).
         @ExplicitNull public var vm: String?
         /// `known` (already a registered disk), `registered` (by this run), `unregistered`.
@@ -94,7 +96,7 @@ public enum Discovery {
         for (i, d) in examined.enumerated() {
             var img = Image(path: d.path, format: d.format.rawValue, virtualSize: d.virtualSize, backingChain: d.backingChain,
                             fingerprint: d.fingerprint.description, os: d.os, machineId: d.machineID,
-                            sshHostKeys: d.hostKeys, vm: nil, status: "unregistered")
+                            sshHostKeys: d.hostKeys, machineSid: d.machineSID, vm: nil, status: "unregistered")
             if let known = try store.disk(atPath: d.path) {
                 img.vm = known.vm.description
                 img.status = "known"
@@ -191,13 +193,14 @@ public enum Discovery {
             if let vm = i.vm, !g.vms.contains(vm) { g.vms.append(vm) }
             guests[i.fingerprint] = g
         }
-        var claims: [String: [String: Set<String>]] = ["machine-id": [:], "ssh-host-key": [:]]
+        var claims: [String: [String: Set<String>]] = ["machine-id": [:], "ssh-host-key": [:], "machine-sid": [:]]
         for i in images {
             if let m = i.machineId, !m.isEmpty { claims["machine-id"]![m, default: []].insert(i.fingerprint) }
             for k in i.sshHostKeys { claims["ssh-host-key"]![k, default: []].insert(i.fingerprint) }
+            if let s = i.machineSid { claims["machine-sid"]![s, default: []].insert(i.fingerprint) }
         }
         var out: [Collision] = []
-        for kind in ["machine-id", "ssh-host-key"] {
+        for kind in ["machine-id", "ssh-host-key", "machine-sid"] {
             for (value, fps) in claims[kind]! where fps.count > 1 {
                 out.append(Collision(kind: kind, value: value, guests: fps.sorted().compactMap { guests[$0] }.map {
                     Guest(fingerprint: $0.fingerprint, images: $0.images.sorted(), vms: $0.vms.sorted())

@@ -19,6 +19,8 @@ public struct ExaminedDisk: Sendable {
     public var file: DiskRecord.FileID?
     /// For an OVA: the OVF facts (`ovf_name`, `ovf_cpus`, `ovf_memory_mib`, …).
     public var appliance: [String: String]?
+    /// A Windows guest's facts (its registry), when the disk is one.
+    public var windows: WindowsInfo?
 
     /// Opens `path` (format by content; backing files with their declared format), fingerprints
     /// the guest-visible disk and, when `inspect`, reads the guest's identity.
@@ -30,12 +32,18 @@ public struct ExaminedDisk: Sendable {
         let img = try ImageOpener.open(abs, options: OpenOptions(passphrase: passphrase))
         let fp = try fingerprint ?? ContentFingerprint.of(img.device)
         var inv: Inventory?
-        if inspect { inv = try? OpenedGuest(image: img, path: abs).inventory() }
+        var windows: WindowsInfo?
+        if inspect {
+            do { inv = try OpenedGuest(image: img, path: abs).inventory() } catch let w as OpenedGuest.WindowsGuest {
+                windows = w.inspect()?.windows
+            } catch {}
+        }
         // A disk inside an OVA is a member of the archive, not a file of its own: not a backing file.
         var disk = ExaminedDisk(path: abs, format: img.info.format, virtualSize: img.info.virtualSize,
                                 backingChain: img.chain.dropFirst().filter { !$0.path.hasPrefix(abs + "[") }.map { absolutePath($0.path) },
                                 fingerprint: fp, inventory: inv, file: DiskRecord.FileID.of(path: abs))
         if img.info.format == .ova { disk.appliance = img.info.details.filter { $0.key.hasPrefix("ovf_") } }
+        disk.windows = windows
         return disk
     }
 
@@ -44,12 +52,16 @@ public struct ExaminedDisk: Sendable {
                    fingerprint: fingerprint, file: file)
     }
 
-    public var machineID: String? { inventory?.identity.machineId.value }
+    /// The machine-id, or a Windows guest's MachineGuid (both name the installation).
+    public var machineID: String? { inventory?.identity.machineId.value ?? windows?.machineGuid.value }
+    /// A Windows guest's machine SID.
+    public var machineSID: String? { windows?.machineSid.value }
     public var hostKeys: [String] {
         (inventory?.ssh.hostKeys ?? []).compactMap { $0.publicKey.value?.fingerprint }.sorted()
     }
     /// `debian 12`, `alpine 3.19`: os-release ID and VERSION_ID.
     public var os: String? {
+        if let w = windows { return "windows" + (w.build.value.map { " \($0)" } ?? "") }
         guard let inv = inventory, let id = inv.os.id.value else { return nil }
         if let v = inv.os.versionId.value { return "\(id) \(v)" }
         return id

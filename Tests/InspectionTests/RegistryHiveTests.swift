@@ -7,38 +7,7 @@ import WardenTestSupport
 /// Registry hives written by hivex (`hivexregedit --merge` into a minimal hive), read back by
 /// Warden and compared with hivex's own `hivexml` and `hivexget`.
 enum HiveFixture {
-    /// A minimal valid hive: base block, one hive bin, a root key `ROOT` and its security cell.
-    /// `--self-ri` gives the root one subkey through an `ri` list that names itself (hostile).
-    static let minimal = #"""
-    import struct, sys
-    def cell(data):
-        size = (len(data) + 4 + 7) // 8 * 8
-        return struct.pack("<i", -size) + data + b"\0" * (size - 4 - len(data))
-    sd = struct.pack("<BBHIIII", 1, 0, 0x8004, 0, 0, 0, 20) + struct.pack("<BBHHH", 2, 0, 8, 0, 0)
-    name = b"ROOT"
-    root = 0x20
-    nk_size = (76 + len(name) + 4 + 7) // 8 * 8
-    sk_off = root + nk_size
-    sk = struct.pack("<2sHIIII", b"sk", 0, sk_off, sk_off, 1, len(sd)) + sd
-    ri_off = sk_off + len(cell(sk))
-    self_ri = len(sys.argv) > 2 and sys.argv[2] == "--self-ri"
-    nk = struct.pack("<2sHQIIIIIIIIIIIIIIIHH", b"nk", 0x2C, 0, 0, 0, 1 if self_ri else 0, 0,
-                     ri_off if self_ri else 0xFFFFFFFF, 0xFFFFFFFF, 0, 0xFFFFFFFF,
-                     sk_off, 0xFFFFFFFF, 0, 0, 0, 0, 0, len(name), 0) + name
-    cells = cell(nk) + cell(sk)
-    if self_ri:
-        cells += cell(struct.pack("<2sHI", b"ri", 1, ri_off))
-    free = 4096 - 0x20 - len(cells)
-    cells += struct.pack("<i", free) + b"\0" * (free - 4)
-    hbin = struct.pack("<4sII", b"hbin", 0, 4096) + b"\0" * 20 + cells
-    base = bytearray(4096)
-    struct.pack_into("<4sIIQIIIIIII", base, 0, b"regf", 1, 1, 0, 1, 3, 0, 1, root, 4096, 1)
-    c = 0
-    for i in range(127):
-        c ^= struct.unpack_from("<I", base, i * 4)[0]
-    struct.pack_into("<I", base, 508, c)
-    open(sys.argv[1], "wb").write(bytes(base) + hbin)
-    """#
+    static let minimal = RegistryFixtures.minimalHiveScript
 
     /// hivexml's tree as lines `path<TAB>value<TAB>repr`, reprs as ``line(_:)`` makes them.
     static let dumpXML = #"""
