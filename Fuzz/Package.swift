@@ -46,6 +46,10 @@ let package = Package(
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "Partitions", package: "Warden"),
         ]),
         .executableTarget(name: "FuzzPackages", dependencies: [.product(name: "Inspection", package: "Warden")]),
+        .executableTarget(name: "FuzzNTFS", dependencies: [
+            "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "GuestFS", package: "Warden"),
+        ]),
+        .executableTarget(name: "FuzzHive", dependencies: [.product(name: "Inspection", package: "Warden")]),
         .executableTarget(name: "FuzzLUKS", dependencies: [
             "FuzzSupport", .product(name: "DiskImage", package: "Warden"), .product(name: "WardenCore", package: "Warden"),
         ]),

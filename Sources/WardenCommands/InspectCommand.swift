@@ -11,7 +11,7 @@ extension SBOM.Format: ExpressibleByArgument {}
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
-        abstract: "Inspect guests offline: OS, identity, accounts, SSH keys, secrets, packages, services, kernels (encrypted ones with --key-from).",
+        abstract: "Inspect guests offline: OS, identity, accounts, SSH keys, secrets, packages, services, kernels (encrypted ones with --key-from); Windows guests from their registry.",
         discussion: "Reads each image without booting or mounting it. JSON schema: docs/json-schemas/inspect.v1.json."
     )
 

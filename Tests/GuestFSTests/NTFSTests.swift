@@ -165,3 +165,67 @@ struct NTFSTests {
         #expect(try fs.stat(try view.resolve(Array("/Users/alice/junction-in".utf8), followFinal: false).inode).type == .symlink)
     }
 }
+
+/// Hand-made damage on the ntfs-3g fixture: a record whose fixups do not match, a runlist that
+/// points outside the volume, a directory index whose runs loop back onto the MFT. Each is a
+/// WardenError from the library and exit 2 with one line from the CLI; nothing traps or hangs.
+@Suite(.enabled(if: NTFSFixture.available, "needs root, /dev/fuse and ntfs-3g"))
+struct NTFSDamageTests {
+    /// The byte offset of MFT record `n` (mkntfs lays the MFT out contiguously).
+    static func recordOffset(_ fs: NTFSVolume, _ n: UInt64) -> Int {
+        Int(fs.boot.mftCluster * fs.boot.clusterSize) + Int(n) * fs.boot.recordSize
+    }
+
+    /// The offset (inside the record) of the runlist of the first non-resident attribute of `type`.
+    static func runlist(_ image: [UInt8], record at: Int, type: UInt32) throws -> Int {
+        var off = Int(try image.le(at + 0x14, UInt16.self))
+        while true {
+            let t = try image.le(at + off, UInt32.self)
+            guard t != 0xFFFF_FFFF else { throw WardenError.notFound("no attribute 0x\(String(type, radix: 16))") }
+            if t == type && image[at + off + 8] != 0 { return off + Int(try image.le(at + off + 32, UInt16.self)) }
+            off += Int(try image.le(at + off + 4, UInt32.self))
+        }
+    }
+
+    static func cli(_ args: [String]) throws -> ToolResult {
+        try Tool.run([Fixtures.wardenBinary] + args, check: false, timeout: 60)
+    }
+
+    @Test func damagedRecordsAndRunsAreErrorsNotCrashes() throws {
+        let dir = try NTFSFixture.dir()
+        let good = try Fixtures.read(dir + "/ntfs.img")
+        let fs = try NTFSFixture.open(dir + "/ntfs.img")
+        let view = GuestPathResolver(fs)
+        let big = try view.resolve(Array("/Users/alice/big.bin".utf8)).inode
+        let system32 = try view.resolve(Array("/Windows/System32".utf8)).inode
+        try Fixtures.withTemporaryDirectory { tmp in
+            // 1. The root's record: the last two bytes of its first sector no longer match the
+            //    update sequence number (a torn write).
+            var torn = good
+            torn[Self.recordOffset(fs, 5) + 510] ^= 0xFF
+            try Fixtures.write(torn, to: tmp + "/torn.img")
+            #expect(throws: WardenError.self) { _ = try NTFSFixture.open(tmp + "/torn.img").readDirectory(5) }
+            // 2. big.bin's runlist: its first run starts far outside the volume.
+            var outside = good
+            let rl = Self.recordOffset(fs, big) + (try Self.runlist(good, record: Self.recordOffset(fs, big), type: 0x80))
+            outside.replaceSubrange(rl..<rl + 6, with: [0x41, 0x10, 0xF0, 0xFF, 0xFF, 0x7F])
+            try Fixtures.write(outside, to: tmp + "/outside.img")
+            #expect(throws: WardenError.self) { _ = try NTFSFixture.open(tmp + "/outside.img").read(big, at: 0, count: 100) }
+            // 3. System32's index allocation: its run loops back onto the MFT's own clusters,
+            //    so its "index blocks" are FILE records.
+            var loop = good
+            let irl = Self.recordOffset(fs, system32) + (try Self.runlist(good, record: Self.recordOffset(fs, system32), type: 0xA0))
+            let mft = fs.boot.mftCluster
+            loop.replaceSubrange(irl..<irl + 6, with: [0x41, UInt8(4), UInt8(mft & 0xFF), UInt8(mft >> 8 & 0xFF), UInt8(mft >> 16 & 0xFF), UInt8(mft >> 24 & 0xFF)])
+            try Fixtures.write(loop, to: tmp + "/loop.img")
+            #expect(throws: WardenError.self) { _ = try NTFSFixture.open(tmp + "/loop.img").readDirectory(system32) }
+
+            for (img, args) in [("torn", ["image", "ls"]), ("outside", ["image", "cat"]), ("loop", ["image", "ls"])] {
+                let path = args[1] == "cat" ? "/Users/alice/big.bin" : (img == "loop" ? "/Windows/System32" : "/")
+                let r = try Self.cli(args + [tmp + "/\(img).img", path])
+                let lines = r.stderr.split(separator: "\n").filter { !$0.hasPrefix("warden: using ") }
+                #expect(r.status == 2 && lines.count == 1 && lines[0].contains("\(img).img"), "\(img): \(r.status) \(r.stderr)")
+            }
+        }
+    }
+}
