@@ -64,7 +64,7 @@ struct InspectCommand: ParsableCommand {
             try Output.stdout.write(try SBOM.document(inv, format: format, created: created))
             Output.stdout.flush()
         } catch is WindowsGuest {
-            Output.error("\(path): Windows guests are recognised but not inspected; no SBOM can be written")
+            Output.error("\(path): a Windows guest: SBOMs of Windows guests are not written yet (`warden inspect --json` lists its software)")
             throw ExitCode(2)
         } catch let e as WardenError {
             Output.error(e.inFile(path).description)

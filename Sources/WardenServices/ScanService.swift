@@ -126,9 +126,9 @@ public struct ScanService {
                 do {
                     let (key, inventory) = try done.get()
                     guard let inv = inventory else {
-                        out.unassessable.append("\(path): Windows guests are recognised but not inspected; no advisories matched")
-                        out.results.append(ImageResult(image: path, inventory: key.description, ecosystems: [], packages: 0,
-                                                       summary: Self.summary([]), vulnerable: 0, findings: [], problem: "windows guest not inspected"))
+                        out.unassessable.append("\(path): a Windows guest: Windows advisories are not matched (docs/advisories.md); `warden inspect` reports its build and KB updates")
+                        out.results.append(ImageResult(image: path, inventory: key.description, osId: "windows", ecosystems: [], packages: 0,
+                                                       summary: Self.summary([]), vulnerable: 0, findings: [], problem: "windows guest: advisories not matched"))
                         continue
                     }
                     let packages = Matcher.packages(of: inv)
