@@ -27,7 +27,8 @@ enum WindowsFixture {
         return R.reg([
             (cv, [R.sz("ProductName", "Windows Server 2022 Datacenter"), R.sz("EditionID", "ServerDatacenter"), R.sz("DisplayVersion", "21H2"),
                   R.sz("CurrentVersion", "6.3"), R.sz("CurrentBuild", "20348"), R.sz("CurrentBuildNumber", "20348"), R.dword("UBR", 2031),
-                  R.dword("InstallDate", 1_700_000_000), R.sz("SystemRoot", "C:\\Windows")]),
+                  R.dword("InstallDate", 1_700_000_000), R.sz("SystemRoot", "C:\\Windows"), R.dword("CurrentMajorVersionNumber", 10),
+                  R.dword("CurrentMinorVersionNumber", 0), R.sz("InstallationType", "Server")]),
             ("Microsoft\\Cryptography", [R.sz("MachineGuid", machineGuid)]),
             ("\(un)\\7-Zip", [R.sz("DisplayName", "7-Zip 23.01 (x64)"), R.sz("DisplayVersion", "23.01"), R.sz("Publisher", "Igor Pavlov")]),
             ("\(un)\\OpenSSH", [R.sz("DisplayName", "OpenSSH"), R.sz("DisplayVersion", "9.5.0.0"), R.sz("Publisher", "Microsoft Corporation")]),
@@ -77,8 +78,21 @@ enum WindowsFixture {
         ])
     }
 
+    /// A PE32+ header (x86-64 console) standing in for cmd.exe: libguestfs looks for it to
+    /// recognise a system root and reads its architecture.
+    static let pe = #"""
+    import struct, sys
+    dos = bytearray(64); dos[0:2] = b"MZ"; struct.pack_into("<I", dos, 0x3C, 0x40)
+    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, 0xF0, 0x22)
+    opt = bytearray(0xF0); struct.pack_into("<H", opt, 0, 0x20B); struct.pack_into("<H", opt, 68, 3); struct.pack_into("<I", opt, 108, 16)
+    sect = struct.pack("<8sIIIIIIHHI", b".text", 0x10, 0x1000, 0x200, 0x200, 0, 0, 0, 0, 0x60000020)
+    body = bytes(dos) + coff + bytes(opt) + sect
+    open(sys.argv[1], "wb").write(body + b"\0" * (0x400 - len(body)))
+    """#
+
     static func dir() throws -> String {
-        try Fixtures.cached("windows-disk", recipe: RegistryFixtures.minimalHiveScript + software + system + sam + "v1") { dir in
+        try Fixtures.cached("windows-disk", recipe: RegistryFixtures.minimalHiveScript + software + system + sam + pe + "v3") { dir in
+            try pe.write(toFile: dir + "/pe.py", atomically: true, encoding: .utf8)
             try RegistryFixtures.minimalHiveScript.write(toFile: dir + "/minimal.py", atomically: true, encoding: .utf8)
             for (name, reg) in [("SOFTWARE", software), ("SYSTEM", system), ("SAM", sam)] {
                 try reg.write(toFile: "\(dir)/\(name).reg", atomically: true, encoding: .utf8)
@@ -93,11 +107,12 @@ enum WindowsFixture {
             trap 'umount "$D/mnt" 2>/dev/null || true' EXIT
             mkdir -p mnt/Windows/System32/config "mnt/Program Files/7-Zip" mnt/Users/Administrator/Desktop mnt/Users/alice
             cp SOFTWARE SYSTEM SAM mnt/Windows/System32/config/
+            python3 pe.py mnt/Windows/System32/cmd.exe
             : > mnt/Windows/System32/config/SYSTEM.LOG1
             printf 'notes\r\n' > mnt/Users/alice/todo.txt
             umount "$D/mnt"; trap - EXIT
             truncate -s 40M disk.raw
-            printf 'label: dos\nstart=2048, size=65536, type=7, bootable\n' | sfdisk -q disk.raw
+            printf 'label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=65536, type=7, bootable\n' | sfdisk -q disk.raw
             dd if=ntfs.img of=disk.raw bs=512 seek=2048 conv=notrunc status=none
             qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2
             rm -rf disk.raw ntfs.img mnt
@@ -167,6 +182,31 @@ struct WindowsGuestTests {
         #expect(human.stdoutText.contains("accounts:      Administrator (500), Guest (501, disabled), alice (1001)"), "\(human.stdoutText)")
         // image ls and cat read the NTFS volume, case-insensitively.
         #expect(try WardenRun.run(["image", "cat", disk, "/users/ALICE/TODO.TXT"]).stdoutText == "notes\r\n")
+    }
+
+    /// libguestfs's virt-inspector on the same disk agrees on the fields both report.
+    @Test(.enabled(if: GuestFixtures.virtInspectorAvailable, "needs virt-inspector (libguestfs-tools)"))
+    func virtInspectorAgrees() throws {
+        let dir = try WindowsFixture.dir()
+        let xml = try Tool.run(["virt-inspector", "--format=qcow2", "-a", dir + "/disk.qcow2"],
+                               environment: ["LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"], timeout: 900).stdoutText
+        func field(_ name: String) -> String? {
+            guard let a = xml.range(of: "<\(name)>"), let b = xml.range(of: "</\(name)>", range: a.upperBound..<xml.endIndex) else { return nil }
+            return String(xml[a.upperBound..<b.lowerBound])
+        }
+        let doc = try #require((try JSONSerialization.jsonObject(with: try WardenRun.run(["inspect", "--json", dir + "/disk.qcow2"]).stdout) as? [[String: Any]])?.first)
+        let w = try #require(doc["windows"] as? [String: Any])
+        #expect(field("name") == "windows" && field("arch") == "x86_64", "\(xml.prefix(2000))")
+        #expect(field("product_name") == w["product_name"] as? String)
+        // libguestfs takes Tcpip's Hostname, Warden the NetBIOS ComputerName: the same name, case aside.
+        #expect(field("hostname")?.lowercased() == (w["computer_name"] as? String)?.lowercased())
+        #expect(field("windows_systemroot")?.lowercased() == "/windows")
+        #expect(field("windows_current_control_set") == "ControlSet001")
+        // MountedDevices' C: names the disk's MBR signature and the partition's offset: both map it to partition 1.
+        #expect(xml.contains("<drive_mapping name=\"C\">/dev/sda1</drive_mapping>"), "\(xml.prefix(3000))")
+        let theirs = xml.components(separatedBy: "<display_name>").dropFirst().compactMap { $0.components(separatedBy: "</display_name>").first }
+        let ours = (w["software"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(Set(theirs) == Set(ours), "\(theirs) \(ours)")
     }
 
     /// Two copies of the disk (one booted and changed since): discover names the shared
