@@ -331,3 +331,61 @@ public enum SBOM {
             packages: packages, relationships: rels)
     }
 }
+
+// MARK: Windows guests
+
+extension SBOM {
+    /// The SBOM of a Windows guest: the operating system (product, build.UBR) and every program
+    /// from the Uninstall keys (64- and 32-bit) as an application component. Windows programs
+    /// have no package URL type, so components carry name, version and publisher (CycloneDX's
+    /// `publisher`; SPDX's `supplier`), and the view as a property.
+    public static func windowsDocument(_ w: WindowsInfo, image: String, format: Format, created: Date) throws -> [UInt8] {
+        guard let programs = w.software.value else {
+            throw WardenError(.unsupported, "cannot write an SBOM: the guest's software list is unknown (\(w.software.unknownReason ?? "no SOFTWARE hive"))")
+        }
+        let product = w.productName.value ?? "Windows"
+        let build = w.build.value
+        var h = SHA256()
+        for s in [w.machineGuid.value ?? "", product, build ?? ""] + programs.map({ "\($0.name)\u{1}\($0.version ?? "")\u{1}\($0.view)" }) {
+            h.update(data: Array(s.utf8) + [0])
+        }
+        var b = Array(h.finalize().prefix(16))
+        b[6] = (b[6] & 0x0F) | 0x50; b[8] = (b[8] & 0x3F) | 0x80
+        let uuid = formatUUID(b)
+        let base = image.split(separator: "/").last.map(String.init) ?? image
+        func ref(_ i: Int, _ p: WindowsInfo.Software) -> String { "warden:windows:\(i + 1):" + p.name }
+        switch format {
+        case .cyclonedx:
+            let osRef = "warden:os"
+            var components = [CDXComponent(type: "operating-system", bomRef: osRef, name: "windows", version: build,
+                                           description: product, purl: nil, properties: nil)]
+            for (i, p) in programs.enumerated() {
+                var props = [CDXProperty(name: "warden:windows:view", value: p.view)]
+                if let pub = p.publisher { props.append(CDXProperty(name: "warden:windows:publisher", value: pub)) }
+                components.append(CDXComponent(type: "application", bomRef: ref(i, p), name: p.name, version: p.version,
+                                               description: nil, purl: nil, properties: props))
+            }
+            let tool = CDXComponent(type: "application", bomRef: nil, name: toolName, version: toolVersion, description: nil, purl: nil, properties: nil)
+            var props = [CDXProperty(name: "warden:image", value: base)]
+            if let g = w.machineGuid.value { props.append(CDXProperty(name: "warden:windows:machine_guid", value: g)) }
+            let refs = programs.enumerated().map { ref($0.offset, $0.element) }
+            return try encode(CDXDocument(serialNumber: "urn:uuid:" + uuid,
+                                          metadata: CDXMetadata(timestamp: timestamp(created), tools: CDXTools(components: [tool]), properties: props),
+                                          components: components,
+                                          dependencies: [CDXDependency(ref: osRef, dependsOn: refs)] + refs.map { CDXDependency(ref: $0, dependsOn: []) }))
+        case .spdx:
+            let osID = "SPDXRef-OperatingSystem"
+            var packages = [SPDXPackage(spdxID: osID, name: "windows", versionInfo: build, primaryPackagePurpose: "OPERATING-SYSTEM", comment: product)]
+            var rels = [SPDXRelationship(spdxElementId: "SPDXRef-DOCUMENT", relationshipType: "DESCRIBES", relatedSpdxElement: osID)]
+            for (i, p) in programs.enumerated() {
+                let id = spdxID("Program-\(i + 1)-\(p.name)")
+                packages.append(SPDXPackage(spdxID: id, name: p.name, versionInfo: p.version, primaryPackagePurpose: "APPLICATION",
+                                            comment: "\(p.view) program" + (p.publisher.map { ", publisher \($0)" } ?? "")))
+                rels.append(SPDXRelationship(spdxElementId: osID, relationshipType: "CONTAINS", relatedSpdxElement: id))
+            }
+            return try encode(SPDXDocument(name: "warden-" + base, documentNamespace: "https://spdx.org/spdxdocs/warden-windows-\(uuid)",
+                                           creationInfo: SPDXCreationInfo(created: timestamp(created), creators: ["Tool: \(toolName)-\(toolVersion)"]),
+                                           packages: packages, relationships: rels))
+        }
+    }
+}

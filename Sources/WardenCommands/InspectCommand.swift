@@ -63,9 +63,15 @@ struct InspectCommand: ParsableCommand {
             let inv = try Self.inventory(path, format: self.format, snapshot: snapshot, passphrase: try key.passphrase(forImage: path))
             try Output.stdout.write(try SBOM.document(inv, format: format, created: created))
             Output.stdout.flush()
-        } catch is WindowsGuest {
-            Output.error("\(path): a Windows guest: SBOMs of Windows guests are not written yet (`warden inspect --json` lists its software)")
-            throw ExitCode(2)
+        } catch let w as WindowsGuest {
+            do {
+                guard let (_, info) = w.inspect() else { throw WardenError(.unsupported, "a Windows guest whose NTFS volume does not open") }
+                try Output.stdout.write(try SBOM.windowsDocument(info, image: path, format: format, created: try Self.sbomDate()))
+                Output.stdout.flush()
+            } catch let e as WardenError {
+                Output.error(e.inFile(path).description)
+                throw ExitCode(2)
+            }
         } catch let e as WardenError {
             Output.error(e.inFile(path).description)
             throw ExitCode(2)

@@ -184,6 +184,24 @@ struct WindowsGuestTests {
         #expect(try WardenRun.run(["image", "cat", disk, "/users/ALICE/TODO.TXT"]).stdoutText == "notes\r\n")
     }
 
+    /// The SBOM lists the OS and every program, and passes the CycloneDX 1.5 and SPDX 2.3 validators.
+    @Test func sbomListsThePrograms() throws {
+        let dir = try WindowsFixture.dir()
+        let sboms = SBOMTests()
+        let cdx = try sboms.sbom("cyclonedx", dir + "/disk.qcow2")
+        #expect(cdx.status == 0, "\(cdx.stderr)")
+        try sboms.validateCycloneDX(cdx.stdout)
+        let doc = try sboms.json(cdx.stdout)
+        let comps = try #require(doc["components"] as? [[String: Any]])
+        #expect(comps.first?["type"] as? String == "operating-system" && comps.first?["version"] as? String == "20348.2031")
+        #expect(comps.dropFirst().map { $0["name"] as? String } == ["7-Zip 23.01 (x64)", "Notepad++ (32-bit x86)", "OpenSSH"])
+        #expect(try sboms.sbom("cyclonedx", dir + "/disk.qcow2").stdout == cdx.stdout, "same guest, same document")
+        let spdx = try sboms.sbom("spdx", dir + "/disk.qcow2")
+        #expect(spdx.status == 0, "\(spdx.stderr)")
+        try sboms.validateSPDX(spdx.stdout)
+        #expect(((try sboms.json(spdx.stdout))["packages"] as? [Any])?.count == 4)
+    }
+
     /// libguestfs's virt-inspector on the same disk agrees on the fields both report.
     @Test(.enabled(if: GuestFixtures.virtInspectorAvailable, "needs virt-inspector (libguestfs-tools)"))
     func virtInspectorAgrees() throws {
