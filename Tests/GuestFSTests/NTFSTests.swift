@@ -3,6 +3,7 @@ import Testing
 import WardenCore
 import WardenTestSupport
 import DiskImage
+import Crypto
 @testable import GuestFS
 
 /// NTFS volumes made by mkntfs and populated through the ntfs-3g driver (FUSE, on a file the
@@ -114,6 +115,14 @@ struct NTFSTests {
         }
         try walk(fs.rootInode, "")
         #expect(directories >= 10 && files > 700 && compared >= 35, "\(directories) \(files) \(compared)")
+        // The CLI's manifest agrees with ntfscat too (hashes of a sample).
+        let manifest = try Tool.run([Fixtures.wardenBinary, "image", "manifest", img]).stdoutText.split(separator: "\n")
+        let rows = manifest.map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }.filter { $0.count == 7 && $0[0] == "f" }
+        #expect(rows.count == files, "\(rows.count) manifest rows, \(files) files")
+        for row in rows where !row[6].contains("System32/f") || row[6].hasSuffix("f7.dll") {
+            let theirs = try Tool.run(["ntfscat", img, row[6]]).stdout
+            #expect(row[5] == SHA256.hash(data: theirs).map { String(format: "%02x", $0) }.joined(), "\(row[6])")
+        }
         #expect(fs.warnings.isEmpty, "\(fs.warnings)")
     }
 
@@ -227,5 +236,17 @@ struct NTFSDamageTests {
                 #expect(r.status == 2 && lines.count == 1 && lines[0].contains("\(img).img"), "\(img): \(r.status) \(r.stderr)")
             }
         }
+    }
+}
+
+/// BitLocker volumes are recognised by their boot sector and reported, not read.
+@Suite struct BitLockerTests {
+    @Test func recognisedAndRefused() throws {
+        var sector = [UInt8](repeating: 0, count: 64 * 1024)
+        sector.replaceSubrange(0..<11, with: [0xEB, 0x58, 0x90] + Array("-FVE-FS-".utf8))
+        sector[510] = 0x55; sector[511] = 0xAA
+        #expect(try FilesystemProbe.probe(MemoryDevice(sector))?.type == "BitLocker")
+        let e = try #require(throws: WardenError.self) { _ = try GuestDisk.openFileSystem(MemoryDevice(sector)) }
+        #expect(e.code == .unsupported && e.message.contains("BitLocker"))
     }
 }
