@@ -104,7 +104,7 @@ public final class NTFSVolume: FileSystem, CaseInsensitiveLookup, @unchecked Sen
     }
 
     /// A record's bytes after fixups, with its sequence number and flags.
-    private func rawRecord(_ n: UInt64) throws -> ([UInt8], UInt16, UInt16) {
+    func rawRecord(_ n: UInt64) throws -> ([UInt8], UInt16, UInt16) {
         let size = UInt64(boot.recordSize)
         let offset = try Checked.mul(n, size, "MFT record offset")
         guard offset < mftBytes, size <= mftBytes - offset else { throw WardenError.notFound("ntfs: MFT record \(n) lies beyond the \(mftBytes)-byte $MFT") }

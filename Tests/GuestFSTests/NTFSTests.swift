@@ -49,6 +49,10 @@ enum NTFSFixture {
     head -c 50000 /dev/urandom > "Program Files/App/random.bin"
     cat /usr/share/common-licenses/GPL-3 > "Program Files/App/license.txt"
     : > Users/alice/Documents/empty.txt
+    # 150 hard links: their $FILE_NAMEs overflow the 1 KiB record into extension records
+    # listed by an $ATTRIBUTE_LIST.
+    mkdir Users/carol; printf 'many names\n' > Users/carol/base.txt
+    for i in $(seq 1 150); do ln Users/carol/base.txt "Users/carol/a-rather-long-hard-link-name-number-$i.txt"; done
     mkdir Users/alice/junction-in Users/alice/junction-out
     touch Users/alice/link-rel Users/alice/link-abs Users/alice/link-escape
     setfattr -h -n system.ntfs_reparse_data -v $(python3 "$D/reparse.py" junction '\??\C:\Windows\System32') Users/alice/junction-in
@@ -151,6 +155,13 @@ struct NTFSTests {
         // Case-insensitive lookup through $UpCase, including non-ASCII letters.
         #expect(try view.resolve(Array("/USERS/ALICE/HELLO.TXT".utf8)).inode == a.inode)
         #expect(try view.resolve(Array("/users/alice/übung ÜNÏCÖDÉ 日本語.TXT".utf8)).stat.size == UInt64("Grüße € 日本\n".utf8.count))
+        // A file whose names spill into extension records through $ATTRIBUTE_LIST.
+        let carol = try view.resolve(Array("/Users/carol/base.txt".utf8))
+        #expect(carol.stat.links == 151)
+        #expect(try fs.fileRecord(carol.inode).attributes.contains { $0.type == 0x30 } && String(decoding: try fs.read(carol.inode, at: 0, count: 64), as: UTF8.self) == "many names\n")
+        let (raw, _, _) = try fs.rawRecord(carol.inode)
+        let inBase = try NTFS.parseAttributes(raw, record: carol.inode, clusters: fs.clusters)
+        #expect(inBase.contains { $0.type == 0x20 } && inBase.filter { $0.type == 0x30 }.count < 151, "the names are spread over extension records")
         let long = try fs.readDirectory(try view.resolve(Array("/Users/bob".utf8)).inode).first { $0.name.hasPrefix("LLLL") }
         #expect(long?.name.count == 204)
     }
