@@ -245,8 +245,8 @@ public enum NTFS {
         }
     }
 
-    /// FILETIME (100 ns since 1601) to Unix seconds.
-    static func unixTime(_ ft: UInt64) -> Int64 { Int64(ft / 10_000_000) - 11_644_473_600 }
+    /// FILETIME (100 ns since 1601) to Unix seconds; the one conversion for NTFS and registry hives.
+    public static func unixTime(_ ft: UInt64) -> Int64 { Int64(ft / 10_000_000) - 11_644_473_600 }
 
     /// UTF-16 names to UTF-8 bytes; unpaired surrogates (legal in NTFS names) become U+FFFD.
     static func utf8(_ name: [UInt16]) -> [UInt8] { Array(String(decoding: name, as: UTF16.self).utf8) }

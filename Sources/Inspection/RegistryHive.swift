@@ -1,3 +1,4 @@
+import GuestFS
 import WardenCore
 
 /// A Windows registry hive file (regf), read from hostile bytes: the base block with its
@@ -286,6 +287,6 @@ public struct RegistryHive: Sendable {
         return String(decoding: units, as: UTF16.self)
     }
 
-    /// FILETIME to Unix seconds.
-    static func unixTime(_ ft: UInt64) -> Int64 { ft == 0 ? 0 : Int64(ft / 10_000_000) - 11_644_473_600 }
+    /// FILETIME to Unix seconds (0 stays 0: "never written").
+    static func unixTime(_ ft: UInt64) -> Int64 { ft == 0 ? 0 : NTFS.unixTime(ft) }
 }

@@ -121,25 +121,19 @@ public enum SBOM {
     /// A UUID (RFC 4122 layout, version 5 bits) derived from the SHA-256 of the root
     /// filesystem UUID, the OS and the package list: same guest, same UUID.
     public static func documentUUID(_ inv: Inventory, entries: [Entry]) -> String {
+        var fields = ["warden-sbom-v1", rootUUID(inv) ?? "no-root-uuid", inv.os.id.value ?? "", inv.os.versionId.value ?? ""]
+        for e in entries { fields += [e.purl, e.package.version, e.package.sourceName, e.package.sourceVersion] }
+        return nameBasedUUID(fields)
+    }
+
+    /// A UUID (RFC 4122 layout, version 5 bits) from the SHA-256 of `fields`, each ended by a NUL.
+    static func nameBasedUUID(_ fields: [String]) -> String {
         var h = SHA256()
-        func add(_ s: String) { h.update(data: Array(s.utf8) + [0]) }
-        add("warden-sbom-v1")
-        add(rootUUID(inv) ?? "no-root-uuid")
-        add(inv.os.id.value ?? "")
-        add(inv.os.versionId.value ?? "")
-        for e in entries {
-            add(e.purl)
-            add(e.package.version)
-            add(e.package.sourceName)
-            add(e.package.sourceVersion)
-        }
+        for f in fields { h.update(data: Array(f.utf8) + [0]) }
         var b = Array(h.finalize().prefix(16))
         b[6] = (b[6] & 0x0F) | 0x50
         b[8] = (b[8] & 0x3F) | 0x80
-        let hex = b.hexString
-        let c = Array(hex)
-        return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-"
-            + String(c[16..<20]) + "-" + String(c[20..<32])
+        return formatUUID(b)
     }
 
     /// `2024-01-02T03:04:05Z`
@@ -345,13 +339,8 @@ extension SBOM {
         }
         let product = w.productName.value ?? "Windows"
         let build = w.build.value
-        var h = SHA256()
-        for s in [w.machineGuid.value ?? "", product, build ?? ""] + programs.map({ "\($0.name)\u{1}\($0.version ?? "")\u{1}\($0.view)" }) {
-            h.update(data: Array(s.utf8) + [0])
-        }
-        var b = Array(h.finalize().prefix(16))
-        b[6] = (b[6] & 0x0F) | 0x50; b[8] = (b[8] & 0x3F) | 0x80
-        let uuid = formatUUID(b)
+        let uuid = nameBasedUUID([w.machineGuid.value ?? "", product, build ?? ""]
+                                 + programs.map { "\($0.name)\u{1}\($0.version ?? "")\u{1}\($0.view)" })
         let base = image.split(separator: "/").last.map(String.init) ?? image
         func ref(_ i: Int, _ p: WindowsInfo.Software) -> String { "warden:windows:\(i + 1):" + p.name }
         switch format {

@@ -208,10 +208,10 @@ extension Inspection {
             return "mbr signature 0x" + String(sig, radix: 16) + " offset \(off)"
         }
         if d.count == 24, Array(d.prefix(8)) == Array("DMIO:ID:".utf8) {
+            // A mixed-endian GUID: the first three groups little-endian, as Windows stores them.
             let g = Array(d.suffix(16))
-            func hex(_ r: [UInt8]) -> String { r.map { String(format: "%02x", $0) }.joined() }
-            return "gpt partition {" + hex(g[0..<4].reversed()) + "-" + hex(g[4..<6].reversed()) + "-" + hex(g[6..<8].reversed())
-                + "-" + hex(Array(g[8..<10])) + "-" + hex(Array(g[10..<16])) + "}"
+            let ordered = Array(g[0..<4].reversed()) + Array(g[4..<6].reversed()) + Array(g[6..<8].reversed()) + Array(g[8..<16])
+            return "gpt partition {" + formatUUID(ordered) + "}"
         }
         return "\(d.count) bytes"
     }
