@@ -31,6 +31,7 @@ let package = Package(
         .library(name: "WardenServices", targets: ["WardenServices"]),
         .library(name: "WardenCommands", targets: ["WardenCommands"]),
         .library(name: "Simulation", targets: ["Simulation"]),
+        .library(name: "WardenConfig", targets: ["WardenConfig"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -217,8 +218,17 @@ let package = Package(
         ]),
         // The worm simulation of docs/simulation.md (no I/O of its own).
         .target(name: "Simulation", dependencies: ["WardenCore"]),
+        // The commit the binary is built from, written before each build by the BuildInfo plugin.
+        .target(name: "WardenBuildInfo", plugins: ["BuildInfo"]),
+        .plugin(name: "BuildInfo", capability: .buildTool()),
+        // Process-wide settings: the configuration file, logging, progress (docs/configuration.md).
+        .target(name: "WardenConfig", dependencies: [
+            "WardenCore", "Policy",
+            .product(name: "Yams", package: "Yams"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "WardenCommands", dependencies: [
-            "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
+            "WardenConfig", "WardenBuildInfo", "WardenCore", "DiskImage", "Partitions", "GuestFS", "Inspection", "Advisories",
             "Storage", "AdvisoryStorage", "Ledger", "LedgerPostgres", "Policy", "Hypervisor", "Sysprep", "WardenServices", "ImageStore", "Server", "Agent", "WardenNetwork", "Vault", "Attestation",
             "Malware", "MalwareStorage", "Maintenance", "Simulation",
             .product(name: "Logging", package: "swift-log"),
@@ -248,6 +258,8 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "WardenCoreTests", dependencies: ["WardenCore"]),
+        .testTarget(name: "WardenConfigTests", dependencies: ["WardenConfig", "WardenCore", "WardenTestSupport",
+                                                            .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "DiskImageTests", dependencies: ["DiskImage", "WardenTestSupport"]),
         .testTarget(name: "PartitionsTests", dependencies: ["Partitions", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "GuestFSTests", dependencies: ["GuestFS", "Partitions", "DiskImage", "WardenTestSupport",

@@ -17,8 +17,10 @@ public enum RawExport {
 
     /// Writes `device` to the seekable file `fd`, which must already be `outSize` bytes
     /// long and read as zeros (fresh `ftruncate`). Bytes past the device read as zeros.
+    /// `progress` is told each amount of the disk handled (data written or zeros skipped).
     public static func toFile(_ device: any BlockDevice, fd: Int32, outSize: UInt64, name: String,
-                              workers: Int = max(2, min(8, System.activeProcessorCount))) throws {
+                              workers: Int = max(2, min(8, System.activeProcessorCount)),
+                              progress: (@Sendable (UInt64) -> Void)? = nil) throws {
         let size = min(device.size, outSize)
         let window: UInt64 = 1 << 30
         var pos: UInt64 = 0
@@ -30,13 +32,16 @@ public enum RawExport {
                 let slice = UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
                 try device.read(at: off, into: slice)
                 try writeNonZero(UnsafeRawBufferPointer(slice), fd: fd, at: off, name: name)
+                progress?(UInt64(n))
             }
+            progress?(len - chunks.reduce(0) { $0 + UInt64($1.1) })
             pos += len
         }
     }
 
     /// Writes `device` to a stream (`fd` not seekable), zero-padded to `outSize`.
-    public static func toStream(_ device: any BlockDevice, fd: Int32, outSize: UInt64, name: String) throws {
+    public static func toStream(_ device: any BlockDevice, fd: Int32, outSize: UInt64, name: String,
+                                progress: ((UInt64) -> Void)? = nil) throws {
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buf.deallocate() }
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
@@ -59,6 +64,7 @@ public enum RawExport {
                         try device.read(at: off, into: slice)
                         try FileDescriptorIO.writeAll(fd, UnsafeRawBufferPointer(slice), name: name)
                     }
+                    progress?(UInt64(n))
                     off += UInt64(n)
                 }
             }
@@ -67,6 +73,7 @@ public enum RawExport {
         while pos < outSize {
             let n = Int(min(UInt64(chunkSize), outSize - pos))
             try FileDescriptorIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: zeros[0..<n]), name: name)
+            progress?(UInt64(n))
             pos += UInt64(n)
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import WardenConfig
 import WardenCore
 #if canImport(Glibc)
 import Glibc
@@ -43,9 +44,10 @@ final class Output: @unchecked Sendable {
         FileHandle.standardError.write(Data("warden: \(oneLine(message))\n".utf8))
     }
 
-    /// Writes a note on stderr (progress, chosen volume).
+    /// A note on stderr (the chosen volume, what was skipped): a notice-level log message,
+    /// so `--log-level warning` quiets it.
     static func note(_ message: String) {
-        FileHandle.standardError.write(Data("warden: \(oneLine(message))\n".utf8))
+        WardenLog.logger.notice("\(oneLine(message))")
     }
 
     /// How a document is written as JSON: `plain` (``json(_:)``) or `ledger` (``ledgerJSON(_:)``:

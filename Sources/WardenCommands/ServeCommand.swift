@@ -66,7 +66,6 @@ struct ServeRun: ParsableCommand {
     var database: String?
     @Option(help: ArgumentHelp("The SQLite database (default as for every command).", valueName: "path")) var db: String?
     @Option(help: ArgumentHelp("The token list (default: server/tokens.json beside the database).", valueName: "path")) var tokens: String?
-    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level")) var logLevel: String?
     @Flag(help: "Serve HTTPS as the fleet's CA; hosts enrol and report with client certificates (mutual TLS).") var tls = false
     @Option(name: .customLong("tls-name"), help: ArgumentHelp("A DNS name or IP address for the server's certificate (repeatable; default: the listen address, this host's name, loopback).", valueName: "name"))
     var tlsNames: [String] = []
@@ -80,7 +79,9 @@ struct ServeRun: ParsableCommand {
               (0...65535).contains(port), colon > listenText.startIndex else {
             throw ValidationError("--listen takes host:port, e.g. 127.0.0.1:8480")
         }
-        let levelText = logLevel ?? file.logLevel ?? "info"
+        // --log-level is global (GlobalOptions): it beats this file, which beats $WARDEN_LOG.
+        let globalLevel = env["WARDEN_LOG"].flatMap { $0.isEmpty ? nil : $0 }
+        let levelText = (GlobalOptions.fromFlags.contains("log_level") ? globalLevel : nil) ?? file.logLevel ?? globalLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(oneLine(levelText))") }
         let dbPath = WardenDatabase.defaultPath(explicit: db ?? file.db)
         let url = database ?? file.database ?? env["WARDEN_DATABASE_URL"]

@@ -71,10 +71,14 @@ public enum Discovery {
     /// Walks `paths`, examines every disk image by content, and reports identity collisions,
     /// unregistered copies and backing-file dependencies; with `register`, records every image
     /// not in the ledger yet as a discovered VM.
-    public static func discover(store: any LedgerQueries, paths: [String], maxFiles: Int, register: Registration?) throws -> Report {
+    /// `progress` is told, after each file, how many of the files found were looked at.
+    public static func discover(store: any LedgerQueries, paths: [String], maxFiles: Int, register: Registration?,
+                                progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Report {
         var problems: [Problem] = []
         var examined: [ExaminedDisk] = []
-        for path in try Self.files(under: paths, max: maxFiles) {
+        let files = try Self.files(under: paths, max: maxFiles)
+        for (n, path) in files.enumerated() {
+            defer { progress?(n + 1, files.count) }
             do {
                 guard try Self.isImage(path) else { continue }
                 examined.append(try ExaminedDisk.examine(path))

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import WardenCore
 import Advisories
 import Ledger
@@ -33,20 +34,13 @@ extension AdvisoriesCommand {
 
         struct Feed { var name: String; var url: String; var fileName: String }
 
-        static func env(_ key: String, _ fallback: String) -> String {
-            let v = ProcessInfo.processInfo.environment[key] ?? ""
-            var base = v.isEmpty ? fallback : v
-            while base.hasSuffix("/") { base.removeLast() }
-            return base
-        }
-
         static func feed(_ spec: String) throws -> Feed {
             if spec.hasPrefix("http://") || spec.hasPrefix("https://") {
                 let last = spec.split(separator: "/").last.map(String.init) ?? "feed"
                 return Feed(name: spec, url: spec, fileName: last.hasSuffix(".zip") ? "feed.zip" : "feed.json")
             }
             if spec == "debian" || spec == "debian-tracker" {
-                return Feed(name: spec, url: env("WARDEN_DEBIAN_TRACKER_URL", "https://security-tracker.debian.org/tracker/data/json"), fileName: "tracker.json")
+                return Feed(name: spec, url: ConfigKey.debianTrackerURL.value()!, fileName: "tracker.json")
             }
             if spec.hasPrefix("osv:") {
                 let eco = String(spec.dropFirst(4)).split(separator: ":").first.map(String.init) ?? ""
@@ -54,7 +48,7 @@ extension AdvisoriesCommand {
                     throw WardenError(.invalidArgument, "bad OSV ecosystem in --source \(spec)")
                 }
                 let path = eco.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? eco
-                return Feed(name: spec, url: env("WARDEN_OSV_URL", "https://osv-vulnerabilities.storage.googleapis.com") + "/\(path)/all.zip", fileName: "all.zip")
+                return Feed(name: spec, url: ConfigKey.osvURL.value()! + "/\(path)/all.zip", fileName: "all.zip")
             }
             if spec.hasPrefix("alpine:") {
                 let rest = String(spec.dropFirst(7))
@@ -65,7 +59,7 @@ extension AdvisoriesCommand {
                 }
                 let repo = parts.count == 2 ? String(parts[1]) : "main"
                 guard repo.allSatisfy({ $0.isLetter || $0.isNumber }) else { throw WardenError(.invalidArgument, "bad Alpine repository in --source \(spec)") }
-                return Feed(name: spec, url: env("WARDEN_ALPINE_SECDB_URL", "https://secdb.alpinelinux.org") + "/\(branch)/\(repo).json", fileName: "secdb.json")
+                return Feed(name: spec, url: ConfigKey.alpineSecdbURL.value()! + "/\(branch)/\(repo).json", fileName: "secdb.json")
             }
             throw WardenError(.invalidArgument, "unknown advisory source \(spec) (debian, osv:ECOSYSTEM, alpine:vX.Y, or a URL)")
         }
@@ -107,7 +101,10 @@ extension AdvisoriesCommand {
             defer { try? FileManager.default.removeItem(atPath: tmp) }
             var results: [ImportResult] = []
             var failures: [WardenError] = []
+            let meter = ProgressMeter("advisories update", total: UInt64(feeds.count), unit: .items("feeds"))
+            defer { meter.finish() }
             for (i, f) in feeds.enumerated() {
+                defer { meter.advance() }
                 let dest = "\(tmp)/\(i)-\(f.fileName)"
                 do {
                     try Self.download(f.url, to: dest, timeout: timeout)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import WardenCore
 import DiskImage
 #if canImport(Glibc)
@@ -36,8 +37,10 @@ struct ImageExport: ParsableCommand {
         // Like `qemu-img convert -l snapshot.name=S`, a snapshot exports at the image's
         // current virtual size: cut if the snapshot was larger, zero-padded if smaller.
         let outSize = img.info.details["current_virtual_size"].flatMap(UInt64.init) ?? img.device.size
+        let meter = ProgressMeter("export", total: outSize)
+        defer { meter.finish() }
         if output == "-" {
-            try RawExport.toStream(img.device, fd: 1, outSize: outSize, name: "standard output")
+            try RawExport.toStream(img.device, fd: 1, outSize: outSize, name: "standard output", progress: { meter.advance(by: $0) })
             return
         }
         if FileManager.default.fileExists(atPath: output) {
@@ -61,7 +64,8 @@ struct ImageExport: ParsableCommand {
             throw WardenError(.io, "cannot size the output: \(String(cString: strerror(errno)))", file: output)
         }
         try RawExport.toFile(img.device, fd: fd, outSize: outSize, name: output,
-                             workers: jobs ?? max(2, min(8, System.activeProcessorCount)))
+                             workers: jobs ?? max(2, min(8, System.activeProcessorCount)),
+                             progress: { meter.advance(by: $0) })
         // No fsync: like qemu-img convert, durability is left to the page cache; the
         // rename still guarantees that OUTPUT is never seen half-written. An existing
         // OUTPUT (only with --force) is unlinked first: ext4 flushes a file renamed over

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import WardenCore
 import DiskImage
 import GuestFS
@@ -201,11 +202,14 @@ struct ImageManifest: ParsableCommand {
     func run() throws {
         let guest = try OpenedVolume.open(image, volume, announce: true)
         var builder = ManifestBuilder(guest.fs)
+        let meter = ProgressMeter("manifest", unit: .items("entries"))
         do {
-            try builder.build { Output.stdout.line($0.line) }
+            try builder.build { Output.stdout.line($0.line); meter.advance() }
         } catch let e as WardenError {
+            meter.finish()
             throw e.inFile(image.image)
         }
+        meter.finish()
         Output.stdout.flush()
         let errors = builder.errors
         if let first = errors.first {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DiskImage
 import Foundation
+import WardenConfig
 import GuestFS
 import Ledger
 import WardenCore
@@ -38,8 +39,11 @@ struct DiscoverCommand: ParsableCommand {
 
     func run() throws {
         let store = try database.open(create: register)
+        let meter = ProgressMeter("discover", unit: .items("files"))
         let report = try Discovery.discover(store: store, paths: paths, maxFiles: maxFiles,
-                                            register: register ? .init(owner: owner, host: host.flatMap(HostName.init) ?? .current) : nil)
+                                            register: register ? .init(owner: owner, host: host.flatMap(HostName.init) ?? .current) : nil,
+                                            progress: { done, total in meter.setTotal(UInt64(total)); meter.set(done: UInt64(done)) })
+        meter.finish()
         try Output.render(report, json: json, style: .ledger) {
             Self.printHuman(report)
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import Ledger
 import WardenCore
 
@@ -30,11 +31,9 @@ struct DevLedgerSynth: ParsableCommand {
         let ledger = try options.open(create: true)
         var o = LedgerSynth.Options(vms: vms, events: events)
         o.seed = seed; o.hosts = hosts; o.batch = batch; o.cacheMiB = cacheMib
-        let tty = isatty(2) == 1
-        let summary = try LedgerSynth(ledger: ledger, options: o).run { done, total in
-            if tty { FileHandle.standardError.write(Data("\rwarden: \(done) of \(total) events".utf8)) }
-        }
-        if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        let meter = ProgressMeter("synthesize", total: UInt64(events), unit: .items("events"))
+        let summary = try LedgerSynth(ledger: ledger, options: o).run { done, _ in meter.set(done: UInt64(max(0, done))) }
+        meter.finish()
         try Output.render(summary, json: json) {
             Output.stdout.line("synthesized \(summary.vms) VMs and \(summary.events) events on \(summary.hosts) hosts in \(String(format: "%.1f", summary.seconds)) s (\(Int(summary.eventsPerSecond)) events/s)")
             Output.stdout.line("snapshots: \(summary.snapshots), residency intervals: \(summary.residencyIntervals), deepest lineage: \(summary.maxLineageDepth)")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Crypto
 import Foundation
+import WardenConfig
 import Ledger
 import LedgerPostgres
 import WardenCore
@@ -76,14 +77,12 @@ struct LedgerVerify: ParsableCommand {
             } else {
                 verifier = LedgerVerifier(database: try WardenDatabase(path: path, create: false, readOnly: true))
             }
-            let showProgress = isatty(2) == 1
-            var last = Date()
+            let meter = ProgressMeter("verify", unit: .items("entries"))
             report = try verifier.verify { done, total in
-                guard showProgress, Date().timeIntervalSince(last) > 0.5 else { return }
-                last = Date()
-                FileHandle.standardError.write(Data("\rwarden: verified \(done) of \(total) entries".utf8))
+                meter.setTotal(UInt64(max(0, total)))
+                meter.set(done: UInt64(max(0, done)))
             }
-            if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            meter.finish()
         } catch let e as WardenError where e.code == .corrupt {
             report = VerifyReport()
             report.problems = [.init(kind: "damaged", seq: nil, lastSeq: nil, message: "the database file is damaged or truncated: \(e.message)")]
@@ -267,11 +266,11 @@ struct LedgerCopy: ParsableCommand {
         let source = try WardenDatabase(path: options.path, create: false, readOnly: true)
         let store = try PostgresStore(url: database)
         defer { store.close() }
-        let showProgress = isatty(2) == 1
-        let counts = try PostgresImport.copy(from: source, to: PostgresLedger(store: store, keysDirectory: nil)) { table, n in
-            if showProgress { FileHandle.standardError.write(Data("\rwarden: \(table): \(n) rows\u{1B}[K".utf8)) }
+        let meter = ProgressMeter("copy", unit: .items("rows"))
+        let counts = try PostgresImport.copy(from: source, to: PostgresLedger(store: store, keysDirectory: nil)) { _, n in
+            meter.set(done: UInt64(max(0, n)))
         }
-        if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        meter.finish()
         try Output.render(counts, json: json) {
             Output.stdout.line("copied \(counts.vms) VMs, \(counts.events) events, \(counts.checkpoints) checkpoints to \(store.location)")
         }

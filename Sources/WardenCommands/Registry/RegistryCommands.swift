@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import Hypervisor
 import ImageStore
 import Ledger
@@ -25,7 +26,7 @@ struct RegistryConnection: ParsableArguments {
 /// The registry connection and the output of push and pull.
 struct RegistryAccess: ParsableArguments {
     @OptionGroup var connection: RegistryConnection
-    @Flag(help: "No progress on stderr.") var quiet = false
+    @Flag(help: "No progress on stderr (as --progress never).") var quiet = false
     @Flag(help: "Print JSON (docs/json-schemas/oci.v1.json).") var json = false
 
     var options: RegistryOptions { connection.options }
@@ -65,7 +66,7 @@ struct VMPush: ParsableCommand {
                                       vault: Vault.beside(database: database.path), note: { Output.note($0) })
         service.afterBatch = TestHooks.batchPause()
         let svc = service
-        let request = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet,
+        let request = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet && ProgressMode.current.shows(terminal: isatty(2) == 1),
                                                   encrypt: encrypt, recipients: keys)
         let out = try runAsync { try await svc.push(request) }
         let r = out.result
@@ -134,7 +135,7 @@ struct VMPull: ParsableCommand {
         let leaf: String = name ?? ("pulled-" + String(UUID().uuidString.prefix(8)).lowercased())
         let folder: String = dir ?? (RunDirectory.home() + "/vms/" + leaf)
         let request = RegistryService.PullRequest(reference: ref, name: vmName, directory: folder, owner: owner, keepIdentity: keepIdentity,
-                                                  operations: ops, options: access.options, progress: !access.quiet)
+                                                  operations: ops, options: access.options, progress: !access.quiet && ProgressMode.current.shows(terminal: isatty(2) == 1))
         let out = try runAsync { try await svc.pull(request) }
         struct Doc: Encodable {
             var schema = "warden.pull/v1"
