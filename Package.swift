@@ -77,7 +77,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Inspection", dependencies: [
-            "WardenCore", "DiskImage", "GuestFS", "CSQLite",
+            "WardenCore", "WardenBuildInfo", "DiskImage", "GuestFS", "CSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Advisories", dependencies: ["WardenCore", "Inspection", "CZlib"]),
@@ -280,7 +280,7 @@ let package = Package(
         .testTarget(name: "MaintenanceTests", dependencies: ["Maintenance", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenBuildInfo", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
                                                           "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault", "Attestation"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,4 +1,5 @@
 import Foundation
+import WardenBuildInfo
 import Crypto
 import WardenCore
 
@@ -10,7 +11,7 @@ import WardenCore
 /// `SOURCE_DATE_EPOCH`).
 public enum SBOM {
     public static let toolName = "warden"
-    public static let toolVersion = "0.1.0"
+    public static let toolVersion = WardenVersion.version
 
     public enum Format: String, Sendable, CaseIterable {
         case cyclonedx, spdx

@@ -87,6 +87,7 @@ public struct Configuration: Sendable {
     public struct Value: Sendable, Equatable {
         public var text: String
         public var source: ConfigSource
+        public init(text: String, source: ConfigSource) { self.text = text; self.source = source }
     }
     /// The value of each key set by the environment or a file.
     public private(set) var values: [String: Value] = [:]

@@ -1,10 +1,11 @@
 import Testing
+import WardenBuildInfo
 import WardenTestSupport
 
 @Suite struct CLITests {
     @Test func versionRuns() throws {
         let r = try Tool.run([Fixtures.wardenBinary, "--version"])
-        #expect(r.stdoutText.contains("0.1.0"))
+        #expect(r.stdoutText.hasPrefix(WardenVersion.version + " (commit "))
     }
 
     @Test func usageErrorsExitTwo() throws {

@@ -42,4 +42,59 @@ import WardenTestSupport
             #expect(corrupt.status == 2 || corrupt.status == 4, "\(corrupt.stderr)")
         }
     }
+
+    /// Every command in the tree `warden --experimental-dump-help` prints, leaf by leaf.
+    static func leafCommands() throws -> [String] {
+        let r = try WardenRun.run(["--experimental-dump-help"])
+        #expect(r.status == 0)
+        let tree = try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any]
+        var out: [String] = []
+        func walk(_ c: [String: Any], _ path: [String]) {
+            let subs = c["subcommands"] as? [[String: Any]] ?? []
+            if subs.isEmpty { out.append(path.joined(separator: " ")) }
+            for s in subs { walk(s, path + [s["commandName"] as? String ?? "?"]) }
+        }
+        walk(tree?["command"] as? [String: Any] ?? [:], [])
+        return out
+    }
+
+    @Test func everyCommandHasDocumentedExitCodesAndRejectsUnknownFlagsWith2() throws {
+        let leaves = try Self.leafCommands()
+        #expect(leaves.count > 100)
+        #expect(Set(leaves) == Set(ExitCodeDoc.table.keys), "docs/exit-codes.md and the command tree differ: missing \(Set(leaves).subtracting(ExitCodeDoc.table.keys).sorted()), stale \(Set(ExitCodeDoc.table.keys).subtracting(leaves).sorted())")
+        for (command, codes) in ExitCodeDoc.table {
+            #expect(codes.contains(0) && codes.isSubset(of: [0, 1, 2, 3, 4]), "\(command): \(codes)")
+        }
+        for leaf in leaves where leaf != "help" {
+            let words = leaf.split(separator: " ").map(String.init)
+            let bad = try WardenRun.run(words + ["--warden-no-such-flag"])
+            #expect(bad.status == 2, "warden \(leaf) --warden-no-such-flag: \(bad.status)")
+            #expect(bad.stdout.isEmpty)
+            // The hook passes everything after its options to the decision as libvirt's
+            // arguments (a domain may be named --help): it fails closed instead.
+            guard leaf != "libvirt-hook" else { continue }
+            let help = try WardenRun.run(words + ["--help"])
+            #expect(help.status == 0 && help.stdoutText.contains("USAGE:"), "warden \(leaf) --help: \(help.status)")
+        }
+        // Global options and the configuration file fail every command the same way.
+        #expect(try WardenRun.run(["--log-level", "loud", "vm", "list"]).status == 2)
+        #expect(try WardenRun.run(["vm", "list", "--progress=sometimes"]).status == 2)
+        #expect(try WardenRun.run(["--version"]).status == 0)
+    }
+
+    @Test func helpTextsNameTheFormatsAndEveryCommandHasAnAbstract() throws {
+        let r = try WardenRun.run(["--experimental-dump-help"])
+        let tree = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any])
+        var missing: [String] = []
+        func walk(_ c: [String: Any], _ path: [String]) {
+            if (c["abstract"] as? String ?? "").isEmpty { missing.append(path.joined(separator: " ")) }
+            for s in c["subcommands"] as? [[String: Any]] ?? [] { walk(s, path + [s["commandName"] as? String ?? "?"]) }
+        }
+        walk(tree["command"] as? [String: Any] ?? [:], ["warden"])
+        #expect(missing.isEmpty, "commands without an abstract: \(missing)")
+        let image = try WardenRun.run(["image", "--help"]).stdoutText
+        for word in ["qcow2", "VMDK", "ext2/3/4", "XFS", "FAT", "NTFS", "LVM"] {
+            #expect(image.contains(word), "warden image --help does not name \(word)")
+        }
+    }
 }

@@ -71,6 +71,7 @@ struct WardenRun {
             let rss = rssText.split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.last ?? -1
             return (res, rss)
         }
+        ExitCodeDoc.check(args, status: r.0.status)
         return WardenRun(status: r.0.status, stdout: r.0.stdout, stderr: r.0.stderr, maxRSSKiB: r.1)
     }
 }

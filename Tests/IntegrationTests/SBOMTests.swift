@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WardenBuildInfo
 import WardenTestSupport
 
 /// Guests for `inspect --sbom`: a Debian root with real dpkg stanzas copied from the host's
@@ -156,7 +157,7 @@ enum SBOMFixtures {
         let meta = try #require(doc["metadata"] as? [String: Any])
         #expect(meta["timestamp"] as? String == "2023-11-14T22:13:20Z")
         let tools = try #require((meta["tools"] as? [String: Any])?["components"] as? [[String: Any]])
-        #expect(tools.first?["name"] as? String == "warden" && tools.first?["version"] as? String == "0.1.0")
+        #expect(tools.first?["name"] as? String == "warden" && tools.first?["version"] as? String == WardenVersion.version)
         let serial = try #require(doc["serialNumber"] as? String)
         #expect(serial.hasPrefix("urn:uuid:"))
     }

@@ -87,6 +87,7 @@ struct LedgerVerify: ParsableCommand {
             report = VerifyReport()
             report.problems = [.init(kind: "damaged", seq: nil, lastSeq: nil, message: "the database file is damaged or truncated: \(e.message)")]
         }
+        if database == nil { VerifyStamp(ok: report.ok, treeSize: report.treeSize).write(besideDatabase: path) }
         try Output.render(report, json: json) {
             if report.ok {
                 Output.stdout.line("ledger intact: \(report.treeSize) entries, root \(report.rootHex)")
@@ -274,5 +275,38 @@ struct LedgerCopy: ParsableCommand {
         try Output.render(counts, json: json) {
             Output.stdout.line("copied \(counts.vms) VMs, \(counts.events) events, \(counts.checkpoints) checkpoints to \(store.location)")
         }
+    }
+}
+
+/// When the SQLite ledger was last verified and whether it was intact: `verified-DB.json` in
+/// the keys folder beside it (0600 in 0700; beside its signing keys, which verification is
+/// about), written by `ledger verify`, read by `warden doctor`.
+struct VerifyStamp: Codable {
+    var at = Date()
+    var ok: Bool
+    var treeSize: Int64
+
+    static func path(besideDatabase db: String) -> String {
+        HostKey.directory(databasePath: db) + "/verified-\((db as NSString).lastPathComponent).json"
+    }
+
+    /// Best effort: a ledger on a read-only medium is still verified.
+    func write(besideDatabase db: String) {
+        let enc = JSONEncoder()
+        enc.dateEncodingStrategy = .iso8601
+        guard let data = try? enc.encode(self) else { return }
+        let p = Self.path(besideDatabase: db)
+        // Only where the keys folder exists (a ledger with checkpoints); verify makes nothing else.
+        guard FileManager.default.fileExists(atPath: (p as NSString).deletingLastPathComponent) else { return }
+        let tmp = p + ".tmp\(getpid())"
+        guard FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o600]) else { return }
+        if rename(tmp, p) != 0 { unlink(tmp) }
+    }
+
+    static func read(besideDatabase db: String) -> VerifyStamp? {
+        guard let data = FileManager.default.contents(atPath: path(besideDatabase: db)), data.count < 4096 else { return nil }
+        let dec = JSONDecoder()
+        dec.dateDecodingStrategy = .iso8601
+        return try? dec.decode(VerifyStamp.self, from: data)
     }
 }
