@@ -235,7 +235,16 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "warden", dependencies: ["WardenCommands"]),
+        // The Swift runtime and Foundation are linked statically, as for warden-hook below, so the
+        // binary runs on a Debian host without a Swift toolchain (the .deb, docs/packaging.md).
+        // Not `swift build --static-swift-stdlib`: that recompiles every module against the
+        // static Foundation, and a later plain build links objects of both kinds.
+        .executableTarget(name: "warden", dependencies: ["WardenCommands"],
+                          linkerSettings: [.unsafeFlags([
+                              "-static-stdlib", "-lCoreFoundation", "-l_FoundationICU", "-l_FoundationCShims",
+                              "-l_FoundationCollections", "-lFoundationEssentials", "-lFoundationInternationalization",
+                              "-lswiftSynchronization",
+                          ])]),
         // libvirtd runs the hook before every start and waits for it: the Swift runtime and
         // Foundation are linked statically so start-up does not resolve a dozen shared libraries
         // (unsafeFlags are allowed in the root package; docs/decisions.md).
@@ -280,7 +289,7 @@ let package = Package(
         .testTarget(name: "MaintenanceTests", dependencies: ["Maintenance", "WardenCore", "GuestFS", "Inspection", "DiskImage", "WardenTestSupport"]),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation", "WardenCore", "WardenTestSupport"]),
         .testTarget(name: "AttestationTests", dependencies: ["Attestation", "Policy", "WardenCore", "WardenTestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenBuildInfo", "WardenTestSupport", "warden", "Storage", "Ledger", "WardenCore", "Server",
+        .testTarget(name: "IntegrationTests", dependencies: ["WardenCommands", "WardenBuildInfo", "WardenTestSupport", "Storage", "Ledger", "WardenCore", "Server",
                                                           "AdvisoryStorage", "Advisories", "WardenNetwork", "Vault", "Attestation"]),
     ],
     swiftLanguageModes: [.v6]

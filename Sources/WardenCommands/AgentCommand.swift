@@ -25,6 +25,9 @@ struct AgentEnrol: ParsableCommand {
         sends a certificate request with the token, and keeps the client certificate the server issues (0600, in \
         agent/ beside the database). Pass the token in $WARDEN_AGENT_TOKEN rather than --token to keep it out of \
         the process list.
+        
+        Example:
+          warden agent enrol https://fleet.example:8480 --token … --ca-file fleet-ca.pem
         """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The server, e.g. https://fleet.example:8480.") var url: String
@@ -69,7 +72,12 @@ func runAsync<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) thr
 
 struct AgentRun: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "run", abstract: "Sync with the server: once, or every --interval seconds until stopped.")
+        commandName: "run", abstract: "Sync with the server: once, or every --interval seconds until stopped.",
+            discussion: """
+                Examples:
+                  warden agent run --once
+                  warden agent run --interval 60
+                """)
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "One round, then exit (non-zero when the server could not be reached).") var once = false
     @Option(help: "Seconds between rounds.") var interval: Double = 10
@@ -146,7 +154,11 @@ extension AgentRun {
 }
 
 struct AgentStatus: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the server, the host and what is still to send.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the server, the host and what is still to send.",
+        discussion: """
+            Example:
+              warden agent status
+            """)
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "Print JSON.") var json = false
 
@@ -191,6 +203,9 @@ struct AgentAttest: ParsableCommand {
         Run `warden host init --tpm` first and let a sync round ship the enrolment. The server verifies the \
         quote against that enrolment and its own hosts/trust.yaml and records the verdict in the fleet ledger \
         (docs/attestation.md). Exit 0 trusted, 3 not trusted.
+        
+        Example:
+          warden agent attest
         """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var tpmOptions: TPMOptions

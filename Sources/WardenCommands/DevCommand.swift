@@ -30,6 +30,10 @@ struct DevWriteTest: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "write-test",
         abstract: "Write a deterministic random sequence into an image (crash tests).",
+        discussion: """
+            Example:
+              warden dev write-test scratch.qcow2 --log writes.log --writes 100
+            """,
         shouldDisplay: false
     )
 

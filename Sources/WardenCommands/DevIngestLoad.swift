@@ -8,7 +8,11 @@ import Server
 /// benchmark (scripts/bench-fleet). Bounded: `--agents` concurrent senders, `--events` each.
 struct DevIngestLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ingest-load", abstract: "Simulated agents pushing events to a server (needs an admin token in $WARDEN_TOKEN).")
+        commandName: "ingest-load", abstract: "Simulated agents pushing events to a server (needs an admin token in $WARDEN_TOKEN).",
+            discussion: """
+                Example:
+                  WARDEN_TOKEN=… warden dev ingest-load --server http://127.0.0.1:8480 --agents 50
+                """)
     @Option(help: "The server URL.") var server: String
     @Option(help: "Concurrent simulated agents (each reports as host load-N).") var agents: Int = 100
     @Option(help: "Events per agent.") var events: Int = 2000

@@ -10,7 +10,11 @@ import WardenNetwork
 /// VM's change back and forth. Run inside a network namespace that has those interfaces
 /// (scripts/bench-net makes them).
 struct DevNetBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "net-bench", abstract: "Time network rule sets for N VMs (inside a namespace with the interfaces).")
+    static let configuration = CommandConfiguration(commandName: "net-bench", abstract: "Time network rule sets for N VMs (inside a namespace with the interfaces).",
+        discussion: """
+            Example:
+              warden dev net-bench --policy /etc/warden/policy --vms 1000 --db /tmp/bench.db
+            """)
     @Option(help: "A fresh database to make.") var db: String
     @Option(help: "The policy directory (its network/network.yaml applies).") var policy: String
     @Option(help: "VMs, each quarantined on interface PREFIX<i>.") var vms: Int = 1000

@@ -12,7 +12,13 @@ struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
         abstract: "Inspect guests offline: OS, identity, accounts, SSH keys, secrets, packages, services, kernels (encrypted ones with --key-from); Windows guests from their registry.",
-        discussion: "Reads each image without booting or mounting it. JSON schema: docs/json-schemas/inspect.v1.json."
+        discussion: """
+            Reads each image without booting or mounting it. JSON schema: docs/json-schemas/inspect.v1.json.
+            
+            Examples:
+              warden inspect disk.qcow2
+              warden inspect --sbom cyclonedx disk.qcow2 > sbom.json
+            """
     )
 
     @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA).")

@@ -17,7 +17,11 @@ struct KeysCommand: ParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "status", abstract: "How many keys are ready.")
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "How many keys are ready.",
+            discussion: """
+                Example:
+                  warden keys status
+                """)
         @Option(help: "The ledger database (the pool lives beside it).") var db: String?
         @Flag(help: "JSON output.") var json = false
         func run() throws {
@@ -30,7 +34,11 @@ struct KeysCommand: ParsableCommand {
     }
 
     struct Refill: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "refill", abstract: "Generate keys until the pool holds --count of them.")
+        static let configuration = CommandConfiguration(commandName: "refill", abstract: "Generate keys until the pool holds --count of them.",
+            discussion: """
+                Example:
+                  warden keys refill --count 32
+                """)
         @Option(help: "The ledger database (the pool lives beside it).") var db: String?
         @Option(help: "Keys to keep ready.") var count = KeyPool.defaultSize
         @Flag(help: "Print nothing (background refills).") var quiet = false

@@ -23,7 +23,12 @@ struct LibvirtHookCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "libvirt-hook",
         abstract: "libvirt's qemu hook: decide on prepare/start/restore/migrate, record residency (docs/libvirt.md).",
-        discussion: "`warden libvirt install-hook` installs the lean `warden-hook` executable, which runs the same code; libvirtd passes the domain XML on standard input."
+        discussion: """
+            `warden libvirt install-hook` installs the lean `warden-hook` executable, which runs the same code; libvirtd passes the domain XML on standard input.
+            
+            Example:
+              warden libvirt-hook --db /var/lib/warden/warden.db -- web prepare begin - < web.xml
+            """
     )
     @Option(help: "The ledger database (must exist).") var db: String?
     @Option(help: "The policy directory.") var policy: String?
@@ -58,6 +63,9 @@ struct LibvirtCommand: ParsableCommand {
             Writes DIR/qemu.d/NAME (libvirt ≥ 6.5 runs every executable in qemu.d/), or DIR/qemu with \
             --single-file (never over a hook Warden did not write). libvirtd looks for hooks when it \
             starts: restart it after the first installation.
+            
+            Example:
+              warden libvirt install-hook --db /var/lib/warden/warden.db --policy /etc/warden/policy
             """
         )
         @Option(help: "libvirt's hooks directory.") var dir = "/etc/libvirt/hooks"
@@ -101,6 +109,9 @@ struct LibvirtCommand: ParsableCommand {
             encrypted disk's <source> must name its secret: <encryption format='luks'><secret \
             type='passphrase' uuid='…'/></encryption> (the error for a disk without one suggests a UUID). \
             A domain without encrypted disks is simply started.
+            
+            Example:
+              warden libvirt start web
             """
         )
         @Argument(help: "The domain's name or UUID.") var domain: String
@@ -128,7 +139,12 @@ struct LibvirtCommand: ParsableCommand {
     struct Watch: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "watch",
             abstract: "Follow libvirt domain events; record snapshot reverts, save/restore and define/undefine.",
-            discussion: "Prints one line per recorded event. Runs until killed; every event is committed as it arrives."
+            discussion: """
+                Prints one line per recorded event. Runs until killed; every event is committed as it arrives.
+                
+                Example:
+                  warden libvirt watch --uri qemu:///system
+                """
         )
         @Option(help: "libvirt connection URI.") var uri = "qemu:///system"
         @Option(help: "The ledger database (must exist).") var db: String?

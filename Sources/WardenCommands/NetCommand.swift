@@ -30,7 +30,11 @@ struct NetOptions: ParsableArguments {
 }
 
 struct NetStatus: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Each VM's network state, reason, interfaces, closed ports and drops.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Each VM's network state, reason, interfaces, closed ports and drops.",
+        discussion: """
+            Example:
+              warden net status
+            """)
     @OptionGroup var options: NetOptions
     @Flag(help: "Print JSON.") var json = false
     struct Doc: Encodable { var schema = "warden.net-status/v1"; var vms: [NetworkService.Status] }
@@ -51,7 +55,11 @@ struct NetStatus: ParsableCommand {
 }
 
 struct NetQuarantine: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "quarantine", abstract: "Let the VM reach only DHCP, its resolvers and its patch mirrors.")
+    static let configuration = CommandConfiguration(commandName: "quarantine", abstract: "Let the VM reach only DHCP, its resolvers and its patch mirrors.",
+        discussion: """
+            Example:
+              warden net quarantine web --reason "suspected compromise"
+            """)
     @OptionGroup var options: NetOptions
     @Argument(help: "The VM.") var vm: String
     @Option(name: .customLong("interface"), help: ArgumentHelp("A host interface of the VM (repeatable; default: the last recorded).", valueName: "name"))
@@ -68,7 +76,11 @@ struct NetQuarantine: ParsableCommand {
 
 struct NetShield: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "shield", abstract: "Block inbound connections to the VM's services that carry open findings at the shield severity.")
+        commandName: "shield", abstract: "Block inbound connections to the VM's services that carry open findings at the shield severity.",
+            discussion: """
+                Example:
+                  warden net shield web
+                """)
     @OptionGroup var options: NetOptions
     @Argument(help: "The VM.") var vm: String
     @Option(name: .customLong("interface"), help: ArgumentHelp("A host interface of the VM (repeatable; default: the last recorded).", valueName: "name"))
@@ -88,7 +100,11 @@ struct NetShield: ParsableCommand {
 }
 
 struct NetOpen: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "open", abstract: "Lift quarantine or shield (the reason is recorded).")
+    static let configuration = CommandConfiguration(commandName: "open", abstract: "Lift quarantine or shield (the reason is recorded).",
+        discussion: """
+            Example:
+              warden net open web --reason "patched, rescanned"
+            """)
     @OptionGroup var options: NetOptions
     @Argument(help: "The VM.") var vm: String
     @Option(help: "Why it may be open again (required; recorded).") var reason: String
@@ -102,7 +118,11 @@ struct NetOpen: ParsableCommand {
 }
 
 struct NetSync: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "sync", abstract: "Re-derive every VM's rules from the ledger and apply them (one transaction).")
+    static let configuration = CommandConfiguration(commandName: "sync", abstract: "Re-derive every VM's rules from the ledger and apply them (one transaction).",
+        discussion: """
+            Example:
+              warden net sync
+            """)
     @OptionGroup var options: NetOptions
     @Flag(help: "Print JSON.") var json = false
     func run() throws {
@@ -113,7 +133,11 @@ struct NetSync: ParsableCommand {
 }
 
 struct NetNWFilter: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "nwfilter", abstract: "Print the libvirt nwfilter XML equivalent to the VM's current state.")
+    static let configuration = CommandConfiguration(commandName: "nwfilter", abstract: "Print the libvirt nwfilter XML equivalent to the VM's current state.",
+        discussion: """
+            Example:
+              warden net nwfilter web > web-filter.xml
+            """)
     @OptionGroup var options: NetOptions
     @Argument(help: "The VM.") var vm: String
     func run() throws {

@@ -10,6 +10,10 @@ extension PolicyCommand {
         static let configuration = CommandConfiguration(
             commandName: "bench-decide",
             abstract: "Time PolicyEngine.decide in-process on a policy directory (for scripts/bench-hook).",
+            discussion: """
+                Example:
+                  warden policy bench-decide /etc/warden/policy --iterations 100000
+                """,
             shouldDisplay: false
         )
         @Argument(help: "The policy directory.") var directory: String

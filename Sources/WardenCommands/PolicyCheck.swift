@@ -9,7 +9,12 @@ extension PolicyCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "check",
             abstract: "Decide an operation on a VM and explain it (the decision is recorded in the ledger).",
-            discussion: "Exits 0 for allow and for quarantine (the effect is printed), 3 for deny."
+            discussion: """
+                Exits 0 for allow and for quarantine (the effect is printed), 3 for deny.
+                
+                Example:
+                  warden policy check --op copy web --dest /media/usb
+                """
         )
         @Option(help: ArgumentHelp("The operation.", valueName: VMOperation.allCases.map(\.rawValue).joined(separator: "|")))
         var op: VMOperation

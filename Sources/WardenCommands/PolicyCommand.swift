@@ -17,7 +17,12 @@ struct PolicyCommand: ParsableCommand {
     struct Lint: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "lint",
             abstract: "Validate a policy directory; print every problem as FILE:LINE:COLUMN.",
-            discussion: "Exits 0 when there is no error (warnings are printed), 2 when there is one."
+            discussion: """
+                Exits 0 when there is no error (warnings are printed), 2 when there is one.
+                
+                Example:
+                  warden policy lint /etc/warden/policy
+                """
         )
         @Argument(help: "The policy directory (or one file).") var directory: String
         @Flag(help: "JSON output (docs/json-schemas/policy-lint.v1.json).") var json = false
@@ -55,7 +60,12 @@ struct PolicyCommand: ParsableCommand {
     struct Test: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "test",
             abstract: "Run table-driven policy tests (*_test.yaml) against the policy beside them.",
-            discussion: "Exits 0 when every case passes, 1 when a case fails, 2 when a file is malformed."
+            discussion: """
+                Exits 0 when every case passes, 1 when a case fails, 2 when a file is malformed.
+                
+                Example:
+                  warden policy test /etc/warden/policy
+                """
         )
         @Argument(help: "The directory holding the policy and its *_test.yaml files.") var directory: String
         @Flag(help: "JSON output (docs/json-schemas/policy-test.v1.json).") var json = false

@@ -59,7 +59,12 @@ func defaultTokensPath(db: String?) -> String {
 }
 
 struct ServeRun: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the server (the default).")
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the server (the default).",
+        discussion: """
+            Examples:
+              warden serve run --listen 127.0.0.1:8480
+              warden serve run --tls --database postgres://warden@db/fleet
+            """)
     @Option(help: ArgumentHelp("A YAML config file.", valueName: "path")) var config: String?
     @Option(help: ArgumentHelp("Address and port to listen on (default 127.0.0.1:8480).", valueName: "host:port")) var listen: String?
     @Option(help: ArgumentHelp("A postgres:// URL; without it the SQLite database at --db is the ledger.", valueName: "url"))
@@ -124,7 +129,11 @@ struct TokenFileOptions: ParsableArguments {
 
 struct ServeTokenAdd: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "add", abstract: "Make a token and print it once (only its hash is kept).")
+        commandName: "add", abstract: "Make a token and print it once (only its hash is kept).",
+            discussion: """
+                Example:
+                  warden serve token add ops-bot --role operator --owner ops
+                """)
     @OptionGroup var file: TokenFileOptions
     @Argument(help: "A name for the token (who or what uses it).") var name: String
     @Option(help: "admin, operator, auditor or host.") var role: String
@@ -141,7 +150,11 @@ struct ServeTokenAdd: ParsableCommand {
 }
 
 struct ServeTokenList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the tokens (names and roles, never secrets).", aliases: ["ls"])
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the tokens (names and roles, never secrets).",
+        discussion: """
+            Example:
+              warden serve token list
+            """, aliases: ["ls"])
     @OptionGroup var file: TokenFileOptions
     @Flag(help: "Print JSON.") var json = false
 
@@ -160,7 +173,11 @@ struct ServeTokenList: ParsableCommand {
 }
 
 struct ServeTokenRevoke: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a token; the server refuses it from the next request on.")
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a token; the server refuses it from the next request on.",
+        discussion: """
+            Example:
+              warden serve token revoke ops-bot
+            """)
     @OptionGroup var file: TokenFileOptions
     @Argument(help: "The token's name.") var name: String
     func run() throws {
@@ -171,7 +188,11 @@ struct ServeTokenRevoke: ParsableCommand {
 
 struct ServeCA: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ca", abstract: "Print the fleet CA's certificate (PEM), to hand to hosts as their --ca-file; makes the CA if there is none.")
+        commandName: "ca", abstract: "Print the fleet CA's certificate (PEM), to hand to hosts as their --ca-file; makes the CA if there is none.",
+            discussion: """
+                Example:
+                  warden serve ca > fleet-ca.pem
+                """)
     @OptionGroup var file: TokenFileOptions
     @Flag(help: "Print only its SHA-256 fingerprint.") var fingerprint = false
     func run() throws {
@@ -187,7 +208,11 @@ struct ServeCerts: ParsableCommand {
 }
 
 struct ServeCertsList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the host certificates issued.", aliases: ["ls"])
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the host certificates issued.",
+        discussion: """
+            Example:
+              warden serve certs list
+            """, aliases: ["ls"])
     @OptionGroup var file: TokenFileOptions
     @Flag(help: "Print JSON.") var json = false
     struct Doc: Encodable { var schema = "warden.host-certificates/v1"; var certificates: [FleetPKI.Issued] }
@@ -206,7 +231,11 @@ struct ServeCertsList: ParsableCommand {
 
 struct ServeCertsRevoke: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "revoke", abstract: "Revoke every certificate of a host; the server refuses them from the next request on.")
+        commandName: "revoke", abstract: "Revoke every certificate of a host; the server refuses them from the next request on.",
+            discussion: """
+                Example:
+                  warden serve certs revoke hv2
+                """)
     @OptionGroup var file: TokenFileOptions
     @Argument(help: "The host.") var host: String
     func run() throws {
@@ -218,7 +247,11 @@ struct ServeCertsRevoke: ParsableCommand {
 
 struct ServeLoginLink: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "login-link", abstract: "Print a one-time dashboard link (valid 60 s) for the token in $WARDEN_TOKEN.")
+        commandName: "login-link", abstract: "Print a one-time dashboard link (valid 60 s) for the token in $WARDEN_TOKEN.",
+            discussion: """
+                Example:
+                  WARDEN_TOKEN=… warden serve login-link --server http://127.0.0.1:8480
+                """)
     @Option(help: ArgumentHelp("The server, e.g. http://127.0.0.1:8480.", valueName: "url")) var server: String
     @Option(help: ArgumentHelp("The page to open after signing in.", valueName: "path")) var next: String = "/"
     @Option(help: ArgumentHelp("The CA to trust for an https server (warden serve ca); default: the system's.", valueName: "path")) var caFile: String?

@@ -20,6 +20,9 @@ struct VMEncrypt: ParsableCommand {
         The keys stay in the vault (beside the database, or $WARDEN_VAULT); the ledger records their \
         ids. From then on every `warden vm start` decides `unlock` through policy before a key is \
         released (docs/vault.md).
+        
+        Example:
+          warden vm encrypt web
         """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
@@ -46,7 +49,12 @@ struct VaultCommand: ParsableCommand {
     struct Rekey: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "rekey",
             abstract: "Rotate a stopped VM's data keys: new LUKS key slots, the old ones erased (docs/vault.md).",
-            discussion: "Decides `unlock` first (recorded; exit 3 when denied). The old keys open nothing afterwards; the ledger records the new key ids. The data is not rewritten: the LUKS master key stays.")
+            discussion: """
+                Decides `unlock` first (recorded; exit 3 when denied). The old keys open nothing afterwards; the ledger records the new key ids. The data is not rewritten: the LUKS master key stays.
+                
+                Example:
+                  warden vault rekey web
+                """)
         @OptionGroup var database: DatabaseOptions
         @OptionGroup var policyOptions: PolicyOptions
         @Argument(help: "The VM.") var vm: String
@@ -66,7 +74,12 @@ struct VaultCommand: ParsableCommand {
     struct Approve: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "approve",
             abstract: "Approve a break-glass release of a VM's keys, as a second vault admin (recorded; docs/vault.md).",
-            discussion: "When vault.yaml asks for approvals, a `--break-glass` start succeeds only after that many other admins approved within the window. The approver is the local user (from the real uid).")
+            discussion: """
+                When vault.yaml asks for approvals, a `--break-glass` start succeeds only after that many other admins approved within the window. The approver is the local user (from the real uid).
+                
+                Example:
+                  warden vault approve web --reason "incident 4711"
+                """)
         @OptionGroup var database: DatabaseOptions
         @OptionGroup var policyOptions: PolicyOptions
         @Argument(help: "The VM.") var vm: String
@@ -88,6 +101,10 @@ struct VaultCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "bench-unlock",
             abstract: "Time the unlock decision (recorded) and the key unwrap of an encrypted VM, as a start does them.",
+            discussion: """
+                Example:
+                  warden vault bench-unlock web --rounds 100
+                """,
             shouldDisplay: false)
         @OptionGroup var database: DatabaseOptions
         @OptionGroup var policyOptions: PolicyOptions
@@ -120,7 +137,11 @@ struct VaultCommand: ParsableCommand {
     struct RotateKEK: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "rotate-kek",
-            abstract: "Replace the vault's key-encryption key: every data key re-wrapped, the old KEK destroyed; no disk is touched.")
+            abstract: "Replace the vault's key-encryption key: every data key re-wrapped, the old KEK destroyed; no disk is touched.",
+            discussion: """
+                Example:
+                  warden vault rotate-kek
+                """)
         @OptionGroup var database: DatabaseOptions
         @Flag(help: "JSON output.") var json = false
         func run() throws {
@@ -134,7 +155,11 @@ struct VaultCommand: ParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "status", abstract: "Keys by VM and layer, with their age and last release.")
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Keys by VM and layer, with their age and last release.",
+            discussion: """
+                Example:
+                  warden vault status
+                """)
         @OptionGroup var database: DatabaseOptions
         @Flag(help: "JSON output.") var json = false
 
@@ -182,7 +207,12 @@ struct VaultCommand: ParsableCommand {
     struct Shred: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "shred",
             abstract: "Destroy a VM's keys: its encrypted disks and snapshots become unreadable, for good.",
-            discussion: "Each wrapped key file is overwritten and removed; the ledger records the key ids destroyed. There is no undo.")
+            discussion: """
+                Each wrapped key file is overwritten and removed; the ledger records the key ids destroyed. There is no undo.
+                
+                Example:
+                  warden vault shred web-old --yes
+                """)
         @OptionGroup var database: DatabaseOptions
         @Argument(help: "The VM.") var vm: String
         @Flag(help: "Confirm: the data cannot be recovered afterwards.") var yes = false

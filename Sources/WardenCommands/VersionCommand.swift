@@ -25,6 +25,9 @@ struct VersionCommand: ParsableCommand {
             that cannot be ordered (bad version, not exactly two fields) prints `error: …` in its place \
             and processing continues. Blank lines are skipped. Exits 0 unless every non-blank line \
             failed, then 2 (empty input exits 0).
+            
+            Example:
+              warden version compare --scheme deb 1:9.2p1-2+deb12u2 1:9.2p1-2+deb12u3
             """
         )
 
@@ -72,7 +75,12 @@ struct VersionCommand: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "check",
             abstract: "Print valid or invalid for a version; exit 0 when valid, 1 when invalid.",
-            discussion: "apk checks as `apk version -c`; deb and rpm check that the version parses."
+            discussion: """
+                apk checks as `apk version -c`; deb and rpm check that the version parses.
+                
+                Example:
+                  warden version check --scheme rpm 1.2.3-1.el9
+                """
         )
 
         @Option(help: ArgumentHelp("Version scheme.", valueName: "deb|rpm|apk"))

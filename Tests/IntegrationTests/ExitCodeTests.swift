@@ -81,20 +81,4 @@ import WardenTestSupport
         #expect(try WardenRun.run(["vm", "list", "--progress=sometimes"]).status == 2)
         #expect(try WardenRun.run(["--version"]).status == 0)
     }
-
-    @Test func helpTextsNameTheFormatsAndEveryCommandHasAnAbstract() throws {
-        let r = try WardenRun.run(["--experimental-dump-help"])
-        let tree = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any])
-        var missing: [String] = []
-        func walk(_ c: [String: Any], _ path: [String]) {
-            if (c["abstract"] as? String ?? "").isEmpty { missing.append(path.joined(separator: " ")) }
-            for s in c["subcommands"] as? [[String: Any]] ?? [] { walk(s, path + [s["commandName"] as? String ?? "?"]) }
-        }
-        walk(tree["command"] as? [String: Any] ?? [:], ["warden"])
-        #expect(missing.isEmpty, "commands without an abstract: \(missing)")
-        let image = try WardenRun.run(["image", "--help"]).stdoutText
-        for word in ["qcow2", "VMDK", "ext2/3/4", "XFS", "FAT", "NTFS", "LVM"] {
-            #expect(image.contains(word), "warden image --help does not name \(word)")
-        }
-    }
 }

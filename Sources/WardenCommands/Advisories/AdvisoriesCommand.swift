@@ -48,7 +48,12 @@ struct AdvisoriesCommand: ParsableCommand {
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "import",
             abstract: "Import advisory files: OSV JSON (files, directories, all.zip), Debian tracker JSON, Alpine secdb JSON.",
-            discussion: "Re-importing is idempotent; a record with a newer `modified` replaces the stored one."
+            discussion: """
+                Re-importing is idempotent; a record with a newer `modified` replaces the stored one.
+                
+                Example:
+                  warden advisories import all.zip debian-tracker.json
+                """
         )
         @OptionGroup var database: DatabaseOption
         @Flag(help: "Print JSON.") var json = false
@@ -78,7 +83,11 @@ struct AdvisoriesCommand: ParsableCommand {
     }
 
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "status", abstract: "Sources, record counts, import times, advisories per ecosystem.")
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Sources, record counts, import times, advisories per ecosystem.",
+            discussion: """
+                Example:
+                  warden advisories status
+                """)
         @OptionGroup var database: DatabaseOption
         @Flag(help: "Print JSON.") var json = false
 

@@ -19,6 +19,10 @@ extension AdvisoriesCommand {
             there are none). Base URLs can be overridden with WARDEN_OSV_URL, WARDEN_DEBIAN_TRACKER_URL \
             and WARDEN_ALPINE_SECDB_URL. Downloads use curl; an unreachable feed fails within the timeout \
             with exit code 4.
+            
+            Examples:
+              warden advisories update
+              warden advisories update --source debian --source osv:Debian:12
             """
         )
         @OptionGroup var database: DatabaseOption

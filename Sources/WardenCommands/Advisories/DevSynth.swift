@@ -23,7 +23,11 @@ enum DevSynth {
 
     struct Advisories: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "synth-advisories",
-            abstract: "Store N synthetic Debian:12 OSV-shaped advisories (most fixed below installed versions).")
+            abstract: "Store N synthetic Debian:12 OSV-shaped advisories (most fixed below installed versions).",
+            discussion: """
+                Example:
+                  warden dev synth-advisories --count 10000
+                """)
         @OptionGroup var database: DatabaseOption
         @Option var count = 100_000
         @Option var packages = 5_000
@@ -61,7 +65,11 @@ enum DevSynth {
 
     struct Inventories: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "synth-inventories",
-            abstract: "Store N synthetic Debian 12 inventories of about M packages each.")
+            abstract: "Store N synthetic Debian 12 inventories of about M packages each.",
+            discussion: """
+                Example:
+                  warden dev synth-inventories --count 1000
+                """)
         @OptionGroup var database: DatabaseOption
         @Option var count = 1_000
         @Option(name: .customLong("packages-per-inventory")) var perInventory = 500

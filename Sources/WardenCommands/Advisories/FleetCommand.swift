@@ -28,6 +28,9 @@ struct FleetCommand: ParsableCommand {
             inventory whose findings changed since its last assessment, the findings that appeared and \
             the ones that went away, with the images (and VMs) that carry that content. JSON shape: \
             docs/advisories.md.
+            
+            Example:
+              warden fleet rescan
             """
         )
         @OptionGroup var database: DatabaseOption

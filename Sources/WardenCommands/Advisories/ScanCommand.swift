@@ -29,6 +29,10 @@ struct ScanCommand: ParsableCommand {
         re-assess it later without the image. Exit codes: 0 ok; 1 when --fail-on is met (a vulnerable \
         finding at or above that severity); 2 bad input, or with --fail-on a guest that cannot be \
         assessed (unknown distro, no advisories for its release). JSON shape: docs/advisories.md.
+        
+        Examples:
+          warden scan web
+          warden scan disk.qcow2 --fail-on high --json
         """
     )
     @OptionGroup var database: DatabaseOption

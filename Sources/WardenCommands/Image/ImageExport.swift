@@ -15,7 +15,12 @@ import Glibc
 struct ImageExport: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Write the guest-visible virtual disk as raw bytes (like qemu-img convert -O raw)."
+        abstract: "Write the guest-visible virtual disk as raw bytes (like qemu-img convert -O raw).",
+        discussion: """
+            Examples:
+              warden image export disk.qcow2 -o disk.raw
+              warden image export disk.vmdk -o - | sha256sum
+            """
     )
 
     @OptionGroup var image: ImageOptions

@@ -9,7 +9,12 @@ import GuestFS
 struct ImageLs: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
-        abstract: "List a directory inside the guest filesystem (no mounting, no booting)."
+        abstract: "List a directory inside the guest filesystem (no mounting, no booting).",
+        discussion: """
+            Examples:
+              warden image ls -l disk.qcow2 /etc
+              warden image ls --snapshots fedora.qcow2
+            """
     )
 
     @OptionGroup var image: ImageOptions
@@ -145,7 +150,12 @@ func octal(_ perm: UInt32) -> String {
 struct ImageCat: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cat",
-        abstract: "Print a file from inside the guest filesystem."
+        abstract: "Print a file from inside the guest filesystem.",
+        discussion: """
+            Examples:
+              warden image cat disk.qcow2 /etc/os-release
+              warden image cat --snapshot installed disk.qcow2 /etc/hostname
+            """
     )
 
     @OptionGroup var image: ImageOptions
@@ -191,6 +201,9 @@ struct ImageManifest: ParsableCommand {
         TYPE is one of f d l c b p s; MODE the permission bits in octal; SIZE the byte size
         for f and l (0 otherwise); DIGEST the sha256 of a file, the target of a symlink, or -.
         Names are escaped: \\\\ \\t \\n \\r and \\xNN for control and non-UTF-8 bytes.
+        
+        Example:
+          warden image manifest disk.qcow2 > before.txt
         """
     )
 

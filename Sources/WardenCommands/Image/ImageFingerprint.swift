@@ -6,7 +6,11 @@ import WardenCore
 struct ImageFingerprint: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fingerprint",
-        abstract: "Print the content fingerprint of each image (equal for equal guest-visible bytes, whatever the format)."
+        abstract: "Print the content fingerprint of each image (equal for equal guest-visible bytes, whatever the format).",
+        discussion: """
+            Example:
+              warden image fingerprint a.qcow2 b.vmdk
+            """
     )
 
     @Argument(help: "Disk images (raw, qcow2, VMDK, VHD, VHDX, VDI or OVA; detected by content).")

@@ -9,7 +9,12 @@ import GuestFS
 struct ImageInfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "Show an image's format, sizes, backing chain, snapshots, partitions and filesystems."
+        abstract: "Show an image's format, sizes, backing chain, snapshots, partitions and filesystems.",
+        discussion: """
+            Examples:
+              warden image info disk.qcow2
+              warden image info --json --probe-backing overlay.qcow2
+            """
     )
 
     @OptionGroup var image: ImageOptions

@@ -92,6 +92,10 @@ struct ImageSysprep: ParsableCommand {
         a raw image is written directly). For a VM in the ledger use `warden vm clone`. --dry-run \
         opens the image read-only and lists what would change. Operations: docs/sysprep.md. JSON \
         schema: warden.sysprep/v1 (docs/sysprep.md).
+        
+        Examples:
+          warden image sysprep --dry-run copy.qcow2
+          warden image sysprep --hostname web2 copy.qcow2
         """
     )
 

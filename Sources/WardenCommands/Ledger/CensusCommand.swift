@@ -8,7 +8,12 @@ struct CensusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "census",
         abstract: "Counts by state, owner and OS; VMs appeared and gone per week; dormant VMs; stale scans; growth.",
-        discussion: "Definitions: docs/ledger.md, section Census. JSON schema: docs/json-schemas/census.v1.json.")
+        discussion: """
+            Definitions: docs/ledger.md, section Census. JSON schema: docs/json-schemas/census.v1.json.
+            
+            Example:
+              warden census --dormant-days 30
+            """)
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "A live VM not started for this many days is dormant.") var dormantDays = 30

@@ -19,6 +19,10 @@ struct DiscoverCommand: ParsableCommand {
         Every regular file is checked by content, never by name: qcow2, VMDK, VHD, VHDX, VDI and OVA by their magic (a fixed VHD by its footer), a raw file \
         only when it holds a partition table or a known filesystem. Symbolic links are not followed. \
         Semantics: docs/ledger.md, section Discovery. JSON schema: docs/json-schemas/discover.v1.json.
+        
+        Examples:
+          warden discover /srv/vms /mnt/nfs/images
+          warden discover --register --owner ops /srv/incoming
         """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "Folders (or single files) to search.") var paths: [String]

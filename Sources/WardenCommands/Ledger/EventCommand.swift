@@ -21,6 +21,9 @@ struct EventRecord_: ParsableCommand {
         open ran-on interval; moved-storage closes open stored-on intervals elsewhere and opens one on --host. \
         snapshotted needs --payload '{"snapshot":"NAME"}'; rolled-back names an existing snapshot the same way \
         and gives the VM a new generation. VMs are created and changed through `warden vm`, not here.
+        
+        Example:
+          warden event record --vm web --kind exported --payload '{"tool":"restic"}'
         """)
     @OptionGroup var database: DatabaseOptions
     @Option(help: "The VM.") var vm: String

@@ -8,7 +8,12 @@ struct ExposureCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "exposure",
         abstract: "VMs that ran or were stored on a host in a time window, and every copy made from them since.",
-        discussion: "Exact semantics: docs/ledger.md, section Exposure. JSON schema: docs/json-schemas/exposure.v1.json.")
+        discussion: """
+            Exact semantics: docs/ledger.md, section Exposure. JSON schema: docs/json-schemas/exposure.v1.json.
+            
+            Example:
+              warden exposure --host hv2 --from 2026-11-01 --to 2026-11-30
+            """)
     @OptionGroup var database: DatabaseOptions
     @Option(help: "The host.") var host: String
     @Option(help: "Start of the window (RFC 3339 with a zone, a date, @EPOCH or now).") var from: String

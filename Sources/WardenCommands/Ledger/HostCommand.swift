@@ -19,7 +19,11 @@ struct HostCommand: ParsableCommand {
 }
 
 struct HostAdd: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a host to the ledger.")
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a host to the ledger.",
+        discussion: """
+            Example:
+              warden host add hv2 --label rack=b4
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The host's name (one token, no spaces or '/').") var name: String
     @Option(name: .customLong("label"), help: ArgumentHelp("A label KEY=VALUE (repeatable).", valueName: "key=value"))
@@ -48,7 +52,11 @@ struct HostAdd: ParsableCommand {
 }
 
 struct HostList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the hosts.", aliases: ["ls"])
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the hosts.",
+        discussion: """
+            Example:
+              warden host list
+            """, aliases: ["ls"])
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "Print JSON (docs/json-schemas/host-list.v1.json).") var json = false
 
@@ -124,6 +132,10 @@ struct HostInit: ParsableCommand {
         part goes in the hosts table (a different key there is refused). With --tpm, Warden makes an \\
         attestation key under the TPM's endorsement key, proves by credential activation that both \\
         live in the same TPM, and records their public parts (event host-enrolled).
+        
+        Examples:
+          warden host init
+          warden host init --tpm
         """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var tpmOptions: TPMOptions
@@ -192,6 +204,9 @@ struct HostAttest: ParsableCommand {
         (hosts/trust.yaml in the policy directory), checked for signature, signer, nonce, PCR digest \\
         and baseline. The verdict is a host-attested event that `attested: true` in policy reads. \\
         Exit 0 trusted, 3 not trusted (no TPM, no enrolment, no trust policy, or a PCR that differs).
+        
+        Example:
+          warden host attest --save-evidence /var/lib/warden/evidence
         """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policy: PolicyOptions
@@ -226,6 +241,9 @@ struct HostVerifyQuote: ParsableCommand {
         The files are tpm2_quote's outputs: -m (TPMS_ATTEST), -s (TPMT_SIGNATURE) and -o with -F values \\
         (the PCR values). The verdict is recorded for the host. Exit 0 trusted, 3 not trusted, 2 for \\
         a malformed quote, signature or PCR file.
+        
+        Example:
+          warden host verify-quote --host hv2 --quote q.bin --signature sig.bin --pcrs pcrs.bin --nonce 00112233
         """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policy: PolicyOptions
@@ -267,7 +285,12 @@ struct HostVerifyQuote: ParsableCommand {
 struct HostBaseline: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baseline", abstract: "Print this host's current PCR values as a host trust policy (hosts/trust.yaml).",
-        discussion: "Run it on a host known to be good; review the output, then install it in the policy directory.")
+        discussion: """
+            Run it on a host known to be good; review the output, then install it in the policy directory.
+            
+            Example:
+              warden host baseline --name hv1 > /etc/warden/policy/hosts/trust.yaml
+            """)
     @OptionGroup var tpmOptions: TPMOptions
     @Option(help: ArgumentHelp("The baseline's name.", valueName: "name")) var name = "known-good"
     @Option(help: ArgumentHelp("The PCRs, comma-separated (default 0,1,2,3,4,5,7: firmware, boot loader, Secure Boot).", valueName: "list"))
@@ -289,7 +312,11 @@ struct HostBaseline: ParsableCommand {
 
 struct HostStatus: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "status", abstract: "Show a host's enrolment and latest attestation, as policy sees them.")
+        commandName: "status", abstract: "Show a host's enrolment and latest attestation, as policy sees them.",
+            discussion: """
+                Example:
+                  warden host status hv2
+                """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The host (default: this host).") var host: String?
     @Flag(help: "Print JSON.") var json = false
@@ -326,6 +353,10 @@ struct HostStatus: ParsableCommand {
 struct HostBenchVerify: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-verify", abstract: "Time quote verification in-process (parse, signature, digest, baseline); nothing is recorded.",
+            discussion: """
+                Example:
+                  warden host bench-verify --evidence /var/lib/warden/evidence --rounds 1000
+                """,
         shouldDisplay: false)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policy: PolicyOptions

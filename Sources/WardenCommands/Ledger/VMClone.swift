@@ -18,6 +18,10 @@ struct VMClone: ParsableCommand {
         run on the boot disk; the clone is then re-inspected and compared with the source, and only a clone \
         that shares no identity field is put in place and recorded (a `cloned` event with its lineage, new \
         generation, new MAC and SSH host key fingerprints). The source is only read. JSON: docs/sysprep.md.
+        
+        Examples:
+          warden vm clone web --name web2 --dir /srv/vms
+          warden vm clone web --name web3 --full --hostname web3
         """
     )
 

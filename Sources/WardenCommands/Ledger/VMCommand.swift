@@ -33,7 +33,12 @@ struct VMRegister: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "register",
         abstract: "Register a VM from its disk images; prints the new VM id.",
-        discussion: "Each image is opened (format by content), fingerprinted and, when possible, inspected; the VM is recorded as stored on this host (or --host)."
+        discussion: """
+            Each image is opened (format by content), fingerprinted and, when possible, inspected; the VM is recorded as stored on this host (or --host).
+            
+            Example:
+              warden vm register disk.qcow2 --name web --owner alice --label env=prod
+            """
     )
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM's disk images, boot disk first.") var images: [String]
@@ -116,6 +121,11 @@ struct ResidencyJSON: Encodable {
 
 struct VMList: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list", abstract: "List the VMs in the ledger.",
+        discussion: """
+            Examples:
+              warden vm list
+              warden vm list --json
+            """,
                                                     aliases: ["ls"])
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "Print JSON (docs/json-schemas/vm-list.v1.json).") var json = false
@@ -136,7 +146,11 @@ struct VMList: ParsableCommand {
 }
 
 struct VMShow: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one VM: record, disks, residency and snapshots.")
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one VM: record, disks, residency and snapshots.",
+        discussion: """
+            Example:
+              warden vm show web
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM: its id, a unique id prefix (4+ hex digits) or a unique name.") var vm: String
     @Flag(help: "Print JSON (docs/json-schemas/vm-show.v1.json).") var json = false
@@ -205,6 +219,9 @@ struct VMCopy: ParsableCommand {
         A full copy duplicates each disk file byte for byte (sparse). --overlay instead creates a qcow2 \
         overlay backed by each disk (qemu-img create -f qcow2 -b DISK -F FORMAT). The copy is a new VM \
         whose parent is VM at its current generation; it gets a new generation of its own.
+        
+        Example:
+          warden vm copy web /srv/vms --name web-standby
         """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM to copy.") var vm: String
@@ -234,7 +251,11 @@ struct VMCopy: ParsableCommand {
 // MARK: - transfer / retire
 
 struct VMTransfer: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "transfer", abstract: "Give a VM to a new owner.")
+    static let configuration = CommandConfiguration(commandName: "transfer", abstract: "Give a VM to a new owner.",
+        discussion: """
+            Example:
+              warden vm transfer web --to bob
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @Option(help: "The new owner.") var to: String
@@ -253,7 +274,12 @@ struct VMTransfer: ParsableCommand {
 struct VMRetire: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "retire", abstract: "Retire a VM: it stays in the ledger, marked retired.",
-        discussion: "Closes the VM's open ran-on interval. Stored-on intervals stay open: retiring does not prove the disks are gone.")
+        discussion: """
+            Closes the VM's open ran-on interval. Stored-on intervals stay open: retiring does not prove the disks are gone.
+            
+            Example:
+              warden vm retire web-old --shred
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @OptionGroup var policyOptions: PolicyOptions
@@ -300,7 +326,11 @@ func compactJSON(_ v: [String: JSONValue]) -> String {
 }
 
 struct VMHistory: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "history", abstract: "Who did what to a VM, when, on which host.")
+    static let configuration = CommandConfiguration(commandName: "history", abstract: "Who did what to a VM, when, on which host.",
+        discussion: """
+            Example:
+              warden vm history web
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @Flag(help: "Print JSON (docs/json-schemas/vm-history.v1.json).") var json = false
@@ -331,7 +361,12 @@ struct VMHistory: ParsableCommand {
 
 struct VMLineage: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "lineage", abstract: "The tree of a VM's ancestors and descendants: clones, copies, snapshots, rollback branches.")
+        commandName: "lineage", abstract: "The tree of a VM's ancestors and descendants: clones, copies, snapshots, rollback branches.",
+            discussion: """
+                Examples:
+                  warden vm lineage web
+                  warden vm lineage web --dot | dot -Tsvg > lineage.svg
+                """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @Flag(help: "Print JSON (docs/json-schemas/lineage.v1.json).") var json = false

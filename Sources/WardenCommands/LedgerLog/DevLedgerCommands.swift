@@ -10,7 +10,12 @@ struct DevLedgerSynth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "synth",
         abstract: "Generate a realistic synthetic fleet (lineage, residency, snapshots, every event kind) in bulk.",
-        discussion: "Appends to the ledger at --db like any other writer (one signed checkpoint per batch). The same --seed gives the same fleet.")
+        discussion: """
+            Appends to the ledger at --db like any other writer (one signed checkpoint per batch). The same --seed gives the same fleet.
+            
+            Example:
+              warden dev synth --vms 10000 --events 1000000 --db /tmp/synth.db
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "VMs to create.") var vms: Int
     @Option(help: "Events in total, including one creation event per VM.") var events: Int
@@ -48,6 +53,10 @@ struct DevAppendLoop: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "append-loop",
         abstract: "Append events one commit at a time, printing each acknowledged seq (crash testing).",
+        discussion: """
+            Example:
+              warden dev append-loop --count 1000 --db /tmp/crash.db
+            """,
         shouldDisplay: false)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "Stop after this many commits (default: never).") var count: Int?
@@ -91,6 +100,10 @@ struct DevBenchProof: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-proof",
         abstract: "Time random inclusion and consistency proofs against the latest checkpoint.",
+        discussion: """
+            Example:
+              warden dev bench-proof --count 1000 --db /tmp/synth.db
+            """,
         shouldDisplay: false)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "Proofs of each kind.") var count: Int = 1000
@@ -142,6 +155,10 @@ struct DevBenchAppend: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-append",
         abstract: "Append scan events to random VMs of an existing ledger in batches, and time it.",
+        discussion: """
+            Example:
+              warden dev bench-append --events 100000 --batch 100 --db /tmp/synth.db
+            """,
         shouldDisplay: false)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "Events to append.") var events: Int = 200_000

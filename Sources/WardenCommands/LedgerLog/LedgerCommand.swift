@@ -27,7 +27,11 @@ struct CheckpointJSON: Encodable {
 struct LedgerInit: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "init",
-        abstract: "Create the database and this host's signing key, and sign a first checkpoint.")
+        abstract: "Create the database and this host's signing key, and sign a first checkpoint.",
+        discussion: """
+            Example:
+              warden ledger init
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Flag(help: "Print JSON.") var json = false
 
@@ -56,7 +60,13 @@ struct LedgerVerify: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Recompute every leaf, subtree and checkpoint root, check every signature and the witness.",
-        discussion: "Exit 0 when the log is intact, 1 when it was tampered with (the first bad entry is named).")
+        discussion: """
+            Exit 0 when the log is intact, 1 when it was tampered with (the first bad entry is named).
+            
+            Examples:
+              warden ledger verify
+              warden ledger verify --database postgres://warden@db/fleet
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: ArgumentHelp("Verify the fleet ledger on PostgreSQL at this postgres:// URL instead (password from $PGPASSWORD); checkpoints are checked against the hosts table's keys.", valueName: "url"))
     var database: String?
@@ -112,7 +122,11 @@ struct LedgerVerify: ParsableCommand {
 struct LedgerProof: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proof",
-        abstract: "Print an RFC 9162 inclusion proof of one event against the latest signed checkpoint.")
+        abstract: "Print an RFC 9162 inclusion proof of one event against the latest signed checkpoint.",
+        discussion: """
+            Example:
+              warden ledger proof --event 42 > proof.json
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "The event's sequence number.") var event: Int64
     @Flag(help: "Print JSON (docs/json-schemas/ledger-proof.v1.json).") var json = false
@@ -157,7 +171,11 @@ struct LedgerProof: ParsableCommand {
 struct LedgerConsistency: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "consistency",
-        abstract: "Print an RFC 9162 consistency proof between two tree sizes.")
+        abstract: "Print an RFC 9162 consistency proof between two tree sizes.",
+        discussion: """
+            Example:
+              warden ledger consistency --from 100 --to 200
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "The older tree size.") var from: Int64
     @Option(help: "The newer tree size (default: the latest checkpoint's).") var to: Int64?
@@ -204,7 +222,12 @@ struct LedgerCheckpoint: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
         abstract: "Sign a checkpoint over entries not yet covered by one (the libvirt hook's), then print the latest.",
-        discussion: "The libvirt hook records its decisions without signing (docs/ledger-log.md); this, or any later warden write, signs them. With nothing pending it only reads.")
+        discussion: """
+            The libvirt hook records its decisions without signing (docs/ledger-log.md); this, or any later warden write, signs them. With nothing pending it only reads.
+            
+            Example:
+              warden ledger checkpoint
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Flag(help: "Print JSON (docs/json-schemas/ledger-checkpoint.v1.json).") var json = false
 
@@ -239,7 +262,12 @@ struct LedgerExport: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
         abstract: "Write every event as an in-toto Statement v1, one JSON object per line.",
-        discussion: "Subjects: the VM (uri urn:uuid:…, digest sha256 of that URI) and its disks' content fingerprints. Predicate type \(LedgerExporter.predicateType).")
+        discussion: """
+            Subjects: the VM (uri urn:uuid:…, digest sha256 of that URI) and its disks' content fingerprints. Predicate type \(LedgerExporter.predicateType).
+            
+            Example:
+              warden ledger export --vm web > web.intoto.jsonl
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: "Only this VM's events.") var vm: String?
     @Option(help: "Only events from this sequence number on.") var fromSeq: Int64 = 1
@@ -258,7 +286,12 @@ struct LedgerCopy: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "copy",
         abstract: "Copy this SQLite ledger, as it is, into an empty PostgreSQL ledger (events, proofs and checkpoints included).",
-        discussion: "The password comes from $PGPASSWORD. Afterwards `warden ledger verify --database URL` checks the copy.")
+        discussion: """
+            The password comes from $PGPASSWORD. Afterwards `warden ledger verify --database URL` checks the copy.
+            
+            Example:
+              warden ledger copy --database postgres://warden@db/fleet
+            """)
     @OptionGroup var options: LedgerLogOptions
     @Option(help: ArgumentHelp("The PostgreSQL ledger, postgres://user@host:port/database (empty).", valueName: "url")) var database: String
     @Flag(help: "Print the counts as JSON.") var json = false

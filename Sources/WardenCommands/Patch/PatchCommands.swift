@@ -106,6 +106,9 @@ struct VMPatch: ParsableCommand {
         findings are gone and dpkg's database is consistent does the layer become the VM's disk (the \
         old one stays beneath it), recorded as a `patched` event. Policy decides the `patch` \
         operation (rules may name `mirrors`). A running VM is refused. docs/patching.md.
+        
+        Example:
+          warden vm patch web --findings --mirror http://deb.debian.org/debian
         """
     )
     @OptionGroup var database: DatabaseOptions
@@ -127,7 +130,12 @@ struct VMUnpatch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unpatch",
         abstract: "Return a VM to the disk below its latest patch (decided as a rollback; the findings it re-opens are named).",
-        discussion: "The patch layer stays on disk; the VM's disk record goes back to its backing file and a `rolled-back` event names both and the findings re-opened. docs/patching.md."
+        discussion: """
+            The patch layer stays on disk; the VM's disk record goes back to its backing file and a `rolled-back` event names both and the findings re-opened. docs/patching.md.
+            
+            Example:
+              warden vm unpatch web
+            """
     )
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM (id, unique id prefix, or unique name).") var vm: String
@@ -153,7 +161,12 @@ struct ImagePatch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "patch",
         abstract: "Patch an unregistered image into a new qcow2 overlay (a maintenance boot; the image itself is only read).",
-        discussion: "As `warden vm patch`, without the ledger and policy: the result is OUTPUT, an overlay backed by IMAGE. docs/patching.md."
+        discussion: """
+            As `warden vm patch`, without the ledger and policy: the result is OUTPUT, an overlay backed by IMAGE. docs/patching.md.
+            
+            Example:
+              warden image patch old.qcow2 --output patched.qcow2 --findings --mirror http://deb.debian.org/debian
+            """
     )
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The disk image.") var image: String
@@ -178,6 +191,9 @@ struct FleetPatch: ParsableCommand {
         Running VMs are skipped with the reason (patch those in-guest, or stop them first); VMs whose \
         stored findings hold nothing to patch are skipped without a boot. Exit 0 when every VM was \
         patched or had nothing to do, 1 when one failed or was denied. JSON: warden.fleet.patch/v1.
+        
+        Example:
+          warden fleet patch --label env=test --findings --mirror http://deb.debian.org/debian --dry-run
         """
     )
     @OptionGroup var database: DatabaseOptions
@@ -289,7 +305,11 @@ struct InternalCommand: ParsableCommand {
 
     /// One mirror connection of a maintenance boot on stdin/stdout (QEMU's guestfwd starts it).
     struct MirrorPipeCommand: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "mirror-pipe", abstract: "Serve or relay one mirror connection on stdin/stdout.")
+        static let configuration = CommandConfiguration(commandName: "mirror-pipe", abstract: "Serve or relay one mirror connection on stdin/stdout.",
+            discussion: """
+                Example:
+                  warden internal mirror-pipe --dir /srv/mirror
+                """)
         @Option var dir: String?
         @Option var connect: String?
 

@@ -45,6 +45,9 @@ struct VMPush: ParsableCommand {
         lineage, and is signed in cosign's tag layout with this host's Ed25519 key. Policy decides the \
         `push` operation first (rules may name `registries`); a denied push uploads nothing. An \
         interrupted push is resumed by running it again. docs/oci.md.
+        
+        Example:
+          warden vm push web registry.example/vms/web:2026-12
         """
     )
     @OptionGroup var database: DatabaseOptions
@@ -107,6 +110,9 @@ struct VMPull: ParsableCommand {
         against its digest and written sparse under a hidden name; only a complete disk is moved into \
         place. The VM's identity (machine-id, SSH host keys, …) is refreshed unless --keep-identity, \
         which policy must allow. An interrupted pull resumes when run again. docs/oci.md.
+        
+        Example:
+          warden vm pull registry.example/vms/web:2026-12 --name web-dr --dir /srv/vms
         """
     )
     @OptionGroup var database: DatabaseOptions
@@ -165,7 +171,11 @@ struct RegistryCommand: ParsableCommand {
     struct Key: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "key",
-            abstract: "Print this host's Ed25519 public key (base64), as a file in a policy's trusted-keys/ expects it.")
+            abstract: "Print this host's Ed25519 public key (base64), as a file in a policy's trusted-keys/ expects it.",
+            discussion: """
+                Example:
+                  warden registry key > trusted-keys/hv1.pub
+                """)
         @OptionGroup var database: DatabaseOptions
         @Flag(help: "Print the X25519 key that encrypted pushes wrap family keys for (--recipient), not the signing key.") var recipient = false
         @Flag(help: "JSON output (both keys).") var json = false

@@ -78,7 +78,12 @@ enum VMRun {
 struct VMStart: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "start",
-        abstract: "Start a VM on QEMU in the background (vmgenid = the ledger's generation, virtio-rng, state port, -sandbox on).")
+        abstract: "Start a VM on QEMU in the background (vmgenid = the ledger's generation, virtio-rng, state port, -sandbox on).",
+        discussion: """
+            Examples:
+              warden vm start web --memory 1024
+              warden vm start web --kernel vmlinuz --initrd initrd.gz --accel tcg --bridge br0
+            """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM (id, unique id prefix, or name).") var vm: String
@@ -133,7 +138,11 @@ struct VMStart: ParsableCommand {
 
 struct VMStop: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "stop", abstract: "Stop a VM (policy-checked): ACPI powerdown, wait, then QMP quit, then SIGKILL.")
+        commandName: "stop", abstract: "Stop a VM (policy-checked): ACPI powerdown, wait, then QMP quit, then SIGKILL.",
+            discussion: """
+                Example:
+                  warden vm stop web --timeout 30
+                """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
@@ -149,7 +158,11 @@ struct VMStop: ParsableCommand {
 }
 
 struct VMStatus: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Whether a VM runs here, its pid and generation.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Whether a VM runs here, its pid and generation.",
+        discussion: """
+            Example:
+              warden vm status web
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @Flag(help: "JSON output (schema: docs/vm-lifecycle.md).") var json = false
@@ -170,7 +183,11 @@ struct VMStatus: ParsableCommand {
 }
 
 struct VMConsole: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "console", abstract: "Print the VM's serial console log.")
+    static let configuration = CommandConfiguration(commandName: "console", abstract: "Print the VM's serial console log.",
+        discussion: """
+            Example:
+              warden vm console web --follow
+            """)
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "The VM.") var vm: String
     @Flag(name: .shortAndLong, help: "Keep printing new output while the VM runs.") var follow = false
@@ -202,7 +219,11 @@ struct VMConsole: ParsableCommand {
 
 struct VMSnapshot: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "snapshot", abstract: "Take an internal qcow2 snapshot (live through QMP, or with qemu-img while stopped).")
+        commandName: "snapshot", abstract: "Take an internal qcow2 snapshot (live through QMP, or with qemu-img while stopped).",
+            discussion: """
+                Example:
+                  warden vm snapshot web before-upgrade
+                """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
@@ -218,7 +239,11 @@ struct VMSnapshot: ParsableCommand {
 /// `warden vm state-server VM`: the host end of the state port (started by `vm start`; not for users).
 struct VMStateServer: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "state-server", abstract: "Serve a running VM's state port (started by vm start).", shouldDisplay: false)
+        commandName: "state-server", abstract: "Serve a running VM's state port (started by vm start).",
+            discussion: """
+                Example:
+                  warden vm state-server web --announce
+                """, shouldDisplay: false)
     @OptionGroup var database: DatabaseOptions
     @Argument var vm: String
     @Flag var announce = false
@@ -239,7 +264,12 @@ struct VMStateServer: ParsableCommand {
 struct VMRollback: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rollback",
-        abstract: "Roll a VM back to a snapshot: impact report, policy, new generation, restart with the new vmgenid.")
+        abstract: "Roll a VM back to a snapshot: impact report, policy, new generation, restart with the new vmgenid.",
+        discussion: """
+            Examples:
+              warden vm rollback web before-upgrade --dry-run
+              warden vm rollback web before-upgrade
+            """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
@@ -279,7 +309,11 @@ struct VMRollback: ParsableCommand {
 /// `warden vm tpm VM`: the VM's vTPM as the host sees it.
 struct VMTPM: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "tpm", abstract: "Show a VM's vTPM: whether it has one, its endorsement key, and the snapshots that carry its state.")
+        commandName: "tpm", abstract: "Show a VM's vTPM: whether it has one, its endorsement key, and the snapshots that carry its state.",
+            discussion: """
+                Example:
+                  warden vm tpm web
+                """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var policyOptions: PolicyOptions
     @Argument(help: "The VM.") var vm: String
