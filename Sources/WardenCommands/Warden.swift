@@ -27,7 +27,7 @@ public struct Warden: ParsableCommand {
         Examples:
           warden inspect disk.qcow2
           warden vm register disk.qcow2 --name web --owner alice
-          warden scan web
+          warden scan /srv/vms/web.qcow2
         """,
         version: WardenVersion.description,
         subcommands: [ImageCommand.self, InspectCommand.self, VersionCommand.self, DevCommand.self,

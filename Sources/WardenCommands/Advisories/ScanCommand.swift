@@ -31,7 +31,7 @@ struct ScanCommand: ParsableCommand {
         assessed (unknown distro, no advisories for its release). JSON shape: docs/advisories.md.
         
         Examples:
-          warden scan web
+          warden scan /srv/vms/web.qcow2
           warden scan disk.qcow2 --fail-on high --json
         """
     )
