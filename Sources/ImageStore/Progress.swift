@@ -2,7 +2,8 @@ import Foundation
 import WardenCore
 
 /// Transfer progress on stderr: bytes, rate, ETA and chunks reused, redrawn at most twice a
-/// second on a terminal, and as one line every 10 s otherwise (logs stay short).
+/// second on a terminal, and as one line every 10 s otherwise (logs stay short). With `live`
+/// false (`--progress never`, or auto off a terminal) only the closing summary is written.
 public final class TransferProgress: Sendable {
     struct State {
         var total: Int64 = 0
@@ -17,11 +18,13 @@ public final class TransferProgress: Sendable {
     let state = Locked(State())
     let start = Date()
     let enabled: Bool
+    let live: Bool
     let terminal: Bool
     let write: @Sendable (String) -> Void
 
-    public init(verb: String, enabled: Bool = true, write: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) }) {
-        self.verb = verb; self.enabled = enabled; self.write = write
+    public init(verb: String, enabled: Bool = true, live: Bool = true,
+                write: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) }) {
+        self.verb = verb; self.enabled = enabled; self.live = live; self.write = write
         terminal = isatty(2) == 1
     }
 
@@ -32,7 +35,7 @@ public final class TransferProgress: Sendable {
         let line: String? = state.withLock { s in
             s.done += guest; s.sent += wire; s.chunks += chunks; s.reused += reused; s.mounted += mounted
             let now = Date().timeIntervalSince(start)
-            guard enabled, now - s.lastDraw >= (terminal ? 0.5 : 10) else { return nil }
+            guard enabled, live, now - s.lastDraw >= (terminal ? 0.5 : 10) else { return nil }
             s.lastDraw = now
             return render(s, elapsed: now)
         }
@@ -52,7 +55,7 @@ public final class TransferProgress: Sendable {
         guard enabled else { return }
         let s = state.withLock { $0 }
         let elapsed = Date().timeIntervalSince(start)
-        write((terminal ? "\r\u{1B}[K" : "") + render(s, elapsed: elapsed).replacingOccurrences(of: ", ETA 0:00", with: "") + String(format: ", %.1f s\n", elapsed))
+        write((terminal && live ? "\r\u{1B}[K" : "") + render(s, elapsed: elapsed).replacingOccurrences(of: ", ETA 0:00", with: "") + String(format: ", %.1f s\n", elapsed))
     }
 
     public static func size(_ b: Int64) -> String {

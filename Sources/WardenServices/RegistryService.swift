@@ -88,6 +88,8 @@ public struct RegistryService: Sendable {
         public var chunkSize: Int
         public var partSize: Int
         public var progress: Bool
+        /// Whether progress is redrawn while the transfer runs (else only the summary).
+        public var liveProgress = true
         /// Encrypt with the family's key; `recipients` (X25519, raw) get it wrapped.
         public var encrypt: Bool
         public var recipients: [Data]
@@ -144,7 +146,7 @@ public struct RegistryService: Sendable {
             partSize: r.partSize,
             signer: .init(publicKey: key.publicKey, sign: { try key.sign($0) }), sealing: sealing)
         let result = try await RegistryClient.with(registry: r.reference.registry, options: r.options) { client in
-            var pusher = VMPusher(client: client, progress: TransferProgress(verb: "pushed", enabled: r.progress))
+            var pusher = VMPusher(client: client, progress: TransferProgress(verb: "pushed", enabled: r.progress, live: r.liveProgress))
             pusher.afterBatch = afterBatch
             return try await pusher.push(plan)
         }
@@ -222,6 +224,8 @@ public struct RegistryService: Sendable {
         public var operations: [any SysprepOperation]
         public var options: RegistryOptions
         public var progress: Bool
+        /// Whether progress is redrawn while the transfer runs (else only the summary).
+        public var liveProgress = true
         public init(reference: ImageReference, name: String? = nil, directory: String, owner: String? = nil, keepIdentity: Bool = false,
                     operations: [any SysprepOperation], options: RegistryOptions = RegistryOptions(), progress: Bool = true) {
             self.reference = reference; self.name = name; self.directory = directory; self.owner = owner
@@ -253,7 +257,7 @@ public struct RegistryService: Sendable {
     }
 
     func pull(_ r: PullRequest, client: RegistryClient, trusted: [TrustedKey]) async throws -> PullOutcome {
-        let progress = TransferProgress(verb: "pulled", enabled: r.progress)
+        let progress = TransferProgress(verb: "pulled", enabled: r.progress, live: r.liveProgress)
         var puller = VMPuller(client: client, progress: progress)
         puller.afterBatch = afterBatch
         let fetched: FetchedVM

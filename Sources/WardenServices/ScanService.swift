@@ -87,8 +87,10 @@ public struct ScanService {
 
     /// `passphrase(path)` gives the key of an encrypted image (nil: none); it may decide and
     /// record a policy `unlock` first, and throw to refuse.
+    /// `progress(done, total)` is told after each image.
     public func scan(images: [String], format: ImageFormat? = nil, includeResolved: Bool = false,
-                     passphrase: (String) throws -> SecretBytes? = { _ in nil }) throws -> Outcome {
+                     passphrase: (String) throws -> SecretBytes? = { _ in nil },
+                     progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Outcome {
         let store = SQLiteAdvisoryStore(database)
         let ledger = SQLiteLedger(database: database)
         var out = Outcome()
@@ -120,9 +122,11 @@ public struct ScanService {
             }
             return results.withLock { $0 }
         }
+        var finished = 0
         for start in stride(from: 0, to: images.count, by: workers * 4) {
             let batch = Array(images[start..<min(images.count, start + workers * 4)])
             for (path, done) in zip(batch, inspectAll(batch)) {
+                defer { finished += 1; progress?(finished, images.count) }
                 do {
                     let (key, inventory) = try done.get()
                     guard let inv = inventory else {

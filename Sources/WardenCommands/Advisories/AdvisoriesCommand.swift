@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import WardenCore
 import Advisories
 import Ledger
@@ -21,7 +22,7 @@ struct AdvisoriesCommand: ParsableCommand {
     }
 
     /// Imports `path` into `store`, recording each source it held.
-    static func importPath(_ path: String, location: String, store: AdvisoryStore) throws -> ImportResult {
+    static func importPath(_ path: String, location: String, store: AdvisoryStore, meter: ProgressMeter? = nil) throws -> ImportResult {
         var total = ImportCounts()
         var bySource: [String: (AdvisoryFormat, ImportCounts)] = [:]
         let formats = try AdvisoryImporter.read(path: path) { records, format in
@@ -30,6 +31,7 @@ struct AdvisoriesCommand: ParsableCommand {
             if records.isEmpty { groups[format == .debianTracker ? DebianTracker.source : format.rawValue] = [] }
             for (source, recs) in groups {
                 let c = try store.importRecords(recs, file: path)
+                meter?.advance(by: UInt64(recs.count))
                 total = total + c
                 bySource[source] = (format, (bySource[source]?.1 ?? ImportCounts()) + c)
             }
@@ -65,9 +67,11 @@ struct AdvisoriesCommand: ParsableCommand {
             let store = SQLiteAdvisoryStore(try database.open())
             var results: [ImportResult] = []
             var failures: [WardenError] = []
+            let meter = ProgressMeter("advisories import", unit: .items("records"))
+            defer { meter.finish() }
             for p in paths {
                 do {
-                    results.append(try AdvisoriesCommand.importPath(p, location: p, store: store))
+                    results.append(try AdvisoriesCommand.importPath(p, location: p, store: store, meter: meter))
                 } catch let e as WardenError {
                     failures.append(e.inFile(p))
                 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import WardenServices
 import Hypervisor
 import Policy
@@ -13,7 +14,7 @@ import AdvisoryStorage
 struct FleetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet",
-        abstract: "Fleet-wide operations on stored inventories: rescan against the current advisories (and shield running VMs).",
+        abstract: "Fleet-wide operations on stored inventories: rescan against the current advisories (and shield running VMs); patch dormant VMs.",
         subcommands: [Rescan.self, FleetPatch.self]
     )
 
@@ -44,7 +45,13 @@ struct FleetCommand: ParsableCommand {
             let db = try database.open()
             let store = SQLiteAdvisoryStore(db)
             var phases = PhaseClock()
-            let report = try store.rescan(full: full, phase: timing ? { phases.lap($0) } : nil)
+            // Six steps (select, load, match, compare, write, report), each reported as it ends.
+            let meter = ProgressMeter("fleet rescan", total: 6, unit: .items("steps"))
+            let report = try store.rescan(full: full, phase: { name in
+                if timing { phases.lap(name) }
+                meter.advance()
+            })
+            meter.finish()
             // New findings at the shield severity shield the running VMs that carry them.
             let ledger = SQLiteLedger(database: db)
             let net = NetworkService(ledger: ledger, policyDirectory: PolicySet.defaultDirectory())

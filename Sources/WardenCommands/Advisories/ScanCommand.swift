@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WardenConfig
 import AdvisoryStorage
 import Policy
 import WardenNetwork
@@ -58,9 +59,11 @@ struct ScanCommand: ParsableCommand {
         // Registry references (KubeVirt containerDisks) are fetched into private folders first.
         let fetched = try ContainerDiskArguments.resolve(images, options: registry.options)
         defer { fetched.cleanUp() }
-        var outcome = try ScanService(database: db).scan(images: fetched.paths, format: format, includeResolved: all) { path in
+        let meter = ProgressMeter("scan", total: UInt64(fetched.paths.count), unit: .items("images"))
+        var outcome = try ScanService(database: db).scan(images: fetched.paths, format: format, includeResolved: all, passphrase: { path in
             try key.passphrase(forImage: path, ledger: ledgerForKeys)
-        }
+        }, progress: { done, _ in meter.set(done: UInt64(done)) })
+        meter.finish()
         for i in outcome.results.indices { if let ref = fetched.names[outcome.results[i].image] { outcome.results[i].image = ref } }
         // A fresh assessment lifts a quarantine when nothing blocking is left (docs/network.md).
         let ledger = SQLiteLedger(database: db)

@@ -8,7 +8,7 @@ import GuestFS
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK, VHD, VHDX, VDI, OVA; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, btrfs, FAT, NTFS); refresh a guest's identity.",
+        abstract: "Read VM disk images offline (raw, qcow2 also LUKS-encrypted, VMDK, VHD, VHDX, VDI, OVA; MBR/GPT, LVM, LUKS volumes; ext2/3/4, XFS, btrfs, FAT, NTFS); refresh a guest's identity; patch an image into a new overlay.",
         subcommands: [ImageInfoCommand.self, ImageLs.self, ImageCat.self, ImageExport.self, ImageManifest.self, ImageFingerprint.self,
                       ImageSysprep.self, ImagePatch.self]
     )

@@ -17,7 +17,7 @@ import Glibc
 struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
-        abstract: "Register, copy, clone, encrypt, transfer and retire VMs; start, stop, snapshot and roll them back on QEMU; show their history and lineage.",
+        abstract: "Register, copy, clone, encrypt, transfer and retire VMs; start, stop, snapshot, roll back and patch them on QEMU; push and pull them through OCI registries; show their history and lineage.",
         subcommands: [VMRegister.self, VMList.self, VMShow.self, VMCopy.self, VMClone.self, VMTransfer.self, VMRetire.self,
                       VMHistory.self, VMLineage.self,
                       VMStart.self, VMStop.self, VMEncrypt.self, VMStatus.self, VMConsole.self, VMSnapshot.self, VMRollback.self, VMStateServer.self, VMTPM.self, VMPatch.self, VMUnpatch.self, VMPush.self, VMPull.self]

@@ -11,7 +11,7 @@ import Storage
 struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
-        abstract: "The ledger's tamper-evident log: verify it, prove inclusion and consistency, export it.",
+        abstract: "The ledger's tamper-evident log: verify it, prove inclusion and consistency, sign checkpoints, export it, copy it to PostgreSQL.",
         subcommands: [LedgerInit.self, LedgerVerify.self, LedgerProof.self, LedgerConsistency.self,
                       LedgerCheckpoint.self, LedgerExport.self, LedgerCopy.self]
     )

@@ -26,7 +26,7 @@ struct RegistryConnection: ParsableArguments {
 /// The registry connection and the output of push and pull.
 struct RegistryAccess: ParsableArguments {
     @OptionGroup var connection: RegistryConnection
-    @Flag(help: "No progress on stderr (as --progress never).") var quiet = false
+    @Flag(help: "No progress and no summary line on stderr.") var quiet = false
     @Flag(help: "Print JSON (docs/json-schemas/oci.v1.json).") var json = false
 
     var options: RegistryOptions { connection.options }
@@ -69,8 +69,10 @@ struct VMPush: ParsableCommand {
                                       vault: Vault.beside(database: database.path), note: { Output.note($0) })
         service.afterBatch = TestHooks.batchPause()
         let svc = service
-        let request = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet && ProgressMode.current.shows(terminal: isatty(2) == 1),
-                                                  encrypt: encrypt, recipients: keys)
+        var pushRequest = RegistryService.PushRequest(vm: vm, reference: ref, options: access.options, chunkSize: size, progress: !access.quiet,
+                                                      encrypt: encrypt, recipients: keys)
+        pushRequest.liveProgress = ProgressMode.current.shows(terminal: isatty(2) == 1)
+        let request = pushRequest
         let out = try runAsync { try await svc.push(request) }
         let r = out.result
         struct Doc: Encodable {
@@ -140,8 +142,10 @@ struct VMPull: ParsableCommand {
         let vmName = name
         let leaf: String = name ?? ("pulled-" + String(UUID().uuidString.prefix(8)).lowercased())
         let folder: String = dir ?? (RunDirectory.home() + "/vms/" + leaf)
-        let request = RegistryService.PullRequest(reference: ref, name: vmName, directory: folder, owner: owner, keepIdentity: keepIdentity,
-                                                  operations: ops, options: access.options, progress: !access.quiet && ProgressMode.current.shows(terminal: isatty(2) == 1))
+        var pullRequest = RegistryService.PullRequest(reference: ref, name: vmName, directory: folder, owner: owner, keepIdentity: keepIdentity,
+                                                      operations: ops, options: access.options, progress: !access.quiet)
+        pullRequest.liveProgress = ProgressMode.current.shows(terminal: isatty(2) == 1)
+        let request = pullRequest
         let out = try runAsync { try await svc.pull(request) }
         struct Doc: Encodable {
             var schema = "warden.pull/v1"
