@@ -95,6 +95,20 @@ import WardenTestSupport
         }
     }
 
+    @Test func configAndDoctorOutputsMatchTheirSchemas() throws {
+        try Fixtures.withTemporaryDirectory { tmp in
+            let env = ["WARDEN_HOME": tmp + "/home", "WARDEN_CONFIG": "", "WARDEN_DATABASE_URL": "postgres://w:secret@127.0.0.1:1/x"]
+            let config = try Tool.run([Fixtures.wardenBinary, "config", "show", "--json"], environment: env, check: false)
+            #expect(config.status == 0, "\(config.stderr)")
+            try validate(config.stdout, schema: "config.v1.json")
+            var doctorEnv = env
+            doctorEnv["WARDEN_DATABASE_URL"] = nil
+            let doctor = try Tool.run([Fixtures.wardenBinary, "doctor", "--json"], environment: doctorEnv, check: false)
+            #expect(doctor.status == 0, "\(doctor.stderr)")
+            try validate(doctor.stdout, schema: "doctor.v1.json")
+        }
+    }
+
     @Test func inspectOutputMatchesSchema() throws {
         let r = try WardenRun.run(["inspect", "--json", try SharedFixtures.guestViewDisk() + "/disk.qcow2"])
         try validate(r.stdout, schema: "inspect.v1.json")
